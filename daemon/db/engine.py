@@ -1,0 +1,140 @@
+"""Engine and session setup, and migrations at start-up.
+
+SQLite gets WAL (readers never block the daemon's writer), a busy timeout (a reviewer's
+transaction or a backup holding the lock makes us wait, not fail) and foreign keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.mounts import filesystem_type, is_network_filesystem
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 30
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def make_engine(url: str) -> Engine:
+    path = sqlite_path(url)
+    if path is None:
+        return create_engine(url, pool_pre_ping=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]):
+    """One unit of work: commit on success, roll back on any error."""
+    with sessions() as session, session.begin():
+        yield session
+
+
+def warn_if_network_db(url: str) -> str | None:
+    path = sqlite_path(url)
+    if path is None or not is_network_filesystem(path.parent):
+        return None
+    msg = (f"database {path} is on a network filesystem ({filesystem_type(path.parent)}); "
+           "SQLite locking is unreliable there: put state_dir on a local disk")
+    log.warning(msg)
+    return msg
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(resources.files("migrations")))
+    cfg.attributes["connection_engine"] = engine
+    return cfg
+
+
+def pending_migrations(engine: Engine) -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    head = script.get_current_head()
+    if head in current:
+        return []
+    return [rev.revision for rev in script.iterate_revisions(head, None)
+            if rev.revision not in current]
+
+
+def backup_sqlite(path: Path) -> Path:
+    """A consistent copy via SQLite's online backup (safe with WAL and readers)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.bak-{stamp}")
+    src = sqlite3.connect(path)
+    try:
+        dst = sqlite3.connect(target)
+        with dst:
+            src.backup(dst)
+        dst.close()
+    finally:
+        src.close()
+    return target
+
+
+def migrate(engine: Engine) -> Path | None:
+    """Apply pending migrations, backing the SQLite file up first. Returns the backup."""
+    pending = pending_migrations(engine)
+    if not pending:
+        return None
+    backup = None
+    path = sqlite_path(str(engine.url))
+    if path is not None and path.exists() and path.stat().st_size > 0:
+        backup = backup_sqlite(path)
+        log.info("backed up %s to %s before %d migration(s)", path, backup, len(pending))
+    command.upgrade(alembic_config(engine), "head")
+    return backup
+
+
+def keep_newest_backups(path: Path, keep: int = 5) -> None:
+    backups = sorted(path.parent.glob(f"{path.name}.bak-*"))
+    for old in backups[:-keep]:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+
+def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine + sessions for a migrated database (used by every command and the daemon)."""
+    warn_if_network_db(url)
+    engine = make_engine(url)
+    migrate(engine)
+    path = sqlite_path(url)
+    if path is not None:
+        keep_newest_backups(path)
+    return engine, make_sessionmaker(engine)

@@ -1,0 +1,45 @@
+"""Typed errors. Each names the file (or key) and the reason, so a log line or a
+quarantine entry says exactly what went wrong; a bad file is data, never a crash."""
+
+from __future__ import annotations
+
+
+class GenretaggerError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class FileError(GenretaggerError):
+    """Something about one file; `path` and `reason` go into logs and the DB."""
+
+    def __init__(self, path: object, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class UnreadableAudio(FileError):
+    """The file cannot be opened or decoded as audio."""
+
+
+class TooShort(FileError):
+    """The song is shorter than one clip."""
+
+
+class DecodeTimeout(FileError):
+    """Decoding took longer than the configured limit."""
+
+
+class TagError(FileError):
+    """The file's tags cannot be read or written."""
+
+
+class ModelMismatch(GenretaggerError):
+    """A model bundle does not fit this daemon (feature spec, classes, format)."""
+
+
+class ConfigError(GenretaggerError):
+    """Bad configuration; the message names the key."""
+
+
+class GenreMapError(ConfigError):
+    """genres.toml is invalid; the message names the entry."""

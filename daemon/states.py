@@ -1,0 +1,68 @@
+"""The track state machine: every state a track can be in and every allowed move.
+
+This is the only place that knows the transitions; code that changes `Track.state`
+goes through `move()`, which refuses anything not listed here.
+
+    queued ──claim──> working ──ok──> suggested ──review──> reviewed
+      ^  ^              │  │                ^                  │
+      │  └──backoff── retrying <─error─┘     └──────undo───────┘
+      │                 │
+      │          (max attempts) -> quarantined ──file changed──> queued
+      └── file changed / tag removed ── tagged, suggested, reviewed, missing
+
+  tagged:  the file's own genre tag maps to a canonical genre; nothing to suggest.
+  missing: gone from the library; comes back (same fingerprint) with its history.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TrackState(StrEnum):
+    QUEUED = "queued"
+    WORKING = "working"
+    RETRYING = "retrying"
+    QUARANTINED = "quarantined"
+    SUGGESTED = "suggested"
+    REVIEWED = "reviewed"
+    TAGGED = "tagged"
+    MISSING = "missing"
+
+
+S = TrackState
+
+TRANSITIONS: dict[TrackState, frozenset[TrackState]] = {
+    S.QUEUED: frozenset({S.WORKING, S.TAGGED, S.MISSING}),
+    # A worker finishes (suggested), fails (retrying/quarantined), finds the file tagged
+    # meanwhile, or hands the file back on shutdown (queued).
+    S.WORKING: frozenset({S.SUGGESTED, S.RETRYING, S.QUARANTINED, S.QUEUED, S.TAGGED, S.MISSING}),
+    S.RETRYING: frozenset({S.WORKING, S.QUEUED, S.TAGGED, S.MISSING}),
+    S.QUARANTINED: frozenset({S.QUEUED, S.TAGGED, S.MISSING}),
+    S.SUGGESTED: frozenset({S.REVIEWED, S.QUEUED, S.TAGGED, S.MISSING, S.SUGGESTED}),
+    S.REVIEWED: frozenset({S.SUGGESTED, S.QUEUED, S.TAGGED, S.MISSING}),
+    S.TAGGED: frozenset({S.QUEUED, S.MISSING, S.SUGGESTED}),
+    S.MISSING: frozenset(set(TrackState) - {S.MISSING, S.WORKING}),
+}
+
+# States a reconcile leaves alone when the file is unchanged.
+SETTLED = frozenset({S.SUGGESTED, S.REVIEWED, S.TAGGED, S.QUARANTINED})
+# States the worker may claim (retrying only once its backoff has passed).
+CLAIMABLE = frozenset({S.QUEUED, S.RETRYING})
+
+
+class InvalidTransition(ValueError):
+    def __init__(self, old: TrackState, new: TrackState, path: str = ""):
+        super().__init__(f"{path}: track cannot go from {old} to {new}")
+
+
+def can_move(old: TrackState | str, new: TrackState | str) -> bool:
+    return TrackState(new) in TRANSITIONS[TrackState(old)]
+
+
+def move(track, new: TrackState) -> None:
+    """Set `track.state` to `new`, or raise InvalidTransition."""
+    old = TrackState(track.state)
+    if old != new and not can_move(old, new):
+        raise InvalidTransition(old, new, getattr(track, "path", ""))
+    track.state = new
