@@ -25,6 +25,10 @@ class TooShort(FileError):
     """The song is shorter than one clip."""
 
 
+class SilentAudio(FileError):
+    """The clips hold only silence: there is nothing to classify."""
+
+
 class DecodeTimeout(FileError):
     """Decoding took longer than the configured limit."""
 

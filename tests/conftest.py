@@ -1,0 +1,62 @@
+"""Shared fixtures: real encoded audio, real migrated SQLite files, real configs.
+
+Shared by every test module: add a fixture here only when two modules need it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Config, parse_config
+from daemon.demo import encode, synthesize
+
+
+@pytest.fixture
+def make_song(tmp_path):
+    """make_song(name, genre="Rock", seconds=12, sr=22050, channels=2, **tags) -> Path.
+
+    Encodes with the real encoder for the extension; tags (title, artist, album, genre)
+    are written with mutagen when given.
+    """
+
+    def make(name: str, genre: str = "Rock", seconds: float = 12.0, sr: int = 22_050,
+             channels: int = 2, seed: int = 0, folder: Path | None = None,
+             **tags: str | None) -> Path:
+        path = (folder or tmp_path / "songs") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encode(path, synthesize(genre, seconds, sr, seed, channels), sr)
+        if tags:
+            from daemon.tags import write_tags
+
+            write_tags(path, **tags)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """make_config(library, **sections) -> Config with state under tmp_path."""
+
+    def make(library: Path, **sections: dict) -> Config:
+        data = {"library": {"root": str(library)}, "state_dir": str(tmp_path / "state")}
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return parse_config(data, "test config")
+
+    return make
+
+
+@pytest.fixture
+def database(tmp_path):
+    """(engine, sessionmaker) for a real SQLite file migrated by Alembic."""
+    from daemon.db.engine import open_database
+
+    engine, sessions = open_database(f"sqlite:///{tmp_path / 'genretagger.db'}")
+    yield engine, sessions
+    engine.dispose()
