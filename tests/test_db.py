@@ -1,0 +1,65 @@
+"""The database: Alembic migrations agree with the models; WAL; backups before migrating."""
+
+import sqlite3
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
+
+from daemon.db.engine import migrate, open_database, pending_migrations
+from daemon.db.models import Base, Track, utcnow
+from daemon.states import InvalidTransition, TrackState, can_move, move
+
+
+def test_migrations_match_models(database):
+    engine, _ = database
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    assert pending_migrations(engine) == []
+
+
+def test_sqlite_runs_in_wal_with_a_busy_timeout(database):
+    engine, _ = database
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+
+
+def test_pending_migration_backs_the_file_up_first(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # a database from before the first migration
+        conn.execute("CREATE TABLE station_notes (note TEXT)")
+        conn.execute("INSERT INTO station_notes VALUES ('keep me')")
+    engine, sessions = open_database(f"sqlite:///{path}")
+    backups = list(tmp_path.glob("old.db.bak-*"))
+    assert len(backups) == 1
+    with sqlite3.connect(backups[0]) as conn:
+        assert conn.execute("SELECT note FROM station_notes").fetchone() == ("keep me",)
+    assert migrate(engine) is None  # nothing pending: no second backup
+    engine.dispose()
+
+
+def test_times_come_back_timezone_aware(database):
+    _, sessions = database
+    with sessions.begin() as session:
+        session.add(Track(path="a/b.mp3", size=1, mtime=1.0, first_seen=utcnow()))
+    with sessions() as session:
+        track = session.scalars(select(Track)).one()
+        assert track.first_seen.tzinfo is not None
+        assert track.state == TrackState.QUEUED
+
+
+def test_state_machine_allows_only_listed_moves():
+    assert can_move("queued", "working")
+    assert not can_move("queued", "reviewed")
+
+    class T:
+        state, path = TrackState.SUGGESTED, "x.mp3"
+
+    track = T()
+    move(track, TrackState.REVIEWED)
+    assert track.state == TrackState.REVIEWED
+    with pytest.raises(InvalidTransition, match="x.mp3: track cannot go from reviewed to working"):
+        move(track, TrackState.WORKING)
