@@ -38,10 +38,13 @@ def make_song(tmp_path):
 
 @pytest.fixture
 def make_config(tmp_path):
-    """make_config(library, **sections) -> Config with state under tmp_path."""
+    """make_config(root, **sections) -> Config with state under tmp_path.
 
-    def make(library: Path, **sections: dict) -> Config:
-        data = {"library": {"root": str(library)}, "state_dir": str(tmp_path / "state")}
+    `library={...}` adds keys to the [library] section next to root.
+    """
+
+    def make(root: Path, **sections: dict) -> Config:
+        data = {"library": {"root": str(root)}, "state_dir": str(tmp_path / "state")}
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}

@@ -1,0 +1,500 @@
+"""Finding files: the walk, settle tracking, reconcile against a real migrated SQLite file,
+moves by fingerprint, our own writes, the mount-loss guard, a write-locked database.
+
+Times passed to reconcile/settle_due are fixed numbers, so settling is exact here; the
+watcher tests (test_watcher.py) run the same code against real observers and real time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mutagen.id3 import ID3
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import sessionmaker
+
+from daemon.config import parse_config
+from daemon.db.engine import transaction
+from daemon.db.models import Decision, ServiceState, Suggestion, Track, utcnow
+from daemon.demo import encode, synthesize
+from daemon.fingerprint import fingerprint
+from daemon.genres import load_genre_map
+from daemon.library import (
+    Library,
+    SettleTracker,
+    db_path,
+    fs_path,
+    is_library_file,
+    library_file,
+    settled_state,
+    walk_library,
+)
+from daemon.states import TrackState as S
+from daemon.tags import write_tags
+
+SETTLE = 1.0
+
+
+@pytest.fixture(scope="module")
+def masters(tmp_path_factory):
+    """Short songs made by real encoders, each different (so each fingerprint differs)."""
+    folder = tmp_path_factory.mktemp("masters")
+    songs = {}
+    for i, (name, genre) in enumerate([("rock.mp3", "Rock"), ("jazz.flac", "Jazz"),
+                                       ("folk.ogg", "Folk"), ("blues.flac", "Blues")]):
+        songs[name] = encode(folder / name, synthesize(genre, 3.0, 22_050, i, 2), 22_050)
+    for i in range(10):
+        songs[f"w{i}.wav"] = encode(folder / f"w{i}.wav",
+                                    synthesize("Pop", 1.5, 22_050, 100 + i, 1), 22_050)
+    return songs
+
+
+@pytest.fixture
+def root(tmp_path):
+    folder = tmp_path / "library"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def make_library(root, tmp_path, database):
+    # parse_config rather than conftest's make_config, whose first parameter is named
+    # `library` and so cannot take a [library] section.
+    def make(sessions=None, **sections) -> Library:
+        library = {"root": str(root), "settle_seconds": SETTLE, **sections.pop("library", {})}
+        config = parse_config({"library": library, "state_dir": str(tmp_path / "state"),
+                               **sections})
+        return Library(config, sessions or database[1], load_genre_map())
+
+    return make
+
+
+def put(masters, root: Path, master: str, rel: str, **tags) -> Path:
+    target = root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(masters[master], target)
+    if tags:
+        write_tags(target, **tags)
+    return target
+
+
+class Clock:
+    """Fixed times for reconcile/settle_due: each step moves past settle_seconds."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def settle(self, library: Library) -> tuple:
+        """A walk, then a settle pass once settle_seconds have gone by."""
+        result = library.reconcile(now=self.now)
+        self.now += SETTLE
+        done = library.settle_due(now=self.now)
+        self.now += 1
+        return result, done
+
+
+def tracks(sessions) -> dict[str, Track]:
+    with sessions() as session:
+        return {t.path: t for t in session.scalars(select(Track))}
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_settle_tracker_waits_for_size_and_mtime_to_stay_put():
+    tracker = SettleTracker(10)
+    assert tracker.observe("a.mp3", 100, 1.0, now=0)
+    assert tracker.due(9.9) == []
+    assert tracker.due(10) == ["a.mp3"]
+    # Growing (a copy in progress) restarts the clock; the same sighting does not.
+    assert tracker.observe("a.mp3", 200, 2.0, now=5)
+    assert not tracker.observe("a.mp3", 200, 2.0, now=8)
+    assert tracker.due(14.9) == []
+    assert tracker.due(15) == ["a.mp3"]
+    # A path that went away is tracked as gone and settles like any other.
+    assert tracker.observe("b.mp3", None, None, now=3)
+    assert not tracker.observe("b.mp3", None, None, now=4)
+    assert tracker.due(15) == ["b.mp3", "a.mp3"]  # longest waiting first
+    assert tracker.due(15, limit=1) == ["b.mp3"]
+    tracker.forget("b.mp3")
+    assert "b.mp3" not in tracker and len(tracker) == 1
+
+
+@pytest.mark.parametrize(("current", "maps", "audit", "same_audio", "history", "expected"), [
+    (None, True, False, False, S.QUEUED, S.TAGGED),
+    (None, False, False, False, S.QUEUED, S.QUEUED),
+    (None, True, True, False, S.QUEUED, S.QUEUED),  # audit: tagged files are classified too
+    (S.TAGGED, False, False, False, S.QUEUED, S.QUEUED),  # tag removed
+    (S.QUARANTINED, False, False, True, S.QUEUED, S.QUEUED),  # changed: a fresh start
+    (S.SUGGESTED, False, False, True, S.QUEUED, S.SUGGESTED),  # touched, same audio
+    (S.SUGGESTED, False, False, False, S.QUEUED, S.QUEUED),  # new audio
+    (S.WORKING, False, False, True, S.QUEUED, S.QUEUED),  # changed under the worker
+    (S.REVIEWED, True, False, True, S.QUEUED, S.TAGGED),  # someone tagged it elsewhere
+    (S.MISSING, False, False, True, S.SUGGESTED, S.SUGGESTED),  # back, with its history
+    (S.MISSING, True, False, True, S.SUGGESTED, S.TAGGED),
+])
+def test_settled_state(current, maps, audit, same_audio, history, expected):
+    assert settled_state(current, maps=maps, audit=audit, same_audio=same_audio,
+                         history=history) == expected
+
+
+@pytest.mark.parametrize(("name", "wanted"), [
+    ("song.mp3", True), ("SONG.FLAC", True), ("song.mp3.part", False),
+    ("song.mp3.tmp", False), ("song.mp3~", False), ("._song.mp3", False),
+    (".song.mp3", False), ("cover.jpg", False), ("notes.txt", False),
+    ("song.crdownload", False),
+])
+def test_which_names_are_library_files(name, wanted):
+    assert is_library_file(name, (".mp3", ".flac")) is wanted
+
+
+def test_paths_that_are_not_utf8_round_trip_through_the_database_form():
+    raw = os.fsdecode(b"Caf\xe9/Ni\xf1a.mp3")  # Latin-1 bytes from an old Windows share
+    stored = db_path(raw)
+    assert stored == "Caf\\xe9/Ni\\xf1a.mp3"
+    stored.encode("utf-8")  # what SQLite needs: no lone surrogates
+    assert fs_path(stored) == raw
+    assert db_path("Björk/Jóga.mp3") == "Björk/Jóga.mp3" == fs_path("Björk/Jóga.mp3")
+
+
+# ------------------------------------------------------------------------- walk
+
+
+def test_walk_skips_temp_hidden_and_other_files_and_survives_link_loops(masters, root):
+    put(masters, root, "rock.mp3", "Artist/Album/01.mp3")
+    put(masters, root, "rock.mp3", "Artist/Album/02.mp3.part")
+    put(masters, root, "rock.mp3", "Artist/Album/._01.mp3")
+    put(masters, root, "rock.mp3", ".hidden/03.mp3")
+    put(masters, root, "rock.mp3", "#recycle/04.mp3")
+    (root / "Artist/Album/cover.jpg").write_bytes(b"jpeg")
+    (root / "Artist/Album/loop").symlink_to(root / "Artist")  # a loop
+    (root / "elsewhere").symlink_to(root / "Artist/Album")  # a second way into a folder
+    (root / "broken.mp3").symlink_to(root / "nowhere.mp3")
+    walk = walk_library(root, (".mp3",))
+    assert list(walk.files) in (["Artist/Album/01.mp3"], ["elsewhere/01.mp3"])
+    assert walk.unreadable == []
+
+
+# -------------------------------------------------------------- reconcile + settle
+
+
+def test_new_files_are_read_once_after_settling(masters, root, make_library, database):
+    put(masters, root, "rock.mp3", "Tagged/rock.mp3", genre="Rock", artist="A", title="T")
+    put(masters, root, "jazz.flac", "Untagged/jazz.flac")
+    put(masters, root, "folk.ogg", "Odd/folk.ogg", genre="Freak Folk Polka")  # maps to nothing
+    (root / "Odd/broken.mp3").write_bytes(b"\0" * 5000)
+    put(masters, root, "rock.mp3", "Untagged/partial.mp3.part")
+    library = make_library()
+
+    result = library.reconcile(now=0)
+    assert (result.files, result.new, result.guarded) == (4, 4, False)
+    assert library.settle_due(now=SETTLE - 0.1) == 0  # not settled yet: nothing read
+    assert library.files_read == 0 and tracks(database[1]) == {}
+    assert library.settle_due(now=SETTLE) == 4
+    assert library.files_read == 4
+
+    found = tracks(database[1])
+    rock = found["Tagged/rock.mp3"]
+    assert (rock.state, rock.canonical_genre, rock.raw_genre) == (S.TAGGED, "Rock", "Rock")
+    assert (rock.format, rock.artist, rock.title) == ("mp3", "A", "T")
+    assert rock.duration == pytest.approx(3.0, abs=0.1)
+    assert rock.fingerprint == fingerprint(root / "Tagged/rock.mp3")
+    assert found["Untagged/jazz.flac"].state == S.QUEUED
+    odd = found["Odd/folk.ogg"]
+    assert (odd.state, odd.raw_genre, odd.canonical_genre) == (S.QUEUED, "Freak Folk Polka", None)
+    broken = found["Odd/broken.mp3"]
+    assert broken.state == S.QUEUED and "audio" in broken.last_error  # the worker decides
+
+    # A second walk: nothing changed, nothing to read.
+    again = library.reconcile(now=10)
+    assert (again.unchanged, again.new, again.changed) == (4, 0, 0)
+    assert library.settle_due(now=20) == 0 and library.files_read == 4
+    with database[1]() as session:
+        recorded = session.get(ServiceState, "last_reconcile").value
+    assert recorded["files"] == 4 and recorded["unchanged"] == 4 and not recorded["guarded"]
+
+
+def test_audit_mode_queues_tagged_files_too(masters, root, make_library, database):
+    put(masters, root, "rock.mp3", "rock.mp3", genre="Rock")
+    Clock().settle(make_library(classifier={"audit": True}))
+    rock = tracks(database[1])["rock.mp3"]
+    assert (rock.state, rock.canonical_genre) == (S.QUEUED, "Rock")
+
+
+def test_a_file_that_vanishes_before_settling_is_forgotten(masters, root, make_library,
+                                                          database):
+    song = put(masters, root, "jazz.flac", "jazz.flac")
+    library = make_library()
+    library.reconcile(now=0)
+    song.unlink()
+    assert library.settle_due(now=SETTLE) == 0  # now it looks gone: wait for that to settle
+    assert library.settle_due(now=2 * SETTLE) == 0
+    assert library.settling == 0 and tracks(database[1]) == {} and library.files_read == 0
+
+
+def test_changed_files_are_reread_and_requeued(masters, root, make_library, database):
+    tagged = put(masters, root, "rock.mp3", "rock.mp3", genre="Rock")
+    stuck = put(masters, root, "jazz.flac", "jazz.flac")
+    touched = put(masters, root, "folk.ogg", "folk.ogg")
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    with transaction(database[1]) as session:
+        for track in session.scalars(select(Track)):
+            if track.path == "jazz.flac":
+                track.state, track.attempts, track.last_error = S.QUARANTINED, 4, "boom"
+            if track.path == "folk.ogg":
+                track.state = S.SUGGESTED
+
+    tag = ID3(tagged)
+    tag.delall("TCON")  # the genre removed by hand in a tag editor
+    tag.save(tagged)
+    shutil.copyfile(masters["blues.flac"], stuck)  # the quarantined file replaced
+    os.utime(touched, (time.time(), time.time() + 60))  # only the mtime moves
+    result, done = clock.settle(library)
+    assert result.changed == 3 and done == 3
+    found = tracks(database[1])
+    assert (found["rock.mp3"].state, found["rock.mp3"].canonical_genre) == (S.QUEUED, None)
+    jazz = found["jazz.flac"]
+    assert (jazz.state, jazz.attempts, jazz.last_error) == (S.QUEUED, 0, None)
+    assert found["folk.ogg"].state == S.SUGGESTED  # same audio: its suggestion still holds
+
+
+def test_our_own_tag_write_is_not_requeued(masters, root, make_library, database):
+    song = put(masters, root, "jazz.flac", "jazz.flac")
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    with transaction(database[1]) as session:
+        session.scalars(select(Track)).one().state = S.REVIEWED
+    # What daemon.writer does: write the genre, then record the file's new stat.
+    write_tags(song, genre="Jazz")
+    os.utime(song, (time.time(), time.time() + 5))
+    st = song.stat()
+    with transaction(database[1]) as session:
+        track = session.scalars(select(Track)).one()
+        track.written_size, track.written_mtime = st.st_size, st.st_mtime
+    reads = library.files_read
+    result, done = clock.settle(library)
+    assert (result.ours, result.changed, done) == (1, 0, 0)
+    track = tracks(database[1])["jazz.flac"]
+    assert track.state == S.REVIEWED and (track.size, track.mtime) == (st.st_size, st.st_mtime)
+    assert library.files_read == reads
+    assert clock.settle(library)[0].unchanged == 1
+
+
+def test_our_own_write_reported_by_the_watcher_is_not_reread(masters, root, make_library,
+                                                             database):
+    song = put(masters, root, "jazz.flac", "jazz.flac")
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    reads = library.files_read
+    write_tags(song, genre="Jazz")  # daemon.writer: the tag, then the stat it left behind
+    st = song.stat()
+    with transaction(database[1]) as session:
+        track = session.scalars(select(Track)).one()
+        track.size = track.written_size = st.st_size
+        track.mtime = track.written_mtime = st.st_mtime
+    assert library.notice(str(song), now=clock.now)  # the events of that write
+    assert library.settle_due(now=clock.now + SETTLE) == 0
+    assert library.files_read == reads and library.settling == 0
+
+
+def test_notice_takes_only_library_files(root, make_library):
+    library = make_library()
+    for path in ["x.mp3.part", ".hidden/x.mp3", "#recycle/x.mp3", "cover.jpg", "a/._x.mp3"]:
+        assert not library.notice(str(root / path))
+    assert not library.notice(str(root.parent / "x.mp3"))  # outside the root
+    assert library.notice(str(root / "a/x.mp3"))  # not there (yet): tracked as gone
+    assert library.settling == 1
+
+
+def test_a_moved_file_keeps_its_track_and_history(masters, root, make_library, database):
+    for i in range(6):
+        put(masters, root, f"w{i}.wav", f"Incoming/{i}.wav")
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    with transaction(database[1]) as session:
+        track = session.scalars(select(Track).where(Track.path == "Incoming/0.wav")).one()
+        track.state = S.SUGGESTED
+        session.add(Suggestion(track=track, genre="Pop", confidence=0.9,
+                               top=[["Pop", 0.9], ["Rock", 0.05], ["Jazz", 0.05]]))
+        session.flush()
+        session.add(Decision(track_id=track.id, action="reject", how="single", who="md"))
+        track_id = track.id
+
+    (root / "Pop").mkdir()
+    os.rename(root / "Incoming/0.wav", root / "Pop/0.wav")
+    result = library.reconcile(now=clock.now)
+    assert (result.missing, result.new) == (1, 1)  # old path missing, new path settling
+    assert tracks(database[1])["Incoming/0.wav"].state == S.MISSING
+    clock.now += SETTLE
+    assert library.settle_due(now=clock.now) == 1
+
+    found = tracks(database[1])
+    assert "Incoming/0.wav" not in found and len(found) == 6
+    moved = found["Pop/0.wav"]
+    assert moved.id == track_id and moved.state == S.SUGGESTED  # back where it was
+    with database[1]() as session:
+        assert session.scalars(select(Suggestion.track_id)).all() == [track_id]
+        assert session.scalars(select(Decision.track_id)).all() == [track_id]
+
+
+def test_a_copy_is_a_new_track_not_a_move(masters, root, make_library, database):
+    put(masters, root, "jazz.flac", "a/jazz.flac")
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    shutil.copy2(root / "a/jazz.flac", root / "b.flac")
+    clock.settle(library)
+    found = tracks(database[1])
+    assert set(found) == {"a/jazz.flac", "b.flac"}
+    assert found["a/jazz.flac"].fingerprint == found["b.flac"].fingerprint
+
+
+def test_a_name_that_is_not_utf8_is_stored_and_found_again(masters, root, make_library,
+                                                          database):
+    name = os.fsdecode(b"Caf\xe9 del Mar.wav")
+    shutil.copyfile(masters["w0.wav"], os.path.join(os.fsencode(root), os.fsencode(name)))
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    (stored,) = tracks(database[1])
+    assert stored == "Caf\\xe9 del Mar.wav"
+    assert library_file(root, stored).is_file()
+    assert clock.settle(library)[0].unchanged == 1  # the same file, not new every walk
+
+
+# ------------------------------------------------------------ mount-loss guard
+
+
+def _settled_library(masters, root, make_library, n=10):
+    for i in range(n):
+        put(masters, root, f"w{i}.wav", f"Artist {i}/{i}.wav")
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    return library, clock
+
+
+def _states(sessions) -> set[str]:
+    return {t.state for t in tracks(sessions).values()}
+
+
+def test_root_renamed_away_marks_nothing_missing(masters, root, make_library, database,
+                                                 caplog):
+    library, clock = _settled_library(masters, root, make_library)
+    root.rename(root.with_name("away"))  # an unmounted share
+    result = library.reconcile(now=clock.now)
+    assert result.guarded and "missing" in result.reason and result.missing == 0
+    assert _states(database[1]) == {S.QUEUED}
+    guard_lines = [r for r in caplog.records if "MOUNT-LOSS GUARD" in r.getMessage()]
+    assert len(guard_lines) == 1 and str(root) in guard_lines[0].getMessage()
+    with database[1]() as session:
+        assert session.get(ServiceState, "last_reconcile").value["guarded"] is True
+
+    root.with_name("away").rename(root)  # mounted again: back to normal
+    result = library.reconcile(now=clock.now)
+    assert not result.guarded and result.unchanged == 10
+
+
+def test_empty_mount_point_marks_nothing_missing(masters, root, make_library, database):
+    library, clock = _settled_library(masters, root, make_library)
+    away = root.with_name("away")
+    away.mkdir()
+    for child in list(root.iterdir()):
+        child.rename(away / child.name)  # what is left of an unmounted share: an empty dir
+    result = library.reconcile(now=clock.now)
+    assert result.guarded and "empty" in result.reason and result.vanished == 10
+    assert _states(database[1]) == {S.QUEUED}
+
+
+def test_more_than_a_fifth_vanishing_at_once_is_guarded(masters, root, make_library,
+                                                        database):
+    library, clock = _settled_library(masters, root, make_library)
+    for i in range(3):
+        shutil.rmtree(root / f"Artist {i}")
+    result = library.reconcile(now=clock.now)
+    assert result.guarded and result.vanished == 3 and result.missing == 0
+    assert _states(database[1]) == {S.QUEUED}
+    # Exactly a fifth is not "more than": those are really gone.
+    put(masters, root, "w0.wav", "Artist 0/0.wav")
+    result = library.reconcile(now=clock.now + 1)
+    assert not result.guarded and result.missing == 2
+    assert sorted(p for p, t in tracks(database[1]).items() if t.state == S.MISSING) == [
+        "Artist 1/1.wav", "Artist 2/2.wav"]
+
+
+def test_a_wave_of_watched_deletions_is_judged_whole(masters, root, make_library, database):
+    library, clock = _settled_library(masters, root, make_library)
+    for i in range(3):  # 30% of the library reported gone, settling one file at a time
+        (root / f"Artist {i}/{i}.wav").unlink()
+        library.notice(str(root / f"Artist {i}/{i}.wav"), now=clock.now)
+    for _ in range(3):
+        assert library.settle_due(now=clock.now + SETTLE, limit=1) == 0
+    assert _states(database[1]) == {S.QUEUED} and library.settling == 0
+    # One deletion on its own is just a deletion.
+    (root / "Artist 3/3.wav").unlink()
+    library.notice(str(root / "Artist 3/3.wav"), now=clock.now + 5)
+    assert library.settle_due(now=clock.now + 5 + SETTLE) == 1
+    assert tracks(database[1])["Artist 3/3.wav"].state == S.MISSING
+
+
+# ------------------------------------------------------------ a locked database
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO service_state (key, value, updated_at) "
+             "VALUES ('someone else', '{}', '2026-01-01 00:00:00')")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def _hold_write_lock(db_file: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding SQLite's write lock for `seconds`."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db_file), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_write_locked_database_makes_reconcile_wait_not_fail(masters, root, make_library,
+                                                               database, tmp_path):
+    library, clock = _settled_library(masters, root, make_library)
+    (root / "Artist 0/0.wav").unlink()
+    holder = _hold_write_lock(tmp_path / "genretagger.db", 2.5)
+    started = time.monotonic()
+    result = library.reconcile(now=clock.now)  # waits on the busy timeout
+    assert time.monotonic() - started >= 2.0
+    assert (result.error, result.missing) == (None, 1)
+    assert holder.wait(10) == 0
+
+
+def test_settling_survives_a_lock_that_outlasts_the_busy_timeout(masters, root, make_library,
+                                                                 database, tmp_path):
+    # A short busy timeout stands in for a lock held longer than the real 30 s one.
+    impatient = create_engine(f"sqlite:///{tmp_path / 'genretagger.db'}",
+                              connect_args={"timeout": 0.2})
+    library = make_library(sessions=sessionmaker(impatient, expire_on_commit=False))
+    put(masters, root, "jazz.flac", "jazz.flac")
+    library.reconcile(now=0)
+    holder = _hold_write_lock(tmp_path / "genretagger.db", 2.0)
+    assert library.settle_due(now=SETTLE) == 0  # logged, not raised
+    assert library.settling == 1  # still waiting to be written
+    assert holder.wait(10) == 0
+    assert library.settle_due(now=SETTLE + 1) == 1
+    assert tracks(database[1])["jazz.flac"].state == S.QUEUED
+    impatient.dispose()
+
+
+def test_first_seen_is_recorded(masters, root, make_library, database):
+    before = utcnow()
+    put(masters, root, "w1.wav", "w1.wav")
+    Clock().settle(make_library())
+    track = tracks(database[1])["w1.wav"]
+    assert track.first_seen >= before and track.last_seen >= track.first_seen
