@@ -17,16 +17,18 @@ from daemon.demo import encode, synthesize
 def make_song(tmp_path):
     """make_song(name, genre="Rock", seconds=12, sr=22050, channels=2, **tags) -> Path.
 
-    Encodes with the real encoder for the extension; tags (title, artist, album, genre)
-    are written with mutagen when given.
+    `genre` is the music synthesised; tags (title, artist, album, genre_tag) are written
+    with mutagen when given.
     """
 
     def make(name: str, genre: str = "Rock", seconds: float = 12.0, sr: int = 22_050,
              channels: int = 2, seed: int = 0, folder: Path | None = None,
-             **tags: str | None) -> Path:
+             genre_tag: str | None = None, **tags: str | None) -> Path:
         path = (folder or tmp_path / "songs") / name
         path.parent.mkdir(parents=True, exist_ok=True)
         encode(path, synthesize(genre, seconds, sr, seed, channels), sr)
+        if genre_tag is not None:
+            tags["genre"] = genre_tag
         if tags:
             from daemon.tags import write_tags
 
