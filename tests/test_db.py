@@ -63,3 +63,32 @@ def test_state_machine_allows_only_listed_moves():
     assert track.state == TrackState.REVIEWED
     with pytest.raises(InvalidTransition, match="x.mp3: track cannot go from reviewed to working"):
         move(track, TrackState.WORKING)
+
+
+def test_write_units_take_the_lock_up_front(database):
+    """A read-then-write unit must not fail when another writer commits in between."""
+    import threading
+
+    from daemon.db.engine import transaction
+
+    _, sessions = database
+    with transaction(sessions) as session:
+        session.add(Track(path="a.mp3", size=1, mtime=1.0))
+    other_done = threading.Event()
+
+    def other_writer():
+        with transaction(sessions) as session:
+            session.get(Track, 1).attempts = 5
+        other_done.set()
+
+    with transaction(sessions) as session:
+        track = session.get(Track, 1)
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        assert not other_done.wait(0.5)  # it waits for our lock instead of racing us
+        track.size = 2
+    thread.join(10)
+    assert other_done.is_set()
+    with sessions() as session:
+        track = session.get(Track, 1)
+        assert (track.size, track.attempts) == (2, 5)

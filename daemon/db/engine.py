@@ -27,6 +27,7 @@ from daemon.mounts import filesystem_type, is_network_filesystem
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30
+IMMEDIATE = "genretagger_immediate"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -45,12 +46,22 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):
+        # We emit BEGIN ourselves (below): pysqlite's implicit BEGIN is always DEFERRED.
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        # A write unit takes the write lock up front: a DEFERRED transaction that reads,
+        # then writes after another connection committed fails at once with "database is
+        # locked", which no busy timeout can help.
+        immediate = conn.get_execution_options().get(IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -61,8 +72,13 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(sessions: sessionmaker[Session]):
-    """One unit of work: commit on success, roll back on any error."""
+    """One unit of work: commit on success, roll back on any error.
+
+    On SQLite it holds the write lock from its first statement (BEGIN IMMEDIATE), so a
+    concurrent writer waits for the busy timeout instead of failing half-way.
+    """
     with sessions() as session, session.begin():
+        session.connection(execution_options={IMMEDIATE: True})
         yield session
 
 

@@ -121,7 +121,11 @@ class Suggestion(Base):
     """A model's top-3 genres for one track."""
 
     __tablename__ = "suggestions"
-    __table_args__ = (Index("ix_suggestions_status_confidence", "status", "confidence"),)
+    __table_args__ = (
+        Index("ix_suggestions_status_confidence", "status", "confidence"),
+        # The review queue filtered by genre reads in order straight from this index.
+        Index("ix_suggestions_status_genre_confidence", "status", "genre", "confidence"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)

@@ -108,6 +108,7 @@ def upgrade() -> None:
     with op.batch_alter_table('suggestions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_suggestions_genre'), ['genre'], unique=False)
         batch_op.create_index('ix_suggestions_status_confidence', ['status', 'confidence'], unique=False)
+        batch_op.create_index('ix_suggestions_status_genre_confidence', ['status', 'genre', 'confidence'], unique=False)
         batch_op.create_index(batch_op.f('ix_suggestions_track_id'), ['track_id'], unique=False)
 
     op.create_table('training_runs',
@@ -170,6 +171,7 @@ def downgrade() -> None:
     op.drop_table('training_runs')
     with op.batch_alter_table('suggestions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_suggestions_track_id'))
+        batch_op.drop_index('ix_suggestions_status_genre_confidence')
         batch_op.drop_index('ix_suggestions_status_confidence')
         batch_op.drop_index(batch_op.f('ix_suggestions_genre'))
 

@@ -1,0 +1,109 @@
+// Keyboard review: j/k move, 1-3 accept that genre, a accept the top one, r none of
+// these, u undo, p play/pause. Every action is the row's own form, sent with fetch so
+// the page stays put; without this script the forms work as plain posts.
+"use strict";
+
+(function () {
+  const token = () => document.querySelector('meta[name="csrf-token"]').content;
+  let rows = [];
+  let current = -1;
+
+  function say(message, isError) {
+    const status = document.getElementById("status");
+    if (!status) return;
+    status.textContent = message;
+    status.classList.remove("hidden");
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  function select(index) {
+    rows = Array.from(document.querySelectorAll("article.song"));
+    if (!rows.length) { current = -1; return; }
+    current = Math.max(0, Math.min(index, rows.length - 1));
+    rows.forEach((row, i) => row.classList.toggle("current", i === current));
+    rows[current].scrollIntoView({ block: "nearest" });
+    rows[current].focus({ preventScroll: true });
+  }
+
+  async function post(url, form) {
+    const response = await fetch(url, {
+      method: "POST",
+      body: form || new FormData(),
+      headers: { "X-CSRFToken": token(), "Accept": "application/json" },
+      credentials: "same-origin",
+    });
+    let data = {};
+    try { data = await response.json(); } catch (e) { data = { error: "unexpected answer" }; }
+    if (!response.ok || !data.ok) throw new Error(data.error || response.statusText);
+    return data;
+  }
+
+  async function submitRowForm(form) {
+    const row = form.closest("article.song");
+    try {
+      const data = await post(form.action, new FormData(form));
+      const index = rows.indexOf(row);
+      row.remove();
+      const total = document.getElementById("total");
+      if (total) total.textContent = String(Math.max(0, Number(total.textContent) - 1));
+      say(data.message + " Press u to undo.");
+      if (!document.querySelector("article.song")) { window.location.reload(); return; }
+      select(index);
+    } catch (err) {
+      say(err.message, true);
+    }
+  }
+
+  async function undoLast() {
+    try {
+      const data = await post("/undo-last");
+      say(data.message);
+      window.location.reload();
+    } catch (err) {
+      say(err.message, true);
+    }
+  }
+
+  function currentRow() { return current >= 0 ? rows[current] : null; }
+
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (form.classList.contains("act") && form.closest("article.song")) {
+      event.preventDefault();
+      select(rows.indexOf(form.closest("article.song")));
+      submitRowForm(form);
+    }
+  });
+
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const tag = (event.target.tagName || "").toLowerCase();
+    if (["input", "select", "textarea"].includes(tag)) return;
+    const row = currentRow();
+    const key = event.key;
+    if (key === "j") { select(current + 1); }
+    else if (key === "k") { select(current - 1); }
+    else if (key === "u") { undoLast(); }
+    else if (row && ["1", "2", "3", "a"].includes(key)) {
+      const choice = key === "a" ? "1" : key;
+      const button = row.querySelector(`button.choice[data-choice="${choice}"]`);
+      if (button) submitRowForm(button.closest("form"));
+    } else if (row && key === "r") {
+      submitRowForm(row.querySelector("button.reject").closest("form"));
+    } else if (row && key === "p") {
+      const audio = row.querySelector("audio");
+      if (audio.paused) {
+        document.querySelectorAll("audio").forEach((a) => { if (a !== audio) a.pause(); });
+        audio.play().catch(() => say("This song cannot be played here.", true));
+      } else { audio.pause(); }
+    } else { return; }
+    event.preventDefault();
+  });
+
+  document.addEventListener("click", (event) => {
+    const row = event.target.closest && event.target.closest("article.song");
+    if (row) { rows = Array.from(document.querySelectorAll("article.song")); select(rows.indexOf(row)); }
+  });
+
+  document.addEventListener("DOMContentLoaded", () => select(0));
+})();

@@ -1,0 +1,186 @@
+"""The review page in a real browser (Debian's chromium through Playwright) against the
+real WebServer on a real DB with real encoded songs: keyboard accept, override, bulk
+accept, undo, the audio preview (206 for a Range request). Screenshots go to
+test-artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+from sqlalchemy import select
+from test_review import add_suggested_track
+
+from daemon.db.models import Decision, Model, Suggestion, Track, utcnow
+from daemon.fingerprint import fingerprint
+from daemon.web import WebServer
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+SONGS = [  # file, title, artist, top-3
+    ("Incoming/Night Drive.mp3", "Night Drive", "The Lanterns",
+     (("Electronic", 0.93), ("Pop", 0.05), ("Rock", 0.02))),
+    ("Incoming/Blue Porch.flac", "Blue Porch", "Delta Ray",
+     (("Blues", 0.91), ("Jazz", 0.06), ("Country", 0.03))),
+    ("Donations/Fast Lane.ogg", "Fast Lane", "Iron Kettle",
+     (("Rock", 0.55), ("Metal", 0.41), ("Pop", 0.04))),
+    ("Donations/Late Set.m4a", "Late Set", "Quartet Nine",
+     (("Jazz", 0.47), ("Classical", 0.33), ("Blues", 0.2))),
+    ("Donations/Morning.opus", "Morning", "Ana Lee",
+     (("Folk", 0.38), ("Country", 0.35), ("Pop", 0.27))),
+]
+
+
+@pytest.fixture
+def served(tmp_path, make_config, database, make_song):
+    library = tmp_path / "library"
+    config = make_config(library)
+    _, sessions = database
+    genres = {"mp3": "Electronic", "flac": "Blues", "ogg": "Rock", "m4a": "Jazz", "opus": "Folk"}
+    for rel, title, artist, top in SONGS:
+        folder = library / Path(rel).parent
+        path = make_song(Path(rel).name, genre=genres[rel.rsplit(".", 1)[1]], seconds=15,
+                         folder=folder, seed=len(title))
+        st = path.stat()
+        add_suggested_track(sessions, rel, top, fmt=rel.rsplit(".", 1)[1], title=title,
+                            artist=artist, size=st.st_size, mtime=st.st_mtime, duration=15.0,
+                            fingerprint=fingerprint(path),
+                            raw_genre="Misc" if "Fast" in title else None)
+    with sessions() as session, session.begin():
+        classes = ["Blues", "Electronic", "Folk", "Jazz", "Rock"]
+        confusion = [[8, 0, 1, 1, 0], [0, 11, 0, 0, 1], [2, 0, 7, 0, 1], [1, 0, 0, 9, 0],
+                     [0, 1, 1, 0, 12]]
+        per_class = {g: {"precision": 0.8, "recall": row[i] / sum(row), "f1": 0.8,
+                         "support": sum(row)}
+                     for i, (g, row) in enumerate(zip(classes, confusion, strict=True))}
+        session.add(Model(version=3, path="/m/v3/model.onnx", sha256="c" * 64, status="active",
+                          classes=classes, n_songs=240, activated_at=utcnow(),
+                          metrics={"accuracy": 0.82, "macro_f1": 0.81, "genres": classes,
+                                   "confusion": confusion, "per_class": per_class}))
+    server = WebServer(config, sessions, port=0)
+    server.start()
+    yield server, sessions
+    server.close()
+
+
+@pytest.fixture
+def page(served):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        yield page
+        browser.close()
+    assert not errors, errors  # no script errors, no CSP violations
+
+
+def decisions(sessions) -> list[Decision]:
+    with sessions() as session:
+        return list(session.scalars(select(Decision).order_by(Decision.id)))
+
+
+def suggestion_for(sessions, title: str) -> Suggestion:
+    with sessions() as session:
+        return session.scalar(select(Suggestion).join(Track).where(Track.title == title))
+
+
+def test_review_in_a_real_browser(served, page):
+    server, sessions = served
+    page.goto(server.url)
+    expect(page.locator("#total")).to_have_text("5")
+    expect(page.locator("article.song").first).to_have_class("song current")
+    # Thumbnails render (PNG decoded by the browser).
+    page.wait_for_function("() => Array.from(document.querySelectorAll('img.spectrogram'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "review-queue.png"), full_page=True)
+
+    # a: accept the top genre of the first (most sure) song.
+    page.keyboard.press("a")
+    expect(page.locator("#total")).to_have_text("4")
+    expect(page.locator("#status")).to_contain_text("Accepted Electronic")
+    [d1] = decisions(sessions)
+    assert (d1.action, d1.genre, d1.how) == ("accept", "Electronic", "single")
+
+    # j then 2: the second song's runner-up genre (an override).
+    page.keyboard.press("j")
+    expect(page.locator("article.song.current h2")).to_have_text("Fast Lane")
+    page.keyboard.press("2")
+    expect(page.locator("#total")).to_have_text("3")
+    d2 = decisions(sessions)[-1]
+    assert (d2.action, d2.genre) == ("override", "Metal")
+    assert suggestion_for(sessions, "Fast Lane").status == "overridden"
+
+    # Override with another genre from the list.
+    row = page.locator("article.song", has_text="Morning")
+    row.locator("select[name=genre]").select_option("Country")
+    row.locator("button.set-button").click()
+    expect(page.locator("#total")).to_have_text("2")
+    d3 = decisions(sessions)[-1]
+    assert (d3.action, d3.genre) == ("override", "Country")
+
+    # u: undo the last decision; the song comes back.
+    page.keyboard.press("u")
+    expect(page.locator("article.song", has_text="Morning")).to_be_visible()
+    expect(page.locator("#total")).to_have_text("3")
+    assert decisions(sessions)[-2].undone and decisions(sessions)[-1].action == "undo"
+
+    # r: reject the current song.
+    page.locator("article.song", has_text="Late Set").locator("h2").click()
+    expect(page.locator("article.song.current h2")).to_have_text("Late Set")
+    page.keyboard.press("r")
+    expect(page.locator("#total")).to_have_text("2")
+    assert suggestion_for(sessions, "Late Set").status == "rejected"
+
+    # Bulk accept: the count is shown before confirming.
+    page.fill("#bulk-threshold", "90")
+    page.click("#bulk-count-button")
+    expect(page.locator("#bulk-count")).to_have_text("1")
+    page.screenshot(path=str(ARTIFACTS / "review-bulk.png"))
+    page.click("#bulk-confirm")
+    expect(page.locator("#total")).to_have_text("1")
+    assert suggestion_for(sessions, "Blue Porch").status == "accepted"
+    assert decisions(sessions)[-1].how == "bulk"
+
+    # History: every decision with undo buttons.
+    page.click("text=History")
+    expect(page.locator("table.history tbody tr")).to_have_count(6)
+    page.screenshot(path=str(ARTIFACTS / "review-history.png"), full_page=True)
+    page.locator(f"#d{d2.id} button.undo").click()
+    expect(page.locator(f"#d{d2.id}")).to_have_class("undone")
+    assert suggestion_for(sessions, "Fast Lane").status == "pending"
+
+    # The model page: metrics and the confusion matrix in plain words.
+    page.click("text=Genre model")
+    expect(page.locator("table.confusion tbody tr")).to_have_count(5)
+    expect(page.locator("table.models")).to_contain_text("In use")
+    page.screenshot(path=str(ARTIFACTS / "review-models.png"), full_page=True)
+
+
+def test_audio_preview_in_the_browser(served, page):
+    server, sessions = served
+    page.goto(server.url)
+    track_id = page.locator("article.song").first.get_attribute("data-track")
+    url = f"{server.url}tracks/{track_id}/preview.wav"
+    whole = page.request.get(url)
+    assert whole.status == 200 and whole.body()[:4] == b"RIFF"
+    part = page.request.get(url, headers={"Range": "bytes=0-1023"})
+    assert part.status == 206 and len(part.body()) == 1024
+    assert part.headers["content-range"] == f"bytes 0-1023/{len(whole.body())}"
+    assert part.body() == whole.body()[:1024]
+    # The browser's own player loads it (by Range requests) and knows its length.
+    duration = page.evaluate("""() => new Promise((resolve, reject) => {
+        const audio = document.querySelector('article.song audio');
+        audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
+        audio.addEventListener('error', () => reject(new Error('audio error')));
+        audio.preload = 'metadata';
+        audio.load();
+    })""")
+    assert 14.0 < duration < 17.0

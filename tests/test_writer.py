@@ -1,0 +1,333 @@
+"""Tag write-back on real encoded files: every format, atomicity under SIGKILL, the
+Writer's bookkeeping (retries, written size/mtime, fingerprint, feature cache), and
+a reconcile that does not re-queue our own write."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mutagen.id3 import ID3
+from sqlalchemy import select
+from test_review import add_suggested_track
+
+from daemon import review
+from daemon.audio import probe, read_window
+from daemon.db.models import Decision, Track, utcnow
+from daemon.errors import FileError
+from daemon.featurecache import FeatureCache
+from daemon.features import DEFAULT_SPEC
+from daemon.fingerprint import fingerprint
+from daemon.tags import read_tags
+from daemon.writer import WriteFailed, Writer, temp_path, write_genre_atomically
+
+FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
+
+
+def id3_version(path: Path) -> int:
+    return ID3(path).version[1]
+
+
+@pytest.fixture
+def mp3_v23(make_song):
+    path = make_song("v23.mp3", seconds=3, title="Old Song", artist="Band")
+    tags = ID3(path)
+    tags.save(path, v2_version=3)
+    assert id3_version(path) == 3
+    return path
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_write_every_format_keeps_other_tags_and_audio(make_song, ext):
+    path = make_song(f"song.{ext}", seconds=3, title="Old Song", artist="Band", genre="Blues")
+    os.chmod(path, 0o640)
+    os.chown(path, 1234, 2345)
+    before = read_tags(path)
+    seen = []
+    st = write_genre_atomically(path, "Electronic", before_replace=seen.append)
+    # What the caller recorded before the rename is what the file has after it.
+    assert (seen[0].st_size, seen[0].st_mtime) == (st.st_size, st.st_mtime)
+    after = read_tags(path)
+    assert after.genres == ("Electronic",)
+    assert (after.title, after.artist, after.format) == ("Old Song", "Band", before.format)
+    assert abs(probe(path).duration - 3.0) < 0.2
+    assert len(read_window(path, 1.0, 1.0)) > 20_000
+    now = os.stat(path)
+    assert (now.st_mode & 0o7777, now.st_uid, now.st_gid) == (0o640, 1234, 2345)
+    assert (st.st_size, st.st_mtime) == (now.st_size, now.st_mtime)
+    assert not temp_path(path).exists()
+    # "add" keeps what was there.
+    write_genre_atomically(path, "Jazz", "add")
+    assert read_tags(path).genres == ("Electronic", "Jazz")
+
+
+def test_id3_versions_are_kept(mp3_v23, make_song):
+    write_genre_atomically(mp3_v23, "Jazz")
+    assert id3_version(mp3_v23) == 3 and read_tags(mp3_v23).genres == ("Jazz",)
+    v24 = make_song("v24.mp3", seconds=3, title="T")
+    ID3(v24).save(v24, v2_version=4)
+    write_genre_atomically(v24, "Folk")
+    assert id3_version(v24) == 4 and read_tags(v24).genres == ("Folk",)
+
+
+def test_symlinked_song_is_written_through_and_stays_a_link(make_song, tmp_path):
+    real = make_song("real.flac", seconds=3)
+    link = tmp_path / "songs" / "link.flac"
+    link.symlink_to(real)
+    write_genre_atomically(link, "Pop")
+    assert link.is_symlink() and read_tags(real).genres == ("Pop",)
+
+
+def test_failures_are_typed_and_leave_the_original(make_song, tmp_path):
+    path = make_song("ro.mp3", seconds=3, genre="Rock")
+    original = path.read_bytes()
+    os.chmod(path, 0o444)
+    with pytest.raises(WriteFailed, match="read-only"):
+        write_genre_atomically(path, "Jazz")
+    assert path.read_bytes() == original and not temp_path(path).exists()
+    with pytest.raises(WriteFailed, match="gone"):
+        write_genre_atomically(tmp_path / "nope.mp3", "Jazz")
+    text = tmp_path / "songs" / "text.mp3"
+    text.write_bytes(b"not audio at all " * 100)
+    with pytest.raises(FileError):
+        write_genre_atomically(text, "Jazz")
+    assert not temp_path(text).exists()
+
+
+# A writer process, forked from a helper that imported the writer once (so 30+ rounds
+# stay fast), rewrites genres in a loop until the test SIGKILLs it.
+FORK_HELPER = """
+import os, sys
+from daemon.writer import write_genre_atomically
+paths, child = sys.argv[1:], None
+for line in sys.stdin:
+    if line.strip() == "wait":
+        _, status = os.waitpid(child, 0)
+        print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1, flush=True)
+        continue
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        i = 0
+        while True:
+            for p in paths:
+                write_genre_atomically(p, ("Rock", "Jazz")[i % 2])
+            i += 1
+            if i == 1:
+                os.write(w, b"r")
+    os.close(w)
+    os.read(r, 1)
+    os.close(r)
+    print(child, flush=True)
+"""
+
+
+def test_sigkill_mid_write_leaves_old_or_new_file(make_song, tmp_path):
+    paths = [make_song(f"kill.{ext}", seconds=2, genre="Blues", title="K") for ext in FORMATS]
+    rng = random.Random(5)
+    mid_write = 0
+    helper = subprocess.Popen([sys.executable, "-c", FORK_HELPER, *map(str, paths)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parent.parent)
+    try:
+        for _ in range(32):
+            helper.stdin.write("go\n")
+            helper.stdin.flush()
+            writer_pid = int(helper.stdout.readline())
+            time.sleep(rng.uniform(0.0, 0.05))
+            os.kill(writer_pid, signal.SIGKILL)
+            helper.stdin.write("wait\n")
+            helper.stdin.flush()
+            assert int(helper.stdout.readline()) == signal.SIGKILL
+            mid_write += any(temp_path(p).exists() for p in paths)
+            for path in paths:
+                tags = read_tags(path)
+                assert tags.genres in (("Rock",), ("Jazz",)), (path, tags.genres)
+                assert tags.title == "K"
+                samples = read_window(path, 0.5, 1.0)
+                assert len(samples) > 15_000 and np.isfinite(samples).all()
+    finally:
+        helper.stdin.close()
+        helper.wait(10)
+    assert mid_write > 0  # some kills did land inside a write
+    # A temp file left by a kill is hidden, and the next write replaces it.
+    for path in paths:
+        write_genre_atomically(path, "Pop")
+        assert read_tags(path).genres == ("Pop",) and not temp_path(path).exists()
+
+
+# ----------------------------------------------------------------- the Writer component
+
+@pytest.fixture
+def station(tmp_path, make_config, database, make_song):
+    library = tmp_path / "library"
+    config = make_config(library)
+    _, sessions = database
+    return config, sessions, library
+
+
+def add_song(sessions, library: Path, make_song, rel: str, **kw):
+    path = make_song(Path(rel).name, seconds=3, folder=library / Path(rel).parent, title="S")
+    st = path.stat()
+    fp = fingerprint(path)
+    track_id, sid = add_suggested_track(sessions, rel, size=st.st_size, mtime=st.st_mtime,
+                                        fingerprint=fp, **kw)
+    return path, track_id, sid, fp
+
+
+def test_writer_writes_accepted_genres_and_records_its_write(station, make_song):
+    config, sessions, library = station
+    path, track_id, sid, old_fp = add_song(sessions, library, make_song, "A/one.mp3")
+    cache = FeatureCache(config.cache_dir, DEFAULT_SPEC)
+    features = np.random.default_rng(0).random((5, *DEFAULT_SPEC.input_shape), np.float32)
+    cache.put(old_fp, features)
+    [decision] = review.accept(sessions, config, [sid], who="t")
+    writer = Writer(config, sessions)
+    assert writer.run_once().written == 1
+    assert read_tags(path).genres == ("Rock",)
+    st = path.stat()
+    with sessions() as session:
+        track = session.get(Track, track_id)
+        assert (track.written_size, track.written_mtime) == (st.st_size, st.st_mtime)
+        assert (track.size, track.mtime) == (st.st_size, st.st_mtime)
+        assert track.fingerprint == fingerprint(path) != old_fp
+        assert session.get(Decision, decision.id).write_status == "written"
+    np.testing.assert_allclose(cache.get(track.fingerprint), cache.get(old_fp))
+    assert writer.run_once().written == 0  # nothing left
+
+
+def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, make_song):
+    config, sessions, library = station
+    path, track_id, sid, _ = add_song(sessions, library, make_song, "B/ro.flac")
+    review.accept(sessions, config, [sid], who="t", choice=2)
+    os.chmod(path, 0o444)
+    writer = Writer(config, sessions, first_backoff=60)
+    assert writer.run_once().failed == 1
+    with sessions() as session:
+        [decision] = session.scalars(select(Decision)).all()
+        assert decision.write_status == "failed" and "read-only" in decision.write_error
+        assert decision.next_write_at > utcnow() + timedelta(seconds=50)
+        assert review.write_backlog(session) == {"pending": 0, "failed": 1}
+    assert writer.run_once().failed == 0  # not due yet
+    os.chmod(path, 0o644)
+    later = utcnow() + timedelta(seconds=61)
+    assert writer.run_once(now=later).written == 1
+    assert read_tags(path).genres == ("Metal",)
+    # A vanished file fails the same way (and an undo of it is not retried).
+    gone, _, sid2, _ = add_song(sessions, library, make_song, "B/gone.wav")
+    [d2] = review.accept(sessions, config, [sid2], who="t")
+    gone.unlink()
+    assert writer.run_once().failed == 1
+    review.undo(sessions, config, d2.id, who="t")
+    assert writer.run_once(now=utcnow() + timedelta(hours=1)) == writer.run_once()
+    with sessions() as session:
+        assert session.get(Decision, d2.id).write_status == "none"
+
+
+def test_writer_thread_starts_and_closes(station, make_song):
+    config, sessions, library = station
+    path, _, sid, _ = add_song(sessions, library, make_song, "C/t.ogg")
+    writer = Writer(config, sessions, interval=0.05)
+    writer.start()
+    try:
+        review.accept(sessions, config, [sid], who="t")
+        writer.wake()
+        deadline = time.monotonic() + 10
+        while read_tags(path).genres != ("Rock",) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert read_tags(path).genres == ("Rock",)
+    finally:
+        started = time.monotonic()
+        writer.close()
+        assert time.monotonic() - started < 2
+
+
+def test_undo_after_write_puts_the_old_genre_back(station, make_song):
+    config, sessions, library = station
+    path, _, sid, _ = add_song(sessions, library, make_song, "D/u.m4a", raw_genre="Blues")
+    from daemon.tags import write_tags
+
+    write_tags(path, genre="Blues")
+    with sessions() as session, session.begin():
+        track = session.scalar(select(Track).where(Track.path == "D/u.m4a"))
+        track.size, track.mtime = path.stat().st_size, path.stat().st_mtime
+    [decision] = review.accept(sessions, config, [sid], who="t")
+    writer = Writer(config, sessions)
+    writer.run_once()
+    assert read_tags(path).genres == ("Rock",)
+    review.undo(sessions, config, decision.id, who="t")
+    writer.run_once()
+    assert read_tags(path).genres == ("Blues",)
+
+
+def test_accept_write_then_reconcile_does_not_requeue(station, make_song):
+    from daemon.genres import load_genre_map
+    from daemon.library import Library
+
+    config, sessions, library = station
+    path, track_id, sid, _ = add_song(sessions, library, make_song, "E/r.opus")
+    genre_map = load_genre_map()
+    lib = Library(config, sessions, genre_map)
+    lib.reconcile()
+    with sessions() as session:
+        assert session.get(Track, track_id).state == "suggested"
+    review.accept(sessions, config, [sid], who="t")
+    assert Writer(config, sessions).run_once().written == 1
+    result = lib.reconcile()
+    lib.settle_due(now=time.time() + 3600)
+    with sessions() as session:
+        track = session.get(Track, track_id)
+        assert track.state == "reviewed", result
+        assert track.confirmed_genre == "Rock"
+
+
+def test_writer_never_writes_outside_the_library(station, make_song, tmp_path):
+    config, sessions, library = station
+    outside = make_song("outside.mp3", seconds=3, genre="Blues", folder=tmp_path / "private")
+    library.mkdir(parents=True, exist_ok=True)
+    (library / "link.mp3").symlink_to(outside)
+    before = outside.read_bytes()
+    sids = [add_suggested_track(sessions, rel)[1]
+            for rel in ("link.mp3", "../private/outside.mp3", str(outside))]
+    review.accept(sessions, config, sids, who="t")
+    assert Writer(config, sessions).run_once().failed == 3
+    assert outside.read_bytes() == before
+    with sessions() as session:
+        errors = sorted(d.write_error for d in session.scalars(select(Decision)))
+    assert errors == ["leads outside the library", "not a path inside the library",
+                      "not a path inside the library"]
+
+
+def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
+    config, sessions, library = station
+    path, _, sid, _ = add_song(sessions, library, make_song, "F/late.flac", raw_genre="Folk")
+    from daemon.tags import write_tags
+
+    write_tags(path, genre="Folk")
+    [decision] = review.accept(sessions, config, [sid], who="t")
+
+    class UndoMidWrite(Writer):
+        def _expect_write(self, track_id, st):
+            # The reviewer presses u while this write is between copy and rename.
+            if not getattr(self, "undone", False):
+                self.undone = True
+                review.undo(sessions, config, decision.id, who="t")
+            super()._expect_write(track_id, st)
+
+    writer = UndoMidWrite(config, sessions)
+    writer.run_once()
+    assert read_tags(path).genres == ("Rock",)  # that write did land ...
+    writer.run_once()
+    assert read_tags(path).genres == ("Folk",)  # ... and the undo put the old genre back
+    with sessions() as session:
+        undo_row = session.scalar(select(Decision).where(Decision.undoes_id == decision.id))
+        assert undo_row.write_status == "written"
