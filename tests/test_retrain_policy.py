@@ -1,0 +1,115 @@
+"""The pure parts of retraining: the policy, the gate, failure reasons. Fixed datetimes and
+counts, table-driven; no database, no trainer."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from daemon.db.models import Model
+from daemon.retrain import failure_reason, gate, should_retrain
+
+NOW = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
+
+
+def model(trained_until: datetime | None = NOW - timedelta(days=1), version: int = 3) -> Model:
+    return Model(version=version, path="/x/model.onnx", sha256="0" * 64, status="active",
+                 classes=["Jazz", "Rock"], metrics={}, trained_until=trained_until,
+                 created_at=NOW - timedelta(days=2))
+
+
+@pytest.mark.parametrize(
+    ("active", "new_labels", "forced", "genres", "expected", "says"),
+    [
+        # no model yet: train the first one when at least 2 genres have enough songs
+        (None, 0, False, 3, True, "no model yet"),
+        (None, 0, False, None, True, "no model yet"),
+        (None, 0, False, 1, False, "1 genre(s) have enough"),
+        (None, 0, True, 0, True, "no model yet"),  # forced: let the trainer say what lacks
+        # a model: the label threshold decides
+        (model(), 25, False, 5, True, "25 new confirmed label(s)"),
+        (model(), 40, False, 5, True, "threshold 25"),
+        (model(), 24, False, 5, False, "nothing to learn: 24"),
+        (model(), 0, False, 5, False, "nothing to learn: 0"),
+        (model(), 0, True, 5, True, "requested by an operator"),
+        (model(trained_until=None), 30, False, 5, True, "frozen 2 days ago"),
+        (model(trained_until=NOW - timedelta(days=9)), 3, False, 5, False, "9 days ago"),
+    ],
+)
+def test_should_retrain(active, new_labels, forced, genres, expected, says):
+    train, reason = should_retrain(NOW, active, new_labels, 25, forced, trainable_genres=genres)
+    assert train is expected
+    assert says in reason
+
+
+def metrics(macro_f1: float, recall: dict[str, float], support: int = 10) -> dict:
+    return {"accuracy": macro_f1, "macro_f1": macro_f1, "n_songs": support * len(recall),
+            "per_class": {g: {"precision": r, "recall": r, "f1": r, "support": support}
+                          for g, r in recall.items()}}
+
+
+BASE = metrics(0.80, {"Jazz": 0.80, "Rock": 0.80, "Pop": 0.80})
+
+
+@pytest.mark.parametrize(
+    ("candidate", "active", "promote", "says"),
+    [
+        (metrics(0.85, {"Jazz": 0.9, "Rock": 0.8, "Pop": 0.85}), BASE, True, "+5.0 points"),
+        (metrics(0.80, {"Jazz": 0.8, "Rock": 0.8, "Pop": 0.8}), BASE, True, "+0.0 points"),
+        # exactly 0.5 points lower passes, more does not
+        (metrics(0.795, {"Jazz": 0.8, "Rock": 0.8, "Pop": 0.8}), BASE, True, "-0.5 points"),
+        (metrics(0.794, {"Jazz": 0.8, "Rock": 0.8, "Pop": 0.8}), BASE, False,
+         "drops more than 0.5"),
+        # better macro-F1 but one genre's recall drops 10 points
+        (metrics(0.90, {"Jazz": 1.0, "Rock": 1.0, "Pop": 0.70}), BASE, False,
+         "Pop recall drops 10.0"),
+        # a recall drop of exactly 5 points is allowed
+        (metrics(0.82, {"Jazz": 0.9, "Rock": 0.85, "Pop": 0.75}), BASE, True, "no genre"),
+        # a genre the candidate does not know counts as recall 0
+        (metrics(0.85, {"Jazz": 0.9, "Rock": 0.9}), BASE, False, "Pop recall drops 80.0"),
+        # nothing to compare with: the first model is promoted
+        (metrics(0.30, {"Jazz": 0.3}), None, True, "no active model"),
+        # an empty holdout never replaces a working model
+        ({**metrics(0.9, {"Jazz": 0.9}), "n_songs": 0}, BASE, False, "no songs"),
+        # a shuffled-label candidate: chance-level everywhere
+        (metrics(0.33, {"Jazz": 0.3, "Rock": 0.4, "Pop": 0.3}), BASE, False, "drops more"),
+    ],
+)
+def test_gate(candidate, active, promote, says):
+    verdict = gate(candidate, active, 0.5, 5.0)
+    assert verdict.promote is promote, verdict.reason
+    assert says in verdict.reason
+
+
+def test_gate_ignores_genres_without_holdout_songs():
+    active = {**BASE, "per_class": {**BASE["per_class"],
+                                    "Pop": {"recall": 0.0, "support": 0}}}
+    verdict = gate(metrics(0.85, {"Jazz": 0.9, "Rock": 0.9}), active, 0.5, 5.0)
+    assert verdict.promote, verdict.reason
+    assert set(verdict.recall_changes) == {"Jazz", "Rock"}
+
+
+def test_gate_limits_come_from_arguments():
+    candidate = metrics(0.70, {"Jazz": 0.7, "Rock": 0.7, "Pop": 0.7})
+    assert not gate(candidate, BASE, 0.5, 5.0).promote
+    assert gate(candidate, BASE, 10.0, 10.0).promote
+    assert gate(candidate, BASE, 10.0, 10.0).f1_change == pytest.approx(-10.0)
+
+
+@pytest.mark.parametrize(
+    ("returncode", "tail", "stopped", "says"),
+    [
+        (-signal.SIGKILL, "epoch 2/3\n", None, "killed by SIGKILL"),
+        (-signal.SIGABRT, "F env.cc:84] Thread creation via pthread_create() failed.\n", None,
+         "out of memory: the trainer hit the 512 MB cap"),
+        (1, "Traceback...\nMemoryError: Unable to allocate 3.1 GiB\n", None, "out of memory"),
+        (1, "x\nerror: need at least 2 genres with >= 20 songs\n", None,
+         "exit 1): error: need at least 2 genres"),
+        (2, "error: the trainer needs the [trainer] extra\n", None, "refused to start (exit 2)"),
+        (-signal.SIGTERM, "", "timed out after 1 min", "timed out after 1 min"),
+    ],
+)
+def test_failure_reason(returncode, tail, stopped, says):
+    assert says in failure_reason(returncode, tail, memory_mb=512, stopped_for=stopped)
