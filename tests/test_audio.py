@@ -1,0 +1,276 @@
+"""daemon.audio: seek-decoded clip windows equal a full decode at the same offset, for
+every format, rate, bit depth and channel layout; clips sit where ARCHITECTURE.md says.
+
+The reference here decodes the WHOLE file independently (soundfile for PCM/FLAC, PyAV with
+its own format conversion for the rest), downmixes by the channel mean and resamples with
+soxr HQ, the way librosa.load would; daemon.audio must agree with it after seeking.
+"""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from scipy import signal
+
+from daemon.audio import AudioInfo, decode_clips, probe, read_clips, read_window
+from daemon.demo import encode, synthesize
+from daemon.errors import TooShort
+from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts
+
+SR = 22_050
+FORMATS = [".mp3", ".flac", ".ogg", ".opus", ".m4a", ".wav", ".aiff", ".wma"]
+FORMAT_NAMES = {".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".opus": "opus",
+                ".m4a": "m4a", ".wav": "wav", ".aiff": "aiff", ".wma": "wma"}
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def full_decode(path, sr: int = SR) -> np.ndarray:
+    """Every sample of the file, mono (channel mean) float32, resampled to sr with soxr."""
+    try:
+        libsndfile_reads_it = sf.info(path).format in ("WAV", "AIFF", "FLAC")
+    except RuntimeError:
+        libsndfile_reads_it = False
+    if libsndfile_reads_it:
+        try:
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+            mono = data.mean(axis=1)
+        except RuntimeError:  # libsndfile refuses a truncated FLAC; FFmpeg decodes the rest
+            libsndfile_reads_it = False
+    if not libsndfile_reads_it:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            # FFmpeg's own converter to planar float at the native rate and layout.
+            to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout,
+                                         rate=rate)
+            parts = []
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError:  # the cut-off last packet of a truncated file
+                    continue
+                parts += [f.to_ndarray() for frame in frames for f in to_float.resample(frame)]
+            parts += [f.to_ndarray() for f in to_float.resample(None)]
+        mono = np.concatenate(parts, axis=1).mean(axis=0)
+    mono = mono.astype(np.float32)
+    return soxr.resample(mono, rate, sr, quality="HQ") if rate != sr else mono
+
+
+def assert_matches(window: np.ndarray, reference: np.ndarray, start: float, sr: int = SR,
+                   max_lag_s: float = 0.05, min_corr: float = 0.99) -> int:
+    """`window` is reference[start*sr:...] up to an offset <= 50 ms: correlation >= 0.99
+    at the best lag, and that lag is within 50 ms. Returns the lag in samples."""
+    n = len(window)
+    assert n > 0
+    first = int(round(start * sr))
+    max_lag = int(max_lag_s * sr)
+    lo = max(0, first - max_lag)
+    segment = reference[lo:first + n + max_lag]
+    corr = signal.correlate(segment, window, mode="valid", method="fft")  # one per lag
+    running = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
+    energy = np.sqrt((running[n:] - running[:-n]) * np.sum(window.astype(np.float64) ** 2))
+    normalised = corr / np.maximum(energy, 1e-12)
+    best = int(np.argmax(normalised))
+    lag = lo + best - first
+    assert abs(lag) <= max_lag, f"offset {lag / sr * 1000:.1f} ms"
+    assert normalised[best] >= min_corr, (
+        f"correlation {normalised[best]:.4f} at lag {lag / sr * 1000:.1f} ms")
+    return lag
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory):
+    """One 20 s song per format at 44.1 kHz stereo (Opus: 48 kHz), encoded once."""
+    folder = tmp_path_factory.mktemp("formats")
+    samples = synthesize("Rock", 20.0, 44_100, seed=3)
+    return {ext: encode(folder / f"song{ext}", samples, 44_100) for ext in FORMATS}
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_seeked_windows_match_a_full_decode(songs, ext):
+    path = songs[ext]
+    info = probe(path)
+    assert info.format == FORMAT_NAMES[ext]
+    assert info.duration == pytest.approx(20.0, abs=0.1)
+    reference = full_decode(path)
+    offsets = np.random.default_rng(8).uniform(0.0, 18.9, 20)  # Vorbis quirks hide anywhere
+    for start in (0.0, 0.37, 18.9, *offsets):
+        window = read_window(path, start, 1.0)
+        assert window.dtype == np.float32 and len(window) == SR
+        # Better than the 50 ms the contract allows: seeking is sample-exact here.
+        assert assert_matches(window, reference, start) == 0
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_clips_sit_where_the_architecture_says(songs, ext):
+    """5 clips evenly spaced inside 10%..90% of the duration, each equal to the full
+    decode there."""
+    path = songs[ext]
+    info, clips = decode_clips(path)
+    assert isinstance(info, AudioInfo)
+    assert clips.shape == (DEFAULT_SPEC.clips_per_song, DEFAULT_SPEC.clip_samples)
+    assert clips.dtype == np.float32
+    starts = clip_starts(info.duration, DEFAULT_SPEC)
+    assert starts[0] == pytest.approx(0.1 * info.duration)
+    assert starts[-1] + DEFAULT_SPEC.clip_seconds == pytest.approx(0.9 * info.duration)
+    reference = full_decode(path)
+    for start, clip in zip(starts, clips, strict=True):
+        assert_matches(clip, reference, start)
+    assert np.array_equal(read_clips(path), clips)
+
+
+def test_two_second_clips_and_other_rates(songs):
+    spec = FeatureSpec(clip_seconds=2.0, sample_rate=16_000, clips_per_song=3)
+    clips = read_clips(songs[".mp3"], spec)
+    assert clips.shape == (3, 32_000)
+    reference = full_decode(songs[".mp3"], 16_000)
+    for start, clip in zip(clip_starts(probe(songs[".mp3"]).duration, spec), clips,
+                           strict=True):
+        assert_matches(clip, reference, start, sr=16_000)
+
+
+def test_short_song_spreads_clips_over_what_exists(make_song):
+    path = make_song("short.flac", seconds=1.5)
+    clips = read_clips(path)
+    starts = clip_starts(1.5, DEFAULT_SPEC)
+    assert starts == pytest.approx(np.linspace(0.15, 0.35, 5))
+    reference = full_decode(path)
+    for start, clip in zip(starts, clips, strict=True):
+        assert_matches(clip, reference, start)
+
+    barely = make_song("barely.wav", seconds=1.05)
+    assert clip_starts(probe(barely).duration, DEFAULT_SPEC)[0] == 0.0
+    assert read_clips(barely).shape == (5, SR)
+
+    with pytest.raises(TooShort) as err:
+        read_clips(make_song("tiny.mp3", seconds=0.5))
+    assert "tiny.mp3" in str(err.value) and "shorter than one" in err.value.reason
+
+
+def test_format_comes_from_the_content_not_the_name(songs, tmp_path):
+    flac_named_mp3 = shutil.copy(songs[".flac"], tmp_path / "really flac.mp3")
+    mp3_named_ogg = shutil.copy(songs[".mp3"], tmp_path / "really mp3.ogg")
+    no_extension = shutil.copy(songs[".m4a"], tmp_path / "no extension")
+    assert probe(flac_named_mp3).format == "flac"
+    assert probe(mp3_named_ogg).format == "mp3"
+    assert probe(no_extension).format == "m4a"
+    assert np.array_equal(read_clips(flac_named_mp3), read_clips(songs[".flac"]))
+
+
+def test_window_past_the_end_is_short_not_garbage(songs):
+    for ext in (".mp3", ".flac", ".opus"):
+        tail = read_window(songs[ext], 19.5, 1.0)
+        assert 0.45 * SR <= len(tail) <= 0.55 * SR
+        assert_matches(tail, full_decode(songs[ext]), 19.5)
+        assert len(read_window(songs[ext], 25.0, 1.0)) == 0
+
+
+def _channels(n: int) -> np.ndarray:
+    """n channels of different content, so a wrong downmix shows."""
+    return np.stack([synthesize(g, 6.0, 44_100, seed=i, channels=1)[:, 0] for i, g in
+                     enumerate(["Rock", "Jazz", "Blues", "Pop", "Metal", "Folk"][:n])], axis=1)
+
+
+@pytest.mark.parametrize(("ext", "channels"), [
+    (".wav", 1), (".flac", 6), (".aiff", 2), (".mp3", 1), (".m4a", 6), (".ogg", 6),
+    (".opus", 1), (".wma", 1),
+])
+def test_mono_stereo_and_5_1_are_downmixed_by_the_channel_mean(tmp_path, ext, channels):
+    path = encode(tmp_path / f"ch{channels}{ext}", _channels(channels), 44_100)
+    info = probe(path)
+    assert info.channels == channels
+    reference = full_decode(path)
+    for start in (0.5, 3.3):
+        assert_matches(read_window(path, start, 1.0), reference, start)
+
+
+@pytest.mark.parametrize(("ext", "rate"), [
+    (".wav", 8_000), (".flac", 11_025), (".wav", 16_000), (".aiff", 22_050),
+    (".flac", 48_000), (".wav", 88_200), (".flac", 96_000), (".mp3", 8_000),
+    (".mp3", 32_000), (".mp3", 48_000), (".m4a", 8_000), (".m4a", 96_000), (".ogg", 96_000),
+    (".wma", 22_050),
+])
+def test_sample_rates_from_8_to_96_khz(tmp_path, ext, rate):
+    path = encode(tmp_path / f"r{rate}{ext}", synthesize("Jazz", 4.0, rate, seed=2), rate)
+    info = probe(path)
+    assert info.sample_rate == rate
+    reference = full_decode(path)
+    for start in (0.4, 2.2):
+        window = read_window(path, start, 1.0)
+        assert len(window) == SR
+        assert_matches(window, reference, start)
+
+
+@pytest.mark.parametrize(("ext", "subtype"), [
+    (".wav", "PCM_U8"), (".wav", "PCM_16"), (".wav", "PCM_24"), (".wav", "PCM_32"),
+    (".wav", "FLOAT"), (".wav", "DOUBLE"), (".aiff", "PCM_S8"), (".aiff", "PCM_24"),
+    (".aiff", "FLOAT"), (".flac", "PCM_S8"), (".flac", "PCM_24"),
+])
+def test_bit_depths_8_to_32_and_float(tmp_path, ext, subtype):
+    samples = synthesize("Pop", 4.0, 44_100, seed=5)
+    path = tmp_path / f"{subtype}{ext}"
+    sf.write(path, samples, 44_100, subtype=subtype)  # demo.encode's FLAC is 16-bit only
+    assert sf.info(path).subtype == subtype
+    clips = read_clips(path)
+    reference = soxr.resample(samples.mean(axis=1), 44_100, SR, quality="HQ")
+    # The source itself: 8-bit quantisation noise stays far below the music.
+    for start, clip in zip(clip_starts(4.0, DEFAULT_SPEC), clips, strict=True):
+        assert_matches(clip, reference, start, min_corr=0.99)
+        assert np.abs(clip).max() <= 1.0
+
+
+@pytest.mark.parametrize("sample_format", ["s16p", "s32p"])
+def test_integer_samples_from_ffmpeg_are_scaled_like_libsndfile(tmp_path, sample_format):
+    """ALAC in M4A decodes to 16/24-bit integers in FFmpeg (the other codecs give floats)."""
+    rate = 44_100
+    samples = synthesize("Blues", 4.0, rate, seed=7)
+    path = tmp_path / f"alac-{sample_format}.m4a"
+    with av.open(str(path), "w", format="ipod") as out:
+        stream = out.add_stream("alac", rate=rate, layout="stereo")
+        stream.format = sample_format
+        convert = av.AudioResampler(format=sample_format, layout="stereo", rate=rate)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp",
+                                           layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        for converted in [*convert.resample(frame), *convert.resample(None)]:
+            out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+    info = probe(path)
+    assert (info.format, info.codec) == ("m4a", "alac")
+    reference = soxr.resample(samples.mean(axis=1), rate, SR, quality="HQ")
+    for start in (0.5, 2.5):
+        window = read_window(path, start, 1.0)
+        assert_matches(window, reference, start, min_corr=0.999)
+        assert np.abs(window - reference[int(start * SR):][:SR]).max() < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["vbr", "cbr without header"])
+def test_mp3_vbr_and_headerless_seek_exactly(tmp_path, kind):
+    """CBR files with a LAME "Info" tag seek by byte offset (the songs fixture); VBR
+    ("Xing") and headerless files take FFmpeg's exact frame-scanning seek."""
+    rate = 44_100
+    samples = synthesize("Rock", 20.0, rate, seed=4)
+    path = tmp_path / f"{kind}.mp3"
+    options = {"write_xing": "0"} if kind != "vbr" else {}
+    with av.open(str(path), "w", format="mp3", options=options) as out:
+        stream = out.add_stream("libmp3lame", rate=rate, layout="stereo")
+        if kind == "vbr":
+            stream.codec_context.qscale = True
+            stream.codec_context.global_quality = 4 * 118  # -q:a 4 (FF_QP2LAMBDA = 118)
+        else:
+            stream.bit_rate = 128_000
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp",
+                                           layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    reference = full_decode(path)
+    for start in (*np.random.default_rng(6).uniform(0.0, 18.5, 30), 19.5):
+        assert assert_matches(read_window(path, start, 1.0), reference, start) == 0, start
