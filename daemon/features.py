@@ -86,25 +86,36 @@ def clip_starts(duration: float, spec: FeatureSpec, path: object = "") -> list[f
     return [float(x) for x in np.linspace(first, last, spec.clips_per_song)]
 
 
-def log_spectrogram(clip: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
-    """One clip of mono samples -> (n_freqs, n_frames) float32 in [0, 1]."""
-    if clip.shape != (spec.clip_samples,):
-        raise ValueError(f"clip has shape {clip.shape}, expected ({spec.clip_samples},)")
+def _scaled_power(clips: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """(n, samples) -> (n, n_freqs, n_frames) float32 in [0, 1], each clip scaled alone."""
     _, _, power = signal.spectrogram(
-        clip.astype(np.float64, copy=False),
+        clips.astype(np.float64, copy=False),
         fs=spec.sample_rate,
         window=spec.window,
         nperseg=spec.nperseg,
         noverlap=spec.noverlap,
         detrend=spec.detrend,
         scaling=spec.scaling,
+        axis=-1,
     )
     db = 10.0 * np.log10(power + spec.floor)
-    top = db.max()
+    top = db.max(axis=(1, 2), keepdims=True)
     db = np.clip(db, top - spec.top_db, top)
     return ((db - (top - spec.top_db)) / spec.top_db).astype(np.float32)
 
 
+def log_spectrogram(clip: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
+    """One clip of mono samples -> (n_freqs, n_frames) float32 in [0, 1]."""
+    if clip.shape != (spec.clip_samples,):
+        raise ValueError(f"clip has shape {clip.shape}, expected ({spec.clip_samples},)")
+    return _scaled_power(clip[np.newaxis], spec)[0]
+
+
 def song_features(clips: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
-    """(clips, samples) -> model input (clips, n_freqs, n_frames, 1) float32."""
-    return np.stack([log_spectrogram(c, spec) for c in clips])[..., np.newaxis]
+    """(clips, samples) -> model input (clips, n_freqs, n_frames, 1) float32.
+
+    One spectrogram call for all clips (the costliest step per song after decoding).
+    """
+    if clips.ndim != 2 or clips.shape[1] != spec.clip_samples:
+        raise ValueError(f"clips have shape {clips.shape}, expected (n, {spec.clip_samples})")
+    return _scaled_power(clips, spec)[..., np.newaxis]

@@ -70,3 +70,12 @@ def test_shorter_than_one_clip_is_a_typed_error():
 def test_spec_round_trips_through_json_and_keys_differ():
     assert FeatureSpec.from_json(DEFAULT_SPEC.to_json()) == DEFAULT_SPEC
     assert FeatureSpec(clip_seconds=2.0).key != DEFAULT_SPEC.key
+
+
+def test_batched_song_features_equal_clip_by_clip():
+    rng = np.random.default_rng(7)
+    clips = np.stack([golden_input(DEFAULT_SPEC) * g for g in (1.0, 0.01, 3.0)]
+                     + [rng.standard_normal(DEFAULT_SPEC.clip_samples).astype(np.float32)])
+    batched = song_features(clips)
+    for clip, features in zip(clips, batched, strict=True):
+        np.testing.assert_array_equal(features[..., 0], log_spectrogram(clip))
