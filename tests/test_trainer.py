@@ -1,0 +1,276 @@
+"""The trainer end to end on a tiny generated library, plus its numpy-only parts.
+
+The library is encoded by real encoders and tagged with mutagen (daemon.demo), once per
+module; `genretagger train` runs as a real subprocess, as the nightly retrain runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.classifier import Classifier, read_metadata, song_probabilities
+from daemon.demo import encode, make_library, synthesize
+from trainer.dataset import (
+    DatasetError,
+    LabelledSong,
+    artist_key,
+    build_dataset,
+    split_of,
+)
+from trainer.evaluate import (
+    expected_calibration_error,
+    fit_temperature,
+    song_metrics,
+)
+
+GENRES = ("Classical", "Electronic", "Hip-Hop", "Metal")
+# With this seed the library's 20 artists split 13/4/3 (train/validation/test), covering
+# 4 genres in validation and 3 in test (seed 0 leaves 1 artist each in validation and test).
+SEED = 5
+BUNDLE_KEYS = {"classes", "feature_spec", "temperature", "clips_per_song", "metrics",
+               "training_set", "training_set_hash", "created_at", "parent_model",
+               "trainer_version"}
+
+
+def genretagger(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+# ---------------------------------------------------------------- numpy-only parts
+
+def song(rel, genre, artist):
+    return LabelledSong(Path(rel), rel, genre, artist_key(artist, None, rel), rel.encode().hex())
+
+
+def test_artist_key_falls_back_to_album_then_folder():
+    assert artist_key(" The  Band ", "X", "a/b.mp3") == "artist:the band"
+    assert artist_key(None, "Live Album", "a/b.mp3") == "album:live album"
+    assert artist_key("  ", None, "Rock/Live/b.mp3") == "folder:rock/live"
+
+
+def test_splits_are_artist_disjoint_and_stable_as_the_library_grows():
+    small = [song(f"{g}/{a}/{i}.mp3", g, f"{g} artist {a}")
+             for g in GENRES for a in range(10) for i in range(3)]
+    grown = small + [song(f"{g}/new{a}/{i}.mp3", g, f"{g} newcomer {a}")
+                     for g in GENRES for a in range(10) for i in range(3)]
+    one, two = build_dataset(small, seed=5, min_songs=5), build_dataset(grown, seed=5,
+                                                                        min_songs=5)
+    for dataset in (one, two):
+        artists = [{s.artist_key for s in dataset.split(n)} for n in ("train", "validation",
+                                                                      "test")]
+        assert not (artists[0] & artists[1] or artists[0] & artists[2] or artists[1] & artists[2])
+        assert sum(len(dataset.split(n)) for n in ("train", "validation", "test")) == \
+            len({s.rel for s in dataset.train + dataset.validation + dataset.test})
+    for name in ("train", "validation", "test"):
+        assert {s.rel for s in one.split(name)} <= {s.rel for s in two.split(name)}
+    assert split_of("artist:x", 1) == split_of("artist:x", 1)
+    # A different seed makes a different split.
+    assert build_dataset(small, seed=6, min_songs=5).test != one.test
+
+
+def test_classes_need_min_songs_and_leftovers_are_reported():
+    songs = [song(f"{g}/{a}/{i}.mp3", g, f"{g} artist {a}")
+             for g in ("Jazz", "Rock") for a in range(8) for i in range(3)]
+    songs += [song(f"Polka/{i}.mp3", "Polka", "polka band") for i in range(4)]
+    dataset = build_dataset(songs, seed=0, min_songs=10)
+    assert dataset.classes == ("Jazz", "Rock") and dataset.left_out == {"Polka": 4}
+    assert all(s.genre != "Polka" for s in dataset.train + dataset.validation + dataset.test)
+    with pytest.raises(DatasetError, match="at least 2 genres"):
+        build_dataset(songs, seed=0, min_songs=100)
+
+
+def test_song_metrics_for_the_gate():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    m = song_metrics(probs, ["Jazz", "Jazz", "Rock", "Rock"], ("Jazz", "Rock"))
+    assert m["accuracy"] == 0.75 and m["confusion"] == [[2, 0], [1, 1]]
+    assert m["per_class"]["Jazz"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert m["per_class"]["Rock"]["recall"] == 0.5
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert song_metrics(probs, [0, 0, 1, 1], ("Jazz", "Rock"))["confusion"] == m["confusion"]
+    # A genre the model does not know counts as a miss with its own row.
+    unknown = song_metrics(probs, ["Jazz", "Jazz", "Rock", "Polka"], ("Jazz", "Rock"))
+    assert unknown["genres"] == ["Jazz", "Rock", "Polka"]
+    assert unknown["per_class"]["Polka"]["recall"] == 0.0 and unknown["accuracy"] == 0.75
+
+
+def test_temperature_scaling_reduces_overconfidence():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    # Overconfident clips: right 70% of the time, always ~97% sure.
+    predicted = np.where(rng.random(300) < 0.7, labels, (labels + 1) % 3)
+    clip_probs = np.full((300, 5, 3), 0.015)
+    clip_probs[np.arange(300), :, predicted] = 0.97
+    temperature = fit_temperature(clip_probs, labels)
+    assert temperature > 1.5
+    before = expected_calibration_error(song_probabilities(clip_probs, 1.0), labels)
+    after = expected_calibration_error(song_probabilities(clip_probs, temperature), labels)
+    assert after < before / 3
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    root = tmp_path_factory.mktemp("station") / "library"
+    songs = make_library(root, songs_per_genre=10, genres=GENRES, untagged_share=0.0,
+                         seconds=(8, 12), formats=(".flac", ".ogg", ".mp3", ".wav"),
+                         artists_per_genre=5, broken=2, seed=3)
+    return root, songs
+
+
+def test_confirmed_labels_override_file_tags(library, tmp_path):
+    from daemon.genres import load_genre_map
+    from daemon.tags import write_tags
+    from trainer.dataset import find_labelled_songs, load_labels
+
+    root, songs = library
+    rel = songs[0].path.relative_to(root).as_posix()
+    labels_file = tmp_path / "labels.json"
+    labels_file.write_text(json.dumps({rel: "Metal"}))
+    found, skipped = find_labelled_songs(root, load_genre_map(None), load_labels(labels_file))
+    genre_of = {s.rel: s.genre for s in found}
+    assert songs[0].genre == "Classical" and genre_of[rel] == "Metal"
+    assert len(found) == len(songs) and len(skipped) == 2
+    # An untagged file with a confirmed label is a labelled song; without one it is not.
+    bare = tmp_path / "lib" / "Someone" / "untagged.flac"
+    bare.parent.mkdir(parents=True)
+    encode(bare, synthesize("Jazz", 3, 22_050, 0), 22_050)
+    write_tags(bare, title="no artist, no album, no genre")
+    found, skipped = find_labelled_songs(tmp_path / "lib", load_genre_map(None))
+    assert not found and skipped == [("Someone/untagged.flac", skipped[0][1])]
+    labels_file.write_text(json.dumps({"Someone/untagged.flac": "jazz"}))
+    found, _ = find_labelled_songs(tmp_path / "lib", load_genre_map(None),
+                                   load_labels(labels_file))
+    assert [(s.genre, s.artist_key) for s in found] == [("Jazz", "folder:someone")]
+    labels_file.write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="labels.json"):
+        load_labels(labels_file)
+
+
+@pytest.fixture(scope="module")
+def first_run(library, tmp_path_factory):
+    root, _ = library
+    base = tmp_path_factory.mktemp("runs")
+    run = genretagger("train", "--library", root, "--out", base / "one", "--cache",
+                      base / "cache", "--epochs", 5, "--min-songs", 5, "--seed", SEED)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return base, run
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_calibrated_bundle(library, first_run):
+    root, songs = library
+    base, run = first_run
+    out = base / "one"
+    for name in ("model.onnx", "model.keras", "report.json", "confusion.png",
+                 "reliability.png", "split.json"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["classes"] == sorted(GENRES)
+    assert report["parity_max_abs_diff"] <= 1e-4
+    assert report["cache"]["decoded"] == len(songs) and report["cache"]["failed"] == 0
+    # The two broken files are reported, not fatal.
+    assert {s["path"] for s in report["skipped"]} == {"Incoming/empty.mp3",
+                                                      "Incoming/not really.flac"}
+    test = report["metrics"]["test"]
+    assert test["n_songs"] >= 4
+    assert test["song_accuracy"] >= 0.75, report["test"]  # chance is 0.25
+    calibration = report["metrics"]["calibration"]["validation"]
+    assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
+    assert 0.2 - 1e-6 <= report["temperature"] <= 20
+    meta = read_metadata(out / "model.onnx")
+    assert set(meta) >= BUNDLE_KEYS
+    assert meta["classes"] == report["classes"] and meta["clips_per_song"] == 5
+    assert meta["temperature"] == pytest.approx(report["temperature"])
+    assert meta["training_set"]["songs"]["train"] == len(json.loads(
+        (out / "split.json").read_text())["train"])
+    assert meta["parent_model"] == ""
+    assert "test" in run.stdout and "model.onnx" in run.stdout
+
+
+@pytest.mark.slow
+def test_split_is_artist_disjoint_and_songs_never_cross(library, first_run):
+    root, songs = library
+    base, _ = first_run
+    split = json.loads((base / "one" / "split.json").read_text())
+    artist_of = {s.path.relative_to(root).as_posix(): s.artist for s in songs}
+    seen = [row["path"] for rows in split.values() for row in rows]
+    assert len(seen) == len(set(seen)) == len(songs)
+    artists = {name: {artist_of[row["path"]] for row in rows} for name, rows in split.items()}
+    assert not artists["train"] & artists["test"]
+    assert not artists["train"] & artists["validation"]
+    assert not artists["validation"] & artists["test"]
+    assert all(row["genre"] in GENRES and len(row["fingerprint"]) == 32
+               for rows in split.values() for row in rows)
+
+
+@pytest.mark.slow
+def test_rerun_decodes_nothing_warm_starts_and_keeps_the_split(library, first_run):
+    root, songs = library
+    base, _ = first_run
+    entries = sorted((base / "cache").rglob("*.npy"))
+    assert len(entries) == len(songs)
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in entries}
+    run = genretagger("train", "--library", root, "--out", base / "two", "--cache",
+                      base / "cache", "--epochs", 1, "--min-songs", 5, "--seed", SEED,
+                      "--warm-start", base / "one")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((base / "two" / "report.json").read_text())
+    assert report["cache"]["decoded"] == 0 and report["cache"]["cached"] == len(songs)
+    # Not one cache entry was rewritten: nothing was decoded again.
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in entries} == before
+    assert report["fit"]["warm_start"] is True
+    assert json.loads((base / "two" / "split.json").read_text()) == \
+        json.loads((base / "one" / "split.json").read_text())
+    parent = read_metadata(base / "two" / "model.onnx")["parent_model"]
+    assert parent == Classifier.load(base / "one" / "model.onnx").sha256
+
+
+@pytest.mark.slow
+def test_evaluate_and_classify_through_onnxruntime(library, first_run):
+    root, songs = library
+    base, _ = first_run
+    model = base / "one" / "model.onnx"
+    run = genretagger("evaluate", "--model", model, "--library", root, "--cache",
+                      base / "cache", "--json", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["n_songs"] == len(songs) and report["decoded"] == 0
+    assert report["accuracy"] >= 0.75 and set(report["per_class"]) == set(GENRES)
+    test_rows = json.loads((base / "one" / "split.json").read_text())["test"]
+    files = [root / row["path"] for row in test_rows][:4]
+    run = genretagger("classify", *files, root / "Incoming" / "empty.mp3", "--model", model,
+                      "--json", timeout=300)
+    assert run.returncode == 1, run.stderr  # the empty file failed, the others did not
+    rows = json.loads(run.stdout)["files"]
+    genre_of = {str(root / row["path"]): row["genre"] for row in test_rows}
+    right = sum(r["genres"][0]["genre"] == genre_of[r["path"]] for r in rows[:-1])
+    assert right >= len(files) - 1
+    assert rows[-1]["error"] and not rows[-1]["genres"]
+
+
+@pytest.mark.slow
+def test_train_fails_cleanly(library, first_run, tmp_path):
+    root, _ = library
+    base, _ = first_run
+    run = genretagger("train", "--library", root, "--out", tmp_path / "x", "--cache",
+                      base / "cache", "--min-songs", 1000)
+    assert run.returncode == 1 and "at least 2 genres" in run.stderr
+    assert not (tmp_path / "x" / "model.onnx").exists()
+    # Without the [trainer] extra: a message naming it, exit 2.
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.argv = ['genretagger', "
+            f"'train', '--library', {str(root)!r}, '--out', {str(tmp_path / 'y')!r}]; "
+            "from daemon.cli import main; main()")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "pip install 'genretagger[trainer]'" in run.stderr

@@ -1,0 +1,284 @@
+"""Labelled songs -> cached clip features -> artist-disjoint splits.  (No TensorFlow here.)
+
+Top to bottom:
+  find_labelled_songs: walk the library; a file whose tag (or confirmed label) maps to a
+      canonical genre is a labelled song, keyed by its content fingerprint.
+  load_features: fill the feature cache for songs not in it yet, decoding in the
+      ExtractPool (the daemon's own decode + feature code); unchanged songs are never
+      decoded again.
+  build_dataset: classes with enough songs, then splits. An artist's split is decided by
+      hashing its key with the seed, so it is stable as the library grows: an artist in
+      test never moves into train. Clips of one song always stay with the song.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from daemon.config import AUDIO_EXTENSIONS
+from daemon.errors import FileError, GenretaggerError
+from daemon.featurecache import FeatureCache
+from daemon.fingerprint import fingerprint
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+# Shares of artists per split (by hash): test, then validation, the rest train.
+TEST_SHARE = 0.15
+VALIDATION_SHARE = 0.15
+
+
+class DatasetError(GenretaggerError):
+    """The library cannot make a dataset (too few genres, songs or artists)."""
+
+
+@dataclass(frozen=True)
+class LabelledSong:
+    """One song with its genre: `rel` is the POSIX path relative to the library root."""
+
+    path: Path
+    rel: str
+    genre: str
+    artist_key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Classes (ordered) and the three splits of usable songs."""
+
+    classes: tuple[str, ...]
+    train: tuple[LabelledSong, ...]
+    validation: tuple[LabelledSong, ...]
+    test: tuple[LabelledSong, ...]
+    # genre -> song count, for genres below --min-songs (or with no training song).
+    left_out: dict[str, int] = field(default_factory=dict)
+
+    def split(self, name: str) -> tuple[LabelledSong, ...]:
+        return getattr(self, name)
+
+    def labels(self, name: str) -> np.ndarray:
+        """Class indices of a split's songs, in split order."""
+        index = {g: i for i, g in enumerate(self.classes)}
+        return np.array([index[s.genre] for s in self.split(name)], dtype=np.int64)
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/genretagger/features (or ~/.cache/...): shared by trainer runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "genretagger" / "features"
+
+
+def load_labels(path: Path | None) -> dict[str, str]:
+    """--labels FILE.json -> {relative POSIX path: genre}. Raises DatasetError if malformed."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetError(f"labels file {path}: {err}") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise DatasetError(f"labels file {path}: expected a JSON object "
+                           "{relative path: genre}")
+    return data
+
+
+def artist_key(artist: str | None, album: str | None, rel: str) -> str:
+    """The unit of the split: artist tag, else album tag, else the song's folder."""
+    for kind, value in (("artist", artist), ("album", album)):
+        if value and value.strip():
+            return f"{kind}:{' '.join(value.casefold().split())}"
+    return f"folder:{rel.rpartition('/')[0].casefold()}"
+
+
+def split_of(key: str, seed: int) -> str:
+    """An artist key's split from a hash of (seed, key): stable as the library grows."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    share = int.from_bytes(digest[:8], "big") / 2**64
+    if share < TEST_SHARE:
+        return "test"
+    if share < TEST_SHARE + VALIDATION_SHARE:
+        return "validation"
+    return "train"
+
+
+def _audio_files(library: Path, extensions: Iterable[str]) -> Iterator[Path]:
+    extensions = {e.lower() for e in extensions}
+    for folder, dirs, files in os.walk(library):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in extensions:
+                yield Path(folder) / name
+
+
+def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | None = None,
+                        extensions: Iterable[str] = AUDIO_EXTENSIONS,
+                        ) -> tuple[list[LabelledSong], list[tuple[str, str]]]:
+    """Walk `library` -> (labelled songs, [(rel, reason)] for files left out).
+
+    A confirmed label in `labels` ({rel: genre}) overrides the file's tag. Files with no
+    usable genre are left out with the reason "no genre" / "genre X not mapped".
+    """
+    from daemon.tags import read_tags
+
+    library = Path(library)
+    labels = labels or {}
+    songs, skipped = [], []
+    for path in _audio_files(library, extensions):
+        rel = path.relative_to(library).as_posix()
+        artist = album = None
+        raw: tuple[str, ...] = ()
+        try:
+            tags = read_tags(path)
+            artist, album, raw = tags.artist, tags.album, tuple(tags.genres)
+        except FileError as err:
+            if rel not in labels:
+                skipped.append((rel, err.reason))
+                continue
+        if rel in labels:
+            genre = genre_map.canonical_for(labels[rel]) or labels[rel]
+        else:
+            genre = genre_map.canonical_for(raw) if raw else None
+            if genre is None:
+                skipped.append((rel, f"genre {'/'.join(raw)!r} not mapped" if raw
+                                else "no genre"))
+                continue
+        try:
+            fp = fingerprint(path)
+        except OSError as err:
+            skipped.append((rel, f"cannot read: {err.strerror}"))
+            continue
+        songs.append(LabelledSong(path, rel, genre, artist_key(artist, album, rel), fp))
+    return songs, skipped
+
+
+def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
+                  processes: int | None = None, timeout: float = 60.0,
+                  progress: bool = False,
+                  ) -> tuple[list[LabelledSong], list[tuple[str, str]], dict[str, int]]:
+    """Make sure every song's features are in `cache`.
+
+    Songs already cached are not decoded; the rest go through daemon.extract.ExtractPool.
+    Returns (songs with features, [(rel, reason)] for files that failed,
+    {"cached": n, "decoded": n, "failed": n}). Copies of one file are decoded once.
+    """
+    from tqdm import tqdm
+
+    missing: dict[str, list[LabelledSong]] = {}
+    for song in songs:
+        if not cache.has(song.fingerprint):
+            missing.setdefault(song.fingerprint, []).append(song)
+    failed: dict[str, str] = {}
+    decoded = 0
+    if missing:
+        from daemon.extract import ExtractPool
+
+        by_path = {str(group[0].path): fp for fp, group in missing.items()}
+        processes = processes or max(1, os.cpu_count() or 1)
+        with ExtractPool(min(processes, len(missing)), cache.spec, timeout=timeout) as pool, \
+                tqdm(total=len(missing), desc="decoding", unit="song",
+                     disable=not progress) as bar:
+            for path, result in pool.map(list(by_path)):
+                fp = by_path[str(path)]
+                if isinstance(result, FileError):
+                    for song in missing[fp]:
+                        failed[song.rel] = result.reason
+                else:
+                    cache.put(fp, result.features)
+                    decoded += 1
+                bar.update(1)
+    usable = [s for s in songs if s.rel not in failed]
+    for rel, reason in failed.items():
+        log.warning("%s: left out: %s", rel, reason)
+    stats = {"cached": len(songs) - sum(len(g) for g in missing.values()),
+             "decoded": decoded, "failed": len(failed)}
+    return usable, sorted(failed.items()), stats
+
+
+def build_dataset(songs: list[LabelledSong], *, seed: int = 0, min_songs: int = 20) -> Dataset:
+    """Labelled songs with features -> classes and artist-disjoint splits.
+
+    Classes: canonical genres with >= `min_songs` songs and at least one training song,
+    sorted by name; the rest go into `left_out`. When hashing leaves validation or test
+    without an artist (a library of a handful of artists), the training artists whose
+    hashes lie closest to that split move into it, so both always have songs.
+    Raises DatasetError when fewer than 2 classes remain.
+    """
+    counts = Counter(s.genre for s in songs)
+    keys = sorted({s.artist_key for s in songs})
+    assigned = {k: split_of(k, seed) for k in keys}
+    for name in ("test", "validation"):
+        if len(keys) >= 3 and name not in assigned.values():
+            # Deterministic: the training artist with the smallest hash share moves.
+            candidates = [k for k in keys if assigned[k] == "train"]
+            if len(candidates) > 1:
+                moved = min(candidates, key=lambda k: hashlib.sha256(
+                    f"{seed}\0{name}\0{k}".encode()).digest())
+                assigned[moved] = name
+    trained = {s.genre for s in songs if assigned[s.artist_key] == "train"}
+    classes = tuple(sorted(g for g, n in counts.items() if n >= min_songs and g in trained))
+    left_out = {g: n for g, n in sorted(counts.items()) if g not in classes}
+    if len(classes) < 2:
+        raise DatasetError(
+            f"need at least 2 genres with >= {min_songs} songs and a training artist; "
+            f"found {dict(sorted(counts.items()))}")
+    kept = [s for s in songs if s.genre in classes]
+    parts = {name: tuple(s for s in kept if assigned[s.artist_key] == name) for name in SPLITS}
+    for name in ("validation", "test"):
+        if not parts[name]:
+            raise DatasetError(f"no songs in the {name} split: the library needs songs "
+                               "by at least 3 different artists")
+    return Dataset(classes, parts["train"], parts["validation"], parts["test"], left_out)
+
+
+def song_chunks(songs: Iterable[LabelledSong], cache: FeatureCache, size: int = 64,
+                ) -> Iterator[np.ndarray]:
+    """Features of `songs` in order, `size` songs at a time: (songs, clips, F, T, 1) float32."""
+    chunk: list[np.ndarray] = []
+    for song in songs:
+        features = cache.get(song.fingerprint)
+        if features is None:
+            raise DatasetError(f"{song.rel}: features vanished from the cache")
+        chunk.append(features)
+        if len(chunk) == size:
+            yield np.stack(chunk)
+            chunk = []
+    if chunk:
+        yield np.stack(chunk)
+
+
+def summary(dataset: Dataset, clips_per_song: int) -> dict:
+    """The training-set summary stored in the bundle and the report."""
+    return {
+        "classes": list(dataset.classes),
+        "songs": {name: len(dataset.split(name)) for name in SPLITS},
+        "clips": {name: len(dataset.split(name)) * clips_per_song for name in SPLITS},
+        "artists": {name: len({s.artist_key for s in dataset.split(name)}) for name in SPLITS},
+        "per_class": {name: dict(sorted(Counter(s.genre for s in dataset.split(name)).items()))
+                      for name in SPLITS},
+        "left_out": dataset.left_out,
+    }
+
+
+def training_set_hash(dataset: Dataset) -> str:
+    """sha256 over the classes and the (fingerprint, genre) pairs of the training split."""
+    digest = hashlib.sha256(json.dumps(list(dataset.classes)).encode())
+    for fp, genre in sorted((s.fingerprint, s.genre) for s in dataset.train):
+        digest.update(f"{fp}\0{genre}\n".encode())
+    return digest.hexdigest()
+
+
+def split_listing(dataset: Dataset) -> dict[str, list[dict[str, str]]]:
+    """split.json: {split: [{"path", "genre", "fingerprint"}]} (paths relative)."""
+    return {name: [{"path": s.rel, "genre": s.genre, "fingerprint": s.fingerprint}
+                   for s in dataset.split(name)] for name in SPLITS}

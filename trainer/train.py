@@ -1,0 +1,203 @@
+"""`genretagger train`: library -> dataset -> fit -> calibrate -> evaluate -> export.
+
+Writes into --out: model.keras, split.json, report.json, confusion.png, reliability.png
+and, last, model.onnx (the bundle). A run that dies part-way leaves no model.onnx, so a
+directory holding one holds a complete run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from daemon.classifier import song_probabilities
+from daemon.errors import ConfigError
+from daemon.featurecache import FeatureCache
+from daemon.features import DEFAULT_SPEC
+from daemon.genres import load_genre_map
+from trainer import TRAINER_VERSION
+from trainer.dataset import (
+    Dataset,
+    build_dataset,
+    default_cache_dir,
+    find_labelled_songs,
+    load_features,
+    load_labels,
+    split_listing,
+    summary,
+    training_set_hash,
+)
+from trainer.evaluate import (
+    calibration_report,
+    clip_accuracy,
+    fit_temperature,
+    plot_confusion,
+    plot_reliability,
+    song_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+# Held-out clips the ONNX export must reproduce.
+PARITY_CLIPS = 64
+
+
+def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
+          clip_seconds: float = 1.0, seed: int = 0, min_songs: int = 20,
+          genres_path: Path | None = None, labels_path: Path | None = None,
+          warm_start: Path | None = None, batch_size: int | None = None,
+          threads: int | None = None, processes: int | None = None,
+          progress: bool | None = None) -> dict:
+    """Run a whole training; returns the report (also written to out/report.json).
+
+    Raises DatasetError (library unusable), ParityError (export not trusted), other
+    GenretaggerErrors for bad inputs.
+    """
+    started = time.monotonic()
+    progress = sys.stderr.isatty() if progress is None else progress
+    library, out = Path(library).resolve(), Path(out)
+    if warm_start is not None and Path(warm_start).resolve() == out.resolve():
+        raise ConfigError(f"--warm-start {warm_start} is --out: give the new run its own "
+                          "directory")
+    out.mkdir(parents=True, exist_ok=True)
+    # A reused --out must not show an old bundle as this run's result if this run fails.
+    for stale in ("model.onnx", "report.json"):
+        (out / stale).unlink(missing_ok=True)
+    spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds))
+    cache = FeatureCache(cache_dir or default_cache_dir(), spec)
+
+    # 1. dataset: labelled songs, cached features, classes and artist-disjoint splits
+    genre_map = load_genre_map(genres_path)
+    songs, skipped = find_labelled_songs(library, genre_map, load_labels(labels_path))
+    log.info("%d labelled songs in %s (%d files left out)", len(songs), library, len(skipped))
+    songs, failed, cache_stats = load_features(songs, cache, processes=processes,
+                                               progress=progress)
+    log.info("features: %(cached)d cached, %(decoded)d decoded, %(failed)d failed", cache_stats)
+    dataset = build_dataset(songs, seed=seed, min_songs=min_songs)
+    if dataset.left_out:
+        log.info("genres left out (fewer than %d songs or no training artist): %s",
+                 min_songs, dataset.left_out)
+    extracted = time.monotonic()
+
+    # 2. fit (TensorFlow loads here, after the decoding children are gone)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines: not ours to log
+    from trainer.export import export_bundle
+    from trainer.fit import BATCH_SIZE, configure, fit, predict_clips
+
+    configure(seed, threads or os.cpu_count())
+    model, fit_info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
+                          cache, epochs=epochs, seed=seed,
+                          batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
+                          verbose=1 if progress else 0)
+    trained = time.monotonic()
+
+    # 3. calibrate on validation songs, evaluate on test songs
+    n = len(dataset.classes)
+    val_clips = predict_clips(model, list(dataset.validation), cache, n)
+    test_clips = predict_clips(model, list(dataset.test), cache, n)
+    y_val, y_test = dataset.labels("validation"), dataset.labels("test")
+    temperature = fit_temperature(val_clips, y_val)
+    calibration = {"validation": calibration_report(val_clips, y_val, temperature),
+                   "test": calibration_report(test_clips, y_test, temperature)}
+    test_probs = song_probabilities(test_clips, temperature)
+    test_metrics = song_metrics(test_probs, y_test.tolist(), dataset.classes)
+    test_metrics["clip_accuracy"] = clip_accuracy(test_clips, y_test)
+    val_metrics = song_metrics(song_probabilities(val_clips, temperature), y_val.tolist(),
+                               dataset.classes)
+    val_metrics["clip_accuracy"] = clip_accuracy(val_clips, y_val)
+    log.info("test: song accuracy %.3f, macro-F1 %.3f, clip accuracy %.3f; "
+             "temperature %.3f, ECE %.3f -> %.3f", test_metrics["accuracy"],
+             test_metrics["macro_f1"], test_metrics["clip_accuracy"], temperature,
+             calibration["test"]["ece_before"], calibration["test"]["ece_after"])
+    plot_confusion(test_metrics["confusion"], test_metrics["genres"], out / "confusion.png")
+    plot_reliability(song_probabilities(test_clips, 1.0), test_probs, y_test,
+                     out / "reliability.png")
+
+    # 4. write the run: model.keras, split.json, report.json, then the bundle
+    model.save(out / "model.keras")
+    (out / "split.json").write_text(json.dumps(split_listing(dataset), indent=1),
+                                    encoding="utf-8")
+    parent = _parent_model(warm_start) if fit_info["warm_start"] else ""
+    data_summary = summary(dataset, spec.clips_per_song)
+    metrics = {"test": _headline(test_metrics), "validation": _headline(val_metrics),
+               "calibration": calibration}
+    report = {
+        "classes": list(dataset.classes),
+        "feature_spec": json.loads(spec.to_json()),
+        "temperature": temperature,
+        "metrics": metrics,
+        "test": test_metrics,
+        "validation": val_metrics,
+        "training_set": data_summary,
+        "training_set_hash": training_set_hash(dataset),
+        "fit": fit_info,
+        "cache": {**cache_stats, "dir": str(cache.root)},
+        "skipped": [{"path": rel, "reason": reason} for rel, reason in skipped],
+        "failed": [{"path": rel, "reason": reason} for rel, reason in failed],
+        "library": str(library),
+        "seed": seed,
+        "parent_model": parent,
+        "trainer_version": TRAINER_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "timings": {"features_s": round(extracted - started, 1),
+                    "fit_s": round(trained - extracted, 1)},
+    }
+    held_out = _parity_clips(dataset, test_clips.shape, cache)
+    diff = export_bundle(model, out / ".model.onnx.partial", _bundle_metadata(report), held_out)
+    report["parity_max_abs_diff"] = diff
+    report["timings"]["total_s"] = round(time.monotonic() - started, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
+                                     encoding="utf-8")
+    os.replace(out / ".model.onnx.partial", out / "model.onnx")
+    log.info("model written to %s (parity %.1e)", out / "model.onnx", diff)
+    return report
+
+
+def _headline(metrics: dict) -> dict:
+    return {"song_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "clip_accuracy": metrics["clip_accuracy"], "n_songs": metrics["n_songs"],
+            "recall": {g: m["recall"] for g, m in metrics["per_class"].items()}}
+
+
+def _bundle_metadata(report: dict) -> dict:
+    """What the daemon reads from the bundle: ARCHITECTURE.md's list."""
+    return {
+        "classes": report["classes"],
+        "feature_spec": report["feature_spec"],
+        "temperature": report["temperature"],
+        "clips_per_song": report["feature_spec"]["clips_per_song"],
+        "metrics": report["metrics"],
+        "training_set": report["training_set"],
+        "training_set_hash": report["training_set_hash"],
+        "created_at": report["created_at"],
+        "parent_model": report["parent_model"],
+        "trainer_version": report["trainer_version"],
+    }
+
+
+def _parity_clips(dataset: Dataset, shape: tuple, cache: FeatureCache) -> np.ndarray:
+    """Up to PARITY_CLIPS test clips (validation if test is tiny) for the export check."""
+    clips = []
+    for song in (*dataset.test, *dataset.validation):
+        clips.extend(cache.get(song.fingerprint))
+        if len(clips) >= PARITY_CLIPS:
+            break
+    return np.stack(clips[:PARITY_CLIPS])
+
+
+def _parent_model(warm_start: Path) -> str:
+    """sha256 of the warm-start run's bundle (what the model registry knows it by)."""
+    bundle = Path(warm_start) / "model.onnx"
+    try:
+        return hashlib.sha256(bundle.read_bytes()).hexdigest()
+    except OSError:
+        return str(warm_start)
