@@ -1,0 +1,403 @@
+"""The daemon end to end: a cold backfill through `genretagger run`, latency, memory, idle CPU.
+
+    .venv/bin/python bench/daemon.py [--songs 304] [--processes N] [--idle-seconds 20]
+
+Measured in one run, against the running daemon subprocess (real watcher, real decoder
+pool, real model, real SQLite):
+  backfill   >= 300 untagged 3-7 minute songs already on the drive when the daemon
+             starts, fresh database and feature cache: songs/s from the first file
+             settled to the last suggestion (target >= 20/s on 2 cores)
+  latency    songs copied in one at a time while the daemon idles: seconds from the
+             file settling (its track queued) to its suggestion (target <= 3 s), and
+             from the copy finishing to the suggestion (includes settle_seconds)
+  memory     RSS and PSS of the daemon plus its children, peak during the backfill and
+             idle afterwards (target <= 300 MB; PSS counts shared pages once)
+  idle CPU   the daemon watching 15,000 known, unchanged files (native observer): share
+             of one core (target < 2%)
+  reconcile  one reconciliation walk over those 15,000 files (target <= 2 s), next to
+             the plain os.walk + stat of the same tree
+Baseline: in-process extract + classify of a sample of the same songs, one song at a
+time in this process (what the daemon's pipeline adds or saves shows in the ratio).
+
+Cached under bench/out/daemon/: the masters (a few per format, encoded by the real
+encoders), the copies (same audio, each with its own title tag so each has its own
+fingerprint: the backfill is cold), the tiny model. The 15,000-file tree is
+bench/reconcile.py's. Figures, not pass/fail; the machine may be shared (load printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+# This file is named daemon.py: the bench folder must not shadow the `daemon` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+sys.path.insert(0, str(BENCH.parent))
+
+from daemon.demo import FORMATS, encode, make_library, synthesize  # noqa: E402
+
+
+def _tree_bench():
+    """bench/reconcile.py (helper D1's): the cached 15,000-file tree and its DB seeding."""
+    spec = importlib.util.spec_from_file_location("bench_reconcile", BENCH / "reconcile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+OUT = BENCH / "out" / "daemon"
+EXE = [sys.executable, "-m", "daemon.cli"]
+GENRES = ("Classical", "Hip-Hop", "Metal")
+
+
+# ---- cached inputs -----------------------------------------------------------------------
+
+def masters(per_format: int) -> list[Path]:
+    """3-7 minute songs, a few per format, 22,050 Hz stereo (encoded once)."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    folder = OUT / "masters"
+    folder.mkdir(parents=True, exist_ok=True)
+    found = []
+    for f_index, ext in enumerate(FORMATS):
+        for m in range(per_format):
+            seconds = float(rng.uniform(180, 420))
+            genre = GENRES[(f_index + m) % len(GENRES)]
+            path = folder / f"{genre}-{m}{ext}"
+            if not path.exists():
+                started = time.perf_counter()
+                partial = path.with_name("partial-" + path.name)
+                encode(partial, synthesize(genre, seconds, 22_050, seed=f_index * 10 + m),
+                       22_050)
+                partial.rename(path)
+                print(f"  encoded {path.name} ({seconds / 60:.1f} min) in "
+                      f"{time.perf_counter() - started:.1f} s", flush=True)
+            found.append(path)
+    return found
+
+
+def copies(sources: list[Path], folder: Path, n: int, prefix: str) -> list[Path]:
+    """n untagged songs: copies of the masters, each with its own title (own fingerprint)."""
+    from daemon.tags import write_tags
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(n):
+        source = sources[i % len(sources)]
+        path = folder / f"{prefix} {i + 1:04d}{source.suffix}"
+        if not path.exists():
+            partial = folder / f".partial-{path.name}"
+            shutil.copyfile(source, partial)
+            write_tags(partial, title=f"{prefix} {i + 1}", artist=f"Bench Artist {i % 17}")
+            partial.rename(path)
+        made.append(path)
+    return made
+
+
+def model_bundle() -> Path:
+    """A tiny 3-genre model trained once with `genretagger train`."""
+    out = OUT / "model"
+    if (out / "model.onnx").exists():
+        return out
+    library = OUT / "model-library"
+    shutil.rmtree(library, ignore_errors=True)
+    make_library(library, songs_per_genre=8, genres=GENRES, untagged_share=0.0,
+                 seconds=(6, 10), formats=(".wav", ".flac", ".mp3"), broken=0)
+    print("  training the bench model ...", flush=True)
+    subprocess.run(EXE + ["train", "--library", str(library), "--out", str(OUT / "model.tmp"),
+                          "--epochs", "5", "--min-songs", "4"], check=True,
+                   capture_output=True)
+    (OUT / "model.tmp").rename(out)
+    return out
+
+
+# ---- a daemon to measure -----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A fresh state dir with the model active, and `genretagger run` on `library`."""
+
+    def __init__(self, base: Path, library: Path, bundle: Path, processes: int,
+                 settle: float = 2.0, watch: str = "native", batch_songs: int = 32):
+        from daemon.config import load_config
+        from daemon.db.engine import open_database
+        from daemon.registry import activate, register_bundle
+
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        self.base, self.library = base, library
+        self.config_path = base / "config.toml"
+        self.config_path.write_text(f"""
+state_dir = "{base / 'state'}"
+[library]
+root = "{library}"
+watch = "{watch}"
+settle_seconds = {settle}
+[workers]
+processes = {processes}
+[classifier]
+batch_songs = {batch_songs}
+[review]
+port = {free_port()}
+""")
+        self.config = load_config(self.config_path)
+        self.engine, self.sessions = open_database(self.config.db_url)
+        model = register_bundle(self.sessions, self.config, bundle)
+        activate(self.sessions, model.version)
+        self.db = base / "state" / "genretagger.db"
+        self.log = base / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(EXE + ["--config", str(self.config_path), "run"],
+                                         stdout=subprocess.DEVNULL, stderr=log)
+        started = time.time()
+        while "genretagger running" not in self.log.read_text():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daemon exited:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return started
+
+    def query(self, sql: str, *args):
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        self.engine.dispose()
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MB of `pid` and all its descendants."""
+    rss = pss = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+    return rss / 1024, pss / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its live descendants (and their reaped children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+class PeakMemory:
+    """Samples the daemon's tree every 0.25 s in a thread; own stop event."""
+
+    def __init__(self, pid: int):
+        self.pid, self.rss, self.pss = pid, 0.0, 0.0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(0.25):
+            rss, pss = memory_mb(self.pid)
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.thread.join()
+
+
+# ---- the measurements ----------------------------------------------------------------------
+
+def baseline(sample: list[Path], bundle: Path) -> float:
+    """In-process extract + classify, one song at a time: songs/s."""
+    from daemon.classifier import Classifier
+    from daemon.extract import extract
+
+    classifier = Classifier.load(bundle / "model.onnx")
+    extract(sample[0])  # warm the decoders' imports
+    started = time.perf_counter()
+    for path in sample:
+        classifier.predict_songs([extract(path).features])
+    return len(sample) / (time.perf_counter() - started)
+
+
+def backfill(daemon: Daemon, n: int) -> dict:
+    started = daemon.start()
+    peak = PeakMemory(daemon.proc.pid)
+    while True:
+        done = daemon.query("SELECT count(*) FROM tracks WHERE state IN "
+                            "('suggested', 'quarantined')")[0][0]
+        if done >= n:
+            break
+        if daemon.proc.poll() is not None:
+            raise SystemExit(f"daemon exited:\n{daemon.log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    peak.close()
+    first, = daemon.query("SELECT min(first_seen) FROM tracks")[0]
+    last, = daemon.query("SELECT max(created_at) FROM suggestions")[0]
+    from datetime import datetime
+
+    first_t = datetime.fromisoformat(first).timestamp()
+    last_t = datetime.fromisoformat(last).timestamp()
+    quarantined = daemon.query("SELECT count(*) FROM tracks WHERE state = 'quarantined'")[0][0]
+    return {"songs": n, "quarantined": quarantined, "seconds": last_t - first_t,
+            "songs_per_s": n / (last_t - first_t), "since_start_s": last_t - started,
+            "peak_rss": peak.rss, "peak_pss": peak.pss}
+
+
+def latency(daemon: Daemon, sources: list[Path], n: int) -> dict:
+    """Copy n new songs in one at a time; seconds settle->suggestion and copy->suggestion."""
+    staging = daemon.base / "staging"
+    fresh = copies(sources, staging, n, "Latency Song")
+    from_copy = []
+    for path in fresh:
+        target = daemon.library / "incoming" / path.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, target)
+        copied = time.time()
+        rel = f"incoming/{path.name}"
+        while not daemon.query("SELECT 1 FROM suggestions s JOIN tracks t ON "
+                               "t.id = s.track_id WHERE t.path = ?", rel):
+            time.sleep(0.05)
+        from_copy.append(time.time() - copied)
+    events = [json.loads(d) for (d,) in daemon.query(
+        "SELECT detail FROM events WHERE kind = 'classified'")]
+    settled = [e["latency"] for e in events if e["path"].startswith("incoming/")]
+    return {"settle_to_suggestion": settled, "copy_to_suggestion": from_copy}
+
+
+def idle_cpu(bundle: Path, processes: int, seconds: float, files: int) -> dict:
+    """The daemon on the 15,000-file tree, every file known and unchanged."""
+    from daemon.genres import load_genre_map
+    from daemon.library import Library
+
+    tree_bench = _tree_bench()
+    root = BENCH / "out" / "reconcile" / "library"
+    tree_bench.build_tree(root, files)
+    daemon = Daemon(OUT / "idle", root, bundle, processes)
+    library = Library(daemon.config, daemon.sessions, load_genre_map())
+    known = tree_bench.seed_database(library, root)
+    walks = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = library.reconcile()
+        walks.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    tree_bench.baseline_walk(root)
+    plain = time.perf_counter() - started
+    daemon.start()
+    time.sleep(5)  # past the start-up walk
+    cpu0, wall0 = cpu_seconds(daemon.proc.pid), time.perf_counter()
+    time.sleep(seconds)
+    cpu = cpu_seconds(daemon.proc.pid) - cpu0
+    wall = time.perf_counter() - wall0
+    rss, pss = memory_mb(daemon.proc.pid)
+    daemon.stop()
+    return {"known": known, "walk": statistics.median(walks), "walk_unchanged":
+            result.unchanged, "plain_walk": plain, "cpu_share": cpu / wall, "rss": rss,
+            "pss": pss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--songs", type=int, default=304)
+    parser.add_argument("--masters-per-format", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="decoder processes (the daemon's default: cores - 1)")
+    parser.add_argument("--latency-songs", type=int, default=8)
+    parser.add_argument("--baseline-songs", type=int, default=24)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-files", type=int, default=15_000)
+    args = parser.parse_args(argv)
+
+    print(f"bench/daemon.py: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+          f"{args.processes} decoder process(es)", flush=True)
+    sources = masters(args.masters_per_format)
+    library = OUT / "library"
+    songs = copies(sources, library / "backfill", args.songs, "Bench Song")
+    bundle = model_bundle()
+    for stale in (library / "incoming",):
+        shutil.rmtree(stale, ignore_errors=True)
+
+    base = baseline(songs[:: max(1, len(songs) // args.baseline_songs)][:args.baseline_songs],
+                    bundle)
+    daemon = Daemon(OUT / "run", library, bundle, args.processes)
+    try:
+        fill = backfill(daemon, len(songs))
+        time.sleep(3)
+        lat = latency(daemon, sources, args.latency_songs)
+        time.sleep(3)
+        idle_rss, idle_pss = memory_mb(daemon.proc.pid)
+    finally:
+        daemon.stop()
+        shutil.rmtree(library / "incoming", ignore_errors=True)
+    idle = idle_cpu(bundle, args.processes, args.idle_seconds, args.idle_files)
+
+    def line(name: str, value: str, target: str) -> None:
+        print(f"  {name:<34} {value:<26} target {target}")
+
+    print(f"\nload average now {os.getloadavg()[0]:.1f} (the machine may be shared)")
+    line("baseline: in-process extract+classify", f"{base:.1f} songs/s", "-")
+    line("backfill songs/s (settled -> last)", f"{fill['songs_per_s']:.1f} songs/s "
+         f"({fill['songs_per_s'] / base:.2f}x baseline)", ">= 20/s on 2 cores")
+    line("backfill wall incl. start-up", f"{fill['since_start_s']:.1f} s for {fill['songs']}",
+         "-")
+    line("quarantined in the backfill", str(fill["quarantined"]), "0")
+    settled, copied = lat["settle_to_suggestion"], lat["copy_to_suggestion"]
+    if settled:
+        line("latency settle -> suggestion", f"median {statistics.median(settled):.2f} s, "
+             f"max {max(settled):.2f} s", "<= 3 s")
+    line("latency copy -> suggestion", f"median {statistics.median(copied):.2f} s "
+         f"(settle {daemon.config.library.settle_seconds:g} s)", "-")
+    line("memory peak (backfill) RSS / PSS", f"{fill['peak_rss']:.0f} / "
+         f"{fill['peak_pss']:.0f} MB", "<= 300 MB")
+    line("memory idle RSS / PSS", f"{idle_rss:.0f} / {idle_pss:.0f} MB", "<= 300 MB")
+    line(f"idle CPU, {idle['known']} known files", f"{idle['cpu_share']:.2%} of one core",
+         "< 2%")
+    line("memory idle on 15,000 files RSS/PSS", f"{idle['rss']:.0f} / {idle['pss']:.0f} MB",
+         "<= 300 MB")
+    line("reconcile walk, 15,000 unchanged", f"{idle['walk']:.2f} s "
+         f"({idle['walk'] / idle['plain_walk']:.1f}x plain os.walk+stat "
+         f"{idle['plain_walk']:.2f} s)", "<= 2 s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

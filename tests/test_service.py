@@ -1,0 +1,400 @@
+"""The daemon as a real subprocess: `genretagger --config X run` on a temp library.
+
+A tiny model is trained once per session with `genretagger train` (3 genres, short
+songs) and registered + activated in each test's fresh database. Files are dropped into
+the watched library (one copied slowly in chunks like an SMB copy); the tests read the
+daemon's SQLite file and listen on a real sd_notify socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.demo import encode, make_library, synthesize
+
+pytestmark = pytest.mark.slow
+
+SR = 22_050
+EXE = [sys.executable, "-m", "daemon.cli"]
+
+
+# ---- a trained model, once ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory) -> Path:
+    """A trainer --out dir (model.onnx ...) for Classical / Hip-Hop / Metal.
+
+    Kept under the session's base temp dir, so test_worker (which imports this fixture)
+    reuses the same training instead of running its own.
+    """
+    base = tmp_path_factory.getbasetemp() / "trained-3-genres"
+    if (base / "out" / "model.onnx").exists():
+        return base / "out"
+    shutil.rmtree(base, ignore_errors=True)
+    make_library(base / "library", songs_per_genre=6, genres=("Classical", "Hip-Hop", "Metal"),
+                 untagged_share=0.0, seconds=(5, 8), formats=(".wav", ".flac", ".mp3"),
+                 artists_per_genre=3, broken=0)
+    done = subprocess.run(EXE + ["train", "--library", str(base / "library"), "--out",
+                                 str(base / "out.partial"), "--cache", str(base / "cache"),
+                                 "--epochs", "3", "--min-songs", "4"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (base / "out.partial").rename(base / "out")
+    return base / "out"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, library: Path, state: Path, **overrides: str) -> Path:
+    """A test config: settle 1 s, fast retries, one decoder, a free port."""
+    values = {"settle_seconds": "1", "max_attempts": "3", "backoff_seconds": "0.3",
+              "decode_timeout": "20", "processes": "1", "port": str(free_port()),
+              "reconcile_minutes": "60", "log_level": '"info"'}
+    values.update(overrides)
+    path.write_text(f"""
+state_dir = "{state}"
+log_level = {values['log_level']}
+min_songs_per_genre = 4
+[library]
+root = "{library}"
+watch = "native"
+settle_seconds = {values['settle_seconds']}
+reconcile_minutes = {values['reconcile_minutes']}
+[workers]
+processes = {values['processes']}
+decode_timeout = {values['decode_timeout']}
+max_attempts = {values['max_attempts']}
+backoff_seconds = {values['backoff_seconds']}
+[classifier]
+batch_songs = 8
+[review]
+port = {values['port']}
+""")
+    return path
+
+
+class Station:
+    """A library, a state dir with an active model, and the daemon process."""
+
+    def __init__(self, base: Path, bundle: Path):
+        self.base = base
+        self.library = base / "library"
+        self.state = base / "state"
+        self.library.mkdir(parents=True)
+        self.config = write_config(base / "config.toml", self.library, self.state)
+        self.db = self.state / "genretagger.db"
+        self.proc: subprocess.Popen | None = None
+        self.log = base / "daemon.log"
+        self._register(bundle)
+
+    def _register(self, bundle: Path) -> None:
+        from daemon.config import load_config
+        from daemon.db.engine import open_database
+        from daemon.registry import activate, register_bundle
+
+        config = load_config(self.config)
+        engine, sessions = open_database(config.db_url)
+        model = register_bundle(sessions, config, bundle)
+        activate(sessions, model.version)
+        engine.dispose()
+
+    def start(self, env: dict | None = None) -> subprocess.Popen:
+        with open(self.log, "a") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                EXE + ["--config", str(self.config), "run"],
+                stdout=subprocess.DEVNULL, stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        return self.proc
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def query(self, sql: str, *args) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def states(self) -> dict[str, str]:
+        return dict(self.query("SELECT path, state FROM tracks"))
+
+    def suggestions(self) -> dict[str, int]:
+        """path -> number of pending suggestions."""
+        return dict(self.query(
+            "SELECT t.path, count(s.id) FROM tracks t JOIN suggestions s ON s.track_id = t.id "
+            "WHERE s.status = 'pending' GROUP BY t.path"))
+
+    def wait(self, what: str, predicate, timeout: float = 60.0, every: float = 0.2):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"daemon exited ({self.proc.returncode}) while waiting for {what}:"
+                            f"\n{self.log_text()[-4000:]}")
+            value = predicate()
+            if value:
+                return value
+            time.sleep(every)
+        pytest.fail(f"timed out waiting for {what}:\n{self.log_text()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 25.0) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def station(tmp_path, trained_bundle):
+    s = Station(tmp_path, trained_bundle)
+    yield s
+    s.kill()
+
+
+def song(path: Path, genre: str, seconds: float = 8.0, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return encode(path, synthesize(genre, seconds, SR, seed), SR)
+
+
+def copy_slowly(source: Path, target: Path, chunks: int = 6, pause: float = 0.4) -> None:
+    """Like a copy onto an SMB share: the file grows in steps, each well inside settle."""
+    data = source.read_bytes()
+    step = len(data) // chunks + 1
+    with open(target, "wb") as out:
+        for start in range(0, len(data), step):
+            out.write(data[start:start + step])
+            out.flush()
+            time.sleep(pause)
+
+
+def bad_inputs(folder: Path, scratch: Path) -> dict[str, str]:
+    """Issue 2's bad input as files in the library: name -> what it is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    (folder / "empty.mp3").write_bytes(b"")
+    (folder / "text.flac").write_text("Just some text that is not audio at all.\n" * 30)
+    (folder / "random.mp3").write_bytes(rng.bytes(50_000))
+    full = song(scratch / "full.mp3", "Metal", 8.0)
+    (folder / "truncated.mp3").write_bytes(full.read_bytes()[:2000])
+    encode(folder / "short.wav", synthesize("Rock", 0.3, SR, 1), SR)
+    encode(folder / "silence.flac", np.zeros((SR * 6, 2), np.float32), SR)
+    (folder / "folder.mp3").mkdir()
+    (folder / "dangling.mp3").symlink_to(folder / "nowhere.mp3")
+    return {"empty.mp3": "zero bytes", "text.flac": "text", "random.mp3": "random bytes",
+            "truncated.mp3": "truncated", "short.wav": "shorter than a clip",
+            "silence.flac": "silence"}
+
+
+def notify_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    return sock
+
+
+def drain(sock: socket.socket) -> list[str]:
+    messages = []
+    with contextlib.suppress(TimeoutError, BlockingIOError):
+        while True:
+            messages.append(sock.recv(4096).decode())
+    return messages
+
+
+# ---- tests ---------------------------------------------------------------------------------
+
+def test_new_files_get_one_suggestion_bad_ones_quarantined(station, tmp_path):
+    """sd_notify, settle, one suggestion per song, bad input quarantined, status, SIGHUP,
+    SIGTERM -> exit 0 within 20 s."""
+    sock = notify_socket(tmp_path / "notify.sock")
+    station.start(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                       "WATCHDOG_USEC": "2000000"})
+    messages: list[str] = []
+
+    def ready() -> bool:
+        messages.extend(drain(sock))
+        return any("READY=1" in m for m in messages)
+
+    station.wait("READY=1", ready, timeout=60)
+
+    scratch = tmp_path / "scratch"
+    song(station.library / "Incoming" / "metal one.mp3", "Metal", seed=1)
+    song(station.library / "Incoming" / "classical one.flac", "Classical", seed=2)
+    bad = bad_inputs(station.library / "Broken", scratch)
+    big = song(scratch / "hiphop slow.wav", "Hip-Hop", 10.0, seed=3)
+    copy_slowly(big, station.library / "Incoming" / "hiphop slow.wav")
+
+    good = ["Incoming/metal one.mp3", "Incoming/classical one.flac", "Incoming/hiphop slow.wav"]
+    station.wait("three suggestions", lambda: len(station.suggestions()) == 3)
+    broken = [f"Broken/{name}" for name in bad]
+    station.wait("bad input quarantined", lambda: all(
+        station.states().get(p) == "quarantined" for p in broken), timeout=60)
+
+    assert station.suggestions() == {p: 1 for p in good}
+    rows = station.query("SELECT s.genre, s.confidence, s.top, s.model_id FROM suggestions s")
+    for genre, confidence, top, model_id in rows:
+        top = json.loads(top)
+        assert len(top) == 3 and top[0] == [genre, pytest.approx(confidence)]
+        assert model_id == 1
+    reasons = dict(station.query(
+        "SELECT path, last_error FROM tracks WHERE state = 'quarantined'"))
+    assert all(reasons[p] for p in broken), reasons
+    # The slow copy was read once, whole: never a failed attempt on it.
+    slow = station.query("SELECT attempts, last_error FROM tracks WHERE path = ?", good[2])
+    assert slow == [(0, None)]
+    time.sleep(1.5)
+    assert station.suggestions() == {p: 1 for p in good}  # still exactly one each
+
+    messages += drain(sock)
+    assert any("WATCHDOG=1" in m for m in messages)
+    assert any(m.startswith("STATUS=") and "in queue" in m for m in messages)
+
+    status = subprocess.run(EXE + ["--config", str(station.config), "status", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    data = json.loads(status.stdout)
+    assert data["daemon"]["running"] is True
+    assert data["daemon"]["pid"] == station.proc.pid
+    assert data["tracks"]["by_state"]["suggested"] == 3
+    assert data["quarantined_total"] == len(bad)
+    assert data["last_reconcile"]["files"] >= 0
+    assert data["model"]["version"] == 1
+
+    # SIGHUP: a live key applies, another is reported as needing a restart; a broken
+    # file keeps the running config.
+    text = station.config.read_text()
+    station.config.write_text(text.replace("settle_seconds = 1", "settle_seconds = 2")
+                              .replace("processes = 1", "processes = 2"))
+    station.proc.send_signal(signal.SIGHUP)
+    station.wait("reload", lambda: "applied library.settle_seconds" in station.log_text())
+    assert "needs a restart to apply: workers.processes" in station.log_text()
+    station.config.write_text(text.replace("settle_seconds = 1", "settle_seconds = -1"))
+    station.proc.send_signal(signal.SIGHUP)
+    station.wait("bad reload", lambda: "config reload failed" in station.log_text())
+    assert station.proc.poll() is None
+    station.config.write_text(text)
+
+    drain(sock)  # room in the socket's queue: the daemon drops what does not fit
+    code, seconds = station.stop(signal.SIGTERM)
+    assert code == 0 and seconds < 20, station.log_text()[-3000:]
+    assert any("STOPPING=1" in m for m in drain(sock))
+    after = subprocess.run(EXE + ["--config", str(station.config), "status", "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert json.loads(after.stdout)["daemon"]["running"] is False
+
+
+def decoder_pids(daemon_pid: int) -> list[int]:
+    """The ExtractPool's children: forked by the daemon's multiprocessing fork server."""
+    def children(pid: int) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                found += [int(p) for p in (task / "children").read_text().split()]
+        return found
+
+    pids = []
+    for child in children(daemon_pid):
+        with contextlib.suppress(OSError):
+            if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids += children(child)
+    return pids
+
+
+def test_sigkill_mid_batch_and_a_killed_decoder(station):
+    """SIGKILL the daemon mid-batch, restart: no file lost, no duplicate suggestion. Then
+    SIGKILL decoder children: their files fail once and are retried."""
+    genres = ["Classical", "Hip-Hop", "Metal"]
+    for i in range(16):
+        song(station.library / "batch" / f"song {i:02d}.wav", genres[i % 3], 6.0, seed=i)
+    station.start()
+    station.wait("some suggestions", lambda: len(station.suggestions()) >= 1, every=0.05)
+    station.proc.kill()
+    station.proc.wait(10)
+    before = station.suggestions()
+    assert len(before) < 16, "the batch finished before the kill; make it bigger"
+    assert all(n == 1 for n in before.values())
+
+    for i in range(16, 28):
+        song(station.library / "batch" / f"song {i:02d}.wav", genres[i % 3], 6.0, seed=i)
+    station.start()
+    crashed = []
+
+    def kill_decoders() -> bool:
+        for pid in decoder_pids(station.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        crashed[:] = station.query(
+            "SELECT path FROM tracks WHERE last_error LIKE 'decoder crashed%'")
+        return bool(crashed) or len(station.suggestions()) == 28
+
+    station.wait("a decoder killed mid-file", kill_decoders, every=0.01)
+    assert crashed, "no decoder was caught working"
+    station.wait("all 28 suggested", lambda: len(station.suggestions()) == 28, timeout=90)
+    assert set(station.suggestions().values()) == {1}
+    assert set(station.states().values()) == {"suggested"}
+    # The killed file's attempt was recorded, then it was retried and suggested.
+    events = [(kind, json.loads(detail)) for kind, detail in station.query(
+        "SELECT kind, detail FROM events WHERE kind IN ('failed', 'classified') ORDER BY id")]
+    mine = [(kind, d) for kind, d in events if d["path"] == crashed[0][0]]
+    assert mine[0][0] == "failed" and mine[0][1]["reason"] == "decoder crashed (signal 9)"
+    assert mine[-1][0] == "classified"
+    assert "requeued" in station.log_text()  # the first run's in-flight tracks came back
+    code, _ = station.stop()
+    assert code == 0
+
+
+def test_database_locked_for_ten_seconds(station):
+    """Another process holds the write lock for 10 s: the daemon waits and carries on."""
+    station.start()
+    station.wait("start-up", lambda: "genretagger running" in station.log_text())
+    locker = sqlite3.connect(station.db, timeout=30, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    song(station.library / "during lock.mp3", "Metal", seed=5)
+    song(station.library / "also during lock.flac", "Classical", seed=6)
+    time.sleep(max(0.0, 10 - (time.monotonic() - started)))
+    assert station.proc.poll() is None
+    locker.execute("COMMIT")
+    locker.close()
+    station.wait("suggestions after the lock", lambda: len(station.suggestions()) == 2,
+                 timeout=45)
+    assert station.proc.poll() is None
+    code, seconds = station.stop()
+    assert code == 0 and seconds < 20
+
+
+def test_notifier_abstract_socket():
+    """'@name' in NOTIFY_SOCKET is Linux's abstract namespace."""
+    from daemon.notify import Notifier, watchdog_interval
+
+    name = f"genretagger-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(b"\0" + name.encode())
+    sock.settimeout(2)
+    notifier = Notifier("@" + name)
+    assert notifier.ready("up") and notifier.watchdog()
+    assert sock.recv(100) == b"READY=1\nSTATUS=up"
+    assert sock.recv(100) == b"WATCHDOG=1"
+    notifier.close()
+    sock.close()
+    assert not Notifier("").ready()  # not under systemd: a no-op
+    assert watchdog_interval({"WATCHDOG_USEC": "20000000"}, pid=5) == 10.0
+    assert watchdog_interval({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "6"}, pid=5) is None
+    assert watchdog_interval({}, pid=5) is None

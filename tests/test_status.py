@@ -1,0 +1,216 @@
+"""`genretagger status`: counts, throughput, daemon liveness, quarantine, retraining.
+
+A real migrated SQLite file filled the way the daemon fills it; the CLI as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from daemon.db.engine import transaction
+from daemon.db.models import (
+    Decision,
+    Event,
+    Model,
+    ServiceState,
+    Suggestion,
+    Track,
+    TrainingRun,
+    utcnow,
+)
+from daemon.scheduler import NIGHTLY_FUNC, Scheduler, next_nightly
+from daemon.states import TrackState
+from daemon.status import DAEMON_KEY, collect_status, render_status
+
+NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def setup(tmp_path, make_config, database):
+    engine, sessions = database
+    library = tmp_path / "library"
+    library.mkdir()
+    config = make_config(library, database_url=str(engine.url))
+    return config, sessions
+
+
+def add_tracks(sessions, state: TrackState, n: int, start: int, **fields) -> list[int]:
+    ids = []
+    with transaction(sessions) as session:
+        for i in range(start, start + n):
+            track = Track(path=f"{state}/song {i:03d}.mp3", size=1000 + i, mtime=1.0,
+                          state=state, **fields)
+            if state == TrackState.QUARANTINED:
+                track.last_error = f"cannot decode song {i:03d}"
+                track.attempts = 4
+                track.state_changed_at = NOW - timedelta(minutes=100 - i)
+            session.add(track)
+            session.flush()
+            ids.append(track.id)
+    return ids
+
+
+def heartbeat(sessions, pid: int, beat: datetime, stopped: bool = False) -> None:
+    with transaction(sessions) as session:
+        session.merge(ServiceState(key=DAEMON_KEY, value={
+            "pid": pid, "started_at": (beat - timedelta(hours=1)).isoformat(),
+            "heartbeat": beat.isoformat(), "last_file": "Rock/new song.mp3", "model_id": 1,
+            "stopped_at": beat.isoformat() if stopped else None}))
+
+
+def test_counts_throughput_quarantine_and_liveness(setup):
+    config, sessions = setup
+    add_tracks(sessions, TrackState.QUEUED, 7, 0)
+    add_tracks(sessions, TrackState.RETRYING, 2, 100)
+    suggested = add_tracks(sessions, TrackState.SUGGESTED, 5, 200)
+    add_tracks(sessions, TrackState.TAGGED, 11, 300)
+    add_tracks(sessions, TrackState.QUARANTINED, 25, 0)
+    with transaction(sessions) as session:
+        for track_id in suggested:
+            session.add(Suggestion(track_id=track_id, genre="Rock", confidence=0.9,
+                                   top=[["Rock", 0.9], ["Pop", 0.05], ["Jazz", 0.05]]))
+        session.add(Decision(track_id=suggested[0], action="accept", how="single",
+                             genre="Rock", who="md", write_status="pending"))
+        session.add(Decision(track_id=suggested[1], action="accept", how="single",
+                             genre="Rock", who="md", write_status="written"))
+        # 30 files in the last hour (0.5/min); older ones do not count.
+        for i in range(24):
+            session.add(Event(at=NOW - timedelta(minutes=2 * i + 1), kind="classified"))
+        for i in range(6):
+            session.add(Event(at=NOW - timedelta(minutes=5 * i + 1), kind="failed"))
+        for i in range(10):
+            session.add(Event(at=NOW - timedelta(hours=2, minutes=i), kind="classified"))
+        session.add(Event(at=NOW - timedelta(minutes=1), kind="reconcile"))
+    heartbeat(sessions, os.getpid(), NOW - timedelta(seconds=5))
+
+    data = collect_status(config, sessions, now=NOW)
+
+    assert data["tracks"]["by_state"] == {
+        "queued": 7, "working": 0, "retrying": 2, "quarantined": 25, "suggested": 5,
+        "reviewed": 0, "tagged": 11, "missing": 0}
+    assert data["tracks"]["total"] == 50
+    assert data["queue_depth"] == 9
+    assert data["last_hour"] == {"classified": 24, "failed": 6}
+    assert data["files_per_minute"] == 0.5
+    assert data["pending_suggestions"] == 5
+    assert data["decisions_waiting"] == 1
+    assert data["daemon"]["running"] is True
+    assert data["daemon"]["pid"] == os.getpid()
+    assert data["daemon"]["last_file"] == "Rock/new song.mp3"
+    assert data["model"] is None
+    assert data["quarantined_total"] == 25
+    shown = data["quarantined"]
+    assert len(shown) == 20
+    # Newest first: song 024 was quarantined last.
+    assert shown[0]["path"] == "quarantined/song 024.mp3"
+    assert shown[0]["reason"] == "cannot decode song 024"
+    assert shown[0]["attempts"] == 4
+    json.dumps(data)  # the --json shape is plain JSON
+
+    text = render_status(data)
+    assert f"running (pid {os.getpid()}" in text
+    assert "quarantined/song 024.mp3: cannot decode song 024" in text
+    assert "and 5 more" in text
+    assert "9 waiting, 0.5 files/min" in text
+    assert "model:       none yet" in text
+
+
+def test_daemon_not_running_when_stale_dead_or_stopped(setup):
+    config, sessions = setup
+    assert collect_status(config, sessions, now=NOW)["daemon"]["running"] is False
+    assert "never started" in render_status(collect_status(config, sessions, now=NOW))
+
+    heartbeat(sessions, os.getpid(), NOW - timedelta(minutes=10))
+    stale = collect_status(config, sessions, now=NOW)
+    assert stale["daemon"]["running"] is False
+    assert "NOT RUNNING" in render_status(stale)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    heartbeat(sessions, dead.pid, NOW - timedelta(seconds=2))
+    assert collect_status(config, sessions, now=NOW)["daemon"]["running"] is False
+
+    heartbeat(sessions, os.getpid(), NOW - timedelta(seconds=2), stopped=True)
+    stopped = collect_status(config, sessions, now=NOW)
+    assert stopped["daemon"]["running"] is False
+    assert "stopped at" in render_status(stopped)
+
+
+def test_model_reconcile_and_retraining(setup):
+    config, sessions = setup
+    with transaction(sessions) as session:
+        session.add(Model(version=3, path="/state/models/v0003/model.onnx", sha256="ab" * 32,
+                          status="active", classes=["Jazz", "Rock", "Pop"],
+                          metrics={"accuracy": 0.91, "macro_f1": 0.9}, n_songs=120,
+                          activated_at=NOW - timedelta(days=1)))
+        session.add(TrainingRun(trigger="nightly", status="rejected",
+                                reason="macro-F1 dropped 2.1 points",
+                                started_at=NOW - timedelta(hours=9),
+                                finished_at=NOW - timedelta(hours=8)))
+        session.add(ServiceState(key="last_reconcile", value={
+            "root": "/srv/music", "files": 1500, "new": 3, "missing": 0, "guarded": True,
+            "reason": "library root is empty (unmounted?)", "at": NOW.isoformat()}))
+    data = collect_status(config, sessions, now=NOW)
+    assert data["model"]["version"] == 3
+    assert data["model"]["macro_f1"] == 0.9
+    assert data["retraining"]["last"]["status"] == "rejected"
+    assert data["last_reconcile"]["guarded"] is True
+    # No job store yet: the next run is computed from retrain.hour/minute (03:00 local).
+    expected = next_nightly(3, 0, NOW.astimezone()).astimezone(UTC)
+    assert data["retraining"]["next"] == expected.isoformat()
+    text = render_status(data)
+    assert "v3, 3 genres, 120 songs, accuracy 91%, macro-F1 0.90" in text
+    assert "GUARDED" in text and "unmounted" in text
+    assert "nightly rejected" in text
+
+
+def test_next_retraining_comes_from_the_job_store(setup):
+    config, sessions = setup
+    config = config.model_copy(update={"retrain": config.retrain.model_copy(
+        update={"hour": 4, "minute": 30})})
+    scheduler = Scheduler(config, sessions)
+    scheduler.add_nightly(NIGHTLY_FUNC)
+    scheduler.start()
+    try:
+        planned = scheduler.next_run("nightly-retrain")
+    finally:
+        scheduler.close()
+    assert planned is not None
+    local = planned.astimezone()
+    assert (local.hour, local.minute) == (4, 30)
+    data = collect_status(config, sessions, now=utcnow())
+    assert data["retraining"]["next"] == planned.astimezone(UTC).isoformat()
+
+
+def test_next_nightly_is_pure():
+    tz = datetime.now().astimezone().tzinfo
+    before = datetime(2026, 3, 1, 2, 59, tzinfo=tz)
+    assert next_nightly(3, 0, before) == datetime(2026, 3, 1, 3, 0, tzinfo=tz)
+    at = datetime(2026, 3, 1, 3, 0, tzinfo=tz)
+    assert next_nightly(3, 0, at) == datetime(2026, 3, 2, 3, 0, tzinfo=tz)
+
+
+def test_status_command(tmp_path):
+    library, state = tmp_path / "library", tmp_path / "state"
+    library.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n')
+    exe = [sys.executable, "-m", "daemon.cli", "--config", str(config)]
+    done = subprocess.run(exe + ["status", "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert set(data) == {"daemon", "tracks", "queue_depth", "files_per_minute", "last_hour",
+                         "pending_suggestions", "decisions_waiting", "model",
+                         "last_reconcile", "quarantined_total", "quarantined", "retraining"}
+    assert data["daemon"]["running"] is False
+    assert data["tracks"]["total"] == 0
+    human = subprocess.run(exe + ["status"], capture_output=True, text=True, timeout=120)
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.startswith("daemon:      never started")

@@ -1,0 +1,245 @@
+"""The worker in-process: real decoder pool, real feature cache, real model, real SQLite.
+
+Tracks are put into the database the way the library does it (queued, with size and
+mtime); the worker turns them into suggestions, retries and quarantines.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from test_service import trained_bundle  # noqa: F401  (the session's trained model)
+
+from daemon.db.engine import open_database, transaction
+from daemon.db.models import Event, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.demo import encode, synthesize
+from daemon.featurecache import FeatureCache
+from daemon.features import DEFAULT_SPEC
+from daemon.registry import activate, register_bundle
+from daemon.states import TrackState
+from daemon.worker import Worker, backoff_delay, claim_tracks, requeue_working
+
+pytestmark = pytest.mark.slow
+SR = 22_050
+GENRES = ("Classical", "Hip-Hop", "Metal")
+
+
+@pytest.fixture
+def shop(tmp_path, make_config):
+    """(config, sessions, library) with a fresh migrated database and no model yet."""
+    library = tmp_path / "library"
+    library.mkdir()
+    config = make_config(library, workers={"processes": 1, "max_attempts": 2,
+                                           "backoff_seconds": 0.2, "decode_timeout": 20},
+                         classifier={"batch_songs": 4})
+    engine, sessions = open_database(config.db_url)
+    yield config, sessions, library
+    engine.dispose()
+
+
+def add_model(config, sessions, bundle: Path) -> int:
+    model = register_bundle(sessions, config, bundle)
+    activate(sessions, model.version)
+    return model.id
+
+
+def add_track(sessions, library: Path, rel: str, state=TrackState.QUEUED, **fields) -> int:
+    st = (library / rel).stat()
+    with transaction(sessions) as session:
+        track = Track(path=rel, size=st.st_size, mtime=st.st_mtime, state=state, **fields)
+        session.add(track)
+        session.flush()
+        return track.id
+
+
+def songs(library: Path, n: int, seconds: float = 6.0) -> list[str]:
+    rels = []
+    for i in range(n):
+        rel = f"new/song {i}.{('mp3', 'flac', 'wav')[i % 3]}"
+        (library / rel).parent.mkdir(parents=True, exist_ok=True)
+        encode(library / rel, synthesize(GENRES[i % 3], seconds, SR, seed=i), SR)
+        rels.append(rel)
+    return rels
+
+
+def wait_for(what: str, predicate, timeout: float = 60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def tracks(sessions) -> dict[str, Track]:
+    with sessions() as session:
+        return {t.path: t for t in session.scalars(select(Track))}
+
+
+def pending(sessions, track_id: int) -> list[Suggestion]:
+    with sessions() as session:
+        return list(session.scalars(select(Suggestion).where(
+            Suggestion.track_id == track_id, Suggestion.status == SuggestionStatus.PENDING)))
+
+
+def requeue(sessions, track_id: int, **fields) -> None:
+    """What the library does when a file changed: the track goes back to the queue."""
+    with transaction(sessions) as session:
+        track = session.get(Track, track_id)
+        track.state = TrackState.QUEUED
+        for key, value in fields.items():
+            setattr(track, key, value)
+
+
+def test_backoff_doubles():
+    assert [backoff_delay(n, 60) for n in (1, 2, 3, 4)] == [60, 120, 240, 480]
+
+
+def test_claims_only_due_tracks_and_requeues_working(shop):
+    config, sessions, library = shop
+    (library / "a.mp3").write_bytes(b"x")
+    now = utcnow()
+    queued = add_track(sessions, library, "a.mp3")
+    with transaction(sessions) as session:
+        for path, when in (("later.mp3", now + timedelta(minutes=5)),
+                           ("due.mp3", now - timedelta(seconds=1))):
+            session.add(Track(path=path, size=1, mtime=1.0, state=TrackState.RETRYING,
+                              attempts=1, next_attempt_at=when))
+        session.add(Track(path="done.mp3", size=1, mtime=1.0, state=TrackState.SUGGESTED))
+    claimed = claim_tracks(sessions, 10, exclude=set(), now=now)
+    assert sorted(t.path for t, _ in claimed) == ["a.mp3", "due.mp3"]
+    assert {t.path: t.state for t in tracks(sessions).values()}["later.mp3"] == "retrying"
+    assert claim_tracks(sessions, 10, exclude=set(), now=now) == []
+    assert requeue_working(sessions, [queued]) == 1
+    assert tracks(sessions)["a.mp3"].state == TrackState.QUEUED
+    assert requeue_working(sessions) == 1  # due.mp3, e.g. after a crash
+    assert tracks(sessions)["due.mp3"].state == TrackState.QUEUED
+
+
+def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bundle):  # noqa: F811
+    config, sessions, library = shop
+    model_id = add_model(config, sessions, trained_bundle)
+    rels = songs(library, 5)
+    (library / "new" / "noise.mp3").write_bytes(np.random.default_rng(3).bytes(30_000))
+    ids = {rel: add_track(sessions, library, rel) for rel in [*rels, "new/noise.mp3"]}
+    # A crash left this one working: start-up hands it back to the queue.
+    with transaction(sessions) as session:
+        session.get(Track, ids[rels[0]]).state = TrackState.WORKING
+
+    worker = Worker(config, sessions)
+    worker.start()
+    try:
+        wait_for("suggestions and quarantine", lambda: {
+            t.state for p, t in tracks(sessions).items()} == {"suggested", "quarantined"})
+        by_path = tracks(sessions)
+        noise = by_path["new/noise.mp3"]
+        assert noise.state == TrackState.QUARANTINED
+        assert noise.attempts == 2 and noise.last_error
+        cache = FeatureCache(config.cache_dir, DEFAULT_SPEC)
+        for rel in rels:
+            track = by_path[rel]
+            assert track.state == TrackState.SUGGESTED and track.attempts == 0
+            assert track.fingerprint and cache.has(track.fingerprint)
+            assert track.duration == pytest.approx(6.0, abs=0.1)
+            [suggestion] = pending(sessions, track.id)
+            assert suggestion.model_id == model_id
+            assert len(suggestion.top) == 3
+            assert suggestion.top[0] == [suggestion.genre, pytest.approx(suggestion.confidence)]
+            assert sum(c for _, c in suggestion.top) <= 1.0 + 1e-6
+        with sessions() as session:
+            kinds = [e.kind for e in session.scalars(select(Event).order_by(Event.id))]
+        assert kinds.count("classified") == 5 and kinds.count("failed") == 2
+
+        # The file "changed" (same audio): a new suggestion from cached features replaces
+        # the old one; still exactly one pending.
+        first = pending(sessions, ids[rels[1]])[0]
+        requeue(sessions, ids[rels[1]])
+        wait_for("the second suggestion", lambda: pending(sessions, ids[rels[1]])[0].id
+                 != first.id)
+        [second] = pending(sessions, ids[rels[1]])
+        assert second.replaces_id == first.id
+        with sessions() as session:
+            assert session.get(Suggestion, first.id).status == SuggestionStatus.SUPERSEDED
+            last = session.scalars(select(Event).order_by(Event.id.desc())).first()
+        assert last.detail["cached"] is True
+
+        # Another model becomes active (by DB row only): the worker reloads between batches.
+        new_id = add_model(config, sessions, trained_bundle)
+        wait_for("the reload", lambda: worker.model_id == new_id, timeout=15)
+        requeue(sessions, ids[rels[2]])
+        wait_for("a suggestion by the new model",
+                 lambda: pending(sessions, ids[rels[2]])[0].model_id == new_id)
+
+        # Audit mode: a tagged file the model agrees with goes back to tagged; one it
+        # disagrees with gets a suggestion flagged with the file's genre.
+        agreed = pending(sessions, ids[rels[3]])[0].genre
+        other = next(g for g in GENRES if g != agreed)
+        requeue(sessions, ids[rels[3]], canonical_genre=agreed)
+        wait_for("agreeing audit", lambda: tracks(sessions)[rels[3]].state == "tagged")
+        worker.config = config.model_copy(update={"classifier": config.classifier.model_copy(
+            update={"audit_min_confidence": 1e-6})})
+        requeue(sessions, ids[rels[3]], canonical_genre=other)
+        wait_for("disagreeing audit", lambda: tracks(sessions)[rels[3]].state == "suggested")
+        assert pending(sessions, ids[rels[3]])[0].disagrees_with == other
+    finally:
+        worker.close()
+    assert worker.pool is None
+
+
+def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bundle):  # noqa: F811
+    config, sessions, library = shop
+    rels = songs(library, 6, seconds=5.0)
+    for rel in rels:
+        add_track(sessions, library, rel)
+    worker = Worker(config, sessions, drain_seconds=0.0)
+    worker.start()
+    try:
+        time.sleep(1.5)
+        assert {t.state for t in tracks(sessions).values()} == {"queued"}
+        assert worker.healthy()
+        add_model(config, sessions, trained_bundle)
+        wait_for("work starts", lambda: any(
+            t.state != "queued" for t in tracks(sessions).values()))
+    finally:
+        worker.close()
+    # Stopped with no time to drain: nothing is left working; every track is queued
+    # again or done.
+    states = {t.state for t in tracks(sessions).values()}
+    assert states <= {"queued", "suggested"}, states
+
+
+def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
+        shop, trained_bundle):  # noqa: F811
+    """The library saw the file change mid-decode (track back to queued, new size): the
+    result of the old bytes is dropped, and the track waits for its next turn."""
+    from daemon.classifier import Classifier
+    from daemon.worker import Claim
+
+    config, sessions, library = shop
+    [rel] = songs(library, 1)
+    track_id = add_track(sessions, library, rel, state=TrackState.WORKING)
+    before = tracks(sessions)[rel]
+    worker = Worker(config, sessions)
+    worker.classifier = Classifier.load(trained_bundle / "model.onnx")
+    features = np.zeros((5, *DEFAULT_SPEC.input_shape), np.float32)
+    claim = Claim(track_id, rel, before.size, before.mtime, None, None, token=1,
+                  fingerprint="00" * 16, features=features)
+    with transaction(sessions) as session:  # what Library does on a changed file
+        track = session.get(Track, track_id)
+        track.state, track.size = TrackState.QUEUED, before.size + 1000
+    worker._suggest([claim], worker.classifier.predict_songs([features]))
+    assert pending(sessions, track_id) == []
+    assert tracks(sessions)[rel].state == TrackState.QUEUED
+    # The same file unchanged: the result stands.
+    with transaction(sessions) as session:
+        track = session.get(Track, track_id)
+        track.state, track.size = TrackState.WORKING, before.size
+    worker._suggest([claim], worker.classifier.predict_songs([features]))
+    assert len(pending(sessions, track_id)) == 1
+    assert tracks(sessions)[rel].state == TrackState.SUGGESTED
