@@ -195,6 +195,9 @@ def run_demo(base: Path) -> int:
     # A small library: let every genre with a handful of songs take part.
     text = config.read_text().replace("min_songs_per_genre = 20", "min_songs_per_genre = 5")
     text = text.replace("settle_seconds = 10", "settle_seconds = 2")
+    # Broken demo files reach quarantine in seconds; the first model trains quickly.
+    text = text.replace("backoff_seconds = 60", "backoff_seconds = 5")
+    text = text.replace("epochs = 30", "epochs = 10")
     config.write_text(text)
     print("demo: starting the daemon (it trains the first model, then suggests genres).")
     print(f"demo: in another shell: .venv/bin/genretagger --config {config} status")

@@ -157,8 +157,10 @@ class Service:
         if self.stop_event.is_set():
             return
 
-        self._add("writer", Writer(config, self.sessions))
-        self._add("web", WebServer(config, self.sessions))
+        writer = Writer(config, self.sessions)
+        self._add("writer", writer)
+        # A decision wakes the writer, so an accepted genre lands in the file at once.
+        self._add("web", WebServer(config, self.sessions, on_decision=writer.wake))
 
         self.scheduler = jobs.Scheduler(config, self.sessions)
         self.scheduler.add_reconcile()

@@ -10,6 +10,12 @@ from daemon.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# Tables that live in our database but are not ours to migrate.
+FOREIGN_TABLES = {"apscheduler_jobs"}
+
+
+def include_name(name, type_, parent_names) -> bool:
+    return not (type_ == "table" and name in FOREIGN_TABLES)
 
 
 def run_migrations() -> None:
@@ -23,6 +29,7 @@ def run_migrations() -> None:
             target_metadata=target_metadata,
             render_as_batch=True,  # SQLite cannot ALTER most things in place
             compare_type=True,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()
