@@ -8,6 +8,7 @@ AAC, WMA through PyAV; WAV/AIFF through libsndfile) and tagged with mutagen.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -186,7 +187,7 @@ def run_demo(base: Path) -> int:
         shutil.rmtree(base)
     print(f"demo: writing a small station library under {library} ...", flush=True)
     started = time.monotonic()
-    songs = make_library(library, songs_per_genre=12)
+    songs = make_library(library, songs_per_genre=12, seconds=(15, 30))
     untagged = sum(not s.tagged for s in songs)
     print(f"demo: {len(songs)} songs ({untagged} untagged) and 3 broken files "
           f"in {time.monotonic() - started:.0f} s", flush=True)
@@ -203,10 +204,31 @@ def run_demo(base: Path) -> int:
     print(f"demo: in another shell: .venv/bin/genretagger --config {config} status")
     print("demo: review page: http://127.0.0.1:8650/  — Ctrl-C stops the daemon.", flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    daemon = subprocess.Popen(exe + ["run"], env=env)
     try:
-        return subprocess.run(exe + ["run"], env=env).returncode
+        show_status_when_suggested(exe, daemon, expected=untagged)
+        return daemon.wait()
     except KeyboardInterrupt:
-        return 0
+        daemon.terminate()
+        return daemon.wait(30)
+
+
+def show_status_when_suggested(exe: list[str], daemon: subprocess.Popen, expected: int) -> None:
+    """Print `genretagger status` once every untagged demo song has a suggestion."""
+    started = time.monotonic()
+    while daemon.poll() is None:
+        time.sleep(5)
+        probe = subprocess.run(exe + ["status", "--json"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            continue
+        states = json.loads(probe.stdout).get("tracks", {}).get("by_state", {})
+        if states.get("suggested", 0) >= expected:
+            print(f"demo: all {expected} untagged songs have suggestions after "
+                  f"{time.monotonic() - started:.0f} s:", flush=True)
+            subprocess.run(exe + ["status"])
+            print("demo: review them at http://127.0.0.1:8650/ — Ctrl-C stops the daemon.",
+                  flush=True)
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
