@@ -37,7 +37,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,15 +129,15 @@ class Walk:
     unreadable: list[str] = field(default_factory=list)
 
 
-def walk_library(root: Path | str, extensions: Iterable[str]) -> Walk:
-    """Stat every library file under `root` (os.scandir, no file is opened).
+def library_folders(root: Path | str,
+                    unlistable: list[str]) -> Iterator[tuple[str, list[os.DirEntry]]]:
+    """(relative folder path ending in "/" or "", its entries) for every library folder.
 
-    Symlinked folders are followed once: a folder already walked (same device and inode)
-    is skipped, so a link loop or a second link to the same folder adds nothing.
-    Raises OSError only when the root itself cannot be listed.
+    The one traversal the daemon's walk and `scan` share. Symlinked folders are followed
+    once: a folder already walked (same device and inode) is skipped, so a link loop or a
+    second link to the same folder adds nothing. Folders that cannot be listed are
+    appended to `unlistable`; raises OSError only when the root itself cannot be listed.
     """
-    extensions = tuple(extensions)
-    walk = Walk()
     visited: set[tuple[int, int]] = set()
     stack = [("", os.fspath(root))]
     while stack:
@@ -153,22 +153,31 @@ def walk_library(root: Path | str, extensions: Iterable[str]) -> Walk:
             if not rel:
                 raise
             log.warning("cannot list %s: %s", folder, err.strerror or err)
-            walk.unreadable.append(rel)
+            unlistable.append(rel)
             continue
         for entry in entries:
-            name = entry.name
             try:
-                if entry.is_dir():
-                    if is_library_folder(name):
-                        stack.append((f"{rel}{name}/", entry.path))
-                    continue
-                if not is_library_file(name, extensions):
-                    continue
+                if entry.is_dir() and is_library_folder(entry.name):
+                    stack.append((f"{rel}{entry.name}/", entry.path))
+            except OSError:
+                pass  # gone since the listing
+        yield rel, entries
+
+
+def walk_library(root: Path | str, extensions: Iterable[str]) -> Walk:
+    """Stat every library file under `root` (os.scandir, no file is opened)."""
+    extensions = tuple(extensions)
+    walk = Walk()
+    for rel, entries in library_folders(root, walk.unreadable):
+        for entry in entries:
+            if not is_library_file(entry.name, extensions):
+                continue
+            try:
                 st = entry.stat()
             except OSError:
                 continue  # a broken symlink, or gone since the listing
             if stat.S_ISREG(st.st_mode):
-                walk.files[rel + name] = (st.st_size, st.st_mtime)
+                walk.files[rel + entry.name] = (st.st_size, st.st_mtime)
     return walk
 
 

@@ -66,7 +66,7 @@ from pathlib import Path
 from daemon.config import AUDIO_EXTENSIONS
 from daemon.errors import FileError
 from daemon.genres import GenreMap
-from daemon.library import is_library_file, is_library_folder
+from daemon.library import is_library_file, library_folders
 from daemon.tags import TrackTags, display, os_reason, read_tags
 
 # Reads in flight at once: enough to hide a network drive's latency, few enough not to
@@ -180,36 +180,23 @@ def list_library(root: str, extensions: Iterable[str] = AUDIO_EXTENSIONS,
     adds nothing). Raises OSError when `root` itself cannot be listed."""
     extensions = tuple(e.lower() for e in extensions)
     listing = Listing()
-    visited: set[tuple[int, int]] = set()
-    stack = [("", root)]
+    unlistable: list[str] = []
     bar = _bar(progress, "listing", "files")
     try:
-        while stack:
-            rel, folder = stack.pop()
-            try:
-                st = os.stat(folder)
-                if (st.st_dev, st.st_ino) in visited:
-                    continue
-                visited.add((st.st_dev, st.st_ino))
-                with os.scandir(folder) as it:
-                    entries = list(it)
-            except OSError:
-                if not rel:
-                    raise
-                listing.unlistable.append(display(rel.rstrip("/")))
-                continue
+        for rel, entries in library_folders(root, unlistable):
             for entry in entries:
-                found = _classify(entry, rel, extensions, listing, stack)
+                found = _classify(entry, rel, extensions, listing)
                 if found and bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    listing.unlistable = [display(rel.rstrip("/")) for rel in unlistable]
     return listing
 
 
-def _classify(entry: os.DirEntry, rel: str, extensions: tuple[str, ...], listing: Listing,
-              stack: list[tuple[str, str]]) -> bool:
+def _classify(entry: os.DirEntry, rel: str, extensions: tuple[str, ...],
+              listing: Listing) -> bool:
     """Sort one directory entry into the listing; True when it is a file to inspect."""
     name = entry.name
     relpath = rel + name
@@ -218,9 +205,7 @@ def _classify(entry: os.DirEntry, rel: str, extensions: tuple[str, ...], listing
         is_dir = entry.is_dir()
     except OSError:
         is_dir = False
-    if is_dir:
-        if is_library_folder(name):
-            stack.append((relpath + "/", entry.path))
+    if is_dir:  # library_folders walks it when it is a library folder
         if song_name:  # a folder called "x.mp3": walked, and worth a line in the report
             listing.not_files.append(FileReport(display(relpath),
                                                 error="is a directory, not an audio file"))
