@@ -245,11 +245,15 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
               help="JSON {relative path: genre}: confirmed labels overriding file tags")
 @click.option("--warm-start", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="a previous --out directory to continue from (same classes only)")
+@click.option("--holdout", "holdout_path", type=click.Path(path_type=Path, dir_okay=False,
+                                                           exists=True),
+              help="JSON [relative path, ...]: these songs' artists go to the test split")
 @click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
 @click.option("--processes", type=click.IntRange(1), help="decoding processes")
 def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_seconds: float,
           seed: int, min_songs: int, genres_path: Path | None, labels_path: Path | None,
-          warm_start: Path | None, batch_size: int | None, processes: int | None) -> int:
+          warm_start: Path | None, holdout_path: Path | None, batch_size: int | None,
+          processes: int | None) -> int:
     """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
     import importlib.util
 
@@ -265,7 +269,8 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
     report = run_training(library, out, cache_dir=cache_dir, epochs=epochs,
                           clip_seconds=clip_seconds, seed=seed, min_songs=min_songs,
                           genres_path=genres_path, labels_path=labels_path,
-                          warm_start=warm_start, batch_size=batch_size, processes=processes)
+                          warm_start=warm_start, holdout_path=holdout_path,
+                          batch_size=batch_size, processes=processes)
     test = report["metrics"]["test"]
     click.echo(f"model: {out / 'model.onnx'}\n  genres: {', '.join(report['classes'])}\n"
                f"  test songs: {test['n_songs']}, song accuracy {test['song_accuracy']:.1%}, "

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -205,12 +206,17 @@ def run_demo(base: Path) -> int:
     print("demo: review page: http://127.0.0.1:8650/  — Ctrl-C stops the daemon.", flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     daemon = subprocess.Popen(exe + ["run"], env=env)
+    # A SIGTERM to the demo stops the daemon it started, like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         show_status_when_suggested(exe, daemon, expected=untagged)
         return daemon.wait()
     except KeyboardInterrupt:
-        daemon.terminate()
-        return daemon.wait(30)
+        return 0
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(30)
 
 
 def show_status_when_suggested(exe: list[str], daemon: subprocess.Popen, expected: int) -> None:

@@ -25,9 +25,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -65,6 +67,8 @@ NO_MODEL_POLL_SECONDS = 3600.0
 KILL_GRACE_SECONDS = 10.0
 # Run folders kept under runs_dir (logs, split.json, labels.json); older ones are pruned.
 KEEP_RUNS = 30
+# Share of the newly confirmed labels held out of training for the gate.
+RECENT_HOLDOUT_SHARE = 0.25
 PR_SET_PDEATHSIG = 1
 # Log lines that mean the trainer ran out of memory (Python, C++, TF, glibc threads).
 OOM_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "OOM when allocating",
@@ -198,8 +202,18 @@ def trainer_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Path | None
-                    ) -> list[str]:
+def holdout_share(recent: Collection[str], share: float = RECENT_HOLDOUT_SHARE) -> list[str]:
+    """The recent confirmed labels the candidate must not train on, so the gate always
+    judges both models on songs neither has seen: a fixed share (at least one), chosen
+    by a hash of the path (deterministic, no clock)."""
+    if not recent:
+        return []
+    ranked = sorted(recent, key=lambda p: hashlib.sha256(p.encode()).digest())
+    return sorted(ranked[:max(1, math.ceil(share * len(ranked)))])
+
+
+def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Path | None,
+                    holdout: Path | None = None) -> list[str]:
     """The `genretagger train` argv for one run (helper C's CLI contract)."""
     argv = [sys.executable, "-m", "daemon.cli", "train",
             "--library", str(config.library.root), "--out", str(run_dir),
@@ -210,6 +224,8 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
         argv += ["--genres", str(config.genres_path)]
     if warm_start is not None:
         argv += ["--warm-start", str(warm_start)]
+    if holdout is not None:
+        argv += ["--holdout", str(holdout)]
     return argv
 
 
@@ -760,8 +776,11 @@ class Retrainer:
         _update_run(self.sessions, run_id, summary={
             "labels": len(labels), "new_labels": len(recent),
             "warm_start": active.version if warm is not None else None})
-        failed = self._train(run_id, trainer_command(self.config, run_dir, labels_path, warm),
-                             log_path)
+        holdout_path = run_dir / "holdout.json"
+        holdout_path.write_text(json.dumps(holdout_share(recent), indent=1), encoding="utf-8")
+        failed = self._train(
+            run_id, trainer_command(self.config, run_dir, labels_path, warm, holdout_path),
+            log_path)
         if failed is not None:
             return {"status": FAILED, "reason": failed}
         return self.consider(run_dir, run_id=run_id, trained_until=frozen, recent=recent,

@@ -279,6 +279,7 @@ def test_retrain_now_promotes_and_rescores_pending_suggestions(station):
     assert run.summary["trainer_warm_start"] is False
     gate = run.summary["gate"]
     assert gate["promote"] and gate["holdout_songs"] > 0 and gate["active"] is not None
+    assert gate["holdout_recent_labels"] >= 1  # fresh confirmed songs judged every time
     assert run.summary["trainer_cache"]["decoded"] == 0  # every song came from the cache
 
     after = station.pending()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon.db.models import Model
-from daemon.retrain import failure_reason, gate, should_retrain
+from daemon.retrain import failure_reason, gate, holdout_share, should_retrain
 
 NOW = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
 
@@ -113,3 +113,12 @@ def test_gate_limits_come_from_arguments():
 )
 def test_failure_reason(returncode, tail, stopped, says):
     assert says in failure_reason(returncode, tail, memory_mb=512, stopped_for=stopped)
+
+
+def test_a_share_of_recent_labels_is_always_held_out():
+    recent = {f"New/{i:03d}.mp3" for i in range(40)}
+    held = holdout_share(recent, 0.25)
+    assert len(held) == 10 and set(held) <= recent
+    assert holdout_share(set(recent), 0.25) == held  # deterministic, order-free
+    assert holdout_share({"a.mp3"}, 0.25) == ["a.mp3"]  # at least one
+    assert holdout_share(set(), 0.25) == []

@@ -77,6 +77,20 @@ def test_splits_are_artist_disjoint_and_stable_as_the_library_grows():
     assert build_dataset(small, seed=6, min_songs=5).test != one.test
 
 
+def test_holdout_songs_take_their_whole_artist_to_test():
+    songs = [song(f"{g}/{a}/{i}.mp3", g, f"{g} artist {a}")
+             for g in GENRES for a in range(10) for i in range(3)]
+    plain = build_dataset(songs, seed=5, min_songs=5)
+    trained = next(s for s in plain.train if s.genre == "Metal")
+    held = build_dataset(songs, seed=5, min_songs=5, holdout={trained.rel})
+    test_rels = {s.rel for s in held.test}
+    assert {s.rel for s in songs if s.artist_key == trained.artist_key} <= test_rels
+    assert not any(s.artist_key == trained.artist_key for s in held.train + held.validation)
+    # Everyone else keeps their hashed split.
+    others = {s.rel for s in plain.test}
+    assert others <= test_rels
+
+
 def test_classes_need_min_songs_and_leftovers_are_reported():
     songs = [song(f"{g}/{a}/{i}.mp3", g, f"{g} artist {a}")
              for g in ("Jazz", "Rock") for a in range(8) for i in range(3)]

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +91,19 @@ def load_labels(path: Path | None) -> dict[str, str]:
         raise DatasetError(f"labels file {path}: expected a JSON object "
                            "{relative path: genre}")
     return data
+
+
+def load_holdout(path: Path | None) -> set[str]:
+    """--holdout FILE.json -> {relative POSIX path}: songs whose artists go to test."""
+    if path is None:
+        return set()
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetError(f"holdout file {path}: {err}") from None
+    if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+        raise DatasetError(f"holdout file {path}: expected a JSON list of relative paths")
+    return set(data)
 
 
 def artist_key(artist: str | None, album: str | None, rel: str) -> str:
@@ -205,8 +218,13 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
     return usable, sorted(failed.items()), stats
 
 
-def build_dataset(songs: list[LabelledSong], *, seed: int = 0, min_songs: int = 20) -> Dataset:
+def build_dataset(songs: list[LabelledSong], *, seed: int = 0, min_songs: int = 20,
+                  holdout: Collection[str] = ()) -> Dataset:
     """Labelled songs with features -> classes and artist-disjoint splits.
+
+    `holdout`: relative paths whose artists go to test whatever their hash says (the
+    nightly retrain holds out some of the newly confirmed labels this way, so its gate
+    always judges on fresh songs).
 
     Classes: canonical genres with >= `min_songs` songs and at least one training song,
     sorted by name; the rest go into `left_out`. When hashing leaves validation or test
@@ -216,7 +234,8 @@ def build_dataset(songs: list[LabelledSong], *, seed: int = 0, min_songs: int = 
     """
     counts = Counter(s.genre for s in songs)
     keys = sorted({s.artist_key for s in songs})
-    assigned = {k: split_of(k, seed) for k in keys}
+    held = {s.artist_key for s in songs if s.rel in holdout}
+    assigned = {k: "test" if k in held else split_of(k, seed) for k in keys}
     for name in ("test", "validation"):
         if len(keys) >= 3 and name not in assigned.values():
             # Deterministic: the training artist with the smallest hash share moves.

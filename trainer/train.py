@@ -31,6 +31,7 @@ from trainer.dataset import (
     default_cache_dir,
     find_labelled_songs,
     load_features,
+    load_holdout,
     load_labels,
     split_listing,
     summary,
@@ -54,7 +55,8 @@ PARITY_CLIPS = 64
 def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
           clip_seconds: float = 1.0, seed: int = 0, min_songs: int = 20,
           genres_path: Path | None = None, labels_path: Path | None = None,
-          warm_start: Path | None = None, batch_size: int | None = None,
+          warm_start: Path | None = None, holdout_path: Path | None = None,
+          batch_size: int | None = None,
           threads: int | None = None, processes: int | None = None,
           progress: bool | None = None) -> dict:
     """Run a whole training; returns the report (also written to out/report.json).
@@ -82,7 +84,8 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     songs, failed, cache_stats = load_features(songs, cache, processes=processes,
                                                progress=progress)
     log.info("features: %(cached)d cached, %(decoded)d decoded, %(failed)d failed", cache_stats)
-    dataset = build_dataset(songs, seed=seed, min_songs=min_songs)
+    dataset = build_dataset(songs, seed=seed, min_songs=min_songs,
+                            holdout=load_holdout(holdout_path))
     if dataset.left_out:
         log.info("genres left out (fewer than %d songs or no training artist): %s",
                  min_songs, dataset.left_out)
