@@ -36,6 +36,7 @@ from daemon.config import Config
 from daemon.db.engine import transaction
 from daemon.db.models import Decision, Track, utcnow
 from daemon.errors import FileError, TagError
+from daemon.library import fs_path
 from daemon.review import WRITE_OUTSTANDING, Action, WriteStatus
 from daemon.states import TrackState
 
@@ -58,8 +59,9 @@ def library_file(root: Path, relative: str) -> Path:
     """The real file for a track's relative path; raises OutsideLibrary when the path is
     absolute, climbs with "..", resolves (through symlinks) outside `root`, or is not a
     regular file. The review page's media and the writer both go through here."""
-    pure = PurePosixPath(relative)
-    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+    on_disk = fs_path(relative)  # names that are not UTF-8 are stored escaped
+    pure = PurePosixPath(on_disk)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in on_disk:
         raise OutsideLibrary(relative, "not a path inside the library")
     root = Path(root).resolve()
     try:

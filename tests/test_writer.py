@@ -331,3 +331,22 @@ def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
     with sessions() as session:
         undo_row = session.scalar(select(Decision).where(Decision.undoes_id == decision.id))
         assert undo_row.write_status == "written"
+
+
+def test_a_name_that_is_not_utf8_is_found_and_written(make_song, tmp_path):
+    import os
+
+    from daemon.library import db_path
+    from daemon.tags import read_tags
+    from daemon.writer import library_file, write_genre_atomically
+
+    root = tmp_path / "library"
+    root.mkdir()
+    song = make_song("plain.mp3", seconds=3, genre_tag="Rock")
+    odd = os.fsdecode(b"caf\xe9 song.mp3")
+    os.rename(song, root / odd)
+    stored = db_path(odd)
+    assert "\\xe9" in stored  # what the database holds
+    path = library_file(root, stored)
+    write_genre_atomically(path, "Jazz")
+    assert read_tags(root / odd).genres == ("Jazz",)
