@@ -204,3 +204,18 @@ def test_history_shows_write_failures_in_plain_words(station, client):
     assert "Not written yet: the file is read-only" in page
     with sessions() as session:
         assert session.get(Track, track_id).state == "reviewed"
+
+
+def test_models_page_shows_last_and_next_retraining(station, client):
+    from daemon.db.models import TrainingRun
+
+    _, sessions, _ = station
+    page = client.get("/models").get_data(as_text=True)
+    assert "It has not learned from reviews yet." in page
+    assert "Next time: " in page  # nightly learning is on by default
+    with sessions.begin() as db:
+        db.add(TrainingRun(trigger="nightly", status="rejected", started_at=utcnow(),
+                           reason="macro-F1 dropped 4.0 points (limit 0.5)"))
+    page = client.get("/models").get_data(as_text=True)
+    assert "the new version was not better, so the old one stays in use" in page
+    assert "macro-F1 dropped 4.0 points" in page

@@ -331,9 +331,11 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     @app.get("/models")
     def models():
         from daemon.registry import list_models
+        from daemon.retrain import last_run, next_nightly_run
 
         with sessions() as db:
             all_models = list_models(db)
+            last = last_run(db)
         chosen = None
         version = request.args.get("version", type=int)
         for model in all_models:
@@ -344,7 +346,8 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         if chosen is None and all_models and version is None:
             chosen = all_models[0]
         return render_template("models.html", models=all_models, chosen=chosen,
-                               matrix=_confusion(chosen))
+                               matrix=_confusion(chosen), last_run=last,
+                               next_run=next_nightly_run(config))
 
     # ------------------------------------------------------------ actions
 
