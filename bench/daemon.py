@@ -169,8 +169,10 @@ port = {free_port()}
 
     def start(self) -> float:
         with open(self.log, "w") as log:
+            # The environment systemd/genretagger.service gives the daemon.
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
             self.proc = subprocess.Popen(EXE + ["--config", str(self.config_path), "run"],
-                                         stdout=subprocess.DEVNULL, stderr=log)
+                                         stdout=subprocess.DEVNULL, stderr=log, env=env)
         started = time.time()
         while "genretagger running" not in self.log.read_text():
             if self.proc.poll() is not None:

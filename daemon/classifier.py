@@ -30,6 +30,8 @@ JSON_KEYS = ("classes", "feature_spec", "metrics", "training_set", "clips_per_so
 REQUIRED_KEYS = ("classes", "feature_spec", "temperature")
 # Keeps log() finite when a clip's softmax rounds a class to exactly 0.
 _FLOOR = 1e-12
+# Clips per onnxruntime run (see Classifier.clip_probabilities).
+MAX_CLIPS_PER_RUN = 64
 
 
 def song_probabilities(clip_probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -149,14 +151,22 @@ class Classifier:
         return classifier
 
     def clip_probabilities(self, clips: np.ndarray) -> np.ndarray:
-        """(n, F, T, 1) float32 clips -> (n, n_classes) uncalibrated clip probabilities."""
-        return self.session.run([self._output], {self._input: clips.astype(np.float32)})[0]
+        """(n, F, T, 1) float32 clips -> (n, n_classes) uncalibrated clip probabilities.
+
+        At most MAX_CLIPS_PER_RUN clips per ORT run: the first convolutions' activations
+        take ~0.8 MB per clip, so 32 songs in one run would cost the daemon ~250 MB at
+        peak for no speed (the CPU is just as busy with 64 clips at a time).
+        """
+        clips = clips.astype(np.float32, copy=False)
+        runs = [self.session.run([self._output], {self._input: clips[i:i + MAX_CLIPS_PER_RUN]})[0]
+                for i in range(0, len(clips), MAX_CLIPS_PER_RUN)]
+        return np.concatenate(runs) if runs else np.zeros((0, len(self.classes)), np.float32)
 
     def predict_songs(self, songs: list[np.ndarray]) -> np.ndarray:
         """Songs' features, each (clips, F, T, 1) -> (n_songs, n_classes) probabilities.
 
-        All clips of all songs go through one ORT run. Songs may have different clip
-        counts. Calibrated with the bundle's temperature.
+        The clips of all songs are batched together (several songs per ORT run). Songs
+        may have different clip counts. Calibrated with the bundle's temperature.
         """
         if not songs:
             return np.zeros((0, len(self.classes)))

@@ -23,6 +23,8 @@ waits up to `drain_seconds` for files in flight, hands the rest back and closes 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -70,6 +72,26 @@ class Claim:
     info: object | None = None
     features: np.ndarray | None = field(default=None, repr=False)
     ready_at: float = 0.0
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap back to the OS when a backfill ends.
+
+    glibc keeps what batches of features and onnxruntime freed in its per-thread arenas;
+    after a 300-song backfill that is ~150 MB of idle RSS the daemon would hold for ever.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def backoff_delay(attempts: int, backoff_seconds: float) -> float:
@@ -188,6 +210,7 @@ class Worker:
     # ---- the loop ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        was_busy = False
         while not self.stop_event.is_set():
             self.beat = time.monotonic()
             try:
@@ -196,6 +219,9 @@ class Worker:
                 log.exception("worker step failed; trying again in 5 s")
                 busy = False
                 self.stop_event.wait(5)
+            if was_busy and not busy:
+                release_free_memory()
+            was_busy = busy
             if not busy:
                 self.stop_event.wait(POLL_SECONDS)
         self._drain()

@@ -171,3 +171,14 @@ def test_evaluate_command_refuses_a_broken_model_with_exit_2(tmp_path):
                           "--library", str(tmp_path / "library")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "bad.onnx" in run.stderr
+
+
+def test_big_batches_run_in_bounded_chunks_with_the_same_answers(tmp_path):
+    from daemon.classifier import MAX_CLIPS_PER_RUN
+
+    classifier = Classifier.load(write_bundle(tmp_path / "m.onnx"))
+    songs = [song(("Blues", "Jazz", "Electronic")[i % 3], i) for i in range(31)]
+    assert sum(len(s) for s in songs) > 2 * MAX_CLIPS_PER_RUN  # chunks split songs
+    together = classifier.predict_songs(songs)
+    alone = np.concatenate([classifier.predict_songs([s]) for s in songs])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
