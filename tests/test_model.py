@@ -11,13 +11,11 @@ import json
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow", reason="the [trainer] extra is part of the dev setup")
-
-from daemon.classifier import Classifier, read_metadata, song_probabilities  # noqa: E402
-from daemon.demo import synthesize  # noqa: E402
-from daemon.featurecache import FeatureCache  # noqa: E402
-from daemon.features import DEFAULT_SPEC, clip_starts, song_features  # noqa: E402
-from trainer.dataset import LabelledSong  # noqa: E402
+from daemon.classifier import Classifier, read_metadata, song_probabilities
+from daemon.demo import synthesize
+from daemon.featurecache import FeatureCache
+from daemon.features import DEFAULT_SPEC, clip_starts, song_features
+from trainer.dataset import LabelledSong
 from trainer.export import ParityError, export_bundle  # noqa: E402
 from trainer.fit import class_weights, configure, fit, load_warm_start, predict_clips  # noqa: E402
 from trainer.model import build_model  # noqa: E402
