@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.config import Config
 from daemon.db.engine import transaction
 from daemon.db.models import Model, utcnow
+from daemon.durable import fsync_dir, fsync_file
 from daemon.errors import GenretaggerError, ModelMismatch
 from daemon.features import DEFAULT_SPEC
 
@@ -241,11 +242,11 @@ def _copy_bundle(source: Path, target: Path) -> None:
         for name in BUNDLE_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
-                _fsync_file(tmp / name)
+                fsync_file(tmp / name)
         os.chmod(tmp, 0o755)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -262,22 +263,6 @@ def remove_partial_bundles(config: Config) -> list[Path]:
         log.info("removed %d half-written bundle folder(s) in %s", len(removed),
                  config.models_dir)
     return removed
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

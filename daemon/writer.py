@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.config import Config
 from daemon.db.engine import transaction
 from daemon.db.models import Decision, Track, utcnow
+from daemon.durable import fsync_dir, fsync_file
 from daemon.errors import FileError, TagError
 from daemon.library import fs_path
 from daemon.review import WRITE_OUTSTANDING, Action, WriteStatus
@@ -79,14 +80,6 @@ def temp_path(path: Path) -> Path:
     """The hidden sibling the new version is built in: the library walk and the watcher
     skip hidden files; the extension stays last because mutagen weighs it."""
     return path.with_name(f".{path.stem}{TEMP_SUFFIX}{path.suffix}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _reason(err: OSError) -> str:
@@ -134,8 +127,7 @@ def write_genre_atomically(path: Path | str, genre: str,
         if os.geteuid() == 0:
             os.chown(tmp, before.st_uid, before.st_gid)
         os.chmod(tmp, before.st_mode & 0o7777)  # after chown, which may clear setgid
-        with open(tmp, "rb") as f:  # fsync needs no write access (the mode may deny it)
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         genres = read_tags(tmp).genres
         ok = genre in genres if mode == "add" else genres == (genre,)
         if not ok:
@@ -146,7 +138,7 @@ def write_genre_atomically(path: Path | str, genre: str,
         if before_replace is not None:
             before_replace(os.stat(tmp))
         os.replace(tmp, real)
-        _fsync_dir(real.parent)
+        fsync_dir(real.parent)
         return os.stat(real)
     except TagError as err:
         # set_genre/read_tags name the temp copy; the station knows the song.
