@@ -48,7 +48,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(BENCH.parent))
 
-from daemon.demo import FORMATS, encode, make_library, synthesize  # noqa: E402
+from daemon.demo import encode_masters, make_library  # noqa: E402
 
 
 def _tree_bench():
@@ -67,27 +67,8 @@ GENRES = ("Classical", "Hip-Hop", "Metal")
 
 def masters(per_format: int) -> list[Path]:
     """3-7 minute songs, a few per format, 22,050 Hz stereo (encoded once)."""
-    import numpy as np
-
-    rng = np.random.default_rng(11)
-    folder = OUT / "masters"
-    folder.mkdir(parents=True, exist_ok=True)
-    found = []
-    for f_index, ext in enumerate(FORMATS):
-        for m in range(per_format):
-            seconds = float(rng.uniform(180, 420))
-            genre = GENRES[(f_index + m) % len(GENRES)]
-            path = folder / f"{genre}-{m}{ext}"
-            if not path.exists():
-                started = time.perf_counter()
-                partial = path.with_name("partial-" + path.name)
-                encode(partial, synthesize(genre, seconds, 22_050, seed=f_index * 10 + m),
-                       22_050)
-                partial.rename(path)
-                print(f"  encoded {path.name} ({seconds / 60:.1f} min) in "
-                      f"{time.perf_counter() - started:.1f} s", flush=True)
-            found.append(path)
-    return found
+    by_format = encode_masters(OUT / "masters", per_format, GENRES, 22_050, seed=11)
+    return [path for paths in by_format.values() for path in paths]
 
 
 def copies(sources: list[Path], folder: Path, n: int, prefix: str) -> list[Path]:

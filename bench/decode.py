@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.demo import FORMATS, VOICES, encode, synthesize  # noqa: E402
+from daemon.demo import VOICES, encode_masters  # noqa: E402
 from daemon.extract import Extracted, ExtractPool, extract  # noqa: E402
 from daemon.features import DEFAULT_SPEC, clip_starts, song_features  # noqa: E402
 
@@ -39,27 +39,13 @@ def build_library(root: Path, songs_per_format: int, masters_per_format: int,
                   seed: int = 7) -> list[Path]:
     """Masters per format (3-7 min, 44.1 kHz stereo; Opus 48 kHz), then links to them
     under new names until each format has songs_per_format songs. Cached."""
-    rng = np.random.default_rng(seed)
     genres = list(VOICES)
     masters_dir, songs_dir = root / "masters", root / "songs"
     masters_dir.mkdir(parents=True, exist_ok=True)
     songs_dir.mkdir(parents=True, exist_ok=True)
     songs = []
-    for f_index, ext in enumerate(FORMATS):
-        masters = []
-        for m in range(masters_per_format):
-            seconds = float(rng.uniform(180, 420))
-            genre = genres[(f_index + m) % len(genres)]
-            master = masters_dir / f"{genre}-{m}{ext}"
-            if not master.exists():
-                started = time.perf_counter()
-                partial = master.with_name("partial-" + master.name)
-                encode(partial, synthesize(genre, seconds, 44_100, seed=f_index * 10 + m),
-                       44_100)
-                partial.rename(master)
-                print(f"  encoded {master.name} ({seconds / 60:.1f} min) in "
-                      f"{time.perf_counter() - started:.1f} s", flush=True)
-            masters.append(master)
+    by_format = encode_masters(masters_dir, masters_per_format, genres, 44_100, seed)
+    for ext, masters in by_format.items():
         for i in range(songs_per_format):
             song = songs_dir / f"Song {i + 1:03d}{ext}"
             if not song.exists():

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -116,6 +117,33 @@ def encode(path: Path, samples: np.ndarray, sr: int, subtype: str | None = None)
         for packet in stream.encode(None):
             container.mux(packet)
     return path
+
+
+def encode_masters(folder: Path, per_format: int, genres: Sequence[str], sr: int, seed: int,
+                   formats: Sequence[str] = FORMATS,
+                   seconds: tuple[float, float] = (180.0, 420.0)) -> dict[str, list[Path]]:
+    """Long songs for the benchmarks: `per_format` per extension, 3-7 minutes by default.
+
+    Encoding is the slow part (MP3 ~35x, AAC ~20x real time), so each master is written
+    once under a name that says what it is and reused by later runs. Out: ext -> paths.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    masters: dict[str, list[Path]] = {}
+    for f_index, ext in enumerate(formats):
+        for m in range(per_format):
+            length = float(rng.uniform(*seconds))  # drawn even when cached: names stay put
+            genre = genres[(f_index + m) % len(genres)]
+            path = folder / f"{genre}-{m}{ext}"
+            if not path.exists():
+                started = time.perf_counter()
+                partial = path.with_name("partial-" + path.name)
+                encode(partial, synthesize(genre, length, sr, seed=f_index * 10 + m), sr)
+                partial.rename(path)
+                print(f"  encoded {path.name} ({length / 60:.1f} min) in "
+                      f"{time.perf_counter() - started:.1f} s", flush=True)
+            masters.setdefault(ext, []).append(path)
+    return masters
 
 
 @dataclass(frozen=True)
