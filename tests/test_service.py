@@ -324,11 +324,17 @@ def test_sigkill_mid_batch_and_a_killed_decoder(station):
     for i in range(16):
         song(station.library / "batch" / f"song {i:02d}.wav", genres[i % 3], 6.0, seed=i)
     station.start()
-    station.wait("some suggestions", lambda: len(station.suggestions()) >= 1, every=0.05)
+
+    def mid_batch() -> bool:  # one batch suggested, the next one claimed and in the pool
+        states = list(station.states().values())
+        return "suggested" in states and "working" in states
+
+    station.wait("one batch suggested and the next in flight", mid_batch, every=0.02)
     station.proc.kill()
     station.proc.wait(10)
     before = station.suggestions()
     assert len(before) < 16, "the batch finished before the kill; make it bigger"
+    assert "working" in station.states().values()
     assert all(n == 1 for n in before.values())
 
     for i in range(16, 28):
