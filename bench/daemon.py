@@ -11,7 +11,10 @@ pool, real model, real SQLite):
              file settling (its track queued) to its suggestion (target <= 3 s), and
              from the copy finishing to the suggestion (includes settle_seconds)
   memory     RSS and PSS of the daemon plus its children, peak during the backfill and
-             idle afterwards (target <= 300 MB; PSS counts shared pages once)
+             idle afterwards, once the worker stopped its idle decoders (target <= 300 MB;
+             RSS counts pages shared between the processes once per process, PSS once),
+             with each role's share: the daemon, the fork server, the decoders, other
+             (multiprocessing's resource tracker)
   idle CPU   the daemon watching 15,000 known, unchanged files (native observer): share
              of one core (target < 2%)
   reconcile  one reconciliation walk over those 15,000 files (target <= 2 s), next to
@@ -207,18 +210,51 @@ def cpu_seconds(pid: int) -> float:
     return total / tick
 
 
+def memory_by_role(pid: int) -> dict[str, tuple[float, float]]:
+    """(RSS, PSS) in MB per role: the daemon itself, the fork server, the decoders, other."""
+    roles: dict[str, tuple[float, float]] = {}
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+            parent = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_cmd = Path(f"/proc/{parent}/cmdline").read_bytes()
+            # Decoders are forked from the fork server, so they carry its command line too.
+            role = ("daemon" if p == pid else "decoders" if b"forkserver" in parent_cmd
+                    else "fork server" if b"forkserver" in cmdline else "other")
+            rss, pss = memory_mb_one(p)
+            old = roles.get(role, (0.0, 0.0))
+            roles[role] = (old[0] + rss, old[1] + pss)
+    return roles
+
+
+def memory_mb_one(pid: int) -> tuple[float, float]:
+    rss = pss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Rss:"):
+            rss += int(line.split()[1])
+        elif line.startswith("Pss:"):
+            pss += int(line.split()[1])
+    return rss / 1024, pss / 1024
+
+
 class PeakMemory:
-    """Samples the daemon's tree every 0.25 s in a thread; own stop event."""
+    """Samples the daemon's tree every 0.25 s in a thread; own stop event. Keeps the peak
+    of the whole tree and, at that moment, the share of each role."""
 
     def __init__(self, pid: int):
         self.pid, self.rss, self.pss = pid, 0.0, 0.0
+        self.roles: dict[str, tuple[float, float]] = {}
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stop_event.wait(0.25):
-            rss, pss = memory_mb(self.pid)
+            roles = memory_by_role(self.pid)
+            rss = sum(r for r, _ in roles.values())
+            pss = sum(p for _, p in roles.values())
+            if pss > self.pss:
+                self.roles = roles
             self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
 
     def close(self) -> None:
@@ -262,7 +298,7 @@ def backfill(daemon: Daemon, n: int) -> dict:
     quarantined = daemon.query("SELECT count(*) FROM tracks WHERE state = 'quarantined'")[0][0]
     return {"songs": n, "quarantined": quarantined, "seconds": last_t - first_t,
             "songs_per_s": n / (last_t - first_t), "since_start_s": last_t - started,
-            "peak_rss": peak.rss, "peak_pss": peak.pss}
+            "peak_rss": peak.rss, "peak_pss": peak.pss, "peak_roles": peak.roles}
 
 
 def latency(daemon: Daemon, sources: list[Path], n: int) -> dict:
@@ -346,8 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         fill = backfill(daemon, len(songs))
         time.sleep(3)
         lat = latency(daemon, sources, args.latency_songs)
-        time.sleep(3)
+        # Idle = the worker has stopped its decoder children (a minute without songs).
+        from daemon.worker import DECODER_IDLE_SECONDS
+
+        end = time.monotonic() + DECODER_IDLE_SECONDS + 15
+        while "decoders" in memory_by_role(daemon.proc.pid) and time.monotonic() < end:
+            time.sleep(1)
         idle_rss, idle_pss = memory_mb(daemon.proc.pid)
+        idle_roles = memory_by_role(daemon.proc.pid)
     finally:
         daemon.stop()
         shutil.rmtree(library / "incoming", ignore_errors=True)
@@ -371,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
          f"(settle {daemon.config.library.settle_seconds:g} s)", "-")
     line("memory peak (backfill) RSS / PSS", f"{fill['peak_rss']:.0f} / "
          f"{fill['peak_pss']:.0f} MB", "<= 300 MB")
+    for role, (rss, pss) in sorted(fill["peak_roles"].items()):
+        line(f"  at the peak: {role}", f"{rss:.0f} / {pss:.0f} MB", "-")
     line("memory idle RSS / PSS", f"{idle_rss:.0f} / {idle_pss:.0f} MB", "<= 300 MB")
+    for role, (rss, pss) in sorted(idle_roles.items()):
+        line(f"  idle: {role}", f"{rss:.0f} / {pss:.0f} MB", "-")
     line(f"idle CPU, {idle['known']} known files", f"{idle['cpu_share']:.2%} of one core",
          "< 2%")
     line("memory idle on 15,000 files RSS/PSS", f"{idle['rss']:.0f} / {idle['pss']:.0f} MB",

@@ -250,10 +250,13 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
               help="JSON [relative path, ...]: these songs' artists go to the test split")
 @click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
 @click.option("--processes", type=click.IntRange(1), help="decoding processes")
+@click.option("--time-budget", "time_budget", type=click.FloatRange(min=0, min_open=True),
+              metavar="MINUTES", help="end the run within this: fitting stops early (keeping "
+              "its best epoch) to leave time for evaluation and export")
 def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_seconds: float,
           seed: int, min_songs: int, genres_path: Path | None, labels_path: Path | None,
           warm_start: Path | None, holdout_path: Path | None, batch_size: int | None,
-          processes: int | None) -> int:
+          processes: int | None, time_budget: float | None) -> int:
     """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
     import importlib.util
 
@@ -270,7 +273,8 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
                           clip_seconds=clip_seconds, seed=seed, min_songs=min_songs,
                           genres_path=genres_path, labels_path=labels_path,
                           warm_start=warm_start, holdout_path=holdout_path,
-                          batch_size=batch_size, processes=processes)
+                          batch_size=batch_size, processes=processes,
+                          time_budget_minutes=time_budget)
     test = report["metrics"]["test"]
     click.echo(f"model: {out / 'model.onnx'}\n  genres: {', '.join(report['classes'])}\n"
                f"  test songs: {test['n_songs']}, song accuracy {test['song_accuracy']:.1%}, "

@@ -11,7 +11,6 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import signal
 
 from daemon.errors import TooShort
 
@@ -88,6 +87,10 @@ def clip_starts(duration: float, spec: FeatureSpec, path: object = "") -> list[f
 
 def _scaled_power(clips: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """(n, samples) -> (n, n_freqs, n_frames) float32 in [0, 1], each clip scaled alone."""
+    # Imported here: scipy costs the daemon's main process ~100 MB and only the decoder
+    # children (and a thumbnail cache miss) compute features.
+    from scipy import signal
+
     _, _, power = signal.spectrogram(
         clips.astype(np.float64, copy=False),
         fs=spec.sample_rate,

@@ -8,7 +8,8 @@
     gate      candidate and active model through onnxruntime on the same artist-disjoint
               holdout, features from the feature cache; gate() is a pure function
     swap      register the bundle (atomic), activate it (one DB transaction), re-score
-              pending suggestions from the feature cache (no decoding), history kept
+              pending suggestions from the feature cache (no decoding), history kept;
+              rejected songs are suggested again if the new model has another genre
 
 Every run leaves a TrainingRun row (status running -> promoted/rejected/failed/skipped, a
 reason, a data summary, the trainer's log path). One run at a time per state dir: an
@@ -65,6 +66,9 @@ INSTALL_HINT = ("pip install 'genretagger[trainer]'  then  genretagger retrain -
 NO_MODEL_POLL_SECONDS = 3600.0
 # Seconds between SIGTERM and SIGKILL when the trainer must stop.
 KILL_GRACE_SECONDS = 10.0
+# The trainer is asked to finish within this share of retrain.timeout_minutes (it stops
+# fitting early, keeping its best epoch), so a long night ends in a model, not a kill.
+TRAINER_BUDGET_SHARE = 0.9
 # Run folders kept under runs_dir (logs, split.json, labels.json); older ones are pruned.
 KEEP_RUNS = 30
 # Share of the newly confirmed labels held out of training for the gate.
@@ -219,7 +223,9 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
             "--library", str(config.library.root), "--out", str(run_dir),
             "--cache", str(config.cache_dir), "--labels", str(labels),
             "--epochs", str(config.retrain.epochs),
-            "--min-songs", str(config.min_songs_per_genre)]
+            "--min-songs", str(config.min_songs_per_genre),
+            # The trainer stops fitting in time to finish; timeout_minutes stays the hard stop.
+            "--time-budget", f"{TRAINER_BUDGET_SHARE * config.retrain.timeout_minutes:g}"]
     if config.genres_path.exists():
         argv += ["--genres", str(config.genres_path)]
     if warm_start is not None:
@@ -410,6 +416,23 @@ def evaluate_on(classifier, songs: list[HoldoutSong], features: list[np.ndarray]
 
 # ---- re-scoring pending suggestions -----------------------------------------------------
 
+def _cached_predictions(classifier, cache, rows: list[tuple[int, str | None]], batch: int,
+                        counts: dict[str, int]) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(id, fingerprint) rows -> (ids, song probabilities) per batch, features from the
+    cache only; rows without cached features are counted in counts["no_features"]."""
+    for start in range(0, len(rows), batch):
+        ids, songs = [], []
+        for row_id, fingerprint in rows[start:start + batch]:
+            features = cache.get(fingerprint) if fingerprint else None
+            if features is None:
+                counts["no_features"] += 1
+                continue
+            ids.append(row_id)
+            songs.append(features)
+        if ids:
+            yield ids, classifier.predict_songs(songs)
+
+
 def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier, model_id: int,
                     batch: int = 64) -> dict[str, int]:
     """Re-score every pending suggestion of another model with `classifier`, from the cache.
@@ -428,22 +451,60 @@ def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier,
                    (Suggestion.model_id != model_id) | Suggestion.model_id.is_(None))
             .order_by(Suggestion.id)).all()
     counts = {"rescored": 0, "no_features": 0, "changed": 0, "dropped": 0}
-    for start in range(0, len(todo), batch):
-        chunk, songs = [], []
-        for suggestion_id, fp in todo[start:start + batch]:
-            features = cache.get(fp) if fp else None
-            if features is None:
-                counts["no_features"] += 1
-                continue
-            chunk.append(suggestion_id)
-            songs.append(features)
-        if not chunk:
-            continue
-        probs = classifier.predict_songs(songs)
+    for ids, probs in _cached_predictions(classifier, cache, todo, batch, counts):
         with transaction(sessions) as session:
-            for suggestion_id, row in zip(chunk, probs, strict=True):
+            for suggestion_id, row in zip(ids, probs, strict=True):
                 _replace_suggestion(session, config, classifier.top(row, 3), suggestion_id,
                                     model_id, counts)
+    return counts
+
+
+def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifier,
+                       model_id: int, batch: int = 64) -> dict[str, int]:
+    """Give songs the reviewer rejected a second chance with a new model, from the cache.
+
+    A rejected, still unlabelled track gets a pending suggestion again only when the new
+    model's genre is one the reviewer has not rejected for it (daemon.review.
+    rejected_genres); otherwise it stays reviewed. Out: counts resuggested /
+    still_rejected / no_features.
+    """
+    from daemon.featurecache import FeatureCache
+    from daemon.review import rejected_genres
+
+    cache = FeatureCache(config.cache_dir, classifier.spec)
+    rejected = select(Suggestion.track_id).where(
+        Suggestion.status == SuggestionStatus.REJECTED)
+    with sessions() as session:
+        todo = session.execute(
+            select(Track.id, Track.fingerprint)
+            .where(Track.state == TrackState.REVIEWED, Track.confirmed_genre.is_(None),
+                   Track.id.in_(rejected))
+            .order_by(Track.id)).all()
+    counts = {"resuggested": 0, "still_rejected": 0, "no_features": 0}
+    for ids, probs in _cached_predictions(classifier, cache, todo, batch, counts):
+        with transaction(sessions) as session:
+            now = utcnow()
+            for track_id, row in zip(ids, probs, strict=True):
+                track = session.get(Track, track_id)
+                if (track is None or track.state != TrackState.REVIEWED
+                        or track.confirmed_genre is not None):
+                    continue  # decided, changed or gone meanwhile
+                top = classifier.top(row, 3)
+                genre, confidence = top[0]
+                if genre in rejected_genres(session, track_id):
+                    counts["still_rejected"] += 1
+                    continue
+                last_rejected = session.scalar(
+                    select(Suggestion.id).where(Suggestion.track_id == track_id,
+                                                Suggestion.status == SuggestionStatus.REJECTED)
+                    .order_by(Suggestion.id.desc()).limit(1))
+                session.add(Suggestion(track_id=track_id, model_id=model_id, genre=genre,
+                                       confidence=confidence, top=[[g, c] for g, c in top],
+                                       status=SuggestionStatus.PENDING,
+                                       replaces_id=last_rejected, created_at=now))
+                move(track, TrackState.SUGGESTED)
+                track.state_changed_at = now
+                counts["resuggested"] += 1
     return counts
 
 
@@ -837,7 +898,12 @@ class Retrainer:
         log.info("re-scored %d pending suggestion(s) with v%04d (%d changed genre, %d without "
                  "cached features)", counts["rescored"], model.version, counts["changed"],
                  counts["no_features"])
-        return {**result, "rescored": counts, "status": PROMOTED,
+        second = resuggest_rejected(self.sessions, self.config, candidate, model.id)
+        if second["resuggested"] or second["still_rejected"]:
+            log.info("rejected songs: %d suggested again with another genre, %d left as "
+                     "rejected (v%04d suggests the rejected genre again)",
+                     second["resuggested"], second["still_rejected"], model.version)
+        return {**result, "rescored": counts, "resuggested": second, "status": PROMOTED,
                 "reason": f"v{model.version:04d} active; gate: {verdict.reason}"}
 
     def _train(self, run_id: int, argv: list[str], log_path: Path) -> str | None:

@@ -225,12 +225,14 @@ def list_decisions(session: Session, *, limit: int = 50, offset: int = 0,
     return [(d, t) for d, t in rows], int(session.scalar(count) or 0)
 
 
-def was_rejected(session: Session, track_id: int, model_id: int | None) -> bool:
-    """Has the reviewer rejected this model's suggestion for this track? (The worker asks
-    before suggesting again, so the same model does not repeat a rejected guess.)"""
-    return session.scalar(select(func.count()).select_from(Suggestion).where(
-        Suggestion.track_id == track_id, Suggestion.model_id == model_id,
-        Suggestion.status == SuggestionStatus.REJECTED)) > 0
+def rejected_genres(session: Session, track_id: int) -> set[str]:
+    """Genres the reviewer turned down for this track (an undone reject no longer counts).
+
+    No model offers one of them for the track again, neither the model that suggested it
+    nor a newer one: the worker files such a result away instead of suggesting it, and
+    a new model re-suggests a rejected track only with another genre."""
+    return set(session.scalars(select(Suggestion.genre).where(
+        Suggestion.track_id == track_id, Suggestion.status == SuggestionStatus.REJECTED)))
 
 
 def write_backlog(session: Session) -> dict[str, int]:
@@ -393,8 +395,8 @@ def override(sessions: sessionmaker[Session], config: Config, suggestion_id: int
 def reject(sessions: sessionmaker[Session], config: Config, suggestion_ids: Iterable[int], *,
            who: str) -> list[Decision]:
     """The suggestion is wrong and the reviewer has no better genre: the track stays
-    untagged and reviewed, so the worker does not suggest it again until the file changes
-    (re-scoring by a new model only touches pending suggestions)."""
+    untagged and reviewed. No model suggests the rejected genre for it again; a newer
+    model that hears another genre suggests that one (rejected_genres)."""
     with transaction(sessions) as session:
         decisions = []
         for suggestion_id in dict.fromkeys(int(i) for i in suggestion_ids):

@@ -38,6 +38,7 @@ from daemon.config import Config, load_config
 from daemon.db.engine import open_database, transaction
 from daemon.db.models import ServiceState, utcnow
 from daemon.errors import ConfigError
+from daemon.heap import bound_heap
 from daemon.logs import setup_logging
 from daemon.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.status import DAEMON_KEY, HEARTBEAT_SECONDS, queue_depth
@@ -130,6 +131,7 @@ class Service:
         from daemon.writer import Writer
 
         config = self.config
+        bound_heap()  # before onnxruntime and the first batch allocate anything large
         self.pinger.start()
         self.notifier.status("opening the database")
         self.engine, self.sessions = open_database(config.db_url)

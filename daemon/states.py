@@ -10,8 +10,13 @@ goes through `move()`, which refuses anything not listed here.
       │          (max attempts) -> quarantined ──file changed──> queued
       └── file changed / tag removed ── tagged, suggested, reviewed, missing
 
-  tagged:  the file's own genre tag maps to a canonical genre; nothing to suggest.
-  missing: gone from the library; comes back (same fingerprint) with its history.
+    working -> reviewed     the model's genre is one the reviewer rejected for the song
+    reviewed -> suggested   undo; or a new model hears a genre not rejected for it
+                            (daemon.review.rejected_genres)
+
+  tagged:   the file's own genre tag maps to a canonical genre; nothing to suggest.
+  reviewed: decided by the reviewer (accepted, overridden or rejected).
+  missing:  gone from the library; comes back (same fingerprint) with its history.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ TRANSITIONS: dict[TrackState, frozenset[TrackState]] = {
     S.QUEUED: frozenset({S.WORKING, S.TAGGED, S.MISSING}),
     # A worker finishes (suggested), fails (retrying/quarantined), finds the file tagged
     # meanwhile, or hands the file back on shutdown (queued).
-    S.WORKING: frozenset({S.SUGGESTED, S.RETRYING, S.QUARANTINED, S.QUEUED, S.TAGGED, S.MISSING}),
+    S.WORKING: frozenset({S.SUGGESTED, S.RETRYING, S.QUARANTINED, S.QUEUED, S.TAGGED, S.MISSING,
+                          S.REVIEWED}),
     S.RETRYING: frozenset({S.WORKING, S.QUEUED, S.TAGGED, S.MISSING}),
     S.QUARANTINED: frozenset({S.QUEUED, S.TAGGED, S.MISSING}),
     S.SUGGESTED: frozenset({S.REVIEWED, S.QUEUED, S.TAGGED, S.MISSING, S.SUGGESTED}),

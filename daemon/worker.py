@@ -23,8 +23,6 @@ waits up to `drain_seconds` for files in flight, hands the rest back and closes 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -41,6 +39,8 @@ from daemon.db.engine import transaction
 from daemon.db.models import Event, Model, Suggestion, SuggestionStatus, Track, utcnow
 from daemon.errors import FileError, ModelMismatch, UnreadableAudio
 from daemon.features import DEFAULT_SPEC, FeatureSpec
+from daemon.heap import release_free_memory
+from daemon.review import rejected_genres
 from daemon.states import CLAIMABLE, TrackState, move
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 MODEL_CHECK_SECONDS = 2.0
 NO_MODEL_SECONDS = 5.0
+# A quiet drive keeps no decoder child alive (each holds ~60 MB of its own).
+DECODER_IDLE_SECONDS = 60.0
 # A batch waits at most this long for more songs before it is classified anyway.
 BATCH_WAIT_SECONDS = 0.5
 # The worker's own events are kept this long (status needs the last hour).
@@ -72,26 +74,6 @@ class Claim:
     info: object | None = None
     features: np.ndarray | None = field(default=None, repr=False)
     ready_at: float = 0.0
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Hand freed heap back to the OS when a backfill ends.
-
-    glibc keeps what batches of features and onnxruntime freed in its per-thread arenas;
-    after a 300-song backfill that is ~150 MB of idle RSS the daemon would hold for ever.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def backoff_delay(attempts: int, backoff_seconds: float) -> float:
@@ -223,6 +205,7 @@ class Worker:
                 release_free_memory()
             was_busy = busy
             if not busy:
+                self.pool.retire_idle(DECODER_IDLE_SECONDS)
                 self.stop_event.wait(POLL_SECONDS)
         self._drain()
 
@@ -331,6 +314,7 @@ class Worker:
     def _suggest(self, batch: list[Claim], probs: np.ndarray) -> None:
         audit = self.config.classifier
         now = utcnow()
+        suggested: list[tuple[Claim, str, float]] = []
         with transaction(self.sessions) as session:
             for claim, row in zip(batch, probs, strict=True):
                 track = session.get(Track, claim.track_id)
@@ -354,6 +338,12 @@ class Worker:
                         move(track, TrackState.TAGGED)  # the model agrees with the tag
                         continue
                     disagrees = claim.audit_genre
+                if genre in rejected_genres(session, track.id):
+                    # The reviewer already said no to this genre for this song.
+                    move(track, TrackState.TAGGED if disagrees else TrackState.REVIEWED)
+                    log.info("%s: %s again, which the reviewer rejected; not suggested",
+                             claim.path, genre)
+                    continue
                 pending = session.scalars(select(Suggestion).where(
                     Suggestion.track_id == track.id,
                     Suggestion.status == SuggestionStatus.PENDING)).all()
@@ -366,9 +356,9 @@ class Worker:
                     replaces_id=pending[-1].id if pending else None))
                 move(track, TrackState.SUGGESTED)
                 self.last_file = claim.path
+                suggested.append((claim, genre, confidence))
         self.classified += len(batch)
-        for claim, row in zip(batch, probs, strict=True):
-            genre, confidence = self.classifier.top(row, 1)[0]
+        for claim, genre, confidence in suggested:  # logged once committed
             log.info("suggested %s for %s (%.0f%%%s)", genre, claim.path, confidence * 100,
                      ", cached features" if claim.cached else "")
 

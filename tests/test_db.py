@@ -54,6 +54,7 @@ def test_times_come_back_timezone_aware(database):
 def test_state_machine_allows_only_listed_moves():
     assert can_move("queued", "working")
     assert not can_move("queued", "reviewed")
+    assert can_move("working", "reviewed")  # a genre the reviewer rejected comes back
 
     class T:
         state, path = TrackState.SUGGESTED, "x.mp3"

@@ -179,6 +179,23 @@ def test_children_are_recycled_after_max_tasks(library, expected):
         assert pool.crashes == 0 and pool.timeouts == 0
 
 
+def test_idle_children_are_stopped_and_come_back_on_demand(library, expected):
+    _, good, _ = library
+    with _started_pool(good[0], processes=1, timeout=30) as pool:
+        pid, = pool.child_pids()
+        assert pool.retire_idle(idle_seconds=60) == 0  # idle for less than a minute: kept
+        assert pool.child_pids() == [pid]
+        time.sleep(0.2)
+        assert pool.retire_idle(idle_seconds=0.1) == 1
+        assert pool.child_pids() == []
+        _wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+        pool.submit(good[1], "after")
+        tag, result = pool.get(timeout=30)
+        assert tag == "after" and np.array_equal(result.features, expected[str(good[1])])
+        assert pool.child_pids() and pool.child_pids() != [pid]
+        assert pool.crashes == 0
+
+
 def test_children_run_niced_and_close_kills_them(library):
     _, good, _ = library
     pool = _started_pool(good[0], processes=2, nice=7)

@@ -100,8 +100,7 @@ def test_reject_leaves_the_track_unlabelled_and_reviewed(setup):
     assert track.confirmed_genre is None and track.state == TrackState.REVIEWED
     assert suggestion_of(sessions, sid).status == "rejected"
     with sessions() as session:
-        assert review.was_rejected(session, track_id, None)
-        assert not review.was_rejected(session, track_id, 7)
+        assert review.rejected_genres(session, track_id) == {suggestion_of(sessions, sid).genre}
 
 
 def test_unknown_ids_and_one_bad_id_writes_nothing(setup):

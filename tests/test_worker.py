@@ -192,6 +192,46 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
     assert worker.pool is None
 
 
+def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):  # noqa: F811
+    """The worker files a re-classified song away when its genre was rejected before; a
+    new model re-suggests rejected songs only where it hears another genre."""
+    from daemon import review
+    from daemon.classifier import Classifier
+    from daemon.retrain import resuggest_rejected
+
+    config, sessions, library = shop
+    model_id = add_model(config, sessions, trained_bundle)
+    first, second = songs(library, 2)
+    ids = [add_track(sessions, library, rel) for rel in (first, second)]
+    worker = Worker(config, sessions)
+    worker.start()
+    try:
+        wait_for("two suggestions", lambda: all(pending(sessions, i) for i in ids))
+        rejected = [pending(sessions, i)[0] for i in ids]
+        review.reject(sessions, config, [s.id for s in rejected], who="t")
+        requeue(sessions, ids[0])  # the file changed: classified again, same genre
+        wait_for("filed away", lambda: tracks(sessions)[first].state == "reviewed")
+        assert pending(sessions, ids[0]) == []
+    finally:
+        worker.close()
+
+    # As if an older model had suggested another genre for the second song.
+    with transaction(sessions) as session:
+        old = session.get(Suggestion, rejected[1].id)
+        old.genre = next(g for g in GENRES if g != rejected[1].genre)
+    classifier = Classifier.load(trained_bundle / "model.onnx")
+    counts = resuggest_rejected(sessions, config, classifier, model_id)
+    assert counts == {"resuggested": 1, "still_rejected": 1, "no_features": 0}
+    by_path = tracks(sessions)
+    assert by_path[first].state == "reviewed" and pending(sessions, ids[0]) == []
+    [again] = pending(sessions, ids[1])
+    assert by_path[second].state == "suggested"
+    assert (again.genre, again.replaces_id, again.model_id) == (
+        rejected[1].genre, rejected[1].id, model_id)
+    # Nothing left to give a second chance to.
+    assert resuggest_rejected(sessions, config, classifier, model_id)["resuggested"] == 0
+
+
 def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bundle):  # noqa: F811
     config, sessions, library = shop
     rels = songs(library, 6, seconds=5.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -157,6 +158,34 @@ class EpochLog(keras.callbacks.Callback):
                           if isinstance(v, float | int)))
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stop before an epoch would end past `deadline` (a time.monotonic() value).
+
+    The nightly run has a hard timeout, and a run stopped by it is lost. Stopped here, the
+    fit keeps its best epoch (EarlyStopping restores it at the end of training) and the run
+    goes on to calibration, evaluation, export and the gate.
+    """
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+        self.longest = 0.0
+        self.stopped_after: int | None = None  # epochs run when the budget stopped it
+        self._began = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._began = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self._began)
+        if now + self.longest > self.deadline:
+            self.model.stop_training = True
+            self.stopped_after = epoch + 1
+            log.warning("stopping after epoch %d: another epoch (%.0f s) would overrun the "
+                        "time budget; keeping the best epoch so far", epoch + 1, self.longest)
+
+
 def load_warm_start(path: Path, classes: tuple[str, ...],
                     input_shape: tuple[int, int, int]) -> keras.Model | None:
     """A previous run's model.keras when it has the same classes and input; else None."""
@@ -195,11 +224,14 @@ def load_warm_start(path: Path, classes: tuple[str, ...],
 def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tuple[str, ...],
         cache: FeatureCache, *, epochs: int, seed: int = 0, batch_size: int = BATCH_SIZE,
         patience: int = PATIENCE, warm_start: Path | None = None,
+        deadline: float | None = None,
         verbose: int | None = None) -> tuple[keras.Model, dict]:
     """Train the seed CNN on cached features -> (model with the best val-loss weights, info).
 
-    info: {"epochs_run", "best_epoch", "history": {metric: [per epoch]}, "warm_start"}.
-    verbose: Keras verbosity; default a progress bar on a terminal, else one line per epoch.
+    info: {"epochs_run", "best_epoch", "history": {metric: [per epoch]}, "warm_start",
+    "stopped_for_time"}. deadline: a time.monotonic() value no epoch may end after
+    (TimeBudget). verbose: Keras verbosity; default a progress bar on a terminal, else one
+    line per epoch.
     """
     index = {g: i for i, g in enumerate(classes)}
     y_train = np.array([index[s.genre] for s in train], dtype=np.int64)
@@ -226,6 +258,9 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
         verbose = 1 if sys.stdout.isatty() else 0
     # Population statistics first: validation (and the stopper's choice) sees them.
     callbacks = [PopulationStatistics(statistics_sample(train, cache, seed)), stopper]
+    budget = TimeBudget(deadline) if deadline is not None else None
+    if budget is not None:
+        callbacks.append(budget)
     if not verbose:
         callbacks.append(EpochLog())
     history = model.fit(train_data, validation_data=val_data, epochs=epochs,
@@ -234,6 +269,7 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
     best = int(np.argmin(losses)) + 1 if losses else 0
     return model, {"epochs_run": len(losses), "best_epoch": best, "warm_start": warm,
                    "batch_size": batch_size,
+                   "stopped_for_time": budget is not None and budget.stopped_after is not None,
                    "history": {k: [float(v) for v in vals]
                                for k, vals in history.history.items()}}
 

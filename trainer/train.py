@@ -52,14 +52,27 @@ log = logging.getLogger(__name__)
 PARITY_CLIPS = 64
 
 
+def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
+    """When fitting must end so the run ends within its budget: after fitting come
+    predictions on validation and test songs, export and the parity check (about a
+    minute at 15,000 songs); a tenth of the budget, at least two minutes, is kept."""
+    if budget_minutes is None:
+        return None
+    budget = budget_minutes * 60
+    return started + budget - max(120.0, 0.1 * budget)
+
+
 def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
           clip_seconds: float = 1.0, seed: int = 0, min_songs: int = 20,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
-          batch_size: int | None = None,
+          batch_size: int | None = None, time_budget_minutes: float | None = None,
           threads: int | None = None, processes: int | None = None,
           progress: bool | None = None) -> dict:
     """Run a whole training; returns the report (also written to out/report.json).
+
+    time_budget_minutes: the whole run should end within this; fitting stops early enough
+    to leave time for calibration, evaluation and export (fit_deadline).
 
     Raises DatasetError (library unusable), ParityError (export not trusted), other
     GenretaggerErrors for bad inputs.
@@ -100,6 +113,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     model, fit_info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
                           cache, epochs=epochs, seed=seed,
                           batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
+                          deadline=fit_deadline(started, time_budget_minutes),
                           verbose=1 if progress else 0)
     trained = time.monotonic()
 
