@@ -29,6 +29,42 @@ class Context:
             self._config = load_config(self.config_path)
         return self._config
 
+    def database(self):
+        """(engine, sessions) on the station's migrated database."""
+        from daemon.db.engine import open_database
+
+        refuse_root_in_service_state(self.config.state_dir)
+        return open_database(self.config.db_url)
+
+
+def refuse_root_in_service_state(state_dir: Path) -> None:
+    """Root must not work in a state dir another user (the service's) owns.
+
+    `sudo genretagger status` would leave root-owned files there (the database's -wal
+    and -shm, a migration backup, model files) that the service cannot open: it would
+    fail at its next start. The error says which command to run instead.
+    """
+    import os
+    import pwd
+    import shlex
+
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = state_dir.stat().st_uid
+    except OSError:
+        return  # not created yet
+    if owner == 0:
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = f"#{owner}"
+    raise ConfigError(
+        f"running as root, but the state dir {state_dir} belongs to {name}: files root "
+        f"creates there would lock the service out. Run it as {name}: "
+        f"sudo -u {name} {shlex.join(sys.argv)}")
+
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -145,6 +181,7 @@ def run(ctx: Context) -> int:
 
     config = ctx.config
     setup_logging(config.log_level)
+    refuse_root_in_service_state(config.state_dir)
     return Service(config, ctx.config_path).run()
 
 
@@ -154,11 +191,10 @@ def run(ctx: Context) -> int:
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Is the daemon running, what is queued, the model, quarantined files."""
-    from daemon.db.engine import open_database
     from daemon.status import collect_status, render_status
 
     config = ctx.config
-    engine, sessions = open_database(config.db_url)
+    engine, sessions = ctx.database()
     try:
         data = collect_status(config, sessions)
     finally:
@@ -327,13 +363,12 @@ def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
 @pass_context
 def retrain(ctx: Context, now: bool, as_json: bool) -> int:
     """Show what the nightly retraining would do, or (--now) retrain immediately."""
-    from daemon.db.engine import open_database
     from daemon.db.models import utcnow
     from daemon.retrain import Retrainer, last_run, run_summary
     from daemon.status import next_retrain
 
     config = ctx.config
-    _engine, sessions = open_database(config.db_url)
+    _engine, sessions = ctx.database()
     retrainer = Retrainer(config, sessions)
     if now:
         try:
@@ -372,9 +407,7 @@ def models() -> None:
 
 
 def _models_sessions(ctx: Context):
-    from daemon.db.engine import open_database
-
-    return open_database(ctx.config.db_url)[1]
+    return ctx.database()[1]
 
 
 @models.command("list")
@@ -458,9 +491,7 @@ def review_group() -> None:
 
 
 def _review_sessions(ctx: Context):
-    from daemon.db.engine import open_database
-
-    return open_database(ctx.config.db_url)[1]
+    return ctx.database()[1]
 
 
 def _cli_reviewer() -> str:

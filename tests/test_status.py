@@ -214,3 +214,27 @@ def test_status_command(tmp_path):
     human = subprocess.run(exe + ["status"], capture_output=True, text=True, timeout=120)
     assert human.returncode == 0, human.stderr
     assert human.stdout.startswith("daemon:      never started")
+
+
+def test_root_is_refused_in_the_services_state_dir(tmp_path):
+    """`sudo genretagger status` must not leave root-owned files (the database's -wal and
+    -shm, backups) in the service's state dir: the service could not open them any more.
+    Root is told which command to run instead; nothing is created."""
+    library, state = tmp_path / "library", tmp_path / "state"
+    library.mkdir()
+    state.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n')
+    exe = [sys.executable, "-m", "daemon.cli", "--config", str(config)]
+    if os.geteuid() == 0:  # CI runs as root; anyone else cannot be root by mistake
+        os.chown(state, 65534, 65534)  # the service's user (here: nobody) owns it
+        for command in (["status"], ["review", "list"], ["models", "list"], ["retrain"],
+                        ["run"]):
+            done = subprocess.run(exe + command, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2, (command, done.stderr)
+            assert "belongs to nobody" in done.stderr and "sudo -u nobody" in done.stderr
+            assert list(state.iterdir()) == []
+        os.chown(state, 0, 0)  # root's own state dir: no objection
+    done = subprocess.run(exe + ["status"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (state / "genretagger.db").exists()
