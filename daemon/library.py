@@ -61,6 +61,11 @@ S = TrackState
 
 # Files still being written by a download/copy tool, or editor backups.
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", "~")
+# The tag writer builds each new version of a song in a hidden sibling whose name has this
+# mark (daemon.writer.temp_path). One left by an interrupted write (power cut, SIGKILL) is
+# removed by the next walk once it is this old; a write holds it for seconds.
+WRITER_TEMP_MARK = ".genretagger-tmp"
+LEFTOVER_SECONDS = 3600.0
 # NAS housekeeping folders: a file deleted on a Synology share is moved into #recycle,
 # and must not look like a move there.
 SKIPPED_FOLDERS = frozenset({
@@ -127,6 +132,7 @@ class Walk:
 
     files: dict[str, Stat] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # the writer's temp copies (paths)
 
 
 def library_folders(root: Path | str,
@@ -171,6 +177,8 @@ def walk_library(root: Path | str, extensions: Iterable[str]) -> Walk:
     for rel, entries in library_folders(root, walk.unreadable):
         for entry in entries:
             if not is_library_file(entry.name, extensions):
+                if entry.name.startswith(".") and WRITER_TEMP_MARK in entry.name:
+                    walk.leftovers.append(entry.path)
                 continue
             try:
                 st = entry.stat()
@@ -179,6 +187,28 @@ def walk_library(root: Path | str, extensions: Iterable[str]) -> Walk:
             if stat.S_ISREG(st.st_mode):
                 walk.files[rel + entry.name] = (st.st_size, st.st_mtime)
     return walk
+
+
+def remove_leftovers(paths: Iterable[str], older_than: float = LEFTOVER_SECONDS) -> int:
+    """Delete the tag writer's temp copies older than `older_than` seconds (an interrupted
+    write left them; the song itself is intact). Returns how many were removed."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in paths:
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff:
+                continue
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            log.warning("could not remove %s, a temp copy left by an interrupted tag write: "
+                        "%s", path, err.strerror or err)
+            continue
+        removed += 1
+        log.warning("removed %s: a temp copy left by an interrupted tag write", path)
+    return removed
 
 
 # --------------------------------------------------------------------- settling
@@ -467,6 +497,7 @@ class Library:
         except OSError as err:
             return self._guard(lost, f"library root cannot be read: {err.strerror or err}")
 
+        remove_leftovers(walk.leftovers)
         new = changed = unchanged = 0
         ours: list[dict] = []
         with self._tracker_lock:

@@ -5,7 +5,8 @@ own folder under a hidden temp name, sets the genre on the copy (`daemon.tags.se
 which keeps the ID3 version and the other tags), fsyncs it, re-reads and checks the tag,
 gives it the original's permissions (and owner, when running as root) and renames it over
 the original (atomic within one filesystem), then fsyncs the folder. A crash at any
-moment leaves either the old file or the new one, plus at worst a hidden temp file.
+moment leaves either the old file or the new one, plus at worst a hidden temp file,
+which a later library walk removes (`daemon.library.remove_leftovers`).
 
 `Writer` is the background component that works through decisions whose genre still has
 to reach the file (`write_status` pending or failed): a file it cannot write (read-only,
@@ -37,13 +38,13 @@ from daemon.db.engine import transaction
 from daemon.db.models import Decision, Track, utcnow
 from daemon.durable import fsync_dir, fsync_file
 from daemon.errors import FileError, TagError
-from daemon.library import fs_path
+from daemon.library import WRITER_TEMP_MARK, fs_path
 from daemon.review import WRITE_OUTSTANDING, Action, WriteStatus
 from daemon.states import TrackState
 
 log = logging.getLogger(__name__)
 
-TEMP_SUFFIX = ".genretagger-tmp"
+TEMP_SUFFIX = WRITER_TEMP_MARK
 BACKOFF_FIRST_S = 30.0
 BACKOFF_MAX_S = 6 * 3600.0
 

@@ -287,6 +287,30 @@ def test_our_own_tag_write_is_not_requeued(masters, root, make_library, database
     assert clock.settle(library)[0].unchanged == 1
 
 
+def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
+                                                                  make_library, database):
+    """A power cut between the writer's copy and its rename leaves a hidden temp copy next
+    to the song; the next walk removes it once it is an hour old, and only it."""
+    from daemon.writer import temp_path
+
+    song = put(masters, root, "jazz.flac", "A/jazz.flac")
+    stale, fresh = temp_path(song), temp_path(put(masters, root, "rock.mp3", "B/rock.mp3"))
+    for leftover in (stale, fresh):
+        shutil.copyfile(masters["jazz.flac"], leftover)
+    other_hidden = root / "A" / ".jazz.flac.rsync-partial"
+    other_hidden.write_bytes(b"not ours")
+    two_hours_ago = time.time() - 7200
+    for path in (stale, other_hidden):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    library, clock = make_library(), Clock()
+    result, done = clock.settle(library)
+    assert (result.files, done) == (2, 2)
+    assert not stale.exists()
+    assert fresh.exists()  # may be a write in progress
+    assert other_hidden.exists() and song.exists()
+    assert set(tracks(database[1])) == {"A/jazz.flac", "B/rock.mp3"}
+
+
 def test_our_own_write_reported_by_the_watcher_is_not_reread(masters, root, make_library,
                                                              database):
     song = put(masters, root, "jazz.flac", "jazz.flac")
