@@ -284,6 +284,10 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
 @click.option("--holdout", "holdout_path", type=click.Path(path_type=Path, dir_okay=False,
                                                            exists=True),
               help="JSON [relative path, ...]: these songs' artists go to the test split")
+@click.option("--known", "known_path", type=click.Path(path_type=Path, dir_okay=False,
+                                                        exists=True),
+              help="JSON {relative path: {size, mtime, fingerprint, artist, album, genres}} "
+                   "from the daemon: unchanged files are not read again")
 @click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
 @click.option("--processes", type=click.IntRange(1), help="decoding processes")
 @click.option("--time-budget", "time_budget", type=click.FloatRange(min=0, min_open=True),
@@ -291,7 +295,8 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
               "its best epoch) to leave time for evaluation and export")
 def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_seconds: float,
           seed: int, min_songs: int, genres_path: Path | None, labels_path: Path | None,
-          warm_start: Path | None, holdout_path: Path | None, batch_size: int | None,
+          warm_start: Path | None, holdout_path: Path | None, known_path: Path | None,
+          batch_size: int | None,
           processes: int | None, time_budget: float | None) -> int:
     """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
     import importlib.util
@@ -309,6 +314,7 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
                           clip_seconds=clip_seconds, seed=seed, min_songs=min_songs,
                           genres_path=genres_path, labels_path=labels_path,
                           warm_start=warm_start, holdout_path=holdout_path,
+                          known_path=known_path,
                           batch_size=batch_size, processes=processes,
                           time_budget_minutes=time_budget)
     test = report["metrics"]["test"]

@@ -238,7 +238,7 @@ class SettleTracker:
         (re)started: the path is new here or looks different from its last sighting."""
         seen = None if size is None or mtime is None else (size, mtime)
         old = self._seen.get(relpath)
-        if old is not None and _same_stat(old.stat, seen):
+        if old is not None and same_stat(old.stat, seen):
             return False
         self._seen[relpath] = _Sighting(seen, now)
         return True
@@ -268,7 +268,7 @@ class SettleTracker:
         return relpath in self._seen
 
 
-def _same_stat(a: Stat | None, b: Stat | None) -> bool:
+def same_stat(a: Stat | None, b: Stat | None) -> bool:
     if a is None or b is None:
         return a is b
     return a[0] == b[0] and abs(a[1] - b[1]) <= MTIME_TOLERANCE
@@ -362,7 +362,7 @@ def read_file(path: str) -> FileReading | None:
     except OSError:
         return None
     stat_before = (before.st_size, before.st_mtime)
-    if not _same_stat(stat_before, (after.st_size, after.st_mtime)):
+    if not same_stat(stat_before, (after.st_size, after.st_mtime)):
         return None
     return FileReading(stat_before, fp, tags, info, "; ".join(problems) or None)
 
@@ -506,9 +506,9 @@ class Library:
                 if k is None or k.state == S.MISSING:
                     new += 1
                     self.tracker.observe(rel, st[0], st[1], now)
-                elif _same_stat(k.stat, st):
+                elif same_stat(k.stat, st):
                     unchanged += 1
-                elif k.written is not None and _same_stat(k.written, st):
+                elif k.written is not None and same_stat(k.written, st):
                     ours.append({"id": k.id, "size": st[0], "mtime": st[1]})
                 else:
                     changed += 1
@@ -646,10 +646,10 @@ class Library:
         for rel, st in list(ready.items()):
             k = known.get(rel)
             if k is not None and k.state != S.MISSING:
-                if _same_stat(k.stat, st):
+                if same_stat(k.stat, st):
                     handled.append(rel)  # nothing changed (an open/close, our own read)
                     del ready[rel]
-                elif k.written is not None and _same_stat(k.written, st):
+                elif k.written is not None and same_stat(k.written, st):
                     ours.append({"id": k.id, "size": st[0], "mtime": st[1]})
                     handled.append(rel)
                     del ready[rel]

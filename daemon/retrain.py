@@ -217,7 +217,7 @@ def holdout_share(recent: Collection[str], share: float = RECENT_HOLDOUT_SHARE) 
 
 
 def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Path | None,
-                    holdout: Path | None = None) -> list[str]:
+                    holdout: Path | None = None, known: Path | None = None) -> list[str]:
     """The `genretagger train` argv for one run (helper C's CLI contract)."""
     argv = [sys.executable, "-m", "daemon.cli", "train",
             "--library", str(config.library.root), "--out", str(run_dir),
@@ -232,6 +232,8 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
         argv += ["--warm-start", str(warm_start)]
     if holdout is not None:
         argv += ["--holdout", str(holdout)]
+    if known is not None:
+        argv += ["--known", str(known)]
     return argv
 
 
@@ -325,6 +327,23 @@ def confirmed_labels(session: Session) -> dict[str, str]:
     rows = session.execute(select(Track.path, Track.confirmed_genre).where(
         Track.confirmed_genre.is_not(None), Track.state != TrackState.MISSING))
     return {path: genre for path, genre in rows}
+
+
+def known_files(session: Session) -> dict[str, dict[str, Any]]:
+    """What the daemon read from each file it fingerprinted, for the trainer's --known:
+    {relative path: {size, mtime, fingerprint, artist, album, genres}}. A file whose size
+    and mtime still match is not read again (over SMB: ~320 KB a song, 5 GB a night at
+    15,000 songs)."""
+    ours = (Track.written_size == Track.size) & (Track.written_mtime == Track.mtime)
+    rows = session.execute(select(
+        Track.path, Track.size, Track.mtime, Track.fingerprint, Track.artist, Track.album,
+        Track.raw_genre).where(Track.fingerprint.is_not(None),
+                               Track.state != TrackState.MISSING,
+                               # our own tag write: its tags are newer than the row's
+                               ~func.coalesce(ours, False)))
+    return {path: {"size": size, "mtime": mtime, "fingerprint": fp, "artist": artist,
+                   "album": album, "genres": raw.split("; ") if raw else []}
+            for path, size, mtime, fp, artist, album, raw in rows}
 
 
 def count_new_labels(session: Session, since: datetime | None) -> int:
@@ -839,9 +858,12 @@ class Retrainer:
             "warm_start": active.version if warm is not None else None})
         holdout_path = run_dir / "holdout.json"
         holdout_path.write_text(json.dumps(holdout_share(recent), indent=1), encoding="utf-8")
+        known_path = run_dir / "known.json"
+        with self.sessions() as session:
+            known_path.write_text(json.dumps(known_files(session)), encoding="utf-8")
         failed = self._train(
-            run_id, trainer_command(self.config, run_dir, labels_path, warm, holdout_path),
-            log_path)
+            run_id, trainer_command(self.config, run_dir, labels_path, warm, holdout_path,
+                                    known_path), log_path)
         if failed is not None:
             return {"status": FAILED, "reason": failed}
         return self.consider(run_dir, run_id=run_id, trained_until=frozen, recent=recent,

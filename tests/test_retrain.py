@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -281,6 +282,10 @@ def test_retrain_now_promotes_and_rescores_pending_suggestions(station):
     assert gate["promote"] and gate["holdout_songs"] > 0 and gate["active"] is not None
     assert gate["holdout_recent_labels"] >= 1  # fresh confirmed songs judged every time
     assert run.summary["trainer_cache"]["decoded"] == 0  # every song came from the cache
+    # ... and most files were not even opened: the daemon's known.json had them.
+    reused = re.search(r"(\d+) of (\d+) files known to the daemon and unchanged",
+                       Path(run.log_path).read_text())
+    assert reused and int(reused[1]) > 0, "trainer read every file again"
 
     after = station.pending()
     assert len(after) == len(before)

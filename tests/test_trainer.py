@@ -171,6 +171,35 @@ def test_confirmed_labels_override_file_tags(library, tmp_path):
         load_labels(labels_file)
 
 
+def test_files_the_daemon_knows_are_not_read_again(library, tmp_path):
+    """--known: an unchanged file's fingerprint and tags come from the daemon's list (the
+    made-up values below prove the file was not read); a changed one is read again."""
+    from daemon.genres import load_genre_map
+    from trainer.dataset import find_labelled_songs, load_known
+
+    root, songs = library
+    genre_map = load_genre_map(None)
+    found, _ = find_labelled_songs(root, genre_map)
+    first, second = found[0], found[1]
+    known = {}
+    for song, stale in ((first, False), (second, True)):
+        st = song.path.stat()
+        known[song.rel] = {"size": st.st_size, "mtime": st.st_mtime + (60 if stale else 0),
+                           "fingerprint": "0" * 32, "artist": "From The Daemon",
+                           "album": None, "genres": ["Bebop"]}
+    known_file = tmp_path / "known.json"
+    known_file.write_text(json.dumps(known))
+    again, _ = find_labelled_songs(root, genre_map, known=load_known(known_file))
+    by_rel = {s.rel: s for s in again}
+    assert (by_rel[first.rel].fingerprint, by_rel[first.rel].genre,
+            by_rel[first.rel].artist_key) == ("0" * 32, "Jazz", "artist:from the daemon")
+    assert by_rel[second.rel] == second  # its mtime differs: read from the file
+    assert [s.rel for s in again] == [s.rel for s in found]
+    known_file.write_text('{"a.mp3": {"size": 1}}')
+    with pytest.raises(DatasetError, match="known.json"):
+        load_known(known_file)
+
+
 @pytest.fixture(scope="module")
 def first_run(library, tmp_path_factory):
     root, _ = library

@@ -125,39 +125,80 @@ def split_of(key: str, seed: int) -> str:
     return "train"
 
 
-def _audio_files(library: Path, extensions: Iterable[str]) -> Iterator[Path]:
-    extensions = {e.lower() for e in extensions}
-    for folder, dirs, files in os.walk(library):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in extensions:
-                yield Path(folder) / name
+@dataclass(frozen=True)
+class KnownFile:
+    """What the daemon already read from a file (`--known`), good while its size and
+    mtime are unchanged: then the trainer reads nothing from it, not even over SMB."""
+
+    size: int
+    mtime: float
+    fingerprint: str
+    artist: str | None = None
+    album: str | None = None
+    genres: tuple[str, ...] = ()
+
+
+def load_known(path: Path | None) -> dict[str, KnownFile]:
+    """The daemon's known.json, {relative path: {size, mtime, fingerprint, artist, album,
+    genres}}, or {} without one."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {rel: KnownFile(int(v["size"]), float(v["mtime"]), str(v["fingerprint"]),
+                               v.get("artist"), v.get("album"), tuple(v.get("genres") or ()))
+                for rel, v in data.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise DatasetError(f"known-files list {path}: {type(err).__name__}: {err}") from None
+
+
+def _read_song(path: Path) -> tuple[str | None, str | None, tuple[str, ...], str | None]:
+    """(artist, album, raw genres, why unreadable) from the file's tags."""
+    from daemon.tags import read_tags
+
+    try:
+        tags = read_tags(path)
+    except FileError as err:
+        return None, None, (), err.reason
+    return tags.artist, tags.album, tuple(tags.genres), None
 
 
 def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | None = None,
                         extensions: Iterable[str] = AUDIO_EXTENSIONS,
+                        known: Mapping[str, KnownFile] | None = None,
                         ) -> tuple[list[LabelledSong], list[tuple[str, str]]]:
     """Walk `library` -> (labelled songs, [(rel, reason)] for files left out).
 
-    A confirmed label in `labels` ({rel: genre}) overrides the file's tag. Files with no
-    usable genre are left out with the reason "no genre" / "genre X not mapped".
+    The walk is the daemon's (daemon.library.walk_library: same files, same skipped
+    folders). Paths are in the daemon's stored form. A confirmed label in `labels`
+    ({rel: genre}) overrides the file's tag. A file in `known` whose size and mtime are
+    unchanged is not read at all. Files with no usable genre are left out with the reason
+    "no genre" / "genre X not mapped".
     """
-    from daemon.tags import read_tags
+    from daemon.library import db_path, same_stat, walk_library
 
     library = Path(library)
-    labels = labels or {}
-    songs, skipped = [], []
-    for path in _audio_files(library, extensions):
-        rel = path.relative_to(library).as_posix()
-        artist = album = None
-        raw: tuple[str, ...] = ()
-        try:
-            tags = read_tags(path)
-            artist, album, raw = tags.artist, tags.album, tuple(tags.genres)
-        except FileError as err:
-            if rel not in labels:
-                skipped.append((rel, err.reason))
-                continue
+    labels, known = labels or {}, known or {}
+    try:
+        walk = walk_library(library, extensions)
+    except OSError as err:
+        raise DatasetError(f"cannot list {library}: {err.strerror or err}") from None
+    songs: list[LabelledSong] = []
+    skipped = [(folder, "folder cannot be listed") for folder in walk.unreadable]
+    reused = 0
+    for name in sorted(walk.files):
+        rel, path = db_path(name), library / name
+        entry = known.get(rel)
+        fp = None
+        if entry is not None and same_stat((entry.size, entry.mtime), walk.files[name]):
+            artist, album, raw, error = entry.artist, entry.album, entry.genres, None
+            fp = entry.fingerprint
+            reused += 1
+        else:
+            artist, album, raw, error = _read_song(path)
+        if error is not None and rel not in labels:
+            skipped.append((rel, error))
+            continue
         if rel in labels:
             genre = genre_map.canonical_for(labels[rel]) or labels[rel]
         else:
@@ -166,12 +207,16 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
                 skipped.append((rel, f"genre {'/'.join(raw)!r} not mapped" if raw
                                 else "no genre"))
                 continue
-        try:
-            fp = fingerprint(path)
-        except OSError as err:
-            skipped.append((rel, f"cannot read: {err.strerror}"))
-            continue
+        if fp is None:
+            try:
+                fp = fingerprint(path)
+            except OSError as err:
+                skipped.append((rel, f"cannot read: {err.strerror}"))
+                continue
         songs.append(LabelledSong(path, rel, genre, artist_key(artist, album, rel), fp))
+    if known:
+        log.info("%d of %d files known to the daemon and unchanged: not read again", reused,
+                 len(walk.files))
     return songs, skipped
 
 

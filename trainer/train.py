@@ -32,6 +32,7 @@ from trainer.dataset import (
     find_labelled_songs,
     load_features,
     load_holdout,
+    load_known,
     load_labels,
     split_listing,
     summary,
@@ -66,6 +67,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
           clip_seconds: float = 1.0, seed: int = 0, min_songs: int = 20,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
+          known_path: Path | None = None,
           batch_size: int | None = None, time_budget_minutes: float | None = None,
           threads: int | None = None, processes: int | None = None,
           progress: bool | None = None) -> dict:
@@ -92,7 +94,8 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
 
     # 1. dataset: labelled songs, cached features, classes and artist-disjoint splits
     genre_map = load_genre_map(genres_path)
-    songs, skipped = find_labelled_songs(library, genre_map, load_labels(labels_path))
+    songs, skipped = find_labelled_songs(library, genre_map, load_labels(labels_path),
+                                         known=load_known(known_path))
     log.info("%d labelled songs in %s (%d files left out)", len(songs), library, len(skipped))
     songs, failed, cache_stats = load_features(songs, cache, processes=processes,
                                                progress=progress)
