@@ -188,15 +188,12 @@ def process_tree(pid: int) -> list[int]:
 
 def memory_mb(pid: int) -> tuple[float, float]:
     """(RSS, PSS) in MB of `pid` and all its descendants."""
-    rss = pss = 0
+    rss = pss = 0.0
     for p in process_tree(pid):
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-    return rss / 1024, pss / 1024
+            one = memory_mb_one(p)
+            rss, pss = rss + one[0], pss + one[1]
+    return rss, pss
 
 
 def cpu_seconds(pid: int) -> float:
@@ -228,6 +225,7 @@ def memory_by_role(pid: int) -> dict[str, tuple[float, float]]:
 
 
 def memory_mb_one(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MB of one process (smaps_rollup)."""
     rss = pss = 0
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Rss:"):
