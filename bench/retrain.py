@@ -219,6 +219,17 @@ def main() -> int:
     for epochs in (10, 30):  # early stopping usually ends well before retrain.epochs (30)
         total = walk * k + epoch_15k * epochs + fixed + after_trainer * k
         print(f"nightly, {epochs} epochs         {total:8.0f} s = {total / 3600:.1f} h")
+    # The daemon passes --time-budget (90% of retrain.timeout_minutes): fitting stops in
+    # time for export and the gate, so a long night ends in a model, not a kill.
+    from daemon.config import RetrainConfig
+    from daemon.retrain import TRAINER_BUDGET_SHARE
+    from trainer.train import fit_deadline
+
+    timeout = RetrainConfig().timeout_minutes
+    fit_seconds = fit_deadline(0.0, TRAINER_BUDGET_SHARE * timeout) - walk * k - fixed
+    print(f"timeout {timeout:g} min: the trainer's time budget fits "
+          f"{max(0, int(fit_seconds // epoch_15k))} epochs, then it exports (early stopping "
+          "may end sooner)")
     print(f"cold first run would decode {15_000} songs: ~{per_song_decode * 15_000 / 60:.0f} min"
           " on this machine (the nightly decodes none)")
     return 0
