@@ -30,11 +30,11 @@ class Context:
         return self._config
 
     def database(self):
-        """(engine, sessions) on the station's migrated database."""
+        """(engine, sessions) on the station's database; only the service migrates it."""
         from daemon.db.engine import open_database
 
         refuse_root_in_service_state(self.config.state_dir)
-        return open_database(self.config.db_url)
+        return open_database(self.config.db_url, upgrade=False)
 
 
 def refuse_root_in_service_state(state_dir: Path) -> None:

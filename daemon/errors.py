@@ -47,3 +47,7 @@ class ConfigError(GenretaggerError):
 
 class GenreMapError(ConfigError):
     """genres.toml is invalid; the message names the entry."""
+
+
+class SchemaBehind(GenretaggerError):
+    """The database needs migrations only the service applies (at its start)."""

@@ -41,6 +41,42 @@ def test_pending_migration_backs_the_file_up_first(tmp_path):
     engine.dispose()
 
 
+def test_only_the_service_migrates_an_existing_database(tmp_path):
+    """After a package upgrade the old service may still run on the database: commands
+    (status, review, models) do not migrate it under it; they say to restart the service.
+    A database that does not exist yet is created by any command."""
+    import subprocess
+    import sys
+
+    from daemon.errors import SchemaBehind
+
+    state, library = tmp_path / "state", tmp_path / "library"
+    state.mkdir()
+    library.mkdir()
+    path = state / "genretagger.db"
+    with sqlite3.connect(path) as conn:  # from before the first migration
+        conn.execute("CREATE TABLE station_notes (note TEXT)")
+    with pytest.raises(SchemaBehind, match=r"1 schema migration\(s\) behind .* restart"):
+        open_database(f"sqlite:///{path}", upgrade=False)
+    assert not list(state.glob("*.bak-*"))
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n')
+    status = [sys.executable, "-m", "daemon.cli", "--config", str(config), "status"]
+    done = subprocess.run(status, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "systemctl restart genretagger" in done.stderr
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"station_notes"}  # untouched
+
+    engine, _ = open_database(f"sqlite:///{path}")  # the service's start
+    engine.dispose()
+    assert subprocess.run(status, capture_output=True, timeout=120).returncode == 0
+    fresh = tmp_path / "fresh.db"
+    engine, _ = open_database(f"sqlite:///{fresh}", upgrade=False)
+    assert pending_migrations(engine) == []
+    engine.dispose()
+
+
 def test_times_come_back_timezone_aware(database):
     _, sessions = database
     with sessions.begin() as session:

@@ -18,10 +18,11 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.errors import SchemaBehind
 from daemon.mounts import filesystem_type, is_network_filesystem
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,25 @@ def keep_newest_backups(path: Path, keep: int = 5) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
-def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
-    """Engine + sessions for a migrated database (used by every command and the daemon)."""
+def open_database(url: str, *, upgrade: bool = True) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine + sessions for a migrated database (used by every command and the daemon).
+
+    upgrade=False, for every command but `run` and `init`: a database that does not exist
+    yet is still created, but an existing one with pending migrations is left as it is
+    and SchemaBehind raised. After a package upgrade the service may still be running the
+    old code on it; its restart backs the file up and migrates.
+    """
     warn_if_network_db(url)
     engine = make_engine(url)
+    if not upgrade and inspect(engine).get_table_names():
+        pending = pending_migrations(engine)
+        if pending:
+            engine.dispose()
+            where = sqlite_path(url) or make_url(url).render_as_string(hide_password=True)
+            raise SchemaBehind(
+                f"the database {where} is {len(pending)} schema migration(s) behind this "
+                "genretagger; the service applies them when it starts (sudo systemctl "
+                "restart genretagger), then run this again")
     migrate(engine)
     path = sqlite_path(url)
     if path is not None:
