@@ -133,7 +133,8 @@ def migrate(engine: Engine) -> Path | None:
         return None
     backup = None
     path = sqlite_path(str(engine.url))
-    if path is not None and path.exists() and path.stat().st_size > 0:
+    # A new database (no tables yet; `init`, a first start) has nothing to keep.
+    if path is not None and path.exists() and inspect(engine).get_table_names():
         backup = backup_sqlite(path)
         log.info("backed up %s to %s before %d migration(s)", path, backup, len(pending))
     command.upgrade(alembic_config(engine), "head")
