@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import wait_for
 
 from daemon.audio import read_clips
 from daemon.errors import DecodeTimeout, FileError, TooShort, UnreadableAudio
@@ -42,13 +43,6 @@ def library(tmp_path_factory):
 def expected(library):
     _, good, _ = library
     return {str(p): extract(p).features for p in good}
-
-
-def _wait_for(condition, timeout=10.0):
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.01)
 
 
 def _started_pool(song, **kwargs) -> ExtractPool:
@@ -144,7 +138,7 @@ def test_a_hung_child_is_killed_after_the_timeout(library, expected):
         assert "longer than 1 s" in error.reason and error.path == str(good[2])
         assert time.monotonic() - started < 3
         assert pool.timeouts == 1
-        _wait_for(lambda: not os.path.exists(f"/proc/{child}"))
+        wait_for(lambda: not os.path.exists(f"/proc/{child}"))
         pool.submit(good[2], "again")
         tag, result = pool.get(timeout=30)
         assert tag == "again" and np.array_equal(result.features, expected[str(good[2])])
@@ -188,7 +182,7 @@ def test_idle_children_are_stopped_and_come_back_on_demand(library, expected):
         time.sleep(0.2)
         assert pool.retire_idle(idle_seconds=0.1) == 1
         assert pool.child_pids() == []
-        _wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
         pool.submit(good[1], "after")
         tag, result = pool.get(timeout=30)
         assert tag == "after" and np.array_equal(result.features, expected[str(good[1])])
@@ -209,7 +203,7 @@ def test_children_run_niced_and_close_kills_them(library):
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + 7)
     pool.close()
     for pid in pids:
-        _wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"))
+        wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"))
     assert pool.get(timeout=0.1) is None
     with pytest.raises(RuntimeError):
         pool.submit(good[0])

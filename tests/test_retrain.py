@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import wait_for
 from sqlalchemy import select
 
 from daemon import registry, review
@@ -101,16 +102,6 @@ class Station:
         return subprocess.run([sys.executable, "-m", "daemon.cli", "--config",
                                str(self.config_path), *args],
                               capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from sqlalchemy import select
 
 from daemon.config import parse_config
@@ -83,16 +84,6 @@ def copy_slowly(src: Path, dst: Path, pause: float = 0.15, stop_after: int | Non
             out.write(data[start:start + 64 * 1024])
             out.flush()
             time.sleep(pause)
-
-
-def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not true within {timeout} s: {condition}")
 
 
 def tracks(sessions) -> dict[str, Track]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import wait_for
 from sqlalchemy import select
 from test_service import trained_bundle  # noqa: F401  (the session's trained model)
 
@@ -65,16 +66,6 @@ def songs(library: Path, n: int, seconds: float = 6.0) -> list[str]:
         encode(library / rel, synthesize(GENRES[i % 3], seconds, SR, seed=i), SR)
         rels.append(rel)
     return rels
-
-
-def wait_for(what: str, predicate, timeout: float = 60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def tracks(sessions) -> dict[str, Track]:
@@ -135,8 +126,8 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
     worker = Worker(config, sessions)
     worker.start()
     try:
-        wait_for("suggestions and quarantine", lambda: {
-            t.state for p, t in tracks(sessions).items()} == {"suggested", "quarantined"})
+        wait_for(lambda: {t.state for t in tracks(sessions).values()}
+                 == {"suggested", "quarantined"}, 60, "suggestions and quarantine")
         by_path = tracks(sessions)
         noise = by_path["new/noise.mp3"]
         assert noise.state == TrackState.QUARANTINED
@@ -160,8 +151,8 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
         # the old one; still exactly one pending.
         first = pending(sessions, ids[rels[1]])[0]
         requeue(sessions, ids[rels[1]])
-        wait_for("the second suggestion", lambda: pending(sessions, ids[rels[1]])[0].id
-                 != first.id)
+        wait_for(lambda: pending(sessions, ids[rels[1]])[0].id != first.id, 60,
+                 "the second suggestion")
         [second] = pending(sessions, ids[rels[1]])
         assert second.replaces_id == first.id
         with sessions() as session:
@@ -171,21 +162,21 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
 
         # Another model becomes active (by DB row only): the worker reloads between batches.
         new_id = add_model(config, sessions, trained_bundle)
-        wait_for("the reload", lambda: worker.model_id == new_id, timeout=15)
+        wait_for(lambda: worker.model_id == new_id, 15, "the reload")
         requeue(sessions, ids[rels[2]])
-        wait_for("a suggestion by the new model",
-                 lambda: pending(sessions, ids[rels[2]])[0].model_id == new_id)
+        wait_for(lambda: pending(sessions, ids[rels[2]])[0].model_id == new_id, 60,
+                 "a suggestion by the new model")
 
         # Audit mode: a tagged file the model agrees with goes back to tagged; one it
         # disagrees with gets a suggestion flagged with the file's genre.
         agreed = pending(sessions, ids[rels[3]])[0].genre
         other = next(g for g in GENRES if g != agreed)
         requeue(sessions, ids[rels[3]], canonical_genre=agreed)
-        wait_for("agreeing audit", lambda: tracks(sessions)[rels[3]].state == "tagged")
+        wait_for(lambda: tracks(sessions)[rels[3]].state == "tagged", 60, "agreeing audit")
         worker.config = config.model_copy(update={"classifier": config.classifier.model_copy(
             update={"audit_min_confidence": 1e-6})})
         requeue(sessions, ids[rels[3]], canonical_genre=other)
-        wait_for("disagreeing audit", lambda: tracks(sessions)[rels[3]].state == "suggested")
+        wait_for(lambda: tracks(sessions)[rels[3]].state == "suggested", 60, "disagreeing audit")
         assert pending(sessions, ids[rels[3]])[0].disagrees_with == other
     finally:
         worker.close()
@@ -206,11 +197,11 @@ def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):  # noq
     worker = Worker(config, sessions)
     worker.start()
     try:
-        wait_for("two suggestions", lambda: all(pending(sessions, i) for i in ids))
+        wait_for(lambda: all(pending(sessions, i) for i in ids), 60, "two suggestions")
         rejected = [pending(sessions, i)[0] for i in ids]
         review.reject(sessions, config, [s.id for s in rejected], who="t")
         requeue(sessions, ids[0])  # the file changed: classified again, same genre
-        wait_for("filed away", lambda: tracks(sessions)[first].state == "reviewed")
+        wait_for(lambda: tracks(sessions)[first].state == "reviewed", 60, "filed away")
         assert pending(sessions, ids[0]) == []
     finally:
         worker.close()
@@ -244,8 +235,8 @@ def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bun
         assert {t.state for t in tracks(sessions).values()} == {"queued"}
         assert worker.healthy()
         add_model(config, sessions, trained_bundle)
-        wait_for("work starts", lambda: any(
-            t.state != "queued" for t in tracks(sessions).values()))
+        wait_for(lambda: any(
+            t.state != "queued" for t in tracks(sessions).values()), 60, "work starts")
     finally:
         worker.close()
     # Stopped with no time to drain: nothing is left working; every track is queued
