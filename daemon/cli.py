@@ -67,6 +67,8 @@ def refuse_root_in_service_state(state_dir: Path) -> None:
 
 
 pass_context = click.make_pass_decorator(Context)
+# An option naming a file that must exist (a Path, never a directory).
+EXISTING_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
 
 
 def echo_json(data: object) -> None:
@@ -136,7 +138,7 @@ def check_config(ctx: Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="the inventory as JSON (shape: README)")
 @click.option("--genres", "genres_path", help="genres.toml to map with (default: the "
               "station's from the config, else the shipped one)",
-              type=click.Path(path_type=Path, dir_okay=False, exists=True))
+              type=EXISTING_FILE)
 @click.option("--tags-only", is_flag=True,
               help="read headers only: skip the short decode near each song's end that "
                    "finds truncated files")
@@ -273,19 +275,15 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-songs", type=click.IntRange(1), default=20, show_default=True,
               help="genres with fewer songs are left out (and reported)")
-@click.option("--genres", "genres_path", type=click.Path(path_type=Path, dir_okay=False,
-                                                         exists=True),
+@click.option("--genres", "genres_path", type=EXISTING_FILE,
               help="genres.toml (default: the shipped one)")
-@click.option("--labels", "labels_path", type=click.Path(path_type=Path, dir_okay=False,
-                                                         exists=True),
+@click.option("--labels", "labels_path", type=EXISTING_FILE,
               help="JSON {relative path: genre}: confirmed labels overriding file tags")
 @click.option("--warm-start", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="a previous --out directory to continue from (same classes only)")
-@click.option("--holdout", "holdout_path", type=click.Path(path_type=Path, dir_okay=False,
-                                                           exists=True),
+@click.option("--holdout", "holdout_path", type=EXISTING_FILE,
               help="JSON [relative path, ...]: these songs' artists go to the test split")
-@click.option("--known", "known_path", type=click.Path(path_type=Path, dir_okay=False,
-                                                        exists=True),
+@click.option("--known", "known_path", type=EXISTING_FILE,
               help="JSON {relative path: {size, mtime, fingerprint, artist, album, genres}} "
                    "from the daemon: unchanged files are not read again")
 @click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
@@ -328,13 +326,12 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
 
 @cli.command()
 @click.option("--model", "model_path", required=True,
-              type=click.Path(path_type=Path, dir_okay=False, exists=True))
+              type=EXISTING_FILE)
 @click.option("--library", required=True, type=click.Path(path_type=Path, file_okay=False,
                                                           exists=True))
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               help="feature cache (default ~/.cache/genretagger/features)")
-@click.option("--genres", "genres_path", type=click.Path(path_type=Path, dir_okay=False,
-                                                         exists=True))
+@click.option("--genres", "genres_path", type=EXISTING_FILE)
 @click.option("--json", "as_json", is_flag=True, help="the full report as JSON")
 def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
              genres_path: Path | None, as_json: bool) -> None:
