@@ -53,7 +53,7 @@ from daemon.errors import FileError, TagError
 from daemon.fingerprint import fingerprint
 from daemon.genres import GenreMap
 from daemon.states import TrackState, can_move, move
-from daemon.tags import TrackTags, read_tags
+from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags, read_tags
 
 log = logging.getLogger(__name__)
 
@@ -721,7 +721,7 @@ class Library:
 
         track.size, track.mtime = reading.stat
         track.fingerprint = reading.fingerprint
-        track.raw_genre = "; ".join(genres) or None
+        track.raw_genre = MULTI_VALUE_SEPARATOR.join(genres) or None
         track.canonical_genre = canonical
         tags, info = reading.tags, reading.info
         track.title = tags.title if tags else None

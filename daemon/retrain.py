@@ -55,6 +55,7 @@ from daemon.db.models import Model, Suggestion, SuggestionStatus, Track, Trainin
 from daemon.errors import GenretaggerError, ModelMismatch
 from daemon.features import DEFAULT_SPEC
 from daemon.states import TrackState, move
+from daemon.tags import MULTI_VALUE_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ def known_files(session: Session) -> dict[str, dict[str, Any]]:
                                # our own tag write: its tags are newer than the row's
                                ~func.coalesce(ours, False)))
     return {path: {"size": size, "mtime": mtime, "fingerprint": fp, "artist": artist,
-                   "album": album, "genres": raw.split("; ") if raw else []}
+                   "album": album, "genres": raw.split(MULTI_VALUE_SEPARATOR) if raw else []}
             for path, size, mtime, fp, artist, album, raw in rows}
 
 

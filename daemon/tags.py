@@ -56,11 +56,14 @@ APE_KEYS = {"title": "Title", "artist": "Artist", "album": "Album", "genre": "Ge
 ID3V1_GENRES: tuple[str, ...] = tuple(TCON.GENRES)
 
 GenreMode = Literal["replace", "add"]
+# Multi-valued text (several artists, several raw genres in Track.raw_genre) as one string.
+MULTI_VALUE_SEPARATOR = "; "
 
 
 @dataclass(frozen=True)
 class TrackTags:
-    """What one file's tags say. Multi-valued text fields are joined with "; "."""
+    """What one file's tags say. Multi-valued text fields are joined with
+    MULTI_VALUE_SEPARATOR."""
 
     title: str | None
     artist: str | None
@@ -325,7 +328,7 @@ def _read_apev2(fileobj: BinaryIO) -> APEv2 | None:
 
 def _joined(values: list[str] | None) -> str | None:
     cleaned = [v.strip() for v in values or () if v and v.strip()]
-    return "; ".join(dict.fromkeys(cleaned)) or None
+    return MULTI_VALUE_SEPARATOR.join(dict.fromkeys(cleaned)) or None
 
 
 def _unique(values: Iterable[str]) -> tuple[str, ...]:
