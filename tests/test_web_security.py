@@ -3,6 +3,7 @@ endpoints refusing anything outside the library, headers, the cookie key's permi
 
 from __future__ import annotations
 
+import html
 import re
 import stat
 
@@ -10,6 +11,7 @@ import pytest
 from test_review import add_suggested_track
 from werkzeug.security import generate_password_hash
 
+from daemon.db.models import Suggestion
 from daemon.errors import ConfigError
 from daemon.web import WebServer, create_app
 from daemon.web.security import SECRET_FILE, LoginLimiter, is_loopback
@@ -66,8 +68,9 @@ def test_non_loopback_bind_needs_a_password_or_token(library, make_config, datab
 
 @pytest.fixture
 def locked(library, make_config, database):
-    config = make_config(library, review={"host": "0.0.0.0",
-                                          "password_hash": generate_password_hash(PASSWORD)})
+    # A real hash, made cheap to check: the tests below sign in a hundred times.
+    password_hash = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
+    config = make_config(library, review={"host": "0.0.0.0", "password_hash": password_hash})
     _, sessions = database
     return config, sessions
 
@@ -207,3 +210,142 @@ def test_security_headers_and_cookie_key(library, make_config, database):
     before = key.read_bytes()
     make_client(config, sessions)
     assert key.read_bytes() == before
+
+
+# `next=` as it appears in the URL (percent-encoded by hand), and where sign-in must lead.
+NEXT_REFUSED = [
+    "/%09/evil.example", "/%0a/evil.example", "/%0d/evil.example", "/%0d%0a/evil.example",
+    "/%00/evil.example", "//evil.example", "///evil.example", "////evil.example",
+    "%2f%2fevil.example", "/%2f/evil.example", "%2F%2Fevil.example/history",
+    "/%5cevil.example", "/%5c/evil.example", "%5c%5cevil.example", "%5c/evil.example",
+    "/%252f/evil.example", "/%255cevil.example", "/%2509/evil.example",
+    "https://evil.example/", "http:evil.example", "http:/evil.example", "HTTP://evil.example",
+    "//evil.example@localhost/", "javascript:alert(1)", "JaVaScRiPt:alert(1)",
+    "%20/evil.example", "%20//evil.example", "%09//evil.example", "%0a//evil.example",
+    "/history%09", "/history%0d%0aSet-Cookie:%20x=1", "/history%20",
+    "%ef%bc%8f%ef%bc%8fevil.example", "/%ef%bc%8fevil.example", "/%e2%81%84evil.example",
+    "/.//evil.example", "/./evil.example", "/%2e%2e//evil.example", "evil.example", ".",
+    "?page=2", "/no-such-page", "/login?next=//evil.example", "/logout", "/static/app.js",
+    "/suggestions/1/accept",
+]
+NEXT_KEPT = {  # as given in the URL -> the Location after signing in
+    "/history": "/history",
+    "%2Fhistory%3Fpage%3D2": "/history?page=2",
+    "%2F%3Fgenre%3DHip%2BHop%26page%3D2": "/?genre=Hip+Hop&page=2",
+    "%2F%3Ffolder%3DJazz%252FLive%255CB": "/?folder=Jazz%2FLive%5CB",
+    "/models?version=3": "/models?version=3",
+    "%2Fmodels%3Fversion%3D3": "/models?version=3",
+    "%2Fbulk%3Fthreshold%3D0.9": "/bulk?threshold=0.9",
+    "/": "/",
+}
+
+
+def sign_in_via(client, raw_next: str, *, base_url: str = "http://localhost/") -> str:
+    """GET /login?next=RAW (what the redirect to the login page carries), then submit the
+    page's own form as a browser would; the Location it leads to."""
+    page = client.get(f"/login?next={raw_next}", base_url=base_url).get_data(as_text=True)
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    kept = html.unescape(re.search(r'name="next" value="([^"]*)"', page).group(1))
+    r = client.post("/login", data={"csrf_token": token, "password": PASSWORD, "next": kept},
+                    base_url=base_url)
+    assert r.status_code == 303, raw_next
+    return r.headers["Location"]
+
+
+def test_next_after_sign_in_never_leaves_the_site(locked):
+    config, sessions = locked
+    client = make_client(config, sessions, limiter=LoginLimiter())
+    for raw in NEXT_REFUSED:
+        assert sign_in_via(client, raw) == "/", raw
+        # Posted straight to the form (no login page first): the same answer.
+        token = token_of(client, "/login")
+        r = client.post(f"/login?next={raw}", data={"csrf_token": token, "password": PASSWORD})
+        assert r.headers["Location"] == "/", raw
+    for raw, location in NEXT_KEPT.items():
+        assert sign_in_via(client, raw) == location, raw
+
+
+def test_review_actions_go_back_only_to_pages_of_the_site(library, make_config, database):
+    _, sessions = database
+    client = make_client(make_config(library), sessions)
+    for target in ("//evil.example", "/\t/evil.example", "/\\evil.example", "/\r\n/x",
+                   "https://evil.example", " /history", "/history\n"):
+        _, sid = add_suggested_track(sessions, f"{len(target)}-{ord(target[1])}.mp3")
+        r = client.post(f"/suggestions/{sid}/reject",
+                        data={"csrf_token": token_of(client), "next": target})
+        assert r.status_code == 303 and r.headers["Location"] == "/", repr(target)
+    _, sid = add_suggested_track(sessions, "kept.mp3")
+    r = client.post(f"/suggestions/{sid}/accept",
+                    data={"csrf_token": token_of(client), "next": "/?page=2&genre=Rock"})
+    assert r.headers["Location"] == "/?page=2&genre=Rock"
+
+
+def test_under_a_url_prefix_every_redirect_keeps_it(locked, make_song, library):
+    """Behind a proxy at /radio/ (SCRIPT_NAME): sign-in and plain-form actions lead back
+    under /radio/, and the page's script takes its URLs from the page."""
+    config, sessions = locked
+    app = create_app(config, sessions, limiter=LoginLimiter())
+    app.testing = True
+    client = app.test_client()
+    prefixed = "http://localhost/radio/"  # SCRIPT_NAME = /radio
+    r = client.get("/history", base_url=prefixed)
+    assert r.status_code == 302 and r.headers["Location"].startswith("/radio/login?next=")
+    raw_next = r.headers["Location"].split("next=", 1)[1]
+    assert sign_in_via(client, raw_next, base_url=prefixed) == "/radio/history"
+    assert sign_in_via(client, "//evil.example", base_url=prefixed) == "/radio/"
+    _, sid = add_suggested_track(sessions, "a.mp3")
+    page = client.get("/?page=1", base_url=prefixed).get_data(as_text=True)
+    assert 'data-undo-last-url="/radio/undo-last"' in page
+    assert f'action="/radio/suggestions/{sid}/accept"' in page
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    here = html.unescape(re.search(r'name="next" value="([^"]*)"', page).group(1))
+    r = client.post(f"/suggestions/{sid}/accept", data={"csrf_token": token, "next": here},
+                    base_url=prefixed)
+    assert r.status_code == 303 and r.headers["Location"] == "/radio/?page=1"
+    r = client.post("/undo-last", data={"csrf_token": token}, base_url=prefixed)
+    assert r.status_code == 303 and r.headers["Location"] == "/radio/"
+    js = client.get("/static/app.js", base_url=prefixed).get_data(as_text=True)
+    assert not re.search(r"""["'`]/[a-z]""", js), "a URL written into app.js"
+
+
+def test_posts_from_another_site_are_refused_by_origin_or_referer(locked):
+    config, sessions = locked
+    client = make_client(config, sessions, limiter=LoginLimiter())
+    # Signing in from a foreign page is refused too (login CSRF).
+    token = token_of(client, "/login")
+    r = client.post("/login", data={"csrf_token": token, "password": PASSWORD},
+                    headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "another web site" in r.get_data(as_text=True)
+    assert sign_in_via(client, "/") == "/"
+    token = token_of(client)
+    cases = [  # (headers, expected status) with a valid CSRF token every time
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "null"}, 403),  # sandboxed frames, data: pages
+        ({"Origin": "http://localhost.evil.example"}, 403),
+        ({"Origin": "http://localhost:8650"}, 403),  # another port is another site
+        ({"Origin": "file://"}, 403),
+        ({"Origin": "http://evil.example", "Referer": "http://localhost/"}, 403),
+        ({"Referer": "http://evil.example/page"}, 403),
+        ({"Referer": "http://localhost.evil.example/"}, 403),
+        ({"Referer": "javascript:alert(1)"}, 403),
+        ({"Referer": "garbage"}, 403),
+        ({"Origin": "http://localhost"}, 200),
+        ({"Origin": "https://localhost"}, 200),  # HTTPS ended at a proxy in front
+        ({"Origin": "http://LOCALHOST"}, 200),
+        ({"Referer": "http://localhost/?page=2"}, 200),  # no Origin: the Referer decides
+        ({}, 200),  # neither (a script, not a browser): the CSRF token alone decides
+    ]
+    for headers, status in cases:
+        _, sid = add_suggested_track(sessions, f"{len(headers)}-{hash(str(headers))}.mp3")
+        r = client.post(f"/suggestions/{sid}/reject", headers={
+            **headers, "X-CSRFToken": token, "Accept": "application/json"},
+            environ_base={"REMOTE_ADDR": "192.168.1.50"})
+        assert r.status_code == status, (headers, r.status_code)
+        if status == 403:
+            assert "another web site" in r.json["error"]
+            with sessions() as db:
+                assert db.get(Suggestion, sid).status == "pending"
+    # The right Origin does not replace the token.
+    _, sid = add_suggested_track(sessions, "no-token.mp3")
+    r = client.post(f"/suggestions/{sid}/reject", headers={"Origin": "http://localhost"})
+    assert r.status_code == 400

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30
 IMMEDIATE = "genretagger_immediate"
+# An execution option: this engine's transactions wait at most this many seconds for
+# SQLite's write lock (the review page answers "busy" rather than hold a server thread).
+BUSY_TIMEOUT = "genretagger_busy_timeout"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -46,29 +49,47 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):
+    def _pragmas(dbapi_conn, record):
         # We emit BEGIN ourselves (below): pysqlite's implicit BEGIN is always DEFERRED.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        record.info[BUSY_TIMEOUT] = BUSY_TIMEOUT_S * 1000
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
+        options = conn.get_execution_options()
+        # Pooled connections are shared by every caller: each transaction sets the busy
+        # timeout its caller asked for (only when it differs from the connection's).
+        wait_ms = int(options.get(BUSY_TIMEOUT, BUSY_TIMEOUT_S) * 1000)
+        if conn.info.get(BUSY_TIMEOUT) != wait_ms:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
+            conn.info[BUSY_TIMEOUT] = wait_ms
         # A write unit takes the write lock up front: a DEFERRED transaction that reads,
         # then writes after another connection committed fails at once with "database is
         # locked", which no busy timeout can help.
-        immediate = conn.get_execution_options().get(IMMEDIATE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(IMMEDIATE, False) else "BEGIN")
 
     return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def impatient_sessions(sessions: sessionmaker[Session], seconds: float) -> sessionmaker[Session]:
+    """Sessions on the same engine and pool whose SQLite transactions wait at most
+    `seconds` for the write lock, then fail with "database is locked" (OperationalError).
+    Other databases: `sessions` unchanged (PostgreSQL waits on row locks instead)."""
+    engine = sessions.kw["bind"]
+    if sqlite_path(str(engine.url)) is None:
+        return sessions
+    return sessionmaker(engine.execution_options(**{BUSY_TIMEOUT: seconds}),
+                        **{k: v for k, v in sessions.kw.items() if k != "bind"})
 
 
 @contextmanager
@@ -81,6 +102,28 @@ def transaction(sessions: sessionmaker[Session]):
     with sessions() as session, session.begin():
         session.connection(execution_options={IMMEDIATE: True})
         yield session
+
+
+# SQLite's primary result codes (the low byte of an extended one).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's exception
+    code = getattr(orig, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def database_full(exc: BaseException) -> bool:
+    """Did SQLite fail with "database or disk is full" (no space left on the state disk,
+    or the database at its size limit)? Trying again will not help until space is made."""
+    return _sqlite_code(exc) == _SQLITE_FULL
+
+
+def database_busy(exc: BaseException) -> bool:
+    """Did SQLite fail because another connection held a lock for longer than this one was
+    willing to wait ("database is locked")? Trying again later can succeed."""
+    return _sqlite_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
 
 def warn_if_network_db(url: str) -> str | None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 from flask import (
     Flask,
@@ -39,9 +41,12 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter, Map
 
 from daemon import review
 from daemon.config import Config
+from daemon.db.engine import database_busy, database_full, impatient_sessions
 from daemon.db.models import Decision, Suggestion, Track
 from daemon.errors import FileError
 from daemon.web import media
@@ -64,6 +69,26 @@ HISTORY_PAGE_SIZE = 50
 OPTIONS_TTL_S = 10.0
 # Pages a signed-out visitor may see.
 OPEN_ENDPOINTS = frozenset({"login", "static"})
+# A review action waits this long for the database's write lock, then answers "busy":
+# with the full busy timeout, four held-up POSTs would tie up every server thread.
+WEB_BUSY_TIMEOUT_S = 2.0
+RETRY_AFTER_S = 5
+# The largest id SQLite's INTEGER holds; a longer one in a URL is simply not a row.
+MAX_ROW_ID = 2**63 - 1
+# Page numbers run from 1 to this (50 million songs); anything else is a bad request.
+MAX_PAGE = 1_000_000
+# What a `next=` may contain: printable ASCII without spaces or backslashes (every page
+# of ours builds it from request.full_path, which is percent-encoded).
+_NEXT_CHARS = re.compile(r"[!-\[\]-~]+")
+
+BUSY_MESSAGE = ("The music library is busy saving other changes, so nothing was changed. "
+                "Try again in a few seconds.")
+FULL_MESSAGE = ("The disk where genretagger keeps its records is full, so nothing was "
+                "saved. Please tell the IT volunteer.")
+TROUBLE_MESSAGE = ("genretagger's records cannot be reached right now, so nothing was "
+                   "changed. Please tell the IT volunteer if this keeps happening.")
+FOREIGN_POST_MESSAGE = ("This came from another web site, so it was refused. Open the "
+                        "review page itself and try again.")
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -108,12 +133,56 @@ def _wants_json() -> bool:
     return request.accept_mimetypes.best == "application/json"
 
 
-def _safe_next(target: str | None) -> str:
-    """Only same-site paths: never an open redirect to another host."""
-    if target and target.startswith("/") and not target.startswith("//") \
-            and "\\" not in target:
-        return target
-    return url_for("queue")
+class RowId(IntegerConverter):
+    """`<id:name>`: a database row id (0 to 2^63 - 1). Anything larger is a 404, where
+    the plain int converter would hand SQLite a number it cannot bind (OverflowError).
+    ASCII digits only: Python's \\d would also read "١٢" as 12."""
+
+    regex = r"[0-9]+"
+
+    def __init__(self, map: Map, *args, **kwargs):
+        kwargs.setdefault("max", MAX_ROW_ID)
+        super().__init__(map, *args, **kwargs)
+
+
+def next_page(url_map: Map, target: str | None) -> str:
+    """`target` when it is one of this app's pages as an app-relative path ("/history?
+    page=2", what `here` and the login redirect carry), else "/" (the queue).
+
+    Never an open redirect: no scheme, no host, nothing a browser reads as one ("//",
+    "/\\", tabs and newlines it strips, spaces, non-ASCII look-alikes), and the path must
+    route to a page here."""
+    if not target or not _NEXT_CHARS.fullmatch(target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") \
+            or parts.path.startswith("//"):
+        return "/"
+    try:
+        endpoint, _ = url_map.bind("localhost").match(parts.path, method="GET")
+    except HTTPException:  # not found, not a page (POST only), or a redirect ("//x")
+        return "/"
+    return "/" if endpoint in ("login", "static") else target
+
+
+def _same_host(value: str) -> bool:
+    """Is this Origin / Referer header the host the request was sent to?"""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()
+
+
+def _page_number() -> int | None:
+    """The ?page= number, 1 when absent, None when it is not a whole number 1..MAX_PAGE."""
+    value = request.args.get("page")
+    if value is None or value == "":
+        return 1
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(MAX_PAGE)):
+        return None
+    page = int(value)
+    return page if 1 <= page <= MAX_PAGE else None
 
 
 def create_app(config: Config, sessions: sessionmaker[Session], *,
@@ -136,6 +205,8 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         SEND_FILE_MAX_AGE_DEFAULT=3600,
     )
     app.session_interface = _SessionInterface()
+    app.url_map.converters["id"] = RowId
+    sessions = impatient_sessions(sessions, WEB_BUSY_TIMEOUT_S)
     CSRFProtect(app)
     limiter = limiter or LoginLimiter()
     needs_login = login_required(config.review)
@@ -159,6 +230,17 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     @app.before_request
     def guard():
         g.started = time.perf_counter()
+        # Defence in depth beside the CSRF token (OWASP): a POST a browser sends from
+        # another site says so in Origin, or failing that in Referer. With neither (a
+        # script, not a browser) the token alone decides.
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("Origin")
+            referer = request.headers.get("Referer")
+            if (origin is not None and not _same_host(origin)) or \
+                    (origin is None and referer is not None and not _same_host(referer)):
+                log.warning("refused a %s to %s from Origin %r / Referer %r", request.method,
+                            request.path, origin, referer)
+                return _plain(403, FOREIGN_POST_MESSAGE)
         if needs_login:
             if request.endpoint in OPEN_ENDPOINTS or session.get("auth") == epoch:
                 return None
@@ -182,10 +264,15 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _plain(status: int, message: str):
+    def _plain(status: int, message: str, headers: dict | None = None):
         if _wants_json():
-            return jsonify(ok=False, error=message), status
-        return render_template("message.html", message=message, status=status), status
+            return jsonify(ok=False, error=message), status, headers or {}
+        return (render_template("message.html", message=message, status=status), status,
+                headers or {})
+
+    def go_next(target: str | None):
+        """303 to `target` (an app-relative page, checked) under this app's URL prefix."""
+        return redirect(request.script_root + next_page(app.url_map, target), 303)
 
     @app.errorhandler(CSRFError)
     def csrf_error(err: CSRFError):
@@ -193,11 +280,16 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
                            "reload it and try again.")
 
     @app.errorhandler(OperationalError)
-    def database_busy(err: OperationalError):
-        # SQLite busy past its timeout (a long write elsewhere): nothing was changed.
-        log.warning("review page: database busy: %s", err)
-        return _plain(503, "The music database is busy right now; nothing was changed. "
-                           "Try again in a moment.")
+    def database_trouble(err: OperationalError):
+        # The transaction was rolled back: nothing was changed, whatever the reason.
+        if database_full(err):
+            log.error("review page: the database's disk is full: %s", err.orig)
+            return _plain(507, FULL_MESSAGE)
+        if database_busy(err):  # a write elsewhere held the lock past WEB_BUSY_TIMEOUT_S
+            log.warning("review page: database busy: %s", err.orig)
+            return _plain(503, BUSY_MESSAGE, {"Retry-After": str(RETRY_AFTER_S)})
+        log.error("review page: database error: %s", err)
+        return _plain(503, TROUBLE_MESSAGE)
 
     @app.errorhandler(404)
     def not_found(err):
@@ -207,7 +299,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     def login():
         if not needs_login:
             return redirect(url_for("queue"))
-        target = _safe_next(request.values.get("next"))
+        target = next_page(app.url_map, request.values.get("next"))
         address = request.remote_addr or "?"
         if request.method == "POST":
             wait = limiter.retry_after(address)
@@ -220,7 +312,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
                 session.clear()
                 session.permanent = True
                 session["auth"] = epoch
-                return redirect(target, 303)
+                return go_next(target)
             limiter.failed(address)
             log.warning("failed review-page sign-in from %s", address)
             return render_template("login.html", next=target,
@@ -263,18 +355,19 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         sort = args.get("sort", "confident")
         if sort not in ("confident", "uncertain"):
             sort = "confident"
-        try:
-            page = max(1, int(args.get("page", 1)))
-        except ValueError:
-            page = 1
         return review.QueueFilter(
             status="pending", genre=args.get("genre") or None,
             folder=args.get("folder") or None, format=args.get("format") or None, sort=sort,
-        ), page
+        ), _page_number()
+
+    def bad_page():
+        return _plain(400, "There is no such page: pages are numbered 1, 2, 3 and so on.")
 
     @app.get("/")
     def queue():
         f, page = queue_filter()
+        if page is None:
+            return bad_page()
         with sessions() as db:
             rows, total = review.list_suggestions(db, f, limit=PAGE_SIZE,
                                                   offset=(page - 1) * PAGE_SIZE)
@@ -311,10 +404,9 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
 
     @app.get("/history")
     def history():
-        try:
-            page = max(1, int(request.args.get("page", 1)))
-        except ValueError:
-            page = 1
+        page = _page_number()
+        if page is None:
+            return bad_page()
         only = request.args.get("show")
         statuses = review.WRITE_OUTSTANDING if only == "unwritten" else None
         with sessions() as db:
@@ -360,7 +452,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             return jsonify(ok=True, message=message, decisions=[
                 review.decision_json(d, tracks[d.track_id]) for d in decisions])
         flash(message)
-        return redirect(_safe_next(request.form.get("next")), 303)
+        return go_next(request.form.get("next"))
 
     def failed(err: review.ReviewError):
         status = 404 if isinstance(err, (review.UnknownSuggestion, review.UnknownDecision)) \
@@ -368,9 +460,9 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         if _wants_json():
             return jsonify(ok=False, error=str(err)), status
         flash(str(err), "error")
-        return redirect(_safe_next(request.form.get("next")), 303)
+        return go_next(request.form.get("next"))
 
-    @app.post("/suggestions/<int:suggestion_id>/accept")
+    @app.post("/suggestions/<id:suggestion_id>/accept")
     def accept(suggestion_id: int):
         try:
             choice = int(request.form.get("choice", 1))
@@ -381,7 +473,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             return failed(err)
         return done(decisions, f"Accepted {decisions[0].genre}.")
 
-    @app.post("/suggestions/<int:suggestion_id>/set")
+    @app.post("/suggestions/<id:suggestion_id>/set")
     def set_genre(suggestion_id: int):
         try:
             decision = review.override(sessions, config, suggestion_id,
@@ -390,7 +482,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             return failed(err)
         return done([decision], f"Set to {decision.genre}.")
 
-    @app.post("/suggestions/<int:suggestion_id>/reject")
+    @app.post("/suggestions/<id:suggestion_id>/reject")
     def reject(suggestion_id: int):
         try:
             decisions = review.reject(sessions, config, [suggestion_id], who=who)
@@ -403,6 +495,8 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         try:
             threshold = float(request.form["threshold"])
             up_to_id = int(request.form["up_to_id"])
+            if not 0 <= up_to_id <= MAX_ROW_ID:
+                raise ValueError(up_to_id)
             decisions = review.bulk_accept(sessions, config, threshold, who=who,
                                            up_to_id=up_to_id)
         except (KeyError, ValueError):
@@ -416,7 +510,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         flash(message)
         return redirect(url_for("queue"), 303)
 
-    @app.post("/decisions/<int:decision_id>/undo")
+    @app.post("/decisions/<id:decision_id>/undo")
     def undo(decision_id: int):
         try:
             decision = review.undo(sessions, config, decision_id, who=who)
@@ -449,7 +543,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             log.warning("refused to serve track %d: %s", track_id, err)
             abort(404)
 
-    @app.get("/tracks/<int:track_id>/spectrogram.png")
+    @app.get("/tracks/<id:track_id>/spectrogram.png")
     def spectrogram(track_id: int):
         track, path = tracked_file(track_id)
         key = (track.id, track.fingerprint, track.size, track.mtime)
@@ -462,7 +556,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         response.headers["Cache-Control"] = "private, max-age=3600"
         return response
 
-    @app.get("/tracks/<int:track_id>/preview.wav")
+    @app.get("/tracks/<id:track_id>/preview.wav")
     def preview(track_id: int):
         track, path = tracked_file(track_id)
         key = (track.id, track.size, track.mtime)

@@ -1,6 +1,7 @@
 // Keyboard review: j/k move, 1-3 accept that genre, a accept the top one, r none of
 // these, u undo, p play/pause. Every action is the row's own form, sent with fetch so
-// the page stays put; without this script the forms work as plain posts.
+// the page stays put; without this script the forms work as plain posts. URLs come from
+// the page (form actions, data-*-url attributes rendered with url_for), never written here.
 "use strict";
 
 (function () {
@@ -56,7 +57,7 @@
 
   async function undoLast() {
     try {
-      const data = await post("/undo-last");
+      const data = await post(document.body.dataset.undoLastUrl);
       say(data.message);
       window.location.reload();
     } catch (err) {
