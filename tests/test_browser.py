@@ -35,7 +35,8 @@ SONGS = [  # file, title, artist, top-3
 
 
 @pytest.fixture
-def served(tmp_path, make_config, database, make_song):
+def served(request, tmp_path, make_config, database, make_song):
+    """The real server on songs and a model; parametrize with a URL prefix ("/radio")."""
     library = tmp_path / "library"
     config = make_config(library)
     _, sessions = database
@@ -60,7 +61,7 @@ def served(tmp_path, make_config, database, make_song):
                           classes=classes, n_songs=240, activated_at=utcnow(),
                           metrics={"accuracy": 0.82, "macro_f1": 0.81, "genres": classes,
                                    "confusion": confusion, "per_class": per_class}))
-    server = WebServer(config, sessions, port=0)
+    server = WebServer(config, sessions, port=0, url_prefix=getattr(request, "param", ""))
     server.start()
     yield server, sessions
     server.close()
@@ -184,3 +185,33 @@ def test_audio_preview_in_the_browser(served, page):
         audio.load();
     })""")
     assert 14.0 < duration < 17.0
+
+
+@pytest.mark.parametrize("served", ["/radio"], indirect=True)
+def test_keyboard_review_under_a_url_prefix(served, page):
+    """Behind a proxy at /radio/: the script's posts (the row's form, undo-last from the
+    page's data attribute) and a plain form's redirect all stay under /radio/."""
+    server, sessions = served
+    assert server.url.endswith("/radio/")
+    # A proxy at /radio/ forwards nothing else: every request must stay under it.
+    outside = []
+    page.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
+    page.goto(server.url)
+    expect(page.locator("#total")).to_have_text("5")
+    page.keyboard.press("a")
+    expect(page.locator("#status")).to_contain_text("Accepted Electronic")
+    expect(page.locator("#total")).to_have_text("4")
+    page.keyboard.press("u")
+    expect(page.locator("article.song", has_text="Night Drive")).to_be_visible()
+    expect(page.locator("#total")).to_have_text("5")
+    first, undo = decisions(sessions)
+    assert first.undone and undo.action == "undo"
+    assert outside == []
+    # Without the script (a plain form post): back to the same page under the prefix.
+    page.goto(server.url + "?sort=uncertain")
+    with page.expect_navigation():
+        page.evaluate("() => document.querySelector('article.song form.act').submit()")
+    assert page.url == server.url + "?sort=uncertain"
+    expect(page.locator("p.flash").first).to_contain_text("Accepted")
+    expect(page.locator("#total")).to_have_text("4")
+    assert outside == []

@@ -345,6 +345,9 @@ def test_posts_from_another_site_are_refused_by_origin_or_referer(locked):
             assert "another web site" in r.json["error"]
             with sessions() as db:
                 assert db.get(Suggestion, sid).status == "pending"
+    # A foreign Origin is refused as such, token or not.
+    r = client.post("/undo-last", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
     # The right Origin does not replace the token.
     _, sid = add_suggested_track(sessions, "no-token.mp3")
     r = client.post(f"/suggestions/{sid}/reject", headers={"Origin": "http://localhost"})

@@ -207,7 +207,6 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     app.session_interface = _SessionInterface()
     app.url_map.converters["id"] = RowId
     sessions = impatient_sessions(sessions, WEB_BUSY_TIMEOUT_S)
-    CSRFProtect(app)
     limiter = limiter or LoginLimiter()
     needs_login = login_required(config.review)
     epoch = credential_epoch(config.review)
@@ -228,19 +227,26 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     # ------------------------------------------------------------ access
 
     @app.before_request
+    def same_site_posts_only():
+        # Defence in depth beside the CSRF token (OWASP), checked first: a POST a browser
+        # sends from another site says so in Origin, or failing that in Referer. With
+        # neither (a script, not a browser) the token alone decides.
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        origin = request.headers.get("Origin")
+        referer = request.headers.get("Referer")
+        if (origin is not None and not _same_host(origin)) or \
+                (origin is None and referer is not None and not _same_host(referer)):
+            log.warning("refused a %s to %s from Origin %r / Referer %r", request.method,
+                        request.path, origin, referer)
+            return _plain(403, FOREIGN_POST_MESSAGE)
+        return None
+
+    CSRFProtect(app)  # after the check above: before_request functions run in order
+
+    @app.before_request
     def guard():
         g.started = time.perf_counter()
-        # Defence in depth beside the CSRF token (OWASP): a POST a browser sends from
-        # another site says so in Origin, or failing that in Referer. With neither (a
-        # script, not a browser) the token alone decides.
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            origin = request.headers.get("Origin")
-            referer = request.headers.get("Referer")
-            if (origin is not None and not _same_host(origin)) or \
-                    (origin is None and referer is not None and not _same_host(referer)):
-                log.warning("refused a %s to %s from Origin %r / Referer %r", request.method,
-                            request.path, origin, referer)
-                return _plain(403, FOREIGN_POST_MESSAGE)
         if needs_login:
             if request.endpoint in OPEN_ENDPOINTS or session.get("auth") == epoch:
                 return None
@@ -591,17 +597,21 @@ def _confusion(model) -> dict | None:
 
 
 class WebServer:
-    """The review page served by waitress in a thread. start() / close()."""
+    """The review page served by waitress in a thread. start() / close().
+
+    `url_prefix` ("/radio") serves the page under that path, as behind a proxy that
+    forwards /radio/... unchanged; every URL the page makes then starts with it."""
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], *,
                  on_decision: Callable[[], None] | None = None, port: int | None = None,
-                 threads: int = 4):
+                 threads: int = 4, url_prefix: str = ""):
         self.config = config
         self.sessions = sessions
         self.on_decision = on_decision
         self.host = config.review.host
         self.requested_port = config.review.port if port is None else port
         self.threads = threads
+        self.url_prefix = url_prefix.rstrip("/")
         self._stop = threading.Event()
         self._server = None
         self._thread: threading.Thread | None = None
@@ -613,7 +623,7 @@ class WebServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"http://{host}:{self.port}{self.url_prefix}/"
 
     def start(self) -> None:
         """Bind and serve; raises ConfigError for a non-loopback host without a password
@@ -624,6 +634,7 @@ class WebServer:
         app = create_app(self.config, self.sessions, on_decision=self.on_decision)
         self._server = create_server(app, host=self.host, port=self.requested_port,
                                      threads=self.threads, ident="genretagger",
+                                     url_prefix=self.url_prefix,
                                      clear_untrusted_proxy_headers=True)
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
         self._thread.start()
