@@ -11,11 +11,12 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import OperationalError
 from test_library import _hold_write_lock
 from test_review import add_suggested_track
 
-from daemon.db.engine import BUSY_TIMEOUT_S
+from daemon.db.engine import BUSY_TIMEOUT_S, impatient_sessions, transaction
 from daemon.db.models import Decision, Suggestion
 from daemon.web import WebServer, create_app
 from daemon.web.app import BUSY_MESSAGE, FULL_MESSAGE, RETRY_AFTER_S, WEB_BUSY_TIMEOUT_S
@@ -204,3 +205,27 @@ def test_page_numbers_in_range_still_work(station):
         assert client.get(f"{url}?page=1").status_code == 200
         # Past the last page (the script reloads it after the last song on it): empty.
         assert client.get(f"{url}?page=1000000").status_code == 200
+
+
+def test_the_short_wait_is_the_review_pages_alone(station):
+    """Web and service share the engine's pooled connections: after the page's 2 s wait
+    was set on one, the service's next transaction on it still waits its full timeout."""
+    _, engine, sessions, db_file = station
+    web = impatient_sessions(sessions, WEB_BUSY_TIMEOUT_S)
+    engine.dispose()
+    with web() as db:  # the only pooled connection now carries the short wait
+        db.execute(text("SELECT 1"))
+    holder = _hold_write_lock(db_file, 3.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"), transaction(web):
+            pass
+        assert WEB_BUSY_TIMEOUT_S - 0.5 < time.monotonic() - started < WEB_BUSY_TIMEOUT_S + 1
+        with transaction(sessions) as db:  # waits the lock out (3.5 s), then writes
+            db.execute(text("INSERT INTO service_state (key, value, updated_at) "
+                            "VALUES ('after the lock', '{}', '2026-01-01 00:00:00')"))
+        assert time.monotonic() - started > 3.0
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert engine.pool.checkedin() == 1  # the same connection both times
