@@ -26,8 +26,8 @@ from daemon.errors import FileError
 from daemon.featurecache import FeatureCache
 from daemon.features import DEFAULT_SPEC
 from daemon.fingerprint import fingerprint
-from daemon.tags import read_tags
 from daemon.library import WRITER_TEMP_MARK
+from daemon.tags import read_tags
 from daemon.writer import WriteFailed, Writer, temp_path, write_genre_atomically
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
