@@ -17,6 +17,9 @@ read while the daemon writes). The daemon publishes a heartbeat in `service_stat
       "pending_suggestions": int,
       "decisions_waiting": int,      # decided genres not yet written into files
                                      # (write pending, or failed and retried later)
+      "write_failures_total": int,   # of those, the ones whose last write failed
+      "write_failures": [{"path": str, "genre": str|null, "reason": str|null,
+                          "attempts": int, "next_try": str|null}],   # oldest 20
       "model": null | {"id": int, "version": int, "path": str, "activated_at": str|null,
                        "n_songs": int, "classes": [str], "accuracy": float|null,
                        "macro_f1": float|null},
@@ -53,7 +56,7 @@ from daemon.db.models import (
     TrainingRun,
     utcnow,
 )
-from daemon.review import WRITE_OUTSTANDING
+from daemon.review import WRITE_OUTSTANDING, WriteStatus
 from daemon.states import CLAIMABLE, TrackState
 
 DAEMON_KEY = "daemon"
@@ -62,6 +65,7 @@ LAST_RECONCILE_KEY = "last_reconcile"
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 QUARANTINE_SHOWN = 20
+WRITE_FAILURES_SHOWN = 20
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -153,6 +157,12 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             Suggestion.status == SuggestionStatus.PENDING)) or 0
         waiting = session.scalar(select(func.count()).select_from(Decision).where(
             Decision.write_status.in_(WRITE_OUTSTANDING), Decision.undone.is_(False))) or 0
+        failed_writes = session.execute(
+            select(Decision, Track.path).join(Track, Decision.track_id == Track.id)
+            .where(Decision.write_status == WriteStatus.FAILED, Decision.undone.is_(False))
+            .order_by(Decision.id).limit(WRITE_FAILURES_SHOWN)).all()
+        failed_total = session.scalar(select(func.count()).select_from(Decision).where(
+            Decision.write_status == WriteStatus.FAILED, Decision.undone.is_(False))) or 0
         last_run = session.scalars(select(TrainingRun)
                                    .order_by(TrainingRun.started_at.desc(),
                                              TrainingRun.id.desc()).limit(1)).first()
@@ -174,6 +184,10 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
                           "failed": int(events.get("failed", 0))},
             "pending_suggestions": int(pending),
             "decisions_waiting": int(waiting),
+            "write_failures_total": int(failed_total),
+            "write_failures": [{"path": path, "genre": d.genre, "reason": d.write_error,
+                                "attempts": d.write_attempts, "next_try": _iso(d.next_write_at)}
+                               for d, path in failed_writes],
             "model": model_status(session),
             "last_reconcile": dict(reconcile.value) if reconcile is not None else None,
             "quarantined_total": by_state["quarantined"],
@@ -221,6 +235,14 @@ def render_status(data: dict[str, Any]) -> str:
                  + (f", last file {d['last_file']}" if d["last_file"] else ""))
     lines.append(f"review:      {data['pending_suggestions']} suggestions to review, "
                  f"{data['decisions_waiting']} accepted genres waiting to be written")
+    if data["write_failures_total"]:
+        lines.append(f"not written: {data['write_failures_total']} accepted genre(s) could not "
+                     "be written into the file yet (retried later):")
+        for w in data["write_failures"]:
+            lines.append(f"  {w['path']}: {w['reason']}")
+        if data["write_failures_total"] > len(data["write_failures"]):
+            lines.append(f"  ... and {data['write_failures_total'] - len(data['write_failures'])}"
+                         " more (`status --json` lists 20)")
     model = data["model"]
     if model is None:
         lines.append("model:       none yet (the daemon trains the first one from tagged songs)")

@@ -3,8 +3,9 @@
 `write_genre_atomically` never leaves a half-written song: it copies the file inside its
 own folder under a hidden temp name, sets the genre on the copy (`daemon.tags.set_genre`,
 which keeps the ID3 version and the other tags), fsyncs it, re-reads and checks the tag,
-gives it the original's permissions (and owner, when running as root) and renames it over
-the original (atomic within one filesystem), then fsyncs the folder. A crash at any
+gives it the original's permissions, extended attributes (and owner, when running as
+root) and renames it over the original (atomic within one filesystem), then fsyncs the
+folder. A file with several hard links is refused (a new file would split them). A crash at any
 moment leaves either the old file or the new one, plus at worst a hidden temp file,
 which a later library walk removes (`daemon.library.remove_leftovers`).
 
@@ -20,6 +21,7 @@ cache entry to it (so retraining never decodes the song again).
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -77,10 +79,39 @@ def library_file(root: Path, relative: str) -> Path:
     return real
 
 
+# A name the filesystem takes: NAME_MAX is 255 bytes on every filesystem a station uses.
+NAME_MAX = 255
+EXTENSION_MAX = 16
+
+
 def temp_path(path: Path) -> Path:
     """The hidden sibling the new version is built in: the library walk and the watcher
-    skip hidden files; the extension stays last because mutagen weighs it."""
-    return path.with_name(f".{path.stem}{TEMP_SUFFIX}{path.suffix}")
+    skip hidden files; the mark lets the walk remove one left by a crash; the extension
+    stays last because mutagen weighs it. A digest of the name instead of the name itself,
+    so the temp name fits NAME_MAX even beside a 255-byte song name."""
+    digest = hashlib.sha1(os.fsencode(path.name)).hexdigest()[:16]
+    suffix = path.suffix if len(os.fsencode(path.suffix)) <= EXTENSION_MAX else ""
+    return path.with_name(f".{digest}{TEMP_SUFFIX}{suffix}")
+
+
+def copy_xattrs(source: Path, target: Path) -> None:
+    """Give `target` every extended attribute of `source` (Finder tags and comments,
+    backup and indexer marks, ACLs). Nothing to copy on a filesystem without them; an
+    attribute that cannot be set is an OSError, except SELinux labels (the new file gets
+    its folder's label, as any new file does)."""
+    try:
+        names = os.listxattr(source)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise
+    for name in names:
+        try:
+            os.setxattr(target, name, os.getxattr(source, name))
+        except OSError:
+            if name.startswith("security."):
+                continue
+            raise
 
 
 def _reason(err: OSError) -> str:
@@ -121,9 +152,15 @@ def write_genre_atomically(path: Path | str, genre: str,
         # Rename would succeed in a writable folder (and root may write anything); a song
         # marked read-only is the station's call, not ours.
         raise WriteFailed(path, "the file is read-only")
+    if before.st_nlink > 1:
+        # The new version is a new file: renamed over this name, it would leave the song's
+        # other names (hard links) pointing at the old version.
+        raise WriteFailed(path, f"the file has {before.st_nlink} hard links (names on the "
+                          "drive); writing it would split them, so it is left as it is")
     tmp = temp_path(real)
     try:
         shutil.copyfile(real, tmp)
+        copy_xattrs(real, tmp)
         set_genre(tmp, genre, mode)
         if os.geteuid() == 0:
             os.chown(tmp, before.st_uid, before.st_gid)
@@ -145,6 +182,8 @@ def write_genre_atomically(path: Path | str, genre: str,
         # set_genre/read_tags name the temp copy; the station knows the song.
         raise TagError(path, err.reason) from None
     except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise WriteFailed(path, "file name too long for the filesystem") from None
         raise WriteFailed(path, _reason(err)) from None
     finally:
         try:

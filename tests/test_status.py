@@ -207,7 +207,8 @@ def test_status_command(tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert set(data) == {"daemon", "tracks", "queue_depth", "files_per_minute", "last_hour",
-                         "pending_suggestions", "decisions_waiting", "model",
+                         "pending_suggestions", "decisions_waiting", "write_failures_total",
+                         "write_failures", "model",
                          "last_reconcile", "quarantined_total", "quarantined", "retraining"}
     assert data["daemon"]["running"] is False
     assert data["tracks"]["total"] == 0

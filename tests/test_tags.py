@@ -69,10 +69,11 @@ def test_untagged_file_reads_as_empty(copy_of, ext):
 def test_set_genre_replace_and_add_keep_other_tags(copy_of, ext):
     path = copy_of(ext)
     write_tags(path, title="Title", artist="Artist", album="Album", genre="Bebop")
+    # The accepted genre comes first: single-value readers (FFmpeg, mediainfo) show it.
     set_genre(path, "Jazz", "add")
-    assert read_tags(path).genres == ("Bebop", "Jazz")
-    set_genre(path, "jazz", "add")  # already there, whatever the case
-    assert read_tags(path).genres == ("Bebop", "Jazz")
+    assert read_tags(path).genres == ("Jazz", "Bebop")
+    set_genre(path, "bebop", "add")  # already there, whatever the case: moves first
+    assert read_tags(path).genres == ("bebop", "Jazz")
     set_genre(path, "Blues")
     tags = read_tags(path)
     assert tags.genres == ("Blues",)
@@ -153,10 +154,11 @@ def test_set_genre_keeps_the_id3_version_and_other_frames(copy_of, version):
     assert tags.getall("COMM")[0].text == ["keep me"]
     if version == 3:
         assert tags["TYER"].text == ["1999"]
-    # add mode on v2.3 joins with "/" (v2.3 has no separator) and reads back as two values
+    # add mode on v2.3 separates values with a null, as v2.4 does, and reads back as two
     set_genre(path, "Blues", "add")
     assert ID3(path, translate=False).version[:2] == (2, version)
-    assert read_tags(path).genres == ("Jazz", "Blues")
+    assert ID3(path, translate=False)["TCON"].text == ["Blues", "Jazz"]
+    assert read_tags(path).genres == ("Blues", "Jazz")
     assert read_tags(path).duration == pytest.approx(3.0, abs=0.1)
 
 
@@ -169,19 +171,36 @@ def id3v1_block(title: str, artist: str, album: str, genre: int) -> bytes:
             + field("", 28) + b"\x00" + bytes([3]) + bytes([genre]))
 
 
-def test_id3v1_only_file_is_read_and_gains_v23_on_write(copy_of):
+def test_id3v1_only_file_changes_only_its_genre_byte(copy_of):
     path = copy_of(".mp3", "v1.mp3")
     mutagen.id3.delete(path)  # no ID3v2 left
     with open(path, "ab") as f:
         f.write(id3v1_block("Old Song", "Old Band", "Old Album", ID3V1_GENRES.index("Jazz")))
+    before = path.read_bytes()
     tags = read_tags(path)
     assert (tags.title, tags.artist, tags.album, tags.genres) == (
         "Old Song", "Old Band", "Old Album", ("Jazz",))
     set_genre(path, "Rock")
-    assert ID3(path, translate=False).version[:2] == (2, 3)
     data = path.read_bytes()
-    assert data[-128:-125] == b"TAG" and data[-1] == ID3V1_GENRES.index("Rock")
+    # Rock has an ID3v1 number: the v1 genre byte is the only byte that changed.
+    assert data[:-1] == before[:-1] and data[-1] == ID3V1_GENRES.index("Rock")
     assert read_tags(path).genres == ("Rock",)
+    set_genre(path, "Blues", "add")  # v1 holds one genre: the accepted one
+    assert path.read_bytes()[-1] == ID3V1_GENRES.index("Blues")
+
+
+def test_id3v1_only_file_gains_v23_for_a_genre_v1_cannot_hold(copy_of):
+    path = copy_of(".mp3", "v1.mp3")
+    mutagen.id3.delete(path)
+    with open(path, "ab") as f:
+        f.write(id3v1_block("Old Song", "Old Band", "Old Album", ID3V1_GENRES.index("Jazz")))
+    set_genre(path, "Chillwave")
+    tags = ID3(path, translate=False, load_v1=False)
+    assert tags.version[:2] == (2, 3) and tags["TCON"].text == ["Chillwave"]
+    # v1's fields are carried into the v2.3 tag (FFmpeg reads v1 only without v2)
+    assert tags["TIT2"].text == ["Old Song"] and tags["TPE1"].text == ["Old Band"]
+    assert path.read_bytes()[-128:-125] == b"TAG" and path.read_bytes()[-1] == 255
+    assert read_tags(path).genres == ("Chillwave",)
     assert read_tags(path).title == "Old Song"
 
 
@@ -245,7 +264,7 @@ def test_apev2_on_mp3_is_read_and_replaced(copy_of):
     assert list(APEv2(path)["Genre"]) == ["Blues"]
     assert ID3(path)["TCON"].text == ["Blues"]
     set_genre(path, "Jazz", "add")
-    assert list(APEv2(path)["Genre"]) == ["Blues", "Jazz"]
+    assert list(APEv2(path)["Genre"]) == ["Jazz", "Blues"]
 
 
 # --- bad input -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from daemon.errors import FileError
 from daemon.featurecache import FeatureCache
 from daemon.features import DEFAULT_SPEC
 from daemon.fingerprint import fingerprint
+from daemon.library import WRITER_TEMP_MARK
 from daemon.tags import read_tags
 from daemon.writer import WriteFailed, Writer, temp_path, write_genre_atomically
 
@@ -64,9 +65,9 @@ def test_write_every_format_keeps_other_tags_and_audio(make_song, ext):
     assert (now.st_mode & 0o7777, now.st_uid, now.st_gid) == (0o640, 1234, 2345)
     assert (st.st_size, st.st_mtime) == (now.st_size, now.st_mtime)
     assert not temp_path(path).exists()
-    # "add" keeps what was there.
+    # "add" keeps what was there, after the accepted genre.
     write_genre_atomically(path, "Jazz", "add")
-    assert read_tags(path).genres == ("Electronic", "Jazz")
+    assert read_tags(path).genres == ("Jazz", "Electronic")
 
 
 def test_id3_versions_are_kept(mp3_v23, make_song):
@@ -350,3 +351,49 @@ def test_a_name_that_is_not_utf8_is_found_and_written(make_song, tmp_path):
     path = library_file(root, stored)
     write_genre_atomically(path, "Jazz")
     assert read_tags(root / odd).genres == ("Jazz",)
+
+
+def test_extended_attributes_survive_a_write(make_song):
+    path = make_song("xattr.flac", seconds=2, title="X")
+    os.setxattr(path, "user.station.note", b"played at 3am")
+    os.setxattr(path, "user.xdg.comment", "k\u00e4se".encode())
+    write_genre_atomically(path, "Jazz")
+    assert read_tags(path).genres == ("Jazz",)
+    assert os.getxattr(path, "user.station.note") == b"played at 3am"
+    assert os.getxattr(path, "user.xdg.comment") == "k\u00e4se".encode()
+    assert sorted(os.listxattr(path)) == ["user.station.note", "user.xdg.comment"]
+
+
+def test_a_255_byte_name_is_written(make_song, tmp_path):
+    name = "\u00e9" * 125 + "x.mp3"  # 255 bytes in UTF-8, the most a filesystem allows
+    assert len(os.fsencode(name)) == 255
+    path = make_song(name, seconds=2, title="Long")
+    tmp = temp_path(path)
+    assert len(os.fsencode(tmp.name)) <= 255 and tmp.name.startswith(".")
+    assert WRITER_TEMP_MARK in tmp.name and tmp.suffix == ".mp3"
+    write_genre_atomically(path, "Jazz")
+    assert read_tags(path).genres == ("Jazz",) and read_tags(path).title == "Long"
+    assert sorted(p.name for p in path.parent.iterdir()) == [name]
+
+
+def test_hard_linked_song_is_refused_and_the_reason_is_shown(station, make_song):
+    from daemon.status import collect_status, render_status
+    from daemon.web.app import create_app
+
+    config, sessions, library = station
+    path, _, sid, _ = add_song(sessions, library, make_song, "H/linked.mp3")
+    (library / "H" / "other name.mp3").hardlink_to(path)
+    original = path.read_bytes()
+    with pytest.raises(WriteFailed, match="2 hard links"):
+        write_genre_atomically(path, "Jazz")
+    review.accept(sessions, config, [sid], who="t")
+    assert Writer(config, sessions).run_once().failed == 1
+    assert path.read_bytes() == original and os.stat(path).st_nlink == 2
+    data = collect_status(config, sessions)
+    assert data["write_failures_total"] == 1
+    [failure] = data["write_failures"]
+    assert failure["path"] == "H/linked.mp3" and "hard links" in failure["reason"]
+    assert "H/linked.mp3: the file has 2 hard links" in render_status(data)
+    client = create_app(config, sessions).test_client()
+    page = client.get("/history?show=unwritten").get_data(as_text=True)
+    assert "Not written yet: the file has 2 hard links" in page
