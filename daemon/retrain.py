@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
@@ -54,7 +54,8 @@ from daemon.db.engine import transaction
 from daemon.db.models import Model, Suggestion, SuggestionStatus, Track, TrainingRun, utcnow
 from daemon.errors import GenretaggerError, ModelMismatch
 from daemon.features import DEFAULT_SPEC
-from daemon.states import TrackState, move
+from daemon.states import TrackState
+from daemon.suggestions import suggest
 from daemon.tags import MULTI_VALUE_SEPARATOR
 
 log = logging.getLogger(__name__)
@@ -489,7 +490,6 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
     still_rejected / no_features.
     """
     from daemon.featurecache import FeatureCache
-    from daemon.review import rejected_genres
 
     cache = FeatureCache(config.cache_dir, classifier.spec)
     rejected = select(Suggestion.track_id).where(
@@ -509,52 +509,37 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
                 if (track is None or track.state != TrackState.REVIEWED
                         or track.confirmed_genre is not None):
                     continue  # decided, changed or gone meanwhile
-                top = classifier.top(row, 3)
-                genre, confidence = top[0]
-                if genre in rejected_genres(session, track_id):
-                    counts["still_rejected"] += 1
-                    continue
                 last_rejected = session.scalar(
                     select(Suggestion.id).where(Suggestion.track_id == track_id,
                                                 Suggestion.status == SuggestionStatus.REJECTED)
                     .order_by(Suggestion.id.desc()).limit(1))
-                session.add(Suggestion(track_id=track_id, model_id=model_id, genre=genre,
-                                       confidence=confidence, top=[[g, c] for g, c in top],
-                                       status=SuggestionStatus.PENDING,
-                                       replaces_id=last_rejected, created_at=now))
-                move(track, TrackState.SUGGESTED)
-                track.state_changed_at = now
-                counts["resuggested"] += 1
+                verdict = suggest(session, track, classifier.top(row, 3), model_id=model_id,
+                                  audit_genre=None,
+                                  audit_min_confidence=config.classifier.audit_min_confidence,
+                                  replaces_id=last_rejected, now=now)
+                counts["resuggested" if verdict.genre else "still_rejected"] += 1
     return counts
 
 
 def _replace_suggestion(session: Session, config: Config, top: list[tuple[str, float]],
                         old_id: int, model_id: int, counts: dict[str, int]) -> None:
-    # Only if still pending: a reviewer may have decided it meanwhile.
-    taken = session.execute(update(Suggestion).where(
-        Suggestion.id == old_id, Suggestion.status == SuggestionStatus.PENDING)
-        .values(status=SuggestionStatus.SUPERSEDED))
-    if not taken.rowcount:
-        return
+    """A pending suggestion -> the new model's verdict through THE suggestion rule
+    (daemon.suggestions): rejected genres stay rejected, an audit stands only while the
+    model strongly disagrees with the file's tag."""
     old = session.get(Suggestion, old_id)
-    genre, confidence = top[0]
-    # Audit suggestion (the worker's rule): it stands only while the model strongly
-    # disagrees with the file's own tag.
-    if old.disagrees_with is not None and (
-            genre == old.disagrees_with
-            or confidence < config.classifier.audit_min_confidence):
-        track = session.get(Track, old.track_id)
-        if track.state == TrackState.SUGGESTED:
-            move(track, TrackState.TAGGED)
-            track.state_changed_at = utcnow()
+    # Only if still pending: a reviewer may have decided it meanwhile.
+    if old is None or old.status != SuggestionStatus.PENDING:
+        return
+    track = session.get(Track, old.track_id)
+    if track.state != TrackState.SUGGESTED:
+        return  # queued again or gone meanwhile: the worker decides afresh
+    verdict = suggest(session, track, top, model_id=model_id, audit_genre=old.disagrees_with,
+                      audit_min_confidence=config.classifier.audit_min_confidence)
+    if verdict.genre is None:
         counts["dropped"] += 1
         return
-    session.add(Suggestion(track_id=old.track_id, model_id=model_id, genre=genre,
-                           confidence=confidence, top=[[g, c] for g, c in top],
-                           status=SuggestionStatus.PENDING, disagrees_with=old.disagrees_with,
-                           replaces_id=old.id, created_at=utcnow()))
     counts["rescored"] += 1
-    counts["changed"] += genre != old.genre
+    counts["changed"] += verdict.genre != old.genre
 
 
 # ---- run rows ------------------------------------------------------------------------------

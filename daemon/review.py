@@ -48,6 +48,9 @@ from daemon.db.models import Decision, Suggestion, SuggestionStatus, Track, utcn
 from daemon.errors import GenretaggerError
 from daemon.states import TrackState, can_move, move
 
+# The suggestion rule's own reading of the audit log; review callers import it from here too.
+from daemon.suggestions import rejected_genres  # noqa: F401
+
 
 class ReviewError(GenretaggerError):
     """A review operation that cannot be done as asked; the message says why."""
@@ -223,16 +226,6 @@ def list_decisions(session: Session, *, limit: int = 50, offset: int = 0,
         count = count.where(Decision.write_status.in_(statuses))
     rows = session.execute(query.order_by(Decision.id.desc()).limit(limit).offset(offset)).all()
     return [(d, t) for d, t in rows], int(session.scalar(count) or 0)
-
-
-def rejected_genres(session: Session, track_id: int) -> set[str]:
-    """Genres the reviewer turned down for this track (an undone reject no longer counts).
-
-    No model offers one of them for the track again, neither the model that suggested it
-    nor a newer one: the worker files such a result away instead of suggesting it, and
-    a new model re-suggests a rejected track only with another genre."""
-    return set(session.scalars(select(Suggestion.genre).where(
-        Suggestion.track_id == track_id, Suggestion.status == SuggestionStatus.REJECTED)))
 
 
 def write_backlog(session: Session) -> dict[str, int]:
