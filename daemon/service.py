@@ -197,12 +197,16 @@ class Service:
     def run(self) -> int:
         """The main thread: start, heartbeat + STATUS until a signal, stop.
 
-        Returns 0 after a signal-initiated stop, 1 when start-up failed (logged).
+        Returns 0 after a signal-initiated stop, 2 when start-up found a configuration
+        error, 1 when it failed otherwise (logged).
         """
         self.install_signal_handlers()
         try:
             try:
                 self.start()
+            except ConfigError as err:  # README: configuration errors exit 2
+                log.error("cannot start: %s", err)
+                return 2
             except Exception as err:
                 # One clear line for the journal (the traceback follows at debug level).
                 log.error("cannot start: %s: %s", type(err).__name__, err)
