@@ -337,10 +337,13 @@ def _check_genre(session: Session, config: Config, genre: str) -> str:
     known = canonical_genres(session, config)
     if genre in known:
         return genre
-    # Let "hip-hop" mean "Hip-Hop": reviewers type; the stored label stays canonical.
-    folded = {g.casefold(): g for g in known}
-    if genre.strip().casefold() in folded:
-        return folded[genre.strip().casefold()]
+    # Let "hip hop" mean "Hip-Hop": reviewers type; the stored label stays canonical. The
+    # genre map's own matching key, so the shell, the web page and tags agree on spellings.
+    from daemon.genres import normalise
+
+    matches = {g for g in known if normalise(g) == normalise(genre)}
+    if len(matches) == 1:
+        return matches.pop()
     raise UnknownGenre(genre, known)
 
 
