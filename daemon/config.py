@@ -139,6 +139,9 @@ class Config(Section):
     library: LibraryConfig
     state_dir: Path
     database_url: str | None = None
+    # How long a write waits for another connection's lock (SQLite) before it fails; a
+    # failed job is logged, shown in `status` and retried.
+    database_busy_seconds: float = Field(30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
     workers: WorkersConfig = WorkersConfig()
@@ -162,6 +165,11 @@ class Config(Section):
     @property
     def runs_dir(self) -> Path:
         return self.state_dir / "runs"
+
+    @property
+    def health_path(self) -> Path:
+        """Where the running service publishes its components' health for `status`."""
+        return self.state_dir / "health.json"
 
     @property
     def genres_path(self) -> Path:

@@ -52,6 +52,7 @@ from daemon.db.models import ServiceState, Suggestion, SuggestionStatus, Track, 
 from daemon.errors import FileError, TagError
 from daemon.fingerprint import fingerprint
 from daemon.genres import GenreMap
+from daemon.health import Health
 from daemon.states import TrackState, can_move, move
 from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags, read_tags
 
@@ -425,6 +426,7 @@ class Library:
         self.files_read = 0  # settled files read (fingerprint + tags + header) so far
         self._tracker_lock = threading.Lock()
         self._db_lock = threading.Lock()
+        self.settle_health = Health("settle")  # settle_due's record, for the settle thread
 
     # ------------------------------------------------------------ watcher side
 
@@ -603,24 +605,29 @@ class Library:
         with self._tracker_lock:
             due = self.tracker.due(now, limit)
         if not due:
-            return 0
+            return 0  # nothing settled yet: neither progress nor a failure
         with self._db_lock:
-            done = 0
+            done, failed = 0, False
             for batch in _chunks(due, SETTLE_BATCH):
                 try:
                     done += self._settle(batch, now)
                 except OperationalError as err:
                     log.error("settling %d file(s): database unavailable, retrying on the "
                               "next tick: %s", len(batch), _brief(err))
-                    break
-                except Exception:
+                    self.settle_health.failed(err)
+                    return done
+                except Exception as err:
                     # A bug must not make the same batch fail every second forever: drop
                     # it; the next reconcile walk notices these files again.
                     log.exception("settling %d file(s) failed; the next walk retries them: "
                                   "%s", len(batch), ", ".join(batch[:5]))
+                    self.settle_health.failed(err)
+                    failed = True
                     with self._tracker_lock:
                         for rel in batch:
                             self.tracker.forget(rel)
+            if not failed:
+                self.settle_health.progress()
             return done
 
     def _settle(self, batch: list[str], now: float) -> int:

@@ -54,6 +54,7 @@ from daemon.db.engine import transaction
 from daemon.db.models import Model, Suggestion, SuggestionStatus, Track, TrainingRun, utcnow
 from daemon.errors import GenretaggerError, ModelMismatch
 from daemon.features import DEFAULT_SPEC
+from daemon.health import Health
 from daemon.states import TrackState
 from daemon.suggestions import suggest
 from daemon.tags import MULTI_VALUE_SEPARATOR
@@ -566,14 +567,17 @@ def last_run(session: Session, *, finished: bool = False) -> TrainingRun | None:
     return session.scalars(query.limit(1)).first()
 
 
-def next_nightly_run(config: Config, now: datetime | None = None) -> datetime | None:
-    """When the nightly job fires next (local time), or None when retraining is off."""
-    from daemon.scheduler import next_nightly
+def next_nightly_run(config: Config, now: datetime | None = None,
+                     history=None) -> datetime | None:
+    """When the nightly job fires next (local time), or None when retraining is off.
 
-    if not config.retrain.enabled:
-        return None
-    now = now or datetime.now().astimezone()
-    return next_nightly(config.retrain.hour, config.retrain.minute, now)
+    `history`: daemon.scheduler.NightlyHistory from the run rows (nightly_history(session));
+    the one computation is daemon.scheduler.next_nightly_run."""
+    from daemon.scheduler import NightlyHistory
+    from daemon.scheduler import next_nightly_run as scheduled
+
+    return scheduled(config.retrain, now or datetime.now().astimezone(),
+                     history or NightlyHistory())
 
 
 def _update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
@@ -657,6 +661,8 @@ class Retrainer:
         self._child: subprocess.Popen | None = None
         self._child_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._initial_done = False  # the start-up thread's work is done (a model exists)
+        self.health = Health("retrainer")
 
     # -- lifecycle
 
@@ -684,18 +690,33 @@ class Retrainer:
             unregister("retrainer")
 
     def _initial_loop(self) -> None:
-        with run_lock(self.config) as held:
-            if held:
-                recover_interrupted_runs(self.sessions, self.config)
+        recovered = False
         while not self.stop_event.is_set():
             try:
+                if not recovered:
+                    with run_lock(self.config) as held:
+                        if held:
+                            recover_interrupted_runs(self.sessions, self.config)
+                    recovered = True
                 model, _said = self.ensure_initial_model()
-            except Exception:  # logged; tried again after the poll interval
-                log.exception("initial model training failed")
+            except Exception as err:  # logged; tried again after the poll interval
+                log.exception("retrainer: recovering runs or the first model failed; trying "
+                              "again in %.0f min", self.poll_seconds / 60)
+                self.health.failed(err)
                 model = None
+            else:
+                self.health.progress()
             if model is not None:
+                self._initial_done = True
                 return
             self.stop_event.wait(self.poll_seconds)
+
+    def health_report(self) -> dict[str, Any]:
+        """daemon.health shape: its thread runs until the first model exists; after that
+        it is healthy as long as the scheduler can call it (the nightly job)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return self.health.report(alive, healthy=alive or self._initial_done,
+                                  first_model_done=self._initial_done)
 
     # -- the first model
 
@@ -1031,7 +1052,9 @@ def nightly_job() -> dict[str, Any] | None:
         log.info("nightly retrain skipped: retrain.enabled is false")
         return None
     try:
-        return retrainer.run("nightly")
-    except Exception:  # the next night tries again
-        log.exception("nightly retrain failed")
-        return None
+        result = retrainer.run("nightly")
+    except Exception as err:  # recorded for status; the scheduler logs it, the next night retries
+        retrainer.health.failed(err)
+        raise
+    retrainer.health.progress()
+    return result

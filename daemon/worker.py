@@ -39,6 +39,7 @@ from daemon.db.engine import transaction
 from daemon.db.models import Event, Model, Track, utcnow
 from daemon.errors import FileError, ModelMismatch, UnreadableAudio
 from daemon.features import DEFAULT_SPEC, FeatureSpec
+from daemon.health import Health
 from daemon.heap import release_free_memory
 from daemon.states import CLAIMABLE, TrackState, move
 from daemon.suggestions import REJECTED_BEFORE, suggest
@@ -147,6 +148,7 @@ class Worker:
         self._token = 0
         self._last_pruned = 0.0
         self.beat = time.monotonic()  # last loop iteration (health)
+        self.health = Health("worker")
         self.last_file: str | None = None
         self.classified = 0
         self.failed = 0
@@ -185,6 +187,11 @@ class Worker:
         return (self._thread is not None and self._thread.is_alive()
                 and time.monotonic() - self.beat < stale_seconds)
 
+    def health_report(self) -> dict:
+        """daemon.health shape: alive = its thread runs; healthy = it also goes round."""
+        return self.health.report(self._thread is not None and self._thread.is_alive(),
+                                  healthy=self.healthy(), in_flight=len(self._claims))
+
     @property
     def in_flight(self) -> int:
         return len(self._claims)
@@ -197,10 +204,13 @@ class Worker:
             self.beat = time.monotonic()
             try:
                 busy = self._step()
-            except Exception:  # a DB hiccup or a bug must not end the thread
+            except Exception as err:  # a DB hiccup or a bug must not end the thread
                 log.exception("worker step failed; trying again in 5 s")
+                self.health.failed(err)
                 busy = False
                 self.stop_event.wait(5)
+            else:
+                self.health.progress()
             if was_busy and not busy:
                 release_free_memory()
             was_busy = busy
