@@ -478,7 +478,10 @@ class Library:
         with self._db_lock:
             result = self._reconcile(now)
         result = _with_seconds(result, time.perf_counter() - started)
-        self._record(result)
+        unrecorded = self._record(result)
+        if unrecorded and not result.error:
+            # The walk itself went through, but nobody can see it did: a failed walk too.
+            result = _replace(result, error=f"cannot record the result: {unrecorded}")
         return result
 
     def _reconcile(self, now: float) -> ReconcileResult:
@@ -577,8 +580,9 @@ class Library:
             log.info("marked %d track(s) missing under %s", missing, self.root)
         return missing
 
-    def _record(self, result: ReconcileResult) -> None:
-        """Publish the walk's counts as ServiceState "last_reconcile" (for `status`)."""
+    def _record(self, result: ReconcileResult) -> str | None:
+        """Publish the walk's counts as ServiceState "last_reconcile" (for `status`).
+        Returns why that failed, or None."""
         level = logging.WARNING if result.guarded or result.error else logging.INFO
         log.log(level, "reconcile %s: %d files, %d new, %d changed, %d ours, %d missing%s "
                 "in %.2f s", result.root, result.files, result.new, result.changed,
@@ -590,6 +594,8 @@ class Library:
                 session.merge(ServiceState(key=STATE_KEY, value=detail, updated_at=utcnow()))
         except OperationalError as err:
             log.error("cannot record the reconcile result: %s", _brief(err))
+            return _brief(err)
+        return None
 
     # ----------------------------------------------------------------- settling
 

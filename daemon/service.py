@@ -315,8 +315,10 @@ class Service:
             log.warning("cannot publish component health: %s", describe_failure(err))
 
     def _health_loop(self) -> None:
-        while not self._health_stop.wait(HEARTBEAT_SECONDS / 2):
+        while True:
             self._publish_health()
+            if self._health_stop.wait(HEARTBEAT_SECONDS / 2):
+                return
 
     # ---- reload ------------------------------------------------------------------------
 
