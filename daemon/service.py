@@ -9,10 +9,11 @@ Start order (each needs the ones before it):
     library     ... the initial reconciliation walk, so nothing slips between the two
     writer      accepted genres into the files
     web         the review page
-    scheduler   reconcile every library.reconcile_minutes, nightly retrain
+    scheduler   reconcile every library.reconcile_minutes
     retrainer   recovers cut-off runs; trains the first model in the background when
                 there is none (a trainer subprocess); started once the first walk's
-                files have settled, since it learns from their tags
+                files have settled, since it learns from their tags; then the nightly
+                job is added to the scheduler (a night missed while down runs at once)
 
 then READY=1 to systemd. Stop is the reverse, within STOP_SECONDS in all (systemd's
 TimeoutStopSec is 30): the worker stops claiming first and finishes its in-flight files
