@@ -40,6 +40,7 @@ def _tracked(db: Path) -> set[str]:
         return {path for (path,) in conn.execute("SELECT path FROM tracks")}
 
 
+@pytest.mark.slow
 def test_a_lock_outlasting_the_busy_timeout_fails_jobs_not_the_scheduler(tmp_path):
     """Issue 10, item 1: another process holds the write lock longer than the busy
     timeout while reconcile runs every 2 s. During the lock `status` shows the daemon
@@ -169,6 +170,7 @@ def test_failures_are_worded_for_what_they_are(error, said):
     assert health.report(True)["last_error"] == said
 
 
+@pytest.mark.slow
 def test_healthy_covers_every_thread_and_the_status_line_says_what_failed(tmp_path,
                                                                           make_config):
     """The watchdog pings only while healthy() holds: a component whose thread is gone
