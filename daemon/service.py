@@ -198,10 +198,11 @@ class Service:
             if self.stop_event.is_set():
                 return
             self._add("retrainer", self.retrainer)
-            # Now that the retrainer can take it, the nightly job: a night missed while
-            # the daemon was down (the run rows say so) runs at once.
-            if self.config.retrain.enabled:
-                self.scheduler.add_nightly(jobs.NIGHTLY_FUNC)
+        # Now that the retrainer can take it, the nightly job: a night missed while the
+        # daemon was down (the run rows say so) runs at once. Outside the lock: reading
+        # the rows may wait out a busy database, and healthy() takes that lock.
+        if self.config.retrain.enabled and not self.stop_event.is_set():
+            self.scheduler.add_nightly(jobs.NIGHTLY_FUNC)
 
     # ---- running -----------------------------------------------------------------------
 
