@@ -16,8 +16,9 @@ reason, a data summary, the trainer's log path). One run at a time per state dir
 flock on runs_dir/retrain.lock, which also tells start-up whether a 'running' row is
 really running (its owner still holds the lock) or was cut off by a restart.
 
-The scheduler (daemon.scheduler) stores the nightly job as the textual reference
-"daemon.retrain:nightly_job"; the Service registers the live Retrainer as "retrainer".
+The scheduler (daemon.scheduler) runs "daemon.retrain:nightly_job" at retrain.hour, and
+at once for a night missed while the daemon was down; the Service registers the live
+Retrainer as "retrainer".
 """
 
 from __future__ import annotations
@@ -1037,7 +1038,7 @@ def _trainer_report(run_dir: Path) -> dict[str, Any]:
     return keep
 
 
-# ---- the nightly job (stored by the scheduler as "daemon.retrain:nightly_job") ------------
+# ---- the nightly job (the scheduler's "daemon.retrain:nightly_job") ----------------------
 
 def nightly_job() -> dict[str, Any] | None:
     """The scheduler's nightly entry point: run the live Retrainer (registered by the Service
