@@ -34,7 +34,8 @@ class Context:
         from daemon.db.engine import open_database
 
         refuse_root_in_service_state(self.config.state_dir)
-        return open_database(self.config.db_url, upgrade=False)
+        return open_database(self.config.db_url, upgrade=False,
+                             busy_timeout=self.config.database_busy_seconds)
 
 
 def refuse_root_in_service_state(state_dir: Path) -> None:

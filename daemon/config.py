@@ -6,13 +6,21 @@ The file is TOML. Unknown keys and bad values are errors that name the key
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from daemon.errors import ConfigError
 
@@ -23,6 +31,33 @@ AUDIO_EXTENSIONS = (
     ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac",
     ".wav", ".aif", ".aiff", ".aifc", ".wma",
 )
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and the localhost names (brackets and zone ids allowed)."""
+    if not host:
+        return False
+    host = host.strip().strip("[]").split("%")[0].lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class KeyedError(ValueError):
+    """A rule across several keys of a section, reported under the key it is about."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
 
 
 class Section(BaseModel):
@@ -74,6 +109,16 @@ class ReviewConfig(Section):
     tag_mode: Literal["replace", "add"] = "replace"
     reviewer: str = "music director"
 
+    @model_validator(mode="after")
+    def _no_open_page_without_a_login(self) -> ReviewConfig:
+        # Here, not in `run`: check-config and every command see the same rule.
+        if not is_loopback(self.host) and not (self.password_hash or self.token):
+            raise KeyedError("host", (
+                f"{self.host!r} is reachable from other machines: set review.password_hash "
+                "(make one with `genretagger hash-password`) or review.token first, or keep "
+                'review.host = "127.0.0.1"'))
+        return self
+
 
 class RetrainConfig(Section):
     enabled: bool = True
@@ -94,6 +139,9 @@ class Config(Section):
     library: LibraryConfig
     state_dir: Path
     database_url: str | None = None
+    # How long a write waits for another connection's lock (SQLite) before it fails; a
+    # failed job is logged, shown in `status` and retried.
+    database_busy_seconds: float = Field(30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
     workers: WorkersConfig = WorkersConfig()
@@ -119,6 +167,11 @@ class Config(Section):
         return self.state_dir / "runs"
 
     @property
+    def health_path(self) -> Path:
+        """Where the running service publishes its components' health for `status`."""
+        return self.state_dir / "health.json"
+
+    @property
     def genres_path(self) -> Path:
         """The station's editable genre map; the shipped one until `init` copies it."""
         return self.state_dir / "genres.toml"
@@ -127,8 +180,13 @@ class Config(Section):
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = [str(p) for p in e["loc"]]
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyedError):
+            loc.append(cause.key)
+            msg = str(cause)
+        key = ".".join(loc) or "(top level)"
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)
 

@@ -52,6 +52,7 @@ from daemon.db.models import ServiceState, Suggestion, SuggestionStatus, Track, 
 from daemon.errors import FileError, TagError
 from daemon.fingerprint import fingerprint
 from daemon.genres import GenreMap
+from daemon.health import Health
 from daemon.states import TrackState, can_move, move
 from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags, read_tags
 
@@ -425,6 +426,7 @@ class Library:
         self.files_read = 0  # settled files read (fingerprint + tags + header) so far
         self._tracker_lock = threading.Lock()
         self._db_lock = threading.Lock()
+        self.settle_health = Health("settle")  # settle_due's record, for the settle thread
 
     # ------------------------------------------------------------ watcher side
 
@@ -476,7 +478,10 @@ class Library:
         with self._db_lock:
             result = self._reconcile(now)
         result = _with_seconds(result, time.perf_counter() - started)
-        self._record(result)
+        unrecorded = self._record(result)
+        if unrecorded and not result.error:
+            # The walk itself went through, but nobody can see it did: a failed walk too.
+            result = _replace(result, error=f"cannot record the result: {unrecorded}")
         return result
 
     def _reconcile(self, now: float) -> ReconcileResult:
@@ -575,8 +580,9 @@ class Library:
             log.info("marked %d track(s) missing under %s", missing, self.root)
         return missing
 
-    def _record(self, result: ReconcileResult) -> None:
-        """Publish the walk's counts as ServiceState "last_reconcile" (for `status`)."""
+    def _record(self, result: ReconcileResult) -> str | None:
+        """Publish the walk's counts as ServiceState "last_reconcile" (for `status`).
+        Returns why that failed, or None."""
         level = logging.WARNING if result.guarded or result.error else logging.INFO
         log.log(level, "reconcile %s: %d files, %d new, %d changed, %d ours, %d missing%s "
                 "in %.2f s", result.root, result.files, result.new, result.changed,
@@ -588,6 +594,8 @@ class Library:
                 session.merge(ServiceState(key=STATE_KEY, value=detail, updated_at=utcnow()))
         except OperationalError as err:
             log.error("cannot record the reconcile result: %s", _brief(err))
+            return _brief(err)
+        return None
 
     # ----------------------------------------------------------------- settling
 
@@ -603,24 +611,29 @@ class Library:
         with self._tracker_lock:
             due = self.tracker.due(now, limit)
         if not due:
-            return 0
+            return 0  # nothing settled yet: neither progress nor a failure
         with self._db_lock:
-            done = 0
+            done, failed = 0, False
             for batch in _chunks(due, SETTLE_BATCH):
                 try:
                     done += self._settle(batch, now)
                 except OperationalError as err:
                     log.error("settling %d file(s): database unavailable, retrying on the "
                               "next tick: %s", len(batch), _brief(err))
-                    break
-                except Exception:
+                    self.settle_health.failed(err)
+                    return done
+                except Exception as err:
                     # A bug must not make the same batch fail every second forever: drop
                     # it; the next reconcile walk notices these files again.
                     log.exception("settling %d file(s) failed; the next walk retries them: "
                                   "%s", len(batch), ", ".join(batch[:5]))
+                    self.settle_health.failed(err)
+                    failed = True
                     with self._tracker_lock:
                         for rel in batch:
                             self.tracker.forget(rel)
+            if not failed:
+                self.settle_health.progress()
             return done
 
     def _settle(self, batch: list[str], now: float) -> int:

@@ -16,8 +16,9 @@ reason, a data summary, the trainer's log path). One run at a time per state dir
 flock on runs_dir/retrain.lock, which also tells start-up whether a 'running' row is
 really running (its owner still holds the lock) or was cut off by a restart.
 
-The scheduler (daemon.scheduler) stores the nightly job as the textual reference
-"daemon.retrain:nightly_job"; the Service registers the live Retrainer as "retrainer".
+The scheduler (daemon.scheduler) runs "daemon.retrain:nightly_job" at retrain.hour, and
+at once for a night missed while the daemon was down; the Service registers the live
+Retrainer as "retrainer".
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
@@ -54,7 +55,9 @@ from daemon.db.engine import transaction
 from daemon.db.models import Model, Suggestion, SuggestionStatus, Track, TrainingRun, utcnow
 from daemon.errors import GenretaggerError, ModelMismatch
 from daemon.features import DEFAULT_SPEC
-from daemon.states import TrackState, move
+from daemon.health import Health
+from daemon.states import TrackState
+from daemon.suggestions import suggest
 from daemon.tags import MULTI_VALUE_SEPARATOR
 
 log = logging.getLogger(__name__)
@@ -489,7 +492,6 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
     still_rejected / no_features.
     """
     from daemon.featurecache import FeatureCache
-    from daemon.review import rejected_genres
 
     cache = FeatureCache(config.cache_dir, classifier.spec)
     rejected = select(Suggestion.track_id).where(
@@ -509,52 +511,37 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
                 if (track is None or track.state != TrackState.REVIEWED
                         or track.confirmed_genre is not None):
                     continue  # decided, changed or gone meanwhile
-                top = classifier.top(row, 3)
-                genre, confidence = top[0]
-                if genre in rejected_genres(session, track_id):
-                    counts["still_rejected"] += 1
-                    continue
                 last_rejected = session.scalar(
                     select(Suggestion.id).where(Suggestion.track_id == track_id,
                                                 Suggestion.status == SuggestionStatus.REJECTED)
                     .order_by(Suggestion.id.desc()).limit(1))
-                session.add(Suggestion(track_id=track_id, model_id=model_id, genre=genre,
-                                       confidence=confidence, top=[[g, c] for g, c in top],
-                                       status=SuggestionStatus.PENDING,
-                                       replaces_id=last_rejected, created_at=now))
-                move(track, TrackState.SUGGESTED)
-                track.state_changed_at = now
-                counts["resuggested"] += 1
+                verdict = suggest(session, track, classifier.top(row, 3), model_id=model_id,
+                                  audit_genre=None,
+                                  audit_min_confidence=config.classifier.audit_min_confidence,
+                                  replaces_id=last_rejected, now=now)
+                counts["resuggested" if verdict.genre else "still_rejected"] += 1
     return counts
 
 
 def _replace_suggestion(session: Session, config: Config, top: list[tuple[str, float]],
                         old_id: int, model_id: int, counts: dict[str, int]) -> None:
-    # Only if still pending: a reviewer may have decided it meanwhile.
-    taken = session.execute(update(Suggestion).where(
-        Suggestion.id == old_id, Suggestion.status == SuggestionStatus.PENDING)
-        .values(status=SuggestionStatus.SUPERSEDED))
-    if not taken.rowcount:
-        return
+    """A pending suggestion -> the new model's verdict through THE suggestion rule
+    (daemon.suggestions): rejected genres stay rejected, an audit stands only while the
+    model strongly disagrees with the file's tag."""
     old = session.get(Suggestion, old_id)
-    genre, confidence = top[0]
-    # Audit suggestion (the worker's rule): it stands only while the model strongly
-    # disagrees with the file's own tag.
-    if old.disagrees_with is not None and (
-            genre == old.disagrees_with
-            or confidence < config.classifier.audit_min_confidence):
-        track = session.get(Track, old.track_id)
-        if track.state == TrackState.SUGGESTED:
-            move(track, TrackState.TAGGED)
-            track.state_changed_at = utcnow()
+    # Only if still pending: a reviewer may have decided it meanwhile.
+    if old is None or old.status != SuggestionStatus.PENDING:
+        return
+    track = session.get(Track, old.track_id)
+    if track.state != TrackState.SUGGESTED:
+        return  # queued again or gone meanwhile: the worker decides afresh
+    verdict = suggest(session, track, top, model_id=model_id, audit_genre=old.disagrees_with,
+                      audit_min_confidence=config.classifier.audit_min_confidence)
+    if verdict.genre is None:
         counts["dropped"] += 1
         return
-    session.add(Suggestion(track_id=old.track_id, model_id=model_id, genre=genre,
-                           confidence=confidence, top=[[g, c] for g, c in top],
-                           status=SuggestionStatus.PENDING, disagrees_with=old.disagrees_with,
-                           replaces_id=old.id, created_at=utcnow()))
     counts["rescored"] += 1
-    counts["changed"] += genre != old.genre
+    counts["changed"] += verdict.genre != old.genre
 
 
 # ---- run rows ------------------------------------------------------------------------------
@@ -581,14 +568,17 @@ def last_run(session: Session, *, finished: bool = False) -> TrainingRun | None:
     return session.scalars(query.limit(1)).first()
 
 
-def next_nightly_run(config: Config, now: datetime | None = None) -> datetime | None:
-    """When the nightly job fires next (local time), or None when retraining is off."""
-    from daemon.scheduler import next_nightly
+def next_nightly_run(config: Config, now: datetime | None = None,
+                     history=None) -> datetime | None:
+    """When the nightly job fires next (local time), or None when retraining is off.
 
-    if not config.retrain.enabled:
-        return None
-    now = now or datetime.now().astimezone()
-    return next_nightly(config.retrain.hour, config.retrain.minute, now)
+    `history`: daemon.scheduler.NightlyHistory from the run rows (nightly_history(session));
+    the one computation is daemon.scheduler.next_nightly_run."""
+    from daemon.scheduler import NightlyHistory
+    from daemon.scheduler import next_nightly_run as scheduled
+
+    return scheduled(config.retrain, now or datetime.now().astimezone(),
+                     history or NightlyHistory())
 
 
 def _update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
@@ -672,6 +662,8 @@ class Retrainer:
         self._child: subprocess.Popen | None = None
         self._child_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._initial_done = False  # the start-up thread's work is done (a model exists)
+        self.health = Health("retrainer")
 
     # -- lifecycle
 
@@ -699,18 +691,33 @@ class Retrainer:
             unregister("retrainer")
 
     def _initial_loop(self) -> None:
-        with run_lock(self.config) as held:
-            if held:
-                recover_interrupted_runs(self.sessions, self.config)
+        recovered = False
         while not self.stop_event.is_set():
             try:
+                if not recovered:
+                    with run_lock(self.config) as held:
+                        if held:
+                            recover_interrupted_runs(self.sessions, self.config)
+                    recovered = True
                 model, _said = self.ensure_initial_model()
-            except Exception:  # logged; tried again after the poll interval
-                log.exception("initial model training failed")
+            except Exception as err:  # logged; tried again after the poll interval
+                log.exception("retrainer: recovering runs or the first model failed; trying "
+                              "again in %.0f min", self.poll_seconds / 60)
+                self.health.failed(err)
                 model = None
+            else:
+                self.health.progress()
             if model is not None:
+                self._initial_done = True
                 return
             self.stop_event.wait(self.poll_seconds)
+
+    def health_report(self) -> dict[str, Any]:
+        """daemon.health shape: its thread runs until the first model exists; after that
+        it is healthy as long as the scheduler can call it (the nightly job)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return self.health.report(alive, healthy=alive or self._initial_done,
+                                  first_model_done=self._initial_done)
 
     # -- the first model
 
@@ -1031,7 +1038,7 @@ def _trainer_report(run_dir: Path) -> dict[str, Any]:
     return keep
 
 
-# ---- the nightly job (stored by the scheduler as "daemon.retrain:nightly_job") ------------
+# ---- the nightly job (the scheduler's "daemon.retrain:nightly_job") ----------------------
 
 def nightly_job() -> dict[str, Any] | None:
     """The scheduler's nightly entry point: run the live Retrainer (registered by the Service
@@ -1046,7 +1053,9 @@ def nightly_job() -> dict[str, Any] | None:
         log.info("nightly retrain skipped: retrain.enabled is false")
         return None
     try:
-        return retrainer.run("nightly")
-    except Exception:  # the next night tries again
-        log.exception("nightly retrain failed")
-        return None
+        result = retrainer.run("nightly")
+    except Exception as err:  # recorded for status; the scheduler logs it, the next night retries
+        retrainer.health.failed(err)
+        raise
+    retrainer.health.progress()
+    return result

@@ -48,6 +48,9 @@ from daemon.db.models import Decision, Suggestion, SuggestionStatus, Track, utcn
 from daemon.errors import GenretaggerError
 from daemon.states import TrackState, can_move, move
 
+# The suggestion rule's own reading of the audit log; review callers import it from here too.
+from daemon.suggestions import rejected_genres  # noqa: F401
+
 
 class ReviewError(GenretaggerError):
     """A review operation that cannot be done as asked; the message says why."""
@@ -225,16 +228,6 @@ def list_decisions(session: Session, *, limit: int = 50, offset: int = 0,
     return [(d, t) for d, t in rows], int(session.scalar(count) or 0)
 
 
-def rejected_genres(session: Session, track_id: int) -> set[str]:
-    """Genres the reviewer turned down for this track (an undone reject no longer counts).
-
-    No model offers one of them for the track again, neither the model that suggested it
-    nor a newer one: the worker files such a result away instead of suggesting it, and
-    a new model re-suggests a rejected track only with another genre."""
-    return set(session.scalars(select(Suggestion.genre).where(
-        Suggestion.track_id == track_id, Suggestion.status == SuggestionStatus.REJECTED)))
-
-
 def write_backlog(session: Session) -> dict[str, int]:
     """{"pending": n, "failed": n}: decided genres not yet in their files (for status)."""
     counts = dict(session.execute(
@@ -344,10 +337,13 @@ def _check_genre(session: Session, config: Config, genre: str) -> str:
     known = canonical_genres(session, config)
     if genre in known:
         return genre
-    # Let "hip-hop" mean "Hip-Hop": reviewers type; the stored label stays canonical.
-    folded = {g.casefold(): g for g in known}
-    if genre.strip().casefold() in folded:
-        return folded[genre.strip().casefold()]
+    # Let "hip hop" mean "Hip-Hop": reviewers type; the stored label stays canonical. The
+    # genre map's own matching key, so the shell, the web page and tags agree on spellings.
+    from daemon.genres import normalise
+
+    matches = {g for g in known if normalise(g) == normalise(genre)}
+    if len(matches) == 1:
+        return matches.pop()
     raise UnknownGenre(genre, known)
 
 

@@ -9,17 +9,21 @@ Start order (each needs the ones before it):
     library     ... the initial reconciliation walk, so nothing slips between the two
     writer      accepted genres into the files
     web         the review page
-    scheduler   reconcile every library.reconcile_minutes, nightly retrain
+    scheduler   reconcile every library.reconcile_minutes
     retrainer   recovers cut-off runs; trains the first model in the background when
                 there is none (a trainer subprocess); started once the first walk's
-                files have settled, since it learns from their tags
+                files have settled, since it learns from their tags; then the nightly
+                job is added to the scheduler (a night missed while down runs at once)
 
 then READY=1 to systemd. Stop is the reverse, within STOP_SECONDS in all (systemd's
 TimeoutStopSec is 30): the worker stops claiming first and finishes its in-flight files
 while the others close. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload the config file and
 apply what can change while running (LIVE_KEYS); other changes are logged as needing a
 restart. Every HEARTBEAT_SECONDS the service publishes a heartbeat + pid in
-`service_state` (what `status` reads) and a STATUS= line for `systemctl status`.
+`service_state` (what `status` reads) and a STATUS= line for `systemctl status`; a
+thread of its own writes every component's health (daemon.health) to
+state_dir/health.json twice as often, so a locked database cannot hold that back.
+healthy() (what the watchdog pings on) covers the main loop and every component.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from daemon.config import Config, load_config
 from daemon.db.engine import open_database, transaction
 from daemon.db.models import ServiceState, utcnow
 from daemon.errors import ConfigError
+from daemon.health import describe_failure, write_health
 from daemon.heap import bound_heap
 from daemon.logs import setup_logging
 from daemon.notify import Notifier, WatchdogPinger, watchdog_interval
@@ -94,6 +99,9 @@ class Service:
         self.scheduler: jobs.Scheduler | None = None
         self.retrainer = None
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
+        self._health_stop = threading.Event()
+        self._health_thread = threading.Thread(target=self._health_loop, name="health",
+                                               daemon=True)
 
     # ---- signals -----------------------------------------------------------------------
 
@@ -133,8 +141,10 @@ class Service:
         config = self.config
         bound_heap()  # before onnxruntime and the first batch allocate anything large
         self.pinger.start()
+        self._health_thread.start()
         self.notifier.status("opening the database")
-        self.engine, self.sessions = open_database(config.db_url)
+        self.engine, self.sessions = open_database(
+            config.db_url, busy_timeout=config.database_busy_seconds)
         genres_path = config.genres_path if config.genres_path.exists() else None
         genre_map = load_genre_map(genres_path)
         log.info("genre map: %d genres from %s", len(genre_map.canonical),
@@ -166,10 +176,6 @@ class Service:
 
         self.scheduler = jobs.Scheduler(config, self.sessions)
         self.scheduler.add_reconcile()
-        if config.retrain.enabled:
-            self.scheduler.add_nightly(jobs.NIGHTLY_FUNC)
-        else:
-            self.scheduler.remove(jobs.NIGHTLY_JOB)
         self._add("scheduler", self.scheduler)
         # Registers itself as "retrainer"; its thread recovers runs cut off by a restart
         # and, with no active model, trains the first one (a subprocess) in the background
@@ -189,20 +195,30 @@ class Service:
             if self.stop_event.wait(1.0):
                 return
         with self._lock:
-            if not self.stop_event.is_set():
-                self._add("retrainer", self.retrainer)
+            if self.stop_event.is_set():
+                return
+            self._add("retrainer", self.retrainer)
+        # Now that the retrainer can take it, the nightly job: a night missed while the
+        # daemon was down (the run rows say so) runs at once. Outside the lock: reading
+        # the rows may wait out a busy database, and healthy() takes that lock.
+        if self.config.retrain.enabled and not self.stop_event.is_set():
+            self.scheduler.add_nightly(jobs.NIGHTLY_FUNC)
 
     # ---- running -----------------------------------------------------------------------
 
     def run(self) -> int:
         """The main thread: start, heartbeat + STATUS until a signal, stop.
 
-        Returns 0 after a signal-initiated stop, 1 when start-up failed (logged).
+        Returns 0 after a signal-initiated stop, 2 when start-up found a configuration
+        error, 1 when it failed otherwise (logged).
         """
         self.install_signal_handlers()
         try:
             try:
                 self.start()
+            except ConfigError as err:  # README: configuration errors exit 2
+                log.error("cannot start: %s", err)
+                return 2
             except Exception as err:
                 # One clear line for the journal (the traceback follows at debug level).
                 log.error("cannot start: %s: %s", type(err).__name__, err)
@@ -227,8 +243,8 @@ class Service:
         try:
             with self.sessions() as session:
                 depth = queue_depth(session)
-        except Exception as err:  # the DB locked for long: say so rather than die
-            return f"database busy ({type(err).__name__})"
+        except Exception as err:  # the DB locked or full: say which, rather than die
+            return describe_failure(err)
         worker = self.worker
         model = (f"model {worker.model_id}" if worker and worker.model_id
                  else "no model yet")
@@ -252,13 +268,59 @@ class Service:
         except Exception as err:  # a locked DB delays the heartbeat; it must not stop us
             log.warning("cannot publish the heartbeat: %s", err)
 
+    def components(self) -> dict[str, dict[str, Any]]:
+        """Every background component's health report (daemon.health shapes), by name:
+        main, worker, watcher, settle, writer, web, scheduler, its jobs, retrainer."""
+        main_alive = time.monotonic() - self._beat < 6 * HEARTBEAT_SECONDS
+        reports: dict[str, dict[str, Any]] = {
+            "main": {"alive": main_alive, "healthy": main_alive or not self._running,
+                     "last_progress_at": None, "last_error": None, "last_error_at": None,
+                     "errors": 0, "failing": False}}
+        with self._lock:
+            started = list(self._started)
+        for name, component in started:
+            report = getattr(component, "health_report", None)
+            if report is None:
+                continue
+            try:
+                got = report()
+            except Exception as err:  # a report must never take the watchdog down with it
+                got = {"alive": False, "healthy": False, "last_error": describe_failure(err)}
+            if isinstance(got, dict) and all(isinstance(v, dict) for v in got.values()) \
+                    and got:
+                reports.update(got)  # a component with several parts (watcher+settle, jobs)
+            else:
+                reports[name] = got
+        if self.retrainer is not None and "retrainer" not in reports:
+            reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
+                                    "waiting": "for the first walk's files to settle"}
+        return reports
+
     def healthy(self) -> bool:
-        """For the watchdog: the main loop and the worker go round."""
+        """For the watchdog: the main loop and every component's thread go round."""
         if self.stop_event.is_set() or not self._running:
             return True  # starting or stopping: systemd's start/stop timeouts cover us
-        main_ok = time.monotonic() - self._beat < 6 * HEARTBEAT_SECONDS
-        worker_ok = self.worker is None or self.worker.healthy()
-        return main_ok and worker_ok
+        return all(report.get("healthy") for report in self.components().values())
+
+    def _publish_health(self, stopped: bool = False) -> None:
+        """state_dir/health.json for `status` (a file, so a locked database cannot hold
+        it back)."""
+        components = self.components()
+        data = {"pid": os.getpid(), "written_at": utcnow().isoformat(),
+                "started_at": self.started_at.isoformat(),
+                "healthy": all(r.get("healthy") for r in components.values()),
+                "stopped_at": utcnow().isoformat() if stopped else None,
+                "components": components}
+        try:
+            write_health(self.config.health_path, data)
+        except OSError as err:  # a full state disk: the heartbeat row may still get through
+            log.warning("cannot publish component health: %s", describe_failure(err))
+
+    def _health_loop(self) -> None:
+        while True:
+            self._publish_health()
+            if self._health_stop.wait(HEARTBEAT_SECONDS / 2):
+                return
 
     # ---- reload ------------------------------------------------------------------------
 
@@ -323,6 +385,10 @@ class Service:
             except Exception:
                 log.exception("closing %s failed", name)
             log.info("stopped %s", name)
+        self._health_stop.set()
+        if self._health_thread.is_alive():
+            self._health_thread.join(2.0)
+        self._publish_health(stopped=True)
         if self.sessions is not None:
             self._publish_heartbeat(stopped=True)
             self.engine.dispose()

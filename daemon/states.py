@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from daemon.errors import GenretaggerError
+
 
 class TrackState(StrEnum):
     QUEUED = "queued"
@@ -57,7 +59,10 @@ SETTLED = frozenset({S.SUGGESTED, S.REVIEWED, S.TAGGED, S.QUARANTINED})
 CLAIMABLE = frozenset({S.QUEUED, S.RETRYING})
 
 
-class InvalidTransition(ValueError):
+class InvalidTransition(GenretaggerError, ValueError):
+    """A move the state machine does not allow (a bug or a race, never the user's input);
+    a GenretaggerError, so the CLI reports it as an error line, not a traceback."""
+
     def __init__(self, old: TrackState, new: TrackState, path: str = ""):
         super().__init__(f"{path}: track cannot go from {old} to {new}")
 

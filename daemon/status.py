@@ -2,14 +2,21 @@
 
 Works whether or not the daemon runs (it reads the same database; SQLite WAL lets it
 read while the daemon writes). The daemon publishes a heartbeat in `service_state`
-(key "daemon"); it counts as running when the heartbeat is fresh and its pid is alive.
+(key "daemon") and every component's health in state_dir/health.json (daemon.health);
+it counts as running when either is fresh and its pid is alive.
 
 `status --json` shape (stable; times are ISO 8601 UTC strings or null):
 
     {
       "daemon": {"running": bool, "pid": int|null, "started_at": str|null,
                  "heartbeat": str|null, "stopped_at": str|null, "last_file": str|null,
-                 "model_loaded": int|null},
+                 "model_loaded": int|null,
+                 "healthy": bool|null},       # null: no live service published its health
+      "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
+                            "last_error": str|null, "last_error_at": str|null,
+                            "errors": int, "failing": bool, ...}},
+                     # main, worker, watcher, settle, writer, web, scheduler, reconcile,
+                     # nightly-retrain, retrainer; {} when the daemon is not running
       "tracks": {"total": int, "by_state": {state: int for every TrackState}},
       "queue_depth": int,            # queued + retrying + working
       "files_per_minute": float,     # classified + failed over the last hour / 60
@@ -42,7 +49,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import MetaData, Table, func, inspect, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
@@ -56,6 +63,7 @@ from daemon.db.models import (
     TrainingRun,
     utcnow,
 )
+from daemon.health import read_health
 from daemon.review import WRITE_OUTSTANDING, WriteStatus
 from daemon.states import CLAIMABLE, TrackState
 
@@ -104,20 +112,25 @@ def queue_depth(session: Session) -> int:
 
 
 def next_retrain(session: Session, config: Config, now: datetime) -> datetime | None:
-    """The nightly job's next run from the scheduler's job store, else from the config."""
-    if not config.retrain.enabled:
-        return None
-    from daemon.scheduler import JOBS_TABLE, NIGHTLY_JOB, next_nightly
+    """The nightly job's next run (UTC): daemon.scheduler.next_nightly_run on the
+    training-run rows, the same answer the running scheduler acts on."""
+    from daemon.scheduler import next_nightly_run, nightly_history
 
-    bind = session.get_bind()
-    if inspect(bind).has_table(JOBS_TABLE):
-        jobs = Table(JOBS_TABLE, MetaData(), autoload_with=bind)
-        stamp = session.execute(select(jobs.c.next_run_time)
-                                .where(jobs.c.id == NIGHTLY_JOB)).scalar()
-        if stamp is not None:
-            return datetime.fromtimestamp(stamp, UTC)
-    local = now.astimezone()
-    return next_nightly(config.retrain.hour, config.retrain.minute, local).astimezone(UTC)
+    due = next_nightly_run(config.retrain, now, nightly_history(session))
+    return due.astimezone(UTC) if due is not None else None
+
+
+def published_health(config: Config, now: datetime) -> dict | None:
+    """The running service's state_dir/health.json, or None when no live service wrote a
+    fresh one (stopped, crashed, or never started)."""
+    data = read_health(config.health_path)
+    if not data or data.get("stopped_at") or not pid_alive(data.get("pid")):
+        return None
+    try:
+        written = datetime.fromisoformat(data["written_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return data if (now - written).total_seconds() <= STALE_SECONDS else None
 
 
 def model_status(session: Session) -> dict | None:
@@ -166,9 +179,13 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
         last_run = session.scalars(select(TrainingRun)
                                    .order_by(TrainingRun.started_at.desc(),
                                              TrainingRun.id.desc()).limit(1)).first()
+        health = published_health(config, now)
         data = {
             "daemon": {
-                "running": daemon_running(beat, now),
+                # The health file is written apart from the database: a daemon waiting
+                # out a locked database still counts as running.
+                "running": daemon_running(beat, now) or health is not None,
+                "healthy": health.get("healthy") if health else None,
                 "pid": beat.get("pid"),
                 "started_at": beat.get("started_at"),
                 "heartbeat": beat.get("heartbeat"),
@@ -176,6 +193,7 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
                 "last_file": beat.get("last_file"),
                 "model_loaded": beat.get("model_id"),
             },
+            "components": health.get("components", {}) if health else {},
             "tracks": {"total": sum(by_state.values()), "by_state": by_state},
             "queue_depth": by_state["queued"] + by_state["retrying"] + by_state["working"],
             "files_per_minute": round((events.get("classified", 0)
@@ -227,6 +245,21 @@ def render_status(data: dict[str, Any]) -> str:
                      "did it crash? see `journalctl -u genretagger`)")
     else:
         lines.append("daemon:      never started (start it: `systemctl start genretagger`)")
+    components = data.get("components") or {}
+    if components:
+        sick = {n: c for n, c in components.items() if not c.get("healthy")}
+        failing = {n: c for n, c in components.items() if c.get("failing")}
+        if not sick and not failing:
+            lines.append(f"components:  all {len(components)} healthy")
+        else:
+            lines.append(f"components:  {len(components) - len(sick)} of {len(components)} "
+                         "healthy" + ("" if not sick else " (NOT HEALTHY: "
+                                      + ", ".join(sick) + ")"))
+        for name, c in {**failing, **sick}.items():
+            state = "failing" if c.get("healthy") else "NOT HEALTHY"
+            error = (f": {c['last_error']} (at {_local(c.get('last_error_at'))})"
+                     if c.get("last_error") else "")
+            lines.append(f"  {name}: {state}{error}")
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))

@@ -40,6 +40,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
 from daemon.config import LibraryConfig
+from daemon.health import Health, thread_alive
 from daemon.library import Library
 from daemon.mounts import filesystem_type, is_network_filesystem
 
@@ -111,6 +112,7 @@ class Watcher:
         self._identity: tuple[int, int] | None = None
         self._root_lost = False
         self._thread: threading.Thread | None = None
+        self.health = Health("watcher")
 
     # ------------------------------------------------------------------ control
 
@@ -134,6 +136,16 @@ class Watcher:
             if self._thread.is_alive():
                 log.warning("settle thread still busy after %.0f s; leaving it", timeout)
         self._disarm(max(0.5, deadline - time.monotonic()))
+
+    def health_report(self) -> dict[str, dict]:
+        """{"watcher": ..., "settle": ...} (daemon.health shapes). The settle thread re-arms
+        a dead observer and waits out a lost root, so the pair is healthy while it runs."""
+        settle_alive = thread_alive(self._thread)
+        watcher = self.health.report(self.watching, healthy=settle_alive, kind=self.kind,
+                                     root_lost=self._root_lost, rearmed=self.rearmed)
+        settle = self.library.settle_health.report(settle_alive,
+                                                   settling=self.library.settling)
+        return {"watcher": watcher, "settle": settle}
 
     def __enter__(self) -> Watcher:
         self.start()
@@ -191,6 +203,7 @@ class Watcher:
             self._stop_observer(observer, JOIN_SECONDS)
             return False
         self._observer, self._identity = observer, identity
+        self.health.progress()
         return True
 
     def _disarm(self, timeout: float = JOIN_SECONDS) -> None:
@@ -209,6 +222,7 @@ class Watcher:
 
     def _lose_root(self) -> None:
         if not self._root_lost:
+            self.health.failed(f"library root {self.root} is gone (unmounted or renamed?)")
             log.error("library root %s is gone (unmounted or renamed?); watching paused, "
                       "will resume when it is back", self.root)
             self._root_lost = True
@@ -246,6 +260,7 @@ class Watcher:
                 # A big batch (a whole album copied in) settles a bounded chunk per pass
                 # so close() never waits long.
                 busy = self.library.settle_due(limit=SETTLE_LIMIT) >= SETTLE_LIMIT
-            except Exception:
+            except Exception as err:
                 log.exception("settle loop")
+                self.library.settle_health.failed(err)
                 busy = False

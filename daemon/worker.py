@@ -36,12 +36,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
 from daemon.db.engine import transaction
-from daemon.db.models import Event, Model, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.db.models import Event, Model, Track, utcnow
 from daemon.errors import FileError, ModelMismatch, UnreadableAudio
 from daemon.features import DEFAULT_SPEC, FeatureSpec
+from daemon.health import Health
 from daemon.heap import release_free_memory
-from daemon.review import rejected_genres
 from daemon.states import CLAIMABLE, TrackState, move
+from daemon.suggestions import REJECTED_BEFORE, suggest
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class Worker:
         self._token = 0
         self._last_pruned = 0.0
         self.beat = time.monotonic()  # last loop iteration (health)
+        self.health = Health("worker")
         self.last_file: str | None = None
         self.classified = 0
         self.failed = 0
@@ -185,6 +187,11 @@ class Worker:
         return (self._thread is not None and self._thread.is_alive()
                 and time.monotonic() - self.beat < stale_seconds)
 
+    def health_report(self) -> dict:
+        """daemon.health shape: alive = its thread runs; healthy = it also goes round."""
+        return self.health.report(self._thread is not None and self._thread.is_alive(),
+                                  healthy=self.healthy(), in_flight=len(self._claims))
+
     @property
     def in_flight(self) -> int:
         return len(self._claims)
@@ -197,10 +204,13 @@ class Worker:
             self.beat = time.monotonic()
             try:
                 busy = self._step()
-            except Exception:  # a DB hiccup or a bug must not end the thread
+            except Exception as err:  # a DB hiccup or a bug must not end the thread
                 log.exception("worker step failed; trying again in 5 s")
+                self.health.failed(err)
                 busy = False
                 self.stop_event.wait(5)
+            else:
+                self.health.progress()
             if was_busy and not busy:
                 release_free_memory()
             was_busy = busy
@@ -332,31 +342,15 @@ class Worker:
                 session.add(Event(at=now, kind="classified", detail={
                     "path": claim.path, "genre": genre, "confidence": round(confidence, 4),
                     "model_id": self.model_id, "cached": claim.cached, "latency": latency}))
-                disagrees = None
-                if claim.audit_genre is not None:
-                    if genre == claim.audit_genre or confidence < audit.audit_min_confidence:
-                        move(track, TrackState.TAGGED)  # the model agrees with the tag
-                        continue
-                    disagrees = claim.audit_genre
-                if genre in rejected_genres(session, track.id):
-                    # The reviewer already said no to this genre for this song.
-                    move(track, TrackState.TAGGED if disagrees else TrackState.REVIEWED)
+                verdict = suggest(session, track, top, model_id=self.model_id,
+                                  audit_genre=claim.audit_genre,
+                                  audit_min_confidence=audit.audit_min_confidence, now=now)
+                if verdict.why == REJECTED_BEFORE:
                     log.info("%s: %s again, which the reviewer rejected; not suggested",
                              claim.path, genre)
-                    continue
-                pending = session.scalars(select(Suggestion).where(
-                    Suggestion.track_id == track.id,
-                    Suggestion.status == SuggestionStatus.PENDING)).all()
-                for old in pending:
-                    old.status = SuggestionStatus.SUPERSEDED
-                session.add(Suggestion(
-                    track_id=track.id, model_id=self.model_id, genre=genre,
-                    confidence=confidence, top=[[g, c] for g, c in top], created_at=now,
-                    status=SuggestionStatus.PENDING, disagrees_with=disagrees,
-                    replaces_id=pending[-1].id if pending else None))
-                move(track, TrackState.SUGGESTED)
-                self.last_file = claim.path
-                suggested.append((claim, genre, confidence))
+                if verdict.genre is not None:
+                    self.last_file = claim.path
+                    suggested.append((claim, genre, confidence))
         self.classified += len(batch)
         for claim, genre, confidence in suggested:  # logged once committed
             log.info("suggested %s for %s (%.0f%%%s)", genre, claim.path, confidence * 100,

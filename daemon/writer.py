@@ -40,6 +40,7 @@ from daemon.db.engine import transaction
 from daemon.db.models import Decision, Track, utcnow
 from daemon.durable import fsync_dir, fsync_file
 from daemon.errors import FileError, TagError
+from daemon.health import Health, thread_alive
 from daemon.library import WRITER_TEMP_MARK, fs_path
 from daemon.review import WRITE_OUTSTANDING, Action, WriteStatus
 from daemon.states import TrackState
@@ -220,6 +221,11 @@ class Writer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._cache = None
+        self.health = Health("writer")
+
+    def health_report(self) -> dict:
+        """daemon.health shape: alive = its thread runs."""
+        return self.health.report(thread_alive(self._thread))
 
     # ---- lifecycle
     def start(self) -> None:
@@ -243,8 +249,11 @@ class Writer:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # a DB hiccup must not end the writer; the next pass retries
+            except Exception as err:  # a DB hiccup must not end the writer; the next pass retries
                 log.exception("writer pass failed")
+                self.health.failed(err)
+            else:
+                self.health.progress()
             self._wake.wait(self.interval)
             self._wake.clear()
 

@@ -29,3 +29,26 @@ def test_bad_toml_names_the_file(tmp_path):
     path.write_text("library = [")
     with pytest.raises(ConfigError, match="config.toml: not valid TOML"):
         load_config(path)
+
+
+def test_an_open_review_page_without_a_login_is_a_config_error_for_every_command(tmp_path):
+    """check-config applies the rule `run` applies (naming the key), and every command,
+    `run` included, exits 2 on it as the README promises (issue 10, item 9)."""
+    import subprocess
+    import sys
+
+    library, state = tmp_path / "library", tmp_path / "state"
+    library.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n'
+                      '[review]\nhost = "0.0.0.0"\nport = 1\n')
+    exe = [sys.executable, "-m", "daemon.cli", "--config", str(config)]
+    for command in (["check-config"], ["run"], ["status"], ["review", "list"]):
+        done = subprocess.run(exe + command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (command, done.returncode, done.stderr)
+        assert "review.host: '0.0.0.0' is reachable from other machines" in done.stderr
+        assert "password_hash" in done.stderr and "Traceback" not in done.stderr
+    assert not state.exists()  # refused before anything was created
+    config.write_text(config.read_text().replace("port = 1", f'token = "{"t" * 32}"'))
+    done = subprocess.run(exe + ["check-config"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("config ok"), done.stderr

@@ -321,3 +321,41 @@ def test_cli_error_exit_codes(cli_station):
     from werkzeug.security import check_password_hash
 
     assert check_password_hash(proc.stdout.strip(), "correct horse")
+
+
+def test_review_set_matches_genres_as_the_genre_map_does(cli_station):
+    """`review set` spells genres through daemon.genres.normalise: "hip hop", "HIPHOP" and
+    "Hip–Hop" are Hip-Hop (issue 10, item 11); a real CLI process."""
+    import subprocess
+    import sys
+
+    config_path, sessions = cli_station
+    for n, typed in enumerate(("hip hop", "HIPHOP", "  Hip Hop ")):
+        _, sid = add_suggested_track(sessions, f"Z/{n}.mp3")
+        proc = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(config_path),
+                               "review", "set", str(sid), typed, "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (typed, proc.stderr)
+        assert '"genre": "Hip-Hop"' in proc.stdout
+
+
+def test_an_invalid_transition_is_an_error_line_not_a_traceback(tmp_path):
+    """InvalidTransition (a ValueError: a race or a bug, never the user's input) reaching
+    the CLI is reported like every other error: one line, exit 1. The command that hits
+    it is a stand-in registered on the real `genretagger` group in a real process."""
+    import subprocess
+    import sys
+
+    script = (
+        "from daemon import cli\n"
+        "from daemon.db.models import Track\n"
+        "from daemon.states import TrackState, move\n"
+        "@cli.cli.command('race')\n"
+        "def race():\n"
+        "    move(Track(path='A/song.mp3', state=TrackState.QUEUED), TrackState.REVIEWED)\n"
+        "cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", script, "race"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "error: A/song.mp3: track cannot go from queued to reviewed" in proc.stderr

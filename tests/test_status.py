@@ -24,7 +24,13 @@ from daemon.db.models import (
     TrainingRun,
     utcnow,
 )
-from daemon.scheduler import NIGHTLY_FUNC, Scheduler, next_nightly
+from daemon.scheduler import (
+    NIGHTLY_FUNC,
+    NightlyHistory,
+    Scheduler,
+    next_nightly,
+    next_nightly_run,
+)
 from daemon.states import TrackState
 from daemon.status import DAEMON_KEY, collect_status, render_status
 
@@ -170,7 +176,7 @@ def test_model_reconcile_and_retraining(setup):
     assert "nightly rejected" in text
 
 
-def test_next_retraining_comes_from_the_job_store(setup):
+def test_status_and_the_scheduler_agree_on_the_next_nightly_run(setup):
     config, sessions = setup
     config = config.model_copy(update={"retrain": config.retrain.model_copy(
         update={"hour": 4, "minute": 30})})
@@ -186,6 +192,65 @@ def test_next_retraining_comes_from_the_job_store(setup):
     assert (local.hour, local.minute) == (4, 30)
     data = collect_status(config, sessions, now=utcnow())
     assert data["retraining"]["next"] == planned.astimezone(UTC).isoformat()
+    # status no longer reads APScheduler's private table, and the scheduler keeps none.
+    with sessions() as session:
+        from sqlalchemy import inspect
+
+        assert "apscheduler_jobs" not in inspect(session.get_bind()).get_table_names()
+
+
+def test_a_missed_night_comes_from_the_run_rows(setup):
+    """The daemon was down at 03:00: back within misfire_grace_minutes, the run is due at
+    once (status says so and the scheduler fires it); later, it waits for the next night."""
+    config, sessions = setup
+    tz = datetime.now().astimezone().tzinfo
+    retrain = config.retrain  # 03:00, grace 120 min
+    back = datetime(2026, 5, 4, 4, 10, tzinfo=tz)
+    last = NightlyHistory(last_nightly=datetime(2026, 5, 3, 3, 0, 1, tzinfo=tz),
+                          first_run=datetime(2026, 4, 1, 3, 0, 1, tzinfo=tz))
+    assert next_nightly_run(retrain, back, last) == datetime(2026, 5, 4, 3, 0, tzinfo=tz)
+    # Several missed nights fire once: the newest one, if still within the grace time.
+    older = NightlyHistory(last_nightly=datetime(2026, 4, 28, 3, 0, 1, tzinfo=tz))
+    assert next_nightly_run(retrain, back, older) == datetime(2026, 5, 4, 3, 0, tzinfo=tz)
+    late = datetime(2026, 5, 4, 5, 1, tzinfo=tz)
+    assert next_nightly_run(retrain, late, last) == datetime(2026, 5, 5, 3, 0, tzinfo=tz)
+    ran = NightlyHistory(last_nightly=datetime(2026, 5, 4, 3, 0, 2, tzinfo=tz))
+    assert next_nightly_run(retrain, back, ran) == datetime(2026, 5, 5, 3, 0, tzinfo=tz)
+    # No run rows at all: nothing says the daemon was meant to be up at 03:00.
+    assert next_nightly_run(retrain, back) == datetime(2026, 5, 5, 3, 0, tzinfo=tz)
+    # The first run (any trigger) counts as the start of the station's history.
+    first = NightlyHistory(first_run=datetime(2026, 5, 3, 14, 0, tzinfo=tz))
+    assert next_nightly_run(retrain, back, first) == datetime(2026, 5, 4, 3, 0, tzinfo=tz)
+    off = retrain.model_copy(update={"enabled": False})
+    assert next_nightly_run(off, back, last) is None
+
+    # The same rows in the database: status shows the missed run as due, the scheduler
+    # fires it at once, and the review page's answer is the same one.
+    from daemon.retrain import next_nightly_run as page_answer
+    from daemon.scheduler import nightly_history
+
+    now = datetime.now().astimezone()
+    missed = now.replace(second=0, microsecond=0) - timedelta(minutes=5)
+    config = config.model_copy(update={"retrain": retrain.model_copy(
+        update={"hour": missed.hour, "minute": missed.minute})})
+    with transaction(sessions) as session:
+        session.add(TrainingRun(trigger="nightly", status="skipped", reason="nothing new",
+                                started_at=(missed - timedelta(days=1, seconds=-1))
+                                .astimezone(UTC), finished_at=utcnow()))
+    data = collect_status(config, sessions, now=now.astimezone(UTC))
+    assert data["retraining"]["next"] == missed.astimezone(UTC).isoformat()
+    with sessions() as session:
+        assert page_answer(config, now, nightly_history(session)) == missed
+    fired = []
+    scheduler = Scheduler(config, sessions)
+    scheduler.add_nightly(lambda: fired.append(1))
+    scheduler.start()
+    try:
+        from helpers import wait_for
+
+        wait_for(lambda: fired, 10, "the missed nightly run")
+    finally:
+        scheduler.close()
 
 
 def test_next_nightly_is_pure():
@@ -209,8 +274,10 @@ def test_status_command(tmp_path):
     assert set(data) == {"daemon", "tracks", "queue_depth", "files_per_minute", "last_hour",
                          "pending_suggestions", "decisions_waiting", "write_failures_total",
                          "write_failures", "model",
-                         "last_reconcile", "quarantined_total", "quarantined", "retraining"}
+                         "last_reconcile", "quarantined_total", "quarantined", "retraining",
+                         "components"}
     assert data["daemon"]["running"] is False
+    assert data["components"] == {} and data["daemon"]["healthy"] is None
     assert data["tracks"]["total"] == 0
     human = subprocess.run(exe + ["status"], capture_output=True, text=True, timeout=120)
     assert human.returncode == 0, human.stderr

@@ -41,12 +41,14 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT_S) -> Engine:
+    """An engine for `url`; on SQLite a write waits up to `busy_timeout` seconds for
+    another connection's lock before it fails with "database is locked"."""
     path = sqlite_path(url)
     if path is None:
         return create_engine(url, pool_pre_ping=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+    engine = create_engine(url, connect_args={"timeout": busy_timeout})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, record):
@@ -54,8 +56,8 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-        record.info[BUSY_TIMEOUT] = BUSY_TIMEOUT_S * 1000
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        record.info[BUSY_TIMEOUT] = int(busy_timeout * 1000)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -65,7 +67,7 @@ def make_engine(url: str) -> Engine:
         options = conn.get_execution_options()
         # Pooled connections are shared by every caller: each transaction sets the busy
         # timeout its caller asked for (only when it differs from the connection's).
-        wait_ms = int(options.get(BUSY_TIMEOUT, BUSY_TIMEOUT_S) * 1000)
+        wait_ms = int(options.get(BUSY_TIMEOUT, busy_timeout) * 1000)
         if conn.info.get(BUSY_TIMEOUT) != wait_ms:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
             conn.info[BUSY_TIMEOUT] = wait_ms
@@ -190,7 +192,8 @@ def keep_newest_backups(path: Path, keep: int = 5) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
-def open_database(url: str, *, upgrade: bool = True) -> tuple[Engine, sessionmaker[Session]]:
+def open_database(url: str, *, upgrade: bool = True, busy_timeout: float = BUSY_TIMEOUT_S
+                  ) -> tuple[Engine, sessionmaker[Session]]:
     """Engine + sessions for a migrated database (used by every command and the daemon).
 
     upgrade=False, for every command but `run` and `init`: a database that does not exist
@@ -199,7 +202,7 @@ def open_database(url: str, *, upgrade: bool = True) -> tuple[Engine, sessionmak
     old code on it; its restart backs the file up and migrates.
     """
     warn_if_network_db(url)
-    engine = make_engine(url)
+    engine = make_engine(url, busy_timeout)
     if not upgrade and inspect(engine).get_table_names():
         pending = pending_migrations(engine)
         if pending:

@@ -49,6 +49,7 @@ from daemon.config import Config
 from daemon.db.engine import database_busy, database_full, impatient_sessions
 from daemon.db.models import Decision, Suggestion, Track
 from daemon.errors import FileError
+from daemon.health import Health, thread_alive
 from daemon.web import media
 from daemon.web.security import (
     SECURITY_HEADERS,
@@ -430,10 +431,12 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     def models():
         from daemon.registry import list_models
         from daemon.retrain import last_run, next_nightly_run
+        from daemon.scheduler import nightly_history
 
         with sessions() as db:
             all_models = list_models(db)
             last = last_run(db)
+            next_run = next_nightly_run(config, history=nightly_history(db))
         chosen = None
         version = request.args.get("version", type=int)
         for model in all_models:
@@ -445,7 +448,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             chosen = all_models[0]
         return render_template("models.html", models=all_models, chosen=chosen,
                                matrix=_confusion(chosen), last_run=last,
-                               next_run=next_nightly_run(config))
+                               next_run=next_run)
 
     # ------------------------------------------------------------ actions
 
@@ -615,6 +618,11 @@ class WebServer:
         self._stop = threading.Event()
         self._server = None
         self._thread: threading.Thread | None = None
+        self.health = Health("web")
+
+    def health_report(self) -> dict:
+        """daemon.health shape: alive = the server thread runs."""
+        return self.health.report(thread_alive(self._thread), url=self.url)
 
     @property
     def port(self) -> int:
@@ -638,14 +646,16 @@ class WebServer:
                                      clear_untrusted_proxy_headers=True)
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
         self._thread.start()
+        self.health.progress()
         log.info("review page on %s", self.url)
 
     def _serve(self) -> None:
         try:
             self._server.run()
-        except Exception:
+        except Exception as err:
             if not self._stop.is_set():
                 log.exception("review page server stopped unexpectedly")
+                self.health.failed(err)
 
     def close(self, timeout: float = 5.0) -> None:
         if self._server is None or self._stop.is_set():

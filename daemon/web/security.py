@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 import secrets
 import threading
@@ -21,10 +20,9 @@ from pathlib import Path
 
 from werkzeug.security import check_password_hash
 
-from daemon.config import ReviewConfig
+from daemon.config import LOOPBACK_NAMES, ReviewConfig, is_loopback  # noqa: F401
 from daemon.errors import ConfigError
 
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 SECRET_FILE = "web-secret.key"
 
 # No inline script or style anywhere: the CSP forbids both.
@@ -40,22 +38,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for 127.0.0.0/8, ::1 and the localhost names (brackets and zone ids allowed)."""
-    if not host:
-        return False
-    host = host.strip().strip("[]").split("%")[0].lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def host_name(host_header: str) -> str:

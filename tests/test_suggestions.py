@@ -1,0 +1,107 @@
+"""THE suggestion rule (daemon.suggestions): pure cases, then end to end with the real
+worker, real ONNX models promoted through the registry and the real database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import genre_bundle, wait_for
+from sqlalchemy import select
+
+from daemon import review
+from daemon.classifier import Classifier
+from daemon.db.engine import open_database, transaction
+from daemon.db.models import Suggestion, SuggestionStatus, Track
+from daemon.demo import encode, synthesize
+from daemon.registry import activate, register_bundle
+from daemon.retrain import rescore_pending, resuggest_rejected
+from daemon.states import TrackState
+from daemon.suggestions import AGREES_WITH_TAG, REJECTED_BEFORE, SUGGESTED, decide
+from daemon.worker import Worker
+
+CLASSES = ("Jazz", "Metal", "Rock")
+TOP = [("Jazz", 0.95), ("Rock", 0.03), ("Metal", 0.02)]
+
+
+def test_the_rule_refuses_a_rejected_genre_whoever_asks():
+    plain = decide(TOP, rejected=set(), audit_genre=None, audit_min_confidence=0.9)
+    assert (plain.genre, plain.state, plain.why) == ("Jazz", TrackState.SUGGESTED, SUGGESTED)
+    again = decide(TOP, rejected={"Jazz"}, audit_genre=None, audit_min_confidence=0.9)
+    assert (again.genre, again.state, again.why) == (None, TrackState.REVIEWED,
+                                                     REJECTED_BEFORE)
+    # An audit stands only while the model strongly disagrees with the file's tag.
+    agrees = decide(TOP, rejected=set(), audit_genre="Jazz", audit_min_confidence=0.9)
+    assert (agrees.genre, agrees.state, agrees.why) == (None, TrackState.TAGGED,
+                                                        AGREES_WITH_TAG)
+    unsure = decide(TOP, rejected=set(), audit_genre="Rock", audit_min_confidence=0.99)
+    assert unsure.genre is None and unsure.state == TrackState.TAGGED
+    disagrees = decide(TOP, rejected=set(), audit_genre="Rock", audit_min_confidence=0.9)
+    assert (disagrees.genre, disagrees.disagrees_with) == ("Jazz", "Rock")
+    rejected_audit = decide(TOP, rejected={"Jazz"}, audit_genre="Rock",
+                            audit_min_confidence=0.9)
+    assert rejected_audit.genre is None and rejected_audit.state == TrackState.TAGGED
+
+
+def _promote(config, sessions, tmp_path: Path, hears: str) -> tuple[int, Classifier]:
+    """Register and activate a real model that hears `hears` (what a promotion does before
+    it re-scores); returns its id and its classifier."""
+    model = register_bundle(sessions, config, genre_bundle(tmp_path / f"hears-{hears}",
+                                                           CLASSES, hears))
+    activate(sessions, model.version)
+    return model.id, Classifier.load(Path(model.path))
+
+
+def _suggestions(sessions, track_id: int) -> list[tuple[str, str]]:
+    with sessions() as session:
+        return [(s.genre, s.status) for s in session.scalars(
+            select(Suggestion).where(Suggestion.track_id == track_id).order_by(Suggestion.id))]
+
+
+def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, make_config):
+    """Reject A -> a later model suggests B -> the nightly re-score with a model that hears
+    A again must not put A back (issue 10, item 10)."""
+    library = tmp_path / "library"
+    library.mkdir()
+    encode(library / "song.flac", synthesize("Jazz", 6.0, 22_050, 3), 22_050)
+    config = make_config(library, workers={"processes": 1, "decode_timeout": 20},
+                         classifier={"batch_songs": 1})
+    engine, sessions = open_database(config.db_url)
+    st = (library / "song.flac").stat()
+    with transaction(sessions) as session:
+        track = Track(path="song.flac", size=st.st_size, mtime=st.st_mtime,
+                      state=TrackState.QUEUED)
+        session.add(track)
+        session.flush()
+        track_id = track.id
+
+    _promote(config, sessions, tmp_path, "Jazz")
+    worker = Worker(config, sessions)  # the real worker: decodes, caches, suggests
+    worker.start()
+    try:
+        wait_for(lambda: _suggestions(sessions, track_id) == [("Jazz", "pending")], 60,
+                 "the first model's suggestion")
+    finally:
+        worker.close()
+    with sessions() as session:
+        [first] = session.scalars(select(Suggestion).where(Suggestion.track_id == track_id))
+    review.reject(sessions, config, [first.id], who="music director")
+
+    # A later model hears Metal: the rejected song gets a second chance with it.
+    metal_id, metal = _promote(config, sessions, tmp_path, "Metal")
+    assert rescore_pending(sessions, config, metal, metal_id)["rescored"] == 0
+    assert resuggest_rejected(sessions, config, metal, metal_id)["resuggested"] == 1
+    assert _suggestions(sessions, track_id) == [("Jazz", "rejected"), ("Metal", "pending")]
+
+    # The next nightly promotion hears Jazz again: re-scoring must not bring it back.
+    jazz_id, jazz = _promote(config, sessions, tmp_path, "Jazz")
+    counts = rescore_pending(sessions, config, jazz, jazz_id)
+    assert counts["rescored"] == 0 and counts["dropped"] == 1
+    assert resuggest_rejected(sessions, config, jazz, jazz_id)["resuggested"] == 0
+    history = _suggestions(sessions, track_id)
+    assert ("Jazz", "pending") not in history
+    assert history == [("Jazz", "rejected"), ("Metal", "superseded")]
+    with sessions() as session:
+        assert session.get(Track, track_id).state == TrackState.REVIEWED
+        assert session.scalar(select(Suggestion).where(
+            Suggestion.status == SuggestionStatus.PENDING)) is None
+    engine.dispose()
