@@ -35,6 +35,7 @@ import soxr
 
 from daemon.errors import FileError, SilentAudio, UnreadableAudio
 from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts
+from daemon.paths import display as _display
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
 
@@ -227,11 +228,6 @@ def _guarded(path, func, *args):
     except Exception as err:  # decoders raise many types; a bad file is data, not a crash
         raise UnreadableAudio(_display(path),
                               f"decode failed ({type(err).__name__}: {err})") from None
-
-
-def _display(path: str | os.PathLike | bytes) -> str:
-    """The path as text for errors (non-UTF-8 bytes shown escaped, never a crash)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 # ---------------------------------------------------------------- resampling

@@ -18,22 +18,15 @@ one wave of deletions reported by the watcher), nothing is marked missing; one l
 line says so and the next walk tries again. A dropped SMB mount must not wipe the
 database.
 
-Paths. Tracks are stored relative to the root, POSIX-style. File names come from the OS
-as str via os.fsdecode, i.e. UTF-8 with `surrogateescape`: a byte that is not valid UTF-8
-(a Latin-1 name copied from an old Windows share) becomes a lone surrogate U+DC80..U+DCFF.
-SQLite (and any SQL database) refuses lone surrogates, so `db_path` writes each one as the
-four characters `\\xNN` (the form Python's `backslashreplace` shows) and `fs_path` turns
-them back. Names that are valid UTF-8 are stored unchanged. Open a track's file with
-`library_file(root, track.path)`; `root / track.path` is the same for every valid UTF-8
-name. (Ambiguous only for a valid UTF-8 name that literally contains a backslash, "x" and
-two hex digits 80..ff; we accept that.)
+Paths. Tracks are stored relative to the root in the stored form of daemon.paths (one-to-one
+with the bytes on disk): `db_path` / `fs_path` convert, `library_file(root, track.path)`
+opens. `root / track.path` is the same for every valid UTF-8 name without a backslash.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -52,6 +45,7 @@ from daemon.db.models import ServiceState, Suggestion, SuggestionStatus, Track, 
 from daemon.errors import FileError, TagError
 from daemon.fingerprint import fingerprint
 from daemon.genres import GenreMap
+from daemon.paths import filesystem_path, stored_path
 from daemon.states import TrackState, can_move, move
 from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags, read_tags
 
@@ -85,26 +79,19 @@ Stat = tuple[int, float]  # (size, mtime)
 # ------------------------------------------------------------------------ paths
 
 
-_ESCAPED = re.compile(r"\\x([89a-f][0-9a-f])")
-
-
 def db_path(relpath: str) -> str:
     """A relative path from the OS (surrogateescape str) -> the text stored in Track.path."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in relpath):
-        return relpath
-    return "".join(f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else ch
-                   for ch in relpath)
+    return stored_path(relpath)
 
 
 def fs_path(stored: str) -> str:
     """Track.path -> the relative path the OS knows (the inverse of db_path)."""
-    if "\\x" not in stored:
-        return stored
-    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), stored)
+    return filesystem_path(stored)
 
 
 def library_file(root: Path | str, stored: str) -> Path:
-    """The absolute file of a track: library root + Track.path (see the module docstring)."""
+    """The absolute file of a track: library root + Track.path (unchecked; the writer and
+    the review page use daemon.paths.library_file, which checks it stays inside)."""
     return Path(root) / fs_path(stored)
 
 
