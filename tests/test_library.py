@@ -522,3 +522,70 @@ def test_first_seen_is_recorded(masters, root, make_library, database):
     Clock().settle(make_library())
     track = tracks(database[1])["w1.wav"]
     assert track.first_seen >= before and track.last_seen >= track.first_seen
+
+
+# --------------------------------------------------------------------- names
+
+# Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
+# tag writer's temp name to fit NAME_MAX too (daemon.writer.temp_path).
+ODD_NAMES = {
+    "255 bytes": b"L" * 251 + b".mp3",
+    "backslashes": b"AC\\DC - Back\\In Black.mp3",
+    "raw byte": b"collide_\xe9.mp3",
+    "literal escape": b"collide_\\xe9.mp3",  # beside the raw byte: two files, two rows
+    "non-UTF-8 folder": b"Caf\xe9/Ni\xf1a.mp3",
+}
+
+
+def test_odd_names_each_get_their_own_track_that_stays_put(masters, root, make_library,
+                                                           database):
+    _, sessions = database
+    for i, raw in enumerate(ODD_NAMES.values()):
+        target = os.fsencode(root) + b"/" + raw
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        encode(os.fsdecode(target), synthesize("Rock", 1.5, 22_050, 200 + i, 1), 22_050)
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    rows = tracks(sessions)
+    assert sorted(os.fsencode(fs_path(p)) for p in rows) == sorted(ODD_NAMES.values())
+    assert len({t.fingerprint for t in rows.values()}) == len(ODD_NAMES)
+    for path, track in rows.items():
+        assert library_file(root, path).is_file() and track.state == S.QUEUED
+    result, done = clock.settle(library)  # the next walk: nothing new, nothing re-read
+    assert (result.new, result.changed, done) == (0, 0, 0)
+    assert {p: t.fingerprint for p, t in tracks(sessions).items()} == \
+        {p: t.fingerprint for p, t in rows.items()}
+
+
+@pytest.mark.parametrize("kind", ODD_NAMES)
+def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, root,
+                                                               make_library, database):
+    """scan -> the library's track -> a suggestion -> accept -> the writer -> read back
+    by exiftool, for each kind of name."""
+    from daemon import review
+    from daemon.scan import scan_library
+    from daemon.writer import Writer
+
+    _, sessions = database
+    raw = ODD_NAMES[kind]
+    target = os.fsencode(root) + b"/" + raw
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(masters["rock.mp3"], target)
+    [report] = scan_library(root, load_genre_map()).files
+    assert report.error is None and report.format == "mp3"
+    library = make_library()
+    Clock().settle(library)
+    [track] = tracks(sessions).values()
+    assert os.fsencode(fs_path(track.path)) == raw
+    with transaction(sessions) as session:  # what the worker leaves (tests/test_worker.py)
+        suggestion = Suggestion(track_id=track.id, genre="Jazz", confidence=0.9,
+                                top=[["Jazz", 0.9]], status="pending")
+        session.add(suggestion)
+        session.get(Track, track.id).state = S.SUGGESTED
+        session.flush()
+        sid = suggestion.id
+    review.accept(sessions, library.config, [sid], who="t")
+    assert Writer(library.config, sessions).run_once().written == 1
+    out = subprocess.run(["exiftool", "-s3", "-Genre", os.fsdecode(target)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Jazz"
