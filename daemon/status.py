@@ -22,6 +22,9 @@ read while the daemon writes). The daemon publishes a heartbeat in `service_stat
                        "macro_f1": float|null},
       "last_reconcile": null | {"at": str, "seconds": float, "guarded": bool,
                                 "reason": str|null, ...the walk's counts},
+      "skipped_total": int,          # song-named entries the last walk did not read:
+      "skipped": [{"path": str, "reason": str}],   # folders, FIFOs, sockets, devices,
+                                     # broken links, loops, links leading outside (first 50)
       "quarantined_total": int,
       "quarantined": [{"path": str, "reason": str|null, "attempts": int,
                        "since": str|null}],   # newest 20
@@ -53,6 +56,7 @@ from daemon.db.models import (
     TrainingRun,
     utcnow,
 )
+from daemon.paths import display_stored
 from daemon.review import WRITE_OUTSTANDING
 from daemon.states import CLAIMABLE, TrackState
 
@@ -176,6 +180,10 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             "decisions_waiting": int(waiting),
             "model": model_status(session),
             "last_reconcile": dict(reconcile.value) if reconcile is not None else None,
+            "skipped_total": int((reconcile.value or {}).get("skipped", 0)
+                                 if reconcile is not None else 0),
+            "skipped": list((reconcile.value or {}).get("skipped_files", [])
+                            if reconcile is not None else []),
             "quarantined_total": by_state["quarantined"],
             "quarantined": [{"path": t.path, "reason": t.last_error, "attempts": t.attempts,
                              "since": _iso(t.state_changed_at)} for t in quarantined],
@@ -254,8 +262,15 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(f"quarantined: {data['quarantined_total']} file(s) that cannot be "
                      "classified (retried when the file changes):")
         for q in data["quarantined"]:
-            lines.append(f"  {q['path']}: {q['reason']}")
+            lines.append(f"  {display_stored(q['path'])}: {q['reason']}")
         if data["quarantined_total"] > len(data["quarantined"]):
             lines.append(f"  ... and {data['quarantined_total'] - len(data['quarantined'])} "
                          "more (`status --json` lists 20)")
+    if data["skipped_total"]:
+        lines.append(f"skipped:     {data['skipped_total']} name(s) that look like songs but "
+                     "are not read:")
+        for entry in data["skipped"]:
+            lines.append(f"  {entry['path']}: {entry['reason']}")
+        if data["skipped_total"] > len(data["skipped"]):
+            lines.append(f"  ... and {data['skipped_total'] - len(data['skipped'])} more")
     return "\n".join(lines)

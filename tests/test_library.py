@@ -589,3 +589,73 @@ def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, ro
     out = subprocess.run(["exiftool", "-s3", "-Genre", os.fsdecode(target)],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Jazz"
+
+
+# ------------------------------------------------------------- what the walk skips
+
+
+def test_everything_the_walk_skips_is_logged_and_in_status(masters, root, make_library,
+                                                          database, tmp_path, caplog):
+    """No track for any of them, one log line each (not again at the next walk), the
+    reasons in `status` (JSON and text); the links leading outside are never opened: the
+    one to a FIFO would block this test, also when the watcher reports it."""
+    from helpers import make_not_songs
+
+    from daemon.status import collect_status, render_status
+
+    _, sessions = database
+    put(masters, root, "rock.mp3", "Artist/song.mp3")
+    made = make_not_songs(root, tmp_path / "outside", masters["rock.mp3"])
+    library, clock = make_library(), Clock()
+    with caplog.at_level("WARNING", logger="daemon.library"):
+        result, _ = clock.settle(library)
+    assert list(tracks(sessions)) == ["Artist/song.mp3"]
+    assert result.skipped == len(made)
+    assert {e["path"]: e["reason"] for e in result.skipped_files}.keys() == made.keys()
+    for entry in result.skipped_files:
+        assert made[entry["path"]] in entry["reason"]
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(logged) == len(made)
+    for rel, reason in made.items():
+        assert any(rel in line and reason in line for line in logged), rel
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="daemon.library"):
+        clock.settle(library)
+    assert not [r for r in caplog.records if r.getMessage().startswith("skipped")]
+
+    # The watcher reports the links (a new one appeared): settling checks before it reads.
+    for rel in ("Skip/outside-fifo.mp3", "Skip/outside-song.mp3", "Skip/loop.mp3"):
+        assert library.notice(str(root / rel), now=clock.now)
+    clock.now += SETTLE
+    library.settle_due(now=clock.now)
+    clock.now += SETTLE
+    library.settle_due(now=clock.now)
+    assert list(tracks(sessions)) == ["Artist/song.mp3"] and library.files_read == 1
+
+    data = collect_status(library.config, sessions)
+    assert data["skipped_total"] == len(made)
+    assert {e["path"] for e in data["skipped"]} == set(made)
+    text = render_status(data)
+    for rel, reason in made.items():
+        assert any(rel in line and reason in line for line in text.splitlines()), rel
+
+
+def test_a_track_whose_file_became_a_link_outside_is_never_read(masters, root, make_library,
+                                                                database, tmp_path):
+    _, sessions = database
+    put(masters, root, "rock.mp3", "a.mp3")
+    put(masters, root, "jazz.flac", "b.flac")
+    library, clock = make_library(library={"missing_guard": 0.9}), Clock()
+    clock.settle(library)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.mkfifo(outside / "fifo")
+    (root / "a.mp3").unlink()
+    (root / "a.mp3").symlink_to(outside / "fifo")
+    reads = library.files_read
+    result, _ = clock.settle(library)
+    assert result.skipped == 1 and result.skipped_files[0]["reason"] == \
+        "leads outside the library"
+    clock.settle(library)
+    assert tracks(sessions)["a.mp3"].state == S.MISSING and library.files_read == reads

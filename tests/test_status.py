@@ -208,7 +208,8 @@ def test_status_command(tmp_path):
     data = json.loads(done.stdout)
     assert set(data) == {"daemon", "tracks", "queue_depth", "files_per_minute", "last_hour",
                          "pending_suggestions", "decisions_waiting", "model",
-                         "last_reconcile", "quarantined_total", "quarantined", "retraining"}
+                         "last_reconcile", "quarantined_total", "quarantined", "retraining",
+                         "skipped_total", "skipped"}
     assert data["daemon"]["running"] is False
     assert data["tracks"]["total"] == 0
     human = subprocess.run(exe + ["status"], capture_output=True, text=True, timeout=120)
