@@ -274,3 +274,70 @@ def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
     worker._suggest([claim], worker.classifier.predict_songs([features]))
     assert len(pending(sessions, track_id)) == 1
     assert tracks(sessions)[rel].state == TrackState.SUGGESTED
+
+
+def test_a_stalled_copy_is_never_suggested_from_partial_audio_nor_quarantined(
+        tmp_path, make_config, trained_bundle):  # noqa: F811
+    """A real copy of a lame-encoded MP3 stalls half-way for 4 s (longer than settle_seconds),
+    then goes on slowly. The partial file may fail once (its Xing header promises more
+    audio than there is), but the retry, landing while the copy goes on, finds the file
+    changed: it waits instead of failing again, so nothing is quarantined and the one
+    suggestion is made from the complete file (its duration is the whole song's)."""
+    import subprocess
+    import threading
+
+    from daemon.audio import probe
+    from daemon.genres import load_genre_map
+    from daemon.library import Library
+
+    library_dir = tmp_path / "library"
+    library_dir.mkdir()
+    wav = encode(tmp_path / "master.wav", synthesize("Metal", 20.0, SR, seed=7), SR)
+    master = tmp_path / "master.mp3"
+    subprocess.run(["lame", "--quiet", "-V", "4", str(wav), str(master)], check=True)
+    full = probe(master).duration
+    config = make_config(library_dir, library={"settle_seconds": 1.0},
+                         workers={"processes": 1, "max_attempts": 2, "backoff_seconds": 3.5,
+                                  "decode_timeout": 20})
+    engine, sessions = open_database(config.db_url)
+    add_model(config, sessions, trained_bundle)
+    library = Library(config, sessions, load_genre_map())
+    stop = threading.Event()
+
+    def walk_and_settle():  # what the service's reconcile and settle jobs do
+        while not stop.wait(0.1):
+            library.reconcile()
+            library.settle_due()
+
+    walker = threading.Thread(target=walk_and_settle, daemon=True)
+    walker.start()
+    worker = Worker(config, sessions)
+    worker.start()
+    data = master.read_bytes()
+    target = library_dir / "copy.mp3"
+    try:
+        with open(target, "wb") as out:
+            out.write(data[:len(data) // 2])
+            out.flush()
+            time.sleep(4.0)  # the stall
+            rest = data[len(data) // 2:]
+            for i in range(0, len(rest), len(rest) // 6 + 1):  # then on, slowly
+                out.write(rest[i:i + len(rest) // 6 + 1])
+                out.flush()
+                time.sleep(0.5)
+        copied = utcnow()
+        wait_for(lambda: tracks(sessions).get("copy.mp3") is not None
+                 and tracks(sessions)["copy.mp3"].state == "suggested", 90, "a suggestion")
+    finally:
+        worker.close()
+        stop.set()
+        walker.join(10)
+    track = tracks(sessions)["copy.mp3"]
+    assert track.size == len(data) and track.duration == pytest.approx(full, abs=0.1)
+    with sessions() as session:
+        suggestions = session.scalars(select(Suggestion)).all()
+        failed = [e.detail for e in session.scalars(select(Event).where(Event.kind == "failed"))]
+    assert len(suggestions) == 1 and suggestions[0].created_at >= copied
+    assert not any(f["quarantined"] for f in failed), failed
+    assert len(failed) <= 1, failed  # the stalled, still partial file at most
+    engine.dispose()
