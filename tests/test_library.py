@@ -659,3 +659,29 @@ def test_a_track_whose_file_became_a_link_outside_is_never_read(masters, root, m
         "leads outside the library"
     clock.settle(library)
     assert tracks(sessions)["a.mp3"].state == S.MISSING and library.files_read == reads
+
+
+def test_the_review_pages_preview_plays_songs_with_odd_names(masters, root, make_library,
+                                                             database):
+    """Backslashes and raw bytes in a name: the preview and spectrogram are served (the
+    checked resolution takes them), not a 404."""
+    import io
+
+    import soundfile as sf
+
+    from daemon.web import create_app
+
+    _, sessions = database
+    for i, raw in enumerate((b"AC\\DC - Back\\In Black.mp3", b"caf\xe9.mp3",
+                             b"collide_\\xe9.mp3")):
+        target = os.fsencode(root) + b"/" + raw
+        encode(os.fsdecode(target), synthesize("Jazz", 12.0, 22_050, 300 + i, 1), 22_050)
+    library = make_library()
+    Clock().settle(library)
+    client = create_app(library.config, sessions, on_decision=lambda: None).test_client()
+    for track in tracks(sessions).values():
+        r = client.get(f"/tracks/{track.id}/preview.wav")
+        assert r.status_code == 200, (track.path, r.status_code)
+        samples, _ = sf.read(io.BytesIO(r.data))
+        assert len(samples) > 0
+        assert client.get(f"/tracks/{track.id}/spectrogram.png").status_code == 200
