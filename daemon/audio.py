@@ -489,22 +489,34 @@ MP3_LOWEST_MIN_BPS = 32_000  # MPEG-1's lowest bitrate; MPEG-2/2.5 go down to 8 
 
 
 def _sane_mp3_duration(file: BinaryIO, info: AudioInfo) -> AudioInfo:
+    """`info` with the duration _sane_mp3_seconds gives."""
+    seconds = _sane_mp3_seconds(file, info.duration)
+    return info if seconds == info.duration else dataclasses.replace(info, duration=seconds)
+
+
+def sane_mp3_seconds(path: str | os.PathLike | bytes, seconds: float) -> float:
+    """An MP3's duration as a header reader took it (mutagen reads the same Xing count),
+    checked as `probe` checks it. Raises UnreadableAudio when the file cannot be opened."""
+    with _open_file(path) as file:
+        return _sane_mp3_seconds(file, seconds)
+
+
+def _sane_mp3_seconds(file: BinaryIO, seconds: float) -> float:
     """The header's duration, unless the file cannot hold that much audio: a Xing/VBRI
     frame count claiming more frames than the bytes could make even at the lowest
     bitrate of its MPEG version (a damaged or hand-edited tag: 10 million frames made a
     200 kB file a 72-hour song). Then the duration is estimated from the file's size and
     the average length of its first frames."""
-    if os.fstat(file.fileno()).st_size * 8 / info.duration >= MP3_LOWEST_MIN_BPS:
-        return info  # a plausible bitrate for every MPEG version: no need to look
+    if seconds <= 0 or os.fstat(file.fileno()).st_size * 8 / seconds >= MP3_LOWEST_MIN_BPS:
+        return seconds  # a plausible bitrate for every MPEG version: no need to look
     frames = _mp3_frames(file)
     if frames is None:
-        return info
+        return seconds
     start, lengths, samples_per_frame, sample_rate, min_frame_bytes, audio_bytes = frames
-    claimed_frames = info.duration * sample_rate / samples_per_frame
+    claimed_frames = seconds * sample_rate / samples_per_frame
     if claimed_frames * min_frame_bytes <= audio_bytes * 1.01:  # 1%: rounding, padding
-        return info
-    estimate = audio_bytes / (sum(lengths) / len(lengths)) * samples_per_frame / sample_rate
-    return dataclasses.replace(info, duration=estimate)
+        return seconds
+    return audio_bytes / (sum(lengths) / len(lengths)) * samples_per_frame / sample_rate
 
 
 def _mp3_frames(file: BinaryIO) -> tuple | None:

@@ -46,7 +46,7 @@ from daemon.db.models import ServiceState, Suggestion, SuggestionStatus, Track, 
 from daemon.errors import FileError, TagError
 from daemon.fingerprint import fingerprint
 from daemon.genres import GenreMap
-from daemon.paths import display, filesystem_path, stored_path
+from daemon.paths import display, filesystem_path, is_inside, stored_path
 from daemon.states import TrackState, can_move, move
 from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags, read_tags
 
@@ -158,12 +158,6 @@ def examine(entry: os.DirEntry | str, real_root: str) -> tuple[Stat | None, str 
     if stat.S_ISREG(st.st_mode):
         return (st.st_size, st.st_mtime), None
     return None, NOT_A_SONG.get(stat.S_IFMT(st.st_mode), "not a regular file")
-
-
-def is_inside(real_root: str, path: str) -> bool:
-    """Whether `path`, through every link, ends inside `real_root` (a realpath)."""
-    real = os.path.realpath(path)
-    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
 
 
 def _is_link(path: str) -> bool:

@@ -90,16 +90,12 @@ def display_stored(stored: str) -> str:
         return stored
 
 
-def within(root: Path | str, path: Path | str) -> Path | None:
-    """The real file `path` (absolute, through every symlink) when it lies inside the
-    library `root`, else None (it leads outside, is a broken link or a loop). Only
-    resolves names: nothing is opened, so a link to a FIFO or a device never blocks."""
-    real_root = Path(os.path.realpath(root))
-    try:
-        real = Path(path).resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    return real if real.is_relative_to(real_root) else None
+def is_inside(real_root: str, path: str | os.PathLike) -> bool:
+    """Whether `path`, through every symlink, ends inside `real_root` (an
+    os.path.realpath). Resolves names only: nothing is opened, so a link to a FIFO or a
+    device never blocks."""
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
 
 
 def library_file(root: Path | str, stored: str) -> Path:
@@ -120,7 +116,7 @@ def library_file(root: Path | str, stored: str) -> Path:
         real = (root / Path(*pure.parts)).resolve(strict=True)
     except (OSError, RuntimeError):
         raise OutsideLibrary(shown, "the file is gone") from None
-    if not real.is_relative_to(root):
+    if not is_inside(str(root), real):
         raise OutsideLibrary(shown, "leads outside the library")
     if not real.is_file():
         raise OutsideLibrary(shown, "not a regular file")

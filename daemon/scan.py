@@ -250,6 +250,11 @@ def inspect_file(path: str, relpath: str, genre_map: GenreMap,
         return FileReport(shown, tags.format, tags.duration,
                           error=problem or f"tags unreadable: {err.reason}")
     duration = tags.duration
+    if duration is not None and tags.format == "mp3":
+        try:  # a Xing count the bytes cannot hold: the size-based estimate, as the daemon
+            duration = audio.sane_mp3_seconds(path, duration)
+        except FileError as err:
+            return _report(shown, tags, None, genre_map, err.reason)
     if duration is None:
         try:
             duration = audio.probe(path).duration

@@ -366,8 +366,10 @@ def _lame_mp3_with_xing_frames(tmp_path, frames: int) -> tuple[Path, Path]:
 def test_a_xing_header_claiming_10_million_frames_gives_a_sane_duration(tmp_path):
     """10 million frames would be a 72-hour song in a 200-kB file: the size-based
     estimate is used instead, the clips are the real song's, and the library stores the
-    sane duration."""
+    sane duration, and so does `scan`."""
+    from daemon.genres import load_genre_map
     from daemon.library import read_file
+    from daemon.scan import inspect_file
 
     real, patched = _lame_mp3_with_xing_frames(tmp_path, 10_000_000)
     truth = probe(real).duration
@@ -376,6 +378,8 @@ def test_a_xing_header_claiming_10_million_frames_gives_a_sane_duration(tmp_path
     assert read_clips(patched).shape == (5, SR)
     reading = read_file(str(patched))
     assert reading.info.duration == pytest.approx(truth, rel=0.1)
+    report = inspect_file(str(patched), "claims.mp3", load_genre_map())
+    assert report.error is None and report.duration == pytest.approx(truth, rel=0.1)
     # A count the bytes can hold is believed: a half copy still says "truncated".
     half = tmp_path / "half.mp3"
     half.write_bytes(real.read_bytes()[:real.stat().st_size // 2])
