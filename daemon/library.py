@@ -230,6 +230,12 @@ def walk_library(root: Path | str, extensions: Iterable[str]) -> Walk:
     return walk
 
 
+def skipped_list(skipped: dict[str, str]) -> list[dict[str, str]]:
+    """The first SKIPPED_SHOWN skipped entries as {"path": display form, "reason"}."""
+    return [{"path": display(rel), "reason": why}
+            for rel, why in sorted(skipped.items())[:SKIPPED_SHOWN]]
+
+
 def remove_leftovers(paths: Iterable[str], older_than: float = LEFTOVER_SECONDS) -> int:
     """Delete the tag writer's temp copies older than `older_than` seconds (an interrupted
     write left them; the song itself is intact). Returns how many were removed."""
@@ -859,12 +865,6 @@ class Library:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def skipped_list(skipped: dict[str, str]) -> list[dict[str, str]]:
-    """The first SKIPPED_SHOWN skipped entries as {"path": display form, "reason"}."""
-    return [{"path": display(rel), "reason": why}
-            for rel, why in sorted(skipped.items())[:SKIPPED_SHOWN]]
 
 
 def _now(now: float | None) -> float:
