@@ -367,8 +367,13 @@ def test_a_xing_header_claiming_10_million_frames_gives_a_sane_duration(tmp_path
     """10 million frames would be a 72-hour song in a 200-kB file: the size-based
     estimate is used instead, the clips are the real song's, and the library stores the
     sane duration, and so does `scan`."""
+    from sqlalchemy import select
+
+    from daemon.config import parse_config
+    from daemon.db.engine import open_database
+    from daemon.db.models import Track
     from daemon.genres import load_genre_map
-    from daemon.library import read_file
+    from daemon.library import Library
     from daemon.scan import inspect_file
 
     real, patched = _lame_mp3_with_xing_frames(tmp_path, 10_000_000)
@@ -376,8 +381,19 @@ def test_a_xing_header_claiming_10_million_frames_gives_a_sane_duration(tmp_path
     assert truth == pytest.approx(12.0, abs=0.1)
     assert probe(patched).duration == pytest.approx(truth, rel=0.1)
     assert read_clips(patched).shape == (5, SR)
-    reading = read_file(str(patched))
-    assert reading.info.duration == pytest.approx(truth, rel=0.1)
+    root = tmp_path / "library"
+    root.mkdir()
+    shutil.copyfile(patched, root / "claims.mp3")
+    config = parse_config({"library": {"root": str(root), "settle_seconds": 1},
+                           "state_dir": str(tmp_path / "state")})
+    engine, sessions = open_database(config.db_url)
+    library = Library(config, sessions, load_genre_map())
+    library.reconcile(now=100.0)
+    assert library.settle_due(now=102.0) == 1
+    with sessions() as session:
+        [track] = session.scalars(select(Track)).all()
+    engine.dispose()
+    assert track.duration == pytest.approx(truth, rel=0.1)  # what the library stores
     report = inspect_file(str(patched), "claims.mp3", load_genre_map())
     assert report.error is None and report.duration == pytest.approx(truth, rel=0.1)
     # A count the bytes can hold is believed: a half copy still says "truncated".
