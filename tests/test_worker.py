@@ -17,7 +17,7 @@ from sqlalchemy import select
 from test_service import trained_bundle  # noqa: F401  (the session's trained model)
 
 from daemon.db.engine import open_database, transaction
-from daemon.db.models import Event, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.db.models import Decision, Event, Suggestion, SuggestionStatus, Track, utcnow
 from daemon.demo import encode, synthesize
 from daemon.featurecache import FeatureCache
 from daemon.features import DEFAULT_SPEC
@@ -340,4 +340,60 @@ def test_a_stalled_copy_is_never_suggested_from_partial_audio_nor_quarantined(
     assert len(suggestions) == 1 and suggestions[0].created_at >= copied
     assert not any(f["quarantined"] for f in failed), failed
     assert len(failed) <= 1, failed  # the stalled, still partial file at most
+    engine.dispose()
+
+
+def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
+        tmp_path, make_config, trained_bundle):  # noqa: F811
+    """255 bytes, backslashes, a raw byte beside its literal escape, a non-UTF-8 folder:
+    walked and settled by the library, suggested by the real worker, accepted, written by
+    the writer, read back by exiftool. (The 255-byte name also needs the tag writer's
+    temp name to fit NAME_MAX: daemon.writer.temp_path.)"""
+    import os
+    import subprocess
+
+    from test_library import ODD_NAMES
+
+    from daemon import review
+    from daemon.genres import load_genre_map
+    from daemon.library import Library, fs_path
+    from daemon.writer import Writer
+
+    library_dir = tmp_path / "library"
+    library_dir.mkdir()
+    for i, raw in enumerate(ODD_NAMES.values()):
+        target = os.fsencode(library_dir) + b"/" + raw
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        encode(os.fsdecode(target), synthesize(GENRES[i % 3], 6.0, SR, seed=40 + i), SR)
+    config = make_config(library_dir, library={"settle_seconds": 0.0},
+                         workers={"processes": 1, "decode_timeout": 20})
+    engine, sessions = open_database(config.db_url)
+    add_model(config, sessions, trained_bundle)
+    library = Library(config, sessions, load_genre_map())
+    library.reconcile(now=10.0)
+    assert library.settle_due(now=11.0) == len(ODD_NAMES)
+    worker = Worker(config, sessions)
+    worker.start()
+    try:
+        wait_for(lambda: {t.state for t in tracks(sessions).values()} == {"suggested"}, 60,
+                 "a suggestion for every name")
+    finally:
+        worker.close()
+    by_path = tracks(sessions)
+    assert sorted(os.fsencode(fs_path(p)) for p in by_path) == sorted(ODD_NAMES.values())
+    sids = [s.id for t in by_path.values() for s in pending(sessions, t.id)]
+    assert len(sids) == len(ODD_NAMES)
+    review.accept(sessions, config, sids, who="t")
+    Writer(config, sessions).run_once()
+    with sessions() as session:
+        decisions = {session.get(Track, d.track_id).path: (d.genre, d.write_status,
+                                                          d.write_error)
+                     for d in session.scalars(select(Decision))}
+    for stored, (genre, status, error) in decisions.items():
+        assert status == "written", (stored, error)
+        out = subprocess.run(["exiftool", "-s3", "-Genre",
+                              os.fsdecode(os.fsencode(library_dir) + b"/"
+                                          + os.fsencode(fs_path(stored)))],
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == genre
     engine.dispose()
