@@ -18,22 +18,16 @@ one wave of deletions reported by the watcher), nothing is marked missing; one l
 line says so and the next walk tries again. A dropped SMB mount must not wipe the
 database.
 
-Paths. Tracks are stored relative to the root, POSIX-style. File names come from the OS
-as str via os.fsdecode, i.e. UTF-8 with `surrogateescape`: a byte that is not valid UTF-8
-(a Latin-1 name copied from an old Windows share) becomes a lone surrogate U+DC80..U+DCFF.
-SQLite (and any SQL database) refuses lone surrogates, so `db_path` writes each one as the
-four characters `\\xNN` (the form Python's `backslashreplace` shows) and `fs_path` turns
-them back. Names that are valid UTF-8 are stored unchanged. Open a track's file with
-`library_file(root, track.path)`; `root / track.path` is the same for every valid UTF-8
-name. (Ambiguous only for a valid UTF-8 name that literally contains a backslash, "x" and
-two hex digits 80..ff; we accept that.)
+Paths. Tracks are stored relative to the root in the stored form of daemon.paths (one-to-one
+with the bytes on disk): `db_path` / `fs_path` convert, `library_file(root, track.path)`
+opens. `root / track.path` is the same for every valid UTF-8 name without a backslash.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -53,6 +47,7 @@ from daemon.errors import FileError, TagError
 from daemon.fingerprint import fingerprint
 from daemon.genres import GenreMap
 from daemon.health import Health
+from daemon.paths import display, filesystem_path, is_inside, stored_path
 from daemon.states import TrackState, can_move, move
 from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags, read_tags
 
@@ -78,6 +73,8 @@ SKIPPED_FOLDERS = frozenset({
 MTIME_TOLERANCE = 1e-6
 # Files read and written per database transaction while settling.
 SETTLE_BATCH = 200
+# Skipped entries listed in the reconcile result (`status`); the count covers them all.
+SKIPPED_SHOWN = 50
 STATE_KEY = "last_reconcile"
 
 Stat = tuple[int, float]  # (size, mtime)
@@ -86,26 +83,19 @@ Stat = tuple[int, float]  # (size, mtime)
 # ------------------------------------------------------------------------ paths
 
 
-_ESCAPED = re.compile(r"\\x([89a-f][0-9a-f])")
-
-
 def db_path(relpath: str) -> str:
     """A relative path from the OS (surrogateescape str) -> the text stored in Track.path."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in relpath):
-        return relpath
-    return "".join(f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else ch
-                   for ch in relpath)
+    return stored_path(relpath)
 
 
 def fs_path(stored: str) -> str:
     """Track.path -> the relative path the OS knows (the inverse of db_path)."""
-    if "\\x" not in stored:
-        return stored
-    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), stored)
+    return filesystem_path(stored)
 
 
 def library_file(root: Path | str, stored: str) -> Path:
-    """The absolute file of a track: library root + Track.path (see the module docstring)."""
+    """The absolute file of a track: library root + Track.path (unchecked; the writer and
+    the review page use daemon.paths.library_file, which checks it stays inside)."""
     return Path(root) / fs_path(stored)
 
 
@@ -134,17 +124,63 @@ class Walk:
     files: dict[str, Stat] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # the writer's temp copies (paths)
+    skipped: dict[str, str] = field(default_factory=dict)  # song names that are not songs
 
 
-def library_folders(root: Path | str,
-                    unlistable: list[str]) -> Iterator[tuple[str, list[os.DirEntry]]]:
+# Why an entry with a song's name is not read (`status`, `scan`, the log say so).
+NOT_A_SONG = {
+    stat.S_IFDIR: "is a directory, not an audio file",
+    stat.S_IFIFO: "not a regular file: a pipe (FIFO)",
+    stat.S_IFSOCK: "not a regular file: a socket",
+    stat.S_IFCHR: "not a regular file: a device",
+    stat.S_IFBLK: "not a regular file: a device",
+}
+LINK_LOOP = "symlink loop"
+LINK_BROKEN = "broken symlink (what it points to is gone)"
+LINK_OUTSIDE = "leads outside the library"
+
+
+def examine(entry: os.DirEntry | str, real_root: str) -> tuple[Stat | None, str | None]:
+    """A song-named entry (DirEntry, or absolute path) -> ((size, mtime), None) when it is
+    a regular file inside the library, else (None, why it is skipped); (None, None) when
+    it is gone. Only stats and resolves names: nothing is opened, so a link to a FIFO or
+    a device outside the library never blocks and is never read."""
+    path = entry.path if isinstance(entry, os.DirEntry) else entry
+    try:
+        is_link = (entry.is_symlink() if isinstance(entry, os.DirEntry)
+                   else stat.S_ISLNK(os.lstat(path).st_mode))
+        st = entry.stat() if isinstance(entry, os.DirEntry) else os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return None, LINK_LOOP
+        return (None, LINK_BROKEN) if _is_link(path) else (None, None)
+    if is_link and not is_inside(real_root, path):
+        return None, LINK_OUTSIDE
+    if stat.S_ISREG(st.st_mode):
+        return (st.st_size, st.st_mtime), None
+    return None, NOT_A_SONG.get(stat.S_IFMT(st.st_mode), "not a regular file")
+
+
+def _is_link(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def library_folders(root: Path | str, unlistable: list[str],
+                    skipped: dict[str, str] | None = None,
+                    ) -> Iterator[tuple[str, list[os.DirEntry]]]:
     """(relative folder path ending in "/" or "", its entries) for every library folder.
 
     The one traversal the daemon's walk and `scan` share. Symlinked folders are followed
     once: a folder already walked (same device and inode) is skipped, so a link loop or a
-    second link to the same folder adds nothing. Folders that cannot be listed are
-    appended to `unlistable`; raises OSError only when the root itself cannot be listed.
+    second link to the same folder adds nothing. A folder link leading outside the
+    library is not followed (recorded in `skipped`, relative path -> reason). Folders
+    that cannot be listed are appended to `unlistable`; raises OSError only when the
+    root itself cannot be listed.
     """
+    real_root = os.path.realpath(root)
     visited: set[tuple[int, int]] = set()
     stack = [("", os.fspath(root))]
     while stack:
@@ -165,6 +201,10 @@ def library_folders(root: Path | str,
         for entry in entries:
             try:
                 if entry.is_dir() and is_library_folder(entry.name):
+                    if entry.is_symlink() and not is_inside(real_root, entry.path):
+                        if skipped is not None:
+                            skipped[rel + entry.name] = LINK_OUTSIDE
+                        continue
                     stack.append((f"{rel}{entry.name}/", entry.path))
             except OSError:
                 pass  # gone since the listing
@@ -172,22 +212,29 @@ def library_folders(root: Path | str,
 
 
 def walk_library(root: Path | str, extensions: Iterable[str]) -> Walk:
-    """Stat every library file under `root` (os.scandir, no file is opened)."""
+    """Stat every library file under `root` (os.scandir, no file is opened). Entries
+    with a song's name that are not songs inside the library go into `skipped`."""
     extensions = tuple(extensions)
+    real_root = os.path.realpath(root)
     walk = Walk()
-    for rel, entries in library_folders(root, walk.unreadable):
+    for rel, entries in library_folders(root, walk.unreadable, walk.skipped):
         for entry in entries:
             if not is_library_file(entry.name, extensions):
                 if entry.name.startswith(".") and WRITER_TEMP_MARK in entry.name:
                     walk.leftovers.append(entry.path)
                 continue
-            try:
-                st = entry.stat()
-            except OSError:
-                continue  # a broken symlink, or gone since the listing
-            if stat.S_ISREG(st.st_mode):
-                walk.files[rel + entry.name] = (st.st_size, st.st_mtime)
+            seen, reason = examine(entry, real_root)
+            if seen is not None:
+                walk.files[rel + entry.name] = seen
+            elif reason is not None:
+                walk.skipped[rel + entry.name] = reason
     return walk
+
+
+def skipped_list(skipped: dict[str, str]) -> list[dict[str, str]]:
+    """The first SKIPPED_SHOWN skipped entries as {"path": display form, "reason"}."""
+    return [{"path": display(rel), "reason": why}
+            for rel, why in sorted(skipped.items())[:SKIPPED_SHOWN]]
 
 
 def remove_leftovers(paths: Iterable[str], older_than: float = LEFTOVER_SECONDS) -> int:
@@ -379,7 +426,9 @@ class ReconcileResult:
     settled); ours: changed by our own tag write (recorded, not re-read); missing: marked
     missing; vanished: known files not found (missing unless guarded); guarded: the
     mount-loss guard held (reason says why); error: the database write failed (retried
-    at the next walk).
+    at the next walk); skipped: entries with a song's name that are not songs inside the
+    library (folders, FIFOs, sockets, devices, broken links, loops, links leading
+    outside), the first SKIPPED_SHOWN of them in skipped_files as {"path", "reason"}.
     """
 
     root: str
@@ -395,6 +444,8 @@ class ReconcileResult:
     reason: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    skipped: int = 0
+    skipped_files: list = field(default_factory=list)
 
 
 @dataclass
@@ -424,6 +475,8 @@ class Library:
         self.extensions = tuple(config.library.extensions)
         self.tracker = SettleTracker(config.library.settle_seconds)
         self.files_read = 0  # settled files read (fingerprint + tags + header) so far
+        self.real_root = os.path.realpath(self.root)
+        self._skips_logged: dict[str, str] = {}  # logged once each, until the reason changes
         self._tracker_lock = threading.Lock()
         self._db_lock = threading.Lock()
         self.settle_health = Health("settle")  # settle_due's record, for the settle thread
@@ -503,6 +556,7 @@ class Library:
             return self._guard(lost, f"library root cannot be read: {err.strerror or err}")
 
         remove_leftovers(walk.leftovers)
+        self._log_skipped(walk.skipped)
         new = changed = unchanged = 0
         ours: list[dict] = []
         with self._tracker_lock:
@@ -524,7 +578,8 @@ class Library:
                     if p not in walk.files and not (unread and p.startswith(unread))]
         result = ReconcileResult(root, files=len(walk.files), unchanged=unchanged, new=new,
                                  changed=changed, ours=len(ours), vanished=len(vanished),
-                                 known=len(present))
+                                 known=len(present), skipped=len(walk.skipped),
+                                 skipped_files=skipped_list(walk.skipped))
         reason = None
         if present and not walk.files:
             reason = "library root is empty (unmounted?)"
@@ -597,6 +652,21 @@ class Library:
             return _brief(err)
         return None
 
+    def _log_skipped(self, skipped: dict[str, str], forget: bool = True) -> None:
+        """One log line per skipped entry (again only when its reason changes). forget:
+        `skipped` is a whole walk's, so entries no longer in it may be logged again."""
+        fresh = {rel: why for rel, why in skipped.items()
+                 if self._skips_logged.get(rel) != why}
+        for rel, why in list(fresh.items())[:SKIPPED_SHOWN]:
+            log.warning("skipped %s: %s", display(os.path.join(self.root, rel)), why)
+        if len(fresh) > SKIPPED_SHOWN:
+            log.warning("skipped %d more entries that are not songs (`status` counts them)",
+                        len(fresh) - SKIPPED_SHOWN)
+        if forget:
+            self._skips_logged = dict(skipped)
+        else:
+            self._skips_logged.update(skipped)
+
     # ----------------------------------------------------------------- settling
 
     def settle_due(self, now: float | None = None, limit: int | None = None) -> int:
@@ -641,11 +711,10 @@ class Library:
         gone: list[str] = []
         with self._tracker_lock:
             for rel in batch:
-                try:
-                    st = os.stat(os.path.join(self.root, rel))
-                    seen = (st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else None
-                except OSError:
-                    seen = None
+                # Checked before anything is opened: a link leading outside is never read.
+                seen, reason = examine(os.path.join(self.root, rel), self.real_root)
+                if reason is not None:
+                    self._log_skipped({rel: reason}, forget=False)
                 if self.tracker.observe(rel, *(seen or (None, None)), now):
                     continue  # changed since the last sighting: wait again
                 if seen is None:

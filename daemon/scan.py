@@ -34,7 +34,10 @@ missing, not a folder or cannot be listed, 2 usage error.
           "title": "Song", "artist": "Artist", "album": null,
           "raw_genres": ["(17)"],                genre values as stored (ID3 numbers resolved)
           "genre": "Rock",                       canonical genre, or null when untagged/error
-          "error": null                          the reason, when status is "error"
+          "error": null,                         the reason, when status is "error"
+          "skipped": false                       true: a song's name, but not read (a folder,
+                                                 FIFO, socket, device, broken link, loop, or
+                                                 a link leading outside DIR; error says which)
         }, ...
       ],
       "summary": {
@@ -45,6 +48,7 @@ missing, not a folder or cannot be listed, 2 usage error.
         "genres": {"Jazz": 120, "Rock": 400},    canonical genre -> files
         "unmapped": {"Funk": 12},                raw genre of untagged files -> files
         "skipped": 56,                           hidden, temporary or non-audio names
+        "not_read": {"symlink loop": 1},         entries with "skipped": true, by reason
         "unlistable": ["Private"],               folders that could not be listed
         "seconds": 12.3                          wall time of the scan
       }
@@ -55,7 +59,6 @@ from __future__ import annotations
 
 import os
 import queue
-import stat
 import threading
 import time
 from collections import Counter
@@ -66,8 +69,9 @@ from pathlib import Path
 from daemon.config import AUDIO_EXTENSIONS
 from daemon.errors import FileError
 from daemon.genres import GenreMap
-from daemon.library import is_library_file, library_folders
-from daemon.tags import TrackTags, display, os_reason, read_tags
+from daemon.library import examine, is_library_file, library_folders
+from daemon.paths import display
+from daemon.tags import TrackTags, read_tags
 
 # Reads in flight at once: enough to hide a network drive's latency, few enough not to
 # flood a small NAS. Parsing is mostly Python, so more threads would not add CPU speed.
@@ -96,6 +100,7 @@ class FileReport:
     raw_genres: tuple[str, ...] = ()
     genre: str | None = None
     error: str | None = None
+    skipped: bool = False  # a song's name, but never opened (error says why)
 
     @property
     def status(self) -> str:
@@ -107,7 +112,8 @@ class FileReport:
         return {"path": self.path, "status": self.status, "format": self.format,
                 "duration": None if self.duration is None else round(self.duration, 3),
                 "title": self.title, "artist": self.artist, "album": self.album,
-                "raw_genres": list(self.raw_genres), "genre": self.genre, "error": self.error}
+                "raw_genres": list(self.raw_genres), "genre": self.genre, "error": self.error,
+                "skipped": self.skipped}
 
 
 @dataclass
@@ -132,6 +138,7 @@ class ScanReport:
             "unmapped": dict(Counter(g for f in self.files if f.status == "untagged"
                                      for g in f.raw_genres).most_common()),
             "skipped": self.skipped,
+            "not_read": dict(sorted(Counter(f.error for f in self.files if f.skipped).items())),
             "unlistable": list(self.unlistable),
             "seconds": round(self.seconds, 3),
         }
@@ -181,49 +188,46 @@ def list_library(root: str, extensions: Iterable[str] = AUDIO_EXTENSIONS,
     extensions = tuple(e.lower() for e in extensions)
     listing = Listing()
     unlistable: list[str] = []
+    outside: dict[str, str] = {}  # folder links leading outside: not walked
+    real_root = os.path.realpath(root)
     bar = _bar(progress, "listing", "files")
     try:
-        for rel, entries in library_folders(root, unlistable):
+        for rel, entries in library_folders(root, unlistable, outside):
             for entry in entries:
-                found = _classify(entry, rel, extensions, listing)
+                found = _classify(entry, rel, extensions, listing, real_root)
                 if found and bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    reported = {f.path for f in listing.not_files}
+    listing.not_files += [FileReport(display(rel), error=why, skipped=True)
+                          for rel, why in outside.items() if display(rel) not in reported]
     listing.unlistable = [display(rel.rstrip("/")) for rel in unlistable]
     return listing
 
 
 def _classify(entry: os.DirEntry, rel: str, extensions: tuple[str, ...],
-              listing: Listing) -> bool:
-    """Sort one directory entry into the listing; True when it is a file to inspect."""
-    name = entry.name
-    relpath = rel + name
-    song_name = is_library_file(name, extensions)
-    try:
-        is_dir = entry.is_dir()
-    except OSError:
-        is_dir = False
-    if is_dir:  # library_folders walks it when it is a library folder
-        if song_name:  # a folder called "x.mp3": walked, and worth a line in the report
-            listing.not_files.append(FileReport(display(relpath),
-                                                error="is a directory, not an audio file"))
+              listing: Listing, real_root: str) -> bool:
+    """Sort one directory entry into the listing; True when it is a file to inspect.
+    A song-named entry that is not a song inside the library is reported, never opened
+    (daemon.library.examine)."""
+    if not is_library_file(entry.name, extensions):
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:  # library_folders walks the folders
+            listing.skipped += 1
         return False
-    if not song_name:
-        listing.skipped += 1
-        return False
-    try:
-        mode = entry.stat().st_mode
-    except OSError as err:  # broken symlink, or gone since the listing
-        listing.not_files.append(FileReport(display(relpath), error=os_reason(entry.path, err)))
-        return False
-    if not stat.S_ISREG(mode):
-        listing.not_files.append(FileReport(
-            display(relpath), error="not a regular file (a pipe, socket or device)"))
-        return False
-    listing.files.append((relpath, entry.path))
-    return True
+    seen, reason = examine(entry, real_root)
+    if seen is not None:
+        listing.files.append((rel + entry.name, entry.path))
+        return True
+    if reason is not None:
+        listing.not_files.append(FileReport(display(rel + entry.name), error=reason,
+                                            skipped=True))
+    return False
 
 
 def inspect_file(path: str, relpath: str, genre_map: GenreMap,
@@ -246,6 +250,11 @@ def inspect_file(path: str, relpath: str, genre_map: GenreMap,
         return FileReport(shown, tags.format, tags.duration,
                           error=problem or f"tags unreadable: {err.reason}")
     duration = tags.duration
+    if duration is not None and tags.format == "mp3":
+        try:  # a Xing count the bytes cannot hold: the size-based estimate, as the daemon
+            duration = audio.sane_mp3_seconds(path, duration)
+        except FileError as err:
+            return _report(shown, tags, None, genre_map, err.reason)
     if duration is None:
         try:
             duration = audio.probe(path).duration
@@ -362,6 +371,9 @@ def format_text(report: ScanReport) -> Iterable[str]:
     yield (f"{s['files']} audio files in {report.root}: {s['tagged']} tagged, "
            f"{s['untagged']} untagged, {s['errors']} errors; {s['skipped']} other files "
            f"skipped; {s['seconds']:.1f} s")
+    if s["not_read"]:
+        yield ("not read (song names that are not songs): "
+               + ", ".join(f"{k} {v}" for k, v in s["not_read"].items()))
     yield "formats: " + (", ".join(f"{k} {v}" for k, v in s["formats"].items()) or "none")
     yield "genres:  " + (", ".join(f"{k} {v}" for k, v in s["genres"].items()) or "none")
     if s["unmapped"]:

@@ -32,6 +32,9 @@ it counts as running when either is fresh and its pid is alive.
                        "macro_f1": float|null},
       "last_reconcile": null | {"at": str, "seconds": float, "guarded": bool,
                                 "reason": str|null, ...the walk's counts},
+      "skipped_total": int,          # song-named entries the last walk did not read:
+      "skipped": [{"path": str, "reason": str}],   # folders, FIFOs, sockets, devices,
+                                     # broken links, loops, links leading outside (first 50)
       "quarantined_total": int,
       "quarantined": [{"path": str, "reason": str|null, "attempts": int,
                        "since": str|null}],   # newest 20
@@ -64,6 +67,7 @@ from daemon.db.models import (
     utcnow,
 )
 from daemon.health import read_health
+from daemon.paths import display_stored
 from daemon.review import WRITE_OUTSTANDING, WriteStatus
 from daemon.states import CLAIMABLE, TrackState
 
@@ -208,6 +212,10 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
                                for d, path in failed_writes],
             "model": model_status(session),
             "last_reconcile": dict(reconcile.value) if reconcile is not None else None,
+            "skipped_total": int((reconcile.value or {}).get("skipped", 0)
+                                 if reconcile is not None else 0),
+            "skipped": list((reconcile.value or {}).get("skipped_files", [])
+                            if reconcile is not None else []),
             "quarantined_total": by_state["quarantined"],
             "quarantined": [{"path": t.path, "reason": t.last_error, "attempts": t.attempts,
                              "since": _iso(t.state_changed_at)} for t in quarantined],
@@ -309,8 +317,15 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(f"quarantined: {data['quarantined_total']} file(s) that cannot be "
                      "classified (retried when the file changes):")
         for q in data["quarantined"]:
-            lines.append(f"  {q['path']}: {q['reason']}")
+            lines.append(f"  {display_stored(q['path'])}: {q['reason']}")
         if data["quarantined_total"] > len(data["quarantined"]):
             lines.append(f"  ... and {data['quarantined_total'] - len(data['quarantined'])} "
                          "more (`status --json` lists 20)")
+    if data["skipped_total"]:
+        lines.append(f"skipped:     {data['skipped_total']} name(s) that look like songs but "
+                     "are not read:")
+        for entry in data["skipped"]:
+            lines.append(f"  {entry['path']}: {entry['reason']}")
+        if data["skipped_total"] > len(data["skipped"]):
+            lines.append(f"  ... and {data['skipped_total'] - len(data['skipped'])} more")
     return "\n".join(lines)

@@ -46,6 +46,7 @@ from mutagen.wave import WAVE
 
 from daemon import riffinfo
 from daemon.errors import TagError
+from daemon.paths import display
 from daemon.riffinfo import RiffInfoError
 
 FIELDS = ("title", "artist", "album", "genre")
@@ -216,11 +217,6 @@ class _open:
     def __exit__(self, *exc: object) -> None:
         if self.file is not None:
             self.file.close()
-
-
-def display(path: str | os.PathLike | bytes) -> str:
-    """A path as printable text: bytes that are not UTF-8 are shown as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def os_reason(path: str | os.PathLike, err: OSError) -> str:

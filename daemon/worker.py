@@ -13,6 +13,13 @@ One background thread (own stop event, close()) runs the pipeline top to bottom:
 A failed file: attempts += 1, last_error = the error's reason, retrying after
 `backoff_seconds * 2**(attempts-1)`, quarantined once `max_attempts` is reached.
 
+Settle is checked again at every step that could act on a half-copied file: before a
+track (first attempt or retry) is decoded, before a failure is counted and before a
+suggestion is made, the file's size and mtime must still be the ones it settled with. A
+file that changed (a copy that stalled, then went on) is not decoded, not failed and not
+suggested: it waits `settle_seconds` (retrying, no attempt counted) while the library
+settles it again, which queues it afresh.
+
 The active model is the registry's (`daemon.registry.active_model`); the worker checks it
 between batches and loads a new bundle when another model became active. Without a model
 nothing is claimed: tracks stay queued until the first model exists.
@@ -41,6 +48,7 @@ from daemon.errors import FileError, ModelMismatch, UnreadableAudio
 from daemon.features import DEFAULT_SPEC, FeatureSpec
 from daemon.health import Health
 from daemon.heap import release_free_memory
+from daemon.paths import OutsideLibrary
 from daemon.states import CLAIMABLE, TrackState, move
 from daemon.suggestions import REJECTED_BEFORE, suggest
 
@@ -145,6 +153,7 @@ class Worker:
         self._claims: dict[int, Claim] = {}  # track id -> claim, in the pool or ready
         self._ready: list[Claim] = []  # features in hand, waiting for a batch
         self._failures: list[tuple[Claim, FileError]] = []  # waiting to be recorded
+        self._changing: list[Claim] = []  # changed since they settled: waiting to be recorded
         self._token = 0
         self._last_pruned = 0.0
         self.beat = time.monotonic()  # last loop iteration (health)
@@ -228,6 +237,7 @@ class Worker:
             return True
         self._prune_events()
         self._record_failures()
+        self._record_changing()
         claimed = self._claim_more()
         got = self._collect(timeout=0.2 if self.pool.pending else 0.0)
         classified = self._classify_ready(force=False)
@@ -252,11 +262,20 @@ class Worker:
         return len(rows)
 
     def _start_features(self, claim: Claim) -> None:
-        """Cached features go straight to the batch; a miss goes to the decoders."""
+        """Cached features go straight to the batch; a miss goes to the decoders. A file
+        that changed since it settled waits instead; one that leads outside the library
+        fails without being opened."""
         from daemon.fingerprint import fingerprint
-        from daemon.library import library_file
+        from daemon.paths import library_file
 
-        path = library_file(self.root, claim.path)
+        try:
+            path = library_file(self.root, claim.path)
+        except FileError as err:
+            self._failures.append((claim, err))
+            return
+        if not self._settled(claim):
+            self._changing.append(claim)
+            return
         try:
             claim.fingerprint = fingerprint(path)
         except OSError as err:
@@ -325,9 +344,14 @@ class Worker:
         audit = self.config.classifier
         now = utcnow()
         suggested: list[tuple[Claim, str, float]] = []
+        # Decoded from bytes that have changed since (a copy went on): no suggestion.
+        changing = {c.track_id for c in batch if not self._settled(c)}
         with transaction(self.sessions) as session:
             for claim, row in zip(batch, probs, strict=True):
                 track = session.get(Track, claim.track_id)
+                if claim.track_id in changing and self._still_ours(track, claim):
+                    self._back_to_settling(track, claim, now)
+                    continue
                 if not self._still_ours(track, claim):
                     log.info("%s changed while being classified; it will be done again",
                              claim.path)
@@ -382,6 +406,9 @@ class Worker:
             if not self._still_ours(track, claim):
                 log.info("%s changed while being decoded; it will be done again", claim.path)
                 return
+            if not isinstance(error, OutsideLibrary) and not self._settled(claim):
+                self._back_to_settling(track, claim, now)  # still being copied: no failure
+                return
             track.attempts = (track.attempts or 0) + 1
             track.last_error = error.reason
             track.state_changed_at = now
@@ -406,6 +433,38 @@ class Worker:
             log.warning("failed %s (attempt %d of %d, retrying): %s", claim.path, attempts,
                         workers.max_attempts, error.reason)
 
+    def _settled(self, claim: Claim) -> bool:
+        """The file still has the size and mtime it settled with (the track's row)."""
+        from daemon.library import same_stat
+        from daemon.paths import filesystem_path
+
+        try:
+            st = (self.root / filesystem_path(claim.path)).stat()
+        except (OSError, ValueError):
+            return True  # gone or unreadable: decoding says so, as a failure
+        return same_stat((st.st_size, st.st_mtime), (claim.size, claim.mtime))
+
+    def _back_to_settling(self, track: Track, claim: Claim, now: datetime) -> None:
+        """A file that changed since it settled waits settle_seconds (retrying, no attempt
+        counted); the library settles it again meanwhile and queues it afresh."""
+        move(track, TrackState.RETRYING)
+        track.state_changed_at = now
+        track.next_attempt_at = now + timedelta(
+            seconds=max(self.config.library.settle_seconds, POLL_SECONDS))
+        log.info("%s is still changing (being copied?); it waits to settle again",
+                 claim.path)
+
+    def _record_changing(self) -> None:
+        """Claims whose file changed before decoding: back to waiting (DB busy: next time)."""
+        while self._changing:
+            claim = self._changing[0]
+            with transaction(self.sessions) as session:
+                track = session.get(Track, claim.track_id)
+                if self._still_ours(track, claim):
+                    self._back_to_settling(track, claim, utcnow())
+            self._changing.pop(0)
+            self._claims.pop(claim.track_id, None)
+
     def _hand_back(self, claims: list[Claim], why: str) -> None:
         ids = [c.track_id for c in claims]
         moved = requeue_working(self.sessions, ids)
@@ -413,6 +472,7 @@ class Worker:
             self._claims.pop(track_id, None)
         self._ready = [c for c in self._ready if c.track_id not in ids]
         self._failures = [(c, e) for c, e in self._failures if c.track_id not in ids]
+        self._changing = [c for c in self._changing if c.track_id not in ids]
         if moved:
             log.info("handed %d track(s) back to the queue (%s)", moved, why)
 
@@ -424,6 +484,7 @@ class Worker:
                    and time.monotonic() < deadline):
                 self._collect(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             self._record_failures()
+            self._record_changing()
             if self.classifier is not None:
                 self._classify_ready(force=True)
         except Exception:

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import or_, select
@@ -41,7 +41,8 @@ from daemon.db.models import Decision, Track, utcnow
 from daemon.durable import fsync_dir, fsync_file
 from daemon.errors import FileError, TagError
 from daemon.health import Health, thread_alive
-from daemon.library import WRITER_TEMP_MARK, fs_path
+from daemon.library import WRITER_TEMP_MARK
+from daemon.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
 from daemon.review import WRITE_OUTSTANDING, Action, WriteStatus
 from daemon.states import TrackState
 
@@ -54,30 +55,6 @@ BACKOFF_MAX_S = 6 * 3600.0
 
 class WriteFailed(FileError):
     """The genre could not be written into the file; `reason` says why (retried later)."""
-
-
-class OutsideLibrary(FileError):
-    """A track's stored path does not lead to a file inside the library root."""
-
-
-def library_file(root: Path, relative: str) -> Path:
-    """The real file for a track's relative path; raises OutsideLibrary when the path is
-    absolute, climbs with "..", resolves (through symlinks) outside `root`, or is not a
-    regular file. The review page's media and the writer both go through here."""
-    on_disk = fs_path(relative)  # names that are not UTF-8 are stored escaped
-    pure = PurePosixPath(on_disk)
-    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in on_disk:
-        raise OutsideLibrary(relative, "not a path inside the library")
-    root = Path(root).resolve()
-    try:
-        real = (root / Path(*pure.parts)).resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise OutsideLibrary(relative, "the file is gone") from None
-    if not real.is_relative_to(root):
-        raise OutsideLibrary(relative, "leads outside the library")
-    if not real.is_file():
-        raise OutsideLibrary(relative, "not a regular file")
-    return real
 
 
 # A name the filesystem takes: NAME_MAX is 255 bytes on every filesystem a station uses.

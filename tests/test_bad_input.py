@@ -280,3 +280,164 @@ def test_two_hour_files_are_fast(tmp_path):
         assert checked >= 3
         # A window at the very end of the 2 hours.
         assert len(read_window(path, info.duration - 1.5, 1.0)) == SR
+
+
+# ------------------------------------------- more kinds, table-driven (issue 10)
+
+
+def _spliced(data: bytes, at: int, new: bytes) -> bytes:
+    return data[:at] + new + data[at + len(new):]
+
+
+def _zero_middle_third(data: bytes) -> bytes:
+    third = len(data) // 3
+    return data[:third] + bytes(third) + data[2 * third:]
+
+
+def _sync_noise() -> bytes:
+    rng = np.random.default_rng(5)  # MPEG frame headers followed by garbage
+    return b"".join(b"\xff\xfb\x90\x64" + rng.bytes(413) for _ in range(300))
+
+
+# kind -> (extension, bytes made from the masters, what must happen: "decodes" (the same
+# clips as the master of `same_as`) or a reason part of an UnreadableAudio).
+MORE_KINDS = {
+    "one byte": (".mp3", lambda m: b"\xff", "not an audio file"),
+    "only NUL bytes": (".flac", lambda m: bytes(100_000), "not an audio file"),
+    "only 0xFF bytes": (".mp3", lambda m: b"\xff" * 100_000, "not an audio file"),
+    "MPEG frame headers over noise": (".mp3", lambda m: _sync_noise(), "decode failed"),
+    "an ID3 tag and no audio": (".mp3", lambda m: b"ID3\x04\x00\x00\x00\x00\x10\x00"
+                                + bytes(2048), "corrupt or truncated MP3"),
+    "an ID3 tag declaring 256 MB": (".mp3", lambda m: b"ID3\x04\x00\x00\x7f\x7f\x7f\x7f"
+                                    + m[".mp3"], "corrupt or truncated MP3"),
+    "WAV with 0 channels": (".wav", lambda m: _spliced(m[".wav"], 22, b"\x00\x00"),
+                            "no sample rate or channels"),
+    "WAV with sample rate 0": (".wav", lambda m: _spliced(m[".wav"], 24, bytes(4)),
+                               "corrupt or truncated WAV"),
+    "FLAC magic, then junk": (".flac", lambda m: b"fLaC" + np.random.default_rng(6)
+                              .bytes(50_000), "corrupt or truncated FLAC"),
+    "Ogg magic, then junk": (".ogg", lambda m: b"OggS" + np.random.default_rng(7)
+                             .bytes(50_000), "corrupt or truncated Ogg"),
+    "M4A ftyp, then junk": (".m4a", lambda m: b"\x00\x00\x00\x18ftypM4A "
+                            + np.random.default_rng(8).bytes(50_000), "corrupt or truncated M4A"),
+    "an HTML error page named .mp3": (".mp3", lambda m: b"<!DOCTYPE html><html><body>404"
+                                      b" Not Found</body></html>\n" * 100, "not an audio file"),
+    "a ZIP named .mp3": (".mp3", lambda m: b"PK\x03\x04" + bytes(20_000), "not an audio file"),
+    "a JPEG named .flac": (".flac", lambda m: b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(20_000),
+                           "not an audio file"),
+    "MP3 middle third zeroed": (".mp3", lambda m: _zero_middle_third(m[".mp3"]), ""),
+    "FLAC middle third zeroed": (".flac", lambda m: _zero_middle_third(m[".flac"]), ""),
+    "WAV whose data size says 4 GB": (".wav", lambda m: _spliced(m[".wav"], 40,
+                                                                 b"\xff\xff\xff\xff"),
+                                      "decodes .wav"),
+    "an MP3 named .flac": (".flac", lambda m: m[".mp3"], "decodes .mp3"),
+    "a FLAC named .mp3": (".mp3", lambda m: m[".flac"], "decodes .flac"),
+    "an Ogg Vorbis named .wav": (".wav", lambda m: m[".ogg"], "decodes .ogg"),
+}
+
+
+@pytest.mark.parametrize("kind", MORE_KINDS)
+def test_more_kinds_of_bad_input(kind, song, tmp_path):
+    ext, make, expected = MORE_KINDS[kind]
+    masters = {e: p.read_bytes() for e, p in song.items()}
+    path = tmp_path / f"{kind}{ext}"
+    path.write_bytes(make(masters))
+    if expected.startswith("decodes "):
+        assert np.array_equal(read_clips(path), read_clips(song[expected.split()[1]]))
+    else:
+        assert_error(path, UnreadableAudio, expected)
+
+
+def _lame_mp3_with_xing_frames(tmp_path, frames: int) -> tuple[Path, Path]:
+    """A real 12-s MP3 made by lame (VBR, so with a Xing header), and a copy whose Xing
+    frame count says `frames`."""
+    wav = encode(tmp_path / "lame.wav", synthesize("Rock", 12.0, 44_100, seed=3), 44_100)
+    real = tmp_path / "lame.mp3"
+    subprocess.run(["lame", "--quiet", "-V", "4", str(wav), str(real)], check=True)
+    data = bytearray(real.read_bytes())
+    at = data.find(b"Xing")
+    assert at > 0 and int.from_bytes(data[at + 4:at + 8], "big") & 1  # frames field present
+    data[at + 8:at + 12] = frames.to_bytes(4, "big")
+    patched = tmp_path / "claims.mp3"
+    patched.write_bytes(bytes(data))
+    return real, patched
+
+
+def test_a_xing_header_claiming_10_million_frames_gives_a_sane_duration(tmp_path):
+    """10 million frames would be a 72-hour song in a 200-kB file: the size-based
+    estimate is used instead, the clips are the real song's, and the library stores the
+    sane duration, and so does `scan`."""
+    from sqlalchemy import select
+
+    from daemon.config import parse_config
+    from daemon.db.engine import open_database
+    from daemon.db.models import Track
+    from daemon.genres import load_genre_map
+    from daemon.library import Library
+    from daemon.scan import inspect_file
+
+    real, patched = _lame_mp3_with_xing_frames(tmp_path, 10_000_000)
+    truth = probe(real).duration
+    assert truth == pytest.approx(12.0, abs=0.1)
+    assert probe(patched).duration == pytest.approx(truth, rel=0.1)
+    assert read_clips(patched).shape == (5, SR)
+    root = tmp_path / "library"
+    root.mkdir()
+    shutil.copyfile(patched, root / "claims.mp3")
+    config = parse_config({"library": {"root": str(root), "settle_seconds": 1},
+                           "state_dir": str(tmp_path / "state")})
+    engine, sessions = open_database(config.db_url)
+    library = Library(config, sessions, load_genre_map())
+    library.reconcile(now=100.0)
+    assert library.settle_due(now=102.0) == 1
+    with sessions() as session:
+        [track] = session.scalars(select(Track)).all()
+    engine.dispose()
+    assert track.duration == pytest.approx(truth, rel=0.1)  # what the library stores
+    report = inspect_file(str(patched), "claims.mp3", load_genre_map())
+    assert report.error is None and report.duration == pytest.approx(truth, rel=0.1)
+    # A count the bytes can hold is believed: a half copy still says "truncated".
+    half = tmp_path / "half.mp3"
+    half.write_bytes(real.read_bytes()[:real.stat().st_size // 2])
+    assert probe(half).duration == pytest.approx(truth, abs=0.1)
+    assert_error(half, UnreadableAudio, "truncated")
+
+
+def test_what_the_walk_skips_is_never_opened(song, tmp_path):
+    """Folders, FIFOs, sockets, devices (as root), broken links, loops and links leading
+    outside: each has its reason and none is opened (the link to a FIFO outside would
+    block), whichever way the walk meets it: listed, or one path from the watcher."""
+    from helpers import make_not_songs
+
+    from daemon.library import examine, walk_library
+
+    root = tmp_path / "library"
+    made = make_not_songs(root, tmp_path / "outside", song[".mp3"])
+    walk = walk_library(root, (".mp3", ".flac", ".wav", ".ogg"))
+    assert walk.files == {}
+    assert walk.skipped.keys() == made.keys()
+    real_root = os.path.realpath(root)
+    for rel, reason in made.items():
+        assert reason in walk.skipped[rel]
+        assert examine(str(root / rel), real_root) == (None, walk.skipped[rel])
+
+
+@pytest.mark.parametrize("raw", [b"L" * 250 + b".flac", b"AC\\DC.flac", b"caf\xe9.flac",
+                                 b"caf\\xe9.flac", b"Caf\xe9/Ni\xf1a.flac", b"tab\there.flac",
+                                 b"new\nline.flac", b"%41 percent.flac"],
+                         ids=["255 bytes", "backslash", "raw byte", "literal escape",
+                              "non-UTF-8 folder", "tab", "newline", "percent"])
+def test_every_name_the_filesystem_allows_is_walked_stored_and_found(raw, song, tmp_path):
+    from daemon.library import db_path, walk_library
+    from daemon.paths import library_file
+
+    root = tmp_path / "library"
+    target = os.path.join(os.fsencode(root), raw)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(song[".flac"], target)
+    [rel] = walk_library(root, (".flac",)).files
+    stored = db_path(rel)
+    stored.encode("utf-8")
+    found = library_file(root, stored)
+    assert os.fsencode(found) == os.path.join(os.fsencode(root.resolve()), raw)
+    assert np.array_equal(read_clips(found), read_clips(song[".flac"]))

@@ -56,7 +56,7 @@ def test_only_the_service_migrates_an_existing_database(tmp_path):
     path = state / "genretagger.db"
     with sqlite3.connect(path) as conn:  # from before the first migration
         conn.execute("CREATE TABLE station_notes (note TEXT)")
-    with pytest.raises(SchemaBehind, match=r"1 schema migration\(s\) behind .* restart"):
+    with pytest.raises(SchemaBehind, match=r"\d+ schema migration\(s\) behind .* restart"):
         open_database(f"sqlite:///{path}", upgrade=False)
     assert not list(state.glob("*.bak-*"))
     config = tmp_path / "config.toml"
@@ -129,3 +129,52 @@ def test_write_units_take_the_lock_up_front(database):
     with sessions() as session:
         track = session.get(Track, 1)
         assert (track.size, track.attempts) == (2, 5)
+
+
+def test_migration_0002_rewrites_old_track_paths_one_to_one(tmp_path):
+    """A database at revision 0001 holding paths in the old escaping (a raw byte as
+    \\xNN, a literal backslash as itself) is upgraded: every row now names, in the new
+    stored form, the very file the old code opened."""
+    import os
+
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from daemon.db.engine import alembic_config
+    from daemon.paths import filesystem_path
+
+    path = tmp_path / "station.db"
+    engine = create_engine(f"sqlite:///{path}")
+    command.upgrade(alembic_config(engine), "0001")
+    old_rows = {  # old stored form -> the bytes of the file the old code opened
+        "Artist/Song.mp3": b"Artist/Song.mp3",
+        "Caf\\xe9/Ni\\xf1a.mp3": b"Caf\xe9/Ni\xf1a.mp3",
+        "AC\\DC/Back In Black.mp3": b"AC\\DC/Back In Black.mp3",
+        # two literal backslashes: what the row above becomes (the rewrite must not meet it)
+        "AC\\\\DC/Back In Black.mp3": b"AC\\\\DC/Back In Black.mp3",
+        "trailing\\": b"trailing\\",
+        "a\\\\xe9.mp3": b"a\\\xe9.mp3",  # a literal backslash, then the raw byte
+        "low\\x41.mp3": b"low\\x41.mp3",  # not an escape in either form
+        "100% Hits/x_y.mp3": b"100% Hits/x_y.mp3",
+    }
+    with sqlite3.connect(path) as conn:
+        for i, stored in enumerate(old_rows):
+            conn.execute("INSERT INTO tracks (path, size, mtime, state, attempts, first_seen, "
+                         "last_seen, state_changed_at) VALUES (?, 1, 1.0, 'queued', 0, "
+                         "'2026-11-30 10:00:00', '2026-11-30 10:00:00', "
+                         "'2026-11-30 10:00:00')", (stored,))
+            assert conn.execute("SELECT count(*) FROM tracks").fetchone()[0] == i + 1
+    assert pending_migrations(engine) == ["0002"]
+    engine.dispose()
+
+    engine, sessions = open_database(f"sqlite:///{path}")  # the service's start: migrates
+    assert list(tmp_path.glob("station.db.bak-*"))  # backed up first
+    assert pending_migrations(engine) == []
+    with sessions() as session:
+        stored = {t.id: t.path for t in session.scalars(select(Track))}
+    engine.dispose()
+    on_disk = [os.fsencode(filesystem_path(stored[i + 1])) for i in range(len(old_rows))]
+    assert on_disk == list(old_rows.values())
+    assert stored[1] == "Artist/Song.mp3" and stored[2] == "Caf\\xe9/Ni\\xf1a.mp3"
+    assert stored[3] == "AC\\\\DC/Back In Black.mp3"  # the literal backslash doubled
+    assert stored[8] == "100% Hits/x_y.mp3"

@@ -522,3 +522,166 @@ def test_first_seen_is_recorded(masters, root, make_library, database):
     Clock().settle(make_library())
     track = tracks(database[1])["w1.wav"]
     assert track.first_seen >= before and track.last_seen >= track.first_seen
+
+
+# --------------------------------------------------------------------- names
+
+# Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
+# tag writer's temp name to fit NAME_MAX too (daemon.writer.temp_path).
+ODD_NAMES = {
+    "255 bytes": b"L" * 251 + b".mp3",
+    "backslashes": b"AC\\DC - Back\\In Black.mp3",
+    "raw byte": b"collide_\xe9.mp3",
+    "literal escape": b"collide_\\xe9.mp3",  # beside the raw byte: two files, two rows
+    "non-UTF-8 folder": b"Caf\xe9/Ni\xf1a.mp3",
+}
+
+
+def test_odd_names_each_get_their_own_track_that_stays_put(masters, root, make_library,
+                                                           database):
+    _, sessions = database
+    for i, raw in enumerate(ODD_NAMES.values()):
+        target = os.fsencode(root) + b"/" + raw
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        encode(os.fsdecode(target), synthesize("Rock", 1.5, 22_050, 200 + i, 1), 22_050)
+    library, clock = make_library(), Clock()
+    clock.settle(library)
+    rows = tracks(sessions)
+    assert sorted(os.fsencode(fs_path(p)) for p in rows) == sorted(ODD_NAMES.values())
+    assert len({t.fingerprint for t in rows.values()}) == len(ODD_NAMES)
+    for path, track in rows.items():
+        assert library_file(root, path).is_file() and track.state == S.QUEUED
+    result, done = clock.settle(library)  # the next walk: nothing new, nothing re-read
+    assert (result.new, result.changed, done) == (0, 0, 0)
+    assert {p: t.fingerprint for p, t in tracks(sessions).items()} == \
+        {p: t.fingerprint for p, t in rows.items()}
+
+
+@pytest.mark.parametrize("kind", ODD_NAMES)
+def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, root,
+                                                               make_library, database):
+    """scan -> the library's track -> a suggestion -> accept -> the writer -> read back
+    by exiftool, for each kind of name."""
+    from daemon import review
+    from daemon.scan import scan_library
+    from daemon.writer import Writer
+
+    _, sessions = database
+    raw = ODD_NAMES[kind]
+    target = os.fsencode(root) + b"/" + raw
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(masters["rock.mp3"], target)
+    [report] = scan_library(root, load_genre_map()).files
+    assert report.error is None and report.format == "mp3"
+    library = make_library()
+    Clock().settle(library)
+    [track] = tracks(sessions).values()
+    assert os.fsencode(fs_path(track.path)) == raw
+    with transaction(sessions) as session:  # what the worker leaves (tests/test_worker.py)
+        suggestion = Suggestion(track_id=track.id, genre="Jazz", confidence=0.9,
+                                top=[["Jazz", 0.9]], status="pending")
+        session.add(suggestion)
+        session.get(Track, track.id).state = S.SUGGESTED
+        session.flush()
+        sid = suggestion.id
+    review.accept(sessions, library.config, [sid], who="t")
+    assert Writer(library.config, sessions).run_once().written == 1
+    out = subprocess.run(["exiftool", "-s3", "-Genre", os.fsdecode(target)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Jazz"
+
+
+# ------------------------------------------------------------- what the walk skips
+
+
+def test_everything_the_walk_skips_is_logged_and_in_status(masters, root, make_library,
+                                                          database, tmp_path, caplog):
+    """No track for any of them, one log line each (not again at the next walk), the
+    reasons in `status` (JSON and text); the links leading outside are never opened: the
+    one to a FIFO would block this test, also when the watcher reports it."""
+    from helpers import make_not_songs
+
+    from daemon.status import collect_status, render_status
+
+    _, sessions = database
+    put(masters, root, "rock.mp3", "Artist/song.mp3")
+    made = make_not_songs(root, tmp_path / "outside", masters["rock.mp3"])
+    library, clock = make_library(), Clock()
+    with caplog.at_level("WARNING", logger="daemon.library"):
+        result, _ = clock.settle(library)
+    assert list(tracks(sessions)) == ["Artist/song.mp3"]
+    assert result.skipped == len(made)
+    assert {e["path"]: e["reason"] for e in result.skipped_files}.keys() == made.keys()
+    for entry in result.skipped_files:
+        assert made[entry["path"]] in entry["reason"]
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(logged) == len(made)
+    for rel, reason in made.items():
+        assert any(rel in line and reason in line for line in logged), rel
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="daemon.library"):
+        clock.settle(library)
+    assert not [r for r in caplog.records if r.getMessage().startswith("skipped")]
+
+    # The watcher reports the links (a new one appeared): settling checks before it reads.
+    for rel in ("Skip/outside-fifo.mp3", "Skip/outside-song.mp3", "Skip/loop.mp3"):
+        assert library.notice(str(root / rel), now=clock.now)
+    clock.now += SETTLE
+    library.settle_due(now=clock.now)
+    clock.now += SETTLE
+    library.settle_due(now=clock.now)
+    assert list(tracks(sessions)) == ["Artist/song.mp3"] and library.files_read == 1
+
+    data = collect_status(library.config, sessions)
+    assert data["skipped_total"] == len(made)
+    assert {e["path"] for e in data["skipped"]} == set(made)
+    text = render_status(data)
+    for rel, reason in made.items():
+        assert any(rel in line and reason in line for line in text.splitlines()), rel
+
+
+def test_a_track_whose_file_became_a_link_outside_is_never_read(masters, root, make_library,
+                                                                database, tmp_path):
+    _, sessions = database
+    put(masters, root, "rock.mp3", "a.mp3")
+    put(masters, root, "jazz.flac", "b.flac")
+    library, clock = make_library(library={"missing_guard": 0.9}), Clock()
+    clock.settle(library)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.mkfifo(outside / "fifo")
+    (root / "a.mp3").unlink()
+    (root / "a.mp3").symlink_to(outside / "fifo")
+    reads = library.files_read
+    result, _ = clock.settle(library)
+    assert result.skipped == 1 and result.skipped_files[0]["reason"] == \
+        "leads outside the library"
+    clock.settle(library)
+    assert tracks(sessions)["a.mp3"].state == S.MISSING and library.files_read == reads
+
+
+def test_the_review_pages_preview_plays_songs_with_odd_names(masters, root, make_library,
+                                                             database):
+    """Backslashes and raw bytes in a name: the preview and spectrogram are served (the
+    checked resolution takes them), not a 404."""
+    import io
+
+    import soundfile as sf
+
+    from daemon.web import create_app
+
+    _, sessions = database
+    for i, raw in enumerate((b"AC\\DC - Back\\In Black.mp3", b"caf\xe9.mp3",
+                             b"collide_\\xe9.mp3")):
+        target = os.fsencode(root) + b"/" + raw
+        encode(os.fsdecode(target), synthesize("Jazz", 12.0, 22_050, 300 + i, 1), 22_050)
+    library = make_library()
+    Clock().settle(library)
+    client = create_app(library.config, sessions, on_decision=lambda: None).test_client()
+    for track in tracks(sessions).values():
+        r = client.get(f"/tracks/{track.id}/preview.wav")
+        assert r.status_code == 200, (track.path, r.status_code)
+        samples, _ = sf.read(io.BytesIO(r.data))
+        assert len(samples) > 0
+        assert client.get(f"/tracks/{track.id}/spectrogram.png").status_code == 200

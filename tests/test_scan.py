@@ -97,7 +97,7 @@ def check_report(data: dict, root: Path, expected: dict) -> None:
     for path, (status, fmt, genre, error) in expected.items():
         entry = files[path]
         assert set(entry) == {"path", "status", "format", "duration", "title", "artist",
-                              "album", "raw_genres", "genre", "error"}
+                              "album", "raw_genres", "genre", "error", "skipped"}
         assert entry["status"] == status, (path, entry)
         assert entry["genre"] == genre, path
         if fmt is not None:
@@ -253,3 +253,31 @@ def test_a_stalled_read_is_reported_and_the_scan_finishes(tmp_path):
     assert files["stuck1.wav"].error == files["stuck2.wav"].error == (
         "timed out after 0.5 s (a stalled network drive?)")
     assert [files[n].status for n in names if "stuck" not in n] == ["untagged"] * 4
+
+
+def test_everything_the_walk_skips_is_reported_and_nothing_outside_is_opened(tmp_path):
+    """Folders, FIFOs, sockets, devices, broken links, loops and links leading outside:
+    each is an entry with its reason in --json and in the text report; the link to a
+    FIFO outside is never opened (opening it would block until file_timeout)."""
+    from helpers import make_not_songs
+
+    root = tmp_path / "library"
+    song = encode(tmp_path / "song.mp3", synthesize("Rock", 3.0, 22_050, seed=1), 22_050)
+    made = make_not_songs(root, tmp_path / "outside", song)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["scan", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 30
+    data = json.loads(result.output)
+    files = {f["path"]: f for f in data["files"]}
+    assert set(files) == set(made)  # not the songs behind the links leading outside
+    for rel, reason in made.items():
+        assert files[rel]["skipped"] is True and reason in files[rel]["error"], files[rel]
+        assert files[rel]["status"] == "error"
+    assert sum(data["summary"]["not_read"].values()) == len(made)
+    assert data["summary"]["not_read"]["leads outside the library"] == 3
+
+    text = CliRunner().invoke(cli, ["scan", str(root)]).output
+    for rel, reason in made.items():
+        assert any(rel in line and reason in line for line in text.splitlines()), rel
+    assert "not read (song names that are not songs)" in text

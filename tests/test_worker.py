@@ -17,7 +17,7 @@ from sqlalchemy import select
 from test_service import trained_bundle  # noqa: F401  (the session's trained model)
 
 from daemon.db.engine import open_database, transaction
-from daemon.db.models import Event, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.db.models import Decision, Event, Suggestion, SuggestionStatus, Track, utcnow
 from daemon.demo import encode, synthesize
 from daemon.featurecache import FeatureCache
 from daemon.features import DEFAULT_SPEC
@@ -274,3 +274,126 @@ def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
     worker._suggest([claim], worker.classifier.predict_songs([features]))
     assert len(pending(sessions, track_id)) == 1
     assert tracks(sessions)[rel].state == TrackState.SUGGESTED
+
+
+def test_a_stalled_copy_is_never_suggested_from_partial_audio_nor_quarantined(
+        tmp_path, make_config, trained_bundle):  # noqa: F811
+    """A real copy of a lame-encoded MP3 stalls half-way for 4 s (longer than settle_seconds),
+    then goes on slowly. The partial file may fail once (its Xing header promises more
+    audio than there is), but the retry, landing while the copy goes on, finds the file
+    changed: it waits instead of failing again, so nothing is quarantined and the one
+    suggestion is made from the complete file (its duration is the whole song's)."""
+    import subprocess
+    import threading
+
+    from daemon.audio import probe
+    from daemon.genres import load_genre_map
+    from daemon.library import Library
+
+    library_dir = tmp_path / "library"
+    library_dir.mkdir()
+    wav = encode(tmp_path / "master.wav", synthesize("Metal", 20.0, SR, seed=7), SR)
+    master = tmp_path / "master.mp3"
+    subprocess.run(["lame", "--quiet", "-V", "4", str(wav), str(master)], check=True)
+    full = probe(master).duration
+    config = make_config(library_dir, library={"settle_seconds": 1.0},
+                         workers={"processes": 1, "max_attempts": 2, "backoff_seconds": 3.5,
+                                  "decode_timeout": 20})
+    engine, sessions = open_database(config.db_url)
+    add_model(config, sessions, trained_bundle)
+    library = Library(config, sessions, load_genre_map())
+    stop = threading.Event()
+
+    def walk_and_settle():  # what the service's reconcile and settle jobs do
+        while not stop.wait(0.1):
+            library.reconcile()
+            library.settle_due()
+
+    walker = threading.Thread(target=walk_and_settle, daemon=True)
+    walker.start()
+    worker = Worker(config, sessions)
+    worker.start()
+    data = master.read_bytes()
+    target = library_dir / "copy.mp3"
+    try:
+        with open(target, "wb") as out:
+            out.write(data[:len(data) // 2])
+            out.flush()
+            time.sleep(4.0)  # the stall
+            rest = data[len(data) // 2:]
+            for i in range(0, len(rest), len(rest) // 6 + 1):  # then on, slowly
+                out.write(rest[i:i + len(rest) // 6 + 1])
+                out.flush()
+                time.sleep(0.5)
+        copied = utcnow()
+        wait_for(lambda: tracks(sessions).get("copy.mp3") is not None
+                 and tracks(sessions)["copy.mp3"].state == "suggested", 90, "a suggestion")
+    finally:
+        worker.close()
+        stop.set()
+        walker.join(10)
+    track = tracks(sessions)["copy.mp3"]
+    assert track.size == len(data) and track.duration == pytest.approx(full, abs=0.1)
+    with sessions() as session:
+        suggestions = session.scalars(select(Suggestion)).all()
+        failed = [e.detail for e in session.scalars(select(Event).where(Event.kind == "failed"))]
+    assert len(suggestions) == 1 and suggestions[0].created_at >= copied
+    assert not any(f["quarantined"] for f in failed), failed
+    assert len(failed) <= 1, failed  # the stalled, still partial file at most
+    engine.dispose()
+
+
+def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
+        tmp_path, make_config, trained_bundle):  # noqa: F811
+    """255 bytes, backslashes, a raw byte beside its literal escape, a non-UTF-8 folder:
+    walked and settled by the library, suggested by the real worker, accepted, written by
+    the writer, read back by exiftool. (The 255-byte name also needs the tag writer's
+    temp name to fit NAME_MAX: daemon.writer.temp_path.)"""
+    import os
+    import subprocess
+
+    from test_library import ODD_NAMES
+
+    from daemon import review
+    from daemon.genres import load_genre_map
+    from daemon.library import Library, fs_path
+    from daemon.writer import Writer
+
+    library_dir = tmp_path / "library"
+    library_dir.mkdir()
+    for i, raw in enumerate(ODD_NAMES.values()):
+        target = os.fsencode(library_dir) + b"/" + raw
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        encode(os.fsdecode(target), synthesize(GENRES[i % 3], 6.0, SR, seed=40 + i), SR)
+    config = make_config(library_dir, library={"settle_seconds": 0.0},
+                         workers={"processes": 1, "decode_timeout": 20})
+    engine, sessions = open_database(config.db_url)
+    add_model(config, sessions, trained_bundle)
+    library = Library(config, sessions, load_genre_map())
+    library.reconcile(now=10.0)
+    assert library.settle_due(now=11.0) == len(ODD_NAMES)
+    worker = Worker(config, sessions)
+    worker.start()
+    try:
+        wait_for(lambda: {t.state for t in tracks(sessions).values()} == {"suggested"}, 60,
+                 "a suggestion for every name")
+    finally:
+        worker.close()
+    by_path = tracks(sessions)
+    assert sorted(os.fsencode(fs_path(p)) for p in by_path) == sorted(ODD_NAMES.values())
+    sids = [s.id for t in by_path.values() for s in pending(sessions, t.id)]
+    assert len(sids) == len(ODD_NAMES)
+    review.accept(sessions, config, sids, who="t")
+    Writer(config, sessions).run_once()
+    with sessions() as session:
+        decisions = {session.get(Track, d.track_id).path: (d.genre, d.write_status,
+                                                          d.write_error)
+                     for d in session.scalars(select(Decision))}
+    for stored, (genre, status, error) in decisions.items():
+        assert status == "written", (stored, error)
+        out = subprocess.run(["exiftool", "-s3", "-Genre",
+                              os.fsdecode(os.fsencode(library_dir) + b"/"
+                                          + os.fsencode(fs_path(stored)))],
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == genre
+    engine.dispose()
