@@ -3,14 +3,26 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The pretrained backbone's checkpoint (trainer/backbone.py verifies and unpacks it).
+MUSICNN  := $(VENV)/share/genretagger/musicnn
+BACKBONE := $(MUSICNN)/MSD_musicnn/.meta
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean backbone
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[trainer,dev]'
 	touch $(STAMP)
+
+# Fetched once at install time, never at run time: musicnn pins numpy<1.17, so only its
+# wheel is downloaded (no dependencies) and checked against the sha256 in trainer/backbone.py.
+$(BACKBONE): | $(STAMP)
+	mkdir -p $(MUSICNN)
+	$(BIN)/pip download --quiet --no-deps musicnn==0.1.0 -d $(MUSICNN)
+	$(BIN)/python -m trainer.backbone unpack $(MUSICNN)
+
+backbone: $(BACKBONE)
 
 # Debian's Chromium drives the browser tests; Playwright never downloads a browser of its own.
 /usr/bin/chromium:
@@ -20,11 +32,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m daemon.demo run
 
-test: $(STAMP) /usr/bin/chromium
+test: $(STAMP) $(BACKBONE) /usr/bin/chromium
 	$(BIN)/ruff check daemon trainer migrations tests bench
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) $(BACKBONE)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
