@@ -8,6 +8,7 @@ here. Songs are generated and encoded by real encoders, decoded by the daemon's 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -145,13 +146,12 @@ def test_onnx_backbone_says_what_it_is(converted):
     model = onnx.load(converted.path)
     assert [i.name for i in model.graph.input] == [backbone.INPUT]
     assert [o.name for o in model.graph.output] == list(backbone.OUTPUTS)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "patches"
     props = {p.key: p.value for p in model.metadata_props}
     assert props["backbone_licence"] == "ISC"
     assert "CC BY-NC-SA 4.0" in props["backbone_licence_note"]
     assert props["backbone_wheel_sha256"] == backbone.WHEEL_SHA256
     assert BackboneSpec.from_json(props["backbone_spec"]) == SPEC
-    import json
-
     assert tuple(json.loads(props["msd_tags"])) == backbone.msd_tags() == converted.tags
     assert 2e6 < converted.size < 5e6
 

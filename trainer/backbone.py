@@ -274,6 +274,8 @@ def to_onnx(graph, opset: int = OPSET):
     _rename(proto, f"{TF_INPUT}:0", INPUT)
     for name in OUTPUTS:
         _rename(proto, f"{name}:0", name)
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "patches"  # not tf2onnx's "unk__N"
     return proto
 
 
