@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The pretrained backbone's checkpoint (trainer/backbone.py verifies and unpacks it).
+MUSICNN  := $(VENV)/share/genretagger/musicnn
+BACKBONE := $(MUSICNN)/MSD_musicnn/.meta
 
-.PHONY: demo test bench lint clean tag-tools
+.PHONY: demo test bench lint clean backbone debian-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,27 +15,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[trainer,dev]'
 	touch $(STAMP)
 
-# Debian's Chromium drives the browser tests; Playwright never downloads a browser of its own.
-/usr/bin/chromium:
-	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; exit 1; fi
+# Fetched once at install time, never at run time: musicnn pins numpy<1.17, so only its
+# wheel is downloaded (no dependencies) and checked against the sha256 in trainer/backbone.py.
+$(BACKBONE): | $(STAMP)
+	mkdir -p $(MUSICNN)
+	$(BIN)/pip download --quiet --no-deps musicnn==0.1.0 -d $(MUSICNN)
+	$(BIN)/python -m trainer.backbone unpack $(MUSICNN)
 
-# The independent tag readers and writers the write-back tests compare against (Debian's).
-TAG_TOOLS := exiftool kid3-cli mediainfo ffmpeg ffprobe lame flac metaflac oggenc opusenc
-TAG_PACKAGES := libimage-exiftool-perl kid3-cli mediainfo ffmpeg lame flac vorbis-tools opus-tools
-tag-tools:
-	@if command -v $(TAG_TOOLS) >/dev/null 2>&1 && [ "$$(command -v $(TAG_TOOLS) | wc -l)" = "$(words $(TAG_TOOLS))" ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(TAG_PACKAGES); \
-	else echo "install the tag tools the tests use: sudo apt-get install $(TAG_PACKAGES)"; exit 1; fi
+backbone: $(BACKBONE)
+
+# The Debian packages the tests use, installed with one apt-get update when missing:
+# Chromium drives the browser tests (Playwright never downloads a browser of its own);
+# the independent tag readers and writers are what the write-back tests compare against.
+DEBIAN_TOOLS := chromium exiftool kid3-cli mediainfo ffmpeg ffprobe lame flac metaflac \
+                oggenc opusenc
+DEBIAN_PACKAGES := chromium libimage-exiftool-perl kid3-cli mediainfo ffmpeg lame flac \
+                   vorbis-tools opus-tools
+debian-tools:
+	@if [ "$$(command -v $(DEBIAN_TOOLS) | wc -l)" = "$(words $(DEBIAN_TOOLS))" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(DEBIAN_PACKAGES); \
+	else echo "install the tools the tests use: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 1; fi
 
 demo: $(STAMP)
 	$(BIN)/python -m daemon.demo run
 
-test: $(STAMP) /usr/bin/chromium tag-tools
+test: $(STAMP) $(BACKBONE) debian-tools
 	$(BIN)/ruff check daemon trainer migrations tests bench
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) $(BACKBONE)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
