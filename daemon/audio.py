@@ -310,17 +310,24 @@ class _SoundfileReader:
 
     @classmethod
     def open(cls, file: BinaryIO, name: str) -> _SoundfileReader | None:
-        """None when libsndfile does not take this content (FFmpeg gets a go)."""
+        """None when the content is in a container we do not take from libsndfile;
+        UnreadableAudio when libsndfile refuses it (either way FFmpeg gets a go)."""
         file.seek(0)
         try:
             sound = sf.SoundFile(file)
-        except (sf.LibsndfileError, RuntimeError, TypeError):
-            return None
+        except sf.LibsndfileError as err:
+            reason = (err.error_string or "refused").strip().rstrip(".")
+            raise UnreadableAudio(name, reason[:1].lower() + reason[1:]) from None
+        except (RuntimeError, TypeError) as err:
+            raise UnreadableAudio(name, f"refused ({err})") from None
         fmt = _SOUNDFILE_FORMATS.get(sound.format) or _SOUNDFILE_FORMATS.get(
             f"{sound.format}/{sound.subtype}")
-        if fmt is None or sound.frames <= 0 or sound.samplerate <= 0:
+        if fmt is None:
             sound.close()
             return None
+        if sound.frames <= 0 or sound.samplerate <= 0:
+            sound.close()
+            raise UnreadableAudio(name, "no audio frames in it")
         info = AudioInfo(format=fmt, codec=_SOUNDFILE_CODECS.get(sound.subtype,
                                                                  sound.subtype.lower()),
                          duration=sound.frames / sound.samplerate,

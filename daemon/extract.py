@@ -177,11 +177,9 @@ def _child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | No
             return
         task_id, name, path, args = message
         job = JOBS[name]
-        out_of_memory = False
         try:
             reply: tuple = (task_id, "ok", job.run(path, spec, *args))
         except (MemoryError, TooMuchMemory) as err:
-            out_of_memory = True
             reply = (task_id, "error", TooMuchMemory, _path_text(path),
                      f"{job.doing} needed more than {memory_mb} MB" if memory_mb
                      else getattr(err, "reason", "ran out of memory"))
@@ -194,8 +192,6 @@ def _child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | No
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
-        if out_of_memory:
-            return  # a heap that hit its cap is not worth keeping; the pool starts another
 
 
 # ---------------------------------------------------------------- the parent side
@@ -469,11 +465,15 @@ class ExtractPool:
                         f"decoder sent a bad reply ({type(err).__name__})"))
                     continue
                 if reply is not None and child.task is not None and reply[0] == child.task.id:
-                    self._finished.append((child.task.tag, self._result(child.task, reply)))
+                    result = self._result(child.task, reply)
+                    self._finished.append((child.task.tag, result))
                     child.task = None
                     child.done += 1
                     child.idle_since = now
-                    if child.done >= self.max_tasks_per_child:
+                    if isinstance(result, TooMuchMemory):
+                        # A heap that hit its cap is not worth keeping: a fresh child.
+                        self._retire(child, polite=True)
+                    elif child.done >= self.max_tasks_per_child:
                         self.recycled += 1
                         self._retire(child, polite=True)
                     continue
