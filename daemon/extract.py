@@ -291,7 +291,8 @@ class ExtractPool:
              timeout: float | None = None) -> Any:
         """Run JOBS[job] on `path` in a child and return its result; raises the typed
         FileError it ended with (including a crash, a timeout after `timeout` seconds --
-        default: the pool's -- or too much memory). Thread-safe."""
+        default: the pool's -- or too much memory), RuntimeError when the pool is closed
+        meanwhile. Thread-safe."""
         token = object()
         self._submit(_Task(next(self._ids), path, token, job, args, timeout))
         while True:
@@ -301,8 +302,8 @@ class ExtractPool:
                 if token in self._answers:
                     result = self._answers.pop(token)
                     break
-                if self._closed:
-                    raise UnreadableAudio(_path_text(path), "the service is stopping")
+                if self._closed:  # not the file's fault: no FileError
+                    raise RuntimeError("ExtractPool closed while a call waited")
                 self._driving = True
             item = None
             try:
