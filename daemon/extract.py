@@ -255,8 +255,10 @@ class ExtractPool:
         self.memory_mb = memory_mb
         self._spec_json = spec.to_json()
         self._context = multiprocessing.get_context("forkserver")
-        # Decoders, numpy and scipy imported once in the fork server, shared by every child.
-        self._context.set_forkserver_preload(["daemon.extract", "scipy.signal"])
+        # Decoders, tag readers, numpy and scipy imported once in the fork server, shared
+        # by every child (decoders and tag readers alike).
+        self._context.set_forkserver_preload(["daemon.extract", "scipy.signal", "daemon.tags",
+                                              "daemon.fingerprint"])
         self._children: list[_Child] = []
         self._queue: collections.deque[_Task] = collections.deque()
         self._finished: collections.deque[tuple[Any, Extracted | FileError]] = (
