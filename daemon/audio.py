@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import math
 import os
 import stat
@@ -180,15 +181,16 @@ def _decoding(path: str | os.PathLike | bytes, work: Callable[[_Reader], T]) -> 
     name = _display(path)
     with _open_file(path) as file:
         head = _guarded(path, file.read, 16)
-        looks_like = _looks_like(head)
-        if head[:4] in _SOUNDFILE_MAGIC:
-            decoders = ["libsndfile", "FFmpeg"]
-        else:
-            decoders = ["FFmpeg"] + (["libsndfile"] if looks_like in _SOUNDFILE_FALLBACK
-                                     else [])
-        refusals: list[tuple[str, str]] = []
-        for decoder in decoders:
-            _guarded(path, file.seek, 0)
+    looks_like = _looks_like(head)
+    if head[:4] in _SOUNDFILE_MAGIC:
+        decoders = ["libsndfile", "FFmpeg"]
+    else:
+        decoders = ["FFmpeg"] + (["libsndfile"] if looks_like in _SOUNDFILE_FALLBACK else [])
+    refusals: list[tuple[str, str]] = []
+    for decoder in decoders:
+        # Each decoder opens the file afresh: one that failed may have closed the file
+        # object or left its position anywhere.
+        with _open_file(path) as file:
             try:
                 if decoder == "libsndfile":
                     reader = _guarded(path, _SoundfileReader.open, file, name)
@@ -206,9 +208,9 @@ def _decoding(path: str | os.PathLike | bytes, work: Callable[[_Reader], T]) -> 
             finally:
                 with contextlib.suppress(Exception):
                     reader.close()
-        if len(refusals) == 1:
-            raise UnreadableAudio(name, refusals[0][1])
-        raise UnreadableAudio(name, "; ".join(f"{d}: {r}" for d, r in refusals))
+    if len(refusals) == 1:
+        raise UnreadableAudio(name, refusals[0][1])
+    raise UnreadableAudio(name, "; ".join(f"{d}: {r}" for d, r in refusals))
 
 
 @contextlib.contextmanager
@@ -253,6 +255,11 @@ def _guarded(path, func, *args):
         return func(*args)
     except FileError:
         raise
+    except av.FFmpegError as err:
+        # FFmpeg's own error codes (EPERM: "cannot seek in this stream"), never the OS's:
+        # the file itself was opened fine.
+        what = "cannot seek in it" if err.errno == errno.EPERM else (err.strerror or err)
+        raise UnreadableAudio(_display(path), f"decode failed ({what})") from None
     except PermissionError:
         raise UnreadableAudio(_display(path), "permission denied") from None
     except OSError as err:
@@ -317,6 +324,10 @@ class _SoundfileReader:
             sound = sf.SoundFile(file)
         except sf.LibsndfileError as err:
             reason = (err.error_string or "refused").strip().rstrip(".")
+            if "not a regular file" in reason:
+                # What libsndfile says when its format probes find nothing in content
+                # given as a stream; the file is regular (checked when it was opened).
+                reason = "format not recognised"
             raise UnreadableAudio(name, reason[:1].lower() + reason[1:]) from None
         except (RuntimeError, TypeError) as err:
             raise UnreadableAudio(name, f"refused ({err})") from None

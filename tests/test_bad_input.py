@@ -280,3 +280,16 @@ def test_two_hour_files_are_fast(tmp_path):
         assert checked >= 3
         # A window at the very end of the 2 hours.
         assert len(read_window(path, info.duration - 1.5, 1.0)) == SR
+
+
+@pytest.mark.parametrize("keep", [200, 4096])
+@pytest.mark.parametrize("ext", [".flac", ".mp3", ".ogg", ".opus"])
+def test_a_real_header_then_noise_is_tried_by_both_decoders(song, tmp_path, ext, keep):
+    """Neither FFmpeg nor libsndfile decodes it: unreadable, with both decoders' reasons
+    (the fallback never hides one behind the other, nor passes noise off as a song)."""
+    data = song[ext].read_bytes()
+    path = tmp_path / f"noise after {keep} bytes{ext}"
+    path.write_bytes(data[:keep] + np.random.default_rng(keep).bytes(len(data) - keep))
+    error = assert_error(path, UnreadableAudio, "FFmpeg: ")
+    assert "libsndfile: " in error.reason and "permission" not in error.reason
+    assert "not a regular file" not in error.reason
