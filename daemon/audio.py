@@ -11,6 +11,13 @@ its window and decoding just that, never the whole file (a 2-hour file costs the
   (tests/test_audio.py), except in MP3s over 20 minutes, which seek by bitrate (within a
   frame) rather than read every frame header up to the clip.
 
+Each is the other's fallback for every format libsndfile reads (WAV, AIFF, FLAC, Ogg
+Vorbis, Opus, MP3): when the first decoder refuses a file -- at opening or while decoding
+-- the other one gets a go, and a file is unreadable only when neither decodes it (the
+reason then names both decoders' errors). Real songs need this: an encoder that left
+negative granule positions in an Ogg Vorbis file makes FFmpeg see no audio after the
+first page, while libvorbis (through libsndfile) plays it whole.
+
 Samples are downmixed to mono before resampling (cheaper) and resampled with soxr, the
 resampler librosa uses by default. The file is opened once, by descriptor, without
 following the name's extension: the content decides the format. Every failure is a typed
@@ -22,21 +29,24 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 import av
 import numpy as np
 import soundfile as sf
 import soxr
 
-from daemon.errors import FileError, SilentAudio, UnreadableAudio
+from daemon.errors import FileError, SilentAudio, TooMuchMemory, UnreadableAudio
 from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts
 from daemon.paths import display as _display
+
+T = TypeVar("T")
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
 
@@ -64,9 +74,15 @@ _SOUNDFILE_MAGIC = {b"RIFF", b"RIFX", b"RF64", b"BW64", b"FORM", b"fLaC"}
 # Magic bytes -> what the file claims to be, for "corrupt or truncated X" messages.
 _MAGIC = ((0, b"fLaC", "FLAC"), (0, b"RIFF", "WAV"), (0, b"FORM", "AIFF"), (0, b"OggS", "Ogg"),
           (0, b"ID3", "MP3"), (4, b"ftyp", "M4A"), (0, bytes.fromhex("3026b275"), "WMA"))
-# libsndfile container -> our format name.
+# What libsndfile (1.1+: mpg123, libvorbis, libopus) also reads, so it can stand in when
+# FFmpeg refuses one: these claims (see _MAGIC) get the fallback.
+_SOUNDFILE_FALLBACK = {"Ogg", "MP3", "FLAC", "WAV", "AIFF"}
+# libsndfile container (and subtype, for Ogg) -> our format name.
 _SOUNDFILE_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "W64": "wav",
-                      "AIFF": "aiff", "FLAC": "flac"}
+                      "AIFF": "aiff", "FLAC": "flac", "MP3": "mp3", "MPEG": "mp3",
+                      "OGG/VORBIS": "ogg", "OGG/OPUS": "opus", "OGG/FLAC": "flac"}
+# libsndfile subtypes named as FFmpeg names the codec.
+_SOUNDFILE_CODECS = {"MPEG_LAYER_III": "mp3", "VORBIS": "vorbis", "OPUS": "opus"}
 # FFmpeg codecs -> our format name, per container family.
 _MP4_CODECS = {"aac", "alac", "mp3", "mp3float"}
 _ASF_CODECS = {"wmav1", "wmav2", "wmapro", "wmalossless", "wmavoice"}
@@ -100,8 +116,7 @@ class _Reader(Protocol):
 
 def probe(path: str | os.PathLike | bytes) -> AudioInfo:
     """Path -> AudioInfo from the header only; raises UnreadableAudio."""
-    with _open_reader(path) as reader:
-        return reader.info
+    return _decoding(path, lambda reader: reader.info)
 
 
 def read_window(path: str | os.PathLike | bytes, start: float, seconds: float,
@@ -113,8 +128,8 @@ def read_window(path: str | os.PathLike | bytes, start: float, seconds: float,
     """
     if start < 0 or seconds <= 0:
         raise ValueError(f"bad window: start={start} seconds={seconds}")
-    with _open_reader(path) as reader:
-        return _guarded(path, _resampled_window, reader, start, seconds, sr)
+    return _decoding(path, lambda reader: _guarded(path, _resampled_window, reader, start,
+                                                   seconds, sr))
 
 
 def read_clips(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC,
@@ -130,21 +145,25 @@ def decode_clips(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SP
                  info: AudioInfo | None = None) -> tuple[AudioInfo, np.ndarray]:
     """read_clips that also returns the header's AudioInfo (one open of the file)."""
     name = _display(path)
-    with _open_reader(path) as reader:
-        duration = (info or reader.info).duration
-        starts = clip_starts(duration, spec, name)
-        clips = np.zeros((len(starts), spec.clip_samples), dtype=np.float32)
-        for i, start in enumerate(starts):
-            clip = _guarded(path, _resampled_window, reader, start, spec.clip_seconds,
-                            spec.sample_rate)
-            missing = spec.clip_samples - len(clip)
-            if missing > SHORT_TOLERANCE * spec.clip_samples:
-                gap = start + len(clip) / spec.sample_rate
-                raise UnreadableAudio(
-                    name, f"truncated: the header says {duration:.1f} s but there is no "
-                          f"audio at {gap:.1f} s")
-            clips[i, :len(clip)] = clip[:spec.clip_samples]
-        found = reader.info
+    return _decoding(path, lambda reader: _decode_clips(path, name, reader, spec, info))
+
+
+def _decode_clips(path, name: str, reader: _Reader, spec: FeatureSpec,
+                  info: AudioInfo | None) -> tuple[AudioInfo, np.ndarray]:
+    duration = (info or reader.info).duration
+    starts = clip_starts(duration, spec, name)
+    clips = np.zeros((len(starts), spec.clip_samples), dtype=np.float32)
+    for i, start in enumerate(starts):
+        clip = _guarded(path, _resampled_window, reader, start, spec.clip_seconds,
+                        spec.sample_rate)
+        missing = spec.clip_samples - len(clip)
+        if missing > SHORT_TOLERANCE * spec.clip_samples:
+            gap = start + len(clip) / spec.sample_rate
+            raise UnreadableAudio(
+                name, f"truncated: the header says {duration:.1f} s but there is no "
+                      f"audio at {gap:.1f} s")
+        clips[i, :len(clip)] = clip[:spec.clip_samples]
+    found = reader.info
     peak = float(np.abs(clips).max())
     if peak < SILENCE_PEAK:
         level = "digital silence" if peak == 0 else f"peak {20 * math.log10(peak):.0f} dBFS"
@@ -155,25 +174,45 @@ def decode_clips(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SP
 # ---------------------------------------------------------------- opening
 
 
-@contextlib.contextmanager
-def _open_reader(path: str | os.PathLike | bytes) -> Iterator[_Reader]:
+def _decoding(path: str | os.PathLike | bytes, work: Callable[[_Reader], T]) -> T:
     """Open the file by descriptor (typed errors for the usual file problems), pick the
-    decoder from the content, and close everything afterwards."""
+    decoder from the content, run `work(reader)`; when that decoder refuses the file
+    (UnreadableAudio, at opening or in `work`), the other decoder gets a go with `work`.
+    Closes everything afterwards. Raises UnreadableAudio naming both decoders' errors
+    when neither decodes it; TooShort and SilentAudio are the song's, not a decoder's."""
     name = _display(path)
     with _open_file(path) as file:
-        reader: _Reader | None = None
-        try:
-            head = _guarded(path, file.read, 16)
-            if head[:4] in _SOUNDFILE_MAGIC:
-                reader = _guarded(path, _SoundfileReader.open, file, name)
-            if reader is None:
-                _guarded(path, file.seek, 0)
-                reader = _guarded(path, _PyAVReader.open, file, name, _looks_like(head))
-            yield reader
-        finally:
-            if reader is not None:
+        head = _guarded(path, file.read, 16)
+    looks_like = _looks_like(head)
+    if head[:4] in _SOUNDFILE_MAGIC:
+        decoders = ["libsndfile", "FFmpeg"]
+    else:
+        decoders = ["FFmpeg"] + (["libsndfile"] if looks_like in _SOUNDFILE_FALLBACK else [])
+    refusals: list[tuple[str, str]] = []
+    for decoder in decoders:
+        # Each decoder opens the file afresh: one that failed may have closed the file
+        # object or left its position anywhere.
+        with _open_file(path) as file:
+            try:
+                if decoder == "libsndfile":
+                    reader = _guarded(path, _SoundfileReader.open, file, name)
+                else:
+                    reader = _guarded(path, _PyAVReader.open, file, name, looks_like)
+            except UnreadableAudio as err:
+                refusals.append((decoder, err.reason))
+                continue
+            if reader is None:  # libsndfile does not take this content at all
+                continue
+            try:
+                return work(reader)
+            except UnreadableAudio as err:
+                refusals.append((decoder, err.reason))
+            finally:
                 with contextlib.suppress(Exception):
-                    reader.close()  # type: ignore[attr-defined]
+                    reader.close()
+    if len(refusals) == 1:
+        raise UnreadableAudio(name, refusals[0][1])
+    raise UnreadableAudio(name, "; ".join(f"{d}: {r}" for d, r in refusals))
 
 
 @contextlib.contextmanager
@@ -218,6 +257,11 @@ def _guarded(path, func, *args):
         return func(*args)
     except FileError:
         raise
+    except av.FFmpegError as err:
+        # FFmpeg's own error codes (EPERM: "cannot seek in this stream"), never the OS's:
+        # the file itself was opened fine.
+        what = "cannot seek in it" if err.errno == errno.EPERM else (err.strerror or err)
+        raise UnreadableAudio(_display(path), f"decode failed ({what})") from None
     except PermissionError:
         raise UnreadableAudio(_display(path), "permission denied") from None
     except OSError as err:
@@ -225,7 +269,8 @@ def _guarded(path, func, *args):
         raise UnreadableAudio(_display(path),
                               f"read error: {err.strerror or err}") from None
     except MemoryError:
-        raise UnreadableAudio(_display(path), "decoder ran out of memory") from None
+        # Typed apart: in a child process it means "over the memory cap", not "corrupt".
+        raise TooMuchMemory(_display(path), "decoder ran out of memory") from None
     except Exception as err:  # decoders raise many types; a bad file is data, not a crash
         raise UnreadableAudio(_display(path),
                               f"decode failed ({type(err).__name__}: {err})") from None
@@ -269,17 +314,30 @@ class _SoundfileReader:
 
     @classmethod
     def open(cls, file: BinaryIO, name: str) -> _SoundfileReader | None:
-        """None when libsndfile does not take this content (FFmpeg gets a go)."""
+        """None when the content is in a container we do not take from libsndfile;
+        UnreadableAudio when libsndfile refuses it (either way FFmpeg gets a go)."""
         file.seek(0)
         try:
             sound = sf.SoundFile(file)
-        except (sf.LibsndfileError, RuntimeError, TypeError):
-            return None
-        fmt = _SOUNDFILE_FORMATS.get(sound.format)
-        if fmt is None or sound.frames <= 0 or sound.samplerate <= 0:
+        except sf.LibsndfileError as err:
+            reason = (err.error_string or "refused").strip().rstrip(".")
+            if "not a regular file" in reason:
+                # What libsndfile says when its format probes find nothing in content
+                # given as a stream; the file is regular (checked when it was opened).
+                reason = "format not recognised"
+            raise UnreadableAudio(name, reason[:1].lower() + reason[1:]) from None
+        except (RuntimeError, TypeError) as err:
+            raise UnreadableAudio(name, f"refused ({err})") from None
+        fmt = _SOUNDFILE_FORMATS.get(sound.format) or _SOUNDFILE_FORMATS.get(
+            f"{sound.format}/{sound.subtype}")
+        if fmt is None:
             sound.close()
             return None
-        info = AudioInfo(format=fmt, codec=sound.subtype.lower(),
+        if sound.frames <= 0 or sound.samplerate <= 0:
+            sound.close()
+            raise UnreadableAudio(name, "no audio frames in it")
+        info = AudioInfo(format=fmt, codec=_SOUNDFILE_CODECS.get(sound.subtype,
+                                                                 sound.subtype.lower()),
                          duration=sound.frames / sound.samplerate,
                          sample_rate=sound.samplerate, channels=sound.channels)
         return cls(sound, info, name)

@@ -89,6 +89,12 @@ class WorkersConfig(Section):
     nice: int = Field(10, ge=0, le=19)
     # Child processes are replaced after this many files so a leaking decoder cannot grow.
     max_tasks_per_child: int = Field(500, ge=1)
+    # Reading a settled file's tags and audio header (in a child process) may take this
+    # long; the review page's preview and spectrogram get decode_timeout.
+    read_timeout: float = Field(30.0, gt=0)
+    # Address space each decoder / tag-reader child may use (RLIMIT_AS). A child with
+    # numpy and FFmpeg loaded starts near 450 MB; a 150 MB cover picture needs ~300 more.
+    memory_max_mb: int = Field(2048, ge=512)
 
 
 class ClassifierConfig(Section):

@@ -51,3 +51,11 @@ class GenreMapError(ConfigError):
 
 class SchemaBehind(GenretaggerError):
     """The database needs migrations only the service applies (at its start)."""
+
+
+class ReadTimeout(FileError):
+    """Reading the file's tags and audio header took longer than the configured limit."""
+
+
+class TooMuchMemory(FileError):
+    """Reading or decoding the file needed more memory than a child process may use."""

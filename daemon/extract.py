@@ -1,11 +1,19 @@
 """Song -> model input, in-process (`extract`) or in child processes (`ExtractPool`).
 
-Decoders are C libraries fed with whatever sits on the station's drive; a bad file can
-segfault, hang or leak in them. The pool runs them in child processes so none of that
-reaches the daemon: a child that crashes or hangs past the timeout is killed and replaced,
-and its file gets a typed error (UnreadableAudio "decoder crashed ...", DecodeTimeout);
-every child is replaced after `max_tasks_per_child` files so leaks cannot grow. Children
-come from the 'forkserver' context: the daemon has threads, so plain fork is unsafe.
+Decoders and tag parsers are libraries fed with whatever sits on the station's drive; a
+bad file can segfault, hang or leak in them, and a 150 MB cover picture is read into
+memory whole. The pool runs them in child processes so none of that reaches the daemon: a
+child that crashes or hangs past the timeout is killed and replaced, and its file gets a
+typed error (UnreadableAudio "decoder crashed ...", DecodeTimeout, ReadTimeout); a child
+may use at most `memory_mb` of address space (RLIMIT_AS), past which its file gets
+TooMuchMemory; every child is replaced after `max_tasks_per_child` files so leaks cannot
+grow. Children come from the 'forkserver' context: the daemon has threads, so plain fork
+is unsafe. Every pool in the daemon shares the one fork server.
+
+A child runs JOBS: "extract" (decode + features: the worker's), "read" (fingerprint, tags
+and audio header of a settled file: the library's), "probe" and "windows" (the review
+page's spectrogram and preview). The worker drives its pool with submit/get; the library
+and the web threads share a second one through `call`, which any thread may use.
 
 Each child gets one task at a time over its own pipe, so the parent always knows which file
 a dead or stuck child was working on. Features (~250 KB per song) travel pickled through
@@ -18,18 +26,26 @@ import collections
 import itertools
 import multiprocessing
 import os
+import resource
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
-from daemon.audio import AudioInfo, decode_clips
-from daemon.errors import DecodeTimeout, FileError, UnreadableAudio
+from daemon.audio import AudioInfo, decode_clips, probe, read_window
+from daemon.errors import (
+    DecodeTimeout,
+    FileError,
+    ReadTimeout,
+    TagError,
+    TooMuchMemory,
+    UnreadableAudio,
+)
 from daemon.features import DEFAULT_SPEC, FeatureSpec, song_features
 
 
@@ -55,15 +71,102 @@ def _path_text(path: str | os.PathLike | bytes) -> str:
     return os.fsdecode(path)
 
 
+@dataclass(frozen=True)
+class SongReading:
+    """A settled file, read: its fingerprint, tags and audio header, and why any of them
+    could not be read (`problems`, for the worker to weigh)."""
+
+    fingerprint: str | None
+    tags: Any  # daemon.tags.TrackTags | None
+    info: AudioInfo | None
+    problems: tuple[str, ...]
+
+
+def read_song(path: str | os.PathLike | bytes) -> SongReading | None:
+    """Path -> SongReading (fingerprint, tags, audio header); None when the file vanished.
+    A file that makes a reader run out of memory raises TooMuchMemory (the pool says how
+    much it may use); every other problem is data in `problems`."""
+    from daemon.fingerprint import fingerprint
+    from daemon.tags import read_tags
+
+    name = _path_text(path)
+    problems = []
+    fp = tags = info = None
+    try:
+        fp = fingerprint(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        problems.append(f"cannot read: {err.strerror or err}")
+    try:
+        tags = read_tags(path)
+    except TagError as err:
+        if _out_of_memory(err):
+            raise TooMuchMemory(name, "reading its tags ran out of memory") from None
+        problems.append(f"tags: {err.reason}")
+    except MemoryError:
+        raise TooMuchMemory(name, "reading its tags ran out of memory") from None
+    except Exception as err:  # a reader bug on an odd file must not stall settling
+        problems.append(f"tags: {type(err).__name__}: {err}")
+    try:
+        info = probe(path)
+    except TooMuchMemory:
+        raise
+    except FileError as err:
+        problems.append(f"audio: {err.reason}")
+    except Exception as err:
+        problems.append(f"audio: {type(err).__name__}: {err}")
+    return SongReading(fp, tags, info, tuple(problems))
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether a typed error was raised in place of a MemoryError (`raise ... from None`
+    still keeps it as the context)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, MemoryError | TooMuchMemory):
+            return True
+        err, seen = err.__context__, seen + 1
+    return False
+
+
 # ---------------------------------------------------------------- the child side
 
 
-def _child_main(conn: Connection, spec_json: str, nice: int) -> None:
-    """Child loop: receive (task id, path), reply with features or a typed error."""
+@dataclass(frozen=True)
+class _Job:
+    run: Callable[..., Any]  # (path, spec, *args) -> a picklable result
+    doing: str  # what the child was doing, for timeout and memory errors
+    crashed: str  # what crashed, for a child that died
+    timeout_error: type[FileError]
+
+
+def _windows(path, spec: FeatureSpec, windows: list[tuple[float, float]],
+             sr: int) -> list[np.ndarray]:
+    return [read_window(path, start, seconds, sr) for start, seconds in windows]
+
+
+JOBS = {
+    "extract": _Job(lambda path, spec: extract(path, spec), "decoding", "decoder crashed",
+                    DecodeTimeout),
+    "read": _Job(lambda path, spec: read_song(path), "reading its tags and audio header",
+                 "the tag reader crashed", ReadTimeout),
+    "probe": _Job(lambda path, spec: probe(path), "reading its audio header",
+                  "decoder crashed", DecodeTimeout),
+    "windows": _Job(_windows, "decoding", "decoder crashed", DecodeTimeout),
+}
+
+
+def _child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | None) -> None:
+    """Child loop: receive (task id, job, path, args), reply with the job's result or a
+    typed error."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if nice:
         os.nice(nice)
+    if memory_mb:
+        limit = memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     spec = FeatureSpec.from_json(spec_json)
     while True:
         try:
@@ -72,15 +175,19 @@ def _child_main(conn: Connection, spec_json: str, nice: int) -> None:
             return  # the parent went away
         if message is None:
             return
-        task_id, path = message
+        task_id, name, path, args = message
+        job = JOBS[name]
         try:
-            result = extract(path, spec)
-            reply: tuple = (task_id, "ok", result.features, result.info)
+            reply: tuple = (task_id, "ok", job.run(path, spec, *args))
+        except (MemoryError, TooMuchMemory) as err:
+            reply = (task_id, "error", TooMuchMemory, _path_text(path),
+                     f"{job.doing} needed more than {memory_mb} MB" if memory_mb
+                     else getattr(err, "reason", "ran out of memory"))
         except FileError as err:
             reply = (task_id, "error", type(err), err.path, err.reason)
         except Exception as err:  # never let one file end the child's loop
             reply = (task_id, "error", UnreadableAudio, _path_text(path),
-                     f"extraction failed ({type(err).__name__}: {err})")
+                     f"{job.doing} failed ({type(err).__name__}: {err})")
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
@@ -95,14 +202,18 @@ class _Task:
     id: int
     path: str | os.PathLike | bytes
     tag: Any
+    job: str = "extract"
+    args: tuple = ()
+    timeout: float | None = None  # None: the pool's
 
 
 class _Child:
     """One child process, its pipe, and the task it is working on."""
 
-    def __init__(self, context, spec_json: str, nice: int):
+    def __init__(self, context, spec_json: str, nice: int, memory_mb: int | None):
         self.conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(target=_child_main, args=(child_conn, spec_json, nice),
+        self.process = context.Process(target=_child_main,
+                                       args=(child_conn, spec_json, nice, memory_mb),
                                        name="genretagger-extract", daemon=True)
         self.process.start()
         child_conn.close()
@@ -124,14 +235,16 @@ class ExtractPool:
 
     submit(path, tag) queues a song; get(timeout) returns (tag, Extracted | FileError), or
     None on timeout; map(paths) yields (path, result) unordered. Use from one thread at a
-    time (submit may come from another thread while get waits). Context manager; close()
-    kills the children. Children start lazily, on the first submit. As with any
-    forkserver/spawn pool, a script that starts one needs the `if __name__ == "__main__":`
-    guard (children re-import the main module).
+    time (submit may come from another thread while get waits). Or, from any number of
+    threads at once, call(job, path, ...) runs one job of JOBS and returns its result (a
+    pool is used one way or the other, not both). Context manager; close() kills the
+    children. Children start lazily, on the first submit. `memory_mb` caps each child's
+    address space (None: no cap). As with any forkserver/spawn pool, a script that starts
+    one needs the `if __name__ == "__main__":` guard (children re-import the main module).
     """
 
     def __init__(self, processes: int, spec: FeatureSpec = DEFAULT_SPEC, timeout: float = 60.0,
-                 nice: int = 10, max_tasks_per_child: int = 500):
+                 nice: int = 10, max_tasks_per_child: int = 500, memory_mb: int | None = None):
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.processes = processes
@@ -139,10 +252,13 @@ class ExtractPool:
         self.timeout = timeout
         self.nice = nice
         self.max_tasks_per_child = max_tasks_per_child
+        self.memory_mb = memory_mb
         self._spec_json = spec.to_json()
         self._context = multiprocessing.get_context("forkserver")
-        # Decoders, numpy and scipy imported once in the fork server, shared by every child.
-        self._context.set_forkserver_preload(["daemon.extract", "scipy.signal"])
+        # Decoders, tag readers, numpy and scipy imported once in the fork server, shared
+        # by every child (decoders and tag readers alike).
+        self._context.set_forkserver_preload(["daemon.extract", "scipy.signal", "daemon.tags",
+                                              "daemon.fingerprint"])
         self._children: list[_Child] = []
         self._queue: collections.deque[_Task] = collections.deque()
         self._finished: collections.deque[tuple[Any, Extracted | FileError]] = (
@@ -150,6 +266,9 @@ class ExtractPool:
         self._ids = itertools.count()
         self._pending = 0
         self._lock = threading.RLock()
+        self._answered = threading.Condition(self._lock)  # call(): a result came in
+        self._answers: dict[object, Extracted | FileError | Any] = {}
+        self._driving = False  # one call() thread at a time collects for all of them
         self._closed = False
         # Counters for status and tests.
         self.crashes = 0
@@ -160,12 +279,46 @@ class ExtractPool:
 
     def submit(self, path: str | os.PathLike | bytes, tag: Any = None) -> None:
         """Queue one song; its result comes back from get() with `tag`."""
+        self._submit(_Task(next(self._ids), path, tag))
+
+    def _submit(self, task: _Task) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("ExtractPool is closed")
-            self._queue.append(_Task(next(self._ids), path, tag))
+            self._queue.append(task)
             self._pending += 1
             self._dispatch()
+
+    def call(self, job: str, path: str | os.PathLike | bytes, *args: Any,
+             timeout: float | None = None) -> Any:
+        """Run JOBS[job] on `path` in a child and return its result; raises the typed
+        FileError it ended with (including a crash, a timeout after `timeout` seconds --
+        default: the pool's -- or too much memory), RuntimeError when the pool is closed
+        meanwhile. Thread-safe."""
+        token = object()
+        self._submit(_Task(next(self._ids), path, token, job, args, timeout))
+        while True:
+            with self._answered:
+                while token not in self._answers and self._driving and not self._closed:
+                    self._answered.wait(0.5)
+                if token in self._answers:
+                    result = self._answers.pop(token)
+                    break
+                if self._closed:  # not the file's fault: no FileError
+                    raise RuntimeError("ExtractPool closed while a call waited")
+                self._driving = True
+            item = None
+            try:
+                item = self.get(timeout=0.5)
+            finally:
+                with self._answered:
+                    self._driving = False
+                    if item is not None:
+                        self._answers[item[0]] = item[1]
+                    self._answered.notify_all()
+        if isinstance(result, FileError):
+            raise result
+        return result
 
     def get(self, timeout: float | None = None) -> tuple[Any, Extracted | FileError] | None:
         """The next finished song as (tag, Extracted | FileError); None when nothing
@@ -287,18 +440,18 @@ class ExtractPool:
             if child is None:
                 if len(self._children) >= self.processes:
                     return
-                child = _Child(self._context, self._spec_json, self.nice)
+                child = _Child(self._context, self._spec_json, self.nice, self.memory_mb)
                 self._children.append(child)
             task = self._queue.popleft()
             try:
-                child.conn.send((task.id, task.path))
+                child.conn.send((task.id, task.job, task.path, task.args))
             except (BrokenPipeError, OSError):
                 # Died while idle: not this song's fault, so it goes to another child.
                 self._queue.appendleft(task)
                 self._retire(child)
                 continue
             child.task = task
-            child.deadline = time.monotonic() + self.timeout
+            child.deadline = time.monotonic() + (task.timeout or self.timeout)
 
     def _collect(self, ready: set) -> None:
         """Take replies, notice dead children, kill children past their deadline."""
@@ -315,11 +468,15 @@ class ExtractPool:
                         f"decoder sent a bad reply ({type(err).__name__})"))
                     continue
                 if reply is not None and child.task is not None and reply[0] == child.task.id:
-                    self._finished.append((child.task.tag, self._result(child.task, reply)))
+                    result = self._result(child.task, reply)
+                    self._finished.append((child.task.tag, result))
                     child.task = None
                     child.done += 1
                     child.idle_since = now
-                    if child.done >= self.max_tasks_per_child:
+                    if isinstance(result, TooMuchMemory):
+                        # A heap that hit its cap is not worth keeping: a fresh child.
+                        self._retire(child, polite=True)
+                    elif child.done >= self.max_tasks_per_child:
                         self.recycled += 1
                         self._retire(child, polite=True)
                     continue
@@ -330,14 +487,16 @@ class ExtractPool:
                     self.crashes += 1
                     how = (f"signal {-code}" if code is not None and code < 0
                            else f"exit status {code}")
+                    job = JOBS[child.task.job]
                     self._fail(child, UnreadableAudio(_path_text(child.task.path),
-                                                      f"decoder crashed ({how})"))
+                                                      f"{job.crashed} ({how})"))
                 else:
                     self._retire(child)
             elif child.task is not None and now >= child.deadline:
                 self.timeouts += 1
-                self._fail(child, DecodeTimeout(_path_text(child.task.path),
-                                                f"decoding took longer than {self.timeout:g} s"))
+                job, limit = JOBS[child.task.job], child.task.timeout or self.timeout
+                self._fail(child, job.timeout_error(_path_text(child.task.path),
+                                                    f"{job.doing} took longer than {limit:g} s"))
         self._dispatch()
 
     def _fail(self, child: _Child, error: FileError) -> None:
@@ -357,8 +516,8 @@ class ExtractPool:
         child.kill()
         self._children.remove(child)
 
-    def _result(self, task: _Task, reply: tuple) -> Extracted | FileError:
+    def _result(self, task: _Task, reply: tuple) -> Extracted | FileError | Any:
         if reply[1] == "ok":
-            return Extracted(_path_text(task.path), reply[2], reply[3])
+            return reply[2]
         cls, path, reason = reply[2], reply[3], reply[4]
         return cls(path, reason)

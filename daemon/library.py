@@ -5,9 +5,10 @@
                 ones become `missing` -- unless the mount-loss guard holds
     notice      the watcher reports one path; it goes into settle tracking
     settle_due  files whose size and mtime have not moved for `settle_seconds` are read
-                (fingerprint, tags, audio header) and written to the database: a new
-                track, a changed track re-evaluated, or a moved track found again by its
-                fingerprint (keeping its suggestions and decisions)
+                (fingerprint, tags, audio header -- in a child process, see read_file)
+                and written to the database: a new track, a changed track re-evaluated,
+                or a moved track found again by its fingerprint (keeping its suggestions
+                and decisions)
 
 Both the reconcile walk and watcher events feed the same SettleTracker, so a song still
 being copied onto the drive is never read half-written, however it was noticed.
@@ -39,17 +40,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.audio import AudioInfo, probe
+from daemon.audio import AudioInfo
 from daemon.config import Config
 from daemon.db.engine import transaction
 from daemon.db.models import ServiceState, Suggestion, SuggestionStatus, Track, utcnow
-from daemon.errors import FileError, TagError
-from daemon.fingerprint import fingerprint
+from daemon.errors import FileError
+from daemon.extract import ExtractPool
 from daemon.genres import GenreMap
 from daemon.health import Health
 from daemon.paths import display, filesystem_path, is_inside, stored_path
 from daemon.states import TrackState, can_move, move
-from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags, read_tags
+from daemon.tags import MULTI_VALUE_SEPARATOR, TrackTags
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ SETTLE_BATCH = 200
 # Skipped entries listed in the reconcile result (`status`); the count covers them all.
 SKIPPED_SHOWN = 50
 STATE_KEY = "last_reconcile"
+# Settled files come in bursts (a walk, an album copied in): the tag-reader child goes
+# once a burst is read, so it does not sit beside the decoders through the decoding that
+# follows (~25 MB). A new one starts from the fork server in a fraction of a second.
+READER_IDLE_SECONDS = 5.0
 
 Stat = tuple[int, float]  # (size, mtime)
 
@@ -374,45 +379,38 @@ class FileReading:
     tags: TrackTags | None
     info: AudioInfo | None
     error: str | None  # why tags/audio could not be read (the worker decides)
+    # The reader crashed, hung or ran out of memory on it: quarantined with `error`.
+    quarantine: bool = False
 
 
-def read_file(path: str) -> FileReading | None:
+def read_file(path: str, readers: ExtractPool) -> FileReading | None:
     """Settled file -> FileReading (fingerprint, tags, audio header); None when the file
-    vanished or changed while it was being read."""
+    vanished or changed while it was being read.
+
+    Read in a child process of `readers` (daemon.extract.read_song), never in this one: a
+    file whose reading crashes, hangs past workers.read_timeout or needs more than
+    workers.memory_max_mb costs that file only (a FileReading to quarantine, naming why),
+    and a 150 MB cover picture never enters the service's memory."""
     try:
         before = os.stat(path)
     except OSError:
         return None
-    problems = []
-    fp = tags = info = None
+    stat_before = (before.st_size, before.st_mtime)
     try:
-        fp = fingerprint(path)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        problems.append(f"cannot read: {err.strerror or err}")
-    try:
-        tags = read_tags(path)
-    except TagError as err:
-        problems.append(f"tags: {err.reason}")
-    except Exception as err:  # a reader bug on an odd file must not stall settling
-        log.warning("reading tags of %s failed unexpectedly: %r", path, err)
-        problems.append(f"tags: {type(err).__name__}: {err}")
-    try:
-        info = probe(path)
+        song = readers.call("read", path)
     except FileError as err:
-        problems.append(f"audio: {err.reason}")
-    except Exception as err:
-        log.warning("probing %s failed unexpectedly: %r", path, err)
-        problems.append(f"audio: {type(err).__name__}: {err}")
+        log.warning("cannot read %s: %s", path, err.reason)
+        return FileReading(stat_before, None, None, None, err.reason, quarantine=True)
+    if song is None:
+        return None
     try:
         after = os.stat(path)
     except OSError:
         return None
-    stat_before = (before.st_size, before.st_mtime)
     if not same_stat(stat_before, (after.st_size, after.st_mtime)):
         return None
-    return FileReading(stat_before, fp, tags, info, "; ".join(problems) or None)
+    return FileReading(stat_before, song.fingerprint, song.tags, song.info,
+                       "; ".join(song.problems) or None)
 
 
 # ---------------------------------------------------------------------- library
@@ -467,8 +465,13 @@ class Library:
     never waits for a walk. Times passed as `now` are time.monotonic() seconds.
     """
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], genre_map: GenreMap):
+    def __init__(self, config: Config, sessions: sessionmaker[Session], genre_map: GenreMap,
+                 readers: ExtractPool | None = None):
         self.config = config
+        # The child processes settled files are read in (the service shares its pool with
+        # the review page); without one, the library starts and owns its own.
+        self._own_readers = readers is None
+        self.readers = readers if readers is not None else reader_pool(config)
         self.sessions = sessions
         self.genre_map = genre_map
         self.root = os.path.abspath(os.fspath(config.library.root))
@@ -511,6 +514,11 @@ class Library:
         with self._tracker_lock:
             self.tracker.observe(rel, size, mtime, _now(now))
         return True
+
+    def close(self) -> None:
+        """Stop the tag-reader children, if this library started them."""
+        if self._own_readers:
+            self.readers.close()
 
     @property
     def settling(self) -> int:
@@ -681,6 +689,7 @@ class Library:
         with self._tracker_lock:
             due = self.tracker.due(now, limit)
         if not due:
+            self.readers.retire_idle(READER_IDLE_SECONDS)
             return 0  # nothing settled yet: neither progress nor a failure
         with self._db_lock:
             done, failed = 0, False
@@ -738,7 +747,7 @@ class Library:
 
         readings: dict[str, FileReading] = {}
         for rel in ready:
-            reading = read_file(os.path.join(self.root, rel))
+            reading = read_file(os.path.join(self.root, rel), self.readers)
             self.files_read += 1
             if reading is None:
                 # Changed or vanished while being read: look again from scratch.
@@ -824,6 +833,8 @@ class Library:
             track.next_attempt_at = None
         if target in (S.QUEUED, S.TAGGED) or previous is None:
             track.last_error = reading.error
+        if reading.quarantine:
+            _quarantine(track, reading.error)
 
     def _moved_track(self, session: Session, fp: str) -> Track | None:
         """The track a new file with fingerprint `fp` was moved from: same fingerprint, and
@@ -878,6 +889,27 @@ class Library:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def reader_pool(config: Config) -> ExtractPool:
+    """The child processes settled files are read in (one; started on first use)."""
+    workers = config.workers
+    return ExtractPool(1, timeout=workers.read_timeout, nice=workers.nice,
+                       max_tasks_per_child=workers.max_tasks_per_child,
+                       memory_mb=workers.memory_max_mb)
+
+
+def _quarantine(track: Track, reason: str | None) -> None:
+    """A file its reader crashed, hung or ran out of memory on: reading it again would do
+    the same, so it waits, quarantined with the reason, until the file changes."""
+    if track.state != S.QUARANTINED:
+        if not can_move(track.state, S.QUARANTINED):
+            move(track, S.QUEUED)
+        move(track, S.QUARANTINED)
+    track.last_error = reason
+    track.next_attempt_at = None
+    track.state_changed_at = utcnow()
+    log.warning("quarantined %s: %s", track.path, reason)
 
 
 def _now(now: float | None) -> float:

@@ -6,7 +6,9 @@ Start order (each needs the ones before it):
     genre map   state_dir/genres.toml, else the shipped one
     worker      decoder pool + the classify loop (requeues what a crash left working)
     watcher     filesystem events between walks (settle tracking), armed before ...
-    library     ... the initial reconciliation walk, so nothing slips between the two
+    library     ... the initial reconciliation walk, so nothing slips between the two;
+                settled files are read (tags, header, fingerprint) in tag-reader child
+                processes, which the review page shares for its spectrograms and previews
     writer      accepted genres into the files
     web         the review page
     scheduler   reconcile every library.reconcile_minutes
@@ -96,6 +98,7 @@ class Service:
         self.sessions = None
         self.worker: Worker | None = None
         self.library = None
+        self.readers = None
         self.scheduler: jobs.Scheduler | None = None
         self.retrainer = None
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
@@ -132,7 +135,7 @@ class Service:
     def start(self) -> None:
         """Open the database and start every component in order; then READY=1."""
         from daemon.genres import load_genre_map
-        from daemon.library import Library
+        from daemon.library import Library, reader_pool
         from daemon.retrain import Retrainer
         from daemon.watcher import Watcher
         from daemon.web.app import WebServer
@@ -155,7 +158,10 @@ class Service:
         self.worker = self._add("worker", Worker(config, self.sessions))
         jobs.register("worker", self.worker)
 
-        self.library = Library(config, self.sessions, genre_map)
+        # Nothing parses a library file in this process: one small pool of child processes
+        # reads settled files and decodes the review page's media.
+        self.readers = reader_pool(config)
+        self.library = Library(config, self.sessions, genre_map, readers=self.readers)
         jobs.register("library", self.library)
         # Watch first, then walk: a file copied in while the walk runs is seen by one or
         # the other (both feed the same settle tracker), never by neither.
@@ -172,7 +178,8 @@ class Service:
         writer = Writer(config, self.sessions)
         self._add("writer", writer)
         # A decision wakes the writer, so an accepted genre lands in the file at once.
-        self._add("web", WebServer(config, self.sessions, on_decision=writer.wake))
+        self._add("web", WebServer(config, self.sessions, on_decision=writer.wake,
+                                   children=self.readers))
 
         self.scheduler = jobs.Scheduler(config, self.sessions)
         self.scheduler.add_reconcile()
@@ -385,6 +392,8 @@ class Service:
             except Exception:
                 log.exception("closing %s failed", name)
             log.info("stopped %s", name)
+        if self.readers is not None:
+            self.readers.close()
         self._health_stop.set()
         if self._health_thread.is_alive():
             self._health_thread.join(2.0)

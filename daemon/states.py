@@ -10,6 +10,7 @@ goes through `move()`, which refuses anything not listed here.
       │          (max attempts) -> quarantined ──file changed──> queued
       └── file changed / tag removed ── tagged, suggested, reviewed, missing
 
+    queued -> quarantined   reading the settled file crashed, hung or ran out of memory
     working -> reviewed     the model's genre is one the reviewer rejected for the song
     reviewed -> suggested   undo; or a new model hears a genre not rejected for it
                             (daemon.review.rejected_genres)
@@ -40,7 +41,9 @@ class TrackState(StrEnum):
 S = TrackState
 
 TRANSITIONS: dict[TrackState, frozenset[TrackState]] = {
-    S.QUEUED: frozenset({S.WORKING, S.TAGGED, S.MISSING}),
+    # Quarantined straight away when reading the settled file crashed, hung or ran out of
+    # memory (daemon.library): the worker would only meet the same.
+    S.QUEUED: frozenset({S.WORKING, S.TAGGED, S.MISSING, S.QUARANTINED}),
     # A worker finishes (suggested), fails (retrying/quarantined), finds the file tagged
     # meanwhile, or hands the file back on shutdown (queued).
     S.WORKING: frozenset({S.SUGGESTED, S.RETRYING, S.QUARANTINED, S.QUEUED, S.TAGGED, S.MISSING,

@@ -176,7 +176,8 @@ class Worker:
         self.cache = FeatureCache(self.config.cache_dir, self.spec)
         self.pool = ExtractPool(workers.processes, spec=self.spec,
                                 timeout=workers.decode_timeout, nice=workers.nice,
-                                max_tasks_per_child=workers.max_tasks_per_child)
+                                max_tasks_per_child=workers.max_tasks_per_child,
+                                memory_mb=workers.memory_max_mb)
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
 

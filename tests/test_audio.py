@@ -9,6 +9,7 @@ soxr HQ, the way librosa.load would; daemon.audio must agree with it after seeki
 from __future__ import annotations
 
 import shutil
+import subprocess
 from fractions import Fraction
 
 import av
@@ -16,11 +17,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from helpers import negative_granule_ogg, ogg_nobody_decodes
 from scipy import signal
 
+from daemon import audio
 from daemon.audio import AudioInfo, decode_clips, probe, read_clips, read_window
 from daemon.demo import encode, synthesize
-from daemon.errors import TooShort
+from daemon.errors import TooShort, UnreadableAudio
 from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts
 
 SR = 22_050
@@ -274,3 +277,71 @@ def test_mp3_vbr_and_headerless_seek_exactly(tmp_path, kind):
     reference = full_decode(path)
     for start in (*np.random.default_rng(6).uniform(0.0, 18.5, 30), 19.5):
         assert assert_matches(read_window(path, start, 1.0), reference, start) == 0, start
+
+
+# ---- each decoder the other's fallback ------------------------------------------------------
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+
+def test_an_ogg_with_negative_granule_positions_is_decoded_by_libsndfile(tmp_path):
+    """FFmpeg refuses what a buggy encoder wrote; libsndfile (libvorbis) decodes it, and
+    the clips are the song's."""
+    path = negative_granule_ogg(tmp_path)
+    # Independent tools: the page checksums hold, the granules are a buggy encoder's ...
+    report = _run("ogginfo", str(path), check=False).stdout  # exit 1: it found warnings
+    assert "Negative or zero granulepos" in report and "Hole in data" not in report
+    # ... libvorbis plays it whole, while FFmpeg's timing for it is broken ...
+    whole = tmp_path / "oggdec.wav"
+    _run("oggdec", "-Q", "-o", str(whole), str(path))
+    reference, rate = sf.read(whole, dtype="float32")
+    assert rate == SR and len(reference) > 9.9 * SR
+    probed = float(_run("ffprobe", "-v", "error", "-show_entries", "format=duration",
+                        "-of", "csv=p=0", str(path)).stdout)
+    assert probed < 8.0
+    # ... and our FFmpeg reader refuses it.
+    with open(path, "rb") as file, pytest.raises(UnreadableAudio, match="truncated"):
+        reader = audio._PyAVReader.open(file, str(path), "Ogg")
+        audio._decode_clips(path, str(path), reader, DEFAULT_SPEC, None)
+
+    info, clips = decode_clips(path)
+    assert info.format == "ogg" and info.codec == "vorbis"
+    assert info.duration == pytest.approx(10.0, abs=0.05)
+    mono = reference.mean(axis=1)
+    for start, clip in zip(clip_starts(info.duration, DEFAULT_SPEC), clips, strict=True):
+        # The song's own samples, exactly; libsndfile's seeks in this file land a Vorbis
+        # block or two early (40-60 ms), which the clip placement can afford.
+        at = int(round(start * SR))
+        errors = [np.abs(mono[at + shift:at + shift + len(clip)] - clip).max()
+                  for shift in range(-2048, 2049)]
+        assert min(errors) < 1e-4  # oggdec writes 16-bit samples
+
+
+def test_a_file_neither_decoder_reads_names_both_errors(tmp_path):
+    path = ogg_nobody_decodes(tmp_path)
+    with pytest.raises(UnreadableAudio) as caught:
+        decode_clips(path)
+    reason = caught.value.reason
+    assert reason.startswith("FFmpeg: corrupt or truncated Ogg file; libsndfile: "), reason
+
+
+@pytest.mark.parametrize("ext, fmt", [(".wav", "wav"), (".aiff", "aiff"), (".flac", "flac"),
+                                      (".ogg", "ogg"), (".opus", "opus"), (".mp3", "mp3")])
+def test_libsndfile_reads_every_format_it_stands_in_for(tmp_path, ext, fmt):
+    """The fallback is real for each format: libsndfile opens it and gives FFmpeg's audio."""
+    path = encode(tmp_path / f"song{ext}", synthesize("Jazz", 6.0, SR, 2, 2), SR)
+    with open(path, "rb") as file:
+        reader = audio._SoundfileReader.open(file, str(path))
+        assert reader is not None and reader.info.format == fmt
+        assert reader.info.duration == pytest.approx(6.0, abs=0.1)
+        start = 2 * reader.info.sample_rate
+        window, got = reader.window(start, reader.info.sample_rate)
+        reader.close()
+    assert got == start and len(window) == reader.info.sample_rate
+    with open(path, "rb") as file:
+        other = audio._PyAVReader.open(file, str(path), None)
+        same, _ = other.window(start, reader.info.sample_rate)
+        other.close()
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+    assert rms(window) == pytest.approx(rms(same), rel=0.05)

@@ -441,3 +441,16 @@ def test_every_name_the_filesystem_allows_is_walked_stored_and_found(raw, song, 
     found = library_file(root, stored)
     assert os.fsencode(found) == os.path.join(os.fsencode(root.resolve()), raw)
     assert np.array_equal(read_clips(found), read_clips(song[".flac"]))
+
+
+@pytest.mark.parametrize("keep", [200, 4096])
+@pytest.mark.parametrize("ext", [".flac", ".mp3", ".ogg", ".opus"])
+def test_a_real_header_then_noise_is_tried_by_both_decoders(song, tmp_path, ext, keep):
+    """Neither FFmpeg nor libsndfile decodes it: unreadable, with both decoders' reasons
+    (the fallback never hides one behind the other, nor passes noise off as a song)."""
+    data = song[ext].read_bytes()
+    path = tmp_path / f"noise after {keep} bytes{ext}"
+    path.write_bytes(data[:keep] + np.random.default_rng(keep).bytes(len(data) - keep))
+    error = assert_error(path, UnreadableAudio, "FFmpeg: ")
+    assert "libsndfile: " in error.reason and "permission" not in error.reason
+    assert "not a regular file" not in error.reason

@@ -226,3 +226,32 @@ def test_leaving_map_early_leaves_the_pool_usable(library, expected):
         assert pool.pending == 0
         results = dict(pool.map(good[:2]))
         assert all(np.array_equal(results[p].features, expected[str(p)]) for p in good[:2])
+
+
+def test_call_from_many_threads_gets_each_its_own_result(library, expected):
+    """The library and the web threads share one pool through call()."""
+    import threading
+
+    root, good, bad = library
+    answers: dict = {}
+
+    def ask(i: int, path) -> None:
+        try:
+            answers[i] = pool.call("extract" if i % 2 else "probe", path)
+        except FileError as err:
+            answers[i] = err
+
+    paths = [*good, root / "random.mp3"] * 2
+    with ExtractPool(1, timeout=30, memory_mb=1024) as pool:
+        threads = [threading.Thread(target=ask, args=(i, p)) for i, p in enumerate(paths)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    for i, path in enumerate(paths):
+        if path.name == "random.mp3":
+            assert type(answers[i]) is UnreadableAudio and answers[i].path == str(path)
+        elif i % 2:
+            assert np.array_equal(answers[i].features, expected[str(path)])
+        else:
+            assert answers[i].duration == pytest.approx(8.0, abs=0.1)

@@ -49,6 +49,7 @@ from daemon.config import Config
 from daemon.db.engine import database_busy, database_full, impatient_sessions
 from daemon.db.models import Decision, Suggestion, Track
 from daemon.errors import FileError
+from daemon.extract import ExtractPool
 from daemon.health import Health, thread_alive
 from daemon.web import media
 from daemon.web.security import (
@@ -188,12 +189,21 @@ def _page_number() -> int | None:
 
 def create_app(config: Config, sessions: sessionmaker[Session], *,
                on_decision: Callable[[], None] | None = None,
-               limiter: LoginLimiter | None = None) -> Flask:
+               limiter: LoginLimiter | None = None,
+               children: ExtractPool | None = None) -> Flask:
     """The review web app for `config` on the database behind `sessions`.
 
     `on_decision` is called after every review action (the daemon passes the writer's
-    wake(), so accepted genres reach the files promptly)."""
+    wake(), so accepted genres reach the files promptly). `children`: the child processes
+    songs are decoded in for the spectrogram and preview (the daemon shares the library's
+    tag readers); without one the app starts its own, as app.extensions["children"]."""
     app = Flask(__name__)
+    if children is None:
+        from daemon.library import reader_pool
+
+        children = reader_pool(config)
+    app.extensions["children"] = children
+    decode_timeout = config.workers.decode_timeout
     app.config.update(
         SECRET_KEY=load_secret_key(config.state_dir),
         SESSION_COOKIE_NAME="genretagger_session",
@@ -558,7 +568,8 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         key = (track.id, track.fingerprint, track.size, track.mtime)
         try:
             png = thumbs.get_or_make(key, lambda: media.png_bytes(media.spectrogram_image(
-                media.song_spectrogram(path, track.fingerprint, config.cache_dir))))
+                media.song_spectrogram(path, track.fingerprint, config.cache_dir,
+                                       children=children, timeout=decode_timeout))))
         except FileError as err:
             return _plain(422, f"This song cannot be read: {err.reason}")
         response = Response(png, mimetype="image/png")
@@ -570,7 +581,8 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         track, path = tracked_file(track_id)
         key = (track.id, track.size, track.mtime)
         try:
-            wav = previews.get_or_make(key, lambda: media.preview_wav(path, track.duration))
+            wav = previews.get_or_make(key, lambda: media.preview_wav(
+                path, track.duration, children=children, timeout=decode_timeout))
         except FileError as err:
             return _plain(422, f"This song cannot be played: {err.reason}")
         response = send_file(io.BytesIO(wav), mimetype="audio/wav", conditional=True,
@@ -607,10 +619,13 @@ class WebServer:
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], *,
                  on_decision: Callable[[], None] | None = None, port: int | None = None,
-                 threads: int = 4, url_prefix: str = ""):
+                 threads: int = 4, url_prefix: str = "",
+                 children: ExtractPool | None = None):
         self.config = config
         self.sessions = sessions
         self.on_decision = on_decision
+        self.children = children
+        self._own_children: ExtractPool | None = None  # started by create_app: ours to close
         self.host = config.review.host
         self.requested_port = config.review.port if port is None else port
         self.threads = threads
@@ -639,7 +654,9 @@ class WebServer:
         from waitress.server import create_server
 
         check_bind(self.config.review)
-        app = create_app(self.config, self.sessions, on_decision=self.on_decision)
+        app = create_app(self.config, self.sessions, on_decision=self.on_decision,
+                         children=self.children)
+        self._own_children = app.extensions["children"] if self.children is None else None
         self._server = create_server(app, host=self.host, port=self.requested_port,
                                      threads=self.threads, ident="genretagger",
                                      url_prefix=self.url_prefix,
@@ -671,3 +688,5 @@ class WebServer:
             self._thread.join(timeout)
         server.task_dispatcher.shutdown(timeout=timeout)
         self._thread = None
+        if self._own_children is not None:
+            self._own_children.close()

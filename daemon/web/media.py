@@ -3,18 +3,26 @@
 Both start from a TRACK (never a path from the request): `daemon.writer.library_file`
 turns the track's stored relative path into a file under the library root and refuses
 anything that would leave it (absolute paths, "..", symlinks pointing outside).
+
+The song is decoded in a child process of `children` (daemon.extract.ExtractPool.call),
+never in the web server's: a file that crashes or hangs a decoder costs that request a
+typed FileError ("decoder crashed", "decoding took longer than N s"), never the service.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 
-from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts, song_features
+from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts
 from daemon.writer import OutsideLibrary, library_file
+
+if TYPE_CHECKING:
+    from daemon.extract import ExtractPool
 
 __all__ = ["OutsideLibrary", "library_file", "song_spectrogram", "spectrogram_image",
            "png_bytes", "preview_windows", "preview_wav"]
@@ -34,9 +42,11 @@ _LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHOR
 
 
 def song_spectrogram(path: Path, fingerprint: str | None, cache_dir: Path,
-                     spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
+                     spec: FeatureSpec = DEFAULT_SPEC, *, children: ExtractPool,
+                     timeout: float | None = None) -> np.ndarray:
     """The song's model input (clips, F, T, 1): from the feature cache when the worker
-    stored it, else decoded now (and stored for next time). Raises FileError subclasses."""
+    stored it, else decoded now in one of `children` (within `timeout` seconds; default:
+    the pool's) and stored for next time. Raises FileError subclasses."""
     from daemon.featurecache import FeatureCache
 
     cache = FeatureCache(cache_dir, spec)
@@ -44,9 +54,9 @@ def song_spectrogram(path: Path, fingerprint: str | None, cache_dir: Path,
         features = cache.get(fingerprint)
         if features is not None:
             return features
-    from daemon.audio import read_clips
-
-    features = song_features(read_clips(path, spec), spec)
+    if children.spec != spec:
+        raise ValueError("the decoder children compute another feature spec")
+    features = children.call("extract", path, timeout=timeout).features
     if fingerprint:
         cache.put(fingerprint, features)
     return features
@@ -88,19 +98,22 @@ def preview_windows(duration: float, spec: FeatureSpec = DEFAULT_SPEC) -> list[t
 
 
 def preview_wav(path: Path, duration: float | None = None,
-                spec: FeatureSpec = DEFAULT_SPEC) -> bytes:
+                spec: FeatureSpec = DEFAULT_SPEC, *, children: ExtractPool,
+                timeout: float | None = None) -> bytes:
     """The song's clip regions one after another, as a 16-bit mono WAV file's bytes.
-    Decodes only those windows. Raises UnreadableAudio / TooShort."""
-    from daemon.audio import probe, read_window
-
+    Decodes only those windows, in one of `children` (within `timeout` seconds each for
+    the header and the windows; default: the pool's). Raises UnreadableAudio / TooShort /
+    DecodeTimeout and the other FileErrors."""
     if duration is None or duration <= 0:
-        duration = probe(path).duration
+        duration = children.call("probe", path, timeout=timeout).duration
+    windows = preview_windows(duration, spec)
+    decoded = children.call("windows", path, windows, PREVIEW_SR, timeout=timeout)
     fade = int(FADE_S * PREVIEW_SR)
     ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
     gap = np.zeros(int(PREVIEW_GAP_S * PREVIEW_SR), dtype=np.float32)
     pieces = []
-    for begin, seconds in preview_windows(duration, spec):
-        window = read_window(path, begin, seconds, PREVIEW_SR).astype(np.float32, copy=True)
+    for window in decoded:
+        window = window.astype(np.float32, copy=True)
         if len(window) > 2 * fade:  # no clicks where one region meets the next
             window[:fade] *= ramp
             window[-fade:] *= ramp[::-1]
