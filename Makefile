@@ -37,7 +37,7 @@ debian-tools:
 	else echo "install the tools the tests use: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 1; fi
 
 demo: $(STAMP)
-	$(BIN)/python -m daemon.demo run
+	$(BIN)/python -m daemon.cli.demo run
 
 test: $(STAMP) $(BACKBONE) debian-tools
 	$(BIN)/ruff check daemon trainer migrations tests bench

@@ -51,7 +51,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(BENCH.parent))
 
-from daemon.demo import encode_masters, make_library  # noqa: E402
+from daemon.cli.demo import encode_masters, make_library  # noqa: E402
 
 
 def _tree_bench():
@@ -76,7 +76,7 @@ def masters(per_format: int) -> list[Path]:
 
 def copies(sources: list[Path], folder: Path, n: int, prefix: str) -> list[Path]:
     """n untagged songs: copies of the masters, each with its own title (own fingerprint)."""
-    from daemon.tags import write_tags
+    from daemon.tags.tagfile import write_tags
 
     folder.mkdir(parents=True, exist_ok=True)
     made = []
@@ -122,9 +122,9 @@ class Daemon:
 
     def __init__(self, base: Path, library: Path, bundle: Path, processes: int,
                  settle: float = 2.0, watch: str = "native", batch_songs: int = 32):
-        from daemon.config import load_config
-        from daemon.db.engine import open_database
-        from daemon.registry import activate, register_bundle
+        from daemon.core.config import load_config
+        from daemon.core.db.engine import open_database
+        from daemon.learn.registry import activate, register_bundle
 
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
@@ -264,8 +264,8 @@ class PeakMemory:
 
 def baseline(sample: list[Path], bundle: Path) -> float:
     """In-process extract + classify, one song at a time: songs/s."""
-    from daemon.classifier import Classifier
-    from daemon.extract import extract
+    from daemon.audio.extract import extract
+    from daemon.suggest.classifier import Classifier
 
     classifier = Classifier.load(bundle / "model.onnx")
     extract(sample[0])  # warm the decoders' imports
@@ -305,7 +305,7 @@ def latency(daemon: Daemon, sources: list[Path], n: int) -> dict:
     fresh = copies(sources, staging, n, "Latency Song")
     from_copy = []
     for path in fresh:
-        target = daemon.library / "incoming" / path.name
+        target = daemon.library.reconcile / "incoming" / path.name
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(path, target)
         copied = time.time()
@@ -322,14 +322,14 @@ def latency(daemon: Daemon, sources: list[Path], n: int) -> dict:
 
 def idle_cpu(bundle: Path, processes: int, seconds: float, files: int) -> dict:
     """The daemon on the 15,000-file tree, every file known and unchanged."""
-    from daemon.genres import load_genre_map
-    from daemon.library import Library
+    from daemon.library.reconcile import Library
+    from daemon.tags.genres import load_genre_map
 
     tree_bench = _tree_bench()
     root = BENCH / "out" / "reconcile" / "library"
     tree_bench.build_tree(root, files)
     daemon = Daemon(OUT / "idle", root, bundle, processes)
-    library = Library(daemon.config, daemon.sessions, load_genre_map())
+    library = Library(daemon.core.config, daemon.sessions, load_genre_map())
     known = tree_bench.seed_database(library, root)
     walks = []
     for _ in range(3):
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(3)
         lat = latency(daemon, sources, args.latency_songs)
         # Idle = the worker has stopped its decoder children (a minute without songs).
-        from daemon.worker import DECODER_IDLE_SECONDS
+        from daemon.suggest.worker import DECODER_IDLE_SECONDS
 
         end = time.monotonic() + DECODER_IDLE_SECONDS + 15
         while "decoders" in memory_by_role(daemon.proc.pid) and time.monotonic() < end:
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         line("latency settle -> suggestion", f"median {statistics.median(settled):.2f} s, "
              f"max {max(settled):.2f} s", "<= 3 s")
     line("latency copy -> suggestion", f"median {statistics.median(copied):.2f} s "
-         f"(settle {daemon.config.library.settle_seconds:g} s)", "-")
+         f"(settle {daemon.core.config.library.settle_seconds:g} s)", "-")
     line("memory peak (backfill) RSS / PSS", f"{fill['peak_rss']:.0f} / "
          f"{fill['peak_pss']:.0f} MB", "<= 300 MB")
     for role, (rss, pss) in sorted(fill["peak_roles"].items()):

@@ -5,7 +5,7 @@
 On bench/decode.py's generated library (3-7 minute songs in every format; cached in
 bench/out/decode-library/), songs/s of, per song:
   - cnn:      decode 5 x 1 s clips at 22,050 Hz + log spectrograms + the seed CNN (ORT);
-  - backbone: decode 5 x 3 s patches at 16 kHz + log mel (daemon.features) + the ONNX
+  - backbone: decode 5 x 3 s patches at 16 kHz + log mel (daemon.audio.features) + the ONNX
               musicnn backbone (ORT), embedding = mean over patches;
 each in one process at one ORT thread (the daemon's setting), then in --processes worker
 processes; plus where a backbone song's time goes and ORT's time per patch. The CNN's
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import LIBRARY, build_library  # noqa: E402
 
-from daemon.audio import decode_clips  # noqa: E402
-from daemon.features import (  # noqa: E402
+from daemon.audio.decode import decode_clips  # noqa: E402
+from daemon.audio.features import (  # noqa: E402
     BACKBONE_SPEC,
     DEFAULT_SPEC,
     backbone_patches,

@@ -26,12 +26,12 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
-from daemon.config import parse_config
-from daemon.db.engine import open_database, transaction
-from daemon.db.models import Track, utcnow
-from daemon.genres import load_genre_map
-from daemon.library import Library, db_path
-from daemon.watcher import Watcher
+from daemon.core.config import parse_config
+from daemon.core.db.engine import open_database, transaction
+from daemon.core.db.models import Track, utcnow
+from daemon.library.reconcile import Library, db_path
+from daemon.library.watcher import Watcher
+from daemon.tags.genres import load_genre_map
 
 OUT = Path(__file__).resolve().parent / "out" / "reconcile"
 FILES_PER_ALBUM = 12

@@ -6,11 +6,12 @@
 Steps, all through the real code paths:
   1. a library of --songs files: a few synthesised masters per genre and format, copied
      under new names with different artist/title tags (cached in bench/out/);
-  2. a fresh state dir: reconcile (daemon.library) fills the DB;
+  2. a fresh state dir: reconcile (daemon.library.reconcile) fills the DB;
   3. BASELINE, the cold first training (Retrainer.run("initial")): every tagged song is
      decoded into the feature cache;
   4. the worker suggests genres for the untagged songs (the daemon's daily work: it puts
-     their features into the cache), then --labels of them are confirmed via daemon.review;
+     their features into the cache), then --labels of them are confirmed via
+     daemon.review.decisions;
   5. the NIGHTLY run (Retrainer.run("nightly")): policy -> trainer subprocess with warm
      start -> gate -> swap -> re-score. Target: 0 songs decoded.
 Figures: wall times, decoded songs, the decoding share, and a linear extrapolation to
@@ -31,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.config import parse_config  # noqa: E402
-from daemon.demo import encode, synthesize  # noqa: E402
+from daemon.cli.demo import encode, synthesize  # noqa: E402
+from daemon.core.config import parse_config  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 GENRES = ("Blues", "Classical", "Electronic", "Hip-Hop", "Metal")
@@ -43,7 +44,7 @@ UNTAGGED_SHARE = 0.08
 
 def make_library(root: Path, songs: int, seconds: float) -> dict[str, str]:
     """`songs` files under `root` (cached): {relative path: true genre}."""
-    from daemon.tags import write_tags
+    from daemon.tags.tagfile import write_tags
 
     index = root / "truth.json"
     if index.exists():
@@ -92,14 +93,14 @@ def main() -> int:
 
     from sqlalchemy import select
 
-    from daemon import review
-    from daemon.db.engine import open_database
-    from daemon.db.models import Suggestion, Track, TrainingRun
-    from daemon.genres import load_genre_map
-    from daemon.library import Library
-    from daemon.registry import active_model
-    from daemon.retrain import Retrainer
-    from daemon.worker import Worker
+    from daemon.core.db.engine import open_database
+    from daemon.core.db.models import Suggestion, Track, TrainingRun
+    from daemon.learn.registry import active_model
+    from daemon.learn.retrain import Retrainer
+    from daemon.library.reconcile import Library
+    from daemon.review import decisions as review
+    from daemon.suggest.worker import Worker
+    from daemon.tags.genres import load_genre_map
 
     library = OUT / f"retrain-library-{args.songs}"
     started = time.perf_counter()
@@ -221,8 +222,8 @@ def main() -> int:
         print(f"nightly, {epochs} epochs         {total:8.0f} s = {total / 3600:.1f} h")
     # The daemon passes --time-budget (90% of retrain.timeout_minutes): fitting stops in
     # time for export and the gate, so a long night ends in a model, not a kill.
-    from daemon.config import RetrainConfig
-    from daemon.retrain import TRAINER_BUDGET_SHARE
+    from daemon.core.config import RetrainConfig
+    from daemon.learn.retrain import TRAINER_BUDGET_SHARE
     from trainer.train import fit_deadline
 
     timeout = RetrainConfig().timeout_minutes

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import insert, text  # noqa: E402
 
-from daemon.config import parse_config  # noqa: E402
-from daemon.db.engine import open_database  # noqa: E402
-from daemon.db.models import Decision, Suggestion, Track, utcnow  # noqa: E402
-from daemon.demo import FORMATS, VOICES, encode, synthesize  # noqa: E402
+from daemon.cli.demo import FORMATS, VOICES, encode, synthesize  # noqa: E402
+from daemon.core.config import parse_config  # noqa: E402
+from daemon.core.db.engine import open_database  # noqa: E402
+from daemon.core.db.models import Decision, Suggestion, Track, utcnow  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "review"
 TRACKS, PENDING, DECISIONS = 15_000, 5_000, 3_000
@@ -124,7 +124,7 @@ QUEUE_SQL = ("SELECT s.*, t.* FROM suggestions s JOIN tracks t ON s.track_id = t
 
 
 def bench_pages(config, sessions, engine, requests: int) -> None:
-    from daemon.web import WebServer
+    from daemon.review.web import WebServer
 
     server = WebServer(config, sessions, port=0)
     server.start()
@@ -172,7 +172,7 @@ def make_masters(folder: Path) -> list[Path]:
 
 
 def fresh_copies(masters: list[Path], folder: Path, n: int) -> list[Path]:
-    from daemon.tags import write_tags
+    from daemon.tags.tagfile import write_tags
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -198,9 +198,9 @@ def plain_atomic_copy(path: Path) -> None:
 
 
 def bench_writes(n: int) -> None:
-    from daemon import review
-    from daemon.fingerprint import fingerprint
-    from daemon.writer import Writer, write_genre_atomically
+    from daemon.library.fingerprint import fingerprint
+    from daemon.review import decisions as review
+    from daemon.review.writeback import Writer, write_genre_atomically
 
     masters = make_masters(OUT / "masters")
     size_mb = sum(m.stat().st_size for m in masters) / len(masters) / 1e6

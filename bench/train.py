@@ -4,7 +4,7 @@ Compares, in the same run, Keras' plain setup (all clips in memory as numpy, bat
 TensorFlow's default thread pools) with the trainer's own path (clips streamed from the
 feature cache through tf.data, trainer.fit's batch size and thread settings). Each setup
 runs in its own process (TensorFlow's thread pools are per process), so peak RSS is the
-setup's own. Features are real (daemon.features on synthesized songs), cached under
+setup's own. Features are real (daemon.audio.features on synthesized songs), cached under
 bench/out/train-cache; no decoding is timed here (bench/decode.py does that).
 
     .venv/bin/python bench/train.py [--songs-per-genre 12] [--epochs 1] [--batches 32 64]
@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.demo import VOICES, synthesize  # noqa: E402
-from daemon.featurecache import FeatureCache  # noqa: E402
-from daemon.features import DEFAULT_SPEC, clip_starts, song_features  # noqa: E402
+from daemon.audio.featurecache import FeatureCache  # noqa: E402
+from daemon.audio.features import DEFAULT_SPEC, clip_starts, song_features  # noqa: E402
+from daemon.cli.demo import VOICES, synthesize  # noqa: E402
 from trainer.dataset import LabelledSong  # noqa: E402
 
 CACHE = ROOT / "bench" / "out" / "train-cache"

@@ -6,7 +6,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-from daemon.db.models import Base
+from daemon.core.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

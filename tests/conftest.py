@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, parse_config
-from daemon.demo import encode, synthesize
+from daemon.cli.demo import encode, synthesize
+from daemon.core.config import Config, parse_config
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def make_song(tmp_path):
         if genre_tag is not None:
             tags["genre"] = genre_tag
         if tags:
-            from daemon.tags import write_tags
+            from daemon.tags.tagfile import write_tags
 
             write_tags(path, **tags)
         return path
@@ -60,7 +60,7 @@ def make_config(tmp_path):
 @pytest.fixture
 def database(tmp_path):
     """(engine, sessionmaker) for a real SQLite file migrated by Alembic."""
-    from daemon.db.engine import open_database
+    from daemon.core.db.engine import open_database
 
     engine, sessions = open_database(f"sqlite:///{tmp_path / 'genretagger.db'}")
     yield engine, sessions

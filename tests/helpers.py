@@ -31,7 +31,7 @@ def genre_bundle(out, classes: tuple[str, ...], hears: str):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from daemon.features import DEFAULT_SPEC
+    from daemon.audio.features import DEFAULT_SPEC
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def negative_granule_ogg(folder, seconds: float = 10.0, sr: int = 22_050, seed: 
 
     import soundfile as sf
 
-    from daemon.demo import synthesize
+    from daemon.cli.demo import synthesize
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
-"""daemon.audio: seek-decoded clip windows equal a full decode at the same offset, for
+"""daemon.audio.decode: seek-decoded clip windows equal a full decode at the same offset, for
 every format, rate, bit depth and channel layout; clips sit where ARCHITECTURE.md says.
 
 The reference here decodes the WHOLE file independently (soundfile for PCM/FLAC, PyAV with
 its own format conversion for the rest), downmixes by the channel mean and resamples with
-soxr HQ, the way librosa.load would; daemon.audio must agree with it after seeking.
+soxr HQ, the way librosa.load would; daemon.audio.decode must agree with it after seeking.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import soxr
 from helpers import negative_granule_ogg, ogg_nobody_decodes
 from scipy import signal
 
-from daemon import audio
-from daemon.audio import AudioInfo, decode_clips, probe, read_clips, read_window
-from daemon.demo import encode, synthesize
-from daemon.errors import TooShort, UnreadableAudio
-from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts
+from daemon.audio import decode as audio
+from daemon.audio.decode import AudioInfo, decode_clips, probe, read_clips, read_window
+from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, clip_starts
+from daemon.cli.demo import encode, synthesize
+from daemon.core.errors import TooShort, UnreadableAudio
 
 SR = 22_050
 FORMATS = [".mp3", ".flac", ".ogg", ".opus", ".m4a", ".wav", ".aiff", ".wma"]

@@ -1,5 +1,5 @@
 """The pretrained backbone: the fetched musicnn wheel, its ONNX conversion against
-TensorFlow, and feature contract 2 (daemon.features) against musicnn's librosa recipe.
+TensorFlow, and feature contract 2 (daemon.audio.features) against musicnn's librosa recipe.
 
 Needs `make backbone` (part of `make test`): the wheel and its checkpoint, never fetched
 here. Songs are generated and encoded by real encoders, decoded by the daemon's decoder.
@@ -17,9 +17,8 @@ import librosa
 import numpy as np
 import pytest
 
-from daemon.audio import decode_clips, probe, read_window
-from daemon.demo import encode, synthesize
-from daemon.features import (
+from daemon.audio.decode import decode_clips, probe, read_window
+from daemon.audio.features import (
     BACKBONE_SPEC,
     DEFAULT_SPEC,
     BackboneSpec,
@@ -27,6 +26,7 @@ from daemon.features import (
     clip_starts,
     mel_filterbank,
 )
+from daemon.cli.demo import encode, synthesize
 from trainer import backbone
 
 SPEC = BACKBONE_SPEC
@@ -160,8 +160,8 @@ def test_onnx_backbone_runs_without_tensorflow(converted, songs):
     check = f"""
 import sys
 import numpy as np
-from daemon.audio import decode_clips
-from daemon.features import BACKBONE_SPEC, backbone_patches
+from daemon.audio.decode import decode_clips
+from daemon.audio.features import BACKBONE_SPEC, backbone_patches
 from trainer.backbone import run_onnx
 patches = backbone_patches(decode_clips({str(songs[0])!r}, BACKBONE_SPEC)[1])
 out = run_onnx({str(converted.path)!r}, patches)

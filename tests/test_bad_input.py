@@ -22,10 +22,10 @@ import pytest
 import soundfile as sf
 from test_audio import assert_matches, full_decode
 
-from daemon.audio import probe, read_clips, read_window
-from daemon.demo import encode, synthesize
-from daemon.errors import FileError, SilentAudio, TooShort, UnreadableAudio
-from daemon.features import DEFAULT_SPEC, clip_starts
+from daemon.audio.decode import probe, read_clips, read_window
+from daemon.audio.features import DEFAULT_SPEC, clip_starts
+from daemon.cli.demo import encode, synthesize
+from daemon.core.errors import FileError, SilentAudio, TooShort, UnreadableAudio
 
 SR = 22_050
 pytestmark = pytest.mark.timeout(30)
@@ -165,8 +165,8 @@ def test_file_without_read_permission(song, tmp_path):
     shutil.copy(song[".flac"], control)
     script = (
         "import sys\n"
-        "from daemon.audio import read_clips\n"
-        "from daemon.errors import FileError\n"
+        "from daemon.audio.decode import read_clips\n"
+        "from daemon.core.errors import FileError\n"
         "print(read_clips(sys.argv[2]).shape)\n"
         "try:\n"
         "    read_clips(sys.argv[1])\n"
@@ -369,12 +369,12 @@ def test_a_xing_header_claiming_10_million_frames_gives_a_sane_duration(tmp_path
     sane duration, and so does `scan`."""
     from sqlalchemy import select
 
-    from daemon.config import parse_config
-    from daemon.db.engine import open_database
-    from daemon.db.models import Track
-    from daemon.genres import load_genre_map
-    from daemon.library import Library
-    from daemon.scan import inspect_file
+    from daemon.core.config import parse_config
+    from daemon.core.db.engine import open_database
+    from daemon.core.db.models import Track
+    from daemon.library.reconcile import Library
+    from daemon.library.scan import inspect_file
+    from daemon.tags.genres import load_genre_map
 
     real, patched = _lame_mp3_with_xing_frames(tmp_path, 10_000_000)
     truth = probe(real).duration
@@ -409,7 +409,7 @@ def test_what_the_walk_skips_is_never_opened(song, tmp_path):
     block), whichever way the walk meets it: listed, or one path from the watcher."""
     from helpers import make_not_songs
 
-    from daemon.library import examine, walk_library
+    from daemon.library.reconcile import examine, walk_library
 
     root = tmp_path / "library"
     made = make_not_songs(root, tmp_path / "outside", song[".mp3"])
@@ -428,8 +428,8 @@ def test_what_the_walk_skips_is_never_opened(song, tmp_path):
                          ids=["255 bytes", "backslash", "raw byte", "literal escape",
                               "non-UTF-8 folder", "tab", "newline", "percent"])
 def test_every_name_the_filesystem_allows_is_walked_stored_and_found(raw, song, tmp_path):
-    from daemon.library import db_path, walk_library
-    from daemon.paths import library_file
+    from daemon.core.paths import library_file
+    from daemon.library.reconcile import db_path, walk_library
 
     root = tmp_path / "library"
     target = os.path.join(os.fsencode(root), raw)

@@ -12,9 +12,9 @@ from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import select
 from test_review import add_suggested_track
 
-from daemon.db.models import Decision, Model, Suggestion, Track, utcnow
-from daemon.fingerprint import fingerprint
-from daemon.web import WebServer
+from daemon.core.db.models import Decision, Model, Suggestion, Track, utcnow
+from daemon.library.fingerprint import fingerprint
+from daemon.review.web import WebServer
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -1,4 +1,4 @@
-"""daemon.classifier on real ONNX files run by onnxruntime.
+"""daemon.suggest.classifier on real ONNX files run by onnxruntime.
 
 The bundles here are small hand-built ONNX graphs (mean over time -> linear -> softmax),
 so these tests need no TensorFlow; tests/test_trainer.py runs the classifier on a real
@@ -17,10 +17,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon.classifier import Classifier, read_metadata, song_probabilities
-from daemon.demo import synthesize
-from daemon.errors import ModelMismatch
-from daemon.features import DEFAULT_SPEC, clip_starts, song_features
+from daemon.audio.features import DEFAULT_SPEC, clip_starts, song_features
+from daemon.cli.demo import synthesize
+from daemon.core.errors import ModelMismatch
+from daemon.suggest.classifier import Classifier, read_metadata, song_probabilities
 
 CLASSES = ("Blues", "Electronic", "Jazz")
 
@@ -174,7 +174,7 @@ def test_evaluate_command_refuses_a_broken_model_with_exit_2(tmp_path):
 
 
 def test_big_batches_run_in_bounded_chunks_with_the_same_answers(tmp_path):
-    from daemon.classifier import MAX_CLIPS_PER_RUN
+    from daemon.suggest.classifier import MAX_CLIPS_PER_RUN
 
     classifier = Classifier.load(write_bundle(tmp_path / "m.onnx"))
     songs = [song(("Blues", "Jazz", "Electronic")[i % 3], i) for i in range(31)]

@@ -1,7 +1,7 @@
 import pytest
 
-from daemon.config import load_config, parse_config
-from daemon.errors import ConfigError
+from daemon.core.config import load_config, parse_config
+from daemon.core.errors import ConfigError
 
 
 def test_defaults_need_only_the_two_paths(tmp_path):

@@ -7,9 +7,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select
 
-from daemon.db.engine import migrate, open_database, pending_migrations
-from daemon.db.models import Base, Track, utcnow
-from daemon.states import InvalidTransition, TrackState, can_move, move
+from daemon.core.db.engine import migrate, open_database, pending_migrations
+from daemon.core.db.models import Base, Track, utcnow
+from daemon.core.states import InvalidTransition, TrackState, can_move, move
 
 
 def test_migrations_match_models(database):
@@ -48,7 +48,7 @@ def test_only_the_service_migrates_an_existing_database(tmp_path):
     import subprocess
     import sys
 
-    from daemon.errors import SchemaBehind
+    from daemon.core.errors import SchemaBehind
 
     state, library = tmp_path / "state", tmp_path / "library"
     state.mkdir()
@@ -106,7 +106,7 @@ def test_write_units_take_the_lock_up_front(database):
     """A read-then-write unit must not fail when another writer commits in between."""
     import threading
 
-    from daemon.db.engine import transaction
+    from daemon.core.db.engine import transaction
 
     _, sessions = database
     with transaction(sessions) as session:
@@ -140,8 +140,8 @@ def test_migration_0002_rewrites_old_track_paths_one_to_one(tmp_path):
     from alembic import command
     from sqlalchemy import create_engine
 
-    from daemon.db.engine import alembic_config
-    from daemon.paths import filesystem_path
+    from daemon.core.db.engine import alembic_config
+    from daemon.core.paths import filesystem_path
 
     path = tmp_path / "station.db"
     engine = create_engine(f"sqlite:///{path}")

@@ -1,4 +1,4 @@
-"""daemon.extract: extract() in-process, and ExtractPool surviving real faults in its
+"""daemon.audio.extract: extract() in-process, and ExtractPool surviving real faults in its
 children (SIGKILL mid-file, a stopped child past the timeout, recycling, bad files) while
 the results for every other file stay exactly right."""
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers import wait_for
 
-from daemon.audio import read_clips
-from daemon.errors import DecodeTimeout, FileError, TooShort, UnreadableAudio
-from daemon.extract import Extracted, ExtractPool, extract
-from daemon.features import DEFAULT_SPEC, FeatureSpec, song_features
+from daemon.audio.decode import read_clips
+from daemon.audio.extract import Extracted, ExtractPool, extract
+from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, song_features
+from daemon.core.errors import DecodeTimeout, FileError, TooShort, UnreadableAudio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     """Three good songs, and a bad file of each common kind."""
-    from daemon.demo import encode, synthesize
+    from daemon.cli.demo import encode, synthesize
 
     root = tmp_path_factory.mktemp("pool")
     good = [encode(root / f"good{i}{ext}", synthesize(genre, 8.0, 22_050, seed=i), 22_050)

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from daemon.errors import TooShort
-from daemon.features import DEFAULT_SPEC, FeatureSpec, clip_starts, log_spectrogram, song_features
+from daemon.audio.features import (
+    DEFAULT_SPEC,
+    FeatureSpec,
+    clip_starts,
+    log_spectrogram,
+    song_features,
+)
+from daemon.core.errors import TooShort
 
 GOLDEN = Path(__file__).parent / "data" / "golden_features.npz"
 

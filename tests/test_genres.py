@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo import SPELLINGS
-from daemon.errors import GenreMapError
-from daemon.genres import default_genres_text, load_genre_map, normalise, parse_genre_map
-from daemon.tags import ID3V1_GENRES
+from daemon.cli.demo import SPELLINGS
+from daemon.core.errors import GenreMapError
+from daemon.tags.genres import default_genres_text, load_genre_map, normalise, parse_genre_map
+from daemon.tags.tagfile import ID3V1_GENRES
 
 DEFAULT_TEN = ("Blues", "Classical", "Country", "Electronic", "Folk", "Hip-Hop", "Jazz",
                "Metal", "Pop", "Rock")

@@ -22,12 +22,12 @@ from helpers import negative_granule_ogg, ogg_nobody_decodes, wait_for
 from sqlalchemy import select
 from test_service import Station, trained_bundle  # noqa: F401  (the session's model)
 
-from daemon.config import parse_config
-from daemon.db.models import Suggestion, Track
-from daemon.genres import load_genre_map
-from daemon.library import Library
-from daemon.states import TrackState
-from daemon.tags import write_tags
+from daemon.core.config import parse_config
+from daemon.core.db.models import Suggestion, Track
+from daemon.core.states import TrackState
+from daemon.library.reconcile import Library
+from daemon.tags.genres import load_genre_map
+from daemon.tags.tagfile import write_tags
 
 pytestmark = pytest.mark.timeout(240)
 SR = 22_050
@@ -49,8 +49,8 @@ def with_big_picture(path: Path, megabytes: int, title: str, genre: str) -> Path
 
 @pytest.fixture(scope="module")
 def big_cover(tmp_path_factory) -> Path:
-    """A real 12-s MP3 (LAME, via daemon.demo) carrying a real 150 MB cover picture."""
-    from daemon.demo import encode, synthesize
+    """A real 12-s MP3 (LAME, via daemon.cli.demo) carrying a real 150 MB cover picture."""
+    from daemon.cli.demo import encode, synthesize
 
     folder = tmp_path_factory.mktemp("big-cover")
     path = encode(folder / "big cover.mp3", synthesize("Rock", 12.0, SR, 7, 2), SR)
@@ -72,8 +72,8 @@ class ModelessStation(Station):
     nothing is classified."""
 
     def _register(self, bundle) -> None:
-        from daemon.config import load_config
-        from daemon.db.engine import open_database
+        from daemon.core.config import load_config
+        from daemon.core.db.engine import open_database
 
         engine, _ = open_database(load_config(self.config).db_url)  # migrated, no model
         engine.dispose()
@@ -117,7 +117,7 @@ class Settler:
     def __init__(self, root: Path, state: Path, **workers):
         config = parse_config({"library": {"root": str(root), "settle_seconds": 1.0},
                                "state_dir": str(state), "workers": workers})
-        from daemon.db.engine import open_database
+        from daemon.core.db.engine import open_database
 
         self.engine, self.sessions = open_database(config.db_url)
         self.library = Library(config, self.sessions, load_genre_map())
@@ -205,7 +205,7 @@ def test_review_page_media_are_decoded_in_children_with_a_timeout(tmp_path, make
                                                                   database, make_song):
     from test_review import add_suggested_track
 
-    from daemon.web import create_app
+    from daemon.review.web import create_app
 
     library = tmp_path / "library"
     config = make_config(library, workers={"decode_timeout": 2.0})
@@ -261,8 +261,8 @@ def test_a_song_ffmpeg_refuses_gets_a_suggestion_one_neither_reads_is_quarantine
     """Settled by the library, decoded by the worker's pool, classified: the negative
     granule Ogg (FFmpeg refuses it, libsndfile plays it) is suggested, not quarantined;
     a file neither decoder reads is quarantined with both decoders' reasons."""
-    from daemon.registry import activate, register_bundle
-    from daemon.worker import Worker
+    from daemon.learn.registry import activate, register_bundle
+    from daemon.suggest.worker import Worker
 
     root = tmp_path / "library"
     negative_granule_ogg(root, name="buggy encoder.ogg")

@@ -19,13 +19,13 @@ from mutagen.id3 import ID3
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
-from daemon.config import parse_config
-from daemon.db.engine import transaction
-from daemon.db.models import Decision, ServiceState, Suggestion, Track, utcnow
-from daemon.demo import encode, synthesize
-from daemon.fingerprint import fingerprint
-from daemon.genres import load_genre_map
-from daemon.library import (
+from daemon.cli.demo import encode, synthesize
+from daemon.core.config import parse_config
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import Decision, ServiceState, Suggestion, Track, utcnow
+from daemon.core.states import TrackState as S
+from daemon.library.fingerprint import fingerprint
+from daemon.library.reconcile import (
     Library,
     SettleTracker,
     db_path,
@@ -35,8 +35,8 @@ from daemon.library import (
     settled_state,
     walk_library,
 )
-from daemon.states import TrackState as S
-from daemon.tags import write_tags
+from daemon.tags.genres import load_genre_map
+from daemon.tags.tagfile import write_tags
 
 SETTLE = 1.0
 
@@ -271,7 +271,7 @@ def test_our_own_tag_write_is_not_requeued(masters, root, make_library, database
     clock.settle(library)
     with transaction(database[1]) as session:
         session.scalars(select(Track)).one().state = S.REVIEWED
-    # What daemon.writer does: write the genre, then record the file's new stat.
+    # What daemon.review.writeback does: write the genre, then record the file's new stat.
     write_tags(song, genre="Jazz")
     os.utime(song, (time.time(), time.time() + 5))
     st = song.stat()
@@ -291,7 +291,7 @@ def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
                                                                   make_library, database):
     """A power cut between the writer's copy and its rename leaves a hidden temp copy next
     to the song; the next walk removes it once it is an hour old, and only it."""
-    from daemon.writer import temp_path
+    from daemon.review.writeback import temp_path
 
     song = put(masters, root, "jazz.flac", "A/jazz.flac")
     stale, fresh = temp_path(song), temp_path(put(masters, root, "rock.mp3", "B/rock.mp3"))
@@ -317,7 +317,7 @@ def test_our_own_write_reported_by_the_watcher_is_not_reread(masters, root, make
     library, clock = make_library(), Clock()
     clock.settle(library)
     reads = library.files_read
-    write_tags(song, genre="Jazz")  # daemon.writer: the tag, then the stat it left behind
+    write_tags(song, genre="Jazz")  # daemon.review.writeback: the tag, then the stat it left behind
     st = song.stat()
     with transaction(database[1]) as session:
         track = session.scalars(select(Track)).one()
@@ -527,7 +527,7 @@ def test_first_seen_is_recorded(masters, root, make_library, database):
 # --------------------------------------------------------------------- names
 
 # Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
-# tag writer's temp name to fit NAME_MAX too (daemon.writer.temp_path).
+# tag writer's temp name to fit NAME_MAX too (daemon.review.writeback.temp_path).
 ODD_NAMES = {
     "255 bytes": b"L" * 251 + b".mp3",
     "backslashes": b"AC\\DC - Back\\In Black.mp3",
@@ -562,9 +562,9 @@ def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, ro
                                                                make_library, database):
     """scan -> the library's track -> a suggestion -> accept -> the writer -> read back
     by exiftool, for each kind of name."""
-    from daemon import review
-    from daemon.scan import scan_library
-    from daemon.writer import Writer
+    from daemon.library.scan import scan_library
+    from daemon.review import decisions as review
+    from daemon.review.writeback import Writer
 
     _, sessions = database
     raw = ODD_NAMES[kind]
@@ -601,13 +601,13 @@ def test_everything_the_walk_skips_is_logged_and_in_status(masters, root, make_l
     one to a FIFO would block this test, also when the watcher reports it."""
     from helpers import make_not_songs
 
-    from daemon.status import collect_status, render_status
+    from daemon.service.status import collect_status, render_status
 
     _, sessions = database
     put(masters, root, "rock.mp3", "Artist/song.mp3")
     made = make_not_songs(root, tmp_path / "outside", masters["rock.mp3"])
     library, clock = make_library(), Clock()
-    with caplog.at_level("WARNING", logger="daemon.library"):
+    with caplog.at_level("WARNING", logger="daemon.library.reconcile"):
         result, _ = clock.settle(library)
     assert list(tracks(sessions)) == ["Artist/song.mp3"]
     assert result.skipped == len(made)
@@ -620,7 +620,7 @@ def test_everything_the_walk_skips_is_logged_and_in_status(masters, root, make_l
         assert any(rel in line and reason in line for line in logged), rel
 
     caplog.clear()
-    with caplog.at_level("WARNING", logger="daemon.library"):
+    with caplog.at_level("WARNING", logger="daemon.library.reconcile"):
         clock.settle(library)
     assert not [r for r in caplog.records if r.getMessage().startswith("skipped")]
 
@@ -669,7 +669,7 @@ def test_the_review_pages_preview_plays_songs_with_odd_names(masters, root, make
 
     import soundfile as sf
 
-    from daemon.web import create_app
+    from daemon.review.web import create_app
 
     _, sessions = database
     for i, raw in enumerate((b"AC\\DC - Back\\In Black.mp3", b"caf\xe9.mp3",

@@ -1,6 +1,6 @@
 """The seed CNN, training from the feature cache, and the ONNX export.
 
-Features here come from daemon.features on daemon.demo.synthesize output (no decoding);
+Features here come from daemon.audio.features on daemon.cli.demo.synthesize output (no decoding);
 tests/test_trainer.py runs the whole pipeline on encoded, tagged files.
 """
 
@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from daemon.classifier import Classifier, read_metadata, song_probabilities
-from daemon.demo import synthesize
-from daemon.featurecache import FeatureCache
-from daemon.features import DEFAULT_SPEC, clip_starts, song_features
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import DEFAULT_SPEC, clip_starts, song_features
+from daemon.cli.demo import synthesize
+from daemon.suggest.classifier import Classifier, read_metadata, song_probabilities
 from trainer.dataset import LabelledSong
 from trainer.export import ParityError, export_bundle  # noqa: E402
 from trainer.fit import class_weights, configure, fit, load_warm_start, predict_clips  # noqa: E402

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from daemon.mounts import filesystem_type, is_network_filesystem
+from daemon.library.mounts import filesystem_type, is_network_filesystem
 
 MOUNTS = """\
 /dev/sda1 / ext4 rw,relatime 0 0

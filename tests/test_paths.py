@@ -1,4 +1,4 @@
-"""The stored form of a library path is one-to-one with the bytes on disk (daemon.paths)."""
+"""The stored form of a library path is one-to-one with the bytes on disk (daemon.core.paths)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from daemon.paths import (
+from daemon.core.paths import (
     OutsideLibrary,
     display,
     filesystem_path,

@@ -18,11 +18,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon import registry
-from daemon.db.engine import open_database
-from daemon.db.models import Model
-from daemon.errors import ModelMismatch
-from daemon.features import DEFAULT_SPEC
+from daemon.audio.features import DEFAULT_SPEC
+from daemon.core.db.engine import open_database
+from daemon.core.db.models import Model
+from daemon.core.errors import ModelMismatch
+from daemon.learn import registry
 
 
 def make_bundle(out: Path, classes=("Jazz", "Rock", "Pop"), seed: int = 0,

@@ -1,9 +1,9 @@
 """Retraining end to end with a tiny real model, and its faults.
 
 One small station (3 genres, short songs, real encoders) is shared by the module: the
-library is walked into a real SQLite DB (daemon.library), the first model is trained by
+library is walked into a real SQLite DB (daemon.library.reconcile), the first model is trained by
 the Retrainer (helper C's trainer as a subprocess), the worker suggests genres for the
-untagged songs, and the music director confirms some through daemon.review. Then:
+untagged songs, and the music director confirms some through daemon.review.decisions. Then:
 faults (SIGKILL halfway, timeout, out of memory, the daemon killed mid-training) leave the
 active model untouched; `genretagger retrain --now` promotes a new version that re-scores
 the pending suggestions; a candidate trained on shuffled labels is rejected; rollback.
@@ -28,16 +28,17 @@ import pytest
 from helpers import wait_for
 from sqlalchemy import select
 
-from daemon import registry, review
-from daemon.config import parse_config
-from daemon.db.engine import open_database
-from daemon.db.models import Model, Suggestion, Track, TrainingRun
-from daemon.demo import make_library
-from daemon.genres import load_genre_map
-from daemon.library import Library
-from daemon.retrain import Retrainer, process_start_ticks, run_lock
-from daemon.states import TrackState
-from daemon.worker import Worker
+from daemon.cli.demo import make_library
+from daemon.core.config import parse_config
+from daemon.core.db.engine import open_database
+from daemon.core.db.models import Model, Suggestion, Track, TrainingRun
+from daemon.core.states import TrackState
+from daemon.learn import registry
+from daemon.learn.retrain import Retrainer, process_start_ticks, run_lock
+from daemon.library.reconcile import Library
+from daemon.review import decisions as review
+from daemon.suggest.worker import Worker
+from daemon.tags.genres import load_genre_map
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.db.models import Model
-from daemon.retrain import failure_reason, gate, holdout_share, should_retrain
+from daemon.core.db.models import Model
+from daemon.learn.retrain import failure_reason, gate, holdout_share, should_retrain
 
 NOW = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
 

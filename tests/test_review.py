@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from daemon import review
-from daemon.db.models import Decision, Suggestion, Track, utcnow
-from daemon.states import TrackState
+from daemon.core.db.models import Decision, Suggestion, Track, utcnow
+from daemon.core.states import TrackState
+from daemon.review import decisions as review
 
 
 def add_suggested_track(sessions, path: str, top=(("Rock", 0.8), ("Metal", 0.15),
@@ -242,8 +242,8 @@ def test_list_filters_sorts_and_pages(setup):
 
 @pytest.fixture
 def cli_station(tmp_path):
-    from daemon.config import load_config
-    from daemon.db.engine import open_database
+    from daemon.core.config import load_config
+    from daemon.core.db.engine import open_database
 
     library, state = tmp_path / "library", tmp_path / "state"
     library.mkdir()
@@ -324,7 +324,7 @@ def test_cli_error_exit_codes(cli_station):
 
 
 def test_review_set_matches_genres_as_the_genre_map_does(cli_station):
-    """`review set` spells genres through daemon.genres.normalise: "hip hop", "HIPHOP" and
+    """`review set` spells genres through daemon.tags.genres.normalise: "hip hop", "HIPHOP" and
     "Hip–Hop" are Hip-Hop (issue 10, item 11); a real CLI process."""
     import subprocess
     import sys
@@ -348,8 +348,8 @@ def test_an_invalid_transition_is_an_error_line_not_a_traceback(tmp_path):
 
     script = (
         "from daemon import cli\n"
-        "from daemon.db.models import Track\n"
-        "from daemon.states import TrackState, move\n"
+        "from daemon.core.db.models import Track\n"
+        "from daemon.core.states import TrackState, move\n"
         "@cli.cli.command('race')\n"
         "def race():\n"
         "    move(Track(path='A/song.mp3', state=TrackState.QUEUED), TrackState.REVIEWED)\n"

@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from daemon.cli import cli
-from daemon.demo import FORMATS, encode, synthesize
-from daemon.genres import load_genre_map
-from daemon.scan import inspect_file, list_library, scan_library
-from daemon.tags import write_tags
+from daemon.cli.demo import FORMATS, encode, synthesize
+from daemon.library.scan import inspect_file, list_library, scan_library
+from daemon.tags.genres import load_genre_map
+from daemon.tags.tagfile import write_tags
 
 GENRETAGGER = Path(sys.executable).parent / "genretagger"
 LATIN1_NAME = b"caf\xe9.mp3"

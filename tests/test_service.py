@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.demo import encode, make_library, synthesize
+from daemon.cli.demo import encode, make_library, synthesize
 
 pytestmark = pytest.mark.slow
 
@@ -105,9 +105,9 @@ class Station:
         self._register(bundle)
 
     def _register(self, bundle: Path) -> None:
-        from daemon.config import load_config
-        from daemon.db.engine import open_database
-        from daemon.registry import activate, register_bundle
+        from daemon.core.config import load_config
+        from daemon.core.db.engine import open_database
+        from daemon.learn.registry import activate, register_bundle
 
         config = load_config(self.config)
         engine, sessions = open_database(config.db_url)
@@ -388,7 +388,7 @@ def test_database_locked_for_ten_seconds(station):
 
 def test_notifier_abstract_socket():
     """'@name' in NOTIFY_SOCKET is Linux's abstract namespace."""
-    from daemon.notify import Notifier, watchdog_interval
+    from daemon.service.notify import Notifier, watchdog_interval
 
     name = f"genretagger-test-{os.getpid()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.db.engine import transaction
-from daemon.db.models import (
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import (
     Decision,
     Event,
     Model,
@@ -24,15 +24,15 @@ from daemon.db.models import (
     TrainingRun,
     utcnow,
 )
-from daemon.scheduler import (
+from daemon.core.states import TrackState
+from daemon.service.scheduler import (
     NIGHTLY_FUNC,
     NightlyHistory,
     Scheduler,
     next_nightly,
     next_nightly_run,
 )
-from daemon.states import TrackState
-from daemon.status import DAEMON_KEY, collect_status, render_status
+from daemon.service.status import DAEMON_KEY, collect_status, render_status
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
@@ -226,8 +226,8 @@ def test_a_missed_night_comes_from_the_run_rows(setup):
 
     # The same rows in the database: status shows the missed run as due, the scheduler
     # fires it at once, and the review page's answer is the same one.
-    from daemon.retrain import next_nightly_run as page_answer
-    from daemon.scheduler import nightly_history
+    from daemon.learn.retrain import next_nightly_run as page_answer
+    from daemon.service.scheduler import nightly_history
 
     now = datetime.now().astimezone()
     missed = now.replace(second=0, microsecond=0) - timedelta(minutes=5)

@@ -1,4 +1,4 @@
-"""THE suggestion rule (daemon.suggestions): pure cases, then end to end with the real
+"""THE suggestion rule (daemon.suggest.suggestions): pure cases, then end to end with the real
 worker, real ONNX models promoted through the registry and the real database."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ from pathlib import Path
 from helpers import genre_bundle, wait_for
 from sqlalchemy import select
 
-from daemon import review
-from daemon.classifier import Classifier
-from daemon.db.engine import open_database, transaction
-from daemon.db.models import Suggestion, SuggestionStatus, Track
-from daemon.demo import encode, synthesize
-from daemon.registry import activate, register_bundle
-from daemon.retrain import rescore_pending, resuggest_rejected
-from daemon.states import TrackState
-from daemon.suggestions import AGREES_WITH_TAG, REJECTED_BEFORE, SUGGESTED, decide
-from daemon.worker import Worker
+from daemon.cli.demo import encode, synthesize
+from daemon.core.db.engine import open_database, transaction
+from daemon.core.db.models import Suggestion, SuggestionStatus, Track
+from daemon.core.states import TrackState
+from daemon.learn.registry import activate, register_bundle
+from daemon.learn.retrain import rescore_pending, resuggest_rejected
+from daemon.review import decisions as review
+from daemon.suggest.classifier import Classifier
+from daemon.suggest.suggestions import AGREES_WITH_TAG, REJECTED_BEFORE, SUGGESTED, decide
+from daemon.suggest.worker import Worker
 
 CLASSES = ("Jazz", "Metal", "Rock")
 TOP = [("Jazz", 0.95), ("Rock", 0.03), ("Metal", 0.02)]

@@ -19,10 +19,10 @@ from helpers import wait_for
 from test_library import _hold_write_lock
 from test_service import free_port
 
-from daemon.config import parse_config
-from daemon.demo import encode, synthesize
-from daemon.health import Health, describe_failure
-from daemon.scheduler import Scheduler
+from daemon.cli.demo import encode, synthesize
+from daemon.core.config import parse_config
+from daemon.core.health import Health, describe_failure
+from daemon.service.scheduler import Scheduler
 
 EXE = [sys.executable, "-m", "daemon.cli"]
 SR = 22_050
@@ -179,7 +179,7 @@ def test_healthy_covers_every_thread_and_the_status_line_says_what_failed(tmp_pa
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    from daemon.service import Service
+    from daemon.service.wiring import Service
 
     library = tmp_path / "library"
     library.mkdir()

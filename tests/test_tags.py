@@ -17,9 +17,9 @@ from mutagen.flac import FLAC
 from mutagen.id3 import COMM, ID3, TCON, TIT2, TPE1, TYER
 from mutagen.mp4 import MP4
 
-from daemon.demo import FORMATS, encode, synthesize
-from daemon.errors import TagError
-from daemon.tags import ID3V1_GENRES, read_tags, set_genre, write_tags
+from daemon.cli.demo import FORMATS, encode, synthesize
+from daemon.core.errors import TagError
+from daemon.tags.tagfile import ID3V1_GENRES, read_tags, set_genre, write_tags
 
 SR = 22_050
 # The content-derived format name each extension's encoder produces.

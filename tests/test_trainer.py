@@ -1,6 +1,6 @@
 """The trainer end to end on a tiny generated library, plus its numpy-only parts.
 
-The library is encoded by real encoders and tagged with mutagen (daemon.demo), once per
+The library is encoded by real encoders and tagged with mutagen (daemon.cli.demo), once per
 module; `genretagger train` runs as a real subprocess, as the nightly retrain runs it.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.classifier import Classifier, read_metadata, song_probabilities
-from daemon.demo import encode, make_library, synthesize
+from daemon.cli.demo import encode, make_library, synthesize
+from daemon.suggest.classifier import Classifier, read_metadata, song_probabilities
 from trainer.dataset import (
     DatasetError,
     LabelledSong,
@@ -143,8 +143,8 @@ def library(tmp_path_factory):
 
 
 def test_confirmed_labels_override_file_tags(library, tmp_path):
-    from daemon.genres import load_genre_map
-    from daemon.tags import write_tags
+    from daemon.tags.genres import load_genre_map
+    from daemon.tags.tagfile import write_tags
     from trainer.dataset import find_labelled_songs, load_labels
 
     root, songs = library
@@ -174,7 +174,7 @@ def test_confirmed_labels_override_file_tags(library, tmp_path):
 def test_files_the_daemon_knows_are_not_read_again(library, tmp_path):
     """--known: an unchanged file's fingerprint and tags come from the daemon's list (the
     made-up values below prove the file was not read); a changed one is read again."""
-    from daemon.genres import load_genre_map
+    from daemon.tags.genres import load_genre_map
     from trainer.dataset import find_labelled_songs, load_known
 
     root, songs = library

@@ -12,10 +12,10 @@ import soundfile as sf
 from PIL import Image
 from test_review import add_suggested_track
 
-from daemon.db.models import Decision, Model, Track, utcnow
-from daemon.fingerprint import fingerprint
-from daemon.web import create_app
-from daemon.web.media import preview_windows
+from daemon.core.db.models import Decision, Model, Track, utcnow
+from daemon.library.fingerprint import fingerprint
+from daemon.review.web import create_app
+from daemon.review.web.media import preview_windows
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ def test_history_shows_write_failures_in_plain_words(station, client):
 
 
 def test_models_page_shows_last_and_next_retraining(station, client):
-    from daemon.db.models import TrainingRun
+    from daemon.core.db.models import TrainingRun
 
     _, sessions, _ = station
     page = client.get("/models").get_data(as_text=True)

@@ -11,10 +11,10 @@ import pytest
 from test_review import add_suggested_track
 from werkzeug.security import generate_password_hash
 
-from daemon.db.models import Suggestion
-from daemon.errors import ConfigError
-from daemon.web import WebServer, create_app
-from daemon.web.security import SECRET_FILE, LoginLimiter, is_loopback
+from daemon.core.db.models import Suggestion
+from daemon.core.errors import ConfigError
+from daemon.review.web import WebServer, create_app
+from daemon.review.web.security import SECRET_FILE, LoginLimiter, is_loopback
 
 PASSWORD = "station-secret-42"
 

@@ -16,10 +16,10 @@ from sqlalchemy.exc import OperationalError
 from test_library import _hold_write_lock
 from test_review import add_suggested_track
 
-from daemon.db.engine import BUSY_TIMEOUT_S, impatient_sessions, transaction
-from daemon.db.models import Decision, Suggestion
-from daemon.web import WebServer, create_app
-from daemon.web.app import BUSY_MESSAGE, FULL_MESSAGE, RETRY_AFTER_S, WEB_BUSY_TIMEOUT_S
+from daemon.core.db.engine import BUSY_TIMEOUT_S, impatient_sessions, transaction
+from daemon.core.db.models import Decision, Suggestion
+from daemon.review.web import WebServer, create_app
+from daemon.review.web.app import BUSY_MESSAGE, FULL_MESSAGE, RETRY_AFTER_S, WEB_BUSY_TIMEOUT_S
 
 
 @pytest.fixture

@@ -16,14 +16,14 @@ from helpers import wait_for
 from sqlalchemy import select
 from test_service import trained_bundle  # noqa: F401  (the session's trained model)
 
-from daemon.db.engine import open_database, transaction
-from daemon.db.models import Decision, Event, Suggestion, SuggestionStatus, Track, utcnow
-from daemon.demo import encode, synthesize
-from daemon.featurecache import FeatureCache
-from daemon.features import DEFAULT_SPEC
-from daemon.registry import activate, register_bundle
-from daemon.states import TrackState
-from daemon.worker import Worker, backoff_delay, claim_tracks, requeue_working
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import DEFAULT_SPEC
+from daemon.cli.demo import encode, synthesize
+from daemon.core.db.engine import open_database, transaction
+from daemon.core.db.models import Decision, Event, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.core.states import TrackState
+from daemon.learn.registry import activate, register_bundle
+from daemon.suggest.worker import Worker, backoff_delay, claim_tracks, requeue_working
 
 pytestmark = pytest.mark.slow
 SR = 22_050
@@ -186,9 +186,9 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
 def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):  # noqa: F811
     """The worker files a re-classified song away when its genre was rejected before; a
     new model re-suggests rejected songs only where it hears another genre."""
-    from daemon import review
-    from daemon.classifier import Classifier
-    from daemon.retrain import resuggest_rejected
+    from daemon.learn.retrain import resuggest_rejected
+    from daemon.review import decisions as review
+    from daemon.suggest.classifier import Classifier
 
     config, sessions, library = shop
     model_id = add_model(config, sessions, trained_bundle)
@@ -249,8 +249,8 @@ def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
         shop, trained_bundle):  # noqa: F811
     """The library saw the file change mid-decode (track back to queued, new size): the
     result of the old bytes is dropped, and the track waits for its next turn."""
-    from daemon.classifier import Classifier
-    from daemon.worker import Claim
+    from daemon.suggest.classifier import Classifier
+    from daemon.suggest.worker import Claim
 
     config, sessions, library = shop
     [rel] = songs(library, 1)
@@ -286,9 +286,9 @@ def test_a_stalled_copy_is_never_suggested_from_partial_audio_nor_quarantined(
     import subprocess
     import threading
 
-    from daemon.audio import probe
-    from daemon.genres import load_genre_map
-    from daemon.library import Library
+    from daemon.audio.decode import probe
+    from daemon.library.reconcile import Library
+    from daemon.tags.genres import load_genre_map
 
     library_dir = tmp_path / "library"
     library_dir.mkdir()
@@ -348,16 +348,16 @@ def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
     """255 bytes, backslashes, a raw byte beside its literal escape, a non-UTF-8 folder:
     walked and settled by the library, suggested by the real worker, accepted, written by
     the writer, read back by exiftool. (The 255-byte name also needs the tag writer's
-    temp name to fit NAME_MAX: daemon.writer.temp_path.)"""
+    temp name to fit NAME_MAX: daemon.review.writeback.temp_path.)"""
     import os
     import subprocess
 
     from test_library import ODD_NAMES
 
-    from daemon import review
-    from daemon.genres import load_genre_map
-    from daemon.library import Library, fs_path
-    from daemon.writer import Writer
+    from daemon.library.reconcile import Library, fs_path
+    from daemon.review import decisions as review
+    from daemon.review.writeback import Writer
+    from daemon.tags.genres import load_genre_map
 
     library_dir = tmp_path / "library"
     library_dir.mkdir()

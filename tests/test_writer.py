@@ -19,16 +19,16 @@ from mutagen.id3 import ID3
 from sqlalchemy import select
 from test_review import add_suggested_track
 
-from daemon import review
-from daemon.audio import probe, read_window
-from daemon.db.models import Decision, Track, utcnow
-from daemon.errors import FileError
-from daemon.featurecache import FeatureCache
-from daemon.features import DEFAULT_SPEC
-from daemon.fingerprint import fingerprint
-from daemon.library import WRITER_TEMP_MARK
-from daemon.tags import read_tags
-from daemon.writer import WriteFailed, Writer, temp_path, write_genre_atomically
+from daemon.audio.decode import probe, read_window
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import DEFAULT_SPEC
+from daemon.core.db.models import Decision, Track, utcnow
+from daemon.core.errors import FileError
+from daemon.library.fingerprint import fingerprint
+from daemon.library.reconcile import WRITER_TEMP_MARK
+from daemon.review import decisions as review
+from daemon.review.writeback import WriteFailed, Writer, temp_path, write_genre_atomically
+from daemon.tags.tagfile import read_tags
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
 
@@ -107,7 +107,7 @@ def test_failures_are_typed_and_leave_the_original(make_song, tmp_path):
 # stay fast), rewrites genres in a loop until the test SIGKILLs it.
 FORK_HELPER = """
 import os, sys
-from daemon.writer import write_genre_atomically
+from daemon.review.writeback import write_genre_atomically
 paths, child = sys.argv[1:], None
 for line in sys.stdin:
     if line.strip() == "wait":
@@ -255,7 +255,7 @@ def test_writer_thread_starts_and_closes(station, make_song):
 def test_undo_after_write_puts_the_old_genre_back(station, make_song):
     config, sessions, library = station
     path, _, sid, _ = add_song(sessions, library, make_song, "D/u.m4a", raw_genre="Blues")
-    from daemon.tags import write_tags
+    from daemon.tags.tagfile import write_tags
 
     write_tags(path, genre="Blues")
     with sessions() as session, session.begin():
@@ -271,8 +271,8 @@ def test_undo_after_write_puts_the_old_genre_back(station, make_song):
 
 
 def test_accept_write_then_reconcile_does_not_requeue(station, make_song):
-    from daemon.genres import load_genre_map
-    from daemon.library import Library
+    from daemon.library.reconcile import Library
+    from daemon.tags.genres import load_genre_map
 
     config, sessions, library = station
     path, track_id, sid, _ = add_song(sessions, library, make_song, "E/r.opus")
@@ -311,7 +311,7 @@ def test_writer_never_writes_outside_the_library(station, make_song, tmp_path):
 def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
     config, sessions, library = station
     path, _, sid, _ = add_song(sessions, library, make_song, "F/late.flac", raw_genre="Folk")
-    from daemon.tags import write_tags
+    from daemon.tags.tagfile import write_tags
 
     write_tags(path, genre="Folk")
     [decision] = review.accept(sessions, config, [sid], who="t")
@@ -337,9 +337,9 @@ def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
 def test_a_name_that_is_not_utf8_is_found_and_written(make_song, tmp_path):
     import os
 
-    from daemon.library import db_path
-    from daemon.tags import read_tags
-    from daemon.writer import library_file, write_genre_atomically
+    from daemon.library.reconcile import db_path
+    from daemon.review.writeback import library_file, write_genre_atomically
+    from daemon.tags.tagfile import read_tags
 
     root = tmp_path / "library"
     root.mkdir()
@@ -377,8 +377,8 @@ def test_a_255_byte_name_is_written(make_song, tmp_path):
 
 
 def test_hard_linked_song_is_refused_and_the_reason_is_shown(station, make_song):
-    from daemon.status import collect_status, render_status
-    from daemon.web.app import create_app
+    from daemon.review.web.app import create_app
+    from daemon.service.status import collect_status, render_status
 
     config, sessions, library = station
     path, _, sid, _ = add_song(sessions, library, make_song, "H/linked.mp3")

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.errors import GenretaggerError
-from daemon.features import BACKBONE_SPEC, BackboneSpec
+from daemon.audio.features import BACKBONE_SPEC, BackboneSpec
+from daemon.core.errors import GenretaggerError
 
 # ---------------------------------------------------------------- what we fetch
 REQUIREMENT = "musicnn==0.1.0"
@@ -368,8 +368,8 @@ def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None
 def demo_patches(seconds: float = 40.0) -> np.ndarray:
     """Real log mel patches for a parity check when no library is at hand: a generated
     demo song per genre, through the backbone front end at clip_starts positions."""
-    from daemon.demo import VOICES, synthesize
-    from daemon.features import backbone_patches, clip_starts
+    from daemon.audio.features import backbone_patches, clip_starts
+    from daemon.cli.demo import VOICES, synthesize
 
     spec = BACKBONE_SPEC
     windows = []

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.config import AUDIO_EXTENSIONS
-from daemon.errors import FileError, GenretaggerError
-from daemon.featurecache import FeatureCache
-from daemon.fingerprint import fingerprint
+from daemon.audio.featurecache import FeatureCache
+from daemon.core.config import AUDIO_EXTENSIONS
+from daemon.core.errors import FileError, GenretaggerError
+from daemon.library.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def load_known(path: Path | None) -> dict[str, KnownFile]:
 
 def _read_song(path: Path) -> tuple[str | None, str | None, tuple[str, ...], str | None]:
     """(artist, album, raw genres, why unreadable) from the file's tags."""
-    from daemon.tags import read_tags
+    from daemon.tags.tagfile import read_tags
 
     try:
         tags = read_tags(path)
@@ -169,13 +169,13 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
                         ) -> tuple[list[LabelledSong], list[tuple[str, str]]]:
     """Walk `library` -> (labelled songs, [(rel, reason)] for files left out).
 
-    The walk is the daemon's (daemon.library.walk_library: same files, same skipped
+    The walk is the daemon's (daemon.library.reconcile.walk_library: same files, same skipped
     folders). Paths are in the daemon's stored form. A confirmed label in `labels`
     ({rel: genre}) overrides the file's tag. A file in `known` whose size and mtime are
     unchanged is not read at all. Files with no usable genre are left out with the reason
     "no genre" / "genre X not mapped".
     """
-    from daemon.library import db_path, same_stat, walk_library
+    from daemon.library.reconcile import db_path, same_stat, walk_library
 
     library = Path(library)
     labels, known = labels or {}, known or {}
@@ -226,7 +226,7 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
                   ) -> tuple[list[LabelledSong], list[tuple[str, str]], dict[str, int]]:
     """Make sure every song's features are in `cache`.
 
-    Songs already cached are not decoded; the rest go through daemon.extract.ExtractPool.
+    Songs already cached are not decoded; the rest go through daemon.audio.extract.ExtractPool.
     Returns (songs with features, [(rel, reason)] for files that failed,
     {"cached": n, "decoded": n, "failed": n}). Copies of one file are decoded once.
     """
@@ -239,7 +239,7 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
     failed: dict[str, str] = {}
     decoded = 0
     if missing:
-        from daemon.extract import ExtractPool
+        from daemon.audio.extract import ExtractPool
 
         by_path = {str(group[0].path): fp for fp, group in missing.items()}
         processes = processes or max(1, os.cpu_count() or 1)

@@ -1,7 +1,7 @@
 """Metrics, calibration and the evaluation report: numpy (and scipy) only at import.
 
 The daemon's nightly gate calls `song_metrics`; matplotlib is imported only by the two
-plotting functions. Song prediction is daemon.classifier.song_probabilities, the same
+plotting functions. Song prediction is daemon.suggest.classifier.song_probabilities, the same
 function the daemon serves with.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.classifier import song_probabilities
+from daemon.suggest.classifier import song_probabilities
 
 
 def _label_indices(labels: Sequence, genres: list[str]) -> np.ndarray:
@@ -194,11 +194,11 @@ def evaluate_model(model_path: Path, library: Path, *, genres_path: Path | None 
     Songs whose tag maps to one of the model's genres are scored; files that cannot be
     read are listed under "failed". Returns song_metrics plus clip accuracy, ECE and counts.
     """
-    from daemon.classifier import Classifier, read_metadata
-    from daemon.errors import ModelMismatch
-    from daemon.featurecache import FeatureCache
-    from daemon.features import FeatureSpec
-    from daemon.genres import load_genre_map
+    from daemon.audio.featurecache import FeatureCache
+    from daemon.audio.features import FeatureSpec
+    from daemon.core.errors import ModelMismatch
+    from daemon.suggest.classifier import Classifier, read_metadata
+    from daemon.tags.genres import load_genre_map
     from trainer.dataset import default_cache_dir, find_labelled_songs, load_features
 
     try:  # the bundle's own spec: compute whatever features the model was trained on

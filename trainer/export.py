@@ -21,7 +21,7 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from daemon.errors import GenretaggerError
+from daemon.core.errors import GenretaggerError
 
 # tf2onnx narrates every conversion at INFO; its warnings still come through.
 logging.getLogger("tf2onnx").setLevel(logging.WARNING)

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from daemon.featurecache import FeatureCache
+from daemon.audio.featurecache import FeatureCache
 from trainer.dataset import LabelledSong, song_chunks
 from trainer.model import build_model
 
@@ -191,8 +191,8 @@ def load_warm_start(path: Path, classes: tuple[str, ...],
     """A previous run's model.keras when it has the same classes and input; else None."""
     import json
 
-    from daemon.classifier import read_metadata
-    from daemon.errors import ModelMismatch
+    from daemon.core.errors import ModelMismatch
+    from daemon.suggest.classifier import read_metadata
 
     model_path = Path(path) / "model.keras"
     report_path = Path(path) / "report.json"

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.classifier import song_probabilities
-from daemon.errors import ConfigError
-from daemon.featurecache import FeatureCache
-from daemon.features import DEFAULT_SPEC
-from daemon.genres import load_genre_map
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import DEFAULT_SPEC
+from daemon.core.errors import ConfigError
+from daemon.suggest.classifier import song_probabilities
+from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
 from trainer.dataset import (
     Dataset,

@@ -1,0 +1,82 @@
+"""The track state machine: every state a track can be in and every allowed move.
+
+This is the only place that knows the transitions; code that changes `Track.state`
+goes through `move()`, which refuses anything not listed here.
+
+    queued ──claim──> working ──ok──> suggested ──review──> reviewed
+      ^  ^              │  │                ^                  │
+      │  └──backoff── retrying <─error─┘     └──────undo───────┘
+      │                 │
+      │          (max attempts) -> quarantined ──file changed──> queued
+      └── file changed / tag removed ── tagged, suggested, reviewed, missing
+
+    queued -> quarantined   reading the settled file crashed, hung or ran out of memory
+    working -> reviewed     the model's genre is one the reviewer rejected for the song
+    reviewed -> suggested   undo; or a new model hears a genre not rejected for it
+                            (daemon.review.decisions.rejected_genres)
+
+  tagged:   the file's own genre tag maps to a canonical genre; nothing to suggest.
+  reviewed: decided by the reviewer (accepted, overridden or rejected).
+  missing:  gone from the library; comes back (same fingerprint) with its history.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from daemon.core.errors import GenretaggerError
+
+
+class TrackState(StrEnum):
+    QUEUED = "queued"
+    WORKING = "working"
+    RETRYING = "retrying"
+    QUARANTINED = "quarantined"
+    SUGGESTED = "suggested"
+    REVIEWED = "reviewed"
+    TAGGED = "tagged"
+    MISSING = "missing"
+
+
+S = TrackState
+
+TRANSITIONS: dict[TrackState, frozenset[TrackState]] = {
+    # Quarantined straight away when reading the settled file crashed, hung or ran out of
+    # memory (daemon.library.reconcile): the worker would only meet the same.
+    S.QUEUED: frozenset({S.WORKING, S.TAGGED, S.MISSING, S.QUARANTINED}),
+    # A worker finishes (suggested), fails (retrying/quarantined), finds the file tagged
+    # meanwhile, or hands the file back on shutdown (queued).
+    S.WORKING: frozenset({S.SUGGESTED, S.RETRYING, S.QUARANTINED, S.QUEUED, S.TAGGED, S.MISSING,
+                          S.REVIEWED}),
+    S.RETRYING: frozenset({S.WORKING, S.QUEUED, S.TAGGED, S.MISSING}),
+    S.QUARANTINED: frozenset({S.QUEUED, S.TAGGED, S.MISSING}),
+    S.SUGGESTED: frozenset({S.REVIEWED, S.QUEUED, S.TAGGED, S.MISSING, S.SUGGESTED}),
+    S.REVIEWED: frozenset({S.SUGGESTED, S.QUEUED, S.TAGGED, S.MISSING}),
+    S.TAGGED: frozenset({S.QUEUED, S.MISSING, S.SUGGESTED}),
+    S.MISSING: frozenset(set(TrackState) - {S.MISSING, S.WORKING}),
+}
+
+# States a reconcile leaves alone when the file is unchanged.
+SETTLED = frozenset({S.SUGGESTED, S.REVIEWED, S.TAGGED, S.QUARANTINED})
+# States the worker may claim (retrying only once its backoff has passed).
+CLAIMABLE = frozenset({S.QUEUED, S.RETRYING})
+
+
+class InvalidTransition(GenretaggerError, ValueError):
+    """A move the state machine does not allow (a bug or a race, never the user's input);
+    a GenretaggerError, so the CLI reports it as an error line, not a traceback."""
+
+    def __init__(self, old: TrackState, new: TrackState, path: str = ""):
+        super().__init__(f"{path}: track cannot go from {old} to {new}")
+
+
+def can_move(old: TrackState | str, new: TrackState | str) -> bool:
+    return TrackState(new) in TRANSITIONS[TrackState(old)]
+
+
+def move(track, new: TrackState) -> None:
+    """Set `track.state` to `new`, or raise InvalidTransition."""
+    old = TrackState(track.state)
+    if old != new and not can_move(old, new):
+        raise InvalidTransition(old, new, getattr(track, "path", ""))
+    track.state = new

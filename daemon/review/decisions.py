@@ -1,0 +1,509 @@
+"""Review decisions as domain operations: accept, override, reject, undo, bulk accept.
+
+Each operation is ONE transaction that writes a `decisions` row (the audit log: who,
+when, what genre, the previous value, and how: single / bulk / override / undo) and
+moves the track through `daemon.core.states.move` (suggested <-> reviewed). Accepted and
+overridden genres become the track's confirmed label (`confirmed_genre`,
+`confirmed_at`, `confirmed_decision_id`), the training label the nightly retrain uses.
+Decisions that change a file's tag get `write_status = "pending"` (or `"off"` when
+`review.write_tags` is false); `daemon.review.writeback.Writer` does the writing.
+
+The web UI and the `genretagger review` commands both call these functions; IDs given
+to accept / set / reject are suggestion ids, undo takes a decision id.
+
+JSON shapes (stable; `genretagger review ... --json` prints them):
+
+    suggestion_json: {"id": int, "track_id": int, "path": str (relative to the library),
+        "artist": str|null, "title": str|null, "format": str|null,
+        "raw_genre": str|null (the file's tag as found), "genre": str (suggested),
+        "confidence": float 0..1, "top": [{"genre": str, "confidence": float}, ...] (best
+        first, up to 3), "status": "pending"|"accepted"|"overridden"|"rejected"|"superseded",
+        "model_id": int|null, "created_at": ISO-8601 UTC, "track_state": str,
+        "confirmed_genre": str|null, "disagrees_with": str|null}
+    decision_json: {"id": int, "track_id": int, "suggestion_id": int|null, "path": str,
+        "action": "accept"|"override"|"reject"|"undo", "how": "single"|"bulk"|"override"|"undo",
+        "genre": str|null, "previous_genre": str|null, "who": str, "at": ISO-8601 UTC,
+        "undoes_id": int|null, "undone": bool,
+        "write_status": "pending"|"written"|"failed"|"off"|"none",
+        "write_attempts": int, "write_error": str|null}
+    `review list --json`: {"total": int, "suggestions": [suggestion_json, ...]}
+    `review accept|set|reject|undo --json`: {"decisions": [decision_json, ...]}
+
+`previous_genre` is the genre the station had for the track just before the decision:
+its confirmed label if it had one, else the file's raw tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.core.config import Config
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.core.errors import GenretaggerError
+from daemon.core.states import TrackState, can_move, move
+
+# The suggestion rule's own reading of the audit log; review callers import it from here too.
+from daemon.suggest.suggestions import rejected_genres  # noqa: F401
+
+
+class ReviewError(GenretaggerError):
+    """A review operation that cannot be done as asked; the message says why."""
+
+
+class UnknownSuggestion(ReviewError):
+    def __init__(self, suggestion_id: int):
+        self.suggestion_id = suggestion_id
+        super().__init__(f"no suggestion with id {suggestion_id}")
+
+
+class UnknownDecision(ReviewError):
+    def __init__(self, decision_id: int):
+        self.decision_id = decision_id
+        super().__init__(f"no decision with id {decision_id}")
+
+
+class NotPending(ReviewError):
+    """The suggestion was already decided (or replaced), or its track is not reviewable."""
+
+
+class UnknownGenre(ReviewError):
+    def __init__(self, genre: str, known: Sequence[str]):
+        self.genre = genre
+        super().__init__(f"{genre!r} is not one of the station's genres: {', '.join(known)}")
+
+
+class CannotUndo(ReviewError):
+    """The decision is already undone, is itself an undo, or a later one follows it."""
+
+
+class Action:
+    ACCEPT = "accept"
+    OVERRIDE = "override"
+    REJECT = "reject"
+    UNDO = "undo"
+
+
+class How:
+    SINGLE = "single"
+    BULK = "bulk"
+    OVERRIDE = "override"
+    UNDO = "undo"
+
+
+class WriteStatus:
+    PENDING = "pending"
+    WRITTEN = "written"
+    FAILED = "failed"
+    OFF = "off"
+    NONE = "none"
+
+
+# Decisions whose genre still has to reach the file.
+WRITE_OUTSTANDING = (WriteStatus.PENDING, WriteStatus.FAILED)
+
+SORTS = ("confident", "uncertain", "newest")
+STATUSES = ("pending", "accepted", "overridden", "rejected", "superseded", "all")
+
+
+# ---------------------------------------------------------------- reading
+
+def canonical_genres(session: Session, config: Config) -> tuple[str, ...]:
+    """The genres a reviewer may choose: the genre map's canonical list plus the active
+    model's classes (normally the same set), sorted."""
+    from daemon.learn.registry import active_model
+    from daemon.tags.genres import load_genre_map
+
+    genre_map = load_genre_map(config.genres_path if config.genres_path.exists() else None)
+    genres = set(genre_map.canonical)
+    model = active_model(session)
+    if model is not None:
+        genres.update(str(c) for c in model.classes)
+    return tuple(sorted(genres))
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """What the queue page and `review list` show."""
+
+    status: str = "pending"
+    genre: str | None = None
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    folder: str | None = None  # relative folder; matches everything under it
+    format: str | None = None
+    sort: str = "confident"
+
+
+def _like_prefix(folder: str) -> str:
+    folder = folder.strip().strip("/")
+    escaped = folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "/%"
+
+
+def _filtered(query: Select, f: QueueFilter) -> Select:
+    if f.status != "all":
+        query = query.where(Suggestion.status == f.status)
+    if f.genre:
+        query = query.where(Suggestion.genre == f.genre)
+    if f.min_confidence is not None:
+        query = query.where(Suggestion.confidence >= f.min_confidence)
+    if f.max_confidence is not None:
+        query = query.where(Suggestion.confidence < f.max_confidence)
+    if f.folder and f.folder.strip().strip("/"):
+        query = query.where(Track.path.like(_like_prefix(f.folder), escape="\\"))
+    if f.format:
+        query = query.where(Track.format == f.format)
+    return query
+
+
+def list_suggestions(session: Session, f: QueueFilter = QueueFilter(), *, limit: int = 50,
+                     offset: int = 0) -> tuple[list[tuple[Suggestion, Track]], int]:
+    """(suggestion, track) pairs for one page of the queue, and the total that match."""
+    if f.sort not in SORTS:
+        raise ReviewError(f"sort must be one of {', '.join(SORTS)}, not {f.sort!r}")
+    if f.status not in STATUSES:
+        raise ReviewError(f"state must be one of {', '.join(STATUSES)}, not {f.status!r}")
+    base = select(Suggestion, Track).join(Track, Suggestion.track_id == Track.id)
+    # Ties broken in the same direction, so SQLite walks the (status, confidence) index
+    # (whose entries end in the row id) without a sort.
+    order = {
+        "confident": (Suggestion.confidence.desc(), Suggestion.id.desc()),
+        "uncertain": (Suggestion.confidence.asc(), Suggestion.id.asc()),
+        "newest": (Suggestion.id.desc(),),
+    }[f.sort]
+    rows = session.execute(_filtered(base, f).order_by(*order).limit(limit).offset(offset)).all()
+    count = select(func.count()).select_from(Suggestion)
+    if f.folder or f.format:  # only then does the count need the tracks
+        count = count.join(Track, Suggestion.track_id == Track.id)
+    total = session.scalar(_filtered(count, f))
+    return [(s, t) for s, t in rows], int(total or 0)
+
+
+def count_above(session: Session, threshold: float) -> tuple[int, int | None]:
+    """How many pending suggestions have confidence >= threshold, and the highest id among
+    them (pass it to `bulk_accept(up_to_id=...)` so suggestions that arrive after the count
+    was shown are not accepted unseen)."""
+    count, top_id = session.execute(
+        select(func.count(), func.max(Suggestion.id))
+        .where(Suggestion.status == SuggestionStatus.PENDING,
+               Suggestion.confidence >= threshold)
+    ).one()
+    return int(count), top_id
+
+
+def pending_genres(session: Session, min_confidence: float | None = None
+                   ) -> list[tuple[str, int]]:
+    """(suggested genre, pending count), for the queue's genre filter and the bulk page."""
+    query = select(Suggestion.genre, func.count()).where(Suggestion.status == "pending")
+    if min_confidence is not None:
+        query = query.where(Suggestion.confidence >= min_confidence)
+    return [(g, int(n)) for g, n in session.execute(
+        query.group_by(Suggestion.genre).order_by(Suggestion.genre)).all()]
+
+
+def pending_formats(session: Session) -> list[str]:
+    return [f for f in session.scalars(
+        select(Track.format).join(Suggestion, Suggestion.track_id == Track.id)
+        .where(Suggestion.status == "pending", Track.format.is_not(None))
+        .distinct().order_by(Track.format)).all()]
+
+
+def list_decisions(session: Session, *, limit: int = 50, offset: int = 0,
+                   write_status: Iterable[str] | None = None
+                   ) -> tuple[list[tuple[Decision, Track]], int]:
+    """The audit log, newest first, with each decision's track; and the total."""
+    query = select(Decision, Track).join(Track, Decision.track_id == Track.id)
+    count = select(func.count()).select_from(Decision)
+    if write_status is not None:
+        statuses = tuple(write_status)
+        query = query.where(Decision.write_status.in_(statuses))
+        count = count.where(Decision.write_status.in_(statuses))
+    rows = session.execute(query.order_by(Decision.id.desc()).limit(limit).offset(offset)).all()
+    return [(d, t) for d, t in rows], int(session.scalar(count) or 0)
+
+
+def write_backlog(session: Session) -> dict[str, int]:
+    """{"pending": n, "failed": n}: decided genres not yet in their files (for status)."""
+    counts = dict(session.execute(
+        select(Decision.write_status, func.count())
+        .where(Decision.write_status.in_(WRITE_OUTSTANDING), Decision.undone.is_(False))
+        .group_by(Decision.write_status)).all())
+    return {s: int(counts.get(s, 0)) for s in WRITE_OUTSTANDING}
+
+
+# ---------------------------------------------------------------- JSON shapes
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def top_choices(suggestion: Suggestion) -> list[tuple[str, float]]:
+    """The suggestion's top genres, best first, as (genre, confidence)."""
+    return [(str(g), float(c)) for g, c in (suggestion.top or [])]
+
+
+def suggestion_json(suggestion: Suggestion, track: Track) -> dict:
+    return {
+        "id": suggestion.id, "track_id": track.id, "path": track.path,
+        "artist": track.artist, "title": track.title, "format": track.format,
+        "raw_genre": track.raw_genre, "genre": suggestion.genre,
+        "confidence": round(float(suggestion.confidence), 4),
+        "top": [{"genre": g, "confidence": round(c, 4)} for g, c in top_choices(suggestion)],
+        "status": suggestion.status, "model_id": suggestion.model_id,
+        "created_at": _iso(suggestion.created_at), "track_state": track.state,
+        "confirmed_genre": track.confirmed_genre, "disagrees_with": suggestion.disagrees_with,
+    }
+
+
+def decision_json(decision: Decision, track: Track) -> dict:
+    return {
+        "id": decision.id, "track_id": decision.track_id,
+        "suggestion_id": decision.suggestion_id, "path": track.path,
+        "action": decision.action, "how": decision.how, "genre": decision.genre,
+        "previous_genre": decision.previous_genre, "who": decision.who,
+        "at": _iso(decision.at), "undoes_id": decision.undoes_id,
+        "undone": bool(decision.undone), "write_status": decision.write_status,
+        "write_attempts": decision.write_attempts, "write_error": decision.write_error,
+    }
+
+
+# ---------------------------------------------------------------- deciding
+
+def _pending_suggestion(session: Session, suggestion_id: int) -> tuple[Suggestion, Track]:
+    suggestion = session.get(Suggestion, suggestion_id, with_for_update=True)
+    if suggestion is None:
+        raise UnknownSuggestion(suggestion_id)
+    if suggestion.status != SuggestionStatus.PENDING:
+        raise NotPending(f"suggestion {suggestion_id} is already {suggestion.status}")
+    track = suggestion.track
+    if track.state != TrackState.REVIEWED and not can_move(track.state, TrackState.REVIEWED):
+        raise NotPending(f"suggestion {suggestion_id}: {track.path} is {track.state}, "
+                         "not waiting for review")
+    return suggestion, track
+
+
+def _previous_genre(track: Track) -> str | None:
+    return track.confirmed_genre if track.confirmed_genre is not None else track.raw_genre
+
+
+def _write_status(config: Config, writes: bool) -> str:
+    if not writes:
+        return WriteStatus.NONE
+    return WriteStatus.PENDING if config.review.write_tags else WriteStatus.OFF
+
+
+def _cancel_outstanding_writes(session: Session, track: Track, reason: str) -> None:
+    """Only the newest decision's genre goes into a file: older unwritten ones are dropped."""
+    for older in session.scalars(select(Decision).where(
+            Decision.track_id == track.id, Decision.write_status.in_(WRITE_OUTSTANDING))):
+        older.write_status = WriteStatus.NONE
+        older.write_error = reason
+        older.next_write_at = None
+
+
+def _decide(session: Session, config: Config, suggestion: Suggestion, track: Track, *,
+            action: str, how: str, genre: str | None, who: str) -> Decision:
+    now = utcnow()
+    writes = action in (Action.ACCEPT, Action.OVERRIDE)
+    decision = Decision(
+        track_id=track.id, suggestion_id=suggestion.id, action=action, how=how, genre=genre,
+        previous_genre=_previous_genre(track), who=who, at=now, undone=False,
+        write_status=_write_status(config, writes), write_attempts=0,
+    )
+    if writes:
+        _cancel_outstanding_writes(session, track, "replaced by a later decision")
+    session.add(decision)
+    session.flush()  # the id becomes the label's provenance
+    suggestion.status = {Action.ACCEPT: SuggestionStatus.ACCEPTED,
+                         Action.OVERRIDE: SuggestionStatus.OVERRIDDEN,
+                         Action.REJECT: SuggestionStatus.REJECTED}[action]
+    if writes:
+        track.confirmed_genre = genre
+        track.confirmed_at = now
+        track.confirmed_decision_id = decision.id
+    if track.state != TrackState.REVIEWED:
+        move(track, TrackState.REVIEWED)
+        track.state_changed_at = now
+    return decision
+
+
+def _check_genre(session: Session, config: Config, genre: str) -> str:
+    known = canonical_genres(session, config)
+    if genre in known:
+        return genre
+    # Let "hip hop" mean "Hip-Hop": reviewers type; the stored label stays canonical. The
+    # genre map's own matching key, so the shell, the web page and tags agree on spellings.
+    from daemon.tags.genres import normalise
+
+    matches = {g for g in known if normalise(g) == normalise(genre)}
+    if len(matches) == 1:
+        return matches.pop()
+    raise UnknownGenre(genre, known)
+
+
+def accept(sessions: sessionmaker[Session], config: Config, suggestion_ids: Iterable[int], *,
+           who: str, choice: int = 1) -> list[Decision]:
+    """Accept suggestions (all in one transaction): choice 1 is the model's top genre;
+    choice 2 or 3 picks that runner-up, recorded as an override of the top genre.
+    Raises UnknownSuggestion, NotPending, ReviewError (no such choice); nothing is
+    written when any id fails."""
+    decisions = []
+    with transaction(sessions) as session:
+        for suggestion_id in dict.fromkeys(int(i) for i in suggestion_ids):
+            suggestion, track = _pending_suggestion(session, suggestion_id)
+            choices = top_choices(suggestion) or [(suggestion.genre, suggestion.confidence)]
+            if not 1 <= choice <= len(choices):
+                raise ReviewError(f"suggestion {suggestion_id} has {len(choices)} choice(s); "
+                                  f"there is no choice {choice}")
+            genre = choices[choice - 1][0]
+            if choice == 1 or genre == suggestion.genre:
+                decisions.append(_decide(session, config, suggestion, track,
+                                         action=Action.ACCEPT, how=How.SINGLE,
+                                         genre=suggestion.genre, who=who))
+            else:
+                genre = _check_genre(session, config, genre)
+                decisions.append(_decide(session, config, suggestion, track,
+                                         action=Action.OVERRIDE, how=How.OVERRIDE,
+                                         genre=genre, who=who))
+    return decisions
+
+
+def override(sessions: sessionmaker[Session], config: Config, suggestion_id: int, genre: str,
+             *, who: str) -> Decision:
+    """Set another canonical genre than the suggested one (UnknownGenre if it is not one).
+    Setting the suggested genre itself counts as an accept."""
+    with transaction(sessions) as session:
+        suggestion, track = _pending_suggestion(session, int(suggestion_id))
+        genre = _check_genre(session, config, genre)
+        if genre == suggestion.genre:
+            return _decide(session, config, suggestion, track, action=Action.ACCEPT,
+                           how=How.SINGLE, genre=genre, who=who)
+        return _decide(session, config, suggestion, track, action=Action.OVERRIDE,
+                       how=How.OVERRIDE, genre=genre, who=who)
+
+
+def reject(sessions: sessionmaker[Session], config: Config, suggestion_ids: Iterable[int], *,
+           who: str) -> list[Decision]:
+    """The suggestion is wrong and the reviewer has no better genre: the track stays
+    untagged and reviewed. No model suggests the rejected genre for it again; a newer
+    model that hears another genre suggests that one (rejected_genres)."""
+    with transaction(sessions) as session:
+        decisions = []
+        for suggestion_id in dict.fromkeys(int(i) for i in suggestion_ids):
+            suggestion, track = _pending_suggestion(session, suggestion_id)
+            decisions.append(_decide(session, config, suggestion, track, action=Action.REJECT,
+                                     how=How.SINGLE, genre=None, who=who))
+        return decisions
+
+
+def bulk_accept(sessions: sessionmaker[Session], config: Config, threshold: float, *, who: str,
+                up_to_id: int | None = None) -> list[Decision]:
+    """Accept every pending suggestion with confidence >= threshold (and id <= up_to_id,
+    when given) in one transaction; each gets its own decision row with how = "bulk".
+    Suggestions whose track is not waiting for review are left alone."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ReviewError(f"confidence threshold must be between 0 and 1, not {threshold}")
+    with transaction(sessions) as session:
+        query = (select(Suggestion).where(Suggestion.status == SuggestionStatus.PENDING,
+                                          Suggestion.confidence >= threshold)
+                 .order_by(Suggestion.id))
+        if up_to_id is not None:
+            query = query.where(Suggestion.id <= up_to_id)
+        decisions = []
+        for suggestion in session.scalars(query).all():
+            track = suggestion.track
+            if track.state != TrackState.REVIEWED and not can_move(track.state,
+                                                                   TrackState.REVIEWED):
+                continue
+            decisions.append(_decide(session, config, suggestion, track, action=Action.ACCEPT,
+                                     how=How.BULK, genre=suggestion.genre, who=who))
+        return decisions
+
+
+def undo(sessions: sessionmaker[Session], config: Config, decision_id: int, *,
+         who: str) -> Decision:
+    """Undo a decision: its suggestion is pending again, the track's confirmed label goes
+    back to what the previous standing decision set (or none), and when the genre had
+    already been written into the file the previous genre is written back.
+
+    Only the newest standing decision of a track can be undone (CannotUndo otherwise),
+    so labels never go back to a state that a later decision replaced."""
+    with transaction(sessions) as session:
+        target = session.get(Decision, int(decision_id), with_for_update=True)
+        if target is None:
+            raise UnknownDecision(decision_id)
+        if target.action == Action.UNDO:
+            raise CannotUndo(f"decision {decision_id} is itself an undo; decide again instead")
+        if target.undone:
+            raise CannotUndo(f"decision {decision_id} is already undone")
+        standing = _standing_decisions(session, target.track_id)
+        if standing and standing[0].id != target.id:
+            raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
+                             "track came later; undo that one first")
+        track = session.get(Track, target.track_id)
+        now = utcnow()
+        # The genre the file should carry again, if ours already reached it.
+        restore_file = target.write_status == WriteStatus.WRITTEN
+        previous = [d for d in standing[1:] if d.action in (Action.ACCEPT, Action.OVERRIDE)]
+        back_to = previous[0] if previous else None
+        undo_row = Decision(
+            track_id=track.id, suggestion_id=target.suggestion_id, action=Action.UNDO,
+            how=How.UNDO, genre=target.previous_genre if restore_file else None,
+            previous_genre=_previous_genre(track), who=who, at=now, undoes_id=target.id,
+            undone=False, write_attempts=0, write_status=WriteStatus.NONE,
+        )
+        if target.write_status in WRITE_OUTSTANDING:
+            target.write_status = WriteStatus.NONE
+            target.write_error = "undone before it was written"
+            target.next_write_at = None
+        if restore_file:
+            if target.previous_genre is not None:
+                undo_row.write_status = _write_status(config, True)
+            else:
+                # The file had no genre; tags keep ours until the next decision replaces it.
+                undo_row.write_error = (f"the file keeps {target.genre!r}: it had no genre "
+                                        "tag before, and the next decision will replace it")
+        target.undone = True
+        session.add(undo_row)
+        session.flush()
+
+        if target.action in (Action.ACCEPT, Action.OVERRIDE):
+            track.confirmed_genre = back_to.genre if back_to else None
+            track.confirmed_at = back_to.at if back_to else None
+            track.confirmed_decision_id = back_to.id if back_to else None
+        suggestion = session.get(Suggestion, target.suggestion_id) if target.suggestion_id \
+            else None
+        newer = session.scalar(select(func.count()).select_from(Suggestion).where(
+            Suggestion.track_id == track.id, Suggestion.id > (target.suggestion_id or 0)))
+        if suggestion is not None and not newer:
+            suggestion.status = SuggestionStatus.PENDING
+            if track.state == TrackState.REVIEWED:
+                move(track, TrackState.SUGGESTED)
+                track.state_changed_at = now
+        return undo_row
+
+
+def _standing_decisions(session: Session, track_id: int) -> list[Decision]:
+    """The track's decisions that still stand (not undone, not undos), newest first."""
+    return list(session.scalars(
+        select(Decision).where(Decision.track_id == track_id, Decision.undone.is_(False),
+                               Decision.action != Action.UNDO)
+        .order_by(Decision.id.desc())).all())
+
+
+def last_undoable(session: Session, who: str | None = None) -> Decision | None:
+    """The newest standing decision (of `who`, when given): what the "u" key undoes."""
+    query = select(Decision).where(Decision.undone.is_(False), Decision.action != Action.UNDO)
+    if who is not None:
+        query = query.where(Decision.who == who)
+    for decision in session.scalars(query.order_by(Decision.id.desc()).limit(20)):
+        standing = _standing_decisions(session, decision.track_id)
+        if standing and standing[0].id == decision.id:
+            return decision
+    return None

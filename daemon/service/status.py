@@ -1,0 +1,331 @@
+"""`genretagger status`: what the daemon is doing, read from the database alone.
+
+Works whether or not the daemon runs (it reads the same database; SQLite WAL lets it
+read while the daemon writes). The daemon publishes a heartbeat in `service_state`
+(key "daemon") and every component's health in state_dir/health.json (daemon.core.health);
+it counts as running when either is fresh and its pid is alive.
+
+`status --json` shape (stable; times are ISO 8601 UTC strings or null):
+
+    {
+      "daemon": {"running": bool, "pid": int|null, "started_at": str|null,
+                 "heartbeat": str|null, "stopped_at": str|null, "last_file": str|null,
+                 "model_loaded": int|null,
+                 "healthy": bool|null},       # null: no live service published its health
+      "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
+                            "last_error": str|null, "last_error_at": str|null,
+                            "errors": int, "failing": bool, ...}},
+                     # main, worker, watcher, settle, writer, web, scheduler, reconcile,
+                     # nightly-retrain, retrainer; {} when the daemon is not running
+      "tracks": {"total": int, "by_state": {state: int for every TrackState}},
+      "queue_depth": int,            # queued + retrying + working
+      "files_per_minute": float,     # classified + failed over the last hour / 60
+      "last_hour": {"classified": int, "failed": int},
+      "pending_suggestions": int,
+      "decisions_waiting": int,      # decided genres not yet written into files
+                                     # (write pending, or failed and retried later)
+      "write_failures_total": int,   # of those, the ones whose last write failed
+      "write_failures": [{"path": str, "genre": str|null, "reason": str|null,
+                          "attempts": int, "next_try": str|null}],   # oldest 20
+      "model": null | {"id": int, "version": int, "path": str, "activated_at": str|null,
+                       "n_songs": int, "classes": [str], "accuracy": float|null,
+                       "macro_f1": float|null},
+      "last_reconcile": null | {"at": str, "seconds": float, "guarded": bool,
+                                "reason": str|null, ...the walk's counts},
+      "skipped_total": int,          # song-named entries the last walk did not read:
+      "skipped": [{"path": str, "reason": str}],   # folders, FIFOs, sockets, devices,
+                                     # broken links, loops, links leading outside (first 50)
+      "quarantined_total": int,
+      "quarantined": [{"path": str, "reason": str|null, "attempts": int,
+                       "since": str|null}],   # newest 20
+      "retraining": {"enabled": bool,
+                     "last": null | {"id": int, "trigger": str, "status": str,
+                                     "reason": str|null, "started_at": str|null,
+                                     "finished_at": str|null, "model_id": int|null},
+                     "next": str|null}
+    }
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.core.config import Config
+from daemon.core.db.models import (
+    Decision,
+    Event,
+    ServiceState,
+    Suggestion,
+    SuggestionStatus,
+    Track,
+    TrainingRun,
+    utcnow,
+)
+from daemon.core.health import read_health
+from daemon.core.paths import display_stored
+from daemon.core.states import CLAIMABLE, TrackState
+from daemon.review.decisions import WRITE_OUTSTANDING, WriteStatus
+
+DAEMON_KEY = "daemon"
+LAST_RECONCILE_KEY = "last_reconcile"
+# The daemon writes its heartbeat every HEARTBEAT_SECONDS; three missed ones = not running.
+HEARTBEAT_SECONDS = 10.0
+STALE_SECONDS = 3 * HEARTBEAT_SECONDS
+QUARANTINE_SHOWN = 20
+WRITE_FAILURES_SHOWN = 20
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (EPERM: it does, as another user)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def daemon_running(value: dict | None, now: datetime) -> bool:
+    """A heartbeat dict (ServiceState "daemon") -> is the daemon up right now?"""
+    if not value or value.get("stopped_at"):
+        return False
+    try:
+        beat = datetime.fromisoformat(value["heartbeat"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    fresh = (now - beat).total_seconds() <= STALE_SECONDS
+    return fresh and pid_alive(value.get("pid"))
+
+
+def queue_depth(session: Session) -> int:
+    """Tracks the worker still has to do (queued, retrying, working)."""
+    return session.scalar(select(func.count()).select_from(Track).where(
+        Track.state.in_([*CLAIMABLE, TrackState.WORKING]))) or 0
+
+
+def next_retrain(session: Session, config: Config, now: datetime) -> datetime | None:
+    """The nightly job's next run (UTC): daemon.service.scheduler.next_nightly_run on the
+    training-run rows, the same answer the running scheduler acts on."""
+    from daemon.service.scheduler import next_nightly_run, nightly_history
+
+    due = next_nightly_run(config.retrain, now, nightly_history(session))
+    return due.astimezone(UTC) if due is not None else None
+
+
+def published_health(config: Config, now: datetime) -> dict | None:
+    """The running service's state_dir/health.json, or None when no live service wrote a
+    fresh one (stopped, crashed, or never started)."""
+    data = read_health(config.health_path)
+    if not data or data.get("stopped_at") or not pid_alive(data.get("pid")):
+        return None
+    try:
+        written = datetime.fromisoformat(data["written_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return data if (now - written).total_seconds() <= STALE_SECONDS else None
+
+
+def model_status(session: Session) -> dict | None:
+    from daemon.learn.registry import active_model
+
+    model = active_model(session)
+    if model is None:
+        return None
+    metrics = model.metrics or {}
+    return {"id": model.id, "version": model.version, "path": model.path,
+            "activated_at": _iso(model.activated_at), "n_songs": model.n_songs,
+            "classes": list(model.classes or []), "accuracy": metrics.get("accuracy"),
+            "macro_f1": metrics.get("macro_f1")}
+
+
+def collect_status(config: Config, sessions: sessionmaker[Session],
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Everything `status` shows, as the documented JSON-able dict."""
+    now = now or utcnow()
+    with sessions() as session:
+        counts = dict(session.execute(
+            select(Track.state, func.count()).group_by(Track.state)).all())
+        by_state = {state.value: int(counts.get(state.value, 0)) for state in TrackState}
+        hour_ago = now - timedelta(hours=1)
+        events = dict(session.execute(
+            select(Event.kind, func.count()).where(Event.at >= hour_ago,
+                                                    Event.kind.in_(("classified", "failed")))
+            .group_by(Event.kind)).all())
+        heartbeat = session.get(ServiceState, DAEMON_KEY)
+        beat = dict(heartbeat.value) if heartbeat is not None else {}
+        reconcile = session.get(ServiceState, LAST_RECONCILE_KEY)
+        quarantined = session.scalars(
+            select(Track).where(Track.state == TrackState.QUARANTINED)
+            .order_by(Track.state_changed_at.desc(), Track.id.desc())
+            .limit(QUARANTINE_SHOWN)).all()
+        pending = session.scalar(select(func.count()).select_from(Suggestion).where(
+            Suggestion.status == SuggestionStatus.PENDING)) or 0
+        waiting = session.scalar(select(func.count()).select_from(Decision).where(
+            Decision.write_status.in_(WRITE_OUTSTANDING), Decision.undone.is_(False))) or 0
+        failed_writes = session.execute(
+            select(Decision, Track.path).join(Track, Decision.track_id == Track.id)
+            .where(Decision.write_status == WriteStatus.FAILED, Decision.undone.is_(False))
+            .order_by(Decision.id).limit(WRITE_FAILURES_SHOWN)).all()
+        failed_total = session.scalar(select(func.count()).select_from(Decision).where(
+            Decision.write_status == WriteStatus.FAILED, Decision.undone.is_(False))) or 0
+        last_run = session.scalars(select(TrainingRun)
+                                   .order_by(TrainingRun.started_at.desc(),
+                                             TrainingRun.id.desc()).limit(1)).first()
+        health = published_health(config, now)
+        data = {
+            "daemon": {
+                # The health file is written apart from the database: a daemon waiting
+                # out a locked database still counts as running.
+                "running": daemon_running(beat, now) or health is not None,
+                "healthy": health.get("healthy") if health else None,
+                "pid": beat.get("pid"),
+                "started_at": beat.get("started_at"),
+                "heartbeat": beat.get("heartbeat"),
+                "stopped_at": beat.get("stopped_at"),
+                "last_file": beat.get("last_file"),
+                "model_loaded": beat.get("model_id"),
+            },
+            "components": health.get("components", {}) if health else {},
+            "tracks": {"total": sum(by_state.values()), "by_state": by_state},
+            "queue_depth": by_state["queued"] + by_state["retrying"] + by_state["working"],
+            "files_per_minute": round((events.get("classified", 0)
+                                       + events.get("failed", 0)) / 60.0, 2),
+            "last_hour": {"classified": int(events.get("classified", 0)),
+                          "failed": int(events.get("failed", 0))},
+            "pending_suggestions": int(pending),
+            "decisions_waiting": int(waiting),
+            "write_failures_total": int(failed_total),
+            "write_failures": [{"path": path, "genre": d.genre, "reason": d.write_error,
+                                "attempts": d.write_attempts, "next_try": _iso(d.next_write_at)}
+                               for d, path in failed_writes],
+            "model": model_status(session),
+            "last_reconcile": dict(reconcile.value) if reconcile is not None else None,
+            "skipped_total": int((reconcile.value or {}).get("skipped", 0)
+                                 if reconcile is not None else 0),
+            "skipped": list((reconcile.value or {}).get("skipped_files", [])
+                            if reconcile is not None else []),
+            "quarantined_total": by_state["quarantined"],
+            "quarantined": [{"path": t.path, "reason": t.last_error, "attempts": t.attempts,
+                             "since": _iso(t.state_changed_at)} for t in quarantined],
+            "retraining": {
+                "enabled": config.retrain.enabled,
+                "last": None if last_run is None else {
+                    "id": last_run.id, "trigger": last_run.trigger,
+                    "status": last_run.status, "reason": last_run.reason,
+                    "started_at": _iso(last_run.started_at),
+                    "finished_at": _iso(last_run.finished_at),
+                    "model_id": last_run.model_id},
+                "next": _iso(next_retrain(session, config, now)),
+            },
+        }
+    return data
+
+
+def _local(iso: str | None) -> str:
+    """An ISO time as the server's local 'YYYY-MM-DD HH:MM' (what the volunteer reads)."""
+    if not iso:
+        return "never"
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def render_status(data: dict[str, Any]) -> str:
+    """The short plain-text report for the station's IT volunteer."""
+    lines = []
+    d = data["daemon"]
+    if d["running"]:
+        lines.append(f"daemon:      running (pid {d['pid']}, since {_local(d['started_at'])})")
+    elif d["stopped_at"]:
+        lines.append(f"daemon:      stopped at {_local(d['stopped_at'])}")
+    elif d["heartbeat"]:
+        lines.append(f"daemon:      NOT RUNNING (last heartbeat {_local(d['heartbeat'])}; "
+                     "did it crash? see `journalctl -u genretagger`)")
+    else:
+        lines.append("daemon:      never started (start it: `systemctl start genretagger`)")
+    components = data.get("components") or {}
+    if components:
+        sick = {n: c for n, c in components.items() if not c.get("healthy")}
+        failing = {n: c for n, c in components.items() if c.get("failing")}
+        if not sick and not failing:
+            lines.append(f"components:  all {len(components)} healthy")
+        else:
+            lines.append(f"components:  {len(components) - len(sick)} of {len(components)} "
+                         "healthy" + ("" if not sick else " (NOT HEALTHY: "
+                                      + ", ".join(sick) + ")"))
+        for name, c in {**failing, **sick}.items():
+            state = "failing" if c.get("healthy") else "NOT HEALTHY"
+            error = (f": {c['last_error']} (at {_local(c.get('last_error_at'))})"
+                     if c.get("last_error") else "")
+            lines.append(f"  {name}: {state}{error}")
+    states = data["tracks"]["by_state"]
+    shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
+    lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))
+    lines.append(f"queue:       {data['queue_depth']} waiting, "
+                 f"{data['files_per_minute']:g} files/min over the last hour"
+                 + (f", last file {d['last_file']}" if d["last_file"] else ""))
+    lines.append(f"review:      {data['pending_suggestions']} suggestions to review, "
+                 f"{data['decisions_waiting']} accepted genres waiting to be written")
+    if data["write_failures_total"]:
+        lines.append(f"not written: {data['write_failures_total']} accepted genre(s) could not "
+                     "be written into the file yet (retried later):")
+        for w in data["write_failures"]:
+            lines.append(f"  {w['path']}: {w['reason']}")
+        if data["write_failures_total"] > len(data["write_failures"]):
+            lines.append(f"  ... and {data['write_failures_total'] - len(data['write_failures'])}"
+                         " more (`status --json` lists 20)")
+    model = data["model"]
+    if model is None:
+        lines.append("model:       none yet (the daemon trains the first one from tagged songs)")
+    else:
+        figures = []
+        if model["accuracy"] is not None:
+            figures.append(f"accuracy {model['accuracy']:.0%}")
+        if model["macro_f1"] is not None:
+            figures.append(f"macro-F1 {model['macro_f1']:.2f}")
+        lines.append(f"model:       v{model['version']}, {len(model['classes'])} genres, "
+                     f"{model['n_songs']} songs" + (f", {', '.join(figures)}" if figures else "")
+                     + f", active since {_local(model['activated_at'])}")
+    rec = data["last_reconcile"]
+    if rec is None:
+        lines.append("last walk:   never")
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in rec.items()
+                           if isinstance(v, int) and not isinstance(v, bool) and v)
+        text = f"last walk:   {_local(rec.get('at'))}" + (f" ({counts})" if counts else "")
+        if rec.get("guarded"):
+            text += f"; GUARDED, nothing marked missing: {rec.get('reason')}"
+        lines.append(text)
+    retrain = data["retraining"]
+    last = retrain["last"]
+    last_text = ("never" if last is None else
+                 f"{last['trigger']} {last['status']} {_local(last['started_at'])}"
+                 + (f" ({last['reason']})" if last["reason"] else ""))
+    next_text = _local(retrain["next"]) if retrain["enabled"] else "disabled in config"
+    lines.append(f"retraining:  last {last_text}; next {next_text}")
+    if data["quarantined_total"]:
+        lines.append(f"quarantined: {data['quarantined_total']} file(s) that cannot be "
+                     "classified (retried when the file changes):")
+        for q in data["quarantined"]:
+            lines.append(f"  {display_stored(q['path'])}: {q['reason']}")
+        if data["quarantined_total"] > len(data["quarantined"]):
+            lines.append(f"  ... and {data['quarantined_total'] - len(data['quarantined'])} "
+                         "more (`status --json` lists 20)")
+    if data["skipped_total"]:
+        lines.append(f"skipped:     {data['skipped_total']} name(s) that look like songs but "
+                     "are not read:")
+        for entry in data["skipped"]:
+            lines.append(f"  {entry['path']}: {entry['reason']}")
+        if data["skipped_total"] > len(data["skipped"]):
+            lines.append(f"  ... and {data['skipped_total'] - len(data['skipped'])} more")
+    return "\n".join(lines)

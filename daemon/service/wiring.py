@@ -1,0 +1,406 @@
+"""`genretagger run`: the service. Wires the components, handles signals, talks to systemd.
+
+Start order (each needs the ones before it):
+
+    database    open + migrate (the SQLite file is copied aside first), network-DB warning
+    genre map   state_dir/genres.toml, else the shipped one
+    worker      decoder pool + the classify loop (requeues what a crash left working)
+    watcher     filesystem events between walks (settle tracking), armed before ...
+    library     ... the initial reconciliation walk, so nothing slips between the two;
+                settled files are read (tags, header, fingerprint) in tag-reader child
+                processes, which the review page shares for its spectrograms and previews
+    writer      accepted genres into the files
+    web         the review page
+    scheduler   reconcile every library.reconcile_minutes
+    retrainer   recovers cut-off runs; trains the first model in the background when
+                there is none (a trainer subprocess); started once the first walk's
+                files have settled, since it learns from their tags; then the nightly
+                job is added to the scheduler (a night missed while down runs at once)
+
+then READY=1 to systemd. Stop is the reverse, within STOP_SECONDS in all (systemd's
+TimeoutStopSec is 30): the worker stops claiming first and finishes its in-flight files
+while the others close. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload the config file and
+apply what can change while running (LIVE_KEYS); other changes are logged as needing a
+restart. Every HEARTBEAT_SECONDS the service publishes a heartbeat + pid in
+`service_state` (what `status` reads) and a STATUS= line for `systemctl status`; a
+thread of its own writes every component's health (daemon.core.health) to
+state_dir/health.json twice as often, so a locked database cannot hold that back.
+healthy() (what the watchdog pings on) covers the main loop and every component.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.core.config import Config, load_config
+from daemon.core.db.engine import open_database, transaction
+from daemon.core.db.models import ServiceState, utcnow
+from daemon.core.errors import ConfigError
+from daemon.core.health import describe_failure, write_health
+from daemon.service import scheduler as jobs
+from daemon.service.heap import bound_heap
+from daemon.service.logs import setup_logging
+from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
+from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS, queue_depth
+from daemon.suggest.worker import Worker
+
+log = logging.getLogger(__name__)
+
+STOP_SECONDS = 20.0
+# The first model waits for the first walk's files to settle, at most this much longer.
+SETTLE_WAIT_SECONDS = 300.0
+# Without a model, look again this often for enough tagged songs to train one.
+NO_MODEL_POLL_SECONDS = 300.0
+# Config keys the running service applies on SIGHUP; anything else needs a restart.
+LIVE_KEYS = frozenset({
+    "log_level", "library.reconcile_minutes", "library.settle_seconds",
+    "workers.max_attempts", "workers.backoff_seconds",
+    "classifier.batch_songs", "classifier.audit_min_confidence",
+})
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, dotted + ".")
+        elif a != b:
+            keys.append(dotted)
+    return keys
+
+
+class Service:
+    """The daemon process: `run()` starts everything, serves until a signal, stops."""
+
+    def __init__(self, config: Config, config_path: Path | None = None,
+                 notifier: Notifier | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._reload_requested = False
+        self._started: list[tuple[str, Any]] = []  # (name, component), in start order
+        self._lock = threading.Lock()  # _started vs the late retrainer start
+        self._beat = time.monotonic()
+        self._running = False  # the main loop has started (start-up is done)
+        self.started_at = utcnow()
+        self.sessions = None
+        self.worker: Worker | None = None
+        self.library = None
+        self.readers = None
+        self.scheduler: jobs.Scheduler | None = None
+        self.retrainer = None
+        self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
+        self._health_stop = threading.Event()
+        self._health_thread = threading.Thread(target=self._health_loop, name="health",
+                                               daemon=True)
+
+    # ---- signals -----------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads. Handlers only set flags: the main loop acts."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum, _frame) -> None:
+        if not self.stop_event.is_set():
+            log.info("%s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+        self._wake.set()
+
+    def _on_reload(self, _signum, _frame) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    # ---- start -------------------------------------------------------------------------
+
+    def _add(self, name: str, component: Any) -> Any:
+        component.start()
+        self._started.append((name, component))
+        log.info("started %s", name)
+        return component
+
+    def start(self) -> None:
+        """Open the database and start every component in order; then READY=1."""
+        from daemon.learn.retrain import Retrainer
+        from daemon.library.reconcile import Library, reader_pool
+        from daemon.library.watcher import Watcher
+        from daemon.review.web.app import WebServer
+        from daemon.review.writeback import Writer
+        from daemon.tags.genres import load_genre_map
+
+        config = self.config
+        bound_heap()  # before onnxruntime and the first batch allocate anything large
+        self.pinger.start()
+        self._health_thread.start()
+        self.notifier.status("opening the database")
+        self.engine, self.sessions = open_database(
+            config.db_url, busy_timeout=config.database_busy_seconds)
+        genres_path = config.genres_path if config.genres_path.exists() else None
+        genre_map = load_genre_map(genres_path)
+        log.info("genre map: %d genres from %s", len(genre_map.canonical),
+                 genres_path or "the shipped genres.toml")
+        jobs.register("sessions", self.sessions)
+        self._publish_heartbeat()
+
+        self.worker = self._add("worker", Worker(config, self.sessions))
+        jobs.register("worker", self.worker)
+
+        # Nothing parses a library file in this process: one small pool of child processes
+        # reads settled files and decodes the review page's media.
+        self.readers = reader_pool(config)
+        self.library = Library(config, self.sessions, genre_map, readers=self.readers)
+        jobs.register("library", self.library)
+        # Watch first, then walk: a file copied in while the walk runs is seen by one or
+        # the other (both feed the same settle tracker), never by neither.
+        self._add("watcher", Watcher(config.library, self.library))
+        self.notifier.status(f"initial walk of {config.library.root}")
+        self.notifier.extend_timeout(600)  # a big library on a share takes a while
+        try:
+            jobs.run_reconcile()
+        except Exception:  # a failed first walk is retried by the interval job
+            log.exception("initial reconcile failed")
+        if self.stop_event.is_set():
+            return
+
+        writer = Writer(config, self.sessions)
+        self._add("writer", writer)
+        # A decision wakes the writer, so an accepted genre lands in the file at once.
+        self._add("web", WebServer(config, self.sessions, on_decision=writer.wake,
+                                   children=self.readers))
+
+        self.scheduler = jobs.Scheduler(config, self.sessions)
+        self.scheduler.add_reconcile()
+        self._add("scheduler", self.scheduler)
+        # Registers itself as "retrainer"; its thread recovers runs cut off by a restart
+        # and, with no active model, trains the first one (a subprocess) in the background
+        # -- from the tagged tracks, so only once the first walk's files have settled.
+        self.retrainer = Retrainer(config, self.sessions, poll_seconds=NO_MODEL_POLL_SECONDS)
+        threading.Thread(target=self._start_retrainer, name="start-retrainer",
+                         daemon=True).start()
+        self.notifier.ready(self.status_line())
+        log.info("genretagger running on %s (pid %d)", config.library.root, os.getpid())
+
+    def _start_retrainer(self) -> None:
+        """Start the Retrainer once the library has no files left settling (bounded)."""
+        settle = self.config.library.settle_seconds
+        deadline = time.monotonic() + 3 * settle + SETTLE_WAIT_SECONDS
+        self.stop_event.wait(settle + 1)
+        while self.library.settling and time.monotonic() < deadline:
+            if self.stop_event.wait(1.0):
+                return
+        with self._lock:
+            if self.stop_event.is_set():
+                return
+            self._add("retrainer", self.retrainer)
+        # Now that the retrainer can take it, the nightly job: a night missed while the
+        # daemon was down (the run rows say so) runs at once. Outside the lock: reading
+        # the rows may wait out a busy database, and healthy() takes that lock.
+        if self.config.retrain.enabled and not self.stop_event.is_set():
+            self.scheduler.add_nightly(jobs.NIGHTLY_FUNC)
+
+    # ---- running -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The main thread: start, heartbeat + STATUS until a signal, stop.
+
+        Returns 0 after a signal-initiated stop, 2 when start-up found a configuration
+        error, 1 when it failed otherwise (logged).
+        """
+        self.install_signal_handlers()
+        try:
+            try:
+                self.start()
+            except ConfigError as err:  # README: configuration errors exit 2
+                log.error("cannot start: %s", err)
+                return 2
+            except Exception as err:
+                # One clear line for the journal (the traceback follows at debug level).
+                log.error("cannot start: %s: %s", type(err).__name__, err)
+                log.debug("start-up failure", exc_info=True)
+                return 1
+            self._beat, self._running = time.monotonic(), True
+            while not self.stop_event.is_set():
+                self._beat = time.monotonic()
+                self._publish_heartbeat()
+                self.notifier.status(self.status_line())
+                self._wake.wait(HEARTBEAT_SECONDS)
+                self._wake.clear()
+                if self._reload_requested and not self.stop_event.is_set():
+                    self._reload_requested = False
+                    self.reload()
+        finally:
+            self.stop()
+        return 0
+
+    def status_line(self) -> str:
+        """`systemctl status` line: queue depth, model, last file."""
+        try:
+            with self.sessions() as session:
+                depth = queue_depth(session)
+        except Exception as err:  # the DB locked or full: say which, rather than die
+            return describe_failure(err)
+        worker = self.worker
+        model = (f"model {worker.model_id}" if worker and worker.model_id
+                 else "no model yet")
+        last = worker.last_file if worker and worker.last_file else "none yet"
+        return f"{depth} in queue, {model}, last file: {last}"
+
+    def _publish_heartbeat(self, stopped: bool = False) -> None:
+        now = utcnow().isoformat()
+        value = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started_at": self.started_at.isoformat(), "heartbeat": now,
+                 "last_file": self.worker.last_file if self.worker else None,
+                 "model_id": self.worker.model_id if self.worker else None,
+                 "stopped_at": now if stopped else None}
+        try:
+            with transaction(self.sessions) as session:
+                row = session.get(ServiceState, DAEMON_KEY)
+                if row is None:
+                    session.add(ServiceState(key=DAEMON_KEY, value=value))
+                else:
+                    row.value = value
+        except Exception as err:  # a locked DB delays the heartbeat; it must not stop us
+            log.warning("cannot publish the heartbeat: %s", err)
+
+    def components(self) -> dict[str, dict[str, Any]]:
+        """Every background component's health report (daemon.core.health shapes), by name:
+        main, worker, watcher, settle, writer, web, scheduler, its jobs, retrainer."""
+        main_alive = time.monotonic() - self._beat < 6 * HEARTBEAT_SECONDS
+        reports: dict[str, dict[str, Any]] = {
+            "main": {"alive": main_alive, "healthy": main_alive or not self._running,
+                     "last_progress_at": None, "last_error": None, "last_error_at": None,
+                     "errors": 0, "failing": False}}
+        with self._lock:
+            started = list(self._started)
+        for name, component in started:
+            report = getattr(component, "health_report", None)
+            if report is None:
+                continue
+            try:
+                got = report()
+            except Exception as err:  # a report must never take the watchdog down with it
+                got = {"alive": False, "healthy": False, "last_error": describe_failure(err)}
+            if isinstance(got, dict) and all(isinstance(v, dict) for v in got.values()) \
+                    and got:
+                reports.update(got)  # a component with several parts (watcher+settle, jobs)
+            else:
+                reports[name] = got
+        if self.retrainer is not None and "retrainer" not in reports:
+            reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
+                                    "waiting": "for the first walk's files to settle"}
+        return reports
+
+    def healthy(self) -> bool:
+        """For the watchdog: the main loop and every component's thread go round."""
+        if self.stop_event.is_set() or not self._running:
+            return True  # starting or stopping: systemd's start/stop timeouts cover us
+        return all(report.get("healthy") for report in self.components().values())
+
+    def _publish_health(self, stopped: bool = False) -> None:
+        """state_dir/health.json for `status` (a file, so a locked database cannot hold
+        it back)."""
+        components = self.components()
+        data = {"pid": os.getpid(), "written_at": utcnow().isoformat(),
+                "started_at": self.started_at.isoformat(),
+                "healthy": all(r.get("healthy") for r in components.values()),
+                "stopped_at": utcnow().isoformat() if stopped else None,
+                "components": components}
+        try:
+            write_health(self.config.health_path, data)
+        except OSError as err:  # a full state disk: the heartbeat row may still get through
+            log.warning("cannot publish component health: %s", describe_failure(err))
+
+    def _health_loop(self) -> None:
+        while True:
+            self._publish_health()
+            if self._health_stop.wait(HEARTBEAT_SECONDS / 2):
+                return
+
+    # ---- reload ------------------------------------------------------------------------
+
+    def reload(self) -> list[str]:
+        """SIGHUP: re-read and validate the config; apply live keys. Returns changed keys."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            log.error("config reload failed, keeping the running config: %s", err)
+            self.notifier.ready(self.status_line())
+            return []
+        changed = changed_keys(self.config.model_dump(mode="json"),
+                               new.model_dump(mode="json"))
+        if not changed:
+            log.info("config reloaded: nothing changed")
+        live = [k for k in changed if k in LIVE_KEYS]
+        restart = [k for k in changed if k not in LIVE_KEYS]
+        if "log_level" in live:
+            setup_logging(new.log_level)
+        if "library.reconcile_minutes" in live and self.scheduler is not None:
+            self.scheduler.reschedule_reconcile(new.library.reconcile_minutes)
+        # The worker and the library read these keys from their config on every use.
+        for component in (self.worker, self.library, self.scheduler):
+            if component is not None and live:
+                component.config = new
+        if "library.settle_seconds" in live and self.library is not None:
+            self.library.tracker.settle_seconds = new.library.settle_seconds
+        if live:
+            log.info("config reloaded; applied %s", ", ".join(live))
+        if restart:
+            log.warning("config changed but needs a restart to apply: %s "
+                        "(systemctl restart genretagger)", ", ".join(restart))
+        self.config = new if not restart else self.config.model_copy(
+            update={"log_level": new.log_level, "library": new.library,
+                    "workers": new.workers, "classifier": new.classifier})
+        self.notifier.ready(self.status_line())
+        return changed
+
+    # ---- stop --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every started component in reverse order, within STOP_SECONDS in all."""
+        deadline = time.monotonic() + STOP_SECONDS - 1
+        with self._lock:
+            self.stop_event.set()
+        self.notifier.stopping()
+        if self.worker is not None:
+            # Stop claiming now; in-flight files finish while the rest closes.
+            self.worker.drain_seconds = min(self.worker.drain_seconds, STOP_SECONDS - 4)
+            self.worker.stop_event.set()
+        for name in ("retrainer", "library", "worker", "sessions"):
+            jobs.unregister(name)
+        while self._started:
+            name, component = self._started.pop()
+            left = max(0.5, deadline - time.monotonic())
+            try:
+                if name in ("writer", "retrainer"):
+                    component.close(timeout=min(5.0, left))
+                else:
+                    component.close()
+            except Exception:
+                log.exception("closing %s failed", name)
+            log.info("stopped %s", name)
+        if self.readers is not None:
+            self.readers.close()
+        self._health_stop.set()
+        if self._health_thread.is_alive():
+            self._health_thread.join(2.0)
+        self._publish_health(stopped=True)
+        if self.sessions is not None:
+            self._publish_heartbeat(stopped=True)
+            self.engine.dispose()
+        self.pinger.close()
+        self.notifier.close()
+        log.info("genretagger stopped")

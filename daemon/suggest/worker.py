@@ -1,0 +1,557 @@
+"""The worker: queued tracks -> decoded clips -> features -> model -> pending suggestions.
+
+One background thread (own stop event, close()) runs the pipeline top to bottom:
+
+    claim     CLAIMABLE tracks (queued, or retrying whose backoff has passed) -> working
+    features  the feature cache by fingerprint; on a miss, decode + features in the
+              ExtractPool's child processes (a crash, hang or leak there becomes a typed
+              error for that one file), then store them in the cache
+    classify  several songs per onnxruntime run with the active model
+    suggest   one pending Suggestion per track (an older pending one is superseded),
+              track -> suggested, an Event row per file for `status`
+
+A failed file: attempts += 1, last_error = the error's reason, retrying after
+`backoff_seconds * 2**(attempts-1)`, quarantined once `max_attempts` is reached.
+
+Settle is checked again at every step that could act on a half-copied file: before a
+track (first attempt or retry) is decoded, before a failure is counted and before a
+suggestion is made, the file's size and mtime must still be the ones it settled with. A
+file that changed (a copy that stalled, then went on) is not decoded, not failed and not
+suggested: it waits `settle_seconds` (retrying, no attempt counted) while the library
+settles it again, which queues it afresh.
+
+The active model is the registry's (`daemon.learn.registry.active_model`); the worker checks it
+between batches and loads a new bundle when another model became active. Without a model
+nothing is claimed: tracks stay queued until the first model exists.
+
+Start-up hands tracks a crash left `working` back to the queue; close() stops claiming,
+waits up to `drain_seconds` for files in flight, hands the rest back and closes the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
+from daemon.core.config import Config
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import Event, Model, Track, utcnow
+from daemon.core.errors import FileError, ModelMismatch, UnreadableAudio
+from daemon.core.health import Health
+from daemon.core.paths import OutsideLibrary
+from daemon.core.states import CLAIMABLE, TrackState, move
+from daemon.service.heap import release_free_memory
+from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
+
+log = logging.getLogger(__name__)
+
+# How often the worker looks for new work / a new model when there is none.
+POLL_SECONDS = 0.5
+MODEL_CHECK_SECONDS = 2.0
+NO_MODEL_SECONDS = 5.0
+# A quiet drive keeps no decoder child alive (each holds ~60 MB of its own).
+DECODER_IDLE_SECONDS = 60.0
+# A batch waits at most this long for more songs before it is classified anyway.
+BATCH_WAIT_SECONDS = 0.5
+# The worker's own events are kept this long (status needs the last hour).
+EVENT_DAYS = 7
+WORKER_EVENTS = ("classified", "failed")
+
+
+@dataclass
+class Claim:
+    """A track this worker holds in `working`, as it was when claimed."""
+
+    track_id: int
+    path: str  # relative to the library root
+    size: int
+    mtime: float
+    queued_since: datetime | None
+    audit_genre: str | None  # a tagged file queued by audit mode: its canonical genre
+    token: int
+    fingerprint: str | None = None
+    cached: bool = False
+    info: object | None = None
+    features: np.ndarray | None = field(default=None, repr=False)
+    ready_at: float = 0.0
+
+
+def backoff_delay(attempts: int, backoff_seconds: float) -> float:
+    """Seconds to wait before retry number `attempts` (1, 2, 4, ... times the base)."""
+    return backoff_seconds * 2 ** max(0, attempts - 1)
+
+
+def requeue_working(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
+    """Tracks in `working` (all, or these ids) back to `queued`. Returns how many moved.
+
+    At start-up these are files a crash left half done; at shutdown, files not finished.
+    """
+    with transaction(sessions) as session:
+        query = select(Track).where(Track.state == TrackState.WORKING)
+        if ids is not None:
+            if not ids:
+                return 0
+            query = query.where(Track.id.in_(ids))
+        tracks = session.scalars(query).all()
+        now = utcnow()
+        for track in tracks:
+            move(track, TrackState.QUEUED)
+            track.state_changed_at = now
+        return len(tracks)
+
+
+def claim_tracks(sessions: sessionmaker[Session], limit: int, exclude: set[int],
+                 now: datetime) -> list[tuple[Track, datetime | None]]:
+    """Move up to `limit` claimable tracks (queued, or retrying and due) to `working`,
+    oldest first. Returns (detached track, when it entered its previous state) pairs."""
+    with transaction(sessions) as session:
+        due = or_(Track.state == TrackState.QUEUED,
+                  (Track.state == TrackState.RETRYING)
+                  & (or_(Track.next_attempt_at.is_(None), Track.next_attempt_at <= now)))
+        query = select(Track).where(due).order_by(Track.id).limit(limit)
+        if exclude:
+            query = query.where(Track.id.not_in(exclude))
+        tracks = session.scalars(query).all()
+        claimed = []
+        for track in tracks:
+            queued_since = track.state_changed_at
+            move(track, TrackState.WORKING)
+            track.state_changed_at = now
+            claimed.append((track, queued_since))
+        session.flush()
+        return claimed
+
+
+class Worker:
+    """Background pipeline from queued tracks to pending suggestions. start()/close()."""
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+                 spec: FeatureSpec = DEFAULT_SPEC, drain_seconds: float = 15.0):
+        self.config = config
+        self.sessions = sessions
+        self.spec = spec
+        self.drain_seconds = drain_seconds
+        self.stop_event = threading.Event()
+        self.root = Path(config.library.root)
+        self.pool = None
+        self.cache = None
+        self.classifier = None
+        self.model_id: int | None = None
+        self._failed_model: tuple[int, str] | None = None
+        self._said_no_model = False
+        self._model_checked = 0.0
+        self._thread: threading.Thread | None = None
+        self._claims: dict[int, Claim] = {}  # track id -> claim, in the pool or ready
+        self._ready: list[Claim] = []  # features in hand, waiting for a batch
+        self._failures: list[tuple[Claim, FileError]] = []  # waiting to be recorded
+        self._changing: list[Claim] = []  # changed since they settled: waiting to be recorded
+        self._token = 0
+        self._last_pruned = 0.0
+        self.beat = time.monotonic()  # last loop iteration (health)
+        self.health = Health("worker")
+        self.last_file: str | None = None
+        self.classified = 0
+        self.failed = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Requeue what a crash left working, open the pool and cache, start the thread."""
+        from daemon.audio.extract import ExtractPool
+        from daemon.audio.featurecache import FeatureCache
+
+        recovered = requeue_working(self.sessions)
+        if recovered:
+            log.info("requeued %d track(s) left working by the last run", recovered)
+        workers = self.config.workers
+        self.cache = FeatureCache(self.config.cache_dir, self.spec)
+        self.pool = ExtractPool(workers.processes, spec=self.spec,
+                                timeout=workers.decode_timeout, nice=workers.nice,
+                                max_tasks_per_child=workers.max_tasks_per_child,
+                                memory_mb=workers.memory_max_mb)
+        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop claiming, finish what is in flight (up to drain_seconds), requeue the rest."""
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.drain_seconds + 5)
+            if self._thread.is_alive():
+                log.error("worker thread did not stop in time")
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def healthy(self, stale_seconds: float = 120.0) -> bool:
+        """The thread runs and went round its loop recently."""
+        return (self._thread is not None and self._thread.is_alive()
+                and time.monotonic() - self.beat < stale_seconds)
+
+    def health_report(self) -> dict:
+        """daemon.core.health shape: alive = its thread runs; healthy = it also goes round."""
+        return self.health.report(self._thread is not None and self._thread.is_alive(),
+                                  healthy=self.healthy(), in_flight=len(self._claims))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._claims)
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        was_busy = False
+        while not self.stop_event.is_set():
+            self.beat = time.monotonic()
+            try:
+                busy = self._step()
+            except Exception as err:  # a DB hiccup or a bug must not end the thread
+                log.exception("worker step failed; trying again in 5 s")
+                self.health.failed(err)
+                busy = False
+                self.stop_event.wait(5)
+            else:
+                self.health.progress()
+            if was_busy and not busy:
+                release_free_memory()
+            was_busy = busy
+            if not busy:
+                self.pool.retire_idle(DECODER_IDLE_SECONDS)
+                self.stop_event.wait(POLL_SECONDS)
+        self._drain()
+
+    def _step(self) -> bool:
+        """One round: keep the pool fed, collect results, classify a batch. True if busy."""
+        if not self._ensure_model():
+            if self._claims:
+                self._hand_back(list(self._claims.values()), "no active model")
+            self.stop_event.wait(NO_MODEL_SECONDS)
+            return True
+        self._prune_events()
+        self._record_failures()
+        self._record_changing()
+        claimed = self._claim_more()
+        got = self._collect(timeout=0.2 if self.pool.pending else 0.0)
+        classified = self._classify_ready(force=False)
+        return bool(claimed or got or classified or self.pool.pending)
+
+    def _target(self) -> int:
+        # Enough claimed to keep every decoder busy and to fill one classifier batch.
+        return max(self.config.classifier.batch_songs, 4 * self.config.workers.processes)
+
+    def _claim_more(self) -> int:
+        room = self._target() - len(self._claims)
+        if room <= 0:
+            return 0
+        now = utcnow()
+        rows = claim_tracks(self.sessions, room, set(self._claims), now)
+        for track, queued_since in rows:
+            self._token += 1
+            claim = Claim(track.id, track.path, track.size, track.mtime, queued_since,
+                          track.canonical_genre, self._token)
+            self._claims[track.id] = claim
+            self._start_features(claim)
+        return len(rows)
+
+    def _start_features(self, claim: Claim) -> None:
+        """Cached features go straight to the batch; a miss goes to the decoders. A file
+        that changed since it settled waits instead; one that leads outside the library
+        fails without being opened."""
+        from daemon.core.paths import library_file
+        from daemon.library.fingerprint import fingerprint
+
+        try:
+            path = library_file(self.root, claim.path)
+        except FileError as err:
+            self._failures.append((claim, err))
+            return
+        if not self._settled(claim):
+            self._changing.append(claim)
+            return
+        try:
+            claim.fingerprint = fingerprint(path)
+        except OSError as err:
+            self._failures.append((claim, UnreadableAudio(
+                path, f"cannot read the file: {err.strerror or err}")))
+            return
+        features = self.cache.get(claim.fingerprint)
+        if features is not None:
+            claim.features, claim.cached, claim.ready_at = features, True, time.monotonic()
+            self._ready.append(claim)
+        else:
+            self.pool.submit(str(path), tag=(claim.track_id, claim.token))
+
+    def _collect(self, timeout: float) -> int:
+        """Take finished files from the pool: features to the batch, errors to retry."""
+        got = 0
+        while True:
+            item = self.pool.get(timeout=timeout if got == 0 else 0.0)
+            if item is None:
+                return got
+            got += 1
+            (track_id, token), result = item
+            claim = self._claims.get(track_id)
+            if claim is None or claim.token != token:
+                continue  # handed back meanwhile; its result is stale
+            if isinstance(result, FileError):
+                self._failures.append((claim, result))
+                continue
+            try:
+                self.cache.put(claim.fingerprint, result.features)
+            except (OSError, ValueError) as err:  # a full disk costs a re-decode later
+                log.warning("feature cache: cannot store %s: %s", claim.path, err)
+            claim.features, claim.info, claim.ready_at = (result.features, result.info,
+                                                          time.monotonic())
+            self._ready.append(claim)
+
+    def _classify_ready(self, force: bool) -> int:
+        """Classify the waiting songs when a batch is full, nothing else is coming, or the
+        oldest has waited long enough."""
+        if not self._ready:
+            return 0
+        batch_songs = self.config.classifier.batch_songs
+        oldest = min(c.ready_at for c in self._ready)
+        if not (force or len(self._ready) >= batch_songs or self.pool.pending == 0
+                or time.monotonic() - oldest >= BATCH_WAIT_SECONDS):
+            return 0
+        done = 0
+        while self._ready:
+            batch = self._ready[:batch_songs]
+            probs = self.classifier.predict_songs([c.features for c in batch])
+            self._suggest(batch, probs)  # on a DB error the batch stays ready
+            self._ready = self._ready[len(batch):]
+            for claim in batch:
+                self._claims.pop(claim.track_id, None)
+            done += len(batch)
+        return done
+
+    # ---- results into the database -----------------------------------------------------
+
+    def _still_ours(self, track: Track | None, claim: Claim) -> bool:
+        """The track is still working on the same file bytes (not changed meanwhile)."""
+        return (track is not None and track.state == TrackState.WORKING
+                and track.size == claim.size and track.mtime == claim.mtime)
+
+    def _suggest(self, batch: list[Claim], probs: np.ndarray) -> None:
+        audit = self.config.classifier
+        now = utcnow()
+        suggested: list[tuple[Claim, str, float]] = []
+        # Decoded from bytes that have changed since (a copy went on): no suggestion.
+        changing = {c.track_id for c in batch if not self._settled(c)}
+        with transaction(self.sessions) as session:
+            for claim, row in zip(batch, probs, strict=True):
+                track = session.get(Track, claim.track_id)
+                if claim.track_id in changing and self._still_ours(track, claim):
+                    self._back_to_settling(track, claim, now)
+                    continue
+                if not self._still_ours(track, claim):
+                    log.info("%s changed while being classified; it will be done again",
+                             claim.path)
+                    continue
+                top = self.classifier.top(row, 3)
+                genre, confidence = top[0]
+                self._describe(track, claim)
+                track.attempts, track.last_error, track.next_attempt_at = 0, None, None
+                track.state_changed_at = now
+                latency = ((now - claim.queued_since).total_seconds()
+                           if claim.queued_since else None)
+                session.add(Event(at=now, kind="classified", detail={
+                    "path": claim.path, "genre": genre, "confidence": round(confidence, 4),
+                    "model_id": self.model_id, "cached": claim.cached, "latency": latency}))
+                verdict = suggest(session, track, top, model_id=self.model_id,
+                                  audit_genre=claim.audit_genre,
+                                  audit_min_confidence=audit.audit_min_confidence, now=now)
+                if verdict.why == REJECTED_BEFORE:
+                    log.info("%s: %s again, which the reviewer rejected; not suggested",
+                             claim.path, genre)
+                if verdict.genre is not None:
+                    self.last_file = claim.path
+                    suggested.append((claim, genre, confidence))
+        self.classified += len(batch)
+        for claim, genre, confidence in suggested:  # logged once committed
+            log.info("suggested %s for %s (%.0f%%%s)", genre, claim.path, confidence * 100,
+                     ", cached features" if claim.cached else "")
+
+    def _describe(self, track: Track, claim: Claim) -> None:
+        """What decoding learned about the file: fingerprint, format, duration."""
+        if claim.fingerprint:
+            track.fingerprint = claim.fingerprint
+        info = claim.info
+        if info is not None:
+            track.format = getattr(info, "format", None) or track.format
+            track.duration = getattr(info, "duration", None) or track.duration
+
+    def _record_failures(self) -> None:
+        """Record failed files; one that cannot be recorded yet (DB busy) waits here."""
+        while self._failures:
+            claim, error = self._failures[0]
+            self._fail(claim, error)
+            self._failures.pop(0)
+            self._claims.pop(claim.track_id, None)
+
+    def _fail(self, claim: Claim, error: FileError) -> None:
+        """One failed attempt: retry later with backoff, or quarantine."""
+        workers = self.config.workers
+        now = utcnow()
+        with transaction(self.sessions) as session:
+            track = session.get(Track, claim.track_id)
+            if not self._still_ours(track, claim):
+                log.info("%s changed while being decoded; it will be done again", claim.path)
+                return
+            if not isinstance(error, OutsideLibrary) and not self._settled(claim):
+                self._back_to_settling(track, claim, now)  # still being copied: no failure
+                return
+            track.attempts = (track.attempts or 0) + 1
+            track.last_error = error.reason
+            track.state_changed_at = now
+            quarantined = track.attempts >= workers.max_attempts
+            if quarantined:
+                move(track, TrackState.QUARANTINED)
+                track.next_attempt_at = None
+            else:
+                move(track, TrackState.RETRYING)
+                track.next_attempt_at = now + timedelta(
+                    seconds=backoff_delay(track.attempts, workers.backoff_seconds))
+            attempts = track.attempts
+            session.add(Event(at=now, kind="failed", detail={
+                "path": claim.path, "reason": error.reason, "error": type(error).__name__,
+                "attempts": attempts, "quarantined": quarantined}))
+        self.failed += 1
+        self.last_file = claim.path
+        if quarantined:
+            log.warning("quarantined %s after %d attempts: %s", claim.path, attempts,
+                        error.reason)
+        else:
+            log.warning("failed %s (attempt %d of %d, retrying): %s", claim.path, attempts,
+                        workers.max_attempts, error.reason)
+
+    def _settled(self, claim: Claim) -> bool:
+        """The file still has the size and mtime it settled with (the track's row)."""
+        from daemon.core.paths import filesystem_path
+        from daemon.library.reconcile import same_stat
+
+        try:
+            st = (self.root / filesystem_path(claim.path)).stat()
+        except (OSError, ValueError):
+            return True  # gone or unreadable: decoding says so, as a failure
+        return same_stat((st.st_size, st.st_mtime), (claim.size, claim.mtime))
+
+    def _back_to_settling(self, track: Track, claim: Claim, now: datetime) -> None:
+        """A file that changed since it settled waits settle_seconds (retrying, no attempt
+        counted); the library settles it again meanwhile and queues it afresh."""
+        move(track, TrackState.RETRYING)
+        track.state_changed_at = now
+        track.next_attempt_at = now + timedelta(
+            seconds=max(self.config.library.settle_seconds, POLL_SECONDS))
+        log.info("%s is still changing (being copied?); it waits to settle again",
+                 claim.path)
+
+    def _record_changing(self) -> None:
+        """Claims whose file changed before decoding: back to waiting (DB busy: next time)."""
+        while self._changing:
+            claim = self._changing[0]
+            with transaction(self.sessions) as session:
+                track = session.get(Track, claim.track_id)
+                if self._still_ours(track, claim):
+                    self._back_to_settling(track, claim, utcnow())
+            self._changing.pop(0)
+            self._claims.pop(claim.track_id, None)
+
+    def _hand_back(self, claims: list[Claim], why: str) -> None:
+        ids = [c.track_id for c in claims]
+        moved = requeue_working(self.sessions, ids)
+        for track_id in ids:
+            self._claims.pop(track_id, None)
+        self._ready = [c for c in self._ready if c.track_id not in ids]
+        self._failures = [(c, e) for c, e in self._failures if c.track_id not in ids]
+        self._changing = [c for c in self._changing if c.track_id not in ids]
+        if moved:
+            log.info("handed %d track(s) back to the queue (%s)", moved, why)
+
+    def _drain(self) -> None:
+        """Shutdown: no new claims; finish in-flight files for a while, requeue the rest."""
+        deadline = time.monotonic() + self.drain_seconds
+        try:
+            while (self.classifier is not None and self.pool is not None and self.pool.pending
+                   and time.monotonic() < deadline):
+                self._collect(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            self._record_failures()
+            self._record_changing()
+            if self.classifier is not None:
+                self._classify_ready(force=True)
+        except Exception:
+            log.exception("finishing in-flight files failed")
+        if self._claims:
+            self._hand_back(list(self._claims.values()), "shutting down")
+
+    # ---- the model ---------------------------------------------------------------------
+
+    def _ensure_model(self) -> bool:
+        """Load the active model when it changed (checked every MODEL_CHECK_SECONDS).
+
+        True when a classifier is ready. A bundle that fails to load is logged once and
+        not retried until another model becomes active.
+        """
+        now = time.monotonic()
+        if now - self._model_checked < MODEL_CHECK_SECONDS:
+            return self.classifier is not None
+        self._model_checked = now
+        from daemon.learn.registry import active_model
+        from daemon.suggest.classifier import Classifier
+
+        with self.sessions() as session:
+            model: Model | None = active_model(session)
+            if model is not None:
+                session.expunge(model)
+        if model is None:
+            if self.classifier is not None:
+                log.warning("no active model any more; suggestions wait for one")
+            elif not self._said_no_model:
+                log.info("no model yet: %d track(s) wait for the first one", self.queued())
+            self._said_no_model = True
+            self.classifier, self.model_id = None, None
+            return False
+        if model.id == self.model_id and self.classifier is not None:
+            return True
+        if self._failed_model == (model.id, model.sha256):
+            return self.classifier is not None
+        path = Path(model.path)
+        if not path.is_absolute():
+            path = self.config.models_dir / path
+        try:
+            classifier = Classifier.load(path, spec=self.spec,
+                                         threads=self.config.classifier.threads)
+        except ModelMismatch as err:
+            log.error("active model %s (v%s) cannot be used: %s", model.id, model.version, err)
+            self._failed_model = (model.id, model.sha256)
+            return self.classifier is not None
+        log.info("using model v%s (%s) for suggestions", model.version, path.name)
+        self.classifier, self.model_id, self._failed_model = classifier, model.id, None
+        return True
+
+    # ---- bookkeeping -------------------------------------------------------------------
+
+    def queued(self) -> int:
+        """Tracks waiting for the worker (queued, retrying, working)."""
+        with self.sessions() as session:
+            return session.scalar(select(func.count()).select_from(Track).where(
+                Track.state.in_([*CLAIMABLE, TrackState.WORKING]))) or 0
+
+    def _prune_events(self) -> None:
+        now = time.monotonic()
+        if now - self._last_pruned < 3600:
+            return
+        self._last_pruned = now
+        cutoff = utcnow() - timedelta(days=EVENT_DAYS)
+        with transaction(self.sessions) as session:
+            session.execute(delete(Event).where(Event.kind.in_(WORKER_EVENTS),
+                                                Event.at < cutoff))

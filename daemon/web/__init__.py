@@ -1,5 +1,0 @@
-"""The review page: `create_app(config, sessions)` and `WebServer(config, sessions)`."""
-
-from daemon.web.app import WebServer, create_app
-
-__all__ = ["WebServer", "create_app"]
