@@ -29,7 +29,8 @@ from sqlalchemy import insert
 from daemon.core.config import parse_config
 from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import Track, utcnow
-from daemon.library.reconcile import Library, db_path
+from daemon.core.paths import stored_path
+from daemon.library.reconcile import Library
 from daemon.library.watcher import Watcher
 from daemon.tags.genres import load_genre_map
 
@@ -72,7 +73,7 @@ def seed_database(library: Library, root: Path) -> int:
                 continue
             path = os.path.join(folder, name)
             st = os.stat(path)
-            rows.append({"path": db_path(os.path.relpath(path, root)), "size": st.st_size,
+            rows.append({"path": stored_path(os.path.relpath(path, root)), "size": st.st_size,
                          "mtime": st.st_mtime, "state": "suggested", "attempts": 0,
                          "first_seen": now, "last_seen": now, "state_changed_at": now})
     with transaction(library.sessions) as session:

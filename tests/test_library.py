@@ -23,18 +23,13 @@ from daemon.cli.demo import encode, synthesize
 from daemon.core.config import parse_config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, ServiceState, Suggestion, Track, utcnow
+from daemon.core.paths import filesystem_path, library_file, stored_path
 from daemon.core.states import TrackState as S
 from daemon.library.fingerprint import fingerprint
-from daemon.library.reconcile import (
-    Library,
-    SettleTracker,
-    db_path,
-    fs_path,
-    is_library_file,
-    library_file,
-    settled_state,
-    walk_library,
-)
+from daemon.library.reconcile import Library
+from daemon.library.record import settled_state
+from daemon.library.settle import SettleTracker
+from daemon.library.walk import is_library_file, walk_library
 from daemon.tags.genres import load_genre_map
 from daemon.tags.tagfile import write_tags
 
@@ -156,11 +151,11 @@ def test_which_names_are_library_files(name, wanted):
 
 def test_paths_that_are_not_utf8_round_trip_through_the_database_form():
     raw = os.fsdecode(b"Caf\xe9/Ni\xf1a.mp3")  # Latin-1 bytes from an old Windows share
-    stored = db_path(raw)
+    stored = stored_path(raw)
     assert stored == "Caf\\xe9/Ni\\xf1a.mp3"
     stored.encode("utf-8")  # what SQLite needs: no lone surrogates
-    assert fs_path(stored) == raw
-    assert db_path("Björk/Jóga.mp3") == "Björk/Jóga.mp3" == fs_path("Björk/Jóga.mp3")
+    assert filesystem_path(stored) == raw
+    assert stored_path("Björk/Jóga.mp3") == "Björk/Jóga.mp3" == filesystem_path("Björk/Jóga.mp3")
 
 
 # ------------------------------------------------------------------------- walk
@@ -547,7 +542,7 @@ def test_odd_names_each_get_their_own_track_that_stays_put(masters, root, make_l
     library, clock = make_library(), Clock()
     clock.settle(library)
     rows = tracks(sessions)
-    assert sorted(os.fsencode(fs_path(p)) for p in rows) == sorted(ODD_NAMES.values())
+    assert sorted(os.fsencode(filesystem_path(p)) for p in rows) == sorted(ODD_NAMES.values())
     assert len({t.fingerprint for t in rows.values()}) == len(ODD_NAMES)
     for path, track in rows.items():
         assert library_file(root, path).is_file() and track.state == S.QUEUED
@@ -576,7 +571,7 @@ def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, ro
     library = make_library()
     Clock().settle(library)
     [track] = tracks(sessions).values()
-    assert os.fsencode(fs_path(track.path)) == raw
+    assert os.fsencode(filesystem_path(track.path)) == raw
     with transaction(sessions) as session:  # what the worker leaves (tests/test_worker.py)
         suggestion = Suggestion(track_id=track.id, genre="Jazz", confidence=0.9,
                                 top=[["Jazz", 0.9]], status="pending")
