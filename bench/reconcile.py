@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import insert
+from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
 from daemon.core.config import parse_config
 from daemon.core.db.engine import open_database, transaction
@@ -94,8 +95,6 @@ def timed(func, rounds: int) -> tuple[list[float], list[float], object]:
 
 def poll_once(root: Path):
     """What one PollingObserver pass does (the watcher's: lstat + scandir), then the diff."""
-    from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
-
     previous = DirectorySnapshot(str(root), recursive=True, stat=os.lstat, listdir=os.scandir)
 
     def one_pass():

@@ -27,6 +27,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import func, select, update
@@ -104,6 +105,19 @@ class _Known:
     stat: Stat
     written: Stat | None
     state: str
+
+
+_KNOWN_COLUMNS = (Track.id, Track.path, Track.size, Track.mtime, Track.written_size,
+                  Track.written_mtime, Track.state)
+
+
+def _known(rows: Iterable) -> dict[str, _Known]:
+    """Rows of _KNOWN_COLUMNS -> {relative path in filesystem form: _Known}."""
+    known = {}
+    for id_, path, size, mtime, wsize, wmtime, state in rows:
+        written = (wsize, wmtime) if wsize is not None and wmtime is not None else None
+        known[filesystem_path(path)] = _Known(id_, (size, mtime), written, state)
+    return known
 
 
 class Library:
@@ -254,15 +268,8 @@ class Library:
 
     def _load_known(self) -> dict[str, _Known]:
         # One query, compared in Python: 15,000 rows take a few tens of milliseconds.
-        cols = (Track.id, Track.path, Track.size, Track.mtime, Track.written_size,
-                Track.written_mtime, Track.state)
         with self.sessions() as session:
-            rows = session.execute(select(*cols)).all()
-        known = {}
-        for id_, path, size, mtime, wsize, wmtime, state in rows:
-            written = (wsize, wmtime) if wsize is not None and wmtime is not None else None
-            known[filesystem_path(path)] = _Known(id_, (size, mtime), written, state)
-        return known
+            return _known(session.execute(select(*_KNOWN_COLUMNS)))
 
     def _guard(self, result: ReconcileResult, reason: str) -> ReconcileResult:
         log_mount_loss(reason, self.root, result.vanished, result.known,
@@ -422,15 +429,10 @@ class Library:
 
     def _rows_for(self, rels: list[str]) -> dict[str, _Known]:
         rows = {}
-        cols = (Track.id, Track.path, Track.size, Track.mtime, Track.written_size,
-                Track.written_mtime, Track.state)
         with self.sessions() as session:
             for chunk in _chunks([stored_path(r) for r in rels], 500):
-                for id_, path, size, mtime, wsize, wmtime, state in session.execute(
-                        select(*cols).where(Track.path.in_(chunk))):
-                    written = (wsize, wmtime) if wsize is not None and wmtime is not None \
-                        else None
-                    rows[filesystem_path(path)] = _Known(id_, (size, mtime), written, state)
+                rows.update(_known(session.execute(
+                    select(*_KNOWN_COLUMNS).where(Track.path.in_(chunk)))))
         return rows
 
     def _mark_gone(self, session: Session, gone: list[str]) -> int:

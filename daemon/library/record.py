@@ -71,7 +71,7 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     stored = stored_path(rel)
     track = session.scalars(select(Track).where(Track.path == stored)).first()
     if track is None and reading.fingerprint:
-        track = moved_track(session, root, reading.fingerprint)
+        track = _moved_track(session, root, reading.fingerprint)
         if track is not None:
             log.info("moved: %s -> %s (track %d keeps its history)",
                      track.path, stored, track.id)
@@ -113,10 +113,10 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     if target in (S.QUEUED, S.TAGGED) or previous is None:
         track.last_error = reading.error
     if reading.quarantine:
-        quarantine(track, reading.error)
+        _quarantine(track, reading.error)
 
 
-def moved_track(session: Session, root: str, fp: str) -> Track | None:
+def _moved_track(session: Session, root: str, fp: str) -> Track | None:
     """The track a new file with fingerprint `fp` was moved from: same fingerprint, and
     missing, or its old name no longer listed in its folder (gone; or renamed in case
     only on a case-insensitive SMB share, where the old name still opens the file).
@@ -130,7 +130,7 @@ def moved_track(session: Session, root: str, fp: str) -> Track | None:
     return None
 
 
-def quarantine(track: Track, reason: str | None) -> None:
+def _quarantine(track: Track, reason: str | None) -> None:
     """A file its reader crashed, hung or ran out of memory on: reading it again would do
     the same, so it waits, quarantined with the reason, until the file changes."""
     if track.state != S.QUARANTINED:
