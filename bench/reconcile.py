@@ -27,13 +27,17 @@ from pathlib import Path
 from sqlalchemy import insert
 from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
-from daemon.core.config import parse_config
-from daemon.core.db.engine import open_database, transaction
-from daemon.core.db.models import Track, utcnow
-from daemon.core.paths import stored_path
-from daemon.library.reconcile import Library
-from daemon.library.watcher import Watcher
-from daemon.tags.genres import load_genre_map
+# Run as a script, bench/ comes first on sys.path, where bench/daemon.py would stand in
+# for the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon.core.config import parse_config  # noqa: E402
+from daemon.core.db.engine import open_database, transaction  # noqa: E402
+from daemon.core.db.models import Track, utcnow  # noqa: E402
+from daemon.core.paths import stored_path  # noqa: E402
+from daemon.library.reconcile import Library  # noqa: E402
+from daemon.library.watcher import Watcher  # noqa: E402
+from daemon.tags.genres import load_genre_map  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "reconcile"
 FILES_PER_ALBUM = 12
