@@ -305,7 +305,7 @@ def latency(daemon: Daemon, sources: list[Path], n: int) -> dict:
     fresh = copies(sources, staging, n, "Latency Song")
     from_copy = []
     for path in fresh:
-        target = daemon.library.reconcile / "incoming" / path.name
+        target = daemon.library / "incoming" / path.name
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(path, target)
         copied = time.time()

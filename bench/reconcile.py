@@ -25,13 +25,19 @@ import time
 from pathlib import Path
 
 from sqlalchemy import insert
+from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
-from daemon.core.config import parse_config
-from daemon.core.db.engine import open_database, transaction
-from daemon.core.db.models import Track, utcnow
-from daemon.library.reconcile import Library, db_path
-from daemon.library.watcher import Watcher
-from daemon.tags.genres import load_genre_map
+# Run as a script, bench/ comes first on sys.path, where bench/daemon.py would stand in
+# for the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon.core.config import parse_config  # noqa: E402
+from daemon.core.db.engine import open_database, transaction  # noqa: E402
+from daemon.core.db.models import Track, utcnow  # noqa: E402
+from daemon.core.paths import stored_path  # noqa: E402
+from daemon.library.reconcile import Library  # noqa: E402
+from daemon.library.watcher import Watcher  # noqa: E402
+from daemon.tags.genres import load_genre_map  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "reconcile"
 FILES_PER_ALBUM = 12
@@ -72,7 +78,7 @@ def seed_database(library: Library, root: Path) -> int:
                 continue
             path = os.path.join(folder, name)
             st = os.stat(path)
-            rows.append({"path": db_path(os.path.relpath(path, root)), "size": st.st_size,
+            rows.append({"path": stored_path(os.path.relpath(path, root)), "size": st.st_size,
                          "mtime": st.st_mtime, "state": "suggested", "attempts": 0,
                          "first_seen": now, "last_seen": now, "state_changed_at": now})
     with transaction(library.sessions) as session:
@@ -93,8 +99,6 @@ def timed(func, rounds: int) -> tuple[list[float], list[float], object]:
 
 def poll_once(root: Path):
     """What one PollingObserver pass does (the watcher's: lstat + scandir), then the diff."""
-    from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
-
     previous = DirectorySnapshot(str(root), recursive=True, stat=os.lstat, listdir=os.scandir)
 
     def one_pass():

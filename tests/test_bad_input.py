@@ -409,7 +409,7 @@ def test_what_the_walk_skips_is_never_opened(song, tmp_path):
     block), whichever way the walk meets it: listed, or one path from the watcher."""
     from helpers import make_not_songs
 
-    from daemon.library.reconcile import examine, walk_library
+    from daemon.library.walk import examine, walk_library
 
     root = tmp_path / "library"
     made = make_not_songs(root, tmp_path / "outside", song[".mp3"])
@@ -428,15 +428,15 @@ def test_what_the_walk_skips_is_never_opened(song, tmp_path):
                          ids=["255 bytes", "backslash", "raw byte", "literal escape",
                               "non-UTF-8 folder", "tab", "newline", "percent"])
 def test_every_name_the_filesystem_allows_is_walked_stored_and_found(raw, song, tmp_path):
-    from daemon.core.paths import library_file
-    from daemon.library.reconcile import db_path, walk_library
+    from daemon.core.paths import library_file, stored_path
+    from daemon.library.walk import walk_library
 
     root = tmp_path / "library"
     target = os.path.join(os.fsencode(root), raw)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.copyfile(song[".flac"], target)
     [rel] = walk_library(root, (".flac",)).files
-    stored = db_path(rel)
+    stored = stored_path(rel)
     stored.encode("utf-8")
     found = library_file(root, stored)
     assert os.fsencode(found) == os.path.join(os.fsencode(root.resolve()), raw)

@@ -7,6 +7,7 @@ watcher tests (test_watcher.py) run the same code against real observers and rea
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
+from helpers import make_not_songs
 from mutagen.id3 import ID3
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
@@ -23,18 +26,18 @@ from daemon.cli.demo import encode, synthesize
 from daemon.core.config import parse_config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, ServiceState, Suggestion, Track, utcnow
+from daemon.core.paths import filesystem_path, library_file, stored_path
 from daemon.core.states import TrackState as S
 from daemon.library.fingerprint import fingerprint
-from daemon.library.reconcile import (
-    Library,
-    SettleTracker,
-    db_path,
-    fs_path,
-    is_library_file,
-    library_file,
-    settled_state,
-    walk_library,
-)
+from daemon.library.reconcile import Library
+from daemon.library.record import settled_state
+from daemon.library.scan import scan_library
+from daemon.library.settle import SettleTracker
+from daemon.library.walk import is_library_file, walk_library
+from daemon.review import decisions as review
+from daemon.review.web import create_app
+from daemon.review.writeback import Writer, temp_path
+from daemon.service.status import collect_status, render_status
 from daemon.tags.genres import load_genre_map
 from daemon.tags.tagfile import write_tags
 
@@ -86,7 +89,6 @@ def put(masters, root: Path, master: str, rel: str, **tags) -> Path:
 
 class Clock:
     """Fixed times for reconcile/settle_due: each step moves past settle_seconds."""
-
     def __init__(self):
         self.now = 1000.0
 
@@ -156,11 +158,11 @@ def test_which_names_are_library_files(name, wanted):
 
 def test_paths_that_are_not_utf8_round_trip_through_the_database_form():
     raw = os.fsdecode(b"Caf\xe9/Ni\xf1a.mp3")  # Latin-1 bytes from an old Windows share
-    stored = db_path(raw)
+    stored = stored_path(raw)
     assert stored == "Caf\\xe9/Ni\\xf1a.mp3"
     stored.encode("utf-8")  # what SQLite needs: no lone surrogates
-    assert fs_path(stored) == raw
-    assert db_path("Björk/Jóga.mp3") == "Björk/Jóga.mp3" == fs_path("Björk/Jóga.mp3")
+    assert filesystem_path(stored) == raw
+    assert stored_path("Björk/Jóga.mp3") == "Björk/Jóga.mp3" == filesystem_path("Björk/Jóga.mp3")
 
 
 # ------------------------------------------------------------------------- walk
@@ -291,8 +293,6 @@ def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
                                                                   make_library, database):
     """A power cut between the writer's copy and its rename leaves a hidden temp copy next
     to the song; the next walk removes it once it is an hour old, and only it."""
-    from daemon.review.writeback import temp_path
-
     song = put(masters, root, "jazz.flac", "A/jazz.flac")
     stale, fresh = temp_path(song), temp_path(put(masters, root, "rock.mp3", "B/rock.mp3"))
     for leftover in (stale, fresh):
@@ -547,7 +547,7 @@ def test_odd_names_each_get_their_own_track_that_stays_put(masters, root, make_l
     library, clock = make_library(), Clock()
     clock.settle(library)
     rows = tracks(sessions)
-    assert sorted(os.fsencode(fs_path(p)) for p in rows) == sorted(ODD_NAMES.values())
+    assert sorted(os.fsencode(filesystem_path(p)) for p in rows) == sorted(ODD_NAMES.values())
     assert len({t.fingerprint for t in rows.values()}) == len(ODD_NAMES)
     for path, track in rows.items():
         assert library_file(root, path).is_file() and track.state == S.QUEUED
@@ -562,10 +562,6 @@ def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, ro
                                                                make_library, database):
     """scan -> the library's track -> a suggestion -> accept -> the writer -> read back
     by exiftool, for each kind of name."""
-    from daemon.library.scan import scan_library
-    from daemon.review import decisions as review
-    from daemon.review.writeback import Writer
-
     _, sessions = database
     raw = ODD_NAMES[kind]
     target = os.fsencode(root) + b"/" + raw
@@ -576,7 +572,7 @@ def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, ro
     library = make_library()
     Clock().settle(library)
     [track] = tracks(sessions).values()
-    assert os.fsencode(fs_path(track.path)) == raw
+    assert os.fsencode(filesystem_path(track.path)) == raw
     with transaction(sessions) as session:  # what the worker leaves (tests/test_worker.py)
         suggestion = Suggestion(track_id=track.id, genre="Jazz", confidence=0.9,
                                 top=[["Jazz", 0.9]], status="pending")
@@ -599,10 +595,6 @@ def test_everything_the_walk_skips_is_logged_and_in_status(masters, root, make_l
     """No track for any of them, one log line each (not again at the next walk), the
     reasons in `status` (JSON and text); the links leading outside are never opened: the
     one to a FIFO would block this test, also when the watcher reports it."""
-    from helpers import make_not_songs
-
-    from daemon.service.status import collect_status, render_status
-
     _, sessions = database
     put(masters, root, "rock.mp3", "Artist/song.mp3")
     made = make_not_songs(root, tmp_path / "outside", masters["rock.mp3"])
@@ -665,12 +657,6 @@ def test_the_review_pages_preview_plays_songs_with_odd_names(masters, root, make
                                                              database):
     """Backslashes and raw bytes in a name: the preview and spectrogram are served (the
     checked resolution takes them), not a 404."""
-    import io
-
-    import soundfile as sf
-
-    from daemon.review.web import create_app
-
     _, sessions = database
     for i, raw in enumerate((b"AC\\DC - Back\\In Black.mp3", b"caf\xe9.mp3",
                              b"collide_\\xe9.mp3")):

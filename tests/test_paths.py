@@ -59,7 +59,7 @@ def test_random_byte_names_round_trip_and_none_collide():
         assert seen.setdefault(stored, raw) == raw
 
 
-def test_the_collision_of_issue_10_is_gone():
+def test_a_literal_escape_and_the_raw_byte_it_spells_are_stored_apart():
     literal = os.fsdecode(b"collide_\\xe9.mp3")  # backslash, x, e, 9
     raw_byte = os.fsdecode(b"collide_\xe9.mp3")
     assert stored_path(literal) != stored_path(raw_byte)

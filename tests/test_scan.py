@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import make_not_songs
 
 from daemon.cli import cli
 from daemon.cli.demo import FORMATS, encode, synthesize
@@ -262,8 +263,6 @@ def test_everything_the_walk_skips_is_reported_and_nothing_outside_is_opened(tmp
     """Folders, FIFOs, sockets, devices, broken links, loops and links leading outside:
     each is an entry with its reason in --json and in the text report; the link to a
     FIFO outside is never opened (opening it would block until file_timeout)."""
-    from helpers import make_not_songs
-
     root = tmp_path / "library"
     song = encode(tmp_path / "song.mp3", synthesize("Rock", 3.0, 22_050, seed=1), 22_050)
     made = make_not_songs(root, tmp_path / "outside", song)

@@ -354,7 +354,8 @@ def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
 
     from test_library import ODD_NAMES
 
-    from daemon.library.reconcile import Library, fs_path
+    from daemon.core.paths import filesystem_path
+    from daemon.library.reconcile import Library
     from daemon.review import decisions as review
     from daemon.review.writeback import Writer
     from daemon.tags.genres import load_genre_map
@@ -380,7 +381,7 @@ def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
     finally:
         worker.close()
     by_path = tracks(sessions)
-    assert sorted(os.fsencode(fs_path(p)) for p in by_path) == sorted(ODD_NAMES.values())
+    assert sorted(os.fsencode(filesystem_path(p)) for p in by_path) == sorted(ODD_NAMES.values())
     sids = [s.id for t in by_path.values() for s in pending(sessions, t.id)]
     assert len(sids) == len(ODD_NAMES)
     review.accept(sessions, config, sids, who="t")
@@ -393,7 +394,7 @@ def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
         assert status == "written", (stored, error)
         out = subprocess.run(["exiftool", "-s3", "-Genre",
                               os.fsdecode(os.fsencode(library_dir) + b"/"
-                                          + os.fsencode(fs_path(stored)))],
+                                          + os.fsencode(filesystem_path(stored)))],
                              capture_output=True, text=True, check=True)
         assert out.stdout.strip() == genre
     engine.dispose()

@@ -25,7 +25,7 @@ from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
 from daemon.library.fingerprint import fingerprint
-from daemon.library.reconcile import WRITER_TEMP_MARK
+from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review import decisions as review
 from daemon.review.writeback import WriteFailed, Writer, temp_path, write_genre_atomically
 from daemon.tags.tagfile import read_tags
@@ -337,7 +337,7 @@ def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
 def test_a_name_that_is_not_utf8_is_found_and_written(make_song, tmp_path):
     import os
 
-    from daemon.library.reconcile import db_path
+    from daemon.core.paths import stored_path
     from daemon.review.writeback import library_file, write_genre_atomically
     from daemon.tags.tagfile import read_tags
 
@@ -346,7 +346,7 @@ def test_a_name_that_is_not_utf8_is_found_and_written(make_song, tmp_path):
     song = make_song("plain.mp3", seconds=3, genre_tag="Rock")
     odd = os.fsdecode(b"caf\xe9 song.mp3")
     os.rename(song, root / odd)
-    stored = db_path(odd)
+    stored = stored_path(odd)
     assert "\\xe9" in stored  # what the database holds
     path = library_file(root, stored)
     write_genre_atomically(path, "Jazz")

@@ -169,13 +169,14 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
                         ) -> tuple[list[LabelledSong], list[tuple[str, str]]]:
     """Walk `library` -> (labelled songs, [(rel, reason)] for files left out).
 
-    The walk is the daemon's (daemon.library.reconcile.walk_library: same files, same skipped
+    The walk is the daemon's (daemon.library.walk.walk_library: same files, same skipped
     folders). Paths are in the daemon's stored form. A confirmed label in `labels`
     ({rel: genre}) overrides the file's tag. A file in `known` whose size and mtime are
     unchanged is not read at all. Files with no usable genre are left out with the reason
     "no genre" / "genre X not mapped".
     """
-    from daemon.library.reconcile import db_path, same_stat, walk_library
+    from daemon.core.paths import stored_path
+    from daemon.library.walk import same_stat, walk_library
 
     library = Path(library)
     labels, known = labels or {}, known or {}
@@ -187,7 +188,7 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
     skipped = [(folder, "folder cannot be listed") for folder in walk.unreadable]
     reused = 0
     for name in sorted(walk.files):
-        rel, path = db_path(name), library / name
+        rel, path = stored_path(name), library / name
         entry = known.get(rel)
         fp = None
         if entry is not None and same_stat((entry.size, entry.mtime), walk.files[name]):

@@ -66,11 +66,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from daemon.audio import decode as audio
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError
 from daemon.core.paths import display
-from daemon.library.reconcile import examine, is_library_file, library_folders
-from daemon.tags.genres import GenreMap
+from daemon.library.walk import examine, is_library_file, library_folders
+from daemon.tags.genres import GenreMap, load_genre_map
 from daemon.tags.tagfile import TrackTags, read_tags
 
 # Reads in flight at once: enough to hide a network drive's latency, few enough not to
@@ -211,7 +214,7 @@ def _classify(entry: os.DirEntry, rel: str, extensions: tuple[str, ...],
               listing: Listing, real_root: str) -> bool:
     """Sort one directory entry into the listing; True when it is a file to inspect.
     A song-named entry that is not a song inside the library is reported, never opened
-    (daemon.library.reconcile.examine)."""
+    (daemon.library.walk.examine)."""
     if not is_library_file(entry.name, extensions):
         try:
             is_dir = entry.is_dir()
@@ -234,8 +237,6 @@ def inspect_file(path: str, relpath: str, genre_map: GenreMap,
                  check_end: bool = True) -> FileReport:
     """One file -> its FileReport: tags, duration, canonical genre, or the reason it failed.
     Never raises for a bad file."""
-    from daemon.audio import decode as audio  # PyAV loads on first use, not when the CLI starts
-
     shown = display(relpath)
     try:
         tags = read_tags(path)
@@ -246,7 +247,7 @@ def inspect_file(path: str, relpath: str, genre_map: GenreMap,
         except FileError:
             return FileReport(shown, error=err.reason)
         tags = TrackTags(None, None, None, (), info.duration, info.format)
-        problem = _end_problem(audio, path, info.duration) if check_end else None
+        problem = _end_problem(path, info.duration) if check_end else None
         return FileReport(shown, tags.format, tags.duration,
                           error=problem or f"tags unreadable: {err.reason}")
     duration = tags.duration
@@ -262,7 +263,7 @@ def inspect_file(path: str, relpath: str, genre_map: GenreMap,
             return _report(shown, tags, None, genre_map, err.reason)
     problem = None
     if check_end and tags.format not in MEASURED_TO_THE_END:
-        problem = _end_problem(audio, path, duration)
+        problem = _end_problem(path, duration)
     return _report(shown, tags, duration, genre_map, problem)
 
 
@@ -273,7 +274,7 @@ def _report(shown: str, tags: TrackTags, duration: float | None, genre_map: Genr
                       tags.genres, genre, error)
 
 
-def _end_problem(audio, path: str, duration: float) -> str | None:
+def _end_problem(path: str, duration: float) -> str | None:
     """Decode a moment just before the header's end: a truncated file has nothing there."""
     start = max(0.0, duration - END_MARGIN)
     try:
@@ -352,8 +353,6 @@ def _stalled(started: dict[int, float], results: dict[int, FileReport],
 def _bar(progress: bool, desc: str, unit: str, total: int | None = None):
     if not progress:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit=f" {unit}", leave=False, dynamic_ncols=True)
 
 
@@ -398,8 +397,6 @@ def _clock(seconds: float) -> str:
 
 def load_scan_genre_map(explicit: Path | None, config_genres: Path | None) -> GenreMap:
     """The genre map a scan uses: --genres, else the station's file, else the shipped one."""
-    from daemon.tags.genres import load_genre_map
-
     if explicit is not None:
         return load_genre_map(explicit)
     if config_genres is not None and config_genres.exists():

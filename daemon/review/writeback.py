@@ -7,7 +7,7 @@ gives it the original's permissions, extended attributes (and owner, when runnin
 root) and renames it over the original (atomic within one filesystem), then fsyncs the
 folder. A file with several hard links is refused (a new file would split them). A crash at any
 moment leaves either the old file or the new one, plus at worst a hidden temp file,
-which a later library walk removes (`daemon.library.reconcile.remove_leftovers`).
+which a later library walk removes (`daemon.library.walk.remove_leftovers`).
 
 `Writer` is the background component that works through decisions whose genre still has
 to reach the file (`write_status` pending or failed): a file it cannot write (read-only,
@@ -43,7 +43,7 @@ from daemon.core.errors import FileError, TagError
 from daemon.core.health import Health, thread_alive
 from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
 from daemon.core.states import TrackState
-from daemon.library.reconcile import WRITER_TEMP_MARK
+from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review.decisions import WRITE_OUTSTANDING, Action, WriteStatus
 
 log = logging.getLogger(__name__)

@@ -135,7 +135,8 @@ class Service:
     def start(self) -> None:
         """Open the database and start every component in order; then READY=1."""
         from daemon.learn.retrain import Retrainer
-        from daemon.library.reconcile import Library, reader_pool
+        from daemon.library.read import reader_pool
+        from daemon.library.reconcile import Library
         from daemon.library.watcher import Watcher
         from daemon.review.web.app import WebServer
         from daemon.review.writeback import Writer

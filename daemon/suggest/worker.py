@@ -437,7 +437,7 @@ class Worker:
     def _settled(self, claim: Claim) -> bool:
         """The file still has the size and mtime it settled with (the track's row)."""
         from daemon.core.paths import filesystem_path
-        from daemon.library.reconcile import same_stat
+        from daemon.library.walk import same_stat
 
         try:
             st = (self.root / filesystem_path(claim.path)).stat()

@@ -199,7 +199,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     tag readers); without one the app starts its own, as app.extensions["children"]."""
     app = Flask(__name__)
     if children is None:
-        from daemon.library.reconcile import reader_pool
+        from daemon.library.read import reader_pool
 
         children = reader_pool(config)
     app.extensions["children"] = children

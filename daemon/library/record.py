@@ -1,0 +1,151 @@
+"""Recording a settled, read file in the database.
+
+A new file becomes a new track; a changed one is re-evaluated (settled_state); a file
+that appears under a new name with a known fingerprint is that track moved, and keeps
+its suggestions and decisions; a file its reader crashed, hung or ran out of memory on
+is quarantined until it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from daemon.core.db.models import Suggestion, SuggestionStatus, Track, utcnow
+from daemon.core.paths import filesystem_path, stored_path
+from daemon.core.states import TrackState, can_move, move
+from daemon.library.read import FileReading
+from daemon.tags.genres import GenreMap
+from daemon.tags.tagfile import MULTI_VALUE_SEPARATOR
+
+log = logging.getLogger(__name__)
+
+S = TrackState
+
+
+def settled_state(current: TrackState | None, *, maps: bool, audit: bool, same_audio: bool,
+                  history: TrackState = S.QUEUED) -> TrackState:
+    """The state a track goes to once its (new or changed) file has settled and been read.
+
+    current: the track's state (None for a new track); maps: its genre tag maps to a
+    canonical genre; audit: classify tagged files too; same_audio: the fingerprint did not
+    change (a touch or a tag edit elsewhere in the file); history: what its suggestions
+    and decisions say it was (used when a missing track comes back).
+    """
+    if maps and not audit:
+        return S.TAGGED
+    if current is None:
+        return S.QUEUED
+    if current == S.MISSING:
+        return history
+    if current == S.QUARANTINED:
+        return S.QUEUED  # a quarantined file that changed gets a fresh start
+    if same_audio and current in (S.QUEUED, S.RETRYING, S.SUGGESTED, S.REVIEWED):
+        return current
+    # A worker busy with the old bytes drops its result (daemon.suggest.worker checks the track
+    # is still working on the size/mtime it claimed) and the file is done again.
+    return S.QUEUED
+
+
+def history_state(session: Session, track: Track) -> TrackState:
+    """What a returning track was: suggested (a pending suggestion), reviewed (confirmed
+    or decided), else queued."""
+    statuses = set(session.scalars(
+        select(Suggestion.status).where(Suggestion.track_id == track.id).distinct()))
+    if SuggestionStatus.PENDING in statuses:
+        return S.SUGGESTED
+    decided = {SuggestionStatus.ACCEPTED, SuggestionStatus.OVERRIDDEN, SuggestionStatus.REJECTED}
+    if track.confirmed_genre or statuses & decided:
+        return S.REVIEWED
+    return S.QUEUED
+
+
+def record_reading(session: Session, rel: str, reading: FileReading, *, root: str,
+                   genre_map: GenreMap, audit: bool) -> None:
+    """Write one settled file (`rel`, relative to `root`): update its track, find a moved
+    track, or add one. audit: classify tagged files too (config.classifier.audit)."""
+    stored = stored_path(rel)
+    track = session.scalars(select(Track).where(Track.path == stored)).first()
+    if track is None and reading.fingerprint:
+        track = _moved_track(session, root, reading.fingerprint)
+        if track is not None:
+            log.info("moved: %s -> %s (track %d keeps its history)",
+                     track.path, stored, track.id)
+            track.path = stored
+    previous = TrackState(track.state) if track is not None else None
+    same_audio = (track is not None and reading.fingerprint is not None
+                  and track.fingerprint == reading.fingerprint)
+    if track is None:
+        track = Track(path=stored, attempts=0, first_seen=utcnow())
+        session.add(track)
+
+    genres = reading.tags.genres if reading.tags else ()
+    canonical = genre_map.canonical_for(genres) if genres else None
+    history = history_state(session, track) if previous == S.MISSING else S.QUEUED
+    target = settled_state(previous, maps=canonical is not None, audit=audit,
+                           same_audio=same_audio, history=history)
+
+    track.size, track.mtime = reading.stat
+    track.fingerprint = reading.fingerprint
+    track.raw_genre = MULTI_VALUE_SEPARATOR.join(genres) or None
+    track.canonical_genre = canonical
+    tags, info = reading.tags, reading.info
+    track.title = tags.title if tags else None
+    track.artist = tags.artist if tags else None
+    track.album = tags.album if tags else None
+    track.format = info.format if info else (tags.format if tags else None)
+    track.duration = info.duration if info else (tags.duration if tags else None)
+    track.last_seen = utcnow()
+    if previous is None:
+        track.state = target
+        track.state_changed_at = utcnow()
+    elif target != previous:
+        move(track, target)
+        track.state_changed_at = utcnow()
+    if target == S.QUEUED and (previous != S.QUEUED or not same_audio):
+        # New audio (or a quarantined file that changed): a fresh start.
+        track.attempts = 0
+        track.next_attempt_at = None
+    if target in (S.QUEUED, S.TAGGED) or previous is None:
+        track.last_error = reading.error
+    if reading.quarantine:
+        _quarantine(track, reading.error)
+
+
+def _moved_track(session: Session, root: str, fp: str) -> Track | None:
+    """The track a new file with fingerprint `fp` was moved from: same fingerprint, and
+    missing, or its old name no longer listed in its folder (gone; or renamed in case
+    only on a case-insensitive SMB share, where the old name still opens the file).
+    Missing ones first, then the oldest."""
+    candidates = session.scalars(select(Track).where(Track.fingerprint == fp)
+                                 .order_by(Track.id)).all()
+    candidates.sort(key=lambda t: t.state != S.MISSING)
+    for track in candidates:
+        if track.state == S.MISSING or not _listed(Path(root) / filesystem_path(track.path)):
+            return track
+    return None
+
+
+def _quarantine(track: Track, reason: str | None) -> None:
+    """A file its reader crashed, hung or ran out of memory on: reading it again would do
+    the same, so it waits, quarantined with the reason, until the file changes."""
+    if track.state != S.QUARANTINED:
+        if not can_move(track.state, S.QUARANTINED):
+            move(track, S.QUEUED)
+        move(track, S.QUARANTINED)
+    track.last_error = reason
+    track.next_attempt_at = None
+    track.state_changed_at = utcnow()
+    log.warning("quarantined %s: %s", track.path, reason)
+
+
+def _listed(path: Path) -> bool:
+    """Whether this exact name is in its folder's listing (not just openable)."""
+    try:
+        return path.name in os.listdir(path.parent)
+    except OSError:
+        return False
