@@ -2,7 +2,7 @@
 and the routes serving them (/tracks/<id>/spectrogram.png, /tracks/<id>/preview.wav; the
 preview answers Range requests).
 
-Both start from a TRACK (never a path from the request): `daemon.review.writeback.library_file`
+Both start from a TRACK (never a path from the request): `daemon.core.paths.library_file`
 turns the track's stored relative path into a file under the library root and refuses
 anything that would leave it (absolute paths, "..", symlinks pointing outside).
 
@@ -27,8 +27,8 @@ from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, clip_starts
 from daemon.core.db.models import Track
 from daemon.core.errors import FileError
+from daemon.core.paths import OutsideLibrary, library_file
 from daemon.review.web.common import plain, review
-from daemon.review.writeback import OutsideLibrary, library_file
 
 log = logging.getLogger(__name__)
 
