@@ -536,7 +536,7 @@ def _echo_decisions(sessions, decisions, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
 @click.option("--json", "as_json", is_flag=True,
-              help='{"total": n, "suggestions": [...]} (shape: daemon/review/decisions.py)')
+              help='{"total": n, "suggestions": [...]} (shape: daemon/review/listing.py)')
 @pass_context
 def review_list(ctx: Context, genre: str | None, min_confidence: float | None, state: str,
                 folder: str | None, fmt: str | None, sort: str, limit: int, offset: int,
