@@ -11,6 +11,8 @@ from sqlalchemy import func, select
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.states import TrackState
 from daemon.review import decisions as review
+from daemon.review import listing
+from daemon.suggest.suggestions import rejected_genres
 
 
 def add_suggested_track(sessions, path: str, top=(("Rock", 0.8), ("Metal", 0.15),
@@ -100,7 +102,7 @@ def test_reject_leaves_the_track_unlabelled_and_reviewed(setup):
     assert track.confirmed_genre is None and track.state == TrackState.REVIEWED
     assert suggestion_of(sessions, sid).status == "rejected"
     with sessions() as session:
-        assert review.rejected_genres(session, track_id) == {suggestion_of(sessions, sid).genre}
+        assert rejected_genres(session, track_id) == {suggestion_of(sessions, sid).genre}
 
 
 def test_unknown_ids_and_one_bad_id_writes_nothing(setup):
@@ -174,7 +176,7 @@ def test_bulk_accept_counts_first_and_respects_the_cutoff(setup):
     config, sessions = setup
     ids = [add_suggested_track(sessions, f"B/{i}.mp3", top=(("Jazz", c), ("Blues", 1 - c)))[1]
            for i, c in enumerate((0.95, 0.91, 0.9, 0.5, 0.2))]
-    count, up_to = review.count_above(sessions(), 0.9)
+    count, up_to = listing.count_above(sessions(), 0.9)
     assert count == 3 and up_to == ids[2]
     # A confident suggestion arriving after the count was shown is not accepted unseen.
     late = add_suggested_track(sessions, "B/late.mp3", top=(("Jazz", 0.99),))[1]
@@ -208,7 +210,7 @@ def test_a_new_decision_cancels_an_older_unwritten_write(setup):
     review.accept(sessions, config, [newer_id], who="t")
     with sessions() as session:
         assert session.get(Decision, first.id).write_status == "none"
-        assert review.write_backlog(session) == {"pending": 1, "failed": 0}
+        assert listing.write_backlog(session) == {"pending": 1, "failed": 0}
 
 
 def test_list_filters_sorts_and_pages(setup):
@@ -217,25 +219,25 @@ def test_list_filters_sorts_and_pages(setup):
     add_suggested_track(sessions, "Jazz/b.mp3", top=(("Jazz", 0.9),))
     add_suggested_track(sessions, "Rock_100%/c.mp3", top=(("Rock", 0.7),))
     with sessions() as session:
-        rows, total = review.list_suggestions(session, review.QueueFilter(sort="uncertain"))
+        rows, total = listing.list_suggestions(session, listing.QueueFilter(sort="uncertain"))
         assert total == 3 and [s.confidence for s, _ in rows] == [0.6, 0.7, 0.9]
-        rows, total = review.list_suggestions(session, review.QueueFilter(folder="Jazz"))
+        rows, total = listing.list_suggestions(session, listing.QueueFilter(folder="Jazz"))
         assert total == 2 and rows[0][1].path == "Jazz/b.mp3"
         # LIKE wildcards in folder names are literal.
-        _, total = review.list_suggestions(session, review.QueueFilter(folder="Rock_100%"))
+        _, total = listing.list_suggestions(session, listing.QueueFilter(folder="Rock_100%"))
         assert total == 1
-        _, total = review.list_suggestions(session, review.QueueFilter(folder="Rock_1"))
+        _, total = listing.list_suggestions(session, listing.QueueFilter(folder="Rock_1"))
         assert total == 0
-        _, total = review.list_suggestions(session, review.QueueFilter(format="flac"))
+        _, total = listing.list_suggestions(session, listing.QueueFilter(format="flac"))
         assert total == 1
-        rows, total = review.list_suggestions(session, review.QueueFilter(min_confidence=0.7),
+        rows, total = listing.list_suggestions(session, listing.QueueFilter(min_confidence=0.7),
                                               limit=1, offset=1)
         assert total == 2 and len(rows) == 1
-        shape = review.suggestion_json(*rows[0])
+        shape = listing.suggestion_json(*rows[0])
         assert set(shape) >= {"id", "track_id", "path", "genre", "confidence", "top", "status"}
         assert shape["top"][0] == {"genre": shape["genre"], "confidence": shape["confidence"]}
         with pytest.raises(review.ReviewError):
-            review.list_suggestions(session, review.QueueFilter(sort="random"))
+            listing.list_suggestions(session, listing.QueueFilter(sort="random"))
 
 
 # ----------------------------------------------------------------- the review commands

@@ -33,6 +33,7 @@ from daemon.service.scheduler import (
     next_nightly_run,
 )
 from daemon.service.status import DAEMON_KEY, collect_status, render_status
+from daemon.suggest.queue import queue_depth
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
@@ -125,6 +126,22 @@ def test_counts_throughput_quarantine_and_liveness(setup):
     assert "and 5 more" in text
     assert "9 waiting, 0.5 files/min" in text
     assert "model:       none yet" in text
+
+
+def test_status_and_the_worker_give_one_queue_depth(setup):
+    """Queued, retrying and working tracks wait for the worker; every other state does not.
+    `status` and the worker's own count are the one query (daemon.suggest.queue)."""
+    config, sessions = setup
+    add_tracks(sessions, TrackState.QUEUED, 3, 0)
+    add_tracks(sessions, TrackState.RETRYING, 2, 100)
+    add_tracks(sessions, TrackState.WORKING, 4, 200)
+    for start, state in enumerate((TrackState.SUGGESTED, TrackState.REVIEWED,
+                                   TrackState.TAGGED, TrackState.QUARANTINED,
+                                   TrackState.MISSING)):
+        add_tracks(sessions, state, 1, 300 + start)
+    with sessions() as session:
+        assert queue_depth(session) == 9
+    assert collect_status(config, sessions, now=NOW)["queue_depth"] == 9
 
 
 def test_daemon_not_running_when_stale_dead_or_stopped(setup):

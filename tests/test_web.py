@@ -48,6 +48,23 @@ def post_json(client, url, data=None):
         "X-CSRFToken": csrf(client), "Accept": "application/json"})
 
 
+def test_every_page_belongs_to_a_blueprint_and_finds_its_dependencies_in_the_app(station):
+    """The factory registers blueprints; their views read config, sessions, the decoder
+    children and on_decision from app.extensions, not from a closure."""
+    config, sessions, _ = station
+    woken = []
+    app = create_app(config, sessions, on_decision=lambda: woken.append(1))
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} - {"static"}
+    assert {e.split(".")[0] for e in endpoints} == {"auth", "songs", "history", "models",
+                                                   "media"}
+    assert all("." in e for e in endpoints)
+    review = app.extensions["review"]
+    assert review.config is config and review.children is app.extensions["children"]
+    review.notify()
+    assert woken == [1]
+    app.extensions["children"].close()
+
+
 def test_queue_lists_pending_with_filters_sort_and_pages(station, client):
     _, sessions, _ = station
     for i in range(60):

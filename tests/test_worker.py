@@ -23,7 +23,8 @@ from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import Decision, Event, Suggestion, SuggestionStatus, Track, utcnow
 from daemon.core.states import TrackState
 from daemon.learn.registry import activate, register_bundle
-from daemon.suggest.worker import Worker, backoff_delay, claim_tracks, requeue_working
+from daemon.suggest.queue import backoff_delay, claim_tracks, requeue_working
+from daemon.suggest.worker import Worker
 
 pytestmark = pytest.mark.slow
 SR = 22_050
@@ -250,7 +251,7 @@ def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
     """The library saw the file change mid-decode (track back to queued, new size): the
     result of the old bytes is dropped, and the track waits for its next turn."""
     from daemon.suggest.classifier import Classifier
-    from daemon.suggest.worker import Claim
+    from daemon.suggest.queue import Claim
 
     config, sessions, library = shop
     [rel] = songs(library, 1)

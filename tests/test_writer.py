@@ -27,6 +27,7 @@ from daemon.core.errors import FileError
 from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review import decisions as review
+from daemon.review import listing
 from daemon.review.writeback import WriteFailed, Writer, temp_path, write_genre_atomically
 from daemon.tags.tagfile import read_tags
 
@@ -217,7 +218,7 @@ def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, mak
         [decision] = session.scalars(select(Decision)).all()
         assert decision.write_status == "failed" and "read-only" in decision.write_error
         assert decision.next_write_at > utcnow() + timedelta(seconds=50)
-        assert review.write_backlog(session) == {"pending": 0, "failed": 1}
+        assert listing.write_backlog(session) == {"pending": 0, "failed": 1}
     assert writer.run_once().failed == 0  # not due yet
     os.chmod(path, 0o644)
     later = utcnow() + timedelta(seconds=61)

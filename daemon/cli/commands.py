@@ -509,7 +509,7 @@ def _cli_reviewer() -> str:
 
 def _echo_decisions(sessions, decisions, as_json: bool) -> None:
     from daemon.core.db.models import Track
-    from daemon.review.decisions import decision_json
+    from daemon.review.listing import decision_json
 
     with sessions() as session:
         rows = [decision_json(d, session.get(Track, d.track_id)) for d in decisions]
@@ -536,13 +536,13 @@ def _echo_decisions(sessions, decisions, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
 @click.option("--json", "as_json", is_flag=True,
-              help='{"total": n, "suggestions": [...]} (shape: daemon/review/decisions.py)')
+              help='{"total": n, "suggestions": [...]} (shape: daemon/review/listing.py)')
 @pass_context
 def review_list(ctx: Context, genre: str | None, min_confidence: float | None, state: str,
                 folder: str | None, fmt: str | None, sort: str, limit: int, offset: int,
                 as_json: bool) -> None:
     """Suggestions waiting for review (or in another state), most sure first."""
-    from daemon.review.decisions import QueueFilter, list_suggestions, suggestion_json
+    from daemon.review.listing import QueueFilter, list_suggestions, suggestion_json
 
     f = QueueFilter(status=state, genre=genre, min_confidence=min_confidence, folder=folder,
                     format=fmt, sort=sort)
@@ -572,6 +572,7 @@ def review_accept(ctx: Context, ids: tuple[int, ...], all_above: float | None, c
                   yes: bool, as_json: bool) -> None:
     """Accept suggestions by SUGGESTION id, or all above a confidence with --all-above."""
     from daemon.review import decisions as review
+    from daemon.review.listing import count_above
 
     if bool(ids) == (all_above is not None):
         raise click.UsageError("give suggestion ids or --all-above X (not both)")
@@ -581,7 +582,7 @@ def review_accept(ctx: Context, ids: tuple[int, ...], all_above: float | None, c
         decisions = review.accept(sessions, ctx.config, ids, who=who, choice=choice)
     else:
         with sessions() as session:
-            count, up_to_id = review.count_above(session, all_above)
+            count, up_to_id = count_above(session, all_above)
         click.echo(f"{count} pending suggestion(s) are at least {100 * all_above:g}% sure",
                    err=as_json)
         if count == 0:
@@ -639,7 +640,7 @@ def review_undo(ctx: Context, decision_id: int, as_json: bool) -> None:
 @pass_context
 def review_history(ctx: Context, limit: int, as_json: bool) -> None:
     """The newest decisions (the audit log), with their ids for `review undo`."""
-    from daemon.review.decisions import decision_json, list_decisions
+    from daemon.review.listing import decision_json, list_decisions
 
     with _review_sessions(ctx)() as session:
         rows, total = list_decisions(session, limit=limit)

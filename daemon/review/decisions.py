@@ -11,23 +11,7 @@ Decisions that change a file's tag get `write_status = "pending"` (or `"off"` wh
 The web UI and the `genretagger review` commands both call these functions; IDs given
 to accept / set / reject are suggestion ids, undo takes a decision id.
 
-JSON shapes (stable; `genretagger review ... --json` prints them):
-
-    suggestion_json: {"id": int, "track_id": int, "path": str (relative to the library),
-        "artist": str|null, "title": str|null, "format": str|null,
-        "raw_genre": str|null (the file's tag as found), "genre": str (suggested),
-        "confidence": float 0..1, "top": [{"genre": str, "confidence": float}, ...] (best
-        first, up to 3), "status": "pending"|"accepted"|"overridden"|"rejected"|"superseded",
-        "model_id": int|null, "created_at": ISO-8601 UTC, "track_state": str,
-        "confirmed_genre": str|null, "disagrees_with": str|null}
-    decision_json: {"id": int, "track_id": int, "suggestion_id": int|null, "path": str,
-        "action": "accept"|"override"|"reject"|"undo", "how": "single"|"bulk"|"override"|"undo",
-        "genre": str|null, "previous_genre": str|null, "who": str, "at": ISO-8601 UTC,
-        "undoes_id": int|null, "undone": bool,
-        "write_status": "pending"|"written"|"failed"|"off"|"none",
-        "write_attempts": int, "write_error": str|null}
-    `review list --json`: {"total": int, "suggestions": [suggestion_json, ...]}
-    `review accept|set|reject|undo --json`: {"decisions": [decision_json, ...]}
+The queue, the history and their JSON shapes: `daemon.review.listing`.
 
 `previous_genre` is the genre the station had for the track just before the decision:
 its confirmed label if it had one, else the file's raw tag.
@@ -36,10 +20,8 @@ its confirmed label if it had one, else the file's raw tag.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
@@ -47,9 +29,8 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track, utcnow
 from daemon.core.errors import GenretaggerError
 from daemon.core.states import TrackState, can_move, move
-
-# The suggestion rule's own reading of the audit log; review callers import it from here too.
-from daemon.suggest.suggestions import rejected_genres  # noqa: F401
+from daemon.learn.registry import active_model
+from daemon.tags.genres import load_genre_map, normalise
 
 
 class ReviewError(GenretaggerError):
@@ -107,8 +88,6 @@ class WriteStatus:
 # Decisions whose genre still has to reach the file.
 WRITE_OUTSTANDING = (WriteStatus.PENDING, WriteStatus.FAILED)
 
-SORTS = ("confident", "uncertain", "newest")
-STATUSES = ("pending", "accepted", "overridden", "rejected", "superseded", "all")
 
 
 # ---------------------------------------------------------------- reading
@@ -116,9 +95,6 @@ STATUSES = ("pending", "accepted", "overridden", "rejected", "superseded", "all"
 def canonical_genres(session: Session, config: Config) -> tuple[str, ...]:
     """The genres a reviewer may choose: the genre map's canonical list plus the active
     model's classes (normally the same set), sorted."""
-    from daemon.learn.registry import active_model
-    from daemon.tags.genres import load_genre_map
-
     genre_map = load_genre_map(config.genres_path if config.genres_path.exists() else None)
     genres = set(genre_map.canonical)
     model = active_model(session)
@@ -127,150 +103,9 @@ def canonical_genres(session: Session, config: Config) -> tuple[str, ...]:
     return tuple(sorted(genres))
 
 
-@dataclass(frozen=True)
-class QueueFilter:
-    """What the queue page and `review list` show."""
-
-    status: str = "pending"
-    genre: str | None = None
-    min_confidence: float | None = None
-    max_confidence: float | None = None
-    folder: str | None = None  # relative folder; matches everything under it
-    format: str | None = None
-    sort: str = "confident"
-
-
-def _like_prefix(folder: str) -> str:
-    folder = folder.strip().strip("/")
-    escaped = folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "/%"
-
-
-def _filtered(query: Select, f: QueueFilter) -> Select:
-    if f.status != "all":
-        query = query.where(Suggestion.status == f.status)
-    if f.genre:
-        query = query.where(Suggestion.genre == f.genre)
-    if f.min_confidence is not None:
-        query = query.where(Suggestion.confidence >= f.min_confidence)
-    if f.max_confidence is not None:
-        query = query.where(Suggestion.confidence < f.max_confidence)
-    if f.folder and f.folder.strip().strip("/"):
-        query = query.where(Track.path.like(_like_prefix(f.folder), escape="\\"))
-    if f.format:
-        query = query.where(Track.format == f.format)
-    return query
-
-
-def list_suggestions(session: Session, f: QueueFilter = QueueFilter(), *, limit: int = 50,
-                     offset: int = 0) -> tuple[list[tuple[Suggestion, Track]], int]:
-    """(suggestion, track) pairs for one page of the queue, and the total that match."""
-    if f.sort not in SORTS:
-        raise ReviewError(f"sort must be one of {', '.join(SORTS)}, not {f.sort!r}")
-    if f.status not in STATUSES:
-        raise ReviewError(f"state must be one of {', '.join(STATUSES)}, not {f.status!r}")
-    base = select(Suggestion, Track).join(Track, Suggestion.track_id == Track.id)
-    # Ties broken in the same direction, so SQLite walks the (status, confidence) index
-    # (whose entries end in the row id) without a sort.
-    order = {
-        "confident": (Suggestion.confidence.desc(), Suggestion.id.desc()),
-        "uncertain": (Suggestion.confidence.asc(), Suggestion.id.asc()),
-        "newest": (Suggestion.id.desc(),),
-    }[f.sort]
-    rows = session.execute(_filtered(base, f).order_by(*order).limit(limit).offset(offset)).all()
-    count = select(func.count()).select_from(Suggestion)
-    if f.folder or f.format:  # only then does the count need the tracks
-        count = count.join(Track, Suggestion.track_id == Track.id)
-    total = session.scalar(_filtered(count, f))
-    return [(s, t) for s, t in rows], int(total or 0)
-
-
-def count_above(session: Session, threshold: float) -> tuple[int, int | None]:
-    """How many pending suggestions have confidence >= threshold, and the highest id among
-    them (pass it to `bulk_accept(up_to_id=...)` so suggestions that arrive after the count
-    was shown are not accepted unseen)."""
-    count, top_id = session.execute(
-        select(func.count(), func.max(Suggestion.id))
-        .where(Suggestion.status == SuggestionStatus.PENDING,
-               Suggestion.confidence >= threshold)
-    ).one()
-    return int(count), top_id
-
-
-def pending_genres(session: Session, min_confidence: float | None = None
-                   ) -> list[tuple[str, int]]:
-    """(suggested genre, pending count), for the queue's genre filter and the bulk page."""
-    query = select(Suggestion.genre, func.count()).where(Suggestion.status == "pending")
-    if min_confidence is not None:
-        query = query.where(Suggestion.confidence >= min_confidence)
-    return [(g, int(n)) for g, n in session.execute(
-        query.group_by(Suggestion.genre).order_by(Suggestion.genre)).all()]
-
-
-def pending_formats(session: Session) -> list[str]:
-    return [f for f in session.scalars(
-        select(Track.format).join(Suggestion, Suggestion.track_id == Track.id)
-        .where(Suggestion.status == "pending", Track.format.is_not(None))
-        .distinct().order_by(Track.format)).all()]
-
-
-def list_decisions(session: Session, *, limit: int = 50, offset: int = 0,
-                   write_status: Iterable[str] | None = None
-                   ) -> tuple[list[tuple[Decision, Track]], int]:
-    """The audit log, newest first, with each decision's track; and the total."""
-    query = select(Decision, Track).join(Track, Decision.track_id == Track.id)
-    count = select(func.count()).select_from(Decision)
-    if write_status is not None:
-        statuses = tuple(write_status)
-        query = query.where(Decision.write_status.in_(statuses))
-        count = count.where(Decision.write_status.in_(statuses))
-    rows = session.execute(query.order_by(Decision.id.desc()).limit(limit).offset(offset)).all()
-    return [(d, t) for d, t in rows], int(session.scalar(count) or 0)
-
-
-def write_backlog(session: Session) -> dict[str, int]:
-    """{"pending": n, "failed": n}: decided genres not yet in their files (for status)."""
-    counts = dict(session.execute(
-        select(Decision.write_status, func.count())
-        .where(Decision.write_status.in_(WRITE_OUTSTANDING), Decision.undone.is_(False))
-        .group_by(Decision.write_status)).all())
-    return {s: int(counts.get(s, 0)) for s in WRITE_OUTSTANDING}
-
-
-# ---------------------------------------------------------------- JSON shapes
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def top_choices(suggestion: Suggestion) -> list[tuple[str, float]]:
     """The suggestion's top genres, best first, as (genre, confidence)."""
     return [(str(g), float(c)) for g, c in (suggestion.top or [])]
-
-
-def suggestion_json(suggestion: Suggestion, track: Track) -> dict:
-    return {
-        "id": suggestion.id, "track_id": track.id, "path": track.path,
-        "artist": track.artist, "title": track.title, "format": track.format,
-        "raw_genre": track.raw_genre, "genre": suggestion.genre,
-        "confidence": round(float(suggestion.confidence), 4),
-        "top": [{"genre": g, "confidence": round(c, 4)} for g, c in top_choices(suggestion)],
-        "status": suggestion.status, "model_id": suggestion.model_id,
-        "created_at": _iso(suggestion.created_at), "track_state": track.state,
-        "confirmed_genre": track.confirmed_genre, "disagrees_with": suggestion.disagrees_with,
-    }
-
-
-def decision_json(decision: Decision, track: Track) -> dict:
-    return {
-        "id": decision.id, "track_id": decision.track_id,
-        "suggestion_id": decision.suggestion_id, "path": track.path,
-        "action": decision.action, "how": decision.how, "genre": decision.genre,
-        "previous_genre": decision.previous_genre, "who": decision.who,
-        "at": _iso(decision.at), "undoes_id": decision.undoes_id,
-        "undone": bool(decision.undone), "write_status": decision.write_status,
-        "write_attempts": decision.write_attempts, "write_error": decision.write_error,
-    }
 
 
 # ---------------------------------------------------------------- deciding
@@ -339,8 +174,6 @@ def _check_genre(session: Session, config: Config, genre: str) -> str:
         return genre
     # Let "hip hop" mean "Hip-Hop": reviewers type; the stored label stays canonical. The
     # genre map's own matching key, so the shell, the web page and tags agree on spellings.
-    from daemon.tags.genres import normalise
-
     matches = {g for g in known if normalise(g) == normalise(genre)}
     if len(matches) == 1:
         return matches.pop()

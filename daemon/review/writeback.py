@@ -35,6 +35,8 @@ from typing import Literal
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, Track, utcnow
@@ -43,6 +45,7 @@ from daemon.core.errors import FileError, TagError
 from daemon.core.health import Health, thread_alive
 from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
 from daemon.core.states import TrackState
+from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review.decisions import WRITE_OUTSTANDING, Action, WriteStatus
 
@@ -279,9 +282,6 @@ class Writer:
 
     def _feature_cache(self):
         if self._cache is None:
-            from daemon.audio.featurecache import FeatureCache
-            from daemon.audio.features import DEFAULT_SPEC
-
             self._cache = FeatureCache(self.config.cache_dir, DEFAULT_SPEC)
         return self._cache
 
@@ -293,8 +293,6 @@ class Writer:
 
     def _record_written(self, decision_id: int, track_id: int, path: Path,
                         st: os.stat_result, old_fp: str | None) -> None:
-        from daemon.library.fingerprint import fingerprint
-
         try:
             new_fp = fingerprint(path)
         except OSError:

@@ -68,8 +68,9 @@ from daemon.core.db.models import (
 )
 from daemon.core.health import read_health
 from daemon.core.paths import display_stored
-from daemon.core.states import CLAIMABLE, TrackState
+from daemon.core.states import TrackState
 from daemon.review.decisions import WRITE_OUTSTANDING, WriteStatus
+from daemon.suggest.queue import queue_depth
 
 DAEMON_KEY = "daemon"
 LAST_RECONCILE_KEY = "last_reconcile"
@@ -107,12 +108,6 @@ def daemon_running(value: dict | None, now: datetime) -> bool:
         return False
     fresh = (now - beat).total_seconds() <= STALE_SECONDS
     return fresh and pid_alive(value.get("pid"))
-
-
-def queue_depth(session: Session) -> int:
-    """Tracks the worker still has to do (queued, retrying, working)."""
-    return session.scalar(select(func.count()).select_from(Track).where(
-        Track.state.in_([*CLAIMABLE, TrackState.WORKING]))) or 0
 
 
 def next_retrain(session: Session, config: Config, now: datetime) -> datetime | None:
@@ -199,7 +194,7 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             },
             "components": health.get("components", {}) if health else {},
             "tracks": {"total": sum(by_state.values()), "by_state": by_state},
-            "queue_depth": by_state["queued"] + by_state["retrying"] + by_state["working"],
+            "queue_depth": queue_depth(session),
             "files_per_minute": round((events.get("classified", 0)
                                        + events.get("failed", 0)) / 60.0, 2),
             "last_hour": {"classified": int(events.get("classified", 0)),

@@ -48,7 +48,8 @@ from daemon.service import scheduler as jobs
 from daemon.service.heap import bound_heap
 from daemon.service.logs import setup_logging
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
-from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS, queue_depth
+from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
+from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
 
 log = logging.getLogger(__name__)

@@ -55,6 +55,8 @@ def read_metadata(path: Path | str) -> dict:
 
     Raises ModelMismatch when the file is not an ONNX model.
     """
+    # Lazy: importing onnx takes about 0.4 s, paid only by what reads a bundle's metadata
+    # (not by trainer/evaluate and the CLI, which import this module for song_probabilities).
     import onnx
 
     try:
@@ -106,6 +108,7 @@ class Classifier:
         one song of zeros so the first real batch is not slow. Raises ModelMismatch when
         the file is not a bundle, lacks metadata, or was trained on another FeatureSpec.
         """
+        # Lazy for the same reason as onnx above (about 0.4 s): only loading a model needs it.
         import onnxruntime as ort
 
         path = Path(path)

@@ -20,8 +20,8 @@ file that changed (a copy that stalled, then went on) is not decoded, not failed
 suggested: it waits `settle_seconds` (retrying, no attempt counted) while the library
 settles it again, which queues it afresh.
 
-The active model is the registry's (`daemon.learn.registry.active_model`); the worker checks it
-between batches and loads a new bundle when another model became active. Without a model
+The active model is the registry's, followed by `daemon.suggest.active.ActiveModel`
+between batches: a new bundle is loaded when another model became active. Without a model
 nothing is claimed: tracks stay queued until the first model exists.
 
 Start-up hands tracks a crash left `working` back to the queue; close() stops claiming,
@@ -33,30 +33,40 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audio.extract import ExtractPool
+from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
-from daemon.core.db.models import Event, Model, Track, utcnow
-from daemon.core.errors import FileError, ModelMismatch, UnreadableAudio
+from daemon.core.db.models import Event, Track, utcnow
+from daemon.core.errors import FileError, UnreadableAudio
 from daemon.core.health import Health
-from daemon.core.paths import OutsideLibrary
-from daemon.core.states import CLAIMABLE, TrackState, move
+from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
+from daemon.core.states import TrackState, move
+from daemon.library.fingerprint import fingerprint
+from daemon.library.walk import same_stat
 from daemon.service.heap import release_free_memory
+from daemon.suggest.active import ActiveModel
+from daemon.suggest.queue import (
+    Claim,
+    backoff_delay,
+    claim_tracks,
+    prune_events,
+    queue_depth,
+    requeue_working,
+)
 from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
 
 log = logging.getLogger(__name__)
 
 # How often the worker looks for new work / a new model when there is none.
 POLL_SECONDS = 0.5
-MODEL_CHECK_SECONDS = 2.0
 NO_MODEL_SECONDS = 5.0
 # A quiet drive keeps no decoder child alive (each holds ~60 MB of its own).
 DECODER_IDLE_SECONDS = 60.0
@@ -65,70 +75,6 @@ BATCH_WAIT_SECONDS = 0.5
 # The worker's own events are kept this long (status needs the last hour).
 EVENT_DAYS = 7
 WORKER_EVENTS = ("classified", "failed")
-
-
-@dataclass
-class Claim:
-    """A track this worker holds in `working`, as it was when claimed."""
-
-    track_id: int
-    path: str  # relative to the library root
-    size: int
-    mtime: float
-    queued_since: datetime | None
-    audit_genre: str | None  # a tagged file queued by audit mode: its canonical genre
-    token: int
-    fingerprint: str | None = None
-    cached: bool = False
-    info: object | None = None
-    features: np.ndarray | None = field(default=None, repr=False)
-    ready_at: float = 0.0
-
-
-def backoff_delay(attempts: int, backoff_seconds: float) -> float:
-    """Seconds to wait before retry number `attempts` (1, 2, 4, ... times the base)."""
-    return backoff_seconds * 2 ** max(0, attempts - 1)
-
-
-def requeue_working(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
-    """Tracks in `working` (all, or these ids) back to `queued`. Returns how many moved.
-
-    At start-up these are files a crash left half done; at shutdown, files not finished.
-    """
-    with transaction(sessions) as session:
-        query = select(Track).where(Track.state == TrackState.WORKING)
-        if ids is not None:
-            if not ids:
-                return 0
-            query = query.where(Track.id.in_(ids))
-        tracks = session.scalars(query).all()
-        now = utcnow()
-        for track in tracks:
-            move(track, TrackState.QUEUED)
-            track.state_changed_at = now
-        return len(tracks)
-
-
-def claim_tracks(sessions: sessionmaker[Session], limit: int, exclude: set[int],
-                 now: datetime) -> list[tuple[Track, datetime | None]]:
-    """Move up to `limit` claimable tracks (queued, or retrying and due) to `working`,
-    oldest first. Returns (detached track, when it entered its previous state) pairs."""
-    with transaction(sessions) as session:
-        due = or_(Track.state == TrackState.QUEUED,
-                  (Track.state == TrackState.RETRYING)
-                  & (or_(Track.next_attempt_at.is_(None), Track.next_attempt_at <= now)))
-        query = select(Track).where(due).order_by(Track.id).limit(limit)
-        if exclude:
-            query = query.where(Track.id.not_in(exclude))
-        tracks = session.scalars(query).all()
-        claimed = []
-        for track in tracks:
-            queued_since = track.state_changed_at
-            move(track, TrackState.WORKING)
-            track.state_changed_at = now
-            claimed.append((track, queued_since))
-        session.flush()
-        return claimed
 
 
 class Worker:
@@ -142,13 +88,9 @@ class Worker:
         self.drain_seconds = drain_seconds
         self.stop_event = threading.Event()
         self.root = Path(config.library.root)
-        self.pool = None
-        self.cache = None
-        self.classifier = None
-        self.model_id: int | None = None
-        self._failed_model: tuple[int, str] | None = None
-        self._said_no_model = False
-        self._model_checked = 0.0
+        self.pool: ExtractPool | None = None
+        self.cache: FeatureCache | None = None
+        self.model = ActiveModel(sessions, spec)
         self._thread: threading.Thread | None = None
         self._claims: dict[int, Claim] = {}  # track id -> claim, in the pool or ready
         self._ready: list[Claim] = []  # features in hand, waiting for a batch
@@ -166,9 +108,6 @@ class Worker:
 
     def start(self) -> None:
         """Requeue what a crash left working, open the pool and cache, start the thread."""
-        from daemon.audio.extract import ExtractPool
-        from daemon.audio.featurecache import FeatureCache
-
         recovered = requeue_working(self.sessions)
         if recovered:
             log.info("requeued %d track(s) left working by the last run", recovered)
@@ -206,6 +145,18 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._claims)
 
+    @property
+    def classifier(self):
+        return self.model.classifier
+
+    @classifier.setter
+    def classifier(self, classifier) -> None:
+        self.model.classifier = classifier
+
+    @property
+    def model_id(self) -> int | None:
+        return self.model.model_id
+
     # ---- the loop ----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -231,7 +182,7 @@ class Worker:
 
     def _step(self) -> bool:
         """One round: keep the pool fed, collect results, classify a batch. True if busy."""
-        if not self._ensure_model():
+        if not self.model.refresh(self.config):
             if self._claims:
                 self._hand_back(list(self._claims.values()), "no active model")
             self.stop_event.wait(NO_MODEL_SECONDS)
@@ -266,9 +217,6 @@ class Worker:
         """Cached features go straight to the batch; a miss goes to the decoders. A file
         that changed since it settled waits instead; one that leads outside the library
         fails without being opened."""
-        from daemon.core.paths import library_file
-        from daemon.library.fingerprint import fingerprint
-
         try:
             path = library_file(self.root, claim.path)
         except FileError as err:
@@ -436,9 +384,6 @@ class Worker:
 
     def _settled(self, claim: Claim) -> bool:
         """The file still has the size and mtime it settled with (the track's row)."""
-        from daemon.core.paths import filesystem_path
-        from daemon.library.walk import same_stat
-
         try:
             st = (self.root / filesystem_path(claim.path)).stat()
         except (OSError, ValueError):
@@ -493,65 +438,16 @@ class Worker:
         if self._claims:
             self._hand_back(list(self._claims.values()), "shutting down")
 
-    # ---- the model ---------------------------------------------------------------------
-
-    def _ensure_model(self) -> bool:
-        """Load the active model when it changed (checked every MODEL_CHECK_SECONDS).
-
-        True when a classifier is ready. A bundle that fails to load is logged once and
-        not retried until another model becomes active.
-        """
-        now = time.monotonic()
-        if now - self._model_checked < MODEL_CHECK_SECONDS:
-            return self.classifier is not None
-        self._model_checked = now
-        from daemon.learn.registry import active_model
-        from daemon.suggest.classifier import Classifier
-
-        with self.sessions() as session:
-            model: Model | None = active_model(session)
-            if model is not None:
-                session.expunge(model)
-        if model is None:
-            if self.classifier is not None:
-                log.warning("no active model any more; suggestions wait for one")
-            elif not self._said_no_model:
-                log.info("no model yet: %d track(s) wait for the first one", self.queued())
-            self._said_no_model = True
-            self.classifier, self.model_id = None, None
-            return False
-        if model.id == self.model_id and self.classifier is not None:
-            return True
-        if self._failed_model == (model.id, model.sha256):
-            return self.classifier is not None
-        path = Path(model.path)
-        if not path.is_absolute():
-            path = self.config.models_dir / path
-        try:
-            classifier = Classifier.load(path, spec=self.spec,
-                                         threads=self.config.classifier.threads)
-        except ModelMismatch as err:
-            log.error("active model %s (v%s) cannot be used: %s", model.id, model.version, err)
-            self._failed_model = (model.id, model.sha256)
-            return self.classifier is not None
-        log.info("using model v%s (%s) for suggestions", model.version, path.name)
-        self.classifier, self.model_id, self._failed_model = classifier, model.id, None
-        return True
-
     # ---- bookkeeping -------------------------------------------------------------------
 
     def queued(self) -> int:
         """Tracks waiting for the worker (queued, retrying, working)."""
         with self.sessions() as session:
-            return session.scalar(select(func.count()).select_from(Track).where(
-                Track.state.in_([*CLAIMABLE, TrackState.WORKING]))) or 0
+            return queue_depth(session)
 
     def _prune_events(self) -> None:
         now = time.monotonic()
         if now - self._last_pruned < 3600:
             return
         self._last_pruned = now
-        cutoff = utcnow() - timedelta(days=EVENT_DAYS)
-        with transaction(self.sessions) as session:
-            session.execute(delete(Event).where(Event.kind.in_(WORKER_EVENTS),
-                                                Event.at < cutoff))
+        prune_events(self.sessions, WORKER_EVENTS, EVENT_DAYS)

@@ -1,6 +1,8 @@
-"""What the review page shows and plays of a song: its spectrogram and its clip regions.
+"""What the review page shows and plays of a song: its spectrogram and its clip regions,
+and the routes serving them (/tracks/<id>/spectrogram.png, /tracks/<id>/preview.wav; the
+preview answers Range requests).
 
-Both start from a TRACK (never a path from the request): `daemon.review.writeback.library_file`
+Both start from a TRACK (never a path from the request): `daemon.core.paths.library_file`
 turns the track's stored relative path into a file under the library root and refuses
 anything that would leave it (absolute paths, "..", symlinks pointing outside).
 
@@ -12,20 +14,25 @@ typed FileError ("decoder crashed", "decoding took longer than N s"), never the 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
+from flask import Blueprint, Response, abort, send_file
+from PIL import Image
 
+from daemon.audio.extract import ExtractPool
+from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, clip_starts
-from daemon.review.writeback import OutsideLibrary, library_file
+from daemon.core.db.models import Track
+from daemon.core.errors import FileError
+from daemon.core.paths import OutsideLibrary, library_file
+from daemon.review.web.common import plain, review
 
-if TYPE_CHECKING:
-    from daemon.audio.extract import ExtractPool
+log = logging.getLogger(__name__)
 
-__all__ = ["OutsideLibrary", "library_file", "song_spectrogram", "spectrogram_image",
-           "png_bytes", "preview_windows", "preview_wav"]
+bp = Blueprint("media", __name__)
 
 PREVIEW_SR = 22_050
 # Each clip region is played from a second before the clip to a second after it.
@@ -47,8 +54,6 @@ def song_spectrogram(path: Path, fingerprint: str | None, cache_dir: Path,
     """The song's model input (clips, F, T, 1): from the feature cache when the worker
     stored it, else decoded now in one of `children` (within `timeout` seconds; default:
     the pool's) and stored for next time. Raises FileError subclasses."""
-    from daemon.audio.featurecache import FeatureCache
-
     cache = FeatureCache(cache_dir, spec)
     if fingerprint:
         features = cache.get(fingerprint)
@@ -81,8 +86,6 @@ def spectrogram_image(features: np.ndarray) -> np.ndarray:
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     """(H, W, 3) uint8 -> PNG file bytes (Pillow's encoder)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -122,3 +125,52 @@ def preview_wav(path: Path, duration: float | None = None,
     buf = io.BytesIO()
     sf.write(buf, np.clip(samples, -1.0, 1.0), PREVIEW_SR, subtype="PCM_16", format="WAV")
     return buf.getvalue()
+
+
+def _tracked_file(track_id: int) -> tuple[Track, Path]:
+    """The track and its file under the library root; 404 for anything else."""
+    deps = review()
+    with deps.sessions() as db:
+        track = db.get(Track, track_id)
+    if track is None:
+        abort(404)
+    try:
+        return track, library_file(deps.config.library.root, track.path)
+    except OutsideLibrary as err:
+        log.warning("refused to serve track %d: %s", track_id, err)
+        abort(404)
+
+
+@bp.get("/tracks/<id:track_id>/spectrogram.png")
+def spectrogram(track_id: int):
+    deps = review()
+    track, path = _tracked_file(track_id)
+    key = (track.id, track.fingerprint, track.size, track.mtime)
+    try:
+        png = deps.thumbs.get_or_make(key, lambda: png_bytes(spectrogram_image(
+            song_spectrogram(path, track.fingerprint, deps.config.cache_dir,
+                             children=deps.children,
+                             timeout=deps.config.workers.decode_timeout))))
+    except FileError as err:
+        return plain(422, f"This song cannot be read: {err.reason}")
+    response = Response(png, mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@bp.get("/tracks/<id:track_id>/preview.wav")
+def preview(track_id: int):
+    deps = review()
+    track, path = _tracked_file(track_id)
+    key = (track.id, track.size, track.mtime)
+    try:
+        wav = deps.previews.get_or_make(key, lambda: preview_wav(
+            path, track.duration, children=deps.children,
+            timeout=deps.config.workers.decode_timeout))
+    except FileError as err:
+        return plain(422, f"This song cannot be played: {err.reason}")
+    response = send_file(io.BytesIO(wav), mimetype="audio/wav", conditional=True,
+                         etag=f"{track.id}-{track.size}-{track.mtime}", max_age=3600,
+                         download_name=f"preview-{track.id}.wav")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response

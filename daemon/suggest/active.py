@@ -1,0 +1,84 @@
+"""The model the worker classifies with: the registry's active one, swapped in when another
+becomes active (`daemon.learn.registry.active_model`, checked every MODEL_CHECK_SECONDS).
+
+A bundle that fails to load is logged once and not retried until another model becomes
+active; the worker keeps the classifier it had, if any.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.audio.features import FeatureSpec
+from daemon.core.config import Config
+from daemon.core.db.models import Model
+from daemon.core.errors import ModelMismatch
+from daemon.learn.registry import active_model
+from daemon.suggest.classifier import Classifier
+from daemon.suggest.queue import queue_depth
+
+log = logging.getLogger(__name__)
+
+MODEL_CHECK_SECONDS = 2.0
+
+
+class ActiveModel:
+    """`classifier` and `model_id` of the active model; `refresh()` follows the registry."""
+
+    def __init__(self, sessions: sessionmaker[Session], spec: FeatureSpec):
+        self.sessions = sessions
+        self.spec = spec
+        self.classifier: Classifier | None = None
+        self.model_id: int | None = None
+        self._failed: tuple[int, str] | None = None
+        self._said_no_model = False
+        self._checked = 0.0
+
+    def refresh(self, config: Config) -> bool:
+        """Load the active model when it changed. True when a classifier is ready.
+        `config` is the running one (the worker's, which a reload replaces)."""
+        now = time.monotonic()
+        if now - self._checked < MODEL_CHECK_SECONDS:
+            return self.classifier is not None
+        self._checked = now
+        with self.sessions() as session:
+            model: Model | None = active_model(session)
+            if model is not None:
+                session.expunge(model)
+        if model is None:
+            self._no_model()
+            return False
+        if model.id == self.model_id and self.classifier is not None:
+            return True
+        if self._failed == (model.id, model.sha256):
+            return self.classifier is not None
+        return self._load(model, config)
+
+    def _no_model(self) -> None:
+        if self.classifier is not None:
+            log.warning("no active model any more; suggestions wait for one")
+        elif not self._said_no_model:
+            with self.sessions() as session:
+                waiting = queue_depth(session)
+            log.info("no model yet: %d track(s) wait for the first one", waiting)
+        self._said_no_model = True
+        self.classifier, self.model_id = None, None
+
+    def _load(self, model: Model, config: Config) -> bool:
+        path = Path(model.path)
+        if not path.is_absolute():
+            path = config.models_dir / path
+        try:
+            classifier = Classifier.load(path, spec=self.spec,
+                                         threads=config.classifier.threads)
+        except ModelMismatch as err:
+            log.error("active model %s (v%s) cannot be used: %s", model.id, model.version, err)
+            self._failed = (model.id, model.sha256)
+            return self.classifier is not None
+        log.info("using model v%s (%s) for suggestions", model.version, path.name)
+        self.classifier, self.model_id, self._failed = classifier, model.id, None
+        return True

@@ -1,0 +1,99 @@
+"""The worker's queue in the database: what waits, claiming it, handing it back.
+
+A track waits for the worker while it is CLAIMABLE (queued, or retrying) or being worked
+on; `queue_depth` is that count, the one answer `status`, the service's status line and
+the worker's "waiting for a model" message all give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import Event, Track, utcnow
+from daemon.core.states import CLAIMABLE, TrackState, move
+
+# Tracks the worker still has to do.
+WAITING = frozenset({*CLAIMABLE, TrackState.WORKING})
+
+
+@dataclass
+class Claim:
+    """A track this worker holds in `working`, as it was when claimed."""
+
+    track_id: int
+    path: str  # relative to the library root
+    size: int
+    mtime: float
+    queued_since: datetime | None
+    audit_genre: str | None  # a tagged file queued by audit mode: its canonical genre
+    token: int
+    fingerprint: str | None = None
+    cached: bool = False
+    info: object | None = None
+    features: np.ndarray | None = field(default=None, repr=False)
+    ready_at: float = 0.0
+
+
+def queue_depth(session: Session) -> int:
+    """Tracks the worker still has to do (queued, retrying, working)."""
+    return session.scalar(select(func.count()).select_from(Track).where(
+        Track.state.in_(WAITING))) or 0
+
+
+def backoff_delay(attempts: int, backoff_seconds: float) -> float:
+    """Seconds to wait before retry number `attempts` (1, 2, 4, ... times the base)."""
+    return backoff_seconds * 2 ** max(0, attempts - 1)
+
+
+def requeue_working(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
+    """Tracks in `working` (all, or these ids) back to `queued`. Returns how many moved.
+
+    At start-up these are files a crash left half done; at shutdown, files not finished.
+    """
+    with transaction(sessions) as session:
+        query = select(Track).where(Track.state == TrackState.WORKING)
+        if ids is not None:
+            if not ids:
+                return 0
+            query = query.where(Track.id.in_(ids))
+        tracks = session.scalars(query).all()
+        now = utcnow()
+        for track in tracks:
+            move(track, TrackState.QUEUED)
+            track.state_changed_at = now
+        return len(tracks)
+
+
+def claim_tracks(sessions: sessionmaker[Session], limit: int, exclude: set[int],
+                 now: datetime) -> list[tuple[Track, datetime | None]]:
+    """Move up to `limit` claimable tracks (queued, or retrying and due) to `working`,
+    oldest first. Returns (detached track, when it entered its previous state) pairs."""
+    with transaction(sessions) as session:
+        due = or_(Track.state == TrackState.QUEUED,
+                  (Track.state == TrackState.RETRYING)
+                  & (or_(Track.next_attempt_at.is_(None), Track.next_attempt_at <= now)))
+        query = select(Track).where(due).order_by(Track.id).limit(limit)
+        if exclude:
+            query = query.where(Track.id.not_in(exclude))
+        tracks = session.scalars(query).all()
+        claimed = []
+        for track in tracks:
+            queued_since = track.state_changed_at
+            move(track, TrackState.WORKING)
+            track.state_changed_at = now
+            claimed.append((track, queued_since))
+        session.flush()
+        return claimed
+
+
+def prune_events(sessions: sessionmaker[Session], kinds: tuple[str, ...], days: float) -> None:
+    """Delete events of these kinds older than `days`."""
+    cutoff = utcnow() - timedelta(days=days)
+    with transaction(sessions) as session:
+        session.execute(delete(Event).where(Event.kind.in_(kinds), Event.at < cutoff))
