@@ -9,7 +9,7 @@ import pytest
 from daemon.cli.demo import SPELLINGS
 from daemon.core.errors import GenreMapError
 from daemon.tags.genres import default_genres_text, load_genre_map, normalise, parse_genre_map
-from daemon.tags.tagfile import ID3V1_GENRES
+from daemon.tags.read import ID3V1_GENRES
 
 DEFAULT_TEN = ("Blues", "Classical", "Country", "Electronic", "Folk", "Hip-Hop", "Jazz",
                "Metal", "Pop", "Rock")

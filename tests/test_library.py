@@ -36,7 +36,7 @@ from daemon.library.reconcile import (
     walk_library,
 )
 from daemon.tags.genres import load_genre_map
-from daemon.tags.tagfile import write_tags
+from daemon.tags.write import write_tags
 
 SETTLE = 1.0
 
@@ -291,7 +291,7 @@ def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
                                                                   make_library, database):
     """A power cut between the writer's copy and its rename leaves a hidden temp copy next
     to the song; the next walk removes it once it is an hour old, and only it."""
-    from daemon.review.writeback import temp_path
+    from daemon.tags.write import temp_path
 
     song = put(masters, root, "jazz.flac", "A/jazz.flac")
     stale, fresh = temp_path(song), temp_path(put(masters, root, "rock.mp3", "B/rock.mp3"))
@@ -527,7 +527,7 @@ def test_first_seen_is_recorded(masters, root, make_library, database):
 # --------------------------------------------------------------------- names
 
 # Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
-# tag writer's temp name to fit NAME_MAX too (daemon.review.writeback.temp_path).
+# tag writer's temp name to fit NAME_MAX too (daemon.tags.write.temp_path).
 ODD_NAMES = {
     "255 bytes": b"L" * 251 + b".mp3",
     "backslashes": b"AC\\DC - Back\\In Black.mp3",

@@ -50,7 +50,7 @@ from daemon.core.health import Health
 from daemon.core.paths import display, filesystem_path, is_inside, stored_path
 from daemon.core.states import TrackState, can_move, move
 from daemon.tags.genres import GenreMap
-from daemon.tags.tagfile import MULTI_VALUE_SEPARATOR, TrackTags
+from daemon.tags.read import MULTI_VALUE_SEPARATOR, TrackTags
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ S = TrackState
 # Files still being written by a download/copy tool, or editor backups.
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", "~")
 # The tag writer builds each new version of a song in a hidden sibling whose name has this
-# mark (daemon.review.writeback.temp_path). One left by an interrupted write (power cut, SIGKILL) is
+# mark (daemon.tags.write.temp_path). One left by an interrupted write (power cut, SIGKILL) is
 # removed by the next walk once it is this old; a write holds it for seconds.
 WRITER_TEMP_MARK = ".genretagger-tmp"
 LEFTOVER_SECONDS = 3600.0
@@ -387,7 +387,7 @@ def read_file(path: str, readers: ExtractPool) -> FileReading | None:
     """Settled file -> FileReading (fingerprint, tags, audio header); None when the file
     vanished or changed while it was being read.
 
-    Read in a child process of `readers` (daemon.audio.extract.read_song), never in this one: a
+    Read in a child process of `readers` (daemon.audio.jobs.read_song), never in this one: a
     file whose reading crashes, hangs past workers.read_timeout or needs more than
     workers.memory_max_mb costs that file only (a FileReading to quarantine, naming why),
     and a 150 MB cover picture never enters the service's memory."""

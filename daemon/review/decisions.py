@@ -117,9 +117,9 @@ def canonical_genres(session: Session, config: Config) -> tuple[str, ...]:
     """The genres a reviewer may choose: the genre map's canonical list plus the active
     model's classes (normally the same set), sorted."""
     from daemon.learn.registry import active_model
-    from daemon.tags.genres import load_genre_map
+    from daemon.tags.genres import station_genre_map
 
-    genre_map = load_genre_map(config.genres_path if config.genres_path.exists() else None)
+    genre_map = station_genre_map(config)
     genres = set(genre_map.canonical)
     model = active_model(session)
     if model is not None:
