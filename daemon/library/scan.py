@@ -65,6 +65,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from daemon.audio.header import sane_mp3_seconds
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError
 from daemon.core.paths import display
@@ -251,7 +252,7 @@ def inspect_file(path: str, relpath: str, genre_map: GenreMap,
     duration = tags.duration
     if duration is not None and tags.format == "mp3":
         try:  # a Xing count the bytes cannot hold: the size-based estimate, as the daemon
-            duration = audio.sane_mp3_seconds(path, duration)
+            duration = sane_mp3_seconds(path, duration)
         except FileError as err:
             return _report(shown, tags, None, genre_map, err.reason)
     if duration is None:
