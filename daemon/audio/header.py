@@ -17,8 +17,6 @@ from typing import BinaryIO
 from daemon.core.errors import UnreadableAudio
 from daemon.core.paths import display
 
-FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
-
 # Magic bytes -> what the file claims to be, for "corrupt or truncated X" messages.
 _MAGIC = ((0, b"fLaC", "FLAC"), (0, b"RIFF", "WAV"), (0, b"FORM", "AIFF"), (0, b"OggS", "Ogg"),
           (0, b"ID3", "MP3"), (4, b"ftyp", "M4A"), (0, bytes.fromhex("3026b275"), "WMA"))
@@ -28,7 +26,7 @@ _MAGIC = ((0, b"fLaC", "FLAC"), (0, b"RIFF", "WAV"), (0, b"FORM", "AIFF"), (0, b
 class AudioInfo:
     """What the container/stream header says about a song."""
 
-    format: str  # one of FORMATS, from the content (not the file name)
+    format: str  # mp3 flac ogg opus m4a wav aiff wma, from the content (not the file name)
     codec: str
     duration: float  # seconds
     sample_rate: int

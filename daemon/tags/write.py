@@ -67,15 +67,14 @@ from daemon.tags.riffinfo import RiffInfoError
 log = logging.getLogger(__name__)
 
 GenreMode = Literal["replace", "add"]
-TEMP_SUFFIX = WRITER_TEMP_MARK
 
 
 class WriteFailed(FileError):
     """The genre could not be written into the file; `reason` says why (retried later)."""
 
 
-# A name the filesystem takes: NAME_MAX is 255 bytes on every filesystem a station uses.
-NAME_MAX = 255
+# The longest extension kept on a temp name: with the 16-character digest and the mark it
+# stays far below NAME_MAX, 255 bytes on every filesystem a station uses.
 EXTENSION_MAX = 16
 
 
@@ -86,7 +85,7 @@ def temp_path(path: Path) -> Path:
     so the temp name fits NAME_MAX even beside a 255-byte song name."""
     digest = hashlib.sha1(os.fsencode(path.name)).hexdigest()[:16]
     suffix = path.suffix if len(os.fsencode(path.suffix)) <= EXTENSION_MAX else ""
-    return path.with_name(f".{digest}{TEMP_SUFFIX}{suffix}")
+    return path.with_name(f".{digest}{WRITER_TEMP_MARK}{suffix}")
 
 
 def copy_xattrs(source: Path, target: Path) -> None:
