@@ -14,6 +14,7 @@ from daemon.tags.genres import (
     normalise,
     parse_genre_map,
     station_genre_map,
+    station_genres_file,
 )
 from daemon.tags.read import ID3V1_GENRES
 
@@ -132,10 +133,12 @@ def test_station_genre_map_is_the_state_dirs_file_else_the_shipped_one(tmp_path,
                                                                         genre_map):
     config = make_config(tmp_path / "library")
     assert not config.genres_path.exists()
+    assert station_genres_file(config) is None
     assert station_genre_map(config) == genre_map
     assert station_genre_map(config).source == "shipped genres.toml"
     config.state_dir.mkdir(parents=True, exist_ok=True)
     config.genres_path.write_text('canonical = ["Polka", "Jazz"]\n', encoding="utf-8")
+    assert station_genres_file(config) == config.genres_path
     station = station_genre_map(config)
     assert station.canonical == ("Polka", "Jazz")
     assert station.source == str(config.genres_path)
