@@ -76,7 +76,7 @@ def masters(per_format: int) -> list[Path]:
 
 def copies(sources: list[Path], folder: Path, n: int, prefix: str) -> list[Path]:
     """n untagged songs: copies of the masters, each with its own title (own fingerprint)."""
-    from daemon.tags.tagfile import write_tags
+    from daemon.tags.write import write_tags
 
     folder.mkdir(parents=True, exist_ok=True)
     made = []
@@ -264,7 +264,7 @@ class PeakMemory:
 
 def baseline(sample: list[Path], bundle: Path) -> float:
     """In-process extract + classify, one song at a time: songs/s."""
-    from daemon.audio.extract import extract
+    from daemon.audio.jobs import extract
     from daemon.suggest.classifier import Classifier
 
     classifier = Classifier.load(bundle / "model.onnx")

@@ -5,7 +5,7 @@
 Generates (once; cached in bench/out/decode-library/) a library of 3-7 minute songs in
 every format: a few masters per format encoded by the real encoders, linked under new
 names. Then, in the same run, measures songs/s of
-  - seek:  daemon.audio.extract.extract (read_clips: seek + decode 5 x 1 s windows, + features),
+  - seek:  daemon.audio.jobs.extract (read_clips: seek + decode 5 x 1 s windows, + features),
            in this process;
   - pool:  the same through ExtractPool with --processes children;
   - naive: librosa.load of the whole file at 22,050 Hz, then the same clips and features,
@@ -28,8 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.audio.extract import Extracted, ExtractPool, extract  # noqa: E402
+from daemon.audio.extract import ExtractPool  # noqa: E402
 from daemon.audio.features import DEFAULT_SPEC, clip_starts, song_features  # noqa: E402
+from daemon.audio.jobs import Extracted, extract  # noqa: E402
 from daemon.cli.demo import VOICES, encode_masters  # noqa: E402
 
 LIBRARY = Path(__file__).resolve().parent / "out" / "decode-library"

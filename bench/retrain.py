@@ -44,7 +44,7 @@ UNTAGGED_SHARE = 0.08
 
 def make_library(root: Path, songs: int, seconds: float) -> dict[str, str]:
     """`songs` files under `root` (cached): {relative path: true genre}."""
-    from daemon.tags.tagfile import write_tags
+    from daemon.tags.write import write_tags
 
     index = root / "truth.json"
     if index.exists():

@@ -172,7 +172,7 @@ def make_masters(folder: Path) -> list[Path]:
 
 
 def fresh_copies(masters: list[Path], folder: Path, n: int) -> list[Path]:
-    from daemon.tags.tagfile import write_tags
+    from daemon.tags.write import write_tags
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -200,7 +200,8 @@ def plain_atomic_copy(path: Path) -> None:
 def bench_writes(n: int) -> None:
     from daemon.library.fingerprint import fingerprint
     from daemon.review import decisions as review
-    from daemon.review.writeback import Writer, write_genre_atomically
+    from daemon.review.writeback import Writer
+    from daemon.tags.write import write_genre_atomically
 
     masters = make_masters(OUT / "masters")
     size_mb = sum(m.stat().st_size for m in masters) / len(masters) / 1e6

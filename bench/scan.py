@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon.cli.demo import FORMATS, SPELLINGS, encode, synthesize  # noqa: E402
 from daemon.library.scan import scan_library  # noqa: E402
 from daemon.tags.genres import load_genre_map  # noqa: E402
-from daemon.tags.tagfile import write_tags  # noqa: E402
+from daemon.tags.write import write_tags  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "scan"
 MASTERS_PER_FORMAT = 2

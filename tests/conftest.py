@@ -30,7 +30,7 @@ def make_song(tmp_path):
         if genre_tag is not None:
             tags["genre"] = genre_tag
         if tags:
-            from daemon.tags.tagfile import write_tags
+            from daemon.tags.write import write_tags
 
             write_tags(path, **tags)
         return path

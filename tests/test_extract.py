@@ -13,8 +13,9 @@ import pytest
 from helpers import wait_for
 
 from daemon.audio.decode import read_clips
-from daemon.audio.extract import Extracted, ExtractPool, extract
+from daemon.audio.extract import ExtractPool
 from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, song_features
+from daemon.audio.jobs import Extracted, extract
 from daemon.core.errors import DecodeTimeout, FileError, TooShort, UnreadableAudio
 
 pytestmark = pytest.mark.timeout(60)

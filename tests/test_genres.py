@@ -8,8 +8,15 @@ import pytest
 
 from daemon.cli.demo import SPELLINGS
 from daemon.core.errors import GenreMapError
-from daemon.tags.genres import default_genres_text, load_genre_map, normalise, parse_genre_map
-from daemon.tags.tagfile import ID3V1_GENRES
+from daemon.tags.genres import (
+    default_genres_text,
+    load_genre_map,
+    normalise,
+    parse_genre_map,
+    station_genre_map,
+    station_genres_file,
+)
+from daemon.tags.read import ID3V1_GENRES
 
 DEFAULT_TEN = ("Blues", "Classical", "Country", "Electronic", "Folk", "Hip-Hop", "Jazz",
                "Metal", "Pop", "Rock")
@@ -120,6 +127,24 @@ def test_station_copy_loads_like_the_shipped_file(tmp_path, genre_map):
     assert load_genre_map(path) == genre_map
     shipped = Path(__file__).parents[1] / "daemon" / "tags" / "genres.toml"
     assert default_genres_text() == shipped.read_text(encoding="utf-8")
+
+
+def test_station_genre_map_is_the_state_dirs_file_else_the_shipped_one(tmp_path, make_config,
+                                                                        genre_map):
+    config = make_config(tmp_path / "library")
+    assert not config.genres_path.exists()
+    assert station_genres_file(config) is None
+    assert station_genre_map(config) == genre_map
+    assert station_genre_map(config).source == "shipped genres.toml"
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.genres_path.write_text('canonical = ["Polka", "Jazz"]\n', encoding="utf-8")
+    assert station_genres_file(config) == config.genres_path
+    station = station_genre_map(config)
+    assert station.canonical == ("Polka", "Jazz")
+    assert station.source == str(config.genres_path)
+    config.genres_path.write_text('canonical = "Polka"\n', encoding="utf-8")
+    with pytest.raises(GenreMapError, match="genres.toml"):
+        station_genre_map(config)
 
 
 def test_station_can_add_a_genre_and_spellings(tmp_path):

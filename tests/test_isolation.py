@@ -27,7 +27,7 @@ from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import TrackState
 from daemon.library.reconcile import Library
 from daemon.tags.genres import load_genre_map
-from daemon.tags.tagfile import write_tags
+from daemon.tags.write import write_tags
 
 pytestmark = pytest.mark.timeout(240)
 SR = 22_050

@@ -36,10 +36,10 @@ from daemon.library.settle import SettleTracker
 from daemon.library.walk import is_library_file, walk_library
 from daemon.review import decisions as review
 from daemon.review.web import create_app
-from daemon.review.writeback import Writer, temp_path
+from daemon.review.writeback import Writer
 from daemon.service.status import collect_status, render_status
 from daemon.tags.genres import load_genre_map
-from daemon.tags.tagfile import write_tags
+from daemon.tags.write import write_tags
 
 SETTLE = 1.0
 
@@ -293,6 +293,8 @@ def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
                                                                   make_library, database):
     """A power cut between the writer's copy and its rename leaves a hidden temp copy next
     to the song; the next walk removes it once it is an hour old, and only it."""
+    from daemon.tags.write import temp_path
+
     song = put(masters, root, "jazz.flac", "A/jazz.flac")
     stale, fresh = temp_path(song), temp_path(put(masters, root, "rock.mp3", "B/rock.mp3"))
     for leftover in (stale, fresh):
@@ -527,7 +529,7 @@ def test_first_seen_is_recorded(masters, root, make_library, database):
 # --------------------------------------------------------------------- names
 
 # Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
-# tag writer's temp name to fit NAME_MAX too (daemon.review.writeback.temp_path).
+# tag writer's temp name to fit NAME_MAX too (daemon.tags.write.temp_path).
 ODD_NAMES = {
     "255 bytes": b"L" * 251 + b".mp3",
     "backslashes": b"AC\\DC - Back\\In Black.mp3",

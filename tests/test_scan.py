@@ -21,7 +21,7 @@ from daemon.cli import cli
 from daemon.cli.demo import FORMATS, encode, synthesize
 from daemon.library.scan import inspect_file, list_library, scan_library
 from daemon.tags.genres import load_genre_map
-from daemon.tags.tagfile import write_tags
+from daemon.tags.write import write_tags
 
 GENRETAGGER = Path(sys.executable).parent / "genretagger"
 LATIN1_NAME = b"caf\xe9.mp3"

@@ -19,7 +19,8 @@ from mutagen.mp4 import MP4
 
 from daemon.cli.demo import FORMATS, encode, synthesize
 from daemon.core.errors import TagError
-from daemon.tags.tagfile import ID3V1_GENRES, read_tags, set_genre, write_tags
+from daemon.tags.read import ID3V1_GENRES, read_tags
+from daemon.tags.write import set_genre, write_tags
 
 SR = 22_050
 # The content-derived format name each extension's encoder produces.

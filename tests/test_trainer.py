@@ -144,7 +144,7 @@ def library(tmp_path_factory):
 
 def test_confirmed_labels_override_file_tags(library, tmp_path):
     from daemon.tags.genres import load_genre_map
-    from daemon.tags.tagfile import write_tags
+    from daemon.tags.write import write_tags
     from trainer.dataset import find_labelled_songs, load_labels
 
     root, songs = library

@@ -349,7 +349,7 @@ def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
     """255 bytes, backslashes, a raw byte beside its literal escape, a non-UTF-8 folder:
     walked and settled by the library, suggested by the real worker, accepted, written by
     the writer, read back by exiftool. (The 255-byte name also needs the tag writer's
-    temp name to fit NAME_MAX: daemon.review.writeback.temp_path.)"""
+    temp name to fit NAME_MAX: daemon.tags.write.temp_path.)"""
     import os
     import subprocess
 

@@ -38,8 +38,8 @@ from mutagen.id3 import (
 )
 from mutagen.mp4 import MP4, MP4Cover, MP4FreeForm
 
-from daemon.review.writeback import write_genre_atomically
-from daemon.tags.tagfile import read_tags
+from daemon.tags.read import read_tags
+from daemon.tags.write import write_genre_atomically
 
 NEW = "Jazz"
 

@@ -28,8 +28,9 @@ from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review import decisions as review
 from daemon.review import listing
-from daemon.review.writeback import WriteFailed, Writer, temp_path, write_genre_atomically
-from daemon.tags.tagfile import read_tags
+from daemon.review.writeback import Writer
+from daemon.tags.read import read_tags
+from daemon.tags.write import WriteFailed, temp_path, write_genre_atomically
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
 
@@ -108,7 +109,7 @@ def test_failures_are_typed_and_leave_the_original(make_song, tmp_path):
 # stay fast), rewrites genres in a loop until the test SIGKILLs it.
 FORK_HELPER = """
 import os, sys
-from daemon.review.writeback import write_genre_atomically
+from daemon.tags.write import write_genre_atomically
 paths, child = sys.argv[1:], None
 for line in sys.stdin:
     if line.strip() == "wait":
@@ -256,7 +257,7 @@ def test_writer_thread_starts_and_closes(station, make_song):
 def test_undo_after_write_puts_the_old_genre_back(station, make_song):
     config, sessions, library = station
     path, _, sid, _ = add_song(sessions, library, make_song, "D/u.m4a", raw_genre="Blues")
-    from daemon.tags.tagfile import write_tags
+    from daemon.tags.write import write_tags
 
     write_tags(path, genre="Blues")
     with sessions() as session, session.begin():
@@ -312,7 +313,7 @@ def test_writer_never_writes_outside_the_library(station, make_song, tmp_path):
 def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
     config, sessions, library = station
     path, _, sid, _ = add_song(sessions, library, make_song, "F/late.flac", raw_genre="Folk")
-    from daemon.tags.tagfile import write_tags
+    from daemon.tags.write import write_tags
 
     write_tags(path, genre="Folk")
     [decision] = review.accept(sessions, config, [sid], who="t")
@@ -338,9 +339,9 @@ def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
 def test_a_name_that_is_not_utf8_is_found_and_written(make_song, tmp_path):
     import os
 
-    from daemon.core.paths import stored_path
-    from daemon.review.writeback import library_file, write_genre_atomically
-    from daemon.tags.tagfile import read_tags
+    from daemon.core.paths import library_file, stored_path
+    from daemon.tags.read import read_tags
+    from daemon.tags.write import write_genre_atomically
 
     root = tmp_path / "library"
     root.mkdir()

@@ -154,7 +154,7 @@ def load_known(path: Path | None) -> dict[str, KnownFile]:
 
 def _read_song(path: Path) -> tuple[str | None, str | None, tuple[str, ...], str | None]:
     """(artist, album, raw genres, why unreadable) from the file's tags."""
-    from daemon.tags.tagfile import read_tags
+    from daemon.tags.read import read_tags
 
     try:
         tags = read_tags(path)

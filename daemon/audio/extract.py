@@ -1,4 +1,5 @@
-"""Song -> model input, in-process (`extract`) or in child processes (`ExtractPool`).
+"""Song -> model input in child processes (`ExtractPool`); what a child runs is
+daemon.audio.jobs.
 
 Decoders and tag parsers are libraries fed with whatever sits on the station's drive; a
 bad file can segfault, hang or leak in them, and a 150 MB cover picture is read into
@@ -10,9 +11,7 @@ TooMuchMemory; every child is replaced after `max_tasks_per_child` files so leak
 grow. Children come from the 'forkserver' context: the daemon has threads, so plain fork
 is unsafe. Every pool in the daemon shares the one fork server.
 
-A child runs JOBS: "extract" (decode + features: the worker's), "read" (fingerprint, tags
-and audio header of a settled file: the library's), "probe" and "windows" (the review
-page's spectrogram and preview). The worker drives its pool with submit/get; the library
+A child runs JOBS (daemon.audio.jobs). The worker drives its pool with submit/get; the library
 and the web threads share a second one through `call`, which any thread may use.
 
 Each child gets one task at a time over its own pipe, so the parent always knows which file
@@ -26,175 +25,16 @@ import collections
 import itertools
 import multiprocessing
 import os
-import resource
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
-import numpy as np
-
-from daemon.audio.decode import AudioInfo, decode_clips, probe, read_window
-from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, song_features
-from daemon.core.errors import (
-    DecodeTimeout,
-    FileError,
-    ReadTimeout,
-    TagError,
-    TooMuchMemory,
-    UnreadableAudio,
-)
-
-
-@dataclass(frozen=True)
-class Extracted:
-    """One song's model input and what its header said."""
-
-    path: str
-    features: np.ndarray  # (clips, n_freqs, n_frames, 1) float32
-    info: AudioInfo
-
-
-def extract(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC) -> Extracted:
-    """Path -> Extracted (decode the clip windows, compute features) in this process.
-
-    Raises UnreadableAudio, TooShort, SilentAudio.
-    """
-    info, clips = decode_clips(path, spec)
-    return Extracted(_path_text(path), song_features(clips, spec), info)
-
-
-def _path_text(path: str | os.PathLike | bytes) -> str:
-    return os.fsdecode(path)
-
-
-@dataclass(frozen=True)
-class SongReading:
-    """A settled file, read: its fingerprint, tags and audio header, and why any of them
-    could not be read (`problems`, for the worker to weigh)."""
-
-    fingerprint: str | None
-    tags: Any  # daemon.tags.tagfile.TrackTags | None
-    info: AudioInfo | None
-    problems: tuple[str, ...]
-
-
-def read_song(path: str | os.PathLike | bytes) -> SongReading | None:
-    """Path -> SongReading (fingerprint, tags, audio header); None when the file vanished.
-    A file that makes a reader run out of memory raises TooMuchMemory (the pool says how
-    much it may use); every other problem is data in `problems`."""
-    from daemon.library.fingerprint import fingerprint
-    from daemon.tags.tagfile import read_tags
-
-    name = _path_text(path)
-    problems = []
-    fp = tags = info = None
-    try:
-        fp = fingerprint(path)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        problems.append(f"cannot read: {err.strerror or err}")
-    try:
-        tags = read_tags(path)
-    except TagError as err:
-        if _out_of_memory(err):
-            raise TooMuchMemory(name, "reading its tags ran out of memory") from None
-        problems.append(f"tags: {err.reason}")
-    except MemoryError:
-        raise TooMuchMemory(name, "reading its tags ran out of memory") from None
-    except Exception as err:  # a reader bug on an odd file must not stall settling
-        problems.append(f"tags: {type(err).__name__}: {err}")
-    try:
-        info = probe(path)
-    except TooMuchMemory:
-        raise
-    except FileError as err:
-        problems.append(f"audio: {err.reason}")
-    except Exception as err:
-        problems.append(f"audio: {type(err).__name__}: {err}")
-    return SongReading(fp, tags, info, tuple(problems))
-
-
-def _out_of_memory(err: BaseException) -> bool:
-    """Whether a typed error was raised in place of a MemoryError (`raise ... from None`
-    still keeps it as the context)."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, MemoryError | TooMuchMemory):
-            return True
-        err, seen = err.__context__, seen + 1
-    return False
-
-
-# ---------------------------------------------------------------- the child side
-
-
-@dataclass(frozen=True)
-class _Job:
-    run: Callable[..., Any]  # (path, spec, *args) -> a picklable result
-    doing: str  # what the child was doing, for timeout and memory errors
-    crashed: str  # what crashed, for a child that died
-    timeout_error: type[FileError]
-
-
-def _windows(path, spec: FeatureSpec, windows: list[tuple[float, float]],
-             sr: int) -> list[np.ndarray]:
-    return [read_window(path, start, seconds, sr) for start, seconds in windows]
-
-
-JOBS = {
-    "extract": _Job(lambda path, spec: extract(path, spec), "decoding", "decoder crashed",
-                    DecodeTimeout),
-    "read": _Job(lambda path, spec: read_song(path), "reading its tags and audio header",
-                 "the tag reader crashed", ReadTimeout),
-    "probe": _Job(lambda path, spec: probe(path), "reading its audio header",
-                  "decoder crashed", DecodeTimeout),
-    "windows": _Job(_windows, "decoding", "decoder crashed", DecodeTimeout),
-}
-
-
-def _child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | None) -> None:
-    """Child loop: receive (task id, job, path, args), reply with the job's result or a
-    typed error."""
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides shutdown.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if nice:
-        os.nice(nice)
-    if memory_mb:
-        limit = memory_mb << 20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    spec = FeatureSpec.from_json(spec_json)
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent went away
-        if message is None:
-            return
-        task_id, name, path, args = message
-        job = JOBS[name]
-        try:
-            reply: tuple = (task_id, "ok", job.run(path, spec, *args))
-        except (MemoryError, TooMuchMemory) as err:
-            reply = (task_id, "error", TooMuchMemory, _path_text(path),
-                     f"{job.doing} needed more than {memory_mb} MB" if memory_mb
-                     else getattr(err, "reason", "ran out of memory"))
-        except FileError as err:
-            reply = (task_id, "error", type(err), err.path, err.reason)
-        except Exception as err:  # never let one file end the child's loop
-            reply = (task_id, "error", UnreadableAudio, _path_text(path),
-                     f"{job.doing} failed ({type(err).__name__}: {err})")
-        try:
-            conn.send(reply)
-        except (BrokenPipeError, OSError):
-            return
-
-
-# ---------------------------------------------------------------- the parent side
+from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
+from daemon.audio.jobs import JOBS, Extracted, child_main
+from daemon.core.errors import FileError, TooMuchMemory, UnreadableAudio
 
 
 @dataclass
@@ -212,7 +52,7 @@ class _Child:
 
     def __init__(self, context, spec_json: str, nice: int, memory_mb: int | None):
         self.conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(target=_child_main,
+        self.process = context.Process(target=child_main,
                                        args=(child_conn, spec_json, nice, memory_mb),
                                        name="genretagger-extract", daemon=True)
         self.process.start()
@@ -256,10 +96,9 @@ class ExtractPool:
         self._spec_json = spec.to_json()
         self._context = multiprocessing.get_context("forkserver")
         # Decoders, tag readers, numpy and scipy imported once in the fork server, shared
-        # by every child (decoders and tag readers alike).
-        self._context.set_forkserver_preload([
-            "daemon.audio.extract", "scipy.signal", "daemon.tags.tagfile",
-            "daemon.library.fingerprint"])
+        # by every child (decoders and tag readers alike): daemon.audio.jobs imports all
+        # of them but scipy, which daemon.audio.features imports on first use.
+        self._context.set_forkserver_preload(["daemon.audio.jobs", "scipy.signal"])
         self._children: list[_Child] = []
         self._queue: collections.deque[_Task] = collections.deque()
         self._finished: collections.deque[tuple[Any, Extracted | FileError]] = (
@@ -465,7 +304,7 @@ class ExtractPool:
                     reply = None  # died: handled below by its exit status
                 except Exception as err:  # a garbled reply: treat the child as broken
                     self._fail(child, UnreadableAudio(
-                        _path_text(child.task.path) if child.task else "?",
+                        os.fsdecode(child.task.path) if child.task else "?",
                         f"decoder sent a bad reply ({type(err).__name__})"))
                     continue
                 if reply is not None and child.task is not None and reply[0] == child.task.id:
@@ -489,14 +328,14 @@ class ExtractPool:
                     how = (f"signal {-code}" if code is not None and code < 0
                            else f"exit status {code}")
                     job = JOBS[child.task.job]
-                    self._fail(child, UnreadableAudio(_path_text(child.task.path),
+                    self._fail(child, UnreadableAudio(os.fsdecode(child.task.path),
                                                       f"{job.crashed} ({how})"))
                 else:
                     self._retire(child)
             elif child.task is not None and now >= child.deadline:
                 self.timeouts += 1
                 job, limit = JOBS[child.task.job], child.task.timeout or self.timeout
-                self._fail(child, job.timeout_error(_path_text(child.task.path),
+                self._fail(child, job.timeout_error(os.fsdecode(child.task.path),
                                                     f"{job.doing} took longer than {limit:g} s"))
         self._dispatch()
 

@@ -121,10 +121,10 @@ def init(ctx: Context, library: Path, state_dir: Path | None, force: bool) -> No
 @pass_context
 def check_config(ctx: Context) -> None:
     """Validate the config file (and genres.toml) without starting anything."""
-    from daemon.tags.genres import load_genre_map
+    from daemon.tags.genres import station_genre_map
 
     config = ctx.config
-    genre_map = load_genre_map(config.genres_path if config.genres_path.exists() else None)
+    genre_map = station_genre_map(config)
     problems = []
     if not config.library.root.is_dir():
         problems.append(f"library.root {config.library.root}: not a directory (yet?)")
@@ -150,7 +150,8 @@ def scan(ctx: Context, directory: Path, as_json: bool, genres_path: Path | None,
          tags_only: bool, threads: int) -> int:
     """Inventory DIR read-only: format, duration, raw and canonical genre, errors per file."""
     from daemon.core.config import AUDIO_EXTENSIONS, find_config
-    from daemon.library.scan import format_text, load_scan_genre_map, scan_library
+    from daemon.library.scan import format_text, scan_library
+    from daemon.tags.genres import load_genre_map, station_genre_map
 
     try:
         find_config(ctx.config_path)
@@ -158,7 +159,10 @@ def scan(ctx: Context, directory: Path, as_json: bool, genres_path: Path | None,
         config = None  # no config yet: the shipped genre map and the default extensions
     else:
         config = ctx.config
-    genre_map = load_scan_genre_map(genres_path, config.genres_path if config else None)
+    if genres_path is not None:
+        genre_map = load_genre_map(genres_path)
+    else:
+        genre_map = station_genre_map(config) if config else load_genre_map()
     extensions = config.library.extensions if config else AUDIO_EXTENSIONS
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a folder"

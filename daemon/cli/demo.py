@@ -175,7 +175,7 @@ def make_library(root: Path, songs_per_genre: int = 12, genres: tuple[str, ...] 
                  formats: tuple[str, ...] = FORMATS, artists_per_genre: int = 4,
                  broken: int = 3, sr: int = 22_050, seed: int = 1) -> list[DemoSong]:
     """Write a station library: genre folders by artist, some untagged, a few broken."""
-    from daemon.tags.tagfile import write_tags  # here so synthesis alone needs no tag code
+    from daemon.tags.write import write_tags  # here so synthesis alone needs no tag code
 
     rng = np.random.default_rng(seed)
     songs = []

@@ -3,6 +3,8 @@ quarantine entry says exactly what went wrong; a bad file is data, never a crash
 
 from __future__ import annotations
 
+import errno
+
 
 class GenretaggerError(Exception):
     """Base of every error this package raises on purpose."""
@@ -59,3 +61,17 @@ class ReadTimeout(FileError):
 
 class TooMuchMemory(FileError):
     """Reading or decoding the file needed more memory than a child process may use."""
+
+
+_OS_REASONS = {
+    errno.EROFS: "the drive is read-only", errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied", errno.ENOENT: "the file is gone",
+    errno.ENOSPC: "the drive is full", errno.EIO: "input/output error (drive offline?)",
+    errno.ENOTCONN: "the drive is not connected", errno.ESTALE: "stale network handle",
+    errno.EHOSTDOWN: "the file server is down",
+}
+
+
+def os_reason(err: OSError) -> str:
+    """A short reason a person can act on for an OSError met on the station's drive."""
+    return _OS_REASONS.get(err.errno, err.strerror or str(err))

@@ -58,7 +58,8 @@ from daemon.core.errors import GenretaggerError, ModelMismatch
 from daemon.core.health import Health
 from daemon.core.states import TrackState
 from daemon.suggest.suggestions import suggest
-from daemon.tags.tagfile import MULTI_VALUE_SEPARATOR
+from daemon.tags.genres import station_genres_file
+from daemon.tags.read import MULTI_VALUE_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,9 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
             "--min-songs", str(config.min_songs_per_genre),
             # The trainer stops fitting in time to finish; timeout_minutes stays the hard stop.
             "--time-budget", f"{TRAINER_BUDGET_SHARE * config.retrain.timeout_minutes:g}"]
-    if config.genres_path.exists():
-        argv += ["--genres", str(config.genres_path)]
+    genres = station_genres_file(config)
+    if genres is not None:
+        argv += ["--genres", str(genres)]
     if warm_start is not None:
         argv += ["--warm-start", str(warm_start)]
     if holdout is not None:

@@ -16,7 +16,7 @@ from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
 from daemon.core.errors import FileError
 from daemon.library.walk import Stat, same_stat
-from daemon.tags.tagfile import TrackTags
+from daemon.tags.read import TrackTags
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from daemon.core.paths import filesystem_path, stored_path
 from daemon.core.states import TrackState, can_move, move
 from daemon.library.read import FileReading
 from daemon.tags.genres import GenreMap
-from daemon.tags.tagfile import MULTI_VALUE_SEPARATOR
+from daemon.tags.read import MULTI_VALUE_SEPARATOR
 
 log = logging.getLogger(__name__)
 

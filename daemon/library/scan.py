@@ -3,7 +3,7 @@
     list    walk DIR with os.scandir (hidden, temporary and non-audio files skipped by the
             same rules as the daemon's library walk)
     inspect per file, in a small thread pool (a network drive answers each open slowly, so
-            files are read side by side): tags and duration through mutagen (daemon.tags.tagfile),
+            files are read side by side): tags and duration through mutagen (daemon.tags.read),
             the audio header through daemon.audio.decode.probe when mutagen cannot read the file,
             and a short decode just before the header's end, which finds truncated files
             (not for Ogg Vorbis/Opus: mutagen measures them from their last page, so a
@@ -64,17 +64,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tqdm import tqdm
 
 from daemon.audio import decode as audio
+from daemon.audio.header import sane_mp3_seconds
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError
 from daemon.core.paths import display
 from daemon.library.walk import examine, is_library_file, library_folders
-from daemon.tags.genres import GenreMap, load_genre_map
-from daemon.tags.tagfile import TrackTags, read_tags
+from daemon.tags.genres import GenreMap
+from daemon.tags.read import TrackTags, read_tags
 
 # Reads in flight at once: enough to hide a network drive's latency, few enough not to
 # flood a small NAS. Parsing is mostly Python, so more threads would not add CPU speed.
@@ -253,7 +253,7 @@ def inspect_file(path: str, relpath: str, genre_map: GenreMap,
     duration = tags.duration
     if duration is not None and tags.format == "mp3":
         try:  # a Xing count the bytes cannot hold: the size-based estimate, as the daemon
-            duration = audio.sane_mp3_seconds(path, duration)
+            duration = sane_mp3_seconds(path, duration)
         except FileError as err:
             return _report(shown, tags, None, genre_map, err.reason)
     if duration is None:
@@ -393,13 +393,3 @@ def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def load_scan_genre_map(explicit: Path | None, config_genres: Path | None) -> GenreMap:
-    """The genre map a scan uses: --genres, else the station's file, else the shipped one."""
-    if explicit is not None:
-        return load_genre_map(explicit)
-    if config_genres is not None and config_genres.exists():
-        return load_genre_map(config_genres)
-    return load_genre_map(None)
-

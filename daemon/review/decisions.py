@@ -30,7 +30,7 @@ from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track,
 from daemon.core.errors import GenretaggerError
 from daemon.core.states import TrackState, can_move, move
 from daemon.learn.registry import active_model
-from daemon.tags.genres import load_genre_map, normalise
+from daemon.tags.genres import normalise, station_genre_map
 
 
 class ReviewError(GenretaggerError):
@@ -95,7 +95,7 @@ WRITE_OUTSTANDING = (WriteStatus.PENDING, WriteStatus.FAILED)
 def canonical_genres(session: Session, config: Config) -> tuple[str, ...]:
     """The genres a reviewer may choose: the genre map's canonical list plus the active
     model's classes (normally the same set), sorted."""
-    genre_map = load_genre_map(config.genres_path if config.genres_path.exists() else None)
+    genre_map = station_genre_map(config)
     genres = set(genre_map.canonical)
     model = active_model(session)
     if model is not None:

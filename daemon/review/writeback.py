@@ -1,16 +1,8 @@
 """The one component that changes the station's files: accepted genres into their tags.
 
-`write_genre_atomically` never leaves a half-written song: it copies the file inside its
-own folder under a hidden temp name, sets the genre on the copy (`daemon.tags.tagfile.set_genre`,
-which keeps the ID3 version and the other tags), fsyncs it, re-reads and checks the tag,
-gives it the original's permissions, extended attributes (and owner, when running as
-root) and renames it over the original (atomic within one filesystem), then fsyncs the
-folder. A file with several hard links is refused (a new file would split them). A crash at any
-moment leaves either the old file or the new one, plus at worst a hidden temp file,
-which a later library walk removes (`daemon.library.walk.remove_leftovers`).
-
 `Writer` is the background component that works through decisions whose genre still has
-to reach the file (`write_status` pending or failed): a file it cannot write (read-only,
+to reach the file (`write_status` pending or failed), each through
+`daemon.tags.write.write_genre_atomically`: a file it cannot write (read-only,
 drive offline, file vanished) keeps the decision "accepted, not yet written" with the
 reason in `write_error`, retried with exponential backoff. After a write it records the
 new size/mtime as `written_size`/`written_mtime` (so the reconcile recognises our own
@@ -20,17 +12,12 @@ cache entry to it (so retraining never decodes the song again).
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import os
-import shutil
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,139 +27,18 @@ from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, Track, utcnow
-from daemon.core.durable import fsync_dir, fsync_file
-from daemon.core.errors import FileError, TagError
+from daemon.core.errors import FileError
 from daemon.core.health import Health, thread_alive
 from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
 from daemon.core.states import TrackState
 from daemon.library.fingerprint import fingerprint
-from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review.decisions import WRITE_OUTSTANDING, Action, WriteStatus
+from daemon.tags.write import WriteFailed, write_genre_atomically
 
 log = logging.getLogger(__name__)
 
-TEMP_SUFFIX = WRITER_TEMP_MARK
 BACKOFF_FIRST_S = 30.0
 BACKOFF_MAX_S = 6 * 3600.0
-
-
-class WriteFailed(FileError):
-    """The genre could not be written into the file; `reason` says why (retried later)."""
-
-
-# A name the filesystem takes: NAME_MAX is 255 bytes on every filesystem a station uses.
-NAME_MAX = 255
-EXTENSION_MAX = 16
-
-
-def temp_path(path: Path) -> Path:
-    """The hidden sibling the new version is built in: the library walk and the watcher
-    skip hidden files; the mark lets the walk remove one left by a crash; the extension
-    stays last because mutagen weighs it. A digest of the name instead of the name itself,
-    so the temp name fits NAME_MAX even beside a 255-byte song name."""
-    digest = hashlib.sha1(os.fsencode(path.name)).hexdigest()[:16]
-    suffix = path.suffix if len(os.fsencode(path.suffix)) <= EXTENSION_MAX else ""
-    return path.with_name(f".{digest}{TEMP_SUFFIX}{suffix}")
-
-
-def copy_xattrs(source: Path, target: Path) -> None:
-    """Give `target` every extended attribute of `source` (Finder tags and comments,
-    backup and indexer marks, ACLs). Nothing to copy on a filesystem without them; an
-    attribute that cannot be set is an OSError, except SELinux labels (the new file gets
-    its folder's label, as any new file does)."""
-    try:
-        names = os.listxattr(source)
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return
-        raise
-    for name in names:
-        try:
-            os.setxattr(target, name, os.getxattr(source, name))
-        except OSError:
-            if name.startswith("security."):
-                continue
-            raise
-
-
-def _reason(err: OSError) -> str:
-    known = {errno.EROFS: "the drive is read-only", errno.EACCES: "permission denied",
-             errno.EPERM: "permission denied", errno.ENOENT: "the file is gone",
-             errno.ENOSPC: "the drive is full", errno.EIO: "input/output error (drive offline?)",
-             errno.ENOTCONN: "the drive is not connected", errno.ESTALE: "stale network handle",
-             errno.EHOSTDOWN: "the file server is down"}
-    return known.get(err.errno, err.strerror or str(err))
-
-
-def write_genre_atomically(path: Path | str, genre: str,
-                           mode: Literal["replace", "add"] = "replace", *,
-                           before_replace: Callable[[os.stat_result], None] | None = None
-                           ) -> os.stat_result:
-    """Write `genre` into `path`'s tag atomically; returns the new file's stat.
-
-    `before_replace(stat)` is called with the finished copy's stat just before it is
-    renamed over the original (a rename keeps size and mtime), so the caller can record
-    the write before any observer can see the new file.
-    Raises WriteFailed (file missing, read-only, drive trouble, changed while we wrote)
-    or TagError (the tag could not be set or did not read back); the original is then
-    untouched and no temp file is left.
-    """
-    from daemon.tags.tagfile import read_tags, set_genre
-
-    path = Path(path)
-    genre = genre.strip()
-    try:
-        # Write the real file, not a symlink pointing at it (the link stays a link).
-        real = path.resolve(strict=True)
-        before = os.stat(real)
-    except FileNotFoundError:
-        raise WriteFailed(path, "the file is gone") from None
-    except OSError as err:
-        raise WriteFailed(path, _reason(err)) from None
-    if not os.access(real, os.W_OK) or not before.st_mode & 0o222:
-        # Rename would succeed in a writable folder (and root may write anything); a song
-        # marked read-only is the station's call, not ours.
-        raise WriteFailed(path, "the file is read-only")
-    if before.st_nlink > 1:
-        # The new version is a new file: renamed over this name, it would leave the song's
-        # other names (hard links) pointing at the old version.
-        raise WriteFailed(path, f"the file has {before.st_nlink} hard links (names on the "
-                          "drive); writing it would split them, so it is left as it is")
-    tmp = temp_path(real)
-    try:
-        shutil.copyfile(real, tmp)
-        copy_xattrs(real, tmp)
-        set_genre(tmp, genre, mode)
-        if os.geteuid() == 0:
-            os.chown(tmp, before.st_uid, before.st_gid)
-        os.chmod(tmp, before.st_mode & 0o7777)  # after chown, which may clear setgid
-        fsync_file(tmp)
-        genres = read_tags(tmp).genres
-        ok = genre in genres if mode == "add" else genres == (genre,)
-        if not ok:
-            raise TagError(path, f"wrote genre {genre!r} but the file reads back {genres!r}")
-        now = os.stat(real)
-        if (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise WriteFailed(path, "the file changed while its tag was being written")
-        if before_replace is not None:
-            before_replace(os.stat(tmp))
-        os.replace(tmp, real)
-        fsync_dir(real.parent)
-        return os.stat(real)
-    except TagError as err:
-        # set_genre/read_tags name the temp copy; the station knows the song.
-        raise TagError(path, err.reason) from None
-    except OSError as err:
-        if err.errno == errno.ENAMETOOLONG:
-            raise WriteFailed(path, "file name too long for the filesystem") from None
-        raise WriteFailed(path, _reason(err)) from None
-    finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            log.warning("could not remove temp file %s: %s", tmp, err)
 
 
 def backoff(attempts: int, first: float = BACKOFF_FIRST_S, most: float = BACKOFF_MAX_S) -> float:

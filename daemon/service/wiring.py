@@ -141,7 +141,7 @@ class Service:
         from daemon.library.watcher import Watcher
         from daemon.review.web.app import WebServer
         from daemon.review.writeback import Writer
-        from daemon.tags.genres import load_genre_map
+        from daemon.tags.genres import station_genre_map
 
         config = self.config
         bound_heap()  # before onnxruntime and the first batch allocate anything large
@@ -150,10 +150,8 @@ class Service:
         self.notifier.status("opening the database")
         self.engine, self.sessions = open_database(
             config.db_url, busy_timeout=config.database_busy_seconds)
-        genres_path = config.genres_path if config.genres_path.exists() else None
-        genre_map = load_genre_map(genres_path)
-        log.info("genre map: %d genres from %s", len(genre_map.canonical),
-                 genres_path or "the shipped genres.toml")
+        genre_map = station_genre_map(config)
+        log.info("genre map: %d genres from %s", len(genre_map.canonical), genre_map.source)
         jobs.register("sessions", self.sessions)
         self._publish_heartbeat()
 

@@ -1,7 +1,7 @@
 """The station's canonical genres and the map from raw tag spellings to them.
 
-The map lives in a TOML file the station edits (config.genres_path; the shipped default is
-daemon/genres.toml):
+The map lives in a TOML file the station edits (genres.toml in the state dir, which `init`
+copies from the shipped daemon/tags/genres.toml; `station_genre_map` loads it):
 
     canonical = ["Blues", "Classical", ...]      # what the model learns and suggests
 
@@ -27,8 +27,9 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
+from daemon.core.config import Config
 from daemon.core.errors import GenreMapError
-from daemon.tags.tagfile import ID3V1_GENRES
+from daemon.tags.read import ID3V1_GENRES
 
 SHIPPED = "genres.toml"
 
@@ -117,6 +118,18 @@ def load_genre_map(path: Path | None = None) -> GenreMap:
     except UnicodeDecodeError:
         raise GenreMapError(f"{path}: not UTF-8 text") from None
     return parse_genre_map(text, str(path))
+
+
+def station_genres_file(config: Config) -> Path | None:
+    """The station's genres.toml in its state dir; None while it has none (then the
+    shipped one applies)."""
+    path = config.genres_path
+    return path if path.exists() else None
+
+
+def station_genre_map(config: Config) -> GenreMap:
+    """The station's genres.toml in state_dir, else the shipped one. Raises GenreMapError."""
+    return load_genre_map(station_genres_file(config))
 
 
 def parse_genre_map(text: str, source: str = "genres.toml") -> GenreMap:
