@@ -16,9 +16,8 @@ reason, a data summary, the trainer's log path). One run at a time per state dir
 flock on runs_dir/retrain.lock, which also tells start-up whether a 'running' row is
 really running (its owner still holds the lock) or was cut off by a restart.
 
-The scheduler (daemon.service.scheduler) runs "daemon.learn.retrain:nightly_job" at
-retrain.hour, and at once for a night missed while the daemon was down; the Service
-registers the live Retrainer as "retrainer".
+The scheduler (daemon.service.scheduler) runs `nightly_job(retrainer)` at
+retrain.hour, and at once for a night missed while the daemon was down.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Model, Suggestion, SuggestionStatus, Track, TrainingRun, utcnow
 from daemon.core.errors import GenretaggerError, ModelMismatch
 from daemon.core.health import Health
+from daemon.core.live import Live, as_live
 from daemon.core.states import TrackState
 from daemon.suggest.suggestions import suggest
 from daemon.tags.tagfile import MULTI_VALUE_SEPARATOR
@@ -653,9 +653,9 @@ class Retrainer:
     trainer in progress (its process group) and the thread.
     """
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  poll_seconds: float = NO_MODEL_POLL_SECONDS):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.poll_seconds = poll_seconds
         self.stop_event = threading.Event()
@@ -665,21 +665,20 @@ class Retrainer:
         self._initial_done = False  # the start-up thread's work is done (a model exists)
         self.health = Health("retrainer")
 
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
     # -- lifecycle
 
     def start(self) -> None:
         """Background: recover cut-off runs, then train the first model if there is none."""
-        from daemon.service.scheduler import register
-
-        register("retrainer", self)
         self._thread = threading.Thread(target=self._initial_loop, name="retrainer",
                                         daemon=True)
         self._thread.start()
 
     def close(self, timeout: float = 15.0) -> None:
         """Stop: kill a running trainer's process group (the run is recorded failed)."""
-        from daemon.service.scheduler import live, unregister
-
         self.stop_event.set()
         with self._child_lock:
             child = self._child
@@ -687,8 +686,6 @@ class Retrainer:
             stop_process_group(child, grace=min(KILL_GRACE_SECONDS, timeout / 2))
         if self._thread is not None:
             self._thread.join(timeout)
-        if live("retrainer") is self:
-            unregister("retrainer")
 
     def _initial_loop(self) -> None:
         recovered = False
@@ -1038,16 +1035,13 @@ def _trainer_report(run_dir: Path) -> dict[str, Any]:
     return keep
 
 
-# ---- the nightly job (the scheduler's "daemon.learn.retrain:nightly_job") ----------------------
+# ---- the nightly job ------------------------------------------------------------------------
 
-def nightly_job() -> dict[str, Any] | None:
-    """The scheduler's nightly entry point: run the live Retrainer (registered by the Service
-    as "retrainer"); logs and does nothing when the daemon is shutting down."""
-    from daemon.service.scheduler import live
-
-    retrainer = live("retrainer")
-    if retrainer is None:
-        log.info("nightly retrain skipped: the retrainer is not running")
+def nightly_job(retrainer: Retrainer) -> dict[str, Any] | None:
+    """The scheduler's nightly entry point: one run of the service's Retrainer; logs and
+    does nothing when the daemon is shutting down."""
+    if retrainer.stop_event.is_set():
+        log.info("nightly retrain skipped: the retrainer is stopping")
         return None
     if not retrainer.config.retrain.enabled:
         log.info("nightly retrain skipped: retrain.enabled is false")

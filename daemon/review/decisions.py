@@ -46,6 +46,7 @@ from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track, utcnow
 from daemon.core.errors import GenretaggerError
+from daemon.core.live import Live, as_live
 from daemon.core.states import TrackState, can_move, move
 
 # The suggestion rule's own reading of the audit log; review callers import it from here too.
@@ -113,14 +114,13 @@ STATUSES = ("pending", "accepted", "overridden", "rejected", "superseded", "all"
 
 # ---------------------------------------------------------------- reading
 
-def canonical_genres(session: Session, config: Config) -> tuple[str, ...]:
+def canonical_genres(session: Session, config: Config | Live) -> tuple[str, ...]:
     """The genres a reviewer may choose: the genre map's canonical list plus the active
-    model's classes (normally the same set), sorted."""
+    model's classes (normally the same set), sorted. Given the service's Live, its genre
+    map; given a Config, the one its genres.toml names."""
     from daemon.learn.registry import active_model
-    from daemon.tags.genres import load_genre_map
 
-    genre_map = load_genre_map(config.genres_path if config.genres_path.exists() else None)
-    genres = set(genre_map.canonical)
+    genres = set(as_live(config).genre_map.canonical)
     model = active_model(session)
     if model is not None:
         genres.update(str(c) for c in model.classes)

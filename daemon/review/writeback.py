@@ -41,6 +41,7 @@ from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import FileError, TagError
 from daemon.core.health import Health, thread_alive
+from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
 from daemon.core.states import TrackState
 from daemon.library.reconcile import WRITER_TEMP_MARK
@@ -187,9 +188,9 @@ class Writer:
     """Background writer of decided genres into files. start() / close(); run_once() is
     one pass and is what tests call directly."""
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  interval: float = 2.0, batch: int = 50, first_backoff: float = BACKOFF_FIRST_S):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.interval = interval
         self.batch = batch
@@ -199,6 +200,10 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._cache = None
         self.health = Health("writer")
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
 
     def health_report(self) -> dict:
         """daemon.core.health shape: alive = its thread runs."""

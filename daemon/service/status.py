@@ -68,7 +68,7 @@ from daemon.core.db.models import (
 )
 from daemon.core.health import read_health
 from daemon.core.paths import display_stored
-from daemon.core.states import CLAIMABLE, TrackState
+from daemon.core.states import TrackState
 from daemon.review.decisions import WRITE_OUTSTANDING, WriteStatus
 
 DAEMON_KEY = "daemon"
@@ -107,12 +107,6 @@ def daemon_running(value: dict | None, now: datetime) -> bool:
         return False
     fresh = (now - beat).total_seconds() <= STALE_SECONDS
     return fresh and pid_alive(value.get("pid"))
-
-
-def queue_depth(session: Session) -> int:
-    """Tracks the worker still has to do (queued, retrying, working)."""
-    return session.scalar(select(func.count()).select_from(Track).where(
-        Track.state.in_([*CLAIMABLE, TrackState.WORKING]))) or 0
 
 
 def next_retrain(session: Session, config: Config, now: datetime) -> datetime | None:

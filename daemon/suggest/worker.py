@@ -47,6 +47,7 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Event, Model, Track, utcnow
 from daemon.core.errors import FileError, ModelMismatch, UnreadableAudio
 from daemon.core.health import Health
+from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary
 from daemon.core.states import CLAIMABLE, TrackState, move
 from daemon.service.heap import release_free_memory
@@ -134,14 +135,14 @@ def claim_tracks(sessions: sessionmaker[Session], limit: int, exclude: set[int],
 class Worker:
     """Background pipeline from queued tracks to pending suggestions. start()/close()."""
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  spec: FeatureSpec = DEFAULT_SPEC, drain_seconds: float = 15.0):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.spec = spec
         self.drain_seconds = drain_seconds
         self.stop_event = threading.Event()
-        self.root = Path(config.library.root)
+        self.root = Path(self.config.library.root)
         self.pool = None
         self.cache = None
         self.classifier = None
@@ -162,6 +163,10 @@ class Worker:
         self.classified = 0
         self.failed = 0
 
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -181,11 +186,12 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop claiming, finish what is in flight (up to drain_seconds), requeue the rest."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop claiming, finish what is in flight (up to drain_seconds, or `timeout`),
+        requeue the rest."""
         self.stop_event.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.drain_seconds + 5)
+            self._thread.join(timeout=self.drain_seconds + 5 if timeout is None else timeout)
             if self._thread.is_alive():
                 log.error("worker thread did not stop in time")
         if self.pool is not None:

@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
+from daemon.core.config import Config
 from daemon.core.errors import GenreMapError
 from daemon.tags.tagfile import ID3V1_GENRES
 
@@ -117,6 +118,11 @@ def load_genre_map(path: Path | None = None) -> GenreMap:
     except UnicodeDecodeError:
         raise GenreMapError(f"{path}: not UTF-8 text") from None
     return parse_genre_map(text, str(path))
+
+
+def station_genre_map(config: Config) -> GenreMap:
+    """The station's genres.toml (config.genres_path), else the shipped one."""
+    return load_genre_map(config.genres_path if config.genres_path.exists() else None)
 
 
 def parse_genre_map(text: str, source: str = "genres.toml") -> GenreMap:

@@ -50,6 +50,7 @@ from daemon.core.db.engine import database_busy, database_full, impatient_sessio
 from daemon.core.db.models import Decision, Suggestion, Track
 from daemon.core.errors import FileError
 from daemon.core.health import Health, thread_alive
+from daemon.core.live import Live, as_live
 from daemon.review import decisions as review
 from daemon.review.web import media
 from daemon.review.web.security import (
@@ -187,7 +188,7 @@ def _page_number() -> int | None:
     return page if 1 <= page <= MAX_PAGE else None
 
 
-def create_app(config: Config, sessions: sessionmaker[Session], *,
+def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
                on_decision: Callable[[], None] | None = None,
                limiter: LoginLimiter | None = None,
                children: ExtractPool | None = None) -> Flask:
@@ -197,7 +198,10 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     wake(), so accepted genres reach the files promptly). `children`: the child processes
     songs are decoded in for the spectrogram and preview (the daemon shares the library's
     tag readers); without one the app starts its own, as app.extensions["children"]."""
+    live = as_live(config)
+    config = live.config  # what the app is built with; each request reads live.config
     app = Flask(__name__)
+    app.extensions["live"] = live
     if children is None:
         from daemon.library.reconcile import reader_pool
 
@@ -324,7 +328,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
                 minutes = max(1, round(wait / 60))
                 return render_template("login.html", next=target, error=(
                     f"Too many wrong tries. Wait about {minutes} minute(s).")), 429
-            if check_secret(config.review, request.form.get("password", "")):
+            if check_secret(live.config.review, request.form.get("password", "")):
                 limiter.succeeded(address)
                 session.clear()
                 session.permanent = True
@@ -355,7 +359,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         paths = db.scalars(select(Track.path).join(Track.suggestions)
                            .where(Suggestion.status == "pending"))
         folders = {PurePosixPath(p).parts[0] for p in paths if "/" in p}
-        genres = review.canonical_genres(db, config)
+        genres = review.canonical_genres(db, live)
         value = dict(
             genres=genres, pending_genres=review.pending_genres(db),
             formats=review.pending_formats(db), folders=sorted(folders)[:500],
@@ -392,7 +396,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             context = dict(
                 rows=rows, total=total, page=page, pages=pages, filter=f,
                 **filter_options(db), csrf=generate_csrf(), root=request.script_root,
-                backlog=review.write_backlog(db), write_tags=config.review.write_tags,
+                backlog=review.write_backlog(db), write_tags=live.config.review.write_tags,
                 page_url=lambda p: url_for("queue", **_query(page=p)),
                 here=request.full_path.rstrip("?"),
             )
@@ -446,7 +450,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         with sessions() as db:
             all_models = list_models(db)
             last = last_run(db)
-            next_run = next_nightly_run(config, history=nightly_history(db))
+            next_run = next_nightly_run(live.config, history=nightly_history(db))
         chosen = None
         version = request.args.get("version", type=int)
         for model in all_models:
@@ -485,7 +489,8 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     def accept(suggestion_id: int):
         try:
             choice = int(request.form.get("choice", 1))
-            decisions = review.accept(sessions, config, [suggestion_id], who=who, choice=choice)
+            decisions = review.accept(sessions, live.config, [suggestion_id], who=who,
+                                      choice=choice)
         except ValueError:
             return failed(review.ReviewError("choice must be 1, 2 or 3"))
         except review.ReviewError as err:
@@ -495,7 +500,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     @app.post("/suggestions/<id:suggestion_id>/set")
     def set_genre(suggestion_id: int):
         try:
-            decision = review.override(sessions, config, suggestion_id,
+            decision = review.override(sessions, live.config, suggestion_id,
                                        request.form.get("genre", ""), who=who)
         except review.ReviewError as err:
             return failed(err)
@@ -504,7 +509,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     @app.post("/suggestions/<id:suggestion_id>/reject")
     def reject(suggestion_id: int):
         try:
-            decisions = review.reject(sessions, config, [suggestion_id], who=who)
+            decisions = review.reject(sessions, live.config, [suggestion_id], who=who)
         except review.ReviewError as err:
             return failed(err)
         return done(decisions, "Marked as not this genre; the song stays without one.")
@@ -516,7 +521,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
             up_to_id = int(request.form["up_to_id"])
             if not 0 <= up_to_id <= MAX_ROW_ID:
                 raise ValueError(up_to_id)
-            decisions = review.bulk_accept(sessions, config, threshold, who=who,
+            decisions = review.bulk_accept(sessions, live.config, threshold, who=who,
                                            up_to_id=up_to_id)
         except (KeyError, ValueError):
             return failed(review.ReviewError("the bulk form was incomplete; try again"))
@@ -532,7 +537,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     @app.post("/decisions/<id:decision_id>/undo")
     def undo(decision_id: int):
         try:
-            decision = review.undo(sessions, config, decision_id, who=who)
+            decision = review.undo(sessions, live.config, decision_id, who=who)
         except review.ReviewError as err:
             return failed(err)
         return done([decision], "Undone.")
@@ -544,7 +549,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         if last is None:
             return failed(review.CannotUndo("nothing to undo"))
         try:
-            decision = review.undo(sessions, config, last.id, who=who)
+            decision = review.undo(sessions, live.config, last.id, who=who)
         except review.ReviewError as err:
             return failed(err)
         return done([decision], "Undone.")
@@ -557,7 +562,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         if track is None:
             abort(404)
         try:
-            return track, media.library_file(config.library.root, track.path)
+            return track, media.library_file(live.config.library.root, track.path)
         except media.OutsideLibrary as err:
             log.warning("refused to serve track %d: %s", track_id, err)
             abort(404)
@@ -568,7 +573,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
         key = (track.id, track.fingerprint, track.size, track.mtime)
         try:
             png = thumbs.get_or_make(key, lambda: media.png_bytes(media.spectrogram_image(
-                media.song_spectrogram(path, track.fingerprint, config.cache_dir,
+                media.song_spectrogram(path, track.fingerprint, live.config.cache_dir,
                                        children=children, timeout=decode_timeout))))
         except FileError as err:
             return _plain(422, f"This song cannot be read: {err.reason}")
@@ -617,23 +622,27 @@ class WebServer:
     `url_prefix` ("/radio") serves the page under that path, as behind a proxy that
     forwards /radio/... unchanged; every URL the page makes then starts with it."""
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  on_decision: Callable[[], None] | None = None, port: int | None = None,
                  threads: int = 4, url_prefix: str = "",
                  children: ExtractPool | None = None):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.on_decision = on_decision
         self.children = children
         self._own_children: ExtractPool | None = None  # started by create_app: ours to close
-        self.host = config.review.host
-        self.requested_port = config.review.port if port is None else port
+        self.host = self.config.review.host
+        self.requested_port = self.config.review.port if port is None else port
         self.threads = threads
         self.url_prefix = url_prefix.rstrip("/")
         self._stop = threading.Event()
         self._server = None
         self._thread: threading.Thread | None = None
         self.health = Health("web")
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
 
     def health_report(self) -> dict:
         """daemon.core.health shape: alive = the server thread runs."""
@@ -654,7 +663,7 @@ class WebServer:
         from waitress.server import create_server
 
         check_bind(self.config.review)
-        app = create_app(self.config, self.sessions, on_decision=self.on_decision,
+        app = create_app(self.live, self.sessions, on_decision=self.on_decision,
                          children=self.children)
         self._own_children = app.extensions["children"] if self.children is None else None
         self._server = create_server(app, host=self.host, port=self.requested_port,
