@@ -39,10 +39,11 @@ from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.durable import fsync_dir, fsync_file
-from daemon.core.errors import FileError, TagError
+from daemon.core.errors import FileError, TagError, os_reason
 from daemon.core.health import Health, thread_alive
 from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
+from daemon.core.retry import backoff
 from daemon.core.states import TrackState
 from daemon.library.reconcile import WRITER_TEMP_MARK
 from daemon.review.decisions import WRITE_OUTSTANDING, Action, WriteStatus
@@ -93,15 +94,6 @@ def copy_xattrs(source: Path, target: Path) -> None:
             raise
 
 
-def _reason(err: OSError) -> str:
-    known = {errno.EROFS: "the drive is read-only", errno.EACCES: "permission denied",
-             errno.EPERM: "permission denied", errno.ENOENT: "the file is gone",
-             errno.ENOSPC: "the drive is full", errno.EIO: "input/output error (drive offline?)",
-             errno.ENOTCONN: "the drive is not connected", errno.ESTALE: "stale network handle",
-             errno.EHOSTDOWN: "the file server is down"}
-    return known.get(err.errno, err.strerror or str(err))
-
-
 def write_genre_atomically(path: Path | str, genre: str,
                            mode: Literal["replace", "add"] = "replace", *,
                            before_replace: Callable[[os.stat_result], None] | None = None
@@ -126,7 +118,7 @@ def write_genre_atomically(path: Path | str, genre: str,
     except FileNotFoundError:
         raise WriteFailed(path, "the file is gone") from None
     except OSError as err:
-        raise WriteFailed(path, _reason(err)) from None
+        raise WriteFailed(path, os_reason(err)) from None
     if not os.access(real, os.W_OK) or not before.st_mode & 0o222:
         # Rename would succeed in a writable folder (and root may write anything); a song
         # marked read-only is the station's call, not ours.
@@ -161,9 +153,7 @@ def write_genre_atomically(path: Path | str, genre: str,
         # set_genre/read_tags name the temp copy; the station knows the song.
         raise TagError(path, err.reason) from None
     except OSError as err:
-        if err.errno == errno.ENAMETOOLONG:
-            raise WriteFailed(path, "file name too long for the filesystem") from None
-        raise WriteFailed(path, _reason(err)) from None
+        raise WriteFailed(path, os_reason(err)) from None
     finally:
         try:
             tmp.unlink()
@@ -171,11 +161,6 @@ def write_genre_atomically(path: Path | str, genre: str,
             pass
         except OSError as err:
             log.warning("could not remove temp file %s: %s", tmp, err)
-
-
-def backoff(attempts: int, first: float = BACKOFF_FIRST_S, most: float = BACKOFF_MAX_S) -> float:
-    """Seconds to wait before retry number `attempts` (1, 2, ...): 30 s doubling, max 6 h."""
-    return min(most, first * 2 ** max(0, attempts - 1))
 
 
 @dataclass(frozen=True)
@@ -343,4 +328,4 @@ class Writer:
             decision.write_status = WriteStatus.FAILED
             decision.write_error = reason
             decision.next_write_at = utcnow() + timedelta(
-                seconds=backoff(decision.write_attempts, self.first_backoff))
+                seconds=backoff(decision.write_attempts, self.first_backoff, BACKOFF_MAX_S))

@@ -49,6 +49,7 @@ from daemon.core.errors import FileError, ModelMismatch, UnreadableAudio
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary
+from daemon.core.retry import backoff
 from daemon.core.states import CLAIMABLE, TrackState, move
 from daemon.service.heap import release_free_memory
 from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
@@ -84,11 +85,6 @@ class Claim:
     info: object | None = None
     features: np.ndarray | None = field(default=None, repr=False)
     ready_at: float = 0.0
-
-
-def backoff_delay(attempts: int, backoff_seconds: float) -> float:
-    """Seconds to wait before retry number `attempts` (1, 2, 4, ... times the base)."""
-    return backoff_seconds * 2 ** max(0, attempts - 1)
 
 
 def requeue_working(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
@@ -426,7 +422,7 @@ class Worker:
             else:
                 move(track, TrackState.RETRYING)
                 track.next_attempt_at = now + timedelta(
-                    seconds=backoff_delay(track.attempts, workers.backoff_seconds))
+                    seconds=backoff(track.attempts, workers.backoff_seconds))
             attempts = track.attempts
             session.add(Event(at=now, kind="failed", detail={
                 "path": claim.path, "reason": error.reason, "error": type(error).__name__,

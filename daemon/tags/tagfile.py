@@ -44,7 +44,7 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
-from daemon.core.errors import TagError
+from daemon.core.errors import OS_REASONS, TagError, os_reason
 from daemon.core.paths import display
 from daemon.tags import riffinfo
 from daemon.tags.riffinfo import RiffInfoError
@@ -160,7 +160,7 @@ def set_genre(path: str | os.PathLike, genre: str, mode: GenreMode = "replace") 
         except (mutagen.MutagenError, OSError, RiffInfoError) as err:
             cause = err.__cause__ or err.__context__
             if isinstance(err, OSError) or isinstance(cause, OSError):
-                reason = os_reason(path, err if isinstance(err, OSError) else cause)
+                reason = open_reason(path, err if isinstance(err, OSError) else cause)
             else:
                 reason = str(err) or type(err).__name__
             raise TagError(display(path), f"cannot write tags: {reason}") from None
@@ -196,7 +196,7 @@ class _open:
         try:
             fd = os.open(self.path, flags)
         except OSError as err:
-            raise TagError(display(self.path), os_reason(self.path, err)) from None
+            raise TagError(display(self.path), open_reason(self.path, err)) from None
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
@@ -219,22 +219,13 @@ class _open:
             self.file.close()
 
 
-def os_reason(path: str | os.PathLike, err: OSError) -> str:
-    """A short human reason for an OSError met while opening `path`."""
-    if err.errno == errno.ENOENT:
-        if os.path.islink(path):
-            return f"broken symlink (target {os.readlink(path)!r} does not exist)"
-        return "file vanished (deleted or moved before it could be read)"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if err.errno == errno.EISDIR:
-        return "is a directory, not an audio file"
-    if err.errno == errno.ENAMETOOLONG:
-        return "file name too long for the filesystem"
-    if err.errno == errno.EROFS:
-        return "read-only filesystem"
-    if err.errno == errno.ELOOP:
-        return "symlink loop"
+def open_reason(path: str | os.PathLike, err: OSError) -> str:
+    """A short reason for an OSError met while opening `path` (daemon.core.errors'
+    table; a broken symlink says where it pointed)."""
+    if err.errno == errno.ENOENT and os.path.islink(path):
+        return f"broken symlink (target {os.readlink(path)!r} does not exist)"
+    if err.errno in OS_REASONS:
+        return os_reason(err)
     return f"cannot open: {err.strerror or err}"
 
 
@@ -245,10 +236,10 @@ def _parse(path: str | os.PathLike, fileobj: BinaryIO) -> mutagen.FileType:
         # mutagen wraps I/O errors (a share going away mid-read) in its own error type.
         cause = err.__cause__ or err.__context__
         if isinstance(cause, OSError):
-            raise TagError(display(path), os_reason(path, cause)) from None
+            raise TagError(display(path), open_reason(path, cause)) from None
         raise TagError(display(path), _parse_reason(err)) from None
     except OSError as err:
-        raise TagError(display(path), os_reason(path, err)) from None
+        raise TagError(display(path), open_reason(path, err)) from None
     except Exception as err:  # noqa: BLE001 - mutagen's parsers raise anything on junk bytes
         raise TagError(display(path), f"damaged file: {type(err).__name__}: {err}") from None
     if audio is None:
@@ -410,10 +401,11 @@ def _save(path: str | os.PathLike, audio: mutagen.FileType, fileobj: BinaryIO) -
     except mutagen.MutagenError as err:
         cause = err.__cause__ or err.__context__
         if isinstance(cause, OSError):
-            raise TagError(display(path), f"cannot write tags: {os_reason(path, cause)}") from None
+            reason = open_reason(path, cause)
+            raise TagError(display(path), f"cannot write tags: {reason}") from None
         raise TagError(display(path), f"cannot write tags: {err}") from None
     except OSError as err:
-        raise TagError(display(path), f"cannot write tags: {os_reason(path, err)}") from None
+        raise TagError(display(path), f"cannot write tags: {open_reason(path, err)}") from None
 
 
 # ID3. The tag is loaded untranslated (translate=False) and without merging ID3v1 into it
