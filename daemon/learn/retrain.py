@@ -52,19 +52,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
-from daemon.core.db.models import Model, Suggestion, SuggestionStatus, Track, TrainingRun, utcnow
+from daemon.core.db.models import Model, Suggestion, Track, TrainingRun, utcnow
 from daemon.core.errors import GenretaggerError, ModelMismatch
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
-from daemon.core.states import TrackState
+from daemon.core.states import RunStatus, RunTrigger, SuggestionStatus, TrackState
 from daemon.suggest.suggestions import suggest
 from daemon.tags.tagfile import MULTI_VALUE_SEPARATOR
 
 log = logging.getLogger(__name__)
 
-RUNNING, PROMOTED, REJECTED, FAILED, SKIPPED = (
-    "running", "promoted", "rejected", "failed", "skipped")
-TRIGGERS = ("initial", "nightly", "manual")
+# Short names for daemon.core.states.RunStatus.
+RUNNING, PROMOTED, REJECTED, FAILED, SKIPPED = RunStatus
+TRIGGERS = tuple(RunTrigger)
 INSTALL_HINT = ("pip install 'genretagger[trainer]'  then  genretagger retrain --now")
 # Without a model and without the trainer, say what to run this often (never idle silently).
 NO_MODEL_POLL_SECONDS = 3600.0
@@ -884,8 +884,8 @@ class Retrainer:
         since its training set was frozen. Out: {"status": promoted|rejected|failed,
         "reason", "model_id", "candidate_version", "gate", ...} (stored on the run row).
         """
+        from daemon.learn.registry import CANDIDATE, activate, active_model, register_bundle
         from daemon.learn.registry import REJECTED as MODEL_REJECTED
-        from daemon.learn.registry import activate, active_model, register_bundle
         from daemon.suggest.classifier import Classifier
 
         if active is None:
@@ -910,7 +910,7 @@ class Retrainer:
         # register (atomic copy + fsync + row), then activate or keep as rejected
         model = register_bundle(
             self.sessions, self.config, run_dir,
-            status="candidate" if verdict.promote else MODEL_REJECTED, run_id=run_id,
+            status=CANDIDATE if verdict.promote else MODEL_REJECTED, run_id=run_id,
             trained_until=trained_until or utcnow(), parent_id=active.id if active else None,
             metrics=evaluation.pop("candidate_metrics"))
         result: dict[str, Any] = {"candidate_version": model.version, "model_id": model.id,

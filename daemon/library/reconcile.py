@@ -44,12 +44,12 @@ from daemon.audio.decode import AudioInfo
 from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
-from daemon.core.db.models import ServiceState, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.core.db.models import ServiceState, Suggestion, Track, utcnow
 from daemon.core.errors import FileError
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
 from daemon.core.paths import display, filesystem_path, is_inside, stored_path
-from daemon.core.states import TrackState, can_move, move
+from daemon.core.states import SuggestionStatus, TrackState, can_move, move
 from daemon.tags.genres import GenreMap
 from daemon.tags.tagfile import MULTI_VALUE_SEPARATOR, TrackTags
 

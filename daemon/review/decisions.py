@@ -44,10 +44,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
-from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.errors import GenretaggerError
 from daemon.core.live import Live, as_live
-from daemon.core.states import TrackState, can_move, move
+from daemon.core.states import (
+    WRITE_OUTSTANDING,
+    Action,
+    How,
+    SuggestionStatus,
+    TrackState,
+    WriteStatus,
+    can_move,
+    move,
+)
 
 # The suggestion rule's own reading of the audit log; review callers import it from here too.
 from daemon.suggest.suggestions import rejected_genres  # noqa: F401
@@ -83,33 +92,9 @@ class CannotUndo(ReviewError):
     """The decision is already undone, is itself an undo, or a later one follows it."""
 
 
-class Action:
-    ACCEPT = "accept"
-    OVERRIDE = "override"
-    REJECT = "reject"
-    UNDO = "undo"
-
-
-class How:
-    SINGLE = "single"
-    BULK = "bulk"
-    OVERRIDE = "override"
-    UNDO = "undo"
-
-
-class WriteStatus:
-    PENDING = "pending"
-    WRITTEN = "written"
-    FAILED = "failed"
-    OFF = "off"
-    NONE = "none"
-
-
-# Decisions whose genre still has to reach the file.
-WRITE_OUTSTANDING = (WriteStatus.PENDING, WriteStatus.FAILED)
-
 SORTS = ("confident", "uncertain", "newest")
-STATUSES = ("pending", "accepted", "overridden", "rejected", "superseded", "all")
+# The queue filter's statuses: every SuggestionStatus, or all of them.
+STATUSES = (*SuggestionStatus, "all")
 
 
 # ---------------------------------------------------------------- reading

@@ -44,9 +44,8 @@ from daemon.core.health import Health, thread_alive
 from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
 from daemon.core.retry import backoff
-from daemon.core.states import TrackState
+from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatus
 from daemon.library.reconcile import WRITER_TEMP_MARK
-from daemon.review.decisions import WRITE_OUTSTANDING, Action, WriteStatus
 
 log = logging.getLogger(__name__)
 

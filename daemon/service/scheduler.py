@@ -44,6 +44,7 @@ from daemon.core.db.models import TrainingRun
 from daemon.core.errors import GenretaggerError
 from daemon.core.health import Health, describe_failure, thread_alive
 from daemon.core.live import Live, as_live
+from daemon.core.states import RunTrigger
 from daemon.library.reconcile import Library
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def next_nightly_run(retrain: RetrainConfig, now: datetime,
 def nightly_history(session: Session) -> NightlyHistory:
     """The two facts next_nightly_run needs, from the training_runs table."""
     last = session.scalar(select(func.max(TrainingRun.started_at))
-                          .where(TrainingRun.trigger == "nightly"))
+                          .where(TrainingRun.trigger == RunTrigger.NIGHTLY))
     first = session.scalar(select(func.min(TrainingRun.started_at)))
     return NightlyHistory(_aware(last), _aware(first))
 

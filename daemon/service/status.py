@@ -61,15 +61,13 @@ from daemon.core.db.models import (
     Event,
     ServiceState,
     Suggestion,
-    SuggestionStatus,
     Track,
     TrainingRun,
     utcnow,
 )
 from daemon.core.health import read_health
 from daemon.core.paths import display_stored
-from daemon.core.states import TrackState
-from daemon.review.decisions import WRITE_OUTSTANDING, WriteStatus
+from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, WriteStatus
 
 DAEMON_KEY = "daemon"
 LAST_RECONCILE_KEY = "last_reconcile"
