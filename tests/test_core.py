@@ -38,3 +38,21 @@ def test_live_swaps_config_and_genre_map_together(make_config, tmp_path):
     live.replace(second)
     assert live.config is second and live.genre_map.canonical == ("Jazz",)
     assert as_live(first).config is first  # a Config of one's own gets a Live of its own
+
+
+def test_every_status_is_a_strenum_in_core_states_and_the_cli_offers_those():
+    from enum import StrEnum
+
+    from click.testing import CliRunner
+
+    from daemon.cli import cli
+    from daemon.core import states
+
+    enums = {name for name, value in vars(states).items()
+             if isinstance(value, type) and issubclass(value, StrEnum) and value is not StrEnum}
+    assert enums >= {"TrackState", "SuggestionStatus", "Action", "How", "WriteStatus",
+                     "ModelStatus", "RunStatus", "RunTrigger", "QueueSort"}
+    assert not hasattr(states, "SETTLED")
+    shown = CliRunner().invoke(cli, ["review", "list", "--help"]).output
+    assert "[" + "|".join([*states.SuggestionStatus, "all"]) + "]" in shown
+    assert "[" + "|".join(states.QueueSort) + "]" in shown

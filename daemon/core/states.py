@@ -93,6 +93,14 @@ class SuggestionStatus(StrEnum):
     SUPERSEDED = "superseded"
 
 
+class QueueSort(StrEnum):
+    """The orders the review queue can be read in."""
+
+    CONFIDENT = "confident"
+    UNCERTAIN = "uncertain"
+    NEWEST = "newest"
+
+
 class Action(StrEnum):
     """What a decision did."""
 

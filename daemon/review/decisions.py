@@ -51,6 +51,7 @@ from daemon.core.states import (
     WRITE_OUTSTANDING,
     Action,
     How,
+    QueueSort,
     SuggestionStatus,
     TrackState,
     WriteStatus,
@@ -92,7 +93,7 @@ class CannotUndo(ReviewError):
     """The decision is already undone, is itself an undo, or a later one follows it."""
 
 
-SORTS = ("confident", "uncertain", "newest")
+SORTS = tuple(QueueSort)
 # The queue filter's statuses: every SuggestionStatus, or all of them.
 STATUSES = (*SuggestionStatus, "all")
 
