@@ -43,7 +43,7 @@ def _tracked(db: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_a_lock_outlasting_the_busy_timeout_fails_jobs_not_the_scheduler(tmp_path):
-    """Issue 10, item 1: another process holds the write lock longer than the busy
+    """Another process holds the write lock longer than the busy
     timeout while reconcile runs every 2 s. During the lock `status` shows the daemon
     running with the failing job and its error; afterwards reconcile still runs: a file
     dropped in then is tracked (only a walk can find it: the observer polls hourly)."""
@@ -159,7 +159,7 @@ def test_a_failing_job_is_recorded_and_keeps_its_schedule(tmp_path):
     (KeyError("path"), "KeyError: 'path'"),
 ])
 def test_failures_are_worded_for_what_they_are(error, said):
-    """Issue 10, item 11: "database busy" only when it is; a full disk says so; anything
+    """"Database busy" only when it is; a full disk says so; anything
     else says its type and message (status_line, status, the health file)."""
     from sqlalchemy.exc import OperationalError
 

@@ -2,12 +2,12 @@
 
 APScheduler 3's BackgroundScheduler with its in-memory job store: nothing the scheduler
 does between jobs touches the database, so a locked or full database can fail a job
-but never the scheduler's own thread. (With the SQLAlchemy job store one "database is
-locked" in update_job killed that thread for good, silently.)
+but never the scheduler's own thread (a persistent job store writes on every run, and
+one "database is locked" there ends that thread for good, silently).
 
-What the persistent store used to give, a nightly run missed while the daemon was down
-firing when it comes back (within retrain.misfire_grace_minutes; several missed runs
-fire once), comes from the training-run rows instead: `next_nightly_run()` is a pure
+A nightly run missed while the daemon was down fires when it comes back (within
+retrain.misfire_grace_minutes; several missed runs fire once), from what the
+training-run rows say: `next_nightly_run()` is a pure
 function of the retrain config, the time and `NightlyHistory` (the newest nightly run
 and the first run of any kind), and the one answer `status`, `retrain`, the review page
 and the scheduler itself use. A due time in the past means "missed: runs now".
