@@ -17,14 +17,20 @@ Start order (each needs the ones before it):
                 files have settled, since it learns from their tags; then the nightly
                 job is added to the scheduler (a night missed while down runs at once)
 
-then READY=1 to systemd. Stop is the reverse, within STOP_SECONDS in all (systemd's
-TimeoutStopSec is 30): the worker stops claiming first and finishes its in-flight files
-while the others close. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload the config file and
-apply what can change while running (LIVE_KEYS); other changes are logged as needing a
-restart. Every HEARTBEAT_SECONDS the service publishes a heartbeat + pid in
-`service_state` (what `status` reads) and a STATUS= line for `systemctl status`; a
-thread of its own writes every component's health (daemon.core.health) to
-state_dir/health.json twice as often, so a locked database cannot hold that back.
+then READY=1 to systemd. Each component follows daemon.core.health.Component (start,
+close, health_report); the service keeps the started ones in a list. Stop closes them in
+reverse, within STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops
+claiming first and finishes its in-flight files while the others close.
+
+Every component reads the running config (and the genre map) from one daemon.core.live
+Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file, and
+replace the Live's config with one carrying what can change while running (LIVE_KEYS);
+other changes are logged as needing a restart.
+
+Every HEARTBEAT_SECONDS the service publishes a heartbeat + pid in `service_state` (what
+`status` reads) and a STATUS= line for `systemctl status`; a thread of its own writes
+every component's health (daemon.core.health) to state_dir/health.json twice as often,
+so a locked database cannot hold that back.
 healthy() (what the watchdog pings on) covers the main loop and every component.
 """
 
