@@ -163,6 +163,11 @@ class Worker:
     def config(self) -> Config:
         return self.live.config
 
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Replace the running config (the Live's: every component sharing it sees it)."""
+        self.live.replace(config)
+
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
