@@ -56,3 +56,12 @@ def test_every_status_is_a_strenum_in_core_states_and_the_cli_offers_those():
     shown = CliRunner().invoke(cli, ["review", "list", "--help"]).output
     assert "[" + "|".join([*states.SuggestionStatus, "all"]) + "]" in shown
     assert "[" + "|".join(states.QueueSort) + "]" in shown
+
+
+def test_the_scheduler_keeps_no_registry_of_components():
+    """Jobs get their component passed in (add_reconcile(library), partial(nightly_job,
+    retrainer)); the scheduler module holds no table of live components."""
+    from daemon.service import scheduler
+
+    assert not {"register", "unregister", "live", "_live"} & set(vars(scheduler))
+    assert not hasattr(scheduler.Scheduler, "running")
