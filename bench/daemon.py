@@ -55,7 +55,7 @@ from daemon.cli.demo import encode_masters, make_library  # noqa: E402
 
 
 def _tree_bench():
-    """bench/reconcile.py (helper D1's): the cached 15,000-file tree and its DB seeding."""
+    """bench/reconcile.py's cached 15,000-file tree and its DB seeding."""
     spec = importlib.util.spec_from_file_location("bench_reconcile", BENCH / "reconcile.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

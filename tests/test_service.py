@@ -187,7 +187,8 @@ def copy_slowly(source: Path, target: Path, chunks: int = 6, pause: float = 0.4)
 
 
 def bad_inputs(folder: Path, scratch: Path) -> dict[str, str]:
-    """Issue 2's bad input as files in the library: name -> what it is."""
+    """Bad input (tests/test_bad_input.py's kinds) as files in the library: name -> what
+    it is."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     (folder / "empty.mp3").write_bytes(b"")

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from daemon.cli.demo import encode, synthesize
 from daemon.core.db.engine import open_database, transaction
-from daemon.core.db.models import Suggestion, SuggestionStatus, Track
-from daemon.core.states import TrackState
+from daemon.core.db.models import Suggestion, Track
+from daemon.core.states import SuggestionStatus, TrackState
 from daemon.learn.registry import activate, register_bundle
 from daemon.learn.retrain import rescore_pending, resuggest_rejected
 from daemon.review import decisions as review

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def test_a_failing_job_is_recorded_and_keeps_its_schedule(tmp_path):
     (KeyError("path"), "KeyError: 'path'"),
 ])
 def test_failures_are_worded_for_what_they_are(error, said):
-    """Issue 10, item 11: "database busy" only when it is; a full disk says so; anything
+    """"Database busy" only when it is; a full disk says so; anything
     else says its type and message (status_line, status, the health file)."""
     from sqlalchemy.exc import OperationalError
 
@@ -220,3 +221,64 @@ def test_healthy_covers_every_thread_and_the_status_line_says_what_failed(tmp_pa
         assert line.startswith("DatabaseError: ") and "busy" not in line
     finally:
         service.stop()
+
+
+@pytest.mark.slow
+def test_sighup_reaches_every_component_of_a_running_service(tmp_path):
+    """SIGHUP on a real service (run() in this process's main thread, signalled by
+    os.kill): the new live keys reach the worker, library, watcher, writer, web app,
+    retrainer and scheduler alike, not only the ones the service used to patch."""
+    from daemon.service.scheduler import RECONCILE_JOB
+    from daemon.service.wiring import Service
+
+    library = tmp_path / "library"
+    library.mkdir()
+    path = tmp_path / "config.toml"
+
+    def write(settle: float, minutes: float, audit: float) -> None:
+        path.write_text(
+            f'state_dir = "{tmp_path / "state"}"\n'
+            f'[library]\nroot = "{library}"\nsettle_seconds = {settle}\n'
+            f"reconcile_minutes = {minutes}\n"
+            f"[workers]\nprocesses = 1\n[retrain]\nenabled = false\n"
+            f"[classifier]\naudit_min_confidence = {audit}\n"
+            f"[review]\nport = {free_port()}\n")
+
+    write(1.0, 30, 0.5)
+    from daemon.core.config import load_config
+
+    service = Service(load_config(path), path)
+    seen: dict[str, object] = {}
+
+    def drive() -> None:
+        try:
+            wait_for(lambda: service._running, 60, "the service to start")
+            old = service.config
+            write(2.5, 7, 0.25)
+            os.kill(os.getpid(), signal.SIGHUP)
+            wait_for(lambda: service.config is not old, 10, "the reload")
+            parts = {"worker": service.worker, "library": service.library,
+                     "writer": service.writer, "web": service.web,
+                     "retrainer": service.retrainer, "scheduler": service.scheduler}
+            seen.update({name: (part.config.library.settle_seconds,
+                                part.config.classifier.audit_min_confidence)
+                         for name, part in parts.items()})
+            seen["watcher"] = (service.watcher.config.settle_seconds,)
+            seen["settle tracker"] = (service.library.tracker.settle_seconds,)
+            trigger = service.scheduler.scheduler.get_job(RECONCILE_JOB).trigger
+            seen["reconcile every"] = (trigger.interval.total_seconds(),)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        assert service.run() == 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    driver.join(10)
+    assert seen == {**{name: (2.5, 0.25) for name in ("worker", "library", "writer", "web",
+                                                     "retrainer", "scheduler")},
+                    "watcher": (2.5,), "settle tracker": (2.5,), "reconcile every": (420.0,)}

@@ -20,10 +20,11 @@ from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC
 from daemon.cli.demo import encode, synthesize
 from daemon.core.db.engine import open_database, transaction
-from daemon.core.db.models import Decision, Event, Suggestion, SuggestionStatus, Track, utcnow
-from daemon.core.states import TrackState
+from daemon.core.db.models import Decision, Event, Suggestion, Track, utcnow
+from daemon.core.retry import backoff as backoff_delay
+from daemon.core.states import SuggestionStatus, TrackState
 from daemon.learn.registry import activate, register_bundle
-from daemon.suggest.queue import backoff_delay, claim_tracks, requeue_working
+from daemon.suggest.queue import claim_tracks, requeue_working
 from daemon.suggest.worker import Worker
 
 pytestmark = pytest.mark.slow

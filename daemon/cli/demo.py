@@ -24,6 +24,8 @@ import av
 import numpy as np
 import soundfile as sf
 
+from daemon.tags.write import write_tags
+
 # extension -> (container format, codec, sample format, encoder sample rate or None)
 ENCODERS: dict[str, tuple[str, str, str, int | None]] = {
     ".mp3": ("mp3", "libmp3lame", "fltp", None),
@@ -175,8 +177,6 @@ def make_library(root: Path, songs_per_genre: int = 12, genres: tuple[str, ...] 
                  formats: tuple[str, ...] = FORMATS, artists_per_genre: int = 4,
                  broken: int = 3, sr: int = 22_050, seed: int = 1) -> list[DemoSong]:
     """Write a station library: genre folders by artist, some untagged, a few broken."""
-    from daemon.tags.write import write_tags  # here so synthesis alone needs no tag code
-
     rng = np.random.default_rng(seed)
     songs = []
     for g_index, genre in enumerate(genres):

@@ -5,6 +5,28 @@ from __future__ import annotations
 
 import errno
 
+# The one errno -> reason table: what the station reads for a file it could not open,
+# read or write (logs, quarantine entries, the write-back error on the review page).
+OS_REASONS: dict[int, str] = {
+    errno.ENOENT: "file vanished (deleted or moved)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EISDIR: "is a directory, not an audio file",
+    errno.ENAMETOOLONG: "file name too long for the filesystem",
+    errno.EROFS: "the drive is read-only",
+    errno.ELOOP: "symlink loop",
+    errno.ENOSPC: "the drive is full",
+    errno.EIO: "input/output error (drive offline?)",
+    errno.ENOTCONN: "the drive is not connected",
+    errno.ESTALE: "stale network handle",
+    errno.EHOSTDOWN: "the file server is down",
+}
+
+
+def os_reason(err: OSError) -> str:
+    """An OSError -> a short reason in the station's words (else the system's own)."""
+    return OS_REASONS.get(err.errno, err.strerror or str(err))
+
 
 class GenretaggerError(Exception):
     """Base of every error this package raises on purpose."""
@@ -61,17 +83,3 @@ class ReadTimeout(FileError):
 
 class TooMuchMemory(FileError):
     """Reading or decoding the file needed more memory than a child process may use."""
-
-
-_OS_REASONS = {
-    errno.EROFS: "the drive is read-only", errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied", errno.ENOENT: "the file is gone",
-    errno.ENOSPC: "the drive is full", errno.EIO: "input/output error (drive offline?)",
-    errno.ENOTCONN: "the drive is not connected", errno.ESTALE: "stale network handle",
-    errno.EHOSTDOWN: "the file server is down",
-}
-
-
-def os_reason(err: OSError) -> str:
-    """A short reason a person can act on for an OSError met on the station's drive."""
-    return _OS_REASONS.get(err.errno, err.strerror or str(err))

@@ -12,6 +12,11 @@ process) in state_dir/health.json, written atomically every heartbeat:
                            "last_error": str|null, "last_error_at": str|null,
                            "errors": int, "failing": bool, ...component extras}}}
 
+Every component the service runs follows one protocol, `Component`: start(), close(timeout)
+(its share of the stop deadline, in seconds) and health_report() (one report, or
+{name: report} for a component with several parts). The service starts them in order and
+closes them in reverse.
+
 `describe_failure(err)` is the one place that words an exception for a person:
 "database busy" only for SQLite's lock errors, "disk full" for a full disk, else the
 error's type and message.
@@ -27,7 +32,7 @@ import tempfile
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy")
 FULL_MARKERS = ("database or disk is full", "no space left on device")
@@ -50,6 +55,16 @@ def describe_failure(err: BaseException) -> str:
         return f"database busy: {message}"
     name = type(getattr(err, "orig", None) or err).__name__
     return f"{name}: {message}" if message else name
+
+
+class Component(Protocol):
+    """What the service runs: started in order, closed in reverse within the stop deadline."""
+
+    def start(self) -> None: ...
+
+    def close(self, timeout: float) -> None: ...
+
+    def health_report(self) -> dict[str, Any]: ...
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,4 +1,8 @@
-"""The track state machine: every state a track can be in and every allowed move.
+"""The track state machine (every state a track can be in and every allowed move), and
+every other status the daemon stores or shows, each as a StrEnum: a suggestion's status,
+a decision's action and how it was made, a decision's write-back status, a model's
+status in the registry, a training run's status and trigger. The CLI's choices, the
+review page and the stored rows all read these.
 
 This is the only place that knows the transitions; code that changes `Track.state`
 goes through `move()`, which refuses anything not listed here.
@@ -56,8 +60,6 @@ TRANSITIONS: dict[TrackState, frozenset[TrackState]] = {
     S.MISSING: frozenset(set(TrackState) - {S.MISSING, S.WORKING}),
 }
 
-# States a reconcile leaves alone when the file is unchanged.
-SETTLED = frozenset({S.SUGGESTED, S.REVIEWED, S.TAGGED, S.QUARANTINED})
 # States the worker may claim (retrying only once its backoff has passed).
 CLAIMABLE = frozenset({S.QUEUED, S.RETRYING})
 
@@ -80,3 +82,80 @@ def move(track, new: TrackState) -> None:
     if old != new and not can_move(old, new):
         raise InvalidTransition(old, new, getattr(track, "path", ""))
     track.state = new
+
+
+class SuggestionStatus(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    OVERRIDDEN = "overridden"
+    REJECTED = "rejected"
+    # Replaced by a newer suggestion (new model, or the file changed).
+    SUPERSEDED = "superseded"
+
+
+class QueueSort(StrEnum):
+    """The orders the review queue can be read in."""
+
+    CONFIDENT = "confident"
+    UNCERTAIN = "uncertain"
+    NEWEST = "newest"
+
+
+class Action(StrEnum):
+    """What a decision did."""
+
+    ACCEPT = "accept"
+    OVERRIDE = "override"
+    REJECT = "reject"
+    UNDO = "undo"
+
+
+class How(StrEnum):
+    """How a decision was made."""
+
+    SINGLE = "single"
+    BULK = "bulk"
+    OVERRIDE = "override"
+    UNDO = "undo"
+
+
+class WriteStatus(StrEnum):
+    """Where a decision's genre is on its way into the file."""
+
+    PENDING = "pending"
+    WRITTEN = "written"
+    FAILED = "failed"
+    OFF = "off"  # review.write_tags is false
+    NONE = "none"  # nothing to write (a reject)
+
+
+# Decisions whose genre still has to reach the file.
+WRITE_OUTSTANDING = (WriteStatus.PENDING, WriteStatus.FAILED)
+
+
+class ModelStatus(StrEnum):
+    """A model version in the registry."""
+
+    CANDIDATE = "candidate"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+    ROLLED_BACK = "rolled_back"
+
+
+class RunStatus(StrEnum):
+    """A training run."""
+
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class RunTrigger(StrEnum):
+    """What started a training run."""
+
+    INITIAL = "initial"
+    NIGHTLY = "nightly"
+    MANUAL = "manual"

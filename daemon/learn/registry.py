@@ -39,15 +39,13 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Model, utcnow
 from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import GenretaggerError, ModelMismatch
+from daemon.core.states import ModelStatus
 
 log = logging.getLogger(__name__)
 
-CANDIDATE = "candidate"
-ACTIVE = "active"
-RETIRED = "retired"
-REJECTED = "rejected"
-ROLLED_BACK = "rolled_back"
-STATUSES = (CANDIDATE, ACTIVE, RETIRED, REJECTED, ROLLED_BACK)
+# Short names for daemon.core.states.ModelStatus.
+CANDIDATE, ACTIVE, RETIRED, REJECTED, ROLLED_BACK = ModelStatus
+STATUSES = tuple(ModelStatus)
 
 # What a bundle directory holds; only model.onnx is required.
 BUNDLE_FILES = ("model.onnx", "model.keras", "report.json", "split.json",

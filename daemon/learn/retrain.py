@@ -16,9 +16,8 @@ reason, a data summary, the trainer's log path). One run at a time per state dir
 flock on runs_dir/retrain.lock, which also tells start-up whether a 'running' row is
 really running (its owner still holds the lock) or was cut off by a restart.
 
-The scheduler (daemon.service.scheduler) runs "daemon.learn.retrain:nightly_job" at
-retrain.hour, and at once for a night missed while the daemon was down; the Service
-registers the live Retrainer as "retrainer".
+The scheduler (daemon.service.scheduler) runs `nightly_job(retrainer)` at
+retrain.hour, and at once for a night missed while the daemon was down.
 """
 
 from __future__ import annotations
@@ -53,19 +52,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
-from daemon.core.db.models import Model, Suggestion, SuggestionStatus, Track, TrainingRun, utcnow
+from daemon.core.db.models import Model, Suggestion, Track, TrainingRun, utcnow
 from daemon.core.errors import GenretaggerError, ModelMismatch
 from daemon.core.health import Health
-from daemon.core.states import TrackState
+from daemon.core.live import Live, as_live
+from daemon.core.states import RunStatus, RunTrigger, SuggestionStatus, TrackState
 from daemon.suggest.suggestions import suggest
 from daemon.tags.genres import station_genres_file
 from daemon.tags.read import MULTI_VALUE_SEPARATOR
 
 log = logging.getLogger(__name__)
 
-RUNNING, PROMOTED, REJECTED, FAILED, SKIPPED = (
-    "running", "promoted", "rejected", "failed", "skipped")
-TRIGGERS = ("initial", "nightly", "manual")
+# Short names for daemon.core.states.RunStatus.
+RUNNING, PROMOTED, REJECTED, FAILED, SKIPPED = RunStatus
+TRIGGERS = tuple(RunTrigger)
 INSTALL_HINT = ("pip install 'genretagger[trainer]'  then  genretagger retrain --now")
 # Without a model and without the trainer, say what to run this often (never idle silently).
 NO_MODEL_POLL_SECONDS = 3600.0
@@ -655,9 +655,9 @@ class Retrainer:
     trainer in progress (its process group) and the thread.
     """
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  poll_seconds: float = NO_MODEL_POLL_SECONDS):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.poll_seconds = poll_seconds
         self.stop_event = threading.Event()
@@ -667,21 +667,20 @@ class Retrainer:
         self._initial_done = False  # the start-up thread's work is done (a model exists)
         self.health = Health("retrainer")
 
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
     # -- lifecycle
 
     def start(self) -> None:
         """Background: recover cut-off runs, then train the first model if there is none."""
-        from daemon.service.scheduler import register
-
-        register("retrainer", self)
         self._thread = threading.Thread(target=self._initial_loop, name="retrainer",
                                         daemon=True)
         self._thread.start()
 
     def close(self, timeout: float = 15.0) -> None:
         """Stop: kill a running trainer's process group (the run is recorded failed)."""
-        from daemon.service.scheduler import live, unregister
-
         self.stop_event.set()
         with self._child_lock:
             child = self._child
@@ -689,8 +688,6 @@ class Retrainer:
             stop_process_group(child, grace=min(KILL_GRACE_SECONDS, timeout / 2))
         if self._thread is not None:
             self._thread.join(timeout)
-        if live("retrainer") is self:
-            unregister("retrainer")
 
     def _initial_loop(self) -> None:
         recovered = False
@@ -889,8 +886,8 @@ class Retrainer:
         since its training set was frozen. Out: {"status": promoted|rejected|failed,
         "reason", "model_id", "candidate_version", "gate", ...} (stored on the run row).
         """
+        from daemon.learn.registry import CANDIDATE, activate, active_model, register_bundle
         from daemon.learn.registry import REJECTED as MODEL_REJECTED
-        from daemon.learn.registry import activate, active_model, register_bundle
         from daemon.suggest.classifier import Classifier
 
         if active is None:
@@ -915,7 +912,7 @@ class Retrainer:
         # register (atomic copy + fsync + row), then activate or keep as rejected
         model = register_bundle(
             self.sessions, self.config, run_dir,
-            status="candidate" if verdict.promote else MODEL_REJECTED, run_id=run_id,
+            status=CANDIDATE if verdict.promote else MODEL_REJECTED, run_id=run_id,
             trained_until=trained_until or utcnow(), parent_id=active.id if active else None,
             metrics=evaluation.pop("candidate_metrics"))
         result: dict[str, Any] = {"candidate_version": model.version, "model_id": model.id,
@@ -1040,16 +1037,13 @@ def _trainer_report(run_dir: Path) -> dict[str, Any]:
     return keep
 
 
-# ---- the nightly job (the scheduler's "daemon.learn.retrain:nightly_job") ----------------------
+# ---- the nightly job ------------------------------------------------------------------------
 
-def nightly_job() -> dict[str, Any] | None:
-    """The scheduler's nightly entry point: run the live Retrainer (registered by the Service
-    as "retrainer"); logs and does nothing when the daemon is shutting down."""
-    from daemon.service.scheduler import live
-
-    retrainer = live("retrainer")
-    if retrainer is None:
-        log.info("nightly retrain skipped: the retrainer is not running")
+def nightly_job(retrainer: Retrainer) -> dict[str, Any] | None:
+    """The scheduler's nightly entry point: one run of the service's Retrainer; logs and
+    does nothing when the daemon is shutting down."""
+    if retrainer.stop_event.is_set():
+        log.info("nightly retrain skipped: the retrainer is stopping")
         return None
     if not retrainer.config.retrain.enabled:
         log.info("nightly retrain skipped: retrain.enabled is false")

@@ -39,6 +39,7 @@ from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, Track, utcnow
 from daemon.core.health import Health
+from daemon.core.live import Live, as_live
 from daemon.core.paths import display, filesystem_path, stored_path
 from daemon.core.states import TrackState, can_move, move
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
@@ -129,15 +130,15 @@ class Library:
     never waits for a walk. Times passed as `now` are time.monotonic() seconds.
     """
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], genre_map: GenreMap,
-                 readers: ExtractPool | None = None):
-        self.config = config
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session],
+                 genre_map: GenreMap | None = None, readers: ExtractPool | None = None):
+        self.live = as_live(config, genre_map)
+        config = self.live.config
         # The child processes settled files are read in (the service shares its pool with
         # the review page); without one, the library starts and owns its own.
         self._own_readers = readers is None
         self.readers = readers if readers is not None else reader_pool(config)
         self.sessions = sessions
-        self.genre_map = genre_map
         self.root = os.path.abspath(os.fspath(config.library.root))
         self.extensions = tuple(config.library.extensions)
         self.tracker = SettleTracker(config.library.settle_seconds)
@@ -147,6 +148,14 @@ class Library:
         self._tracker_lock = threading.Lock()
         self._db_lock = threading.Lock()
         self.settle_health = Health("settle")  # settle_due's record, for the settle thread
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    @property
+    def genre_map(self) -> GenreMap:
+        return self.live.genre_map
 
     # ------------------------------------------------------------ watcher side
 

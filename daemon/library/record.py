@@ -15,9 +15,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from daemon.core.db.models import Suggestion, SuggestionStatus, Track, utcnow
+from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.paths import filesystem_path, stored_path
-from daemon.core.states import TrackState, can_move, move
+from daemon.core.states import SuggestionStatus, TrackState, can_move, move
 from daemon.library.read import FileReading
 from daemon.tags.genres import GenreMap
 from daemon.tags.read import MULTI_VALUE_SEPARATOR

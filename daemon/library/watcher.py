@@ -41,6 +41,7 @@ from watchdog.observers.polling import PollingObserverVFS
 
 from daemon.core.config import LibraryConfig
 from daemon.core.health import Health, thread_alive
+from daemon.core.live import Live
 from daemon.library.mounts import filesystem_type, is_network_filesystem
 from daemon.library.reconcile import Library
 
@@ -99,13 +100,14 @@ class Watcher:
     close() stops both (bounded by a few seconds). Owns its stop event.
     """
 
-    def __init__(self, config: LibraryConfig, library: Library, *,
+    def __init__(self, config: Live | LibraryConfig, library: Library, *,
                  settle_interval: float = SETTLE_INTERVAL):
-        self.config = config
+        # Given its library section alone, the watcher follows its library's Live.
+        self.live = config if isinstance(config, Live) else library.live
         self.library = library
         self.root = library.root
         self.settle_interval = settle_interval
-        self.kind: Kind = observer_kind(config.watch, is_network_filesystem(self.root))
+        self.kind: Kind = observer_kind(self.config.watch, is_network_filesystem(self.root))
         self.stop = threading.Event()
         self.rearmed = 0  # how many times the observer was re-armed after losing the root
         self._observer: BaseObserver | None = None
@@ -113,6 +115,10 @@ class Watcher:
         self._root_lost = False
         self._thread: threading.Thread | None = None
         self.health = Health("watcher")
+
+    @property
+    def config(self) -> LibraryConfig:
+        return self.live.config.library
 
     # ------------------------------------------------------------------ control
 

@@ -26,11 +26,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
-from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track, utcnow
+from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.errors import GenretaggerError
-from daemon.core.states import TrackState, can_move, move
+from daemon.core.live import Live, as_live
+from daemon.core.states import (
+    WRITE_OUTSTANDING,
+    Action,
+    How,
+    SuggestionStatus,
+    TrackState,
+    WriteStatus,
+    can_move,
+    move,
+)
 from daemon.learn.registry import active_model
-from daemon.tags.genres import normalise, station_genre_map
+
+# The suggestion rule's own reading of the audit log; review callers import it from here too.
+from daemon.suggest.suggestions import rejected_genres  # noqa: F401
+from daemon.tags.genres import normalise
 
 
 class ReviewError(GenretaggerError):
@@ -63,40 +76,15 @@ class CannotUndo(ReviewError):
     """The decision is already undone, is itself an undo, or a later one follows it."""
 
 
-class Action:
-    ACCEPT = "accept"
-    OVERRIDE = "override"
-    REJECT = "reject"
-    UNDO = "undo"
-
-
-class How:
-    SINGLE = "single"
-    BULK = "bulk"
-    OVERRIDE = "override"
-    UNDO = "undo"
-
-
-class WriteStatus:
-    PENDING = "pending"
-    WRITTEN = "written"
-    FAILED = "failed"
-    OFF = "off"
-    NONE = "none"
-
-
-# Decisions whose genre still has to reach the file.
-WRITE_OUTSTANDING = (WriteStatus.PENDING, WriteStatus.FAILED)
-
 
 
 # ---------------------------------------------------------------- reading
 
-def canonical_genres(session: Session, config: Config) -> tuple[str, ...]:
+def canonical_genres(session: Session, config: Config | Live) -> tuple[str, ...]:
     """The genres a reviewer may choose: the genre map's canonical list plus the active
-    model's classes (normally the same set), sorted."""
-    genre_map = station_genre_map(config)
-    genres = set(genre_map.canonical)
+    model's classes (normally the same set), sorted. Given the service's Live, its genre
+    map; given a Config, the one its genres.toml names."""
+    genres = set(as_live(config).genre_map.canonical)
     model = active_model(session)
     if model is not None:
         genres.update(str(c) for c in model.classes)

@@ -29,12 +29,14 @@ from datetime import datetime
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track
-from daemon.review.decisions import WRITE_OUTSTANDING, ReviewError, top_choices
+from daemon.core.db.models import Decision, Suggestion, Track
+from daemon.core.states import WRITE_OUTSTANDING, QueueSort, SuggestionStatus
+from daemon.review.decisions import ReviewError, top_choices
 
 S = SuggestionStatus
-SORTS = ("confident", "uncertain", "newest")
-STATUSES = (S.PENDING, S.ACCEPTED, S.OVERRIDDEN, S.REJECTED, S.SUPERSEDED, "all")
+SORTS = tuple(QueueSort)
+# The queue filter's statuses: every SuggestionStatus, or all of them.
+STATUSES = (*S, "all")
 
 
 @dataclass(frozen=True)

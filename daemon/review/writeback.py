@@ -29,10 +29,11 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
 from daemon.core.health import Health, thread_alive
+from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
-from daemon.core.states import TrackState
+from daemon.core.retry import backoff
+from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatus
 from daemon.library.fingerprint import fingerprint
-from daemon.review.decisions import WRITE_OUTSTANDING, Action, WriteStatus
 from daemon.tags.write import WriteFailed, write_genre_atomically
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,6 @@ BACKOFF_FIRST_S = 30.0
 BACKOFF_MAX_S = 6 * 3600.0
 
 
-def backoff(attempts: int, first: float = BACKOFF_FIRST_S, most: float = BACKOFF_MAX_S) -> float:
-    """Seconds to wait before retry number `attempts` (1, 2, ...): 30 s doubling, max 6 h."""
-    return min(most, first * 2 ** max(0, attempts - 1))
 
 
 @dataclass(frozen=True)
@@ -56,9 +54,9 @@ class Writer:
     """Background writer of decided genres into files. start() / close(); run_once() is
     one pass and is what tests call directly."""
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  interval: float = 2.0, batch: int = 50, first_backoff: float = BACKOFF_FIRST_S):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.interval = interval
         self.batch = batch
@@ -68,6 +66,10 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._cache = None
         self.health = Health("writer")
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
 
     def health_report(self) -> dict:
         """daemon.core.health shape: alive = its thread runs."""
@@ -202,4 +204,4 @@ class Writer:
             decision.write_status = WriteStatus.FAILED
             decision.write_error = reason
             decision.next_write_at = utcnow() + timedelta(
-                seconds=backoff(decision.write_attempts, self.first_backoff))
+                seconds=backoff(decision.write_attempts, self.first_backoff, BACKOFF_MAX_S))

@@ -2,12 +2,12 @@
 
 APScheduler 3's BackgroundScheduler with its in-memory job store: nothing the scheduler
 does between jobs touches the database, so a locked or full database can fail a job
-but never the scheduler's own thread. (With the SQLAlchemy job store one "database is
-locked" in update_job killed that thread for good, silently.)
+but never the scheduler's own thread (a persistent job store writes on every run, and
+one "database is locked" there ends that thread for good, silently).
 
-What the persistent store used to give, a nightly run missed while the daemon was down
-firing when it comes back (within retrain.misfire_grace_minutes; several missed runs
-fire once), comes from the training-run rows instead: `next_nightly_run()` is a pure
+A nightly run missed while the daemon was down fires when it comes back (within
+retrain.misfire_grace_minutes; several missed runs fire once), from what the
+training-run rows say: `next_nightly_run()` is a pure
 function of the retrain config, the time and `NightlyHistory` (the newest nightly run
 and the first run of any kind), and the one answer `status`, `retrain`, the review page
 and the scheduler itself use. A due time in the past means "missed: runs now".
@@ -15,12 +15,10 @@ and the scheduler itself use. A due time in the past means "missed: runs now".
 Every job body runs inside `Scheduler._supervised`: an exception is logged and recorded
 in that job's Health (daemon.core.health) and the job runs again at its next time.
 
-The live components a job needs are registered by the Service under a name in the small
-registry below and looked up with `live(name)`; a job firing when its component is not
-registered (the daemon is shutting down) logs and does nothing. Registered names:
-"library" (daemon.library.reconcile.Library), "sessions" (the sessionmaker), "retrainer"
-(daemon.learn.retrain.Retrainer, registers itself in start()), "worker"
-(daemon.suggest.worker.Worker).
+A job is handed what it works on when it is added (a bound method or functools.partial:
+the job store is in memory, nothing is pickled): `add_reconcile(library)`,
+`add_nightly(partial(nightly_job, retrainer))`. The scheduler shuts down before the
+components its jobs use close (the service closes in reverse start order).
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -41,13 +40,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config, RetrainConfig
+from daemon.core.db.models import TrainingRun
 from daemon.core.errors import GenretaggerError
 from daemon.core.health import Health, describe_failure, thread_alive
+from daemon.core.live import Live, as_live
+from daemon.core.states import RunTrigger
+from daemon.library.reconcile import Library
 
 log = logging.getLogger(__name__)
 
 RECONCILE_JOB = "reconcile"
 NIGHTLY_JOB = "nightly-retrain"
+# The nightly job by name (it takes the Retrainer: add_nightly(NIGHTLY_FUNC, args=(r,))).
 NIGHTLY_FUNC = "daemon.learn.retrain:nightly_job"
 # Executor threads: the nightly run (hours), a walk, and room for a late one.
 JOB_THREADS = 3
@@ -57,45 +61,13 @@ class JobFailed(GenretaggerError):
     """A job ran but did not do its work (e.g. the walk could not write the database)."""
 
 
-# ---- the registry of live components that stored jobs reach ---------------------------
-
-_live: dict[str, Any] = {}
-_live_lock = threading.Lock()
-
-
-def register(name: str, component: Any) -> None:
-    """Make `component` reachable by job functions as `live(name)`."""
-    with _live_lock:
-        _live[name] = component
-
-
-def unregister(name: str) -> None:
-    with _live_lock:
-        _live.pop(name, None)
-
-
-def live(name: str) -> Any | None:
-    """The component registered under `name`, or None (not running / shutting down)."""
-    with _live_lock:
-        return _live.get(name)
-
-
 # ---- job functions ------------------------------------------------------------------------
 
-def run_reconcile() -> Any | None:
-    """One reconciliation walk with the registered Library (which logs the counts and
-    publishes them as ServiceState "last_reconcile"). Returns its ReconcileResult."""
-    library = live("library")
-    if library is None:
-        log.info("reconcile skipped: the library is not running")
-        return None
-    return library.reconcile()
-
-
-def reconcile_job() -> None:
-    """The interval job: one walk; a walk that could not reach the database raises
+def reconcile_job(library: Library) -> None:
+    """The interval job: one walk (the Library logs the counts and publishes them as
+    ServiceState "last_reconcile"); a walk that could not reach the database raises
     JobFailed, so the scheduler records it (and the next interval tries again)."""
-    result = run_reconcile()
+    result = library.reconcile()
     if result is not None and result.error:
         raise JobFailed(f"reconcile: {result.error}")
 
@@ -141,10 +113,8 @@ def next_nightly_run(retrain: RetrainConfig, now: datetime,
 
 def nightly_history(session: Session) -> NightlyHistory:
     """The two facts next_nightly_run needs, from the training_runs table."""
-    from daemon.core.db.models import TrainingRun
-
     last = session.scalar(select(func.max(TrainingRun.started_at))
-                          .where(TrainingRun.trigger == "nightly"))
+                          .where(TrainingRun.trigger == RunTrigger.NIGHTLY))
     first = session.scalar(select(func.min(TrainingRun.started_at)))
     return NightlyHistory(_aware(last), _aware(first))
 
@@ -153,6 +123,11 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)  # SQLite hands back naive UTC
     return value
+
+
+def _walk_grace(minutes: float) -> int:
+    # A walk more than one interval late is pointless: the next one is due anyway.
+    return max(1, int(minutes * 60))
 
 
 # ---- the scheduler -----------------------------------------------------------------------
@@ -165,8 +140,8 @@ class Scheduler:
     covers the scheduler's thread and its jobs.
     """
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session] | None = None):
-        self.config = config
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session] | None = None):
+        self.live = as_live(config)
         self.sessions = sessions
         self.stop_event = threading.Event()
         self.health = Health("scheduler")
@@ -175,6 +150,10 @@ class Scheduler:
             executors={"default": ThreadPoolExecutor(JOB_THREADS)},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
 
     def _supervised(self, job_id: str, func: Callable[..., Any], args: tuple) -> None:
         """Run one job body; a failure is logged and recorded, never propagated."""
@@ -203,14 +182,13 @@ class Scheduler:
                                id=job_id, name=name, replace_existing=True,
                                misfire_grace_time=grace_seconds, **extra)
 
-    def add_reconcile(self, minutes: float | None = None) -> None:
-        """Every `minutes` (default library.reconcile_minutes): `reconcile_job`."""
-        minutes = minutes or self.config.library.reconcile_minutes
-        # A walk more than one interval late is pointless: the next one is due anyway.
-        self._add(RECONCILE_JOB, "reconciliation walk", reconcile_job,
-                  IntervalTrigger(minutes=minutes), grace_seconds=max(1, int(minutes * 60)))
+    def add_reconcile(self, library: Library) -> None:
+        """Every library.reconcile_minutes: `reconcile_job(library)`."""
+        minutes = self.config.library.reconcile_minutes
+        self._add(RECONCILE_JOB, "reconciliation walk", partial(reconcile_job, library),
+                  IntervalTrigger(minutes=minutes), grace_seconds=_walk_grace(minutes))
 
-    def add_nightly(self, func: Callable[..., Any] | str = NIGHTLY_FUNC, *, args: tuple = (),
+    def add_nightly(self, func: Callable[..., Any] | str, *, args: tuple = (),
                     job_id: str = NIGHTLY_JOB, now: datetime | None = None) -> None:
         """Run `func` at retrain.hour:minute local time; a run missed while the daemon was
         down (next_nightly_run, from the training-run rows) runs at once."""
@@ -235,13 +213,12 @@ class Scheduler:
                   grace_seconds=retrain.misfire_grace_minutes * 60,
                   next_run_time=now if missed else None)
 
-    def remove(self, job_id: str) -> None:
-        if self.scheduler.get_job(job_id) is not None:
-            self.scheduler.remove_job(job_id)
-
-    def reschedule_reconcile(self, minutes: float) -> None:
-        """Apply a new reconcile interval (SIGHUP)."""
-        self.add_reconcile(minutes)
+    def reschedule_reconcile(self) -> None:
+        """Apply the running config's reconcile interval (SIGHUP)."""
+        minutes = self.config.library.reconcile_minutes
+        if self.scheduler.get_job(RECONCILE_JOB) is not None:
+            self.scheduler.modify_job(RECONCILE_JOB, misfire_grace_time=_walk_grace(minutes))
+            self.scheduler.reschedule_job(RECONCILE_JOB, trigger=IntervalTrigger(minutes=minutes))
 
     def next_run(self, job_id: str) -> datetime | None:
         job = self.scheduler.get_job(job_id)
@@ -251,13 +228,9 @@ class Scheduler:
         self.scheduler.start()
         self.health.progress()
 
-    @property
-    def running(self) -> bool:
-        return self.scheduler.running
-
     def thread_alive(self) -> bool:
         # APScheduler keeps its loop thread private; it is what fires every job.
-        return self.running and thread_alive(getattr(self.scheduler, "_thread", None))
+        return self.scheduler.running and thread_alive(getattr(self.scheduler, "_thread", None))
 
     def health_report(self) -> dict[str, dict[str, Any]]:
         """{"scheduler": report, job id: report, ...} (daemon.core.health shapes)."""
@@ -270,9 +243,9 @@ class Scheduler:
                                             next_run=nxt.isoformat() if nxt else None)
         return reports
 
-    def close(self) -> None:
-        """Stop firing jobs; a job already running finishes on its own (its component's
-        close() makes it quick)."""
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop firing jobs without waiting (`timeout` unused): a job already running
+        finishes on its own, and its component's close() makes it quick."""
         self.stop_event.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)

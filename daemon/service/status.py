@@ -61,15 +61,15 @@ from daemon.core.db.models import (
     Event,
     ServiceState,
     Suggestion,
-    SuggestionStatus,
     Track,
     TrainingRun,
     utcnow,
 )
 from daemon.core.health import read_health
 from daemon.core.paths import display_stored
-from daemon.core.states import TrackState
-from daemon.review.decisions import WRITE_OUTSTANDING, WriteStatus
+from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, WriteStatus
+from daemon.learn.registry import active_model
+from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
 
 DAEMON_KEY = "daemon"
@@ -113,8 +113,6 @@ def daemon_running(value: dict | None, now: datetime) -> bool:
 def next_retrain(session: Session, config: Config, now: datetime) -> datetime | None:
     """The nightly job's next run (UTC): daemon.service.scheduler.next_nightly_run on the
     training-run rows, the same answer the running scheduler acts on."""
-    from daemon.service.scheduler import next_nightly_run, nightly_history
-
     due = next_nightly_run(config.retrain, now, nightly_history(session))
     return due.astimezone(UTC) if due is not None else None
 
@@ -133,8 +131,6 @@ def published_health(config: Config, now: datetime) -> dict | None:
 
 
 def model_status(session: Session) -> dict | None:
-    from daemon.learn.registry import active_model
-
     model = active_model(session)
     if model is None:
         return None
@@ -145,6 +141,70 @@ def model_status(session: Session) -> dict | None:
             "macro_f1": metrics.get("macro_f1")}
 
 
+def _events_last_hour(session: Session, now: datetime) -> dict[str, int]:
+    rows = session.execute(
+        select(Event.kind, func.count()).where(Event.at >= now - timedelta(hours=1),
+                                                Event.kind.in_(("classified", "failed")))
+        .group_by(Event.kind)).all()
+    events = dict(rows)
+    return {"classified": int(events.get("classified", 0)),
+            "failed": int(events.get("failed", 0))}
+
+
+def _daemon_part(beat: dict, health: dict | None, now: datetime) -> dict[str, Any]:
+    return {
+        # The health file is written apart from the database: a daemon waiting out a
+        # locked database still counts as running.
+        "running": daemon_running(beat, now) or health is not None,
+        "healthy": health.get("healthy") if health else None,
+        "pid": beat.get("pid"),
+        "started_at": beat.get("started_at"),
+        "heartbeat": beat.get("heartbeat"),
+        "stopped_at": beat.get("stopped_at"),
+        "last_file": beat.get("last_file"),
+        "model_loaded": beat.get("model_id"),
+    }
+
+
+def _writes(session: Session) -> dict[str, Any]:
+    """Decided genres not yet in their files: how many, and the oldest failures."""
+    live = Decision.undone.is_(False)
+    waiting = session.scalar(select(func.count()).select_from(Decision).where(
+        Decision.write_status.in_(WRITE_OUTSTANDING), live)) or 0
+    failed = session.execute(
+        select(Decision, Track.path).join(Track, Decision.track_id == Track.id)
+        .where(Decision.write_status == WriteStatus.FAILED, live)
+        .order_by(Decision.id).limit(WRITE_FAILURES_SHOWN)).all()
+    failed_total = session.scalar(select(func.count()).select_from(Decision).where(
+        Decision.write_status == WriteStatus.FAILED, live)) or 0
+    return {"decisions_waiting": int(waiting), "write_failures_total": int(failed_total),
+            "write_failures": [{"path": path, "genre": d.genre, "reason": d.write_error,
+                                "attempts": d.write_attempts,
+                                "next_try": _iso(d.next_write_at)} for d, path in failed]}
+
+
+def _quarantined(session: Session) -> list[dict[str, Any]]:
+    tracks = session.scalars(
+        select(Track).where(Track.state == TrackState.QUARANTINED)
+        .order_by(Track.state_changed_at.desc(), Track.id.desc())
+        .limit(QUARANTINE_SHOWN)).all()
+    return [{"path": t.path, "reason": t.last_error, "attempts": t.attempts,
+             "since": _iso(t.state_changed_at)} for t in tracks]
+
+
+def _retraining(session: Session, config: Config, now: datetime) -> dict[str, Any]:
+    last = session.scalars(select(TrainingRun).order_by(TrainingRun.started_at.desc(),
+                                                        TrainingRun.id.desc()).limit(1)).first()
+    return {
+        "enabled": config.retrain.enabled,
+        "last": None if last is None else {
+            "id": last.id, "trigger": last.trigger, "status": last.status,
+            "reason": last.reason, "started_at": _iso(last.started_at),
+            "finished_at": _iso(last.finished_at), "model_id": last.model_id},
+        "next": _iso(next_retrain(session, config, now)),
+    }
+
+
 def collect_status(config: Config, sessions: sessionmaker[Session],
                    now: datetime | None = None) -> dict[str, Any]:
     """Everything `status` shows, as the documented JSON-able dict."""
@@ -153,79 +213,32 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
         counts = dict(session.execute(
             select(Track.state, func.count()).group_by(Track.state)).all())
         by_state = {state.value: int(counts.get(state.value, 0)) for state in TrackState}
-        hour_ago = now - timedelta(hours=1)
-        events = dict(session.execute(
-            select(Event.kind, func.count()).where(Event.at >= hour_ago,
-                                                    Event.kind.in_(("classified", "failed")))
-            .group_by(Event.kind)).all())
+        last_hour = _events_last_hour(session, now)
         heartbeat = session.get(ServiceState, DAEMON_KEY)
-        beat = dict(heartbeat.value) if heartbeat is not None else {}
         reconcile = session.get(ServiceState, LAST_RECONCILE_KEY)
-        quarantined = session.scalars(
-            select(Track).where(Track.state == TrackState.QUARANTINED)
-            .order_by(Track.state_changed_at.desc(), Track.id.desc())
-            .limit(QUARANTINE_SHOWN)).all()
+        walk = dict(reconcile.value or {}) if reconcile is not None else None
         pending = session.scalar(select(func.count()).select_from(Suggestion).where(
             Suggestion.status == SuggestionStatus.PENDING)) or 0
-        waiting = session.scalar(select(func.count()).select_from(Decision).where(
-            Decision.write_status.in_(WRITE_OUTSTANDING), Decision.undone.is_(False))) or 0
-        failed_writes = session.execute(
-            select(Decision, Track.path).join(Track, Decision.track_id == Track.id)
-            .where(Decision.write_status == WriteStatus.FAILED, Decision.undone.is_(False))
-            .order_by(Decision.id).limit(WRITE_FAILURES_SHOWN)).all()
-        failed_total = session.scalar(select(func.count()).select_from(Decision).where(
-            Decision.write_status == WriteStatus.FAILED, Decision.undone.is_(False))) or 0
-        last_run = session.scalars(select(TrainingRun)
-                                   .order_by(TrainingRun.started_at.desc(),
-                                             TrainingRun.id.desc()).limit(1)).first()
         health = published_health(config, now)
-        data = {
-            "daemon": {
-                # The health file is written apart from the database: a daemon waiting
-                # out a locked database still counts as running.
-                "running": daemon_running(beat, now) or health is not None,
-                "healthy": health.get("healthy") if health else None,
-                "pid": beat.get("pid"),
-                "started_at": beat.get("started_at"),
-                "heartbeat": beat.get("heartbeat"),
-                "stopped_at": beat.get("stopped_at"),
-                "last_file": beat.get("last_file"),
-                "model_loaded": beat.get("model_id"),
-            },
+        return {
+            "daemon": _daemon_part(dict(heartbeat.value) if heartbeat is not None else {},
+                                   health, now),
             "components": health.get("components", {}) if health else {},
             "tracks": {"total": sum(by_state.values()), "by_state": by_state},
             "queue_depth": queue_depth(session),
-            "files_per_minute": round((events.get("classified", 0)
-                                       + events.get("failed", 0)) / 60.0, 2),
-            "last_hour": {"classified": int(events.get("classified", 0)),
-                          "failed": int(events.get("failed", 0))},
+            "files_per_minute": round((last_hour["classified"] + last_hour["failed"]) / 60.0,
+                                      2),
+            "last_hour": last_hour,
             "pending_suggestions": int(pending),
-            "decisions_waiting": int(waiting),
-            "write_failures_total": int(failed_total),
-            "write_failures": [{"path": path, "genre": d.genre, "reason": d.write_error,
-                                "attempts": d.write_attempts, "next_try": _iso(d.next_write_at)}
-                               for d, path in failed_writes],
+            **_writes(session),
             "model": model_status(session),
             "last_reconcile": dict(reconcile.value) if reconcile is not None else None,
-            "skipped_total": int((reconcile.value or {}).get("skipped", 0)
-                                 if reconcile is not None else 0),
-            "skipped": list((reconcile.value or {}).get("skipped_files", [])
-                            if reconcile is not None else []),
+            "skipped_total": int(walk.get("skipped", 0)) if walk is not None else 0,
+            "skipped": list(walk.get("skipped_files", [])) if walk is not None else [],
             "quarantined_total": by_state["quarantined"],
-            "quarantined": [{"path": t.path, "reason": t.last_error, "attempts": t.attempts,
-                             "since": _iso(t.state_changed_at)} for t in quarantined],
-            "retraining": {
-                "enabled": config.retrain.enabled,
-                "last": None if last_run is None else {
-                    "id": last_run.id, "trigger": last_run.trigger,
-                    "status": last_run.status, "reason": last_run.reason,
-                    "started_at": _iso(last_run.started_at),
-                    "finished_at": _iso(last_run.finished_at),
-                    "model_id": last_run.model_id},
-                "next": _iso(next_retrain(session, config, now)),
-            },
+            "quarantined": _quarantined(session),
+            "retraining": _retraining(session, config, now),
         }
-    return data
 
 
 def _local(iso: str | None) -> str:
@@ -235,34 +248,79 @@ def _local(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
+def _daemon_line(d: dict[str, Any]) -> str:
+    if d["running"]:
+        return f"daemon:      running (pid {d['pid']}, since {_local(d['started_at'])})"
+    if d["stopped_at"]:
+        return f"daemon:      stopped at {_local(d['stopped_at'])}"
+    if d["heartbeat"]:
+        return (f"daemon:      NOT RUNNING (last heartbeat {_local(d['heartbeat'])}; "
+                "did it crash? see `journalctl -u genretagger`)")
+    return "daemon:      never started (start it: `systemctl start genretagger`)"
+
+
+def _component_lines(components: dict[str, dict]) -> list[str]:
+    if not components:
+        return []
+    sick = {n: c for n, c in components.items() if not c.get("healthy")}
+    failing = {n: c for n, c in components.items() if c.get("failing")}
+    if not sick and not failing:
+        return [f"components:  all {len(components)} healthy"]
+    lines = [f"components:  {len(components) - len(sick)} of {len(components)} healthy"
+             + ("" if not sick else " (NOT HEALTHY: " + ", ".join(sick) + ")")]
+    for name, c in {**failing, **sick}.items():
+        state = "failing" if c.get("healthy") else "NOT HEALTHY"
+        error = (f": {c['last_error']} (at {_local(c.get('last_error_at'))})"
+                 if c.get("last_error") else "")
+        lines.append(f"  {name}: {state}{error}")
+    return lines
+
+
+def _listed(total: int, shown: list[str], more: str) -> list[str]:
+    """The shown entries, indented, and how many more there are."""
+    lines = [f"  {entry}" for entry in shown]
+    if total > len(shown):
+        lines.append(f"  ... and {total - len(shown)} more{more}")
+    return lines
+
+
+def _model_line(model: dict | None) -> str:
+    if model is None:
+        return "model:       none yet (the daemon trains the first one from tagged songs)"
+    figures = []
+    if model["accuracy"] is not None:
+        figures.append(f"accuracy {model['accuracy']:.0%}")
+    if model["macro_f1"] is not None:
+        figures.append(f"macro-F1 {model['macro_f1']:.2f}")
+    return (f"model:       v{model['version']}, {len(model['classes'])} genres, "
+            f"{model['n_songs']} songs" + (f", {', '.join(figures)}" if figures else "")
+            + f", active since {_local(model['activated_at'])}")
+
+
+def _walk_line(rec: dict | None) -> str:
+    if rec is None:
+        return "last walk:   never"
+    counts = ", ".join(f"{v} {k}" for k, v in rec.items()
+                       if isinstance(v, int) and not isinstance(v, bool) and v)
+    text = f"last walk:   {_local(rec.get('at'))}" + (f" ({counts})" if counts else "")
+    if rec.get("guarded"):
+        text += f"; GUARDED, nothing marked missing: {rec.get('reason')}"
+    return text
+
+
+def _retrain_line(retrain: dict[str, Any]) -> str:
+    last = retrain["last"]
+    last_text = ("never" if last is None else
+                 f"{last['trigger']} {last['status']} {_local(last['started_at'])}"
+                 + (f" ({last['reason']})" if last["reason"] else ""))
+    next_text = _local(retrain["next"]) if retrain["enabled"] else "disabled in config"
+    return f"retraining:  last {last_text}; next {next_text}"
+
+
 def render_status(data: dict[str, Any]) -> str:
     """The short plain-text report for the station's IT volunteer."""
-    lines = []
     d = data["daemon"]
-    if d["running"]:
-        lines.append(f"daemon:      running (pid {d['pid']}, since {_local(d['started_at'])})")
-    elif d["stopped_at"]:
-        lines.append(f"daemon:      stopped at {_local(d['stopped_at'])}")
-    elif d["heartbeat"]:
-        lines.append(f"daemon:      NOT RUNNING (last heartbeat {_local(d['heartbeat'])}; "
-                     "did it crash? see `journalctl -u genretagger`)")
-    else:
-        lines.append("daemon:      never started (start it: `systemctl start genretagger`)")
-    components = data.get("components") or {}
-    if components:
-        sick = {n: c for n, c in components.items() if not c.get("healthy")}
-        failing = {n: c for n, c in components.items() if c.get("failing")}
-        if not sick and not failing:
-            lines.append(f"components:  all {len(components)} healthy")
-        else:
-            lines.append(f"components:  {len(components) - len(sick)} of {len(components)} "
-                         "healthy" + ("" if not sick else " (NOT HEALTHY: "
-                                      + ", ".join(sick) + ")"))
-        for name, c in {**failing, **sick}.items():
-            state = "failing" if c.get("healthy") else "NOT HEALTHY"
-            error = (f": {c['last_error']} (at {_local(c.get('last_error_at'))})"
-                     if c.get("last_error") else "")
-            lines.append(f"  {name}: {state}{error}")
+    lines = [_daemon_line(d), *_component_lines(data.get("components") or {})]
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))
@@ -274,53 +332,20 @@ def render_status(data: dict[str, Any]) -> str:
     if data["write_failures_total"]:
         lines.append(f"not written: {data['write_failures_total']} accepted genre(s) could not "
                      "be written into the file yet (retried later):")
-        for w in data["write_failures"]:
-            lines.append(f"  {w['path']}: {w['reason']}")
-        if data["write_failures_total"] > len(data["write_failures"]):
-            lines.append(f"  ... and {data['write_failures_total'] - len(data['write_failures'])}"
-                         " more (`status --json` lists 20)")
-    model = data["model"]
-    if model is None:
-        lines.append("model:       none yet (the daemon trains the first one from tagged songs)")
-    else:
-        figures = []
-        if model["accuracy"] is not None:
-            figures.append(f"accuracy {model['accuracy']:.0%}")
-        if model["macro_f1"] is not None:
-            figures.append(f"macro-F1 {model['macro_f1']:.2f}")
-        lines.append(f"model:       v{model['version']}, {len(model['classes'])} genres, "
-                     f"{model['n_songs']} songs" + (f", {', '.join(figures)}" if figures else "")
-                     + f", active since {_local(model['activated_at'])}")
-    rec = data["last_reconcile"]
-    if rec is None:
-        lines.append("last walk:   never")
-    else:
-        counts = ", ".join(f"{v} {k}" for k, v in rec.items()
-                           if isinstance(v, int) and not isinstance(v, bool) and v)
-        text = f"last walk:   {_local(rec.get('at'))}" + (f" ({counts})" if counts else "")
-        if rec.get("guarded"):
-            text += f"; GUARDED, nothing marked missing: {rec.get('reason')}"
-        lines.append(text)
-    retrain = data["retraining"]
-    last = retrain["last"]
-    last_text = ("never" if last is None else
-                 f"{last['trigger']} {last['status']} {_local(last['started_at'])}"
-                 + (f" ({last['reason']})" if last["reason"] else ""))
-    next_text = _local(retrain["next"]) if retrain["enabled"] else "disabled in config"
-    lines.append(f"retraining:  last {last_text}; next {next_text}")
+        lines += _listed(data["write_failures_total"],
+                         [f"{w['path']}: {w['reason']}" for w in data["write_failures"]],
+                         " (`status --json` lists 20)")
+    lines += [_model_line(data["model"]), _walk_line(data["last_reconcile"]),
+              _retrain_line(data["retraining"])]
     if data["quarantined_total"]:
         lines.append(f"quarantined: {data['quarantined_total']} file(s) that cannot be "
                      "classified (retried when the file changes):")
-        for q in data["quarantined"]:
-            lines.append(f"  {display_stored(q['path'])}: {q['reason']}")
-        if data["quarantined_total"] > len(data["quarantined"]):
-            lines.append(f"  ... and {data['quarantined_total'] - len(data['quarantined'])} "
-                         "more (`status --json` lists 20)")
+        lines += _listed(data["quarantined_total"],
+                         [f"{display_stored(q['path'])}: {q['reason']}"
+                          for q in data["quarantined"]], " (`status --json` lists 20)")
     if data["skipped_total"]:
         lines.append(f"skipped:     {data['skipped_total']} name(s) that look like songs but "
                      "are not read:")
-        for entry in data["skipped"]:
-            lines.append(f"  {entry['path']}: {entry['reason']}")
-        if data["skipped_total"] > len(data["skipped"]):
-            lines.append(f"  ... and {data['skipped_total'] - len(data['skipped'])} more")
+        lines += _listed(data["skipped_total"],
+                         [f"{e['path']}: {e['reason']}" for e in data["skipped"]], "")
     return "\n".join(lines)

@@ -17,14 +17,20 @@ Start order (each needs the ones before it):
                 files have settled, since it learns from their tags; then the nightly
                 job is added to the scheduler (a night missed while down runs at once)
 
-then READY=1 to systemd. Stop is the reverse, within STOP_SECONDS in all (systemd's
-TimeoutStopSec is 30): the worker stops claiming first and finishes its in-flight files
-while the others close. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload the config file and
-apply what can change while running (LIVE_KEYS); other changes are logged as needing a
-restart. Every HEARTBEAT_SECONDS the service publishes a heartbeat + pid in
-`service_state` (what `status` reads) and a STATUS= line for `systemctl status`; a
-thread of its own writes every component's health (daemon.core.health) to
-state_dir/health.json twice as often, so a locked database cannot hold that back.
+then READY=1 to systemd. Each component follows daemon.core.health.Component (start,
+close, health_report); the service keeps the started ones in a list. Stop closes them in
+reverse, within STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops
+claiming first and finishes its in-flight files while the others close.
+
+Every component reads the running config (and the genre map) from one daemon.core.live
+Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file, and
+replace the Live's config with one carrying what can change while running (LIVE_KEYS);
+other changes are logged as needing a restart.
+
+Every HEARTBEAT_SECONDS the service publishes a heartbeat + pid in `service_state` (what
+`status` reads) and a STATUS= line for `systemctl status`; a thread of its own writes
+every component's health (daemon.core.health) to state_dir/health.json twice as often,
+so a locked database cannot hold that back.
 healthy() (what the watchdog pings on) covers the main loop and every component.
 """
 
@@ -36,6 +42,7 @@ import signal
 import socket
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +50,18 @@ from daemon.core.config import Config, load_config
 from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import ServiceState, utcnow
 from daemon.core.errors import ConfigError
-from daemon.core.health import describe_failure, write_health
-from daemon.service import scheduler as jobs
+from daemon.core.health import Component, describe_failure, write_health
+from daemon.core.live import Live
+from daemon.learn.retrain import Retrainer, nightly_job
+from daemon.library.read import reader_pool
+from daemon.library.reconcile import Library
+from daemon.library.watcher import Watcher
+from daemon.review.web.app import WebServer
+from daemon.review.writeback import Writer
 from daemon.service.heap import bound_heap
 from daemon.service.logs import setup_logging
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
+from daemon.service.scheduler import Scheduler
 from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
@@ -55,6 +69,9 @@ from daemon.suggest.worker import Worker
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 20.0
+# Each component but the last to close (the worker, whose in-flight files have been
+# draining since the stop began: it gets what is left) closes within this much.
+CLOSE_SECONDS = 5.0
 # The first model waits for the first walk's files to settle, at most this much longer.
 SETTLE_WAIT_SECONDS = 300.0
 # Without a model, look again this often for enough tagged songs to train one.
@@ -85,27 +102,34 @@ class Service:
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  notifier: Notifier | None = None):
-        self.config = config
+        self.live = Live(config)
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = False
-        self._started: list[tuple[str, Any]] = []  # (name, component), in start order
+        self._started: list[tuple[str, Component]] = []  # (name, component), in start order
         self._lock = threading.Lock()  # _started vs the late retrainer start
         self._beat = time.monotonic()
         self._running = False  # the main loop has started (start-up is done)
         self.started_at = utcnow()
         self.sessions = None
         self.worker: Worker | None = None
-        self.library = None
+        self.library: Library | None = None
+        self.watcher: Watcher | None = None
+        self.writer: Writer | None = None
+        self.web: WebServer | None = None
         self.readers = None
-        self.scheduler: jobs.Scheduler | None = None
-        self.retrainer = None
+        self.scheduler: Scheduler | None = None
+        self.retrainer: Retrainer | None = None
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
         self._health_stop = threading.Event()
         self._health_thread = threading.Thread(target=self._health_loop, name="health",
                                                daemon=True)
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
 
     # ---- signals -----------------------------------------------------------------------
 
@@ -127,7 +151,7 @@ class Service:
 
     # ---- start -------------------------------------------------------------------------
 
-    def _add(self, name: str, component: Any) -> Any:
+    def _add(self, name: str, component: Component) -> Component:
         component.start()
         self._started.append((name, component))
         log.info("started %s", name)
@@ -135,14 +159,6 @@ class Service:
 
     def start(self) -> None:
         """Open the database and start every component in order; then READY=1."""
-        from daemon.learn.retrain import Retrainer
-        from daemon.library.read import reader_pool
-        from daemon.library.reconcile import Library
-        from daemon.library.watcher import Watcher
-        from daemon.review.web.app import WebServer
-        from daemon.review.writeback import Writer
-        from daemon.tags.genres import station_genre_map
-
         config = self.config
         bound_heap()  # before onnxruntime and the first batch allocate anything large
         self.pinger.start()
@@ -150,44 +166,39 @@ class Service:
         self.notifier.status("opening the database")
         self.engine, self.sessions = open_database(
             config.db_url, busy_timeout=config.database_busy_seconds)
-        genre_map = station_genre_map(config)
-        log.info("genre map: %d genres from %s", len(genre_map.canonical), genre_map.source)
-        jobs.register("sessions", self.sessions)
+        live = self.live
+        log.info("genre map: %d genres from %s", len(live.genre_map.canonical),
+                 live.genre_map.source)
         self._publish_heartbeat()
 
-        self.worker = self._add("worker", Worker(config, self.sessions))
-        jobs.register("worker", self.worker)
-
+        self.worker = self._add("worker", Worker(live, self.sessions))
         # Nothing parses a library file in this process: one small pool of child processes
         # reads settled files and decodes the review page's media.
         self.readers = reader_pool(config)
-        self.library = Library(config, self.sessions, genre_map, readers=self.readers)
-        jobs.register("library", self.library)
+        self.library = Library(live, self.sessions, readers=self.readers)
         # Watch first, then walk: a file copied in while the walk runs is seen by one or
         # the other (both feed the same settle tracker), never by neither.
-        self._add("watcher", Watcher(config.library, self.library))
+        self.watcher = self._add("watcher", Watcher(live, self.library))
         self.notifier.status(f"initial walk of {config.library.root}")
         self.notifier.extend_timeout(600)  # a big library on a share takes a while
         try:
-            jobs.run_reconcile()
+            self.library.reconcile()
         except Exception:  # a failed first walk is retried by the interval job
             log.exception("initial reconcile failed")
         if self.stop_event.is_set():
             return
 
-        writer = Writer(config, self.sessions)
-        self._add("writer", writer)
+        self.writer = self._add("writer", Writer(live, self.sessions))
         # A decision wakes the writer, so an accepted genre lands in the file at once.
-        self._add("web", WebServer(config, self.sessions, on_decision=writer.wake,
-                                   children=self.readers))
-
-        self.scheduler = jobs.Scheduler(config, self.sessions)
-        self.scheduler.add_reconcile()
+        self.web = self._add("web", WebServer(live, self.sessions, on_decision=self.writer.wake,
+                                              children=self.readers))
+        self.scheduler = Scheduler(live, self.sessions)
+        self.scheduler.add_reconcile(self.library)
         self._add("scheduler", self.scheduler)
-        # Registers itself as "retrainer"; its thread recovers runs cut off by a restart
-        # and, with no active model, trains the first one (a subprocess) in the background
-        # -- from the tagged tracks, so only once the first walk's files have settled.
-        self.retrainer = Retrainer(config, self.sessions, poll_seconds=NO_MODEL_POLL_SECONDS)
+        # Its thread recovers runs cut off by a restart and, with no active model, trains
+        # the first one (a subprocess) in the background -- from the tagged tracks, so only
+        # once the first walk's files have settled.
+        self.retrainer = Retrainer(live, self.sessions, poll_seconds=NO_MODEL_POLL_SECONDS)
         threading.Thread(target=self._start_retrainer, name="start-retrainer",
                          daemon=True).start()
         self.notifier.ready(self.status_line())
@@ -209,7 +220,7 @@ class Service:
         # daemon was down (the run rows say so) runs at once. Outside the lock: reading
         # the rows may wait out a busy database, and healthy() takes that lock.
         if self.config.retrain.enabled and not self.stop_event.is_set():
-            self.scheduler.add_nightly(jobs.NIGHTLY_FUNC)
+            self.scheduler.add_nightly(partial(nightly_job, self.retrainer))
 
     # ---- running -----------------------------------------------------------------------
 
@@ -286,11 +297,8 @@ class Service:
         with self._lock:
             started = list(self._started)
         for name, component in started:
-            report = getattr(component, "health_report", None)
-            if report is None:
-                continue
             try:
-                got = report()
+                got = component.health_report()
             except Exception as err:  # a report must never take the watchdog down with it
                 got = {"alive": False, "healthy": False, "last_error": describe_failure(err)}
             if isinstance(got, dict) and all(isinstance(v, dict) for v in got.values()) \
@@ -346,24 +354,27 @@ class Service:
             log.info("config reloaded: nothing changed")
         live = [k for k in changed if k in LIVE_KEYS]
         restart = [k for k in changed if k not in LIVE_KEYS]
+        running = new if not restart else self.config.model_copy(
+            update={"log_level": new.log_level, "library": new.library,
+                    "workers": new.workers, "classifier": new.classifier})
+        try:
+            self.live.replace(running)  # every component reads live.config from here on
+        except ConfigError as err:  # genres.toml went bad: keep both as they were
+            log.error("config reload failed, keeping the running config: %s", err)
+            self.notifier.ready(self.status_line())
+            return []
+        # What is derived from the config once, rather than read on use:
         if "log_level" in live:
-            setup_logging(new.log_level)
+            setup_logging(running.log_level)
         if "library.reconcile_minutes" in live and self.scheduler is not None:
-            self.scheduler.reschedule_reconcile(new.library.reconcile_minutes)
-        # The worker and the library read these keys from their config on every use.
-        for component in (self.worker, self.library, self.scheduler):
-            if component is not None and live:
-                component.config = new
+            self.scheduler.reschedule_reconcile()
         if "library.settle_seconds" in live and self.library is not None:
-            self.library.tracker.settle_seconds = new.library.settle_seconds
+            self.library.tracker.settle_seconds = running.library.settle_seconds
         if live:
             log.info("config reloaded; applied %s", ", ".join(live))
         if restart:
             log.warning("config changed but needs a restart to apply: %s "
                         "(systemctl restart genretagger)", ", ".join(restart))
-        self.config = new if not restart else self.config.model_copy(
-            update={"log_level": new.log_level, "library": new.library,
-                    "workers": new.workers, "classifier": new.classifier})
         self.notifier.ready(self.status_line())
         return changed
 
@@ -379,16 +390,11 @@ class Service:
             # Stop claiming now; in-flight files finish while the rest closes.
             self.worker.drain_seconds = min(self.worker.drain_seconds, STOP_SECONDS - 4)
             self.worker.stop_event.set()
-        for name in ("retrainer", "library", "worker", "sessions"):
-            jobs.unregister(name)
         while self._started:
             name, component = self._started.pop()
             left = max(0.5, deadline - time.monotonic())
             try:
-                if name in ("writer", "retrainer"):
-                    component.close(timeout=min(5.0, left))
-                else:
-                    component.close()
+                component.close(min(CLOSE_SECONDS, left) if self._started else left)
             except Exception:
                 log.exception("closing %s failed", name)
             log.info("stopped %s", name)

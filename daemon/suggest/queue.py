@@ -46,11 +46,6 @@ def queue_depth(session: Session) -> int:
         Track.state.in_(WAITING))) or 0
 
 
-def backoff_delay(attempts: int, backoff_seconds: float) -> float:
-    """Seconds to wait before retry number `attempts` (1, 2, 4, ... times the base)."""
-    return backoff_seconds * 2 ** max(0, attempts - 1)
-
-
 def requeue_working(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
     """Tracks in `working` (all, or these ids) back to `queued`. Returns how many moved.
 

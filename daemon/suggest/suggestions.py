@@ -24,8 +24,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from daemon.core.db.models import Suggestion, SuggestionStatus, Track, utcnow
-from daemon.core.states import TrackState, move
+from daemon.core.db.models import Suggestion, Track, utcnow
+from daemon.core.states import SuggestionStatus, TrackState, move
 
 SUGGESTED, AGREES_WITH_TAG, REJECTED_BEFORE = "suggested", "agrees with tag", "rejected before"
 

@@ -47,7 +47,9 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Event, Track, utcnow
 from daemon.core.errors import FileError, UnreadableAudio
 from daemon.core.health import Health
+from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
+from daemon.core.retry import backoff
 from daemon.core.states import TrackState, move
 from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import same_stat
@@ -55,7 +57,6 @@ from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.queue import (
     Claim,
-    backoff_delay,
     claim_tracks,
     prune_events,
     queue_depth,
@@ -80,14 +81,14 @@ WORKER_EVENTS = ("classified", "failed")
 class Worker:
     """Background pipeline from queued tracks to pending suggestions. start()/close()."""
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  spec: FeatureSpec = DEFAULT_SPEC, drain_seconds: float = 15.0):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.spec = spec
         self.drain_seconds = drain_seconds
         self.stop_event = threading.Event()
-        self.root = Path(config.library.root)
+        self.root = Path(self.config.library.root)
         self.pool: ExtractPool | None = None
         self.cache: FeatureCache | None = None
         self.model = ActiveModel(sessions, spec)
@@ -103,6 +104,15 @@ class Worker:
         self.last_file: str | None = None
         self.classified = 0
         self.failed = 0
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Replace the running config (the Live's: every component sharing it sees it)."""
+        self.live.replace(config)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -120,11 +130,12 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop claiming, finish what is in flight (up to drain_seconds), requeue the rest."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop claiming, finish what is in flight (up to drain_seconds, or `timeout`),
+        requeue the rest."""
         self.stop_event.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.drain_seconds + 5)
+            self._thread.join(timeout=self.drain_seconds + 5 if timeout is None else timeout)
             if self._thread.is_alive():
                 log.error("worker thread did not stop in time")
         if self.pool is not None:
@@ -368,7 +379,7 @@ class Worker:
             else:
                 move(track, TrackState.RETRYING)
                 track.next_attempt_at = now + timedelta(
-                    seconds=backoff_delay(track.attempts, workers.backoff_seconds))
+                    seconds=backoff(track.attempts, workers.backoff_seconds))
             attempts = track.attempts
             session.add(Event(at=now, kind="failed", detail={
                 "path": claim.path, "reason": error.reason, "error": type(error).__name__,

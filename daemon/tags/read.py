@@ -41,7 +41,7 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
-from daemon.core.errors import TagError
+from daemon.core.errors import OS_REASONS, TagError, os_reason
 from daemon.core.paths import display
 from daemon.tags import riffinfo
 
@@ -149,21 +149,12 @@ def open_audio(path: str | os.PathLike, mode: str) -> Iterator[BinaryIO]:
 
 
 def open_reason(path: str | os.PathLike, err: OSError) -> str:
-    """A short human reason for an OSError met while opening `path`."""
-    if err.errno == errno.ENOENT:
-        if os.path.islink(path):
-            return f"broken symlink (target {os.readlink(path)!r} does not exist)"
-        return "file vanished (deleted or moved before it could be read)"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if err.errno == errno.EISDIR:
-        return "is a directory, not an audio file"
-    if err.errno == errno.ENAMETOOLONG:
-        return "file name too long for the filesystem"
-    if err.errno == errno.EROFS:
-        return "read-only filesystem"
-    if err.errno == errno.ELOOP:
-        return "symlink loop"
+    """A short reason for an OSError met while opening `path` (daemon.core.errors'
+    table; a broken symlink says where it pointed)."""
+    if err.errno == errno.ENOENT and os.path.islink(path):
+        return f"broken symlink (target {os.readlink(path)!r} does not exist)"
+    if err.errno in OS_REASONS:
+        return os_reason(err)
     return f"cannot open: {err.strerror or err}"
 
 

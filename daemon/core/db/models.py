@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from daemon.core.states import TrackState
+from daemon.core.states import SuggestionStatus, TrackState
 
 
 def utcnow() -> datetime:
@@ -106,15 +106,6 @@ class Track(Base):
 
     def __repr__(self) -> str:
         return f"<Track {self.id} {self.path!r} {self.state}>"
-
-
-class SuggestionStatus:
-    PENDING = "pending"
-    ACCEPTED = "accepted"
-    OVERRIDDEN = "overridden"
-    REJECTED = "rejected"
-    # Replaced by a newer suggestion (new model, or the file changed).
-    SUPERSEDED = "superseded"
 
 
 class Suggestion(Base):

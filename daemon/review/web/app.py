@@ -25,8 +25,9 @@ from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
 from daemon.core.db.engine import database_busy, database_full, impatient_sessions
 from daemon.core.health import Health, thread_alive
+from daemon.core.live import Live, as_live
+from daemon.core.states import Action, How, WriteStatus
 from daemon.library.read import reader_pool
-from daemon.review.decisions import Action, How, WriteStatus
 from daemon.review.web import auth, history, media, models, songs
 from daemon.review.web.common import Review, RowId, plain
 from daemon.review.web.format import percent, when
@@ -61,7 +62,7 @@ class _SessionInterface(SecureCookieSessionInterface):
         return request.is_secure
 
 
-def create_app(config: Config, sessions: sessionmaker[Session], *,
+def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
                on_decision: Callable[[], None] | None = None,
                limiter: LoginLimiter | None = None,
                children: ExtractPool | None = None) -> Flask:
@@ -71,12 +72,15 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     wake(), so accepted genres reach the files promptly). `children`: the child processes
     songs are decoded in for the spectrogram and preview (the daemon shares the library's
     tag readers); without one the app starts its own, as app.extensions["children"]."""
+    live = as_live(config)
+    config = live.config  # what the app is built with; each request reads live.config
     app = Flask(__name__)
     _configure(app, config)
     children = children if children is not None else reader_pool(config)
     app.extensions["children"] = children
+    app.extensions["live"] = live
     app.extensions["review"] = Review(
-        config=config, sessions=impatient_sessions(sessions, WEB_BUSY_TIMEOUT_S),
+        live=live, sessions=impatient_sessions(sessions, WEB_BUSY_TIMEOUT_S),
         children=children, limiter=limiter or LoginLimiter(),
         needs_login=login_required(config.review), epoch=credential_epoch(config.review),
         on_decision=on_decision)
@@ -140,23 +144,27 @@ class WebServer:
     `url_prefix` ("/radio") serves the page under that path, as behind a proxy that
     forwards /radio/... unchanged; every URL the page makes then starts with it."""
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session], *,
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  on_decision: Callable[[], None] | None = None, port: int | None = None,
                  threads: int = 4, url_prefix: str = "",
                  children: ExtractPool | None = None):
-        self.config = config
+        self.live = as_live(config)
         self.sessions = sessions
         self.on_decision = on_decision
         self.children = children
         self._own_children: ExtractPool | None = None  # started by create_app: ours to close
-        self.host = config.review.host
-        self.requested_port = config.review.port if port is None else port
+        self.host = self.config.review.host
+        self.requested_port = self.config.review.port if port is None else port
         self.threads = threads
         self.url_prefix = url_prefix.rstrip("/")
         self._stop = threading.Event()
         self._server = None
         self._thread: threading.Thread | None = None
         self.health = Health("web")
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
 
     def health_report(self) -> dict:
         """daemon.core.health shape: alive = the server thread runs."""
@@ -175,7 +183,7 @@ class WebServer:
         """Bind and serve; raises ConfigError for a non-loopback host without a password
         or token, OSError when the port is taken."""
         check_bind(self.config.review)
-        app = create_app(self.config, self.sessions, on_decision=self.on_decision,
+        app = create_app(self.live, self.sessions, on_decision=self.on_decision,
                          children=self.children)
         self._own_children = app.extensions["children"] if self.children is None else None
         self._server = create_server(app, host=self.host, port=self.requested_port,

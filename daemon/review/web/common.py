@@ -20,6 +20,7 @@ from werkzeug.routing import IntegerConverter, Map
 
 from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
+from daemon.core.live import Live
 from daemon.review.web.security import LoginLimiter
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class TimedValue:
 class Review:
     """The review app's dependencies: app.extensions["review"]."""
 
-    config: Config
+    live: Live  # the running config and genre map; each request reads them here
     sessions: sessionmaker[Session]  # impatient: a held write lock answers "busy" soon
     children: ExtractPool
     limiter: LoginLimiter
@@ -93,6 +94,10 @@ class Review:
     thumbs: LRU = field(default_factory=lambda: LRU(256))
     previews: LRU = field(default_factory=lambda: LRU(16))
     filter_options: TimedValue = field(default_factory=lambda: TimedValue(OPTIONS_TTL_S))
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
 
     def notify(self) -> None:
         if self.on_decision is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
+from daemon.core.states import WRITE_OUTSTANDING
 from daemon.review import decisions, listing
-from daemon.review.decisions import WRITE_OUTSTANDING
 from daemon.review.web.common import bad_page, here, page_number, page_url, review
 from daemon.review.web.songs import done, failed
 

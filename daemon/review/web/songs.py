@@ -16,7 +16,8 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from daemon.core.db.models import Decision, Suggestion, SuggestionStatus, Track
+from daemon.core.db.models import Decision, Suggestion, Track
+from daemon.core.states import SuggestionStatus
 from daemon.review import decisions, listing
 from daemon.review.web.common import (
     MAX_ROW_ID,
@@ -47,7 +48,7 @@ def _filter_options(db: Session) -> dict:
         paths = db.scalars(select(Track.path).join(Track.suggestions)
                            .where(Suggestion.status == SuggestionStatus.PENDING))
         folders = {PurePosixPath(p).parts[0] for p in paths if "/" in p}
-        genres = decisions.canonical_genres(db, deps.config)
+        genres = decisions.canonical_genres(db, deps.live)
         return dict(
             genres=genres, pending_genres=listing.pending_genres(db),
             formats=listing.pending_formats(db), folders=sorted(folders)[:500],
