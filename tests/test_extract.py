@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from helpers import wait_for
 
 from daemon.audio.decode import read_clips
@@ -256,3 +258,16 @@ def test_call_from_many_threads_gets_each_its_own_result(library, expected):
             assert np.array_equal(answers[i].features, expected[str(path)])
         else:
             assert answers[i].duration == pytest.approx(8.0, abs=0.1)
+
+
+def test_children_are_named_for_what_they_do(tmp_path):
+    """ps and top show "gt decoder" / "gt tag reader", so the IT volunteer (and a test
+    that kills one kind) can tell the children apart."""
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros(22_050 * 3, np.float32), 22_050)
+    for role in ("decoder", "tag reader"):
+        with ExtractPool(1, role=role) as pool:
+            pool.call("probe", song)
+            [child] = pool._children
+            comm = Path(f"/proc/{child.process.pid}/comm").read_text().strip()
+            assert comm == f"gt {role}"

@@ -302,7 +302,8 @@ def test_new_files_get_one_suggestion_bad_ones_quarantined(station, tmp_path):
 
 
 def decoder_pids(daemon_pid: int) -> list[int]:
-    """The ExtractPool's children: forked by the daemon's multiprocessing fork server."""
+    """The decoder children: forked by the daemon's multiprocessing fork server and named
+    "gt decoder" (the tag reader, forked there too, is "gt tag reader")."""
     def children(pid: int) -> list[int]:
         found = []
         for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -315,7 +316,14 @@ def decoder_pids(daemon_pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
                 pids += children(child)
-    return pids
+    return [pid for pid in pids if _comm(pid) == "gt decoder"]
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def test_sigkill_mid_batch_and_a_killed_decoder(station):

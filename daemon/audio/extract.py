@@ -50,11 +50,12 @@ class _Task:
 class _Child:
     """One child process, its pipe, and the task it is working on."""
 
-    def __init__(self, context, spec_json: str, nice: int, memory_mb: int | None):
+    def __init__(self, context, spec_json: str, nice: int, memory_mb: int | None,
+                 role: str):
         self.conn, child_conn = context.Pipe(duplex=True)
         self.process = context.Process(target=child_main,
-                                       args=(child_conn, spec_json, nice, memory_mb),
-                                       name="genretagger-extract", daemon=True)
+                                       args=(child_conn, spec_json, nice, memory_mb, role),
+                                       name=f"genretagger-{role}", daemon=True)
         self.process.start()
         child_conn.close()
         self.task: _Task | None = None
@@ -84,7 +85,8 @@ class ExtractPool:
     """
 
     def __init__(self, processes: int, spec: FeatureSpec = DEFAULT_SPEC, timeout: float = 60.0,
-                 nice: int = 10, max_tasks_per_child: int = 500, memory_mb: int | None = None):
+                 nice: int = 10, max_tasks_per_child: int = 500, memory_mb: int | None = None,
+                 role: str = "decoder"):
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.processes = processes
@@ -93,6 +95,7 @@ class ExtractPool:
         self.nice = nice
         self.max_tasks_per_child = max_tasks_per_child
         self.memory_mb = memory_mb
+        self.role = role  # the children's process name: "gt <role>" in ps and top
         self._spec_json = spec.to_json()
         self._context = multiprocessing.get_context("forkserver")
         # Decoders, tag readers, numpy and scipy imported once in the fork server, shared
@@ -280,7 +283,8 @@ class ExtractPool:
             if child is None:
                 if len(self._children) >= self.processes:
                     return
-                child = _Child(self._context, self._spec_json, self.nice, self.memory_mb)
+                child = _Child(self._context, self._spec_json, self.nice, self.memory_mb,
+                               self.role)
                 self._children.append(child)
             task = self._queue.popleft()
             try:

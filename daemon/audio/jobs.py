@@ -8,6 +8,7 @@ The pool that starts these children and owns their pipes is daemon.audio.extract
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import signal
@@ -130,11 +131,22 @@ JOBS = {
 }
 
 
-def child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | None) -> None:
+PR_SET_NAME = 15  # <linux/prctl.h>
+
+
+def name_process(name: str) -> None:
+    """This process's name as ps, top and /proc/PID/comm show it (Linux; 15 bytes)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | None,
+               role: str = "decoder") -> None:
     """Child loop: receive (task id, job, path, args), reply with the job's result or a
     typed error."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name_process(f"gt {role}")
     if nice:
         os.nice(nice)
     if memory_mb:

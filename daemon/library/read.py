@@ -74,4 +74,4 @@ def reader_pool(config: Config) -> ExtractPool:
     workers = config.workers
     return ExtractPool(1, timeout=workers.read_timeout, nice=workers.nice,
                        max_tasks_per_child=workers.max_tasks_per_child,
-                       memory_mb=workers.memory_max_mb)
+                       memory_mb=workers.memory_max_mb, role="tag reader")
