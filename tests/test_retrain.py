@@ -34,7 +34,9 @@ from daemon.core.db.engine import open_database
 from daemon.core.db.models import Model, Suggestion, Track, TrainingRun
 from daemon.core.states import TrackState
 from daemon.learn import registry
-from daemon.learn.retrain import Retrainer, process_start_ticks, run_lock
+from daemon.learn.retrainer import Retrainer
+from daemon.learn.runs import run_lock
+from daemon.learn.trainer_process import process_start_ticks
 from daemon.library.reconcile import Library
 from daemon.review import decisions as review
 from daemon.suggest.worker import Worker

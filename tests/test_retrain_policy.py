@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon.core.db.models import Model
-from daemon.learn.retrain import failure_reason, gate, holdout_share, should_retrain
+from daemon.learn.gate import gate
+from daemon.learn.policy import holdout_share, should_retrain
+from daemon.learn.trainer_process import failure_reason
 
 NOW = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
 

@@ -27,6 +27,7 @@ import numpy as np
 from daemon.audio.featurecache import FeatureCache
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError, GenretaggerError
+from daemon.learn.labels import song_label
 from daemon.library.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
@@ -199,14 +200,11 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
         if error is not None and rel not in labels:
             skipped.append((rel, error))
             continue
-        if rel in labels:
-            genre = genre_map.canonical_for(labels[rel]) or labels[rel]
-        else:
-            genre = genre_map.canonical_for(raw) if raw else None
-            if genre is None:
-                skipped.append((rel, f"genre {'/'.join(raw)!r} not mapped" if raw
-                                else "no genre"))
-                continue
+        genre = song_label(genre_map, labels.get(rel), raw)
+        if genre is None:
+            skipped.append((rel, f"genre {'/'.join(raw)!r} not mapped" if raw
+                            else "no genre"))
+            continue
         if fp is None:
             try:
                 fp = fingerprint(path)

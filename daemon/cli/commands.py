@@ -358,7 +358,7 @@ def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
         click.echo(f"{len(report['failed'])} files could not be read (see --json)")
 
 
-# ---- retraining and the model registry (daemon.learn.retrain, daemon.learn.registry) ----
+# ---- retraining and the model registry (daemon.learn.retrainer, daemon.learn.registry) --
 
 @cli.command()
 @click.option("--now", is_flag=True,
@@ -368,7 +368,8 @@ def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
 def retrain(ctx: Context, now: bool, as_json: bool) -> int:
     """Show what the nightly retraining would do, or (--now) retrain immediately."""
     from daemon.core.db.models import utcnow
-    from daemon.learn.retrain import Retrainer, last_run, run_summary
+    from daemon.learn.retrainer import Retrainer
+    from daemon.learn.runs import last_run, run_summary
     from daemon.service.status import next_retrain
 
     config = ctx.config

@@ -19,7 +19,7 @@ The live components a job needs are registered by the Service under a name in th
 registry below and looked up with `live(name)`; a job firing when its component is not
 registered (the daemon is shutting down) logs and does nothing. Registered names:
 "library" (daemon.library.reconcile.Library), "sessions" (the sessionmaker), "retrainer"
-(daemon.learn.retrain.Retrainer, registers itself in start()), "worker"
+(daemon.learn.retrainer.Retrainer, registers itself in start()), "worker"
 (daemon.suggest.worker.Worker).
 """
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 RECONCILE_JOB = "reconcile"
 NIGHTLY_JOB = "nightly-retrain"
-NIGHTLY_FUNC = "daemon.learn.retrain:nightly_job"
+NIGHTLY_FUNC = "daemon.learn.retrainer:nightly_job"
 # Executor threads: the nightly run (hours), a walk, and room for a late one.
 JOB_THREADS = 3
 

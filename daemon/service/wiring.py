@@ -134,7 +134,7 @@ class Service:
 
     def start(self) -> None:
         """Open the database and start every component in order; then READY=1."""
-        from daemon.learn.retrain import Retrainer
+        from daemon.learn.retrainer import Retrainer
         from daemon.library.reconcile import Library, reader_pool
         from daemon.library.watcher import Watcher
         from daemon.review.web.app import WebServer

@@ -440,7 +440,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *,
     @app.get("/models")
     def models():
         from daemon.learn.registry import list_models
-        from daemon.learn.retrain import last_run, next_nightly_run
+        from daemon.learn.runs import last_run, next_nightly_run
         from daemon.service.scheduler import nightly_history
 
         with sessions() as db:
