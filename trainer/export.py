@@ -75,7 +75,12 @@ def export_bundle(model: keras.Model, path: Path, metadata: dict, parity_clips: 
                           f"on {len(parity_clips)} held-out clips; bundle not written")
     onnx.helper.set_model_props(proto, metadata_props(metadata))
     onnx.checker.check_model(proto)
-    path = Path(path)
+    write_model(proto, Path(path))
+    return diff
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Write an ONNX model to `path` atomically: a temp file beside it, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -86,4 +91,3 @@ def export_bundle(model: keras.Model, path: Path, metadata: dict, parity_clips: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return diff
