@@ -2,7 +2,7 @@
 
 One small station (3 genres, short songs, real encoders) is shared by the module: the
 library is walked into a real SQLite DB (daemon.library.reconcile), the first model is trained by
-the Retrainer (helper C's trainer as a subprocess), the worker suggests genres for the
+the Retrainer (`python -m trainer train` as a subprocess), the worker suggests genres for the
 untagged songs, and the music director confirms some through daemon.review.decisions. Then:
 faults (SIGKILL halfway, timeout, out of memory, the daemon killed mid-training) leave the
 active model untouched; `genretagger retrain --now` promotes a new version that re-scores

@@ -181,15 +181,17 @@ def test_the_retrainer_starts_the_trainer_as_python_m_trainer_train(tmp_path):
             assert option in shown.stdout
 
 
-def test_python_m_trainer_evaluate_refuses_a_broken_model_with_exit_2(tmp_path):
+def test_genretagger_evaluate_runs_the_trainers_evaluate(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"nope")
     (tmp_path / "library").mkdir()
-    run = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--model", str(bad),
-                          "--library", str(tmp_path / "library")],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "Invalid value for" in run.stderr, run.stderr
-    assert "--model" in run.stderr and "bad.onnx" in run.stderr
+    args = ["evaluate", "--model", str(bad), "--library", str(tmp_path / "library")]
+    for module in ("trainer", "daemon.cli"):
+        run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith(f"Usage: python -m {module} evaluate [OPTIONS]")
+        assert "Invalid value for" in run.stderr and "bad.onnx" in run.stderr
 
 
 def test_the_trainer_never_imports_the_daemons_command_line():

@@ -269,23 +269,26 @@ TRAINER_COMMAND = {"context_settings": {"ignore_unknown_options": True},
                    "add_help_option": False}
 
 
+def run_trainer_command(name: str, args: tuple[str, ...]) -> int:
+    """Run trainer.cli's command `name` with `args`, under this command's name."""
+    from trainer.cli import cli as trainer_cli
+
+    prog = click.get_current_context().find_root().info_name
+    return trainer_cli.main([name, *args], prog_name=prog, standalone_mode=False)
+
+
 @cli.command(**TRAINER_COMMAND)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def train(args: tuple[str, ...]) -> int:
     """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
-    from trainer.cli import cli as trainer_cli
-
-    return trainer_cli.main(["train", *args], prog_name="genretagger", standalone_mode=False)
+    return run_trainer_command("train", args)
 
 
 @cli.command(**TRAINER_COMMAND)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def evaluate(args: tuple[str, ...]) -> int:
     """Score a model bundle on a tagged library through onnxruntime (the serving path)."""
-    from trainer.cli import cli as trainer_cli
-
-    return trainer_cli.main(["evaluate", *args], prog_name="genretagger",
-                            standalone_mode=False)
+    return run_trainer_command("evaluate", args)
 
 
 # ---- retraining and the model registry (daemon.learn.retrainer, daemon.learn.registry) --
