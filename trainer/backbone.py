@@ -27,6 +27,7 @@ import csv
 import email.parser
 import hashlib
 import io
+import logging
 import os
 import shutil
 import sys
@@ -256,8 +257,6 @@ def _rename(proto, old: str, new: str) -> None:
 
 def to_onnx(graph, opset: int = OPSET):
     """Frozen GraphDef -> onnx.ModelProto with input INPUT and the OUTPUTS by name."""
-    import logging
-
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)

@@ -23,12 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from daemon.audio.extract import ExtractPool
 from daemon.audio.featurecache import FeatureCache
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError, GenretaggerError
 from daemon.learn.labels import song_label
 from daemon.library.fingerprint import fingerprint
+from daemon.library.reconcile import db_path, same_stat, walk_library
+from daemon.tags.tagfile import read_tags
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +159,6 @@ def load_known(path: Path | None) -> dict[str, KnownFile]:
 
 def _read_song(path: Path) -> tuple[str | None, str | None, tuple[str, ...], str | None]:
     """(artist, album, raw genres, why unreadable) from the file's tags."""
-    from daemon.tags.tagfile import read_tags
-
     try:
         tags = read_tags(path)
     except FileError as err:
@@ -176,8 +178,6 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
     unchanged is not read at all. Files with no usable genre are left out with the reason
     "no genre" / "genre X not mapped".
     """
-    from daemon.library.reconcile import db_path, same_stat, walk_library
-
     library = Path(library)
     labels, known = labels or {}, known or {}
     try:
@@ -228,8 +228,6 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
     Returns (songs with features, [(rel, reason)] for files that failed,
     {"cached": n, "decoded": n, "failed": n}). Copies of one file are decoded once.
     """
-    from tqdm import tqdm
-
     missing: dict[str, list[LabelledSong]] = {}
     for song in songs:
         if not cache.has(song.fingerprint):
@@ -237,8 +235,6 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
     failed: dict[str, str] = {}
     decoded = 0
     if missing:
-        from daemon.audio.extract import ExtractPool
-
         by_path = {str(group[0].path): fp for fp, group in missing.items()}
         processes = processes or max(1, os.cpu_count() or 1)
         with ExtractPool(min(processes, len(missing)), cache.spec, timeout=timeout) as pool, \

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import onnx
+import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
@@ -51,8 +52,6 @@ def metadata_props(metadata: dict) -> dict[str, str]:
 
 def parity(proto: onnx.ModelProto, model: keras.Model, clips: np.ndarray) -> float:
     """Max |onnxruntime - Keras| over the clips' probabilities."""
-    import onnxruntime as ort
-
     session = ort.InferenceSession(proto.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

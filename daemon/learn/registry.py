@@ -39,6 +39,7 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Model, utcnow
 from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import GenretaggerError, ModelMismatch
+from daemon.suggest.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,6 @@ def read_bundle(out_dir: Path) -> BundleFacts:
     The model must load through the daemon's Classifier (spec check included); metrics and
     the training-set summary come from report.json when present, else the bundle metadata.
     """
-    from daemon.suggest.classifier import Classifier
-
     onnx_path = out_dir / "model.onnx"
     classifier = Classifier.load(onnx_path, DEFAULT_SPEC)
     report = _read_json(out_dir / "report.json")
