@@ -194,6 +194,17 @@ def test_genretagger_evaluate_runs_the_trainers_evaluate(tmp_path):
         assert "Invalid value for" in run.stderr and "bad.onnx" in run.stderr
 
 
+def test_python_m_trainer_train_logs_its_progress_and_fails_with_exit_1(tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    run = subprocess.run([sys.executable, "-m", "trainer", "train", "--library", str(library),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert f"INFO trainer.train: 0 labelled songs in {library}" in run.stderr
+    assert "error: " in run.stderr and not (tmp_path / "out" / "model.onnx").exists()
+
+
 def test_the_trainer_never_imports_the_daemons_command_line():
     code = ("import sys, trainer.cli, trainer.__main__; "
             "sys.exit(any(m.startswith('daemon.cli') for m in sys.modules))")

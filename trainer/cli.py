@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from daemon.core.errors import ConfigError, GenretaggerError, ModelMismatch
+from daemon.service.logs import setup_logging
 from trainer.evaluate import evaluate_model
 from trainer.train import train as run_training
 
@@ -26,6 +27,7 @@ TRAINER_EXTRA = ("tensorflow", "tf2onnx", "matplotlib")
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Train and evaluate genretagger models."""
+    setup_logging()  # the retrainer reads the trainer's progress from its log
 
 
 @cli.command()
