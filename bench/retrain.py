@@ -96,7 +96,7 @@ def main() -> int:
     from daemon.core.db.engine import open_database
     from daemon.core.db.models import Suggestion, Track, TrainingRun
     from daemon.learn.registry import active_model
-    from daemon.learn.retrain import Retrainer
+    from daemon.learn.retrainer import Retrainer
     from daemon.library.reconcile import Library
     from daemon.review import decisions as review
     from daemon.suggest.worker import Worker
@@ -223,7 +223,7 @@ def main() -> int:
     # The daemon passes --time-budget (90% of retrain.timeout_minutes): fitting stops in
     # time for export and the gate, so a long night ends in a model, not a kill.
     from daemon.core.config import RetrainConfig
-    from daemon.learn.retrain import TRAINER_BUDGET_SHARE
+    from daemon.learn.trainer_process import TRAINER_BUDGET_SHARE
     from trainer.train import fit_deadline
 
     timeout = RetrainConfig().timeout_minutes

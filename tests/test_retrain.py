@@ -2,7 +2,7 @@
 
 One small station (3 genres, short songs, real encoders) is shared by the module: the
 library is walked into a real SQLite DB (daemon.library.reconcile), the first model is trained by
-the Retrainer (helper C's trainer as a subprocess), the worker suggests genres for the
+the Retrainer (`python -m trainer train` as a subprocess), the worker suggests genres for the
 untagged songs, and the music director confirms some through daemon.review.decisions. Then:
 faults (SIGKILL halfway, timeout, out of memory, the daemon killed mid-training) leave the
 active model untouched; `genretagger retrain --now` promotes a new version that re-scores
@@ -34,7 +34,9 @@ from daemon.core.db.engine import open_database
 from daemon.core.db.models import Model, Suggestion, Track, TrainingRun
 from daemon.core.states import TrackState
 from daemon.learn import registry
-from daemon.learn.retrain import Retrainer, process_start_ticks, run_lock
+from daemon.learn.retrainer import Retrainer
+from daemon.learn.runs import run_lock
+from daemon.learn.trainer_process import process_start_ticks
 from daemon.library.reconcile import Library
 from daemon.review import decisions as review
 from daemon.suggest.worker import Worker

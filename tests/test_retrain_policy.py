@@ -1,15 +1,25 @@
-"""The pure parts of retraining: the policy, the gate, failure reasons. Fixed datetimes and
-counts, table-driven; no database, no trainer."""
+"""The pure parts of retraining: the policy, the gate, failure reasons, the training label,
+the trainer's command line. Fixed datetimes and counts, table-driven; no trainer run."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
-from daemon.core.db.models import Model
-from daemon.learn.retrain import failure_reason, gate, holdout_share, should_retrain
+from daemon.core.config import parse_config
+from daemon.core.db.engine import open_database
+from daemon.core.db.models import Model, Track
+from daemon.core.states import TrackState
+from daemon.learn.gate import gate
+from daemon.learn.labels import LABEL, current_labels, song_label, training_label
+from daemon.learn.policy import holdout_share, should_retrain
+from daemon.learn.trainer_process import failure_reason, trainer_command
+from daemon.tags.genres import load_genre_map
 
 NOW = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
 
@@ -122,3 +132,82 @@ def test_a_share_of_recent_labels_is_always_held_out():
     assert holdout_share(set(recent), 0.25) == held  # deterministic, order-free
     assert holdout_share({"a.mp3"}, 0.25) == ["a.mp3"]  # at least one
     assert holdout_share(set(), 0.25) == []
+
+
+# ---- the training label: one rule for the daemon's rows and the trainer's files ---------
+
+@pytest.mark.parametrize(
+    ("confirmed", "raw", "expected"),
+    [
+        ("Jazz", ["Rock"], "Jazz"),  # a reviewer's genre wins over the file's tag
+        ("jazz", None, "Jazz"),  # in its canonical spelling
+        ("Polka Noir", ["Rock"], "Polka Noir"),  # a genre the map does not know: as given
+        (None, ["Rock"], "Rock"),  # no confirmed genre: the tag, mapped
+        (None, ["not a genre at all"], None),
+        (None, None, None),
+    ])
+def test_a_song_label_is_the_confirmed_genre_else_the_mapped_tag(confirmed, raw, expected):
+    assert song_label(load_genre_map(), confirmed, raw) == expected
+
+
+def test_the_sql_label_is_the_same_rule_as_the_python_one(tmp_path):
+    _engine, sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    rows = [("a.mp3", "Jazz", "Rock"), ("b.mp3", None, "Rock"), ("c.mp3", "Jazz", None),
+            ("d.mp3", None, None)]
+    with sessions.begin() as session:
+        for path, confirmed, canonical in rows:
+            session.add(Track(path=path, size=1, mtime=1.0, state=TrackState.REVIEWED,
+                              confirmed_genre=confirmed, canonical_genre=canonical))
+    with sessions() as session:
+        in_sql = dict(session.execute(select(Track.path, LABEL)).all())
+        assert current_labels(session, [r[0] for r in rows]) == in_sql
+    assert in_sql == {path: training_label(c, t) for path, c, t in rows}
+    assert in_sql == {"a.mp3": "Jazz", "b.mp3": "Rock", "c.mp3": "Jazz", "d.mp3": None}
+
+
+# ---- the trainer's command line -----------------------------------------------------------
+
+def test_the_retrainer_starts_the_trainer_as_python_m_trainer_train(tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    config = parse_config({"state_dir": str(tmp_path / "state"),
+                           "library": {"root": str(library)}})
+    argv = trainer_command(config, tmp_path / "run", tmp_path / "labels.json", None)
+    assert argv[:4] == [sys.executable, "-m", "trainer", "train"]
+    shown = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    for option in argv[4:]:
+        if option.startswith("--"):
+            assert option in shown.stdout
+
+
+def test_genretagger_evaluate_runs_the_trainers_evaluate(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"nope")
+    (tmp_path / "library").mkdir()
+    args = ["evaluate", "--model", str(bad), "--library", str(tmp_path / "library")]
+    for module in ("trainer", "daemon.cli"):
+        run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith(f"Usage: python -m {module} evaluate [OPTIONS]")
+        assert "Invalid value for" in run.stderr and "bad.onnx" in run.stderr
+
+
+def test_python_m_trainer_train_logs_its_progress_and_fails_with_exit_1(tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    run = subprocess.run([sys.executable, "-m", "trainer", "train", "--library", str(library),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert f"INFO trainer.train: 0 labelled songs in {library}" in run.stderr
+    assert "error: " in run.stderr and not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_the_trainer_never_imports_the_daemons_command_line():
+    code = ("import sys, trainer.cli, trainer.__main__; "
+            "sys.exit(any(m.startswith('daemon.cli') for m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr

@@ -243,7 +243,7 @@ def test_a_missed_night_comes_from_the_run_rows(setup):
 
     # The same rows in the database: status shows the missed run as due, the scheduler
     # fires it at once, and the review page's answer is the same one.
-    from daemon.learn.retrain import next_nightly_run as page_answer
+    from daemon.learn.runs import next_nightly_run as page_answer
     from daemon.service.scheduler import nightly_history
 
     now = datetime.now().astimezone()

@@ -13,7 +13,7 @@ from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.learn.registry import activate, register_bundle
-from daemon.learn.retrain import rescore_pending, resuggest_rejected
+from daemon.learn.rescore import rescore_pending, resuggest_rejected
 from daemon.review import decisions as review
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.suggestions import AGREES_WITH_TAG, REJECTED_BEFORE, SUGGESTED, decide

@@ -188,7 +188,7 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
 def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):  # noqa: F811
     """The worker files a re-classified song away when its genre was rejected before; a
     new model re-suggests rejected songs only where it hears another genre."""
-    from daemon.learn.retrain import resuggest_rejected
+    from daemon.learn.rescore import resuggest_rejected
     from daemon.review import decisions as review
     from daemon.suggest.classifier import Classifier
 

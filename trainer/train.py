@@ -8,7 +8,6 @@ directory holding one holds a complete run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -20,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import DEFAULT_SPEC
+from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
 from daemon.core.errors import ConfigError
+from daemon.learn.registry import file_sha256
 from daemon.suggest.classifier import song_probabilities
 from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
@@ -82,6 +82,36 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     started = time.monotonic()
     progress = sys.stderr.isatty() if progress is None else progress
     library, out = Path(library).resolve(), Path(out)
+    prepare_out(out, warm_start)
+    spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds))
+    cache = FeatureCache(cache_dir or default_cache_dir(), spec)
+    songs = gather(library, cache, genres_path=genres_path, labels_path=labels_path,
+                   known_path=known_path, holdout_path=holdout_path, seed=seed,
+                   min_songs=min_songs, processes=processes, progress=progress)
+    extracted = time.monotonic()
+    # TensorFlow loads here, after the decoding children are gone.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines: not ours to log
+    from trainer.fit import BATCH_SIZE, configure, fit
+
+    configure(seed, threads or os.cpu_count())
+    dataset = songs.dataset
+    model, fit_info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
+                          cache, epochs=epochs, seed=seed,
+                          batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
+                          deadline=fit_deadline(started, time_budget_minutes),
+                          verbose=1 if progress else 0)
+    trained = time.monotonic()
+    scores = calibrate_and_evaluate(model, dataset, cache, out)
+    report = run_report(songs, scores, fit_info, cache, spec, library=library, seed=seed,
+                        parent=_parent_model(warm_start) if fit_info["warm_start"] else "")
+    report["timings"] = {"features_s": round(extracted - started, 1),
+                         "fit_s": round(trained - extracted, 1)}
+    write_run(model, out, report, dataset, cache, scores.test_clips.shape, started)
+    return report
+
+
+def prepare_out(out: Path, warm_start: Path | None) -> None:
+    """Make --out ready for a new run: its own folder, no result of an earlier run."""
     if warm_start is not None and Path(warm_start).resolve() == out.resolve():
         raise ConfigError(f"--warm-start {warm_start} is --out: give the new run its own "
                           "directory")
@@ -89,10 +119,22 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     # A reused --out must not show an old bundle as this run's result if this run fails.
     for stale in ("model.onnx", "report.json"):
         (out / stale).unlink(missing_ok=True)
-    spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds))
-    cache = FeatureCache(cache_dir or default_cache_dir(), spec)
 
-    # 1. dataset: labelled songs, cached features, classes and artist-disjoint splits
+
+@dataclasses.dataclass(frozen=True)
+class Gathered:
+    """The dataset step's result: the splits and what was left out on the way."""
+
+    dataset: Dataset
+    skipped: list[tuple[str, str]]
+    failed: list[tuple[str, str]]
+    cache_stats: dict[str, int]
+
+
+def gather(library: Path, cache: FeatureCache, *, genres_path: Path | None,
+           labels_path: Path | None, known_path: Path | None, holdout_path: Path | None,
+           seed: int, min_songs: int, processes: int | None, progress: bool) -> Gathered:
+    """Labelled songs, their cached features, classes and artist-disjoint splits."""
     genre_map = load_genre_map(genres_path)
     songs, skipped = find_labelled_songs(library, genre_map, load_labels(labels_path),
                                          known=load_known(known_path))
@@ -105,22 +147,24 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     if dataset.left_out:
         log.info("genres left out (fewer than %d songs or no training artist): %s",
                  min_songs, dataset.left_out)
-    extracted = time.monotonic()
+    return Gathered(dataset, skipped, failed, cache_stats)
 
-    # 2. fit (TensorFlow loads here, after the decoding children are gone)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines: not ours to log
-    from trainer.export import export_bundle
-    from trainer.fit import BATCH_SIZE, configure, fit, predict_clips
 
-    configure(seed, threads or os.cpu_count())
-    model, fit_info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
-                          cache, epochs=epochs, seed=seed,
-                          batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
-                          deadline=fit_deadline(started, time_budget_minutes),
-                          verbose=1 if progress else 0)
-    trained = time.monotonic()
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Calibration and song metrics of the fitted model."""
 
-    # 3. calibrate on validation songs, evaluate on test songs
+    temperature: float
+    calibration: dict
+    test: dict
+    validation: dict
+    test_clips: np.ndarray
+
+
+def calibrate_and_evaluate(model, dataset: Dataset, cache: FeatureCache, out: Path) -> Scores:
+    """Calibrate on validation songs, evaluate on test songs; the two plots go into `out`."""
+    from trainer.fit import predict_clips
+
     n = len(dataset.classes)
     val_clips = predict_clips(model, list(dataset.validation), cache, n)
     test_clips = predict_clips(model, list(dataset.test), cache, n)
@@ -141,37 +185,45 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     plot_confusion(test_metrics["confusion"], test_metrics["genres"], out / "confusion.png")
     plot_reliability(song_probabilities(test_clips, 1.0), test_probs, y_test,
                      out / "reliability.png")
+    return Scores(temperature, calibration, test_metrics, val_metrics, test_clips)
 
-    # 4. write the run: model.keras, split.json, report.json, then the bundle
-    model.save(out / "model.keras")
-    (out / "split.json").write_text(json.dumps(split_listing(dataset), indent=1),
-                                    encoding="utf-8")
-    parent = _parent_model(warm_start) if fit_info["warm_start"] else ""
-    data_summary = summary(dataset, spec.clips_per_song)
-    metrics = {"test": _headline(test_metrics), "validation": _headline(val_metrics),
-               "calibration": calibration}
-    report = {
+
+def run_report(songs: Gathered, scores: Scores, fit_info: dict, cache: FeatureCache,
+               spec: FeatureSpec, *, library: Path, seed: int, parent: str) -> dict:
+    """report.json's content (timings and the parity check are added as they happen)."""
+    dataset = songs.dataset
+    return {
         "classes": list(dataset.classes),
         "feature_spec": json.loads(spec.to_json()),
-        "temperature": temperature,
-        "metrics": metrics,
-        "test": test_metrics,
-        "validation": val_metrics,
-        "training_set": data_summary,
+        "temperature": scores.temperature,
+        "metrics": {"test": _headline(scores.test), "validation": _headline(scores.validation),
+                    "calibration": scores.calibration},
+        "test": scores.test,
+        "validation": scores.validation,
+        "training_set": summary(dataset, spec.clips_per_song),
         "training_set_hash": training_set_hash(dataset),
         "fit": fit_info,
-        "cache": {**cache_stats, "dir": str(cache.root)},
-        "skipped": [{"path": rel, "reason": reason} for rel, reason in skipped],
-        "failed": [{"path": rel, "reason": reason} for rel, reason in failed],
+        "cache": {**songs.cache_stats, "dir": str(cache.root)},
+        "skipped": [{"path": rel, "reason": reason} for rel, reason in songs.skipped],
+        "failed": [{"path": rel, "reason": reason} for rel, reason in songs.failed],
         "library": str(library),
         "seed": seed,
         "parent_model": parent,
         "trainer_version": TRAINER_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "timings": {"features_s": round(extracted - started, 1),
-                    "fit_s": round(trained - extracted, 1)},
     }
-    held_out = _parity_clips(dataset, test_clips.shape, cache)
+
+
+def write_run(model, out: Path, report: dict, dataset: Dataset, cache: FeatureCache,
+              clips_shape: tuple, started: float) -> None:
+    """model.keras, split.json, report.json, then the bundle: model.onnx comes last, so a
+    folder holding one holds a complete run."""
+    from trainer.export import export_bundle
+
+    model.save(out / "model.keras")
+    (out / "split.json").write_text(json.dumps(split_listing(dataset), indent=1),
+                                    encoding="utf-8")
+    held_out = _parity_clips(dataset, clips_shape, cache)
     diff = export_bundle(model, out / ".model.onnx.partial", _bundle_metadata(report), held_out)
     report["parity_max_abs_diff"] = diff
     report["timings"]["total_s"] = round(time.monotonic() - started, 1)
@@ -179,7 +231,6 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                                      encoding="utf-8")
     os.replace(out / ".model.onnx.partial", out / "model.onnx")
     log.info("model written to %s (parity %.1e)", out / "model.onnx", diff)
-    return report
 
 
 def _headline(metrics: dict) -> dict:
@@ -216,8 +267,7 @@ def _parity_clips(dataset: Dataset, shape: tuple, cache: FeatureCache) -> np.nda
 
 def _parent_model(warm_start: Path) -> str:
     """sha256 of the warm-start run's bundle (what the model registry knows it by)."""
-    bundle = Path(warm_start) / "model.onnx"
     try:
-        return hashlib.sha256(bundle.read_bytes()).hexdigest()
+        return file_sha256(Path(warm_start) / "model.onnx")
     except OSError:
         return str(warm_start)

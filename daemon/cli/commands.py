@@ -1,107 +1,36 @@
-"""`genretagger train` and `evaluate`: the trainer's commands (they need the [trainer]
-extra)."""
+"""`genretagger train` and `evaluate`: the trainer's own commands (trainer.cli), handed
+over to it. trainer is imported only when one of them runs: it needs TensorFlow and the
+[trainer] extra, which the daemon never loads. Options, --help and errors are the
+trainer's own."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import click
 
-from daemon.cli.base import EXISTING_FILE, cli, echo_json
+from daemon.cli.base import cli
+
+TRAINER_COMMAND = {"context_settings": {"ignore_unknown_options": True},
+                   "add_help_option": False}
 
 
-@cli.command()
-@click.option("--library", required=True, type=click.Path(path_type=Path, file_okay=False,
-                                                          exists=True),
-              help="a tagged library to learn from")
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="run directory: model.onnx, model.keras, report.json, plots, split.json")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="feature cache (default ~/.cache/genretagger/features)")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--clip-seconds", type=click.FloatRange(0.5, 5.0), default=1.0, show_default=True,
-              help="clip length; the seed's 1 s, or 2 s")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--min-songs", type=click.IntRange(1), default=20, show_default=True,
-              help="genres with fewer songs are left out (and reported)")
-@click.option("--genres", "genres_path", type=EXISTING_FILE,
-              help="genres.toml (default: the shipped one)")
-@click.option("--labels", "labels_path", type=EXISTING_FILE,
-              help="JSON {relative path: genre}: confirmed labels overriding file tags")
-@click.option("--warm-start", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="a previous --out directory to continue from (same classes only)")
-@click.option("--holdout", "holdout_path", type=EXISTING_FILE,
-              help="JSON [relative path, ...]: these songs' artists go to the test split")
-@click.option("--known", "known_path", type=EXISTING_FILE,
-              help="JSON {relative path: {size, mtime, fingerprint, artist, album, genres}} "
-                   "from the daemon: unchanged files are not read again")
-@click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
-@click.option("--processes", type=click.IntRange(1), help="decoding processes")
-@click.option("--time-budget", "time_budget", type=click.FloatRange(min=0, min_open=True),
-              metavar="MINUTES", help="end the run within this: fitting stops early (keeping "
-              "its best epoch) to leave time for evaluation and export")
-def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_seconds: float,
-          seed: int, min_songs: int, genres_path: Path | None, labels_path: Path | None,
-          warm_start: Path | None, holdout_path: Path | None, known_path: Path | None,
-          batch_size: int | None,
-          processes: int | None, time_budget: float | None) -> int:
+def run_trainer_command(name: str, args: tuple[str, ...]) -> int:
+    """Run trainer.cli's command `name` with `args`, under this command's name."""
+    from trainer.cli import cli as trainer_cli
+
+    prog = click.get_current_context().find_root().info_name
+    return trainer_cli.main([name, *args], prog_name=prog, standalone_mode=False)
+
+
+@cli.command(**TRAINER_COMMAND)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args: tuple[str, ...]) -> int:
     """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
-    import importlib.util
-
-    # Checked without importing: TensorFlow loads only after decoding is done.
-    missing = [m for m in ("tensorflow", "tf2onnx", "matplotlib")
-               if importlib.util.find_spec(m) is None]
-    if missing:
-        click.echo(f"error: training needs the trainer extra ({', '.join(missing)} not "
-                   "installed): pip install 'genretagger[trainer]'", err=True)
-        return 2
-    from trainer.train import train as run_training
-
-    report = run_training(library, out, cache_dir=cache_dir, epochs=epochs,
-                          clip_seconds=clip_seconds, seed=seed, min_songs=min_songs,
-                          genres_path=genres_path, labels_path=labels_path,
-                          warm_start=warm_start, holdout_path=holdout_path,
-                          known_path=known_path,
-                          batch_size=batch_size, processes=processes,
-                          time_budget_minutes=time_budget)
-    test = report["metrics"]["test"]
-    click.echo(f"model: {out / 'model.onnx'}\n  genres: {', '.join(report['classes'])}\n"
-               f"  test songs: {test['n_songs']}, song accuracy {test['song_accuracy']:.1%}, "
-               f"macro-F1 {test['macro_f1']:.3f}, clip accuracy {test['clip_accuracy']:.1%}\n"
-               f"  temperature {report['temperature']:.3f}; features: "
-               f"{report['cache']['decoded']} decoded, {report['cache']['cached']} cached")
-    return 0
+    return run_trainer_command("train", args)
 
 
-@cli.command()
-@click.option("--model", "model_path", required=True,
-              type=EXISTING_FILE)
-@click.option("--library", required=True, type=click.Path(path_type=Path, file_okay=False,
-                                                          exists=True))
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="feature cache (default ~/.cache/genretagger/features)")
-@click.option("--genres", "genres_path", type=EXISTING_FILE)
-@click.option("--json", "as_json", is_flag=True, help="the full report as JSON")
-def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
-             genres_path: Path | None, as_json: bool) -> None:
+@cli.command(**TRAINER_COMMAND)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def evaluate(args: tuple[str, ...]) -> int:
     """Score a model bundle on a tagged library through onnxruntime (the serving path)."""
-    from daemon.core.errors import ModelMismatch
-    from trainer.evaluate import evaluate_model
+    return run_trainer_command("evaluate", args)
 
-    try:
-        report = evaluate_model(model_path, library, genres_path=genres_path,
-                                cache_dir=cache_dir, progress=sys.stderr.isatty() and not as_json)
-    except ModelMismatch as err:
-        raise click.BadParameter(str(err), param_hint="--model") from None
-    if as_json:
-        echo_json(report)
-        return
-    click.echo(f"{report['n_songs']} songs: song accuracy {report['accuracy']:.1%}, "
-               f"macro-F1 {report['macro_f1']:.3f}, clip accuracy "
-               f"{report['clip_accuracy']:.1%}, ECE {report['ece']:.3f}")
-    for genre, m in report["per_class"].items():
-        click.echo(f"  {genre:<16} precision {m['precision']:.2f}  recall {m['recall']:.2f}"
-                   f"  F1 {m['f1']:.2f}  songs {m['support']}")
-    if report["failed"]:
-        click.echo(f"{len(report['failed'])} files could not be read (see --json)")

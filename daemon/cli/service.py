@@ -53,7 +53,8 @@ def status(ctx: Context, as_json: bool) -> None:
 def retrain(ctx: Context, now: bool, as_json: bool) -> int:
     """Show what the nightly retraining would do, or (--now) retrain immediately."""
     from daemon.core.db.models import utcnow
-    from daemon.learn.retrain import Retrainer, last_run, run_summary
+    from daemon.learn.retrainer import Retrainer
+    from daemon.learn.runs import last_run, run_summary
     from daemon.service.status import next_retrain
 
     config = ctx.config

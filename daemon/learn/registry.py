@@ -40,6 +40,7 @@ from daemon.core.db.models import Model, utcnow
 from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import GenretaggerError, ModelMismatch
 from daemon.core.states import ModelStatus
+from daemon.suggest.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,6 @@ def read_bundle(out_dir: Path) -> BundleFacts:
     The model must load through the daemon's Classifier (spec check included); metrics and
     the training-set summary come from report.json when present, else the bundle metadata.
     """
-    from daemon.suggest.classifier import Classifier
-
     onnx_path = out_dir / "model.onnx"
     classifier = Classifier.load(onnx_path, DEFAULT_SPEC)
     report = _read_json(out_dir / "report.json")
@@ -209,7 +208,7 @@ def register_bundle(sessions: sessionmaker[Session], config: Config, out_dir: Pa
     target = version_dir(config, version)
     _copy_bundle(out_dir, target)
     onnx_path = target / "model.onnx"
-    if _sha256(onnx_path) != facts.sha256:  # the copy must be the file we checked
+    if file_sha256(onnx_path) != facts.sha256:  # the copy must be the file we checked
         shutil.rmtree(target, ignore_errors=True)
         raise ModelMismatch(f"{out_dir}: model.onnx changed while it was being registered")
     report = target / "report.json"
@@ -263,7 +262,8 @@ def remove_partial_bundles(config: Config) -> list[Path]:
     return removed
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, hex (what a model is known by), read in 1 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -334,17 +334,5 @@ def _check_bundle(model: Model) -> None:
     path = Path(model.path)
     if not path.is_file():
         raise RegistryError(f"v{model.version:04d}: bundle {path} is missing")
-    if _sha256(path) != model.sha256:
+    if file_sha256(path) != model.sha256:
         raise RegistryError(f"v{model.version:04d}: bundle {path} does not match its sha256")
-
-
-def set_status(sessions: sessionmaker[Session], version: int, status: str) -> Model:
-    """Record a decided status (rejected, retired) for a non-active model."""
-    if status not in STATUSES or status == ACTIVE:
-        raise ValueError(f"use activate() for {status!r}")
-    with transaction(sessions) as session:
-        model = get_model(session, version)
-        if model.status == ACTIVE:
-            raise RegistryError(f"v{version:04d} is active; activate another model first")
-        model.status = status
-        return model

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 RECONCILE_JOB = "reconcile"
 NIGHTLY_JOB = "nightly-retrain"
 # The nightly job by name (it takes the Retrainer: add_nightly(NIGHTLY_FUNC, args=(r,))).
-NIGHTLY_FUNC = "daemon.learn.retrain:nightly_job"
+NIGHTLY_FUNC = "daemon.learn.retrainer:nightly_job"
 # Executor threads: the nightly run (hours), a walk, and room for a late one.
 JOB_THREADS = 3
 

@@ -52,7 +52,7 @@ from daemon.core.db.models import ServiceState, utcnow
 from daemon.core.errors import ConfigError
 from daemon.core.health import Component, describe_failure, write_health
 from daemon.core.live import Live
-from daemon.learn.retrain import Retrainer, nightly_job
+from daemon.learn.retrainer import Retrainer, nightly_job
 from daemon.library.read import reader_pool
 from daemon.library.reconcile import Library
 from daemon.library.watcher import Watcher

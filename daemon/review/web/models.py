@@ -7,9 +7,9 @@ from datetime import datetime
 
 from flask import Blueprint, render_template, request
 
-from daemon.learn import registry, retrain
+from daemon.learn import registry, runs
 from daemon.learn.registry import list_models
-from daemon.learn.retrain import last_run
+from daemon.learn.runs import last_run
 from daemon.review.web.common import review
 from daemon.service.scheduler import next_nightly_run, nightly_history
 
@@ -19,10 +19,10 @@ bp = Blueprint("models", __name__)
 MODEL_STATUS = {registry.ACTIVE: "In use", registry.RETIRED: "Replaced",
                 registry.REJECTED: "Not good enough", registry.CANDIDATE: "Being checked",
                 registry.ROLLED_BACK: "Rolled back"}
-RUN_OUTCOME = {retrain.PROMOTED: "the new version is now in use",
-               retrain.REJECTED: "the new version was not better, so the old one stays in use",
-               retrain.FAILED: "it did not finish", retrain.SKIPPED: "nothing new to learn from",
-               retrain.RUNNING: "still learning"}
+RUN_OUTCOME = {runs.PROMOTED: "the new version is now in use",
+               runs.REJECTED: "the new version was not better, so the old one stays in use",
+               runs.FAILED: "it did not finish", runs.SKIPPED: "nothing new to learn from",
+               runs.RUNNING: "still learning"}
 
 
 @bp.get("/models")

@@ -1,0 +1,408 @@
+"""The Retrainer: the background component that runs training runs.
+
+One run: policy (daemon.learn.policy) -> the trainer as a subprocess
+(daemon.learn.trainer_process) -> the gate on an artist-disjoint holdout
+(daemon.learn.gate) -> register the bundle and activate it (daemon.learn.registry) ->
+re-score pending suggestions (daemon.learn.rescore). Each run is a TrainingRun row under
+the run lock (daemon.learn.runs).
+
+The scheduler (daemon.service.scheduler) runs "daemon.learn.retrainer:nightly_job" at
+retrain.hour, and at once for a night missed while the daemon was down; the Service
+registers the live Retrainer as "retrainer".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.audio.features import DEFAULT_SPEC
+from daemon.core.config import Config
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import Model, TrainingRun, utcnow
+from daemon.core.errors import ModelMismatch
+from daemon.core.health import Health
+from daemon.core.live import Live, as_live
+from daemon.learn import registry
+from daemon.learn.gate import judge
+from daemon.learn.labels import (
+    confirmed_labels,
+    count_new_labels,
+    recent_label_paths,
+    trainable_genres,
+)
+from daemon.learn.policy import holdout_share, should_retrain
+from daemon.learn.rescore import rescore_pending, resuggest_rejected
+from daemon.learn.runs import (
+    FAILED,
+    PROMOTED,
+    REJECTED,
+    RUNNING,
+    SKIPPED,
+    TRIGGERS,
+    prune_run_dirs,
+    recover_interrupted_runs,
+    run_lock,
+    run_summary,
+    update_run,
+)
+from daemon.learn.trainer_process import (
+    INSTALL_HINT,
+    KILL_GRACE_SECONDS,
+    failure_reason,
+    known_files,
+    log_tail,
+    process_start_ticks,
+    start_trainer,
+    stop_process_group,
+    supervise,
+    trainer_available,
+    trainer_command,
+)
+from daemon.suggest.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+# Without a model and without the trainer, say what to run this often (never idle silently).
+NO_MODEL_POLL_SECONDS = 3600.0
+
+
+class Retrainer:
+    """Runs training runs for the daemon (nightly job) and the CLI (`retrain --now`).
+
+    start() launches a background thread that recovers cut-off runs and makes sure a first
+    model exists; run(trigger) does one whole run in the calling thread; close() stops a
+    trainer in progress (its process group) and the thread.
+    """
+
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
+                 poll_seconds: float = NO_MODEL_POLL_SECONDS):
+        self.live = as_live(config)
+        self.sessions = sessions
+        self.poll_seconds = poll_seconds
+        self.stop_event = threading.Event()
+        self._child: subprocess.Popen | None = None
+        self._child_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._initial_done = False  # the start-up thread's work is done (a model exists)
+        self.health = Health("retrainer")
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Background: recover cut-off runs, then train the first model if there is none."""
+        self._thread = threading.Thread(target=self._initial_loop, name="retrainer",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Stop: kill a running trainer's process group (the run is recorded failed)."""
+        self.stop_event.set()
+        with self._child_lock:
+            child = self._child
+        if child is not None and child.poll() is None:
+            stop_process_group(child, grace=min(KILL_GRACE_SECONDS, timeout / 2))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _initial_loop(self) -> None:
+        recovered = False
+        while not self.stop_event.is_set():
+            try:
+                if not recovered:
+                    with run_lock(self.config) as held:
+                        if held:
+                            recover_interrupted_runs(self.sessions, self.config)
+                    recovered = True
+                model, _said = self.ensure_initial_model()
+            except Exception as err:  # logged; tried again after the poll interval
+                log.exception("retrainer: recovering runs or the first model failed; trying "
+                              "again in %.0f min", self.poll_seconds / 60)
+                self.health.failed(err)
+                model = None
+            else:
+                self.health.progress()
+            if model is not None:
+                self._initial_done = True
+                return
+            self.stop_event.wait(self.poll_seconds)
+
+    def health_report(self) -> dict[str, Any]:
+        """daemon.core.health shape: its thread runs until the first model exists; after that
+        it is healthy as long as the scheduler can call it (the nightly job)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return self.health.report(alive, healthy=alive or self._initial_done,
+                                  first_model_done=self._initial_done)
+
+    # -- the first model
+
+    def ensure_initial_model(self) -> tuple[Model | None, str]:
+        """The active model, training (subprocess) and activating the first one if needed.
+
+        Without the [trainer] extra, logs exactly what to run and returns (None, reason);
+        also (None, reason) when there is not enough tagged data yet. Out: (model, what
+        happened).
+        """
+        with self.sessions() as session:
+            model = registry.active_model(session)
+            if model is not None:
+                session.expunge(model)
+                return model, "a model is active"
+        if not trainer_available():
+            said = ("no model yet and the trainer is not installed; run: " + INSTALL_HINT)
+            log.warning(said)
+            return None, said
+        train, reason, _facts = self.decide()
+        if not train:  # not enough tagged songs yet: say so, look again later
+            log.warning("%s; checking again in %.0f min", reason, self.poll_seconds / 60)
+            return None, reason
+        run = self.run("initial")
+        with self.sessions() as session:
+            model = registry.active_model(session)
+            if model is not None:
+                session.expunge(model)
+        return model, run.get("reason") or run["status"]
+
+    # -- what the policy says now
+
+    def decide(self, forced: bool = False, now: datetime | None = None
+               ) -> tuple[bool, str, dict[str, Any]]:
+        """The policy's verdict now, with the counts it used (for `retrain` without --now)."""
+        now = now or utcnow()
+        with self.sessions() as session:
+            active = registry.active_model(session)
+            since = (active.trained_until or active.created_at) if active else None
+            new = count_new_labels(session, since)
+            genres = trainable_genres(session, self.config.min_songs_per_genre)
+            total = count_new_labels(session, None)
+            train, reason = should_retrain(now, active, new, self.config.retrain.min_new_labels,
+                                           forced, trainable_genres=genres)
+            facts = {"active_version": active.version if active else None,
+                     "new_labels": new, "labels": total, "trainable_genres": genres}
+        return train, reason, facts
+
+    # -- one run
+
+    def run(self, trigger: str) -> dict[str, Any]:
+        """One training run: policy -> trainer subprocess -> gate -> swap -> re-score.
+
+        `trigger`: initial | nightly | manual (manual is forced past the policy).
+        Out: the run's summary (run_summary shape). Never raises for a failed training:
+        that is a 'failed' run with its reason; the active model stays untouched.
+        """
+        if trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {TRIGGERS}")
+        with run_lock(self.config) as held:
+            if not held:
+                return self._record_skip(trigger, "another training run holds "
+                                         f"{self.config.runs_dir / 'retrain.lock'}")
+            recover_interrupted_runs(self.sessions, self.config)
+            return self._run_locked(trigger)
+
+    def _record_skip(self, trigger: str, reason: str, facts: dict | None = None) -> dict:
+        log.info("retrain skipped: %s", reason)
+        now = utcnow()
+        with transaction(self.sessions) as session:
+            run = TrainingRun(trigger=trigger, status=SKIPPED, reason=reason, started_at=now,
+                              finished_at=now, summary=facts or {})
+            session.add(run)
+            session.flush()
+            return run_summary(run)
+
+    def _run_locked(self, trigger: str) -> dict[str, Any]:
+        frozen = utcnow()  # labels confirmed after this are "new" for the next run
+        train, reason, facts = self.decide(forced=trigger == "manual", now=frozen)
+        if not train:
+            return self._record_skip(trigger, reason, facts)
+        if not trainer_available():
+            return self._record_skip(trigger, "the trainer is not installed; run: "
+                                     + INSTALL_HINT, facts)
+        with self.sessions() as session:
+            active = registry.active_model(session)
+            if active is not None:
+                session.expunge(active)
+            labels = confirmed_labels(session)
+            since = (active.trained_until or active.created_at) if active else None
+            recent = recent_label_paths(session, since)
+        with transaction(self.sessions) as session:
+            run = TrainingRun(trigger=trigger, status=RUNNING, reason=reason,
+                              started_at=frozen, summary={**facts, "owner_pid": os.getpid()})
+            session.add(run)
+            session.flush()
+            run_id = run.id
+        run_dir = self.config.runs_dir / f"run-{run_id:05d}-{frozen:%Y%m%d-%H%M%S}"
+        log_path = run_dir / "train.log"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        update_run(self.sessions, run_id, log_path=str(log_path))
+        log.info("training run %d (%s): %s; log %s", run_id, trigger, reason, log_path)
+        started = time.monotonic()
+        try:
+            outcome = self._train_gate_swap(run_id, run_dir, log_path, labels, recent, active,
+                                            frozen)
+        except Exception as err:  # a bug or I/O error must not leave the row 'running'
+            log.exception("training run %d failed", run_id)
+            outcome = {"status": FAILED, "reason": f"{type(err).__name__}: {err}"}
+        except BaseException:  # Ctrl-C in `retrain --now`: the trainer is already stopped
+            update_run(self.sessions, run_id, status=FAILED, reason="interrupted",
+                       finished_at=utcnow())
+            raise
+        finally:
+            for name in ("model.onnx", "model.keras"):  # the registry holds its own copy
+                (run_dir / name).unlink(missing_ok=True)
+        status, why = outcome.pop("status"), outcome.pop("reason")
+        outcome["seconds"] = round(time.monotonic() - started, 1)
+        update_run(self.sessions, run_id, status=status, reason=why,
+                   finished_at=utcnow(), model_id=outcome.pop("model_id", None),
+                   summary=outcome)
+        (log.info if status in (PROMOTED, REJECTED) else log.warning)(
+            "training run %d %s: %s", run_id, status, why)
+        prune_run_dirs(self.config)
+        with self.sessions() as session:
+            return run_summary(session.get(TrainingRun, run_id))
+
+    def _train_gate_swap(self, run_id: int, run_dir: Path, log_path: Path,
+                         labels: dict[str, str], recent: set[str], active: Model | None,
+                         frozen: datetime) -> dict[str, Any]:
+        labels_path = run_dir / "labels.json"
+        labels_path.write_text(json.dumps(labels, indent=1, sort_keys=True), encoding="utf-8")
+        warm = None
+        if active is not None and (registry.bundle_dir(active) / "model.keras").is_file():
+            warm = registry.bundle_dir(active)
+        update_run(self.sessions, run_id, summary={
+            "labels": len(labels), "new_labels": len(recent),
+            "warm_start": active.version if warm is not None else None})
+        holdout_path = run_dir / "holdout.json"
+        holdout_path.write_text(json.dumps(holdout_share(recent), indent=1), encoding="utf-8")
+        known_path = run_dir / "known.json"
+        with self.sessions() as session:
+            known_path.write_text(json.dumps(known_files(session)), encoding="utf-8")
+        failed = self._train(
+            run_id, trainer_command(self.config, run_dir, labels_path, warm, holdout_path,
+                                    known_path), log_path)
+        if failed is not None:
+            return {"status": FAILED, "reason": failed}
+        return self.consider(run_dir, run_id=run_id, trained_until=frozen, recent=recent,
+                             active=active)
+
+    def consider(self, run_dir: Path, *, run_id: int | None = None,
+                 trained_until: datetime | None = None, recent: set[str] | None = None,
+                 active: Model | None = None) -> dict[str, Any]:
+        """Gate a trained candidate (a trainer --out dir) against the active model, register
+        it, and on promotion activate it and re-score pending suggestions.
+
+        `active` defaults to the registry's active model, `recent` to the labels confirmed
+        since its training set was frozen. Out: {"status": promoted|rejected|failed,
+        "reason", "model_id", "candidate_version", "gate", ...} (stored on the run row).
+        """
+        if active is None:
+            with self.sessions() as session:
+                active = registry.active_model(session)
+                if active is not None:
+                    session.expunge(active)
+        if recent is None:
+            since = (active.trained_until or active.created_at) if active else None
+            with self.sessions() as session:
+                recent = recent_label_paths(session, since)
+        if not (run_dir / "model.onnx").is_file():
+            return {"status": FAILED, "reason": "the trainer exited 0 but wrote no model.onnx"}
+        try:
+            candidate = Classifier.load(run_dir / "model.onnx", DEFAULT_SPEC)
+        except ModelMismatch as err:
+            return {"status": FAILED, "reason": f"candidate bundle unusable: {err}"}
+
+        # gate: both models through onnxruntime on the same holdout
+        verdict, evaluation = judge(self.sessions, self.config, run_dir, candidate, active,
+                                    recent)
+
+        # register (atomic copy + fsync + row), then activate or keep as rejected
+        model = registry.register_bundle(
+            self.sessions, self.config, run_dir,
+            status=registry.CANDIDATE if verdict.promote else registry.REJECTED, run_id=run_id,
+            trained_until=trained_until or utcnow(), parent_id=active.id if active else None,
+            metrics=evaluation.pop("candidate_metrics"))
+        result: dict[str, Any] = {"candidate_version": model.version, "model_id": model.id,
+                                  "gate": {**verdict.to_json(), **evaluation},
+                                  **_trainer_report(run_dir)}
+        if not verdict.promote:
+            return {**result, "status": REJECTED, "reason": f"gate: {verdict.reason}"}
+        registry.activate(self.sessions, model.version)
+
+        # re-score pending suggestions with the new model (features from the cache)
+        counts = rescore_pending(self.sessions, self.config, candidate, model.id)
+        log.info("re-scored %d pending suggestion(s) with v%04d (%d changed genre, %d without "
+                 "cached features)", counts["rescored"], model.version, counts["changed"],
+                 counts["no_features"])
+        second = resuggest_rejected(self.sessions, self.config, candidate, model.id)
+        if second["resuggested"] or second["still_rejected"]:
+            log.info("rejected songs: %d suggested again with another genre, %d left as "
+                     "rejected (v%04d suggests the rejected genre again)",
+                     second["resuggested"], second["still_rejected"], model.version)
+        return {**result, "rescored": counts, "resuggested": second, "status": PROMOTED,
+                "reason": f"v{model.version:04d} active; gate: {verdict.reason}"}
+
+    def _train(self, run_id: int, argv: list[str], log_path: Path) -> str | None:
+        """Run the trainer to the end, the timeout or close(). Out: None, or why it failed."""
+        retrain = self.config.retrain
+        if self.stop_event.is_set():
+            return "daemon stopping"
+        proc = start_trainer(argv, log_path, retrain.memory_max_mb)
+        with self._child_lock:
+            self._child = proc
+        update_run(self.sessions, run_id, pid=proc.pid,
+                   summary={"trainer_start_ticks": process_start_ticks(proc.pid),
+                            "command": argv})
+        try:
+            stopped_for = supervise(proc, self.stop_event, retrain.timeout_minutes)
+        finally:
+            with self._child_lock:
+                self._child = None
+        if proc.returncode == 0 and stopped_for is None:
+            return None
+        return failure_reason(proc.returncode, log_tail(log_path),
+                              memory_mb=retrain.memory_max_mb, stopped_for=stopped_for)
+
+
+def _trainer_report(run_dir: Path) -> dict[str, Any]:
+    """The data facts the trainer reported (songs, decoded vs cached), for the run row."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keep: dict[str, Any] = {"trainer_warm_start": (report.get("fit") or {}).get("warm_start")}
+    for key in ("training_set", "training_set_hash", "cache", "timings"):
+        if key in report:
+            keep[f"trainer_{key}"] = report[key]
+    return keep
+
+
+# ---- the nightly job ------------------------------------------------------------------------
+
+def nightly_job(retrainer: Retrainer) -> dict[str, Any] | None:
+    """The scheduler's nightly entry point: one run of the service's Retrainer; logs and
+    does nothing when the daemon is shutting down."""
+    if retrainer.stop_event.is_set():
+        log.info("nightly retrain skipped: the retrainer is stopping")
+        return None
+    if not retrainer.config.retrain.enabled:
+        log.info("nightly retrain skipped: retrain.enabled is false")
+        return None
+    try:
+        result = retrainer.run("nightly")
+    except Exception as err:  # recorded for status; the scheduler logs it, the next night retries
+        retrainer.health.failed(err)
+        raise
+    retrainer.health.progress()
+    return result

@@ -1,0 +1,134 @@
+"""The trainer's commands: `python -m trainer train|evaluate ...`.
+
+`genretagger train|evaluate` runs these same commands (daemon.cli imports this module only
+when one of them is invoked). Exit codes: 0 ok, 1 failure, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from daemon.core.errors import ConfigError, GenretaggerError, ModelMismatch
+from daemon.service.logs import setup_logging
+from trainer.evaluate import evaluate_model
+from trainer.train import train as run_training
+
+# An option naming a file that must exist (a Path, never a directory).
+EXISTING_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
+# What `train` needs beyond the daemon's dependencies: the [trainer] extra.
+TRAINER_EXTRA = ("tensorflow", "tf2onnx", "matplotlib")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Train and evaluate genretagger models."""
+    setup_logging()  # the retrainer reads the trainer's progress from its log
+
+
+@cli.command()
+@click.option("--library", required=True, type=click.Path(path_type=Path, file_okay=False,
+                                                          exists=True),
+              help="a tagged library to learn from")
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="run directory: model.onnx, model.keras, report.json, plots, split.json")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="feature cache (default ~/.cache/genretagger/features)")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--clip-seconds", type=click.FloatRange(0.5, 5.0), default=1.0, show_default=True,
+              help="clip length; the seed's 1 s, or 2 s")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-songs", type=click.IntRange(1), default=20, show_default=True,
+              help="genres with fewer songs are left out (and reported)")
+@click.option("--genres", "genres_path", type=EXISTING_FILE,
+              help="genres.toml (default: the shipped one)")
+@click.option("--labels", "labels_path", type=EXISTING_FILE,
+              help="JSON {relative path: genre}: confirmed labels overriding file tags")
+@click.option("--warm-start", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="a previous --out directory to continue from (same classes only)")
+@click.option("--holdout", "holdout_path", type=EXISTING_FILE,
+              help="JSON [relative path, ...]: these songs' artists go to the test split")
+@click.option("--known", "known_path", type=EXISTING_FILE,
+              help="JSON {relative path: {size, mtime, fingerprint, artist, album, genres}} "
+                   "from the daemon: unchanged files are not read again")
+@click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
+@click.option("--processes", type=click.IntRange(1), help="decoding processes")
+@click.option("--time-budget", "time_budget", type=click.FloatRange(min=0, min_open=True),
+              metavar="MINUTES", help="end the run within this: fitting stops early (keeping "
+              "its best epoch) to leave time for evaluation and export")
+def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_seconds: float,
+          seed: int, min_songs: int, genres_path: Path | None, labels_path: Path | None,
+          warm_start: Path | None, holdout_path: Path | None, known_path: Path | None,
+          batch_size: int | None,
+          processes: int | None, time_budget: float | None) -> int:
+    """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
+    # Checked without importing: TensorFlow loads only after decoding is done.
+    missing = [m for m in TRAINER_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        click.echo(f"error: training needs the trainer extra ({', '.join(missing)} not "
+                   "installed): pip install 'genretagger[trainer]'", err=True)
+        return 2
+    report = run_training(library, out, cache_dir=cache_dir, epochs=epochs,
+                          clip_seconds=clip_seconds, seed=seed, min_songs=min_songs,
+                          genres_path=genres_path, labels_path=labels_path,
+                          warm_start=warm_start, holdout_path=holdout_path,
+                          known_path=known_path,
+                          batch_size=batch_size, processes=processes,
+                          time_budget_minutes=time_budget)
+    test = report["metrics"]["test"]
+    click.echo(f"model: {out / 'model.onnx'}\n  genres: {', '.join(report['classes'])}\n"
+               f"  test songs: {test['n_songs']}, song accuracy {test['song_accuracy']:.1%}, "
+               f"macro-F1 {test['macro_f1']:.3f}, clip accuracy {test['clip_accuracy']:.1%}\n"
+               f"  temperature {report['temperature']:.3f}; features: "
+               f"{report['cache']['decoded']} decoded, {report['cache']['cached']} cached")
+    return 0
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True,
+              type=EXISTING_FILE)
+@click.option("--library", required=True, type=click.Path(path_type=Path, file_okay=False,
+                                                          exists=True))
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="feature cache (default ~/.cache/genretagger/features)")
+@click.option("--genres", "genres_path", type=EXISTING_FILE)
+@click.option("--json", "as_json", is_flag=True, help="the full report as JSON")
+def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
+             genres_path: Path | None, as_json: bool) -> None:
+    """Score a model bundle on a tagged library through onnxruntime (the serving path)."""
+    try:
+        report = evaluate_model(model_path, library, genres_path=genres_path,
+                                cache_dir=cache_dir, progress=sys.stderr.isatty() and not as_json)
+    except ModelMismatch as err:
+        raise click.BadParameter(str(err), param_hint="--model") from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"{report['n_songs']} songs: song accuracy {report['accuracy']:.1%}, "
+               f"macro-F1 {report['macro_f1']:.3f}, clip accuracy "
+               f"{report['clip_accuracy']:.1%}, ECE {report['ece']:.3f}")
+    for genre, m in report["per_class"].items():
+        click.echo(f"  {genre:<16} precision {m['precision']:.2f}  recall {m['recall']:.2f}"
+                   f"  F1 {m['f1']:.2f}  songs {m['support']}")
+    if report["failed"]:
+        click.echo(f"{len(report['failed'])} files could not be read (see --json)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trainer`: run one command and exit with its code."""
+    try:
+        code = cli.main(argv, prog_name="python -m trainer", standalone_mode=False)
+    except click.ClickException as err:
+        err.show()
+        code = err.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 1
+    except GenretaggerError as err:
+        click.echo(f"error: {err}", err=True)
+        code = 2 if isinstance(err, ConfigError) else 1
+    sys.exit(code if isinstance(code, int) else 0)
