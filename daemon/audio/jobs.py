@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from daemon.core.errors import (
 )
 from daemon.library.fingerprint import fingerprint
 from daemon.tags.read import TrackTags, read_tags
+from daemon.tags.write import WriteFailed, write_copy
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,10 @@ JOBS = {
     "probe": _Job(lambda path, spec: probe(path), "reading its audio header",
                   "decoder crashed", DecodeTimeout),
     "windows": _Job(_windows, "decoding", "decoder crashed", DecodeTimeout),
+    # The writer's heavy step: copy, set the genre, read back (daemon.tags.write).
+    "write": _Job(lambda path, spec, tmp, genre, mode, owner:
+                  write_copy(Path(path), Path(tmp), genre, mode, owner),
+                  "writing its genre tag", "the tag writer crashed", WriteFailed),
 }
 
 

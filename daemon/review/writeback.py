@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audio.extract import ExtractPool
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.config import Config
@@ -34,12 +35,14 @@ from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - Outsi
 from daemon.core.retry import backoff
 from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatus
 from daemon.library.fingerprint import fingerprint
-from daemon.tags.write import WriteFailed, write_genre_atomically
+from daemon.tags.write import GenreMode, Owner, WriteFailed, write_copy, write_genre_atomically
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 30.0
 BACKOFF_MAX_S = 6 * 3600.0
+# A new version of a big song on a slow share: copy, tag, fsync, read back.
+WRITE_TIMEOUT_SECONDS = 300.0
 
 
 
@@ -55,8 +58,12 @@ class Writer:
     one pass and is what tests call directly."""
 
     def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
-                 interval: float = 2.0, batch: int = 50, first_backoff: float = BACKOFF_FIRST_S):
+                 interval: float = 2.0, batch: int = 50, first_backoff: float = BACKOFF_FIRST_S,
+                 children: ExtractPool | None = None):
         self.live = as_live(config)
+        # The service's child processes: each new version of a song is built there, so a
+        # huge tag (a 150 MB cover) never enters the service. None: built in this process.
+        self.children = children
         self.sessions = sessions
         self.interval = interval
         self.batch = batch
@@ -132,7 +139,7 @@ class Writer:
                 path = library_file(self.config.library.root, rel)
                 old_fp = self._current_fingerprint(track_id)
                 st = write_genre_atomically(
-                    path, genre, mode,
+                    path, genre, mode, build=self._build,
                     before_replace=lambda new, tid=track_id: self._expect_write(tid, new))
                 self._record_written(decision_id, track_id, path, st, old_fp)
                 written += 1
@@ -143,6 +150,13 @@ class Writer:
                 log.warning("could not write genre into %s (decision %d): %s; will retry",
                             rel, decision_id, err.reason)
         return WriteRound(written, failed)
+
+    def _build(self, real: Path, tmp: Path, genre: str, mode: GenreMode, owner: Owner) -> None:
+        if self.children is None:
+            write_copy(real, tmp, genre, mode, owner)
+        else:
+            self.children.call("write", real, tmp, genre, mode, owner,
+                               timeout=WRITE_TIMEOUT_SECONDS)
 
     def _current_fingerprint(self, track_id: int) -> str | None:
         with self.sessions() as session:

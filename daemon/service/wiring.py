@@ -188,7 +188,7 @@ class Service:
         if self.stop_event.is_set():
             return
 
-        self.writer = self._add("writer", Writer(live, self.sessions))
+        self.writer = self._add("writer", Writer(live, self.sessions, children=self.readers))
         # A decision wakes the writer, so an accepted genre lands in the file at once.
         self.web = self._add("web", WebServer(live, self.sessions, on_decision=self.writer.wake,
                                               children=self.readers))

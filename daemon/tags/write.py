@@ -108,15 +108,46 @@ def copy_xattrs(source: Path, target: Path) -> None:
             raise
 
 
+Owner = tuple[int, int, int]  # uid, gid, permission bits the new version gets
+
+
+def write_copy(real: Path, tmp: Path, genre: str, mode: GenreMode, owner: Owner) -> None:
+    """Build the new version of `real` in `tmp`: a copy with its extended attributes, the
+    genre set, the original's owner and permissions, fsynced and read back.
+
+    The heavy part of a write (mutagen holds the whole tag, pictures included), so the
+    service runs it in a child process (the "write" job). Raises TagError or WriteFailed
+    naming `real`; `tmp` is the caller's to remove."""
+    try:
+        shutil.copyfile(real, tmp)
+        copy_xattrs(real, tmp)
+        set_genre(tmp, genre, mode)
+        uid, gid, permissions = owner
+        if os.geteuid() == 0:
+            os.chown(tmp, uid, gid)
+        os.chmod(tmp, permissions)  # after chown, which may clear setgid
+        fsync_file(tmp)
+        genres = read_tags(tmp).genres
+    except TagError as err:
+        # set_genre/read_tags name the temp copy; the station knows the song.
+        raise TagError(real, err.reason) from None
+    except OSError as err:
+        raise WriteFailed(real, os_reason(err)) from None
+    if not (genre in genres if mode == "add" else genres == (genre,)):
+        raise TagError(real, f"wrote genre {genre!r} but the file reads back {genres!r}")
+
+
 def write_genre_atomically(path: Path | str, genre: str,
                            mode: GenreMode = "replace", *,
-                           before_replace: Callable[[os.stat_result], None] | None = None
-                           ) -> os.stat_result:
+                           before_replace: Callable[[os.stat_result], None] | None = None,
+                           build: Callable[[Path, Path, str, GenreMode, Owner], None]
+                           = write_copy) -> os.stat_result:
     """Write `genre` into `path`'s tag atomically; returns the new file's stat.
 
-    `before_replace(stat)` is called with the finished copy's stat just before it is
-    renamed over the original (a rename keeps size and mtime), so the caller can record
-    the write before any observer can see the new file.
+    `build` makes the new version in a hidden temp sibling (`write_copy`, here or in a
+    child process). `before_replace(stat)` is called with the finished copy's stat just
+    before it is renamed over the original (a rename keeps size and mtime), so the caller
+    can record the write before any observer can see the new file.
     Raises WriteFailed (file missing, read-only, drive trouble, changed while we wrote)
     or TagError (the tag could not be set or did not read back); the original is then
     untouched and no temp file is left.
@@ -142,17 +173,7 @@ def write_genre_atomically(path: Path | str, genre: str,
                           "drive); writing it would split them, so it is left as it is")
     tmp = temp_path(real)
     try:
-        shutil.copyfile(real, tmp)
-        copy_xattrs(real, tmp)
-        set_genre(tmp, genre, mode)
-        if os.geteuid() == 0:
-            os.chown(tmp, before.st_uid, before.st_gid)
-        os.chmod(tmp, before.st_mode & 0o7777)  # after chown, which may clear setgid
-        fsync_file(tmp)
-        genres = read_tags(tmp).genres
-        ok = genre in genres if mode == "add" else genres == (genre,)
-        if not ok:
-            raise TagError(path, f"wrote genre {genre!r} but the file reads back {genres!r}")
+        build(real, tmp, genre, mode, (before.st_uid, before.st_gid, before.st_mode & 0o7777))
         now = os.stat(real)
         if (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise WriteFailed(path, "the file changed while its tag was being written")
@@ -161,12 +182,9 @@ def write_genre_atomically(path: Path | str, genre: str,
         os.replace(tmp, real)
         fsync_dir(real.parent)
         return os.stat(real)
-    except TagError as err:
-        # set_genre/read_tags name the temp copy; the station knows the song.
-        raise TagError(path, err.reason) from None
+    except (TagError, WriteFailed) as err:
+        raise type(err)(path, err.reason) from None  # the song's name, as the caller knows it
     except OSError as err:
-        if err.errno == errno.ENAMETOOLONG:
-            raise WriteFailed(path, "file name too long for the filesystem") from None
         raise WriteFailed(path, os_reason(err)) from None
     finally:
         try:
