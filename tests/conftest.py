@@ -5,11 +5,14 @@ Shared by every test module: add a fixture here only when two modules need it.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import EXE
 
-from daemon.cli.demo import encode, synthesize
+from daemon.cli.demo import encode, make_library, synthesize
 from daemon.core.config import Config, parse_config
 
 
@@ -65,3 +68,26 @@ def database(tmp_path):
     engine, sessions = open_database(f"sqlite:///{tmp_path / 'genretagger.db'}")
     yield engine, sessions
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory) -> Path:
+    """A trainer --out dir (model.onnx ...) for Classical / Hip-Hop / Metal.
+
+    Session-scoped and kept under the session's base temp dir, so test_service,
+    test_worker and test_isolation share one training instead of each running its own.
+    """
+    base = tmp_path_factory.getbasetemp() / "trained-3-genres"
+    if (base / "out" / "model.onnx").exists():
+        return base / "out"
+    shutil.rmtree(base, ignore_errors=True)
+    make_library(base / "library", songs_per_genre=6, genres=("Classical", "Hip-Hop", "Metal"),
+                 untagged_share=0.0, seconds=(5, 8), formats=(".wav", ".flac", ".mp3"),
+                 artists_per_genre=3, broken=0)
+    done = subprocess.run(EXE + ["train", "--library", str(base / "library"), "--out",
+                                 str(base / "out.partial"), "--cache", str(base / "cache"),
+                                 "--epochs", "3", "--min-songs", "4"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (base / "out.partial").rename(base / "out")
+    return base / "out"

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.core.states import TrackState
 
 
 def wait_for(predicate, timeout: float = 10.0, what: str | None = None, every: float = 0.05):
@@ -195,3 +208,238 @@ def ogg_nobody_decodes(folder, name: str = "headers then noise.ogg"):
     target = Path(folder) / name
     target.write_bytes(data[:audio_start] + random.Random(3).randbytes(60_000))
     return target
+
+
+# ---- the database as the worker and other processes leave it ----------------------------
+
+def add_suggested_track(sessions, path: str, top=(("Rock", 0.8), ("Metal", 0.15),
+                                                  ("Pop", 0.05)), *, fmt: str = "mp3",
+                        raw_genre: str | None = None, size: int = 1000, mtime: float = 1.0,
+                        fingerprint: str | None = None, duration: float | None = None,
+                        title: str | None = None, artist: str | None = None,
+                        state: str = TrackState.SUGGESTED) -> tuple[int, int]:
+    """A track in the DB with one pending suggestion, as the worker leaves it.
+    Returns (track id, suggestion id)."""
+    from daemon.core.db.models import Suggestion, Track
+
+    with sessions() as session, session.begin():
+        track = Track(path=path, size=size, mtime=mtime, fingerprint=fingerprint, format=fmt,
+                      duration=duration, title=title, artist=artist, raw_genre=raw_genre,
+                      state=state)
+        session.add(track)
+        session.flush()
+        suggestion = Suggestion(track_id=track.id, genre=top[0][0], confidence=top[0][1],
+                                top=[list(t) for t in top], status="pending")
+        session.add(suggestion)
+        session.flush()
+        return track.id, suggestion.id
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO service_state (key, value, updated_at) "
+             "VALUES ('someone else', '{}', '2026-01-01 00:00:00')")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def hold_write_lock(db_file: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding SQLite's write lock for `seconds`."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db_file), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+# ---- song names ----------------------------------------------------------------------------
+
+# Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
+# tag writer's temp name to fit NAME_MAX too (daemon.tags.write.temp_path).
+ODD_NAMES = {
+    "255 bytes": b"L" * 251 + b".mp3",
+    "backslashes": b"AC\\DC - Back\\In Black.mp3",
+    "raw byte": b"collide_\xe9.mp3",
+    "literal escape": b"collide_\\xe9.mp3",  # beside the raw byte: two files, two rows
+    "non-UTF-8 folder": b"Caf\xe9/Ni\xf1a.mp3",
+}
+
+
+# ---- a reference decode, independent of daemon.audio.decode -------------------------------
+
+SR = 22_050  # the rate the features are made at (DEFAULT_SPEC.sample_rate)
+
+
+def full_decode(path, sr: int = SR) -> np.ndarray:
+    """Every sample of the file, mono (channel mean) float32, resampled to sr with soxr."""
+    import av
+    import soundfile as sf
+    import soxr
+
+    try:
+        libsndfile_reads_it = sf.info(path).format in ("WAV", "AIFF", "FLAC")
+    except RuntimeError:
+        libsndfile_reads_it = False
+    if libsndfile_reads_it:
+        try:
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+            mono = data.mean(axis=1)
+        except RuntimeError:  # libsndfile refuses a truncated FLAC; FFmpeg decodes the rest
+            libsndfile_reads_it = False
+    if not libsndfile_reads_it:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            # FFmpeg's own converter to planar float at the native rate and layout.
+            to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout,
+                                         rate=rate)
+            parts = []
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError:  # the cut-off last packet of a truncated file
+                    continue
+                parts += [f.to_ndarray() for frame in frames for f in to_float.resample(frame)]
+            parts += [f.to_ndarray() for f in to_float.resample(None)]
+        mono = np.concatenate(parts, axis=1).mean(axis=0)
+    mono = mono.astype(np.float32)
+    return soxr.resample(mono, rate, sr, quality="HQ") if rate != sr else mono
+
+
+def assert_matches(window: np.ndarray, reference: np.ndarray, start: float, sr: int = SR,
+                   max_lag_s: float = 0.05, min_corr: float = 0.99) -> int:
+    """`window` is reference[start*sr:...] up to an offset <= 50 ms: correlation >= 0.99
+    at the best lag, and that lag is within 50 ms. Returns the lag in samples."""
+    import scipy.signal
+
+    n = len(window)
+    assert n > 0
+    first = int(round(start * sr))
+    max_lag = int(max_lag_s * sr)
+    lo = max(0, first - max_lag)
+    segment = reference[lo:first + n + max_lag]
+    corr = scipy.signal.correlate(segment, window, mode="valid", method="fft")  # one per lag
+    running = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
+    energy = np.sqrt((running[n:] - running[:-n]) * np.sum(window.astype(np.float64) ** 2))
+    normalised = corr / np.maximum(energy, 1e-12)
+    best = int(np.argmax(normalised))
+    lag = lo + best - first
+    assert abs(lag) <= max_lag, f"offset {lag / sr * 1000:.1f} ms"
+    assert normalised[best] >= min_corr, (
+        f"correlation {normalised[best]:.4f} at lag {lag / sr * 1000:.1f} ms")
+    return lag
+
+
+# ---- the daemon as a real subprocess -----------------------------------------------------
+
+EXE = [sys.executable, "-m", "daemon.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, library: Path, state: Path, **overrides: str) -> Path:
+    """A test config: settle 1 s, fast retries, one decoder, a free port."""
+    values = {"settle_seconds": "1", "max_attempts": "3", "backoff_seconds": "0.3",
+              "decode_timeout": "20", "processes": "1", "port": str(free_port()),
+              "reconcile_minutes": "60", "log_level": '"info"'}
+    values.update(overrides)
+    path.write_text(f"""
+state_dir = "{state}"
+log_level = {values['log_level']}
+min_songs_per_genre = 4
+[library]
+root = "{library}"
+watch = "native"
+settle_seconds = {values['settle_seconds']}
+reconcile_minutes = {values['reconcile_minutes']}
+[workers]
+processes = {values['processes']}
+decode_timeout = {values['decode_timeout']}
+max_attempts = {values['max_attempts']}
+backoff_seconds = {values['backoff_seconds']}
+[classifier]
+batch_songs = 8
+[review]
+port = {values['port']}
+""")
+    return path
+
+
+class Station:
+    """A library, a state dir with an active model, and the daemon process."""
+
+    def __init__(self, base: Path, bundle: Path):
+        self.base = base
+        self.library = base / "library"
+        self.state = base / "state"
+        self.library.mkdir(parents=True)
+        self.config = write_config(base / "config.toml", self.library, self.state)
+        self.db = self.state / "genretagger.db"
+        self.proc: subprocess.Popen | None = None
+        self.log = base / "daemon.log"
+        self._register(bundle)
+
+    def _register(self, bundle: Path) -> None:
+        from daemon.core.config import load_config
+        from daemon.core.db.engine import open_database
+        from daemon.learn.registry import activate, register_bundle
+
+        config = load_config(self.config)
+        engine, sessions = open_database(config.db_url)
+        model = register_bundle(sessions, config, bundle)
+        activate(sessions, model.version)
+        engine.dispose()
+
+    def start(self, env: dict | None = None) -> subprocess.Popen:
+        with open(self.log, "a") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                EXE + ["--config", str(self.config), "run"],
+                stdout=subprocess.DEVNULL, stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        return self.proc
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def query(self, sql: str, *args) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def states(self) -> dict[str, str]:
+        return dict(self.query("SELECT path, state FROM tracks"))
+
+    def suggestions(self) -> dict[str, int]:
+        """path -> number of pending suggestions."""
+        return dict(self.query(
+            "SELECT t.path, count(s.id) FROM tracks t JOIN suggestions s ON s.track_id = t.id "
+            "WHERE s.status = 'pending' GROUP BY t.path"))
+
+    def wait(self, what: str, predicate, timeout: float = 60.0, every: float = 0.2):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"daemon exited ({self.proc.returncode}) while waiting for {what}:"
+                            f"\n{self.log_text()[-4000:]}")
+            value = predicate()
+            if value:
+                return value
+            time.sleep(every)
+        pytest.fail(f"timed out waiting for {what}:\n{self.log_text()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 25.0) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from helpers import negative_granule_ogg, ogg_nobody_decodes
-from scipy import signal
+from helpers import assert_matches, full_decode, negative_granule_ogg, ogg_nobody_decodes
 
 from daemon.audio import decode as audio
 from daemon.audio.decode import AudioInfo, decode_clips, probe, read_clips, read_window
@@ -32,60 +31,6 @@ FORMAT_NAMES = {".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".opus": "opus",
                 ".m4a": "m4a", ".wav": "wav", ".aiff": "aiff", ".wma": "wma"}
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def full_decode(path, sr: int = SR) -> np.ndarray:
-    """Every sample of the file, mono (channel mean) float32, resampled to sr with soxr."""
-    try:
-        libsndfile_reads_it = sf.info(path).format in ("WAV", "AIFF", "FLAC")
-    except RuntimeError:
-        libsndfile_reads_it = False
-    if libsndfile_reads_it:
-        try:
-            data, rate = sf.read(path, dtype="float32", always_2d=True)
-            mono = data.mean(axis=1)
-        except RuntimeError:  # libsndfile refuses a truncated FLAC; FFmpeg decodes the rest
-            libsndfile_reads_it = False
-    if not libsndfile_reads_it:
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            rate = stream.codec_context.sample_rate
-            # FFmpeg's own converter to planar float at the native rate and layout.
-            to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout,
-                                         rate=rate)
-            parts = []
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.InvalidDataError:  # the cut-off last packet of a truncated file
-                    continue
-                parts += [f.to_ndarray() for frame in frames for f in to_float.resample(frame)]
-            parts += [f.to_ndarray() for f in to_float.resample(None)]
-        mono = np.concatenate(parts, axis=1).mean(axis=0)
-    mono = mono.astype(np.float32)
-    return soxr.resample(mono, rate, sr, quality="HQ") if rate != sr else mono
-
-
-def assert_matches(window: np.ndarray, reference: np.ndarray, start: float, sr: int = SR,
-                   max_lag_s: float = 0.05, min_corr: float = 0.99) -> int:
-    """`window` is reference[start*sr:...] up to an offset <= 50 ms: correlation >= 0.99
-    at the best lag, and that lag is within 50 ms. Returns the lag in samples."""
-    n = len(window)
-    assert n > 0
-    first = int(round(start * sr))
-    max_lag = int(max_lag_s * sr)
-    lo = max(0, first - max_lag)
-    segment = reference[lo:first + n + max_lag]
-    corr = signal.correlate(segment, window, mode="valid", method="fft")  # one per lag
-    running = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
-    energy = np.sqrt((running[n:] - running[:-n]) * np.sum(window.astype(np.float64) ** 2))
-    normalised = corr / np.maximum(energy, 1e-12)
-    best = int(np.argmax(normalised))
-    lag = lo + best - first
-    assert abs(lag) <= max_lag, f"offset {lag / sr * 1000:.1f} ms"
-    assert normalised[best] >= min_corr, (
-        f"correlation {normalised[best]:.4f} at lag {lag / sr * 1000:.1f} ms")
-    return lag
 
 
 @pytest.fixture(scope="module")

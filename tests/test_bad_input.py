@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from test_audio import assert_matches, full_decode
+from helpers import assert_matches, full_decode
 
 from daemon.audio.decode import probe, read_clips, read_window
 from daemon.audio.features import DEFAULT_SPEC, clip_starts

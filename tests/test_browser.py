@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import add_suggested_track
 from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import select
-from test_review import add_suggested_track
 
 from daemon.core.db.models import Decision, Model, Suggestion, Track, utcnow
 from daemon.library.fingerprint import fingerprint

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import negative_granule_ogg, ogg_nobody_decodes, wait_for
+from helpers import Station, add_suggested_track, negative_granule_ogg, ogg_nobody_decodes, wait_for
 from sqlalchemy import select
-from test_service import Station, trained_bundle  # noqa: F401  (the session's model)
 
 from daemon.core.config import parse_config
 from daemon.core.db.models import Suggestion, Track
@@ -68,7 +67,7 @@ def vm_hwm_mb(pid: int) -> float:
 # ---- the service's own memory --------------------------------------------------------------
 
 class ModelessStation(Station):
-    """The daemon harness of test_service, without a model: files are tracked, and
+    """The daemon harness (helpers.Station), without a model: files are tracked, and
     nothing is classified."""
 
     def _register(self, bundle) -> None:
@@ -203,8 +202,6 @@ def test_reading_that_floods_hangs_or_crashes_quarantines_that_file_only(tmp_pat
 
 def test_review_page_media_are_decoded_in_children_with_a_timeout(tmp_path, make_config,
                                                                   database, make_song):
-    from test_review import add_suggested_track
-
     from daemon.review.web import create_app
 
     library = tmp_path / "library"
@@ -257,7 +254,7 @@ def test_review_page_media_are_decoded_in_children_with_a_timeout(tmp_path, make
 
 @pytest.mark.slow
 def test_a_song_ffmpeg_refuses_gets_a_suggestion_one_neither_reads_is_quarantined(
-        tmp_path, trained_bundle):  # noqa: F811
+        tmp_path, trained_bundle):
     """Settled by the library, decoded by the worker's pool, classified: the negative
     granule Ogg (FFmpeg refuses it, libsndfile plays it) is suggested, not quarantined;
     a file neither decoder reads is quarantined with both decoders' reasons."""

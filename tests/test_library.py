@@ -11,13 +11,12 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import soundfile as sf
-from helpers import make_not_songs
+from helpers import ODD_NAMES, hold_write_lock, make_not_songs
 from mutagen.id3 import ID3
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
@@ -469,31 +468,11 @@ def test_a_wave_of_watched_deletions_is_judged_whole(masters, root, make_library
 
 # ------------------------------------------------------------ a locked database
 
-HOLD_LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-conn.execute("INSERT INTO service_state (key, value, updated_at) "
-             "VALUES ('someone else', '{}', '2026-01-01 00:00:00')")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
-
-
-def _hold_write_lock(db_file: Path, seconds: float) -> subprocess.Popen:
-    """Another process holding SQLite's write lock for `seconds`."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db_file), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_a_write_locked_database_makes_reconcile_wait_not_fail(masters, root, make_library,
                                                                database, tmp_path):
     library, clock = _settled_library(masters, root, make_library)
     (root / "Artist 0/0.wav").unlink()
-    holder = _hold_write_lock(tmp_path / "genretagger.db", 2.5)
+    holder = hold_write_lock(tmp_path / "genretagger.db", 2.5)
     started = time.monotonic()
     result = library.reconcile(now=clock.now)  # waits on the busy timeout
     assert time.monotonic() - started >= 2.0
@@ -509,7 +488,7 @@ def test_settling_survives_a_lock_that_outlasts_the_busy_timeout(masters, root, 
     library = make_library(sessions=sessionmaker(impatient, expire_on_commit=False))
     put(masters, root, "jazz.flac", "jazz.flac")
     library.reconcile(now=0)
-    holder = _hold_write_lock(tmp_path / "genretagger.db", 2.0)
+    holder = hold_write_lock(tmp_path / "genretagger.db", 2.0)
     assert library.settle_due(now=SETTLE) == 0  # logged, not raised
     assert library.settling == 1  # still waiting to be written
     assert holder.wait(10) == 0
@@ -527,17 +506,6 @@ def test_first_seen_is_recorded(masters, root, make_library, database):
 
 
 # --------------------------------------------------------------------- names
-
-# Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
-# tag writer's temp name to fit NAME_MAX too (daemon.tags.write.temp_path).
-ODD_NAMES = {
-    "255 bytes": b"L" * 251 + b".mp3",
-    "backslashes": b"AC\\DC - Back\\In Black.mp3",
-    "raw byte": b"collide_\xe9.mp3",
-    "literal escape": b"collide_\\xe9.mp3",  # beside the raw byte: two files, two rows
-    "non-UTF-8 folder": b"Caf\xe9/Ni\xf1a.mp3",
-}
-
 
 def test_odd_names_each_get_their_own_track_that_stays_put(masters, root, make_library,
                                                            database):

@@ -1,11 +1,9 @@
-"""Review decisions on a real migrated SQLite file: accept, override, reject, undo, bulk.
-
-`add_suggested_track` is also used by the web, browser and writer tests.
-"""
+"""Review decisions on a real migrated SQLite file: accept, override, reject, undo, bulk."""
 
 from __future__ import annotations
 
 import pytest
+from helpers import add_suggested_track
 from sqlalchemy import func, select
 
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
@@ -13,27 +11,6 @@ from daemon.core.states import TrackState
 from daemon.review import decisions as review
 from daemon.review import listing
 from daemon.suggest.suggestions import rejected_genres
-
-
-def add_suggested_track(sessions, path: str, top=(("Rock", 0.8), ("Metal", 0.15),
-                                                  ("Pop", 0.05)), *, fmt: str = "mp3",
-                        raw_genre: str | None = None, size: int = 1000, mtime: float = 1.0,
-                        fingerprint: str | None = None, duration: float | None = None,
-                        title: str | None = None, artist: str | None = None,
-                        state: str = TrackState.SUGGESTED) -> tuple[int, int]:
-    """A track in the DB with one pending suggestion, as the worker leaves it.
-    Returns (track id, suggestion id)."""
-    with sessions() as session, session.begin():
-        track = Track(path=path, size=size, mtime=mtime, fingerprint=fingerprint, format=fmt,
-                      duration=duration, title=title, artist=artist, raw_genre=raw_genre,
-                      state=state)
-        session.add(track)
-        session.flush()
-        suggestion = Suggestion(track_id=track.id, genre=top[0][0], confidence=top[0][1],
-                                top=[list(t) for t in top], status="pending")
-        session.add(suggestion)
-        session.flush()
-        return track.id, suggestion.id
 
 
 @pytest.fixture

@@ -11,158 +11,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EXE, Station
 
-from daemon.cli.demo import encode, make_library, synthesize
+from daemon.cli.demo import encode, synthesize
 
 pytestmark = pytest.mark.slow
 
 SR = 22_050
-EXE = [sys.executable, "-m", "daemon.cli"]
-
-
-# ---- a trained model, once ---------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def trained_bundle(tmp_path_factory) -> Path:
-    """A trainer --out dir (model.onnx ...) for Classical / Hip-Hop / Metal.
-
-    Kept under the session's base temp dir, so test_worker (which imports this fixture)
-    reuses the same training instead of running its own.
-    """
-    base = tmp_path_factory.getbasetemp() / "trained-3-genres"
-    if (base / "out" / "model.onnx").exists():
-        return base / "out"
-    shutil.rmtree(base, ignore_errors=True)
-    make_library(base / "library", songs_per_genre=6, genres=("Classical", "Hip-Hop", "Metal"),
-                 untagged_share=0.0, seconds=(5, 8), formats=(".wav", ".flac", ".mp3"),
-                 artists_per_genre=3, broken=0)
-    done = subprocess.run(EXE + ["train", "--library", str(base / "library"), "--out",
-                                 str(base / "out.partial"), "--cache", str(base / "cache"),
-                                 "--epochs", "3", "--min-songs", "4"],
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (base / "out.partial").rename(base / "out")
-    return base / "out"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(path: Path, library: Path, state: Path, **overrides: str) -> Path:
-    """A test config: settle 1 s, fast retries, one decoder, a free port."""
-    values = {"settle_seconds": "1", "max_attempts": "3", "backoff_seconds": "0.3",
-              "decode_timeout": "20", "processes": "1", "port": str(free_port()),
-              "reconcile_minutes": "60", "log_level": '"info"'}
-    values.update(overrides)
-    path.write_text(f"""
-state_dir = "{state}"
-log_level = {values['log_level']}
-min_songs_per_genre = 4
-[library]
-root = "{library}"
-watch = "native"
-settle_seconds = {values['settle_seconds']}
-reconcile_minutes = {values['reconcile_minutes']}
-[workers]
-processes = {values['processes']}
-decode_timeout = {values['decode_timeout']}
-max_attempts = {values['max_attempts']}
-backoff_seconds = {values['backoff_seconds']}
-[classifier]
-batch_songs = 8
-[review]
-port = {values['port']}
-""")
-    return path
-
-
-class Station:
-    """A library, a state dir with an active model, and the daemon process."""
-
-    def __init__(self, base: Path, bundle: Path):
-        self.base = base
-        self.library = base / "library"
-        self.state = base / "state"
-        self.library.mkdir(parents=True)
-        self.config = write_config(base / "config.toml", self.library, self.state)
-        self.db = self.state / "genretagger.db"
-        self.proc: subprocess.Popen | None = None
-        self.log = base / "daemon.log"
-        self._register(bundle)
-
-    def _register(self, bundle: Path) -> None:
-        from daemon.core.config import load_config
-        from daemon.core.db.engine import open_database
-        from daemon.learn.registry import activate, register_bundle
-
-        config = load_config(self.config)
-        engine, sessions = open_database(config.db_url)
-        model = register_bundle(sessions, config, bundle)
-        activate(sessions, model.version)
-        engine.dispose()
-
-    def start(self, env: dict | None = None) -> subprocess.Popen:
-        with open(self.log, "a") as log:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen(
-                EXE + ["--config", str(self.config), "run"],
-                stdout=subprocess.DEVNULL, stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        return self.proc
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def query(self, sql: str, *args) -> list[tuple]:
-        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as conn:
-            return conn.execute(sql, args).fetchall()
-
-    def states(self) -> dict[str, str]:
-        return dict(self.query("SELECT path, state FROM tracks"))
-
-    def suggestions(self) -> dict[str, int]:
-        """path -> number of pending suggestions."""
-        return dict(self.query(
-            "SELECT t.path, count(s.id) FROM tracks t JOIN suggestions s ON s.track_id = t.id "
-            "WHERE s.status = 'pending' GROUP BY t.path"))
-
-    def wait(self, what: str, predicate, timeout: float = 60.0, every: float = 0.2):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(f"daemon exited ({self.proc.returncode}) while waiting for {what}:"
-                            f"\n{self.log_text()[-4000:]}")
-            value = predicate()
-            if value:
-                return value
-            time.sleep(every)
-        pytest.fail(f"timed out waiting for {what}:\n{self.log_text()[-4000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 25.0) -> tuple[int, float]:
-        started = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def station(tmp_path, trained_bundle):
     s = Station(tmp_path, trained_bundle)

@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
-from test_library import _hold_write_lock
-from test_service import free_port
+from helpers import free_port, hold_write_lock, wait_for
 
 from daemon.cli.demo import encode, synthesize
 from daemon.core.config import parse_config
@@ -78,7 +76,7 @@ port = {free_port()}
 
         # The lock outlasts the 1 s busy timeout many times over, so a loaded machine (each
         # `status` is a new process) still sees the failing job while the lock is held.
-        holder = _hold_write_lock(state / "genretagger.db", 15.0)
+        holder = hold_write_lock(state / "genretagger.db", 15.0)
         try:
             def failing() -> dict | None:
                 data = _status(config)

@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import add_suggested_track
 from PIL import Image
-from test_review import add_suggested_track
 
 from daemon.core.db.models import Decision, Model, Track, utcnow
 from daemon.library.fingerprint import fingerprint

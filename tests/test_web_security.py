@@ -8,7 +8,7 @@ import re
 import stat
 
 import pytest
-from test_review import add_suggested_track
+from helpers import add_suggested_track
 from werkzeug.security import generate_password_hash
 
 from daemon.core.db.models import Suggestion

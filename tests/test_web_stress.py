@@ -11,10 +11,9 @@ import threading
 import time
 
 import pytest
+from helpers import add_suggested_track, hold_write_lock
 from sqlalchemy import event, select, text
 from sqlalchemy.exc import OperationalError
-from test_library import _hold_write_lock
-from test_review import add_suggested_track
 
 from daemon.core.db.engine import BUSY_TIMEOUT_S, impatient_sessions, transaction
 from daemon.core.db.models import Decision, Suggestion
@@ -71,7 +70,7 @@ def test_a_locked_database_answers_busy_within_seconds_and_pages_keep_loading(st
     server.start()
     try:
         visitor = Visitor(server.port)
-        holder = _hold_write_lock(db_file, 60)  # far longer than any request may wait
+        holder = hold_write_lock(db_file, 60)  # far longer than any request may wait
         try:
             # As many stuck review actions as the server has threads.
             answers: dict[int, http.client.HTTPResponse] = {}
@@ -215,7 +214,7 @@ def test_the_short_wait_is_the_review_pages_alone(station):
     engine.dispose()
     with web() as db:  # the only pooled connection now carries the short wait
         db.execute(text("SELECT 1"))
-    holder = _hold_write_lock(db_file, 3.5)
+    holder = hold_write_lock(db_file, 3.5)
     try:
         started = time.monotonic()
         with pytest.raises(OperationalError, match="locked"), transaction(web):

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import wait_for
+from helpers import ODD_NAMES, wait_for
 from sqlalchemy import select
-from test_service import trained_bundle  # noqa: F401  (the session's trained model)
 
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC
@@ -115,7 +114,7 @@ def test_claims_only_due_tracks_and_requeues_working(shop):
     assert tracks(sessions)["due.mp3"].state == TrackState.QUEUED
 
 
-def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bundle):  # noqa: F811
+def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bundle):
     config, sessions, library = shop
     model_id = add_model(config, sessions, trained_bundle)
     rels = songs(library, 5)
@@ -185,7 +184,7 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
     assert worker.pool is None
 
 
-def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):  # noqa: F811
+def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):
     """The worker files a re-classified song away when its genre was rejected before; a
     new model re-suggests rejected songs only where it hears another genre."""
     from daemon.learn.rescore import resuggest_rejected
@@ -225,7 +224,7 @@ def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):  # noq
     assert resuggest_rejected(sessions, config, classifier, model_id)["resuggested"] == 0
 
 
-def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bundle):  # noqa: F811
+def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bundle):
     config, sessions, library = shop
     rels = songs(library, 6, seconds=5.0)
     for rel in rels:
@@ -248,7 +247,7 @@ def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bun
 
 
 def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
-        shop, trained_bundle):  # noqa: F811
+        shop, trained_bundle):
     """The library saw the file change mid-decode (track back to queued, new size): the
     result of the old bytes is dropped, and the track waits for its next turn."""
     from daemon.suggest.classifier import Classifier
@@ -279,7 +278,7 @@ def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
 
 
 def test_a_stalled_copy_is_never_suggested_from_partial_audio_nor_quarantined(
-        tmp_path, make_config, trained_bundle):  # noqa: F811
+        tmp_path, make_config, trained_bundle):
     """A real copy of a lame-encoded MP3 stalls half-way for 4 s (longer than settle_seconds),
     then goes on slowly. The partial file may fail once (its Xing header promises more
     audio than there is), but the retry, landing while the copy goes on, finds the file
@@ -346,15 +345,13 @@ def test_a_stalled_copy_is_never_suggested_from_partial_audio_nor_quarantined(
 
 
 def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
-        tmp_path, make_config, trained_bundle):  # noqa: F811
+        tmp_path, make_config, trained_bundle):
     """255 bytes, backslashes, a raw byte beside its literal escape, a non-UTF-8 folder:
     walked and settled by the library, suggested by the real worker, accepted, written by
     the writer, read back by exiftool. (The 255-byte name also needs the tag writer's
     temp name to fit NAME_MAX: daemon.tags.write.temp_path.)"""
     import os
     import subprocess
-
-    from test_library import ODD_NAMES
 
     from daemon.core.paths import filesystem_path
     from daemon.library.reconcile import Library

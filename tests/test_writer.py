@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import add_suggested_track
 from mutagen.id3 import ID3
 from sqlalchemy import select
-from test_review import add_suggested_track
 
 from daemon.audio.decode import probe, read_window
 from daemon.audio.featurecache import FeatureCache
