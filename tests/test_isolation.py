@@ -13,12 +13,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import Station, add_suggested_track, negative_granule_ogg, ogg_nobody_decodes, wait_for
+from helpers import (
+    EXE,
+    Station,
+    add_suggested_track,
+    negative_granule_ogg,
+    ogg_nobody_decodes,
+    wait_for,
+)
 from sqlalchemy import select
 
 from daemon.core.config import parse_config
@@ -102,6 +110,51 @@ def test_a_150_mb_cover_picture_never_enters_the_service_process(tmp_path, big_c
         assert row == [("Big Cover", "Rock", TrackState.TAGGED, None)]
         assert after - before < 50, f"the service's peak memory went {before:.0f} -> " \
                                     f"{after:.0f} MB reading a 150 MB picture"
+        code, _ = station.stop()
+        assert code == 0
+    finally:
+        station.kill()
+
+
+def test_writing_a_genre_into_a_150_mb_tag_never_enters_the_service_process(
+        tmp_path, trained_bundle):
+    """An untagged song with a 150 MB picture is suggested, accepted (the real CLI) and
+    written by the running service: the genre is in the file, the picture is intact, and
+    the main process's peak memory does not move (the write is built in a child)."""
+    from mutagen.id3 import ID3
+
+    from daemon.cli.demo import encode, synthesize
+    from daemon.tags.read import read_tags
+
+    station = Station(tmp_path, trained_bundle)
+    song = encode(tmp_path / "big.mp3", synthesize("Metal", 12.0, SR, 3, 2), SR)
+    with_big_picture(song, 150, "Big Untagged", "Rock")
+    tags = ID3(song)
+    tags.delall("TCON")  # untagged, so the model suggests it
+    tags.save(song)
+    picture = ID3(song).getall("APIC")[0].data
+    try:
+        proc = station.start()
+        station.wait("start-up", lambda: "genretagger running" in station.log_text())
+        time.sleep(2)  # start-up done (the retrainer thread starts after the first settle)
+        before = vm_hwm_mb(proc.pid)
+        shutil.copyfile(song, tmp_path / "incoming.mp3")
+        os.rename(tmp_path / "incoming.mp3", station.library / "big.mp3")
+        [(suggestion_id,)] = station.wait("a suggestion", lambda: station.query(
+            "SELECT s.id FROM suggestions s JOIN tracks t ON t.id = s.track_id "
+            "WHERE t.path = 'big.mp3' AND s.status = 'pending'"), timeout=120)
+        accepted = subprocess.run(
+            [*EXE, "--config", str(station.config), "review", "accept", str(suggestion_id)],
+            capture_output=True, text=True, timeout=60)
+        assert accepted.returncode == 0, accepted.stderr
+        [(genre, status)] = station.wait("the genre written", lambda: station.query(
+            "SELECT genre, write_status FROM decisions WHERE write_status = 'written'"),
+            timeout=120)
+        after = vm_hwm_mb(proc.pid)
+        assert read_tags(station.library / "big.mp3").genres == (genre,)
+        assert ID3(station.library / "big.mp3").getall("APIC")[0].data == picture
+        assert after - before < 50, f"the service's peak memory went {before:.0f} -> " \
+                                    f"{after:.0f} MB writing into a 150 MB tag"
         code, _ = station.stop()
         assert code == 0
     finally:
