@@ -329,7 +329,7 @@ def idle_cpu(bundle: Path, processes: int, seconds: float, files: int) -> dict:
     root = BENCH / "out" / "reconcile" / "library"
     tree_bench.build_tree(root, files)
     daemon = Daemon(OUT / "idle", root, bundle, processes)
-    library = Library(daemon.core.config, daemon.sessions, load_genre_map())
+    library = Library(daemon.config, daemon.sessions, load_genre_map())
     known = tree_bench.seed_database(library, root)
     walks = []
     for _ in range(3):
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         line("latency settle -> suggestion", f"median {statistics.median(settled):.2f} s, "
              f"max {max(settled):.2f} s", "<= 3 s")
     line("latency copy -> suggestion", f"median {statistics.median(copied):.2f} s "
-         f"(settle {daemon.core.config.library.settle_seconds:g} s)", "-")
+         f"(settle {daemon.config.library.settle_seconds:g} s)", "-")
     line("memory peak (backfill) RSS / PSS", f"{fill['peak_rss']:.0f} / "
          f"{fill['peak_pss']:.0f} MB", "<= 300 MB")
     for role, (rss, pss) in sorted(fill["peak_roles"].items()):
