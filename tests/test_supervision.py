@@ -280,3 +280,24 @@ def test_sighup_reaches_every_component_of_a_running_service(tmp_path):
     assert seen == {**{name: (2.5, 0.25) for name in ("worker", "library", "writer", "web",
                                                      "retrainer", "scheduler")},
                     "watcher": (2.5,), "settle tracker": (2.5,), "reconcile every": (420.0,)}
+
+
+def test_a_reload_applies_live_keys_and_keeps_restart_keys_beside_them(tmp_path):
+    """A reload that changes library.settle_seconds (live) and library.root (restart) in
+    the same section runs with the new settle time and the old root."""
+    from daemon.core.config import parse_config
+    from daemon.service.wiring import with_keys
+
+    old_root, new_root = tmp_path / "music", tmp_path / "elsewhere"
+    old_root.mkdir()
+    new_root.mkdir()
+    old = parse_config({"library": {"root": str(old_root), "settle_seconds": 1.0},
+                        "state_dir": str(tmp_path / "state")})
+    new = parse_config({"library": {"root": str(new_root), "settle_seconds": 2.5},
+                        "workers": {"processes": 2}, "state_dir": str(tmp_path / "state")})
+    running = with_keys(old, new, ["library.settle_seconds"])
+    assert running.library.settle_seconds == 2.5
+    assert running.library.root == old.library.root
+    assert running.workers.processes == old.workers.processes
+    assert running.model_dump() == old.model_copy(update={"library": old.library.model_copy(
+        update={"settle_seconds": 2.5})}).model_dump()

@@ -97,6 +97,20 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def with_keys(old: Config, new: Config, keys: list[str]) -> Config:
+    """`old` with the values of these dotted keys taken from `new`: what runs after a
+    reload that also changed keys needing a restart (those keep their running value, even
+    beside a live key in the same section: library.root stays while settle_seconds moves)."""
+    data, fresh = old.model_dump(), new.model_dump()
+    for dotted in keys:
+        *sections, leaf = dotted.split(".")
+        into, source = data, fresh
+        for section in sections:
+            into, source = into[section], source[section]
+        into[leaf] = source[leaf]
+    return Config.model_validate(data)
+
+
 class Service:
     """The daemon process: `run()` starts everything, serves until a signal, stops."""
 
@@ -354,9 +368,7 @@ class Service:
             log.info("config reloaded: nothing changed")
         live = [k for k in changed if k in LIVE_KEYS]
         restart = [k for k in changed if k not in LIVE_KEYS]
-        running = new if not restart else self.config.model_copy(
-            update={"log_level": new.log_level, "library": new.library,
-                    "workers": new.workers, "classifier": new.classifier})
+        running = new if not restart else with_keys(self.config, new, live)
         try:
             self.live.replace(running)  # every component reads live.config from here on
         except ConfigError as err:  # genres.toml went bad: keep both as they were
