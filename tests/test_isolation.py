@@ -64,6 +64,12 @@ def big_cover(tmp_path_factory) -> Path:
     return with_big_picture(path, 150, "Big Cover", "Rock")
 
 
+def assert_peak_unmoved(before: float, after: float, doing: str) -> None:
+    """The service's peak memory (VmHWM, MB) grew by less than 50 MB while `doing`."""
+    assert after - before < 50, f"the service's peak memory went {before:.0f} -> " \
+                                f"{after:.0f} MB {doing}"
+
+
 def vm_hwm_mb(pid: int) -> float:
     """The process's peak resident memory (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -108,8 +114,7 @@ def test_a_150_mb_cover_picture_never_enters_the_service_process(tmp_path, big_c
             "WHERE path = 'big cover.mp3'"), timeout=90)
         after = vm_hwm_mb(proc.pid)
         assert row == [("Big Cover", "Rock", TrackState.TAGGED, None)]
-        assert after - before < 50, f"the service's peak memory went {before:.0f} -> " \
-                                    f"{after:.0f} MB reading a 150 MB picture"
+        assert_peak_unmoved(before, after, "reading a 150 MB picture")
         code, _ = station.stop()
         assert code == 0
     finally:
@@ -153,8 +158,7 @@ def test_writing_a_genre_into_a_150_mb_tag_never_enters_the_service_process(
         after = vm_hwm_mb(proc.pid)
         assert read_tags(station.library / "big.mp3").genres == (genre,)
         assert ID3(station.library / "big.mp3").getall("APIC")[0].data == picture
-        assert after - before < 50, f"the service's peak memory went {before:.0f} -> " \
-                                    f"{after:.0f} MB writing into a 150 MB tag"
+        assert_peak_unmoved(before, after, "writing into a 150 MB tag")
         code, _ = station.stop()
         assert code == 0
     finally:

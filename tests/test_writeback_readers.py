@@ -239,11 +239,16 @@ def wav_info_id3(folder: Path) -> Path:
     return path
 
 
-def wav_untagged(folder: Path) -> Path:
-    path = folder / "bare.wav"
+def bare(folder: Path, suffix: str) -> Path:
+    """The PCM master in `suffix`'s container with no tag at all (FFmpeg)."""
+    path = folder / f"bare{suffix}"
     run("ffmpeg", "-v", "error", "-y", "-i", pcm(folder), "-map_metadata", "-1",
         "-fflags", "+bitexact", path)
     return path
+
+
+def wav_untagged(folder: Path) -> Path:
+    return bare(folder, ".wav")
 
 
 def aiff(folder: Path) -> Path:
@@ -255,10 +260,7 @@ def aiff(folder: Path) -> Path:
 
 
 def aiff_untagged(folder: Path) -> Path:
-    path = folder / "bare.aiff"
-    run("ffmpeg", "-v", "error", "-y", "-i", pcm(folder), "-map_metadata", "-1",
-        "-fflags", "+bitexact", path)
-    return path
+    return bare(folder, ".aiff")
 
 
 LAYOUTS = {

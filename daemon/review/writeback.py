@@ -31,7 +31,7 @@ from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
 from daemon.core.health import Health, thread_alive
 from daemon.core.live import Live, as_live
-from daemon.core.paths import OutsideLibrary, library_file  # noqa: F401 - OutsideLibrary: re-exported
+from daemon.core.paths import library_file
 from daemon.core.retry import backoff
 from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatus
 from daemon.library.fingerprint import fingerprint
