@@ -273,3 +273,49 @@ def backbone_patches(windows: np.ndarray, spec: BackboneSpec = BACKBONE_SPEC) ->
     power = np.abs(spectrum) ** spec.power
     mel = power @ mel_filterbank(spec).T.astype(np.float64)
     return np.log10(spec.log_multiplier * mel + 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------- what a song's input is
+# The feature kinds a bundle's inputs take (metadata "members"/"embedding" name them):
+# CNN -> "clips" (clips, n_freqs, n_frames, 1) by FeatureSpec; BACKBONE -> "patches"
+# (patches, patch_frames, n_mels) by BackboneSpec. A song's features are a dict by kind.
+CNN, BACKBONE = "cnn", "backbone"
+FEATURE_KINDS = (CNN, BACKBONE)
+INPUT_NAMES = {CNN: "clips", BACKBONE: "patches"}
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """What a cached song embedding is: the backbone's per-patch output `output` (dim
+    values per patch) for patches made by `backbone`, from the checkpoint in the wheel
+    with sha256 `wheel_sha256`. "Sounds like" uses the mean over patches; the backbone
+    head is fitted on the same vectors."""
+
+    backbone: BackboneSpec = BACKBONE_SPEC
+    output: str = "penultimate"
+    dim: int = 200
+    # trainer.backbone.WHEEL_SHA256 (written out: the daemon never imports the trainer).
+    wheel_sha256: str = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        """Per patch: (dim,)."""
+        return (self.dim,)
+
+    def to_json(self) -> str:
+        return json.dumps({"backbone": json.loads(self.backbone.to_json()),
+                           "output": self.output, "dim": self.dim,
+                           "wheel_sha256": self.wheel_sha256}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EmbeddingSpec:
+        data = json.loads(text)
+        return cls(BackboneSpec(**data["backbone"]), data["output"], int(data["dim"]),
+                   data["wheel_sha256"])
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+EMBEDDING_SPEC = EmbeddingSpec()
