@@ -5,6 +5,10 @@ tf.function with an explicit input signature (dynamic batch) and converted with
 from_function. The bundle is written only if onnxruntime and Keras agree on held-out
 clips to within PARITY_TOLERANCE; it is written to a temp file and renamed, so a
 half-written bundle never exists under its final name.
+
+TensorFlow, Keras and tf2onnx are imported where a Keras model is converted, not at
+import: trainer/bundles.py and trainer/backbone.py use ParityError, metadata_props and
+write_model with onnx and onnxruntime only.
 """
 
 from __future__ import annotations
@@ -14,18 +18,16 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
-import tensorflow as tf
-import tf2onnx
 
 from daemon.core.errors import GenretaggerError
 
-# tf2onnx narrates every conversion at INFO; its warnings still come through.
-logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+if TYPE_CHECKING:
+    import keras
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -37,6 +39,11 @@ class ParityError(GenretaggerError):
 
 def to_onnx(model: keras.Model, opset: int = OPSET) -> onnx.ModelProto:
     """The Keras model as an ONNX graph with input "clips" of shape (batch, F, T, 1)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    # tf2onnx narrates every conversion at INFO; its warnings still come through.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     signature = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="clips"),)
     function = tf.function(lambda clips: model(clips, training=False),
                            input_signature=signature)
