@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, compose, helper, numpy_helper
+from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
 from daemon.audio.features import (
     BACKBONE,
@@ -106,7 +106,15 @@ def head_part(head: Head, like: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def _merge(first: onnx.ModelProto, second: onnx.ModelProto, io_map, outputs) -> onnx.ModelProto:
+    # merge_models wants one opset and IR version: the older part is converted up.
+    opset = max(_opset(first), _opset(second))
+    first, second = (m if _opset(m) == opset else version_converter.convert_version(m, opset)
+                     for m in (first, second))
     ir = max(first.ir_version, second.ir_version)  # a newer IR reads the older's graphs
     first.ir_version = second.ir_version = ir
     merged = compose.merge_models(first, second, io_map=io_map, outputs=list(outputs))
