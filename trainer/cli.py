@@ -108,10 +108,16 @@ def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
         return
+    if not report["n_songs"]:
+        click.echo("no song of the model's genres in the library: nothing to score")
+        return
     click.echo(f"{report['n_songs']} songs: song accuracy {report['accuracy']:.1%}, "
                f"macro-F1 {report['macro_f1']:.3f}, clip accuracy "
                f"{report['clip_accuracy']:.1%}, ECE {report['ece']:.3f}")
     for genre, m in report["per_class"].items():
+        if m["recall"] is None:  # no song of this genre here: never shown as 0
+            click.echo(f"  {genre:<16} not tested (no song of this genre)")
+            continue
         click.echo(f"  {genre:<16} precision {m['precision']:.2f}  recall {m['recall']:.2f}"
                    f"  F1 {m['f1']:.2f}  songs {m['support']}")
     if report["failed"]:

@@ -40,8 +40,8 @@ from trainer.dataset import (
 )
 from trainer.evaluate import (
     calibration_report,
+    choose_temperature,
     clip_accuracy,
-    fit_temperature,
     plot_confusion,
     plot_reliability,
     song_metrics,
@@ -169,9 +169,11 @@ def calibrate_and_evaluate(model, dataset: Dataset, cache: FeatureCache, out: Pa
     val_clips = predict_clips(model, list(dataset.validation), cache, n)
     test_clips = predict_clips(model, list(dataset.test), cache, n)
     y_val, y_test = dataset.labels("validation"), dataset.labels("test")
-    temperature = fit_temperature(val_clips, y_val)
+    chosen = choose_temperature(val_clips, y_val)
+    temperature = chosen.temperature
     calibration = {"validation": calibration_report(val_clips, y_val, temperature),
-                   "test": calibration_report(test_clips, y_test, temperature)}
+                   "test": calibration_report(test_clips, y_test, temperature),
+                   "how": chosen.how, "held_out": chosen.held_out}
     test_probs = song_probabilities(test_clips, temperature)
     test_metrics = song_metrics(test_probs, y_test.tolist(), dataset.classes)
     test_metrics["clip_accuracy"] = clip_accuracy(test_clips, y_test)
@@ -236,7 +238,8 @@ def write_run(model, out: Path, report: dict, dataset: Dataset, cache: FeatureCa
 def _headline(metrics: dict) -> dict:
     return {"song_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "clip_accuracy": metrics["clip_accuracy"], "n_songs": metrics["n_songs"],
-            "recall": {g: m["recall"] for g, m in metrics["per_class"].items()}}
+            "recall": {g: m["recall"] for g, m in metrics["per_class"].items()},
+            "not_tested": metrics["not_tested"]}
 
 
 def _bundle_metadata(report: dict) -> dict:
