@@ -164,6 +164,10 @@ def test_the_retrainer_starts_the_trainer_as_python_m_trainer_train(tmp_path):
                            "library": {"root": str(library)}})
     argv = trainer_command(config, tmp_path / "run", tmp_path / "labels.json", None)
     assert argv[:4] == [sys.executable, "-m", "trainer", "train"]
+    # The nightly tournament, with each family's threshold.
+    assert argv[argv.index("--family") + 1] == "all"
+    assert argv[argv.index("--min-songs") + 1] == "20"
+    assert argv[argv.index("--min-songs-backbone") + 1] == "3"
     shown = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     for option in argv[4:]:
