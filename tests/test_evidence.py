@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.core.errors import ConfigError
 from daemon.learn.gate import gate
 from daemon.learn.metrics import mcnemar, paired_comparison, song_metrics
 from daemon.suggest.classifier import softmax
@@ -231,3 +232,21 @@ def test_calibration_needs_enough_songs_and_fits_an_overconfident_model():
     fitted = choose_temperature(clips, labels)
     assert fitted.how == FITTED and fitted.temperature > 1.5
     assert fitted.held_out["ece_fitted"] < fitted.held_out["ece_1"] / 3
+
+
+# ---------------------------------------------------------------- the tournament's choice
+
+def test_the_best_macro_f1_wins_and_a_tie_goes_to_the_cheaper_family():
+    from trainer.tournament import choose_winner, families_for
+
+    rows = [{"family": "cnn", "macro_f1": 0.8}, {"family": "backbone", "macro_f1": 0.9},
+            {"family": "ensemble", "macro_f1": 0.9}]
+    assert choose_winner(rows) == "backbone"
+    assert choose_winner(rows[:1] + [{"family": "ensemble", "macro_f1": 0.85}]) == "ensemble"
+    assert choose_winner([{"family": "cnn", "macro_f1": 0.9},
+                          {"family": "ensemble", "macro_f1": 0.9}]) == "cnn"
+    assert families_for("all", ("cnn",)) == ("cnn",)
+    assert families_for("all", ("cnn", "backbone", "ensemble")) == ("cnn", "backbone",
+                                                                    "ensemble")
+    with pytest.raises(ConfigError, match="--family backbone: cannot be trained here"):
+        families_for("backbone", ("cnn",))
