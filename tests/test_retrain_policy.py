@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -17,6 +18,7 @@ from daemon.core.db.models import Model, Track
 from daemon.core.states import TrackState
 from daemon.learn.gate import gate
 from daemon.learn.labels import LABEL, current_labels, song_label, training_label
+from daemon.learn.metrics import paired_comparison, song_metrics
 from daemon.learn.policy import holdout_share, should_retrain
 from daemon.learn.trainer_process import failure_reason, trainer_command
 from daemon.tags.genres import load_genre_map
@@ -54,58 +56,46 @@ def test_should_retrain(active, new_labels, forced, genres, expected, says):
     assert says in reason
 
 
-def metrics(macro_f1: float, recall: dict[str, float], support: int = 10) -> dict:
-    return {"accuracy": macro_f1, "macro_f1": macro_f1, "n_songs": support * len(recall),
-            "per_class": {g: {"precision": r, "recall": r, "f1": r, "support": support}
-                          for g, r in recall.items()}}
+GENRES3 = ["Jazz", "Rock", "Pop"]
 
 
-BASE = metrics(0.80, {"Jazz": 0.80, "Rock": 0.80, "Pop": 0.80})
+def judged(n: int, wrong: int, active_wrong: int = 0, limits=(0.5, 5.0)):
+    """The gate on n songs (3 genres) where the candidate misses `wrong` songs and the
+    active model `active_wrong` (different songs: the first and the last ones)."""
+    truth = np.arange(n) % 3
+    candidate, active = truth.copy(), truth.copy()
+    candidate[:wrong] = (truth[:wrong] + 1) % 3
+    if active_wrong:
+        active[-active_wrong:] = (truth[-active_wrong:] + 1) % 3
+    eye = np.eye(3)
+    labels = [GENRES3[i] for i in truth]
+    mine, theirs = (song_metrics(eye[p], labels, GENRES3) for p in (candidate, active))
+    return gate(mine, theirs, *limits, paired_comparison(labels, candidate, active, GENRES3))
 
 
 @pytest.mark.parametrize(
-    ("candidate", "active", "promote", "says"),
+    ("n", "wrong", "active_wrong", "promote", "says"),
     [
-        (metrics(0.85, {"Jazz": 0.9, "Rock": 0.8, "Pop": 0.85}), BASE, True, "+5.0 points"),
-        (metrics(0.80, {"Jazz": 0.8, "Rock": 0.8, "Pop": 0.8}), BASE, True, "+0.0 points"),
-        # exactly 0.5 points lower passes, more does not
-        (metrics(0.795, {"Jazz": 0.8, "Rock": 0.8, "Pop": 0.8}), BASE, True, "-0.5 points"),
-        (metrics(0.794, {"Jazz": 0.8, "Rock": 0.8, "Pop": 0.8}), BASE, False,
-         "drops more than 0.5"),
-        # better macro-F1 but one genre's recall drops 10 points
-        (metrics(0.90, {"Jazz": 1.0, "Rock": 1.0, "Pop": 0.70}), BASE, False,
-         "Pop recall drops 10.0"),
-        # a recall drop of exactly 5 points is allowed
-        (metrics(0.82, {"Jazz": 0.9, "Rock": 0.85, "Pop": 0.75}), BASE, True, "no genre"),
-        # a genre the candidate does not know counts as recall 0
-        (metrics(0.85, {"Jazz": 0.9, "Rock": 0.9}), BASE, False, "Pop recall drops 80.0"),
-        # nothing to compare with: the first model is promoted
-        (metrics(0.30, {"Jazz": 0.3}), None, True, "no active model"),
-        # an empty holdout never replaces a working model
-        ({**metrics(0.9, {"Jazz": 0.9}), "n_songs": 0}, BASE, False, "no songs"),
-        # a shuffled-label candidate: chance-level everywhere
-        (metrics(0.33, {"Jazz": 0.3, "Rock": 0.4, "Pop": 0.3}), BASE, False, "drops more"),
+        (90, 0, 9, True, "not worse with evidence"),  # better
+        (90, 0, 0, True, "+0.0 points"),  # the same
+        (20, 1, 0, True, "not worse with evidence"),  # one song of 20: no evidence
+        (30, 3, 0, True, "95% interval"),  # three of 30 wrong, no more than chance
+        (300, 30, 0, False, "worse with evidence"),  # 30 of 300 is evidence
+        (300, 100, 10, False, "worse with evidence"),  # a shuffled-label candidate
     ],
 )
-def test_gate(candidate, active, promote, says):
-    verdict = gate(candidate, active, 0.5, 5.0)
+def test_gate(n, wrong, active_wrong, promote, says):
+    verdict = judged(n, wrong, active_wrong)
     assert verdict.promote is promote, verdict.reason
     assert says in verdict.reason
 
 
-def test_gate_ignores_genres_without_holdout_songs():
-    active = {**BASE, "per_class": {**BASE["per_class"],
-                                    "Pop": {"recall": 0.0, "support": 0}}}
-    verdict = gate(metrics(0.85, {"Jazz": 0.9, "Rock": 0.9}), active, 0.5, 5.0)
-    assert verdict.promote, verdict.reason
-    assert set(verdict.recall_changes) == {"Jazz", "Rock"}
-
-
 def test_gate_limits_come_from_arguments():
-    candidate = metrics(0.70, {"Jazz": 0.7, "Rock": 0.7, "Pop": 0.7})
-    assert not gate(candidate, BASE, 0.5, 5.0).promote
-    assert gate(candidate, BASE, 10.0, 10.0).promote
-    assert gate(candidate, BASE, 10.0, 10.0).f1_change == pytest.approx(-10.0)
+    assert not judged(300, 60).promote
+    lenient = judged(300, 60, limits=(40.0, 60.0))
+    assert lenient.promote, lenient.reason
+    assert lenient.f1_change == pytest.approx(-20.0, abs=2.0)
+    assert lenient.f1_interval[0] < lenient.f1_change < lenient.f1_interval[1] < -10
 
 
 @pytest.mark.parametrize(
@@ -174,6 +164,10 @@ def test_the_retrainer_starts_the_trainer_as_python_m_trainer_train(tmp_path):
                            "library": {"root": str(library)}})
     argv = trainer_command(config, tmp_path / "run", tmp_path / "labels.json", None)
     assert argv[:4] == [sys.executable, "-m", "trainer", "train"]
+    # The nightly tournament, with each family's threshold.
+    assert argv[argv.index("--family") + 1] == "all"
+    assert argv[argv.index("--min-songs") + 1] == "20"
+    assert argv[argv.index("--min-songs-backbone") + 1] == "3"
     shown = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     for option in argv[4:]:

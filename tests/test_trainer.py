@@ -96,7 +96,8 @@ def test_classes_need_min_songs_and_leftovers_are_reported():
              for g in ("Jazz", "Rock") for a in range(8) for i in range(3)]
     songs += [song(f"Polka/{i}.mp3", "Polka", "polka band") for i in range(4)]
     dataset = build_dataset(songs, seed=0, min_songs=10)
-    assert dataset.classes == ("Jazz", "Rock") and dataset.left_out == {"Polka": 4}
+    assert dataset.classes == ("Jazz", "Rock")
+    assert dataset.left_out == {"Polka": {"songs": 4, "needs": 6}}
     assert all(s.genre != "Polka" for s in dataset.train + dataset.validation + dataset.test)
     with pytest.raises(DatasetError, match="at least 2 genres"):
         build_dataset(songs, seed=0, min_songs=100)
@@ -239,6 +240,29 @@ def test_train_writes_a_complete_calibrated_bundle(library, first_run):
         (out / "split.json").read_text())["train"])
     assert meta["parent_model"] == ""
     assert "test" in run.stdout and "model.onnx" in run.stdout
+
+
+@pytest.mark.slow
+def test_the_tournament_table_is_in_the_report_and_the_winners_metadata(first_run):
+    base, run = first_run
+    out = base / "one"
+    report = json.loads((out / "report.json").read_text())
+    table = report["tournament"]
+    assert table["winner"] == "cnn" and [r["family"] for r in table["rows"]] == ["cnn"]
+    test_songs = json.loads((out / "split.json").read_text())["test"]
+    assert table["holdout_songs"] == len(test_songs)
+    row = table["rows"][0]
+    assert set(row) >= {"family", "accuracy", "macro_f1", "recall", "not_tested", "ece",
+                        "temperature", "calibration", "train_seconds", "classes", "left_out"}
+    assert row["macro_f1"] == pytest.approx(report["test"]["macro_f1"])
+    assert row["calibration"] == report["metrics"]["calibration"]["how"]
+    # Stratified: every genre learned has test songs, so none is "not tested".
+    assert row["not_tested"] == [] and all(v is not None for v in row["recall"].values())
+    meta = read_metadata(out / "model.onnx")
+    assert meta["tournament"] == table and meta["family"] == "cnn"
+    assert meta["left_out"] == report["left_out"] == {}
+    assert (out / "cnn.onnx").stat().st_size > 0
+    assert "tournament: cnn wins" in run.stdout
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import click
 from daemon.core.errors import ConfigError, GenretaggerError, ModelMismatch
 from daemon.service.logs import setup_logging
 from trainer.evaluate import evaluate_model
+from trainer.tournament import ALL, FAMILIES
 from trainer.train import train as run_training
 
 # An option naming a file that must exist (a Path, never a directory).
@@ -44,6 +45,11 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-songs", type=click.IntRange(1), default=20, show_default=True,
               help="genres with fewer songs are left out (and reported)")
+@click.option("--min-songs-backbone", type=click.IntRange(1), default=3, show_default=True,
+              help="the same for the backbone head (few-shot genres)")
+@click.option("--family", type=click.Choice([*FAMILIES, ALL]), default=ALL, show_default=True,
+              help="the model family to train; all: the tournament of every family this "
+                   "trainer can build, the best one becoming model.onnx")
 @click.option("--genres", "genres_path", type=EXISTING_FILE,
               help="genres.toml (default: the shipped one)")
 @click.option("--labels", "labels_path", type=EXISTING_FILE,
@@ -61,7 +67,8 @@ def cli() -> None:
               metavar="MINUTES", help="end the run within this: fitting stops early (keeping "
               "its best epoch) to leave time for evaluation and export")
 def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_seconds: float,
-          seed: int, min_songs: int, genres_path: Path | None, labels_path: Path | None,
+          seed: int, min_songs: int, min_songs_backbone: int, family: str,
+          genres_path: Path | None, labels_path: Path | None,
           warm_start: Path | None, holdout_path: Path | None, known_path: Path | None,
           batch_size: int | None,
           processes: int | None, time_budget: float | None) -> int:
@@ -74,6 +81,7 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
         return 2
     report = run_training(library, out, cache_dir=cache_dir, epochs=epochs,
                           clip_seconds=clip_seconds, seed=seed, min_songs=min_songs,
+                          min_songs_backbone=min_songs_backbone, family=family,
                           genres_path=genres_path, labels_path=labels_path,
                           warm_start=warm_start, holdout_path=holdout_path,
                           known_path=known_path,
@@ -84,7 +92,11 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
                f"  test songs: {test['n_songs']}, song accuracy {test['song_accuracy']:.1%}, "
                f"macro-F1 {test['macro_f1']:.3f}, clip accuracy {test['clip_accuracy']:.1%}\n"
                f"  temperature {report['temperature']:.3f}; features: "
-               f"{report['cache']['decoded']} decoded, {report['cache']['cached']} cached")
+               f"{report['cache']['decoded']} decoded, {report['cache']['cached']} cached\n"
+               f"  tournament: {report['tournament']['winner']} wins: "
+               f"{report['tournament']['why']}")
+    for genre, left in report["left_out"].items():
+        click.echo(f"  left out: {genre} ({left['songs']} songs, needs {left['needs']} more)")
     return 0
 
 
@@ -108,10 +120,16 @@ def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
         return
+    if not report["n_songs"]:
+        click.echo("no song of the model's genres in the library: nothing to score")
+        return
     click.echo(f"{report['n_songs']} songs: song accuracy {report['accuracy']:.1%}, "
                f"macro-F1 {report['macro_f1']:.3f}, clip accuracy "
                f"{report['clip_accuracy']:.1%}, ECE {report['ece']:.3f}")
     for genre, m in report["per_class"].items():
+        if m["recall"] is None:  # no song of this genre here: never shown as 0
+            click.echo(f"  {genre:<16} not tested (no song of this genre)")
+            continue
         click.echo(f"  {genre:<16} precision {m['precision']:.2f}  recall {m['recall']:.2f}"
                    f"  F1 {m['f1']:.2f}  songs {m['support']}")
     if report["failed"]:

@@ -6,9 +6,12 @@ Top to bottom:
   load_features: fill the feature cache for songs not in it yet, decoding in the
       ExtractPool (the daemon's own decode + feature code); unchanged songs are never
       decoded again.
-  build_dataset: classes with enough songs, then splits. An artist's split is decided by
-      hashing its key with the seed, so it is stable as the library grows: an artist in
-      test never moves into train. Clips of one song always stay with the song.
+  build_dataset: classes with enough songs, then splits. An artist's split starts from a
+      hash of its key with the seed, then is stratified by genre (every genre the model
+      learns gets test songs when two artists sing it): artists never share a split, and
+      clips of one song always stay with the song. The stratifying moves depend on the
+      library, so an artist can change split as it grows; the gate removes songs the
+      active model trained on from its holdout (daemon.learn.gate.holdout_for).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ SPLITS = ("train", "validation", "test")
 # Shares of artists per split (by hash): test, then validation, the rest train.
 TEST_SHARE = 0.15
 VALIDATION_SHARE = 0.15
+# Stratifying passes (see stratify), and where each takes an artist from, preferred first.
+STRATIFY_ORDER = ("train", "test", "validation")
+TAKE_FROM = {"train": ("validation", "test"), "test": ("train", "validation"),
+             "validation": ("train", "test")}
 
 
 class DatasetError(GenretaggerError):
@@ -66,8 +73,10 @@ class Dataset:
     train: tuple[LabelledSong, ...]
     validation: tuple[LabelledSong, ...]
     test: tuple[LabelledSong, ...]
-    # genre -> song count, for genres below --min-songs (or with no training song).
-    left_out: dict[str, int] = field(default_factory=dict)
+    # {genre: {"songs": n, "needs": k}}: below --min-songs (or no training artist).
+    left_out: dict[str, dict[str, int]] = field(default_factory=dict)
+    # genre -> labelled songs with features, every genre (classes and left out).
+    song_counts: dict[str, int] = field(default_factory=dict)
 
     def split(self, name: str) -> tuple[LabelledSong, ...]:
         return getattr(self, name)
@@ -258,35 +267,82 @@ def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
     return usable, sorted(failed.items()), stats
 
 
+def _rank(seed: int, split: str, key: str) -> bytes:
+    """Which artist moves first into `split`: the smallest hash of (seed, split, key)."""
+    return hashlib.sha256(f"{seed}\0{split}\0{key}".encode()).digest()
+
+
+def stratify(songs: list[LabelledSong], assigned: dict[str, str], genres: Collection[str],
+             seed: int, pinned: Collection[str] = ()) -> dict[str, str]:
+    """Move artists so every genre in `genres` has songs in train, then test, then
+    validation, where its artists allow it; `assigned` is {artist key: split} by hash.
+
+    Passes in that order (train first: a genre nobody trains on cannot be learned; test
+    before validation: the gate judges on test). In a pass, a genre lacking the split
+    takes one of its artists from another split: among those whose move leaves no genre
+    without an artist in a split an earlier pass filled (so no pass undoes another), the
+    one from the preferred split (TAKE_FROM), then with the smallest hash of
+    (seed, split, key). `pinned` artists (the nightly
+    --holdout's) stay in test. So a genre with songs by >= 2 artists gets test songs, by
+    >= 3 also validation songs; one artist's genre is trained on, not tested.
+    """
+    assigned = dict(assigned)
+    artists: dict[str, set[str]] = {}  # genre -> its artist keys
+    genres_of: dict[str, set[str]] = {}  # artist key -> its genres
+    for song in songs:
+        artists.setdefault(song.genre, set()).add(song.artist_key)
+        genres_of.setdefault(song.artist_key, set()).add(song.genre)
+
+    def in_split(genre: str, split: str) -> int:
+        return sum(assigned[a] == split for a in artists[genre])
+
+    done: list[str] = []
+    for split in STRATIFY_ORDER:
+        for genre in sorted(genres):
+            if in_split(genre, split):
+                continue
+            movable = [a for a in artists[genre] if a not in pinned and all(
+                in_split(g, assigned[a]) >= 2 for g in genres_of[a]
+                if g in genres and assigned[a] in done)]
+            if movable:
+                sources = TAKE_FROM[split]
+                assigned[min(movable, key=lambda a: (sources.index(assigned[a]),
+                                                     _rank(seed, split, a)))] = split
+        done.append(split)
+    return assigned
+
+
+def needs(songs: int, min_songs: int) -> int:
+    """How many more songs a left-out genre needs: to reach `min_songs`, else 1 (one by an
+    artist who is not held out, so there is something to train on)."""
+    return max(1, min_songs - songs)
+
+
 def build_dataset(songs: list[LabelledSong], *, seed: int = 0, min_songs: int = 20,
                   holdout: Collection[str] = ()) -> Dataset:
     """Labelled songs with features -> classes and artist-disjoint splits.
 
-    `holdout`: relative paths whose artists go to test whatever their hash says (the
-    nightly retrain holds out some of the newly confirmed labels this way, so its gate
-    always judges on fresh songs).
+    An artist's split starts from a hash of (seed, artist key); `holdout`: relative paths
+    whose artists go to test whatever their hash says (the nightly retrain holds out some
+    of the newly confirmed labels this way, so its gate always judges on fresh songs).
+    Then the split is stratified by genre (`stratify`): every genre with >= `min_songs`
+    songs gets training songs, test songs when it has songs by >= 2 artists and
+    validation songs by >= 3, while no artist is in two splits.
 
-    Classes: canonical genres with >= `min_songs` songs and at least one training song,
-    sorted by name; the rest go into `left_out`. When hashing leaves validation or test
-    without an artist (a library of a handful of artists), the training artists whose
-    hashes lie closest to that split move into it, so both always have songs.
-    Raises DatasetError when fewer than 2 classes remain.
+    Classes: genres with >= `min_songs` songs and a training song, sorted by name; the
+    rest go into `left_out` as {genre: {"songs": n, "needs": more songs needed}}.
+    Raises DatasetError when fewer than 2 classes remain or test/validation are empty.
     """
     counts = Counter(s.genre for s in songs)
     keys = sorted({s.artist_key for s in songs})
     held = {s.artist_key for s in songs if s.rel in holdout}
     assigned = {k: "test" if k in held else split_of(k, seed) for k in keys}
-    for name in ("test", "validation"):
-        if len(keys) >= 3 and name not in assigned.values():
-            # Deterministic: the training artist with the smallest hash share moves.
-            candidates = [k for k in keys if assigned[k] == "train"]
-            if len(candidates) > 1:
-                moved = min(candidates, key=lambda k: hashlib.sha256(
-                    f"{seed}\0{name}\0{k}".encode()).digest())
-                assigned[moved] = name
+    enough = {g for g, n in counts.items() if n >= min_songs}
+    assigned = stratify([s for s in songs if s.genre in enough], assigned, enough, seed, held)
     trained = {s.genre for s in songs if assigned[s.artist_key] == "train"}
-    classes = tuple(sorted(g for g, n in counts.items() if n >= min_songs and g in trained))
-    left_out = {g: n for g, n in sorted(counts.items()) if g not in classes}
+    classes = tuple(sorted(g for g in enough if g in trained))
+    left_out = {g: {"songs": n, "needs": needs(n, min_songs)}
+                for g, n in sorted(counts.items()) if g not in classes}
     if len(classes) < 2:
         raise DatasetError(
             f"need at least 2 genres with >= {min_songs} songs and a training artist; "
@@ -297,7 +353,22 @@ def build_dataset(songs: list[LabelledSong], *, seed: int = 0, min_songs: int = 
         if not parts[name]:
             raise DatasetError(f"no songs in the {name} split: the library needs songs "
                                "by at least 3 different artists")
-    return Dataset(classes, parts["train"], parts["validation"], parts["test"], left_out)
+    return Dataset(classes, parts["train"], parts["validation"], parts["test"], left_out,
+                   dict(sorted(counts.items())))
+
+
+def narrow(dataset: Dataset, min_songs: int) -> Dataset:
+    """The same splits for a family that needs `min_songs` songs per genre: classes with
+    fewer songs leave every split and join `left_out` (with what they need)."""
+    classes = tuple(g for g in dataset.classes if dataset.song_counts.get(g, 0) >= min_songs)
+    if len(classes) < 2:
+        raise DatasetError(f"need at least 2 genres with >= {min_songs} songs; found "
+                           f"{dataset.song_counts}")
+    left_out = {g: {"songs": n, "needs": needs(n, min_songs) if g in dataset.classes
+                    else dataset.left_out[g]["needs"]}
+                for g, n in dataset.song_counts.items() if g not in classes}
+    parts = [tuple(s for s in dataset.split(name) if s.genre in classes) for name in SPLITS]
+    return Dataset(classes, *parts, left_out=left_out, song_counts=dataset.song_counts)
 
 
 def song_chunks(songs: Iterable[LabelledSong], cache: FeatureCache, size: int = 64,

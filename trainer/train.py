@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
+from daemon.audio.features import CNN, DEFAULT_SPEC, FeatureSpec
 from daemon.core.errors import ConfigError
 from daemon.learn.registry import file_sha256
 from daemon.suggest.classifier import song_probabilities
@@ -34,20 +34,27 @@ from trainer.dataset import (
     load_holdout,
     load_known,
     load_labels,
+    narrow,
     split_listing,
     summary,
     training_set_hash,
 )
 from trainer.evaluate import (
     calibration_report,
+    choose_temperature,
     clip_accuracy,
-    fit_temperature,
     plot_confusion,
     plot_reliability,
     song_metrics,
 )
+from trainer.tournament import ALL, FAMILIES, Entry, families_for, judge_families, write_winner
 
 log = logging.getLogger(__name__)
+
+# The families this trainer builds. The backbone head and the ensemble join when their
+# bundle builders (trainer.bundles: backbone + head in one graph) are in; `--family all`
+# trains every family listed here.
+BUILDABLE = ("cnn",)
 
 # Held-out clips the ONNX export must reproduce.
 PARITY_CLIPS = 64
@@ -65,6 +72,7 @@ def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
 
 def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
           clip_seconds: float = 1.0, seed: int = 0, min_songs: int = 20,
+          min_songs_backbone: int = 3, family: str = ALL,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
           known_path: Path | None = None,
@@ -83,17 +91,23 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     progress = sys.stderr.isatty() if progress is None else progress
     library, out = Path(library).resolve(), Path(out)
     prepare_out(out, warm_start)
+    families = families_for(family, BUILDABLE)
+    thresholds = {f: min_songs if f == "cnn" else min_songs_backbone for f in families}
     spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds))
     cache = FeatureCache(cache_dir or default_cache_dir(), spec)
+    # One split for every family, wide enough for the one needing fewest songs per genre.
     songs = gather(library, cache, genres_path=genres_path, labels_path=labels_path,
                    known_path=known_path, holdout_path=holdout_path, seed=seed,
-                   min_songs=min_songs, processes=processes, progress=progress)
+                   min_songs=min(thresholds.values()), processes=processes,
+                   progress=progress)
     extracted = time.monotonic()
     # TensorFlow loads here, after the decoding children are gone.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines: not ours to log
     from trainer.fit import BATCH_SIZE, configure, fit
 
     configure(seed, threads or os.cpu_count())
+    wide = songs.dataset  # every family's test songs
+    songs = dataclasses.replace(songs, dataset=narrow(wide, thresholds["cnn"]))
     dataset = songs.dataset
     model, fit_info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
                           cache, epochs=epochs, seed=seed,
@@ -104,9 +118,20 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     scores = calibrate_and_evaluate(model, dataset, cache, out)
     report = run_report(songs, scores, fit_info, cache, spec, library=library, seed=seed,
                         parent=_parent_model(warm_start) if fit_info["warm_start"] else "")
+    report["left_out"] = dataset.left_out
     report["timings"] = {"features_s": round(extracted - started, 1),
                          "fit_s": round(trained - extracted, 1)}
-    write_run(model, out, report, dataset, cache, scores.test_clips.shape, started)
+    write_run(model, out, report, dataset, cache, scores.test_clips.shape)
+    entries = [Entry("cnn", out / "cnn.onnx", trained - extracted,
+                     scores.calibration["how"], dataset.left_out)]
+    table = judge_families(out, entries, wide.test, {CNN: cache}, seed=seed)
+    report["tournament"] = table
+    report["timings"]["total_s"] = round(time.monotonic() - started, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
+                                     encoding="utf-8")
+    write_winner(out, next(e for e in entries if e.family == table["winner"]), table)
+    log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
+             table["why"])
     return report
 
 
@@ -117,7 +142,7 @@ def prepare_out(out: Path, warm_start: Path | None) -> None:
                           "directory")
     out.mkdir(parents=True, exist_ok=True)
     # A reused --out must not show an old bundle as this run's result if this run fails.
-    for stale in ("model.onnx", "report.json"):
+    for stale in ("model.onnx", "report.json", *(f"{f}.onnx" for f in FAMILIES)):
         (out / stale).unlink(missing_ok=True)
 
 
@@ -169,9 +194,11 @@ def calibrate_and_evaluate(model, dataset: Dataset, cache: FeatureCache, out: Pa
     val_clips = predict_clips(model, list(dataset.validation), cache, n)
     test_clips = predict_clips(model, list(dataset.test), cache, n)
     y_val, y_test = dataset.labels("validation"), dataset.labels("test")
-    temperature = fit_temperature(val_clips, y_val)
+    chosen = choose_temperature(val_clips, y_val)
+    temperature = chosen.temperature
     calibration = {"validation": calibration_report(val_clips, y_val, temperature),
-                   "test": calibration_report(test_clips, y_test, temperature)}
+                   "test": calibration_report(test_clips, y_test, temperature),
+                   "how": chosen.how, "held_out": chosen.held_out}
     test_probs = song_probabilities(test_clips, temperature)
     test_metrics = song_metrics(test_probs, y_test.tolist(), dataset.classes)
     test_metrics["clip_accuracy"] = clip_accuracy(test_clips, y_test)
@@ -215,34 +242,35 @@ def run_report(songs: Gathered, scores: Scores, fit_info: dict, cache: FeatureCa
 
 
 def write_run(model, out: Path, report: dict, dataset: Dataset, cache: FeatureCache,
-              clips_shape: tuple, started: float) -> None:
-    """model.keras, split.json, report.json, then the bundle: model.onnx comes last, so a
-    folder holding one holds a complete run."""
+              clips_shape: tuple) -> None:
+    """model.keras, split.json, then the CNN's bundle cnn.onnx; the tournament's winner
+    becomes model.onnx after report.json, last, so a folder holding one holds a complete
+    run."""
     from trainer.export import export_bundle
 
     model.save(out / "model.keras")
     (out / "split.json").write_text(json.dumps(split_listing(dataset), indent=1),
                                     encoding="utf-8")
     held_out = _parity_clips(dataset, clips_shape, cache)
-    diff = export_bundle(model, out / ".model.onnx.partial", _bundle_metadata(report), held_out)
+    diff = export_bundle(model, out / ".cnn.onnx.partial", _bundle_metadata(report), held_out)
     report["parity_max_abs_diff"] = diff
-    report["timings"]["total_s"] = round(time.monotonic() - started, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
-                                     encoding="utf-8")
-    os.replace(out / ".model.onnx.partial", out / "model.onnx")
-    log.info("model written to %s (parity %.1e)", out / "model.onnx", diff)
+    os.replace(out / ".cnn.onnx.partial", out / "cnn.onnx")
+    log.info("cnn bundle written to %s (parity %.1e)", out / "cnn.onnx", diff)
 
 
 def _headline(metrics: dict) -> dict:
     return {"song_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "clip_accuracy": metrics["clip_accuracy"], "n_songs": metrics["n_songs"],
-            "recall": {g: m["recall"] for g, m in metrics["per_class"].items()}}
+            "recall": {g: m["recall"] for g, m in metrics["per_class"].items()},
+            "not_tested": metrics["not_tested"]}
 
 
 def _bundle_metadata(report: dict) -> dict:
     """What the daemon reads from the bundle: ARCHITECTURE.md's list."""
     return {
+        "family": "cnn",
         "classes": report["classes"],
+        "left_out": report["left_out"],
         "feature_spec": report["feature_spec"],
         "temperature": report["temperature"],
         "clips_per_song": report["feature_spec"]["clips_per_song"],

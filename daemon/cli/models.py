@@ -66,6 +66,9 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
     if per_class:
         click.echo(f"{'genre':<16}{'precision':>10}{'recall':>8}{'f1':>7}{'songs':>7}")
         for genre, m in per_class.items():
+            if m.get("recall") is None:  # no test song: never shown as 0
+                click.echo(f"{genre:<16}{'not tested':>25}{m['support']:>7}")
+                continue
             click.echo(f"{genre:<16}{m['precision']:>10.2f}{m['recall']:>8.2f}{m['f1']:>7.2f}"
                        f"{m['support']:>7}")
 

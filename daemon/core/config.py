@@ -153,6 +153,8 @@ class Config(Section):
     database_busy_seconds: float = Field(30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
+    # The backbone head learns a genre from this many songs (the seed CNN needs the above).
+    min_songs_per_genre_backbone: int = Field(3, ge=1)
     workers: WorkersConfig = WorkersConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     review: ReviewConfig = ReviewConfig()

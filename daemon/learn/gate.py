@@ -19,60 +19,83 @@ from daemon.core.config import Config
 from daemon.core.db.models import Model
 from daemon.core.errors import ModelMismatch
 from daemon.learn.labels import current_labels
+from daemon.learn.metrics import paired_comparison, song_metrics
 from daemon.learn.registry import bundle_dir
 from daemon.suggest.classifier import Classifier
-from trainer.evaluate import song_metrics  # numpy only at import: no TensorFlow
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """The gate's verdict: promote or not, why, and the changes it measured (in points)."""
+    """The gate's verdict: promote or not, why, and what it measured (changes in points,
+    candidate - active, with their 95% paired-bootstrap intervals)."""
 
     promote: bool
     reason: str
     f1_change: float | None = None
     recall_changes: dict[str, float] = field(default_factory=dict)
+    f1_interval: tuple[float, float] | None = None
+    recall_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    p_value: float | None = None
+    n_songs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"promote": self.promote, "reason": self.reason,
-                "f1_change": self.f1_change, "recall_changes": self.recall_changes}
+                "f1_change": self.f1_change, "recall_changes": self.recall_changes,
+                "f1_interval": list(self.f1_interval) if self.f1_interval else None,
+                "recall_intervals": {g: list(v) for g, v in self.recall_intervals.items()},
+                "p_value": self.p_value, "n_songs": self.n_songs}
+
+
+def _points(value: float) -> float:
+    return round(100.0 * value, 2)
 
 
 def gate(candidate: dict[str, Any], active: dict[str, Any] | None, max_f1_drop: float,
-         max_recall_drop: float) -> GateDecision:
-    """Promote a candidate or not, from two `song_metrics` dicts on the same holdout.
+         max_recall_drop: float, comparison: dict[str, Any] | None = None) -> GateDecision:
+    """Promote a candidate or not: reject it only when it is worse WITH EVIDENCE.
 
-    Metrics are fractions; the limits are percentage points (config.retrain). Promote when
-    there is no active model, or when the candidate's macro-F1 >= the active's minus
-    `max_f1_drop` points and no genre's recall (genres with holdout songs) drops by more
-    than `max_recall_drop` points; a genre the candidate does not know has recall 0.
+    In: two `song_metrics` dicts on the same holdout and their `paired_comparison`
+    (candidate first). The limits are percentage points (config.retrain). Rejected when
+    the 95% interval's upper bound of (candidate - active) macro-F1 lies below
+    -`max_f1_drop` points, or, for a genre tested here, that of its recall below
+    -`max_recall_drop` (a genre the candidate does not know has recall 0). On a small
+    holdout one song moves macro-F1 by several points and the interval reaches past 0:
+    such a candidate is promoted. No active model: promoted; no songs: rejected.
     """
     if active is None:
         return GateDecision(True, "no active model to compare with")
-    if not candidate.get("n_songs"):
+    if not candidate.get("n_songs") or comparison is None or not comparison.get("n_songs"):
         return GateDecision(False, "the holdout has no songs to compare on")
-    eps = 1e-9  # equal scores must pass despite float rounding
-    f1_change = 100.0 * (candidate["macro_f1"] - active["macro_f1"])
-    changes = {}
-    for genre, stats in active.get("per_class", {}).items():
-        if not stats.get("support"):
-            continue
-        mine = candidate.get("per_class", {}).get(genre, {}).get("recall", 0.0)
-        changes[genre] = 100.0 * (mine - stats["recall"])
-    worst = min(changes.items(), key=lambda kv: kv[1], default=None)
+    eps = 1e-9  # a bound exactly at the limit passes despite float rounding
+    low, high = comparison["f1_interval"]
+    facts = {"f1_change": _points(comparison["f1_difference"]),
+             "recall_changes": {g: _points(v) for g, v in
+                                comparison["recall_difference"].items()},
+             "f1_interval": (_points(low), _points(high)),
+             "recall_intervals": {g: (_points(a), _points(b)) for g, (a, b) in
+                                  comparison["recall_interval"].items()},
+             "p_value": comparison["p_value"], "n_songs": comparison["n_songs"]}
     f1_text = (f"macro-F1 {100 * candidate['macro_f1']:.1f} vs {100 * active['macro_f1']:.1f} "
-               f"({f1_change:+.1f} points)")
-    if f1_change < -max_f1_drop - eps:
-        return GateDecision(False, f"{f1_text}: drops more than {max_f1_drop:g} points",
-                            f1_change, changes)
+               f"({facts['f1_change']:+.1f} points, 95% interval {100 * low:+.1f} to "
+               f"{100 * high:+.1f}; McNemar p = {comparison['p_value']:.2g}, "
+               f"{comparison['n_songs']} songs)")
+    if 100 * high < -max_f1_drop - eps:
+        return GateDecision(False, f"{f1_text}: worse with evidence (even the interval's "
+                                   f"best case drops more than {max_f1_drop:g} points)",
+                            **facts)
+    worst = min(((g, b[1]) for g, b in facts["recall_intervals"].items()),
+                key=lambda kv: kv[1], default=None)
     if worst is not None and worst[1] < -max_recall_drop - eps:
-        return GateDecision(False, f"{f1_text}, but {worst[0]} recall drops {-worst[1]:.1f} "
-                                   f"points (limit {max_recall_drop:g})", f1_change, changes)
-    return GateDecision(True, f"{f1_text}; no genre's recall drops more than "
-                              f"{max_recall_drop:g} points", f1_change, changes)
-
+        genre = worst[0]
+        return GateDecision(False, f"{f1_text}, but {genre} recall drops "
+                                   f"{-facts['recall_changes'][genre]:.1f} points with "
+                                   f"evidence (at least {-worst[1]:.1f}; limit "
+                                   f"{max_recall_drop:g})", **facts)
+    return GateDecision(True, f"{f1_text}; not worse with evidence, and no genre's recall "
+                              f"drops more than {max_recall_drop:g} points with evidence",
+                        **facts)
 
 
 @dataclass(frozen=True)
@@ -119,14 +142,22 @@ def with_current_labels(session: Session, songs: list[HoldoutSong]) -> list[Hold
     return out
 
 
+def holdout_probs(classifier: Classifier, features: list[np.ndarray], classes: list[str],
+                  batch: int = 64) -> np.ndarray:
+    """One model's song probabilities over the union `classes` (genres it does not know
+    get 0, so it never predicts them)."""
+    probs = np.zeros((len(features), len(classes)))
+    columns = [classes.index(c) for c in classifier.classes]
+    for start in range(0, len(features), batch):
+        part = classifier.predict_songs(features[start:start + batch])
+        probs[start:start + len(part)][:, columns] = part
+    return probs
+
+
 def evaluate_on(classifier: Classifier, songs: list[HoldoutSong], features: list[np.ndarray],
                 classes: list[str], batch: int = 64) -> dict[str, Any]:
     """`song_metrics` of one model on songs over the union `classes` (unknown genres = 0)."""
-    probs = np.zeros((len(songs), len(classes)))
-    columns = [classes.index(c) for c in classifier.classes]
-    for start in range(0, len(songs), batch):
-        part = classifier.predict_songs(features[start:start + batch])
-        probs[start:start + len(part)][:, columns] = part
+    probs = holdout_probs(classifier, features, classes, batch)
     return song_metrics(probs, [s.genre for s in songs], classes)
 
 
@@ -159,9 +190,18 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
                         "replaces it", active.version, err)
     if old is not None:
         classes += [c for c in old.classes if c not in classes]
-    mine = evaluate_on(candidate, kept, features, classes)
-    theirs = evaluate_on(old, kept, features, classes) if old is not None else None
-    verdict = gate(mine, theirs, config.retrain.max_f1_drop, config.retrain.max_recall_drop)
+    truth = [s.genre for s in kept]
+    mine_probs = holdout_probs(candidate, features, classes)
+    mine = song_metrics(mine_probs, truth, classes)
+    theirs = comparison = None
+    if old is not None:
+        theirs_probs = holdout_probs(old, features, classes)
+        theirs = song_metrics(theirs_probs, truth, classes)
+        # Over song_metrics' genres (classes + true genres neither model knows).
+        comparison = paired_comparison(truth, mine_probs.argmax(axis=1),
+                                       theirs_probs.argmax(axis=1), mine["genres"])
+    verdict = gate(mine, theirs, config.retrain.max_f1_drop, config.retrain.max_recall_drop,
+                   comparison)
     facts["candidate_metrics"] = mine
     facts["candidate"] = _brief(mine)
     facts["active"] = _brief(theirs) if theirs else None
@@ -171,4 +211,5 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "n_songs": metrics["n_songs"],
-            "recall": {g: s["recall"] for g, s in metrics["per_class"].items() if s["support"]}}
+            "recall": {g: s["recall"] for g, s in metrics["per_class"].items() if s["support"]},
+            "not_tested": metrics["not_tested"]}

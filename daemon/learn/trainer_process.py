@@ -87,6 +87,9 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
             "--cache", str(config.cache_dir), "--labels", str(labels),
             "--epochs", str(config.retrain.epochs),
             "--min-songs", str(config.min_songs_per_genre),
+            "--min-songs-backbone", str(config.min_songs_per_genre_backbone),
+            # The tournament: every family the trainer can build; the gate judges the winner.
+            "--family", "all",
             # The trainer stops fitting in time to finish; timeout_minutes stays the hard stop.
             "--time-budget", f"{TRAINER_BUDGET_SHARE * config.retrain.timeout_minutes:g}"]
     genres = station_genres_file(config)
