@@ -15,7 +15,7 @@ it counts as running when either is fresh and its pid is alive.
       "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
                             "last_error": str|null, "last_error_at": str|null,
                             "errors": int, "failing": bool, ...}},
-                     # main, worker, watcher, settle, writer, web, scheduler, reconcile,
+                     # main, neighbours, worker, watcher, settle, writer, web, scheduler, reconcile,
                      # nightly-retrain, retrainer; {} when the daemon is not running
       "tracks": {"total": int, "by_state": {state: int for every TrackState}},
       "queue_depth": int,            # queued + retrying + working
