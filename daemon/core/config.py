@@ -103,6 +103,9 @@ class ClassifierConfig(Section):
     # Also classify already-tagged files and flag strong disagreements for review.
     audit: bool = False
     audit_min_confidence: float = Field(0.9, gt=0, le=1)
+    # The pretrained music backbone (musicnn; see the README for its licence): off, the
+    # station trains and uses the seed CNN only.
+    backbone: bool = True
 
 
 class ReviewConfig(Section):
@@ -150,6 +153,8 @@ class Config(Section):
     database_busy_seconds: float = Field(30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
+    # With the pretrained backbone a genre is learnable from this few confirmed songs.
+    min_songs_per_genre_backbone: int = Field(3, ge=1)
     workers: WorkersConfig = WorkersConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     review: ReviewConfig = ReviewConfig()
