@@ -215,3 +215,32 @@ def test_keyboard_review_under_a_url_prefix(served, page):
     expect(page.locator("p.flash").first).to_contain_text("Accepted")
     expect(page.locator("#total")).to_have_text("4")
     assert outside == []
+
+
+def test_sounds_like_plays_in_the_browser(served, page):
+    """The sounds-like block of a suggestion: the song's name, its genre and how alike in
+    words; its play link plays that song's preview in the page's player, a second click
+    pauses it."""
+    server, sessions = served
+    night = suggestion_for(sessions, "Night Drive")
+    with sessions() as session, session.begin():
+        porch = session.scalar(select(Track).where(Track.title == "Blue Porch"))
+        porch.confirmed_genre = "Blues"
+        session.get(Suggestion, night.id).sounds_like = [
+            {"track_id": porch.id, "path": porch.path, "genre": "Blues", "similarity": 0.93}]
+        porch_id = porch.id
+    page.goto(server.url)
+    block = page.locator(f"#s{night.id} .sounds-like")
+    expect(block).to_contain_text("Sounds like")
+    expect(block).to_contain_text("Blue Porch by Delta Ray (Blues) close")
+    link = block.locator("a.play-alike")
+    link.click()
+    expect(link).to_have_text("❚❚ Pause")
+    page.wait_for_function("() => document.getElementById('alike-player').currentTime > 0.2",
+                           timeout=15_000)
+    src = page.evaluate("() => document.getElementById('alike-player').currentSrc")
+    assert src.endswith(f"/tracks/{porch_id}/preview.wav")
+    link.click()
+    expect(link).to_have_text("▶ Play")
+    assert page.evaluate("() => document.getElementById('alike-player').paused")
+    page.screenshot(path=str(ARTIFACTS / "review-sounds-like.png"), full_page=True)

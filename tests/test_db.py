@@ -164,7 +164,7 @@ def test_migration_0002_rewrites_old_track_paths_one_to_one(tmp_path):
                          "'2026-11-30 10:00:00', '2026-11-30 10:00:00', "
                          "'2026-11-30 10:00:00')", (stored,))
             assert conn.execute("SELECT count(*) FROM tracks").fetchone()[0] == i + 1
-    assert pending_migrations(engine) == ["0002"]
+    assert pending_migrations(engine)[0] == "0002"  # and any later revisions
     engine.dispose()
 
     engine, sessions = open_database(f"sqlite:///{path}")  # the service's start: migrates
@@ -178,3 +178,47 @@ def test_migration_0002_rewrites_old_track_paths_one_to_one(tmp_path):
     assert stored[1] == "Artist/Song.mp3" and stored[2] == "Caf\\xe9/Ni\\xf1a.mp3"
     assert stored[3] == "AC\\\\DC/Back In Black.mp3"  # the literal backslash doubled
     assert stored[8] == "100% Hits/x_y.mp3"
+
+
+def test_migration_0003_adds_sounds_like_and_keeps_every_row(tmp_path):
+    """A database made at revision 0002 with a track, a suggestion and a decision is
+    upgraded: the rows are all there, unchanged, with sounds_like NULL; a new suggestion
+    can store its nearest songs."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from daemon.core.db.engine import alembic_config
+    from daemon.core.db.models import Decision, Suggestion
+
+    path = tmp_path / "station.db"
+    engine = create_engine(f"sqlite:///{path}")
+    command.upgrade(alembic_config(engine), "0002")
+    # Only what is not applied yet (0001 and 0002 are).
+    assert pending_migrations(engine) == ["0003"]
+    engine.dispose()
+    stamp = "'2026-11-30 10:00:00'"
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO tracks (path, size, mtime, state, attempts, first_seen, "
+                     f"last_seen, state_changed_at) VALUES ('A/b.mp3', 7, 2.5, 'suggested', "
+                     f"0, {stamp}, {stamp}, {stamp})")
+        conn.execute("INSERT INTO suggestions (track_id, genre, confidence, top, status, "
+                     "created_at) VALUES (1, 'Jazz', 0.75, '[[\"Jazz\", 0.75]]', 'pending', "
+                     f"{stamp})")
+        conn.execute("INSERT INTO decisions (track_id, suggestion_id, action, how, genre, "
+                     "who, at, undone, write_status, write_attempts) VALUES (1, 1, 'accept', "
+                     f"'single', 'Jazz', 'director', {stamp}, 0, 'none', 0)")
+    engine, sessions = open_database(f"sqlite:///{path}")
+    assert pending_migrations(engine) == []
+    with sessions() as session, session.begin():
+        suggestion = session.get(Suggestion, 1)
+        assert (suggestion.genre, suggestion.confidence, suggestion.top) == (
+            "Jazz", 0.75, [["Jazz", 0.75]])
+        assert suggestion.sounds_like is None
+        assert session.get(Track, 1).path == "A/b.mp3"
+        assert session.get(Decision, 1).genre == "Jazz"
+        nearest = [{"track_id": 1, "path": "A/b.mp3", "genre": "Jazz", "similarity": 0.9}]
+        session.add(Suggestion(track_id=1, genre="Pop", confidence=0.5, top=[["Pop", 0.5]],
+                               status="pending", sounds_like=nearest))
+    with sessions() as session:
+        assert session.get(Suggestion, 2).sounds_like == nearest
+    engine.dispose()

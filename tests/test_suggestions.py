@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from helpers import genre_bundle, wait_for
 from sqlalchemy import select
 
@@ -104,4 +105,42 @@ def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, m
         assert session.get(Track, track_id).state == TrackState.REVIEWED
         assert session.scalar(select(Suggestion).where(
             Suggestion.status == SuggestionStatus.PENDING)) is None
+    engine.dispose()
+
+
+def test_rescoring_keeps_what_the_song_sounds_like(tmp_path, make_config):
+    """A re-scored suggestion and a rejected song's second chance keep the sounds-like
+    list: it comes from the backbone's embedding, which a new model does not change."""
+    from daemon.audio.featurecache import FeatureCache
+    from daemon.audio.features import DEFAULT_SPEC, song_features
+
+    config = make_config(tmp_path / "library")
+    engine, sessions = open_database(config.db_url)
+    sr = DEFAULT_SPEC.sample_rate
+    audio = synthesize("Metal", 6.0, sr, 1, channels=1)[:, 0]
+    clips = np.stack([audio[i * sr:(i + 1) * sr] for i in range(5)])
+    FeatureCache(config.cache_dir, DEFAULT_SPEC).put("c" * 64, song_features(clips))
+    nearest = [{"track_id": 7, "path": "Metal/a.mp3", "genre": "Metal", "similarity": 0.97}]
+    with transaction(sessions) as session:
+        track = Track(path="song.mp3", size=1, mtime=1.0, fingerprint="c" * 64,
+                      state=TrackState.SUGGESTED)
+        session.add(track)
+        session.flush()
+        session.add(Suggestion(track_id=track.id, genre="Jazz", confidence=0.6,
+                               top=[["Jazz", 0.6]], status="pending", sounds_like=nearest))
+        track_id = track.id
+
+    metal_id, metal = _promote(config, sessions, tmp_path, "Metal")
+    assert rescore_pending(sessions, config, metal, metal_id)["rescored"] == 1
+    with sessions() as session:
+        [rescored] = session.scalars(select(Suggestion).where(
+            Suggestion.status == SuggestionStatus.PENDING))
+        assert (rescored.genre, rescored.sounds_like) == ("Metal", nearest)
+    review.reject(sessions, config, [rescored.id], who="music director")
+    rock_id, rock = _promote(config, sessions, tmp_path, "Rock")
+    assert resuggest_rejected(sessions, config, rock, rock_id)["resuggested"] == 1
+    with sessions() as session:
+        [again] = session.scalars(select(Suggestion).where(
+            Suggestion.status == SuggestionStatus.PENDING))
+        assert (again.track_id, again.genre, again.sounds_like) == (track_id, "Rock", nearest)
     engine.dispose()

@@ -193,8 +193,8 @@ def test_healthy_covers_every_thread_and_the_status_line_says_what_failed(tmp_pa
         service._beat = time.monotonic()
         assert service.healthy(), service.components()
         names = set(service.components())
-        assert names >= {"main", "worker", "watcher", "settle", "writer", "web", "scheduler",
-                         "reconcile", "retrainer"}
+        assert names >= {"main", "neighbours", "worker", "watcher", "settle", "writer", "web",
+                         "scheduler", "reconcile", "retrainer"}
         writer = dict(service._started)["writer"]
         writer.close(timeout=5)
         assert service.components()["writer"]["alive"] is False

@@ -52,7 +52,7 @@ class FeatureCache:
             log.warning("feature cache entry %s unreadable (%s); dropping it", path, err)
             path.unlink(missing_ok=True)
             return None
-        if features.ndim != 4 or features.shape[1:] != self.spec.input_shape:
+        if features.shape[1:] != tuple(self.spec.input_shape):
             log.warning("feature cache entry %s has shape %s; dropping it", path, features.shape)
             path.unlink(missing_ok=True)
             return None
@@ -60,7 +60,7 @@ class FeatureCache:
 
     def put(self, fp: str, features: np.ndarray) -> None:
         """Store (clips, F, T, 1) features for `fp` as float16, atomically."""
-        if features.ndim != 4 or features.shape[1:] != self.spec.input_shape:
+        if features.shape[1:] != tuple(self.spec.input_shape):
             raise ValueError(f"features of shape {features.shape} do not fit "
                              f"{self.spec.input_shape} for this cache's spec")
         path = self.path(fp)

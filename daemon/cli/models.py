@@ -50,11 +50,20 @@ def models_list(ctx: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @pass_context
 def models_show(ctx: Context, version: int, as_json: bool) -> None:
-    """One model version in detail (per-genre metrics)."""
+    """One model version in detail: per-genre metrics, the tournament table of the night
+    it was trained, and the genres it cannot suggest yet (with the songs each needs)."""
+    from daemon.learn.labels import station_cannot_suggest
     from daemon.learn.registry import get_model, model_details
+    from daemon.learn.report import cannot_suggest_lines, model_report_facts, tournament_lines
 
     with _models_sessions(ctx)() as session:
-        data = model_details(get_model(session, version))
+        model = get_model(session, version)
+        data = model_details(model)
+        facts = model_report_facts(model)
+        data["tournament"] = facts["tournament"]
+        data["left_out"] = facts["left_out"]
+        data["cannot_suggest_yet"] = station_cannot_suggest(session, ctx.config,
+                                                            model.classes or [])
     if as_json:
         echo_json(data)
         return
@@ -66,11 +75,17 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
     if per_class:
         click.echo(f"{'genre':<16}{'precision':>10}{'recall':>8}{'f1':>7}{'songs':>7}")
         for genre, m in per_class.items():
-            if m.get("recall") is None:  # no test song: never shown as 0
-                click.echo(f"{genre:<16}{'not tested':>25}{m['support']:>7}")
+            if m.get("recall") is None or not m.get("support"):  # no test song of it
+                click.echo(f"{genre:<16}{'not tested':>25}{m.get('support', 0):>7}")
                 continue
             click.echo(f"{genre:<16}{m['precision']:>10.2f}{m['recall']:>8.2f}{m['f1']:>7.2f}"
                        f"{m['support']:>7}")
+    for line in tournament_lines(data["tournament"]):
+        click.echo(line)
+    if data["cannot_suggest_yet"]:
+        click.echo("cannot suggest yet (too few confirmed or tagged songs):")
+        for line in cannot_suggest_lines(data["cannot_suggest_yet"]):
+            click.echo(line)
 
 
 @models.command("activate")

@@ -69,21 +69,36 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
                 folder: str | None, fmt: str | None, sort: str, limit: int, offset: int,
                 as_json: bool) -> None:
     """Suggestions waiting for review (or in another state), most sure first."""
-    from daemon.review.listing import QueueFilter, list_suggestions, suggestion_json
+    from daemon.review.listing import (
+        QueueFilter,
+        list_suggestions,
+        sounds_like,
+        suggestion_json,
+        unverified_model_ids,
+    )
+    from daemon.review.web.format import likeness
 
     f = QueueFilter(status=state, genre=genre, min_confidence=min_confidence, folder=folder,
                     format=fmt, sort=sort)
     with _review_sessions(ctx)() as session:
         rows, total = list_suggestions(session, f, limit=limit, offset=offset)
-        data = [suggestion_json(s, t) for s, t in rows]
+        unverified = unverified_model_ids(session)
+        data = [suggestion_json(s, t, unverified=s.model_id in unverified) for s, t in rows]
+        alike = sounds_like(session, (s for s, _ in rows))
     if as_json:
         echo_json({"total": total, "suggestions": data})
         return
     click.echo(f"{total} suggestion(s){'' if total <= len(data) else f', showing {len(data)}'}")
     for row in data:
         top = ", ".join(f"{t['genre']} {100 * t['confidence']:.0f}%" for t in row["top"])
+        mark = "  (unverified: not yet learned from your station's songs)" \
+            if row["unverified"] else ""
         click.echo(f"{row['id']:>7}  {100 * row['confidence']:>3.0f}%  {row['genre']:<12} "
-                   f"[{top}]  {row['path']}")
+                   f"[{top}]  {row['path']}{mark}")
+        if alike.get(row["id"]):
+            click.echo("         sounds like: " + "; ".join(
+                f"{n['name']} ({n['genre']}, {likeness(n['similarity'])})"
+                for n in alike[row["id"]]))
 
 
 @review_group.command("accept")

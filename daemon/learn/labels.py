@@ -13,9 +13,10 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from daemon.core.config import Config
 from daemon.core.db.models import Track
 from daemon.core.states import TrackState
-from daemon.tags.genres import GenreMap
+from daemon.tags.genres import GenreMap, station_genre_map
 
 
 def training_label(confirmed: str | None, tagged: str | None) -> str | None:
@@ -63,9 +64,7 @@ def recent_label_paths(session: Session, since: datetime | None) -> set[str]:
 
 def trainable_genres(session: Session, min_songs: int) -> int:
     """Genres with >= min_songs labelled tracks still in the library."""
-    counts = session.execute(select(LABEL, func.count()).where(
-        LABEL.is_not(None), Track.state != TrackState.MISSING).group_by(LABEL)).all()
-    return sum(1 for _genre, n in counts if n >= min_songs)
+    return sum(1 for n in label_counts(session).values() if n >= min_songs)
 
 
 def current_labels(session: Session, paths: Iterable[str]) -> dict[str, str | None]:
@@ -74,3 +73,37 @@ def current_labels(session: Session, paths: Iterable[str]) -> dict[str, str | No
             for path, confirmed, canonical in session.execute(
                 select(Track.path, Track.confirmed_genre, Track.canonical_genre)
                 .where(Track.path.in_(list(paths))))}
+
+
+def label_counts(session: Session) -> dict[str, int]:
+    """{genre: labelled tracks still in the library} by training_label."""
+    return {genre: int(n) for genre, n in session.execute(
+        select(LABEL, func.count()).where(LABEL.is_not(None), Track.state != TrackState.MISSING)
+        .group_by(LABEL)).all()}
+
+
+def min_songs_per_genre(config: Config) -> int:
+    """Labelled songs a genre needs before a model learns it: few with the pretrained
+    backbone (a head on its embedding learns from a handful), more for the seed CNN."""
+    return (config.min_songs_per_genre_backbone if config.classifier.backbone
+            else config.min_songs_per_genre)
+
+
+def cannot_suggest_yet(counts: dict[str, int], genres: Iterable[str], known: Iterable[str],
+                       min_songs: int) -> dict[str, dict[str, int]]:
+    """The station's genres a model does not suggest, and why: {genre: {"songs": labelled
+    songs now, "needs": how many more it needs (0: enough now; the next retrain learns
+    it)}}. In: label_counts, the station's genres, the model's classes (none: no model),
+    the threshold (min_songs_per_genre)."""
+    known = set(known)
+    return {genre: {"songs": counts.get(genre, 0),
+                    "needs": max(0, min_songs - counts.get(genre, 0))}
+            for genre in dict.fromkeys([*genres, *sorted(counts)]) if genre not in known}
+
+
+def station_cannot_suggest(session: Session, config: Config,
+                           classes: Iterable[str]) -> dict[str, dict[str, int]]:
+    """cannot_suggest_yet for the station now: its genres.toml genres (and any other
+    labelled genre) against a model's classes, counted live from the database."""
+    return cannot_suggest_yet(label_counts(session), station_genre_map(config).canonical,
+                              classes, min_songs_per_genre(config))

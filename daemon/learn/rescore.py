@@ -92,14 +92,16 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
                 if (track is None or track.state != TrackState.REVIEWED
                         or track.confirmed_genre is not None):
                     continue  # decided, changed or gone meanwhile
-                last_rejected = session.scalar(
-                    select(Suggestion.id).where(Suggestion.track_id == track_id,
-                                                Suggestion.status == SuggestionStatus.REJECTED)
-                    .order_by(Suggestion.id.desc()).limit(1))
+                last_rejected = session.scalars(
+                    select(Suggestion).where(Suggestion.track_id == track_id,
+                                             Suggestion.status == SuggestionStatus.REJECTED)
+                    .order_by(Suggestion.id.desc()).limit(1)).first()
                 verdict = suggest(session, track, classifier.top(row, 3), model_id=model_id,
                                   audit_genre=None,
                                   audit_min_confidence=config.classifier.audit_min_confidence,
-                                  replaces_id=last_rejected, now=now)
+                                  replaces_id=last_rejected.id if last_rejected else None,
+                                  now=now, sounds_like=(last_rejected.sounds_like
+                                                        if last_rejected else None))
                 counts["resuggested" if verdict.genre else "still_rejected"] += 1
     return counts
 
@@ -114,8 +116,11 @@ def _replace_suggestion(session: Session, config: Config, top: list[tuple[str, f
     track = session.get(Track, old.track_id)
     if track.state != TrackState.SUGGESTED:
         return  # queued again or gone meanwhile: the worker decides afresh
+    # The embedding comes from the backbone, not from the model: the song still sounds
+    # like the same songs, so their list is kept.
     verdict = suggest(session, track, top, model_id=model_id, audit_genre=old.disagrees_with,
-                      audit_min_confidence=config.classifier.audit_min_confidence)
+                      audit_min_confidence=config.classifier.audit_min_confidence,
+                      sounds_like=old.sounds_like)
     if verdict.genre is None:
         counts["dropped"] += 1
         return

@@ -9,7 +9,12 @@ JSON shapes (stable; `genretagger review ... --json` prints them):
         "confidence": float 0..1, "top": [{"genre": str, "confidence": float}, ...] (best
         first, up to 3), "status": "pending"|"accepted"|"overridden"|"rejected"|"superseded",
         "model_id": int|null, "created_at": ISO-8601 UTC, "track_state": str,
-        "confirmed_genre": str|null, "disagrees_with": str|null}
+        "confirmed_genre": str|null, "disagrees_with": str|null,
+        "sounds_like": [{"track_id": int, "path": str, "genre": str, "similarity": float
+                         (cosine -1..1)}, ...] (the nearest confirmed-or-tagged songs by
+                         sound, most alike first, up to 3; [] when the model gave none),
+        "unverified": bool (the model has not learned from the station's songs yet: the
+                      cold-start model)}
     decision_json: {"id": int, "track_id": int, "suggestion_id": int|null, "path": str,
         "action": "accept"|"override"|"reject"|"undo", "how": "single"|"bulk"|"override"|"undo",
         "genre": str|null, "previous_genre": str|null, "who": str, "at": ISO-8601 UTC,
@@ -29,8 +34,9 @@ from datetime import datetime
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from daemon.core.db.models import Decision, Suggestion, Track
-from daemon.core.states import WRITE_OUTSTANDING, QueueSort, SuggestionStatus
+from daemon.core.db.models import Decision, Model, Suggestion, Track
+from daemon.core.states import WRITE_OUTSTANDING, QueueSort, SuggestionStatus, TrackState
+from daemon.learn.labels import training_label
 from daemon.review.decisions import ReviewError, top_choices
 
 S = SuggestionStatus
@@ -149,13 +155,55 @@ def write_backlog(session: Session) -> dict[str, int]:
     return {s: int(counts.get(s, 0)) for s in WRITE_OUTSTANDING}
 
 
+def model_unverified(model: Model) -> bool:
+    """A model that has not learned from the station's songs (the cold-start model: its
+    metrics say family "coldstart" or unverified)."""
+    metrics = model.metrics or {}
+    return bool(metrics.get("unverified")) or metrics.get("family") == "coldstart"
+
+
+def unverified_model_ids(session: Session) -> set[int]:
+    """Ids of the models whose suggestions are marked unverified (a handful of rows)."""
+    return {m.id for m in session.scalars(select(Model)) if model_unverified(m)}
+
+
+def song_name(track: Track) -> str:
+    """A song as the director knows it: "Title by Artist", else the file's name."""
+    name = track.title or track.path.rsplit("/", 1)[-1]
+    return f"{name} by {track.artist}" if track.title and track.artist else name
+
+
+def sounds_like(session: Session, suggestions: Iterable[Suggestion]) -> dict[int, list[dict]]:
+    """{suggestion id: the songs it sounds like, as the review page shows them}: each
+    {"track_id", "name" (song_name), "genre" (the song's label now: a genre corrected
+    since is shown corrected), "similarity"}; songs no longer in the library are left out
+    (nothing to play). One query for the whole page."""
+    suggestions = list(suggestions)
+    ids = {n["track_id"] for s in suggestions for n in s.sounds_like or []}
+    tracks = {t.id: t for t in session.scalars(select(Track).where(Track.id.in_(ids)))} \
+        if ids else {}
+    shown: dict[int, list[dict]] = {}
+    for suggestion in suggestions:
+        rows = []
+        for near in suggestion.sounds_like or []:
+            track = tracks.get(near["track_id"])
+            if track is None or track.state == TrackState.MISSING:
+                continue
+            rows.append({"track_id": track.id, "name": song_name(track),
+                         "genre": training_label(track.confirmed_genre,
+                                                 track.canonical_genre) or near["genre"],
+                         "similarity": float(near["similarity"])})
+        shown[suggestion.id] = rows
+    return shown
+
+
 # ---------------------------------------------------------------- JSON shapes
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def suggestion_json(suggestion: Suggestion, track: Track) -> dict:
+def suggestion_json(suggestion: Suggestion, track: Track, *, unverified: bool = False) -> dict:
     return {
         "id": suggestion.id, "track_id": track.id, "path": track.path,
         "artist": track.artist, "title": track.title, "format": track.format,
@@ -165,6 +213,10 @@ def suggestion_json(suggestion: Suggestion, track: Track) -> dict:
         "status": suggestion.status, "model_id": suggestion.model_id,
         "created_at": _iso(suggestion.created_at), "track_state": track.state,
         "confirmed_genre": track.confirmed_genre, "disagrees_with": suggestion.disagrees_with,
+        "sounds_like": [{"track_id": n["track_id"], "path": n["path"], "genre": n["genre"],
+                         "similarity": round(float(n["similarity"]), 4)}
+                        for n in suggestion.sounds_like or []],
+        "unverified": bool(unverified),
     }
 
 

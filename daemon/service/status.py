@@ -15,7 +15,7 @@ it counts as running when either is fresh and its pid is alive.
       "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
                             "last_error": str|null, "last_error_at": str|null,
                             "errors": int, "failing": bool, ...}},
-                     # main, worker, watcher, settle, writer, web, scheduler, reconcile,
+                     # main, neighbours, worker, watcher, settle, writer, web, scheduler, reconcile,
                      # nightly-retrain, retrainer; {} when the daemon is not running
       "tracks": {"total": int, "by_state": {state: int for every TrackState}},
       "queue_depth": int,            # queued + retrying + working
@@ -38,6 +38,11 @@ it counts as running when either is fresh and its pid is alive.
       "quarantined_total": int,
       "quarantined": [{"path": str, "reason": str|null, "attempts": int,
                        "since": str|null}],   # newest 20
+      "cannot_suggest_yet": {genre: {"songs": int, "needs": int}},
+                     # the station's genres the active model (or, with none, any model)
+                     # does not suggest: its labelled songs now and how many more it
+                     # needs (min_songs_per_genre_backbone with the backbone on, else
+                     # min_songs_per_genre; 0: enough now, learned at the next retrain)
       "retraining": {"enabled": bool,
                      "last": null | {"id": int, "trigger": str, "status": str,
                                      "reason": str|null, "started_at": str|null,
@@ -68,7 +73,9 @@ from daemon.core.db.models import (
 from daemon.core.health import read_health
 from daemon.core.paths import display_stored
 from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, WriteStatus
+from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
+from daemon.learn.report import cannot_suggest_lines
 from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
 
@@ -220,6 +227,7 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
         pending = session.scalar(select(func.count()).select_from(Suggestion).where(
             Suggestion.status == SuggestionStatus.PENDING)) or 0
         health = published_health(config, now)
+        active = active_model(session)
         return {
             "daemon": _daemon_part(dict(heartbeat.value) if heartbeat is not None else {},
                                    health, now),
@@ -238,6 +246,8 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             "quarantined_total": by_state["quarantined"],
             "quarantined": _quarantined(session),
             "retraining": _retraining(session, config, now),
+            "cannot_suggest_yet": station_cannot_suggest(
+                session, config, active.classes or [] if active is not None else []),
         }
 
 
@@ -337,6 +347,9 @@ def render_status(data: dict[str, Any]) -> str:
                          " (`status --json` lists 20)")
     lines += [_model_line(data["model"]), _walk_line(data["last_reconcile"]),
               _retrain_line(data["retraining"])]
+    if data.get("cannot_suggest_yet"):
+        lines.append("cannot suggest yet (too few confirmed or tagged songs):")
+        lines += cannot_suggest_lines(data["cannot_suggest_yet"])
     if data["quarantined_total"]:
         lines.append(f"quarantined: {data['quarantined_total']} file(s) that cannot be "
                      "classified (retried when the file changes):")

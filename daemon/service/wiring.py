@@ -4,7 +4,10 @@ Start order (each needs the ones before it):
 
     database    open + migrate (the SQLite file is copied aside first), network-DB warning
     genre map   state_dir/genres.toml, else the shipped one
-    worker      decoder pool + the classify loop (requeues what a crash left working)
+    neighbours  "sounds like": the labelled songs' embeddings in memory, refreshed from
+                the database and the embedding cache every minute in its own thread
+    worker      decoder pool + the classify loop (requeues what a crash left working);
+                it asks the neighbours for each suggestion's nearest songs
     watcher     filesystem events between walks (settle tracking), armed before ...
     library     ... the initial reconciliation walk, so nothing slips between the two;
                 settled files are read (tags, header, fingerprint) in tag-reader child
@@ -63,6 +66,7 @@ from daemon.service.logs import setup_logging
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.service.scheduler import Scheduler
 from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
+from daemon.suggest.neighbours import Neighbours
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
 
@@ -129,6 +133,7 @@ class Service:
         self.started_at = utcnow()
         self.sessions = None
         self.worker: Worker | None = None
+        self.neighbours: Neighbours | None = None
         self.library: Library | None = None
         self.watcher: Watcher | None = None
         self.writer: Writer | None = None
@@ -185,7 +190,11 @@ class Service:
                  live.genre_map.source)
         self._publish_heartbeat()
 
-        self.worker = self._add("worker", Worker(live, self.sessions))
+        self.neighbours = self._add("neighbours", Neighbours(config.cache_dir,
+                                                             sessions=self.sessions))
+        worker = Worker(live, self.sessions)
+        worker.neighbours = self.neighbours  # the worker's hook: None = no "sounds like"
+        self.worker = self._add("worker", worker)
         # Nothing parses a library file in this process: one small pool of child processes
         # reads settled files and decodes the review page's media.
         self.readers = reader_pool(config)
@@ -302,7 +311,7 @@ class Service:
 
     def components(self) -> dict[str, dict[str, Any]]:
         """Every background component's health report (daemon.core.health shapes), by name:
-        main, worker, watcher, settle, writer, web, scheduler, its jobs, retrainer."""
+        main, neighbours, worker, watcher, settle, writer, web, scheduler, its jobs, retrainer."""
         main_alive = time.monotonic() - self._beat < 6 * HEARTBEAT_SECONDS
         reports: dict[str, dict[str, Any]] = {
             "main": {"alive": main_alive, "healthy": main_alive or not self._running,

@@ -152,7 +152,10 @@ def pending_migrations(engine: Engine) -> list[str]:
     head = script.get_current_head()
     if head in current:
         return []
-    return [rev.revision for rev in script.iterate_revisions(head, None)
+    # From the current revision (exclusive) up to head, oldest first: only what upgrade
+    # will apply (walking down to the base would list revisions already applied).
+    below = next(iter(current)) if current else "base"
+    return [rev.revision for rev in reversed(list(script.iterate_revisions(head, below)))
             if rev.revision not in current]
 
 

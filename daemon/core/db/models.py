@@ -130,6 +130,9 @@ class Suggestion(Base):
     disagrees_with: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     replaces_id: Mapped[int | None] = mapped_column(ForeignKey("suggestions.id"))
+    # The nearest confirmed-or-tagged songs by embedding, best first (up to three):
+    # [{"track_id", "path", "genre", "similarity"}, ...]; None: no embedding for this song.
+    sounds_like: Mapped[list[Any] | None]
 
     track: Mapped[Track] = relationship(back_populates="suggestions")
 

@@ -8,7 +8,9 @@ from datetime import datetime
 from flask import Blueprint, render_template, request
 
 from daemon.learn import registry, runs
+from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import list_models
+from daemon.learn.report import model_report_facts, recall_table
 from daemon.learn.runs import last_run
 from daemon.review.web.common import review
 from daemon.service.scheduler import next_nightly_run, nightly_history
@@ -42,9 +44,24 @@ def models():
             break
     if chosen is None and all_models and version is None:
         chosen = all_models[0]
+    with deps.sessions() as db:
+        # Live: the songs each genre has now, against the chosen model's genres.
+        cannot = station_cannot_suggest(db, deps.config, chosen.classes or [] if chosen else [])
+    tournament = model_report_facts(chosen)["tournament"] if chosen else None
     return render_template("models.html", models=all_models, chosen=chosen,
                            matrix=confusion(chosen), last_run=last, next_run=next_run,
-                           model_status=MODEL_STATUS, outcomes=RUN_OUTCOME)
+                           model_status=MODEL_STATUS, outcomes=RUN_OUTCOME,
+                           tournament=tournament_table(tournament), cannot_suggest=cannot)
+
+
+def tournament_table(tournament: dict | None) -> dict | None:
+    """The tournament for the template: rows as recorded, and per genre each family's
+    recall in words ("not tested" for a genre with no holdout song, never 0%)."""
+    if not tournament or not tournament.get("rows"):
+        return None
+    return {"holdout_songs": tournament.get("holdout_songs"),
+            "winner": tournament.get("winner"), "why": tournament.get("why"),
+            "rows": tournament["rows"], "recall": recall_table(tournament)}
 
 
 def confusion(model) -> dict | None:

@@ -88,6 +88,8 @@ def queue():
                                                offset=(page - 1) * PAGE_SIZE)
         context = dict(
             rows=rows, total=total, page=page, pages=max(1, -(-total // PAGE_SIZE)),
+            sounds_like=listing.sounds_like(db, (s for s, _ in rows)),
+            unverified=listing.unverified_model_ids(db),
             filter=f, **_filter_options(db), **_song_urls(), csrf=generate_csrf(),
             backlog=listing.write_backlog(db), write_tags=deps.config.review.write_tags,
             page_url=page_url("songs.queue"), here=here(),

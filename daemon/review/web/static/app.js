@@ -92,7 +92,7 @@
     } else if (row && key === "r") {
       submitRowForm(row.querySelector("button.reject").closest("form"));
     } else if (row && key === "p") {
-      const audio = row.querySelector("audio");
+      const audio = row.querySelector(".listen audio");
       if (audio.paused) {
         document.querySelectorAll("audio").forEach((a) => { if (a !== audio) a.pause(); });
         audio.play().catch(() => say("This song cannot be played here.", true));
@@ -104,6 +104,32 @@
   document.addEventListener("click", (event) => {
     const row = event.target.closest && event.target.closest("article.song");
     if (row) { rows = Array.from(document.querySelectorAll("article.song")); select(rows.indexOf(row)); }
+  });
+
+  // "Sounds like": a link plays that song's preview in the page's one player (a second
+  // click pauses it); every other player stops first.
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest && event.target.closest("a.play-alike");
+    const player = document.getElementById("alike-player");
+    if (!link || !player) return;
+    event.preventDefault();
+    const same = player.getAttribute("src") === link.getAttribute("href");
+    document.querySelectorAll("audio").forEach((a) => a.pause());
+    document.querySelectorAll("a.play-alike").forEach((a) => { a.textContent = "▶ Play"; });
+    if (same && player.dataset.playing === "yes") { player.dataset.playing = "no"; return; }
+    if (!same) player.setAttribute("src", link.getAttribute("href"));
+    player.dataset.playing = "yes";
+    link.textContent = "❚❚ Pause";
+    player.play().catch(() => say("This song cannot be played here.", true));
+  });
+  document.addEventListener("DOMContentLoaded", () => {
+    const player = document.getElementById("alike-player");
+    if (player) {
+      player.addEventListener("ended", () => {
+        player.dataset.playing = "no";
+        document.querySelectorAll("a.play-alike").forEach((a) => { a.textContent = "▶ Play"; });
+      });
+    }
   });
 
   document.addEventListener("DOMContentLoaded", () => select(0));

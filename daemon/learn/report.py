@@ -1,0 +1,116 @@
+"""What a model's training report says beyond its test scores: the tournament table (every
+family trained that night, judged on the same holdout songs) and the genres it left out.
+
+The trainer writes both into report.json beside the bundle (and its metadata):
+
+    tournament: {"holdout_songs": n, "winner": family, "why": text, "rows": [
+        {"family", "accuracy", "macro_f1", "recall": {genre: f | null}, "not_tested",
+         "ece", "temperature", "calibration", "train_seconds", "classes", "left_out"}]}
+    left_out:   {genre: {"songs": n, "needs": k}}
+
+The registry keeps the report's path; the model's stored metrics win when they carry the
+same keys. A recall of null means the genre had no holdout song: "not tested", never 0%.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from daemon.core.db.models import Model
+
+NOT_TESTED = "not tested"
+
+
+def _report(model: Model) -> dict[str, Any]:
+    if not model.report_path:
+        return {}
+    try:
+        data = json.loads(Path(model.report_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_report_facts(model: Model) -> dict[str, Any]:
+    """{"tournament": dict | None, "left_out": dict} for a model (metrics, else report)."""
+    metrics, report = model.metrics or {}, None
+    found = {}
+    for key, empty in (("tournament", None), ("left_out", {})):
+        value = metrics.get(key)
+        if value is None:
+            report = _report(model) if report is None else report
+            value = report.get(key)
+        found[key] = value if isinstance(value, dict) else empty
+    return found
+
+
+def recall_words(value: float | None) -> str:
+    """A genre's recall as shown: a percentage, or "not tested" (no holdout song)."""
+    return NOT_TESTED if value is None else f"{100 * float(value):.0f}%"
+
+
+def tournament_genres(tournament: dict[str, Any]) -> list[str]:
+    """Every genre any row has a recall for (or did not test), in first-seen order."""
+    genres: dict[str, None] = {}
+    for row in tournament.get("rows") or []:
+        genres.update(dict.fromkeys(row.get("recall") or {}))
+        genres.update(dict.fromkeys(row.get("not_tested") or []))
+    return list(genres)
+
+
+def recall_table(tournament: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(genre, each row's recall in words) for every genre: a percentage, "not tested"
+    (no holdout song of it) or "not learned" (that family left the genre out)."""
+    table = []
+    for genre in tournament_genres(tournament):
+        cells = []
+        for row in tournament.get("rows") or []:
+            recall = row.get("recall") or {}
+            cells.append(recall_words(recall.get(genre)) if genre in recall
+                         else NOT_TESTED if genre in (row.get("not_tested") or [])
+                         else "not learned")
+        table.append((genre, cells))
+    return table
+
+
+def tournament_lines(tournament: dict[str, Any] | None) -> list[str]:
+    """The tournament table as plain text (for `models show`)."""
+    if not tournament or not tournament.get("rows"):
+        return ["tournament:    not recorded for this version"]
+    lines = [f"tournament:    {tournament.get('holdout_songs', '?')} holdout songs; winner "
+             f"{tournament.get('winner', '?')}"
+             + (f" ({tournament['why']})" if tournament.get("why") else "")]
+    lines.append(f"  {'family':<10}{'accuracy':>9}{'macro-F1':>10}{'ECE':>7}"
+                 f"{'train s':>9}  calibration")
+    for row in tournament["rows"]:
+        lines.append(f"  {row.get('family', '?'):<10}{_pct(row.get('accuracy')):>9}"
+                     f"{_pct(row.get('macro_f1')):>10}{_num(row.get('ece'), 3):>7}"
+                     f"{_num(row.get('train_seconds'), 1):>9}  {row.get('calibration') or '-'}")
+    table = recall_table(tournament)
+    if table:
+        families = [row.get("family", "?") for row in tournament["rows"]]
+        lines.append(f"  {'recall':<16}  " + "  ".join(f"{f:>11}" for f in families))
+        for genre, cells in table:
+            lines.append(f"  {genre:<16}  " + "  ".join(f"{c:>11}" for c in cells))
+    return lines
+
+
+def cannot_suggest_lines(left_out: dict[str, dict[str, int]], indent: str = "  ") -> list[str]:
+    """{genre: {"songs", "needs"}} as lines the IT volunteer and the director read."""
+    lines = []
+    for genre, need in left_out.items():
+        songs, needs = need.get("songs", 0), need.get("needs", 0)
+        lines.append(f"{indent}{genre}: {songs} song(s), "
+                     + (f"needs {needs} more confirmed" if needs
+                        else "enough now: learned at the next retrain"))
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}%"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
