@@ -201,7 +201,9 @@ class Classifier:
                     for d, e in zip(found, shapes[kind], strict=True)):
                 raise ModelMismatch(f"{path}: model input {name} {list(found)} does not fit "
                                     f"{kind} features {shapes[kind]}")
-        windows = windows_per_song or metadata.get("windows_per_song") or spec.clips_per_song
+        recorded = metadata.get("windows_per_song")
+        windows = windows_per_song or (recorded if isinstance(recorded, int) and recorded > 0
+                                       else spec.clips_per_song)
         classifier = cls(session, path, metadata, bundle, spec, backbone_spec,
                          hashlib.sha256(data).hexdigest(), int(windows))
         classifier.predict([{kind: np.zeros((classifier.windows_per_song, *shapes[kind]),
