@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -301,3 +303,16 @@ def test_a_composed_bundle_that_disagrees_with_its_parts_is_not_written(tmp_path
 def test_a_missing_onnx_backbone_names_the_command(tmp_path):
     with pytest.raises(backbone.BackboneUnavailable, match="make backbone"):
         backbone.backbone_onnx(tmp_path)
+
+
+def test_heads_and_bundles_need_no_tensorflow():
+    check = """
+import sys
+import trainer.bundles, trainer.export, trainer.head
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx"))
+print(loaded)
+sys.exit(1 if loaded else 0)
+"""
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
