@@ -328,3 +328,20 @@ sys.exit(1 if loaded else 0)
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_classify_runs_a_backbone_bundle_from_one_decode_pass(backbone_bundle, tmp_path):
+    """`genretagger classify` computes what the bundle's members take (here only patches:
+    a backbone bundle has no clips input) and says which family answered."""
+    import json
+    import subprocess
+
+    from helpers import EXE
+
+    song = encode(tmp_path / "metal.mp3", synthesize("Metal", 9.0, 44_100, 4242), 44_100)
+    done = subprocess.run(EXE + ["classify", str(song), "--model", str(backbone_bundle),
+                                 "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["model"]["family"] == "backbone" and answer["model"]["unverified"] is False
+    assert answer["files"][0]["genres"][0]["genre"] == "Metal"
