@@ -52,3 +52,18 @@ def test_an_open_review_page_without_a_login_is_a_config_error_for_every_command
     config.write_text(config.read_text().replace("port = 1", f'token = "{"t" * 32}"'))
     done = subprocess.run(exe + ["check-config"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("config ok"), done.stderr
+
+
+def test_the_backbone_is_on_by_default_and_a_station_can_switch_it_off(tmp_path):
+    import tomllib
+
+    from daemon.core.config import render_config
+
+    base = {"library": {"root": str(tmp_path)}, "state_dir": str(tmp_path / "s")}
+    assert parse_config(base).classifier.backbone is True
+    assert parse_config({**base, "classifier": {"backbone": False}}).classifier.backbone is False
+    with pytest.raises(ConfigError, match=r"classifier\.backbone"):
+        parse_config({**base, "classifier": {"backbone": "sometimes"}})
+    # `init` writes the switch where a station sees it.
+    written = tomllib.loads(render_config(tmp_path, tmp_path / "s"))
+    assert written["classifier"]["backbone"] is True

@@ -103,6 +103,9 @@ class ClassifierConfig(Section):
     # Also classify already-tagged files and flag strong disagreements for review.
     audit: bool = False
     audit_min_confidence: float = Field(0.9, gt=0, le=1)
+    # Train and serve models on the pretrained musicnn backbone (see the README for its
+    # licence); false keeps the station on the seed CNN alone.
+    backbone: bool = True
 
 
 class ReviewConfig(Section):

@@ -1,37 +1,64 @@
 """The model as the daemon runs it: one ONNX bundle, one onnxruntime session.
 
 The bundle is a single .onnx file whose metadata_props carry everything the daemon
-needs (classes, FeatureSpec, temperature, ...). `Classifier.load` refuses a bundle whose
-FeatureSpec differs from the one this daemon computes, naming the difference, because a
-model fed features it was not trained on gives confident nonsense.
+needs (daemon/suggest/bundle.py reads and checks them: family, classes, members, the
+FeatureSpec and BackboneSpec of its inputs, the embedding output). `Classifier.load`
+refuses a bundle whose specs differ from the ones this daemon computes, naming the
+difference, because a model fed features it was not trained on gives confident nonsense.
 
-Song prediction: mean of the clips' log-probabilities, divided by the calibrated
-temperature, softmax (`song_probabilities`, shared with the trainer's calibration).
+Song prediction, per member: mean of the windows' log-probabilities, divided by the
+member's calibrated temperature, log-softmax (`song_log_probabilities`, shared with the
+trainer's calibration); then the members' song log-probabilities are combined by
+`combine_members` (weighted mean per genre over the members that know it, softmax). A
+one-member bundle is therefore exactly the seed CNN's mean-of-log-probabilities rule.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
+from daemon.audio.features import (
+    BACKBONE,
+    BACKBONE_SPEC,
+    CNN,
+    DEFAULT_SPEC,
+    BackboneSpec,
+    FeatureSpec,
+)
 from daemon.core.errors import ModelMismatch
+from daemon.suggest.bundle import (
+    JSON_KEYS,
+    Bundle,
+    Member,
+    decode,
+    describe,
+    read_metadata,
+    spec_differences,
+)
+
+__all__ = ["JSON_KEYS", "MAX_CLIPS_PER_RUN", "Classifier", "Member", "Prediction",
+           "combine_members", "read_metadata", "softmax", "song_log_probabilities",
+           "song_probabilities", "spec_differences"]
 
 log = logging.getLogger(__name__)
 
-# metadata_props keys whose values are JSON (the rest are plain strings).
-JSON_KEYS = ("classes", "feature_spec", "metrics", "training_set", "clips_per_song",
-             "temperature")
-REQUIRED_KEYS = ("classes", "feature_spec", "temperature")
-# Keeps log() finite when a clip's softmax rounds a class to exactly 0.
+# Keeps log() finite when a window's softmax rounds a class to exactly 0.
 _FLOOR = 1e-12
-# Clips per onnxruntime run (see Classifier.clip_probabilities).
+# Windows per onnxruntime run and input (see Classifier.window_outputs).
 MAX_CLIPS_PER_RUN = 8
+
+
+def song_log_probabilities(clip_probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(n_songs, windows, n_classes) window probabilities -> (n_songs, n_classes) song
+    log-probabilities: mean window log-probability / `temperature`, log-softmax."""
+    logits = np.log(np.maximum(clip_probs.astype(np.float64), _FLOOR)).mean(axis=1)
+    return log_softmax(logits / temperature)
 
 
 def song_probabilities(clip_probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -39,8 +66,13 @@ def song_probabilities(clip_probs: np.ndarray, temperature: float = 1.0) -> np.n
 
     Mean clip log-probability divided by `temperature`, then softmax.
     """
-    logits = np.log(np.maximum(clip_probs.astype(np.float64), _FLOOR)).mean(axis=1)
-    return softmax(logits / temperature)
+    return np.exp(song_log_probabilities(clip_probs, temperature))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of (n, k) logits, float64."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -50,138 +82,215 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def read_metadata(path: Path | str) -> dict:
-    """A bundle's metadata_props as a dict, JSON values decoded.
+def combine_members(member_logprobs: Sequence, weights: Sequence[float],
+                    classes: Sequence[str]) -> np.ndarray:
+    """THE combination of a bundle's members into song probabilities (n, len(classes)).
 
-    Raises ModelMismatch when the file is not an ONNX model.
+    member_logprobs: per member, `(member_classes, logp)` with logp (n, len(member_classes))
+    song log-probabilities (song_log_probabilities with the member's temperature), or a
+    bare logp array when the member's classes are `classes`. weights: per member, > 0.
+    score_c = sum over the members knowing c of w_m * logp_m(c) / sum of their w_m; then
+    softmax over `classes`. Raises ValueError for a member genre not in `classes` or a
+    genre no member knows.
     """
-    # Lazy: importing onnx takes about 0.4 s, paid only by what reads a bundle's metadata
-    # (not by trainer/evaluate and the CLI, which import this module for song_probabilities).
-    import onnx
+    classes = tuple(classes)
+    position = {genre: i for i, genre in enumerate(classes)}
+    total, norm = None, np.zeros(len(classes))
+    for entry, weight in zip(member_logprobs, weights, strict=True):
+        member_classes, logp = entry if isinstance(entry, tuple) else (classes, entry)
+        logp = np.asarray(logp, dtype=np.float64)
+        unknown = [genre for genre in member_classes if genre not in position]
+        if unknown or logp.ndim != 2 or logp.shape[1] != len(member_classes):
+            raise ValueError(f"member with classes {list(member_classes)} and log-probs "
+                             f"{logp.shape} does not fit classes {list(classes)}")
+        if not weight > 0:
+            raise ValueError(f"member weight {weight} is not > 0")
+        if total is None:
+            total = np.zeros((len(logp), len(classes)))
+        index = [position[genre] for genre in member_classes]
+        total[:, index] += weight * logp
+        norm[index] += weight
+    if total is None:
+        raise ValueError("no members to combine")
+    if not norm.all():
+        orphans = [genre for genre, w in zip(classes, norm, strict=True) if not w]
+        raise ValueError(f"no member knows {orphans}")
+    return softmax(total / norm)
 
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a bundle says about songs: probabilities (n, len(classes)) float64, and per
+    song its per-patch embedding (patches, dim) float32, or None without an embedding."""
+
+    probs: np.ndarray
+    embeddings: list[np.ndarray] | None
+
+
+def _session(data: bytes, path: Path, threads: int):
+    # Lazy: importing onnxruntime takes about 0.4 s, paid only by loading a model.
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    # The arena keeps the peak of the largest batch for ever (~500 MB at 32 songs);
+    # without it the daemon idles near 100 MB and ORT is ~25% slower, far from the
+    # bottleneck (decoding).
+    options.enable_cpu_mem_arena = False
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise ModelMismatch(f"{path}: not an ONNX model bundle ({err})") from None
-    return _decode({p.key: p.value for p in model.metadata_props})
-
-
-def _decode(props: dict[str, str]) -> dict:
-    data: dict = {}
-    for key, value in props.items():
-        if key in JSON_KEYS:
-            try:
-                data[key] = json.loads(value)
-            except json.JSONDecodeError:
-                data[key] = value
-        else:
-            data[key] = value
-    return data
-
-
-def spec_differences(expected: FeatureSpec, found: FeatureSpec) -> list[str]:
-    """Fields where two specs disagree, as 'name: bundle X, daemon Y' lines."""
-    ours, theirs = asdict(expected), asdict(found)
-    return [f"{k}: bundle {theirs[k]!r}, daemon {ours[k]!r}" for k in ours if ours[k] != theirs[k]]
+        return ort.InferenceSession(data, sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own Fail/InvalidProtobuf types
+        raise ModelMismatch(f"{path}: not a usable ONNX model ({err})") from None
 
 
 class Classifier:
-    """A loaded bundle: `predict_songs` turns song features into calibrated probabilities."""
+    """A loaded bundle: `predict` turns song features into calibrated probabilities (and
+    per-patch embeddings when the bundle has them)."""
 
-    def __init__(self, session, path: Path, metadata: dict, spec: FeatureSpec, sha256: str):
+    def __init__(self, session, path: Path, metadata: dict, bundle: Bundle, spec: FeatureSpec,
+                 backbone_spec: BackboneSpec, sha256: str, windows_per_song: int):
         self.session = session
         self.path = path
         self.metadata = metadata
+        self.bundle = bundle
         self.spec = spec
-        self.classes: tuple[str, ...] = tuple(metadata["classes"])
-        self.temperature = float(metadata["temperature"])
+        self.backbone_spec = backbone_spec
         self.sha256 = sha256
-        self._input = session.get_inputs()[0].name
-        self._output = session.get_outputs()[0].name
+        self.windows_per_song = windows_per_song
+        self.classes: tuple[str, ...] = bundle.classes
+        self.temperature = bundle.temperature
+        self.members: tuple[Member, ...] = bundle.members
+        self.family = bundle.family
+        self.unverified = bundle.unverified
+        self.has_embedding = bundle.embedding is not None
+        self.needs: frozenset[str] = bundle.needs
+        self._shapes = {CNN: spec.input_shape, BACKBONE: backbone_spec.input_shape}
 
     @classmethod
     def load(cls, path: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
-             threads: int = 1) -> Classifier:
-        """Open the bundle at `path` for a daemon computing `spec` features.
+             backbone_spec: BackboneSpec = BACKBONE_SPEC, threads: int = 1,
+             windows_per_song: int | None = None) -> Classifier:
+        """Open the bundle at `path` for a daemon computing `spec` (CNN) and
+        `backbone_spec` (backbone) features.
 
         One ORT session, `threads` intra-op threads, sequential execution; warmed up with
-        one song of zeros so the first real batch is not slow. Raises ModelMismatch when
-        the file is not a bundle, lacks metadata, or was trained on another FeatureSpec.
+        one song of zeros per input (`windows_per_song` windows: the config's, else the
+        bundle's, else spec.clips_per_song) so the first real batch is not slow. Raises
+        ModelMismatch when the file is not a bundle, lacks metadata, or was trained on
+        other features (clips_per_song may differ: windows per song is a run-time choice).
         """
-        # Lazy for the same reason as onnx above (about 0.4 s): only loading a model needs it.
-        import onnxruntime as ort
-
         path = Path(path)
         try:
             data = path.read_bytes()
         except OSError as err:
             raise ModelMismatch(f"{path}: cannot read model bundle: {err.strerror}") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        # The arena keeps the peak of the largest batch for ever (~500 MB at 32 songs);
-        # without it the daemon idles near 100 MB and ORT is ~25% slower, far from the
-        # bottleneck (decoding).
-        options.enable_cpu_mem_arena = False
-        try:
-            session = ort.InferenceSession(data, sess_options=options,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as err:  # ORT raises its own Fail/InvalidProtobuf types
-            raise ModelMismatch(f"{path}: not a usable ONNX model ({err})") from None
-        metadata = _decode(dict(session.get_modelmeta().custom_metadata_map))
-        missing = [k for k in REQUIRED_KEYS if k not in metadata]
-        if missing:
-            raise ModelMismatch(f"{path}: bundle metadata lacks {', '.join(missing)}")
-        try:
-            bundle_spec = FeatureSpec.from_json(json.dumps(metadata["feature_spec"]))
-        except (TypeError, ValueError, KeyError) as err:
-            raise ModelMismatch(f"{path}: bundle feature_spec unreadable ({err})") from None
-        differences = spec_differences(spec, bundle_spec)
-        if differences:
-            raise ModelMismatch(f"{path}: model was trained on other features: "
-                                + "; ".join(differences))
-        shape = session.get_inputs()[0].shape
-        if tuple(shape[1:]) != spec.input_shape:
-            raise ModelMismatch(f"{path}: model input {shape[1:]} does not fit features "
-                                f"{spec.input_shape}")
-        classifier = cls(session, path, metadata, spec, hashlib.sha256(data).hexdigest())
-        classifier.predict_songs([np.zeros((spec.clips_per_song, *spec.input_shape),
-                                           np.float32)])
-        log.info("model %s loaded: %d classes, temperature %.3f", path.name,
-                 len(classifier.classes), classifier.temperature)
+        session = _session(data, path, threads)
+        metadata = decode(dict(session.get_modelmeta().custom_metadata_map))
+        inputs = {i.name: i.shape for i in session.get_inputs()}
+        bundle = describe(path, metadata, list(inputs),
+                          [o.name for o in session.get_outputs()], spec, backbone_spec)
+        shapes = {CNN: spec.input_shape, BACKBONE: backbone_spec.input_shape}
+        for kind, name in bundle.inputs.items():
+            found = tuple(inputs[name][1:])
+            if len(found) != len(shapes[kind]) or any(
+                    isinstance(d, int) and d != e
+                    for d, e in zip(found, shapes[kind], strict=True)):
+                raise ModelMismatch(f"{path}: model input {name} {list(found)} does not fit "
+                                    f"{kind} features {shapes[kind]}")
+        windows = windows_per_song or metadata.get("windows_per_song") or spec.clips_per_song
+        classifier = cls(session, path, metadata, bundle, spec, backbone_spec,
+                         hashlib.sha256(data).hexdigest(), int(windows))
+        classifier.predict([{kind: np.zeros((classifier.windows_per_song, *shapes[kind]),
+                                            np.float32) for kind in bundle.needs}])
+        log.info("model %s loaded: %s, %d classes, members %s%s", path.name,
+                 classifier.family, len(classifier.classes),
+                 ", ".join(f"{m.kind} (T {m.temperature:.3f}, w {m.weight:g})"
+                           for m in classifier.members),
+                 ", with embedding" if classifier.has_embedding else "")
         return classifier
 
+    def window_outputs(self, windows: dict[str, np.ndarray],
+                       outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Windows by feature kind -> the named ONNX outputs, concatenated over runs.
+
+        At most MAX_CLIPS_PER_RUN windows per input per ORT run: the CNN's activations
+        take ~2.5 MB per clip, so 32 songs in one run would cost the daemon ~400 MB at
+        peak. Small runs are no slower here (measured on 2 cores with glibc's default
+        heap: ~590 clips/s at 8 clips a run, ~550 at 16, 278 at 64), the activations
+        staying in cache; the daemon's bounded heap (daemon/service/heap.py) costs ~25%
+        at any size. ORT wants every input fed: an input with no windows left (or not
+        asked for) gets an empty batch, which both networks run in well under 1 ms.
+        """
+        feeds = {}
+        for kind, name in self.bundle.inputs.items():
+            given = windows.get(kind)
+            feeds[name] = (np.zeros((0, *self._shapes[kind]), np.float32) if given is None
+                           else np.asarray(given, dtype=np.float32))
+        longest = max(len(v) for v in feeds.values())
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+        for start in range(0, longest, MAX_CLIPS_PER_RUN):
+            run = {name: v[start:start + MAX_CLIPS_PER_RUN] for name, v in feeds.items()}
+            for name, value in zip(outputs, self.session.run(list(outputs), run), strict=True):
+                parts[name].append(value)
+        return {name: np.concatenate(values) for name, values in parts.items() if values}
+
     def clip_probabilities(self, clips: np.ndarray) -> np.ndarray:
-        """(n, F, T, 1) float32 clips -> (n, n_classes) uncalibrated clip probabilities.
+        """(n, F, T, 1) float32 clips -> (n, len(member classes)) uncalibrated window
+        probabilities of the bundle's (first) cnn member."""
+        member = next((m for m in self.members if m.kind == CNN), None)
+        if member is None:
+            raise ValueError(f"{self.path.name} has no cnn member (family {self.family})")
+        if not len(clips):
+            return np.zeros((0, len(member.classes)), np.float32)
+        return self.window_outputs({CNN: clips}, [member.output])[member.output]
 
-        At most MAX_CLIPS_PER_RUN clips per ORT run: the convolutions' activations take
-        ~2.5 MB per clip, so 32 songs in one run would cost the daemon ~400 MB at peak.
-        Small runs are no slower here (measured on 2 cores with glibc's default heap:
-        ~590 clips/s at 8 clips a run, ~550 at 16, 278 at 64), the activations staying in
-        cache; the daemon's bounded heap (daemon/service/heap.py) costs ~25% at any size.
+    def predict(self, songs: Sequence, embeddings: bool = True) -> Prediction:
+        """Songs' features -> Prediction (probs (n, len(classes)), per-song embeddings).
+
+        A song is a dict by feature kind ({"cnn": (clips, F, T, 1), "backbone":
+        (patches, 187, 96)}) holding at least the kinds the members need (plus
+        "backbone" for the embedding), or a plain ndarray (= {"cnn": it}). The windows of
+        all songs are batched together; songs may have different window counts. Each
+        member is calibrated with its own temperature; see combine_members.
         """
-        clips = clips.astype(np.float32, copy=False)
-        runs = [self.session.run([self._output], {self._input: clips[i:i + MAX_CLIPS_PER_RUN]})[0]
-                for i in range(0, len(clips), MAX_CLIPS_PER_RUN)]
-        return np.concatenate(runs) if runs else np.zeros((0, len(self.classes)), np.float32)
-
-    def predict_songs(self, songs: list[np.ndarray]) -> np.ndarray:
-        """Songs' features, each (clips, F, T, 1) -> (n_songs, n_classes) probabilities.
-
-        The clips of all songs are batched together (several songs per ORT run). Songs
-        may have different clip counts. Calibrated with the bundle's temperature.
-        """
+        songs = [s if isinstance(s, dict) else {CNN: s} for s in songs]
+        embed = embeddings and self.has_embedding
         if not songs:
-            return np.zeros((0, len(self.classes)))
-        probs = self.clip_probabilities(np.concatenate(songs))
-        out = np.empty((len(songs), len(self.classes)))
-        start = 0
+            return Prediction(np.zeros((0, len(self.classes))), [] if embed else None)
+        kinds = self.bundle.member_needs | ({BACKBONE} if embed else set())
         for i, song in enumerate(songs):
-            out[i] = song_probabilities(probs[None, start:start + len(song)], self.temperature)[0]
-            start += len(song)
-        return out
+            for kind in kinds:
+                if kind not in song or not len(song[kind]):
+                    raise ValueError(f"song {i} has no {kind!r} features, which "
+                                     f"{self.path.name} ({self.family}) needs")
+        outputs = [m.output for m in self.members] + \
+            ([self.bundle.embedding.output] if embed else [])
+        values = self.window_outputs(
+            {k: np.concatenate([s[k] for s in songs]) for k in kinds}, list(dict.fromkeys(
+                outputs)))
+        bounds = {k: np.cumsum([0] + [len(s[k]) for s in songs]) for k in kinds}
+        logprobs = []
+        for m in self.members:
+            edges, probs = bounds[m.kind], values[m.output]
+            logprobs.append((m.classes, np.concatenate([
+                song_log_probabilities(probs[None, edges[i]:edges[i + 1]], m.temperature)
+                for i in range(len(songs))])))
+        combined = combine_members(logprobs, [m.weight for m in self.members], self.classes)
+        per_song = None
+        if embed:
+            edges, vectors = bounds[BACKBONE], values[self.bundle.embedding.output]
+            per_song = [vectors[edges[i]:edges[i + 1]].astype(np.float32)
+                        for i in range(len(songs))]
+        return Prediction(combined, per_song)
+
+    def predict_songs(self, songs: Sequence) -> np.ndarray:
+        """Songs' features (ndarray = cnn clips, or a dict by kind) -> (n_songs,
+        n_classes) calibrated probabilities; the embedding is neither needed nor run."""
+        return self.predict(songs, embeddings=False).probs
 
     def top(self, probs_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         """One song's probabilities -> its k most likely (genre, confidence), best first."""
