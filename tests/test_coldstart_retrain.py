@@ -15,12 +15,13 @@ Needs `make backbone` (part of `make test`).
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import EXE, wait_for, write_config
 from sqlalchemy import select
 
 from daemon.cli.demo import make_library
@@ -63,6 +64,7 @@ def test_an_unverified_model_counts_as_none_for_the_policy(genres, expected, say
 
 class Station:
     def __init__(self, base: Path):
+        self.base = base
         self.library = base / "library"
         songs = [*make_library(self.library, songs_per_genre=6, genres=("Electronic",),
                                untagged_share=0.0, seconds=(6, 8), formats=(".flac", ".mp3"),
@@ -117,6 +119,17 @@ def test_no_labels_to_train_gives_an_active_unverified_cold_start_model(station)
     log = station.config.runs_dir / "coldstart" / "coldstart.log"
     assert "cold start, unverified" in log.read_text()
     assert not (log.parent / "model.onnx").exists()  # the registry holds its copy
+
+    # The CLI says so
+    config = write_config(station.base / "config.toml", station.library,
+                          station.config.state_dir)
+    shown = subprocess.run([*EXE, "--config", str(config), "models", "show", "1"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "unverified:    yes: the cold start" in shown.stdout
+    listed = subprocess.run([*EXE, "--config", str(config), "models", "list", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert [m["unverified"] for m in json.loads(listed.stdout)] == [True], listed.stderr
 
     # Asked again (the retrainer's poll): the same model, nothing rebuilt, no training run
     again, said = retrainer.ensure_initial_model()
