@@ -194,3 +194,40 @@ def test_the_first_trained_model_replaces_the_cold_start(station):
     assert run.summary["gate"]["active"] is None  # never compared with the table's guesses
     # Pending cold-start suggestions were re-scored by the trained model where it could
     assert all(s.model_id in (cold.id, model.id) for s in station.pending())
+
+
+def fresh_config(tmp_path, station, **sections):
+    data = {"library": {"root": str(station.library), "settle_seconds": 0},
+            "state_dir": str(tmp_path / "state"), "min_songs_per_genre": MIN_SONGS}
+    data.update(sections)
+    return parse_config(data, "test config")
+
+
+def test_no_cold_start_when_the_backbone_is_switched_off(tmp_path, station):
+    config = fresh_config(tmp_path, station, classifier={"backbone": False})
+    engine, sessions = open_database(config.db_url)
+    try:
+        model, said = Retrainer(config, sessions).ensure_initial_model()
+        assert model is None and "classifier.backbone is false" in said
+        with sessions() as session:
+            assert registry.list_models(session) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_station_table_that_maps_nothing_is_a_logged_failure_not_a_model(tmp_path, station):
+    """genres.toml in the state dir without [cold_start]: the child refuses (exit 2) with
+    the reason, no model is registered, and the daemon goes on (tried again at the poll)."""
+    config = fresh_config(tmp_path, station)
+    config.genres_path.parent.mkdir(parents=True, exist_ok=True)
+    config.genres_path.write_text('canonical = ["Jazz", "Rock"]\n', encoding="utf-8")
+    engine, sessions = open_database(config.db_url)
+    try:
+        model, said = Retrainer(config, sessions).ensure_initial_model()
+        assert model is None
+        assert "cold start failed: trainer refused to start (exit 2)" in said
+        assert "no [cold_start.msd_tags] entry" in said
+        with sessions() as session:
+            assert registry.list_models(session) == []
+    finally:
+        engine.dispose()
