@@ -192,8 +192,25 @@ def test_the_first_trained_model_replaces_the_cold_start(station):
     assert "unverified cold-start model: a trained model replaces it" in run.summary["gate"][
         "reason"]
     assert run.summary["gate"]["active"] is None  # never compared with the table's guesses
-    # Pending cold-start suggestions were re-scored by the trained model where it could
-    assert all(s.model_id in (cold.id, model.id) for s in station.pending())
+    # No unverified suggestion outlives its model: re-scored from the cache where the
+    # trained model's features were there, else the song is queued for the worker again
+    assert cold.id not in {s.model_id for s in station.pending()}
+    jazz = [p for p, g in station.truth.items() if g == "Jazz"]
+    with station.sessions() as session:
+        states = {t.path: t.state for t in session.scalars(select(Track))}
+    rescored = run.summary["rescored"]
+    assert rescored["rescored"] + rescored["requeued"] == len(jazz), rescored
+    assert sorted(states[p] for p in jazz) == sorted(
+        ["suggested"] * rescored["rescored"] + ["queued"] * rescored["requeued"])
+    worker = Worker(station.config, station.sessions, drain_seconds=5)
+    worker.start()
+    try:
+        wait_for(lambda: len(station.pending()) == len(jazz), 180,
+                 "the trained model's suggestion for every Jazz song")
+    finally:
+        worker.close()
+    assert {s.model_id for s in station.pending()} == {model.id}
+    assert {s.genre for s in station.pending()} <= {"Electronic", "Rock"}
 
 
 def fresh_config(tmp_path, station, **sections):

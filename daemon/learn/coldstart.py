@@ -15,8 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
 from daemon.core.config import Config
-from daemon.core.db.models import Model
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import Model, Suggestion, Track, utcnow
+from daemon.core.states import SuggestionStatus, TrackState, move
 from daemon.tags.genres import station_genres_file
 
 FAMILY = "coldstart"
@@ -54,3 +59,25 @@ def coldstart_command(config: Config, out: Path) -> list[str]:
     if genres is not None:
         argv += ["--genres", str(genres)]
     return argv
+
+
+def requeue_suggestions(sessions: sessionmaker[Session], model_id: int) -> int:
+    """After a trained model replaced the cold start (`model_id`) and re-scored what the
+    feature cache allowed: the songs still carrying a pending cold-start suggestion (no
+    cached features for the trained model: the cold start needs only backbone patches)
+    go back to the worker's queue, their suggestion superseded, so every unverified
+    suggestion is replaced by the trained model's. Out: how many tracks were queued."""
+    with transaction(sessions) as session:
+        pending = session.scalars(select(Suggestion).where(
+            Suggestion.model_id == model_id,
+            Suggestion.status == SuggestionStatus.PENDING)).all()
+        now, queued = utcnow(), 0
+        for suggestion in pending:
+            track = session.get(Track, suggestion.track_id)
+            if track is None or track.state != TrackState.SUGGESTED:
+                continue  # being reviewed or re-read: the reviewer or the worker decides
+            suggestion.status = SuggestionStatus.SUPERSEDED
+            move(track, TrackState.QUEUED)
+            track.state_changed_at = now
+            queued += 1
+    return queued

@@ -388,6 +388,10 @@ class Retrainer:
         log.info("re-scored %d pending suggestion(s) with v%04d (%d changed genre, %d without "
                  "cached features)", counts["rescored"], model.version, counts["changed"],
                  counts["no_features"])
+        if coldstart.is_unverified(active):  # no unverified suggestion outlives its model
+            counts["requeued"] = coldstart.requeue_suggestions(self.sessions, active.id)
+            log.info("%d song(s) with a cold-start suggestion queued again for v%04d",
+                     counts["requeued"], model.version)
         second = resuggest_rejected(self.sessions, self.config, candidate, model.id)
         if second["resuggested"] or second["still_rejected"]:
             log.info("rejected songs: %d suggested again with another genre, %d left as "
