@@ -199,6 +199,7 @@ def test_the_first_trained_model_replaces_the_cold_start(station):
     with station.sessions() as session:
         states = {t.path: t.state for t in session.scalars(select(Track))}
     rescored = run.summary["rescored"]
+    print("after the cold start:", rescored)
     assert rescored["rescored"] + rescored["requeued"] == len(jazz), rescored
     assert sorted(states[p] for p in jazz) == sorted(
         ["suggested"] * rescored["rescored"] + ["queued"] * rescored["requeued"])
