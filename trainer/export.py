@@ -5,25 +5,27 @@ tf.function with an explicit input signature (dynamic batch) and converted with
 from_function. The bundle is written only if onnxruntime and Keras agree on held-out
 clips to within PARITY_TOLERANCE; it is written to a temp file and renamed, so a
 half-written bundle never exists under its final name.
+
+TensorFlow, Keras and tf2onnx are imported where a Keras model is converted, not at
+import: trainer/bundles.py and trainer/backbone.py use ParityError, metadata_props and
+write_model with onnx and onnxruntime only.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
-import tensorflow as tf
-import tf2onnx
 
 # One home for the file-level parts (TF-free builders use them too); re-exported here.
 from trainer.bundlefile import ParityError, metadata_props, write_model  # noqa: F401
 
-# tf2onnx narrates every conversion at INFO; its warnings still come through.
-logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+if TYPE_CHECKING:
+    import keras
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -31,6 +33,11 @@ PARITY_TOLERANCE = 1e-4
 
 def to_onnx(model: keras.Model, opset: int = OPSET) -> onnx.ModelProto:
     """The Keras model as an ONNX graph with input "clips" of shape (batch, F, T, 1)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    # tf2onnx narrates every conversion at INFO; its warnings still come through.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     signature = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="clips"),)
     function = tf.function(lambda clips: model(clips, training=False),
                            input_signature=signature)
