@@ -26,7 +26,6 @@ from daemon.tags.genres import MSD_TAGS, default_genres_text, load_genre_map, pa
 from trainer import backbone
 from trainer.coldstart import (
     NoColdStartGenres,
-    backbone_path,
     genre_probabilities,
     mapping_matrix,
 )
@@ -136,7 +135,7 @@ def bundle(tmp_path_factory):
 
 
 def decoded(value: str):
-    """A metadata_props value: JSON (trainer.bundlefile.metadata_props) or a plain string."""
+    """A metadata_props value: JSON (trainer.export.metadata_props) or a plain string."""
     try:
         return json.loads(value)
     except ValueError:
@@ -195,7 +194,7 @@ def test_the_bundle_is_the_backbone_through_the_table(bundle, encoded_songs):
         patches = backbone_patches(decode_clips(path, BACKBONE_SPEC)[1])
         assert patches.shape == (BACKBONE_SPEC.clips_per_song, 187, 96)
         probs, embedding = session.run(["coldstart_probs", "embedding"], {"patches": patches})
-        plain = backbone.run_onnx(backbone_path(), patches)
+        plain = backbone.run_onnx(backbone.backbone_onnx(), patches)
         assert probs.shape == (len(patches), len(classes))
         assert np.all(probs > 0)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -373,7 +373,7 @@ def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None
     """
     import onnx
 
-    from trainer.bundlefile import ParityError, metadata_props, write_model
+    from trainer.export import ParityError, metadata_props, write_model
 
     checkpoint = checkpoint_dir(directory)
     tags = msd_tags(directory)

@@ -44,7 +44,7 @@ from daemon.learn.registry import file_sha256
 from daemon.tags.genres import MSD_TAGS, GenreMap
 from trainer import TRAINER_VERSION
 from trainer import backbone as bb
-from trainer.bundlefile import metadata_props, write_model
+from trainer.export import metadata_props, write_model
 
 FAMILY = "coldstart"
 OUTPUT = "coldstart_probs"
@@ -69,18 +69,6 @@ class ColdStart:
     no_tag: tuple[str, ...]
     parity_max_abs_diff: float
     seconds: float
-
-
-def backbone_path() -> Path:
-    """The converted ONNX backbone (`make backbone`); raises BackboneUnavailable."""
-    finder = getattr(bb, "backbone_onnx", None)  # helper A's; the file is the same
-    if finder is not None:
-        return finder()
-    path = bb.default_dir() / "backbone.onnx"
-    if not path.is_file():
-        raise bb.BackboneUnavailable(f"{path}: the ONNX backbone is not there; run "
-                                     f"`{bb.FETCH_COMMAND}`")
-    return path
 
 
 def mapping_matrix(cold_start: Mapping[str, tuple[str, ...]], tags: tuple[str, ...]
@@ -200,14 +188,15 @@ def build(out: Path, genre_map: GenreMap, *, backbone: Path | None = None,
     """Write the cold-start bundle `out`/model.onnx and `out`/report.json.
 
     In: the station's genre map (its [cold_start] table), the ONNX backbone (default
-    `backbone_path()`), real log mel patches for the parity check (default the generated
-    demo songs'). Raises BackboneUnavailable, NoColdStartGenres, ConfigError (the wheel's
-    tags differ from the daemon's MSD_TAGS) or ParityError (nothing written).
+    trainer.backbone.backbone_onnx()), real log mel patches for the parity check (default
+    the generated demo songs'). Raises BackboneUnavailable, NoColdStartGenres,
+    ConfigError (the wheel's tags differ from the daemon's MSD_TAGS) or ParityError
+    (nothing written).
     """
-    from trainer.bundlefile import ParityError
+    from trainer.export import ParityError
 
     started = time.monotonic()
-    backbone = Path(backbone or backbone_path())
+    backbone = Path(backbone or bb.backbone_onnx())
     tags = bb.msd_tags()
     if tags != MSD_TAGS:
         raise ConfigError("the musicnn wheel's MSD tags differ from daemon.tags.genres.MSD_TAGS;"

@@ -13,7 +13,10 @@ write_model with onnx and onnxruntime only.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,14 +24,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-# One home for the file-level parts (TF-free builders use them too); re-exported here.
-from trainer.bundlefile import ParityError, metadata_props, write_model  # noqa: F401
+from daemon.core.errors import GenretaggerError
 
 if TYPE_CHECKING:
     import keras
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(GenretaggerError):
+    """onnxruntime and Keras disagree on the same clips: the export is not trusted."""
 
 
 def to_onnx(model: keras.Model, opset: int = OPSET) -> onnx.ModelProto:
@@ -43,6 +49,12 @@ def to_onnx(model: keras.Model, opset: int = OPSET) -> onnx.ModelProto:
                            input_signature=signature)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
     return proto
+
+
+def metadata_props(metadata: dict) -> dict[str, str]:
+    """Bundle metadata -> string props (non-strings JSON-encoded, as read_metadata decodes)."""
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            for k, v in metadata.items()}
 
 
 def parity(proto: onnx.ModelProto, model: keras.Model, clips: np.ndarray) -> float:
@@ -82,3 +94,17 @@ def export_bundle(model: keras.Model, path: Path, metadata: dict, parity_clips: 
     onnx.checker.check_model(proto)
     write_model(proto, Path(path))
     return diff
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Write an ONNX model to `path` atomically: a temp file beside it, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(proto.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -38,15 +38,14 @@ def unavailable(config: Config) -> str | None:
     """Why no cold-start model can be built here, or None when it can.
 
     Checks the switch (classifier.backbone) and that `make backbone` left the ONNX
-    backbone (looked up by the trainer's own rule; onnx is imported, TensorFlow never).
+    backbone (looked up by the trainer's own rule; TensorFlow is never imported).
     """
     if not config.classifier.backbone:
         return "classifier.backbone is false: no cold-start suggestions from the backbone"
-    from trainer.backbone import BackboneUnavailable
-    from trainer.coldstart import backbone_path
+    from trainer.backbone import BackboneUnavailable, backbone_onnx
 
     try:
-        backbone_path()
+        backbone_onnx()
     except BackboneUnavailable as err:
         return f"no cold-start suggestions: {err}"
     return None
