@@ -295,3 +295,27 @@ def test_migration_0004_downgrades_back_to_0003(tmp_path):
                                                             "album_artist"}
     engine.dispose()
 
+
+
+def test_refreshing_an_album_folder_loads_only_that_folder(database):
+    """The record step's recompute is bounded: the folder's tracks and its disc folders'
+    are read, no sibling whose name shares the prefix, nothing deeper."""
+    from daemon.core.db.models import utcnow
+    from daemon.library.record import refresh_albums
+
+    paths = ["Mi_/a.mp3", "Mi_/CD1/b.mp3", "Mi_/Sub/Deep/c.mp3", "Mix/d.mp3", "Mi_0/e.mp3",
+             "Mi_ Tape/f.mp3", "MI_/g.mp3", "root.mp3", "Mi%/h.mp3"]
+    with database[1]() as session, session.begin():
+        for i, path in enumerate(paths):
+            session.add(Track(path=path, size=1, mtime=1.0, album="Mix", artist=f"A{i}",
+                              first_seen=utcnow(), album_key="untouched"))
+    for folder, loaded in [("Mi_", {"Mi_/a.mp3", "Mi_/CD1/b.mp3"}), ("", {"root.mp3"}),
+                           ("Mi%", {"Mi%/h.mp3"})]:
+        with database[1]() as session, session.begin():
+            refresh_albums(session, folder)
+            seen = {obj.path for obj in session.identity_map.values()}
+            assert seen == loaded
+    found = stored(database[1])
+    assert found["Mi_/a.mp3"][:2] == found["Mi_/CD1/b.mp3"][:2] and found["Mi_/a.mp3"][1]
+    assert found["Mix/d.mp3"][0] == found["Mi_/Sub/Deep/c.mp3"][0] == "untouched"
+    assert found["root.mp3"][0] != "untouched"
