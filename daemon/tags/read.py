@@ -45,8 +45,8 @@ from daemon.core.errors import OS_REASONS, TagError, os_reason
 from daemon.core.paths import display
 from daemon.tags import riffinfo
 
-# The tag key of each field per tag family (what mutagen's easy interfaces map
-# "albumartist" to: TPE2, ALBUMARTIST, aART; WM/AlbumArtist; APE "Album Artist").
+# The tag key of each field per tag family. The album artist is where mutagen's EasyID3
+# and EasyMP4 put "albumartist" (TPE2, aART), and what Picard and foobar2000 write elsewhere.
 ID3_FRAMES = {"title": TIT2, "artist": TPE1, "album": TALB, "genre": TCON, "album_artist": TPE2}
 VORBIS_KEYS = {"title": "title", "artist": "artist", "album": "album", "genre": "genre",
                "album_artist": "albumartist"}
