@@ -67,6 +67,13 @@ def station(tmp_path):
     engine.dispose()
 
 
+def close(app) -> None:
+    """What WebServer.close does for the app: its children and the scrape's connections."""
+    app.extensions["children"].close()
+    if "metrics" in app.extensions:
+        app.extensions["metrics"].close()
+
+
 def scrape(client, path: str = "/metrics", **kw) -> dict[str, dict[tuple, float]]:
     """sample name -> {sorted label pairs: value}, from the parsed exposition text."""
     r = client.get(path, **kw)
@@ -158,7 +165,7 @@ def test_metrics_say_what_status_json_says(station):
     status = status_json(path)
     app = create_app(config, sessions)
     m = scrape(app.test_client())
-    app.extensions["children"].close()
+    close(app)
 
     assert value(m, "genretagger_metrics_db_up") == 1
     assert by(m, "genretagger_tracks", "state") == status["tracks"]["by_state"]
@@ -208,7 +215,7 @@ def test_an_empty_station_and_the_running_services_own_reports(station):
     _, config, sessions = station
     app = create_app(config, sessions)
     m = scrape(app.test_client())
-    app.extensions["children"].close()
+    close(app)
     assert value(m, "genretagger_queue_depth") == 0
     assert "genretagger_model_version" not in m
     assert "genretagger_retrain_last_run_info" not in m
@@ -220,7 +227,7 @@ def test_an_empty_station_and_the_running_services_own_reports(station):
         worker_ages=lambda: {"radio1:service": 2.5})
     app = create_app(config, sessions, metrics_sources=sources)
     m = scrape(app.test_client())
-    app.extensions["children"].close()
+    close(app)
     assert by(m, "genretagger_component_alive", "component") == {"worker": 1}
     assert by(m, "genretagger_component_healthy", "component") == {"worker": 0}
     assert by(m, "genretagger_worker_heartbeat_age_seconds", "worker") == {
@@ -233,7 +240,7 @@ def test_metrics_can_be_switched_off(station, tmp_path):
                        "test config")
     app = create_app(off, sessions)
     assert app.test_client().get("/metrics").status_code == 404
-    app.extensions["children"].close()
+    close(app)
 
 
 def test_who_may_read_the_metrics(station):
@@ -245,7 +252,7 @@ def test_who_may_read_the_metrics(station):
     client = app.test_client()
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.168.1.20"}
                       ).status_code == 403
-    app.extensions["children"].close()
+    close(app)
 
     password_hash = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
     locked = parse_config({**config.model_dump(mode="json"), "review": {
@@ -280,7 +287,7 @@ def test_who_may_read_the_metrics(station):
     assert codes == [401] * 5 + [429]
     assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
                       environ_base=guesser).status_code == 429
-    app.extensions["children"].close()
+    close(app)
 
 
 def test_a_held_write_lock_does_not_hold_up_a_scrape(station):
@@ -296,7 +303,7 @@ def test_a_held_write_lock_does_not_hold_up_a_scrape(station):
     finally:
         holder.kill()
         holder.wait()
-        app.extensions["children"].close()
+        close(app)
     assert value(m, "genretagger_metrics_db_up") == 1
     assert value(m, "genretagger_queue_depth") == 9
 
@@ -329,7 +336,7 @@ def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(station):
     m = scrape(app.test_client())
     assert value(m, "genretagger_metrics_db_up") == 1
     assert value(m, "genretagger_queue_depth") == 9
-    app.extensions["children"].close()
+    close(app)
 
 
 def test_the_running_daemon_serves_metrics_over_http(tmp_path):

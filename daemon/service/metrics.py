@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
@@ -181,14 +181,14 @@ def _run_families(run: TrainingRun | None) -> Iterator[Metric]:
                      "training run finished.", _seconds(run.finished_at))
 
 
-def _impatient_from_the_start(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+def _impatient_from_the_start(sessions: sessionmaker[Session]) -> sessionmaker[Session] | None:
     """Sessions whose SQLite connections wait at most METRICS_BUSY_TIMEOUT_S for a lock,
     from the moment they connect: a new connection's set-up (journal mode, pragmas) waits
     its engine's whole busy timeout, which per-transaction impatience cannot shorten, so
     the scrape gets a small engine of its own. Other databases: `sessions` unchanged."""
     url = str(sessions.kw["bind"].url)
     if sqlite_path(url) is None:
-        return sessions
+        return None
     return make_sessionmaker(make_engine(url, busy_timeout=METRICS_BUSY_TIMEOUT_S))
 
 
@@ -198,8 +198,14 @@ class StationCollector(Collector):
     def __init__(self, config: Config | Live, sessions: sessionmaker[Session],
                  sources: MetricsSources | None = None):
         self.live = as_live(config)
-        self.sessions = _impatient_from_the_start(sessions)
+        self._own = _impatient_from_the_start(sessions)
+        self.sessions = self._own or sessions
         self.sources = sources or MetricsSources()
+
+    def close(self) -> None:
+        """Close the scrape's own database connections (SQLite)."""
+        if self._own is not None:
+            self._own.kw["bind"].dispose()
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
@@ -238,11 +244,21 @@ class StationCollector(Collector):
                         "last went round.", "worker", ages)
 
 
-def metrics_registry(config: Config | Live, sessions: sessionmaker[Session],
-                     sources: MetricsSources | None = None) -> CollectorRegistry:
-    """A registry of its own (never the global one: two apps in one process would count
-    twice) with the station's collector and this process's CPU, memory and files."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StationCollector(config, sessions, sources))
-    ProcessCollector(registry=registry)
-    return registry
+class StationMetrics:
+    """What /metrics serves: a registry of its own (never the global one: two apps in
+    one process would count twice) with the station's collector and this process's CPU,
+    memory and open files. close() when the page stops."""
+
+    def __init__(self, config: Config | Live, sessions: sessionmaker[Session],
+                 sources: MetricsSources | None = None):
+        self.collector = StationCollector(config, sessions, sources)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        ProcessCollector(registry=self.registry)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format (CONTENT_TYPE_LATEST), collected now."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        self.collector.close()

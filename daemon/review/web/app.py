@@ -38,7 +38,7 @@ from daemon.review.web.security import (
     load_secret_key,
     login_required,
 )
-from daemon.service.metrics import MetricsSources, metrics_registry
+from daemon.service.metrics import MetricsSources, StationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
         needs_login=login_required(config.review), epoch=credential_epoch(config.review),
         on_decision=on_decision)
     if config.metrics.enabled:
-        app.extensions["metrics"] = metrics_registry(live, sessions, metrics_sources)
+        app.extensions["metrics"] = StationMetrics(live, sessions, metrics_sources)
     # Order matters: before_request functions run in the order they are registered, so a
     # foreign POST is refused before the CSRF check, and both come before sign-in.
     app.before_request(auth.same_site_posts_only)
@@ -162,6 +162,7 @@ class WebServer:
         self.on_decision = on_decision
         self.children = children
         self._own_children: ExtractPool | None = None  # started by create_app: ours to close
+        self._metrics: StationMetrics | None = None
         self.host = self.config.review.host
         self.requested_port = self.config.review.port if port is None else port
         self.threads = threads
@@ -195,6 +196,7 @@ class WebServer:
         app = create_app(self.live, self.sessions, on_decision=self.on_decision,
                          children=self.children, metrics_sources=self.metrics_sources)
         self._own_children = app.extensions["children"] if self.children is None else None
+        self._metrics = app.extensions.get("metrics")
         self._server = create_server(app, host=self.host, port=self.requested_port,
                                      threads=self.threads, ident="genretagger",
                                      url_prefix=self.url_prefix,
@@ -226,3 +228,5 @@ class WebServer:
         self._thread = None
         if self._own_children is not None:
             self._own_children.close()
+        if self._metrics is not None:
+            self._metrics.close()

@@ -8,7 +8,7 @@ read what the station is doing, and no second bind to get wrong."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from daemon.review.web.common import plain
 
@@ -17,8 +17,8 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics():
-    registry = current_app.extensions.get("metrics")
-    if registry is None:  # [metrics] enabled = false
+    station = current_app.extensions.get("metrics")
+    if station is None:  # [metrics] enabled = false
         return plain(404, "Nothing here.")
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST,
+    return Response(station.exposition(), content_type=CONTENT_TYPE_LATEST,
                     headers={"Cache-Control": "no-store"})
