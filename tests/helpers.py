@@ -443,3 +443,61 @@ class Station:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def two_input_bundle(out, classes: tuple[str, ...], hears: str, seed: int = 0):
+    """A real ONNX bundle dir (model.onnx) with both inputs, as the trainer writes a cnn
+    bundle when the backbone is available: "clips" -> the cnn member's probabilities
+    (hears `hears` in every song, as genre_bundle's), "patches" -> a per-patch 200-d
+    "embedding" (mean over frames @ a fixed random matrix: each song's own, not a
+    constant, so a test can tell songs apart by it)."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, EMBEDDING_SPEC
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    freqs, frames, _ = DEFAULT_SPEC.input_shape
+    patch_frames, mels = BACKBONE_SPEC.input_shape
+    bias = np.array([4.0 if c == hears else 0.0 for c in classes], np.float32)
+    project = np.random.default_rng(seed).standard_normal((mels, EMBEDDING_SPEC.dim))
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["clips", "clip_axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["scores"]),
+         helper.make_node("Add", ["scores", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+         helper.make_node("ReduceMean", ["patches", "patch_axes"], ["bands"], keepdims=0),
+         helper.make_node("MatMul", ["bands", "project"], ["embedding"])],
+        f"two-inputs-hears-{hears}",
+        [helper.make_tensor_value_info("clips", TensorProto.FLOAT, [None, freqs, frames, 1]),
+         helper.make_tensor_value_info("patches", TensorProto.FLOAT,
+                                       [None, patch_frames, mels])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, len(classes)]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT,
+                                       [None, EMBEDDING_SPEC.dim])],
+        [numpy_helper.from_array(np.array([2, 3], np.int64), "clip_axes"),
+         numpy_helper.from_array(np.array([1], np.int64), "patch_axes"),
+         numpy_helper.from_array(np.zeros((freqs, len(classes)), np.float32), "w"),
+         numpy_helper.from_array(bias, "b"),
+         numpy_helper.from_array(project.astype(np.float32), "project")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    member = {"kind": "cnn", "input": "clips", "output": "probs", "classes": list(classes),
+              "temperature": 1.0, "weight": 1.0}
+    helper.set_model_props(model, {
+        "family": "cnn", "classes": json.dumps(list(classes)),
+        "members": json.dumps([member]), "feature_spec": DEFAULT_SPEC.to_json(),
+        "backbone_spec": BACKBONE_SPEC.to_json(),
+        "embedding": json.dumps({"input": "patches", "output": "embedding",
+                                 "spec": json.loads(EMBEDDING_SPEC.to_json())}),
+        "temperature": "1.0", "windows_per_song": "5",
+        "training_set_hash": f"two-inputs-{hears}-{seed}",
+        "created_at": "2026-01-01T00:00:00+00:00"})
+    onnx.checker.check_model(model)
+    onnx.save(model, out / "model.onnx")
+    return out

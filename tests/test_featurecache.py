@@ -97,3 +97,75 @@ def test_corrupt_entry_reads_as_absent_and_is_dropped(tmp_path):
     cache.path("aa" * 16).write_bytes(b"\x93NUMPY garbage")
     assert cache.get("aa" * 16) is None
     assert not cache.has("aa" * 16)
+
+
+def _patches_of(genre: str, windows: int = 5, seconds: float = 12.0):
+    """Real backbone patches of a synthesized song: the daemon's own mel code."""
+    from daemon.audio.features import BACKBONE_SPEC, backbone_patches
+
+    spec = dataclasses.replace(BACKBONE_SPEC, clips_per_song=windows)
+    mono = synthesize(genre, seconds, spec.sample_rate, 0, channels=1)[:, 0]
+    return backbone_patches(np.stack([mono[int(s * spec.sample_rate):][:spec.clip_samples]
+                                      for s in clip_starts(seconds, spec)]), spec)
+
+
+def test_every_spec_gets_its_own_cache_and_round_trips(tmp_path):
+    """The CNN's features, the backbone's patches and the backbone's embeddings, each
+    under its spec's key, each back as float32 of the shape put in."""
+    from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC
+
+    fp = "9f" * 16
+    cnn, backbone = FeatureCache(tmp_path, DEFAULT_SPEC), FeatureCache(tmp_path, BACKBONE_SPEC)
+    embeddings = FeatureCache(tmp_path, EMBEDDING_SPEC)
+    assert len({cnn.folder, backbone.folder, embeddings.folder}) == 3
+    features, patches = features_of("Metal"), _patches_of("Metal")
+    embedding = np.random.default_rng(0).standard_normal((5, 200)).astype(np.float32) * 4
+    cnn.put(fp, features)
+    backbone.put(fp, patches)
+    embeddings.put(fp, embedding)
+    assert np.load(backbone.path(fp)).dtype == np.float16
+    back = backbone.get(fp)
+    assert back.dtype == np.float32 and back.shape == (5, 187, 96)
+    # float16 keeps the log mel bands (0 .. ~5 here) to 3 significant digits.
+    assert patches.max() > 1.0
+    np.testing.assert_allclose(back, patches, rtol=1e-3, atol=1e-3)
+    # Embeddings are stored as the backbone gave them.
+    assert np.load(embeddings.path(fp)).dtype == np.float32
+    assert np.array_equal(embeddings.get(fp), embedding)
+    assert cnn.get(fp).shape == (5, 129, 98, 1)
+
+
+def test_each_cache_refuses_and_drops_what_is_not_its_shape(tmp_path):
+    from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC
+
+    cnn, backbone = FeatureCache(tmp_path, DEFAULT_SPEC), FeatureCache(tmp_path, BACKBONE_SPEC)
+    embeddings = FeatureCache(tmp_path, EMBEDDING_SPEC)
+    features, patches = features_of("Jazz"), _patches_of("Jazz")
+    wrong = [(cnn, patches), (cnn, features[..., 0]), (backbone, features),
+             (backbone, patches[:, :100]), (backbone, patches[0]),
+             (embeddings, np.zeros((5, 199), np.float32)), (embeddings, np.zeros(200)),
+             (embeddings, np.zeros((0, 200)))]
+    for cache, array in wrong:
+        with pytest.raises(ValueError, match="do not fit"):
+            cache.put("77" * 16, array)
+        assert not cache.has("77" * 16)
+    # A foreign entry found on disk (another version's layout) is absent, and dropped.
+    path = backbone.path("88" * 16)
+    path.parent.mkdir(parents=True)
+    np.save(path, features.astype(np.float16))
+    assert backbone.get("88" * 16) is None and not path.exists()
+
+
+def test_the_window_count_is_part_of_the_cache_key(tmp_path):
+    """windows_per_song 8 makes 8-window entries in a folder of their own: a 5-window
+    entry is never served where 8 are expected."""
+    from daemon.audio.features import BACKBONE_SPEC
+
+    eight_cnn = dataclasses.replace(DEFAULT_SPEC, clips_per_song=8)
+    eight_backbone = dataclasses.replace(BACKBONE_SPEC, clips_per_song=8)
+    assert eight_cnn.key != DEFAULT_SPEC.key and eight_backbone.key != BACKBONE_SPEC.key
+    five, eight = FeatureCache(tmp_path, BACKBONE_SPEC), FeatureCache(tmp_path, eight_backbone)
+    five.put("66" * 16, _patches_of("Rock"))
+    assert eight.get("66" * 16) is None
+    eight.put("66" * 16, _patches_of("Rock", windows=8))
+    assert eight.get("66" * 16).shape == (8, 187, 96) and five.get("66" * 16).shape[0] == 5

@@ -397,3 +397,84 @@ def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
                              capture_output=True, text=True, check=True)
         assert out.stdout.strip() == genre
     engine.dispose()
+
+
+class _Recorder:
+    """Stands in for the service's Neighbours (helper D's) at the worker's hook: records
+    what it is asked; None = "no neighbours known", which the worker stores as nothing."""
+
+    def __init__(self):
+        self.asked: list[tuple[np.ndarray, int]] = []
+
+    def nearest(self, embedding, exclude_track_id):
+        self.asked.append((np.array(embedding), exclude_track_id))
+        return None
+
+
+def test_a_two_input_bundle_fills_all_three_caches_with_the_configs_windows(
+        tmp_path, make_config):
+    """A cnn bundle that also embeds (clips + patches): one decode pass per song gives
+    both inputs at windows_per_song 8; the CNN, backbone and embedding caches all hold
+    the song, and the song's mean embedding reaches the "sounds like" hook. A song whose
+    CNN features were cached by an earlier CNN-only model decodes only the backbone's."""
+    from helpers import genre_bundle, two_input_bundle
+
+    from daemon.audio.features import EMBEDDING_SPEC
+    from daemon.suggest.inputs import WindowSpecs
+
+    library = tmp_path / "library"
+    library.mkdir()
+    config = make_config(library, workers={"processes": 1, "decode_timeout": 30},
+                         classifier={"batch_songs": 4, "windows_per_song": 8})
+    engine, sessions = open_database(config.db_url)
+    specs = WindowSpecs.for_windows(8)
+    cnn_cache = FeatureCache(config.cache_dir, specs.cnn)
+    backbone_cache = FeatureCache(config.cache_dir, specs.backbone)
+    embeddings = FeatureCache(config.cache_dir, EMBEDDING_SPEC)
+    first, *rest = songs(library, 3)
+    ids = {first: add_track(sessions, library, first)}
+    worker = Worker(config, sessions)
+    worker.neighbours = recorder = _Recorder()
+    try:
+        # First a CNN-only model: the first song's clips are cached, nothing else.
+        add_model(config, sessions, genre_bundle(tmp_path / "cnn", GENRES, "Metal"))
+        worker.start()
+        wait_for(lambda: tracks(sessions)[first].state == "suggested", 60, "the first song")
+        fp = tracks(sessions)[first].fingerprint
+        assert cnn_cache.get(fp).shape == (8, 129, 98, 1)
+        assert not backbone_cache.has(fp) and not embeddings.has(fp) and not recorder.asked
+        clips_written = cnn_cache.path(fp).stat().st_mtime_ns
+
+        model_id = add_model(config, sessions,
+                             two_input_bundle(tmp_path / "two", GENRES, "Classical"))
+        wait_for(lambda: worker.model_id == model_id, 15, "the two-input model")
+        assert worker.classifier.needs == {"cnn", "backbone"}
+        ids.update({rel: add_track(sessions, library, rel) for rel in rest})
+        requeue(sessions, ids[first])
+        wait_for(lambda: all(pending(sessions, i) and pending(sessions, i)[0].model_id
+                             == model_id for i in ids.values()), 60, "two-input suggestions")
+    finally:
+        worker.close()
+        engine.dispose()
+    by_path = tracks(sessions)
+    for rel, track_id in ids.items():
+        fp = by_path[rel].fingerprint
+        assert pending(sessions, track_id)[0].genre == "Classical"
+        assert cnn_cache.get(fp).shape == (8, 129, 98, 1)
+        patches = backbone_cache.get(fp)
+        assert patches.shape == (8, 187, 96)
+        per_patch = embeddings.get(fp)
+        assert per_patch.shape == (8, 200)
+        # The embedding is the model's on this song's own patches (float16-cached ones
+        # here, each band within 2^-11 of its value: the vectors agree to 1e-3 of their
+        # size, while two songs' differ by far more, checked below).
+        again = worker.classifier.predict([{"cnn": cnn_cache.get(fp), "backbone": patches}])
+        error = np.linalg.norm(again.embeddings[0] - per_patch, axis=1)
+        assert (error < 1e-3 * np.linalg.norm(per_patch, axis=1)).all()
+        [mean] = [e for e, asked_id in recorder.asked if asked_id == track_id]
+        np.testing.assert_allclose(mean, per_patch.mean(axis=0), rtol=1e-6)
+    # The first song's clips came from the cache: only its patches were decoded.
+    assert cnn_cache.path(by_path[first].fingerprint).stat().st_mtime_ns == clips_written
+    means = [e for e, _ in recorder.asked]
+    assert len(means) == 3 and min(np.linalg.norm(a - b) for i, a in enumerate(means)
+                                   for b in means[i + 1:]) > 1e-2 * np.linalg.norm(means[0])

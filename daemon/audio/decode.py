@@ -18,6 +18,11 @@ reason then names both decoders' errors). Real songs need this: an encoder that 
 negative granule positions in an Ogg Vorbis file makes FFmpeg see no audio after the
 first page, while libvorbis (through libsndfile) plays it whole.
 
+One pass feeds both feature contracts (`decode_song`): window i of every feature kind is
+decoded once at the file's rate -- the CNN's 1-s clip i lies inside the backbone's 3-s
+patch i -- and resampled to each kind's rate from that one read, cut so each kind's
+windows are exactly what decoding them alone gives.
+
 Samples are downmixed to mono before resampling (cheaper) and resampled with soxr, the
 resampler librosa uses by default. The file is opened by descriptor
 (daemon.audio.header), without following the name's extension: the content decides the
@@ -31,20 +36,31 @@ import contextlib
 import errno
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
 import av
 import numpy as np
 import soxr
 
-from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, clip_starts
+from daemon.audio.features import (
+    BACKBONE,
+    BACKBONE_SPEC,
+    CNN,
+    DEFAULT_SPEC,
+    FEATURE_KINDS,
+    BackboneSpec,
+    FeatureSpec,
+    clip_starts,
+)
 from daemon.audio.header import AudioInfo, looks_like, open_song
 from daemon.audio.readers import _PyAVReader, _SoundfileReader
 from daemon.core.errors import FileError, SilentAudio, TooMuchMemory, UnreadableAudio
 from daemon.core.paths import display
 
 T = TypeVar("T")
+# What places and sizes a song's windows: the CNN's clips or the backbone's patches.
+WindowSpec = FeatureSpec | BackboneSpec
 
 # Decoded around each window and cut off after resampling, so the resampler's edges
 # never reach the clip.
@@ -97,7 +113,7 @@ def read_window(path: str | os.PathLike | bytes, start: float, seconds: float,
                                                    seconds, sr))
 
 
-def read_clips(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC,
+def read_clips(path: str | os.PathLike | bytes, spec: WindowSpec = DEFAULT_SPEC,
                info: AudioInfo | None = None) -> np.ndarray:
     """The song's clips: (spec.clips_per_song, spec.clip_samples) float32 mono at
     spec.sample_rate, placed by `clip_starts` on the header's duration (or on
@@ -106,34 +122,93 @@ def read_clips(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC
     return decode_clips(path, spec, info)[1]
 
 
-def decode_clips(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC,
+def decode_clips(path: str | os.PathLike | bytes, spec: WindowSpec = DEFAULT_SPEC,
                  info: AudioInfo | None = None) -> tuple[AudioInfo, np.ndarray]:
     """read_clips that also returns the header's AudioInfo (one open of the file)."""
     name = display(path)
     return _decoding(path, lambda reader: _decode_clips(path, name, reader, spec, info))
 
 
-def _decode_clips(path, name: str, reader: _Reader, spec: FeatureSpec,
-                  info: AudioInfo | None) -> tuple[AudioInfo, np.ndarray]:
+def _decode_clips(path, name: str, reader: _Reader, spec: WindowSpec,
+                info: AudioInfo | None) -> tuple[AudioInfo, np.ndarray]:
+    found, windows = _decode_windows(path, name, reader, {"clips": spec}, info)
+    return found, windows["clips"]
+
+
+def decode_song(path: str | os.PathLike | bytes, kinds: Iterable[str],
+                cnn_spec: FeatureSpec = DEFAULT_SPEC,
+                backbone_spec: BackboneSpec = BACKBONE_SPEC,
+                info: AudioInfo | None = None) -> tuple[AudioInfo, dict[str, np.ndarray]]:
+    """One decode pass for the feature kinds in `kinds` (features.CNN: cnn_spec's clips,
+    features.BACKBONE: backbone_spec's patches) -> (the header's AudioInfo,
+    {kind: (windows, spec.clip_samples) float32 mono at spec.sample_rate}).
+
+    Window i of every kind is decoded once, natively, and resampled to each kind's rate:
+    with the stock specs CNN clip i lies inside backbone patch i for any window count, so
+    the backbone costs its resampling, not a second decode. Each kind's windows are sample
+    for sample what decode_clips(path, its spec) gives. Raises as decode_clips does
+    (TooShort when the song is shorter than one window of any asked kind)."""
+    specs: dict[str, WindowSpec] = {CNN: cnn_spec, BACKBONE: backbone_spec}
+    kinds = set(kinds)
+    if not kinds or not kinds <= set(specs):
+        raise ValueError(f"feature kinds {sorted(kinds)}: expected some of {FEATURE_KINDS}")
+    chosen = {kind: specs[kind] for kind in FEATURE_KINDS if kind in kinds}
+    name = display(path)
+    return _decoding(path, lambda reader: _decode_windows(path, name, reader, chosen, info))
+
+
+def _decode_windows(path, name: str, reader: _Reader, specs: dict[str, WindowSpec],
+                    info: AudioInfo | None) -> tuple[AudioInfo, dict[str, np.ndarray]]:
+    """Every kind's windows; window i of all kinds from one native read where they
+    overlap (a single kind: one read per window, as reader.window always did)."""
     duration = (info or reader.info).duration
-    starts = clip_starts(duration, spec, name)
-    clips = np.zeros((len(starts), spec.clip_samples), dtype=np.float32)
-    for i, start in enumerate(starts):
-        clip = _guarded(path, _resampled_window, reader, start, spec.clip_seconds,
-                        spec.sample_rate)
-        missing = spec.clip_samples - len(clip)
-        if missing > SHORT_TOLERANCE * spec.clip_samples:
-            gap = start + len(clip) / spec.sample_rate
-            raise UnreadableAudio(
-                name, f"truncated: the header says {duration:.1f} s but there is no "
-                      f"audio at {gap:.1f} s")
-        clips[i, :len(clip)] = clip[:spec.clip_samples]
-    found = reader.info
-    peak = float(np.abs(clips).max())
-    if peak < SILENCE_PEAK:
-        level = "digital silence" if peak == 0 else f"peak {20 * math.log10(peak):.0f} dBFS"
-        raise SilentAudio(name, f"only silence in its {len(clips)} clips ({level})")
-    return found, clips
+    native = reader.info.sample_rate
+    by_index: dict[int, list[tuple[int, int, str, float]]] = {}
+    for kind, spec in specs.items():
+        for i, start in enumerate(clip_starts(duration, spec, name)):
+            first, count = _native_span(start, spec.clip_seconds, native, spec.sample_rate)
+            by_index.setdefault(i, []).append((first, count, kind, start))
+    windows = {kind: np.zeros((spec.clips_per_song, spec.clip_samples), dtype=np.float32)
+               for kind, spec in specs.items()}
+    for i, spans in by_index.items():
+        for group in _overlapping(spans):
+            first = group[0][0]
+            count = max(f + c for f, c, _, _ in group) - first
+            samples, got = _guarded(path, reader.window, first, count)
+            for w_first, w_count, kind, start in group:
+                spec = specs[kind]
+                part, part_got = _part(samples, got, w_first, w_count)
+                clip = _guarded(path, _resampled_cut, part, part_got, native, start,
+                                spec.clip_seconds, spec.sample_rate)
+                missing = spec.clip_samples - len(clip)
+                if missing > SHORT_TOLERANCE * spec.clip_samples:
+                    gap = start + len(clip) / spec.sample_rate
+                    raise UnreadableAudio(
+                        name, f"truncated: the header says {duration:.1f} s but there is "
+                              f"no audio at {gap:.1f} s")
+                windows[kind][i, :len(clip)] = clip[:spec.clip_samples]
+    for clips in windows.values():
+        peak = float(np.abs(clips).max())
+        if peak < SILENCE_PEAK:
+            level = ("digital silence" if peak == 0
+                     else f"peak {20 * math.log10(peak):.0f} dBFS")
+            raise SilentAudio(name, f"only silence in its {len(clips)} clips ({level})")
+    return reader.info, windows
+
+
+def _overlapping(spans: list[tuple[int, int, str, float]]
+                 ) -> list[list[tuple[int, int, str, float]]]:
+    """Native spans (first, count, ...) -> groups of overlapping ones, each read once."""
+    groups: list[list[tuple[int, int, str, float]]] = []
+    end = 0
+    for span in sorted(spans):
+        if groups and span[0] < end:
+            groups[-1].append(span)
+            end = max(end, span[0] + span[1])
+        else:
+            groups.append([span])
+            end = span[0] + span[1]
+    return groups
 
 
 # ---------------------------------------------------------------- opening
@@ -208,23 +283,41 @@ def _guarded(path, func, *args):
 # ---------------------------------------------------------------- resampling
 
 
-def _resampled_window(reader: _Reader, start: float, seconds: float, sr: int) -> np.ndarray:
-    """Decode start-margin..start+seconds+margin natively, resample, cut the window.
-
-    The native read starts on a sample whose time is also on the output grid, so the
-    resampled window lines up sample for sample with a resampled full decode.
-    """
-    native = reader.info.sample_rate
+def _native_span(start: float, seconds: float, native: int, sr: int) -> tuple[int, int]:
+    """The native samples (first, count) to decode for the window start..start+seconds at
+    `sr`: a margin either side, starting on a sample whose time is also on the `sr` grid,
+    so the resampled window lines up sample for sample with a resampled full decode."""
     step = native // math.gcd(native, sr)  # native samples between shared grid points
-    want_first = int(round(start * sr))  # output-grid index of the clip's first sample
     lead = max(0, int(round((start - MARGIN_SECONDS) * native)))
     lead -= lead % step
-    count = int(math.ceil((start + seconds + MARGIN_SECONDS) * native)) - lead
-    samples, got = reader.window(lead, count)
+    return lead, int(math.ceil((start + seconds + MARGIN_SECONDS) * native)) - lead
+
+
+def _resampled_cut(samples: np.ndarray, got: int, native: int, start: float, seconds: float,
+                   sr: int) -> np.ndarray:
+    """Native samples read from `_native_span` (the first one at index `got`) -> the
+    window resampled to `sr`, its margins cut off."""
     if len(samples) == 0:
         return np.zeros(0, dtype=np.float32)
     if native != sr:
         samples = soxr.resample(samples, native, sr, quality=RESAMPLE_QUALITY)
+    want_first = int(round(start * sr))  # output-grid index of the clip's first sample
     skip = max(0, want_first - int(round(got * sr / native)))
     want = int(round(seconds * sr))
     return np.ascontiguousarray(samples[skip:skip + want], dtype=np.float32)
+
+
+def _resampled_window(reader: _Reader, start: float, seconds: float, sr: int) -> np.ndarray:
+    """Decode start-margin..start+seconds+margin natively, resample, cut the window."""
+    native = reader.info.sample_rate
+    first, count = _native_span(start, seconds, native, sr)
+    samples, got = reader.window(first, count)
+    return _resampled_cut(samples, got, native, start, seconds, sr)
+
+
+def _part(samples: np.ndarray, got: int, first: int, count: int) -> tuple[np.ndarray, int]:
+    """What reader.window(first, count) gives, cut from a longer read (samples from index
+    `got`) that covers it: the decoders are sample-exact, so the two are the same."""
+    lo = max(0, first - got)
+    hi = max(lo, first + count - got)
+    return samples[lo:hi], got + lo

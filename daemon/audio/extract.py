@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
-from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
-from daemon.audio.jobs import JOBS, Extracted, child_main
+from daemon.audio.features import BACKBONE_SPEC, CNN, DEFAULT_SPEC, BackboneSpec, FeatureSpec
+from daemon.audio.jobs import JOBS, Extracted, SongSpecs, child_main
 from daemon.core.errors import FileError, TooMuchMemory, UnreadableAudio
 
 
@@ -74,29 +74,33 @@ class ExtractPool:
     """Extract songs in `processes` child processes; a crash, hang or leak in a child
     becomes a typed error for that file and the pool goes on.
 
-    submit(path, tag) queues a song; get(timeout) returns (tag, Extracted | FileError), or
-    None on timeout; map(paths) yields (path, result) unordered. Use from one thread at a
-    time (submit may come from another thread while get waits). Or, from any number of
-    threads at once, call(job, path, ...) runs one job of JOBS and returns its result (a
-    pool is used one way or the other, not both). Context manager; close() kills the
-    children. Children start lazily, on the first submit. `memory_mb` caps each child's
-    address space (None: no cap). As with any forkserver/spawn pool, a script that starts
+    submit(path, tag, kinds) queues a song (kinds: the feature kinds to extract, one decode
+    pass for all; default the pool's `kinds`); get(timeout) returns (tag, Extracted |
+    FileError), or None on timeout; map(paths) yields (path, result) unordered. Use from
+    one thread at a time (submit may come from another thread while get waits). Or, from
+    any number of threads at once, call(job, path, ...) runs one job of JOBS and returns
+    its result (a pool is used one way or the other, not both). Context manager; close()
+    kills the children. Children start lazily, on the first submit. `memory_mb` caps each
+    child's address space (None: no cap). As with any forkserver/spawn pool, a script that starts
     one needs the `if __name__ == "__main__":` guard (children re-import the main module).
     """
 
     def __init__(self, processes: int, spec: FeatureSpec = DEFAULT_SPEC, timeout: float = 60.0,
                  nice: int = 10, max_tasks_per_child: int = 500, memory_mb: int | None = None,
-                 role: str = "decoder"):
+                 role: str = "decoder", *, backbone_spec: BackboneSpec = BACKBONE_SPEC,
+                 kinds: Iterable[str] = (CNN,)):
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.processes = processes
         self.spec = spec
+        self.backbone_spec = backbone_spec
+        self.kinds = tuple(sorted(kinds))
         self.timeout = timeout
         self.nice = nice
         self.max_tasks_per_child = max_tasks_per_child
         self.memory_mb = memory_mb
         self.role = role  # the children's process name: "gt <role>" in ps and top
-        self._spec_json = spec.to_json()
+        self._spec_json = SongSpecs(spec, backbone_spec).to_json()
         self._context = multiprocessing.get_context("forkserver")
         # Decoders, tag readers, numpy and scipy imported once in the fork server, shared
         # by every child (decoders and tag readers alike): daemon.audio.jobs imports all
@@ -120,9 +124,12 @@ class ExtractPool:
 
     # ------------------------------------------------------------ public
 
-    def submit(self, path: str | os.PathLike | bytes, tag: Any = None) -> None:
-        """Queue one song; its result comes back from get() with `tag`."""
-        self._submit(_Task(next(self._ids), path, tag))
+    def submit(self, path: str | os.PathLike | bytes, tag: Any = None,
+               kinds: Iterable[str] | None = None) -> None:
+        """Queue one song; its result (the feature kinds `kinds`, default the pool's)
+        comes back from get() with `tag`."""
+        wanted = self.kinds if kinds is None else tuple(sorted(kinds))
+        self._submit(_Task(next(self._ids), path, tag, args=(wanted,)))
 
     def _submit(self, task: _Task) -> None:
         with self._lock:

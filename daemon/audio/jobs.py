@@ -9,10 +9,11 @@ The pool that starts these children and owns their pipes is daemon.audio.extract
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -20,8 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from daemon.audio.decode import AudioInfo, decode_clips, probe, read_window
-from daemon.audio.features import DEFAULT_SPEC, FeatureSpec, song_features
+from daemon.audio.decode import AudioInfo, decode_song, probe, read_window
+from daemon.audio.features import (
+    BACKBONE,
+    BACKBONE_SPEC,
+    CNN,
+    DEFAULT_SPEC,
+    BackboneSpec,
+    FeatureSpec,
+    backbone_patches,
+    song_features,
+)
 from daemon.core.errors import (
     DecodeTimeout,
     FileError,
@@ -37,20 +47,54 @@ from daemon.tags.write import WriteFailed, write_copy
 
 @dataclass(frozen=True)
 class Extracted:
-    """One song's model input and what its header said."""
+    """One song's model input by feature kind, and what its header said."""
 
     path: str
-    features: np.ndarray  # (clips, n_freqs, n_frames, 1) float32
+    features: np.ndarray | None  # CNN: (clips, n_freqs, n_frames, 1) float32; None: not asked
     info: AudioInfo
+    patches: np.ndarray | None = None  # backbone: (patches, frames, mel bands) float32
+
+    def by_kind(self) -> dict[str, np.ndarray]:
+        """{kind: model input} for the kinds extracted (features.CNN, features.BACKBONE)."""
+        found = {CNN: self.features, BACKBONE: self.patches}
+        return {kind: value for kind, value in found.items() if value is not None}
 
 
-def extract(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC) -> Extracted:
-    """Path -> Extracted (decode the clip windows, compute features) in this process.
+def extract(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC,
+            backbone_spec: BackboneSpec = BACKBONE_SPEC,
+            kinds: Iterable[str] = (CNN,)) -> Extracted:
+    """Path -> Extracted in this process: one decode pass of the song's windows, then the
+    CNN's features (spec) and/or the backbone's patches (backbone_spec), as `kinds` asks.
 
     Raises UnreadableAudio, TooShort, SilentAudio.
     """
-    info, clips = decode_clips(path, spec)
-    return Extracted(os.fsdecode(path), song_features(clips, spec), info)
+    info, windows = decode_song(path, kinds, spec, backbone_spec)
+    features = song_features(windows[CNN], spec) if CNN in windows else None
+    patches = (backbone_patches(windows[BACKBONE], backbone_spec) if BACKBONE in windows
+               else None)
+    return Extracted(os.fsdecode(path), features, info, patches)
+
+
+@dataclass(frozen=True)
+class SongSpecs:
+    """The specs an extract child makes features by: the CNN's and the backbone's."""
+
+    cnn: FeatureSpec = DEFAULT_SPEC
+    backbone: BackboneSpec = BACKBONE_SPEC
+
+    def to_json(self) -> str:
+        return json.dumps({CNN: json.loads(self.cnn.to_json()),
+                           BACKBONE: json.loads(self.backbone.to_json())}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SongSpecs:
+        """Both specs; a bare FeatureSpec's JSON (what children got before the backbone)
+        means that CNN spec beside the stock backbone's."""
+        data = json.loads(text)
+        if CNN not in data:
+            return cls(FeatureSpec.from_json(text))
+        return cls(FeatureSpec.from_json(json.dumps(data[CNN])),
+                   BackboneSpec.from_json(json.dumps(data[BACKBONE])))
 
 
 @dataclass(frozen=True)
@@ -111,27 +155,29 @@ def _out_of_memory(err: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class _Job:
-    run: Callable[..., Any]  # (path, spec, *args) -> a picklable result
+    run: Callable[..., Any]  # (path, specs: SongSpecs, *args) -> a picklable result
     doing: str  # what the child was doing, for timeout and memory errors
     crashed: str  # what crashed, for a child that died
     timeout_error: type[FileError]
 
 
-def _windows(path, spec: FeatureSpec, windows: list[tuple[float, float]],
+def _windows(path, specs: SongSpecs, windows: list[tuple[float, float]],
              sr: int) -> list[np.ndarray]:
     return [read_window(path, start, seconds, sr) for start, seconds in windows]
 
 
 JOBS = {
-    "extract": _Job(lambda path, spec: extract(path, spec), "decoding", "decoder crashed",
-                    DecodeTimeout),
-    "read": _Job(lambda path, spec: read_song(path), "reading its tags and audio header",
+    # args: the feature kinds wanted (default: the CNN's alone).
+    "extract": _Job(lambda path, specs, kinds=(CNN,): extract(path, specs.cnn, specs.backbone,
+                                                             kinds),
+                    "decoding", "decoder crashed", DecodeTimeout),
+    "read": _Job(lambda path, specs: read_song(path), "reading its tags and audio header",
                  "the tag reader crashed", ReadTimeout),
-    "probe": _Job(lambda path, spec: probe(path), "reading its audio header",
+    "probe": _Job(lambda path, specs: probe(path), "reading its audio header",
                   "decoder crashed", DecodeTimeout),
     "windows": _Job(_windows, "decoding", "decoder crashed", DecodeTimeout),
     # The writer's heavy step: copy, set the genre, read back (daemon.tags.write).
-    "write": _Job(lambda path, spec, tmp, genre, mode, owner:
+    "write": _Job(lambda path, specs, tmp, genre, mode, owner:
                   write_copy(Path(path), Path(tmp), genre, mode, owner),
                   "writing its genre tag", "the tag writer crashed", WriteFailed),
 }
@@ -149,7 +195,7 @@ def name_process(name: str) -> None:
 def child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | None,
                role: str = "decoder") -> None:
     """Child loop: receive (task id, job, path, args), reply with the job's result or a
-    typed error."""
+    typed error. `spec_json` is SongSpecs.to_json() (or a bare FeatureSpec's JSON)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     name_process(f"gt {role}")
@@ -158,7 +204,7 @@ def child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | Non
     if memory_mb:
         limit = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    spec = FeatureSpec.from_json(spec_json)
+    specs = SongSpecs.from_json(spec_json)
     while True:
         try:
             message = conn.recv()
@@ -169,7 +215,7 @@ def child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | Non
         task_id, name, path, args = message
         job = JOBS[name]
         try:
-            reply: tuple = (task_id, "ok", job.run(path, spec, *args))
+            reply: tuple = (task_id, "ok", job.run(path, specs, *args))
         except (MemoryError, TooMuchMemory) as err:
             reply = (task_id, "error", TooMuchMemory, os.fsdecode(path),
                      f"{job.doing} needed more than {memory_mb} MB" if memory_mb

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.audio.features import FeatureSpec
 from daemon.core.config import Config
 from daemon.core.db.models import Model
 from daemon.core.errors import ModelMismatch
 from daemon.learn.registry import active_model
 from daemon.suggest.classifier import Classifier
+from daemon.suggest.inputs import WindowSpecs
 from daemon.suggest.queue import queue_depth
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,9 @@ MODEL_CHECK_SECONDS = 2.0
 class ActiveModel:
     """`classifier` and `model_id` of the active model; `refresh()` follows the registry."""
 
-    def __init__(self, sessions: sessionmaker[Session], spec: FeatureSpec):
+    def __init__(self, sessions: sessionmaker[Session], specs: WindowSpecs):
         self.sessions = sessions
-        self.spec = spec
+        self.specs = specs  # the worker's: its windows per song
         self.classifier: Classifier | None = None
         self.model_id: int | None = None
         self._failed: tuple[int, str] | None = None
@@ -73,8 +73,10 @@ class ActiveModel:
         if not path.is_absolute():
             path = config.models_dir / path
         try:
-            classifier = Classifier.load(path, spec=self.spec,
-                                         threads=config.classifier.threads)
+            classifier = Classifier.load(path, spec=self.specs.cnn,
+                                         backbone_spec=self.specs.backbone,
+                                         threads=config.classifier.threads,
+                                         windows_per_song=self.specs.windows)
         except ModelMismatch as err:
             log.error("active model %s (v%s) cannot be used: %s", model.id, model.version, err)
             self._failed = (model.id, model.sha256)

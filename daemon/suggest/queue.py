@@ -36,7 +36,10 @@ class Claim:
     fingerprint: str | None = None
     cached: bool = False
     info: object | None = None
-    features: np.ndarray | None = field(default=None, repr=False)
+    # The model's input by feature kind (daemon.audio.features.CNN / BACKBONE).
+    features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # The song's mean backbone embedding, when the model gave one ("sounds like").
+    embedding: np.ndarray | None = field(default=None, repr=False)
     ready_at: float = 0.0
 
 

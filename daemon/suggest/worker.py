@@ -3,10 +3,14 @@
 One background thread (own stop event, close()) runs the pipeline top to bottom:
 
     claim     CLAIMABLE tracks (queued, or retrying whose backoff has passed) -> working
-    features  the feature cache by fingerprint; on a miss, decode + features in the
-              ExtractPool's child processes (a crash, hang or leak there becomes a typed
-              error for that one file), then store them in the cache
-    classify  several songs per onnxruntime run with the active model
+    features  what the active model needs (`classifier.needs`: the CNN's clips, the
+              backbone's patches) from each kind's cache by fingerprint; the kinds
+              missing are decoded in one pass in the ExtractPool's child processes (a
+              crash, hang or leak there becomes a typed error for that one file), then
+              stored (daemon.suggest.inputs)
+    classify  several songs per onnxruntime run with the active model; the song
+              embeddings it gives go to the embedding cache and, as the song's mean, on
+              the claim for "sounds like" (`neighbours`)
     suggest   one pending Suggestion per track (an older pending one is superseded),
               track -> suggested, an Event row per file for `status`
 
@@ -40,8 +44,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audio.extract import ExtractPool
-from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
+from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, BackboneSpec, FeatureSpec
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Event, Track, utcnow
@@ -55,6 +58,7 @@ from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import same_stat
 from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
+from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.queue import (
     Claim,
     claim_tracks,
@@ -82,16 +86,21 @@ class Worker:
     """Background pipeline from queued tracks to pending suggestions. start()/close()."""
 
     def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
-                 spec: FeatureSpec = DEFAULT_SPEC, drain_seconds: float = 15.0):
+                 spec: FeatureSpec = DEFAULT_SPEC, backbone_spec: BackboneSpec = BACKBONE_SPEC,
+                 drain_seconds: float = 15.0):
         self.live = as_live(config)
         self.sessions = sessions
-        self.spec = spec
+        # The specs with the config's windows per song (a restart applies a new count).
+        self.specs = WindowSpecs.for_windows(self.config.classifier.windows_per_song, spec,
+                                             backbone_spec)
         self.drain_seconds = drain_seconds
         self.stop_event = threading.Event()
         self.root = Path(self.config.library.root)
         self.pool: ExtractPool | None = None
-        self.cache: FeatureCache | None = None
-        self.model = ActiveModel(sessions, spec)
+        self.inputs: SongInputs | None = None
+        self.model = ActiveModel(sessions, self.specs)
+        # "Sounds like" (the service's daemon.suggest.neighbours; None: none): see _sounds_like.
+        self.neighbours = None
         self._thread: threading.Thread | None = None
         self._claims: dict[int, Claim] = {}  # track id -> claim, in the pool or ready
         self._ready: list[Claim] = []  # features in hand, waiting for a batch
@@ -122,8 +131,9 @@ class Worker:
         if recovered:
             log.info("requeued %d track(s) left working by the last run", recovered)
         workers = self.config.workers
-        self.cache = FeatureCache(self.config.cache_dir, self.spec)
-        self.pool = ExtractPool(workers.processes, spec=self.spec,
+        self.inputs = SongInputs(self.config.cache_dir, self.specs)
+        self.pool = ExtractPool(workers.processes, spec=self.specs.cnn,
+                                backbone_spec=self.specs.backbone,
                                 timeout=workers.decode_timeout, nice=workers.nice,
                                 max_tasks_per_child=workers.max_tasks_per_child,
                                 memory_mb=workers.memory_max_mb)
@@ -225,9 +235,9 @@ class Worker:
         return len(rows)
 
     def _start_features(self, claim: Claim) -> None:
-        """Cached features go straight to the batch; a miss goes to the decoders. A file
-        that changed since it settled waits instead; one that leads outside the library
-        fails without being opened."""
+        """Features the model needs all cached: straight to the batch; any missing: the
+        missing kinds go to the decoders (one pass). A file that changed since it settled
+        waits instead; one that leads outside the library fails without being opened."""
         try:
             path = library_file(self.root, claim.path)
         except FileError as err:
@@ -242,12 +252,14 @@ class Worker:
             self._failures.append((claim, UnreadableAudio(
                 path, f"cannot read the file: {err.strerror or err}")))
             return
-        features = self.cache.get(claim.fingerprint)
-        if features is not None:
-            claim.features, claim.cached, claim.ready_at = features, True, time.monotonic()
+        needs = self.classifier.needs
+        claim.features = self.inputs.cached(claim.fingerprint, needs)
+        missing = needs - claim.features.keys()
+        if not missing:
+            claim.cached, claim.ready_at = True, time.monotonic()
             self._ready.append(claim)
         else:
-            self.pool.submit(str(path), tag=(claim.track_id, claim.token))
+            self.pool.submit(str(path), tag=(claim.track_id, claim.token), kinds=missing)
 
     def _collect(self, timeout: float) -> int:
         """Take finished files from the pool: features to the batch, errors to retry."""
@@ -264,12 +276,10 @@ class Worker:
             if isinstance(result, FileError):
                 self._failures.append((claim, result))
                 continue
-            try:
-                self.cache.put(claim.fingerprint, result.features)
-            except (OSError, ValueError) as err:  # a full disk costs a re-decode later
-                log.warning("feature cache: cannot store %s: %s", claim.path, err)
-            claim.features, claim.info, claim.ready_at = (result.features, result.info,
-                                                          time.monotonic())
+            fresh = result.by_kind()
+            self.inputs.store(claim.fingerprint, fresh, claim.path)
+            claim.features = {**claim.features, **fresh}
+            claim.cached, claim.info, claim.ready_at = False, result.info, time.monotonic()
             self._ready.append(claim)
 
     def _classify_ready(self, force: bool) -> int:
@@ -282,16 +292,36 @@ class Worker:
         if not (force or len(self._ready) >= batch_songs or self.pool.pending == 0
                 or time.monotonic() - oldest >= BATCH_WAIT_SECONDS):
             return 0
+        # Another model became active meanwhile and needs a kind these songs lack.
+        needs = self.classifier.needs
+        lacking = [c for c in self._ready if not needs <= c.features.keys()]
+        if lacking:
+            self._ready = [c for c in self._ready if needs <= c.features.keys()]
+            for claim in lacking:
+                self._start_features(claim)
         done = 0
         while self._ready:
             batch = self._ready[:batch_songs]
-            probs = self.classifier.predict_songs([c.features for c in batch])
-            self._suggest(batch, probs)  # on a DB error the batch stays ready
+            prediction = self.classifier.predict([c.features for c in batch])
+            self.inputs.keep_embeddings(batch, prediction.embeddings)
+            self._suggest(batch, prediction.probs)  # on a DB error the batch stays ready
             self._ready = self._ready[len(batch):]
             for claim in batch:
                 self._claims.pop(claim.track_id, None)
             done += len(batch)
         return done
+
+    def _sounds_like(self, claim: Claim) -> list[dict] | None:
+        """neighbours.nearest(mean embedding, exclude_track_id) -> [{"track_id", "path",
+        "genre", "similarity"}...] for the suggestion; None when not known. A failure here
+        costs the suggestion its "sounds like", nothing more."""
+        if self.neighbours is None or claim.embedding is None:
+            return None
+        try:
+            return self.neighbours.nearest(claim.embedding, exclude_track_id=claim.track_id)
+        except Exception:
+            log.exception("sounds like: no neighbours for %s", claim.path)
+            return None
 
     # ---- results into the database -----------------------------------------------------
 
@@ -326,9 +356,13 @@ class Worker:
                 session.add(Event(at=now, kind="classified", detail={
                     "path": claim.path, "genre": genre, "confidence": round(confidence, 4),
                     "model_id": self.model_id, "cached": claim.cached, "latency": latency}))
+                # Passed only when known: suggest() takes it since "sounds like" exists.
+                sounds_like = self._sounds_like(claim)
+                extra = {"sounds_like": sounds_like} if sounds_like is not None else {}
                 verdict = suggest(session, track, top, model_id=self.model_id,
                                   audit_genre=claim.audit_genre,
-                                  audit_min_confidence=audit.audit_min_confidence, now=now)
+                                  audit_min_confidence=audit.audit_min_confidence, now=now,
+                                  **extra)
                 if verdict.why == REJECTED_BEFORE:
                     log.info("%s: %s again, which the reviewer rejected; not suggested",
                              claim.path, genre)
