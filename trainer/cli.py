@@ -127,8 +127,7 @@ def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
         click.echo("no song of the model's genres in the library: nothing to score")
         return
     click.echo(f"{report['n_songs']} songs: song accuracy {report['accuracy']:.1%}, "
-               f"macro-F1 {report['macro_f1']:.3f}, clip accuracy "
-               f"{report['clip_accuracy']:.1%}, ECE {report['ece']:.3f}")
+               f"macro-F1 {report['macro_f1']:.3f}{_windows(report)}, ECE {report['ece']:.3f}")
     for genre, m in report["per_class"].items():
         if m["recall"] is None:  # no song of this genre here: never shown as 0
             click.echo(f"  {genre:<16} not tested (no song of this genre)")

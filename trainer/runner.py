@@ -111,9 +111,9 @@ def bundle_metadata(facts: dict, common: dict, family: str) -> dict:
     data.update({key: common[key] for key in ("created_at", "parent_model",
                                               "trainer_version")})
     data["family"] = family
-    if family != "backbone":
+    data["clips_per_song"] = common["feature_spec"]["clips_per_song"]
+    if family != "backbone":  # a bundle with a "clips" input
         data["feature_spec"] = common["feature_spec"]
-        data["clips_per_song"] = common["feature_spec"]["clips_per_song"]
     return data
 
 

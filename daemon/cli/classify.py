@@ -26,24 +26,29 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
     import numpy as np
 
     from daemon.audio.extract import ExtractPool
-    from daemon.audio.features import FeatureSpec
+    from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
     from daemon.suggest.classifier import Classifier, read_metadata
 
     try:
-        # The bundle's own spec: the command computes whatever features the model wants.
-        spec = FeatureSpec.from_json(json.dumps(read_metadata(model_path)["feature_spec"]))
+        # The bundle's own spec: the command computes whatever features the model wants
+        # (a backbone bundle has no CNN input, hence no feature_spec).
+        meta = read_metadata(model_path)
+        spec = (FeatureSpec.from_json(json.dumps(meta["feature_spec"]))
+                if "feature_spec" in meta else DEFAULT_SPEC)
         classifier = Classifier.load(model_path, spec)
     except (ModelMismatch, KeyError, TypeError, ValueError) as err:
         raise click.BadParameter(str(err), param_hint="--model") from None
     results: dict[str, dict] = {}
-    features: dict[str, np.ndarray] = {}
+    features: dict[str, dict[str, np.ndarray]] = {}
     # Child processes: a decoder that crashes or hangs on one file fails only that file.
-    with ExtractPool(min(len(files), os.cpu_count() or 1), spec) as pool:
+    # One decode pass for the feature kinds the model's members take.
+    with ExtractPool(min(len(files), os.cpu_count() or 1), spec,
+                     kinds=classifier.bundle.member_needs) as pool:
         for path, result in pool.map([str(f) for f in files]):
             if isinstance(result, FileError):
                 results[str(path)] = {"path": str(path), "genres": [], "error": result.reason}
             else:
-                features[str(path)] = result.features
+                features[str(path)] = result.by_kind()
     decoded = list(features)
     for start in range(0, len(decoded), 32):  # clips of 32 songs per onnxruntime run
         batch = decoded[start:start + 32]

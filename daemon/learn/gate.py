@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.audio.featurecache import FeatureCache
 from daemon.core.config import Config
 from daemon.core.db.models import Model
 from daemon.core.errors import ModelMismatch
@@ -22,6 +21,7 @@ from daemon.learn.labels import current_labels
 from daemon.learn.metrics import paired_comparison, song_metrics
 from daemon.learn.registry import bundle_dir
 from daemon.suggest.classifier import Classifier
+from daemon.suggest.inputs import SongInputs, WindowSpecs
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def with_current_labels(session: Session, songs: list[HoldoutSong]) -> list[Hold
     return out
 
 
-def holdout_probs(classifier: Classifier, features: list[np.ndarray], classes: list[str],
+def holdout_probs(classifier: Classifier, features: list, classes: list[str],
                   batch: int = 64) -> np.ndarray:
     """One model's song probabilities over the union `classes` (genres it does not know
     get 0, so it never predicts them)."""
@@ -154,7 +154,7 @@ def holdout_probs(classifier: Classifier, features: list[np.ndarray], classes: l
     return probs
 
 
-def evaluate_on(classifier: Classifier, songs: list[HoldoutSong], features: list[np.ndarray],
+def evaluate_on(classifier: Classifier, songs: list[HoldoutSong], features: list,
                 classes: list[str], batch: int = 64) -> dict[str, Any]:
     """`song_metrics` of one model on songs over the union `classes` (unknown genres = 0)."""
     probs = holdout_probs(classifier, features, classes, batch)
@@ -169,11 +169,20 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     songs = holdout_for(run_dir / "split.json", active_split)
     with sessions() as session:
         songs = with_current_labels(session, songs)
-    cache = FeatureCache(config.cache_dir, candidate.spec)
+    old = None
+    if active is not None:
+        try:
+            old = Classifier.load(active.path, candidate.spec, candidate.backbone_spec)
+        except ModelMismatch as err:
+            log.warning("active model v%04d cannot be evaluated (%s); the candidate "
+                        "replaces it", active.version, err)
+    # Each song's input by the kinds either model needs (a backbone head needs patches).
+    inputs = SongInputs(config.cache_dir, WindowSpecs(candidate.spec, candidate.backbone_spec))
+    kinds = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
     kept, features = [], []
     for song in songs:
-        f = cache.get(song.fingerprint) if song.fingerprint else None
-        if f is not None:
+        f = inputs.cached(song.fingerprint, kinds) if song.fingerprint else {}
+        if len(f) == len(kinds):
             kept.append(song)
             features.append(f)
     facts: dict[str, Any] = {
@@ -181,13 +190,6 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
         "holdout_recent_labels": sum(s.path in recent for s in kept),
         "recent_labels": len(recent)}
     classes = list(candidate.classes)
-    old = None
-    if active is not None:
-        try:
-            old = Classifier.load(active.path, candidate.spec)
-        except ModelMismatch as err:
-            log.warning("active model v%04d cannot be evaluated (%s); the candidate "
-                        "replaces it", active.version, err)
     if old is not None:
         classes += [c for c in old.classes if c not in classes]
     truth = [s.genre for s in kept]

@@ -14,16 +14,16 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.audio.featurecache import FeatureCache
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.suggest.classifier import Classifier
+from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.suggestions import suggest
 
 
-def _cached_predictions(classifier: Classifier, cache: FeatureCache,
+def _cached_predictions(classifier: Classifier, cache: SongInputs,
                         rows: list[tuple[int, str | None]], batch: int,
                         counts: dict[str, int]) -> Iterator[tuple[list[int], np.ndarray]]:
     """(id, fingerprint) rows -> (ids, song probabilities) per batch, features from the
@@ -31,14 +31,20 @@ def _cached_predictions(classifier: Classifier, cache: FeatureCache,
     for start in range(0, len(rows), batch):
         ids, songs = [], []
         for row_id, fingerprint in rows[start:start + batch]:
-            features = cache.get(fingerprint) if fingerprint else None
-            if features is None:
+            needs = classifier.bundle.member_needs
+            features = cache.cached(fingerprint, needs) if fingerprint else {}
+            if len(features) < len(needs):
                 counts["no_features"] += 1
                 continue
             ids.append(row_id)
             songs.append(features)
         if ids:
             yield ids, classifier.predict_songs(songs)
+
+
+def _inputs(config: Config, classifier: Classifier) -> SongInputs:
+    """The caches by kind, for the specs the model was loaded with."""
+    return SongInputs(config.cache_dir, WindowSpecs(classifier.spec, classifier.backbone_spec))
 
 
 def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier: Classifier,
@@ -49,7 +55,7 @@ def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier:
     old one) takes its place. Tracks without cached features keep their suggestion (the
     worker never decodes twice for this). Out: counts rescored / no_features / changed.
     """
-    cache = FeatureCache(config.cache_dir, classifier.spec)
+    cache = _inputs(config, classifier)
     with sessions() as session:
         todo = session.execute(
             select(Suggestion.id, Track.fingerprint).join(Track)
@@ -74,7 +80,7 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
     rejected_genres); otherwise it stays reviewed. Out: counts resuggested /
     still_rejected / no_features.
     """
-    cache = FeatureCache(config.cache_dir, classifier.spec)
+    cache = _inputs(config, classifier)
     rejected = select(Suggestion.track_id).where(
         Suggestion.status == SuggestionStatus.REJECTED)
     with sessions() as session:
