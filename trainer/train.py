@@ -90,6 +90,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                    seed=seed, min_songs=min(thresholds.values()), processes=processes,
                    progress=progress)
     wide = songs.dataset  # every family's test songs
+    decoded = time.monotonic()
     if backbone_on is not None:
         songs.cache_stats.update(prepare_backbone(songs, cache, backbone_on, processes,
                                                   threads))
@@ -105,14 +106,20 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     common = common_report(songs, cache, spec, library=library, seed=seed,
                            parent=_parent_model(warm_start) if run.warm_started else "")
     entries = run.write_bundles(common)
+    written = time.monotonic()
     caches = {CNN: cache, **({BACKBONE: backbone_on.patches} if backbone_on else {})}
     table = judge_families(out, entries, wide.test, caches, seed=seed)
     winner = next(e for e in entries if e.family == table["winner"])
     report = {**common, **run.facts[winner.family], "family": winner.family,
               "families": run.facts, "tournament": table,
               "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity}
+    # decode_s includes the library walk; embed_s the backbone run on uncached songs.
     report["timings"] = {"features_s": round(extracted - started, 1),
+                         "decode_s": round(decoded - started, 1),
+                         "embed_s": round(extracted - decoded, 1),
                          "fit_s": round(trained - extracted, 1),
+                         "bundles_s": round(written - trained, 1),
+                         "judge_s": round(time.monotonic() - written, 1),
                          "total_s": round(time.monotonic() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
                                      encoding="utf-8")
