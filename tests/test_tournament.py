@@ -94,3 +94,26 @@ def test_the_backbone_family_alone_needs_no_cnn(station):
     assert Classifier.load(out / "model.onnx").needs == {"backbone"}
     assert "Jazz" in report["classes"] and report["family"] == "backbone"
     assert report["cache"]["decoded"] == 0 and report["cache"]["embeddings_computed"] == 0
+
+
+def test_evaluate_and_classify_take_a_backbone_bundle(station):
+    """A bundle without a "clips" input has no feature_spec: evaluate and classify feed it
+    the backbone's patches (from the cache / one decode pass) all the same."""
+    base, library = station
+    bundle = base / "all" / "backbone.onnx"
+    run = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--model", bundle,
+                          "--library", library, "--cache", base / "cache", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["n_songs"] == 2 * MIN_SONGS + FEW and report["decoded"] == 0
+    assert report["clip_accuracy"] is None or 0 <= report["clip_accuracy"] <= 1
+    assert report["accuracy"] >= 0.9, report  # training songs included: an easy library
+    test = json.loads((base / "all" / "split.json").read_text())["test"]
+    files = [library / row["path"] for row in test[:3]]
+    run = subprocess.run([sys.executable, "-m", "daemon.cli", "classify", *files, "--model",
+                          bundle, "--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(run.stdout)["files"]
+    assert [r["path"] for r in rows] == [str(f) for f in files]
+    assert all(r["error"] is None and len(r["genres"]) == 3 for r in rows)
