@@ -12,6 +12,10 @@ libraries of other songs (other seeds, 30-90 s) with each window count, decode +
   - breaks: the same kind of songs with passages of another genre's sound over 30% of
             their length (intros, bridges, a guest's verse: what makes one clip lie).
 Prints song accuracy and songs/s per window count, and the ratio of each to 5 windows'.
+With the converted backbone at hand (`make backbone`: <musicnn dir>/backbone.onnx), also
+songs/s of both kinds from one decode pass (decode_song + spectrograms + mel patches +
+the CNN + the backbone's embedding, one ORT thread), which is what the worker pays for a
+bundle that embeds.
 Figures, not a pass/fail test; the machine may be shared, so the load average is printed.
 """
 
@@ -30,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.audio.features import DEFAULT_SPEC  # noqa: E402
+from daemon.audio.features import BACKBONE, BACKBONE_SPEC, CNN, DEFAULT_SPEC  # noqa: E402
 from daemon.audio.jobs import extract  # noqa: E402
 from daemon.cli.demo import VOICES, encode, make_library, synthesize  # noqa: E402
 from daemon.suggest.classifier import Classifier  # noqa: E402
@@ -112,6 +116,19 @@ def measure(classifier: Classifier, songs: list[tuple[Path, str]], windows: int
     return right / len(songs), len(songs) / (time.perf_counter() - started)
 
 
+def backbone_rate(classifier: Classifier, backbone, songs: list[tuple[Path, str]],
+                  windows: int) -> float:
+    """Songs/s of one decode pass for both kinds, the CNN and the backbone's embedding."""
+    cnn, patches = (dataclasses.replace(s, clips_per_song=windows)
+                    for s in (DEFAULT_SPEC, BACKBONE_SPEC))
+    started = time.perf_counter()
+    for path, _ in songs:
+        both = extract(path, cnn, patches, (CNN, BACKBONE))
+        classifier.predict_songs([both.features])
+        backbone.run(["penultimate"], {"patches": both.patches})
+    return len(songs) / (time.perf_counter() - started)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--windows", type=int, nargs="+", default=[5, 8, 12])
@@ -133,6 +150,20 @@ def main(argv: list[str] | None = None) -> int:
             accuracy, rate = measure(classifier, songs, windows)
             first = first or rate
             print(f"{windows:8d} {accuracy:9.3f} {rate:8.1f} {rate / first:16.2f}x",
+                  flush=True)
+    model = Path(sys.prefix) / "share" / "genretagger" / "musicnn" / "backbone.onnx"
+    if model.exists():
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        backbone = ort.InferenceSession(str(model), options,
+                                        providers=["CPUExecutionProvider"])
+        songs = test_library("plain", args.test_songs_per_genre)[::5]
+        print(f"\nCNN + backbone embedding from one decode pass, {len(songs)} songs")
+        print(f"{'windows':>8} {'songs/s':>8}")
+        for windows in args.windows:
+            print(f"{windows:8d} {backbone_rate(classifier, backbone, songs, windows):8.1f}",
                   flush=True)
     print(f"\nload average at end: {os.getloadavg()[0]:.1f} (cpus={os.cpu_count()})")
     return 0

@@ -154,6 +154,8 @@ def test_onnx_backbone_says_what_it_is(converted):
     assert BackboneSpec.from_json(props["backbone_spec"]) == SPEC
     assert tuple(json.loads(props["msd_tags"])) == backbone.msd_tags() == converted.tags
     assert 2e6 < converted.size < 5e6
+    # Readable by the service's user, not only by whoever ran `make backbone`.
+    assert converted.path.stat().st_mode & 0o777 == 0o644
 
 
 def test_onnx_backbone_runs_without_tensorflow(converted, songs):

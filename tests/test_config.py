@@ -67,3 +67,13 @@ def test_the_backbone_is_on_by_default_and_a_station_can_switch_it_off(tmp_path)
     # `init` writes the switch where a station sees it.
     written = tomllib.loads(render_config(tmp_path, tmp_path / "s"))
     assert written["classifier"]["backbone"] is True
+
+
+def test_windows_per_song_is_a_positive_count_with_a_measured_default(tmp_path):
+    base = {"library": {"root": str(tmp_path)}, "state_dir": str(tmp_path / "s")}
+    assert parse_config(base).classifier.windows_per_song == 8
+    assert parse_config({**base, "classifier": {"windows_per_song": 12}}
+                        ).classifier.windows_per_song == 12
+    for bad in (0, -3, 2.5, "eight"):
+        with pytest.raises(ConfigError, match=r"classifier\.windows_per_song"):
+            parse_config({**base, "classifier": {"windows_per_song": bad}})

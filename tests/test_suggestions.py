@@ -113,13 +113,16 @@ def test_rescoring_keeps_what_the_song_sounds_like(tmp_path, make_config):
     list: it comes from the backbone's embedding, which a new model does not change."""
     from daemon.audio.featurecache import FeatureCache
     from daemon.audio.features import DEFAULT_SPEC, song_features
+    from daemon.suggest.inputs import WindowSpecs
 
     config = make_config(tmp_path / "library")
     engine, sessions = open_database(config.db_url)
     sr = DEFAULT_SPEC.sample_rate
     audio = synthesize("Metal", 6.0, sr, 1, channels=1)[:, 0]
-    clips = np.stack([audio[i * sr:(i + 1) * sr] for i in range(5)])
-    FeatureCache(config.cache_dir, DEFAULT_SPEC).put("c" * 64, song_features(clips))
+    # The worker's cache: features at the config's windows per song.
+    spec = WindowSpecs.for_windows(config.classifier.windows_per_song).cnn
+    clips = np.stack([audio[i * sr // 2:(i + 2) * sr // 2] for i in range(spec.clips_per_song)])
+    FeatureCache(config.cache_dir, spec).put("c" * 64, song_features(clips, spec))
     nearest = [{"track_id": 7, "path": "Metal/a.mp3", "genre": "Metal", "similarity": 0.97}]
     with transaction(sessions) as session:
         track = Track(path="song.mp3", size=1, mtime=1.0, fingerprint="c" * 64,

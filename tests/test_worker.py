@@ -133,7 +133,7 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
         noise = by_path["new/noise.mp3"]
         assert noise.state == TrackState.QUARANTINED
         assert noise.attempts == 2 and noise.last_error
-        cache = FeatureCache(config.cache_dir, DEFAULT_SPEC)
+        cache = FeatureCache(config.cache_dir, worker.specs.cnn)  # the config's windows
         for rel in rels:
             track = by_path[rel]
             assert track.state == TrackState.SUGGESTED and track.attempts == 0

@@ -208,6 +208,35 @@ def test_writer_writes_accepted_genres_and_records_its_write(station, make_song)
     assert writer.run_once().written == 0  # nothing left
 
 
+def test_writer_relinks_every_cache_the_worker_and_trainer_read(tmp_path, make_config,
+                                                                database, make_song):
+    """After our tag write the song's new fingerprint finds its backbone patches and its
+    embedding too, at the config's windows per song and at the trainer's."""
+    from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC
+    from daemon.suggest.inputs import WindowSpecs
+
+    library = tmp_path / "library"
+    config = make_config(library, classifier={"windows_per_song": 8})
+    _, sessions = database
+    path, track_id, sid, old_fp = add_song(sessions, library, make_song, "A/two.flac")
+    rng = np.random.default_rng(1)
+    caches = []
+    for windows in (8, DEFAULT_SPEC.clips_per_song):
+        specs = WindowSpecs.for_windows(windows)
+        for spec in (specs.cnn, specs.backbone):
+            caches.append(FeatureCache(config.cache_dir, spec))
+            caches[-1].put(old_fp, rng.random((windows, *spec.input_shape), np.float32))
+    assert caches[-1].spec == BACKBONE_SPEC
+    caches.append(FeatureCache(config.cache_dir, EMBEDDING_SPEC))
+    caches[-1].put(old_fp, rng.standard_normal((8, 200)).astype(np.float32))
+    review.accept(sessions, config, [sid], who="t")
+    assert Writer(config, sessions).run_once().written == 1
+    new_fp = fingerprint(path)
+    assert new_fp != old_fp
+    for cache in caches:
+        assert np.array_equal(cache.get(new_fp), cache.get(old_fp)), cache.spec
+
+
 def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, make_song):
     config, sessions, library = station
     path, track_id, sid, _ = add_song(sessions, library, make_song, "B/ro.flac")

@@ -67,6 +67,21 @@ def parity(proto: onnx.ModelProto, model: keras.Model, clips: np.ndarray) -> flo
     return float(np.abs(ours - theirs).max())
 
 
+def checked_onnx(model: keras.Model, parity_clips: np.ndarray, *, opset: int = OPSET,
+                 tolerance: float = PARITY_TOLERANCE) -> tuple[onnx.ModelProto, float]:
+    """The Keras model as ONNX (to_onnx), kept only if onnxruntime agrees with Keras on
+    `parity_clips`: (graph, max abs diff). The graph trainer/bundles.py composes from.
+
+    Raises ParityError when the diff exceeds `tolerance`.
+    """
+    proto = to_onnx(model, opset)
+    diff = parity(proto, model, parity_clips)
+    if not diff <= tolerance:
+        raise ParityError(f"onnxruntime and Keras differ by {diff:.2e} (> {tolerance:.0e}) "
+                          f"on {len(parity_clips)} held-out clips; bundle not written")
+    return proto, diff
+
+
 def export_bundle(model: keras.Model, path: Path, metadata: dict, parity_clips: np.ndarray,
                   *, opset: int = OPSET, tolerance: float = PARITY_TOLERANCE) -> float:
     """Write the bundle to `path`; returns the parity max abs diff.
@@ -74,11 +89,7 @@ def export_bundle(model: keras.Model, path: Path, metadata: dict, parity_clips: 
     metadata: the bundle's metadata_props (values JSON-encoded unless strings).
     Raises ParityError (and writes nothing) when the diff exceeds `tolerance`.
     """
-    proto = to_onnx(model, opset)
-    diff = parity(proto, model, parity_clips)
-    if not diff <= tolerance:
-        raise ParityError(f"onnxruntime and Keras differ by {diff:.2e} (> {tolerance:.0e}) "
-                          f"on {len(parity_clips)} held-out clips; bundle not written")
+    proto, diff = checked_onnx(model, parity_clips, opset=opset, tolerance=tolerance)
     onnx.helper.set_model_props(proto, metadata_props(metadata))
     onnx.checker.check_model(proto)
     write_model(proto, Path(path))

@@ -26,23 +26,24 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
     import numpy as np
 
     from daemon.audio.extract import ExtractPool
-    from daemon.audio.features import DEFAULT_SPEC, FeatureSpec
+    from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, BackboneSpec, FeatureSpec
     from daemon.suggest.classifier import Classifier, read_metadata
 
     try:
-        # The bundle's own spec: the command computes whatever features the model wants
-        # (a backbone bundle has no CNN input, hence no feature_spec).
-        meta = read_metadata(model_path)
-        spec = (FeatureSpec.from_json(json.dumps(meta["feature_spec"]))
-                if "feature_spec" in meta else DEFAULT_SPEC)
-        classifier = Classifier.load(model_path, spec)
+        # The bundle's own specs: the command computes whatever features the model wants.
+        metadata = read_metadata(model_path)
+        spec = (FeatureSpec.from_json(json.dumps(metadata["feature_spec"]))
+                if "feature_spec" in metadata else DEFAULT_SPEC)
+        backbone_spec = (BackboneSpec.from_json(json.dumps(metadata["backbone_spec"]))
+                         if "backbone_spec" in metadata else BACKBONE_SPEC)
+        classifier = Classifier.load(model_path, spec, backbone_spec)
     except (ModelMismatch, KeyError, TypeError, ValueError) as err:
         raise click.BadParameter(str(err), param_hint="--model") from None
     results: dict[str, dict] = {}
     features: dict[str, dict[str, np.ndarray]] = {}
     # Child processes: a decoder that crashes or hangs on one file fails only that file.
-    # One decode pass for the feature kinds the model's members take.
-    with ExtractPool(min(len(files), os.cpu_count() or 1), spec,
+    # One decode pass gives every kind the model's genres are computed from.
+    with ExtractPool(min(len(files), os.cpu_count() or 1), spec, backbone_spec=backbone_spec,
                      kinds=classifier.bundle.member_needs) as pool:
         for path, result in pool.map([str(f) for f in files]):
             if isinstance(result, FileError):
@@ -60,7 +61,9 @@ def classify(files: tuple[Path, ...], model_path: Path, as_json: bool) -> int:
     if as_json:
         echo_json({"model": {"path": str(model_path), "sha256": classifier.sha256,
                              "classes": list(classifier.classes),
-                             "temperature": classifier.temperature},
+                             "temperature": classifier.temperature,
+                             "family": classifier.family,
+                             "unverified": classifier.unverified},
                    "files": rows})
     else:
         for row in rows:

@@ -100,6 +100,9 @@ class WorkersConfig(Section):
 class ClassifierConfig(Section):
     threads: int = Field(1, ge=1)
     batch_songs: int = Field(32, ge=1)
+    # Windows of each song the model hears at inference (the CNN's clips and the
+    # backbone's patches alike); the default is bench/windows.py's measurement.
+    windows_per_song: int = Field(8, ge=1)
     # Also classify already-tagged files and flag strong disagreements for review.
     audit: bool = False
     audit_min_confidence: float = Field(0.9, gt=0, le=1)

@@ -25,6 +25,9 @@ from daemon.suggest.inputs import SongInputs, WindowSpecs
 
 log = logging.getLogger(__name__)
 
+# A song's model input: CNN clips alone, or {feature kind: input}.
+SongFeatures = np.ndarray | dict[str, np.ndarray]
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -142,7 +145,7 @@ def with_current_labels(session: Session, songs: list[HoldoutSong]) -> list[Hold
     return out
 
 
-def holdout_probs(classifier: Classifier, features: list, classes: list[str],
+def holdout_probs(classifier: Classifier, features: list[SongFeatures], classes: list[str],
                   batch: int = 64) -> np.ndarray:
     """One model's song probabilities over the union `classes` (genres it does not know
     get 0, so it never predicts them)."""
@@ -154,7 +157,7 @@ def holdout_probs(classifier: Classifier, features: list, classes: list[str],
     return probs
 
 
-def evaluate_on(classifier: Classifier, songs: list[HoldoutSong], features: list,
+def evaluate_on(classifier: Classifier, songs: list[HoldoutSong], features: list[SongFeatures],
                 classes: list[str], batch: int = 64) -> dict[str, Any]:
     """`song_metrics` of one model on songs over the union `classes` (unknown genres = 0)."""
     probs = holdout_probs(classifier, features, classes, batch)
@@ -169,22 +172,16 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     songs = holdout_for(run_dir / "split.json", active_split)
     with sessions() as session:
         songs = with_current_labels(session, songs)
-    old = None
-    if active is not None:
-        try:
-            old = Classifier.load(active.path, candidate.spec, candidate.backbone_spec)
-        except ModelMismatch as err:
-            log.warning("active model v%04d cannot be evaluated (%s); the candidate "
-                        "replaces it", active.version, err)
-    # Each song's input by the kinds either model needs (a backbone head needs patches).
-    inputs = SongInputs(config.cache_dir, WindowSpecs(candidate.spec, candidate.backbone_spec))
-    kinds = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
+    old = _active_classifier(active, candidate)
+    # The trainer's caches (its windows per song), each kind either model's members take.
+    cache = SongInputs(config.cache_dir, WindowSpecs(candidate.spec, candidate.backbone_spec))
+    needs = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
     kept, features = [], []
     for song in songs:
-        f = inputs.cached(song.fingerprint, kinds) if song.fingerprint else {}
-        if len(f) == len(kinds):
+        found = cache.cached(song.fingerprint, needs) if song.fingerprint else {}
+        if found.keys() == needs:
             kept.append(song)
-            features.append(f)
+            features.append(found)
     facts: dict[str, Any] = {
         "holdout_songs": len(kept), "holdout_without_features": len(songs) - len(kept),
         "holdout_recent_labels": sum(s.path in recent for s in kept),
@@ -208,6 +205,18 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     facts["candidate"] = _brief(mine)
     facts["active"] = _brief(theirs) if theirs else None
     return verdict, facts
+
+
+def _active_classifier(active: Model | None, candidate: Classifier) -> Classifier | None:
+    """The active model, loaded for the candidate's features (None: none, or unusable)."""
+    if active is None:
+        return None
+    try:
+        return Classifier.load(active.path, candidate.spec, candidate.backbone_spec)
+    except ModelMismatch as err:
+        log.warning("active model v%04d cannot be evaluated (%s); the candidate "
+                    "replaces it", active.version, err)
+        return None
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:

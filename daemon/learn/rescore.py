@@ -23,28 +23,31 @@ from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.suggestions import suggest
 
 
+def _caches(config: Config, classifier: Classifier) -> SongInputs:
+    """The worker's caches (its windows per song), whatever windows the classifier was
+    loaded with."""
+    return SongInputs(config.cache_dir, WindowSpecs.for_windows(
+        config.classifier.windows_per_song, classifier.spec, classifier.backbone_spec))
+
+
 def _cached_predictions(classifier: Classifier, cache: SongInputs,
                         rows: list[tuple[int, str | None]], batch: int,
                         counts: dict[str, int]) -> Iterator[tuple[list[int], np.ndarray]]:
-    """(id, fingerprint) rows -> (ids, song probabilities) per batch, features from the
-    cache only; rows without cached features are counted in counts["no_features"]."""
+    """(id, fingerprint) rows -> (ids, song probabilities) per batch, features (each
+    kind the model's probabilities need) from the cache only; rows without them are
+    counted in counts["no_features"]."""
+    needs = classifier.bundle.member_needs
     for start in range(0, len(rows), batch):
         ids, songs = [], []
         for row_id, fingerprint in rows[start:start + batch]:
-            needs = classifier.bundle.member_needs
             features = cache.cached(fingerprint, needs) if fingerprint else {}
-            if len(features) < len(needs):
+            if features.keys() != needs:
                 counts["no_features"] += 1
                 continue
             ids.append(row_id)
             songs.append(features)
         if ids:
             yield ids, classifier.predict_songs(songs)
-
-
-def _inputs(config: Config, classifier: Classifier) -> SongInputs:
-    """The caches by kind, for the specs the model was loaded with."""
-    return SongInputs(config.cache_dir, WindowSpecs(classifier.spec, classifier.backbone_spec))
 
 
 def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier: Classifier,
@@ -55,7 +58,7 @@ def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier:
     old one) takes its place. Tracks without cached features keep their suggestion (the
     worker never decodes twice for this). Out: counts rescored / no_features / changed.
     """
-    cache = _inputs(config, classifier)
+    cache = _caches(config, classifier)
     with sessions() as session:
         todo = session.execute(
             select(Suggestion.id, Track.fingerprint).join(Track)
@@ -80,7 +83,7 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
     rejected_genres); otherwise it stays reviewed. Out: counts resuggested /
     still_rejected / no_features.
     """
-    cache = _inputs(config, classifier)
+    cache = _caches(config, classifier)
     rejected = select(Suggestion.track_id).where(
         Suggestion.status == SuggestionStatus.REJECTED)
     with sessions() as session:

@@ -23,7 +23,6 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audio.extract import ExtractPool
-from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
@@ -35,6 +34,7 @@ from daemon.core.paths import library_file
 from daemon.core.retry import backoff
 from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatus
 from daemon.library.fingerprint import fingerprint
+from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.tags.write import GenreMode, Owner, WriteFailed, write_copy, write_genre_atomically
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,13 @@ class Writer:
         with self.sessions() as session:
             return session.scalar(select(Track.fingerprint).where(Track.id == track_id))
 
-    def _feature_cache(self):
+    def _feature_caches(self) -> list[SongInputs]:
+        # The worker's (the config's windows per song: clips, patches, embeddings) and the
+        # trainer's (the specs' own window count), which are the same folders by default.
         if self._cache is None:
-            self._cache = FeatureCache(self.config.cache_dir, DEFAULT_SPEC)
+            windows = {self.config.classifier.windows_per_song, DEFAULT_SPEC.clips_per_song}
+            self._cache = [SongInputs(self.config.cache_dir, WindowSpecs.for_windows(n))
+                           for n in sorted(windows)]
         return self._cache
 
     def _expect_write(self, track_id: int, st: os.stat_result) -> None:
@@ -181,7 +185,8 @@ class Writer:
             new_fp = None
         if old_fp and new_fp and old_fp != new_fp:
             try:
-                self._feature_cache().link(old_fp, new_fp)
+                for caches in self._feature_caches():
+                    caches.link(old_fp, new_fp)
             except OSError as err:
                 log.warning("feature cache relink %s -> %s failed: %s", old_fp, new_fp, err)
         with transaction(self.sessions) as session:

@@ -83,6 +83,12 @@ class SongInputs:
             except (OSError, ValueError) as err:
                 log.warning("feature cache (%s): cannot store %s: %s", kind, name, err)
 
+    def link(self, old_fp: str, new_fp: str) -> None:
+        """Make `new_fp` serve `old_fp`'s entries in every cache (our tag write changed
+        the file's bytes, not its audio)."""
+        for cache in (*self.caches.values(), self.embeddings):
+            cache.link(old_fp, new_fp)
+
     def keep_embeddings(self, claims: list[Claim], embeddings: list[np.ndarray] | None
                         ) -> None:
         """The model's per-patch embeddings of the songs to the embedding cache (unless

@@ -356,13 +356,10 @@ class Worker:
                 session.add(Event(at=now, kind="classified", detail={
                     "path": claim.path, "genre": genre, "confidence": round(confidence, 4),
                     "model_id": self.model_id, "cached": claim.cached, "latency": latency}))
-                # Passed only when known: suggest() takes it since "sounds like" exists.
-                sounds_like = self._sounds_like(claim)
-                extra = {"sounds_like": sounds_like} if sounds_like is not None else {}
                 verdict = suggest(session, track, top, model_id=self.model_id,
                                   audit_genre=claim.audit_genre,
                                   audit_min_confidence=audit.audit_min_confidence, now=now,
-                                  **extra)
+                                  sounds_like=self._sounds_like(claim))
                 if verdict.why == REJECTED_BEFORE:
                     log.info("%s: %s again, which the reviewer rejected; not suggested",
                              claim.path, genre)
