@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE_SPEC, FeatureSpec
@@ -212,7 +211,7 @@ class Run:
     def write_bundles(self, common: dict) -> list[Entry]:
         """model.keras, split.json (every family's splits) and each family's bundle
         out/<family>.onnx; returns the tournament's entries."""
-        from trainer.export import export_bundle
+        from trainer.export import checked_onnx, export_bundle
 
         meta = {f: bundle_metadata(self.facts[f], common, f) for f in self.facts}
         (self.out / "split.json").write_text(json.dumps(split_listing(self.wide), indent=1),
@@ -221,15 +220,15 @@ class Run:
         if self.model is not None:
             self.model.save(self.out / "model.keras")
             clips = parity_clips(self.cnn_dataset, self.cache)
-            partial = self.out / ".cnn.onnx.partial"
-            self.parity["cnn_keras"] = export_bundle(self.model, partial, meta["cnn"], clips)
             if self.backbone is None:
+                partial = self.out / ".cnn.onnx.partial"
+                self.parity["cnn_keras"] = export_bundle(self.model, partial, meta["cnn"],
+                                                         clips)
                 os.replace(partial, self.out / "cnn.onnx")
                 log.info("cnn bundle written to %s (parity %.1e)", self.out / "cnn.onnx",
                          self.parity["cnn_keras"])
             else:  # the checked CNN graph goes into the bundle with the embedding
-                cnn_proto = onnx.load(str(partial))
-                partial.unlink()
+                cnn_proto, self.parity["cnn_keras"] = checked_onnx(self.model, clips)
         if self.backbone is not None:
             checks = parity_patches((*self.wide.test, *self.wide.validation),
                                     self.backbone.patches)
