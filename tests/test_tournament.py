@@ -11,16 +11,42 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC
 from daemon.cli.demo import make_library
 from daemon.suggest.bundle import read_metadata
 from daemon.suggest.classifier import Classifier
 
-pytestmark = pytest.mark.slow
-
 MIN_SONGS = 20
 FEW = 3
+
+
+def test_the_head_takes_cached_embeddings_of_any_patch_count(tmp_path):
+    """The worker caches embeddings of its own windows per song (8), the trainer of 5:
+    the head's song probabilities are the head on the mean embedding either way."""
+    from trainer.dataset import LabelledSong
+    from trainer.families import window_probs
+    from trainer.head import fit_head
+
+    rng = np.random.default_rng(0)
+    cache = FeatureCache(tmp_path, EMBEDDING_SPEC)
+    songs, means = [], []
+    for i in range(12):
+        genre = ("Jazz", "Rock")[i % 2]
+        per_patch = (rng.normal(i % 2, 1.0, (5 if i < 6 else 8, EMBEDDING_SPEC.dim))
+                     .astype(np.float32))
+        fp = f"{i:032x}"
+        cache.put(fp, per_patch)
+        songs.append(LabelledSong(tmp_path / f"{i}.flac", f"{i}.flac", genre, f"a{i}", fp))
+        means.append(per_patch.mean(axis=0))
+    head = fit_head(np.stack(means), [s.genre for s in songs])
+    probs = window_probs(head, songs, cache)
+    assert probs.shape == (12, BACKBONE_SPEC.clips_per_song, 2)
+    np.testing.assert_allclose(probs[:, 0], head.probabilities(np.stack(means)), atol=1e-6)
+    assert (probs == probs[:, :1]).all()
 
 
 def trainer(*args, timeout=600):
@@ -43,6 +69,7 @@ def station(tmp_path_factory):
     return base, library
 
 
+@pytest.mark.slow
 def test_a_genre_with_three_songs_is_learned_by_the_backbone_head(station):
     base, _ = station
     out = base / "all"
@@ -64,6 +91,7 @@ def test_a_genre_with_three_songs_is_learned_by_the_backbone_head(station):
     assert report["left_out"] == rows[report["family"]]["left_out"]
 
 
+@pytest.mark.slow
 def test_no_backbone_trains_the_cnn_alone_without_an_embedding(station):
     base, library = station
     out = base / "plain"
@@ -82,6 +110,7 @@ def test_no_backbone_trains_the_cnn_alone_without_an_embedding(station):
     assert report["cache"]["decoded"] == 0 and "backbone_decoded" not in report["cache"]
 
 
+@pytest.mark.slow
 def test_the_backbone_family_alone_needs_no_cnn(station):
     base, library = station
     out = base / "backbone"
@@ -96,6 +125,7 @@ def test_the_backbone_family_alone_needs_no_cnn(station):
     assert report["cache"]["decoded"] == 0 and report["cache"]["embeddings_computed"] == 0
 
 
+@pytest.mark.slow
 def test_evaluate_and_classify_take_a_backbone_bundle(station):
     """A bundle without a "clips" input has no feature_spec: evaluate and classify feed it
     the backbone's patches (from the cache / one decode pass) all the same."""
@@ -117,3 +147,20 @@ def test_evaluate_and_classify_take_a_backbone_bundle(station):
     rows = json.loads(run.stdout)["files"]
     assert [r["path"] for r in rows] == [str(f) for f in files]
     assert all(r["error"] is None and len(r["genres"]) == 3 for r in rows)
+
+
+@pytest.mark.slow
+def test_a_station_too_small_for_the_cnn_still_gets_the_backbone_head(station):
+    """No genre has the CNN's min_songs: --family all is the backbone head alone (a named
+    --family cnn fails, saying why)."""
+    base, library = station
+    run = trainer("--library", library, "--out", base / "small", "--cache", base / "cache",
+                  "--min-songs", 30, "--seed", 1)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "cnn and ensemble left out of the tournament" in run.stderr
+    report = json.loads((base / "small" / "report.json").read_text())
+    assert [r["family"] for r in report["tournament"]["rows"]] == ["backbone"]
+    assert set(report["classes"]) == {"Classical", "Electronic", "Jazz"}
+    run = trainer("--library", library, "--out", base / "small-cnn", "--cache",
+                  base / "cache", "--min-songs", 30, "--family", "cnn")
+    assert run.returncode == 1 and "at least 2 genres with >= 30 songs" in run.stderr

@@ -100,11 +100,19 @@ def _embeddings(songs: Sequence[LabelledSong], cache: FeatureCache) -> list[np.n
 
 
 def window_probs(head: Head, songs: Sequence[LabelledSong], cache: FeatureCache) -> np.ndarray:
-    """The head per patch: (n_songs, patches, k) probabilities, as the bundle gives them."""
-    k = len(head.classes)
+    """The head's song probabilities in the windows shape calibration takes: (n_songs,
+    BACKBONE_SPEC.clips_per_song, k), each row the head on the song's mean embedding.
+
+    Exactly what the bundle gives per song (the head is affine: the mean of per-patch
+    log-probabilities differs from the mean embedding's logits by a class-independent
+    constant, at any temperature), and it works whatever the patch count of a cached
+    embedding (the worker caches its own windows per song). The row is repeated so that
+    fit_temperature's lower bound (1 / windows) is the bundle's."""
+    k, windows = len(head.classes), BACKBONE_SPEC.clips_per_song
     if not songs:
-        return np.zeros((0, BACKBONE_SPEC.clips_per_song, k))
-    return np.stack([head.probabilities(e) for e in _embeddings(songs, cache)])
+        return np.zeros((0, windows, k))
+    means = np.stack([song_embedding(e) for e in _embeddings(songs, cache)])
+    return np.repeat(head.probabilities(means)[:, None, :], windows, axis=1)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
 from trainer.dataset import (
     Dataset,
+    DatasetError,
     LabelledSong,
     build_dataset,
     default_cache_dir,
@@ -95,6 +96,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
         songs.cache_stats.update(prepare_backbone(songs, cache, backbone_on, processes,
                                                   threads))
     extracted = time.monotonic()
+    families = cnn_can_learn(wide, families, min_songs, family)
     run = Run(out, wide, cache, spec, backbone_on, families, seed)
     if {"cnn", "ensemble"} & set(families):
         run.fit_cnn(narrow(wide, min_songs), epochs=epochs, warm_start=warm_start,
@@ -127,6 +129,21 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
              table["why"])
     return report
+
+
+def cnn_can_learn(wide: Dataset, families: tuple[str, ...], min_songs: int,
+                  choice: str) -> tuple[str, ...]:
+    """The tournament without the CNN families when fewer than two genres have the CNN's
+    `min_songs` (the backbone head may still learn a few-shot station's genres); a CNN
+    family asked for by name fails with the DatasetError."""
+    try:
+        narrow(wide, min_songs)
+    except DatasetError as err:
+        if choice != ALL or "backbone" not in families:
+            raise
+        log.warning("cnn and ensemble left out of the tournament: %s", err)
+        return ("backbone",)
+    return families
 
 
 def prepare_out(out: Path, warm_start: Path | None) -> None:
