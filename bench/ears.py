@@ -2,7 +2,7 @@
 nightly tournament (cnn, backbone head, ensemble) on a generated library.
 
     .venv/bin/python bench/ears.py [--part extraction|tournament|all] [--songs-per-format 3]
-        [--processes 2] [--genres 10] [--songs-per-genre 24] [--epochs 10]
+        [--processes 2] [--genres 10] [--songs-per-genre 24] [--epochs 10] [--hard]
 
 The tournament part (bench/ears_tournament.py): see its docstring.
 
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--songs-per-genre", type=int, default=24)
     parser.add_argument("--artists-per-genre", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--hard", action="store_true",
+                        help="tournament on songs mixing their genre with another's and noise")
     args = parser.parse_args(argv)
     if args.part in ("extraction", "all"):
         extraction(args)

@@ -1,7 +1,8 @@
 """The nightly tournament measured on a generated library (bench/ears.py --part tournament).
 
 On daemon.cli.demo's make_library (--genres x --songs-per-genre songs, --artists-per-genre
-artists each; cached in bench/out/ears-library/), in this process:
+artists each; cached in bench/out/ears-library-*/), or with --hard on songs that mix their
+genre with another genre and noise (hard_library), in this process:
   - night 1: trainer.train.train, --family all, cold caches: per family song accuracy and
     macro-F1 on the artist-disjoint holdout (the tournament table), training seconds, and
     where the run's time went (decode, embed, fit, bundles, judge);
@@ -28,9 +29,10 @@ import numpy as np
 
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE, BACKBONE_SPEC, CNN, DEFAULT_SPEC, EMBEDDING_SPEC
-from daemon.cli.demo import VOICES, make_library
+from daemon.cli.demo import VOICES, encode, make_library, synthesize
 from daemon.learn.metrics import song_metrics
 from daemon.suggest.classifier import Classifier, song_probabilities
+from daemon.tags.write import write_tags
 
 OUT = Path(__file__).resolve().parent / "out"
 STATION_SONGS = 15_000
@@ -39,15 +41,42 @@ FEW_SHOT = (1, 3, 5, 10)
 TEST_SHARE = 0.15
 
 
+def hard_library(root: Path, genres: tuple[str, ...], per_genre: int, artists: int,
+                 seed: int = 11, sr: int = 22_050) -> None:
+    """make_library's layout and tags, each song its genre's sound under another genre's
+    (a different one per song, as loud) and noise at half their RMS: the demo's own songs
+    are separable by any model, these are not."""
+    rng = np.random.default_rng(seed)
+    for genre in genres:
+        others = [g for g in genres if g != genre]
+        for i in range(per_genre):
+            artist = f"{genre} Artist {i % artists + 1}"
+            path = root / artist / f"{genre} Song {i + 1:03d}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            seconds = float(rng.uniform(20, 40))
+            song = synthesize(genre, seconds, sr, int(rng.integers(1 << 31)))
+            song = song + synthesize(str(rng.choice(others)), seconds, sr,
+                                     int(rng.integers(1 << 31)))[:len(song)]
+            song = song + rng.normal(0, 0.5 * float(np.sqrt(np.mean(song ** 2))), song.shape)
+            encode(path, (song / max(1e-9, float(np.abs(song).max())) * 0.9).astype(np.float32),
+                   sr)
+            write_tags(path, title=f"{genre} Song {i + 1}", artist=artist,
+                       album=f"{artist} Sessions", genre=genre)
+
+
 def library(args: Namespace) -> Path:
-    root = OUT / f"ears-library-{args.genres}x{args.songs_per_genre}"
+    kind = "hard" if args.hard else "plain"
+    root = OUT / f"ears-library-{kind}-{args.genres}x{args.songs_per_genre}"
     if not (root / ".complete").exists():
         shutil.rmtree(root, ignore_errors=True)
         started = time.perf_counter()
-        make_library(root, songs_per_genre=args.songs_per_genre,
-                     genres=tuple(VOICES)[:args.genres], untagged_share=0.0,
-                     seconds=(20, 40), artists_per_genre=args.artists_per_genre, broken=0,
-                     seed=11)
+        genres = tuple(VOICES)[:args.genres]
+        if args.hard:
+            hard_library(root, genres, args.songs_per_genre, args.artists_per_genre)
+        else:
+            make_library(root, songs_per_genre=args.songs_per_genre, genres=genres,
+                         untagged_share=0.0, seconds=(20, 40),
+                         artists_per_genre=args.artists_per_genre, broken=0, seed=11)
         (root / ".complete").write_text("")
         print(f"library generated in {time.perf_counter() - started:.0f} s")
     return root
@@ -160,11 +189,12 @@ def extrapolate(first: dict, second: dict, n: int) -> dict[str, float]:
 
 def tournament(args: Namespace) -> None:
     root = library(args)
-    base = OUT / "ears-tournament"
+    base = OUT / f"ears-tournament-{'hard' if args.hard else 'plain'}"
     shutil.rmtree(base, ignore_errors=True)
     cache = base / "cache"
     n_files = sum(1 for p in root.rglob("*") if p.is_file() and p.name != ".complete")
-    print(f"\n== tournament: {n_files} songs ({args.genres} genres x {args.songs_per_genre}, "
+    print(f"\n== tournament ({'hard' if args.hard else 'plain'} library): {n_files} songs "
+          f"({args.genres} genres x {args.songs_per_genre}, "
           f"{args.artists_per_genre} artists each), epochs {args.epochs}; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     first = night(root, base / "night1", cache, args.epochs, None)
