@@ -1,6 +1,12 @@
-"""Backbone extraction throughput against the seed CNN's, measured in the same run.
+"""Better ears, measured: backbone extraction throughput against the seed CNN's, and the
+nightly tournament (cnn, backbone head, ensemble) on a generated library.
 
-    .venv/bin/python bench/ears.py [--songs-per-format 3] [--processes 2]
+    .venv/bin/python bench/ears.py [--part extraction|tournament|all] [--songs-per-format 3]
+        [--processes 2] [--genres 10] [--songs-per-genre 24] [--epochs 10] [--hard]
+
+The tournament part (bench/ears_tournament.py): see its docstring.
+
+Extraction part:
 
 On bench/decode.py's generated library (3-7 minute songs in every format; cached in
 bench/out/decode-library/), songs/s of, per song:
@@ -118,7 +124,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masters-per-format", type=int, default=1)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--library", type=Path, default=LIBRARY)
+    parser.add_argument("--part", choices=("extraction", "tournament", "all"), default="all")
+    parser.add_argument("--genres", type=int, default=10)
+    parser.add_argument("--songs-per-genre", type=int, default=24)
+    parser.add_argument("--artists-per-genre", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--hard", action="store_true",
+                        help="tournament on songs mixing their genre with another's and noise")
     args = parser.parse_args(argv)
+    if args.part in ("extraction", "all"):
+        extraction(args)
+    if args.part in ("tournament", "all"):
+        from ears_tournament import tournament
+
+        tournament(args)
+    return 0
+
+
+def extraction(args: argparse.Namespace) -> None:
+    """Songs/s of decode + features + model, CNN vs backbone, 1 and N processes."""
 
     OUT.mkdir(exist_ok=True)
     models = {"cnn": cnn_model(OUT / "seed-cnn-untrained.onnx"),
@@ -167,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{best:.1f} songs/s: {COLD_BACKFILL_SONGS / best / 60:.0f} min (target: 8 songs/s,"
           f" <= 35 min)")
     print(f"\nload average at end: {os.getloadavg()[0]:.1f} (cpus={os.cpu_count()})")
-    return 0
 
 
 if __name__ == "__main__":

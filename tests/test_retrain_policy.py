@@ -168,9 +168,15 @@ def test_the_retrainer_starts_the_trainer_as_python_m_trainer_train(tmp_path):
     assert argv[argv.index("--family") + 1] == "all"
     assert argv[argv.index("--min-songs") + 1] == "20"
     assert argv[argv.index("--min-songs-backbone") + 1] == "3"
+    assert "--no-backbone" not in argv
+    # A station that switched the backbone off trains the CNN alone.
+    off = parse_config({"state_dir": str(tmp_path / "state"), "library": {"root": str(library)},
+                        "classifier": {"backbone": False}})
+    no_backbone = trainer_command(off, tmp_path / "run", tmp_path / "labels.json", None)
+    assert "--no-backbone" in no_backbone
     shown = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
-    for option in argv[4:]:
+    for option in (*argv[4:], *no_backbone[4:]):
         if option.startswith("--"):
             assert option in shown.stdout
 

@@ -223,17 +223,25 @@ def test_train_writes_a_complete_calibrated_bundle(library, first_run):
     assert report["classes"] == sorted(GENRES)
     assert report["parity_max_abs_diff"] <= 1e-4
     assert report["cache"]["decoded"] == len(songs) and report["cache"]["failed"] == 0
+    # The backbone's patches came from the same decode pass; each song embedded once.
+    assert report["cache"]["backbone_decoded"] == len(songs)
+    assert report["cache"]["embeddings_computed"] == len(songs)
     # The two broken files are reported, not fatal.
     assert {s["path"] for s in report["skipped"]} == {"Incoming/empty.mp3",
                                                       "Incoming/not really.flac"}
     test = report["metrics"]["test"]
     assert test["n_songs"] >= 4
     assert test["song_accuracy"] >= 0.75, report["test"]  # chance is 0.25
-    calibration = report["metrics"]["calibration"]["validation"]
+    # The CNN's own figures, whichever family won.
+    cnn = report["families"]["cnn"]
+    calibration = cnn["metrics"]["calibration"]["validation"]
     assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
-    assert 0.2 - 1e-6 <= report["temperature"] <= 20
+    assert 0.2 - 1e-6 <= cnn["temperature"] <= 20
+    assert read_metadata(out / "cnn.onnx")["temperature"] == pytest.approx(cnn["temperature"])
     meta = read_metadata(out / "model.onnx")
-    assert set(meta) >= BUNDLE_KEYS
+    # A bundle states the spec of each input it has: a backbone head has no "clips".
+    assert set(meta) >= BUNDLE_KEYS - {"feature_spec"} | {"backbone_spec", "embedding"}
+    assert ("feature_spec" in meta) == (meta["family"] != "backbone")
     assert meta["classes"] == report["classes"] and meta["clips_per_song"] == 5
     assert meta["temperature"] == pytest.approx(report["temperature"])
     assert meta["training_set"]["songs"]["train"] == len(json.loads(
@@ -244,25 +252,40 @@ def test_train_writes_a_complete_calibrated_bundle(library, first_run):
 
 @pytest.mark.slow
 def test_the_tournament_table_is_in_the_report_and_the_winners_metadata(first_run):
+    """--family all (the default): cnn.onnx, backbone.onnx and ensemble.onnx, each with
+    the embedding output, judged on the same test songs; the winner is model.onnx."""
     base, run = first_run
     out = base / "one"
     report = json.loads((out / "report.json").read_text())
     table = report["tournament"]
-    assert table["winner"] == "cnn" and [r["family"] for r in table["rows"]] == ["cnn"]
+    assert [r["family"] for r in table["rows"]] == ["cnn", "backbone", "ensemble"]
     test_songs = json.loads((out / "split.json").read_text())["test"]
     assert table["holdout_songs"] == len(test_songs)
-    row = table["rows"][0]
-    assert set(row) >= {"family", "accuracy", "macro_f1", "recall", "not_tested", "ece",
-                        "temperature", "calibration", "train_seconds", "classes", "left_out"}
-    assert row["macro_f1"] == pytest.approx(report["test"]["macro_f1"])
-    assert row["calibration"] == report["metrics"]["calibration"]["how"]
-    # Stratified: every genre learned has test songs, so none is "not tested".
-    assert row["not_tested"] == [] and all(v is not None for v in row["recall"].values())
+    for row in table["rows"]:
+        assert set(row) >= {"family", "accuracy", "macro_f1", "recall", "not_tested", "ece",
+                            "temperature", "calibration", "train_seconds", "classes",
+                            "left_out"}
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
+        assert 0 <= row["ece"] <= 1 and row["train_seconds"] >= 0
+        assert row["classes"] and sorted(row["classes"]) == sorted(GENRES)
+        # Stratified: every genre learned has test songs, so none is "not tested".
+        assert row["not_tested"] == [] and all(v is not None for v in row["recall"].values())
+        meta = read_metadata(out / f"{row['family']}.onnx")
+        assert meta["family"] == row["family"] and meta["embedding"]["output"] == "embedding"
+        classifier = Classifier.load(out / f"{row['family']}.onnx")
+        assert classifier.has_embedding and classifier.family == row["family"]
+    assert table["rows"][1]["train_seconds"] < table["rows"][0]["train_seconds"]
+    winner = next(r for r in table["rows"] if r["family"] == table["winner"])
+    assert winner["macro_f1"] == max(r["macro_f1"] for r in table["rows"])
+    assert winner["macro_f1"] == pytest.approx(report["test"]["macro_f1"])
+    assert report["family"] == table["winner"] and set(report["families"]) == {
+        "cnn", "backbone", "ensemble"}
+    assert winner["calibration"] == report["metrics"]["calibration"]["how"]
     meta = read_metadata(out / "model.onnx")
-    assert meta["tournament"] == table and meta["family"] == "cnn"
+    assert meta["tournament"] == table and meta["family"] == table["winner"]
     assert meta["left_out"] == report["left_out"] == {}
-    assert (out / "cnn.onnx").stat().st_size > 0
-    assert "tournament: cnn wins" in run.stdout
+    assert Classifier.load(out / "model.onnx").has_embedding
+    assert f"tournament: {table['winner']} wins" in run.stdout
 
 
 @pytest.mark.slow
@@ -286,7 +309,9 @@ def test_rerun_decodes_nothing_warm_starts_keeps_the_split_and_its_time_budget(l
     root, songs = library
     base, _ = first_run
     entries = sorted((base / "cache").rglob("*.npy"))
-    assert len(entries) == len(songs)
+    # Per song: CNN features, backbone patches and per-patch embeddings, one folder each.
+    assert len(entries) == 3 * len(songs)
+    assert len({p.parent.parent for p in entries}) == 3
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in entries}
     # --time-budget as the nightly run passes it; 3 s are gone after the first epoch of
     # 30, so fitting stops there and the run still ends in a checked bundle.
@@ -295,13 +320,18 @@ def test_rerun_decodes_nothing_warm_starts_keeps_the_split_and_its_time_budget(l
                       "--warm-start", base / "one", "--time-budget", 0.05)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((base / "two" / "report.json").read_text())
-    assert report["fit"]["stopped_for_time"] is True and report["fit"]["epochs_run"] == 1
+    fit = report["families"]["cnn"]["fit"]
+    assert fit["stopped_for_time"] is True and fit["epochs_run"] == 1
     assert "would overrun the time budget" in run.stderr
     assert report["parity_max_abs_diff"] <= 1e-4
     assert report["cache"]["decoded"] == 0 and report["cache"]["cached"] == len(songs)
+    # A second night: no patch decoded, no song through the backbone again.
+    assert report["cache"]["backbone_decoded"] == 0
+    assert report["cache"]["embeddings_computed"] == 0
+    assert report["cache"]["embeddings_cached"] == len(songs)
     # Not one cache entry was rewritten: nothing was decoded again.
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in entries} == before
-    assert report["fit"]["warm_start"] is True
+    assert fit["warm_start"] is True
     assert json.loads((base / "two" / "split.json").read_text()) == \
         json.loads((base / "one" / "split.json").read_text())
     parent = read_metadata(base / "two" / "model.onnx")["parent_model"]

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from daemon.audio.extract import ExtractPool
 from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import BACKBONE, CNN
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError, GenretaggerError
 from daemon.core.paths import stored_path
@@ -229,42 +230,71 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
 
 
 def load_features(songs: list[LabelledSong], cache: FeatureCache, *,
+                  patches: FeatureCache | None = None, embeddings: FeatureCache | None = None,
                   processes: int | None = None, timeout: float = 60.0,
                   progress: bool = False,
                   ) -> tuple[list[LabelledSong], list[tuple[str, str]], dict[str, int]]:
-    """Make sure every song's features are in `cache`.
+    """Make sure every song's features are in the caches.
 
-    Songs already cached are not decoded; the rest go through daemon.audio.extract.ExtractPool.
-    Returns (songs with features, [(rel, reason)] for files that failed,
-    {"cached": n, "decoded": n, "failed": n}). Copies of one file are decoded once.
+    `cache`: the CNN's features. `patches` (the backbone switched on): the backbone's
+    patches too, except for a song whose embedding is already in `embeddings` (it needs
+    neither its patches nor the backbone again). A song missing both kinds is decoded
+    once for both (daemon.audio.decode.decode_song via ExtractPool); cached kinds are
+    never decoded. Returns (songs with features, [(rel, reason)] for files that failed,
+    {"cached", "decoded", "failed", "backbone_cached", "backbone_decoded"}: songs whose
+    CNN features / backbone input were found or decoded). Copies of one file are decoded
+    once.
     """
-    missing: dict[str, list[LabelledSong]] = {}
+    wanted: dict[str, tuple[str, ...]] = {}  # fingerprint -> the kinds it lacks
+    paths: dict[str, Path] = {}
     for song in songs:
-        if not cache.has(song.fingerprint):
-            missing.setdefault(song.fingerprint, []).append(song)
-    failed: dict[str, str] = {}
-    decoded = 0
-    if missing:
-        by_path = {str(group[0].path): fp for fp, group in missing.items()}
-        processes = processes or max(1, os.cpu_count() or 1)
-        with ExtractPool(min(processes, len(missing)), cache.spec, timeout=timeout) as pool, \
-                tqdm(total=len(missing), desc="decoding", unit="song",
-                     disable=not progress) as bar:
-            for path, result in pool.map(list(by_path)):
-                fp = by_path[str(path)]
-                if isinstance(result, FileError):
-                    for song in missing[fp]:
-                        failed[song.rel] = result.reason
-                else:
-                    cache.put(fp, result.features)
-                    decoded += 1
-                bar.update(1)
+        kinds = [CNN] if not cache.has(song.fingerprint) else []
+        if patches is not None and not patches.has(song.fingerprint) and not (
+                embeddings is not None and embeddings.has(song.fingerprint)):
+            kinds.append(BACKBONE)
+        if kinds:
+            wanted[song.fingerprint] = tuple(kinds)
+            paths.setdefault(song.fingerprint, song.path)
+    failed_fps = _extract(wanted, paths, {CNN: cache, BACKBONE: patches},
+                          processes=processes, timeout=timeout, progress=progress)
+    failed = {s.rel: failed_fps[s.fingerprint] for s in songs if s.fingerprint in failed_fps}
     usable = [s for s in songs if s.rel not in failed]
     for rel, reason in failed.items():
         log.warning("%s: left out: %s", rel, reason)
-    stats = {"cached": len(songs) - sum(len(g) for g in missing.values()),
-             "decoded": decoded, "failed": len(failed)}
+
+    stats = {"failed": len(failed)}
+    for kind, prefix in ((CNN, ""), *(((BACKBONE, "backbone_"),) if patches is not None
+                                      else ())):
+        stats[prefix + "cached"] = sum(kind not in wanted.get(s.fingerprint, ()) for s in songs)
+        stats[prefix + "decoded"] = sum(kind in kinds and fp not in failed_fps
+                                        for fp, kinds in wanted.items())
     return usable, sorted(failed.items()), stats
+
+
+def _extract(wanted: Mapping[str, tuple[str, ...]], paths: Mapping[str, Path],
+             caches: Mapping[str, FeatureCache | None], *, processes: int | None,
+             timeout: float, progress: bool) -> dict[str, str]:
+    """Decode each fingerprint's missing kinds in one pass and cache them by kind.
+    Returns {fingerprint: why it failed}."""
+    failed: dict[str, str] = {}
+    if not wanted:
+        return failed
+    processes = min(processes or max(1, os.cpu_count() or 1), len(wanted))
+    backbone = caches.get(BACKBONE)
+    options = {"backbone_spec": backbone.spec} if backbone is not None else {}
+    with ExtractPool(processes, caches[CNN].spec, timeout=timeout, **options) as pool, \
+            tqdm(total=len(wanted), desc="decoding", unit="song", disable=not progress) as bar:
+        for fp, kinds in wanted.items():
+            pool.submit(paths[fp], fp, kinds)
+        while (item := pool.get()) is not None:
+            fp, result = item
+            if isinstance(result, FileError):
+                failed[fp] = result.reason
+            else:
+                for kind, value in result.by_kind().items():
+                    caches[kind].put(fp, value)
+            bar.update(1)
+    return failed
 
 
 def _rank(seed: int, split: str, key: str) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import FeatureSpec
+from daemon.audio.features import BACKBONE, BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
 from daemon.core.errors import ModelMismatch
 from daemon.learn.metrics import (  # one implementation, shared with the nightly gate
     expected_calibration_error,
@@ -191,30 +191,40 @@ def evaluate_model(model_path: Path, library: Path, *, genres_path: Path | None 
     Songs whose tag maps to one of the model's genres are scored; files that cannot be
     read are listed under "failed". Returns song_metrics plus clip accuracy, ECE and counts.
     """
+    meta = read_metadata(model_path)
     try:  # the bundle's own spec: compute whatever features the model was trained on
-        spec = FeatureSpec.from_json(_json_text(read_metadata(model_path)["feature_spec"]))
-    except (KeyError, TypeError, ValueError) as err:
+        spec = (FeatureSpec.from_json(_json_text(meta["feature_spec"]))
+                if "feature_spec" in meta else DEFAULT_SPEC)  # a backbone bundle has none
+    except (TypeError, ValueError) as err:
         raise ModelMismatch(f"{model_path}: bundle feature_spec unreadable ({err})") from None
     classifier = Classifier.load(model_path, spec)
     genre_map = load_genre_map(genres_path)
     songs, skipped = find_labelled_songs(library, genre_map)
     known = [s for s in songs if s.genre in classifier.classes]
-    cache = FeatureCache(cache_dir or default_cache_dir(), spec)
-    usable, failed, stats = load_features(known, cache, processes=processes, progress=progress)
+    root = Path(cache_dir or default_cache_dir())
+    caches = {CNN: FeatureCache(root, spec), BACKBONE: FeatureCache(root, BACKBONE_SPEC)}
+    needs = classifier.bundle.member_needs
+    usable, failed, stats = load_features(
+        known, caches[CNN], patches=caches[BACKBONE] if BACKBONE in needs else None,
+        processes=processes, progress=progress)
     index = {g: i for i, g in enumerate(classifier.classes)}
     labels = np.array([index[s.genre] for s in usable], dtype=np.int64)
-    parts = [np.zeros((0, spec.clips_per_song, len(index)))]
+    probs = np.zeros((0, len(index)))
     for start in range(0, len(usable), 64):
-        chunk = [cache.get(s.fingerprint) for s in usable[start:start + 64]]
-        flat = classifier.clip_probabilities(np.concatenate(chunk))
-        parts.append(flat.reshape(len(chunk), -1, len(index)))
-    clip_probs = np.concatenate(parts)
-    probs = song_probabilities(clip_probs, classifier.temperature)
+        chunk = [{k: caches[k].get(s.fingerprint) for k in needs}
+                 for s in usable[start:start + 64]]
+        probs = np.concatenate([probs, classifier.predict_songs(chunk)])
+    cnn = next((m for m in classifier.members if m.kind == CNN), None)
+    clip_acc = None  # of the (first) cnn member, as before the backbone families
+    if cnn is not None and len(classifier.members) == 1 and len(usable):
+        clips = np.concatenate([caches[CNN].get(s.fingerprint) for s in usable])
+        flat = classifier.clip_probabilities(clips)
+        clip_acc = clip_accuracy(flat.reshape(len(usable), -1, len(index)), labels)
     report = song_metrics(probs, labels.tolist(), classifier.classes)
     report.update({
         "model": str(model_path),
         "library": str(library),
-        "clip_accuracy": clip_accuracy(clip_probs, labels),
+        "clip_accuracy": clip_acc,
         "ece": expected_calibration_error(probs, labels),
         "left_out_genres": sorted({s.genre for s in songs} - set(classifier.classes)),
         "failed": [{"path": rel, "reason": reason} for rel, reason in failed],

@@ -1,8 +1,13 @@
-"""`genretagger train`: library -> dataset -> fit -> calibrate -> evaluate -> export.
+"""`genretagger train`: library -> dataset -> the tournament's families -> model.onnx.
 
-Writes into --out: model.keras, split.json, report.json, confusion.png, reliability.png
-and, last, model.onnx (the bundle). A run that dies part-way leaves no model.onnx, so a
-directory holding one holds a complete run.
+One decode pass per song fills the CNN's feature cache and (the backbone switched on)
+the backbone's patch cache; each song's embedding is computed once into the embedding
+cache. Then the families (trainer.runner) are fitted, calibrated and written as
+out/<family>.onnx, judged on the same test songs (trainer.tournament), and the winner
+becomes model.onnx. Writes into --out: model.keras, split.json, report.json (the winner's
+figures at the top, every family's under "families", the table under "tournament"),
+confusion.png, reliability.png, the family bundles and, last, model.onnx. A run that dies
+part-way leaves no model.onnx, so a directory holding one holds a complete run.
 """
 
 from __future__ import annotations
@@ -10,23 +15,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import CNN, DEFAULT_SPEC, FeatureSpec
+from daemon.audio.features import BACKBONE, CNN, DEFAULT_SPEC, FeatureSpec
 from daemon.core.errors import ConfigError
 from daemon.learn.registry import file_sha256
-from daemon.suggest.classifier import song_probabilities
 from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
 from trainer.dataset import (
     Dataset,
+    DatasetError,
+    LabelledSong,
     build_dataset,
     default_cache_dir,
     find_labelled_songs,
@@ -35,30 +38,12 @@ from trainer.dataset import (
     load_known,
     load_labels,
     narrow,
-    split_listing,
-    summary,
-    training_set_hash,
 )
-from trainer.evaluate import (
-    calibration_report,
-    choose_temperature,
-    clip_accuracy,
-    plot_confusion,
-    plot_reliability,
-    song_metrics,
-)
-from trainer.tournament import ALL, FAMILIES, Entry, families_for, judge_families, write_winner
+from trainer.families import Backbone, embed_songs, open_backbone
+from trainer.runner import Run
+from trainer.tournament import ALL, FAMILIES, families_for, judge_families, write_winner
 
 log = logging.getLogger(__name__)
-
-# The families this trainer builds. The backbone head and the ensemble join when their
-# bundle builders (trainer.bundles: backbone + head in one graph) are in; `--family all`
-# trains every family listed here.
-BUILDABLE = ("cnn",)
-
-# Held-out clips the ONNX export must reproduce.
-PARITY_CLIPS = 64
-
 
 def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
     """When fitting must end so the run ends within its budget: after fitting come
@@ -72,17 +57,20 @@ def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
 
 def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
           clip_seconds: float = 1.0, seed: int = 0, min_songs: int = 20,
-          min_songs_backbone: int = 3, family: str = ALL,
+          min_songs_backbone: int = 3, family: str = ALL, backbone: bool = True,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
           known_path: Path | None = None,
           batch_size: int | None = None, time_budget_minutes: float | None = None,
           threads: int | None = None, processes: int | None = None,
           progress: bool | None = None) -> dict:
-    """Run a whole training; returns the report (also written to out/report.json).
+    """Run a whole training (the tournament of `family`); returns the report (also written
+    to out/report.json).
 
-    time_budget_minutes: the whole run should end within this; fitting stops early enough
-    to leave time for calibration, evaluation and export (fit_deadline).
+    backbone: False switches the backbone off (the CNN alone, no embedding output); on but
+    not converted (`make backbone`), the same with a warning. time_budget_minutes: the
+    whole run should end within this; fitting stops early enough to leave time for
+    calibration, evaluation and export (fit_deadline).
 
     Raises DatasetError (library unusable), ParityError (export not trusted), other
     GenretaggerErrors for bad inputs.
@@ -91,48 +79,71 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     progress = sys.stderr.isatty() if progress is None else progress
     library, out = Path(library).resolve(), Path(out)
     prepare_out(out, warm_start)
-    families = families_for(family, BUILDABLE)
-    thresholds = {f: min_songs if f == "cnn" else min_songs_backbone for f in families}
     spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds))
-    cache = FeatureCache(cache_dir or default_cache_dir(), spec)
+    root = Path(cache_dir or default_cache_dir())
+    cache = FeatureCache(root, spec)
+    backbone_on = open_backbone(root, backbone)
+    families = families_for(family, FAMILIES if backbone_on else ("cnn",))
+    thresholds = {f: min_songs if f == "cnn" else min_songs_backbone for f in families}
     # One split for every family, wide enough for the one needing fewest songs per genre.
-    songs = gather(library, cache, genres_path=genres_path, labels_path=labels_path,
-                   known_path=known_path, holdout_path=holdout_path, seed=seed,
-                   min_songs=min(thresholds.values()), processes=processes,
+    songs = gather(library, cache, backbone_on, genres_path=genres_path,
+                   labels_path=labels_path, known_path=known_path, holdout_path=holdout_path,
+                   seed=seed, min_songs=min(thresholds.values()), processes=processes,
                    progress=progress)
-    extracted = time.monotonic()
-    # TensorFlow loads here, after the decoding children are gone.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines: not ours to log
-    from trainer.fit import BATCH_SIZE, configure, fit
-
-    configure(seed, threads or os.cpu_count())
     wide = songs.dataset  # every family's test songs
-    songs = dataclasses.replace(songs, dataset=narrow(wide, thresholds["cnn"]))
-    dataset = songs.dataset
-    model, fit_info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
-                          cache, epochs=epochs, seed=seed,
-                          batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
-                          deadline=fit_deadline(started, time_budget_minutes),
-                          verbose=1 if progress else 0)
+    decoded = time.monotonic()
+    if backbone_on is not None:
+        songs.cache_stats.update(prepare_backbone(songs, cache, backbone_on, processes,
+                                                  threads))
+    extracted = time.monotonic()
+    families = cnn_can_learn(wide, families, min_songs, family)
+    run = Run(out, wide, cache, spec, backbone_on, families, seed)
+    if {"cnn", "ensemble"} & set(families):
+        run.fit_cnn(narrow(wide, min_songs), epochs=epochs, warm_start=warm_start,
+                    batch_size=batch_size, threads=threads, progress=progress,
+                    deadline=fit_deadline(started, time_budget_minutes))
+    if {"backbone", "ensemble"} & set(families):
+        run.fit_head(narrow(wide, min_songs_backbone))
     trained = time.monotonic()
-    scores = calibrate_and_evaluate(model, dataset, cache, out)
-    report = run_report(songs, scores, fit_info, cache, spec, library=library, seed=seed,
-                        parent=_parent_model(warm_start) if fit_info["warm_start"] else "")
-    report["left_out"] = dataset.left_out
+    common = common_report(songs, cache, spec, library=library, seed=seed,
+                           parent=_parent_model(warm_start) if run.warm_started else "")
+    entries = run.write_bundles(common)
+    written = time.monotonic()
+    caches = {CNN: cache, **({BACKBONE: backbone_on.patches} if backbone_on else {})}
+    table = judge_families(out, entries, wide.test, caches, seed=seed)
+    winner = next(e for e in entries if e.family == table["winner"])
+    report = {**common, **run.facts[winner.family], "family": winner.family,
+              "families": run.facts, "tournament": table,
+              "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity}
+    # decode_s includes the library walk; embed_s the backbone run on uncached songs.
     report["timings"] = {"features_s": round(extracted - started, 1),
-                         "fit_s": round(trained - extracted, 1)}
-    write_run(model, out, report, dataset, cache, scores.test_clips.shape)
-    entries = [Entry("cnn", out / "cnn.onnx", trained - extracted,
-                     scores.calibration["how"], dataset.left_out)]
-    table = judge_families(out, entries, wide.test, {CNN: cache}, seed=seed)
-    report["tournament"] = table
-    report["timings"]["total_s"] = round(time.monotonic() - started, 1)
+                         "decode_s": round(decoded - started, 1),
+                         "embed_s": round(extracted - decoded, 1),
+                         "fit_s": round(trained - extracted, 1),
+                         "bundles_s": round(written - trained, 1),
+                         "judge_s": round(time.monotonic() - written, 1),
+                         "total_s": round(time.monotonic() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
                                      encoding="utf-8")
-    write_winner(out, next(e for e in entries if e.family == table["winner"]), table)
+    write_winner(out, winner, table)
     log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
              table["why"])
     return report
+
+
+def cnn_can_learn(wide: Dataset, families: tuple[str, ...], min_songs: int,
+                  choice: str) -> tuple[str, ...]:
+    """The tournament without the CNN families when fewer than two genres have the CNN's
+    `min_songs` (the backbone head may still learn a few-shot station's genres); a CNN
+    family asked for by name fails with the DatasetError."""
+    try:
+        narrow(wide, min_songs)
+    except DatasetError as err:
+        if choice != ALL or "backbone" not in families:
+            raise
+        log.warning("cnn and ensemble left out of the tournament: %s", err)
+        return ("backbone",)
+    return families
 
 
 def prepare_out(out: Path, warm_start: Path | None) -> None:
@@ -151,85 +162,58 @@ class Gathered:
     """The dataset step's result: the splits and what was left out on the way."""
 
     dataset: Dataset
+    songs: list[LabelledSong]  # every labelled song with features
     skipped: list[tuple[str, str]]
     failed: list[tuple[str, str]]
     cache_stats: dict[str, int]
 
 
-def gather(library: Path, cache: FeatureCache, *, genres_path: Path | None,
-           labels_path: Path | None, known_path: Path | None, holdout_path: Path | None,
-           seed: int, min_songs: int, processes: int | None, progress: bool) -> Gathered:
-    """Labelled songs, their cached features, classes and artist-disjoint splits."""
+def gather(library: Path, cache: FeatureCache, backbone: Backbone | None, *,
+           genres_path: Path | None, labels_path: Path | None, known_path: Path | None,
+           holdout_path: Path | None, seed: int, min_songs: int, processes: int | None,
+           progress: bool) -> Gathered:
+    """Labelled songs, their cached features (and backbone input, in the same decode
+    pass), classes and artist-disjoint splits."""
     genre_map = load_genre_map(genres_path)
     songs, skipped = find_labelled_songs(library, genre_map, load_labels(labels_path),
                                          known=load_known(known_path))
     log.info("%d labelled songs in %s (%d files left out)", len(songs), library, len(skipped))
-    songs, failed, cache_stats = load_features(songs, cache, processes=processes,
-                                               progress=progress)
+    songs, failed, cache_stats = load_features(
+        songs, cache, patches=backbone.patches if backbone else None,
+        embeddings=backbone.embeddings if backbone else None, processes=processes,
+        progress=progress)
     log.info("features: %(cached)d cached, %(decoded)d decoded, %(failed)d failed", cache_stats)
+    if backbone is not None:
+        log.info("backbone patches: %(backbone_cached)d cached (or embedded already), "
+                 "%(backbone_decoded)d decoded in the same pass", cache_stats)
     dataset = build_dataset(songs, seed=seed, min_songs=min_songs,
                             holdout=load_holdout(holdout_path))
     if dataset.left_out:
         log.info("genres left out (fewer than %d songs or no training artist): %s",
                  min_songs, dataset.left_out)
-    return Gathered(dataset, skipped, failed, cache_stats)
+    return Gathered(dataset, songs, skipped, failed, cache_stats)
 
 
-@dataclasses.dataclass(frozen=True)
-class Scores:
-    """Calibration and song metrics of the fitted model."""
-
-    temperature: float
-    calibration: dict
-    test: dict
-    validation: dict
-    test_clips: np.ndarray
-
-
-def calibrate_and_evaluate(model, dataset: Dataset, cache: FeatureCache, out: Path) -> Scores:
-    """Calibrate on validation songs, evaluate on test songs; the two plots go into `out`."""
-    from trainer.fit import predict_clips
-
-    n = len(dataset.classes)
-    val_clips = predict_clips(model, list(dataset.validation), cache, n)
-    test_clips = predict_clips(model, list(dataset.test), cache, n)
-    y_val, y_test = dataset.labels("validation"), dataset.labels("test")
-    chosen = choose_temperature(val_clips, y_val)
-    temperature = chosen.temperature
-    calibration = {"validation": calibration_report(val_clips, y_val, temperature),
-                   "test": calibration_report(test_clips, y_test, temperature),
-                   "how": chosen.how, "held_out": chosen.held_out}
-    test_probs = song_probabilities(test_clips, temperature)
-    test_metrics = song_metrics(test_probs, y_test.tolist(), dataset.classes)
-    test_metrics["clip_accuracy"] = clip_accuracy(test_clips, y_test)
-    val_metrics = song_metrics(song_probabilities(val_clips, temperature), y_val.tolist(),
-                               dataset.classes)
-    val_metrics["clip_accuracy"] = clip_accuracy(val_clips, y_val)
-    log.info("test: song accuracy %.3f, macro-F1 %.3f, clip accuracy %.3f; "
-             "temperature %.3f, ECE %.3f -> %.3f", test_metrics["accuracy"],
-             test_metrics["macro_f1"], test_metrics["clip_accuracy"], temperature,
-             calibration["test"]["ece_before"], calibration["test"]["ece_after"])
-    plot_confusion(test_metrics["confusion"], test_metrics["genres"], out / "confusion.png")
-    plot_reliability(song_probabilities(test_clips, 1.0), test_probs, y_test,
-                     out / "reliability.png")
-    return Scores(temperature, calibration, test_metrics, val_metrics, test_clips)
+def prepare_backbone(songs: Gathered, cache: FeatureCache, backbone: Backbone,
+                     processes: int | None, threads: int | None) -> dict[str, int]:
+    """Every labelled song's embedding into the embedding cache (computed once), and the
+    patches of test songs that have only an embedding cached (the tournament judges
+    through the Classifier, which takes patches)."""
+    lacking = [s for s in songs.dataset.test if not backbone.patches.has(s.fingerprint)]
+    if lacking:
+        load_features(lacking, cache, patches=backbone.patches, processes=processes)
+    stats = embed_songs(songs.songs, backbone, threads or 0)
+    stats["test_patches_decoded"] = len(lacking)
+    log.info("embeddings: %(embeddings_cached)d cached, %(embeddings_computed)d computed "
+             "with the backbone", stats)
+    return stats
 
 
-def run_report(songs: Gathered, scores: Scores, fit_info: dict, cache: FeatureCache,
-               spec: FeatureSpec, *, library: Path, seed: int, parent: str) -> dict:
-    """report.json's content (timings and the parity check are added as they happen)."""
-    dataset = songs.dataset
+def common_report(songs: Gathered, cache: FeatureCache, spec: FeatureSpec, *, library: Path,
+                  seed: int, parent: str) -> dict:
+    """report.json's keys shared by every family."""
     return {
-        "classes": list(dataset.classes),
         "feature_spec": json.loads(spec.to_json()),
-        "temperature": scores.temperature,
-        "metrics": {"test": _headline(scores.test), "validation": _headline(scores.validation),
-                    "calibration": scores.calibration},
-        "test": scores.test,
-        "validation": scores.validation,
-        "training_set": summary(dataset, spec.clips_per_song),
-        "training_set_hash": training_set_hash(dataset),
-        "fit": fit_info,
         "cache": {**songs.cache_stats, "dir": str(cache.root)},
         "skipped": [{"path": rel, "reason": reason} for rel, reason in songs.skipped],
         "failed": [{"path": rel, "reason": reason} for rel, reason in songs.failed],
@@ -239,58 +223,6 @@ def run_report(songs: Gathered, scores: Scores, fit_info: dict, cache: FeatureCa
         "trainer_version": TRAINER_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def write_run(model, out: Path, report: dict, dataset: Dataset, cache: FeatureCache,
-              clips_shape: tuple) -> None:
-    """model.keras, split.json, then the CNN's bundle cnn.onnx; the tournament's winner
-    becomes model.onnx after report.json, last, so a folder holding one holds a complete
-    run."""
-    from trainer.export import export_bundle
-
-    model.save(out / "model.keras")
-    (out / "split.json").write_text(json.dumps(split_listing(dataset), indent=1),
-                                    encoding="utf-8")
-    held_out = _parity_clips(dataset, clips_shape, cache)
-    diff = export_bundle(model, out / ".cnn.onnx.partial", _bundle_metadata(report), held_out)
-    report["parity_max_abs_diff"] = diff
-    os.replace(out / ".cnn.onnx.partial", out / "cnn.onnx")
-    log.info("cnn bundle written to %s (parity %.1e)", out / "cnn.onnx", diff)
-
-
-def _headline(metrics: dict) -> dict:
-    return {"song_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            "clip_accuracy": metrics["clip_accuracy"], "n_songs": metrics["n_songs"],
-            "recall": {g: m["recall"] for g, m in metrics["per_class"].items()},
-            "not_tested": metrics["not_tested"]}
-
-
-def _bundle_metadata(report: dict) -> dict:
-    """What the daemon reads from the bundle: ARCHITECTURE.md's list."""
-    return {
-        "family": "cnn",
-        "classes": report["classes"],
-        "left_out": report["left_out"],
-        "feature_spec": report["feature_spec"],
-        "temperature": report["temperature"],
-        "clips_per_song": report["feature_spec"]["clips_per_song"],
-        "metrics": report["metrics"],
-        "training_set": report["training_set"],
-        "training_set_hash": report["training_set_hash"],
-        "created_at": report["created_at"],
-        "parent_model": report["parent_model"],
-        "trainer_version": report["trainer_version"],
-    }
-
-
-def _parity_clips(dataset: Dataset, shape: tuple, cache: FeatureCache) -> np.ndarray:
-    """Up to PARITY_CLIPS test clips (validation if test is tiny) for the export check."""
-    clips = []
-    for song in (*dataset.test, *dataset.validation):
-        clips.extend(cache.get(song.fingerprint))
-        if len(clips) >= PARITY_CLIPS:
-            break
-    return np.stack(clips[:PARITY_CLIPS])
 
 
 def _parent_model(warm_start: Path) -> str:

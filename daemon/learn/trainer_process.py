@@ -92,6 +92,8 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
             "--family", "all",
             # The trainer stops fitting in time to finish; timeout_minutes stays the hard stop.
             "--time-budget", f"{TRAINER_BUDGET_SHARE * config.retrain.timeout_minutes:g}"]
+    if not config.classifier.backbone:  # the station switched the backbone off
+        argv.append("--no-backbone")
     genres = station_genres_file(config)
     if genres is not None:
         argv += ["--genres", str(genres)]
