@@ -374,7 +374,7 @@ def test_train_fails_cleanly(library, first_run, tmp_path):
     root, _ = library
     base, _ = first_run
     run = genretagger("train", "--library", root, "--out", tmp_path / "x", "--cache",
-                      base / "cache", "--min-songs", 1000)
+                      base / "cache", "--min-songs", 1000, "--min-songs-backbone", 1000)
     assert run.returncode == 1 and "at least 2 genres" in run.stderr
     assert not (tmp_path / "x" / "model.onnx").exists()
     # Without the [trainer] extra: a message naming it, exit 2.
