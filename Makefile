@@ -42,7 +42,7 @@ debian-tools:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(DEBIAN_PACKAGES); \
 	else echo "install the tools the tests use: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 1; fi
 
-demo: $(STAMP)
+demo: $(STAMP) $(BACKBONE_ONNX)
 	$(BIN)/python -m daemon.cli.demo run
 
 test: $(STAMP) $(BACKBONE_ONNX) debian-tools

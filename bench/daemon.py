@@ -1,6 +1,7 @@
 """The daemon end to end: a cold backfill through `genretagger run`, latency, memory, idle CPU.
 
     .venv/bin/python bench/daemon.py [--songs 304] [--processes N] [--idle-seconds 20]
+                                     [--family cnn|backbone|ensemble]
 
 Measured in one run, against the running daemon subprocess (real watcher, real decoder
 pool, real model, real SQLite):
@@ -92,21 +93,27 @@ def copies(sources: list[Path], folder: Path, n: int, prefix: str) -> list[Path]
     return made
 
 
-def model_bundle() -> Path:
-    """A tiny 3-genre model trained once with `genretagger train`."""
+def model_bundle(family: str) -> Path:
+    """A tiny 3-genre tournament trained once with `genretagger train --family all`; out:
+    a run directory whose model.onnx is `family`'s bundle (ensemble: both families)."""
     out = OUT / "model"
-    if (out / "model.onnx").exists():
-        return out
-    library = OUT / "model-library"
-    shutil.rmtree(library, ignore_errors=True)
-    make_library(library, songs_per_genre=8, genres=GENRES, untagged_share=0.0,
-                 seconds=(6, 10), formats=(".wav", ".flac", ".mp3"), broken=0)
-    print("  training the bench model ...", flush=True)
-    subprocess.run(EXE + ["train", "--library", str(library), "--out", str(OUT / "model.tmp"),
-                          "--epochs", "5", "--min-songs", "4"], check=True,
-                   capture_output=True)
-    (OUT / "model.tmp").rename(out)
-    return out
+    if not (out / "model.onnx").exists():
+        library = OUT / "model-library"
+        shutil.rmtree(library, ignore_errors=True)
+        make_library(library, songs_per_genre=8, genres=GENRES, untagged_share=0.0,
+                     seconds=(6, 10), formats=(".wav", ".flac", ".mp3"), broken=0)
+        print("  training the bench models ...", flush=True)
+        shutil.rmtree(OUT / "model.tmp", ignore_errors=True)
+        subprocess.run(EXE + ["train", "--library", str(library), "--out",
+                              str(OUT / "model.tmp"), "--family", "all", "--epochs", "5",
+                              "--min-songs", "4"], check=True, capture_output=True)
+        (OUT / "model.tmp").rename(out)
+    chosen = OUT / f"model-{family}"
+    if not (chosen / "model.onnx").exists():
+        shutil.rmtree(chosen, ignore_errors=True)
+        shutil.copytree(out, chosen)
+        shutil.copyfile(out / f"{family}.onnx", chosen / "model.onnx")
+    return chosen
 
 
 # ---- a daemon to measure -----------------------------------------------------------------
@@ -263,15 +270,21 @@ class PeakMemory:
 # ---- the measurements ----------------------------------------------------------------------
 
 def baseline(sample: list[Path], bundle: Path) -> float:
-    """In-process extract + classify, one song at a time: songs/s."""
+    """In-process extract + classify, one song at a time, at the worker's windows per
+    song and with every feature kind the bundle takes: songs/s."""
     from daemon.audio.jobs import extract
+    from daemon.core.config import ClassifierConfig
     from daemon.suggest.classifier import Classifier
+    from daemon.suggest.inputs import WindowSpecs
 
-    classifier = Classifier.load(bundle / "model.onnx")
-    extract(sample[0])  # warm the decoders' imports
+    specs = WindowSpecs.for_windows(ClassifierConfig().windows_per_song)
+    classifier = Classifier.load(bundle / "model.onnx", specs.cnn, specs.backbone,
+                                 windows_per_song=specs.windows)
+    kinds = classifier.needs
+    extract(sample[0], specs.cnn, specs.backbone, kinds)  # warm the decoders' imports
     started = time.perf_counter()
     for path in sample:
-        classifier.predict_songs([extract(path).features])
+        classifier.predict([extract(path, specs.cnn, specs.backbone, kinds).by_kind()])
     return len(sample) / (time.perf_counter() - started)
 
 
@@ -362,14 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-songs", type=int, default=24)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--idle-files", type=int, default=15_000)
+    parser.add_argument("--family", choices=("cnn", "backbone", "ensemble"),
+                        default="ensemble", help="the active bundle (ensemble: both families "
+                        "loaded, the heaviest)")
     args = parser.parse_args(argv)
 
-    print(f"bench/daemon.py: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
-          f"{args.processes} decoder process(es)", flush=True)
+    print(f"bench/daemon.py: model family {args.family}, {os.cpu_count()} cores, load "
+          f"{os.getloadavg()[0]:.1f}, {args.processes} decoder process(es)", flush=True)
     sources = masters(args.masters_per_format)
     library = OUT / "library"
     songs = copies(sources, library / "backfill", args.songs, "Bench Song")
-    bundle = model_bundle()
+    bundle = model_bundle(args.family)
     for stale in (library / "incoming",):
         shutil.rmtree(stale, ignore_errors=True)
 

@@ -1,4 +1,4 @@
-"""The trainer's commands: `python -m trainer train|evaluate ...`.
+"""The trainer's commands: `python -m trainer train|evaluate|coldstart ...`.
 
 `genretagger train|evaluate` runs these same commands (daemon.cli imports this module only
 when one of them is invoked). Exit codes: 0 ok, 1 failure, 2 usage or config error.
@@ -138,6 +138,24 @@ def evaluate(model_path: Path, library: Path, cache_dir: Path | None,
         click.echo(f"{len(report['failed'])} files could not be read (see --json)")
 
 
+@cli.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="directory for model.onnx and report.json")
+@click.option("--genres", "genres_path", type=EXISTING_FILE,
+              help="genres.toml with the [cold_start] table (default: the shipped one)")
+def coldstart(out: Path, genres_path: Path | None) -> None:
+    """Write the unverified cold-start bundle: backbone MSD tags -> the station's genres.
+
+    Needs the ONNX backbone (`make backbone`), not TensorFlow.
+    """
+    from daemon.tags.genres import load_genre_map
+    from trainer.coldstart import build
+
+    done = build(out, load_genre_map(genres_path))
+    click.echo(f"model: {done.path} (cold start, unverified)\n"
+               f"  genres: {', '.join(done.classes)}\n"
+               f"  no MSD tag (never suggested): {', '.join(done.no_tag) or 'none'}\n"
+               f"  parity {done.parity_max_abs_diff:.1e}, {done.seconds:.1f} s")
 def _windows(test: dict) -> str:
     """The window accuracy of a one-member family (an ensemble has none of its own)."""
     accuracy = test.get("clip_accuracy")

@@ -260,6 +260,11 @@ def show_status_when_suggested(exe: list[str], daemon: subprocess.Popen, expecte
             print(f"demo: all {expected} untagged songs have suggestions after "
                   f"{time.monotonic() - started:.0f} s:", flush=True)
             subprocess.run(exe + ["status"])
+            print("demo: how the first model was chosen (the tournament):", flush=True)
+            subprocess.run(exe + ["models", "show", "1"])
+            print("demo: the three most confident suggestions, with the songs each sounds "
+                  "like:", flush=True)
+            subprocess.run(exe + ["review", "list", "--limit", "3"])
             print("demo: review them at http://127.0.0.1:8650/ — Ctrl-C stops the daemon.",
                   flush=True)
             return

@@ -71,6 +71,9 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
                 "accuracy", "macro_f1", "path", "report_path"):
         click.echo(f"{key + ':':<15}{data[key]}")
     click.echo(f"{'classes:':<15}{', '.join(data['classes'])}")
+    if data["unverified"]:
+        click.echo(f"{'unverified:':<15}yes: the cold start (MSD tags mapped by genres.toml), "
+                   "never measured on the station's songs; the first trained model replaces it")
     per_class = data["metrics"].get("per_class", {})
     if per_class:
         click.echo(f"{'genre':<16}{'precision':>10}{'recall':>8}{'f1':>7}{'songs':>7}")

@@ -132,6 +132,13 @@ class ReviewConfig(Section):
         return self
 
 
+class MetricsConfig(Section):
+    # /metrics on the review page (Prometheus text format), behind the page's own rules:
+    # this machine only without a password or token; else sign-in or the token as a
+    # bearer token (what a scraper sends).
+    enabled: bool = True
+
+
 class RetrainConfig(Section):
     enabled: bool = True
     hour: int = Field(3, ge=0, le=23)
@@ -162,6 +169,7 @@ class Config(Section):
     classifier: ClassifierConfig = ClassifierConfig()
     review: ReviewConfig = ReviewConfig()
     retrain: RetrainConfig = RetrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     # Everything the daemon keeps lives under state_dir (local disk, not the share).
     @property

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.core.config import Config
 from daemon.core.db.models import Model
 from daemon.core.errors import ModelMismatch
+from daemon.learn.coldstart import is_unverified
 from daemon.learn.labels import current_labels
 from daemon.learn.metrics import paired_comparison, song_metrics
 from daemon.learn.registry import bundle_dir
@@ -168,6 +169,8 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
           candidate: Classifier, active: Model | None, recent: set[str]
           ) -> tuple[GateDecision, dict[str, Any]]:
     """Both models on the same holdout; out: the verdict and what was measured."""
+    if is_unverified(active):
+        return over_unverified(judge(sessions, config, run_dir, candidate, None, recent), active)
     active_split = bundle_dir(active) / "split.json" if active is not None else None
     songs = holdout_for(run_dir / "split.json", active_split)
     with sessions() as session:
@@ -217,6 +220,15 @@ def _active_classifier(active: Model | None, candidate: Classifier) -> Classifie
         log.warning("active model v%04d cannot be evaluated (%s); the candidate "
                     "replaces it", active.version, err)
         return None
+def over_unverified(judged: tuple[GateDecision, dict[str, Any]], active: Model
+                    ) -> tuple[GateDecision, dict[str, Any]]:
+    """The candidate judged alone, promoted over the unverified cold-start model: its
+    suggestions come from a hand-made tag table never measured on the station's songs,
+    so a model trained on them replaces it without a comparison."""
+    verdict, facts = judged
+    reason = (f"v{active.version:04d} is the unverified cold-start model: a trained model "
+              "replaces it without comparison")
+    return GateDecision(True, reason, verdict.f1_change, verdict.recall_changes), facts
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:

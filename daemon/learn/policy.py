@@ -13,6 +13,7 @@ from collections.abc import Collection
 from datetime import datetime
 
 from daemon.core.db.models import Model
+from daemon.learn.coldstart import is_unverified
 
 # Share of the newly confirmed labels held out of training for the gate.
 RECENT_HOLDOUT_SHARE = 0.25
@@ -25,13 +26,17 @@ def should_retrain(now: datetime, active: Model | None, new_labels: int, min_new
     In: the current time, the active model (None: none yet), how many confirmed labels
     arrived since its training set was frozen, the threshold, whether an operator asked
     (`retrain --now`), and optionally how many genres have enough tagged songs to train.
+    An active unverified cold-start model counts as no model: the first trained model
+    replaces it as soon as the labels suffice, however few arrived since it was built.
     Out: (train?, reason).
     """
-    if active is None:
+    if active is None or is_unverified(active):
+        so_far = ("no model yet" if active is None else
+                  f"only the unverified cold-start model v{active.version:04d} so far")
         if trainable_genres is not None and trainable_genres < 2 and not forced:
-            return False, (f"no model yet, and {trainable_genres} genre(s) have enough tagged "
-                           "songs; the first model needs at least 2")
-        return True, "no model yet: training the first one"
+            return False, (f"{so_far}, and {trainable_genres} genre(s) have enough tagged "
+                           "songs; the first trained model needs at least 2")
+        return True, f"{so_far}: training the first model"
     frozen = active.trained_until or active.created_at
     since = f"since v{active.version:04d}'s data was frozen {_age(now, frozen)}"
     if forced:

@@ -104,6 +104,8 @@ def model_summary(model: Model) -> dict[str, Any]:
         "classes": list(model.classes or []),
         "accuracy": metrics.get("accuracy"),
         "macro_f1": metrics.get("macro_f1"),
+        # The cold start (daemon.learn.coldstart) says so; a trained model has no such key.
+        "unverified": bool(metrics.get("unverified", False)),
         "parent_id": model.parent_id,
         "sha256": model.sha256,
         "path": model.path,

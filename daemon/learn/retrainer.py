@@ -1,5 +1,8 @@
 """The Retrainer: the background component that runs training runs.
 
+Before any model can be trained, a cold start (daemon.learn.coldstart): an unverified
+model from the backbone's MSD tags, active until the first trained model replaces it.
+
 One run: policy (daemon.learn.policy) -> the trainer as a subprocess
 (daemon.learn.trainer_process) -> the gate on an artist-disjoint holdout
 (daemon.learn.gate) -> register the bundle and activate it (daemon.learn.registry) ->
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -32,7 +36,7 @@ from daemon.core.db.models import Model, TrainingRun, utcnow
 from daemon.core.errors import ModelMismatch
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
-from daemon.learn import registry
+from daemon.learn import coldstart, registry
 from daemon.learn.gate import judge
 from daemon.learn.labels import (
     confirmed_labels,
@@ -137,7 +141,9 @@ class Retrainer:
                 self.health.progress()
             if model is not None:
                 self._initial_done = True
-                return
+                if not coldstart.is_unverified(model):
+                    return
+            # No model, or only the cold start: train as soon as the labels suffice.
             self.stop_event.wait(self.poll_seconds)
 
     def health_report(self) -> dict[str, Any]:
@@ -152,29 +158,66 @@ class Retrainer:
     def ensure_initial_model(self) -> tuple[Model | None, str]:
         """The active model, training (subprocess) and activating the first one if needed.
 
-        Without the [trainer] extra, logs exactly what to run and returns (None, reason);
-        also (None, reason) when there is not enough tagged data yet. Out: (model, what
-        happened).
+        When none can be trained (not enough tagged data yet, or no [trainer] extra: logged
+        with exactly what to run) and no model is active, builds and activates the
+        unverified cold-start model instead (when the backbone is there and switched on).
+        An active cold-start model is replaced as soon as the policy says train.
+        Out: (active model or None, what happened).
         """
-        with self.sessions() as session:
-            model = registry.active_model(session)
-            if model is not None:
-                session.expunge(model)
-                return model, "a model is active"
-        if not trainer_available():
-            said = ("no model yet and the trainer is not installed; run: " + INSTALL_HINT)
-            log.warning(said)
-            return None, said
+        active = self._active()
+        if active is not None and not coldstart.is_unverified(active):
+            return active, "a model is active"
         train, reason, _facts = self.decide()
-        if not train:  # not enough tagged songs yet: say so, look again later
+        if train and trainer_available():
+            run = self.run("initial")
+            active = self._active()
+            if active is not None and not coldstart.is_unverified(active):
+                return active, run.get("reason") or run["status"]
+            reason = run.get("reason") or run["status"]
+        elif train:
+            reason = "no trained model yet and the trainer is not installed; run: " + INSTALL_HINT
+            log.warning(reason)
+        else:  # not enough tagged songs yet: say so, look again later
             log.warning("%s; checking again in %.0f min", reason, self.poll_seconds / 60)
-            return None, reason
-        run = self.run("initial")
+        if active is None:
+            return self.cold_start(reason)
+        return active, reason
+
+    def _active(self) -> Model | None:
         with self.sessions() as session:
             model = registry.active_model(session)
             if model is not None:
                 session.expunge(model)
-        return model, run.get("reason") or run["status"]
+        return model
+
+    def cold_start(self, why: str = "") -> tuple[Model | None, str]:
+        """Build, register and activate the unverified cold-start model (a child process,
+        `python -m trainer coldstart`), unless a model is active. Out: (the active model
+        or None, what happened). A failure is logged and tried again at the next poll."""
+        said = coldstart.unavailable(self.config)
+        if said is not None:
+            log.warning(said)
+            return None, f"{why}; {said}" if why else said
+        with run_lock(self.config) as held:
+            if not held:
+                return None, "another training run holds the run lock"
+            if self._active() is not None:  # another process was quicker
+                return self._active(), "a model is active"
+            out = self.config.runs_dir / "coldstart"  # the last attempt's log stays there
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            failed = self._child_run(coldstart.coldstart_command(self.config, out),
+                                     out / "coldstart.log")
+            if failed is not None:
+                log.warning("cold start failed (log %s): %s", out / "coldstart.log", failed)
+                return None, f"cold start failed: {failed}"
+            model = registry.register_bundle(self.sessions, self.config, out,
+                                             metrics=dict(coldstart.METRICS))
+            (out / "model.onnx").unlink(missing_ok=True)  # the registry holds its own copy
+            model = registry.activate(self.sessions, model.version)
+        log.warning("cold start: v%04d active, UNVERIFIED (the backbone's MSD tags mapped "
+                    "through genres.toml); the first trained model replaces it", model.version)
+        return self._active(), f"cold start v{model.version:04d} active (unverified)"
 
     # -- what the policy says now
 
@@ -345,6 +388,10 @@ class Retrainer:
         log.info("re-scored %d pending suggestion(s) with v%04d (%d changed genre, %d without "
                  "cached features)", counts["rescored"], model.version, counts["changed"],
                  counts["no_features"])
+        if coldstart.is_unverified(active):  # no unverified suggestion outlives its model
+            counts["requeued"] = coldstart.requeue_suggestions(self.sessions, active.id)
+            log.info("%d song(s) with a cold-start suggestion queued again for v%04d",
+                     counts["requeued"], model.version)
         second = resuggest_rejected(self.sessions, self.config, candidate, model.id)
         if second["resuggested"] or second["still_rejected"]:
             log.info("rejected songs: %d suggested again with another genre, %d left as "
@@ -355,15 +402,21 @@ class Retrainer:
 
     def _train(self, run_id: int, argv: list[str], log_path: Path) -> str | None:
         """Run the trainer to the end, the timeout or close(). Out: None, or why it failed."""
+        return self._child_run(argv, log_path, lambda proc: update_run(
+            self.sessions, run_id, pid=proc.pid,
+            summary={"trainer_start_ticks": process_start_ticks(proc.pid), "command": argv}))
+
+    def _child_run(self, argv: list[str], log_path: Path, started=None) -> str | None:
+        """A trainer command as a capped child (start_trainer), to the end, the timeout or
+        close(); `started(proc)` runs once it is started. Out: None, or why it failed."""
         retrain = self.config.retrain
         if self.stop_event.is_set():
             return "daemon stopping"
         proc = start_trainer(argv, log_path, retrain.memory_max_mb)
         with self._child_lock:
             self._child = proc
-        update_run(self.sessions, run_id, pid=proc.pid,
-                   summary={"trainer_start_ticks": process_start_ticks(proc.pid),
-                            "command": argv})
+        if started is not None:
+            started(proc)
         try:
             stopped_for = supervise(proc, self.stop_event, retrain.timeout_minutes)
         finally:

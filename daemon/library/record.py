@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.paths import filesystem_path, stored_path
 from daemon.core.states import SuggestionStatus, TrackState, can_move, move
+from daemon.library.albums import AlbumTags, album_folder, album_identities
 from daemon.library.read import FileReading
 from daemon.tags.genres import GenreMap
 from daemon.tags.read import MULTI_VALUE_SEPARATOR
@@ -70,11 +71,13 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     track, or add one. audit: classify tagged files too (config.classifier.audit)."""
     stored = stored_path(rel)
     track = session.scalars(select(Track).where(Track.path == stored)).first()
+    left_folder = None
     if track is None and reading.fingerprint:
         track = _moved_track(session, root, reading.fingerprint)
         if track is not None:
             log.info("moved: %s -> %s (track %d keeps its history)",
                      track.path, stored, track.id)
+            left_folder = album_folder(track.path)
             track.path = stored
     previous = TrackState(track.state) if track is not None else None
     same_audio = (track is not None and reading.fingerprint is not None
@@ -97,6 +100,7 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     track.title = tags.title if tags else None
     track.artist = tags.artist if tags else None
     track.album = tags.album if tags else None
+    track.album_artist = tags.album_artist if tags else None
     track.format = info.format if info else (tags.format if tags else None)
     track.duration = info.duration if info else (tags.duration if tags else None)
     track.last_seen = utcnow()
@@ -114,6 +118,41 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
         track.last_error = reading.error
     if reading.quarantine:
         _quarantine(track, reading.error)
+    # Its tags may change its album mates' identity too (a compilation), and a moved
+    # track's old folder loses a member.
+    for folder in dict.fromkeys(f for f in (album_folder(stored), left_folder) if f is not None):
+        refresh_albums(session, folder)
+
+
+def refresh_albums(session: Session, folder: str) -> None:
+    """Set album_key and compilation on every track of album folder `folder` (stored form,
+    "" for the root; daemon.library.albums.album_folder): the tracks in it and in its
+    disc folders, whatever their state, and nothing else."""
+    mates = [t for t in session.scalars(select(Track).where(*_in_album_folder(session, folder))
+                                        .order_by(Track.id))
+             if album_folder(t.path) == folder]
+    found = album_identities([AlbumTags(t.path, t.album, t.album_artist, t.artist)
+                              for t in mates])
+    for track, identity in zip(mates, found, strict=True):
+        if track.album_key != identity.key:
+            track.album_key = identity.key
+        if track.compilation != identity.compilation:
+            track.compilation = identity.compilation
+
+
+def _in_album_folder(session: Session, folder: str) -> list:
+    """Where-clauses for the tracks directly in `folder` or one folder below it."""
+    if not folder:
+        return [~Track.path.contains("/")]
+    prefix = folder + "/"
+    below = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%/%/%"
+    clauses = [Track.path.startswith(prefix, autoescape=True),
+               ~Track.path.like(below, escape="!")]
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite's LIKE ignores case, so it cannot use the path index; its text compares
+        # byte by byte, so every path starting "folder/" lies in ["folder/", "folder0").
+        clauses += [Track.path >= prefix, Track.path < folder + "0"]
+    return clauses
 
 
 def _moved_track(session: Session, root: str, fp: str) -> Track | None:

@@ -64,10 +64,10 @@ from daemon.core.config import Config
 from daemon.core.db.models import (
     Decision,
     Event,
+    Model,
     ServiceState,
     Suggestion,
     Track,
-    TrainingRun,
     utcnow,
 )
 from daemon.core.health import read_health
@@ -76,6 +76,7 @@ from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, 
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
 from daemon.learn.report import cannot_suggest_lines
+from daemon.learn.runs import last_run
 from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
 
@@ -138,7 +139,12 @@ def published_health(config: Config, now: datetime) -> dict | None:
 
 
 def model_status(session: Session) -> dict | None:
-    model = active_model(session)
+    """The active model as `status --json` shows it, or None."""
+    return describe_model(active_model(session))
+
+
+def describe_model(model: Model | None) -> dict | None:
+    """A model row as `status --json`'s "model" (None stays None)."""
     if model is None:
         return None
     metrics = model.metrics or {}
@@ -148,7 +154,8 @@ def model_status(session: Session) -> dict | None:
             "macro_f1": metrics.get("macro_f1")}
 
 
-def _events_last_hour(session: Session, now: datetime) -> dict[str, int]:
+def events_last_hour(session: Session, now: datetime) -> dict[str, int]:
+    """Files the worker classified and failed on in the hour before `now` (Event rows)."""
     rows = session.execute(
         select(Event.kind, func.count()).where(Event.at >= now - timedelta(hours=1),
                                                 Event.kind.in_(("classified", "failed")))
@@ -173,18 +180,24 @@ def _daemon_part(beat: dict, health: dict | None, now: datetime) -> dict[str, An
     }
 
 
-def _writes(session: Session) -> dict[str, Any]:
-    """Decided genres not yet in their files: how many, and the oldest failures."""
+def write_backlog(session: Session) -> tuple[int, int]:
+    """(decided genres not yet in their files, of those the ones whose last write failed)."""
     live = Decision.undone.is_(False)
     waiting = session.scalar(select(func.count()).select_from(Decision).where(
         Decision.write_status.in_(WRITE_OUTSTANDING), live)) or 0
+    failed = session.scalar(select(func.count()).select_from(Decision).where(
+        Decision.write_status == WriteStatus.FAILED, live)) or 0
+    return int(waiting), int(failed)
+
+
+def _writes(session: Session) -> dict[str, Any]:
+    """Decided genres not yet in their files: how many, and the oldest failures."""
+    waiting, failed_total = write_backlog(session)
     failed = session.execute(
         select(Decision, Track.path).join(Track, Decision.track_id == Track.id)
-        .where(Decision.write_status == WriteStatus.FAILED, live)
+        .where(Decision.write_status == WriteStatus.FAILED, Decision.undone.is_(False))
         .order_by(Decision.id).limit(WRITE_FAILURES_SHOWN)).all()
-    failed_total = session.scalar(select(func.count()).select_from(Decision).where(
-        Decision.write_status == WriteStatus.FAILED, live)) or 0
-    return {"decisions_waiting": int(waiting), "write_failures_total": int(failed_total),
+    return {"decisions_waiting": waiting, "write_failures_total": failed_total,
             "write_failures": [{"path": path, "genre": d.genre, "reason": d.write_error,
                                 "attempts": d.write_attempts,
                                 "next_try": _iso(d.next_write_at)} for d, path in failed]}
@@ -200,8 +213,7 @@ def _quarantined(session: Session) -> list[dict[str, Any]]:
 
 
 def _retraining(session: Session, config: Config, now: datetime) -> dict[str, Any]:
-    last = session.scalars(select(TrainingRun).order_by(TrainingRun.started_at.desc(),
-                                                        TrainingRun.id.desc()).limit(1)).first()
+    last = last_run(session)
     return {
         "enabled": config.retrain.enabled,
         "last": None if last is None else {
@@ -212,20 +224,29 @@ def _retraining(session: Session, config: Config, now: datetime) -> dict[str, An
     }
 
 
+def tracks_by_state(session: Session) -> dict[str, int]:
+    """How many tracks are in each TrackState (every state, 0 when none)."""
+    counts = dict(session.execute(
+        select(Track.state, func.count()).group_by(Track.state)).all())
+    return {state.value: int(counts.get(state.value, 0)) for state in TrackState}
+
+
+def pending_suggestions(session: Session) -> int:
+    """Suggestions waiting for the music director."""
+    return int(session.scalar(select(func.count()).select_from(Suggestion).where(
+        Suggestion.status == SuggestionStatus.PENDING)) or 0)
+
+
 def collect_status(config: Config, sessions: sessionmaker[Session],
                    now: datetime | None = None) -> dict[str, Any]:
     """Everything `status` shows, as the documented JSON-able dict."""
     now = now or utcnow()
     with sessions() as session:
-        counts = dict(session.execute(
-            select(Track.state, func.count()).group_by(Track.state)).all())
-        by_state = {state.value: int(counts.get(state.value, 0)) for state in TrackState}
-        last_hour = _events_last_hour(session, now)
+        by_state = tracks_by_state(session)
+        last_hour = events_last_hour(session, now)
         heartbeat = session.get(ServiceState, DAEMON_KEY)
         reconcile = session.get(ServiceState, LAST_RECONCILE_KEY)
         walk = dict(reconcile.value or {}) if reconcile is not None else None
-        pending = session.scalar(select(func.count()).select_from(Suggestion).where(
-            Suggestion.status == SuggestionStatus.PENDING)) or 0
         health = published_health(config, now)
         active = active_model(session)
         return {
@@ -237,7 +258,7 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             "files_per_minute": round((last_hour["classified"] + last_hour["failed"]) / 60.0,
                                       2),
             "last_hour": last_hour,
-            "pending_suggestions": int(pending),
+            "pending_suggestions": pending_suggestions(session),
             **_writes(session),
             "model": model_status(session),
             "last_reconcile": dict(reconcile.value) if reconcile is not None else None,

@@ -63,6 +63,7 @@ from daemon.review.web.app import WebServer
 from daemon.review.writeback import Writer
 from daemon.service.heap import bound_heap
 from daemon.service.logs import setup_logging
+from daemon.service.metrics import MetricsSources
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.service.scheduler import Scheduler
 from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
@@ -213,8 +214,9 @@ class Service:
 
         self.writer = self._add("writer", Writer(live, self.sessions, children=self.readers))
         # A decision wakes the writer, so an accepted genre lands in the file at once.
-        self.web = self._add("web", WebServer(live, self.sessions, on_decision=self.writer.wake,
-                                              children=self.readers))
+        self.web = self._add("web", WebServer(
+            live, self.sessions, on_decision=self.writer.wake, children=self.readers,
+            metrics_sources=MetricsSources(self.components, self.worker_ages)))
         self.scheduler = Scheduler(live, self.sessions)
         self.scheduler.add_reconcile(self.library)
         self._add("scheduler", self.scheduler)
@@ -333,6 +335,14 @@ class Service:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
                                     "waiting": "for the first walk's files to settle"}
         return reports
+
+    def worker_ages(self) -> dict[str, float]:
+        """/metrics: seconds since the in-process worker's loop last went round, under the
+        name "<host>:service" (a `genretagger worker` elsewhere has a name of its own)."""
+        worker = self.worker
+        if worker is None:
+            return {}
+        return {f"{socket.gethostname()}:service": max(0.0, time.monotonic() - worker.beat)}
 
     def healthy(self) -> bool:
         """For the watchdog: the main loop and every component's thread go round."""

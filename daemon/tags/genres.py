@@ -8,12 +8,21 @@ copies from the shipped daemon/tags/genres.toml; `station_genre_map` loads it):
     [genres.Metal]
     aliases = ["Heavy Metal", "Thrash Metal", ...]
 
+    [cold_start]                                # unverified: suggestions before a model
+    verified = false
+    [cold_start.msd_tags]
+    Metal = ["metal", "heavy metal"]             # backbone MSD tags meaning the genre
+
 Matching ignores case, accents, spacing and punctuation, treats "&", "+" and "n" (as in
 "rock 'n' roll") as "and", so "Hip Hop", "hip-hop" and "HIPHOP" are one spelling. Numeric
 ID3v1 references left as text by conversion tools (`(17)`, `17`, `(17)Rock`) resolve through
 the ID3v1 table. A value such as "Rock; Pop" or "Electronica/Dance" that does not match as a
 whole is tried part by part. A raw genre with no mapping counts as untagged (None); with
 several raw genres, the first that maps wins.
+
+The [cold_start] table maps genres to the backbone's 50 Million Song Dataset tags
+(MSD_TAGS): before the station has a trained model, trainer.coldstart turns the tags'
+probabilities into genre suggestions, marked unverified. A genre it does not name gets none.
 """
 
 from __future__ import annotations
@@ -38,6 +47,18 @@ _NUMERIC = re.compile(r"^\(?(\d{1,3})\)?$")
 _REFERENCES = re.compile(r"^((?:\((?:\d{1,3}|RX|CR)\))+)\s*(.*)$", re.IGNORECASE)
 _SEPARATORS = re.compile(r"\s*(?:;|/|,|\||\\\\?)\s*")
 
+# The musicnn MSD_musicnn taggram's 50 tags in its output order, written out (the daemon
+# never reads the wheel; tests/test_genres.py checks them against the wheel's own list).
+MSD_TAGS = (
+    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
+    "alternative rock", "jazz", "beautiful", "metal", "chillout", "male vocalists",
+    "classic rock", "soul", "indie rock", "Mellow", "electronica", "80s", "folk", "90s",
+    "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient", "acoustic",
+    "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
+    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock",
+    "60s", "rnb", "indie pop", "sad", "House", "happy",
+)
+
 
 def normalise(raw: str) -> str:
     """A raw genre -> its matching key: casefolded, accents dropped, "&"/"+"/"n" as "and",
@@ -56,6 +77,10 @@ class GenreMap:
     canonical: tuple[str, ...]
     aliases: Mapping[str, str]
     source: str = field(default="", compare=False)
+    # [cold_start.msd_tags]: canonical genre -> the MSD tags that mean it (only genres with
+    # at least one tag, in canonical order; spelled as in MSD_TAGS). Empty: no table.
+    cold_start: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def canonical_for(self, raw: str | Iterable[str] | None) -> str | None:
         """Raw genre value(s) from a file's tags -> canonical genre, or None (untagged)."""
@@ -142,10 +167,10 @@ def parse_genre_map(text: str, source: str = "genres.toml") -> GenreMap:
     def fail(message: str) -> GenreMapError:
         return GenreMapError(f"{source}: {message}")
 
-    unknown = set(data) - {"canonical", "genres"}
+    unknown = set(data) - {"canonical", "genres", "cold_start"}
     if unknown:
         raise fail(f"unknown key(s) {', '.join(sorted(unknown))}; "
-                   "expected `canonical = [...]` and [genres.NAME] tables")
+                   "expected `canonical = [...]`, [genres.NAME] and [cold_start] tables")
     canonical = data.get("canonical")
     if canonical is None:
         raise fail("missing `canonical = [...]`, the list of genres to suggest")
@@ -195,7 +220,44 @@ def parse_genre_map(text: str, source: str = "genres.toml") -> GenreMap:
             elif owner != name:
                 raise fail(f"{where}: alias {alias!r} already maps to {owner!r} "
                            f"(as {spelled[key]!r}); one spelling can have one genre")
-    return GenreMap(tuple(canonical), MappingProxyType(aliases), source)
+    cold_start = _cold_start_table(data.get("cold_start"), canonical, fail)
+    return GenreMap(tuple(canonical), MappingProxyType(aliases), source, cold_start)
+
+
+def _cold_start_table(table: object, canonical: list[str], fail
+                      ) -> Mapping[str, tuple[str, ...]]:
+    """[cold_start] -> {genre: MSD tags}, validated: genres must be canonical, tags among
+    MSD_TAGS (matched ignoring case, stored in the taggram's spelling)."""
+    if table is None:
+        return MappingProxyType({})
+    if not isinstance(table, dict):
+        raise fail("`cold_start` must be a table: [cold_start] with verified = false "
+                   "and [cold_start.msd_tags]")
+    extra = set(table) - {"verified", "msd_tags"}
+    if extra:
+        raise fail(f"[cold_start]: unknown key(s) {', '.join(sorted(extra))}; "
+                   "only `verified` and [cold_start.msd_tags] are allowed")
+    if table.get("verified", False) is not False:
+        raise fail("[cold_start]: `verified` must be false: suggestions from MSD tags are "
+                   "never checked against the station's songs (a trained model is)")
+    tags = table.get("msd_tags", {})
+    if not isinstance(tags, dict):
+        raise fail('[cold_start.msd_tags] must be a table like Rock = ["rock", "punk"]')
+    spelling = {tag.casefold(): tag for tag in MSD_TAGS}
+    for genre, names in tags.items():
+        where = f"[cold_start.msd_tags] {_quoted(genre)}"
+        if genre not in canonical:
+            raise fail(f"{where}: {genre!r} is not a canonical genre (canonical: "
+                       f"{', '.join(canonical)})")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise fail(f"{where}: must be a list of MSD tags in quotes")
+        unknown_tags = [n for n in names if n.strip().casefold() not in spelling]
+        if unknown_tags:
+            raise fail(f"{where}: {', '.join(map(repr, unknown_tags))} is not one of the "
+                       f"backbone's MSD tags ({', '.join(MSD_TAGS)})")
+    return MappingProxyType({
+        genre: tuple(dict.fromkeys(spelling[n.strip().casefold()] for n in tags[genre]))
+        for genre in canonical if tags.get(genre)})
 
 
 def _quoted(name: str) -> str:

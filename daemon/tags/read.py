@@ -33,7 +33,7 @@ from mutagen.aiff import AIFF
 from mutagen.apev2 import APENoHeaderError, APEv2
 from mutagen.asf import ASF
 from mutagen.flac import FLAC
-from mutagen.id3 import ID3, TALB, TCON, TIT2, TPE1
+from mutagen.id3 import ID3, TALB, TCON, TIT2, TPE1, TPE2
 from mutagen.mp3 import MP3
 from mutagen.mp4 import MP4
 from mutagen.ogg import OggFileType
@@ -45,12 +45,22 @@ from daemon.core.errors import OS_REASONS, TagError, os_reason
 from daemon.core.paths import display
 from daemon.tags import riffinfo
 
-# The tag key of each field per tag family.
-ID3_FRAMES = {"title": TIT2, "artist": TPE1, "album": TALB, "genre": TCON}
-VORBIS_KEYS = {"title": "title", "artist": "artist", "album": "album", "genre": "genre"}
-MP4_KEYS = {"title": "\xa9nam", "artist": "\xa9ART", "album": "\xa9alb", "genre": "\xa9gen"}
-ASF_KEYS = {"title": "Title", "artist": "Author", "album": "WM/AlbumTitle", "genre": "WM/Genre"}
-APE_KEYS = {"title": "Title", "artist": "Artist", "album": "Album", "genre": "Genre"}
+# The tag key of each field per tag family. The album artist is where mutagen's EasyID3
+# and EasyMP4 put "albumartist" (TPE2, aART), and what Picard and foobar2000 write elsewhere.
+ID3_FRAMES = {"title": TIT2, "artist": TPE1, "album": TALB, "genre": TCON, "album_artist": TPE2}
+VORBIS_KEYS = {"title": "title", "artist": "artist", "album": "album", "genre": "genre",
+               "album_artist": "albumartist"}
+MP4_KEYS = {"title": "\xa9nam", "artist": "\xa9ART", "album": "\xa9alb", "genre": "\xa9gen",
+            "album_artist": "aART"}
+ASF_KEYS = {"title": "Title", "artist": "Author", "album": "WM/AlbumTitle", "genre": "WM/Genre",
+            "album_artist": "WM/AlbumArtist"}
+APE_KEYS = {"title": "Title", "artist": "Artist", "album": "Album", "genre": "Genre",
+            "album_artist": "Album Artist"}
+# Other spellings of the album artist taggers leave (read, never written): foobar2000's
+# Vorbis "ALBUM ARTIST", "ALBUM_ARTIST"; Mp3tag's APE "ALBUMARTIST". Both kinds of key are
+# case-insensitive in mutagen.
+VORBIS_ALIASES = {"album_artist": ("album artist", "album_artist")}
+APE_ALIASES = {"album_artist": ("albumartist",)}
 
 # ID3v1 genre names, index = the number in `(17)` / `17` / the v1 tag byte.
 ID3V1_GENRES: tuple[str, ...] = tuple(TCON.GENRES)
@@ -70,6 +80,7 @@ class TrackTags:
     genres: tuple[str, ...]
     duration: float | None
     format: str
+    album_artist: str | None = None
 
 
 def read_tags(path: str | os.PathLike) -> TrackTags:
@@ -82,7 +93,7 @@ def read_tags(path: str | os.PathLike) -> TrackTags:
             # An APEv2 tag (left by foobar2000, mp3gain, ...) fills what ID3 lacks.
             ape = read_apev2(fileobj)
             if ape is not None:
-                for name, values in _fields_from(ape, APE_KEYS).items():
+                for name, values in _fields_from(ape, APE_KEYS, APE_ALIASES).items():
                     if not fields.get(name):
                         fields[name] = values
         if isinstance(audio, WAVE):
@@ -100,6 +111,7 @@ def read_tags(path: str | os.PathLike) -> TrackTags:
         genres=_unique(fields.get("genre", ())),
         duration=float(length) if length and length > 0 else None,
         format=format_of(audio),
+        album_artist=_joined(fields.get("album_artist")),
     )
 
 
@@ -201,9 +213,9 @@ def read_fields(audio: mutagen.FileType) -> dict[str, list[str]]:
     if isinstance(audio, ASF):
         return _fields_from(tags, ASF_KEYS)
     if isinstance(tags, APEv2):
-        return _fields_from(tags, APE_KEYS)
+        return _fields_from(tags, APE_KEYS, APE_ALIASES)
     if isinstance(audio, (FLAC, OggFileType)):
-        return _fields_from(tags, VORBIS_KEYS)
+        return _fields_from(tags, VORBIS_KEYS, VORBIS_ALIASES)
     return {}
 
 
@@ -236,10 +248,15 @@ def id3_genres(frame: TCON, version: tuple[int, int, int]) -> list[str]:
     return split
 
 
-def _fields_from(tags, keys: dict[str, str]) -> dict[str, list[str]]:
+def _fields_from(tags, keys: dict[str, str],
+                 aliases: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[str]]:
     fields = {}
     for name, key in keys.items():
         values = tags.get(key)
+        for alias in (aliases or {}).get(name, ()):
+            if values is not None:
+                break
+            values = tags.get(alias)
         if values is None:
             continue
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):

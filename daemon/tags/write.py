@@ -196,10 +196,12 @@ def write_genre_atomically(path: Path | str, genre: str,
 
 
 def write_tags(path: str | os.PathLike, *, title: str | None = None, artist: str | None = None,
-               album: str | None = None, genre: str | None = None) -> None:
+               album: str | None = None, genre: str | None = None,
+               album_artist: str | None = None) -> None:
     """Set the given fields in place (None leaves a field as it is). For the demo library,
     fixtures and tools; the daemon's own writes go through set_genre. Raises TagError."""
-    wanted = {"title": title, "artist": artist, "album": album, "genre": genre}
+    wanted = {"title": title, "artist": artist, "album": album, "genre": genre,
+              "album_artist": album_artist}
     wanted = {name: [value] for name, value in wanted.items() if value is not None}
     if not wanted:
         return

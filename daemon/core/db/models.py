@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -79,6 +80,11 @@ class Track(Base):
     title: Mapped[str | None] = mapped_column(String(1024))
     artist: Mapped[str | None] = mapped_column(String(1024))
     album: Mapped[str | None] = mapped_column(String(1024))
+    album_artist: Mapped[str | None] = mapped_column(String(1024))
+    # Which album the track is on (daemon.library.albums; None: a loose file at the root),
+    # and whether that album is a compilation (its songs' artists differ).
+    album_key: Mapped[str | None] = mapped_column(String(16), index=True)
+    compilation: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The tag as found in the file, and what genres.toml maps it to (None: untagged).
     raw_genre: Mapped[str | None] = mapped_column(String(1024))
     canonical_genre: Mapped[str | None] = mapped_column(String(64))

@@ -22,6 +22,8 @@ from flask import (
 
 from daemon.review.web.common import (
     OPEN_ENDPOINTS,
+    TOKEN_ENDPOINTS,
+    Review,
     go_next,
     next_page,
     plain,
@@ -30,7 +32,9 @@ from daemon.review.web.common import (
 )
 from daemon.review.web.security import (
     SECURITY_HEADERS,
+    bearer_token,
     check_secret,
+    check_token,
     host_name,
     is_loopback,
 )
@@ -77,6 +81,8 @@ def guard():
     if deps.needs_login:
         if request.endpoint in OPEN_ENDPOINTS or session.get("auth") == deps.epoch:
             return None
+        if request.endpoint in TOKEN_ENDPOINTS:
+            return _token_or_refuse(deps)
         if wants_json() or request.method != "GET" or request.endpoint in MEDIA_ENDPOINTS:
             return plain(401, "Please sign in first.")
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
@@ -87,6 +93,27 @@ def guard():
     if not is_loopback(host_name(request.host)):
         return plain(400, "Unexpected host name.")
     return None
+
+
+def _token_or_refuse(deps: Review):
+    """A script's request: None (go on) for the right bearer token, else 401 (429 while
+    the address is locked out, as for sign-in)."""
+    address = request.remote_addr or "?"
+    given = bearer_token(request.headers.get("Authorization"))
+    challenge = {"WWW-Authenticate": 'Bearer realm="genretagger"'}
+    if given is None:
+        return Response("Send review.token as 'Authorization: Bearer <token>'.\n", 401,
+                        challenge, mimetype="text/plain")
+    wait = deps.limiter.retry_after(address)
+    if wait > 0:
+        return Response("Too many wrong tokens; wait.\n", 429,
+                        {"Retry-After": str(max(1, round(wait)))}, mimetype="text/plain")
+    if check_token(deps.config.review, given):
+        deps.limiter.succeeded(address)
+        return None
+    deps.limiter.failed(address)
+    log.warning("wrong bearer token for %s from %s", request.path, address)
+    return Response("That token is not right.\n", 401, challenge, mimetype="text/plain")
 
 
 @bp.after_app_request

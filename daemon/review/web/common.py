@@ -33,6 +33,8 @@ MAX_PAGE = 1_000_000
 OPTIONS_TTL_S = 10.0
 # Pages a signed-out visitor may see.
 OPEN_ENDPOINTS = frozenset({"auth.login", "static"})
+# Read by scripts (a Prometheus scraper), which send review.token as a bearer token.
+TOKEN_ENDPOINTS = frozenset({"metrics.metrics"})
 # What a `next=` may contain: printable ASCII without spaces or backslashes (every page
 # of ours builds it from request.full_path, which is percent-encoded).
 _NEXT_CHARS = re.compile(r"[!-\[\]-~]+")

@@ -74,6 +74,20 @@ def check_secret(review: ReviewConfig, given: str) -> bool:
     return False
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (RFC 6750), else None."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def check_token(review: ReviewConfig, given: str | None) -> bool:
+    """Is `given` the configured review.token? (Never the password: a scraper sends it
+    every few seconds, and the password's hash is made slow to check on purpose.)"""
+    return bool(review.token and given
+                and hmac.compare_digest(given.encode(), review.token.encode()))
+
+
 def credential_epoch(review: ReviewConfig) -> str:
     """Changes when the password/token changes, so old logins stop working."""
     material = f"{review.password_hash or ''}\0{review.token or ''}".encode()

@@ -1,0 +1,24 @@
+"""/metrics: the station's Prometheus metrics (daemon.service.metrics), behind the review
+page's rules (daemon.review.web.auth.guard): this machine only without a password or
+token; else a signed-in browser, or review.token as `Authorization: Bearer` (a scraper).
+
+Served here rather than on a port of its own: one listener, one set of rules for who may
+read what the station is doing, and no second bind to get wrong."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from daemon.review.web.common import plain
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics():
+    station = current_app.extensions.get("metrics")
+    if station is None:  # [metrics] enabled = false
+        return plain(404, "Nothing here.")
+    return Response(station.exposition(), content_type=CONTENT_TYPE_LATEST,
+                    headers={"Cache-Control": "no-store"})
