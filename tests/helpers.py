@@ -238,7 +238,13 @@ def add_suggested_track(sessions, path: str, top=(("Rock", 0.8), ("Metal", 0.15)
 HOLD_LOCK = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
+if sys.argv[3] == "exclusive":
+    # Exclusive locking mode: on a WAL database readers are shut out too (a backup tool
+    # or a sqlite3 shell run this way), which the plain write lock never does.
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    conn.execute("BEGIN EXCLUSIVE")
+else:
+    conn.execute("BEGIN IMMEDIATE")
 conn.execute("INSERT INTO service_state (key, value, updated_at) "
              "VALUES ('someone else', '{}', '2026-01-01 00:00:00')")
 print("locked", flush=True)
@@ -247,12 +253,18 @@ conn.execute("COMMIT")
 """
 
 
-def hold_write_lock(db_file: Path, seconds: float) -> subprocess.Popen:
-    """Another process holding SQLite's write lock for `seconds`."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db_file), str(seconds)],
+def hold_write_lock(db_file: Path, seconds: float, mode: str = "write") -> subprocess.Popen:
+    """Another process holding SQLite's write lock for `seconds` (mode "exclusive": its
+    exclusive lock, so nobody reads either)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db_file), str(seconds), mode],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
+
+
+def hold_exclusive_lock(db_file: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding SQLite's exclusive lock for `seconds`: nobody reads."""
+    return hold_write_lock(db_file, seconds, "exclusive")
 
 
 # ---- song names ----------------------------------------------------------------------------
@@ -501,26 +513,3 @@ def two_input_bundle(out, classes: tuple[str, ...], hears: str, seed: int = 0):
     onnx.checker.check_model(model)
     onnx.save(model, out / "model.onnx")
     return out
-
-
-HOLD_EXCLUSIVE = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-# Exclusive locking mode: on a WAL database readers are shut out too (a backup tool or a
-# sqlite3 shell run this way), which the plain write lock above never does.
-conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-conn.execute("BEGIN EXCLUSIVE")
-conn.execute("INSERT INTO service_state (key, value, updated_at) "
-             "VALUES ('someone else', '{}', '2026-01-01 00:00:00')")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
-
-
-def hold_exclusive_lock(db_file: Path, seconds: float) -> subprocess.Popen:
-    """Another process holding SQLite's exclusive lock for `seconds`: nobody reads."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(db_file), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc

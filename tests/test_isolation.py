@@ -82,11 +82,15 @@ def vm_hwm_mb(pid: int) -> float:
 
 class ModelessStation(Station):
     """The daemon harness (helpers.Station), without a model: files are tracked, and
-    nothing is classified."""
+    nothing is classified. The backbone is off, so no cold-start model is built and
+    loaded while the test measures the service's peak memory."""
 
     def _register(self, bundle) -> None:
         from daemon.core.config import load_config
         from daemon.core.db.engine import open_database
+
+        text = self.config.read_text()
+        self.config.write_text(text.replace("[classifier]\n", "[classifier]\nbackbone = false\n"))
 
         engine, _ = open_database(load_config(self.config).db_url)  # migrated, no model
         engine.dispose()
