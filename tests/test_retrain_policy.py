@@ -155,6 +155,42 @@ def test_the_sql_label_is_the_same_rule_as_the_python_one(tmp_path):
     assert in_sql == {"a.mp3": "Jazz", "b.mp3": "Rock", "c.mp3": "Jazz", "d.mp3": None}
 
 
+def test_a_genre_newly_learnable_retrains_however_few_labels_are_new():
+    train, reason = should_retrain(NOW, model(), 5, 25, False, trainable_genres=3,
+                                   new_genres=["Reggae"])
+    assert train and "Reggae now has enough songs to be learned (5 new" in reason
+    assert should_retrain(NOW, model(), 5, 25, False, new_genres=())[0] is False
+
+
+@pytest.mark.parametrize(("backbone", "expected"), [(True, ["Reggae"]), (False, [])])
+def test_five_confirmed_reggae_songs_are_learned_the_next_night(tmp_path, backbone, expected):
+    """The director confirms five Reggae songs: with the backbone (a genre from 3 songs)
+    the nightly run trains, though 5 labels are far below min_new_labels; with the seed
+    CNN alone (20 songs a genre) it waits."""
+    from daemon.learn.retrainer import Retrainer
+
+    config = parse_config({"library": {"root": str(tmp_path / "lib")},
+                           "state_dir": str(tmp_path / "state"),
+                           "classifier": {"backbone": backbone}}, "test")
+    _engine, sessions = open_database(config.db_url)
+    frozen = datetime.now(UTC) - timedelta(days=1)
+    with sessions.begin() as session:
+        session.add(Model(version=1, path="/x/model.onnx", sha256="0" * 64, status="active",
+                          classes=["Jazz", "Rock"], metrics={}, trained_until=frozen,
+                          created_at=frozen))
+        for genre, n in (("Jazz", 25), ("Rock", 25)):
+            for i in range(n):
+                session.add(Track(path=f"{genre}/{i}.mp3", size=1, mtime=1.0,
+                                  state=TrackState.TAGGED, canonical_genre=genre))
+        for i in range(5):
+            session.add(Track(path=f"Reggae/{i}.mp3", size=1, mtime=1.0,
+                              state=TrackState.REVIEWED, confirmed_genre="Reggae",
+                              confirmed_at=datetime.now(UTC)))
+    train, reason, facts = Retrainer(config, sessions).decide()
+    assert facts["newly_learnable"] == expected and facts["new_labels"] == 5
+    assert train is bool(expected), reason
+
+
 # ---- the trainer's command line -----------------------------------------------------------
 
 def test_the_retrainer_starts_the_trainer_as_python_m_trainer_train(tmp_path):

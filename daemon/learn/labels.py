@@ -62,11 +62,6 @@ def recent_label_paths(session: Session, since: datetime | None) -> set[str]:
     return set(session.scalars(query))
 
 
-def trainable_genres(session: Session, min_songs: int) -> int:
-    """Genres with >= min_songs labelled tracks still in the library."""
-    return sum(1 for n in label_counts(session).values() if n >= min_songs)
-
-
 def current_labels(session: Session, paths: Iterable[str]) -> dict[str, str | None]:
     """{path: its training label now} for the paths the database knows."""
     return {path: training_label(confirmed, canonical)

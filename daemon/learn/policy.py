@@ -1,8 +1,9 @@
 """When to retrain, and which new labels the candidate must not train on (pure).
 
-should_retrain(): enough confirmed labels since the active model's training set was frozen
-(or forced, or no model yet). holdout_share(): the share of those new labels held out of
-training so the gate judges both models on songs neither has seen.
+should_retrain(): enough confirmed labels since the active model's training set was frozen,
+or a genre newly learnable (or forced, or no model yet). holdout_share(): the share of
+those new labels held out of training so the gate judges both models on songs neither
+has seen.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ RECENT_HOLDOUT_SHARE = 0.25
 
 
 def should_retrain(now: datetime, active: Model | None, new_labels: int, min_new_labels: int,
-                   forced: bool, *, trainable_genres: int | None = None) -> tuple[bool, str]:
+                   forced: bool, *, trainable_genres: int | None = None,
+                   new_genres: Collection[str] = ()) -> tuple[bool, str]:
     """Whether to train now, and why (the reason is logged and stored on the run).
 
     In: the current time, the active model (None: none yet), how many confirmed labels
     arrived since its training set was frozen, the threshold, whether an operator asked
-    (`retrain --now`), and optionally how many genres have enough tagged songs to train.
+    (`retrain --now`), optionally how many genres have enough tagged songs to train, and
+    the genres the active model does not know that now have enough songs to be learned (a
+    station that adds "Reggae" with five songs gets Reggae suggestions the next morning,
+    however few labels that is against min_new_labels).
     An active unverified cold-start model counts as no model: the first trained model
     replaces it as soon as the labels suffice, however few arrived since it was built.
     Out: (train?, reason).
@@ -41,6 +46,10 @@ def should_retrain(now: datetime, active: Model | None, new_labels: int, min_new
     since = f"since v{active.version:04d}'s data was frozen {_age(now, frozen)}"
     if forced:
         return True, f"requested by an operator ({new_labels} new confirmed label(s) {since})"
+    if new_genres:
+        names = ", ".join(sorted(new_genres))
+        return True, (f"{names} now {'has' if len(new_genres) == 1 else 'have'} enough songs "
+                      f"to be learned ({new_labels} new confirmed label(s) {since})")
     if new_labels >= min_new_labels:
         return True, f"{new_labels} new confirmed label(s) {since} (threshold {min_new_labels})"
     return False, (f"nothing to learn: {new_labels} new confirmed label(s) {since}, "

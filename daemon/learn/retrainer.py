@@ -41,8 +41,9 @@ from daemon.learn.gate import judge
 from daemon.learn.labels import (
     confirmed_labels,
     count_new_labels,
+    label_counts,
+    min_songs_per_genre,
     recent_label_paths,
-    trainable_genres,
 )
 from daemon.learn.policy import holdout_share, should_retrain
 from daemon.learn.rescore import rescore_pending, resuggest_rejected
@@ -229,12 +230,20 @@ class Retrainer:
             active = registry.active_model(session)
             since = (active.trained_until or active.created_at) if active else None
             new = count_new_labels(session, since)
-            genres = trainable_genres(session, self.config.min_songs_per_genre)
+            # The backbone head learns a genre from few songs, when it can be trained here.
+            least = (min_songs_per_genre(self.config) if coldstart.unavailable(self.config)
+                     is None else self.config.min_songs_per_genre)
+            counts = label_counts(session)
+            genres = sum(1 for n in counts.values() if n >= least)
+            known = set(active.classes or ()) if active is not None else set()
+            learnable = sorted(g for g, n in counts.items() if n >= least and g not in known)
             total = count_new_labels(session, None)
             train, reason = should_retrain(now, active, new, self.config.retrain.min_new_labels,
-                                           forced, trainable_genres=genres)
+                                           forced, trainable_genres=genres,
+                                           new_genres=learnable if active else ())
             facts = {"active_version": active.version if active else None,
-                     "new_labels": new, "labels": total, "trainable_genres": genres}
+                     "new_labels": new, "labels": total, "trainable_genres": genres,
+                     "min_songs_per_genre": least, "newly_learnable": learnable}
         return train, reason, facts
 
     # -- one run
