@@ -97,7 +97,8 @@ def model_bundle(family: str) -> Path:
     """A tiny 3-genre tournament trained once with `genretagger train --family all`; out:
     a run directory whose model.onnx is `family`'s bundle (ensemble: both families)."""
     out = OUT / "model"
-    if not (out / "model.onnx").exists():
+    if not all((out / f"{f}.onnx").exists() for f in ("cnn", "backbone", "ensemble")):
+        shutil.rmtree(out, ignore_errors=True)  # none, or a run from before the tournament
         library = OUT / "model-library"
         shutil.rmtree(library, ignore_errors=True)
         make_library(library, songs_per_genre=8, genres=GENRES, untagged_share=0.0,
