@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import overconfident_clips
 
 from daemon.core.errors import ConfigError
 from daemon.learn.gate import gate
@@ -224,11 +225,7 @@ def test_calibration_needs_enough_songs_and_fits_an_overconfident_model():
     clips, labels = calibrated_songs(0, n=12)
     few = choose_temperature(clips, labels)
     assert (few.temperature, few.how) == (1.0, TOO_FEW_SONGS)
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 60)
-    predicted = np.where(rng.random(60) < 0.7, labels, (labels + 1) % 3)
-    clips = np.full((60, 5, 3), 0.015)
-    clips[np.arange(60), :, predicted] = 0.97
+    clips, labels = overconfident_clips(60)
     fitted = choose_temperature(clips, labels)
     assert fitted.how == FITTED and fitted.temperature > 1.5
     assert fitted.held_out["ece_fitted"] < fitted.held_out["ece_1"] / 3

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import overconfident_clips
 
 from daemon.cli.demo import encode, make_library, synthesize
 from daemon.suggest.classifier import Classifier, read_metadata, song_probabilities
@@ -119,12 +120,7 @@ def test_song_metrics_for_the_gate():
 
 
 def test_temperature_scaling_reduces_overconfidence():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 300)
-    # Overconfident clips: right 70% of the time, always ~97% sure.
-    predicted = np.where(rng.random(300) < 0.7, labels, (labels + 1) % 3)
-    clip_probs = np.full((300, 5, 3), 0.015)
-    clip_probs[np.arange(300), :, predicted] = 0.97
+    clip_probs, labels = overconfident_clips(300)
     temperature = fit_temperature(clip_probs, labels)
     assert temperature > 1.5
     before = expected_calibration_error(song_probabilities(clip_probs, 1.0), labels)
