@@ -143,7 +143,7 @@ def read_bundle(out_dir: Path) -> BundleFacts:
     """
     onnx_path = out_dir / "model.onnx"
     classifier = Classifier.load(onnx_path, DEFAULT_SPEC)
-    report = _read_json(out_dir / "report.json")
+    report = read_json(out_dir / "report.json")
     meta = classifier.metadata
     metrics = report_metrics(report) or _as_dict(meta.get("metrics"))
     training_set = _as_dict(report.get("training_set")) or _as_dict(meta.get("training_set"))
@@ -164,7 +164,8 @@ def report_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return test if isinstance(test, dict) and "macro_f1" in test else {}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when absent, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -14,23 +14,17 @@ same keys. A recall of null means the genre had no holdout song: "not tested", n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from daemon.core.db.models import Model
+from daemon.learn.registry import read_json
 
 NOT_TESTED = "not tested"
 
 
 def _report(model: Model) -> dict[str, Any]:
-    if not model.report_path:
-        return {}
-    try:
-        data = json.loads(Path(model.report_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json(Path(model.report_path)) if model.report_path else {}
 
 
 def model_report_facts(model: Model) -> dict[str, Any]:
