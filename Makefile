@@ -13,7 +13,7 @@ BACKBONE_ONNX := $(MUSICNN)/backbone.onnx
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[trainer,dev]'
+	$(BIN)/pip install --quiet -e '.[trainer,postgresql,dev]'
 	touch $(STAMP)
 
 # Fetched once at install time, never at run time: musicnn pins numpy<1.17, so only its
@@ -32,13 +32,15 @@ backbone: $(BACKBONE_ONNX)
 
 # The Debian packages the tests use, installed with one apt-get update when missing:
 # Chromium drives the browser tests (Playwright never downloads a browser of its own);
-# the independent tag readers and writers are what the write-back tests compare against.
+# the independent tag readers and writers are what the write-back tests compare against;
+# the tests start a throwaway PostgreSQL server of their own (tests/pgcluster.py).
 DEBIAN_TOOLS := chromium exiftool kid3-cli mediainfo ffmpeg ffprobe lame flac metaflac \
                 oggenc opusenc
 DEBIAN_PACKAGES := chromium libimage-exiftool-perl kid3-cli mediainfo ffmpeg lame flac \
-                   vorbis-tools opus-tools
+                   vorbis-tools opus-tools postgresql
 debian-tools:
-	@if [ "$$(command -v $(DEBIAN_TOOLS) | wc -l)" = "$(words $(DEBIAN_TOOLS))" ]; then :; \
+	@if [ "$$(command -v $(DEBIAN_TOOLS) | wc -l)" = "$(words $(DEBIAN_TOOLS))" ] \
+	    && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(DEBIAN_PACKAGES); \
 	else echo "install the tools the tests use: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 1; fi
 

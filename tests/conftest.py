@@ -71,6 +71,34 @@ def database(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the whole session (tests/pgcluster.py)."""
+    from pgcluster import Cluster
+
+    cluster = Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """The URL of a new migrated database, once on SQLite and once on PostgreSQL: a test
+    taking it runs on both backends."""
+    if request.param == "sqlite":
+        from daemon.core.db.engine import open_database
+
+        url = f"sqlite:///{tmp_path / 'genretagger.db'}"
+        engine, _ = open_database(url)
+        engine.dispose()
+        yield url
+        return
+    cluster = request.getfixturevalue("postgres")
+    url = cluster.new_database()
+    yield url
+    cluster.drop_database(url)
+
+
+@pytest.fixture(scope="session")
 def trained_bundle(tmp_path_factory) -> Path:
     """A trainer --out dir (model.onnx ...) for Classical / Hip-Hop / Metal.
 

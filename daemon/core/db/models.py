@@ -105,6 +105,8 @@ class Track(Base):
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The workers.id holding the track while it is `working` (None otherwise).
+    claimed_by: Mapped[int | None] = mapped_column(Integer, index=True)
 
     suggestions: Mapped[list[Suggestion]] = relationship(
         back_populates="track", order_by="Suggestion.id"
@@ -139,6 +141,9 @@ class Suggestion(Base):
     # The nearest confirmed-or-tagged songs by embedding, best first (up to three):
     # [{"track_id", "path", "genre", "similarity"}, ...]; None: no embedding for this song.
     sounds_like: Mapped[list[Any] | None]
+    # The album/artist context that weighed in (daemon.suggest.context): the mates' genre
+    # counts, the reason in words, the audio-only top genres; None: no context used.
+    context: Mapped[dict[str, Any] | None]
 
     track: Mapped[Track] = relationship(back_populates="suggestions")
 
@@ -164,6 +169,8 @@ class Decision(Base):
     write_attempts: Mapped[int] = mapped_column(Integer, default=0)
     write_error: Mapped[str | None] = mapped_column(Text)
     next_write_at: Mapped[datetime | None]
+    # Shared by the decisions of one album-at-a-time action: one undo takes them all back.
+    batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Model(Base):
@@ -212,6 +219,24 @@ class Event(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(32))  # classified | failed | reconcile ...
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Worker(Base):
+    """A running process that claims work: the service, or a `genretagger worker` on any
+    host. Its heartbeat says it is alive; tracks held by one whose heartbeat stopped go
+    back to the queue."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # worker | leader | standby
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    stopped_at: Mapped[datetime | None]
+    files_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
