@@ -95,6 +95,9 @@ class WorkersConfig(Section):
     # Address space each decoder / tag-reader child may use (RLIMIT_AS). A child with
     # numpy and FFmpeg loaded starts near 450 MB; a 150 MB cover picture needs ~300 more.
     memory_max_mb: int = Field(2048, ge=512)
+    # A worker (the service, or `genretagger worker` on any host) whose heartbeat is this
+    # old is dead: the tracks it held go back to the queue. Several heartbeats' worth.
+    dead_after_seconds: float = Field(60.0, ge=15)
 
 
 class ClassifierConfig(Section):

@@ -82,6 +82,8 @@ def move(track, new: TrackState) -> None:
     if old != new and not can_move(old, new):
         raise InvalidTransition(old, new, getattr(track, "path", ""))
     track.state = new
+    if new != TrackState.WORKING and getattr(track, "claimed_by", None) is not None:
+        track.claimed_by = None  # only a working track is held by a worker
 
 
 class SuggestionStatus(StrEnum):

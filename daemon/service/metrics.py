@@ -3,7 +3,8 @@
 The review page serves them at /metrics (daemon.review.web.metrics) behind its own rules.
 One custom Collector reads everything at scrape time: the database figures in one short
 read transaction (the same functions `status` uses, daemon.service.status), the
-components' health and the worker's heartbeat from the running service in this process.
+components' health from the running service in this process; every worker's heartbeat
+age (the service's and each `genretagger worker`'s, on any host) from the workers table.
 Nothing is counted in the process between scrapes, so nothing can be counted twice or
 drift from what `status` says.
 
@@ -30,7 +31,8 @@ its figures out: the answer still comes, with what needs no database and
     genretagger_daemon_heartbeat_timestamp_seconds  the service's last heartbeat row
     genretagger_component_alive{component}          0/1, daemon.core.health reports
     genretagger_component_healthy{component}        0/1
-    genretagger_worker_heartbeat_age_seconds{worker}  since the worker's loop last went round
+    genretagger_worker_heartbeat_age_seconds{worker}  since each running worker last beat
+                                                    (worker="host:pid"; stopped ones left out)
     genretagger_metrics_db_up                       1: the database figures are in
 plus the process_* metrics of the process serving them.
 """
@@ -66,6 +68,7 @@ from daemon.service.status import (
     write_backlog,
 )
 from daemon.suggest.queue import queue_depth
+from daemon.suggest.workers import list_workers
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +85,9 @@ class MetricsSources:
     """What the running service shares with the collector; None where there is no service
     in this process (then the components come from state_dir/health.json, as for status).
 
-    components: daemon.core.health reports by name (Service.components);
-    worker_ages: seconds since each worker's loop last went round, by worker name."""
+    components: daemon.core.health reports by name (Service.components)."""
 
     components: Callable[[], dict[str, dict[str, Any]]] | None = None
-    worker_ages: Callable[[], dict[str, float]] | None = None
 
 
 def _gauge(name: str, doc: str, value: float | None = None,
@@ -119,7 +120,9 @@ def database_figures(session: Session, now: datetime) -> dict[str, Any]:
             "last_hour": events_last_hour(session, now),
             "pending": pending_suggestions(session), "write_backlog": waiting,
             "write_failures": failed, "model": model, "run": last_run(session),
-            "heartbeat": _heartbeat(beat.value if beat is not None else None)}
+            "heartbeat": _heartbeat(beat.value if beat is not None else None),
+            "worker_ages": {f"{w['host']}:{w['pid']}": w["heartbeat_age"]
+                            for w in list_workers(session, now) if w["stopped_at"] is None}}
 
 
 def _heartbeat(value: Any) -> float | None:
@@ -214,8 +217,9 @@ class StationCollector(Collector):
             yield from _track_families(figures)
             yield from _model_families(figures["model"])
             yield from _run_families(figures["run"])
+            yield _labelled("worker_heartbeat_age_seconds", "Seconds since the worker last "
+                            "beat (the workers table).", "worker", figures["worker_ages"])
         yield from self._component_families(now)
-        yield from self._worker_families()
         yield _gauge("metrics_db_up", "1 when this scrape could read the database.",
                      0.0 if figures is None else 1.0)
 
@@ -237,11 +241,6 @@ class StationCollector(Collector):
             yield _labelled(f"component_{key}", f"1 when the component is {key} "
                             "(daemon.core.health).", "component",
                             {name: 1.0 if r.get(key) else 0.0 for name, r in reports.items()})
-
-    def _worker_families(self) -> Iterator[Metric]:
-        ages = self.sources.worker_ages() if self.sources.worker_ages is not None else {}
-        yield _labelled("worker_heartbeat_age_seconds", "Seconds since the worker's loop "
-                        "last went round.", "worker", ages)
 
 
 class StationMetrics:

@@ -1,4 +1,5 @@
-"""Timed jobs: the reconciliation walk every `library.reconcile_minutes`, the nightly retrain.
+"""Timed jobs: the reconciliation walk every `library.reconcile_minutes`, the nightly retrain,
+and every REQUEUE_DEAD_SECONDS the tracks of dead workers back to the queue.
 
 APScheduler 3's BackgroundScheduler with its in-memory job store: nothing the scheduler
 does between jobs touches the database, so a locked or full database can fail a job
@@ -46,11 +47,15 @@ from daemon.core.health import Health, describe_failure, thread_alive
 from daemon.core.live import Live, as_live
 from daemon.core.states import RunTrigger
 from daemon.library.reconcile import Library
+from daemon.suggest.workers import requeue_dead
 
 log = logging.getLogger(__name__)
 
 RECONCILE_JOB = "reconcile"
 NIGHTLY_JOB = "nightly-retrain"
+REQUEUE_DEAD_JOB = "requeue-dead"
+# How often the leader looks for dead workers' tracks (at most half of dead_after).
+REQUEUE_DEAD_SECONDS = 30.0
 # The nightly job by name (it takes the Retrainer: add_nightly(NIGHTLY_FUNC, args=(r,))).
 NIGHTLY_FUNC = "daemon.learn.retrainer:nightly_job"
 # Executor threads: the nightly run (hours), a walk, and room for a late one.
@@ -212,6 +217,16 @@ class Scheduler:
                   CronTrigger(hour=retrain.hour, minute=retrain.minute), args=args,
                   grace_seconds=retrain.misfire_grace_minutes * 60,
                   next_run_time=now if missed else None)
+
+    def add_requeue_dead(self) -> None:
+        """Tracks held by workers whose heartbeat stopped go back to the queue, every
+        REQUEUE_DEAD_SECONDS (or half of workers.dead_after_seconds, if sooner)."""
+        seconds = min(REQUEUE_DEAD_SECONDS, self.config.workers.dead_after_seconds / 2)
+        self._add(REQUEUE_DEAD_JOB, "requeue dead workers' tracks", self._requeue_dead,
+                  IntervalTrigger(seconds=seconds), grace_seconds=int(seconds))
+
+    def _requeue_dead(self) -> None:
+        requeue_dead(self.sessions, self.config.workers.dead_after_seconds)
 
     def reschedule_reconcile(self) -> None:
         """Apply the running config's reconcile interval (SIGHUP)."""

@@ -70,6 +70,7 @@ from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
 from daemon.suggest.neighbours import Neighbours
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
+from daemon.suggest.workers import register, retire
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class Service:
         self._running = False  # the main loop has started (start-up is done)
         self.started_at = utcnow()
         self.sessions = None
+        self.worker_id: int | None = None  # this service's row in the workers registry
         self.worker: Worker | None = None
         self.neighbours: Neighbours | None = None
         self.library: Library | None = None
@@ -190,11 +192,13 @@ class Service:
         log.info("genre map: %d genres from %s", len(live.genre_map.canonical),
                  live.genre_map.source)
         self._publish_heartbeat()
+        self._register_worker()
 
         self.neighbours = self._add("neighbours", Neighbours(config.cache_dir,
                                                              sessions=self.sessions))
         worker = Worker(live, self.sessions)
         worker.neighbours = self.neighbours  # the worker's hook: None = no "sounds like"
+        worker.worker_id = self.worker_id  # its claims and heartbeats are this row's
         self.worker = self._add("worker", worker)
         # Nothing parses a library file in this process: one small pool of child processes
         # reads settled files and decodes the review page's media.
@@ -216,9 +220,10 @@ class Service:
         # A decision wakes the writer, so an accepted genre lands in the file at once.
         self.web = self._add("web", WebServer(
             live, self.sessions, on_decision=self.writer.wake, children=self.readers,
-            metrics_sources=MetricsSources(self.components, self.worker_ages)))
+            metrics_sources=MetricsSources(self.components)))
         self.scheduler = Scheduler(live, self.sessions)
         self.scheduler.add_reconcile(self.library)
+        self.scheduler.add_requeue_dead()
         self._add("scheduler", self.scheduler)
         # Its thread recovers runs cut off by a restart and, with no active model, trains
         # the first one (a subprocess) in the background -- from the tagged tracks, so only
@@ -246,6 +251,19 @@ class Service:
         # the rows may wait out a busy database, and healthy() takes that lock.
         if self.config.retrain.enabled and not self.stop_event.is_set():
             self.scheduler.add_nightly(partial(nightly_job, self.retrainer))
+
+    def _register_worker(self) -> None:
+        """This service's row in the workers registry (daemon.suggest.workers): its worker
+        claims under it and beats it; `status` and /metrics list it."""
+        self.worker_id = register(self.sessions, "leader", {"config": str(self.config_path)})
+
+    def _retire_worker(self) -> None:
+        if self.worker_id is None:
+            return
+        try:
+            retire(self.sessions, self.worker_id)
+        except Exception as err:  # dead_after hands its tracks back anyway
+            log.warning("cannot retire worker %d: %s", self.worker_id, describe_failure(err))
 
     # ---- running -----------------------------------------------------------------------
 
@@ -335,14 +353,6 @@ class Service:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
                                     "waiting": "for the first walk's files to settle"}
         return reports
-
-    def worker_ages(self) -> dict[str, float]:
-        """/metrics: seconds since the in-process worker's loop last went round, under the
-        name "<host>:service" (a `genretagger worker` elsewhere has a name of its own)."""
-        worker = self.worker
-        if worker is None:
-            return {}
-        return {f"{socket.gethostname()}:service": max(0.0, time.monotonic() - worker.beat)}
 
     def healthy(self) -> bool:
         """For the watchdog: the main loop and every component's thread go round."""
@@ -437,6 +447,7 @@ class Service:
         self._publish_health(stopped=True)
         if self.sessions is not None:
             self._publish_heartbeat(stopped=True)
+            self._retire_worker()
             self.engine.dispose()
         self.pinger.close()
         self.notifier.close()

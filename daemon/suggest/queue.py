@@ -49,29 +49,56 @@ def queue_depth(session: Session) -> int:
         Track.state.in_(WAITING))) or 0
 
 
-def requeue_working(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
-    """Tracks in `working` (all, or these ids) back to `queued`. Returns how many moved.
-
-    At start-up these are files a crash left half done; at shutdown, files not finished.
-    """
+def requeue_working(sessions: sessionmaker[Session], ids: list[int],
+                    worker_id: int | None = None) -> int:
+    """These tracks, if still `working` (and, with `worker_id`, still held by that worker:
+    one handed back meanwhile and claimed by another worker stays theirs), back to
+    `queued`. Returns how many moved. What a worker gives back: files not finished at
+    shutdown, or claimed while no model was there."""
+    if not ids:
+        return 0
     with transaction(sessions) as session:
-        query = select(Track).where(Track.state == TrackState.WORKING)
-        if ids is not None:
-            if not ids:
-                return 0
-            query = query.where(Track.id.in_(ids))
-        tracks = session.scalars(query).all()
-        now = utcnow()
-        for track in tracks:
-            move(track, TrackState.QUEUED)
-            track.state_changed_at = now
-        return len(tracks)
+        query = select(Track).where(Track.state == TrackState.WORKING, Track.id.in_(ids))
+        if worker_id is not None:
+            query = query.where(Track.claimed_by == worker_id)
+        return _requeue(session.scalars(query).all())
+
+
+def requeue_held(sessions: sessionmaker[Session], holders: list[int], *,
+                 unclaimed: bool = False) -> int:
+    """Tracks in `working` held by these workers (dead ones: daemon.suggest.workers), and
+    with `unclaimed` the ones held by no worker (claimed before workers had ids, or by a
+    process that gave none), back to `queued`. Returns how many moved."""
+    held = Track.claimed_by.in_(holders) if holders else None
+    if unclaimed:
+        held = Track.claimed_by.is_(None) if held is None else or_(held,
+                                                                    Track.claimed_by.is_(None))
+    if held is None:
+        return 0
+    with transaction(sessions) as session:
+        return _requeue(session.scalars(
+            select(Track).where(Track.state == TrackState.WORKING, held)).all())
+
+
+def _requeue(tracks: list[Track]) -> int:
+    now = utcnow()
+    for track in tracks:
+        move(track, TrackState.QUEUED)  # clears claimed_by
+        track.state_changed_at = now
+    return len(tracks)
 
 
 def claim_tracks(sessions: sessionmaker[Session], limit: int, exclude: set[int],
-                 now: datetime) -> list[tuple[Track, datetime | None]]:
+                 now: datetime, worker_id: int | None = None
+                 ) -> list[tuple[Track, datetime | None]]:
     """Move up to `limit` claimable tracks (queued, or retrying and due) to `working`,
-    oldest first. Returns (detached track, when it entered its previous state) pairs."""
+    oldest first, held by `worker_id`. Returns (detached track, when it entered its
+    previous state) pairs.
+
+    Several workers claim from one database: on PostgreSQL the rows are selected FOR
+    UPDATE SKIP LOCKED, so a row another worker's claim has locked is passed over, never
+    claimed twice; on SQLite (no row locks: the clause is left out) the transaction's
+    BEGIN IMMEDIATE already lets one claim run at a time."""
     with transaction(sessions) as session:
         due = or_(Track.state == TrackState.QUEUED,
                   (Track.state == TrackState.RETRYING)
@@ -79,12 +106,13 @@ def claim_tracks(sessions: sessionmaker[Session], limit: int, exclude: set[int],
         query = select(Track).where(due).order_by(Track.id).limit(limit)
         if exclude:
             query = query.where(Track.id.not_in(exclude))
-        tracks = session.scalars(query).all()
+        tracks = session.scalars(query.with_for_update(skip_locked=True)).all()
         claimed = []
         for track in tracks:
             queued_since = track.state_changed_at
             move(track, TrackState.WORKING)
             track.state_changed_at = now
+            track.claimed_by = worker_id
             claimed.append((track, queued_since))
         session.flush()
         return claimed

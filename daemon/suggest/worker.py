@@ -28,8 +28,10 @@ The active model is the registry's, followed by `daemon.suggest.active.ActiveMod
 between batches: a new bundle is loaded when another model became active. Without a model
 nothing is claimed: tracks stay queued until the first model exists.
 
-Start-up hands tracks a crash left `working` back to the queue; close() stops claiming,
-waits up to `drain_seconds` for files in flight, hands the rest back and closes the pool.
+Claims carry `worker_id` (the owner's row in daemon.suggest.workers, which the loop
+beats); start-up hands back tracks left `working` by dead workers (a crash) and no one
+else's; close() stops claiming, waits up to `drain_seconds` for files in flight, hands the
+rest back and closes the pool.
 """
 
 from __future__ import annotations
@@ -59,14 +61,9 @@ from daemon.library.walk import same_stat
 from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.inputs import SongInputs, WindowSpecs
-from daemon.suggest.queue import (
-    Claim,
-    claim_tracks,
-    prune_events,
-    queue_depth,
-    requeue_working,
-)
+from daemon.suggest.queue import Claim, claim_tracks, prune_events, queue_depth, requeue_working
 from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
+from daemon.suggest.workers import pulse, requeue_dead
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +110,8 @@ class Worker:
         self.last_file: str | None = None
         self.classified = 0
         self.failed = 0
+        self.worker_id: int | None = None  # set by the owner, who registered and retires it
+        self._pulsed = 0.0
 
     @property
     def config(self) -> Config:
@@ -127,10 +126,8 @@ class Worker:
 
     def start(self) -> None:
         """Requeue what a crash left working, open the pool and cache, start the thread."""
-        recovered = requeue_working(self.sessions)
-        if recovered:
-            log.info("requeued %d track(s) left working by the last run", recovered)
         workers = self.config.workers
+        requeue_dead(self.sessions, workers.dead_after_seconds, unclaimed=True)
         self.inputs = SongInputs(self.config.cache_dir, self.specs)
         self.pool = ExtractPool(workers.processes, spec=self.specs.cnn,
                                 backbone_spec=self.specs.backbone,
@@ -203,6 +200,8 @@ class Worker:
 
     def _step(self) -> bool:
         """One round: keep the pool fed, collect results, classify a batch. True if busy."""
+        self._pulsed = pulse(self.sessions, self.worker_id, self.classified + self.failed,
+                             self._pulsed)
         if not self.model.refresh(self.config):
             if self._claims:
                 self._hand_back(list(self._claims.values()), "no active model")
@@ -225,7 +224,7 @@ class Worker:
         if room <= 0:
             return 0
         now = utcnow()
-        rows = claim_tracks(self.sessions, room, set(self._claims), now)
+        rows = claim_tracks(self.sessions, room, set(self._claims), now, self.worker_id)
         for track, queued_since in rows:
             self._token += 1
             claim = Claim(track.id, track.path, track.size, track.mtime, queued_since,
@@ -328,6 +327,7 @@ class Worker:
     def _still_ours(self, track: Track | None, claim: Claim) -> bool:
         """The track is still working on the same file bytes (not changed meanwhile)."""
         return (track is not None and track.state == TrackState.WORKING
+                and track.claimed_by == self.worker_id  # not handed to another worker
                 and track.size == claim.size and track.mtime == claim.mtime)
 
     def _suggest(self, batch: list[Claim], probs: np.ndarray) -> None:
@@ -455,7 +455,7 @@ class Worker:
 
     def _hand_back(self, claims: list[Claim], why: str) -> None:
         ids = [c.track_id for c in claims]
-        moved = requeue_working(self.sessions, ids)
+        moved = requeue_working(self.sessions, ids, self.worker_id)
         for track_id in ids:
             self._claims.pop(track_id, None)
         self._ready = [c for c in self._ready if c.track_id not in ids]
