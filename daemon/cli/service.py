@@ -1,4 +1,4 @@
-"""`genretagger run`, `status`, `retrain`: the service and what it is doing."""
+"""`genretagger run`, `worker`, `status`, `retrain`: the service and what it is doing."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ def run(ctx: Context) -> int:
     setup_logging(config.log_level)
     refuse_root_in_service_state(config.state_dir)
     return Service(config, ctx.config_path).run()
+
+
+@cli.command()
+@click.option("--name", default=None,
+              help="what `status` calls this worker (systemd: the unit's instance, %i)")
+@pass_context
+def worker(ctx: Context, name: str | None) -> int:
+    """Claim, decode, classify and store suggestions only (an extra host or process
+    beside `run`; several hosts need PostgreSQL). SIGTERM stops."""
+    from daemon.service.workerprocess import WorkerProcess
+
+    config = ctx.config
+    setup_logging(config.log_level)
+    refuse_root_in_service_state(config.state_dir)
+    return WorkerProcess(config, name).run()
 
 
 @cli.command()

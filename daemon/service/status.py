@@ -43,6 +43,14 @@ it counts as running when either is fresh and its pid is alive.
                      # does not suggest: its labelled songs now and how many more it
                      # needs (min_songs_per_genre_backbone with the backbone on, else
                      # min_songs_per_genre; 0: enough now, learned at the next retrain)
+      "workers": [{"id": int, "host": str, "pid": int,
+                   "role": str,               # leader | standby (a service) | worker
+                   "started_at": str, "heartbeat_at": str, "heartbeat_age": float,
+                   "files_done": int, "files_per_minute": float,  # over the last minute
+                   "alive": bool, "stopped_at": str|null}],
+                     # every process that claims tracks, running or stopped in the
+                     # last day, oldest first; dead = stopped, heartbeat older than
+                     # workers.dead_after_seconds, or its pid gone on this host
       "retraining": {"enabled": bool,
                      "last": null | {"id": int, "trigger": str, "status": str,
                                      "reason": str|null, "started_at": str|null,
@@ -79,6 +87,7 @@ from daemon.learn.report import cannot_suggest_lines
 from daemon.learn.runs import last_run
 from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
+from daemon.suggest.workers import list_workers
 
 DAEMON_KEY = "daemon"
 LAST_RECONCILE_KEY = "last_reconcile"
@@ -224,6 +233,27 @@ def _retraining(session: Session, config: Config, now: datetime) -> dict[str, An
     }
 
 
+def _workers(session: Session, config: Config, now: datetime) -> list[dict[str, Any]]:
+    rows = list_workers(session, now, config.workers.dead_after_seconds)
+    return [{**w, **{k: _iso(w[k]) for k in ("started_at", "heartbeat_at", "stopped_at")}}
+            for w in rows]
+
+
+def _worker_lines(workers: list[dict[str, Any]]) -> list[str]:
+    """One line per worker: where, what, how fresh, how fast."""
+    if not workers:
+        return []
+    alive = sum(1 for w in workers if w["alive"])
+    lines = [f"workers:     {alive} alive of {len(workers)}"]
+    for w in workers:
+        state = ("alive" if w["alive"] else
+                 f"stopped {_local(w['stopped_at'])}" if w["stopped_at"] else "DEAD")
+        lines.append(f"  {w['host']}:{w['pid']} {w['role']}: {state}, heartbeat "
+                     f"{w['heartbeat_age']:.0f} s ago, {w['files_done']} files, "
+                     f"{w['files_per_minute']:g} files/min")
+    return lines
+
+
 def tracks_by_state(session: Session) -> dict[str, int]:
     """How many tracks are in each TrackState (every state, 0 when none)."""
     counts = dict(session.execute(
@@ -267,6 +297,7 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             "quarantined_total": by_state["quarantined"],
             "quarantined": _quarantined(session),
             "retraining": _retraining(session, config, now),
+            "workers": _workers(session, config, now),
             "cannot_suggest_yet": station_cannot_suggest(
                 session, config, active.classes or [] if active is not None else []),
         }
@@ -368,6 +399,7 @@ def render_status(data: dict[str, Any]) -> str:
                          " (`status --json` lists 20)")
     lines += [_model_line(data["model"]), _walk_line(data["last_reconcile"]),
               _retrain_line(data["retraining"])]
+    lines += _worker_lines(data.get("workers") or [])
     if data.get("cannot_suggest_yet"):
         lines.append("cannot suggest yet (too few confirmed or tagged songs):")
         lines += cannot_suggest_lines(data["cannot_suggest_yet"])

@@ -1,0 +1,178 @@
+"""`genretagger worker`: an extra process that only claims, decodes, classifies and stores
+suggestions, for another host that mounts the same music drive (or more cores on this one).
+
+No watcher, reconciliation, writer, review page, scheduler or retrainer: those run in the
+one service (`genretagger run`). The process reads the library root and the database
+from the shared config, registers in the workers registry (role "worker",
+daemon.suggest.workers), and runs one daemon.suggest.worker.Worker under that id: its
+loop claims (FOR UPDATE SKIP LOCKED on PostgreSQL), beats the registry, and picks up the
+model the leader promotes (daemon.suggest.active). The leader's scheduler hands the tracks
+of a worker whose heartbeat stopped back to the queue.
+
+Refuses to start (exit 2, one clear line) when
+- the library root is missing or empty: the share is not mounted here, and every file
+  would fail as unreadable;
+- the database is SQLite on a network filesystem: SQLite's locking does not hold across
+  hosts. SQLite on a local disk is allowed for one-host use (extra worker processes beside
+  the service on the same machine); several hosts need PostgreSQL.
+- the database needs migrations (the service applies them at its start).
+
+SIGTERM/SIGINT: stop claiming, finish in-flight files (drain), hand the rest back, retire
+the row, exit 0. sd_notify: READY=1 once claiming, STATUS= every heartbeat, WATCHDOG=1
+while the worker's loop goes round. Exit codes as `run`: 0 stopped by a signal, 2
+configuration error, 1 any other start-up failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from sqlalchemy.engine import make_url
+
+from daemon.core.config import Config
+from daemon.core.db.engine import open_database, sqlite_path
+from daemon.core.errors import ConfigError, SchemaBehind
+from daemon.core.health import describe_failure
+from daemon.library.mounts import (
+    ROOT_EMPTY,
+    ROOT_MISSING,
+    filesystem_type,
+    has_entries,
+    is_network_filesystem,
+)
+from daemon.service.heap import bound_heap
+from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
+from daemon.suggest.queue import queue_depth
+from daemon.suggest.worker import Worker
+from daemon.suggest.workers import HEARTBEAT_SECONDS, register, retire
+
+log = logging.getLogger(__name__)
+
+# Of systemd's TimeoutStopSec (30): the drain gets this much, the rest is bookkeeping.
+DRAIN_SECONDS = 20.0
+
+
+def refuse_to_start(config: Config) -> None:
+    """ConfigError when this host cannot be a worker: no library here, or a SQLite file
+    other hosts cannot share (see the module docstring)."""
+    root = config.library.root
+    if not os.path.isdir(root):
+        raise ConfigError(f"library root {root}: {ROOT_MISSING}; mount the music drive on "
+                          "this host at the same path the service uses")
+    if not has_entries(str(root)):
+        raise ConfigError(f"library root {root}: {ROOT_EMPTY}; mount the music drive on this "
+                          "host at the same path the service uses")
+    path = sqlite_path(config.db_url)
+    if path is not None and is_network_filesystem(path.parent):
+        raise ConfigError(
+            f"database {path} is SQLite on a network filesystem "
+            f"({filesystem_type(path.parent)}): a worker needs a shared database; SQLite "
+            "works only for workers on the service's own host. For several hosts set "
+            "database_url to PostgreSQL (postgresql+psycopg://...)")
+
+
+class WorkerProcess:
+    """The `genretagger worker` process: run() starts, serves until a signal, stops."""
+
+    def __init__(self, config: Config, name: str | None = None,
+                 notifier: Notifier | None = None):
+        self.config = config
+        self.name = name
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self.engine = self.sessions = None
+        self.worker: Worker | None = None
+        self.worker_id: int | None = None
+        self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
+
+    def _on_stop(self, signum, _frame) -> None:
+        if not self.stop_event.is_set():
+            log.info("%s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def start(self) -> None:
+        """Check the host, open the database, register, start the Worker; READY=1."""
+        refuse_to_start(self.config)
+        bound_heap()
+        self.notifier.status("opening the database")
+        # upgrade=False: migrations are the service's (it backs the database up first).
+        self.engine, self.sessions = open_database(
+            self.config.db_url, upgrade=False, busy_timeout=self.config.database_busy_seconds)
+        self.worker_id = register(self.sessions, "worker",
+                                  {"name": self.name} if self.name else None)
+        self.worker = Worker(self.config, self.sessions, drain_seconds=DRAIN_SECONDS)
+        self.worker.worker_id = self.worker_id
+        self.worker.start()
+        self.pinger.start()
+        self.notifier.ready(self.status_line())
+        log.info("genretagger worker %d (%s) claiming from %s, library %s", self.worker_id,
+                 self.name or f"pid {os.getpid()}", _where(self.config.db_url),
+                 self.config.library.root)
+
+    def run(self) -> int:
+        """Returns 0 after a signal-initiated stop, 2 on a configuration error, 1 when
+        start-up failed otherwise (logged)."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: log.warning(
+            "a worker applies a changed config on restart (systemctl restart "
+            "genretagger-worker@...)"))
+        try:
+            try:
+                self.start()
+            except (ConfigError, SchemaBehind) as err:
+                log.error("cannot start: %s", err)
+                return 2
+            except Exception as err:
+                log.error("cannot start: %s: %s", type(err).__name__, err)
+                log.debug("start-up failure", exc_info=True)
+                return 1
+            while not self.stop_event.wait(HEARTBEAT_SECONDS):
+                self.notifier.status(self.status_line())
+        finally:
+            self.stop()
+        return 0
+
+    def status_line(self) -> str:
+        """`systemctl status` line: this worker's files, the queue, the model."""
+        worker = self.worker
+        try:
+            with self.sessions() as session:
+                depth = queue_depth(session)
+        except Exception as err:
+            return describe_failure(err)
+        done = (worker.classified + worker.failed) if worker else 0
+        model = f"model {worker.model_id}" if worker and worker.model_id else "no model yet"
+        return f"worker {self.worker_id}: {done} files done, {depth} in queue, {model}"
+
+    def healthy(self) -> bool:
+        """For the watchdog: the worker's loop goes round (or we are stopping)."""
+        return self.stop_event.is_set() or (self.worker is not None and self.worker.healthy())
+
+    def stop(self) -> None:
+        """Stop claiming, drain, hand back what is left, retire the row."""
+        self.stop_event.set()
+        self.notifier.stopping()
+        if self.worker is not None:
+            self.worker.close()
+        if self.worker_id is not None:
+            try:
+                retire(self.sessions, self.worker_id)
+            except Exception as err:  # the leader hands its tracks back after dead_after
+                log.warning("cannot retire worker %d: %s", self.worker_id,
+                            describe_failure(err))
+        if self.engine is not None:
+            self.engine.dispose()
+        self.pinger.close()
+        self.notifier.close()
+        log.info("genretagger worker stopped")
+
+
+def _where(url: str) -> str:
+    path = sqlite_path(url)
+    return str(path) if path is not None else make_url(url).render_as_string(
+        hide_password=True)
+
