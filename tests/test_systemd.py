@@ -76,3 +76,37 @@ def test_security_exposure_is_low(local_unit):
     assert match, done.stdout + done.stderr
     # 0 is a locked-down unit, 10 an unprotected one; systemd calls < 2 "OK".
     assert float(match.group(1)) < 2.0, done.stdout
+
+
+WORKER_UNIT = UNIT.with_name("genretagger-worker@.service")
+
+
+def test_worker_unit_verifies_and_matches_the_service_hardening(tmp_path):
+    """genretagger-worker@NAME: the same user and hardening as the service, Type=notify,
+    a watchdog, restart on failure; `genretagger worker --name %i`; the library read-only."""
+    exe = Path(sys.executable).parent / "genretagger"
+    text = WORKER_UNIT.read_text()
+    assert SHIPPED_EXEC in text
+    local = tmp_path / "genretagger-worker@1.service"
+    local.write_text(text.replace(SHIPPED_EXEC, str(exe)))
+    done = subprocess.run(["systemd-analyze", "verify", str(local)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "genretagger-worker" not in done.stderr, done.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(local)],
+                              capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert match and float(match.group(1)) < 2.0, security.stdout + security.stderr
+
+    worker, service = directives(text), directives(UNIT.read_text())
+    assert worker["ExecStart"][0].endswith("worker --name %i")
+    assert worker["Type"] == ["notify"] and worker["Restart"] == ["on-failure"]
+    assert int(worker["WatchdogSec"][0]) >= 30
+    assert worker["ReadWritePaths"] == ["/var/lib/genretagger"]  # never writes the library
+    assert worker["RequiresMountsFor"] == service["RequiresMountsFor"]
+    same = [key for key in service
+            if key in ("User", "Group", "KillMode", "TimeoutStopSec", "NotifyAccess",
+                       "SystemCallFilter", "UMask", "NoNewPrivileges")
+            or key.startswith(("Protect", "Restrict", "Private", "Capability"))]
+    assert len(same) > 15
+    for key in same:
+        assert worker.get(key) == service[key], key

@@ -25,6 +25,7 @@ from daemon.core.states import TrackState, move
 from daemon.service.metrics import StationMetrics
 from daemon.service.status import collect_status, render_status
 from daemon.suggest.queue import claim_tracks, requeue_working
+from daemon.suggest.worker import Worker as Pipeline
 from daemon.suggest.workers import (
     beat,
     list_workers,
@@ -240,3 +241,25 @@ def test_worker_refuses_a_library_root_that_is_not_mounted(tmp_path, how):
     assert f"library root {root}" in done.stderr
     assert "unmounted?" in done.stderr and "mount the music drive" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_worker_starting_leaves_a_live_workers_tracks_alone(sessions, make_config,
+                                                               tmp_path, database_url):
+    """Start-up used to requeue every `working` track: with several workers that took a
+    live worker's batch away (and it was then classified twice). Now only the tracks of
+    dead workers, or of none, go back."""
+    library = tmp_path / "library"
+    library.mkdir()
+    config = make_config(library, database_url=database_url, workers={"processes": 1})
+    live, dead = register(sessions, "worker"), register(sessions, "worker")
+    add_tracks(sessions, 6)
+    for worker_id in (live, dead, None):
+        claim_tracks(sessions, 2, set(), utcnow(), worker_id=worker_id)
+    age(sessions, dead, 600)
+    starting = Pipeline(config, sessions)
+    starting.worker_id = register(sessions, "worker")
+    starting.start()
+    try:
+        assert list(held(sessions).values()) == [live, live]
+    finally:
+        starting.close()
