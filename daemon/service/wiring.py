@@ -70,7 +70,7 @@ from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
 from daemon.suggest.neighbours import Neighbours
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
-from daemon.suggest.workers import register, retire
+from daemon.suggest.workers import beat, register, retire
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,10 @@ class Service:
     def _retire_worker(self) -> None:
         if self.worker_id is None:
             return
+        worker = self.worker
         try:
+            if worker is not None:  # the row's files_done is final
+                beat(self.sessions, self.worker_id, worker.classified + worker.failed)
             retire(self.sessions, self.worker_id)
         except Exception as err:  # dead_after hands its tracks back anyway
             log.warning("cannot retire worker %d: %s", self.worker_id, describe_failure(err))

@@ -47,7 +47,7 @@ from daemon.service.heap import bound_heap
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
-from daemon.suggest.workers import HEARTBEAT_SECONDS, register, retire
+from daemon.suggest.workers import HEARTBEAT_SECONDS, beat, register, retire
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,8 @@ class WorkerProcess:
             self.worker.close()
         if self.worker_id is not None:
             try:
+                done = (self.worker.classified + self.worker.failed) if self.worker else 0
+                beat(self.sessions, self.worker_id, done)  # the row's files_done is final
                 retire(self.sessions, self.worker_id)
             except Exception as err:  # the leader hands its tracks back after dead_after
                 log.warning("cannot retire worker %d: %s", self.worker_id,
