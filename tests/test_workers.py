@@ -6,7 +6,9 @@ cannot work on.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,15 +17,17 @@ import time
 from datetime import timedelta
 
 import pytest
-from helpers import EXE
+from helpers import EXE, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import Track, Worker, utcnow
+from daemon.core.errors import ConfigError
 from daemon.core.states import TrackState, move
 from daemon.service.metrics import StationMetrics
 from daemon.service.status import collect_status, render_status
+from daemon.service.workerprocess import refuse_to_start
 from daemon.suggest.queue import claim_tracks, requeue_working
 from daemon.suggest.worker import Worker as Pipeline
 from daemon.suggest.workers import (
@@ -263,3 +267,72 @@ def test_a_worker_starting_leaves_a_live_workers_tracks_alone(sessions, make_con
         assert list(held(sessions).values()) == [live, live]
     finally:
         starting.close()
+
+
+def test_worker_refuses_sqlite_on_another_hosts_disk(tmp_path, make_config):
+    """SQLite on a share (another host's disk) cannot be shared by workers: refused with
+    what to do instead; the same file on a local disk is fine for one-host use."""
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "song.mp3").write_bytes(b"x")
+    config = make_config(library)
+    state = config.db_url.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    share = f"//radio1/state {state} cifs rw,relatime 0 0\n/dev/vda1 / ext4 rw 0 0\n"
+    with pytest.raises(ConfigError, match="SQLite on a network filesystem \\(cifs\\).*"
+                       "PostgreSQL"):
+        refuse_to_start(config, share)
+    refuse_to_start(config, "/dev/vda1 / ext4 rw 0 0\n")  # local disk: no error
+
+
+def notify_socket(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    return sock
+
+
+def received(sock) -> list[str]:
+    got = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(sock.recv(4096).decode())
+    return got
+
+
+def test_worker_process_registers_notifies_and_retires_on_sigterm(tmp_path, database_url):
+    """`genretagger worker` (here with no model yet: it waits for one) says READY=1 with a
+    STATUS line, pings the watchdog, has its row in the registry; SIGTERM -> STOPPING=1,
+    retired, exit 0. On SQLite too: one host may run extra workers beside the service."""
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "song.mp3").write_bytes(b"x")
+    config = write_config(tmp_path / "config.toml", library, tmp_path / "state")
+    config.write_text(f'database_url = "{database_url}"\n' + config.read_text())
+    sock = notify_socket(tmp_path / "notify.sock")
+    log = tmp_path / "worker.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(EXE + ["--config", str(config), "worker", "--name", "7"],
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                                     "WATCHDOG_USEC": "1000000"})
+    messages: list[str] = []
+    try:
+        wait_for(lambda: messages.extend(received(sock)) or any(
+            "WATCHDOG=1" in m for m in messages), 60, "READY=1 and a watchdog ping")
+        ready = next(m for m in messages if "READY=1" in m)
+        assert "STATUS=worker " in ready and "no model yet" in ready
+        engine, sessions = open_database(database_url)
+        with sessions() as session:
+            row = session.scalar(select(Worker).where(Worker.pid == proc.pid))
+            assert (row.role, row.detail["name"], row.stopped_at) == ("worker", "7", None)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+        messages.extend(received(sock))
+        assert any("STOPPING=1" in m for m in messages)
+        with sessions() as session:
+            assert session.get(Worker, row.id).stopped_at is not None
+        engine.dispose()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()

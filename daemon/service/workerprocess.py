@@ -55,9 +55,10 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 20.0
 
 
-def refuse_to_start(config: Config) -> None:
+def refuse_to_start(config: Config, mounts_text: str | None = None) -> None:
     """ConfigError when this host cannot be a worker: no library here, or a SQLite file
-    other hosts cannot share (see the module docstring)."""
+    other hosts cannot share (see the module docstring). mounts_text: /proc/mounts's
+    text (read when None)."""
     root = config.library.root
     if not os.path.isdir(root):
         raise ConfigError(f"library root {root}: {ROOT_MISSING}; mount the music drive on "
@@ -66,11 +67,12 @@ def refuse_to_start(config: Config) -> None:
         raise ConfigError(f"library root {root}: {ROOT_EMPTY}; mount the music drive on this "
                           "host at the same path the service uses")
     path = sqlite_path(config.db_url)
-    if path is not None and is_network_filesystem(path.parent):
+    if path is not None and is_network_filesystem(path.parent, mounts_text):
         raise ConfigError(
             f"database {path} is SQLite on a network filesystem "
-            f"({filesystem_type(path.parent)}): a worker needs a shared database; SQLite "
-            "works only for workers on the service's own host. For several hosts set "
+            f"({filesystem_type(path.parent, mounts_text)}): a worker needs a shared "
+            "database; SQLite works only for workers on the service's own host. For "
+            "several hosts set "
             "database_url to PostgreSQL (postgresql+psycopg://...)")
 
 
