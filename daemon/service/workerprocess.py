@@ -103,6 +103,9 @@ class WorkerProcess:
         # upgrade=False: migrations are the service's (it backs the database up first).
         self.engine, self.sessions = open_database(
             self.config.db_url, upgrade=False, busy_timeout=self.config.database_busy_seconds)
+        if sqlite_path(self.config.db_url) is not None:
+            log.info("the database is SQLite: fine for workers on this host beside the "
+                     "service; workers on other hosts need PostgreSQL")
         self.worker_id = register(self.sessions, "worker",
                                   {"name": self.name} if self.name else None)
         self.worker = Worker(self.config, self.sessions, drain_seconds=DRAIN_SECONDS)
