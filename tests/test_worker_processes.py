@@ -151,7 +151,7 @@ def test_two_workers_and_a_service_lose_and_repeat_nothing_when_a_worker_is_kill
         assert listed[pids["service"]]["alive"] and listed[pids["service"]]["role"] == "leader"
         text = subprocess.run(EXE + ["--config", str(service), "status"],
                               capture_output=True, text=True, timeout=60).stdout
-        assert "workers:     2 alive of 3" in text and "worker: DEAD" in text
+        assert "workers:     2 alive of 3" in text and "worker doomed: DEAD" in text
 
         for name in ("other", "service"):
             procs.procs[name].send_signal(signal.SIGTERM)

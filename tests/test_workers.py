@@ -100,6 +100,7 @@ def test_register_beat_list_and_retire(sessions):
     assert w["files_done"] == 30 and w["files_per_minute"] == pytest.approx(30, rel=0.05)
     assert w["alive"] and w["stopped_at"] is None and w["heartbeat_age"] < 5
     assert rows[leader]["role"] == "leader" and rows[leader]["files_per_minute"] == 0
+    assert (w["name"], rows[leader]["name"]) == ("1", None)
     assert sorted(held(sessions).values()) == [worker] * 4
 
     retire(sessions, worker)  # a clean stop hands back what it held
@@ -203,7 +204,7 @@ def test_status_and_metrics_list_every_worker(sessions, make_config, tmp_path, d
     assert rows[dead]["heartbeat_age"] >= 600 and isinstance(rows[dead]["heartbeat_at"], str)
     text = render_status(data)
     assert "workers:     1 alive of 2" in text
-    assert "radio2:" in text and " worker: DEAD, heartbeat 600 s ago" in text
+    assert "radio2:" in text and " worker 2: DEAD, heartbeat 600 s ago" in text
     assert f"{socket.gethostname()}:{os.getpid()} leader: alive" in text
 
     metrics = StationMetrics(config, sessions)

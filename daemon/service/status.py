@@ -45,6 +45,7 @@ it counts as running when either is fresh and its pid is alive.
                      # min_songs_per_genre; 0: enough now, learned at the next retrain)
       "workers": [{"id": int, "host": str, "pid": int,
                    "role": str,               # leader | standby (a service) | worker
+                   "name": str|null,          # `genretagger worker --name`
                    "started_at": str, "heartbeat_at": str, "heartbeat_age": float,
                    "files_done": int, "files_per_minute": float,  # over the last minute
                    "alive": bool, "stopped_at": str|null}],
@@ -248,7 +249,8 @@ def _worker_lines(workers: list[dict[str, Any]]) -> list[str]:
     for w in workers:
         state = ("alive" if w["alive"] else
                  f"stopped {_local(w['stopped_at'])}" if w["stopped_at"] else "DEAD")
-        lines.append(f"  {w['host']}:{w['pid']} {w['role']}: {state}, heartbeat "
+        name = f" {w['name']}" if w.get("name") else ""
+        lines.append(f"  {w['host']}:{w['pid']} {w['role']}{name}: {state}, heartbeat "
                      f"{w['heartbeat_age']:.0f} s ago, {w['files_done']} files, "
                      f"{w['files_per_minute']:g} files/min")
     return lines

@@ -132,14 +132,16 @@ def requeue_dead(sessions: sessionmaker[Session], dead_after: float, *,
 def list_workers(session: Session, now: datetime, dead_after: float = DEAD_AFTER_SECONDS,
                  stopped_hours: float = 24.0) -> list[dict[str, Any]]:
     """Every worker running, and those stopped in the last `stopped_hours`, oldest first:
-    {"id", "host", "pid", "role", "started_at", "heartbeat_at", "heartbeat_age",
-    "files_done", "files_per_minute", "alive", "stopped_at"} (times as datetimes)."""
+    {"id", "host", "pid", "role", "name", "started_at", "heartbeat_at", "heartbeat_age",
+    "files_done", "files_per_minute", "alive", "stopped_at"} (times as datetimes; name:
+    `genretagger worker --name`, else None)."""
     since = now - timedelta(hours=stopped_hours)
     rows = session.scalars(select(Worker).where(
         or_(Worker.stopped_at.is_(None), Worker.stopped_at >= since),
         Worker.heartbeat_at >= since).order_by(Worker.id)).all()
     host = socket.gethostname()
     return [{"id": row.id, "host": row.host, "pid": row.pid, "role": row.role,
+             "name": (row.detail or {}).get("name"),
              "started_at": row.started_at, "heartbeat_at": row.heartbeat_at,
              "heartbeat_age": round(max(0.0, (now - row.heartbeat_at).total_seconds()), 1),
              "files_done": row.files_done,
