@@ -21,10 +21,12 @@ from helpers import EXE, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from daemon.core.config import load_config
 from daemon.core.db.engine import open_database, transaction
-from daemon.core.db.models import Track, Worker, utcnow
+from daemon.core.db.models import Suggestion, Track, Worker, utcnow
 from daemon.core.errors import ConfigError
 from daemon.core.states import TrackState, move
+from daemon.learn.registry import activate, register_bundle
 from daemon.service.metrics import StationMetrics
 from daemon.service.status import collect_status, render_status
 from daemon.service.workerprocess import refuse_to_start
@@ -300,13 +302,15 @@ def received(sock) -> list[str]:
     return got
 
 
-def test_worker_process_registers_notifies_and_retires_on_sigterm(tmp_path, database_url):
-    """`genretagger worker` (here with no model yet: it waits for one) says READY=1 with a
-    STATUS line, pings the watchdog, has its row in the registry; SIGTERM -> STOPPING=1,
-    retired, exit 0. On SQLite too: one host may run extra workers beside the service."""
+@pytest.mark.slow
+def test_worker_process_notifies_follows_the_active_model_and_retires(
+        tmp_path, database_url, make_song, trained_bundle):
+    """`genretagger worker` with no model yet says READY=1 with a STATUS line, pings the
+    watchdog and has its row in the registry; the model the leader then activates is
+    picked up and the queued song suggested with it; SIGTERM -> STOPPING=1, retired, exit
+    0. On SQLite too: one host may run extra workers beside the service."""
     library = tmp_path / "library"
-    library.mkdir()
-    (library / "song.mp3").write_bytes(b"x")
+    song = make_song("Metal One.flac", "Metal", seconds=6.0, folder=library / "Incoming")
     config = write_config(tmp_path / "config.toml", library, tmp_path / "state")
     config.write_text(f'database_url = "{database_url}"\n' + config.read_text())
     sock = notify_socket(tmp_path / "notify.sock")
@@ -326,12 +330,29 @@ def test_worker_process_registers_notifies_and_retires_on_sigterm(tmp_path, data
         with sessions() as session:
             row = session.scalar(select(Worker).where(Worker.pid == proc.pid))
             assert (row.role, row.detail["name"], row.stopped_at) == ("worker", "7", None)
+        # The leader promotes a model and records a new file: the worker takes both up.
+        model = register_bundle(sessions, load_config(config), trained_bundle)
+        activate(sessions, model.version)
+        with transaction(sessions) as session:
+            st = song.stat()
+            session.add(Track(path="Incoming/Metal One.flac", size=st.st_size,
+                              mtime=st.st_mtime, state=TrackState.QUEUED))
+
+        def suggested():
+            messages.extend(received(sock))  # a full socket would drop STOPPING=1
+            with sessions() as session:
+                return session.scalar(select(Suggestion).join(Track).where(
+                    Track.path == "Incoming/Metal One.flac"))
+
+        got = wait_for(suggested, 90, "the song suggested by the worker process")
+        assert got.model_id == model.id and got.status == "pending"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
         messages.extend(received(sock))
         assert any("STOPPING=1" in m for m in messages)
         with sessions() as session:
-            assert session.get(Worker, row.id).stopped_at is not None
+            row = session.get(Worker, row.id)
+            assert row.stopped_at is not None and row.files_done == 1
         engine.dispose()
     finally:
         if proc.poll() is None:
