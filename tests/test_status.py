@@ -292,7 +292,9 @@ def test_status_command(tmp_path):
                          "pending_suggestions", "decisions_waiting", "write_failures_total",
                          "write_failures", "model",
                          "last_reconcile", "quarantined_total", "quarantined", "retraining",
-                         "components", "skipped_total", "skipped", "cannot_suggest_yet"}
+                         "components", "skipped_total", "skipped", "cannot_suggest_yet",
+                         "leader"}
+    assert data["leader"] is None  # no service has led yet
     assert data["daemon"]["running"] is False
     assert data["components"] == {} and data["daemon"]["healthy"] is None
     assert data["tracks"]["total"] == 0

@@ -257,14 +257,21 @@ class Leadership:
 
     # ---- Component ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """As leader: publish, start the leader-only parts (on_lead) here and now; as a
+        standby, say whom it waits for. Then the thread polls. False: a stop began."""
         if self.leading:
             self.publish()
+            try:
+                self.on_lead()
+            except Stopping:
+                return False
         else:
             self.set_role("standby")
             log.info("%s; trying %s every %g s", self.waiting_text(), self.lock.where,
                      self.poll_seconds)
         self._thread.start()
+        return True
 
     def halt(self, timeout: float) -> None:
         """Stop trying and checking (the service is stopping); the lock stays held."""
@@ -280,7 +287,9 @@ class Leadership:
 
     def health_report(self) -> dict[str, Any]:
         alive = self._thread.is_alive()
-        return self.health.report(alive, alive or self._stop.is_set(),
+        # Healthy too before its thread starts (start-up) and once the stop began.
+        idle = self._thread.ident is None or self._stop.is_set()
+        return self.health.report(alive, alive or idle,
                                   role="leader" if self.leading else "standby")
 
     def _loop(self) -> None:

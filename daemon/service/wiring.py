@@ -146,7 +146,9 @@ class Service:
         self.readers = None
         self.scheduler: Scheduler | None = None
         self.retrainer: Retrainer | None = None
-        self.leadership: Leadership | None = None
+        self.leadership = Leadership(config, on_lead=self._lead, on_lost=self._wake.set,
+                                     on_status=self.notifier.status,
+                                     worker_id=lambda: getattr(self, "worker_id", None))
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
         self._health_stop = threading.Event()
         self._health_thread = threading.Thread(target=self._health_loop, name="health",
@@ -183,15 +185,10 @@ class Service:
         return component
 
     def start(self) -> None:
-        """Open the database and start every component in order; then READY=1. The
-        leader-only parts (watcher + walk, writer, scheduler, retrainer) only with the
-        leader lock; a standby starts them when it gets it (daemon.service.leader)."""
+        """Open the database and start every component in order; then READY=1."""
         config = self.config
         bound_heap()  # before onnxruntime and the first batch allocate anything large
         self.pinger.start()
-        self.leadership = Leadership(config, on_lead=self._lead, on_lost=self._wake.set,
-                                     on_status=self.notifier.status,
-                                     worker_id=lambda: getattr(self, "worker_id", None))
         self.leadership.take()  # one try now, before anything is published
         self._health_thread.start()
         self.notifier.status("opening the database")
@@ -211,25 +208,20 @@ class Service:
         # Nothing parses a library file in this process: one small pool of child processes
         # reads settled files and decodes the review page's media.
         self.readers = reader_pool(config)
-        # A decision wakes the writer when it runs here (else the leader's finds it within
-        # seconds), so an accepted genre lands in the file at once.
+        # A decision wakes the writer here, if it runs here: the genre lands in the file now.
         self.web = self._add("web", WebServer(
             live, self.sessions, on_decision=lambda: self.writer and self.writer.wake(),
             children=self.readers,
             metrics_sources=MetricsSources(self.components, self.worker_ages)))
-        if self.leadership.leading:
-            try:
-                self._lead()
-            except Stopping:
-                return
-        self.leadership.start()
+        if not self.leadership.start():  # the leader's parts now, or a standby's polling
+            return
         self.notifier.ready(self.status_line())
         log.info("genretagger running on %s (pid %d, %s)", config.library.root, os.getpid(),
                  "the leader" if self.leadership.leading else "a standby")
 
     def _lead(self) -> None:
-        """Start the leader-only components (at start-up, or on a standby's promotion, in
-        the leader thread). Raises Stopping once a stop has begun."""
+        """The leader-only components (a standby's, in the leader thread). Raises Stopping
+        once a stop has begun."""
         live, config = self.live, self.config
         self.library = Library(live, self.sessions, readers=self.readers)
         # Watch first, then walk: a file copied in while the walk runs is seen by one or
@@ -261,10 +253,6 @@ class Service:
             if self.stop_event.is_set():
                 raise Stopping
             return self._add(name, component)
-
-    def _leads(self) -> bool:
-        """Only the leader publishes the service's heartbeat and health (`status`)."""
-        return self.leadership is None or self.leadership.leading
 
     def _start_retrainer(self) -> None:
         """Start the Retrainer once the library has no files left settling (bounded)."""
@@ -332,10 +320,10 @@ class Service:
                  else "no model yet")
         last = worker.last_file if worker and worker.last_file else "none yet"
         line = f"{depth} in queue, {model}, last file: {last}"
-        return line if self._leads() else f"{self.leadership.waiting_text()}; {line}"
+        return line if self.leadership.leading else f"{self.leadership.waiting_text()}; {line}"
 
     def _publish_heartbeat(self, stopped: bool = False) -> None:
-        if not self._leads():
+        if not self.leadership.leading:  # `status` shows the leader
             return
         now = utcnow().isoformat()
         value = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -373,8 +361,7 @@ class Service:
                 reports.update(got)  # a component with several parts (watcher+settle, jobs)
             else:
                 reports[name] = got
-        if self.leadership is not None:
-            reports["leader"] = self.leadership.health_report()
+        reports["leader"] = self.leadership.health_report()
         if self.retrainer is not None and "retrainer" not in reports:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
                                     "waiting": "for the first walk's files to settle"}
@@ -397,7 +384,7 @@ class Service:
     def _publish_health(self, stopped: bool = False) -> None:
         """state_dir/health.json for `status` (a file, so a locked database cannot hold
         it back)."""
-        if not self._leads():
+        if not self.leadership.leading:
             return
         components = self.components()
         data = {"pid": os.getpid(), "written_at": utcnow().isoformat(),
@@ -467,8 +454,7 @@ class Service:
             # Stop claiming now; in-flight files finish while the rest closes.
             self.worker.drain_seconds = min(self.worker.drain_seconds, STOP_SECONDS - 4)
             self.worker.stop_event.set()
-        if self.leadership is not None:
-            self.leadership.halt(CLOSE_SECONDS)  # no promotion while we stop
+        self.leadership.halt(CLOSE_SECONDS)  # no promotion while we stop
         while self._started:
             name, component = self._started.pop()
             left = max(0.5, deadline - time.monotonic())
@@ -485,8 +471,7 @@ class Service:
         self._publish_health(stopped=True)
         if self.sessions is not None:
             self._publish_heartbeat(stopped=True)
-        if self.leadership is not None:
-            self.leadership.close()  # the lock goes last, once our last word is written
+        self.leadership.close()  # the lock goes last, once our last word is written
         if self.sessions is not None:
             self.engine.dispose()
         self.pinger.close()
