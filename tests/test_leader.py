@@ -260,3 +260,31 @@ def test_two_runs_one_leader_and_the_standby_takes_over(database_url, tmp_path):
     finally:
         for run in runs:
             run.kill()
+
+
+@pytest.mark.slow
+def test_a_leader_that_loses_its_lock_connection_exits_1_for_systemd(postgres, tmp_path):
+    """The server ends the leader's lock connection (as a database restart would): the
+    service stops within a poll and a margin and exits 1, so Restart=on-failure brings it
+    back, as leader or standby."""
+    import psycopg
+
+    url = postgres.new_database()
+    library = tmp_path / "library"
+    library.mkdir()
+    run = Run(tmp_path, "only", library, tmp_path / "state", url)
+    try:
+        run.wait_log("genretagger running on")
+        with psycopg.connect(host=str(postgres.socket_dir), user="genretagger",
+                             dbname=make_url(url).database, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'genretagger leader' AND datname = %s",
+                (make_url(url).database,)).fetchall()
+        assert ended == [(True,)]
+        assert run.proc.wait(POLL_SECONDS + TAKEOVER_MARGIN + 20) == 1
+        assert "lost the leader lock" in run.text()
+        assert "genretagger stopped" in run.text()
+    finally:
+        run.kill()
+        postgres.drop_database(url)
