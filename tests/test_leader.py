@@ -113,6 +113,20 @@ def test_a_dead_lock_connection_is_not_held_and_never_idles_in_a_transaction(pos
         postgres.drop_database(url)
 
 
+def test_status_trusts_a_fresh_heartbeat_from_another_host_without_its_pid():
+    """A leader on another host: its pid means nothing on this one, a fresh heartbeat is
+    what says it runs; on this host a dead pid still means not running."""
+    from daemon.core.db.models import utcnow
+    from daemon.service.status import daemon_running
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    now = utcnow()
+    beat = {"pid": dead.pid, "heartbeat": now.isoformat(), "stopped_at": None}
+    assert daemon_running({**beat, "host": "radio2-elsewhere"}, now)
+    assert not daemon_running({**beat, "host": socket.gethostname()}, now)
+
+
 # ---- two `genretagger run` on one database -----------------------------------------------
 
 POLL_SECONDS = 2.0
