@@ -136,7 +136,8 @@ TAKEOVER_MARGIN = 10.0  # start-up of the leader-only parts on a busy test machi
 class Run:
     """One `genretagger run` with its own config, log and review port."""
 
-    def __init__(self, base: Path, name: str, library: Path, state: Path, url: str):
+    def __init__(self, base: Path, name: str, library: Path, state: Path, url: str,
+                 env: dict | None = None):
         self.config = write_config(base / f"{name}.toml", library, state, port=str(free_port()))
         text = self.config.read_text().replace("state_dir = ", f'database_url = "{url}"\n'
                                                "state_dir = ", 1)
@@ -149,7 +150,8 @@ class Run:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(EXE + ["--config", str(self.config), "run"],
                                          stdout=subprocess.DEVNULL, stderr=log,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                              **(env or {})})
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -217,13 +219,26 @@ def test_two_runs_one_leader_and_the_standby_takes_over(database_url, tmp_path):
     try:
         first.wait_log("genretagger running on")
         assert "the leader)" in first.text()
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(0.2)
         second = Run(tmp_path, "second", library,
-                     tmp_path / ("state-1" if sqlite else "state-2"), database_url)
+                     tmp_path / ("state-1" if sqlite else "state-2"), database_url,
+                     env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
         runs.append(second)
         host = socket.gethostname()
-        second.wait_log(f"standby: waiting for the leader (host {host} pid {first.proc.pid})")
+        waiting = f"standby: waiting for the leader (host {host} pid {first.proc.pid})"
+        second.wait_log(waiting)
         second.wait_log("genretagger running on")
         assert "a standby)" in second.text()
+        said = []
+        with contextlib.suppress(TimeoutError):
+            while not any("READY=1" in m for m in said):
+                said.append(notify.recv(4096).decode())
+        notify.close()
+        # Up (READY=1, as a standby), and `systemctl status` says whom it waits for.
+        ready = next(m for m in said if "READY=1" in m)
+        assert f"STATUS={waiting}" in ready, said
 
         # Who leads is published, and only the leader runs the leader-only parts.
         assert leader_row(database_url)["pid"] == first.proc.pid
