@@ -293,7 +293,8 @@ def test_status_command(tmp_path):
                          "write_failures", "model",
                          "last_reconcile", "quarantined_total", "quarantined", "retraining",
                          "components", "skipped_total", "skipped", "cannot_suggest_yet",
-                             "workers"}
+                         "workers", "leader"}
+    assert data["leader"] is None  # no service has led yet
     assert data["daemon"]["running"] is False
     assert data["components"] == {} and data["daemon"]["healthy"] is None
     assert data["tracks"]["total"] == 0

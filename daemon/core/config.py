@@ -157,6 +157,12 @@ class RetrainConfig(Section):
     max_recall_drop: float = Field(5.0, ge=0)
 
 
+class ServiceConfig(Section):
+    # A standby `run` (another service holds the leader lock) tries the lock this often,
+    # and the leader checks it still holds it as often.
+    leader_poll_seconds: float = Field(5.0, gt=0, le=60)
+
+
 class Config(Section):
     library: LibraryConfig
     state_dir: Path
@@ -173,6 +179,7 @@ class Config(Section):
     review: ReviewConfig = ReviewConfig()
     retrain: RetrainConfig = RetrainConfig()
     metrics: MetricsConfig = MetricsConfig()
+    service: ServiceConfig = ServiceConfig()
 
     # Everything the daemon keeps lives under state_dir (local disk, not the share).
     @property

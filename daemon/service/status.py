@@ -12,6 +12,8 @@ it counts as running when either is fresh and its pid is alive.
                  "heartbeat": str|null, "stopped_at": str|null, "last_file": str|null,
                  "model_loaded": int|null,
                  "healthy": bool|null},       # null: no live service published its health
+      "leader": null | {"host": str, "pid": int, "since": str,   # the service running the
+                        "stopped_at": str|null},  # walk, writer, scheduler, retrainer
       "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
                             "last_error": str|null, "last_error_at": str|null,
                             "errors": int, "failing": bool, ...}},
@@ -63,6 +65,7 @@ it counts as running when either is fresh and its pid is alive.
 from __future__ import annotations
 
 import os
+import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,6 +89,7 @@ from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
 from daemon.learn.report import cannot_suggest_lines
 from daemon.learn.runs import last_run
+from daemon.service.leader import LEADER_KEY
 from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.workers import list_workers
@@ -125,7 +129,9 @@ def daemon_running(value: dict | None, now: datetime) -> bool:
     except (KeyError, TypeError, ValueError):
         return False
     fresh = (now - beat).total_seconds() <= STALE_SECONDS
-    return fresh and pid_alive(value.get("pid"))
+    # A leader on another host (several hosts, one database): its pid means nothing here.
+    elsewhere = value.get("host") not in (None, socket.gethostname())
+    return fresh and (elsewhere or pid_alive(value.get("pid")))
 
 
 def next_retrain(session: Session, config: Config, now: datetime) -> datetime | None:
@@ -278,12 +284,14 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
         last_hour = events_last_hour(session, now)
         heartbeat = session.get(ServiceState, DAEMON_KEY)
         reconcile = session.get(ServiceState, LAST_RECONCILE_KEY)
+        leader = session.get(ServiceState, LEADER_KEY)
         walk = dict(reconcile.value or {}) if reconcile is not None else None
         health = published_health(config, now)
         active = active_model(session)
         return {
             "daemon": _daemon_part(dict(heartbeat.value) if heartbeat is not None else {},
                                    health, now),
+            "leader": dict(leader.value) if leader is not None else None,
             "components": health.get("components", {}) if health else {},
             "tracks": {"total": sum(by_state.values()), "by_state": by_state},
             "queue_depth": queue_depth(session),
@@ -321,6 +329,17 @@ def _daemon_line(d: dict[str, Any]) -> str:
         return (f"daemon:      NOT RUNNING (last heartbeat {_local(d['heartbeat'])}; "
                 "did it crash? see `journalctl -u genretagger`)")
     return "daemon:      never started (start it: `systemctl start genretagger`)"
+
+
+def _leader_lines(leader: dict | None, running: bool) -> list[str]:
+    if not leader:
+        return []
+    where = f"{leader.get('host')} pid {leader.get('pid')}"
+    if leader.get("stopped_at"):
+        return [f"leader:      none (the last, {where}, stopped at "
+                f"{_local(leader['stopped_at'])})"]
+    return [f"leader:      {where}, since {_local(leader.get('since'))}"
+            + ("" if running else " (NOT RUNNING: a standby takes over, if there is one)")]
 
 
 def _component_lines(components: dict[str, dict]) -> list[str]:
@@ -384,7 +403,8 @@ def _retrain_line(retrain: dict[str, Any]) -> str:
 def render_status(data: dict[str, Any]) -> str:
     """The short plain-text report for the station's IT volunteer."""
     d = data["daemon"]
-    lines = [_daemon_line(d), *_component_lines(data.get("components") or {})]
+    lines = [_daemon_line(d), *_leader_lines(data.get("leader"), d["running"]),
+             *_component_lines(data.get("components") or {})]
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))

@@ -2,28 +2,31 @@
 
 Start order (each needs the ones before it):
 
+    leader      one try at the leader lock (daemon.service.leader)
     database    open + migrate (the SQLite file is copied aside first), network-DB warning
     genre map   state_dir/genres.toml, else the shipped one
     neighbours  "sounds like": the labelled songs' embeddings in memory, refreshed from
                 the database and the embedding cache every minute in its own thread
     worker      decoder pool + the classify loop (requeues what a crash left working);
                 it asks the neighbours for each suggestion's nearest songs
+    web         the review page
     watcher     filesystem events between walks (settle tracking), armed before ...
     library     ... the initial reconciliation walk, so nothing slips between the two;
                 settled files are read (tags, header, fingerprint) in tag-reader child
                 processes, which the review page shares for its spectrograms and previews
     writer      accepted genres into the files
-    web         the review page
     scheduler   reconcile every library.reconcile_minutes
     retrainer   recovers cut-off runs; trains the first model in the background when
                 there is none (a trainer subprocess); started once the first walk's
                 files have settled, since it learns from their tags; then the nightly
                 job is added to the scheduler (a night missed while down runs at once)
 
-then READY=1 to systemd. Each component follows daemon.core.health.Component (start,
-close, health_report); the service keeps the started ones in a list. Stop closes them in
-reverse, within STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops
-claiming first and finishes its in-flight files while the others close.
+Watcher + walk, writer, scheduler and retrainer run only in the leader; a standby (another
+service holds the lock) starts them when it takes over. Then READY=1 to systemd. Each
+component follows daemon.core.health.Component (start, close, health_report); the
+service keeps the started ones in a list. Stop closes them in reverse, within
+STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops claiming first and
+finishes its in-flight files while the others close.
 
 Every component reads the running config (and the genre map) from one daemon.core.live
 Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file, and
@@ -62,6 +65,7 @@ from daemon.library.watcher import Watcher
 from daemon.review.web.app import WebServer
 from daemon.review.writeback import Writer
 from daemon.service.heap import bound_heap
+from daemon.service.leader import Leadership, Stopping
 from daemon.service.logs import setup_logging
 from daemon.service.metrics import MetricsSources
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
@@ -144,6 +148,9 @@ class Service:
         self.readers = None
         self.scheduler: Scheduler | None = None
         self.retrainer: Retrainer | None = None
+        self.leadership = Leadership(config, on_lead=self._lead, on_lost=self._wake.set,
+                                     on_status=self.notifier.status,
+                                     worker_id=lambda: getattr(self, "worker_id", None))
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
         self._health_stop = threading.Event()
         self._health_thread = threading.Thread(target=self._health_loop, name="health",
@@ -184,10 +191,12 @@ class Service:
         config = self.config
         bound_heap()  # before onnxruntime and the first batch allocate anything large
         self.pinger.start()
+        self.leadership.take()  # one try now, before anything is published
         self._health_thread.start()
         self.notifier.status("opening the database")
         self.engine, self.sessions = open_database(
             config.db_url, busy_timeout=config.database_busy_seconds)
+        self.leadership.sessions = self.sessions
         live = self.live
         log.info("genre map: %d genres from %s", len(live.genre_map.canonical),
                  live.genre_map.source)
@@ -203,36 +212,52 @@ class Service:
         # Nothing parses a library file in this process: one small pool of child processes
         # reads settled files and decodes the review page's media.
         self.readers = reader_pool(config)
+        # A decision wakes the writer here, if it runs here: the genre lands in the file now.
+        self.web = self._add("web", WebServer(
+            live, self.sessions, on_decision=lambda: self.writer and self.writer.wake(),
+            children=self.readers,
+            metrics_sources=MetricsSources(self.components)))
+        if not self.leadership.start():  # the leader's parts now, or a standby's polling
+            return
+        self.notifier.ready(self.status_line())
+        log.info("genretagger running on %s (pid %d, %s)", config.library.root, os.getpid(),
+                 "the leader" if self.leadership.leading else "a standby")
+
+    def _lead(self) -> None:
+        """The leader-only components (a standby's, in the leader thread). Raises Stopping
+        once a stop has begun."""
+        live, config = self.live, self.config
         self.library = Library(live, self.sessions, readers=self.readers)
         # Watch first, then walk: a file copied in while the walk runs is seen by one or
         # the other (both feed the same settle tracker), never by neither.
-        self.watcher = self._add("watcher", Watcher(live, self.library))
+        self.watcher = self._add_leader("watcher", Watcher(live, self.library))
         self.notifier.status(f"initial walk of {config.library.root}")
-        self.notifier.extend_timeout(600)  # a big library on a share takes a while
+        if not self._running:
+            self.notifier.extend_timeout(600)  # a big library on a share takes a while
         try:
             self.library.reconcile()
         except Exception:  # a failed first walk is retried by the interval job
             log.exception("initial reconcile failed")
-        if self.stop_event.is_set():
-            return
-
-        self.writer = self._add("writer", Writer(live, self.sessions, children=self.readers))
-        # A decision wakes the writer, so an accepted genre lands in the file at once.
-        self.web = self._add("web", WebServer(
-            live, self.sessions, on_decision=self.writer.wake, children=self.readers,
-            metrics_sources=MetricsSources(self.components)))
+        self.writer = self._add_leader("writer", Writer(live, self.sessions,
+                                                        children=self.readers))
         self.scheduler = Scheduler(live, self.sessions)
         self.scheduler.add_reconcile(self.library)
         self.scheduler.add_requeue_dead()
-        self._add("scheduler", self.scheduler)
+        self._add_leader("scheduler", self.scheduler)
         # Its thread recovers runs cut off by a restart and, with no active model, trains
         # the first one (a subprocess) in the background -- from the tagged tracks, so only
         # once the first walk's files have settled.
         self.retrainer = Retrainer(live, self.sessions, poll_seconds=NO_MODEL_POLL_SECONDS)
         threading.Thread(target=self._start_retrainer, name="start-retrainer",
                          daemon=True).start()
-        self.notifier.ready(self.status_line())
-        log.info("genretagger running on %s (pid %d)", config.library.root, os.getpid())
+        self._wake.set()  # the main loop publishes the heartbeat now
+
+    def _add_leader(self, name: str, component: Component) -> Component:
+        # A standby's promotion runs in the leader thread: never add after stop() began.
+        with self._lock:
+            if self.stop_event.is_set():
+                raise Stopping
+            return self._add(name, component)
 
     def _start_retrainer(self) -> None:
         """Start the Retrainer once the library has no files left settling (bounded)."""
@@ -298,9 +323,11 @@ class Service:
                 if self._reload_requested and not self.stop_event.is_set():
                     self._reload_requested = False
                     self.reload()
+                if self.leadership.lost:  # exit 1: systemd restarts us, as leader or standby
+                    break
         finally:
             self.stop()
-        return 0
+        return 1 if self.leadership.lost else 0
 
     def status_line(self) -> str:
         """`systemctl status` line: queue depth, model, last file."""
@@ -313,9 +340,12 @@ class Service:
         model = (f"model {worker.model_id}" if worker and worker.model_id
                  else "no model yet")
         last = worker.last_file if worker and worker.last_file else "none yet"
-        return f"{depth} in queue, {model}, last file: {last}"
+        line = f"{depth} in queue, {model}, last file: {last}"
+        return line if self.leadership.leading else f"{self.leadership.waiting_text()}; {line}"
 
     def _publish_heartbeat(self, stopped: bool = False) -> None:
+        if not self.leadership.leading:  # `status` shows the leader
+            return
         now = utcnow().isoformat()
         value = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started_at": self.started_at.isoformat(), "heartbeat": now,
@@ -352,6 +382,7 @@ class Service:
                 reports.update(got)  # a component with several parts (watcher+settle, jobs)
             else:
                 reports[name] = got
+        reports["leader"] = self.leadership.health_report()
         if self.retrainer is not None and "retrainer" not in reports:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
                                     "waiting": "for the first walk's files to settle"}
@@ -366,6 +397,8 @@ class Service:
     def _publish_health(self, stopped: bool = False) -> None:
         """state_dir/health.json for `status` (a file, so a locked database cannot hold
         it back)."""
+        if not self.leadership.leading:
+            return
         components = self.components()
         data = {"pid": os.getpid(), "written_at": utcnow().isoformat(),
                 "started_at": self.started_at.isoformat(),
@@ -434,6 +467,7 @@ class Service:
             # Stop claiming now; in-flight files finish while the rest closes.
             self.worker.drain_seconds = min(self.worker.drain_seconds, STOP_SECONDS - 4)
             self.worker.stop_event.set()
+        self.leadership.halt(CLOSE_SECONDS)  # no promotion while we stop
         while self._started:
             name, component = self._started.pop()
             left = max(0.5, deadline - time.monotonic())
@@ -451,6 +485,8 @@ class Service:
         if self.sessions is not None:
             self._publish_heartbeat(stopped=True)
             self._retire_worker()
+        self.leadership.close()  # the lock goes last, once our last word is written
+        if self.sessions is not None:
             self.engine.dispose()
         self.pinger.close()
         self.notifier.close()
