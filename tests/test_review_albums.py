@@ -1,0 +1,209 @@
+"""Album-at-a-time review and the album consistency audit on real databases (SQLite and
+PostgreSQL): the album summaries, accept for the whole album / the agreeing songs, one
+batch undone in one step, "use X for all"."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import add_album_song
+from sqlalchemy import select
+
+from daemon.core.db.engine import open_database
+from daemon.core.db.models import Decision, Suggestion, Track
+from daemon.library.albums import album_key
+from daemon.review import albums
+from daemon.review import decisions as review
+
+BLUE = album_key("album", "kind of blue", "miles davis")
+HITS = album_key("compilation", "road hits", "Various/Road Hits")
+DONE = album_key("album", "all tagged", "someone")
+MIXED = album_key("album", "mixed up", "the mixers")
+
+
+def jazz(c=0.9):
+    return (("Jazz", c), ("Blues", 1 - c - 0.01), ("Rock", 0.01))
+
+
+def blues(c=0.8):
+    return (("Blues", c), ("Jazz", 1 - c - 0.01), ("Rock", 0.01))
+
+
+@pytest.fixture
+def station(tmp_path, make_config, database_url):
+    library = tmp_path / "library"
+    library.mkdir()
+    config = make_config(library)
+    engine, sessions = open_database(database_url)
+    blue = dict(album="Kind of Blue", album_artist="Miles Davis", artist="Miles Davis")
+    ids = {}
+    for i, top in enumerate((jazz(0.9), jazz(0.8), jazz(0.7), blues(0.6))):
+        ids[f"blue{i}"] = add_album_song(sessions, f"Miles/Kind of Blue/{i}.mp3", BLUE, top,
+                                         title=f"Blue {i}", **blue)
+    for i in (4, 5):
+        ids[f"blue{i}"] = add_album_song(sessions, f"Miles/Kind of Blue/{i}.flac", BLUE,
+                                         tagged="Jazz", fmt="flac", title=f"Blue {i}", **blue)
+    for i, (genre, artist) in enumerate((("Rock", "A"), ("Rock", "B"), ("Pop", "C"))):
+        ids[f"hits{i}"] = add_album_song(
+            sessions, f"Various/Road Hits/{i}.ogg", HITS, ((genre, 0.7), ("Jazz", 0.2),
+                                                           ("Blues", 0.1)),
+            album="Road Hits", album_artist="Various Artists", artist=artist,
+            compilation=True, fmt="ogg")
+    add_album_song(sessions, "Someone/All Tagged/1.mp3", DONE, tagged="Folk", album="All Tagged")
+    add_album_song(sessions, "loose.mp3", None, jazz())  # on no album: not listed
+    for i, genre in enumerate(("Jazz", "Blues", "Jazz")):
+        ids[f"mixed{i}"] = add_album_song(sessions, f"Mixers/Mixed Up/{i}.mp3", MIXED,
+                                          tagged=genre, album="Mixed Up")
+    yield config, sessions, ids
+    engine.dispose()
+
+
+def track(sessions, track_id) -> Track:
+    with sessions() as session:
+        return session.get(Track, track_id)
+
+
+def status_of(sessions, suggestion_id) -> str:
+    with sessions() as session:
+        return session.get(Suggestion, suggestion_id).status
+
+
+def test_albums_with_songs_to_review_are_summarised(station):
+    config, sessions, ids = station
+    with sessions() as session:
+        found, total = albums.list_albums(session)
+        assert total == 2 and [a.key for a in found] == [BLUE, HITS]  # 3 of 4 before 2 of 3
+        blue, hits = found
+        assert (blue.title, blue.artist, blue.folder, blue.compilation) == (
+            "Kind of Blue", "Miles Davis", "Miles/Kind of Blue", False)
+        assert (len(blue.songs), len(blue.pending), blue.majority, len(blue.agreeing)) == (
+            6, 4, "Jazz", 3)
+        assert [s.track.title for s in blue.disagreeing] == ["Blue 3"]
+        assert blue.labelled == {"Jazz": 2}
+        assert (hits.title, hits.artist, hits.majority, len(hits.agreeing)) == (
+            "Road Hits", "Various Artists", "Rock", 2)
+        data = albums.album_json(blue, songs=True)
+        assert (data["pending"], data["agreeing"], data["songs"]) == (4, 3, 6)
+        assert [t["agrees"] for t in data["tracks"]] == [True, True, True, False, None, None]
+
+        by_pending, _ = albums.list_albums(session, albums.AlbumFilter(sort="pending"))
+        assert [a.key for a in by_pending] == [BLUE, HITS]
+        by_name, _ = albums.list_albums(session, albums.AlbumFilter(sort="album"))
+        assert [a.title for a in by_name] == ["Kind of Blue", "Road Hits"]
+        rock, total = albums.list_albums(session, albums.AlbumFilter(genre="Rock"))
+        assert total == 1 and [a.key for a in rock] == [HITS]
+        flac, _ = albums.list_albums(session, albums.AlbumFilter(format="flac"))
+        assert [a.key for a in flac] == [BLUE]
+        under, _ = albums.list_albums(session, albums.AlbumFilter(folder="Various/"))
+        assert [a.key for a in under] == [HITS]
+        page2, total = albums.list_albums(session, limit=1, offset=1)
+        assert total == 2 and [a.key for a in page2] == [HITS]
+        with pytest.raises(review.ReviewError, match="sort must be"):
+            albums.list_albums(session, albums.AlbumFilter(sort="loudest"))
+        with pytest.raises(albums.UnknownAlbum):
+            albums.get_album(session, "0" * 16)
+
+
+def test_accept_the_agreeing_songs_then_undo_the_batch_in_one_step(station):
+    config, sessions, ids = station
+    made = review.accept_album(sessions, config, BLUE, "Jazz", scope="agreeing", who="md")
+    assert len(made) == 3 and len({d.batch_id for d in made}) == 1
+    batch = made[0].batch_id
+    assert len(batch) == 32 and int(batch, 16) >= 0
+    assert {(d.action, d.how, d.genre, d.write_status) for d in made} == {
+        ("accept", "album", "Jazz", "pending")}
+    for i in range(3):
+        assert track(sessions, ids[f"blue{i}"][0]).confirmed_genre == "Jazz"
+        assert track(sessions, ids[f"blue{i}"][0]).state == "reviewed"
+    assert status_of(sessions, ids["blue3"][1]) == "pending"  # the Blues song waits
+
+    undone = review.undo_batch(sessions, config, batch, who="md")
+    assert len(undone) == 3 and {d.action for d in undone} == {"undo"}
+    for i in range(3):
+        t = track(sessions, ids[f"blue{i}"][0])
+        assert (t.confirmed_genre, t.state) == (None, "suggested")
+        assert status_of(sessions, ids[f"blue{i}"][1]) == "pending"
+    with sessions() as session:
+        rows = session.scalars(select(Decision).where(Decision.batch_id == batch)).all()
+        assert all(d.undone and d.write_status == "none" for d in rows)
+    with pytest.raises(review.CannotUndo, match="already undone"):
+        review.undo_batch(sessions, config, batch, who="md")
+    with pytest.raises(review.ReviewError, match="no album action"):
+        review.undo_batch(sessions, config, "f" * 32, who="md")
+
+
+def test_accept_one_genre_for_the_whole_album_overrides_the_disagreeing(station):
+    config, sessions, ids = station
+    with sessions() as session:
+        plan = review.album_plan(session, config, BLUE, "jazz", scope="all")
+        assert [(s.track.title, s.action) for s in plan] == [
+            ("Blue 0", "accept"), ("Blue 1", "accept"), ("Blue 2", "accept"),
+            ("Blue 3", "override")]
+    made = review.accept_album(sessions, config, BLUE, "jazz", scope="all", who="md")
+    assert [(d.action, d.genre) for d in made][-1] == ("override", "Jazz")
+    assert status_of(sessions, ids["blue3"][1]) == "overridden"
+    with sessions() as session:
+        assert albums.list_albums(session)[1] == 1  # only the compilation waits now
+        assert session.get(Track, ids["blue4"][0]).confirmed_genre is None  # tagged: untouched
+    with pytest.raises(review.NotPending, match="no song would change"):
+        review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+    with pytest.raises(review.UnknownGenre):
+        review.accept_album(sessions, config, HITS, "Polka", scope="all", who="md")
+    with pytest.raises(review.ReviewError, match="scope must be"):
+        review.accept_album(sessions, config, HITS, "Rock", scope="most", who="md")
+
+
+def test_songs_that_arrive_after_the_confirm_step_are_not_decided_unseen(station):
+    config, sessions, ids = station
+    up_to = max(ids[f"hits{i}"][1] for i in range(3))
+    late = add_album_song(sessions, "Various/Road Hits/9.ogg", HITS,
+                          (("Rock", 0.9), ("Pop", 0.05), ("Jazz", 0.05)), compilation=True)
+    made = review.accept_album(sessions, config, HITS, "Rock", scope="all", who="md",
+                               up_to_id=up_to)
+    assert len(made) == 3 and status_of(sessions, late[1]) == "pending"
+
+
+def test_a_batch_with_a_later_decision_on_one_song_is_not_undone_at_all(station):
+    config, sessions, ids = station
+    first = review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+    # "Use Blues for all": the same songs decided again, the tagged ones relabelled.
+    second = review.accept_album(sessions, config, BLUE, "Blues", scope="all", relabel=True,
+                                 who="md")
+    assert len(second) == 6  # 4 confirmed Jazz + 2 tagged Jazz, all now Blues
+    with pytest.raises(review.CannotUndo, match="came later"):
+        review.undo_batch(sessions, config, first[0].batch_id, who="md")
+    assert track(sessions, ids["blue0"][0]).confirmed_genre == "Blues"
+    with sessions() as session:
+        assert review.last_batch(session, "md") == second[0].batch_id
+    review.undo_batch(sessions, config, second[0].batch_id, who="md")
+    assert track(sessions, ids["blue0"][0]).confirmed_genre == "Jazz"  # the first batch's
+    assert track(sessions, ids["blue4"][0]).confirmed_genre is None
+    with sessions() as session:
+        assert review.last_batch(session, "md") == first[0].batch_id
+    review.undo_batch(sessions, config, first[0].batch_id, who="md")
+    assert status_of(sessions, ids["blue3"][1]) == "pending"
+
+
+def test_consistency_audit_lists_mixed_albums_and_use_x_for_all_fixes_them(station):
+    config, sessions, ids = station
+    with sessions() as session:
+        assert albums.count_mixed(session) == 1
+        [mixed], total = albums.list_mixed(session)
+        assert total == 1 and mixed.key == MIXED
+        assert mixed.labelled == {"Jazz": 2, "Blues": 1}
+        assert mixed.genres_present == ["Jazz", "Blues"]
+    made = review.accept_album(sessions, config, MIXED, "Jazz", scope="all", relabel=True,
+                               who="md")
+    [decision] = made  # only the Blues song changes
+    assert (decision.action, decision.how, decision.genre, decision.previous_genre,
+            decision.write_status, decision.suggestion_id) == (
+        "override", "album", "Jazz", "Blues", "pending", None)
+    t = track(sessions, ids["mixed1"][0])
+    assert (t.state, t.confirmed_genre, t.confirmed_decision_id) == ("tagged", "Jazz",
+                                                                     decision.id)
+    with sessions() as session:
+        assert albums.count_mixed(session) == 0
+    review.undo_batch(sessions, config, decision.batch_id, who="md")
+    t = track(sessions, ids["mixed1"][0])
+    assert (t.state, t.confirmed_genre) == ("tagged", None)
+    with sessions() as session:
+        assert albums.count_mixed(session) == 1
