@@ -207,3 +207,74 @@ def test_consistency_audit_lists_mixed_albums_and_use_x_for_all_fixes_them(stati
     assert (t.state, t.confirmed_genre) == ("tagged", None)
     with sessions() as session:
         assert albums.count_mixed(session) == 1
+
+
+def test_status_counts_the_mixed_albums(station):
+    from daemon.service.status import collect_status, render_status
+
+    config, sessions, ids = station
+    data = collect_status(config, sessions)
+    assert data["mixed_albums"] == 1
+    assert "1 album(s) whose tagged songs carry different genres" in render_status(data)
+    review.accept_album(sessions, config, MIXED, "Blues", scope="all", relabel=True, who="md")
+    data = collect_status(config, sessions)
+    assert data["mixed_albums"] == 0 and "albums:" not in render_status(data)
+
+
+def run_album_cli(tmp_path, database_url, *args, input=None):
+    import json
+
+    from click.testing import CliRunner
+
+    from daemon.cli import cli
+
+    config_path = tmp_path / "config.toml"
+    if not config_path.exists():
+        config_path.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                               f'database_url = "{database_url}"\n'
+                               f'[library]\nroot = "{tmp_path / "library"}"\n')
+    result = CliRunner().invoke(cli, ["--config", str(config_path), "review", "album", *args],
+                                input=input)
+    data = json.loads(result.stdout) if "--json" in args and result.exit_code == 0 else None
+    return result, data
+
+
+def test_album_commands(station, tmp_path, database_url):
+    config, sessions, ids = station
+    result, data = run_album_cli(tmp_path, database_url, "list", "--json")
+    assert data["total"] == 2 and data["albums"][0]["key"] == BLUE
+    assert (data["albums"][0]["majority"], data["albums"][0]["agreeing"]) == ("Jazz", 3)
+    result, _ = run_album_cli(tmp_path, database_url, "list")
+    assert "Kind of Blue — Miles Davis" in result.output and "Jazz: 3 of 4 agree" in result.output
+    result, _ = run_album_cli(tmp_path, database_url, "show", BLUE)
+    assert "Miles/Kind of Blue/3.mp3: suggested Blues 60%  <- disagrees" in result.output
+    assert "tagged/confirmed: Jazz 2" in result.output
+
+    # The count comes first; saying no changes nothing.
+    result, _ = run_album_cli(tmp_path, database_url, "accept", BLUE, "Jazz", input="n\n")
+    assert "4 song(s) get Jazz (1 of them change genre); 4 file(s) will be written" \
+        in result.output and result.exit_code != 0
+    assert status_of(sessions, ids["blue0"][1]) == "pending"
+    result, data = run_album_cli(tmp_path, database_url, "accept", BLUE, "Jazz",
+                                 "--agreeing-only", "--yes", "--json")
+    assert "3 song(s) get Jazz" in result.stderr
+    assert [(d["how"], d["action"]) for d in data["decisions"]] == [("album", "accept")] * 3
+    batch = data["decisions"][0]["batch_id"]
+    assert {d["batch_id"] for d in data["decisions"]} == {batch}
+    result, data = run_album_cli(tmp_path, database_url, "undo", batch, "--json")
+    assert [d["action"] for d in data["decisions"]] == ["undo"] * 3
+    assert status_of(sessions, ids["blue0"][1]) == "pending"
+
+    result, data = run_album_cli(tmp_path, database_url, "mixed", "--json")
+    assert data["total"] == 1 and data["albums"][0]["labelled"] == {"Jazz": 2, "Blues": 1}
+    result, _ = run_album_cli(tmp_path, database_url, "mixed")
+    assert f"{MIXED}  Mixed Up: Jazz 2, Blues 1" in result.output
+    result, _ = run_album_cli(tmp_path, database_url, "use", MIXED, "Jazz", "--yes")
+    assert "1 song(s) get Jazz (1 of them change genre); 1 file(s) will be written" \
+        in result.output and "batch " in result.output
+    assert track(sessions, ids["mixed1"][0]).confirmed_genre == "Jazz"
+    # Bad input: typed errors, not tracebacks.
+    result, _ = run_album_cli(tmp_path, database_url, "show", "0" * 16)
+    assert isinstance(result.exception, albums.UnknownAlbum)
+    result, _ = run_album_cli(tmp_path, database_url, "accept", HITS, "Polka", "--yes")
+    assert isinstance(result.exception, review.UnknownGenre)

@@ -268,3 +268,35 @@ def album_json(album: Album, *, songs: bool = False) -> dict:
     if songs:
         data["tracks"] = [album_song_json(s, majority) for s in album.songs]
     return data
+
+
+# ---------------------------------------------------------------- the confirm step
+
+@dataclass(frozen=True)
+class ActionPreview:
+    """What an album action will do, shown before it is done: `songs` decisions (of them
+    `overrides` give a genre other than the suggested or tagged one), `files` tag writes
+    (0 with review.write_tags off); pass `up_to_id` to accept_album."""
+
+    key: str
+    genre: str
+    scope: str
+    relabel: bool
+    songs: int
+    overrides: int
+    files: int
+    up_to_id: int | None
+
+
+def preview_action(session: Session, config, key: str, genre: str, *, scope: str = "all",
+                   relabel: bool = False) -> ActionPreview:
+    """The confirm step's figures for accept_album(key, genre, scope, relabel)."""
+    from daemon.review.decisions import album_plan
+
+    steps = album_plan(session, config, key, genre, scope=scope, relabel=relabel)
+    ids = [s.suggestion.id for s in steps if s.suggestion is not None]
+    return ActionPreview(
+        key=key, genre=steps[0].genre if steps else genre, scope=scope, relabel=relabel,
+        songs=len(steps), overrides=sum(s.action == "override" for s in steps),
+        files=len(steps) if config.review.write_tags else 0,
+        up_to_id=max(ids) if ids else None)
