@@ -278,3 +278,73 @@ def test_album_commands(station, tmp_path, database_url):
     assert isinstance(result.exception, albums.UnknownAlbum)
     result, _ = run_album_cli(tmp_path, database_url, "accept", HITS, "Polka", "--yes")
     assert isinstance(result.exception, review.UnknownGenre)
+
+
+# ---------------------------------------------------------------- the web page
+
+@pytest.fixture
+def client(station):
+    from daemon.review.web import create_app
+
+    config, sessions, _ = station
+    app = create_app(config, sessions)
+    app.testing = True
+    return app.test_client()
+
+
+def csrf_of(client) -> str:
+    import re
+
+    page = client.get("/albums").get_data(as_text=True)
+    return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def test_by_album_page_confirm_accept_and_undo(station, client):
+    import html
+    import re
+
+    config, sessions, ids = station
+    page = client.get("/albums").get_data(as_text=True)
+    assert ">By album</a>" in page and 'id="album-total">2<' in page
+    assert "Kind of Blue" in page and "3 of 4 agree" in page and "Various Artists" in page
+    [blue] = re.findall(rf'<article class="album" id="a{BLUE}".*?</article>', page, re.S)
+    assert blue.count('class="disagrees"') == 1 and "Blue 3" in blue
+    assert blue.count('class="play-alike"') == 6
+    assert 'id="mixed-total">1<' in page and "use Blues for all" in page
+    assert 'id="undo-batch"' not in page  # nothing to undo yet
+
+    confirm = html.unescape(re.search(r'class="accept-agreeing" href="([^"]+)"',
+                                      blue).group(1))
+    page = client.get(confirm).get_data(as_text=True)
+    assert 'id="album-songs">3<' in page and 'id="album-files">3<' in page
+    up_to = re.search(r'name="up_to_id" value="(\d+)"', page).group(1)
+    r = client.post(f"/albums/{BLUE}/accept", data={
+        "csrf_token": csrf_of(client), "genre": "Jazz", "scope": "agreeing",
+        "up_to_id": up_to, "next": "/albums?sort=pending"})
+    assert r.status_code == 303 and r.headers["Location"].endswith("/albums?sort=pending")
+    page = client.get("/albums").get_data(as_text=True)
+    assert "Jazz for 3 song(s) of the album." in page and 'id="undo-batch"' in page
+    assert status_of(sessions, ids["blue0"][1]) == "accepted"
+
+    # u: the last album action undone in one step.
+    r = client.post("/albums/undo-last", headers={"X-CSRFToken": csrf_of(client),
+                                                  "Accept": "application/json"})
+    assert r.status_code == 200 and r.json["count"] == 3
+    assert status_of(sessions, ids["blue0"][1]) == "pending"
+    r = client.post("/albums/undo-last", headers={"X-CSRFToken": csrf_of(client),
+                                                  "Accept": "application/json"})
+    assert r.status_code == 409 and "no album action" in r.json["error"]
+
+    # The audit's "use X for all" confirm counts the tagged songs it rewrites.
+    page = client.get(f"/albums/{MIXED}/confirm?genre=Blues&scope=relabel")
+    assert 'id="album-files">2<' in page.get_data(as_text=True)
+    assert client.get(f"/albums/{'0' * 16}/confirm?genre=Jazz").status_code == 404
+    assert client.get("/albums/nothex/confirm?genre=Jazz").status_code == 400
+    assert client.get(f"/albums/{BLUE}/confirm?genre=Jazz&scope=most").status_code == 400
+    assert client.get(f"/albums/{BLUE}/confirm?genre=Polka").status_code == 400
+    assert client.get("/albums?page=0").status_code == 400
+    r = client.post(f"/batches/{'0' * 32}/undo", headers={"X-CSRFToken": csrf_of(client),
+                                                          "Accept": "application/json"})
+    assert r.status_code == 400
+    r = client.post(f"/albums/{BLUE}/accept", data={"genre": "Jazz"})
+    assert r.status_code == 400  # no CSRF token

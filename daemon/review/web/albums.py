@@ -1,0 +1,156 @@
+"""The review page "By album": one row per album with songs waiting for review, accept one
+genre for the whole album or for the agreeing songs, the album consistency audit ("use X
+for all"), and the undo of a whole album action.
+
+Every album action goes through a confirm page that says how many songs get the genre and
+how many files will be written (like the bulk accept); the confirmed form carries the
+highest suggestion id it counted, so songs suggested meanwhile are not decided unseen.
+Posts answer JSON to the keyboard script (`Accept: application/json`), else redirect.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, current_app, flash, jsonify, render_template, request
+from flask_wtf.csrf import generate_csrf
+
+from daemon.core.db.models import Decision
+from daemon.review import albums, decisions, listing
+from daemon.review.web.common import (
+    MAX_ROW_ID,
+    bad_page,
+    go_next,
+    here,
+    next_page,
+    page_number,
+    page_url,
+    plain,
+    review,
+    url_pattern,
+    wants_json,
+)
+from daemon.review.web.songs import failed
+
+bp = Blueprint("albums", __name__)
+
+PAGE_SIZE = 25
+MIXED_SHOWN = 10
+# An album key (daemon.library.albums.KEY_DIGITS hex digits) and a batch id (uuid4 hex).
+_KEY = re.compile(r"[0-9a-f]{16}")
+_BATCH = re.compile(r"[0-9a-f]{32}")
+# ?scope= of the confirm page: the accept scopes, or "relabel" (the audit's use X for all).
+RELABEL = "relabel"
+# Where an album action goes back to (app-relative, as `next=` values are).
+LIST_PATH = "/albums"
+
+
+def _album_filter() -> albums.AlbumFilter:
+    args = request.args
+    sort = args.get("sort", albums.ALBUM_SORTS[0])
+    return albums.AlbumFilter(genre=args.get("genre") or None,
+                              folder=args.get("folder") or None,
+                              format=args.get("format") or None,
+                              sort=sort if sort in albums.ALBUM_SORTS else albums.ALBUM_SORTS[0])
+
+
+@bp.get("/albums")
+def album_list():
+    f, page = _album_filter(), page_number()
+    if page is None:
+        return bad_page()
+    deps = review()
+    with deps.sessions() as db:
+        rows, total = albums.list_albums(db, f, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        mixed, mixed_total = albums.list_mixed(db, limit=MIXED_SHOWN)
+        context = dict(
+            rows=rows, total=total, page=page, pages=max(1, -(-total // PAGE_SIZE)),
+            mixed=mixed, mixed_total=mixed_total, filter=f, sorts=albums.ALBUM_SORTS,
+            pending_genres=listing.pending_genres(db), formats=listing.pending_formats(db),
+            csrf=generate_csrf(), write_tags=deps.config.review.write_tags,
+            last_batch=decisions.last_batch(db, deps.config.review.reviewer),
+            preview_url=url_pattern("media.preview", "track_id"),
+            page_url=page_url("albums.album_list"), here=here())
+        return render_template("albums.html", **context)
+
+
+def _scope() -> tuple[str, bool] | None:
+    scope = request.values.get("scope", "all")
+    if scope == RELABEL:
+        return "all", True
+    return (scope, False) if scope in decisions.ALBUM_SCOPES else None
+
+
+@bp.get("/albums/<key>/confirm")
+def confirm(key: str):
+    scope = _scope()
+    genre = request.args.get("genre", "")
+    if not _KEY.fullmatch(key) or scope is None or not genre:
+        return plain(400, "That album action is not one this page offers.")
+    deps = review()
+    try:
+        with deps.sessions() as db:
+            album = albums.get_album(db, key)
+            preview = albums.preview_action(db, deps.config, key, genre, scope=scope[0],
+                                            relabel=scope[1])
+    except decisions.ReviewError as err:
+        return plain(404 if isinstance(err, albums.UnknownAlbum) else 400, str(err))
+    back = next_page(current_app.url_map, request.args.get("next") or LIST_PATH)
+    return render_template("album_confirm.html", album=album, preview=preview,
+                           scope=request.args.get("scope", "all"), back=back,
+                           cancel_url=request.script_root + back)
+
+
+@bp.post("/albums/<key>/accept")
+def accept(key: str):
+    deps = review()
+    scope = _scope()
+    if not _KEY.fullmatch(key) or scope is None:
+        return failed(decisions.ReviewError("that album action is not one this page offers"))
+    try:
+        up_to = request.form.get("up_to_id", "")
+        up_to_id = int(up_to) if up_to else None
+        if up_to_id is not None and not 0 <= up_to_id <= MAX_ROW_ID:
+            raise ValueError(up_to)
+        made = decisions.accept_album(deps.sessions, deps.config, key,
+                                      request.form.get("genre", ""), scope=scope[0],
+                                      relabel=scope[1], who=deps.config.review.reviewer,
+                                      up_to_id=up_to_id)
+    except ValueError:
+        return failed(decisions.ReviewError("the album form was incomplete; try again"))
+    except decisions.ReviewError as err:
+        return failed(err)
+    return _done(made, f"{made[0].genre} for {len(made)} song(s) of the album.")
+
+
+def _done(made: list[Decision], message: str):
+    deps = review()
+    deps.notify()
+    batch = made[0].batch_id if made else None
+    if wants_json():
+        return jsonify(ok=True, message=message, count=len(made), batch_id=batch)
+    flash(message)
+    return go_next(request.form.get("next") or LIST_PATH)
+
+
+@bp.post("/batches/<batch_id>/undo")
+def undo(batch_id: str):
+    if not _BATCH.fullmatch(batch_id):
+        return failed(decisions.ReviewError(f"no album action with batch id {batch_id!r}"))
+    deps = review()
+    try:
+        made = decisions.undo_batch(deps.sessions, deps.config, batch_id,
+                                    who=deps.config.review.reviewer)
+    except decisions.ReviewError as err:
+        return failed(err)
+    return _done(made, f"Undone: {len(made)} song(s) are as they were.")
+
+
+@bp.post("/albums/undo-last")
+def undo_last():
+    deps = review()
+    with deps.sessions() as db:
+        batch = decisions.last_batch(db, deps.config.review.reviewer)
+    if batch is None:
+        return failed(decisions.CannotUndo("no album action to undo"))
+    return undo(batch)
