@@ -123,11 +123,15 @@ def accept(key: str):
     return _done(made, f"{made[0].genre} for {len(made)} song(s) of the album.")
 
 
-def _done(made: list[Decision], message: str):
+def _done(made: list[Decision], message: str, *, reloaded: bool = False):
+    """The answer to an album action; `reloaded`: the keyboard script reloads the page
+    after it, so the message waits for that page too."""
     deps = review()
     deps.notify()
     batch = made[0].batch_id if made else None
     if wants_json():
+        if reloaded:
+            flash(message)
         return jsonify(ok=True, message=message, count=len(made), batch_id=batch)
     flash(message)
     return go_next(request.form.get("next") or LIST_PATH)
@@ -143,7 +147,7 @@ def undo(batch_id: str):
                                     who=deps.config.review.reviewer)
     except decisions.ReviewError as err:
         return failed(err)
-    return _done(made, f"Undone: {len(made)} song(s) are as they were.")
+    return _done(made, f"Undone: {len(made)} song(s) are as they were.", reloaded=True)
 
 
 @bp.post("/albums/undo-last")
