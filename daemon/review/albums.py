@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import SuggestionStatus, TrackState
@@ -45,6 +46,12 @@ S = SuggestionStatus
 # waiting first, or by album name.
 ALBUM_SORTS = ("agreeing", "pending", "album")
 COMPILATION_ARTIST = "Various Artists"
+# The columns albums_by_key loads (anything else would be loaded row by row).
+SONG_COLUMNS = (Track.id, Track.path, Track.title, Track.artist, Track.album,
+                Track.album_artist, Track.album_key, Track.compilation, Track.format,
+                Track.state, Track.confirmed_genre, Track.canonical_genre)
+SUGGESTION_COLUMNS = (Suggestion.id, Suggestion.track_id, Suggestion.genre,
+                      Suggestion.confidence, Suggestion.status)
 # A song's label in SQL (daemon.learn.labels.training_label).
 LABEL = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
 
@@ -85,7 +92,7 @@ class Album:
     def pending(self) -> list[AlbumSong]:
         return [s for s in self.songs if s.suggestion is not None]
 
-    @property
+    @cached_property  # read many times a row; songs are complete once the album is built
     def majority(self) -> str | None:
         """The genre most pending songs are suggested (daemon.review.decisions'
         majority_genre: the album operations count the same way)."""
@@ -145,12 +152,14 @@ def list_albums(session: Session, f: AlbumFilter = AlbumFilter(), *, limit: int 
         raise ReviewError(f"sort must be one of {', '.join(ALBUM_SORTS)}, not {f.sort!r}")
     per_genre = _pending_songs(f).subquery()
     pending, top = func.sum(per_genre.c.n), func.max(per_genre.c.n)
-    grouped = select(per_genre.c.album_key).group_by(per_genre.c.album_key)
+    # The total rides along on every row (a window over the grouped rows), so the
+    # aggregate runs once a page; a page past the end counts separately.
+    grouped = (select(per_genre.c.album_key, func.count().over().label("total"))
+               .group_by(per_genre.c.album_key))
     if f.genre:
         # The filtered genre is (one of) the album's most suggested.
         grouped = grouped.having(func.max(case((per_genre.c.genre == f.genre, per_genre.c.n),
                                                else_=0)) == top)
-    total = session.scalar(select(func.count()).select_from(grouped.subquery())) or 0
     if f.sort == "album":
         name = (select(func.min(Track.album)).where(Track.album_key == per_genre.c.album_key)
                 .scalar_subquery())
@@ -158,9 +167,14 @@ def list_albums(session: Session, f: AlbumFilter = AlbumFilter(), *, limit: int 
     else:  # top / pending as a float, portably
         share = top * literal_column("1.0") / pending
         order = (share.desc(), pending.desc()) if f.sort == "agreeing" else (pending.desc(),)
-    keys = list(session.scalars(grouped.order_by(*order, per_genre.c.album_key)
-                                .limit(limit).offset(offset)))
-    return albums_by_key(session, keys), int(total)
+    rows = session.execute(grouped.order_by(*order, per_genre.c.album_key)
+                           .limit(limit).offset(offset)).all()
+    if rows:
+        total = rows[0].total
+    else:
+        total = session.scalar(select(func.count()).select_from(
+            grouped.with_only_columns(per_genre.c.album_key).subquery())) or 0
+    return albums_by_key(session, [r.album_key for r in rows]), int(total)
 
 
 def albums_by_key(session: Session, keys: list[str]) -> list[Album]:
@@ -172,6 +186,8 @@ def albums_by_key(session: Session, keys: list[str]) -> list[Album]:
         select(Track, Suggestion)
         .outerjoin(Suggestion, and_(Suggestion.track_id == Track.id,
                                     Suggestion.status == S.PENDING))
+        # Only what an album row shows: a page is some 300 songs.
+        .options(load_only(*SONG_COLUMNS), load_only(*SUGGESTION_COLUMNS))
         .where(Track.album_key.in_(keys), Track.state != TrackState.MISSING)
         .order_by(Track.path, Suggestion.id)).all()
     found: dict[str, Album] = {}
@@ -243,9 +259,10 @@ def count_mixed(session: Session) -> int:
 def list_mixed(session: Session, *, limit: int = 25, offset: int = 0
                ) -> tuple[list[Album], int]:
     """One page of the albums count_mixed counts (by key: a stable order), and the total."""
-    keys = list(session.scalars(_mixed_keys().order_by(Track.album_key)
-                                .limit(limit).offset(offset)))
-    return albums_by_key(session, keys), count_mixed(session)
+    rows = session.execute(_mixed_keys().add_columns(func.count().over().label("total"))
+                           .order_by(Track.album_key).limit(limit).offset(offset)).all()
+    total = rows[0].total if rows else count_mixed(session)
+    return albums_by_key(session, [r.album_key for r in rows]), int(total)
 
 
 # ---------------------------------------------------------------- JSON shapes
