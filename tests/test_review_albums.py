@@ -348,3 +348,10 @@ def test_by_album_page_confirm_accept_and_undo(station, client):
     assert r.status_code == 400
     r = client.post(f"/albums/{BLUE}/accept", data={"genre": "Jazz"})
     assert r.status_code == 400  # no CSRF token
+
+
+def test_history_says_which_decisions_were_a_whole_album(station, client):
+    config, sessions, ids = station
+    review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+    page = client.get("/history").get_data(as_text=True)
+    assert page.count("(whole album)") == 4
