@@ -78,6 +78,14 @@ class UnknownGenre(ReviewError):
         super().__init__(f"{genre!r} is not one of the station's genres: {', '.join(known)}")
 
 
+class UnknownBatch(UnknownDecision):
+    """No album action has this batch id (an unknown decision, to the page: a 404)."""
+
+    def __init__(self, batch_id: str):
+        self.batch_id = batch_id
+        ReviewError.__init__(self, f"no album action with batch id {batch_id!r}")
+
+
 class CannotUndo(ReviewError):
     """The decision is already undone, is itself an undo, or a later one follows it."""
 
@@ -458,7 +466,7 @@ def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *
                                    Decision.action != Action.UNDO)
             .order_by(Decision.id.desc()).with_for_update()).all())
         if not batch:
-            raise ReviewError(f"no album action with batch id {batch_id!r}")
+            raise UnknownBatch(batch_id)
         standing = [d for d in batch if not d.undone]
         if not standing:
             raise CannotUndo(f"album action {batch_id} is already undone")

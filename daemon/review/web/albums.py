@@ -10,12 +10,12 @@ Posts answer JSON to the keyboard script (`Accept: application/json`), else redi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, flash, jsonify, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
+from werkzeug.routing import BaseConverter
 
 from daemon.core.db.models import Decision
 from daemon.review import albums, decisions, listing
@@ -38,11 +38,26 @@ from daemon.review.web.songs import failed
 
 bp = Blueprint("albums", __name__)
 
+
+class AlbumKey(BaseConverter):
+    """`<album:key>`: an album key (daemon.library.albums.KEY_DIGITS hex digits); anything
+    else is no album, a 404."""
+
+    regex = r"[0-9a-f]{16}"
+
+
+class BatchId(BaseConverter):
+    """`<batch:batch_id>`: an album action's batch id (uuid4 hex)."""
+
+    regex = r"[0-9a-f]{32}"
+
+
+# Before the routes below: registering the blueprint adds them in this order.
+bp.record_once(lambda state: state.app.url_map.converters.update(album=AlbumKey,
+                                                                 batch=BatchId))
+
 PAGE_SIZE = 20  # albums (some 250 songs): about the song view's 50 rows of work
 MIXED_SHOWN = 10
-# An album key (daemon.library.albums.KEY_DIGITS hex digits) and a batch id (uuid4 hex).
-_KEY = re.compile(r"[0-9a-f]{16}")
-_BATCH = re.compile(r"[0-9a-f]{32}")
 # ?scope= of the confirm page: the accept scopes, or "relabel" (the audit's use X for all).
 RELABEL = "relabel"
 # app.extensions key of the page's reused filter choices and audit (_page_options).
@@ -112,11 +127,11 @@ def _scope() -> tuple[str, bool] | None:
     return (scope, False) if scope in decisions.ALBUM_SCOPES else None
 
 
-@bp.get("/albums/<key>/confirm")
+@bp.get("/albums/<album:key>/confirm")
 def confirm(key: str):
     scope = _scope()
     genre = request.args.get("genre", "")
-    if not _KEY.fullmatch(key) or scope is None or not genre:
+    if scope is None or not genre:
         return plain(400, "That album action is not one this page offers.")
     deps = review()
     try:
@@ -132,11 +147,11 @@ def confirm(key: str):
                            cancel_url=request.script_root + back)
 
 
-@bp.post("/albums/<key>/accept")
+@bp.post("/albums/<album:key>/accept")
 def accept(key: str):
     deps = review()
     scope = _scope()
-    if not _KEY.fullmatch(key) or scope is None:
+    if scope is None:
         return failed(decisions.ReviewError("that album action is not one this page offers"))
     try:
         up_to = request.form.get("up_to_id", "")
@@ -169,10 +184,8 @@ def _done(made: list[Decision], message: str, *, reloaded: bool = False):
     return go_next(request.form.get("next") or LIST_PATH)
 
 
-@bp.post("/batches/<batch_id>/undo")
+@bp.post("/batches/<batch:batch_id>/undo")
 def undo(batch_id: str):
-    if not _BATCH.fullmatch(batch_id):
-        return failed(decisions.ReviewError(f"no album action with batch id {batch_id!r}"))
     deps = review()
     try:
         made = decisions.undo_batch(deps.sessions, deps.config, batch_id,
