@@ -244,6 +244,8 @@ def test_album_commands(station, tmp_path, database_url):
     result, data = run_album_cli(tmp_path, database_url, "list", "--json")
     assert data["total"] == 2 and data["albums"][0]["key"] == BLUE
     assert (data["albums"][0]["majority"], data["albums"][0]["agreeing"]) == ("Jazz", 3)
+    [odd] = data["albums"][0]["disagreeing"]
+    assert (odd["title"], odd["genre"], odd["agrees"]) == ("Blue 3", "Blues", False)
     result, _ = run_album_cli(tmp_path, database_url, "list")
     assert "Kind of Blue — Miles Davis" in result.output and "Jazz: 3 of 4 agree" in result.output
     result, _ = run_album_cli(tmp_path, database_url, "show", BLUE)

@@ -16,7 +16,8 @@ JSON shapes (stable; `genretagger review album ... --json` prints them):
         "folder": str, "songs": int (in the library now), "pending": int,
         "majority": str|null (the genre most pending songs are suggested), "agreeing": int
         (pending songs suggested the majority genre), "labelled": {genre: int} (tagged or
-        confirmed songs), "tracks": [album_song_json, ...] (only in `show`)}
+        confirmed songs), "disagreeing": [album_song_json, ...] (pending songs suggested
+        another genre), "tracks": [album_song_json, ...] (every song; only in `show`)}
     album_song_json: {"track_id": int, "suggestion_id": int|null, "path": str,
         "title": str|null, "artist": str|null, "format": str|null, "state": str,
         "genre": str|null (suggested, pending songs), "confidence": float|null,
@@ -281,7 +282,8 @@ def album_json(album: Album, *, songs: bool = False) -> dict:
     data = {"key": album.key, "title": album.title, "artist": album.artist,
             "compilation": album.compilation, "folder": album.folder,
             "songs": len(album.songs), "pending": len(album.pending), "majority": majority,
-            "agreeing": len(album.agreeing), "labelled": album.labelled}
+            "agreeing": len(album.agreeing), "labelled": album.labelled,
+            "disagreeing": [album_song_json(s, majority) for s in album.disagreeing]}
     if songs:
         data["tracks"] = [album_song_json(s, majority) for s in album.songs]
     return data
