@@ -31,16 +31,18 @@ JSON shapes (stable; `genretagger review album ... --json` prints them):
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
 from sqlalchemy.orm import Session, load_only
 
+from daemon.core.config import Config
 from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.library.albums import album_folder
-from daemon.review.decisions import ReviewError, majority_genre
+from daemon.review.decisions import ReviewError, album_plan
 
 S = SuggestionStatus
 # Orders of the album list: most songs in agreement first (quickest to review), most songs
@@ -55,6 +57,16 @@ SUGGESTION_COLUMNS = (Suggestion.id, Suggestion.track_id, Suggestion.genre,
                       Suggestion.confidence, Suggestion.status)
 # A song's label in SQL (daemon.learn.labels.training_label).
 LABEL = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
+
+
+def majority_genre(suggestions: Iterable[Suggestion]) -> str | None:
+    """The genre most of `suggestions` name (ties: the more sure in total, then by name);
+    None for none."""
+    votes: dict[str, tuple[int, float]] = {}
+    for s in suggestions:
+        n, sure = votes.get(s.genre, (0, 0.0))
+        votes[s.genre] = (n + 1, sure + float(s.confidence))
+    return max(votes, key=lambda g: (*votes[g], g)) if votes else None
 
 
 @dataclass(frozen=True)
@@ -95,8 +107,7 @@ class Album:
 
     @cached_property  # read many times a row; songs are complete once the album is built
     def majority(self) -> str | None:
-        """The genre most pending songs are suggested (daemon.review.decisions'
-        majority_genre: the album operations count the same way)."""
+        """The genre most pending songs are suggested (majority_genre)."""
         return majority_genre(s.suggestion for s in self.pending)
 
     @property
@@ -307,11 +318,9 @@ class ActionPreview:
     up_to_id: int | None
 
 
-def preview_action(session: Session, config, key: str, genre: str, *, scope: str = "all",
+def preview_action(session: Session, config: Config, key: str, genre: str, *, scope: str = "all",
                    relabel: bool = False) -> ActionPreview:
     """The confirm step's figures for accept_album(key, genre, scope, relabel)."""
-    from daemon.review.decisions import album_plan
-
     steps = album_plan(session, config, key, genre, scope=scope, relabel=relabel)
     ids = [s.suggestion.id for s in steps if s.suggestion is not None]
     return ActionPreview(

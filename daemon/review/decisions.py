@@ -357,16 +357,6 @@ def last_undoable(session: Session, who: str | None = None) -> Decision | None:
 ALBUM_SCOPES = ("all", "agreeing")
 
 
-def majority_genre(suggestions: Iterable[Suggestion]) -> str | None:
-    """The genre most of `suggestions` name (ties: the more sure in total, then by name);
-    None for none. The album view and the album operations share it."""
-    votes: dict[str, tuple[int, float]] = {}
-    for s in suggestions:
-        n, sure = votes.get(s.genre, (0, 0.0))
-        votes[s.genre] = (n + 1, sure + float(s.confidence))
-    return max(votes, key=lambda g: (*votes[g], g)) if votes else None
-
-
 @dataclass(frozen=True)
 class AlbumStep:
     """One song's part of an album action: the decision it will get."""
