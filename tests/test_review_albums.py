@@ -359,3 +359,17 @@ def test_history_says_which_decisions_were_a_whole_album(station, client):
     review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     page = client.get("/history").get_data(as_text=True)
     assert page.count("(whole album)") == 4
+
+
+def test_a_song_gone_from_the_library_is_neither_shown_nor_decided(station):
+    config, sessions, ids = station
+    with sessions() as session, session.begin():
+        session.get(Track, ids["blue2"][0]).state = "missing"
+    with sessions() as session:
+        [blue] = [a for a in albums.list_albums(session)[0] if a.key == BLUE]
+        assert (len(blue.songs), len(blue.pending), len(blue.agreeing)) == (5, 3, 2)
+        preview = albums.preview_action(session, config, BLUE, "Jazz", scope="all")
+        assert (preview.songs, preview.files, preview.overrides) == (3, 3, 1)
+    made = review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+    assert ids["blue2"][0] not in {d.track_id for d in made}
+    assert status_of(sessions, ids["blue2"][1]) == "pending"

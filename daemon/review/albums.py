@@ -146,7 +146,8 @@ def _pending_songs(f: AlbumFilter) -> Select:
     query = (select(Track.album_key.label("album_key"), Suggestion.genre.label("genre"),
                     func.count().label("n"))
              .select_from(Suggestion).join(Track, Suggestion.track_id == Track.id)
-             .where(Suggestion.status == S.PENDING, Track.album_key.is_not(None)))
+             .where(Suggestion.status == S.PENDING, Track.album_key.is_not(None),
+                    Track.state != TrackState.MISSING))
     if (f.folder and f.folder.strip().strip("/")) or f.format:
         inner = select(Track.album_key).where(Track.album_key.is_not(None))
         if f.folder and f.folder.strip().strip("/"):

@@ -381,7 +381,9 @@ def album_plan(session: Session, config: Config, album_key: str, genre: str, *,
         raise ReviewError(f"scope must be one of {', '.join(ALBUM_SCOPES)}, not {scope!r}")
     genre = _check_genre(session, config, genre)
     query = (select(Suggestion).join(Track, Suggestion.track_id == Track.id)
-             .where(Track.album_key == album_key, Suggestion.status == SuggestionStatus.PENDING)
+             .where(Track.album_key == album_key, Suggestion.status == SuggestionStatus.PENDING,
+                    # A song gone from the library is not on the album page either.
+                    Track.state != TrackState.MISSING)
              .order_by(Track.path, Suggestion.id).with_for_update(of=Suggestion))
     if up_to_id is not None:
         query = query.where(Suggestion.id <= up_to_id)
