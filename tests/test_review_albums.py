@@ -373,3 +373,23 @@ def test_a_song_gone_from_the_library_is_neither_shown_nor_decided(station):
     made = review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     assert ids["blue2"][0] not in {d.track_id for d in made}
     assert status_of(sessions, ids["blue2"][1]) == "pending"
+
+
+def test_a_reused_aggregate_never_outlives_a_change(station):
+    """list_albums(cache=) reuses a page's aggregate only while nothing it depends on
+    moved: a decision made elsewhere (the song view, the shell), a new suggestion."""
+    from daemon.review.web.common import LRU
+
+    config, sessions, ids = station
+    cache = LRU(8)
+    with sessions() as session:
+        assert albums.list_albums(session, cache=cache)[1] == 2
+    review.accept_album(sessions, config, HITS, "Rock", scope="all", who="shell")
+    with sessions() as session:
+        found, total = albums.list_albums(session, cache=cache)
+        assert total == 1 and [a.key for a in found] == [BLUE]
+    add_album_song(sessions, "Various/Road Hits/9.ogg", HITS,
+                   (("Pop", 0.9), ("Rock", 0.05), ("Jazz", 0.05)), compilation=True)
+    with sessions() as session:
+        assert albums.list_albums(session, cache=cache)[1] == 2
+        assert albums.list_albums(session, cache=cache)[1] == 2  # reused: same answer

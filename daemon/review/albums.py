@@ -3,7 +3,8 @@ review), and the album consistency audit (albums whose labelled songs disagree).
 
 Album identity is `tracks.album_key` (daemon.library.albums). Every page is aggregated in
 SQL (GROUP BY album_key over the pending suggestions), paged there, and only the page's
-albums' songs are then read: a page costs the same with 15,000 tracks as with 150.
+albums' songs are then read. The review page reuses a page's aggregate while nothing it
+depends on has moved (list_version); the songs are always read fresh.
 
 A song's label is its confirmed genre, else its tag's canonical genre
 (daemon.learn.labels.training_label); "labelled" songs are the album's tagged and
@@ -30,6 +31,7 @@ JSON shapes (stable; `genretagger review album ... --json` prints them):
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from sqlalchemy import Select, and_, case, func, literal_column, or_, select
 from sqlalchemy.orm import Session, load_only
 
 from daemon.core.config import Config
-from daemon.core.db.models import Suggestion, Track
+from daemon.core.db.models import Decision, Suggestion, Track
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.library.albums import album_folder
 from daemon.review.decisions import ReviewError, album_plan
@@ -49,6 +51,9 @@ S = SuggestionStatus
 # waiting first, or by album name.
 ALBUM_SORTS = ("agreeing", "pending", "album")
 COMPILATION_ARTIST = "Various Artists"
+# The longest a page's aggregate is reused while list_version stays the same (a change it
+# does not see, such as a retagged album, shows within this).
+AGGREGATE_REUSE_S = 30
 # The columns albums_by_key loads (anything else would be loaded row by row).
 SONG_COLUMNS = (Track.id, Track.path, Track.title, Track.artist, Track.album,
                 Track.album_artist, Track.album_key, Track.compilation, Track.format,
@@ -159,10 +164,34 @@ def _pending_songs(f: AlbumFilter) -> Select:
 
 
 def list_albums(session: Session, f: AlbumFilter = AlbumFilter(), *, limit: int = 25,
-                offset: int = 0) -> tuple[list[Album], int]:
-    """One page of albums with songs waiting for review, and how many albums match."""
+                offset: int = 0, cache=None) -> tuple[list[Album], int]:
+    """One page of albums with songs waiting for review, and how many albums match.
+
+    cache: an LRU (daemon.review.web.common) to reuse the page's aggregate in while
+    list_version stays the same (at most AGGREGATE_REUSE_S); the songs are read fresh."""
     if f.sort not in ALBUM_SORTS:
         raise ReviewError(f"sort must be one of {', '.join(ALBUM_SORTS)}, not {f.sort!r}")
+    if cache is None:
+        keys, total = album_keys(session, f, limit=limit, offset=offset)
+    else:
+        stamp = (list_version(session), int(time.monotonic() // AGGREGATE_REUSE_S))
+        keys, total = cache.get_or_make((f, limit, offset, stamp), lambda: album_keys(
+            session, f, limit=limit, offset=offset))
+    return albums_by_key(session, keys), total
+
+
+def list_version(session: Session) -> tuple:
+    """What changes whenever list_albums' answer can: the pending suggestions (how many,
+    the newest), the newest decision, the newest track move. Index lookups only."""
+    pending = session.execute(select(func.count(), func.max(Suggestion.id))
+                              .where(Suggestion.status == S.PENDING)).one()
+    return (*pending, session.scalar(select(func.max(Decision.id))),
+            session.scalar(select(func.max(Track.state_changed_at))))
+
+
+def album_keys(session: Session, f: AlbumFilter, *, limit: int, offset: int
+               ) -> tuple[list[str], int]:
+    """list_albums' aggregate: the keys of one page of albums, in order, and the total."""
     per_genre = _pending_songs(f).subquery()
     pending, top = func.sum(per_genre.c.n), func.max(per_genre.c.n)
     # The total rides along on every row (a window over the grouped rows), so the
@@ -183,11 +212,10 @@ def list_albums(session: Session, f: AlbumFilter = AlbumFilter(), *, limit: int 
     rows = session.execute(grouped.order_by(*order, per_genre.c.album_key)
                            .limit(limit).offset(offset)).all()
     if rows:
-        total = rows[0].total
-    else:
-        total = session.scalar(select(func.count()).select_from(
-            grouped.with_only_columns(per_genre.c.album_key).subquery())) or 0
-    return albums_by_key(session, [r.album_key for r in rows]), int(total)
+        return [r.album_key for r in rows], int(rows[0].total)
+    total = session.scalar(select(func.count()).select_from(
+        grouped.with_only_columns(per_genre.c.album_key).subquery())) or 0
+    return [], int(total)
 
 
 def albums_by_key(session: Session, keys: list[str]) -> list[Album]:

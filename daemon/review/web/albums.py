@@ -20,6 +20,7 @@ from werkzeug.routing import BaseConverter
 from daemon.core.db.models import Decision
 from daemon.review import albums, decisions, listing
 from daemon.review.web.common import (
+    LRU,
     MAX_ROW_ID,
     OPTIONS_TTL_S,
     TimedValue,
@@ -62,6 +63,8 @@ MIXED_SHOWN = 10
 RELABEL = "relabel"
 # app.extensions key of the page's reused filter choices and audit (_page_options).
 _OPTIONS = "album_options"
+# ... and of the album list's aggregates (albums.list_albums(cache=)).
+_AGGREGATES = "album_aggregates"
 _SENTINEL_KEY = "f0e1d2c3b4a59687"
 # Where an album action goes back to (app-relative, as `next=` values are).
 LIST_PATH = "/albums"
@@ -83,7 +86,9 @@ def album_list():
         return bad_page()
     deps = review()
     with deps.sessions() as db:
-        rows, total = albums.list_albums(db, f, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        rows, total = albums.list_albums(
+            db, f, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE,
+            cache=current_app.extensions.setdefault(_AGGREGATES, LRU(64)))
         context = dict(
             rows=rows, total=total, page=page, pages=max(1, -(-total // PAGE_SIZE)),
             filter=f, sorts=albums.ALBUM_SORTS, **_page_options(db),
