@@ -393,3 +393,14 @@ def test_a_reused_aggregate_never_outlives_a_change(station):
     with sessions() as session:
         assert albums.list_albums(session, cache=cache)[1] == 2
         assert albums.list_albums(session, cache=cache)[1] == 2  # reused: same answer
+
+
+def test_use_x_for_all_on_the_page_clears_the_album_from_the_audit(station, client):
+    config, sessions, ids = station
+    assert 'id="mixed-total">1<' in client.get("/albums").get_data(as_text=True)
+    r = client.post(f"/albums/{MIXED}/accept", data={
+        "csrf_token": csrf_of(client), "genre": "Blues", "scope": "relabel"})
+    assert r.status_code == 303
+    page = client.get("/albums").get_data(as_text=True)
+    assert 'id="mixed"' not in page and "Blues for 2 song(s) of the album." in page
+    assert {track(sessions, ids[f"mixed{i}"][0]).confirmed_genre for i in (0, 2)} == {"Blues"}

@@ -10,6 +10,7 @@ Posts answer JSON to the keyboard script (`Accept: application/json`), else redi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
@@ -22,8 +23,6 @@ from daemon.review import albums, decisions, listing
 from daemon.review.web.common import (
     LRU,
     MAX_ROW_ID,
-    OPTIONS_TTL_S,
-    TimedValue,
     bad_page,
     go_next,
     here,
@@ -110,19 +109,14 @@ def _confirm_url() -> Callable[[str, str, str], str]:
 
 def _page_options(db) -> dict:
     """The filter choices and the consistency audit: aggregates over every track, so
-    reused for a few seconds (like the song view's filter choices) and rebuilt after an
-    album action here."""
+    reused while nothing they depend on has moved (albums.list_version)."""
     def make() -> dict:
         mixed, mixed_total = albums.list_mixed(db, limit=MIXED_SHOWN)
         return dict(mixed=mixed, mixed_total=mixed_total,
                     pending_genres=listing.pending_genres(db),
                     formats=listing.pending_formats(db))
-    return current_app.extensions.setdefault(
-        _OPTIONS, TimedValue(OPTIONS_TTL_S)).get_or_make(make)
-
-
-def _forget_options() -> None:
-    current_app.extensions.pop(_OPTIONS, None)
+    stamp = (albums.list_version(db), int(time.monotonic() // albums.AGGREGATE_REUSE_S))
+    return current_app.extensions.setdefault(_OPTIONS, LRU(2)).get_or_make(stamp, make)
 
 
 def _scope() -> tuple[str, bool] | None:
@@ -179,7 +173,6 @@ def _done(made: list[Decision], message: str, *, reloaded: bool = False):
     after it, so the message waits for that page too."""
     deps = review()
     deps.notify()
-    _forget_options()
     batch = made[0].batch_id if made else None
     if wants_json():
         if reloaded:
