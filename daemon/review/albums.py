@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session
 
 from daemon.core.config import Config
 from daemon.core.db.models import Decision, Suggestion, Track
@@ -54,17 +55,19 @@ COMPILATION_ARTIST = "Various Artists"
 # The longest a page's aggregate is reused while list_version stays the same (a change it
 # does not see, such as a retagged album, shows within this).
 AGGREGATE_REUSE_S = 30
-# The columns albums_by_key loads (anything else would be loaded row by row).
+# The columns albums_by_key reads: plain rows, not ORM objects (a page is some 250 songs,
+# and fewer objects a request keep the collector's pauses out of the page's latency).
 SONG_COLUMNS = (Track.id, Track.path, Track.title, Track.artist, Track.album,
                 Track.album_artist, Track.album_key, Track.compilation, Track.format,
                 Track.state, Track.confirmed_genre, Track.canonical_genre)
-SUGGESTION_COLUMNS = (Suggestion.id, Suggestion.track_id, Suggestion.genre,
-                      Suggestion.confidence, Suggestion.status)
+SUGGESTION_COLUMNS = (Suggestion.id.label("suggestion_id"),
+                      Suggestion.genre.label("suggested"),
+                      Suggestion.confidence.label("confidence"))
 # A song's label in SQL (daemon.learn.labels.training_label).
 LABEL = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
 
 
-def majority_genre(suggestions: Iterable[Suggestion]) -> str | None:
+def majority_genre(suggestions: Iterable[PendingSuggestion]) -> str | None:
     """The genre most of `suggestions` name (ties: the more sure in total, then by name);
     None for none."""
     votes: dict[str, tuple[int, float]] = {}
@@ -85,10 +88,19 @@ class AlbumFilter:
     sort: str = "agreeing"
 
 
+@dataclass(frozen=True, slots=True)
+class PendingSuggestion:
+    """What the album view shows of a song's pending suggestion."""
+
+    id: int
+    genre: str
+    confidence: float
+
+
 @dataclass
 class AlbumSong:
-    track: Track
-    suggestion: Suggestion | None  # its pending suggestion, if any
+    track: Row  # SONG_COLUMNS, by name (track.id, track.path, track.title, ...)
+    suggestion: PendingSuggestion | None  # its pending suggestion, if any
 
     @property
     def label(self) -> str | None:
@@ -224,30 +236,30 @@ def albums_by_key(session: Session, keys: list[str]) -> list[Album]:
     if not keys:
         return []
     rows = session.execute(
-        select(Track, Suggestion)
+        select(*SONG_COLUMNS, *SUGGESTION_COLUMNS)
         .outerjoin(Suggestion, and_(Suggestion.track_id == Track.id,
                                     Suggestion.status == S.PENDING))
-        # Only what an album row shows: a page is some 300 songs.
-        .options(load_only(*SONG_COLUMNS), load_only(*SUGGESTION_COLUMNS))
         .where(Track.album_key.in_(keys), Track.state != TrackState.MISSING)
         .order_by(Track.path, Suggestion.id)).all()
     found: dict[str, Album] = {}
     seen: dict[int, AlbumSong] = {}
-    for track, suggestion in rows:
-        if track.id in seen:  # two pending suggestions: the newer one stands
-            seen[track.id].suggestion = suggestion
+    for row in rows:
+        pending = None if row.suggestion_id is None else PendingSuggestion(
+            row.suggestion_id, row.suggested, float(row.confidence))
+        if row.id in seen:  # two pending suggestions: the newer one stands
+            seen[row.id].suggestion = pending
             continue
-        album = found.get(track.album_key)
+        album = found.get(row.album_key)
         if album is None:
-            album = found[track.album_key] = _album_of(track)
-        song = seen[track.id] = AlbumSong(track, suggestion)
+            album = found[row.album_key] = _album_of(row)
+        song = seen[row.id] = AlbumSong(row, pending)
         album.songs.append(song)
     for album in found.values():
         _name_album(album)
     return [found[k] for k in keys if k in found]
 
 
-def _album_of(track: Track) -> Album:
+def _album_of(track: Row) -> Album:
     return Album(key=track.album_key, title="", artist=None,
                  compilation=bool(track.compilation), folder=album_folder(track.path))
 
