@@ -524,3 +524,32 @@ def overconfident_clips(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     clips = np.full((n, 5, 3), 0.015)
     clips[np.arange(n), :, predicted] = 0.97
     return clips, labels
+
+
+def add_album_song(sessions, path: str, album_key: str, top=None, *, album: str | None = None,
+                   album_artist: str | None = None, artist: str | None = None,
+                   title: str | None = None, compilation: bool = False,
+                   tagged: str | None = None, fmt: str = "mp3", size: int = 1000,
+                   mtime: float = 1.0, fingerprint: str | None = None,
+                   raw_genre: str | None = None) -> tuple[int, int | None]:
+    """A track on an album (tracks.album_key as the record step stores it): with `top`, a
+    pending suggestion as the worker leaves it; with `tagged`, a song whose file's tag maps
+    to that canonical genre (raw_genre: the tag as found, when the map does not know it).
+    Returns (track id, suggestion id or None)."""
+    from daemon.core.db.models import Suggestion, Track
+
+    state = TrackState.SUGGESTED if top else TrackState.TAGGED if tagged else TrackState.QUEUED
+    with sessions() as session, session.begin():
+        track = Track(path=path, size=size, mtime=mtime, fingerprint=fingerprint, format=fmt,
+                      title=title, artist=artist, album=album, album_artist=album_artist,
+                      album_key=album_key, compilation=compilation, raw_genre=raw_genre or tagged,
+                      canonical_genre=tagged, state=state)
+        session.add(track)
+        session.flush()
+        if not top:
+            return track.id, None
+        suggestion = Suggestion(track_id=track.id, genre=top[0][0], confidence=top[0][1],
+                                top=[list(t) for t in top], status="pending")
+        session.add(suggestion)
+        session.flush()
+        return track.id, suggestion.id

@@ -5,6 +5,8 @@ test-artifacts/ (gitignored)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,13 @@ def served(request, tmp_path, make_config, database, make_song):
 
 @pytest.fixture
 def page(served):
+    with browser_page() as page:
+        yield page
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A page of Debian's chromium; on leaving, no script error may have happened."""
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
@@ -244,3 +253,98 @@ def test_sounds_like_plays_in_the_browser(served, page):
     expect(link).to_have_text("▶ Play")
     assert page.evaluate("() => document.getElementById('alike-player').paused")
     page.screenshot(path=str(ARTIFACTS / "review-sounds-like.png"), full_page=True)
+
+
+# ---------------------------------------------------------------- by album
+
+ALBUM_SONGS = [  # file, title, suggested top-3
+    ("Quartet Nine/Late Sets/1 Opening.mp3", "Opening", (("Jazz", 0.9), ("Blues", 0.1))),
+    ("Quartet Nine/Late Sets/2 Ballad.mp3", "Ballad", (("Jazz", 0.8), ("Blues", 0.2))),
+    ("Quartet Nine/Late Sets/3 Shuffle.mp3", "Shuffle", (("Blues", 0.6), ("Jazz", 0.4))),
+    ("Iron Kettle/Loud/1 Start.mp3", "Start", (("Rock", 0.7), ("Metal", 0.3))),
+]
+
+
+def exiftool_genre(path: Path) -> str:
+    return subprocess.run(["exiftool", "-s3", "-Genre", str(path)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_accept_an_album_by_keyboard_and_undo_it_in_one_step(tmp_path, make_config,
+                                                              database, make_song):
+    """By album: A on the first album, the confirm step says 3 files will be written,
+    Enter confirms; 3 decisions share one batch and the writer puts Jazz into the files
+    (read back by exiftool); u undoes the whole action and the old tag goes back."""
+    from helpers import add_album_song
+
+    from daemon.library.albums import album_key
+    from daemon.review.writeback import Writer
+
+    library = tmp_path / "library"
+    config = make_config(library)
+    _, sessions = database
+    keys = {"Late Sets": album_key("album", "late sets", "quartet nine"),
+            "Loud": album_key("album", "loud", "iron kettle")}
+    files = {}
+    for rel, title, top in ALBUM_SONGS:
+        album = rel.split("/")[1]
+        path = make_song(Path(rel).name, genre=top[0][0], seconds=6,
+                         folder=library / Path(rel).parent, title=title, album=album,
+                         genre_tag="Misc")
+        st = path.stat()
+        files[title] = path
+        add_album_song(sessions, rel, keys[album], top, album=album, title=title,
+                       artist=rel.split("/")[0], album_artist=rel.split("/")[0],
+                       size=st.st_size, mtime=st.st_mtime, fingerprint=fingerprint(path),
+                       raw_genre="Misc")
+    server = WebServer(config, sessions, port=0)
+    server.start()
+    try:
+        with browser_page() as page:
+            page.goto(server.url)
+            page.click("text=By album")
+            expect(page.locator("#album-total")).to_have_text("2")
+            # Most in agreement first: Loud (1 of 1), then Late Sets (2 of 3).
+            expect(page.locator("article.album").first).to_have_class("album current")
+            expect(page.locator("article.album.current h2")).to_have_text("Loud")
+            page.keyboard.press("j")
+            current = page.locator("article.album.current")
+            expect(current.locator("h2")).to_have_text("Late Sets")
+            expect(current.locator(".agree")).to_have_text("2 of 3 agree")
+            expect(current.locator("tr.disagrees")).to_have_count(1)
+            expect(current.locator("tr.disagrees")).to_contain_text("Shuffle")
+            page.keyboard.press("k")
+            expect(page.locator("article.album.current h2")).to_have_text("Loud")
+            page.keyboard.press("j")
+            page.screenshot(path=str(ARTIFACTS / "review-albums.png"), full_page=True)
+
+            page.keyboard.press("Shift+A")  # Jazz for the whole album: the confirm step
+            expect(page.locator("#album-files")).to_have_text("3")
+            expect(page.locator("#album-songs")).to_have_text("3")
+            page.screenshot(path=str(ARTIFACTS / "review-album-confirm.png"))
+            page.keyboard.press("Enter")
+            expect(page.locator("p.flash").first).to_contain_text("Jazz for 3 song(s)")
+            expect(page.locator("#album-total")).to_have_text("1")
+
+            made = decisions(sessions)
+            assert len(made) == 3 and len({d.batch_id for d in made}) == 1
+            assert sorted((d.action, d.how, d.genre) for d in made) == [
+                ("accept", "album", "Jazz"), ("accept", "album", "Jazz"),
+                ("override", "album", "Jazz")]
+            assert Writer(config, sessions).run_once().written == 3
+            assert {exiftool_genre(files[t]) for t in ("Opening", "Ballad", "Shuffle")} == {
+                "Jazz"}
+            assert exiftool_genre(files["Start"]) == "Misc"
+
+            page.keyboard.press("u")
+            expect(page.locator("#album-total")).to_have_text("2")
+            expect(page.locator("p.flash").first).to_contain_text("Undone: 3 song(s)")
+            rows = decisions(sessions)
+            assert all(d.undone for d in rows[:3])
+            assert [d.action for d in rows[3:]] == ["undo"] * 3
+            assert Writer(config, sessions).run_once().written == 3  # the old tag goes back
+            assert {exiftool_genre(files[t]) for t in ("Opening", "Ballad", "Shuffle")} == {
+                "Misc"}
+            assert suggestion_for(sessions, "Shuffle").status == "pending"
+    finally:
+        server.close()

@@ -289,7 +289,8 @@ def test_status_command(tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert set(data) == {"daemon", "tracks", "queue_depth", "files_per_minute", "last_hour",
-                         "pending_suggestions", "decisions_waiting", "write_failures_total",
+                         "pending_suggestions", "mixed_albums", "decisions_waiting",
+                         "write_failures_total",
                          "write_failures", "model",
                          "last_reconcile", "quarantined_total", "quarantined", "retraining",
                          "components", "skipped_total", "skipped", "cannot_suggest_yet",

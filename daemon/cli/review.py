@@ -195,3 +195,161 @@ def review_history(ctx: Context, limit: int, as_json: bool) -> None:
         click.echo(f"{row['id']:>7}  {row['at'][:16].replace('T', ' ')}  {row['action']:<8} "
                    f"{row['genre'] or '-':<12} file:{row['write_status']:<8} {row['who']}  "
                    f"{row['path']}{undone}")
+
+
+# ---------------------------------------------------------------- albums
+
+@review_group.group("album")
+def album_group() -> None:
+    """Review an album at a time, and the album consistency audit.
+
+    KEY is an album's key (the first column of `review album list`); undo takes the
+    BATCH id an accept or use printed.
+    """
+
+
+def _album_line(a: dict) -> str:
+    who = f" — {a['artist']}" if a["artist"] else ""
+    return (f"{a['key']}  {a['title']}{who}  ({a['songs']} songs, {a['pending']} to review; "
+            f"{a['majority'] or '-'}: {a['agreeing']} of {a['pending']} agree)")
+
+
+@album_group.command("list")
+@click.option("--genre", help="only albums whose most suggested genre is this")
+@click.option("--folder", help="only albums with songs under this library folder")
+@click.option("--format", "fmt", help="only albums with songs of this file format")
+@click.option("--sort", default="agreeing", show_default=True,
+              type=click.Choice(["agreeing", "pending", "album"]))
+@click.option("--limit", type=click.IntRange(1), default=25, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--json", "as_json", is_flag=True,
+              help='{"total": n, "albums": [...]} (shape: daemon/review/albums.py)')
+@pass_context
+def album_list(ctx: Context, genre: str | None, folder: str | None, fmt: str | None,
+               sort: str, limit: int, offset: int, as_json: bool) -> None:
+    """Albums with songs waiting for review, most in agreement first."""
+    from daemon.review.albums import AlbumFilter, album_json, list_albums
+
+    with _review_sessions(ctx)() as session:
+        found, total = list_albums(session, AlbumFilter(genre=genre, folder=folder,
+                                                        format=fmt, sort=sort),
+                                   limit=limit, offset=offset)
+        data = [album_json(a) for a in found]
+    if as_json:
+        echo_json({"total": total, "albums": data})
+        return
+    click.echo(f"{total} album(s) with songs to review"
+               + ("" if total <= len(data) else f", showing {len(data)}"))
+    for a in data:
+        click.echo(_album_line(a))
+
+
+@album_group.command("show")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="album_json with its tracks")
+@pass_context
+def album_show(ctx: Context, key: str, as_json: bool) -> None:
+    """One album's songs: what each is suggested or tagged, and who disagrees."""
+    from daemon.review.albums import album_json, get_album
+
+    with _review_sessions(ctx)() as session:
+        data = album_json(get_album(session, key), songs=True)
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(_album_line(data))
+    if data["labelled"]:
+        click.echo("tagged/confirmed: " + ", ".join(f"{g} {n}"
+                                                    for g, n in data["labelled"].items()))
+    for t in data["tracks"]:
+        if t["suggestion_id"] is not None:
+            mark = "" if t["agrees"] else "  <- disagrees"
+            what = f"suggested {t['genre']} {100 * t['confidence']:.0f}%{mark}"
+        else:
+            what = f"{t['state']} {t['label'] or '-'}"
+        click.echo(f"  {t['path']}: {what}")
+
+
+def _album_action(ctx: Context, key: str, genre: str, scope: str, relabel: bool, yes: bool,
+                  as_json: bool) -> None:
+    """The shared confirm step of `accept` and `use`: say what will change, ask, do."""
+    from daemon.review.albums import preview_action
+    from daemon.review.decisions import accept_album
+
+    sessions = _review_sessions(ctx)
+    with sessions() as session:
+        plan = preview_action(session, ctx.config, key, genre, scope=scope, relabel=relabel)
+    click.echo(f"{plan.songs} song(s) get {plan.genre} ({plan.overrides} of them change "
+               f"genre); {plan.files} file(s) will be written", err=as_json)
+    if plan.songs and not yes and not click.confirm("go ahead?", err=as_json):
+        raise click.exceptions.Abort()
+    made = accept_album(sessions, ctx.config, key, genre, scope=scope, relabel=relabel,
+                        who=_cli_reviewer(), up_to_id=plan.up_to_id)
+    _echo_decisions(sessions, made, as_json)
+    if not as_json:
+        click.echo(f"batch {made[0].batch_id} (undo it with `genretagger review album undo "
+                   f"{made[0].batch_id}`)")
+
+
+@album_group.command("accept")
+@click.argument("key")
+@click.argument("genre")
+@click.option("--agreeing-only", is_flag=True,
+              help="only the songs suggested GENRE (else every song waiting gets it)")
+@click.option("--yes", is_flag=True, help="do not ask first")
+@click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
+@pass_context
+def album_accept(ctx: Context, key: str, genre: str, agreeing_only: bool, yes: bool,
+                 as_json: bool) -> None:
+    """Give GENRE to the album's songs waiting for review; says how many files will be
+    written and asks first."""
+    _album_action(ctx, key, genre, "agreeing" if agreeing_only else "all", False, yes,
+                  as_json)
+
+
+@album_group.command("use")
+@click.argument("key")
+@click.argument("genre")
+@click.option("--yes", is_flag=True, help="do not ask first")
+@click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
+@pass_context
+def album_use(ctx: Context, key: str, genre: str, yes: bool, as_json: bool) -> None:
+    """Use GENRE for every song of the album: the ones waiting for review and the tagged
+    or confirmed ones too (the consistency audit's fix)."""
+    _album_action(ctx, key, genre, "all", True, yes, as_json)
+
+
+@album_group.command("undo")
+@click.argument("batch")
+@click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
+@pass_context
+def album_undo(ctx: Context, batch: str, as_json: bool) -> None:
+    """Take back a whole album action (BATCH, as accept or use printed it) in one step."""
+    from daemon.review.decisions import undo_batch
+
+    sessions = _review_sessions(ctx)
+    _echo_decisions(sessions, undo_batch(sessions, ctx.config, batch, who=_cli_reviewer()),
+                    as_json)
+
+
+@album_group.command("mixed")
+@click.option("--limit", type=click.IntRange(1), default=25, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--json", "as_json", is_flag=True, help='{"total": n, "albums": [...]}')
+@pass_context
+def album_mixed(ctx: Context, limit: int, offset: int, as_json: bool) -> None:
+    """The consistency audit: albums whose tagged songs carry different genres (fix one
+    with `review album use KEY GENRE`)."""
+    from daemon.review.albums import album_json, list_mixed
+
+    with _review_sessions(ctx)() as session:
+        found, total = list_mixed(session, limit=limit, offset=offset)
+        data = [album_json(a) for a in found]
+    if as_json:
+        echo_json({"total": total, "albums": data})
+        return
+    click.echo(f"{total} album(s) whose tagged songs carry different genres")
+    for a in data:
+        who = f" — {a['artist']}" if a["artist"] else ""
+        click.echo(f"{a['key']}  {a['title']}{who}: "
+                   + ", ".join(f"{g} {n}" for g, n in a["labelled"].items()))

@@ -119,6 +119,7 @@ class How(StrEnum):
     BULK = "bulk"
     OVERRIDE = "override"
     UNDO = "undo"
+    ALBUM = "album"  # one of an album-at-a-time action's decisions (they share a batch_id)
 
 
 class WriteStatus(StrEnum):

@@ -8,6 +8,10 @@ overridden genres become the track's confirmed label (`confirmed_genre`,
 Decisions that change a file's tag get `write_status = "pending"` (or `"off"` when
 `review.write_tags` is false); `daemon.review.writeback.Writer` does the writing.
 
+Album actions (accept_album, undo_batch) decide every song of an album in one
+transaction: each song its own row (how "album"), all sharing one `batch_id`, undone
+together.
+
 The web UI and the `genretagger review` commands both call these functions; IDs given
 to accept / set / reject are suggestion ids, undo takes a decision id.
 
@@ -19,7 +23,9 @@ its confirmed label if it had one, else the file's raw tag.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,6 +76,14 @@ class UnknownGenre(ReviewError):
     def __init__(self, genre: str, known: Sequence[str]):
         self.genre = genre
         super().__init__(f"{genre!r} is not one of the station's genres: {', '.join(known)}")
+
+
+class UnknownBatch(UnknownDecision):
+    """No album action has this batch id (an unknown decision, to the page: a 404)."""
+
+    def __init__(self, batch_id: str):
+        self.batch_id = batch_id
+        ReviewError.__init__(self, f"no album action with batch id {batch_id!r}")
 
 
 class CannotUndo(ReviewError):
@@ -131,13 +145,14 @@ def _cancel_outstanding_writes(session: Session, track: Track, reason: str) -> N
 
 
 def _decide(session: Session, config: Config, suggestion: Suggestion, track: Track, *,
-            action: str, how: str, genre: str | None, who: str) -> Decision:
+            action: str, how: str, genre: str | None, who: str,
+            batch_id: str | None = None) -> Decision:
     now = utcnow()
     writes = action in (Action.ACCEPT, Action.OVERRIDE)
     decision = Decision(
         track_id=track.id, suggestion_id=suggestion.id, action=action, how=how, genre=genre,
         previous_genre=_previous_genre(track), who=who, at=now, undone=False,
-        write_status=_write_status(config, writes), write_attempts=0,
+        write_status=_write_status(config, writes), write_attempts=0, batch_id=batch_id,
     )
     if writes:
         _cancel_outstanding_writes(session, track, "replaced by a later decision")
@@ -259,55 +274,62 @@ def undo(sessions: sessionmaker[Session], config: Config, decision_id: int, *,
         target = session.get(Decision, int(decision_id), with_for_update=True)
         if target is None:
             raise UnknownDecision(decision_id)
-        if target.action == Action.UNDO:
-            raise CannotUndo(f"decision {decision_id} is itself an undo; decide again instead")
-        if target.undone:
-            raise CannotUndo(f"decision {decision_id} is already undone")
-        standing = _standing_decisions(session, target.track_id)
-        if standing and standing[0].id != target.id:
-            raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
-                             "track came later; undo that one first")
-        track = session.get(Track, target.track_id)
-        now = utcnow()
-        # The genre the file should carry again, if ours already reached it.
-        restore_file = target.write_status == WriteStatus.WRITTEN
-        previous = [d for d in standing[1:] if d.action in (Action.ACCEPT, Action.OVERRIDE)]
-        back_to = previous[0] if previous else None
-        undo_row = Decision(
-            track_id=track.id, suggestion_id=target.suggestion_id, action=Action.UNDO,
-            how=How.UNDO, genre=target.previous_genre if restore_file else None,
-            previous_genre=_previous_genre(track), who=who, at=now, undoes_id=target.id,
-            undone=False, write_attempts=0, write_status=WriteStatus.NONE,
-        )
-        if target.write_status in WRITE_OUTSTANDING:
-            target.write_status = WriteStatus.NONE
-            target.write_error = "undone before it was written"
-            target.next_write_at = None
-        if restore_file:
-            if target.previous_genre is not None:
-                undo_row.write_status = _write_status(config, True)
-            else:
-                # The file had no genre; tags keep ours until the next decision replaces it.
-                undo_row.write_error = (f"the file keeps {target.genre!r}: it had no genre "
-                                        "tag before, and the next decision will replace it")
-        target.undone = True
-        session.add(undo_row)
-        session.flush()
+        return _undo(session, config, target, who=who)
 
-        if target.action in (Action.ACCEPT, Action.OVERRIDE):
-            track.confirmed_genre = back_to.genre if back_to else None
-            track.confirmed_at = back_to.at if back_to else None
-            track.confirmed_decision_id = back_to.id if back_to else None
-        suggestion = session.get(Suggestion, target.suggestion_id) if target.suggestion_id \
-            else None
-        newer = session.scalar(select(func.count()).select_from(Suggestion).where(
-            Suggestion.track_id == track.id, Suggestion.id > (target.suggestion_id or 0)))
-        if suggestion is not None and not newer:
-            suggestion.status = SuggestionStatus.PENDING
-            if track.state == TrackState.REVIEWED:
-                move(track, TrackState.SUGGESTED)
-                track.state_changed_at = now
-        return undo_row
+
+def _undo(session: Session, config: Config, target: Decision, *, who: str,
+          batch_id: str | None = None) -> Decision:
+    """undo()'s work on one decision inside the caller's transaction."""
+    decision_id = target.id
+    if target.action == Action.UNDO:
+        raise CannotUndo(f"decision {decision_id} is itself an undo; decide again instead")
+    if target.undone:
+        raise CannotUndo(f"decision {decision_id} is already undone")
+    standing = _standing_decisions(session, target.track_id)
+    if standing and standing[0].id != target.id:
+        raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
+                         "track came later; undo that one first")
+    track = session.get(Track, target.track_id)
+    now = utcnow()
+    # The genre the file should carry again, if ours already reached it.
+    restore_file = target.write_status == WriteStatus.WRITTEN
+    previous = [d for d in standing[1:] if d.action in (Action.ACCEPT, Action.OVERRIDE)]
+    back_to = previous[0] if previous else None
+    undo_row = Decision(
+        track_id=track.id, suggestion_id=target.suggestion_id, action=Action.UNDO,
+        how=How.UNDO, genre=target.previous_genre if restore_file else None,
+        previous_genre=_previous_genre(track), who=who, at=now, undoes_id=target.id,
+        undone=False, write_attempts=0, write_status=WriteStatus.NONE, batch_id=batch_id,
+    )
+    if target.write_status in WRITE_OUTSTANDING:
+        target.write_status = WriteStatus.NONE
+        target.write_error = "undone before it was written"
+        target.next_write_at = None
+    if restore_file:
+        if target.previous_genre is not None:
+            undo_row.write_status = _write_status(config, True)
+        else:
+            # The file had no genre; tags keep ours until the next decision replaces it.
+            undo_row.write_error = (f"the file keeps {target.genre!r}: it had no genre "
+                                    "tag before, and the next decision will replace it")
+    target.undone = True
+    session.add(undo_row)
+    session.flush()
+
+    if target.action in (Action.ACCEPT, Action.OVERRIDE):
+        track.confirmed_genre = back_to.genre if back_to else None
+        track.confirmed_at = back_to.at if back_to else None
+        track.confirmed_decision_id = back_to.id if back_to else None
+    suggestion = session.get(Suggestion, target.suggestion_id) if target.suggestion_id \
+        else None
+    newer = session.scalar(select(func.count()).select_from(Suggestion).where(
+        Suggestion.track_id == track.id, Suggestion.id > (target.suggestion_id or 0)))
+    if suggestion is not None and not newer:
+        suggestion.status = SuggestionStatus.PENDING
+        if track.state == TrackState.REVIEWED:
+            move(track, TrackState.SUGGESTED)
+            track.state_changed_at = now
+    return undo_row
 
 
 def _standing_decisions(session: Session, track_id: int) -> list[Decision]:
@@ -328,3 +350,128 @@ def last_undoable(session: Session, who: str | None = None) -> Decision | None:
         if standing and standing[0].id == decision.id:
             return decision
     return None
+
+
+# ---------------------------------------------------------------- albums
+
+ALBUM_SCOPES = ("all", "agreeing")
+
+
+@dataclass(frozen=True)
+class AlbumStep:
+    """One song's part of an album action: the decision it will get."""
+
+    track: Track
+    suggestion: Suggestion | None  # None: a tagged/confirmed song relabelled
+    action: str
+    genre: str
+
+
+def album_plan(session: Session, config: Config, album_key: str, genre: str, *,
+               scope: str = "all", relabel: bool = False,
+               up_to_id: int | None = None) -> list[AlbumStep]:
+    """What an album action would decide, song by song (nothing is changed): scope "all"
+    gives every pending song `genre` (an accept where it was suggested, else an
+    override); "agreeing" accepts only the songs suggested `genre`. relabel (the
+    consistency audit's "use X for all") also overrides the album's tagged and confirmed
+    songs whose genre is not `genre`. Suggestions newer than up_to_id (when given) are
+    left alone, so songs that arrive after the confirm step are not decided unseen.
+    Every step writes a file when review.write_tags is on."""
+    if scope not in ALBUM_SCOPES:
+        raise ReviewError(f"scope must be one of {', '.join(ALBUM_SCOPES)}, not {scope!r}")
+    genre = _check_genre(session, config, genre)
+    query = (select(Suggestion).join(Track, Suggestion.track_id == Track.id)
+             .where(Track.album_key == album_key, Suggestion.status == SuggestionStatus.PENDING,
+                    # A song gone from the library is not on the album page either.
+                    Track.state != TrackState.MISSING)
+             .order_by(Track.path, Suggestion.id).with_for_update(of=Suggestion))
+    if up_to_id is not None:
+        query = query.where(Suggestion.id <= up_to_id)
+    steps: dict[int, AlbumStep] = {}
+    for suggestion in session.scalars(query).all():
+        track = suggestion.track
+        if track.state != TrackState.REVIEWED and not can_move(track.state, TrackState.REVIEWED):
+            continue
+        same = suggestion.genre == genre
+        if same or scope == "all":  # the newest pending suggestion of a track stands
+            steps[track.id] = AlbumStep(track, suggestion,
+                                        Action.ACCEPT if same else Action.OVERRIDE, genre)
+    if relabel:
+        for track in session.scalars(
+                select(Track).where(Track.album_key == album_key,
+                                    Track.state.in_((TrackState.TAGGED, TrackState.REVIEWED)))
+                .order_by(Track.path)).all():
+            label = track.confirmed_genre or track.canonical_genre
+            if track.id not in steps and label is not None and label != genre:
+                steps[track.id] = AlbumStep(track, None, Action.OVERRIDE, genre)
+    return list(steps.values())
+
+
+def accept_album(sessions: sessionmaker[Session], config: Config, album_key: str, genre: str,
+                 *, scope: str = "all", who: str, relabel: bool = False,
+                 up_to_id: int | None = None) -> list[Decision]:
+    """Do album_plan's steps in one transaction: each song its own decision (how
+    "album"), all sharing one batch_id (undo_batch takes them back in one step). Raises
+    ReviewError when nothing on the album would change."""
+    with transaction(sessions) as session:
+        steps = album_plan(session, config, album_key, genre, scope=scope, relabel=relabel,
+                           up_to_id=up_to_id)
+        if not steps:
+            raise NotPending(f"album {album_key}: no song would change to {genre}")
+        batch_id = uuid.uuid4().hex
+        made = []
+        for step in steps:
+            if step.suggestion is not None:
+                made.append(_decide(session, config, step.suggestion, step.track,
+                                    action=step.action, how=How.ALBUM, genre=step.genre,
+                                    who=who, batch_id=batch_id))
+            else:
+                made.append(_relabel(session, config, step.track, step.genre, who, batch_id))
+        return made
+
+
+def _relabel(session: Session, config: Config, track: Track, genre: str, who: str,
+             batch_id: str) -> Decision:
+    """An override of a tagged or confirmed song with no suggestion waiting: its label and
+    its file's tag become `genre`; its state stays (tagged or reviewed)."""
+    now = utcnow()
+    decision = Decision(track_id=track.id, suggestion_id=None, action=Action.OVERRIDE,
+                        how=How.ALBUM, genre=genre, previous_genre=_previous_genre(track),
+                        who=who, at=now, undone=False, write_attempts=0, batch_id=batch_id,
+                        write_status=_write_status(config, True))
+    _cancel_outstanding_writes(session, track, "replaced by a later decision")
+    session.add(decision)
+    session.flush()
+    track.confirmed_genre, track.confirmed_at, track.confirmed_decision_id = (
+        genre, now, decision.id)
+    return decision
+
+
+def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *,
+               who: str) -> list[Decision]:
+    """Undo every decision of an album action in one transaction (each as undo() does);
+    CannotUndo, and nothing undone, when any of them cannot be (a later decision on one of
+    its songs, or the batch already undone)."""
+    with transaction(sessions) as session:
+        batch = list(session.scalars(
+            select(Decision).where(Decision.batch_id == batch_id,
+                                   Decision.action != Action.UNDO)
+            .order_by(Decision.id.desc()).with_for_update()).all())
+        if not batch:
+            raise UnknownBatch(batch_id)
+        standing = [d for d in batch if not d.undone]
+        if not standing:
+            raise CannotUndo(f"album action {batch_id} is already undone")
+        undo_id = uuid.uuid4().hex
+        return [_undo(session, config, d, who=who, batch_id=undo_id) for d in standing]
+
+
+def last_batch(session: Session, who: str | None = None) -> str | None:
+    """The batch id of the newest album action (of `who`) not undone: what "u" undoes on
+    the album page."""
+    query = select(Decision.batch_id).where(
+        Decision.batch_id.is_not(None), Decision.undone.is_(False),
+        Decision.action != Action.UNDO)
+    if who is not None:
+        query = query.where(Decision.who == who)
+    return session.scalar(query.order_by(Decision.id.desc()).limit(1))

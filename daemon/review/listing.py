@@ -16,11 +16,13 @@ JSON shapes (stable; `genretagger review ... --json` prints them):
         "unverified": bool (the model has not learned from the station's songs yet: the
                       cold-start model)}
     decision_json: {"id": int, "track_id": int, "suggestion_id": int|null, "path": str,
-        "action": "accept"|"override"|"reject"|"undo", "how": "single"|"bulk"|"override"|"undo",
+        "action": "accept"|"override"|"reject"|"undo",
+        "how": "single"|"bulk"|"override"|"undo"|"album",
         "genre": str|null, "previous_genre": str|null, "who": str, "at": ISO-8601 UTC,
         "undoes_id": int|null, "undone": bool,
         "write_status": "pending"|"written"|"failed"|"off"|"none",
-        "write_attempts": int, "write_error": str|null}
+        "write_attempts": int, "write_error": str|null,
+        "batch_id": str|null (shared by the decisions of one album action)}
     `review list --json`: {"total": int, "suggestions": [suggestion_json, ...]}
     `review accept|set|reject|undo --json`: {"decisions": [decision_json, ...]}
 """
@@ -229,6 +231,7 @@ def decision_json(decision: Decision, track: Track) -> dict:
         "at": _iso(decision.at), "undoes_id": decision.undoes_id,
         "undone": bool(decision.undone), "write_status": decision.write_status,
         "write_attempts": decision.write_attempts, "write_error": decision.write_error,
+        "batch_id": decision.batch_id,
     }
 
 

@@ -24,6 +24,8 @@ it counts as running when either is fresh and its pid is alive.
       "files_per_minute": float,     # classified + failed over the last hour / 60
       "last_hour": {"classified": int, "failed": int},
       "pending_suggestions": int,
+      "mixed_albums": int,           # albums whose tagged/confirmed songs carry different
+                                     # genres (`review album mixed` lists them)
       "decisions_waiting": int,      # decided genres not yet written into files
                                      # (write pending, or failed and retried later)
       "write_failures_total": int,   # of those, the ones whose last write failed
@@ -89,6 +91,7 @@ from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
 from daemon.learn.report import cannot_suggest_lines
 from daemon.learn.runs import last_run
+from daemon.review.albums import count_mixed
 from daemon.service.leader import LEADER_KEY
 from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
@@ -299,6 +302,7 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
                                       2),
             "last_hour": last_hour,
             "pending_suggestions": pending_suggestions(session),
+            "mixed_albums": count_mixed(session),
             **_writes(session),
             "model": model_status(session),
             "last_reconcile": dict(reconcile.value) if reconcile is not None else None,
@@ -413,6 +417,9 @@ def render_status(data: dict[str, Any]) -> str:
                  + (f", last file {d['last_file']}" if d["last_file"] else ""))
     lines.append(f"review:      {data['pending_suggestions']} suggestions to review, "
                  f"{data['decisions_waiting']} accepted genres waiting to be written")
+    if data.get("mixed_albums"):
+        lines.append(f"albums:      {data['mixed_albums']} album(s) whose tagged songs carry "
+                     "different genres (`genretagger review album mixed`)")
     if data["write_failures_total"]:
         lines.append(f"not written: {data['write_failures_total']} accepted genre(s) could not "
                      "be written into the file yet (retried later):")
