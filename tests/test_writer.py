@@ -171,10 +171,10 @@ def test_sigkill_mid_write_leaves_old_or_new_file(make_song, tmp_path):
 # ----------------------------------------------------------------- the Writer component
 
 @pytest.fixture
-def station(tmp_path, make_config, database, make_song):
+def station(tmp_path, make_config, any_database, make_song):
     library = tmp_path / "library"
     config = make_config(library)
-    _, sessions = database
+    _, sessions = any_database
     return config, sessions, library
 
 
