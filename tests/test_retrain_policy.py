@@ -140,8 +140,8 @@ def test_a_song_label_is_the_confirmed_genre_else_the_mapped_tag(confirmed, raw,
     assert song_label(load_genre_map(), confirmed, raw) == expected
 
 
-def test_the_sql_label_is_the_same_rule_as_the_python_one(tmp_path):
-    _engine, sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_the_sql_label_is_the_same_rule_as_the_python_one(database_url):
+    _engine, sessions = open_database(database_url)
     rows = [("a.mp3", "Jazz", "Rock"), ("b.mp3", None, "Rock"), ("c.mp3", "Jazz", None),
             ("d.mp3", None, None)]
     with sessions.begin() as session:

@@ -58,14 +58,15 @@ def _suggestions(sessions, track_id: int) -> list[tuple[str, str]]:
             select(Suggestion).where(Suggestion.track_id == track_id).order_by(Suggestion.id))]
 
 
-def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, make_config):
+def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, make_config,
+                                                                   database_url):
     """Reject A -> a later model suggests B -> the nightly re-score with a model that hears
     A again must not put A back (issue 10, item 10)."""
     library = tmp_path / "library"
     library.mkdir()
     encode(library / "song.flac", synthesize("Jazz", 6.0, 22_050, 3), 22_050)
     config = make_config(library, workers={"processes": 1, "decode_timeout": 20},
-                         classifier={"batch_songs": 1})
+                         classifier={"batch_songs": 1}, database_url=database_url)
     engine, sessions = open_database(config.db_url)
     st = (library / "song.flac").stat()
     with transaction(sessions) as session:
@@ -108,14 +109,14 @@ def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, m
     engine.dispose()
 
 
-def test_rescoring_keeps_what_the_song_sounds_like(tmp_path, make_config):
+def test_rescoring_keeps_what_the_song_sounds_like(tmp_path, make_config, database_url):
     """A re-scored suggestion and a rejected song's second chance keep the sounds-like
     list: it comes from the backbone's embedding, which a new model does not change."""
     from daemon.audio.featurecache import FeatureCache
     from daemon.audio.features import DEFAULT_SPEC, song_features
     from daemon.suggest.inputs import WindowSpecs
 
-    config = make_config(tmp_path / "library")
+    config = make_config(tmp_path / "library", database_url=database_url)
     engine, sessions = open_database(config.db_url)
     sr = DEFAULT_SPEC.sample_rate
     audio = synthesize("Metal", 6.0, sr, 1, channels=1)[:, 0]
