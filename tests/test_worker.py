@@ -32,13 +32,14 @@ GENRES = ("Classical", "Hip-Hop", "Metal")
 
 
 @pytest.fixture
-def shop(tmp_path, make_config):
-    """(config, sessions, library) with a fresh migrated database and no model yet."""
+def shop(tmp_path, make_config, database_url):
+    """(config, sessions, library) with a fresh migrated database (SQLite, PostgreSQL) and
+    no model yet."""
     library = tmp_path / "library"
     library.mkdir()
     config = make_config(library, workers={"processes": 1, "max_attempts": 2,
                                            "backoff_seconds": 0.2, "decode_timeout": 20},
-                         classifier={"batch_songs": 4})
+                         classifier={"batch_songs": 4}, database_url=database_url)
     engine, sessions = open_database(config.db_url)
     yield config, sessions, library
     engine.dispose()
