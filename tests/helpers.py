@@ -524,3 +524,29 @@ def overconfident_clips(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     clips = np.full((n, 5, 3), 0.015)
     clips[np.arange(n), :, predicted] = 0.97
     return clips, labels
+
+
+class PostgresStation(Station):
+    """Station on a PostgreSQL database (`url`, e.g. from tests/pgcluster.py): the config
+    names it as database_url; query() takes the same SQL with ? placeholders."""
+
+    def __init__(self, base: Path, bundle: Path, url: str):
+        self.url = url
+        super().__init__(base, bundle)
+        self.db = None
+
+    def _register(self, bundle: Path) -> None:
+        # A top-level key, so before write_config's first [section].
+        self.config.write_text(f'database_url = "{self.url}"\n' + self.config.read_text())
+        super()._register(bundle)
+
+    def query(self, sql: str, *args) -> list[tuple]:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in
+                        conn.exec_driver_sql(sql.replace("?", "%s"), tuple(args)).all()]
+        finally:
+            engine.dispose()
