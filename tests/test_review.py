@@ -201,6 +201,10 @@ def test_list_filters_sorts_and_pages(setup):
         assert total == 3 and [s.confidence for s, _ in rows] == [0.6, 0.7, 0.9]
         rows, total = listing.list_suggestions(session, listing.QueueFilter(folder="Jazz"))
         assert total == 2 and rows[0][1].path == "Jazz/b.mp3"
+        # The folder as a reviewer types it: case does not matter, on either backend
+        # (SQLite's LIKE ignores ASCII case; PostgreSQL's would not).
+        _, total = listing.list_suggestions(session, listing.QueueFilter(folder="jazz"))
+        assert total == 2
         # LIKE wildcards in folder names are literal.
         _, total = listing.list_suggestions(session, listing.QueueFilter(folder="Rock_100%"))
         assert total == 1
