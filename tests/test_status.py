@@ -355,7 +355,7 @@ def test_init_and_status_on_a_postgresql_database(tmp_path, postgres):
         assert not list((tmp_path / "state").glob("*.db"))  # no SQLite file beside it
         checked = subprocess.run(exe + ["check-config"], capture_output=True, text=True,
                                  timeout=120)
-        assert checked.returncode == 0, checked.stderr
+        assert checked.returncode == 0 and "warning" not in checked.stdout, checked.stdout
         status = subprocess.run(exe + ["status", "--json"], capture_output=True, text=True,
                                 timeout=120)
         assert status.returncode == 0, status.stderr
@@ -382,3 +382,17 @@ def test_init_refuses_a_database_url_it_cannot_use(tmp_path):
     assert done.returncode == 2
     assert "database_url" in done.stderr and "postgresql+psycopg://" in done.stderr
     assert not config.exists()
+
+
+def test_check_config_warns_about_a_database_server_it_cannot_reach(tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                      'database_url = "postgresql+psycopg://station:s3cret@127.0.0.1:9/gt"\n'
+                      f'[library]\nroot = "{library}"\n')
+    done = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(config),
+                           "check-config"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("warning: database_url postgresql+psycopg://station:***@127.0.0.1:9/gt: cannot "
+            "reach it: ") in done.stdout and "s3cret" not in done.stdout

@@ -64,10 +64,34 @@ def check_config(ctx: Context) -> None:
     problems = []
     if not config.library.root.is_dir():
         problems.append(f"library.root {config.library.root}: not a directory (yet?)")
+    problems += _database_problems(config.db_url)
     click.echo(f"config ok: library {config.library.root}, state dir {config.state_dir}, "
                f"{len(genre_map.canonical)} genres")
     for problem in problems:
         click.echo(f"warning: {problem}")
+
+
+def _database_problems(url: str) -> list[str]:
+    """A database server (PostgreSQL) named in the config that cannot be reached; a
+    SQLite file is created when needed, so there is nothing to check for it."""
+    from daemon.core.db.engine import display_url, is_postgresql, make_engine
+
+    if not is_postgresql(url):
+        return []
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = make_engine(url, connect_timeout=5)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", err)).strip().splitlines()
+        return [f"database_url {display_url(url)}: cannot reach it: "
+                f"{reason[0] if reason else err}"]
+    finally:
+        engine.dispose()
+    return []
 
 
 @cli.command("hash-password")
