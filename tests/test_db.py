@@ -336,3 +336,25 @@ def test_a_postgresql_database_is_backed_up_by_its_owner_not_by_us(postgres, cap
         assert "pg_dump -Fc -d test_" in caplog.text and "without a backup" in caplog.text
     finally:
         postgres.drop_database(url)
+
+
+def test_a_postgresql_database_behind_names_itself_without_password(postgres):
+    from alembic import command
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from daemon.core.db.engine import alembic_config
+    from daemon.core.errors import SchemaBehind
+
+    url = postgres.new_database(migrated=False)
+    try:
+        engine = create_engine(url)
+        command.upgrade(alembic_config(engine), "0004")
+        engine.dispose()
+        secret = make_url(url).set(password="s3cret").render_as_string(hide_password=False)
+        with pytest.raises(SchemaBehind) as caught:
+            open_database(secret, upgrade=False)
+        assert "postgresql+psycopg://genretagger:***@/test_" in str(caught.value)
+        assert "s3cret" not in str(caught.value)
+    finally:
+        postgres.drop_database(url)
