@@ -41,6 +41,9 @@ BUSY_TIMEOUT_S = 30
 # retrainer, four web threads, metrics) without a wait for a free one.
 CONNECT_TIMEOUT_S = 10
 POOL_SIZE, POOL_OVERFLOW = 12, 8
+# On PostgreSQL an impatient transaction's statements may run this many times its lock
+# wait before they are cancelled (a page's query over a big library is slow, not stuck).
+STATEMENT_FACTOR = 5
 IMMEDIATE = "genretagger_immediate"
 # An execution option: this engine's transactions wait at most this many seconds for
 # SQLite's write lock (the review page answers "busy" rather than hold a server thread).
@@ -128,11 +131,6 @@ def _postgresql_engine(url: str, busy_timeout: float, connect_timeout: float,
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms * STATEMENT_FACTOR}")
 
     return engine
-
-
-# On PostgreSQL an impatient transaction's statements may run this many times its lock
-# wait before they are cancelled (a page's query over a big library is slow, not stuck).
-STATEMENT_FACTOR = 5
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
