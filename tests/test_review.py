@@ -384,3 +384,18 @@ def test_reviewers_deciding_one_song_at_once_make_one_decision(setup):
         assert session.scalar(select(func.count()).select_from(Decision)) == 2
         assert session.get(Track, track_id).confirmed_genre is None
         assert session.get(Suggestion, sid).status == "pending"
+
+
+def test_bulk_accepts_at_once_decide_each_song_once(setup):
+    """Two people press "accept all above 80%" at the same moment: every song gets one
+    decision, not two (on PostgreSQL the second one waits for the first one's row locks
+    and then finds the songs decided)."""
+    config, sessions = setup
+    sids = [add_suggested_track(sessions, f"Bulk/{i:02d}.mp3", top=(("Rock", 0.9),))[1]
+            for i in range(20)]
+    results = _at_once(lambda: review.bulk_accept(sessions, config, 0.8, who="t"), n=4)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(len(r) for r in results) == 20
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Decision)) == 20
+        assert sorted(d.suggestion_id for d in session.scalars(select(Decision))) == sids
