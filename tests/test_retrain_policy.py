@@ -163,14 +163,15 @@ def test_a_genre_newly_learnable_retrains_however_few_labels_are_new():
 
 
 @pytest.mark.parametrize(("backbone", "expected"), [(True, ["Reggae"]), (False, [])])
-def test_five_confirmed_reggae_songs_are_learned_the_next_night(tmp_path, backbone, expected):
+def test_five_confirmed_reggae_songs_are_learned_the_next_night(tmp_path, backbone, expected,
+                                                                 database_url):
     """The director confirms five Reggae songs: with the backbone (a genre from 3 songs)
     the nightly run trains, though 5 labels are far below min_new_labels; with the seed
     CNN alone (20 songs a genre) it waits."""
     from daemon.learn.retrainer import Retrainer
 
     config = parse_config({"library": {"root": str(tmp_path / "lib")},
-                           "state_dir": str(tmp_path / "state"),
+                           "state_dir": str(tmp_path / "state"), "database_url": database_url,
                            "classifier": {"backbone": backbone}}, "test")
     _engine, sessions = open_database(config.db_url)
     frozen = datetime.now(UTC) - timedelta(days=1)
