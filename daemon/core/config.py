@@ -162,8 +162,9 @@ class Config(Section):
     library: LibraryConfig
     state_dir: Path
     database_url: str | None = None
-    # How long a write waits for another connection's lock (SQLite) before it fails; a
-    # failed job is logged, shown in `status` and retried.
+    # How long a write waits for another connection's lock (SQLite's busy timeout,
+    # PostgreSQL's lock_timeout) before it fails; a failed job is logged, shown in
+    # `status` and retried.
     database_busy_seconds: float = Field(30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
