@@ -122,3 +122,27 @@ def trained_bundle(tmp_path_factory) -> Path:
     assert done.returncode == 0, done.stderr[-3000:]
     (base / "out.partial").rename(base / "out")
     return base / "out"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank_database_url(request, tmp_path):
+    """The URL of a new database with no tables (for migration tests), once on SQLite (a
+    file not created yet) and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'station.db'}"
+        return
+    cluster = request.getfixturevalue("postgres")
+    url = cluster.new_database(migrated=False)
+    yield url
+    cluster.drop_database(url)
+
+
+@pytest.fixture
+def any_database(database_url):
+    """(engine, sessionmaker) on a new migrated database, on SQLite and on PostgreSQL
+    (`database_url`'s two runs); the `database` fixture's both-backends twin."""
+    from daemon.core.db.engine import open_database
+
+    engine, sessions = open_database(database_url)
+    yield engine, sessions
+    engine.dispose()

@@ -553,3 +553,29 @@ def add_album_song(sessions, path: str, album_key: str, top=None, *, album: str 
         session.add(suggestion)
         session.flush()
         return track.id, suggestion.id
+
+
+class PostgresStation(Station):
+    """Station on a PostgreSQL database (`url`, e.g. from tests/pgcluster.py): the config
+    names it as database_url; query() takes the same SQL with ? placeholders."""
+
+    def __init__(self, base: Path, bundle: Path, url: str):
+        self.url = url
+        super().__init__(base, bundle)
+        self.db = None
+
+    def _register(self, bundle: Path) -> None:
+        # A top-level key, so before write_config's first [section].
+        self.config.write_text(f'database_url = "{self.url}"\n' + self.config.read_text())
+        super()._register(bundle)
+
+    def query(self, sql: str, *args) -> list[tuple]:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in
+                        conn.exec_driver_sql(sql.replace("?", "%s"), tuple(args)).all()]
+        finally:
+            engine.dispose()

@@ -64,17 +64,29 @@ def root(tmp_path):
     return folder
 
 
-@pytest.fixture
-def make_library(root, tmp_path, database):
+def _library_maker(root, tmp_path, default_sessions):
     # parse_config rather than conftest's make_config, whose first parameter is named
     # `library` and so cannot take a [library] section.
     def make(sessions=None, **sections) -> Library:
         library = {"root": str(root), "settle_seconds": SETTLE, **sections.pop("library", {})}
         config = parse_config({"library": library, "state_dir": str(tmp_path / "state"),
                                **sections})
-        return Library(config, sessions or database[1], load_genre_map())
+        return Library(config, sessions or default_sessions, load_genre_map())
 
     return make
+
+
+@pytest.fixture
+def make_library(root, tmp_path, any_database):
+    """Library(...) on a migrated database: every test using it runs on SQLite and on
+    PostgreSQL."""
+    return _library_maker(root, tmp_path, any_database[1])
+
+
+@pytest.fixture
+def make_sqlite_library(root, tmp_path, database):
+    """make_library on the SQLite file tmp_path/genretagger.db (the locked-file tests)."""
+    return _library_maker(root, tmp_path, database[1])
 
 
 def put(masters, root: Path, master: str, rel: str, **tags) -> Path:
@@ -185,7 +197,7 @@ def test_walk_skips_temp_hidden_and_other_files_and_survives_link_loops(masters,
 # -------------------------------------------------------------- reconcile + settle
 
 
-def test_new_files_are_read_once_after_settling(masters, root, make_library, database):
+def test_new_files_are_read_once_after_settling(masters, root, make_library, any_database):
     put(masters, root, "rock.mp3", "Tagged/rock.mp3", genre="Rock", artist="A", title="T")
     put(masters, root, "jazz.flac", "Untagged/jazz.flac")
     put(masters, root, "folk.ogg", "Odd/folk.ogg", genre="Freak Folk Polka")  # maps to nothing
@@ -196,11 +208,11 @@ def test_new_files_are_read_once_after_settling(masters, root, make_library, dat
     result = library.reconcile(now=0)
     assert (result.files, result.new, result.guarded) == (4, 4, False)
     assert library.settle_due(now=SETTLE - 0.1) == 0  # not settled yet: nothing read
-    assert library.files_read == 0 and tracks(database[1]) == {}
+    assert library.files_read == 0 and tracks(any_database[1]) == {}
     assert library.settle_due(now=SETTLE) == 4
     assert library.files_read == 4
 
-    found = tracks(database[1])
+    found = tracks(any_database[1])
     rock = found["Tagged/rock.mp3"]
     assert (rock.state, rock.canonical_genre, rock.raw_genre) == (S.TAGGED, "Rock", "Rock")
     assert (rock.format, rock.artist, rock.title) == ("mp3", "A", "T")
@@ -216,36 +228,36 @@ def test_new_files_are_read_once_after_settling(masters, root, make_library, dat
     again = library.reconcile(now=10)
     assert (again.unchanged, again.new, again.changed) == (4, 0, 0)
     assert library.settle_due(now=20) == 0 and library.files_read == 4
-    with database[1]() as session:
+    with any_database[1]() as session:
         recorded = session.get(ServiceState, "last_reconcile").value
     assert recorded["files"] == 4 and recorded["unchanged"] == 4 and not recorded["guarded"]
 
 
-def test_audit_mode_queues_tagged_files_too(masters, root, make_library, database):
+def test_audit_mode_queues_tagged_files_too(masters, root, make_library, any_database):
     put(masters, root, "rock.mp3", "rock.mp3", genre="Rock")
     Clock().settle(make_library(classifier={"audit": True}))
-    rock = tracks(database[1])["rock.mp3"]
+    rock = tracks(any_database[1])["rock.mp3"]
     assert (rock.state, rock.canonical_genre) == (S.QUEUED, "Rock")
 
 
 def test_a_file_that_vanishes_before_settling_is_forgotten(masters, root, make_library,
-                                                          database):
+                                                          any_database):
     song = put(masters, root, "jazz.flac", "jazz.flac")
     library = make_library()
     library.reconcile(now=0)
     song.unlink()
     assert library.settle_due(now=SETTLE) == 0  # now it looks gone: wait for that to settle
     assert library.settle_due(now=2 * SETTLE) == 0
-    assert library.settling == 0 and tracks(database[1]) == {} and library.files_read == 0
+    assert library.settling == 0 and tracks(any_database[1]) == {} and library.files_read == 0
 
 
-def test_changed_files_are_reread_and_requeued(masters, root, make_library, database):
+def test_changed_files_are_reread_and_requeued(masters, root, make_library, any_database):
     tagged = put(masters, root, "rock.mp3", "rock.mp3", genre="Rock")
     stuck = put(masters, root, "jazz.flac", "jazz.flac")
     touched = put(masters, root, "folk.ogg", "folk.ogg")
     library, clock = make_library(), Clock()
     clock.settle(library)
-    with transaction(database[1]) as session:
+    with transaction(any_database[1]) as session:
         for track in session.scalars(select(Track)):
             if track.path == "jazz.flac":
                 track.state, track.attempts, track.last_error = S.QUARANTINED, 4, "boom"
@@ -259,37 +271,37 @@ def test_changed_files_are_reread_and_requeued(masters, root, make_library, data
     os.utime(touched, (time.time(), time.time() + 60))  # only the mtime moves
     result, done = clock.settle(library)
     assert result.changed == 3 and done == 3
-    found = tracks(database[1])
+    found = tracks(any_database[1])
     assert (found["rock.mp3"].state, found["rock.mp3"].canonical_genre) == (S.QUEUED, None)
     jazz = found["jazz.flac"]
     assert (jazz.state, jazz.attempts, jazz.last_error) == (S.QUEUED, 0, None)
     assert found["folk.ogg"].state == S.SUGGESTED  # same audio: its suggestion still holds
 
 
-def test_our_own_tag_write_is_not_requeued(masters, root, make_library, database):
+def test_our_own_tag_write_is_not_requeued(masters, root, make_library, any_database):
     song = put(masters, root, "jazz.flac", "jazz.flac")
     library, clock = make_library(), Clock()
     clock.settle(library)
-    with transaction(database[1]) as session:
+    with transaction(any_database[1]) as session:
         session.scalars(select(Track)).one().state = S.REVIEWED
     # What daemon.review.writeback does: write the genre, then record the file's new stat.
     write_tags(song, genre="Jazz")
     os.utime(song, (time.time(), time.time() + 5))
     st = song.stat()
-    with transaction(database[1]) as session:
+    with transaction(any_database[1]) as session:
         track = session.scalars(select(Track)).one()
         track.written_size, track.written_mtime = st.st_size, st.st_mtime
     reads = library.files_read
     result, done = clock.settle(library)
     assert (result.ours, result.changed, done) == (1, 0, 0)
-    track = tracks(database[1])["jazz.flac"]
+    track = tracks(any_database[1])["jazz.flac"]
     assert track.state == S.REVIEWED and (track.size, track.mtime) == (st.st_size, st.st_mtime)
     assert library.files_read == reads
     assert clock.settle(library)[0].unchanged == 1
 
 
 def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
-                                                                  make_library, database):
+                                                                  make_library, any_database):
     """A power cut between the writer's copy and its rename leaves a hidden temp copy next
     to the song; the next walk removes it once it is an hour old, and only it."""
     from daemon.tags.write import temp_path
@@ -309,18 +321,18 @@ def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
     assert not stale.exists()
     assert fresh.exists()  # may be a write in progress
     assert other_hidden.exists() and song.exists()
-    assert set(tracks(database[1])) == {"A/jazz.flac", "B/rock.mp3"}
+    assert set(tracks(any_database[1])) == {"A/jazz.flac", "B/rock.mp3"}
 
 
 def test_our_own_write_reported_by_the_watcher_is_not_reread(masters, root, make_library,
-                                                             database):
+                                                             any_database):
     song = put(masters, root, "jazz.flac", "jazz.flac")
     library, clock = make_library(), Clock()
     clock.settle(library)
     reads = library.files_read
     write_tags(song, genre="Jazz")  # daemon.review.writeback: the tag, then the stat it left behind
     st = song.stat()
-    with transaction(database[1]) as session:
+    with transaction(any_database[1]) as session:
         track = session.scalars(select(Track)).one()
         track.size = track.written_size = st.st_size
         track.mtime = track.written_mtime = st.st_mtime
@@ -338,12 +350,12 @@ def test_notice_takes_only_library_files(root, make_library):
     assert library.settling == 1
 
 
-def test_a_moved_file_keeps_its_track_and_history(masters, root, make_library, database):
+def test_a_moved_file_keeps_its_track_and_history(masters, root, make_library, any_database):
     for i in range(6):
         put(masters, root, f"w{i}.wav", f"Incoming/{i}.wav")
     library, clock = make_library(), Clock()
     clock.settle(library)
-    with transaction(database[1]) as session:
+    with transaction(any_database[1]) as session:
         track = session.scalars(select(Track).where(Track.path == "Incoming/0.wav")).one()
         track.state = S.SUGGESTED
         session.add(Suggestion(track=track, genre="Pop", confidence=0.9,
@@ -356,37 +368,37 @@ def test_a_moved_file_keeps_its_track_and_history(masters, root, make_library, d
     os.rename(root / "Incoming/0.wav", root / "Pop/0.wav")
     result = library.reconcile(now=clock.now)
     assert (result.missing, result.new) == (1, 1)  # old path missing, new path settling
-    assert tracks(database[1])["Incoming/0.wav"].state == S.MISSING
+    assert tracks(any_database[1])["Incoming/0.wav"].state == S.MISSING
     clock.now += SETTLE
     assert library.settle_due(now=clock.now) == 1
 
-    found = tracks(database[1])
+    found = tracks(any_database[1])
     assert "Incoming/0.wav" not in found and len(found) == 6
     moved = found["Pop/0.wav"]
     assert moved.id == track_id and moved.state == S.SUGGESTED  # back where it was
-    with database[1]() as session:
+    with any_database[1]() as session:
         assert session.scalars(select(Suggestion.track_id)).all() == [track_id]
         assert session.scalars(select(Decision.track_id)).all() == [track_id]
 
 
-def test_a_copy_is_a_new_track_not_a_move(masters, root, make_library, database):
+def test_a_copy_is_a_new_track_not_a_move(masters, root, make_library, any_database):
     put(masters, root, "jazz.flac", "a/jazz.flac")
     library, clock = make_library(), Clock()
     clock.settle(library)
     shutil.copy2(root / "a/jazz.flac", root / "b.flac")
     clock.settle(library)
-    found = tracks(database[1])
+    found = tracks(any_database[1])
     assert set(found) == {"a/jazz.flac", "b.flac"}
     assert found["a/jazz.flac"].fingerprint == found["b.flac"].fingerprint
 
 
 def test_a_name_that_is_not_utf8_is_stored_and_found_again(masters, root, make_library,
-                                                          database):
+                                                          any_database):
     name = os.fsdecode(b"Caf\xe9 del Mar.wav")
     shutil.copyfile(masters["w0.wav"], os.path.join(os.fsencode(root), os.fsencode(name)))
     library, clock = make_library(), Clock()
     clock.settle(library)
-    (stored,) = tracks(database[1])
+    (stored,) = tracks(any_database[1])
     assert stored == "Caf\\xe9 del Mar.wav"
     assert library_file(root, stored).is_file()
     assert clock.settle(library)[0].unchanged == 1  # the same file, not new every walk
@@ -407,16 +419,16 @@ def _states(sessions) -> set[str]:
     return {t.state for t in tracks(sessions).values()}
 
 
-def test_root_renamed_away_marks_nothing_missing(masters, root, make_library, database,
+def test_root_renamed_away_marks_nothing_missing(masters, root, make_library, any_database,
                                                  caplog):
     library, clock = _settled_library(masters, root, make_library)
     root.rename(root.with_name("away"))  # an unmounted share
     result = library.reconcile(now=clock.now)
     assert result.guarded and "missing" in result.reason and result.missing == 0
-    assert _states(database[1]) == {S.QUEUED}
+    assert _states(any_database[1]) == {S.QUEUED}
     guard_lines = [r for r in caplog.records if "MOUNT-LOSS GUARD" in r.getMessage()]
     assert len(guard_lines) == 1 and str(root) in guard_lines[0].getMessage()
-    with database[1]() as session:
+    with any_database[1]() as session:
         assert session.get(ServiceState, "last_reconcile").value["guarded"] is True
 
     root.with_name("away").rename(root)  # mounted again: back to normal
@@ -424,7 +436,7 @@ def test_root_renamed_away_marks_nothing_missing(masters, root, make_library, da
     assert not result.guarded and result.unchanged == 10
 
 
-def test_empty_mount_point_marks_nothing_missing(masters, root, make_library, database):
+def test_empty_mount_point_marks_nothing_missing(masters, root, make_library, any_database):
     library, clock = _settled_library(masters, root, make_library)
     away = root.with_name("away")
     away.mkdir()
@@ -432,45 +444,45 @@ def test_empty_mount_point_marks_nothing_missing(masters, root, make_library, da
         child.rename(away / child.name)  # what is left of an unmounted share: an empty dir
     result = library.reconcile(now=clock.now)
     assert result.guarded and "empty" in result.reason and result.vanished == 10
-    assert _states(database[1]) == {S.QUEUED}
+    assert _states(any_database[1]) == {S.QUEUED}
 
 
 def test_more_than_a_fifth_vanishing_at_once_is_guarded(masters, root, make_library,
-                                                        database):
+                                                        any_database):
     library, clock = _settled_library(masters, root, make_library)
     for i in range(3):
         shutil.rmtree(root / f"Artist {i}")
     result = library.reconcile(now=clock.now)
     assert result.guarded and result.vanished == 3 and result.missing == 0
-    assert _states(database[1]) == {S.QUEUED}
+    assert _states(any_database[1]) == {S.QUEUED}
     # Exactly a fifth is not "more than": those are really gone.
     put(masters, root, "w0.wav", "Artist 0/0.wav")
     result = library.reconcile(now=clock.now + 1)
     assert not result.guarded and result.missing == 2
-    assert sorted(p for p, t in tracks(database[1]).items() if t.state == S.MISSING) == [
+    assert sorted(p for p, t in tracks(any_database[1]).items() if t.state == S.MISSING) == [
         "Artist 1/1.wav", "Artist 2/2.wav"]
 
 
-def test_a_wave_of_watched_deletions_is_judged_whole(masters, root, make_library, database):
+def test_a_wave_of_watched_deletions_is_judged_whole(masters, root, make_library, any_database):
     library, clock = _settled_library(masters, root, make_library)
     for i in range(3):  # 30% of the library reported gone, settling one file at a time
         (root / f"Artist {i}/{i}.wav").unlink()
         library.notice(str(root / f"Artist {i}/{i}.wav"), now=clock.now)
     for _ in range(3):
         assert library.settle_due(now=clock.now + SETTLE, limit=1) == 0
-    assert _states(database[1]) == {S.QUEUED} and library.settling == 0
+    assert _states(any_database[1]) == {S.QUEUED} and library.settling == 0
     # One deletion on its own is just a deletion.
     (root / "Artist 3/3.wav").unlink()
     library.notice(str(root / "Artist 3/3.wav"), now=clock.now + 5)
     assert library.settle_due(now=clock.now + 5 + SETTLE) == 1
-    assert tracks(database[1])["Artist 3/3.wav"].state == S.MISSING
+    assert tracks(any_database[1])["Artist 3/3.wav"].state == S.MISSING
 
 
 # ------------------------------------------------------------ a locked database
 
-def test_a_write_locked_database_makes_reconcile_wait_not_fail(masters, root, make_library,
+def test_a_write_locked_database_makes_reconcile_wait_not_fail(masters, root, make_sqlite_library,
                                                                database, tmp_path):
-    library, clock = _settled_library(masters, root, make_library)
+    library, clock = _settled_library(masters, root, make_sqlite_library)
     (root / "Artist 0/0.wav").unlink()
     holder = hold_write_lock(tmp_path / "genretagger.db", 2.5)
     started = time.monotonic()
@@ -480,12 +492,12 @@ def test_a_write_locked_database_makes_reconcile_wait_not_fail(masters, root, ma
     assert holder.wait(10) == 0
 
 
-def test_settling_survives_a_lock_that_outlasts_the_busy_timeout(masters, root, make_library,
+def test_settling_survives_a_lock_that_outlasts_the_busy_timeout(masters, root, make_sqlite_library,
                                                                  database, tmp_path):
     # A short busy timeout stands in for a lock held longer than the real 30 s one.
     impatient = create_engine(f"sqlite:///{tmp_path / 'genretagger.db'}",
                               connect_args={"timeout": 0.2})
-    library = make_library(sessions=sessionmaker(impatient, expire_on_commit=False))
+    library = make_sqlite_library(sessions=sessionmaker(impatient, expire_on_commit=False))
     put(masters, root, "jazz.flac", "jazz.flac")
     library.reconcile(now=0)
     holder = hold_write_lock(tmp_path / "genretagger.db", 2.0)
@@ -497,19 +509,19 @@ def test_settling_survives_a_lock_that_outlasts_the_busy_timeout(masters, root, 
     impatient.dispose()
 
 
-def test_first_seen_is_recorded(masters, root, make_library, database):
+def test_first_seen_is_recorded(masters, root, make_library, any_database):
     before = utcnow()
     put(masters, root, "w1.wav", "w1.wav")
     Clock().settle(make_library())
-    track = tracks(database[1])["w1.wav"]
+    track = tracks(any_database[1])["w1.wav"]
     assert track.first_seen >= before and track.last_seen >= track.first_seen
 
 
 # --------------------------------------------------------------------- names
 
 def test_odd_names_each_get_their_own_track_that_stays_put(masters, root, make_library,
-                                                           database):
-    _, sessions = database
+                                                           any_database):
+    _, sessions = any_database
     for i, raw in enumerate(ODD_NAMES.values()):
         target = os.fsencode(root) + b"/" + raw
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -529,10 +541,10 @@ def test_odd_names_each_get_their_own_track_that_stays_put(masters, root, make_l
 
 @pytest.mark.parametrize("kind", ODD_NAMES)
 def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, root,
-                                                               make_library, database):
+                                                               make_library, any_database):
     """scan -> the library's track -> a suggestion -> accept -> the writer -> read back
     by exiftool, for each kind of name."""
-    _, sessions = database
+    _, sessions = any_database
     raw = ODD_NAMES[kind]
     target = os.fsencode(root) + b"/" + raw
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -561,11 +573,11 @@ def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, ro
 
 
 def test_everything_the_walk_skips_is_logged_and_in_status(masters, root, make_library,
-                                                          database, tmp_path, caplog):
+                                                          any_database, tmp_path, caplog):
     """No track for any of them, one log line each (not again at the next walk), the
     reasons in `status` (JSON and text); the links leading outside are never opened: the
     one to a FIFO would block this test, also when the watcher reports it."""
-    _, sessions = database
+    _, sessions = any_database
     put(masters, root, "rock.mp3", "Artist/song.mp3")
     made = make_not_songs(root, tmp_path / "outside", masters["rock.mp3"])
     library, clock = make_library(), Clock()
@@ -604,8 +616,8 @@ def test_everything_the_walk_skips_is_logged_and_in_status(masters, root, make_l
 
 
 def test_a_track_whose_file_became_a_link_outside_is_never_read(masters, root, make_library,
-                                                                database, tmp_path):
-    _, sessions = database
+                                                                any_database, tmp_path):
+    _, sessions = any_database
     put(masters, root, "rock.mp3", "a.mp3")
     put(masters, root, "jazz.flac", "b.flac")
     library, clock = make_library(library={"missing_guard": 0.9}), Clock()
@@ -624,10 +636,10 @@ def test_a_track_whose_file_became_a_link_outside_is_never_read(masters, root, m
 
 
 def test_the_review_pages_preview_plays_songs_with_odd_names(masters, root, make_library,
-                                                             database):
+                                                             any_database):
     """Backslashes and raw bytes in a name: the preview and spectrogram are served (the
     checked resolution takes them), not a 404."""
-    _, sessions = database
+    _, sessions = any_database
     for i, raw in enumerate((b"AC\\DC - Back\\In Black.mp3", b"caf\xe9.mp3",
                              b"collide_\\xe9.mp3")):
         target = os.fsencode(root) + b"/" + raw

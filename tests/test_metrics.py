@@ -28,10 +28,11 @@ from helpers import (
     write_config,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 from werkzeug.security import generate_password_hash
 
 from daemon.core.config import load_config, parse_config
-from daemon.core.db.engine import open_database, transaction
+from daemon.core.db.engine import make_engine, make_sessionmaker, open_database, transaction
 from daemon.core.db.models import (
     Decision,
     Event,
@@ -56,14 +57,30 @@ TOURNAMENT = {"winner": "backbone", "holdout_songs": 40, "rows": [
     {"family": "ensemble", "accuracy": 0.875, "macro_f1": 0.84}]}
 
 
-@pytest.fixture
-def station(tmp_path):
-    """(config file, Config, sessions) of a state dir with a migrated database."""
+def _station(tmp_path, database_url: str | None):
     library = tmp_path / "library"
     library.mkdir()
     path = write_config(tmp_path / "config.toml", library, tmp_path / "state")
+    if database_url is not None:  # a top-level key: before the first [section]
+        path.write_text(f'database_url = "{database_url}"\n' + path.read_text())
     config = load_config(path)
     engine, sessions = open_database(config.db_url)
+    return path, config, sessions, engine
+
+
+@pytest.fixture
+def station(tmp_path, database_url):
+    """(config file, Config, sessions) of a state dir and a migrated database, on SQLite
+    and on PostgreSQL."""
+    path, config, sessions, engine = _station(tmp_path, database_url)
+    yield path, config, sessions
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_station(tmp_path):
+    """station's SQLite-only twin (its file is state_dir/genretagger.db)."""
+    path, config, sessions, engine = _station(tmp_path, None)
     yield path, config, sessions
     engine.dispose()
 
@@ -288,9 +305,9 @@ def test_who_may_read_the_metrics(station):
     close(app)
 
 
-def test_a_held_write_lock_does_not_hold_up_a_scrape(station):
+def test_a_held_write_lock_does_not_hold_up_a_scrape(sqlite_station):
     """The daemon's writer (or anyone) holding the write lock: WAL lets the scrape read."""
-    _, config, sessions = station
+    _, config, sessions = sqlite_station
     fill(sessions, utcnow())
     app = create_app(config, sessions)
     holder = hold_write_lock(config.state_dir / "genretagger.db", 8)
@@ -306,10 +323,10 @@ def test_a_held_write_lock_does_not_hold_up_a_scrape(station):
     assert value(m, "genretagger_queue_depth") == 9
 
 
-def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(station):
+def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(sqlite_station):
     """An exclusive lock shuts readers out: the scrape answers within the metrics' busy
     timeout with what needs no database, and says the rest is missing."""
-    _, config, sessions = station
+    _, config, sessions = sqlite_station
     fill(sessions, utcnow())
     sources = MetricsSources(components=lambda: {"worker": {"alive": True, "healthy": True}})
     app = create_app(config, sessions, metrics_sources=sources)
@@ -332,6 +349,60 @@ def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(station):
     m = scrape(app.test_client())
     assert value(m, "genretagger_metrics_db_up") == 1
     assert value(m, "genretagger_queue_depth") == 9
+    close(app)
+
+
+@pytest.fixture
+def pg_station(tmp_path, postgres):
+    url = postgres.new_database()
+    path, config, sessions, engine = _station(tmp_path, url)
+    yield path, config, sessions
+    engine.dispose()
+    postgres.drop_database(url)
+
+
+def test_postgresql_row_locks_do_not_hold_up_a_scrape(pg_station):
+    """PostgreSQL: writers holding row locks on every track (FOR UPDATE) do not stop the
+    scrape's reads."""
+    _, config, sessions = pg_station
+    fill(sessions, utcnow())
+    app = create_app(config, sessions)
+    with sessions() as holder, holder.begin():
+        holder.execute(text("SELECT id FROM tracks FOR UPDATE")).all()
+        started = time.monotonic()
+        m = scrape(app.test_client())
+        assert time.monotonic() - started < 2.0
+    close(app)
+    assert value(m, "genretagger_metrics_db_up") == 1
+    assert value(m, "genretagger_queue_depth") == 9
+
+
+def test_a_locked_or_unreachable_postgresql_gives_db_up_0_fast(pg_station):
+    """PostgreSQL: a table locked against readers (ACCESS EXCLUSIVE, e.g. a migration or
+    a VACUUM FULL) or a server that is not there: the scrape answers within about the
+    metrics' timeout, db_up 0, with the rest of what it knows."""
+    _, config, sessions = pg_station
+    fill(sessions, utcnow())
+    sources = MetricsSources(components=lambda: {"worker": {"alive": True, "healthy": True}})
+    app = create_app(config, sessions, metrics_sources=sources)
+    with sessions() as holder, holder.begin():
+        holder.execute(text("LOCK TABLE tracks IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        m = scrape(app.test_client())
+        took = time.monotonic() - started
+    assert took < METRICS_BUSY_TIMEOUT_S + 1.5
+    assert value(m, "genretagger_metrics_db_up") == 0
+    assert by(m, "genretagger_component_alive", "component") == {"worker": 1}
+    m = scrape(app.test_client())  # the lock gone: everything again
+    assert value(m, "genretagger_metrics_db_up") == 1
+    close(app)
+
+    gone = make_sessionmaker(make_engine("postgresql+psycopg://station@127.0.0.1:9/none"))
+    app = create_app(config, gone, metrics_sources=sources)
+    started = time.monotonic()
+    m = scrape(app.test_client())
+    assert time.monotonic() - started < METRICS_BUSY_TIMEOUT_S + 1.5
+    assert value(m, "genretagger_metrics_db_up") == 0
     close(app)
 
 

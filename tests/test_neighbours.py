@@ -56,10 +56,10 @@ def add_track(sessions, path: str, fingerprint: str, *, canonical: str | None = 
 
 
 @pytest.fixture
-def station(database, tmp_path, embeddings):
+def station(any_database, tmp_path, embeddings):
     """References in the DB and the cache: seed 0 tagged, seeds 1.. confirmed by the
     reviewer. Returns (sessions, cache, {(genre, seed): track id})."""
-    _, sessions = database
+    _, sessions = any_database
     cache = FeatureCache(tmp_path / "features", EMBEDDING_SPEC)
     ids = {}
     for (genre, seed), embedding in embeddings.items():

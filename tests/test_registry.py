@@ -61,10 +61,10 @@ def make_bundle(out: Path, classes=("Jazz", "Rock", "Pop"), seed: int = 0,
 
 
 @pytest.fixture
-def setup(tmp_path, make_config):
+def setup(tmp_path, make_config, database_url):
     library = tmp_path / "library"
     library.mkdir()
-    config = make_config(library)
+    config = make_config(library, database_url=database_url)
     engine, sessions = open_database(config.db_url)
     yield config, sessions
     engine.dispose()
@@ -170,7 +170,7 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_models_commands(setup, tmp_path):
     config, sessions = setup
     path = tmp_path / "config.toml"
-    path.write_text(f'state_dir = "{config.state_dir}"\n'
+    path.write_text(f'state_dir = "{config.state_dir}"\ndatabase_url = "{config.db_url}"\n'
                     f'[library]\nroot = "{config.library.root}"\n')
     for seed in (1, 2):
         register(setup, tmp_path, seed)

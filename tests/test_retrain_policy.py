@@ -140,8 +140,8 @@ def test_a_song_label_is_the_confirmed_genre_else_the_mapped_tag(confirmed, raw,
     assert song_label(load_genre_map(), confirmed, raw) == expected
 
 
-def test_the_sql_label_is_the_same_rule_as_the_python_one(tmp_path):
-    _engine, sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_the_sql_label_is_the_same_rule_as_the_python_one(database_url):
+    _engine, sessions = open_database(database_url)
     rows = [("a.mp3", "Jazz", "Rock"), ("b.mp3", None, "Rock"), ("c.mp3", "Jazz", None),
             ("d.mp3", None, None)]
     with sessions.begin() as session:
@@ -163,14 +163,15 @@ def test_a_genre_newly_learnable_retrains_however_few_labels_are_new():
 
 
 @pytest.mark.parametrize(("backbone", "expected"), [(True, ["Reggae"]), (False, [])])
-def test_five_confirmed_reggae_songs_are_learned_the_next_night(tmp_path, backbone, expected):
+def test_five_confirmed_reggae_songs_are_learned_the_next_night(tmp_path, backbone, expected,
+                                                                 database_url):
     """The director confirms five Reggae songs: with the backbone (a genre from 3 songs)
     the nightly run trains, though 5 labels are far below min_new_labels; with the seed
     CNN alone (20 songs a genre) it waits."""
     from daemon.learn.retrainer import Retrainer
 
     config = parse_config({"library": {"root": str(tmp_path / "lib")},
-                           "state_dir": str(tmp_path / "state"),
+                           "state_dir": str(tmp_path / "state"), "database_url": database_url,
                            "classifier": {"backbone": backbone}}, "test")
     _engine, sessions = open_database(config.db_url)
     frozen = datetime.now(UTC) - timedelta(days=1)

@@ -1,4 +1,5 @@
-"""Review decisions on a real migrated SQLite file: accept, override, reject, undo, bulk."""
+"""Review decisions on a real migrated database (SQLite and PostgreSQL): accept, override,
+reject, undo, bulk."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from daemon.suggest.suggestions import rejected_genres
 
 
 @pytest.fixture
-def setup(tmp_path, make_config, database):
+def setup(tmp_path, make_config, any_database):
     library = tmp_path / "library"
     library.mkdir()
     config = make_config(library)
-    _, sessions = database
+    _, sessions = any_database
     return config, sessions
 
 
@@ -165,9 +166,9 @@ def test_bulk_accept_counts_first_and_respects_the_cutoff(setup):
         review.bulk_accept(sessions, config, 1.5, who="t")
 
 
-def test_write_tags_off_keeps_decisions_in_the_db(tmp_path, make_config, database):
+def test_write_tags_off_keeps_decisions_in_the_db(tmp_path, make_config, any_database):
     config = make_config(tmp_path, review={"write_tags": False})
-    _, sessions = database
+    _, sessions = any_database
     _, sid = add_suggested_track(sessions, "C/one.mp3")
     [decision] = review.accept(sessions, config, [sid], who="t")
     assert decision.write_status == "off"
@@ -200,6 +201,10 @@ def test_list_filters_sorts_and_pages(setup):
         assert total == 3 and [s.confidence for s, _ in rows] == [0.6, 0.7, 0.9]
         rows, total = listing.list_suggestions(session, listing.QueueFilter(folder="Jazz"))
         assert total == 2 and rows[0][1].path == "Jazz/b.mp3"
+        # The folder as a reviewer types it: case does not matter, on either backend
+        # (SQLite's LIKE ignores ASCII case; PostgreSQL's would not).
+        _, total = listing.list_suggestions(session, listing.QueueFilter(folder="jazz"))
+        assert total == 2
         # LIKE wildcards in folder names are literal.
         _, total = listing.list_suggestions(session, listing.QueueFilter(folder="Rock_100%"))
         assert total == 1
@@ -338,3 +343,59 @@ def test_an_invalid_transition_is_an_error_line_not_a_traceback(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "error: A/song.mp3: track cannot go from queued to reviewed" in proc.stderr
+
+
+def _at_once(work, n: int = 6) -> list:
+    """Run work() in n threads released together; their results or exceptions."""
+    import threading
+
+    barrier, results = threading.Barrier(n), []
+
+    def run():
+        barrier.wait()
+        try:
+            results.append(work())
+        except Exception as err:  # noqa: BLE001 - the test sorts them out
+            results.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_reviewers_deciding_one_song_at_once_make_one_decision(setup):
+    """Six reviewers press accept on the same song at the same moment: on PostgreSQL
+    (READ COMMITTED, row locks) as on SQLite, one decision; the others are told it is no
+    longer pending. Then six undo it at once: one undo."""
+    config, sessions = setup
+    track_id, sid = add_suggested_track(sessions, "Race/one.mp3")
+    results = _at_once(lambda: review.accept(sessions, config, [sid], who="t"))
+    decided = [r for r in results if isinstance(r, list)]
+    assert len(decided) == 1, results
+    assert all(isinstance(r, review.NotPending) for r in results if r not in decided)
+    [decision] = decided[0]
+    results = _at_once(lambda: review.undo(sessions, config, decision.id, who="t"))
+    assert sum(isinstance(r, Decision) for r in results) == 1, results
+    assert all(isinstance(r, review.CannotUndo) for r in results if not isinstance(r, Decision))
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Decision)) == 2
+        assert session.get(Track, track_id).confirmed_genre is None
+        assert session.get(Suggestion, sid).status == "pending"
+
+
+def test_bulk_accepts_at_once_decide_each_song_once(setup):
+    """Two people press "accept all above 80%" at the same moment: every song gets one
+    decision, not two (on PostgreSQL the second one waits for the first one's row locks
+    and then finds the songs decided)."""
+    config, sessions = setup
+    sids = [add_suggested_track(sessions, f"Bulk/{i:02d}.mp3", top=(("Rock", 0.9),))[1]
+            for i in range(20)]
+    results = _at_once(lambda: review.bulk_accept(sessions, config, 0.8, who="t"), n=4)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(len(r) for r in results) == 20
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Decision)) == 20
+        assert sorted(d.suggestion_id for d in session.scalars(select(Decision))) == sids

@@ -1,6 +1,7 @@
 """`genretagger status`: counts, throughput, daemon liveness, quarantine, retraining.
 
-A real migrated SQLite file filled the way the daemon fills it; the CLI as a subprocess.
+A real migrated database (SQLite and PostgreSQL) filled the way the daemon fills it; the
+CLI as a subprocess.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def setup(tmp_path, make_config, database):
-    engine, sessions = database
+def setup(tmp_path, make_config, any_database):
+    engine, sessions = any_database
     library = tmp_path / "library"
     library.mkdir()
     config = make_config(library, database_url=str(engine.url))
@@ -294,8 +295,9 @@ def test_status_command(tmp_path):
                          "write_failures", "model",
                          "last_reconcile", "quarantined_total", "quarantined", "retraining",
                          "components", "skipped_total", "skipped", "cannot_suggest_yet",
-                         "workers", "leader"}
+                         "workers", "leader", "database"}
     assert data["leader"] is None  # no service has led yet
+    assert data["database"] == str(state / "genretagger.db")
     assert data["daemon"]["running"] is False
     assert data["components"] == {} and data["daemon"]["healthy"] is None
     assert data["tracks"]["total"] == 0
@@ -326,3 +328,73 @@ def test_root_is_refused_in_the_services_state_dir(tmp_path):
     done = subprocess.run(exe + ["status"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (state / "genretagger.db").exists()
+
+
+def test_init_and_status_on_a_postgresql_database(tmp_path, postgres):
+    """`init --database-url` on an empty PostgreSQL database: it is migrated, the config
+    carries the URL, check-config passes, and `status` names the database without its
+    password."""
+    from sqlalchemy.engine import make_url
+
+    from daemon.core.db.engine import make_engine, pending_migrations
+
+    blank = postgres.new_database(migrated=False)
+    try:
+        url = make_url(blank).set(password="hunter2").render_as_string(hide_password=False)
+        library = tmp_path / "library"
+        library.mkdir()
+        config = tmp_path / "config.toml"
+        exe = [sys.executable, "-m", "daemon.cli", "--config", str(config)]
+        done = subprocess.run(exe + ["init", "--library", str(library), "--state-dir",
+                                     str(tmp_path / "state"), "--database-url", url],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "hunter2" not in done.stdout and ":***@" in done.stdout
+        assert f'database_url = "{url}"' in config.read_text()
+        engine = make_engine(blank)
+        assert pending_migrations(engine) == []
+        engine.dispose()
+        assert not list((tmp_path / "state").glob("*.db"))  # no SQLite file beside it
+        checked = subprocess.run(exe + ["check-config"], capture_output=True, text=True,
+                                 timeout=120)
+        assert checked.returncode == 0 and "warning" not in checked.stdout, checked.stdout
+        status = subprocess.run(exe + ["status", "--json"], capture_output=True, text=True,
+                                timeout=120)
+        assert status.returncode == 0, status.stderr
+        data = json.loads(status.stdout)
+        assert data["database"] == url.replace("hunter2", "***")
+        assert data["tracks"]["total"] == 0
+        human = subprocess.run(exe + ["status"], capture_output=True, text=True, timeout=120)
+        assert human.returncode == 0 and f"database:    {data['database']}" in human.stdout
+        assert "hunter2" not in human.stdout + status.stdout
+    finally:
+        postgres.drop_database(blank)
+
+
+def test_init_refuses_a_database_url_it_cannot_use(tmp_path):
+    """A URL for another database (or PostgreSQL without the psycopg driver named) is a
+    config error naming database_url; nothing is written."""
+    library = tmp_path / "library"
+    library.mkdir()
+    config = tmp_path / "config.toml"
+    done = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(config), "init",
+                           "--library", str(library), "--state-dir", str(tmp_path / "state"),
+                           "--database-url", "postgresql://station@dbhost/genretagger"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "database_url" in done.stderr and "postgresql+psycopg://" in done.stderr
+    assert not config.exists()
+
+
+def test_check_config_warns_about_a_database_server_it_cannot_reach(tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                      'database_url = "postgresql+psycopg://station:s3cret@127.0.0.1:9/gt"\n'
+                      f'[library]\nroot = "{library}"\n')
+    done = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(config),
+                           "check-config"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("warning: database_url postgresql+psycopg://station:***@127.0.0.1:9/gt: cannot "
+            "reach it: ") in done.stdout and "s3cret" not in done.stdout

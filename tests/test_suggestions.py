@@ -3,6 +3,7 @@ worker, real ONNX models promoted through the registry and the real database."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +59,15 @@ def _suggestions(sessions, track_id: int) -> list[tuple[str, str]]:
             select(Suggestion).where(Suggestion.track_id == track_id).order_by(Suggestion.id))]
 
 
-def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, make_config):
+def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, make_config,
+                                                                   database_url):
     """Reject A -> a later model suggests B -> the nightly re-score with a model that hears
     A again must not put A back (issue 10, item 10)."""
     library = tmp_path / "library"
     library.mkdir()
     encode(library / "song.flac", synthesize("Jazz", 6.0, 22_050, 3), 22_050)
     config = make_config(library, workers={"processes": 1, "decode_timeout": 20},
-                         classifier={"batch_songs": 1})
+                         classifier={"batch_songs": 1}, database_url=database_url)
     engine, sessions = open_database(config.db_url)
     st = (library / "song.flac").stat()
     with transaction(sessions) as session:
@@ -108,14 +110,14 @@ def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, m
     engine.dispose()
 
 
-def test_rescoring_keeps_what_the_song_sounds_like(tmp_path, make_config):
+def test_rescoring_keeps_what_the_song_sounds_like(tmp_path, make_config, database_url):
     """A re-scored suggestion and a rejected song's second chance keep the sounds-like
     list: it comes from the backbone's embedding, which a new model does not change."""
     from daemon.audio.featurecache import FeatureCache
     from daemon.audio.features import DEFAULT_SPEC, song_features
     from daemon.suggest.inputs import WindowSpecs
 
-    config = make_config(tmp_path / "library")
+    config = make_config(tmp_path / "library", database_url=database_url)
     engine, sessions = open_database(config.db_url)
     sr = DEFAULT_SPEC.sample_rate
     audio = synthesize("Metal", 6.0, sr, 1, channels=1)[:, 0]
@@ -147,3 +149,80 @@ def test_rescoring_keeps_what_the_song_sounds_like(tmp_path, make_config):
             Suggestion.status == SuggestionStatus.PENDING))
         assert (again.track_id, again.genre, again.sounds_like) == (track_id, "Rock", nearest)
     engine.dispose()
+
+
+def test_a_decision_made_while_a_rescore_runs_is_not_superseded(tmp_path, make_config,
+                                                                  database_url):
+    """The nightly re-score and the director meet on one song: the director's accept holds
+    the suggestion when the re-score comes to replace it. The re-score must see the
+    decision (and leave the song alone), not supersede an accepted suggestion under it;
+    on PostgreSQL (READ COMMITTED) that takes its row locks."""
+    import threading
+
+    from sqlalchemy import func, text
+
+    from daemon.audio.featurecache import FeatureCache
+    from daemon.audio.features import DEFAULT_SPEC, song_features
+    from daemon.core.db.engine import locked
+    from daemon.core.db.models import Decision
+    from daemon.suggest.inputs import WindowSpecs
+
+    config = make_config(tmp_path / "library", database_url=database_url)
+    engine, sessions = open_database(config.db_url)
+    postgres = engine.dialect.name == "postgresql"
+    sr = DEFAULT_SPEC.sample_rate
+    audio = synthesize("Metal", 6.0, sr, 1, channels=1)[:, 0]
+    spec = WindowSpecs.for_windows(config.classifier.windows_per_song).cnn
+    clips = np.stack([audio[i * sr // 2:(i + 2) * sr // 2] for i in range(spec.clips_per_song)])
+    FeatureCache(config.cache_dir, spec).put("d" * 64, song_features(clips, spec))
+    with transaction(sessions) as session:
+        track = Track(path="song.mp3", size=1, mtime=1.0, fingerprint="d" * 64,
+                      state=TrackState.SUGGESTED)
+        session.add(track)
+        session.flush()
+        suggestion = Suggestion(track_id=track.id, genre="Jazz", confidence=0.6,
+                                top=[["Jazz", 0.6]], status="pending")
+        session.add(suggestion)
+        session.flush()
+        track_id, sid = track.id, suggestion.id
+    metal_id, metal = _promote(config, sessions, tmp_path, "Metal")
+
+    def waiting() -> int:
+        with sessions() as db:
+            return db.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+    outcome: dict[str, object] = {}
+
+    def accept():
+        try:
+            outcome["accept"] = review.accept(sessions, config, [sid], who="director")
+        except review.NotPending as err:
+            outcome["accept"] = err
+
+    with transaction(sessions) as holder:
+        locked(holder, Track, track_id)  # another write unit holds the track a moment
+        director = threading.Thread(target=accept)
+        director.start()  # takes the suggestion, waits for the track
+        if postgres:
+            wait_for(lambda: waiting() == 1, 10, "the accept waiting")
+        rescore = threading.Thread(target=lambda: outcome.__setitem__(
+            "rescore", rescore_pending(sessions, config, metal, metal_id)))
+        rescore.start()
+        if postgres:
+            wait_for(lambda: waiting() >= 2, 20, "the re-score waiting")
+        else:
+            time.sleep(0.5)
+    director.join(30)
+    rescore.join(30)
+    with sessions() as session:
+        decisions = session.scalar(select(func.count()).select_from(Decision))
+        statuses = _suggestions(sessions, track_id)
+        state = session.get(Track, track_id).state
+    engine.dispose()
+    if isinstance(outcome["accept"], list):  # the director went first: the song is decided
+        assert decisions == 1 and statuses == [("Jazz", "accepted")]
+        assert state == TrackState.REVIEWED
+    else:  # the re-score went first (SQLite may): the director was told, nothing decided
+        assert decisions == 0 and statuses == [("Jazz", "superseded"), ("Metal", "pending")]
+    if postgres:  # row locks are granted in the order asked
+        assert isinstance(outcome["accept"], list)

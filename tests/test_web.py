@@ -19,11 +19,11 @@ from daemon.review.web.media import preview_windows
 
 
 @pytest.fixture
-def station(tmp_path, make_config, database):
+def station(tmp_path, make_config, any_database):
     library = tmp_path / "library"
     library.mkdir()
     config = make_config(library)
-    _, sessions = database
+    _, sessions = any_database
     return config, sessions, library
 
 

@@ -230,3 +230,50 @@ def test_the_short_wait_is_the_review_pages_alone(station):
         holder.kill()
         holder.wait(10)
     assert engine.pool.checkedin() == 1  # the same connection both times
+
+
+@pytest.fixture
+def pg_station(tmp_path, make_config, postgres):
+    from daemon.core.db.engine import open_database
+
+    library = tmp_path / "library"
+    library.mkdir()
+    url = postgres.new_database()
+    engine, sessions = open_database(url)
+    yield make_config(library, database_url=url), engine, sessions
+    engine.dispose()
+    postgres.drop_database(url)
+
+
+def test_a_held_row_lock_on_postgresql_answers_busy_within_seconds(pg_station):
+    """PostgreSQL's counterpart of the locked SQLite file: another connection holds the
+    songs' rows (FOR UPDATE) far longer than a request may wait. Review actions answer
+    "busy" with Retry-After within the page's short wait (lock_timeout), pages keep
+    loading, nothing is half-done, and the service's own connections keep their patience."""
+    config, engine, sessions = pg_station
+    sids = [add_suggested_track(sessions, f"Incoming/{i}.mp3")[1] for i in range(3)]
+    server = WebServer(config, sessions, port=0)
+    server.start()
+    try:
+        visitor = Visitor(server.port)
+        with sessions() as holder, holder.begin():
+            holder.execute(text("SELECT id FROM suggestions FOR UPDATE")).all()
+            answers = [visitor.post(f"/suggestions/{s}/accept", body="choice=1")
+                       for s in sids[:2]]
+            for answer in answers:
+                assert answer.status == 503, answer.body
+                assert answer.getheader("Retry-After") == str(RETRY_AFTER_S)
+                assert answer.seconds < WEB_BUSY_TIMEOUT_S + 2 < BUSY_TIMEOUT_S
+                assert BUSY_MESSAGE.encode() in answer.body
+            history = visitor.request("GET", "/history", timeout=10)
+            assert history.status == 200 and history.seconds < 2
+            # The web's short wait was SET LOCAL: the pooled connection it used is back
+            # with the service's own lock_timeout.
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == \
+                    f"{BUSY_TIMEOUT_S}s"
+        with sessions() as db:
+            assert db.scalars(select(Decision)).all() == []
+        assert visitor.post(f"/suggestions/{sids[0]}/accept", body="choice=1").status == 200
+    finally:
+        server.close()

@@ -33,13 +33,14 @@ GENRES = ("Classical", "Hip-Hop", "Metal")
 
 
 @pytest.fixture
-def shop(tmp_path, make_config):
-    """(config, sessions, library) with a fresh migrated database and no model yet."""
+def shop(tmp_path, make_config, database_url):
+    """(config, sessions, library) with a fresh migrated database (SQLite, PostgreSQL) and
+    no model yet."""
     library = tmp_path / "library"
     library.mkdir()
     config = make_config(library, workers={"processes": 1, "max_attempts": 2,
                                            "backoff_seconds": 0.2, "decode_timeout": 20},
-                         classifier={"batch_songs": 4})
+                         classifier={"batch_songs": 4}, database_url=database_url)
     engine, sessions = open_database(config.db_url)
     yield config, sessions, library
     engine.dispose()
@@ -277,6 +278,50 @@ def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
     worker._suggest([claim], worker.classifier.predict_songs([features]))
     assert len(pending(sessions, track_id)) == 1
     assert tracks(sessions)[rel].state == TrackState.SUGGESTED
+
+
+def test_a_file_changing_as_its_result_is_stored_is_not_suggested_from_old_audio(
+        shop, trained_bundle):
+    """The library's "this file changed" and the worker's result arrive together: the
+    library's change is committing when the worker stores its suggestion. The worker
+    must see the change (on PostgreSQL, READ COMMITTED: by locking the track), not store
+    a suggestion from the old bytes over it."""
+    import threading
+
+    from sqlalchemy import text
+
+    from daemon.suggest.classifier import Classifier
+    from daemon.suggest.queue import Claim
+
+    config, sessions, library = shop
+    [rel] = songs(library, 1)
+    track_id = add_track(sessions, library, rel, state=TrackState.WORKING)
+    before = tracks(sessions)[rel]
+    worker = Worker(config, sessions)
+    worker.classifier = Classifier.load(trained_bundle / "model.onnx")
+    features = np.zeros((5, *DEFAULT_SPEC.input_shape), np.float32)
+    claim = Claim(track_id, rel, before.size, before.mtime, None, None, token=1,
+                  fingerprint="00" * 16, features=features)
+    probs = worker.classifier.predict_songs([features])
+    postgres = sessions.kw["bind"].dialect.name == "postgresql"
+    store = threading.Thread(target=worker._suggest, args=([claim], probs))
+    with transaction(sessions) as session:  # what Library does on a changed file
+        track = session.get(Track, track_id)
+        track.state, track.size = TrackState.QUEUED, before.size + 1000
+        session.flush()  # the row is the library's until it commits
+        store.start()
+        if postgres:
+            def waiting() -> int:
+                with sessions() as db:
+                    return db.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+            wait_for(waiting, 10, "the worker waiting for the track")
+        else:
+            time.sleep(0.3)
+    store.join(30)
+    assert pending(sessions, track_id) == []
+    track = tracks(sessions)[rel]
+    assert (track.state, track.size) == (TrackState.QUEUED, before.size + 1000)
 
 
 def test_a_stalled_copy_is_never_suggested_from_partial_audio_nor_quarantined(

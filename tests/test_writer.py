@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import add_suggested_track
+from helpers import add_suggested_track, wait_for
 from mutagen.id3 import ID3
 from sqlalchemy import select
 
@@ -171,10 +171,10 @@ def test_sigkill_mid_write_leaves_old_or_new_file(make_song, tmp_path):
 # ----------------------------------------------------------------- the Writer component
 
 @pytest.fixture
-def station(tmp_path, make_config, database, make_song):
+def station(tmp_path, make_config, any_database, make_song):
     library = tmp_path / "library"
     config = make_config(library)
-    _, sessions = database
+    _, sessions = any_database
     return config, sessions, library
 
 
@@ -428,3 +428,55 @@ def test_hard_linked_song_is_refused_and_the_reason_is_shown(station, make_song)
     client = create_app(config, sessions).test_client()
     page = client.get("/history?show=unwritten").get_data(as_text=True)
     assert "Not written yet: the file has 2 hard links" in page
+
+
+def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(station, make_song):
+    """PostgreSQL (READ COMMITTED) and SQLite alike: the reviewer undoes a decision while
+    the writer is putting its genre into the file. The undo is waiting for the track (held
+    here by another writer) when the writer comes to record its write; the undo goes
+    first, so the writer must see it and queue the old genre back, not record "written"
+    over it and leave the undone genre in the file."""
+    import threading
+
+    from sqlalchemy import text
+
+    from daemon.core.db.engine import locked, transaction
+
+    config, sessions, library = station
+    path, track_id, sid, old_fp = add_song(sessions, library, make_song, "R/race.mp3",
+                                           raw_genre="Blues")
+    [decision] = review.accept(sessions, config, [sid], who="t")
+    writer = Writer(config, sessions)
+    st = write_genre_atomically(path, "Rock", "replace")  # the writer's file write
+    postgres = sessions.kw["bind"].dialect.name == "postgresql"
+
+    def waiting_for_locks() -> int:
+        with sessions() as db:
+            return db.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+    done = []
+    with transaction(sessions) as holder:
+        locked(holder, Track, track_id)  # someone else's write unit holds the track
+        undo = threading.Thread(target=lambda: done.append(
+            review.undo(sessions, config, decision.id, who="t")))
+        undo.start()
+        if postgres:  # the undo queues for the track first, then the writer
+            wait_for(lambda: waiting_for_locks() == 1, 10, "the undo waiting")
+        else:
+            time.sleep(0.3)
+        record = threading.Thread(target=lambda: done.append(writer._record_written(
+            decision.id, track_id, path, st, old_fp)))
+        record.start()
+        if postgres:
+            wait_for(lambda: waiting_for_locks() >= 2, 10, "the writer waiting")
+        else:
+            time.sleep(0.3)
+    undo.join(30)
+    record.join(30)
+    assert len(done) == 2
+    with sessions() as db:
+        undo_row = db.scalar(select(Decision).where(Decision.undoes_id == decision.id))
+        assert db.get(Decision, decision.id).undone is True
+        assert (undo_row.genre, undo_row.write_status) == ("Blues", "pending")
+    assert writer.run_once().written == 1
+    assert read_tags(path).genres == ("Blues",)

@@ -7,6 +7,7 @@ The file is TOML. Unknown keys and bad values are errors that name the key
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from importlib import resources
@@ -33,6 +34,9 @@ AUDIO_EXTENSIONS = (
 )
 
 
+# The template's commented-out database_url line, which `init --database-url` replaces.
+DATABASE_URL_COMMENT = (
+    '# database_url = "postgresql+psycopg://genretagger:password@dbhost/genretagger"')
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -167,8 +171,9 @@ class Config(Section):
     library: LibraryConfig
     state_dir: Path
     database_url: str | None = None
-    # How long a write waits for another connection's lock (SQLite) before it fails; a
-    # failed job is logged, shown in `status` and retried.
+    # How long a write waits for another connection's lock (SQLite's busy timeout,
+    # PostgreSQL's lock_timeout) before it fails; a failed job is logged, shown in
+    # `status` and retried.
     database_busy_seconds: float = Field(30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
@@ -180,6 +185,28 @@ class Config(Section):
     retrain: RetrainConfig = RetrainConfig()
     metrics: MetricsConfig = MetricsConfig()
     service: ServiceConfig = ServiceConfig()
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        # Only the two backends the tests run on; anything else fails here, not at the
+        # first query (a bare postgresql:// would pick a driver we do not install).
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL (sqlite:////path/genretagger.db or "
+                             "postgresql+psycopg://user:password@host/database)") from None
+        if url.drivername == "sqlite" and url.database not in (None, "", ":memory:"):
+            return value
+        if url.drivername == "postgresql+psycopg" and url.database:
+            return value
+        raise ValueError(f"{url.drivername}: use sqlite:////path/genretagger.db or "
+                         "postgresql+psycopg://user:password@host/database")
 
     # Everything the daemon keeps lives under state_dir (local disk, not the share).
     @property
@@ -256,7 +283,11 @@ def load_config(path: Path | None = None) -> Config:
     return parse_config(data, str(path))
 
 
-def render_config(library: Path, state_dir: Path) -> str:
-    """The commented config.toml that `init` writes."""
+def render_config(library: Path, state_dir: Path, database_url: str | None = None) -> str:
+    """The commented config.toml that `init` writes (database_url set when given)."""
     template = resources.files("daemon.core").joinpath("config.template.toml").read_text("utf-8")
-    return template.format(library=library, state_dir=state_dir)
+    text = template.format(library=library, state_dir=state_dir)
+    if database_url is None:
+        return text
+    # A TOML basic string is JSON's string syntax for what a URL can hold.
+    return text.replace(DATABASE_URL_COMMENT, f"database_url = {json.dumps(database_url)}", 1)

@@ -77,6 +77,11 @@ class SchemaBehind(GenretaggerError):
     """The database needs migrations only the service applies (at its start)."""
 
 
+class DatabaseUnreachable(GenretaggerError):
+    """The database server (PostgreSQL) could not be reached; the message names it (no
+    password) and the reason."""
+
+
 class ReadTimeout(FileError):
     """Reading the file's tags and audio header took longer than the configured limit."""
 

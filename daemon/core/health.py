@@ -18,8 +18,8 @@ Every component the service runs follows one protocol, `Component`: start(), clo
 closes them in reverse.
 
 `describe_failure(err)` is the one place that words an exception for a person:
-"database busy" only for SQLite's lock errors, "disk full" for a full disk, else the
-error's type and message.
+"database busy" only for lock errors (SQLite's; PostgreSQL's lock timeouts and
+deadlocks), "disk full" for a full disk, else the error's type and message.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy")
+BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy",
+                # PostgreSQL's lock_timeout / statement_timeout, deadlock, serialization
+                "due to lock timeout", "due to statement timeout", "deadlock detected",
+                "could not serialize access")
 FULL_MARKERS = ("database or disk is full", "no space left on device")
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
-from daemon.core.db.engine import transaction
+from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.suggest.classifier import Classifier
@@ -97,7 +97,7 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
         with transaction(sessions) as session:
             now = utcnow()
             for track_id, row in zip(ids, probs, strict=True):
-                track = session.get(Track, track_id)
+                track = locked(session, Track, track_id)
                 if (track is None or track.state != TrackState.REVIEWED
                         or track.confirmed_genre is not None):
                     continue  # decided, changed or gone meanwhile
@@ -118,11 +118,12 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
 def _replace_suggestion(session: Session, config: Config, top: list[tuple[str, float]],
                         old_id: int, model_id: int, counts: dict[str, int]) -> None:
     """A pending suggestion -> the new model's verdict through THE suggestion rule."""
-    old = session.get(Suggestion, old_id)
+    # Locked and read afresh: a reviewer may have decided it meanwhile (PostgreSQL).
+    old = locked(session, Suggestion, old_id)
     # Only if still pending: a reviewer may have decided it meanwhile.
     if old is None or old.status != SuggestionStatus.PENDING:
         return
-    track = session.get(Track, old.track_id)
+    track = locked(session, Track, old.track_id)
     if track.state != TrackState.SUGGESTED:
         return  # queued again or gone meanwhile: the worker decides afresh
     # The embedding comes from the backbone, not from the model: the song still sounds

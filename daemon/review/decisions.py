@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
-from daemon.core.db.engine import transaction
+from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.errors import GenretaggerError
 from daemon.core.live import Live, as_live
@@ -113,12 +113,12 @@ def top_choices(suggestion: Suggestion) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------- deciding
 
 def _pending_suggestion(session: Session, suggestion_id: int) -> tuple[Suggestion, Track]:
-    suggestion = session.get(Suggestion, suggestion_id, with_for_update=True)
+    suggestion = locked(session, Suggestion, suggestion_id)
     if suggestion is None:
         raise UnknownSuggestion(suggestion_id)
     if suggestion.status != SuggestionStatus.PENDING:
         raise NotPending(f"suggestion {suggestion_id} is already {suggestion.status}")
-    track = suggestion.track
+    track = locked(session, Track, suggestion.track_id)
     if track.state != TrackState.REVIEWED and not can_move(track.state, TrackState.REVIEWED):
         raise NotPending(f"suggestion {suggestion_id}: {track.path} is {track.state}, "
                          "not waiting for review")
@@ -246,14 +246,15 @@ def bulk_accept(sessions: sessionmaker[Session], config: Config, threshold: floa
     if not 0.0 <= threshold <= 1.0:
         raise ReviewError(f"confidence threshold must be between 0 and 1, not {threshold}")
     with transaction(sessions) as session:
+        # Locked in id order (PostgreSQL re-checks a row's status after waiting for it).
         query = (select(Suggestion).where(Suggestion.status == SuggestionStatus.PENDING,
                                           Suggestion.confidence >= threshold)
-                 .order_by(Suggestion.id))
+                 .order_by(Suggestion.id).with_for_update())
         if up_to_id is not None:
             query = query.where(Suggestion.id <= up_to_id)
         decisions = []
         for suggestion in session.scalars(query).all():
-            track = suggestion.track
+            track = locked(session, Track, suggestion.track_id)
             if track.state != TrackState.REVIEWED and not can_move(track.state,
                                                                    TrackState.REVIEWED):
                 continue
@@ -271,7 +272,10 @@ def undo(sessions: sessionmaker[Session], config: Config, decision_id: int, *,
     Only the newest standing decision of a track can be undone (CannotUndo otherwise),
     so labels never go back to a state that a later decision replaced."""
     with transaction(sessions) as session:
-        target = session.get(Decision, int(decision_id), with_for_update=True)
+        # Locks in the one order (suggestion, track, decision), so the decision's ids are
+        # read first; then it is read again under its lock, and the track's decisions
+        # are all there are (a new one needs the track's lock).
+        target = session.get(Decision, int(decision_id))
         if target is None:
             raise UnknownDecision(decision_id)
         return _undo(session, config, target, who=who)
@@ -281,6 +285,10 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
           batch_id: str | None = None) -> Decision:
     """undo()'s work on one decision inside the caller's transaction."""
     decision_id = target.id
+    suggestion = (locked(session, Suggestion, target.suggestion_id)
+                  if target.suggestion_id else None)
+    track = locked(session, Track, target.track_id)
+    target = locked(session, Decision, target.id)
     if target.action == Action.UNDO:
         raise CannotUndo(f"decision {decision_id} is itself an undo; decide again instead")
     if target.undone:
@@ -289,7 +297,6 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
     if standing and standing[0].id != target.id:
         raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
                          "track came later; undo that one first")
-    track = session.get(Track, target.track_id)
     now = utcnow()
     # The genre the file should carry again, if ours already reached it.
     restore_file = target.write_status == WriteStatus.WRITTEN
@@ -320,8 +327,6 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
         track.confirmed_genre = back_to.genre if back_to else None
         track.confirmed_at = back_to.at if back_to else None
         track.confirmed_decision_id = back_to.id if back_to else None
-    suggestion = session.get(Suggestion, target.suggestion_id) if target.suggestion_id \
-        else None
     newer = session.scalar(select(func.count()).select_from(Suggestion).where(
         Suggestion.track_id == track.id, Suggestion.id > (target.suggestion_id or 0)))
     if suggestion is not None and not newer:
@@ -456,7 +461,7 @@ def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *
         batch = list(session.scalars(
             select(Decision).where(Decision.batch_id == batch_id,
                                    Decision.action != Action.UNDO)
-            .order_by(Decision.id.desc()).with_for_update()).all())
+            .order_by(Decision.id.desc())).all())  # _undo locks each, in the one order
         if not batch:
             raise UnknownBatch(batch_id)
         standing = [d for d in batch if not d.undone]

@@ -76,7 +76,9 @@ def _filtered(query: Select, f: QueueFilter) -> Select:
     if f.max_confidence is not None:
         query = query.where(Suggestion.confidence < f.max_confidence)
     if f.folder and f.folder.strip().strip("/"):
-        query = query.where(Track.path.like(_like_prefix(f.folder), escape="\\"))
+        # ILIKE: the folder as typed, any case, as SQLite's LIKE always matched (on SQLite
+        # it renders lower() LIKE lower(), the same ASCII folding).
+        query = query.where(Track.path.ilike(_like_prefix(f.folder), escape="\\"))
     if f.format:
         query = query.where(Track.format == f.format)
     return query

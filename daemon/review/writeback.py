@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.audio.extract import ExtractPool
 from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.config import Config
-from daemon.core.db.engine import transaction
+from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
 from daemon.core.health import Health, thread_alive
@@ -190,8 +190,10 @@ class Writer:
             except OSError as err:
                 log.warning("feature cache relink %s -> %s failed: %s", old_fp, new_fp, err)
         with transaction(self.sessions) as session:
-            decision = session.get(Decision, decision_id)
-            track = session.get(Track, track_id)
+            # Locked (track, then decision: the order a review decision takes them), so
+            # an undo committed while we wrote is seen below, not overwritten.
+            track = locked(session, Track, track_id)
+            decision = locked(session, Decision, decision_id)
             decision.write_status = WriteStatus.WRITTEN
             decision.write_error = None
             decision.next_write_at = None
@@ -216,7 +218,7 @@ class Writer:
 
     def _record_failure(self, decision_id: int, reason: str) -> None:
         with transaction(self.sessions) as session:
-            decision = session.get(Decision, decision_id)
+            decision = locked(session, Decision, decision_id)
             if decision.undone or decision.write_status not in WRITE_OUTSTANDING:
                 return  # undone or replaced meanwhile: nothing left to retry
             decision.write_attempts += 1

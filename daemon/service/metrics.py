@@ -52,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
-from daemon.core.db.engine import make_engine, make_sessionmaker, sqlite_path
+from daemon.core.db.engine import is_postgresql, make_engine, make_sessionmaker, sqlite_path
 from daemon.core.db.models import Model, ServiceState, TrainingRun, utcnow
 from daemon.core.health import describe_failure
 from daemon.core.live import Live, as_live
@@ -185,11 +185,17 @@ def _run_families(run: TrainingRun | None) -> Iterator[Metric]:
 
 
 def _impatient_from_the_start(sessions: sessionmaker[Session]) -> sessionmaker[Session] | None:
-    """Sessions whose SQLite connections wait at most METRICS_BUSY_TIMEOUT_S for a lock,
-    from the moment they connect: a new connection's set-up (journal mode, pragmas) waits
-    its engine's whole busy timeout, which per-transaction impatience cannot shorten, so
-    the scrape gets a small engine of its own. Other databases: `sessions` unchanged."""
+    """Sessions that give up on the database within about METRICS_BUSY_TIMEOUT_S, from the
+    moment they connect, on an engine of the scrape's own. SQLite: a new connection's
+    set-up (journal mode, pragmas) waits its engine's whole busy timeout, which
+    per-transaction impatience cannot shorten. PostgreSQL: connect_timeout (libpq's whole
+    seconds) for a server that is gone, lock_timeout and statement_timeout at connect for
+    one that is locked or stuck. Other databases: None (`sessions` as they are)."""
     url = str(sessions.kw["bind"].url)
+    if is_postgresql(url):
+        return make_sessionmaker(make_engine(
+            url, busy_timeout=METRICS_BUSY_TIMEOUT_S, connect_timeout=METRICS_BUSY_TIMEOUT_S,
+            statement_timeout=METRICS_BUSY_TIMEOUT_S))
     if sqlite_path(url) is None:
         return None
     return make_sessionmaker(make_engine(url, busy_timeout=METRICS_BUSY_TIMEOUT_S))
@@ -206,7 +212,7 @@ class StationCollector(Collector):
         self.sources = sources or MetricsSources()
 
     def close(self) -> None:
-        """Close the scrape's own database connections (SQLite)."""
+        """Close the scrape's own database connections."""
         if self._own is not None:
             self._own.kw["bind"].dispose()
 

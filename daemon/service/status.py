@@ -19,6 +19,7 @@ it counts as running when either is fresh and its pid is alive.
                             "errors": int, "failing": bool, ...}},
                      # main, neighbours, worker, watcher, settle, writer, web, scheduler, reconcile,
                      # nightly-retrain, retrainer; {} when the daemon is not running
+      "database": str,               # a SQLite file's path, or the URL without password
       "tracks": {"total": int, "by_state": {state: int for every TrackState}},
       "queue_depth": int,            # queued + retrying + working
       "files_per_minute": float,     # classified + failed over the last hour / 60
@@ -75,6 +76,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
+from daemon.core.db.engine import display_url
 from daemon.core.db.models import (
     Decision,
     Event,
@@ -296,6 +298,7 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
                                    health, now),
             "leader": dict(leader.value) if leader is not None else None,
             "components": health.get("components", {}) if health else {},
+            "database": display_url(config.db_url),
             "tracks": {"total": sum(by_state.values()), "by_state": by_state},
             "queue_depth": queue_depth(session),
             "files_per_minute": round((last_hour["classified"] + last_hour["failed"]) / 60.0,
@@ -408,7 +411,8 @@ def render_status(data: dict[str, Any]) -> str:
     """The short plain-text report for the station's IT volunteer."""
     d = data["daemon"]
     lines = [_daemon_line(d), *_leader_lines(data.get("leader"), d["running"]),
-             *_component_lines(data.get("components") or {})]
+             *_component_lines(data.get("components") or {}),
+             f"database:    {data['database']}"]
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.audio.extract import ExtractPool
 from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, BackboneSpec, FeatureSpec
 from daemon.core.config import Config
-from daemon.core.db.engine import transaction
+from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Event, Track, utcnow
 from daemon.core.errors import FileError, UnreadableAudio
 from daemon.core.health import Health
@@ -338,7 +338,7 @@ class Worker:
         changing = {c.track_id for c in batch if not self._settled(c)}
         with transaction(self.sessions) as session:
             for claim, row in zip(batch, probs, strict=True):
-                track = session.get(Track, claim.track_id)
+                track = locked(session, Track, claim.track_id)
                 if claim.track_id in changing and self._still_ours(track, claim):
                     self._back_to_settling(track, claim, now)
                     continue
@@ -393,7 +393,7 @@ class Worker:
         workers = self.config.workers
         now = utcnow()
         with transaction(self.sessions) as session:
-            track = session.get(Track, claim.track_id)
+            track = locked(session, Track, claim.track_id)
             if not self._still_ours(track, claim):
                 log.info("%s changed while being decoded; it will be done again", claim.path)
                 return
@@ -447,7 +447,7 @@ class Worker:
         while self._changing:
             claim = self._changing[0]
             with transaction(self.sessions) as session:
-                track = session.get(Track, claim.track_id)
+                track = locked(session, Track, claim.track_id)
                 if self._still_ours(track, claim):
                     self._back_to_settling(track, claim, utcnow())
             self._changing.pop(0)

@@ -2,6 +2,11 @@
 
 SQLite gets WAL (readers never block the daemon's writer), a busy timeout (a reviewer's
 transaction or a backup holding the lock makes us wait, not fail) and foreign keys.
+
+PostgreSQL (psycopg 3) runs READ COMMITTED: a write waits for the rows it touches (up to
+the same busy timeout, as lock_timeout), not for one database-wide lock. Code that reads
+a row, then changes it on what it read, locks it with SELECT ... FOR UPDATE first (the
+review decisions, the writer's records), which on SQLite's BEGIN IMMEDIATE costs nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -20,14 +26,24 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.core.errors import SchemaBehind
+from daemon.core.errors import DatabaseUnreachable, SchemaBehind
 from daemon.library.mounts import filesystem_type, is_network_filesystem
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 30
+# PostgreSQL: seconds to reach the server before a clear "unreachable" error, and enough
+# pooled connections for the service's threads (worker, writer, reconcile, scheduler,
+# retrainer, four web threads, metrics) without a wait for a free one.
+CONNECT_TIMEOUT_S = 10
+POOL_SIZE, POOL_OVERFLOW = 12, 8
+# On PostgreSQL an impatient transaction's statements may run this many times its lock
+# wait before they are cancelled (a page's query over a big library is slow, not stuck).
+STATEMENT_FACTOR = 5
 IMMEDIATE = "genretagger_immediate"
 # An execution option: this engine's transactions wait at most this many seconds for
 # SQLite's write lock (the review page answers "busy" rather than hold a server thread).
@@ -41,9 +57,19 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT_S) -> Engine:
+def is_postgresql(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT_S,
+                connect_timeout: float = CONNECT_TIMEOUT_S,
+                statement_timeout: float | None = None) -> Engine:
     """An engine for `url`; on SQLite a write waits up to `busy_timeout` seconds for
-    another connection's lock before it fails with "database is locked"."""
+    another connection's lock before it fails with "database is locked", on PostgreSQL
+    (lock_timeout) with "canceling statement due to lock timeout". PostgreSQL only:
+    `connect_timeout` to reach the server, `statement_timeout` for every statement."""
+    if is_postgresql(url):
+        return _postgresql_engine(url, busy_timeout, connect_timeout, statement_timeout)
     path = sqlite_path(url)
     if path is None:
         return create_engine(url, pool_pre_ping=True)
@@ -79,16 +105,45 @@ def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT_S) -> Engine:
     return engine
 
 
+def _postgresql_engine(url: str, busy_timeout: float, connect_timeout: float,
+                       statement_timeout: float | None) -> Engine:
+    wait_ms = int(busy_timeout * 1000)
+    # The connection's own lock_timeout is the busy timeout (set at connect: no round
+    # trip per transaction).
+    options = f"-c lock_timeout={wait_ms}"
+    if statement_timeout is not None:
+        options += f" -c statement_timeout={int(statement_timeout * 1000)}"
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
+        isolation_level="READ COMMITTED",
+        # libpq counts whole seconds.
+        connect_args={"connect_timeout": max(1, round(connect_timeout)), "options": options})
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        # An impatient caller's limits last for this transaction only (SET LOCAL), so the
+        # pooled connection goes back to the service with its own lock_timeout.
+        wanted = conn.get_execution_options().get(BUSY_TIMEOUT)
+        if wanted is not None and int(wanted * 1000) != wait_ms:
+            ms = int(wanted * 1000)
+            # A query that runs long (not one waiting for a lock) is cut off too, later.
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms * STATEMENT_FACTOR}")
+
+    return engine
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
 def impatient_sessions(sessions: sessionmaker[Session], seconds: float) -> sessionmaker[Session]:
-    """Sessions on the same engine and pool whose SQLite transactions wait at most
-    `seconds` for the write lock, then fail with "database is locked" (OperationalError).
-    Other databases: `sessions` unchanged (PostgreSQL waits on row locks instead)."""
+    """Sessions on the same engine and pool whose transactions wait at most `seconds` for
+    a lock, then fail with OperationalError (database_busy): SQLite's write lock ("database
+    is locked"), PostgreSQL's row locks (lock_timeout; statement_timeout at
+    STATEMENT_FACTOR times it). Other databases: `sessions` unchanged."""
     engine = sessions.kw["bind"]
-    if sqlite_path(str(engine.url)) is None:
+    if sqlite_path(str(engine.url)) is None and not is_postgresql(str(engine.url)):
         return sessions
     return sessionmaker(engine.execution_options(**{BUSY_TIMEOUT: seconds}),
                         **{k: v for k, v in sessions.kw.items() if k != "bind"})
@@ -106,6 +161,15 @@ def transaction(sessions: sessionmaker[Session]):
         yield session
 
 
+def locked(session: Session, entity: type[T], ident: int) -> T | None:
+    """Row `ident` of `entity`, locked until the transaction ends and read afresh (SELECT
+    ... FOR UPDATE). On PostgreSQL (READ COMMITTED) whoever reads a row, then writes on
+    what it read, takes this first, or a concurrent writer's commit in between is lost;
+    on SQLite (BEGIN IMMEDIATE: one writer at a time) it is a plain read. Lock order
+    wherever several are taken: suggestion, then track, then decision (no deadlocks)."""
+    return session.get(entity, ident, with_for_update=True, populate_existing=True)
+
+
 # SQLite's primary result codes (the low byte of an extended one).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
@@ -116,16 +180,30 @@ def _sqlite_code(exc: BaseException) -> int | None:
     return None if code is None else code & 0xFF
 
 
+# PostgreSQL's SQLSTATEs: lock_not_available (lock_timeout), query_canceled
+# (statement_timeout), serialization_failure, deadlock_detected; disk_full.
+_PG_BUSY = frozenset({"55P03", "57014", "40001", "40P01"})
+_PG_FULL = frozenset({"53100"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None)
+
+
 def database_full(exc: BaseException) -> bool:
-    """Did SQLite fail with "database or disk is full" (no space left on the state disk,
-    or the database at its size limit)? Trying again will not help until space is made."""
-    return _sqlite_code(exc) == _SQLITE_FULL
+    """Did the database fail for want of space: SQLite's "database or disk is full" (no
+    space left on the state disk, or the database at its size limit), PostgreSQL's
+    disk_full? Trying again will not help until space is made."""
+    return _sqlite_code(exc) == _SQLITE_FULL or _sqlstate(exc) in _PG_FULL
 
 
 def database_busy(exc: BaseException) -> bool:
-    """Did SQLite fail because another connection held a lock for longer than this one was
-    willing to wait ("database is locked")? Trying again later can succeed."""
-    return _sqlite_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    """Did the database fail because another connection held a lock for longer than this
+    one was willing to wait (SQLite's "database is locked"; PostgreSQL's lock or statement
+    timeout, a serialization failure or deadlock)? Trying again later can succeed."""
+    return (_sqlite_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+            or _sqlstate(exc) in _PG_BUSY)
 
 
 def warn_if_network_db(url: str) -> str | None:
@@ -185,8 +263,21 @@ def migrate(engine: Engine) -> Path | None:
     if path is not None and path.exists() and inspect(engine).get_table_names():
         backup = backup_sqlite(path)
         log.info("backed up %s to %s before %d migration(s)", path, backup, len(pending))
+    elif is_postgresql(str(engine.url)) and inspect(engine).get_table_names():
+        # A server's database is the DBA's to back up: say how, once, before changing it.
+        log.warning("applying %d migration(s) to %s without a backup of our own: for one, "
+                    "stop the service and run pg_dump -Fc -d %s first", len(pending),
+                    display_url(str(engine.url)), make_url(str(engine.url)).database)
     command.upgrade(alembic_config(engine), "head")
     return backup
+
+
+def display_url(url: str) -> str:
+    """The database as `status` and errors name it: a SQLite file's path, else the URL
+    without its password."""
+    path = sqlite_path(url)
+    return str(path) if path is not None else make_url(url).render_as_string(
+        hide_password=True)
 
 
 def keep_newest_backups(path: Path, keep: int = 5) -> None:
@@ -206,17 +297,32 @@ def open_database(url: str, *, upgrade: bool = True, busy_timeout: float = BUSY_
     """
     warn_if_network_db(url)
     engine = make_engine(url, busy_timeout)
-    if not upgrade and inspect(engine).get_table_names():
+    tables = _table_names(engine)
+    if not upgrade and tables:
         pending = pending_migrations(engine)
         if pending:
             engine.dispose()
-            where = sqlite_path(url) or make_url(url).render_as_string(hide_password=True)
             raise SchemaBehind(
-                f"the database {where} is {len(pending)} schema migration(s) behind this "
-                "genretagger; the service applies them when it starts (sudo systemctl "
+                f"the database {display_url(url)} is {len(pending)} schema migration(s) "
+                "behind this genretagger; the service applies them when it starts (sudo systemctl "
                 "restart genretagger), then run this again")
     migrate(engine)
     path = sqlite_path(url)
     if path is not None:
         keep_newest_backups(path)
     return engine, make_sessionmaker(engine)
+
+
+def _table_names(engine: Engine) -> list[str]:
+    """The database's tables; a server that cannot be reached is DatabaseUnreachable,
+    naming it (no password) and why, not a driver traceback."""
+    try:
+        return inspect(engine).get_table_names()
+    except OperationalError as err:
+        if sqlite_path(str(engine.url)) is not None:
+            raise
+        engine.dispose()
+        reason = str(getattr(err, "orig", err)).strip().splitlines()
+        raise DatabaseUnreachable(
+            f"cannot reach the database {display_url(str(engine.url))}: "
+            f"{reason[0] if reason else err}") from err
