@@ -75,13 +75,15 @@ def mates_for(session: Session, track_ids: Sequence[int]) -> dict[int, Mates]:
                              .where(Track.id.in_(list(track_ids)))).all()
     albums = {t.album_key for t in tracks if t.album_key}
     artists = {t.id: _artist_of(t) for t in tracks}
-    # Raw and lower-cased spellings narrow the query; artist_key decides in Python.
+    # The spellings as stored and trimmed + lower-cased narrow the query (portable SQL);
+    # artist_key decides in Python.
     raw = {t.artist for t in tracks if t.artist} | {t.album_artist for t in tracks
                                                    if t.album_artist and not t.compilation}
     genre = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
     wanted = [Track.album_key.in_(albums)] if albums else []
     if raw:
-        wanted += [Track.artist.in_(raw), func.lower(Track.artist).in_({a.lower() for a in raw})]
+        wanted += [Track.artist.in_(raw), func.lower(func.trim(Track.artist)).in_(
+            {a.strip().lower() for a in raw})]
     rows = session.execute(select(Track.id, Track.album_key, Track.artist, genre)
                            .where(genre.is_not(None), or_(*wanted))).all() if wanted else []
     by_album: dict[str, list[tuple[int, str]]] = {}
