@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from daemon.core.errors import ConfigError
 from daemon.learn.registry import file_sha256
 from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
+from trainer.context import context_report
 from trainer.dataset import (
     Dataset,
     DatasetError,
@@ -41,7 +43,14 @@ from trainer.dataset import (
 )
 from trainer.families import Backbone, embed_songs, open_backbone
 from trainer.runner import Run
-from trainer.tournament import ALL, FAMILIES, families_for, judge_families, write_winner
+from trainer.tournament import (
+    ALL,
+    FAMILIES,
+    families_for,
+    judge_bundle,
+    judge_families,
+    write_winner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +121,9 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     caches = {CNN: cache, **({BACKBONE: backbone_on.patches} if backbone_on else {})}
     table = judge_families(out, entries, wide.test, caches, seed=seed)
     winner = next(e for e in entries if e.family == table["winner"])
+    context = fit_context(winner, wide.test, songs.songs, caches)
     report = {**common, **run.facts[winner.family], "family": winner.family,
-              "families": run.facts, "tournament": table,
+              "families": run.facts, "tournament": table, "context": context,
               "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity}
     # decode_s includes the library walk; embed_s the backbone run on uncached songs.
     report["timings"] = {"features_s": round(extracted - started, 1),
@@ -125,9 +135,28 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                          "total_s": round(time.monotonic() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
                                      encoding="utf-8")
-    write_winner(out, winner, table)
+    write_winner(out, winner, table, {"context": {k: context[k] for k in (
+        "weight", "smoothing")}} if context["weight"] is not None else None)
     log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
              table["why"])
+    return report
+
+
+def fit_context(winner, test: Sequence[LabelledSong], library: Sequence[LabelledSong],
+                caches: dict) -> dict:
+    """The album/artist context fitted on the winner's test songs (trainer.context):
+    report.json's "context", whose weight and smoothing go into the bundle."""
+    from daemon.suggest.bundle import read_metadata
+
+    classes = tuple(read_metadata(winner.bundle)["classes"])
+    probs, _ = judge_bundle(winner.bundle, test, caches, classes)
+    report = context_report(probs, test, library, classes)
+    if report["weight"] is not None:
+        log.info("context: weight %.2f, smoothing %.1f (test songs: accuracy %.3f audio, "
+                 "%.3f with context)", report["weight"], report["smoothing"],
+                 report["audio"]["song_accuracy"], report["with_context"]["song_accuracy"])
+    else:
+        log.info("context not fitted: %s", report["why"])
     return report
 
 
