@@ -57,3 +57,21 @@ def test_too_few_songs_with_mates_is_not_fitted():
              for i, s in enumerate(songs[:10])]
     report = context_report(probs[:10], alone, alone, CLASSES)
     assert report["weight"] is None and "fewer than" in report["why"]
+
+
+def test_carve_keeps_one_song_per_big_album_out_of_training_only():
+    from trainer.context import carve
+    from trainer.dataset import Dataset
+
+    songs, _ = _library(consistent=True)
+    small = [LabelledSong(s.path, f"Small/{i}.mp3", s.genre, "small", s.fingerprint[::-1])
+             for i, s in enumerate(songs[:2])]
+    dataset = Dataset(CLASSES, tuple(songs[:48]) + tuple(small), tuple(songs[48:60]),
+                      tuple(songs[60:]))
+    kept, carved = carve(dataset, seed=0)
+    assert len(carved) == 8  # the 8 training albums of 6 songs; the 2-song album keeps both
+    assert len({s.rel.rsplit("/", 1)[0] for s in carved}) == 8
+    assert not {s.rel for s in carved} & {s.rel for s in kept.train}
+    assert len(kept.train) == 50 - 8
+    assert (kept.validation, kept.test) == (dataset.validation, dataset.test)
+    assert carve(dataset, seed=0)[1] == carved  # stable

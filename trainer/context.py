@@ -1,6 +1,14 @@
 """Fitting the album/artist context's weight and smoothing on held-out songs, and the
 audio-only vs with-context figures for report.json.  (No TensorFlow here.)
 
+Which songs: the daemon judges an untagged song whose tagged album-mates the model was
+trained on, so the audio it combines with the prior knows the artist. The gate's
+artist-disjoint test songs would understate the audio and overstate the prior's worth; so
+`carve` takes one song from each album with CARVE_FROM or more training songs out of
+training (the "context" split): never trained on, its album-mates trained on. The fit and
+its figures use those songs; with too few of them (small albums) the test songs stand in,
+and the report says so.
+
 The daemon combines a song's calibrated audio probabilities with a prior from its tagged
 mates (daemon.suggest.context, daemon.suggest.mates). Here a held-out song's mates are
 the other labelled songs of the library on its album (its album folder: the daemon's
@@ -17,6 +25,7 @@ the songs are split in two by album, each half scored with the values fitted on 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
@@ -27,13 +36,32 @@ from daemon.learn.metrics import song_metrics
 from daemon.library.albums import album_folder
 from daemon.suggest.context import combine, context_prior
 from daemon.suggest.mates import Mates
-from trainer.dataset import LabelledSong
+from trainer.dataset import Dataset, LabelledSong
 
 WEIGHTS = tuple(0.25 * i for i in range(9))  # 0, 0.25, ..., 2
 SMOOTHINGS = (0.5, 1.0, 2.0, 5.0)
 # Fewer held-out songs with a tagged mate than this: nothing to fit on (config's values).
 MIN_SONGS = 4
 EPS = 1e-12
+# An album with this many training songs gives one of them to the context split (so two
+# or more stay trained on: the song's mates).
+CARVE_FROM = 3
+
+
+def carve(dataset: Dataset, seed: int) -> tuple[Dataset, tuple[LabelledSong, ...]]:
+    """The dataset without the context split's songs in train, and those songs: one per
+    album folder with >= CARVE_FROM training songs, chosen by a hash of (seed, path)
+    (stable as the library grows). Validation and test are untouched (the gate's)."""
+    albums: dict[str, list[LabelledSong]] = {}
+    for song in dataset.train:
+        if album_folder(song.rel):
+            albums.setdefault(album_folder(song.rel), []).append(song)
+    chosen = {min(songs, key=lambda s: hashlib.sha256(
+        f"{seed}\0context\0{s.rel}".encode()).digest()).rel
+        for songs in albums.values() if len(songs) >= CARVE_FROM}
+    kept = tuple(s for s in dataset.train if s.rel not in chosen)
+    return (dataclasses.replace(dataset, train=kept),
+            tuple(s for s in dataset.train if s.rel in chosen))
 
 
 def held_out_mates(songs: Sequence[LabelledSong], library: Sequence[LabelledSong]) -> list[Mates]:
