@@ -178,3 +178,48 @@ def test_the_worker_stores_the_context_and_rescore_keeps_it(album_station):
     assert again.model_id == metal.id and again.genre == "Jazz"
     assert again.context["audio_top"][0][0] == "Metal" and again.context["changed"]
     assert _pending(sessions, ids["loose.flac"]).context is None
+
+
+def test_the_trained_bundle_carries_its_fitted_context_and_the_daemon_uses_it(
+        trained_bundle, make_config, tmp_path):
+    """The real trainer fits weight and smoothing, writes both into report.json (with the
+    audio-only and with-context figures apart) and the bundle; the daemon reads them."""
+    from daemon.suggest.mates import settings_for
+
+    report = json.loads((trained_bundle / "report.json").read_text())["context"]
+    assert report["weight"] is not None and report["fitted_on"]
+    assert {"song_accuracy", "macro_f1", "log_likelihood"} <= report["audio"].keys()
+    assert report["with_context"]["n_songs"] == report["audio"]["n_songs"] > 0
+    classifier = Classifier.load(trained_bundle / "model.onnx")
+    assert classifier.metadata["context"] == {"weight": report["weight"],
+                                              "smoothing": report["smoothing"]}
+    config = make_config(tmp_path, context={"weight": 0.1, "smoothing": 9.0})
+    assert settings_for(config, classifier.metadata) == ContextSettings(
+        report["weight"], report["smoothing"])
+    assert settings_for(config, {}) == ContextSettings(0.1, 9.0)
+    off = make_config(tmp_path, context={"enabled": False})
+    assert settings_for(off, classifier.metadata) is None
+
+
+def test_models_show_gives_audio_only_and_with_context_apart(album_station):
+    config, config_path, sessions, _, _ = album_station
+    figures = {"song_accuracy": 0.7, "macro_f1": 0.65, "log_likelihood": -0.8, "n_songs": 40}
+    fitted = {"weight": 0.75, "smoothing": 2.0, "chosen_by": "held-out log-likelihood",
+              "songs": 40, "songs_with_mates": 30, "fitted_on": "context split",
+              "audio": figures, "with_context": {**figures, "song_accuracy": 0.85},
+              "with_mates": {"audio": figures, "with_context": {**figures, "macro_f1": 0.9}}}
+    from daemon.core.db.models import Model
+
+    with transaction(sessions) as session:
+        model = session.scalars(select(Model)).one()
+        model.metrics = {**(model.metrics or {}), "context": fitted}
+        version = model.version
+    shown = CliRunner().invoke(cli, ["--config", str(config_path), "models", "show",
+                                     str(version)]).stdout
+    assert ("context: weight 0.75, smoothing 2 (chosen by held-out log-likelihood on 40 "
+            "held-out songs, 30 with a tagged mate; context split)") in shown
+    assert "accuracy 70.0% audio -> 85.0% with context; macro-F1 0.650 -> 0.650" in shown
+    assert "macro-F1 0.650 -> 0.900" in shown
+    data = json.loads(CliRunner().invoke(cli, ["--config", str(config_path), "models", "show",
+                                               str(version), "--json"]).stdout)
+    assert data["context"] == fitted

@@ -44,21 +44,29 @@ SMOOTHINGS = (0.5, 1.0, 2.0, 5.0)
 MIN_SONGS = 4
 EPS = 1e-12
 # An album with this many training songs gives one of them to the context split (so two
-# or more stay trained on: the song's mates).
+# or more stay trained on: the song's mates), at most CARVE_SHARE of the training songs;
+# none when fewer than MIN_SONGS albums can give one (too few to fit on: training keeps
+# them all and the test songs stand in).
 CARVE_FROM = 3
+CARVE_SHARE = 0.15
 
 
 def carve(dataset: Dataset, seed: int) -> tuple[Dataset, tuple[LabelledSong, ...]]:
     """The dataset without the context split's songs in train, and those songs: one per
     album folder with >= CARVE_FROM training songs, chosen by a hash of (seed, path)
-    (stable as the library grows). Validation and test are untouched (the gate's)."""
+    (stable as the library grows), within CARVE_SHARE; none below MIN_SONGS. Validation
+    and test are untouched (the gate's)."""
     albums: dict[str, list[LabelledSong]] = {}
     for song in dataset.train:
         if album_folder(song.rel):
             albums.setdefault(album_folder(song.rel), []).append(song)
-    chosen = {min(songs, key=lambda s: hashlib.sha256(
-        f"{seed}\0context\0{s.rel}".encode()).digest()).rel
-        for songs in albums.values() if len(songs) >= CARVE_FROM}
+    def rank(song: LabelledSong) -> bytes:
+        return hashlib.sha256(f"{seed}\0context\0{song.rel}".encode()).digest()
+
+    offered = sorted((min(songs, key=rank) for songs in albums.values()
+                      if len(songs) >= CARVE_FROM), key=rank)
+    room = int(CARVE_SHARE * len(dataset.train))
+    chosen = {s.rel for s in offered[:room]} if min(len(offered), room) >= MIN_SONGS else set()
     kept = tuple(s for s in dataset.train if s.rel not in chosen)
     return (dataclasses.replace(dataset, train=kept),
             tuple(s for s in dataset.train if s.rel in chosen))

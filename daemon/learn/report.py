@@ -105,9 +105,10 @@ def context_lines(context: dict[str, Any] | None) -> list[str]:
         return [f"context: not fitted ({context.get('why', 'no figures')}); the config's "
                 "[context] weight and smoothing are used"]
     lines = [f"context: weight {context['weight']:.2f}, smoothing {context['smoothing']:g} "
-             f"(chosen by {context.get('chosen_by', '?')} on {context.get('songs', 0)} test "
-             f"songs, {context.get('songs_with_mates', 0)} with a tagged mate)"]
-    for label, part in (("all test songs", context), ("with a tagged mate",
+             f"(chosen by {context.get('chosen_by', '?')} on {context.get('songs', 0)} "
+             f"held-out songs, {context.get('songs_with_mates', 0)} with a tagged mate; "
+             f"{context.get('fitted_on', '?')})"]
+    for label, part in (("all held-out songs", context), ("with a tagged mate",
                                                        context.get("with_mates") or {})):
         audio, both = part.get("audio") or {}, part.get("with_context") or {}
         lines.append(f"  {label + ':':<20}accuracy {_pct(audio.get('song_accuracy'))} audio "
