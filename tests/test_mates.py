@@ -86,6 +86,14 @@ def test_no_tagged_mate_leaves_the_audio_exactly_as_it_was(database_url):
                                        ContextSettings(2.0, 1.0))
     assert contexts == [None]
     assert np.array_equal(probs, audio)
+    # An audit (id None) hears the sound alone, however many tagged mates it has.
+    with transaction(sessions) as session:
+        _add(session, "Untagged/3.mp3", album_key=ALBUM, canonical_genre="Jazz")
+    with sessions() as session:
+        probs, contexts = with_context(session, [None, alone], np.vstack([audio, audio]),
+                                       CLASSES, ContextSettings(2.0, 1.0))
+    assert contexts[0] is None and np.array_equal(probs[0], audio[0])
+    assert contexts[1]["album"] == {"counts": {"Jazz": 1}} and probs[1, 0] > audio[0, 0]
     engine.dispose()
 
 

@@ -65,13 +65,16 @@ def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier:
     cache = _caches(config, classifier)
     with sessions() as session:
         todo = session.execute(
-            select(Suggestion.id, Track.fingerprint, Track.id).join(Track)
+            select(Suggestion.id, Track.fingerprint, Track.id, Suggestion.disagrees_with)
+            .join(Track)
             .where(Suggestion.status == SuggestionStatus.PENDING,
                    (Suggestion.model_id != model_id) | Suggestion.model_id.is_(None))
             .order_by(Suggestion.id)).all()
-    track_of = {suggestion_id: track_id for suggestion_id, _, track_id in todo}
+    # An audit is the sound alone against the file's tag (daemon.suggest.mates).
+    track_of = {suggestion_id: None if audit else track_id
+                for suggestion_id, _, track_id, audit in todo}
     counts = {"rescored": 0, "no_features": 0, "changed": 0, "dropped": 0}
-    rows = [(suggestion_id, fp) for suggestion_id, fp, _ in todo]
+    rows = [(suggestion_id, fp) for suggestion_id, fp, _, _ in todo]
     for ids, probs in _cached_predictions(classifier, cache, rows, batch, counts):
         with transaction(sessions) as session:
             probs, contexts = batch_context(session, config, classifier,

@@ -117,20 +117,22 @@ def settings_for(config: Config, metadata: dict | None) -> ContextSettings | Non
         return ContextSettings(config.context.weight, config.context.smoothing)
 
 
-def with_context(session: Session, track_ids: Sequence[int], probs: np.ndarray,
+def with_context(session: Session, track_ids: Sequence[int | None], probs: np.ndarray,
                  classes: Sequence[str], settings: ContextSettings | None,
                  ) -> tuple[np.ndarray, list[dict | None]]:
     """A batch's audio probabilities (rows in track_ids' order, columns `classes`) ->
     (the with-context probabilities, each song's `suggestions.context` dict or None).
-    A song with no tagged mate, or context switched off (settings None), keeps its
-    audio exactly and gets None."""
+    A song with no tagged mate, an id given as None (an audit: the sound alone is
+    checked against the file's tag, which its album's tags would only echo), or context
+    switched off (settings None) keeps its audio exactly and gets None."""
     probs = np.asarray(probs, dtype=np.float64)
-    if settings is None or not len(track_ids):
+    wanted = [i for i in track_ids if i is not None]
+    if settings is None or not wanted:
         return probs, [None] * len(track_ids)
-    mates = mates_for(session, track_ids)
+    mates = mates_for(session, wanted)
     combined, contexts = probs.copy(), []
     for i, track_id in enumerate(track_ids):
-        found = mates.get(track_id)
+        found = mates.get(track_id) if track_id is not None else None
         if not found:
             contexts.append(None)
             continue
@@ -159,8 +161,9 @@ def context_json(mates: Mates, audio: np.ndarray, combined: np.ndarray,
             "changed": bool(np.argmax(combined) != np.argmax(audio))}
 
 
-def batch_context(session: Session, config: Config, classifier, track_ids: Sequence[int],
-                  probs: np.ndarray) -> tuple[np.ndarray, list[dict | None]]:
+def batch_context(session: Session, config: Config, classifier,
+                  track_ids: Sequence[int | None], probs: np.ndarray,
+                  ) -> tuple[np.ndarray, list[dict | None]]:
     """with_context for a batch the classifier (daemon.suggest.classifier: its classes and
     its bundle's metadata) just scored, with the settings_for the running config."""
     settings = settings_for(config, getattr(classifier, "metadata", None))

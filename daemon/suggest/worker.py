@@ -338,8 +338,8 @@ class Worker:
         # Decoded from bytes that have changed since (a copy went on): no suggestion.
         changing = {c.track_id for c in batch if not self._settled(c)}
         with transaction(self.sessions) as session:
-            probs, contexts = batch_context(session, self.config, self.classifier,
-                                            [c.track_id for c in batch], probs)
+            probs, contexts = batch_context(session, self.config, self.classifier, [
+                None if c.audit_genre else c.track_id for c in batch], probs)  # audits: sound
             for claim, row, context in zip(batch, probs, contexts, strict=True):
                 track = session.get(Track, claim.track_id)
                 if claim.track_id in changing and self._still_ours(track, claim):
