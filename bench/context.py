@@ -4,8 +4,9 @@ generated station whose albums are fully, partly and not at all tagged.
     .venv/bin/python bench/context.py [--part accuracy] [--genres 4] [--albums 6]
         [--songs 5] [--mix 0.8] [--epochs 4]
 
-A training library (tagged, one album per artist) trains a CNN with the real trainer
-(--family cnn --no-backbone: the fitted weight and smoothing land in its bundle). A
+A training library (like the station's songs, all tagged, 4 albums of 6 songs per genre,
+one artist each) trains a CNN with the real trainer (--family cnn --no-backbone: the
+weight and smoothing it fits on its context split land in the bundle). A
 separate station library (real encoded files) has, per genre, --albums albums of --songs
 songs: a third fully tagged, a third partly (its first two songs untagged), a third not
 tagged at all. Each song's audio is its genre mixed with another genre's at --mix, so the
@@ -21,6 +22,7 @@ view's latency is bench/context_view.py's part.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -32,12 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.audio.featurecache import FeatureCache  # noqa: E402
 from daemon.audio.features import CNN, DEFAULT_SPEC  # noqa: E402
-from daemon.cli.demo import VOICES, encode, make_library, synthesize  # noqa: E402
+from daemon.cli.demo import VOICES, encode, synthesize  # noqa: E402
 from daemon.core.config import ContextConfig  # noqa: E402
 from daemon.library.fingerprint import fingerprint  # noqa: E402
 from daemon.suggest.bundle import read_metadata  # noqa: E402
 from daemon.suggest.context import combine, context_prior  # noqa: E402
 from daemon.suggest.mates import Mates  # noqa: E402
+from daemon.tags.write import write_tags  # noqa: E402
 from trainer.dataset import LabelledSong, load_features  # noqa: E402
 from trainer.tournament import judge_bundle  # noqa: E402
 
@@ -46,8 +49,9 @@ SR = 22_050
 
 
 def station(root: Path, genres: tuple[str, ...], albums: int, songs: int, mix: float,
-            seed: int) -> list[tuple[LabelledSong, str, bool]]:
-    """(song, album, tagged) per song of the station library, written as real files."""
+            seed: int, tag: bool = False) -> list[tuple[LabelledSong, str, bool]]:
+    """(song, album, tagged) per song of the station library, written as real files
+    (`tag`: every song tagged with its genre, album and artist = the album's name)."""
     rng = np.random.default_rng(seed)
     out = []
     for g, genre in enumerate(genres):
@@ -63,7 +67,10 @@ def station(root: Path, genres: tuple[str, ...], albums: int, songs: int, mix: f
                     audio = (synthesize(genre, 6.0, SR, seed_i)
                              + mix * synthesize(other, 6.0, SR, seed_i + 1))
                     encode(path, audio / (1 + mix), SR)
-                tagged = kind == 0 or (kind == 1 and i >= 2)
+                    if tag:
+                        write_tags(path, title=f"{album} {i + 1}", artist=album,
+                                   album=album, genre=genre)
+                tagged = tag or kind == 0 or (kind == 1 and i >= 2)
                 rel = path.relative_to(root).as_posix()
                 out.append((LabelledSong(path, rel, genre, album, fingerprint(path)), album,
                             tagged))
@@ -82,9 +89,10 @@ def accuracy(args: argparse.Namespace) -> None:
     genres = tuple(VOICES)[:args.genres]
     base = OUT / f"g{args.genres}-a{args.albums}-s{args.songs}-m{args.mix}"
     started = time.monotonic()
-    if not (base / "train").exists():
-        make_library(base / "train", songs_per_genre=12, genres=genres, untagged_share=0.0,
-                     seconds=(6, 8), formats=(".flac", ".mp3"), artists_per_genre=4, broken=0)
+    # The training library sounds like the station (mixed genres), every song tagged:
+    # 4 albums (artists) of 6 songs per genre, so big enough albums give the trainer its
+    # context split.
+    station(base / "train", genres, 4, 6, args.mix, seed=3, tag=True)
     bundle = train(base / "train", base / "model", base / "cache", args.epochs)
     songs = station(base / "station", genres, args.albums, args.songs, args.mix, seed=7)
     print(f"library and model ready in {time.monotonic() - started:.0f} s", flush=True)
@@ -110,8 +118,10 @@ def accuracy(args: argparse.Namespace) -> None:
             has_mate[i] = True
             combined[i] = combine(probs[i], context_prior(mates.counts(), classes, smoothing),
                                   weight)
-    print(f"context: weight {weight:g}, smoothing {smoothing:g} "
-          f"({'fitted by the trainer' if fitted else 'config defaults: not fitted'})")
+    fit = json.loads((bundle.parent / "report.json").read_text()).get("context") or {}
+    how = (f"fitted by the trainer on the {fit.get('fitted_on')}, {fit.get('songs', 0)} "
+           "held-out songs" if fitted else "config defaults: not fitted")
+    print(f"context: weight {weight:g}, smoothing {smoothing:g} ({how})")
     for label, rows in (("all untagged songs", np.ones(len(untagged), bool)),
                         ("album has a tagged mate", has_mate),
                         ("album has no tagged mate", ~has_mate)):
