@@ -50,6 +50,8 @@ def test_mates_count_album_artist_compilation_confirmed_and_never_the_song(datab
              canonical_genre="Blues", confirmed_genre="Jazz")
         _add(session, "Miles/Blue/6.mp3", album_key=ALBUM, artist="Miles",
              state=TrackState.QUEUED)
+        _add(session, "Miles/Blue/7.mp3", album_key=ALBUM, artist="Miles",
+             canonical_genre="Rock", state=TrackState.MISSING)  # gone: not counted
         # The artist elsewhere, spelled another way; another artist's album is not counted.
         _add(session, "Miles/Red/1.mp3", album_key=OTHER, artist="MILES ",
              canonical_genre="Blues")

@@ -2,10 +2,10 @@
 the context they give its suggestion (daemon.suggest.context holds the arithmetic).
 
 A mate counts with its confirmed genre, else its tag's canonical genre; a song with
-neither is not counted. The album is tracks.album_key (a compilation is one album); the
-artist is the song's own artist tag (on a compilation too: never the album artist),
-compared as daemon.library.albums.artist_key normalises it. The song itself is never its
-own mate.
+neither, or gone from the library (missing), is not counted. The album is
+tracks.album_key (a compilation is one album); the artist is the song's own artist tag
+(on a compilation too: never the album artist), compared as
+daemon.library.albums.artist_key normalises it. The song itself is never its own mate.
 
 How the two combine: the prior's counts are the album's counts plus ARTIST_SHARE times the
 artist's counts from songs NOT on this album (those are already in the album's). An album
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from daemon.core.config import Config
 from daemon.core.db.models import Track
+from daemon.core.states import TrackState
 from daemon.library.albums import artist_key
 from daemon.suggest.context import combine, context_prior, reason_text
 
@@ -84,8 +85,10 @@ def mates_for(session: Session, track_ids: Sequence[int]) -> dict[int, Mates]:
     if raw:
         wanted += [Track.artist.in_(raw), func.lower(func.trim(Track.artist)).in_(
             {a.strip().lower() for a in raw})]
+    # A missing song (gone from the library) no longer speaks for its album.
     rows = session.execute(select(Track.id, Track.album_key, Track.artist, genre)
-                           .where(genre.is_not(None), or_(*wanted))).all() if wanted else []
+                           .where(genre.is_not(None), Track.state != TrackState.MISSING,
+                                  or_(*wanted))).all() if wanted else []
     by_album: dict[str, list[tuple[int, str]]] = {}
     by_artist: dict[str, list[tuple[int, str | None, str]]] = {}
     for mate_id, mate_album, mate_artist, mate_genre in rows:
