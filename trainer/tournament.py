@@ -150,16 +150,16 @@ def judge_families(out: Path, entries: Sequence[Entry], test: Sequence[LabelledS
             "why": _why(winner, rows, comparisons), "rows": rows}
 
 
-def write_winner(out: Path, chosen: Entry, table: dict) -> None:
+def write_winner(out: Path, chosen: Entry, table: dict, extra: dict | None = None) -> None:
     """The winner's bundle as out/model.onnx (atomically) with the table, its left-out
-    genres and its family in the metadata."""
+    genres, its family and `extra` (e.g. the fitted context) in the metadata."""
     from trainer.export import metadata_props, write_model  # (imports TensorFlow)
 
     winner = chosen.family
     proto = onnx.load(str(chosen.bundle))
     props = {p.key: p.value for p in proto.metadata_props}
     props.update(metadata_props({"tournament": table, "left_out": chosen.left_out,
-                                 "family": winner}))
+                                 "family": winner, **(extra or {})}))
     onnx.helper.set_model_props(proto, props)
     write_model(proto, out / "model.onnx")
 

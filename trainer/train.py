@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from daemon.core.errors import ConfigError
 from daemon.learn.registry import file_sha256
 from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
+from trainer.context import carve, context_report
 from trainer.dataset import (
     Dataset,
     DatasetError,
@@ -41,7 +43,14 @@ from trainer.dataset import (
 )
 from trainer.families import Backbone, embed_songs, open_backbone
 from trainer.runner import Run
-from trainer.tournament import ALL, FAMILIES, families_for, judge_families, write_winner
+from trainer.tournament import (
+    ALL,
+    FAMILIES,
+    families_for,
+    judge_bundle,
+    judge_families,
+    write_winner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +99,14 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                    labels_path=labels_path, known_path=known_path, holdout_path=holdout_path,
                    seed=seed, min_songs=min(thresholds.values()), processes=processes,
                    progress=progress)
-    wide = songs.dataset  # every family's test songs
+    # Every family's test songs; one song of each big enough album kept out of training
+    # for fitting the album/artist context (trainer.context.carve).
+    wide, carved = carve(songs.dataset, seed)
+    songs = dataclasses.replace(songs, dataset=wide)
     decoded = time.monotonic()
     if backbone_on is not None:
         songs.cache_stats.update(prepare_backbone(songs, cache, backbone_on, processes,
-                                                  threads))
+                                                  threads, carved))
     extracted = time.monotonic()
     families = cnn_can_learn(wide, families, min_songs, family)
     run = Run(out, wide, cache, spec, backbone_on, families, seed)
@@ -112,8 +124,10 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     caches = {CNN: cache, **({BACKBONE: backbone_on.patches} if backbone_on else {})}
     table = judge_families(out, entries, wide.test, caches, seed=seed)
     winner = next(e for e in entries if e.family == table["winner"])
+    context = fit_context(winner, carved, wide.test, songs.songs, caches)
+    _list_context_split(out, carved)
     report = {**common, **run.facts[winner.family], "family": winner.family,
-              "families": run.facts, "tournament": table,
+              "families": run.facts, "tournament": table, "context": context,
               "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity}
     # decode_s includes the library walk; embed_s the backbone run on uncached songs.
     report["timings"] = {"features_s": round(extracted - started, 1),
@@ -125,10 +139,44 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                          "total_s": round(time.monotonic() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
                                      encoding="utf-8")
-    write_winner(out, winner, table)
+    write_winner(out, winner, table, {"context": {k: context[k] for k in (
+        "weight", "smoothing")}} if context["weight"] is not None else None)
     log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
              table["why"])
     return report
+
+
+def fit_context(winner, carved: Sequence[LabelledSong], test: Sequence[LabelledSong],
+                library: Sequence[LabelledSong], caches: dict) -> dict:
+    """The album/artist context fitted with the winner's audio (trainer.context) on the
+    context split (songs kept out of training whose album-mates were trained on), else on
+    the test songs: report.json's "context", whose weight and smoothing go into the bundle."""
+    from daemon.suggest.bundle import read_metadata
+
+    classes = tuple(read_metadata(winner.bundle)["classes"])
+    report: dict = {}
+    for where, held in (("context split: album-mates trained on", carved),
+                        ("test songs (artist-disjoint): too few songs on trained albums", test)):
+        held = [s for s in held if s.genre in classes]
+        if not held:
+            continue
+        probs, _ = judge_bundle(winner.bundle, held, caches, classes)
+        report = {**context_report(probs, held, library, classes), "fitted_on": where}
+        if report["weight"] is not None:
+            log.info("context: weight %.2f, smoothing %.1f on the %s (accuracy %.3f audio, "
+                     "%.3f with context)", report["weight"], report["smoothing"], where,
+                     report["audio"]["song_accuracy"], report["with_context"]["song_accuracy"])
+            return report
+    log.info("context not fitted: %s", report.get("why", "no held-out song"))
+    return report or {"weight": None, "smoothing": None, "why": "no held-out song"}
+
+
+def _list_context_split(out: Path, carved: Sequence[LabelledSong]) -> None:
+    """split.json gains "context": the songs kept out of training for the context fit."""
+    listing = json.loads((out / "split.json").read_text(encoding="utf-8"))
+    listing["context"] = [{"path": s.rel, "genre": s.genre, "fingerprint": s.fingerprint}
+                          for s in carved]
+    (out / "split.json").write_text(json.dumps(listing, indent=1), encoding="utf-8")
 
 
 def cnn_can_learn(wide: Dataset, families: tuple[str, ...], min_songs: int,
@@ -195,11 +243,13 @@ def gather(library: Path, cache: FeatureCache, backbone: Backbone | None, *,
 
 
 def prepare_backbone(songs: Gathered, cache: FeatureCache, backbone: Backbone,
-                     processes: int | None, threads: int | None) -> dict[str, int]:
+                     processes: int | None, threads: int | None,
+                     judged: Sequence[LabelledSong] = ()) -> dict[str, int]:
     """Every labelled song's embedding into the embedding cache (computed once), and the
-    patches of test songs that have only an embedding cached (the tournament judges
-    through the Classifier, which takes patches)."""
-    lacking = [s for s in songs.dataset.test if not backbone.patches.has(s.fingerprint)]
+    patches of test (and `judged`: the context split's) songs that have only an embedding
+    cached (the tournament judges through the Classifier, which takes patches)."""
+    lacking = [s for s in (*songs.dataset.test, *judged)
+               if not backbone.patches.has(s.fingerprint)]
     if lacking:
         load_features(lacking, cache, patches=backbone.patches, processes=processes)
     stats = embed_songs(songs.songs, backbone, threads or 0)

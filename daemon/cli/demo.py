@@ -172,11 +172,22 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+def album_tagging(album: int, song: int) -> bool:
+    """by_album's rule: of every three albums the first is fully tagged, the second
+    partly (its first song untagged), the third not at all."""
+    kind = album % 3
+    return kind == 0 or (kind == 1 and song > 0)
+
+
 def make_library(root: Path, songs_per_genre: int = 12, genres: tuple[str, ...] = tuple(VOICES),
                  untagged_share: float = 0.3, seconds: tuple[float, float] = (20, 40),
                  formats: tuple[str, ...] = FORMATS, artists_per_genre: int = 4,
-                 broken: int = 3, sr: int = 22_050, seed: int = 1) -> list[DemoSong]:
-    """Write a station library: genre folders by artist, some untagged, a few broken."""
+                 broken: int = 3, sr: int = 22_050, seed: int = 1,
+                 by_album: bool = False) -> list[DemoSong]:
+    """Write a station library: genre folders by artist (one album each), some untagged,
+    a few broken. Untagged songs are drawn at random (`untagged_share`), or with
+    `by_album` per album as a station has them (album_tagging): fully, partly, not at
+    all tagged."""
     rng = np.random.default_rng(seed)
     songs = []
     for g_index, genre in enumerate(genres):
@@ -189,7 +200,9 @@ def make_library(root: Path, songs_per_genre: int = 12, genres: tuple[str, ...] 
             duration = float(rng.uniform(*seconds))
             song_seed = int(rng.integers(1 << 31))
             encode(path, synthesize(genre, duration, sr, song_seed), sr)
-            tagged = rng.random() >= untagged_share
+            draw = rng.random()  # drawn either way: the songs' audio stays the same
+            tagged = (album_tagging(i % artists_per_genre, i // artists_per_genre) if by_album
+                      else draw >= untagged_share)
             raw = SPELLINGS[genre][i % len(SPELLINGS[genre])] if tagged else None
             write_tags(path, title=f"{genre} Song {i + 1}", artist=artist,
                        album=f"{artist} Sessions", genre=raw)
@@ -216,7 +229,8 @@ def run_demo(base: Path) -> int:
         shutil.rmtree(base)
     print(f"demo: writing a small station library under {library} ...", flush=True)
     started = time.monotonic()
-    songs = make_library(library, songs_per_genre=12, seconds=(15, 30))
+    # Albums fully, partly and not at all tagged: the album-mates' genres weigh in.
+    songs = make_library(library, songs_per_genre=12, seconds=(15, 30), by_album=True)
     untagged = sum(not s.tagged for s in songs)
     print(f"demo: {len(songs)} songs ({untagged} untagged) and 3 broken files "
           f"in {time.monotonic() - started:.0f} s", flush=True)

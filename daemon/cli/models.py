@@ -54,7 +54,12 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
     it was trained, and the genres it cannot suggest yet (with the songs each needs)."""
     from daemon.learn.labels import station_cannot_suggest
     from daemon.learn.registry import get_model, model_details
-    from daemon.learn.report import cannot_suggest_lines, model_report_facts, tournament_lines
+    from daemon.learn.report import (
+        cannot_suggest_lines,
+        context_lines,
+        model_report_facts,
+        tournament_lines,
+    )
 
     with _models_sessions(ctx)() as session:
         model = get_model(session, version)
@@ -62,6 +67,7 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
         facts = model_report_facts(model)
         data["tournament"] = facts["tournament"]
         data["left_out"] = facts["left_out"]
+        data["context"] = facts["context"]
         data["cannot_suggest_yet"] = station_cannot_suggest(session, ctx.config,
                                                             model.classes or [])
     if as_json:
@@ -83,7 +89,7 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
                 continue
             click.echo(f"{genre:<16}{m['precision']:>10.2f}{m['recall']:>8.2f}{m['f1']:>7.2f}"
                        f"{m['support']:>7}")
-    for line in tournament_lines(data["tournament"]):
+    for line in tournament_lines(data["tournament"]) + context_lines(data["context"]):
         click.echo(line)
     if data["cannot_suggest_yet"]:
         click.echo("cannot suggest yet (too few confirmed or tagged songs):")

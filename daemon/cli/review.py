@@ -76,7 +76,7 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
         suggestion_json,
         unverified_model_ids,
     )
-    from daemon.review.web.format import likeness
+    from daemon.review.web.format import context_reason, likeness
 
     f = QueueFilter(status=state, genre=genre, min_confidence=min_confidence, folder=folder,
                     format=fmt, sort=sort)
@@ -95,6 +95,8 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
             if row["unverified"] else ""
         click.echo(f"{row['id']:>7}  {100 * row['confidence']:>3.0f}%  {row['genre']:<12} "
                    f"[{top}]  {row['path']}{mark}")
+        if context_reason(row["context"]):
+            click.echo(f"         context: {context_reason(row['context'])}")
         if alike.get(row["id"]):
             click.echo("         sounds like: " + "; ".join(
                 f"{n['name']} ({n['genre']}, {likeness(n['similarity'])})"

@@ -146,6 +146,15 @@ class MetricsConfig(Section):
     enabled: bool = True
 
 
+class ContextConfig(Section):
+    # The album/artist prior (daemon.suggest.context): on by default. weight and smoothing
+    # are used only when the active model carries no fitted values (a bundle from before
+    # the trainer fitted them, or the cold-start one).
+    enabled: bool = True
+    weight: float = Field(0.8, ge=0)
+    smoothing: float = Field(1.0, gt=0)
+
+
 class RetrainConfig(Section):
     enabled: bool = True
     hour: int = Field(3, ge=0, le=23)
@@ -185,6 +194,7 @@ class Config(Section):
     retrain: RetrainConfig = RetrainConfig()
     metrics: MetricsConfig = MetricsConfig()
     service: ServiceConfig = ServiceConfig()
+    context: ContextConfig = ContextConfig()
 
     @field_validator("database_url")
     @classmethod

@@ -7,6 +7,10 @@ The trainer writes both into report.json beside the bundle (and its metadata):
         {"family", "accuracy", "macro_f1", "recall": {genre: f | null}, "not_tested",
          "ece", "temperature", "calibration", "train_seconds", "classes", "left_out"}]}
     left_out:   {genre: {"songs": n, "needs": k}}
+    context:    {"weight": w | null, "smoothing": s | null (null: not fitted), "songs",
+                 "songs_with_mates", "audio" / "with_context": {"song_accuracy",
+                 "macro_f1", "log_likelihood", "n_songs"}, "with_mates": {the same two on
+                 the songs with a tagged mate}}  (trainer.context)
 
 The registry keeps the report's path; the model's stored metrics win when they carry the
 same keys. A recall of null means the genre had no holdout song: "not tested", never 0%.
@@ -28,10 +32,11 @@ def _report(model: Model) -> dict[str, Any]:
 
 
 def model_report_facts(model: Model) -> dict[str, Any]:
-    """{"tournament": dict | None, "left_out": dict} for a model (metrics, else report)."""
+    """{"tournament": dict | None, "left_out": dict, "context": dict | None} for a model
+    (metrics, else report)."""
     metrics, report = model.metrics or {}, None
     found = {}
-    for key, empty in (("tournament", None), ("left_out", {})):
+    for key, empty in (("tournament", None), ("left_out", {}), ("context", None)):
         value = metrics.get(key)
         if value is None:
             report = _report(model) if report is None else report
@@ -88,6 +93,27 @@ def tournament_lines(tournament: dict[str, Any] | None) -> list[str]:
         lines.append(f"  {'recall':<16}  " + "  ".join(f"{f:>11}" for f in families))
         for genre, cells in table:
             lines.append(f"  {genre:<16}  " + "  ".join(f"{c:>11}" for c in cells))
+    return lines
+
+
+def context_lines(context: dict[str, Any] | None) -> list[str]:
+    """The album/artist context's fit and its figures, audio-only and with context, apart
+    (the gate judges the audio alone)."""
+    if not context:
+        return []
+    if context.get("weight") is None:
+        return [f"context: not fitted ({context.get('why', 'no figures')}); the config's "
+                "[context] weight and smoothing are used"]
+    lines = [f"context: weight {context['weight']:.2f}, smoothing {context['smoothing']:g} "
+             f"(chosen by {context.get('chosen_by', '?')} on {context.get('songs', 0)} "
+             f"held-out songs, {context.get('songs_with_mates', 0)} with a tagged mate; "
+             f"{context.get('fitted_on', '?')})"]
+    for label, part in (("all held-out songs", context), ("with a tagged mate",
+                                                       context.get("with_mates") or {})):
+        audio, both = part.get("audio") or {}, part.get("with_context") or {}
+        lines.append(f"  {label + ':':<20}accuracy {_pct(audio.get('song_accuracy'))} audio "
+                     f"-> {_pct(both.get('song_accuracy'))} with context; macro-F1 "
+                     f"{_num(audio.get('macro_f1'), 3)} -> {_num(both.get('macro_f1'), 3)}")
     return lines
 
 

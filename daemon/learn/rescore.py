@@ -4,6 +4,9 @@ Pending suggestions of older models get the new model's verdict, and songs the r
 rejected get a second chance, both through THE suggestion rule
 (daemon.suggest.suggestions.suggest): rejected genres stay rejected, an audit stands only
 while the model strongly disagrees with the file's tag, history is kept (supersede).
+
+The album/artist context is computed afresh from the new model's audio and today's tagged
+mates (daemon.suggest.mates), as the worker does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.inputs import SongInputs, WindowSpecs
+from daemon.suggest.mates import batch_context
 from daemon.suggest.suggestions import suggest
 
 
@@ -61,16 +65,23 @@ def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier:
     cache = _caches(config, classifier)
     with sessions() as session:
         todo = session.execute(
-            select(Suggestion.id, Track.fingerprint).join(Track)
+            select(Suggestion.id, Track.fingerprint, Track.id, Suggestion.disagrees_with)
+            .join(Track)
             .where(Suggestion.status == SuggestionStatus.PENDING,
                    (Suggestion.model_id != model_id) | Suggestion.model_id.is_(None))
             .order_by(Suggestion.id)).all()
+    # An audit is the sound alone against the file's tag (daemon.suggest.mates).
+    track_of = {suggestion_id: None if audit else track_id
+                for suggestion_id, _, track_id, audit in todo}
     counts = {"rescored": 0, "no_features": 0, "changed": 0, "dropped": 0}
-    for ids, probs in _cached_predictions(classifier, cache, todo, batch, counts):
+    rows = [(suggestion_id, fp) for suggestion_id, fp, _, _ in todo]
+    for ids, probs in _cached_predictions(classifier, cache, rows, batch, counts):
         with transaction(sessions) as session:
-            for suggestion_id, row in zip(ids, probs, strict=True):
+            probs, contexts = batch_context(session, config, classifier,
+                                            [track_of[i] for i in ids], probs)
+            for suggestion_id, row, context in zip(ids, probs, contexts, strict=True):
                 _replace_suggestion(session, config, classifier.top(row, 3), suggestion_id,
-                                    model_id, counts)
+                                    model_id, counts, context)
     return counts
 
 
@@ -96,7 +107,8 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
     for ids, probs in _cached_predictions(classifier, cache, todo, batch, counts):
         with transaction(sessions) as session:
             now = utcnow()
-            for track_id, row in zip(ids, probs, strict=True):
+            probs, contexts = batch_context(session, config, classifier, ids, probs)
+            for track_id, row, context in zip(ids, probs, contexts, strict=True):
                 track = locked(session, Track, track_id)
                 if (track is None or track.state != TrackState.REVIEWED
                         or track.confirmed_genre is not None):
@@ -110,13 +122,15 @@ def resuggest_rejected(sessions: sessionmaker[Session], config: Config, classifi
                                   audit_min_confidence=config.classifier.audit_min_confidence,
                                   replaces_id=last_rejected.id if last_rejected else None,
                                   now=now, sounds_like=(last_rejected.sounds_like
-                                                        if last_rejected else None))
+                                                        if last_rejected else None),
+                                  context=context)
                 counts["resuggested" if verdict.genre else "still_rejected"] += 1
     return counts
 
 
 def _replace_suggestion(session: Session, config: Config, top: list[tuple[str, float]],
-                        old_id: int, model_id: int, counts: dict[str, int]) -> None:
+                        old_id: int, model_id: int, counts: dict[str, int],
+                        context: dict | None = None) -> None:
     """A pending suggestion -> the new model's verdict through THE suggestion rule."""
     # Locked and read afresh: a reviewer may have decided it meanwhile (PostgreSQL).
     old = locked(session, Suggestion, old_id)
@@ -130,7 +144,7 @@ def _replace_suggestion(session: Session, config: Config, top: list[tuple[str, f
     # like the same songs, so their list is kept.
     verdict = suggest(session, track, top, model_id=model_id, audit_genre=old.disagrees_with,
                       audit_min_confidence=config.classifier.audit_min_confidence,
-                      sounds_like=old.sounds_like)
+                      sounds_like=old.sounds_like, context=context)
     if verdict.genre is None:
         counts["dropped"] += 1
         return

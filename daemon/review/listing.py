@@ -14,7 +14,14 @@ JSON shapes (stable; `genretagger review ... --json` prints them):
                          (cosine -1..1)}, ...] (the nearest confirmed-or-tagged songs by
                          sound, most alike first, up to 3; [] when the model gave none),
         "unverified": bool (the model has not learned from the station's songs yet: the
-                      cold-start model)}
+                      cold-start model),
+        "context": {"reason": str|null ("7 of 8 tagged songs on this album are Jazz"),
+                    "album": {"counts": {genre: int}}, "artist": {"counts": {genre: int}}
+                    (the artist's tagged songs on other albums), "weight": float,
+                    "smoothing": float, "audio_top": [[genre, confidence], ...] (the
+                    sound alone, best first), "changed": bool (the context changed the
+                    sound's pick)} | null (no tagged mate weighed in; genre/top are then
+                    the sound's own)}
     decision_json: {"id": int, "track_id": int, "suggestion_id": int|null, "path": str,
         "action": "accept"|"override"|"reject"|"undo",
         "how": "single"|"bulk"|"override"|"undo"|"album",
@@ -221,6 +228,7 @@ def suggestion_json(suggestion: Suggestion, track: Track, *, unverified: bool = 
                          "similarity": round(float(n["similarity"]), 4)}
                         for n in suggestion.sounds_like or []],
         "unverified": bool(unverified),
+        "context": suggestion.context or None,
     }
 
 

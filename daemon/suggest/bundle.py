@@ -33,7 +33,8 @@ from daemon.core.errors import ModelMismatch
 # metadata_props keys whose values are JSON (the rest are plain strings).
 JSON_KEYS = ("classes", "feature_spec", "backbone_spec", "metrics", "training_set",
              "clips_per_song", "windows_per_song", "temperature", "members", "embedding",
-             "unverified", "tournament", "left_out", "backbone_outputs", "msd_tags")
+             "unverified", "tournament", "left_out", "backbone_outputs", "msd_tags",
+             "context")
 # A legacy bundle needs these; a bundle with members needs classes and members, plus the
 # spec of each input kind it takes.
 LEGACY_KEYS = ("classes", "feature_spec", "temperature")

@@ -70,7 +70,8 @@ def rejected_genres(session: Session, track_id: int) -> set[str]:
 def suggest(session: Session, track: Track, top: Sequence[tuple[str, float]], *,
             model_id: int | None, audit_genre: str | None, audit_min_confidence: float,
             replaces_id: int | None = None, now: datetime | None = None,
-            sounds_like: list[dict[str, Any]] | None = None) -> Verdict:
+            sounds_like: list[dict[str, Any]] | None = None,
+            context: dict[str, Any] | None = None) -> Verdict:
     """Decide for `track` (reading its rejected genres) and apply the verdict.
 
     Pending suggestions of the track are superseded whatever the verdict (a newer model's
@@ -78,7 +79,9 @@ def suggest(session: Session, track: Track, top: Sequence[tuple[str, float]], *,
     suggestion replaces the newest of them, else `replaces_id` (e.g. the rejected one a
     second chance follows). `sounds_like` (daemon.suggest.neighbours: the nearest
     confirmed-or-tagged songs) is stored on the new suggestion as given; it does not
-    change the verdict. Out: the Verdict applied.
+    change the verdict. `context` (daemon.suggest.mates.context_json: the album/artist
+    mates that weighed in, None: none) is stored likewise; `top` is then the with-context
+    top-k. Out: the Verdict applied.
     """
     verdict = decide(top, rejected=rejected_genres(session, track.id),
                      audit_genre=audit_genre, audit_min_confidence=audit_min_confidence)
@@ -94,7 +97,8 @@ def suggest(session: Session, track: Track, top: Sequence[tuple[str, float]], *,
             confidence=verdict.confidence, top=[[g, c] for g, c in verdict.top],
             status=SuggestionStatus.PENDING, disagrees_with=verdict.disagrees_with,
             replaces_id=pending[-1].id if pending else replaces_id, created_at=now,
-            sounds_like=list(sounds_like) if sounds_like else None))
+            sounds_like=list(sounds_like) if sounds_like else None,
+            context=dict(context) if context else None))
     if track.state != verdict.state:
         move(track, verdict.state)
         track.state_changed_at = now

@@ -10,7 +10,7 @@ One background thread (own stop event, close()) runs the pipeline top to bottom:
               stored (daemon.suggest.inputs)
     classify  several songs per onnxruntime run with the active model; the song
               embeddings it gives go to the embedding cache and, as the song's mean, on
-              the claim for "sounds like" (`neighbours`)
+              the claim for "sounds like" (`neighbours`); album/artist mates weigh in
     suggest   one pending Suggestion per track (an older pending one is superseded),
               track -> suggested, an Event row per file for `status`
 
@@ -61,6 +61,7 @@ from daemon.library.walk import same_stat
 from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.inputs import SongInputs, WindowSpecs
+from daemon.suggest.mates import batch_context
 from daemon.suggest.queue import Claim, claim_tracks, prune_events, queue_depth, requeue_working
 from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
 from daemon.suggest.workers import pulse, requeue_dead
@@ -337,7 +338,9 @@ class Worker:
         # Decoded from bytes that have changed since (a copy went on): no suggestion.
         changing = {c.track_id for c in batch if not self._settled(c)}
         with transaction(self.sessions) as session:
-            for claim, row in zip(batch, probs, strict=True):
+            probs, contexts = batch_context(session, self.config, self.classifier, [
+                None if c.audit_genre else c.track_id for c in batch], probs)  # audits: sound
+            for claim, row, context in zip(batch, probs, contexts, strict=True):
                 track = locked(session, Track, claim.track_id)
                 if claim.track_id in changing and self._still_ours(track, claim):
                     self._back_to_settling(track, claim, now)
@@ -359,7 +362,7 @@ class Worker:
                 verdict = suggest(session, track, top, model_id=self.model_id,
                                   audit_genre=claim.audit_genre,
                                   audit_min_confidence=audit.audit_min_confidence, now=now,
-                                  sounds_like=self._sounds_like(claim))
+                                  sounds_like=self._sounds_like(claim), context=context)
                 if verdict.why == REJECTED_BEFORE:
                     log.info("%s: %s again, which the reviewer rejected; not suggested",
                              claim.path, genre)

@@ -25,3 +25,17 @@ def likeness(similarity: float | None) -> str:
         if similarity >= floor:
             return words
     return "only a little alike"
+
+
+def context_reason(context: dict | None) -> str:
+    """A suggestion's album/artist context (suggestions.context) as one line for the
+    director: the reason, and what the sound alone said when the context changed the pick
+    ("" when no context weighed in)."""
+    if not context or not context.get("reason"):
+        return ""
+    line = context["reason"]
+    audio = context.get("audio_top") or []
+    if context.get("changed") and audio:
+        line += (f"; this changed the pick: by sound alone {audio[0][0]} "
+                 f"({percent(audio[0][1])})")
+    return line
