@@ -1,8 +1,8 @@
 """The album/artist context, measured: song accuracy audio-only vs with context on a
 generated station whose albums are fully, partly and not at all tagged.
 
-    .venv/bin/python bench/context.py [--part accuracy] [--genres 4] [--albums 6]
-        [--songs 5] [--mix 0.8] [--epochs 4]
+    .venv/bin/python bench/context.py [--part accuracy|view|all] [--genres 4] [--albums 6]
+        [--songs 5] [--mix 0.8] [--epochs 4] [--requests 200]
 
 A training library (like the station's songs, all tagged, 4 albums of 6 songs per genre,
 one artist each) trains a CNN with the real trainer (--family cnn --no-backbone: the
@@ -15,8 +15,10 @@ Classifier, then with its album's tagged mates (daemon.suggest.mates.Mates,
 daemon.suggest.context) at the bundle's fitted values (else the config defaults).
 Printed: accuracy audio-only vs with context on all untagged songs, and apart on songs
 whose album has a tagged mate and on songs whose album has none (the prior must do no
-harm there: the two figures must be equal). Figures, not a pass/fail test. The album
-view's latency is bench/context_view.py's part.
+harm there: the two figures must be equal). Figures, not a pass/fail test.
+
+--part view: the "By album" page's latency at 15,000 tracks / 5,000 pending against the
+song view in the same run (bench/context_view.py, which also runs on its own).
 """
 
 from __future__ import annotations
@@ -136,15 +138,20 @@ def accuracy(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("accuracy",), default="accuracy")
+    parser.add_argument("--part", choices=("accuracy", "view", "all"), default="all")
     parser.add_argument("--genres", type=int, default=4)
     parser.add_argument("--albums", type=int, default=6)
     parser.add_argument("--songs", type=int, default=5)
     parser.add_argument("--mix", type=float, default=0.8)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=200, help="album view requests")
     args = parser.parse_args()
-    if args.part == "accuracy":
+    if args.part in ("accuracy", "all"):
         accuracy(args)
+    if args.part in ("view", "all"):
+        import context_view  # bench/ is on sys.path when this runs as a script
+
+        context_view.bench(args.requests)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,9 @@ class Cluster:
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
-        name = url.split("/")[-1].split("?")[0]
+        from sqlalchemy.engine import make_url
+
+        name = make_url(url).database
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def _make_template(self) -> None:
