@@ -133,3 +133,17 @@ def read_health(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists on this host (EPERM: it does, as another
+    user)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

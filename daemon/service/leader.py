@@ -234,11 +234,7 @@ class Leadership:
                  "stopped_at": utcnow().isoformat() if stopped else None}
         try:
             with transaction(self.sessions) as session:
-                row = session.get(ServiceState, LEADER_KEY)
-                if row is None:
-                    session.add(ServiceState(key=LEADER_KEY, value=value))
-                else:
-                    row.value = value
+                session.merge(ServiceState(key=LEADER_KEY, value=value, updated_at=utcnow()))
         except Exception as err:  # status shows the old row a while; the lock is what counts
             log.warning("cannot publish the leader: %s", err)
         self.set_role("leader" if self.leading and not stopped else "standby")

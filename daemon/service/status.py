@@ -67,7 +67,6 @@ it counts as running when either is fresh and its pid is alive.
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,7 +85,7 @@ from daemon.core.db.models import (
     Track,
     utcnow,
 )
-from daemon.core.health import read_health
+from daemon.core.health import pid_alive, read_health
 from daemon.core.paths import display_stored
 from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, WriteStatus
 from daemon.learn.labels import station_cannot_suggest
@@ -110,19 +109,6 @@ WRITE_FAILURES_SHOWN = 20
 
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists (EPERM: it does, as another user)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def daemon_running(value: dict | None, now: datetime) -> bool:

@@ -354,11 +354,7 @@ class Service:
                  "stopped_at": now if stopped else None}
         try:
             with transaction(self.sessions) as session:
-                row = session.get(ServiceState, DAEMON_KEY)
-                if row is None:
-                    session.add(ServiceState(key=DAEMON_KEY, value=value))
-                else:
-                    row.value = value
+                session.merge(ServiceState(key=DAEMON_KEY, value=value, updated_at=utcnow()))
         except Exception as err:  # a locked DB delays the heartbeat; it must not stop us
             log.warning("cannot publish the heartbeat: %s", err)
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Track, Worker, utcnow
+from daemon.core.health import pid_alive
 from daemon.core.states import TrackState
 from daemon.suggest.queue import requeue_held
 
@@ -88,16 +89,9 @@ def _dead(row: Worker, now: datetime, dead_after: float, host: str) -> bool:
     if (now - row.heartbeat_at).total_seconds() > dead_after:
         return True
     # On this host a pid that no longer runs says so at once (a crash, a SIGKILL).
-    return row.host == host and row.pid != os.getpid() and not _pid_alive(row.pid)
+    return row.host == host and row.pid != os.getpid() and not pid_alive(row.pid)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
