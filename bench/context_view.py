@@ -25,7 +25,6 @@ import argparse
 import http.client
 import random
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,9 @@ from daemon.core.config import parse_config  # noqa: E402
 from daemon.core.db.engine import open_database  # noqa: E402
 from daemon.core.db.models import Suggestion, Track, utcnow  # noqa: E402
 from daemon.library.albums import album_key  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from review import percentiles  # noqa: E402  (bench/review.py: the song view's bench)
 
 OUT = Path(__file__).resolve().parent / "out" / "context_view"
 TRACKS, ALBUMS, PENDING = 15_000, 1_200, 5_000
@@ -90,12 +92,6 @@ def build_db(state: Path) -> None:
         conn.execute(insert(Suggestion), suggestions)
     engine.dispose()
     marker.write_text(f"{TRACKS}/{ALBUMS}/{PENDING}")
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return (statistics.median(ordered) * 1000,
-            ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000)
 
 
 def time_get(conn: http.client.HTTPConnection, url: str, n: int, before=None) -> list[float]:
