@@ -39,7 +39,7 @@ from daemon.core.db.models import Suggestion, Track, utcnow  # noqa: E402
 from daemon.library.albums import album_key  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from review import percentiles  # noqa: E402  (bench/review.py: the song view's bench)
+from review import percentiles, time_get  # noqa: E402  (bench/review.py: the song view's bench)
 
 OUT = Path(__file__).resolve().parent / "out" / "context_view"
 TRACKS, ALBUMS, PENDING = 15_000, 1_200, 5_000
@@ -92,21 +92,6 @@ def build_db(state: Path) -> None:
         conn.execute(insert(Suggestion), suggestions)
     engine.dispose()
     marker.write_text(f"{TRACKS}/{ALBUMS}/{PENDING}")
-
-
-def time_get(conn: http.client.HTTPConnection, url: str, n: int, before=None) -> list[float]:
-    times = []
-    for i in range(n):
-        if before is not None:
-            before(i)
-        started = time.perf_counter()
-        conn.request("GET", url)
-        response = conn.getresponse()
-        body = response.read()
-        times.append(time.perf_counter() - started)
-        if response.status != 200:
-            raise SystemExit(f"{url}: HTTP {response.status}: {body[:200]!r}")
-    return times
 
 
 def changed(engine, i: int) -> None:

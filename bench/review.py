@@ -96,9 +96,13 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
             ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000)
 
 
-def time_get(conn: http.client.HTTPConnection, url: str, n: int) -> list[float]:
+def time_get(conn: http.client.HTTPConnection, url: str, n: int, before=None) -> list[float]:
+    """n GETs of url on one keep-alive connection -> seconds each; before(i), when given,
+    runs ahead of request i, outside the timing."""
     times = []
-    for _ in range(n):
+    for i in range(n):
+        if before is not None:
+            before(i)
         started = time.perf_counter()
         conn.request("GET", url)
         response = conn.getresponse()
