@@ -30,6 +30,15 @@ def wait_for(predicate, timeout: float = 10.0, what: str | None = None, every: f
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
 
 
+def locks_waiting(sessions) -> int:
+    """PostgreSQL: how many lock requests wait right now (a thread queued behind a row lock
+    the test holds shows here once it is really waiting)."""
+    from sqlalchemy import text
+
+    with sessions() as db:
+        return db.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+
 def genre_bundle(out, classes: tuple[str, ...], hears: str):
     """A real ONNX bundle dir (model.onnx) whose model hears `hears` in every song.
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers import genre_bundle, wait_for
+from helpers import genre_bundle, locks_waiting, wait_for
 from sqlalchemy import select
 
 from daemon.cli.demo import encode, synthesize
@@ -159,7 +159,7 @@ def test_a_decision_made_while_a_rescore_runs_is_not_superseded(tmp_path, make_c
     on PostgreSQL (READ COMMITTED) that takes its row locks."""
     import threading
 
-    from sqlalchemy import func, text
+    from sqlalchemy import func
 
     from daemon.audio.featurecache import FeatureCache
     from daemon.audio.features import DEFAULT_SPEC, song_features
@@ -187,10 +187,6 @@ def test_a_decision_made_while_a_rescore_runs_is_not_superseded(tmp_path, make_c
         track_id, sid = track.id, suggestion.id
     metal_id, metal = _promote(config, sessions, tmp_path, "Metal")
 
-    def waiting() -> int:
-        with sessions() as db:
-            return db.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-
     outcome: dict[str, object] = {}
 
     def accept():
@@ -204,12 +200,12 @@ def test_a_decision_made_while_a_rescore_runs_is_not_superseded(tmp_path, make_c
         director = threading.Thread(target=accept)
         director.start()  # takes the suggestion, waits for the track
         if postgres:
-            wait_for(lambda: waiting() == 1, 10, "the accept waiting")
+            wait_for(lambda: locks_waiting(sessions) == 1, 10, "the accept waiting")
         rescore = threading.Thread(target=lambda: outcome.__setitem__(
             "rescore", rescore_pending(sessions, config, metal, metal_id)))
         rescore.start()
         if postgres:
-            wait_for(lambda: waiting() >= 2, 20, "the re-score waiting")
+            wait_for(lambda: locks_waiting(sessions) >= 2, 20, "the re-score waiting")
         else:
             time.sleep(0.5)
     director.join(30)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ODD_NAMES, wait_for
+from helpers import ODD_NAMES, locks_waiting, wait_for
 from sqlalchemy import select
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import DEFAULT_SPEC
+from daemon.audio.features import CNN, DEFAULT_SPEC
 from daemon.cli.demo import encode, synthesize
 from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import Decision, Event, Suggestion, Track, utcnow
@@ -249,10 +249,9 @@ def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bun
     assert states <= {"queued", "suggested"}, states
 
 
-def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
-        shop, trained_bundle):
-    """The library saw the file change mid-decode (track back to queued, new size): the
-    result of the old bytes is dropped, and the track waits for its next turn."""
+def _one_working_song(shop, trained_bundle):
+    """One library song in `working`, a Worker with the trained model, and the song's
+    claim with (blank) CNN features: (sessions, worker, claim, the track as claimed)."""
     from daemon.suggest.classifier import Classifier
     from daemon.suggest.queue import Claim
 
@@ -264,7 +263,16 @@ def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
     worker.classifier = Classifier.load(trained_bundle / "model.onnx")
     features = np.zeros((5, *DEFAULT_SPEC.input_shape), np.float32)
     claim = Claim(track_id, rel, before.size, before.mtime, None, None, token=1,
-                  fingerprint="00" * 16, features=features)
+                  fingerprint="00" * 16, features={CNN: features})
+    return sessions, worker, claim, before
+
+
+def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
+        shop, trained_bundle):
+    """The library saw the file change mid-decode (track back to queued, new size): the
+    result of the old bytes is dropped, and the track waits for its next turn."""
+    sessions, worker, claim, before = _one_working_song(shop, trained_bundle)
+    track_id, rel, features = claim.track_id, claim.path, claim.features[CNN]
     with transaction(sessions) as session:  # what Library does on a changed file
         track = session.get(Track, track_id)
         track.state, track.size = TrackState.QUEUED, before.size + 1000
@@ -288,20 +296,8 @@ def test_a_file_changing_as_its_result_is_stored_is_not_suggested_from_old_audio
     a suggestion from the old bytes over it."""
     import threading
 
-    from sqlalchemy import text
-
-    from daemon.suggest.classifier import Classifier
-    from daemon.suggest.queue import Claim
-
-    config, sessions, library = shop
-    [rel] = songs(library, 1)
-    track_id = add_track(sessions, library, rel, state=TrackState.WORKING)
-    before = tracks(sessions)[rel]
-    worker = Worker(config, sessions)
-    worker.classifier = Classifier.load(trained_bundle / "model.onnx")
-    features = np.zeros((5, *DEFAULT_SPEC.input_shape), np.float32)
-    claim = Claim(track_id, rel, before.size, before.mtime, None, None, token=1,
-                  fingerprint="00" * 16, features=features)
+    sessions, worker, claim, before = _one_working_song(shop, trained_bundle)
+    track_id, rel, features = claim.track_id, claim.path, claim.features[CNN]
     probs = worker.classifier.predict_songs([features])
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
     store = threading.Thread(target=worker._suggest, args=([claim], probs))
@@ -311,11 +307,7 @@ def test_a_file_changing_as_its_result_is_stored_is_not_suggested_from_old_audio
         session.flush()  # the row is the library's until it commits
         store.start()
         if postgres:
-            def waiting() -> int:
-                with sessions() as db:
-                    return db.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-
-            wait_for(waiting, 10, "the worker waiting for the track")
+            wait_for(lambda: locks_waiting(sessions), 10, "the worker waiting for the track")
         else:
             time.sleep(0.3)
     store.join(30)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import add_suggested_track, wait_for
+from helpers import add_suggested_track, locks_waiting, wait_for
 from mutagen.id3 import ID3
 from sqlalchemy import select
 
@@ -438,8 +438,6 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
     over it and leave the undone genre in the file."""
     import threading
 
-    from sqlalchemy import text
-
     from daemon.core.db.engine import locked, transaction
 
     config, sessions, library = station
@@ -450,10 +448,6 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
     st = write_genre_atomically(path, "Rock", "replace")  # the writer's file write
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
 
-    def waiting_for_locks() -> int:
-        with sessions() as db:
-            return db.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-
     done = []
     with transaction(sessions) as holder:
         locked(holder, Track, track_id)  # someone else's write unit holds the track
@@ -461,14 +455,14 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
             review.undo(sessions, config, decision.id, who="t")))
         undo.start()
         if postgres:  # the undo queues for the track first, then the writer
-            wait_for(lambda: waiting_for_locks() == 1, 10, "the undo waiting")
+            wait_for(lambda: locks_waiting(sessions) == 1, 10, "the undo waiting")
         else:
             time.sleep(0.3)
         record = threading.Thread(target=lambda: done.append(writer._record_written(
             decision.id, track_id, path, st, old_fp)))
         record.start()
         if postgres:
-            wait_for(lambda: waiting_for_locks() >= 2, 10, "the writer waiting")
+            wait_for(lambda: locks_waiting(sessions) >= 2, 10, "the writer waiting")
         else:
             time.sleep(0.3)
     undo.join(30)
