@@ -30,10 +30,8 @@ import os
 import signal
 import threading
 
-from sqlalchemy.engine import make_url
-
 from daemon.core.config import Config
-from daemon.core.db.engine import open_database, sqlite_path
+from daemon.core.db.engine import display_url, open_database, sqlite_path
 from daemon.core.errors import ConfigError, SchemaBehind
 from daemon.core.health import describe_failure
 from daemon.library.mounts import (
@@ -114,7 +112,7 @@ class WorkerProcess:
         self.pinger.start()
         self.notifier.ready(self.status_line())
         log.info("genretagger worker %d (%s) claiming from %s, library %s", self.worker_id,
-                 self.name or f"pid {os.getpid()}", _where(self.config.db_url),
+                 self.name or f"pid {os.getpid()}", display_url(self.config.db_url),
                  self.config.library.root)
 
     def run(self) -> int:
@@ -176,10 +174,4 @@ class WorkerProcess:
         self.pinger.close()
         self.notifier.close()
         log.info("genretagger worker stopped")
-
-
-def _where(url: str) -> str:
-    path = sqlite_path(url)
-    return str(path) if path is not None else make_url(url).render_as_string(
-        hide_password=True)
 
