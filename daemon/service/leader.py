@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text, update
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from daemon.core.config import Config
-from daemon.core.db.engine import transaction
+from daemon.core.db.engine import is_postgresql, transaction
 from daemon.core.db.models import ServiceState, utcnow
 from daemon.core.db.models import Worker as WorkerRow
 from daemon.core.health import Health
@@ -85,7 +85,7 @@ class LeaderLock:
 
     def __init__(self, url: str, state_dir: Path):
         self.url = url
-        self.postgres = make_url(url).get_backend_name() == "postgresql"
+        self.postgres = is_postgresql(url)
         self.path = Path(state_dir) / "leader.lock"
         self._fd: int | None = None
         self._conn: Connection | None = None
