@@ -6,9 +6,11 @@ The file is TOML. Unknown keys and bad values are errors that name the key
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -38,6 +40,19 @@ AUDIO_EXTENSIONS = (
 DATABASE_URL_COMMENT = (
     '# database_url = "postgresql+psycopg://genretagger:password@dbhost/genretagger"')
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+# A bearer token anyone could guess within the sign-in limits is no lock.
+MIN_TOKEN_LENGTH = 32
+# What werkzeug's generate_password_hash writes: method$salt$hex digest.
+_HASH_SHAPE = re.compile(
+    r"(?:scrypt(?::[1-9]\d*:[1-9]\d*:[1-9]\d*)?|pbkdf2(?::(?P<name>[\w-]+)(?::[1-9]\d*)?)?)"
+    r"\$[^$]+\$[0-9a-f]+")
+
+
+def is_password_hash(value: str) -> bool:
+    """Is `value` a password hash werkzeug can check (scrypt or pbkdf2)?"""
+    shape = _HASH_SHAPE.fullmatch(value)
+    return bool(shape) and (shape["name"] is None
+                            or shape["name"] in hashlib.algorithms_available)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -56,6 +71,26 @@ def is_loopback(host: str | None) -> bool:
     return address.is_loopback
 
 
+def usable_directory(path: Path) -> Path:
+    """`path` if it is a directory this user can write in, or one it can create (its
+    nearest existing parent is such a directory); else ValueError saying why."""
+    given, path = path, Path(os.path.abspath(path))
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{path}: this user cannot write in it")
+        return given
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{path} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{path} cannot be created: this user cannot write in {parent}")
+    return given
+
+
 class KeyedError(ValueError):
     """A rule across several keys of a section, reported under the key it is about."""
 
@@ -65,17 +100,19 @@ class KeyedError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `port = true`, `port = "8750"` and `write_tags = "yes"` are mistakes to
+    # name, not values to guess at; a non-finite number is never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class LibraryConfig(Section):
-    root: Path
+    root: Path = Field(strict=False)  # TOML gives a string
     # auto: polling on network filesystems (inotify cannot see other SMB/NFS clients).
     watch: Literal["auto", "native", "polling"] = "auto"
     poll_seconds: float = Field(30.0, gt=0)
     settle_seconds: float = Field(10.0, ge=0)
     reconcile_minutes: float = Field(15.0, gt=0)
-    extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+    extensions: tuple[str, ...] = Field(AUDIO_EXTENSIONS, strict=False)  # a TOML array
     # Refuse to mark tracks missing when more than this share vanishes in one walk.
     missing_guard: float = Field(0.20, gt=0, le=1)
 
@@ -128,6 +165,30 @@ class ReviewConfig(Section):
     tag_mode: Literal["replace", "add"] = "replace"
     reviewer: str = "music director"
 
+    @field_validator("password_hash", "token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("password_hash")
+    @classmethod
+    def _a_real_hash(cls, value: str | None) -> str | None:
+        # A password pasted here would leave the page open to the LAN with nobody able
+        # to sign in: only what `genretagger hash-password` prints is a hash.
+        if value is not None and not is_password_hash(value):
+            raise ValueError("not a password hash: put the line `genretagger "
+                             "hash-password` prints here, never the password itself")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _a_long_token(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) < MIN_TOKEN_LENGTH
+                                  or any(c.isspace() for c in value)):
+            raise ValueError(f"use at least {MIN_TOKEN_LENGTH} characters and no spaces "
+                             "(e.g. `openssl rand -hex 24`)")
+        return value
+
     @model_validator(mode="after")
     def _no_open_page_without_a_login(self) -> ReviewConfig:
         # Here, not in `run`: check-config and every command see the same rule.
@@ -151,8 +212,8 @@ class ContextConfig(Section):
     # are used only when the active model carries no fitted values (a bundle from before
     # the trainer fitted them, or the cold-start one).
     enabled: bool = True
-    weight: float = Field(0.8, ge=0)
-    smoothing: float = Field(1.0, gt=0)
+    weight: float = Field(0.8, ge=0, le=10)
+    smoothing: float = Field(1.0, gt=0, le=1000)
 
 
 class RetrainConfig(Section):
@@ -178,12 +239,12 @@ class ServiceConfig(Section):
 
 class Config(Section):
     library: LibraryConfig
-    state_dir: Path
+    state_dir: Path = Field(strict=False)  # TOML gives a string
     database_url: str | None = None
     # How long a write waits for another connection's lock (SQLite's busy timeout,
     # PostgreSQL's lock_timeout) before it fails; a failed job is logged, shown in
     # `status` and retried.
-    database_busy_seconds: float = Field(30.0, gt=0)
+    database_busy_seconds: float = Field(30.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
     # The backbone head learns a genre from this many songs (the seed CNN needs the above).
@@ -195,6 +256,12 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     service: ServiceConfig = ServiceConfig()
     context: ContextConfig = ContextConfig()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _a_directory_we_can_make(cls, value: Path) -> Path:
+        # Checked, not created: check-config changes nothing on disk.
+        return usable_directory(value)
 
     @field_validator("database_url")
     @classmethod
@@ -255,6 +322,8 @@ def _describe(err: ValidationError) -> str:
         if isinstance(cause, KeyedError):
             loc.append(cause.key)
             msg = str(cause)
+        elif e["type"] == "value_error" and cause is not None:
+            msg = str(cause)  # our own sentence, without pydantic's "Value error, "
         key = ".".join(loc) or "(top level)"
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)
