@@ -164,6 +164,11 @@ class ReviewConfig(Section):
     write_tags: bool = True
     tag_mode: Literal["replace", "add"] = "replace"
     reviewer: str = "music director"
+    # Connections one address may hold open at once (a reverse proxy is one address).
+    connections_per_address: int = Field(20, ge=1, le=500)
+    # A request (headers and body) must arrive whole within this many seconds of its
+    # first byte, and an idle connection is closed after as long.
+    request_seconds: int = Field(20, ge=1, le=600)
 
     @field_validator("password_hash", "token", mode="before")
     @classmethod

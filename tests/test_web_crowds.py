@@ -1,0 +1,194 @@
+"""The review page under a crowd, on a real waitress server over real loopback sockets
+(127.0.0.0/8 gives each "machine" its own source address): one address holding hundreds
+of slow connections cannot keep another's request out, slow requests are cut off, and
+wrong passwords from many addresses slow guessing without locking out the right
+password or the scraper's bearer token."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import time
+import urllib.parse
+
+import pytest
+from werkzeug.security import generate_password_hash
+
+from daemon.review.web import WebServer
+from daemon.review.web.connections import OVER_CAP_ANSWER
+
+PASSWORD = "station-secret-42"
+TOKEN = "scrape-" + "s" * 25
+
+
+@pytest.fixture
+def library(tmp_path):
+    root = tmp_path / "library"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def serve(database):
+    """serve(config) -> a started WebServer; closed after the test."""
+    _, sessions = database
+    started = []
+
+    def start(config) -> WebServer:
+        server = WebServer(config, sessions, port=0)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def request(port: int, method: str, url: str, *, source: str = "127.0.0.1",
+            headers: dict | None = None, body: str | None = None,
+            timeout: float = 10.0) -> tuple[http.client.HTTPResponse, bytes, float]:
+    """One request from `source`: (response, body, seconds it took)."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                      source_address=(source, 0))
+    try:
+        conn.request(method, url, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    return response, data, time.monotonic() - started
+
+
+def slow_connection(port: int, source: str) -> socket.socket:
+    """A client that sends the start of a request's headers and then nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                    source_address=(source, 0))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    return sock
+
+
+def test_one_address_with_300_slow_connections_cannot_keep_another_out(
+        library, make_config, serve):
+    config = make_config(library)
+    server = serve(config)
+    per_address = config.review.connections_per_address
+    crowd = []
+    try:
+        for _ in range(300):  # three times what plain waitress serves in all
+            crowd.append(slow_connection(server.port, "127.0.0.2"))
+        for attempt in range(3):
+            response, body, seconds = request(server.port, "GET", "/")
+            assert response.status == 200 and seconds < 2.0, (attempt, response.status,
+                                                               seconds)
+        response, body, seconds = request(server.port, "GET", "/metrics")
+        assert response.status == 200 and b"genretagger_" in body and seconds < 2.0
+        # The crowd's address holds its share and no more; the rest were told why.
+        assert server._server.connections_from("127.0.0.2") == per_address
+        refused = crowd[-1]
+        refused.settimeout(5)
+        assert refused.recv(len(OVER_CAP_ANSWER) + 1).startswith(
+            b"HTTP/1.1 503 Service Unavailable")
+    finally:
+        for sock in crowd:
+            sock.close()
+
+
+def test_a_request_that_trickles_in_is_cut_off_and_frees_its_place(
+        library, make_config, serve):
+    """request_seconds bounds a request's arrival even when every byte is on time for
+    the idle timeout (a byte each half second), and an idle connection is closed too."""
+    config = make_config(library, review={"request_seconds": 2,
+                                          "connections_per_address": 2})
+    server = serve(config)
+    trickler = slow_connection(server.port, "127.0.0.3")
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=5,
+                                    source_address=("127.0.0.3", 0))
+    try:
+        started = time.monotonic()
+        closed_after = None
+        while time.monotonic() - started < 8:
+            try:
+                trickler.sendall(b"x")
+            except OSError:  # reset by the server
+                closed_after = time.monotonic() - started
+                break
+            trickler.settimeout(0.5)
+            try:
+                if trickler.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                pass
+        assert closed_after is not None and 1.5 <= closed_after < 5.0, closed_after
+        idle.settimeout(5)
+        assert idle.recv(1) == b""  # closed by the server, not by our timeout
+        # Both places are free again: the address is served.
+        response, _, _ = request(server.port, "GET", "/", source="127.0.0.3")
+        assert response.status == 200
+    finally:
+        trickler.close()
+        idle.close()
+
+
+class Browser:
+    """A browser on one address: its session cookie and the sign-in form's CSRF token."""
+
+    def __init__(self, port: int, address: str):
+        self.port, self.address = port, address
+        response, body, _ = request(port, "GET", "/login", source=address)
+        assert response.status == 200
+        self.cookie = response.getheader("Set-Cookie").split(";", 1)[0]
+        self.csrf = re.search(r'name="csrf-token" content="([^"]+)"', body.decode()).group(1)
+
+    def sign_in(self, password: str) -> int:
+        response, _, _ = request(
+            self.port, "POST", "/login", source=self.address,
+            body=urllib.parse.urlencode({"csrf_token": self.csrf, "password": password}),
+            headers={"Cookie": self.cookie, "Origin": f"http://127.0.0.1:{self.port}",
+                     "Content-Type": "application/x-www-form-urlencoded"})
+        if response.status == 303:
+            self.cookie = response.getheader("Set-Cookie").split(";", 1)[0]
+        return response.status
+
+    def get(self, url: str) -> int:
+        response, _, _ = request(self.port, "GET", url, source=self.address,
+                                 headers={"Cookie": self.cookie})
+        return response.status
+
+
+def scrape(port: int, address: str, token: str = TOKEN) -> int:
+    response, body, _ = request(port, "GET", "/metrics", source=address,
+                                headers={"Authorization": f"Bearer {token}"})
+    assert response.status != 200 or b"genretagger_metrics_db_up" in body
+    return response.status
+
+
+def test_wrong_passwords_from_many_addresses_do_not_lock_out_the_right_one(
+        library, make_config, serve):
+    password_hash = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
+    config = make_config(library, review={"password_hash": password_hash, "token": TOKEN})
+    server = serve(config)
+    port = server.port
+    assert scrape(port, "127.0.0.200") == 200
+    # Ten addresses guess five times each: fifty wrong passwords within minutes.
+    for n in range(1, 11):
+        guesser = Browser(port, f"127.0.0.{n}")
+        assert [guesser.sign_in(f"guess-{n}-{i}") for i in range(5)] == [401] * 5
+        assert guesser.sign_in(f"guess-{n}-5") == 429  # each guesser waits its turn
+    # A guesser that already used its tries waits even with the right password ...
+    assert Browser(port, "127.0.0.1").sign_in(PASSWORD) == 429
+    # ... but the music director on an eleventh address signs in at once,
+    director = Browser(port, "127.0.0.11")
+    assert director.sign_in(PASSWORD) == 303
+    assert director.get("/") == 200
+    # and Prometheus keeps scraping with its token, from its usual address or a new one.
+    assert scrape(port, "127.0.0.200") == 200
+    assert scrape(port, "127.0.0.201") == 200
+    # Guessing is slowed while the crowd lasts: a new address gets one wrong try, not five.
+    newcomer = Browser(port, "127.0.0.12")
+    assert [newcomer.sign_in(f"another-{i}") for i in range(3)] == [401, 429, 429]
+    assert [scrape(port, "127.0.0.13", f"wrong-{i}") for i in range(3)] == [401, 429, 429]
+    assert scrape(port, "127.0.0.14") == 200
