@@ -136,9 +136,12 @@ def test_a_request_that_trickles_in_is_cut_off_and_frees_its_place(
 class Browser:
     """A browser on one address: its session cookie and the sign-in form's CSRF token."""
 
-    def __init__(self, port: int, address: str):
+    def __init__(self, port: int, address: str, forwarded_for: str | None = None):
         self.port, self.address = port, address
-        response, body, _ = request(port, "GET", "/login", source=address)
+        # What a reverse proxy on `address` adds for the browser it passes on.
+        self.via = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+        response, body, _ = request(port, "GET", "/login", source=address,
+                                    headers=self.via)
         assert response.status == 200
         self.cookie = response.getheader("Set-Cookie").split(";", 1)[0]
         self.csrf = re.search(r'name="csrf-token" content="([^"]+)"', body.decode()).group(1)
@@ -148,14 +151,14 @@ class Browser:
             self.port, "POST", "/login", source=self.address,
             body=urllib.parse.urlencode({"csrf_token": self.csrf, "password": password}),
             headers={"Cookie": self.cookie, "Origin": f"http://127.0.0.1:{self.port}",
-                     "Content-Type": "application/x-www-form-urlencoded"})
+                     "Content-Type": "application/x-www-form-urlencoded", **self.via})
         if response.status == 303:
             self.cookie = response.getheader("Set-Cookie").split(";", 1)[0]
         return response.status
 
     def get(self, url: str) -> int:
         response, _, _ = request(self.port, "GET", url, source=self.address,
-                                 headers={"Cookie": self.cookie})
+                                 headers={"Cookie": self.cookie, **self.via})
         return response.status
 
 
@@ -192,3 +195,47 @@ def test_wrong_passwords_from_many_addresses_do_not_lock_out_the_right_one(
     assert [newcomer.sign_in(f"another-{i}") for i in range(3)] == [401, 429, 429]
     assert [scrape(port, "127.0.0.13", f"wrong-{i}") for i in range(3)] == [401, 429, 429]
     assert scrape(port, "127.0.0.14") == 200
+
+
+def test_behind_a_trusted_proxy_each_browser_is_counted_not_the_proxy(
+        library, make_config, serve):
+    """review.trusted_proxy: the sign-in limits follow X-Forwarded-For, so one guesser
+    behind the proxy cannot lock out the rest; the proxy (which buffers slow clients
+    itself) is not held to connections_per_address; anyone else's X-Forwarded-For is
+    ignored."""
+    password_hash = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
+    config = make_config(library, review={"password_hash": password_hash,
+                                          "trusted_proxy": "127.0.0.9",
+                                          "connections_per_address": 4})
+    server = serve(config)
+    port = server.port
+    guesser = Browser(port, "127.0.0.9", forwarded_for="203.0.113.5")
+    assert [guesser.sign_in(f"guess-{i}") for i in range(6)] == [401] * 5 + [429]
+    director = Browser(port, "127.0.0.9", forwarded_for="198.51.100.7")
+    assert director.sign_in(PASSWORD) == 303 and director.get("/") == 200
+    held = [slow_connection(port, "127.0.0.9") for _ in range(8)]
+    try:
+        assert director.get("/") == 200
+    finally:
+        for sock in held:
+            sock.close()
+    # Not the proxy: its X-Forwarded-For is not believed, whatever it claims.
+    spoofer = Browser(port, "127.0.0.30")
+    codes = []
+    for i in range(6):
+        spoofer.via = {"X-Forwarded-For": f"192.0.2.{i}"}
+        codes.append(spoofer.sign_in(f"spoof-{i}"))
+    assert codes == [401] * 5 + [429]
+
+
+def test_a_page_without_a_password_refuses_what_came_through_a_proxy(
+        library, make_config, serve):
+    """A reverse proxy on this machine reaches the page from loopback: without a password
+    the page would answer anybody the proxy serves, so a proxied request is refused."""
+    server = serve(make_config(library))
+    response, _, _ = request(server.port, "GET", "/")
+    assert response.status == 200
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+        response, body, _ = request(server.port, "GET", "/",
+                                    headers={header: "for=203.0.113.5"})
+        assert response.status == 403 and b"set a password" in body, header

@@ -169,6 +169,21 @@ class ReviewConfig(Section):
     # A request (headers and body) must arrive whole within this many seconds of its
     # first byte, and an idle connection is closed after as long.
     request_seconds: int = Field(20, ge=1, le=600)
+    # The address of the reverse proxy in front of the page (README): its
+    # X-Forwarded-For and X-Forwarded-Proto are believed, so the sign-in limits count each
+    # browser, not the proxy, and the proxy is not held to connections_per_address.
+    trusted_proxy: str | None = None
+
+    @field_validator("trusted_proxy")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))  # the form waitress compares with
+        except ValueError:
+            raise ValueError("the proxy's IP address (e.g. \"127.0.0.1\"), not a name "
+                             "or a network") from None
 
     @field_validator("password_hash", "token", mode="before")
     @classmethod

@@ -204,8 +204,8 @@ class WebServer:
                                       threads=self.threads,
                                       per_address=review.connections_per_address,
                                       request_seconds=review.request_seconds,
-                                      ident="genretagger", url_prefix=self.url_prefix,
-                                      clear_untrusted_proxy_headers=True)
+                                      trusted_proxy=review.trusted_proxy,
+                                      ident="genretagger", url_prefix=self.url_prefix)
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
         self._thread.start()
         self.health.progress()

@@ -61,8 +61,10 @@ class GuardedServer(TcpWSGIServer):
 
     channel_class = TimedChannel
 
-    def __init__(self, *args, per_address: int, request_seconds: float, **kw):
+    def __init__(self, *args, per_address: int, request_seconds: float,
+                 exempt: frozenset[str] = frozenset(), **kw):
         self.per_address = per_address
+        self.exempt = exempt
         self.request_seconds = request_seconds
         self._warned: dict[str, float] = {}
         super().__init__(*args, **kw)
@@ -82,7 +84,7 @@ class GuardedServer(TcpWSGIServer):
         except OSError:
             return  # the client left before we got to it (as waitress itself does)
         addr = self.fix_addr(addr)
-        if self.connections_from(addr[0]) >= self.per_address:
+        if addr[0] not in self.exempt and self.connections_from(addr[0]) >= self.per_address:
             self._refuse(conn, addr[0])
             return
         self.channel_class(self, conn, addr, self.adj, map=self._map)
@@ -113,20 +115,32 @@ class GuardedServer(TcpWSGIServer):
 
 
 def guarded_server(application, *, host: str, port: int, threads: int, per_address: int,
-                   request_seconds: int, **adjustments) -> GuardedServer | MultiSocketServer:
+                   request_seconds: int, trusted_proxy: str | None = None,
+                   **adjustments) -> GuardedServer | MultiSocketServer:
     """What waitress.create_server builds, with GuardedServer listening: one server, or a
     MultiSocketServer when `host` names several addresses ("localhost": 127.0.0.1, ::1).
-    `adjustments`: waitress's own (url_prefix, ident ...)."""
+    `trusted_proxy`: the reverse proxy's address, whose X-Forwarded-For/-Proto are
+    believed and which is exempt from the per-address cap (it buffers slow clients
+    itself and carries many browsers); `adjustments`: waitress's own (url_prefix ...)."""
+    if trusted_proxy:
+        proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
+                 "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+                 "clear_untrusted_proxy_headers": True}
+    else:
+        # Unbelieved, but left for the app to see: a page without a password refuses
+        # what a proxy on this machine passes on (daemon.review.web.auth).
+        proxy = {"clear_untrusted_proxy_headers": False}
     adj = Adjustments(
         host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
         channel_timeout=request_seconds, cleanup_interval=1, asyncore_use_poll=True,
-        max_request_body_size=MAX_BODY_BYTES, **adjustments)
+        max_request_body_size=MAX_BODY_BYTES, **proxy, **adjustments)
+    exempt = frozenset({trusted_proxy} if trusted_proxy else ())
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     socket_map: dict = {}
     servers = [GuardedServer(application, socket_map, dispatcher=dispatcher, adj=adj,
                              sockinfo=sockinfo, per_address=per_address,
-                             request_seconds=request_seconds)
+                             request_seconds=request_seconds, exempt=exempt)
                for sockinfo in adj.listen]
     if len(servers) == 1:
         return servers[0]
