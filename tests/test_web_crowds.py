@@ -96,14 +96,22 @@ def test_one_address_with_300_slow_connections_cannot_keep_another_out(
             sock.close()
 
 
+@pytest.mark.parametrize("start", [
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
+    b"POST /logout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\n\r\ncsrf_token=",
+], ids=["headers", "body"])
 def test_a_request_that_trickles_in_is_cut_off_and_frees_its_place(
-        library, make_config, serve):
-    """request_seconds bounds a request's arrival even when every byte is on time for
-    the idle timeout (a byte each half second), and an idle connection is closed too."""
+        library, make_config, serve, start):
+    """request_seconds bounds a request's arrival, headers or body, even when every byte
+    is on time for the idle timeout (a byte each half second); an idle connection is
+    closed too."""
     config = make_config(library, review={"request_seconds": 2,
                                           "connections_per_address": 2})
     server = serve(config)
-    trickler = slow_connection(server.port, "127.0.0.3")
+    trickler = socket.create_connection(("127.0.0.1", server.port), timeout=5,
+                                        source_address=("127.0.0.3", 0))
+    trickler.sendall(start)
     idle = socket.create_connection(("127.0.0.1", server.port), timeout=5,
                                     source_address=("127.0.0.3", 0))
     try:

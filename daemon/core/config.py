@@ -72,14 +72,13 @@ def is_loopback(host: str | None) -> bool:
 
 
 def usable_directory(path: Path) -> Path:
-    """`path` if it is a directory this user can write in, or one it can create (its
-    nearest existing parent is such a directory); else ValueError saying why."""
+    """`path` if it is a directory, or one this user can create (its nearest existing
+    parent is a directory it can write in); else ValueError saying why. (An existing
+    directory may belong to the service's user: `status` reads it as anyone.)"""
     given, path = path, Path(os.path.abspath(path))
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{path} is not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(f"{path}: this user cannot write in it")
         return given
     parent = path.parent
     while not parent.exists():
