@@ -40,6 +40,8 @@ AUDIO_EXTENSIONS = (
 DATABASE_URL_COMMENT = (
     '# database_url = "postgresql+psycopg://genretagger:password@dbhost/genretagger"')
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+# The largest number any setting may be.
+MAX_NUMBER = 1_000_000
 # A bearer token anyone could guess within the sign-in limits is no lock.
 MIN_TOKEN_LENGTH = 32
 # What werkzeug's generate_password_hash writes: method$salt$hex digest.
@@ -102,6 +104,15 @@ class Section(BaseModel):
     # strict: `port = true`, `port = "8750"` and `write_tags = "yes"` are mistakes to
     # name, not values to guess at; a non-finite number is never a setting.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _no_huge_numbers(self):
+        # No setting needs more; far past it, a wait overflows (threading.TIMEOUT_MAX).
+        for key, value in self:
+            if isinstance(value, int | float) and not isinstance(value, bool) \
+                    and abs(value) > MAX_NUMBER:
+                raise KeyedError(key, f"Input should be at most {MAX_NUMBER:,}")
+        return self
 
 
 class LibraryConfig(Section):
