@@ -34,10 +34,10 @@ MAX_BODY_BYTES = 1024 * 1024
 # Seconds between two warnings about the same address being over its cap.
 WARN_EVERY_S = 60.0
 
+_OVER_CAP_TEXT = b"Too many connections from your address; wait.\n"
 OVER_CAP_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
-                   b"Content-Type: text/plain\r\nContent-Length: 46\r\n"
-                   b"Connection: close\r\n\r\n"
-                   b"Too many connections from your address; wait.\n")
+                   b"Content-Type: text/plain\r\nContent-Length: %d\r\n"
+                   b"Connection: close\r\n\r\n" % len(_OVER_CAP_TEXT)) + _OVER_CAP_TEXT
 
 
 class TimedChannel(HTTPChannel):
