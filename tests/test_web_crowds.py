@@ -17,6 +17,7 @@ from werkzeug.security import generate_password_hash
 
 from daemon.review.web import WebServer
 from daemon.review.web.connections import OVER_CAP_ANSWER
+from daemon.review.web.security import LoginLimiter
 
 PASSWORD = "station-secret-42"
 TOKEN = "scrape-" + "s" * 25
@@ -139,6 +140,38 @@ def test_a_request_that_trickles_in_is_cut_off_and_frees_its_place(
     finally:
         trickler.close()
         idle.close()
+
+
+def test_the_sign_in_limits_by_the_clock():
+    """LoginLimiter on its own clock: five tries an address, one while the crowd of
+    wrong tries lasts, everything back once the window has passed; an IPv6 /64 is one
+    guesser."""
+    now = [0.0]
+    limiter = LoginLimiter(clock=lambda: now[0])
+    for n in range(9):  # 45 wrong tries: not yet a crowd
+        for _ in range(5):
+            assert limiter.retry_after(f"10.0.0.{n}") == 0
+            limiter.failed(f"10.0.0.{n}")
+            now[0] += 1
+    assert limiter.retry_after("10.0.0.0") == pytest.approx(300 - 45)
+    limiter.failed("10.0.0.9")
+    assert limiter.retry_after("10.0.0.10") == 0  # one wrong try behind it: still fine
+    for _ in range(4):
+        limiter.failed("10.0.0.9")
+    # 50 within the window: a crowd. A newcomer gets one wrong try, then waits.
+    assert limiter.retry_after("10.0.0.10") == 0
+    limiter.failed("10.0.0.10")
+    now[0] += 10
+    assert limiter.retry_after("10.0.0.10") == pytest.approx(290)
+    assert limiter.retry_after("10.0.0.11") == 0
+    # The window passes: the crowd is gone and so are the waits.
+    now[0] += 300
+    assert limiter.retry_after("10.0.0.10") == 0 and limiter.retry_after("10.0.0.0") == 0
+    for i in range(5):
+        limiter.failed(f"2001:db8::{i + 1}")
+    assert limiter.retry_after("2001:db8::99") > 0  # the same /64
+    assert limiter.retry_after("2001:db8:0:1::1") == 0
+    assert limiter.retry_after("::ffff:10.0.0.10") == 0
 
 
 class Browser:

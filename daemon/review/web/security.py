@@ -124,9 +124,11 @@ def guesser(address: str) -> str:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
         return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    return str(ip)
 
 
 class LoginLimiter:
@@ -145,7 +147,7 @@ class LoginLimiter:
         self.max_failures = max_failures
         self.window = window
         self.max_total = max_total
-        self.max_failures_crowded = min(max_failures_crowded, max_failures)
+        self.max_failures_crowded = max(1, min(max_failures_crowded, max_failures))
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
         # Only whether max_total arrived within the window matters: keep that many.
