@@ -227,6 +227,11 @@ class ReviewConfig(Section):
                 f"{self.host!r} is reachable from other machines: set review.password_hash "
                 "(make one with `genretagger hash-password`) or review.token first, or keep "
                 'review.host = "127.0.0.1"'))
+        if self.trusted_proxy and not (self.password_hash or self.token):
+            # The page refuses every proxied request without one (daemon.review.web.auth).
+            raise KeyedError("trusted_proxy", (
+                "a page behind a proxy answers other machines: set review.password_hash "
+                "(make one with `genretagger hash-password`) or review.token too"))
         return self
 
 
