@@ -134,3 +134,14 @@ def test_a_non_finite_number_is_refused_in_every_section(tmp_path):
         named = f"{section}.{key}" if section else key
         with pytest.raises(ConfigError, match=rf"{named}: Input should be a finite number"):
             parse_config(data)
+
+
+def test_paths_and_arrays_come_as_toml_gives_them_and_nothing_else(tmp_path):
+    config = parse_config({"library": {"root": str(tmp_path), "extensions": ["MP3", ".flac"]},
+                           "state_dir": tmp_path / "s"})
+    assert config.library.root == tmp_path and config.state_dir == tmp_path / "s"
+    assert config.library.extensions == (".mp3", ".flac")
+    for bad, named in (({"root": 3}, "library.root"),
+                       ({"root": str(tmp_path), "extensions": ".mp3"}, "library.extensions")):
+        with pytest.raises(ConfigError, match=named):
+            parse_config({"library": bad, "state_dir": str(tmp_path / "s")})

@@ -14,13 +14,14 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -105,6 +106,19 @@ class Section(BaseModel):
     # name, not values to guess at; a non-finite number is never a setting.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_toml(cls, value: object, info: ValidationInfo) -> object:
+        # What TOML has no type for, and strict mode would refuse: a path is a string,
+        # a tuple an array. Every section's Path and tuple fields, present and future.
+        kinds = (annotation := cls.model_fields[info.field_name].annotation,
+                 *get_args(annotation))
+        if isinstance(value, str) and Path in kinds:
+            return Path(value)
+        if isinstance(value, list) and any(get_origin(k) is tuple for k in kinds):
+            return tuple(value)
+        return value
+
     @model_validator(mode="after")
     def _no_huge_numbers(self):
         # No setting needs more; far past it, a wait overflows (threading.TIMEOUT_MAX).
@@ -116,13 +130,13 @@ class Section(BaseModel):
 
 
 class LibraryConfig(Section):
-    root: Path = Field(strict=False)  # TOML gives a string
+    root: Path
     # auto: polling on network filesystems (inotify cannot see other SMB/NFS clients).
     watch: Literal["auto", "native", "polling"] = "auto"
     poll_seconds: float = Field(30.0, gt=0)
     settle_seconds: float = Field(10.0, ge=0)
     reconcile_minutes: float = Field(15.0, gt=0)
-    extensions: tuple[str, ...] = Field(AUDIO_EXTENSIONS, strict=False)  # a TOML array
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS
     # Refuse to mark tracks missing when more than this share vanishes in one walk.
     missing_guard: float = Field(0.20, gt=0, le=1)
 
@@ -274,7 +288,7 @@ class ServiceConfig(Section):
 
 class Config(Section):
     library: LibraryConfig
-    state_dir: Path = Field(strict=False)  # TOML gives a string
+    state_dir: Path
     database_url: str | None = None
     # How long a write waits for another connection's lock (SQLite's busy timeout,
     # PostgreSQL's lock_timeout) before it fails; a failed job is logged, shown in
