@@ -33,11 +33,15 @@ backbone: $(BACKBONE_ONNX)
 # The Debian packages the tests use, installed with one apt-get update when missing:
 # Chromium drives the browser tests (Playwright never downloads a browser of its own);
 # the independent tag readers and writers are what the write-back tests compare against;
-# the tests start a throwaway PostgreSQL server of their own (tests/pgcluster.py).
+# the tests start a throwaway PostgreSQL server of their own (tests/pgcluster.py);
+# promtool (prometheus) tests the shipped alert rules; nginx and Caddy run the README's
+# reverse-proxy snippets (openssl makes nginx's test certificate).
 DEBIAN_TOOLS := chromium exiftool kid3-cli mediainfo ffmpeg ffprobe lame flac metaflac \
                 oggenc opusenc
+DEBIAN_TOOLS += promtool /usr/sbin/nginx caddy openssl
 DEBIAN_PACKAGES := chromium libimage-exiftool-perl kid3-cli mediainfo ffmpeg lame flac \
                    vorbis-tools opus-tools postgresql
+DEBIAN_PACKAGES += prometheus nginx-light caddy openssl
 debian-tools:
 	@if [ "$$(command -v $(DEBIAN_TOOLS) | wc -l)" = "$(words $(DEBIAN_TOOLS))" ] \
 	    && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \

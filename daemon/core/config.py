@@ -6,19 +6,22 @@ The file is TOML. Unknown keys and bad values are errors that name the key
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +41,21 @@ AUDIO_EXTENSIONS = (
 DATABASE_URL_COMMENT = (
     '# database_url = "postgresql+psycopg://genretagger:password@dbhost/genretagger"')
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+# The largest number any setting may be.
+MAX_NUMBER = 1_000_000
+# A bearer token anyone could guess within the sign-in limits is no lock.
+MIN_TOKEN_LENGTH = 32
+# What werkzeug's generate_password_hash writes: method$salt$hex digest.
+_HASH_SHAPE = re.compile(
+    r"(?:scrypt(?::[1-9]\d*:[1-9]\d*:[1-9]\d*)?|pbkdf2(?::(?P<name>[\w-]+)(?::[1-9]\d*)?)?)"
+    r"\$[^$]+\$[0-9a-f]+")
+
+
+def is_password_hash(value: str) -> bool:
+    """Is `value` a password hash werkzeug can check (scrypt or pbkdf2)?"""
+    shape = _HASH_SHAPE.fullmatch(value)
+    return bool(shape) and (shape["name"] is None
+                            or shape["name"] in hashlib.algorithms_available)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -56,6 +74,25 @@ def is_loopback(host: str | None) -> bool:
     return address.is_loopback
 
 
+def usable_directory(path: Path) -> Path:
+    """`path` if it is a directory, or one this user can create (its nearest existing
+    parent is a directory it can write in); else ValueError saying why. (An existing
+    directory may belong to the service's user: `status` reads it as anyone.)"""
+    given, path = path, Path(os.path.abspath(path))
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a directory")
+        return given
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{path} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{path} cannot be created: this user cannot write in {parent}")
+    return given
+
+
 class KeyedError(ValueError):
     """A rule across several keys of a section, reported under the key it is about."""
 
@@ -65,7 +102,31 @@ class KeyedError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `port = true`, `port = "8750"` and `write_tags = "yes"` are mistakes to
+    # name, not values to guess at; a non-finite number is never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_toml(cls, value: object, info: ValidationInfo) -> object:
+        # What TOML has no type for, and strict mode would refuse: a path is a string,
+        # a tuple an array. Every section's Path and tuple fields, present and future.
+        kinds = (annotation := cls.model_fields[info.field_name].annotation,
+                 *get_args(annotation))
+        if isinstance(value, str) and Path in kinds:
+            return Path(value)
+        if isinstance(value, list) and any(get_origin(k) is tuple for k in kinds):
+            return tuple(value)
+        return value
+
+    @model_validator(mode="after")
+    def _no_huge_numbers(self):
+        # No setting needs more; far past it, a wait overflows (threading.TIMEOUT_MAX).
+        for key, value in self:
+            if isinstance(value, int | float) and not isinstance(value, bool) \
+                    and abs(value) > MAX_NUMBER:
+                raise KeyedError(key, f"Input should be at most {MAX_NUMBER:,}")
+        return self
 
 
 class LibraryConfig(Section):
@@ -127,6 +188,50 @@ class ReviewConfig(Section):
     write_tags: bool = True
     tag_mode: Literal["replace", "add"] = "replace"
     reviewer: str = "music director"
+    # Connections one address may hold open at once (a reverse proxy is one address).
+    connections_per_address: int = Field(20, ge=1, le=500)
+    # A request (headers and body) must arrive whole within this many seconds of its
+    # first byte, and an idle connection is closed after as long.
+    request_seconds: int = Field(20, ge=1, le=600)
+    # The address of the reverse proxy in front of the page (README): its
+    # X-Forwarded-For and X-Forwarded-Proto are believed, so the sign-in limits count each
+    # browser, not the proxy, and the proxy is not held to connections_per_address.
+    trusted_proxy: str | None = None
+
+    @field_validator("trusted_proxy")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))  # the form waitress compares with
+        except ValueError:
+            raise ValueError("the proxy's IP address (e.g. \"127.0.0.1\"), not a name "
+                             "or a network") from None
+
+    @field_validator("password_hash", "token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("password_hash")
+    @classmethod
+    def _a_real_hash(cls, value: str | None) -> str | None:
+        # A password pasted here would leave the page open to the LAN with nobody able
+        # to sign in: only what `genretagger hash-password` prints is a hash.
+        if value is not None and not is_password_hash(value):
+            raise ValueError("not a password hash: put the line `genretagger "
+                             "hash-password` prints here, never the password itself")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _a_long_token(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) < MIN_TOKEN_LENGTH
+                                  or any(c.isspace() for c in value)):
+            raise ValueError(f"use at least {MIN_TOKEN_LENGTH} characters and no spaces "
+                             "(e.g. `openssl rand -hex 24`)")
+        return value
 
     @model_validator(mode="after")
     def _no_open_page_without_a_login(self) -> ReviewConfig:
@@ -136,6 +241,11 @@ class ReviewConfig(Section):
                 f"{self.host!r} is reachable from other machines: set review.password_hash "
                 "(make one with `genretagger hash-password`) or review.token first, or keep "
                 'review.host = "127.0.0.1"'))
+        if self.trusted_proxy and not (self.password_hash or self.token):
+            # The page refuses every proxied request without one (daemon.review.web.auth).
+            raise KeyedError("trusted_proxy", (
+                "a page behind a proxy answers other machines: set review.password_hash "
+                "(make one with `genretagger hash-password`) or review.token too"))
         return self
 
 
@@ -151,8 +261,8 @@ class ContextConfig(Section):
     # are used only when the active model carries no fitted values (a bundle from before
     # the trainer fitted them, or the cold-start one).
     enabled: bool = True
-    weight: float = Field(0.8, ge=0)
-    smoothing: float = Field(1.0, gt=0)
+    weight: float = Field(0.8, ge=0, le=10)
+    smoothing: float = Field(1.0, gt=0, le=1000)
 
 
 class RetrainConfig(Section):
@@ -183,7 +293,7 @@ class Config(Section):
     # How long a write waits for another connection's lock (SQLite's busy timeout,
     # PostgreSQL's lock_timeout) before it fails; a failed job is logged, shown in
     # `status` and retried.
-    database_busy_seconds: float = Field(30.0, gt=0)
+    database_busy_seconds: float = Field(30.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     min_songs_per_genre: int = Field(20, ge=1)
     # The backbone head learns a genre from this many songs (the seed CNN needs the above).
@@ -195,6 +305,12 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     service: ServiceConfig = ServiceConfig()
     context: ContextConfig = ContextConfig()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _a_directory_we_can_make(cls, value: Path) -> Path:
+        # Checked, not created: check-config changes nothing on disk.
+        return usable_directory(value)
 
     @field_validator("database_url")
     @classmethod
@@ -255,6 +371,8 @@ def _describe(err: ValidationError) -> str:
         if isinstance(cause, KeyedError):
             loc.append(cause.key)
             msg = str(cause)
+        elif e["type"] == "value_error" and cause is not None:
+            msg = str(cause)  # our own sentence, without pydantic's "Value error, "
         key = ".".join(loc) or "(top level)"
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)

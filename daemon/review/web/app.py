@@ -19,7 +19,6 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from waitress import wasyncore
-from waitress.server import create_server
 
 from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
@@ -30,6 +29,7 @@ from daemon.core.states import Action, How, WriteStatus
 from daemon.library.read import reader_pool
 from daemon.review.web import albums, auth, history, media, metrics, models, songs
 from daemon.review.web.common import Review, RowId, plain
+from daemon.review.web.connections import guarded_server
 from daemon.review.web.format import context_reason, likeness, percent, when
 from daemon.review.web.security import (
     LoginLimiter,
@@ -199,10 +199,13 @@ class WebServer:
                          children=self.children, metrics_sources=self.metrics_sources)
         self._own_children = app.extensions["children"] if self.children is None else None
         self._metrics = app.extensions.get("metrics")
-        self._server = create_server(app, host=self.host, port=self.requested_port,
-                                     threads=self.threads, ident="genretagger",
-                                     url_prefix=self.url_prefix,
-                                     clear_untrusted_proxy_headers=True)
+        review = self.config.review
+        self._server = guarded_server(app, host=self.host, port=self.requested_port,
+                                      threads=self.threads,
+                                      per_address=review.connections_per_address,
+                                      request_seconds=review.request_seconds,
+                                      trusted_proxy=review.trusted_proxy,
+                                      ident="genretagger", url_prefix=self.url_prefix)
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
         self._thread.start()
         self.health.progress()

@@ -45,6 +45,8 @@ bp = Blueprint("auth", __name__)
 
 FOREIGN_POST_MESSAGE = ("This came from another web site, so it was refused. Open the "
                         "review page itself and try again.")
+# What a reverse proxy adds to the requests it passes on.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
 # Answered without signing in: the media a page embeds are not pages to come back to.
 MEDIA_ENDPOINTS = ("media.spectrogram", "media.preview")
 
@@ -86,8 +88,10 @@ def guard():
         if wants_json() or request.method != "GET" or request.endpoint in MEDIA_ENDPOINTS:
             return plain(401, "Please sign in first.")
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
-    # No password: this machine only, addressed by a loopback name.
-    if not is_loopback(request.remote_addr):
+    # No password: this machine only, addressed by a loopback name, and not through a
+    # proxy on this machine (which would pass on anybody's request from loopback).
+    if not is_loopback(request.remote_addr) or any(
+            name in request.headers for name in PROXY_HEADERS):
         return plain(403, "The review page only answers this computer. Ask the IT "
                           "volunteer to set a password to use it from elsewhere.")
     if not is_loopback(host_name(request.host)):

@@ -4,13 +4,14 @@ Loopback by default: with no password or token configured the page answers only
 requests from this machine, addressed by a loopback name (a DNS-rebinding page cannot
 borrow the browser). Listening on anything else needs `review.password_hash`
 (`genretagger hash-password`) or `review.token`; then every page asks for it once per
-browser session. Failed logins are rate-limited per address.
+browser session. Wrong passwords and tokens are limited per address (LoginLimiter).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import threading
@@ -116,18 +117,41 @@ def load_secret_key(state_dir: Path) -> bytes:
     return path.read_bytes().strip()
 
 
+def guesser(address: str) -> str:
+    """Who the sign-in limits count: an IPv4 address, or an IPv6 address's /64 (one
+    host is commonly given a whole /64 to pick addresses from)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class LoginLimiter:
-    """At most `max_failures` failed logins per address per `window` seconds, and
-    `max_total` from everyone together (a password guesser with many addresses)."""
+    """Wrong passwords and tokens, counted per address and for everyone together.
+
+    One address gets `max_failures` wrong tries per `window` seconds, then waits until
+    the oldest ages out (the right password too: that address is the one guessing).
+    Everyone together: while `max_total` wrong tries or more arrived within the window (a
+    guesser spread over many addresses), every address gets only `max_failures_crowded`
+    wrong tries per window. That slows guessing without locking anybody else out: an
+    address that has not guessed wrong is always heard, so the right password or token
+    still gets in."""
 
     def __init__(self, max_failures: int = 5, window: float = 300.0, max_total: int = 50,
-                 clock=time.monotonic):
+                 max_failures_crowded: int = 1, clock=time.monotonic):
         self.max_failures = max_failures
         self.window = window
         self.max_total = max_total
+        self.max_failures_crowded = max(1, min(max_failures_crowded, max_failures))
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque()
+        # Only whether max_total arrived within the window matters: keep that many.
+        self._all: deque[float] = deque(maxlen=max(1, max_total))
         self._lock = threading.Lock()
 
     def _trim(self, times: deque[float], now: float) -> None:
@@ -138,20 +162,20 @@ class LoginLimiter:
         """0 when a try is allowed, else seconds until the next one is."""
         with self._lock:
             now = self.clock()
-            times = self._failures.get(address, deque())
+            times = self._failures.get(guesser(address), deque())
             self._trim(times, now)
             self._trim(self._all, now)
-            waits = []
-            if len(times) >= self.max_failures:
-                waits.append(times[0] + self.window - now)
-            if len(self._all) >= self.max_total:
-                waits.append(self._all[0] + self.window - now)
-            return max(waits, default=0.0)
+            allowed = (self.max_failures if len(self._all) < self.max_total
+                       else self.max_failures_crowded)
+            if len(times) < allowed:
+                return 0.0
+            # Wait until enough of this address's wrong tries have aged out.
+            return times[len(times) - allowed] + self.window - now
 
     def failed(self, address: str) -> None:
         with self._lock:
             now = self.clock()
-            self._failures.setdefault(address, deque()).append(now)
+            self._failures.setdefault(guesser(address), deque()).append(now)
             self._all.append(now)
             if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
                 for key in list(self._failures)[:5_000]:
@@ -159,5 +183,5 @@ class LoginLimiter:
 
     def succeeded(self, address: str) -> None:
         with self._lock:
-            self._failures.pop(address, None)
+            self._failures.pop(guesser(address), None)
 
