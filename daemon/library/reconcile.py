@@ -42,9 +42,10 @@ from daemon.core.health import Health
 from daemon.core.live import Live, as_live
 from daemon.core.paths import display, filesystem_path, stored_path
 from daemon.core.states import TrackState, can_move, move
+from daemon.library.albums import album_folder
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
 from daemon.library.read import READER_IDLE_SECONDS, FileReading, read_file, reader_pool
-from daemon.library.record import record_reading
+from daemon.library.record import record_readings, refresh_album_folders
 from daemon.library.settle import SettleTracker
 from daemon.library.walk import (
     SKIPPED_SHOWN,
@@ -294,12 +295,16 @@ class Library:
         with transaction(self.sessions) as session:
             if ours:
                 session.execute(update(Track), ours)
+            folders = []
             for chunk in _chunks(vanished, 500):
                 for track in session.scalars(select(Track).where(Track.id.in_(chunk))):
                     if track.state != S.MISSING and can_move(track.state, S.MISSING):
                         move(track, S.MISSING)
                         track.state_changed_at = utcnow()
+                        folders.append(album_folder(track.path))
                         missing += 1
+            # A gone song no longer decides its folder's albums (its untagged mates').
+            refresh_album_folders(session, folders)
         if missing:
             log.info("marked %d track(s) missing under %s", missing, self.root)
         return missing
@@ -422,12 +427,10 @@ class Library:
         with transaction(self.sessions) as session:
             if ours:
                 session.execute(update(Track), ours)
-            for rel, reading in readings.items():
-                record_reading(session, rel, reading, root=self.root,
-                               genre_map=self.genre_map,
-                               audit=self.config.classifier.audit)
-                handled.append(rel)
-                done += 1
+            record_readings(session, readings, root=self.root, genre_map=self.genre_map,
+                            audit=self.config.classifier.audit)
+            handled.extend(readings)
+            done += len(readings)
             session.flush()  # moved tracks have their new paths before deletions are looked up
             done += self._mark_gone(session, gone)
             handled.extend(gone)
@@ -470,6 +473,7 @@ class Library:
         for track in tracks:
             move(track, S.MISSING)
             track.state_changed_at = utcnow()
+        refresh_album_folders(session, (album_folder(t.path) for t in tracks))
         log.info("missing: %s", ", ".join(t.path for t in tracks[:5])
                  + (f" and {len(tracks) - 5} more" if len(tracks) > 5 else ""))
         return len(tracks)
