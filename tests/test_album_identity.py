@@ -279,6 +279,14 @@ def test_untagged_tagless_songs_get_their_albums_context_through_the_worker(
     assert disc.context["reason"] == "2 of 2 tagged songs on this album are Metal"
     for rel in ("Mixed/c.flac", "VA/9.flac"):
         assert found[rel].genre == "Rock" and found[rel].context is None, rel
+    # The album view shows the tagless song on its album, named by its tagged mates.
+    from daemon.review.albums import get_album
+
+    with sessions() as session:
+        key = session.scalar(select(Track.album_key).where(Track.path == "Quartet/09.flac"))
+        album = get_album(session, key)
+    assert (album.title, album.artist, album.labelled) == ("Live", "The Quartet", {"Jazz": 3})
+    assert [s.track.path for s in album.pending] == ["Quartet/09.flac"]
 
 
 # ------------------------------------------------ the trainer counts the same mates
