@@ -345,3 +345,33 @@ def test_the_trainer_and_the_daemon_count_the_same_mates(
     assert trainer["Quartet/01.mp3"].artist == {"Rock": 1, "Pop": 1}
     assert trainer["Box/CD2/02.mp3"].album == {"Metal": 1, "Rock": 1}
     assert trainer["VA/03.mp3"].album == {}  # a compilation's tagless file is apart
+
+
+def test_the_trainer_takes_the_album_artist_from_the_daemons_known_files(tmp_path, make_song):
+    """--known (the daemon's known.json) stands in for reading a file, so it must carry
+    the album artist: without it two artists on one album look like a compilation."""
+    from trainer.dataset import find_labelled_songs, load_known
+
+    root = tmp_path / "library"
+    for i, artist in enumerate(("Joni Mitchell", "Joni Mitchell feat. James Taylor")):
+        make_song(f"0{i}.mp3", seconds=2.0, seed=i, folder=root / "Blue", album="Blue",
+                  album_artist="Joni Mitchell", artist=artist, genre_tag="Folk")
+    read, _ = find_labelled_songs(root, load_genre_map(None))
+    album = keys(("X/1.mp3", "Blue", "Joni Mitchell", None))[0]
+    assert [(s.album_key, s.compilation) for s in read] == [(album, False)] * 2
+
+    def known(with_album_artist: bool):
+        entries = {}
+        for s in read:
+            st = s.path.stat()
+            entries[s.rel] = {"size": st.st_size, "mtime": st.st_mtime,
+                              "fingerprint": s.fingerprint, "artist": s.artist,
+                              "album": "Blue", "genres": ["Folk"]}
+            if with_album_artist:
+                entries[s.rel]["album_artist"] = s.album_artist
+        path = tmp_path / "known.json"
+        path.write_text(json.dumps(entries))
+        return find_labelled_songs(root, load_genre_map(None), known=load_known(path))[0]
+
+    assert known(True) == read
+    assert all(s.compilation for s in known(False))
