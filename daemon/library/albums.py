@@ -1,5 +1,6 @@
 """Album identity: which tracks are one album. Pure functions; the one implementation
-(daemon.library.record stores it on every track it reads, migration 0004 fills it in).
+(daemon.library.record stores it on every track it reads; migrations 0004 and 0006
+filled in the keys of tracks stored before these rules).
 
 The rules, in order, for the tracks of one album folder (the track's folder, or its parent
 when the folder is a disc folder such as "CD1" or "Disc 2") that share an album tag:
@@ -27,6 +28,7 @@ Text is compared after normalise(): NFKC, case folded, typographic quotes and da
 plain, whitespace collapsed, so "Kind of Blue", "KIND OF BLUE " and "Kind  of Blue" join;
 an album tag also loses a trailing disc number ("Soul Box (Disc 2)", "Soul Box CD2"), the
 way disc folders lose theirs.
+
 The (album, artist) key does not include the folder, so an album split over two folders
 is one album; a compilation's does, since "Greatest Hits" by Various Artists names many.
 
@@ -105,7 +107,8 @@ def is_various(artist: str | None) -> bool:
 
 
 def artist_key(artist: str | None) -> str | None:
-    """The artist an artist prior counts a song under (None: no usable artist)."""
+    """An artist tag in the form artists are compared in (None: no usable artist, or
+    "Various Artists")."""
     name = normalise(artist)
     return name if name and name not in VARIOUS_ARTISTS else None
 
