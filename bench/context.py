@@ -2,7 +2,7 @@
 generated station whose albums are fully, partly and not at all tagged.
 
     .venv/bin/python bench/context.py [--part accuracy|tagless|view|all] [--genres 4]
-        [--albums 6] [--songs 5] [--mix 0.8] [--epochs 4] [--requests 200]
+        [--albums 6] [--songs 5] [--mix 0.8] [--wrong 0.1] [--epochs 4] [--requests 200]
 
 A training library (like the station's songs, all tagged, 4 albums of 6 songs per genre,
 one artist each) trains a CNN with the real trainer (--family cnn --no-backbone: the
@@ -148,10 +148,11 @@ def accuracy(args: argparse.Namespace) -> None:
 
 
 def tagless_station(root: Path, genres: tuple[str, ...], albums: int, songs: int,
-                    mix: float, seed: int) -> dict[str, str]:
+                    mix: float, wrong: float, seed: int) -> dict[str, str]:
     """The station library of --part tagless as real files: per genre, --albums albums of
     --songs songs by one artist each, a third fully tagged, a third partly (its first two
-    songs have no tags at all), a third with no tags at all. {rel: true genre}."""
+    songs have no tags at all), a third with no tags at all; a tagged song's genre tag is
+    another genre's at the rate `wrong` (--wrong). {rel: true genre}."""
     rng = np.random.default_rng(seed)
     truth = {}
     for g, genre in enumerate(genres):
@@ -162,6 +163,7 @@ def tagless_station(root: Path, genres: tuple[str, ...], albums: int, songs: int
                 path = root / album / f"{i + 1:02d}.flac"
                 other = genres[(g + 1 + int(rng.integers(len(genres) - 1))) % len(genres)]
                 seed_i = int(rng.integers(1 << 31))
+                tag = other if rng.random() < wrong else genre
                 if not path.exists():
                     path.parent.mkdir(parents=True, exist_ok=True)
                     audio = (synthesize(genre, 6.0, SR, seed_i)
@@ -169,7 +171,7 @@ def tagless_station(root: Path, genres: tuple[str, ...], albums: int, songs: int
                     encode(path, audio / (1 + mix), SR)
                     if kind == 0 or (kind == 1 and i >= 2):
                         write_tags(path, title=f"{album} {i + 1}", artist=artist,
-                                   album=album, genre=genre)
+                                   album=album, genre=tag)
                 truth[path.relative_to(root).as_posix()] = genre
     return truth
 
@@ -190,9 +192,10 @@ def tagless(args: argparse.Namespace) -> None:
     started = time.monotonic()
     station(base / "train", genres, 4, 6, args.mix, seed=3, tag=True)
     bundle = train(base / "train", base / "model", base / "cache", args.epochs)
-    root = base / "tagless"
-    truth = tagless_station(root, genres, args.albums, args.songs, args.mix, seed=7)
-    db = base / "tagless.db"
+    root = base / f"tagless-w{args.wrong}"
+    truth = tagless_station(root, genres, args.albums, args.songs, args.mix, args.wrong,
+                            seed=7)
+    db = root.parent / f"{root.name}.db"
     db.unlink(missing_ok=True)
     config = parse_config({"library": {"root": str(root), "settle_seconds": 1.0},
                            "state_dir": str(base / "state")}, "bench")
@@ -257,6 +260,8 @@ def main() -> None:
     parser.add_argument("--albums", type=int, default=6)
     parser.add_argument("--songs", type=int, default=5)
     parser.add_argument("--mix", type=float, default=0.8)
+    parser.add_argument("--wrong", type=float, default=0.1,
+                        help="--part tagless: share of tagged songs whose genre tag is wrong")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--requests", type=int, default=200, help="album view requests")
     args = parser.parse_args()

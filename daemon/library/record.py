@@ -139,6 +139,17 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     return tuple(dict.fromkeys(f for f in (album_folder(stored), left_folder) if f is not None))
 
 
+def mark_missing(session: Session, tracks: Iterable[Track]) -> None:
+    """Tracks whose files are gone from the library -> missing. A gone song no longer
+    decides its folder's albums (the album its untagged mates join), so their folders are
+    recomputed."""
+    tracks = list(tracks)
+    for track in tracks:
+        move(track, S.MISSING)
+        track.state_changed_at = utcnow()
+    refresh_album_folders(session, (album_folder(t.path) for t in tracks))
+
+
 def refresh_album_folders(session: Session, folders: Iterable[str]) -> None:
     """refresh_albums for each of `folders` (album folders, stored form), once each."""
     session.flush()  # the batch's new and moved tracks are in their folders' queries
