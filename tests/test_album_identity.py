@@ -89,23 +89,42 @@ def test_a_mixed_folder_or_a_compilation_keeps_its_tagless_files_apart():
 # --------------------------------------------------------------- the library's keys
 
 
+class Scanner:
+    """scanner(root, now) -> the number of files settled: a walk, then the settle pass, by
+    the real Library on `sessions` (made at the first call, for `root`)."""
+
+    def __init__(self, tmp_path, sessions):
+        self.tmp_path, self.sessions, self.library = tmp_path, sessions, None
+
+    def __call__(self, root, now: float) -> int:
+        if self.library is None:
+            config = parse_config({"library": {"root": str(root), "settle_seconds": 1.0},
+                                   "state_dir": str(self.tmp_path / "state")})
+            self.library = Library(config, self.sessions, load_genre_map())
+        self.library.reconcile(now=now)
+        return self.library.settle_due(now=now + 5.0)
+
+    def close(self) -> None:
+        if self.library is not None:
+            self.library.close()
+
+
 @pytest.fixture
 def scan_library(tmp_path, database):
-    """scan(root, now) -> the number of files settled: a walk, then the settle pass, by the
-    real Library on the `database` fixture."""
-    made = []
+    """A Scanner on the `database` fixture (SQLite)."""
+    scanner = Scanner(tmp_path, database[1])
+    yield scanner
+    scanner.close()
 
-    def scan(root, now: float) -> int:
-        if not made:
-            config = parse_config({"library": {"root": str(root), "settle_seconds": 1.0},
-                                   "state_dir": str(tmp_path / "state")})
-            made.append(Library(config, database[1], load_genre_map()))
-        made[0].reconcile(now=now)
-        return made[0].settle_due(now=now + 5.0)
 
-    yield scan
-    for library in made:
-        library.close()
+@pytest.fixture
+def scanned_station(tmp_path, database_url):
+    """(engine, sessions, Scanner) on a migrated database, SQLite and PostgreSQL."""
+    engine, sessions = open_database(database_url)
+    scanner = Scanner(tmp_path, sessions)
+    yield engine, sessions, scanner
+    scanner.close()
+    engine.dispose()
 
 
 def stored_keys(sessions) -> dict[str, str | None]:
@@ -114,13 +133,14 @@ def stored_keys(sessions) -> dict[str, str | None]:
 
 
 def test_the_library_re_keys_a_folders_tagless_files_once_a_batch(
-        tmp_path, make_song, database, scan_library):
+        tmp_path, make_song, scanned_station):
+    engine, sessions, scan_library = scanned_station
     root = tmp_path / "library"
     blue = root / "Blue"
     for i in range(3):
         make_song(f"0{i}.mp3", seconds=2.0, seed=i, folder=blue)  # no tags at all
     assert scan_library(root, 0.0) == 3
-    assert len(set(stored_keys(database[1]).values())) == 1  # the folder's album
+    assert len(set(stored_keys(sessions).values())) == 1  # the folder's album
 
     # Tagged album-mates arrive: the tagless files join their album. The folder is queried
     # once for the batch, not once a file.
@@ -133,13 +153,13 @@ def test_the_library_re_keys_a_folders_tagless_files_once_a_batch(
         if "LIKE" in statement.upper() and "tracks" in statement:
             folder_queries.append(statement)
 
-    event.listen(database[0], "before_cursor_execute", count)
+    event.listen(engine, "before_cursor_execute", count)
     try:
         assert scan_library(root, 100.0) == 3
     finally:
-        event.remove(database[0], "before_cursor_execute", count)
+        event.remove(engine, "before_cursor_execute", count)
     assert len(folder_queries) == 1
-    found = stored_keys(database[1])
+    found = stored_keys(sessions)
     album = keys(("X/1.mp3", "Blue", None, "Joni Mitchell"))[0]
     assert set(found.values()) == {album}
 
@@ -147,7 +167,7 @@ def test_the_library_re_keys_a_folders_tagless_files_once_a_batch(
     # files are the folder's again.
     write_tags(blue / "05.mp3", album="Court and Spark")
     scan_library(root, 200.0)
-    found = stored_keys(database[1])
+    found = stored_keys(sessions)
     assert {found[f"Blue/0{i}.mp3"] for i in range(3)} == {keys(("Blue/x.mp3", None, None,
                                                                  None))[0]}
     assert found["Blue/03.mp3"] == album != found["Blue/05.mp3"]
@@ -156,10 +176,10 @@ def test_the_library_re_keys_a_folders_tagless_files_once_a_batch(
     (blue / "05.mp3").unlink()
     scan_library(root, 300.0)
     scan_library(root, 400.0)
-    with database[1]() as session:
+    with sessions() as session:
         assert session.scalar(select(Track.state).where(Track.path == "Blue/05.mp3")) == (
             TrackState.MISSING)
-    found = stored_keys(database[1])
+    found = stored_keys(sessions)
     assert {found[f"Blue/0{i}.mp3"] for i in range(5)} == {album}
 
 
