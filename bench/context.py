@@ -1,8 +1,8 @@
 """The album/artist context, measured: song accuracy audio-only vs with context on a
 generated station whose albums are fully, partly and not at all tagged.
 
-    .venv/bin/python bench/context.py [--part accuracy|view|all] [--genres 4] [--albums 6]
-        [--songs 5] [--mix 0.8] [--epochs 4] [--requests 200]
+    .venv/bin/python bench/context.py [--part accuracy|tagless|view|all] [--genres 4]
+        [--albums 6] [--songs 5] [--mix 0.8] [--wrong 0.1] [--epochs 4] [--requests 200]
 
 A training library (like the station's songs, all tagged, 4 albums of 6 songs per genre,
 one artist each) trains a CNN with the real trainer (--family cnn --no-backbone: the
@@ -16,6 +16,17 @@ daemon.suggest.context) at the bundle's fitted values (else the config defaults)
 Printed: accuracy audio-only vs with context on all untagged songs, and apart on songs
 whose album has a tagged mate and on songs whose album has none (the prior must do no
 harm there: the two figures must be equal). Figures, not a pass/fail test.
+
+--part tagless: the same shapes, but as a station's drive holds them and the daemon sees
+them: a tagged song carries its genre, album and artist tags, an untagged one NO tags at
+all. The daemon's own Library scans it into a real SQLite database (album identities by
+daemon.library.albums: a tagless file joins the album its folder's tagged songs agree on),
+and the untagged songs are scored by the daemon's Classifier, then given the context the
+worker gives them (daemon.suggest.mates.with_context: the mates it counts, the bundle's
+fitted weight). Printed: accuracy audio-only vs with context on untagged songs with >= 2
+tagged album-mates, with one, and with none (no harm: the figures must be equal), and how
+many got a context at all, against the rule before migration 0006 (each tagless file on
+its folder's own album) in the same run.
 
 --part view: the "By album" page's latency at 15,000 tracks / 5,000 pending against the
 song view in the same run (bench/context_view.py, which also runs on its own).
@@ -136,18 +147,128 @@ def accuracy(args: argparse.Namespace) -> None:
               f"{both:6.1%} with context (x{both / audio if audio else float('nan'):.2f})")
 
 
+def tagless_station(root: Path, genres: tuple[str, ...], albums: int, songs: int,
+                    mix: float, wrong: float, seed: int) -> dict[str, str]:
+    """The station library of --part tagless as real files: per genre, --albums albums of
+    --songs songs by one artist each, a third fully tagged, a third partly (its first two
+    songs have no tags at all), a third with no tags at all; a tagged song's genre tag is
+    another genre's at the rate `wrong` (--wrong). {rel: true genre}."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for g, genre in enumerate(genres):
+        for a in range(albums):
+            album, artist = f"{genre} Album {a + 1}", f"{genre} Band {a + 1}"
+            kind = a % 3  # 0 fully, 1 partly, 2 not tagged
+            for i in range(songs):
+                path = root / album / f"{i + 1:02d}.flac"
+                other = genres[(g + 1 + int(rng.integers(len(genres) - 1))) % len(genres)]
+                seed_i = int(rng.integers(1 << 31))
+                tag = other if rng.random() < wrong else genre
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    audio = (synthesize(genre, 6.0, SR, seed_i)
+                             + mix * synthesize(other, 6.0, SR, seed_i + 1))
+                    encode(path, audio / (1 + mix), SR)
+                    if kind == 0 or (kind == 1 and i >= 2):
+                        write_tags(path, title=f"{album} {i + 1}", artist=artist,
+                                   album=album, genre=tag)
+                truth[path.relative_to(root).as_posix()] = genre
+    return truth
+
+
+def tagless(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from daemon.core.config import parse_config
+    from daemon.core.db.engine import open_database
+    from daemon.core.db.models import Track
+    from daemon.library.albums import album_folder, album_key
+    from daemon.library.reconcile import Library
+    from daemon.suggest.mates import mates_for, settings_for, with_context
+    from daemon.tags.genres import load_genre_map
+
+    genres = tuple(VOICES)[:args.genres]
+    base = OUT / f"g{args.genres}-a{args.albums}-s{args.songs}-m{args.mix}"
+    started = time.monotonic()
+    station(base / "train", genres, 4, 6, args.mix, seed=3, tag=True)
+    bundle = train(base / "train", base / "model", base / "cache", args.epochs)
+    root = base / f"tagless-w{args.wrong}"
+    truth = tagless_station(root, genres, args.albums, args.songs, args.mix, args.wrong,
+                            seed=7)
+    db = root.parent / f"{root.name}.db"
+    db.unlink(missing_ok=True)
+    config = parse_config({"library": {"root": str(root), "settle_seconds": 1.0},
+                           "state_dir": str(base / "state")}, "bench")
+    engine, sessions = open_database(f"sqlite:///{db}")
+    library = Library(config, sessions, load_genre_map())
+    try:
+        library.reconcile(now=0.0)
+        while library.settle_due(now=10.0):
+            pass
+    finally:
+        library.close()
+    with sessions() as session:
+        rows = session.execute(select(Track.id, Track.path, Track.fingerprint)
+                               .where(Track.canonical_genre.is_(None))
+                               .order_by(Track.path)).all()
+    print(f"library scanned and model ready in {time.monotonic() - started:.0f} s: "
+          f"{len(truth)} songs, {len(rows)} without tags", flush=True)
+    untagged = [LabelledSong(root / rel, rel, truth[rel], "", fp) for _, rel, fp in rows]
+    cache = FeatureCache(base / "cache", DEFAULT_SPEC)
+    load_features(untagged, cache)
+    metadata = read_metadata(bundle)
+    classes = tuple(metadata["classes"])
+    probs, _ = judge_bundle(bundle, untagged, {CNN: cache}, classes)
+    ids = [track_id for track_id, _, _ in rows]
+    settings = settings_for(config, metadata)
+    with sessions() as session:
+        combined, contexts = with_context(session, ids, probs, classes, settings)
+        mates = mates_for(session, ids)
+        # The baseline, in the same run: the rule before migration 0006, each tagless file
+        # on its own folder's album (rolled back).
+        for track_id, rel, _ in rows:
+            session.get(Track, track_id).album_key = album_key("folder", album_folder(rel))
+        session.flush()
+        before = sum(c is not None for c in with_context(session, ids, probs, classes,
+                                                         settings)[1])
+        session.rollback()
+    engine.dispose()
+    on_album = np.array([sum(mates[i].album.values()) for i in ids])
+    got = np.array([c is not None for c in contexts])
+    truth_ix = np.array([classes.index(s.genre) for s in untagged])
+    print(f"context: weight {settings.weight:g}, smoothing {settings.smoothing:g}; "
+          f"{int(got.sum())} of {len(ids)} untagged songs got a context ({before} with "
+          "each tagless file on its folder's own album, the rule before migration 0006)")
+    for label, rows_ in (("all untagged songs", np.ones(len(ids), bool)),
+                         (">= 2 tagged album-mates", on_album >= 2),
+                         ("1 tagged album-mate", on_album == 1),
+                         ("no tagged mate", ~got)):
+        n = int(rows_.sum())
+        if not n:
+            continue
+        audio = float((probs[rows_].argmax(1) == truth_ix[rows_]).mean())
+        both = float((combined[rows_].argmax(1) == truth_ix[rows_]).mean())
+        print(f"  {label:<26} {n:>4} songs: accuracy {audio:6.1%} audio-only -> "
+              f"{both:6.1%} with context ({(both - audio) * 100:+.1f} points)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("accuracy", "view", "all"), default="all")
+    parser.add_argument("--part", choices=("accuracy", "tagless", "view", "all"),
+                        default="all")
     parser.add_argument("--genres", type=int, default=4)
     parser.add_argument("--albums", type=int, default=6)
     parser.add_argument("--songs", type=int, default=5)
     parser.add_argument("--mix", type=float, default=0.8)
+    parser.add_argument("--wrong", type=float, default=0.1,
+                        help="--part tagless: share of tagged songs whose genre tag is wrong")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--requests", type=int, default=200, help="album view requests")
     args = parser.parse_args()
     if args.part in ("accuracy", "all"):
         accuracy(args)
+    if args.part in ("tagless", "all"):
+        tagless(args)
     if args.part in ("view", "all"):
         import context_view  # bench/ is on sys.path when this runs as a script
 

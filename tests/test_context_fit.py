@@ -24,7 +24,9 @@ def _library(consistent: bool, seed: int = 0):
         for i in range(6):
             genre = album_genre if consistent else CLASSES[rng.integers(3)]
             rel = f"Artist {a}/Album {a}/{i}.mp3"
-            songs.append(LabelledSong(Path(rel), rel, genre, f"artist {a}", f"{a:02d}{i:062d}"))
+            songs.append(LabelledSong(Path(rel), rel, genre, f"artist:artist {a}",
+                                      f"{a:02d}{i:062d}", artist=f"Artist {a}",
+                                      album_key=f"{a:016d}"))
             heard = genre if rng.random() < 0.6 else CLASSES[rng.integers(3)]
             row = np.full(3, 0.25)
             row[CLASSES.index(heard)] = 0.5
@@ -53,7 +55,8 @@ def test_consistent_albums_get_weight_and_random_ones_almost_none():
 
 def test_too_few_songs_with_mates_is_not_fitted():
     songs, probs = _library(consistent=True)
-    alone = [LabelledSong(s.path, f"{i}.mp3", s.genre, f"solo {i}", s.fingerprint)
+    alone = [LabelledSong(s.path, f"{i}.mp3", s.genre, f"artist:solo {i}", s.fingerprint,
+                          artist=f"Solo {i}")
              for i, s in enumerate(songs[:10])]
     report = context_report(probs[:10], alone, alone, CLASSES)
     assert report["weight"] is None and "fewer than" in report["why"]
@@ -64,7 +67,8 @@ def test_carve_keeps_one_song_per_big_album_out_of_training_only():
     from trainer.dataset import Dataset
 
     songs, _ = _library(consistent=True)
-    small = [LabelledSong(s.path, f"Small/{i}.mp3", s.genre, "small", s.fingerprint[::-1])
+    small = [LabelledSong(s.path, f"Small/{i}.mp3", s.genre, "artist:small", s.fingerprint[::-1],
+                          artist="Small", album_key="small album")
              for i, s in enumerate(songs[:2])]
     dataset = Dataset(CLASSES, tuple(songs[:48]) + tuple(small), tuple(songs[48:60]),
                       tuple(songs[60:]))

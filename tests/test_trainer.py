@@ -53,9 +53,15 @@ def song(rel, genre, artist):
 
 
 def test_artist_key_falls_back_to_album_then_folder():
+    from daemon.library.albums import AlbumTags, album_identities
+
     assert artist_key(" The  Band ", "X", "a/b.mp3") == "artist:the band"
-    assert artist_key(None, "Live Album", "a/b.mp3") == "album:live album"
-    assert artist_key("  ", None, "Rock/Live/b.mp3") == "folder:rock/live"
+    # No artist: the album (daemon.library.albums' key), else the album folder's.
+    live = album_identities([AlbumTags("a/b.mp3", "Live Album", None, None)])[0].key
+    assert artist_key(None, "Live Album", "a/b.mp3") == f"album:{live}"
+    assert artist_key(None, "LIVE  album", "c/d.mp3") != artist_key(None, "Live", "c/d.mp3")
+    assert artist_key("  ", None, "Rock/Live/b.mp3").startswith("album:")
+    assert artist_key("  ", None, "b.mp3") == "folder:"
 
 
 def test_splits_are_artist_disjoint_and_stable_as_the_library_grows():
@@ -162,7 +168,8 @@ def test_confirmed_labels_override_file_tags(library, tmp_path):
     labels_file.write_text(json.dumps({"Someone/untagged.flac": "jazz"}))
     found, _ = find_labelled_songs(tmp_path / "lib", load_genre_map(None),
                                    load_labels(labels_file))
-    assert [(s.genre, s.artist_key) for s in found] == [("Jazz", "folder:someone")]
+    assert [(s.genre, s.artist_key) for s in found] == [
+        ("Jazz", artist_key(None, None, "Someone/untagged.flac"))]
     labels_file.write_text("[1, 2]")
     with pytest.raises(DatasetError, match="labels.json"):
         load_labels(labels_file)

@@ -11,10 +11,12 @@ and the report says so.
 
 The daemon combines a song's calibrated audio probabilities with a prior from its tagged
 mates (daemon.suggest.context, daemon.suggest.mates). Here a held-out song's mates are
-the other labelled songs of the library on its album (its album folder: the daemon's
-folder rule, daemon.library.albums.album_folder) and by its artist, counted with their
-labels wherever they are, training included: the daemon sees the library's tags that way.
-Only the mates' labels are used, never their audio, and never the song's own label.
+the other labelled songs of the library on its album and by its artist, counted by the
+daemon's own count (daemon.suggest.mates.count_mates) over the albums and artists the
+daemon stores (daemon.library.albums, as trainer.dataset reads them): the weight is fitted
+on the mates the service counts. Mates count with their labels wherever they are, training
+included: the daemon sees the library's tags that way. Only the mates' labels are used,
+never their audio, and never the song's own label.
 
 The grid search maximises the held-out log-likelihood of the true genre (a proper score:
 it rewards a weight that helps where the mates are right and punishes one that hurts where
@@ -27,15 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from daemon.learn.metrics import song_metrics
-from daemon.library.albums import album_folder
 from daemon.suggest.context import combine, context_prior
-from daemon.suggest.mates import Mates
+from daemon.suggest.mates import Mates, MateSong, count_mates
 from trainer.dataset import Dataset, LabelledSong
 
 WEIGHTS = tuple(0.25 * i for i in range(9))  # 0, 0.25, ..., 2
@@ -53,13 +53,13 @@ CARVE_SHARE = 0.15
 
 def carve(dataset: Dataset, seed: int) -> tuple[Dataset, tuple[LabelledSong, ...]]:
     """The dataset without the context split's songs in train, and those songs: one per
-    album folder with >= CARVE_FROM training songs, chosen by a hash of (seed, path)
+    album with >= CARVE_FROM training songs, chosen by a hash of (seed, path)
     (stable as the library grows), within CARVE_SHARE; none below MIN_SONGS. Validation
     and test are untouched (the gate's)."""
     albums: dict[str, list[LabelledSong]] = {}
     for song in dataset.train:
-        if album_folder(song.rel):
-            albums.setdefault(album_folder(song.rel), []).append(song)
+        if song.album_key:
+            albums.setdefault(song.album_key, []).append(song)
     def rank(song: LabelledSong) -> bytes:
         return hashlib.sha256(f"{seed}\0context\0{song.rel}".encode()).digest()
 
@@ -72,29 +72,16 @@ def carve(dataset: Dataset, seed: int) -> tuple[Dataset, tuple[LabelledSong, ...
             tuple(s for s in dataset.train if s.rel in chosen))
 
 
+def mate_song(song: LabelledSong) -> MateSong:
+    """A labelled song as daemon.suggest.mates counts it (its path is its id)."""
+    return MateSong.of(song.rel, song.album_key, song.artist, song.album_artist,
+                       song.compilation, song.genre)
+
+
 def held_out_mates(songs: Sequence[LabelledSong], library: Sequence[LabelledSong]) -> list[Mates]:
     """Each of `songs`' Mates among every labelled song of `library` (the song excluded):
-    its album folder's labels, and its artist's on other albums."""
-    albums: dict[str, Counter] = {}
-    artists: dict[str, dict[str, Counter]] = {}
-    for s in library:
-        if album_folder(s.rel):  # a loose file at the root is on no album
-            albums.setdefault(album_folder(s.rel), Counter())[s.genre] += 1
-        artists.setdefault(s.artist_key, {}).setdefault(album_folder(s.rel), Counter())[
-            s.genre] += 1
-    out = []
-    for s in songs:
-        album = album_folder(s.rel)
-        on_album = (albums.get(album, Counter()) - Counter({s.genre: 1})) if album \
-            else Counter()
-        elsewhere = Counter()
-        for other, counts in artists.get(s.artist_key, {}).items():
-            if other != album or not album:
-                elsewhere.update(counts)
-        if not album:  # its own label is in its artist's loose songs
-            elsewhere -= Counter({s.genre: 1})
-        out.append(Mates(dict(+on_album), dict(+elsewhere)))
-    return out
+    its album's labels, and its artist's on other albums (daemon.suggest.mates)."""
+    return count_mates([mate_song(s) for s in songs], [mate_song(s) for s in library])
 
 
 def _with_context(probs: np.ndarray, mates: Sequence[Mates], classes: Sequence[str],
@@ -126,7 +113,7 @@ def fit(probs: np.ndarray, mates: Sequence[Mates], truth: np.ndarray,
 
 
 def _fold(song: LabelledSong) -> int:
-    return hashlib.sha256(album_folder(song.rel).encode()).digest()[0] % 2
+    return hashlib.sha256((song.album_key or song.rel).encode()).digest()[0] % 2
 
 
 def _figures(probs: np.ndarray, labels: list[str], classes: Sequence[str]) -> dict:

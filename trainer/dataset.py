@@ -35,6 +35,7 @@ from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError, GenretaggerError
 from daemon.core.paths import stored_path
 from daemon.learn.labels import song_label
+from daemon.library.albums import AlbumTags, album_identities, artist_group
 from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import same_stat, walk_library
 from daemon.tags.read import read_tags
@@ -57,13 +58,20 @@ class DatasetError(GenretaggerError):
 
 @dataclass(frozen=True)
 class LabelledSong:
-    """One song with its genre: `rel` is the POSIX path relative to the library root."""
+    """One song with its genre: `rel` is the POSIX path relative to the library root;
+    artist_key the unit of the split (daemon.library.albums.artist_group); artist and
+    album_artist its tags as read, album_key and compilation its album
+    (daemon.library.albums, as the daemon stores them in tracks)."""
 
     path: Path
     rel: str
     genre: str
     artist_key: str
     fingerprint: str
+    artist: str | None = None
+    album_artist: str | None = None
+    album_key: str | None = None
+    compilation: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,11 +131,10 @@ def load_holdout(path: Path | None) -> set[str]:
 
 
 def artist_key(artist: str | None, album: str | None, rel: str) -> str:
-    """The unit of the split: artist tag, else album tag, else the song's folder."""
-    for kind, value in (("artist", artist), ("album", album)):
-        if value and value.strip():
-            return f"{kind}:{' '.join(value.casefold().split())}"
-    return f"folder:{rel.rpartition('/')[0].casefold()}"
+    """The unit of the split of a song seen alone, without its folder's other songs
+    (daemon.library.albums.artist_group; find_labelled_songs sees the whole folder)."""
+    tags = AlbumTags(rel, album, None, artist)
+    return artist_group(tags, album_identities([tags])[0])
 
 
 def split_of(key: str, seed: int) -> str:
@@ -152,29 +159,31 @@ class KnownFile:
     artist: str | None = None
     album: str | None = None
     genres: tuple[str, ...] = ()
+    album_artist: str | None = None
 
 
 def load_known(path: Path | None) -> dict[str, KnownFile]:
     """The daemon's known.json, {relative path: {size, mtime, fingerprint, artist, album,
-    genres}}, or {} without one."""
+    genres, album_artist (optional)}}, or {} without one."""
     if path is None:
         return {}
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return {rel: KnownFile(int(v["size"]), float(v["mtime"]), str(v["fingerprint"]),
-                               v.get("artist"), v.get("album"), tuple(v.get("genres") or ()))
+                               v.get("artist"), v.get("album"), tuple(v.get("genres") or ()),
+                               v.get("album_artist"))
                 for rel, v in data.items()}
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
         raise DatasetError(f"known-files list {path}: {type(err).__name__}: {err}") from None
 
 
-def _read_song(path: Path) -> tuple[str | None, str | None, tuple[str, ...], str | None]:
-    """(artist, album, raw genres, why unreadable) from the file's tags."""
+def _read_song(rel: str, path: Path) -> tuple[AlbumTags, tuple[str, ...], str | None]:
+    """(artist and album tags, raw genres, why unreadable) from the file's tags."""
     try:
         tags = read_tags(path)
     except FileError as err:
-        return None, None, (), err.reason
-    return tags.artist, tags.album, tuple(tags.genres), None
+        return AlbumTags(rel, None, None, None), (), err.reason
+    return AlbumTags(rel, tags.album, tags.album_artist, tags.artist), tuple(tags.genres), None
 
 
 def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | None = None,
@@ -195,19 +204,22 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
         walk = walk_library(library, extensions)
     except OSError as err:
         raise DatasetError(f"cannot list {library}: {err.strerror or err}") from None
-    songs: list[LabelledSong] = []
     skipped = [(folder, "folder cannot be listed") for folder in walk.unreadable]
     reused = 0
+    found: list[tuple[str, Path, AlbumTags, str, str | None]] = []
     for name in sorted(walk.files):
         rel, path = stored_path(name), library / name
         entry = known.get(rel)
         fp = None
         if entry is not None and same_stat((entry.size, entry.mtime), walk.files[name]):
-            artist, album, raw, error = entry.artist, entry.album, entry.genres, None
-            fp = entry.fingerprint
+            tags = AlbumTags(rel, entry.album, entry.album_artist, entry.artist)
+            raw, error, fp = entry.genres, None, entry.fingerprint
             reused += 1
         else:
-            artist, album, raw, error = _read_song(path)
+            tags, raw, error = _read_song(rel, path)
+        # Every file takes part in its folder's album identity, labelled or not (the
+        # daemon stores an unreadable one without tags); genre "" marks the unlabelled.
+        found.append((rel, path, tags, "", fp))
         if error is not None and rel not in labels:
             skipped.append((rel, error))
             continue
@@ -222,7 +234,12 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
             except OSError as err:
                 skipped.append((rel, f"cannot read: {err.strerror}"))
                 continue
-        songs.append(LabelledSong(path, rel, genre, artist_key(artist, album, rel), fp))
+        found[-1] = (rel, path, tags, genre, fp)
+    identities = album_identities([tags for _, _, tags, _, _ in found])
+    songs = [LabelledSong(path, rel, genre, artist_group(tags, identity), fp, tags.artist,
+                          tags.album_artist, identity.key, identity.compilation)
+             for (rel, path, tags, genre, fp), identity in zip(found, identities, strict=True)
+             if genre]
     if known:
         log.info("%d of %d files known to the daemon and unchanged: not read again", reused,
                  len(walk.files))

@@ -41,10 +41,10 @@ from daemon.core.db.models import ServiceState, Track, utcnow
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
 from daemon.core.paths import display, filesystem_path, stored_path
-from daemon.core.states import TrackState, can_move, move
+from daemon.core.states import TrackState, can_move
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
 from daemon.library.read import READER_IDLE_SECONDS, FileReading, read_file, reader_pool
-from daemon.library.record import record_reading
+from daemon.library.record import mark_missing, record_readings
 from daemon.library.settle import SettleTracker
 from daemon.library.walk import (
     SKIPPED_SHOWN,
@@ -290,16 +290,14 @@ class Library:
         transaction. Returns how many tracks became missing."""
         if not ours and not vanished:
             return 0
-        missing = 0
         with transaction(self.sessions) as session:
             if ours:
                 session.execute(update(Track), ours)
-            for chunk in _chunks(vanished, 500):
-                for track in session.scalars(select(Track).where(Track.id.in_(chunk))):
-                    if track.state != S.MISSING and can_move(track.state, S.MISSING):
-                        move(track, S.MISSING)
-                        track.state_changed_at = utcnow()
-                        missing += 1
+            gone = [track for chunk in _chunks(vanished, 500)
+                    for track in session.scalars(select(Track).where(Track.id.in_(chunk)))
+                    if track.state != S.MISSING and can_move(track.state, S.MISSING)]
+            mark_missing(session, gone)
+        missing = len(gone)
         if missing:
             log.info("marked %d track(s) missing under %s", missing, self.root)
         return missing
@@ -422,12 +420,10 @@ class Library:
         with transaction(self.sessions) as session:
             if ours:
                 session.execute(update(Track), ours)
-            for rel, reading in readings.items():
-                record_reading(session, rel, reading, root=self.root,
-                               genre_map=self.genre_map,
-                               audit=self.config.classifier.audit)
-                handled.append(rel)
-                done += 1
+            record_readings(session, readings, root=self.root, genre_map=self.genre_map,
+                            audit=self.config.classifier.audit)
+            handled.extend(readings)
+            done += len(readings)
             session.flush()  # moved tracks have their new paths before deletions are looked up
             done += self._mark_gone(session, gone)
             handled.extend(gone)
@@ -467,9 +463,7 @@ class Library:
             with self._tracker_lock:
                 self.tracker.forget_gone()  # the whole wave; the next walk judges it
             return 0
-        for track in tracks:
-            move(track, S.MISSING)
-            track.state_changed_at = utcnow()
+        mark_missing(session, tracks)
         log.info("missing: %s", ", ".join(t.path for t in tracks[:5])
                  + (f" and {len(tracks) - 5} more" if len(tracks) > 5 else ""))
         return len(tracks)

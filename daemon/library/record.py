@@ -3,13 +3,15 @@
 A new file becomes a new track; a changed one is re-evaluated (settled_state); a file
 that appears under a new name with a known fingerprint is that track moved, and keeps
 its suggestions and decisions; a file its reader crashed, hung or ran out of memory on
-is quarantined until it changes.
+is quarantined until it changes. A file's tags decide its album folder's album identities
+(daemon.library.albums), so each folder a batch touched is recomputed once after it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from sqlalchemy import select
@@ -65,10 +67,24 @@ def history_state(session: Session, track: Track) -> TrackState:
     return S.QUEUED
 
 
+def record_readings(session: Session, readings: Mapping[str, FileReading], *, root: str,
+                    genre_map: GenreMap, audit: bool) -> None:
+    """Write settled files ({rel: reading}, rel relative to `root`): record_reading each,
+    then recompute the album identities of every album folder they were in or left, once
+    a folder however many of its files the batch holds."""
+    folders: dict[str, None] = {}
+    for rel, reading in readings.items():
+        folders.update(dict.fromkeys(record_reading(session, rel, reading, root=root,
+                                                    genre_map=genre_map, audit=audit)))
+    refresh_album_folders(session, folders)
+
+
 def record_reading(session: Session, rel: str, reading: FileReading, *, root: str,
-                   genre_map: GenreMap, audit: bool) -> None:
+                   genre_map: GenreMap, audit: bool) -> tuple[str, ...]:
     """Write one settled file (`rel`, relative to `root`): update its track, find a moved
-    track, or add one. audit: classify tagged files too (config.classifier.audit)."""
+    track, or add one. audit: classify tagged files too (config.classifier.audit).
+    Returns the album folders whose identities its tags (or a move) may change: the caller
+    passes them to refresh_album_folders (record_readings does)."""
     stored = stored_path(rel)
     track = session.scalars(select(Track).where(Track.path == stored)).first()
     left_folder = None
@@ -118,17 +134,37 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
         track.last_error = reading.error
     if reading.quarantine:
         _quarantine(track, reading.error)
-    # Its tags may change its album mates' identity too (a compilation), and a moved
-    # track's old folder loses a member.
-    for folder in dict.fromkeys(f for f in (album_folder(stored), left_folder) if f is not None):
+    # Its tags may change its album mates' identity too (a compilation, the album its
+    # folder's untagged files join), and a moved track's old folder loses a member.
+    return tuple(dict.fromkeys(f for f in (album_folder(stored), left_folder) if f is not None))
+
+
+def mark_missing(session: Session, tracks: Iterable[Track]) -> None:
+    """Tracks whose files are gone from the library -> missing. A gone song no longer
+    decides its folder's albums (the album its untagged mates join), so their folders are
+    recomputed."""
+    tracks = list(tracks)
+    for track in tracks:
+        move(track, S.MISSING)
+        track.state_changed_at = utcnow()
+    refresh_album_folders(session, (album_folder(t.path) for t in tracks))
+
+
+def refresh_album_folders(session: Session, folders: Iterable[str]) -> None:
+    """refresh_albums for each of `folders` (album folders, stored form), once each."""
+    session.flush()  # the batch's new and moved tracks are in their folders' queries
+    for folder in dict.fromkeys(folders):
         refresh_albums(session, folder)
 
 
 def refresh_albums(session: Session, folder: str) -> None:
     """Set album_key and compilation on every track of album folder `folder` (stored form,
     "" for the root; daemon.library.albums.album_folder): the tracks in it and in its
-    disc folders, whatever their state, and nothing else."""
-    mates = [t for t in session.scalars(select(Track).where(*_in_album_folder(session, folder))
+    disc folders that are in the library, and nothing else. One query. A missing track
+    (gone from the library) has no say in the folder's albums and keeps its key until it
+    comes back."""
+    mates = [t for t in session.scalars(select(Track).where(*_in_album_folder(session, folder),
+                                                            Track.state != S.MISSING)
                                         .order_by(Track.id))
              if album_folder(t.path) == folder]
     found = album_identities([AlbumTags(t.path, t.album, t.album_artist, t.artist)

@@ -3,9 +3,11 @@ the context they give its suggestion (daemon.suggest.context holds the arithmeti
 
 A mate counts with its confirmed genre, else its tag's canonical genre; a song with
 neither, or gone from the library (missing), is not counted. The album is
-tracks.album_key (a compilation is one album); the artist is the song's own artist tag
-(on a compilation too: never the album artist), compared as
-daemon.library.albums.artist_key normalises it. The song itself is never its own mate.
+tracks.album_key (daemon.library.albums: a compilation is one album, and a tagless file
+in a folder of one album is on it); the artist is daemon.library.albums.song_artist (its
+artist tag, else its album artist; on a compilation its own artist only, never "Various
+Artists"). The song itself is never its own mate. count_mates is the one count: the
+daemon's mates_for and the trainer's context fit (trainer.context) both call it.
 
 How the two combine: the prior's counts are the album's counts plus ARTIST_SHARE times the
 artist's counts from songs NOT on this album (those are already in the album's). An album
@@ -17,7 +19,7 @@ catalogue at half; a song on an untagged album still gets its artist's other alb
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 from daemon.core.config import Config
 from daemon.core.db.models import Track
 from daemon.core.states import TrackState
-from daemon.library.albums import artist_key
+from daemon.library.albums import artist_key, song_artist
 from daemon.suggest.context import combine, context_prior, reason_text
 
 # An artist's songs on other albums count this much of an album-mate (see above).
@@ -60,52 +62,81 @@ class ContextSettings:
     smoothing: float
 
 
-def _artist_of(track: Track) -> str | None:
-    # A compilation's album artist is "Various Artists": the song's own artist only.
-    if track.compilation:
-        return artist_key(track.artist)
-    return artist_key(track.artist or track.album_artist)
+@dataclass(frozen=True)
+class MateSong:
+    """What counting mates needs of one song: an id (a track's; the trainer's: its path),
+    its album (tracks.album_key, None: on no album), its artist (song_artist, None: no
+    usable artist) and its label (confirmed, else its tag's canonical genre; None: it is
+    nobody's mate)."""
+
+    id: Hashable
+    album: str | None
+    artist: str | None
+    genre: str | None
+
+    @classmethod
+    def of(cls, id: Hashable, album_key: str | None, artist: str | None,
+           album_artist: str | None, compilation: bool, genre: str | None) -> MateSong:
+        """From a song's stored album identity and its artist tags as read."""
+        return cls(id, album_key, song_artist(artist, album_artist, compilation), genre)
+
+
+def count_mates(songs: Sequence[MateSong], library: Iterable[MateSong]) -> list[Mates]:
+    """Each of `songs`' Mates among `library`'s labelled songs (`songs` may be in it): the
+    labels on its album, and its artist's labels on other albums (or on none). A song is
+    never its own mate (same id)."""
+    by_album: dict[str, list[MateSong]] = {}
+    by_artist: dict[str, list[MateSong]] = {}
+    for mate in library:
+        if mate.genre is None:
+            continue
+        if mate.album:
+            by_album.setdefault(mate.album, []).append(mate)
+        if mate.artist:
+            by_artist.setdefault(mate.artist, []).append(mate)
+    out = []
+    for song in songs:
+        album = Counter(m.genre for m in by_album.get(song.album, ()) if m.id != song.id) \
+            if song.album else Counter()
+        artist = Counter(m.genre for m in by_artist.get(song.artist, ())
+                         if m.id != song.id and (m.album is None or m.album != song.album)) \
+            if song.artist else Counter()
+        out.append(Mates(dict(album), dict(artist)))
+    return out
+
+
+def _mate_song(row) -> MateSong:
+    return MateSong.of(row.id, row.album_key, row.artist, row.album_artist,
+                       bool(row.compilation), row.genre)
 
 
 def mates_for(session: Session, track_ids: Sequence[int]) -> dict[int, Mates]:
     """Track ids -> each one's Mates (empty counts when none is tagged). Two queries for
     the whole batch (the batch's own rows, then every tagged song sharing an album or
-    an artist with one of them), whatever its size; portable SQL."""
-    tracks = session.execute(select(Track.id, Track.album_key, Track.artist,
-                                    Track.album_artist, Track.compilation)
-                             .where(Track.id.in_(list(track_ids)))).all()
-    albums = {t.album_key for t in tracks if t.album_key}
-    artists = {t.id: _artist_of(t) for t in tracks}
-    # The spellings as stored and trimmed + lower-cased narrow the query (portable SQL);
-    # artist_key decides in Python.
-    raw = {t.artist for t in tracks if t.artist} | {t.album_artist for t in tracks
-                                                   if t.album_artist and not t.compilation}
-    genre = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
+    an artist with one of them), whatever its size; portable SQL; count_mates counts."""
+    genre = func.coalesce(Track.confirmed_genre, Track.canonical_genre).label("genre")
+    columns = (Track.id, Track.album_key, Track.artist, Track.album_artist,
+               Track.compilation, genre)
+    rows = session.execute(select(*columns).where(Track.id.in_(list(track_ids)))).all()
+    tracks = [_mate_song(row) for row in rows]
+    albums = {t.album for t in tracks if t.album}
+    # The batch's artist spellings as stored, and trimmed + lower-cased, narrow the query
+    # (portable SQL); song_artist decides in Python. Never "Various Artists": it would
+    # fetch every compilation.
+    spellings = {name for row in rows
+                 for name in (row.artist, None if row.compilation else row.album_artist)
+                 if artist_key(name)}
     wanted = [Track.album_key.in_(albums)] if albums else []
-    if raw:
-        wanted += [Track.artist.in_(raw), func.lower(func.trim(Track.artist)).in_(
-            {a.strip().lower() for a in raw})]
+    if spellings:
+        folded = {name.strip().lower() for name in spellings}
+        wanted += [Track.artist.in_(spellings), Track.album_artist.in_(spellings),
+                   func.lower(func.trim(Track.artist)).in_(folded),
+                   func.lower(func.trim(Track.album_artist)).in_(folded)]
     # A missing song (gone from the library) no longer speaks for its album.
-    rows = session.execute(select(Track.id, Track.album_key, Track.artist, genre)
-                           .where(genre.is_not(None), Track.state != TrackState.MISSING,
-                                  or_(*wanted))).all() if wanted else []
-    by_album: dict[str, list[tuple[int, str]]] = {}
-    by_artist: dict[str, list[tuple[int, str | None, str]]] = {}
-    for mate_id, mate_album, mate_artist, mate_genre in rows:
-        if mate_album:
-            by_album.setdefault(mate_album, []).append((mate_id, mate_genre))
-        key = artist_key(mate_artist)
-        if key:
-            by_artist.setdefault(key, []).append((mate_id, mate_album, mate_genre))
-    out = {}
-    for t in tracks:
-        album = Counter(g for i, g in by_album.get(t.album_key, ()) if i != t.id) \
-            if t.album_key else Counter()
-        artist = Counter(g for i, a, g in by_artist.get(artists[t.id], ())
-                         if i != t.id and (a is None or a != t.album_key)) \
-            if artists[t.id] else Counter()
-        out[t.id] = Mates(dict(album), dict(artist))
-    return out
+    library = [_mate_song(row) for row in session.execute(
+        select(*columns).where(genre.is_not(None), Track.state != TrackState.MISSING,
+                               or_(*wanted)))] if wanted else []
+    return {t.id: m for t, m in zip(tracks, count_mates(tracks, library), strict=True)}
 
 
 def settings_for(config: Config, metadata: dict | None) -> ContextSettings | None:
