@@ -30,14 +30,22 @@ $(BACKBONE_ONNX): $(BACKBONE)
 
 backbone: $(BACKBONE_ONNX)
 
+# npm's axe-core for the accessibility browser test (tests/test_browser_access.py), once
+# into the virtualenv, never at run time.
+AXE_CORE := $(VENV)/share/genretagger/node_modules/axe-core/axe.min.js
+$(AXE_CORE): | $(STAMP)
+	npm install --silent --no-save --no-package-lock --no-audit --no-fund \
+	    --prefix $(VENV)/share/genretagger axe-core@4.14.1
+
 # The Debian packages the tests use, installed with one apt-get update when missing:
 # Chromium drives the browser tests (Playwright never downloads a browser of its own);
 # the independent tag readers and writers are what the write-back tests compare against;
-# the tests start a throwaway PostgreSQL server of their own (tests/pgcluster.py).
+# the tests start a throwaway PostgreSQL server of their own (tests/pgcluster.py); npm
+# installs axe-core for the accessibility test.
 DEBIAN_TOOLS := chromium exiftool kid3-cli mediainfo ffmpeg ffprobe lame flac metaflac \
-                oggenc opusenc
+                oggenc opusenc npm
 DEBIAN_PACKAGES := chromium libimage-exiftool-perl kid3-cli mediainfo ffmpeg lame flac \
-                   vorbis-tools opus-tools postgresql
+                   vorbis-tools opus-tools postgresql npm
 debian-tools:
 	@if [ "$$(command -v $(DEBIAN_TOOLS) | wc -l)" = "$(words $(DEBIAN_TOOLS))" ] \
 	    && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
@@ -47,7 +55,7 @@ debian-tools:
 demo: $(STAMP) $(BACKBONE_ONNX)
 	$(BIN)/python -m daemon.cli.demo run
 
-test: $(STAMP) $(BACKBONE_ONNX) debian-tools
+test: $(STAMP) $(BACKBONE_ONNX) debian-tools $(AXE_CORE)
 	$(BIN)/ruff check daemon trainer migrations tests bench
 	$(BIN)/python -m pytest -q
 

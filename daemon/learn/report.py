@@ -158,7 +158,7 @@ class GenreFigures:
     untested: str | None = None
 
 
-def test_counts(metrics: dict[str, Any]) -> tuple[int, int] | None:
+def right_of_tested(metrics: dict[str, Any]) -> tuple[int, int] | None:
     """(songs it got right, test songs) of a model's test, or None when not recorded."""
     confusion = metrics.get("confusion")
     if confusion:
@@ -206,7 +206,7 @@ def verdict(classes: list[str], cannot_suggest: dict[str, Any], metrics: dict[st
               else f"Suggests {len(classes)} of your {total} genres")
     if unverified:
         return genres + "; not yet checked on your station's songs"
-    counts = test_counts(metrics)
+    counts = right_of_tested(metrics)
     if counts is None or not counts[1]:
         return genres + "; no test songs were recorded for this version"
     right, tested = counts

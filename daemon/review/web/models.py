@@ -10,9 +10,9 @@ from datetime import datetime
 from flask import Blueprint, render_template, request
 
 from daemon.learn import registry, runs
+from daemon.learn.coldstart import is_unverified
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import list_models
-from daemon.learn.coldstart import is_unverified
 from daemon.learn.report import genre_figures, model_report_facts, recall_table, verdict
 from daemon.learn.runs import last_run
 from daemon.review.web.common import review
