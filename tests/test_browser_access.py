@@ -74,7 +74,7 @@ def station(tmp_path, make_config, database, make_song):
                                       ("ensemble", 0.78, 0.05, "fitted", 99.0))]
         model = Model(version=4, path="/m/v4/model.onnx", sha256="d" * 64, status="active",
                       classes=GENRES, n_songs=312, activated_at=utcnow(),
-                      metrics={"accuracy": 0.79, "macro_f1": 0.76, "n_songs": 64,
+                      metrics={"accuracy": 0.77, "macro_f1": 0.76, "n_songs": 53,
                                "genres": GENRES, "confusion": CONFUSION,
                                "per_class": per_class,
                                "tournament": {"holdout_songs": 64, "winner": "cnn", "rows": rows,
@@ -167,7 +167,8 @@ def test_axe_finds_nothing_on_any_page(station, device):
 def test_on_a_phone(station):
     """390 x 844, touch: the page opens at its top; a tap's result and its Undo show on
     screen however far down the card was; the undo's result too; History and the model page
-    are no wider than the phone; every control is at least 44 px tall and wide."""
+    (its verdict on the first screen) are no wider than the phone; every control is at least
+    44 px tall and wide."""
     server, sessions = station
     with browser_page(**PHONE) as page:
         sign_in(page, server)
@@ -201,9 +202,14 @@ def test_on_a_phone(station):
             made = session.scalars(select(Decision).order_by(Decision.id)).all()
         assert [(d.action, d.undone) for d in made] == [("reject", True), ("undo", False)]
 
-        for path, name in (("history", "phone-history"), ("models", "phone-models")):
+        for path, name in (("history", "phone-history"), ("models", "phone-models"),
+                           ("albums", "phone-albums"), ("bulk?threshold=50", "phone-bulk")):
             page.goto(server.url + path)
             if path == "models":
+                expect(page.locator("#verdict")).to_have_text(
+                    "Suggests 6 of your 10 genres; right on 41 of 53 test songs by artists it "
+                    "never heard.")
+                expect(page.locator("#verdict")).to_be_in_viewport()
                 page.locator("details.statistics summary").tap()
             width = page.evaluate("() => document.documentElement.scrollWidth")
             assert width <= 390, (path, width)
