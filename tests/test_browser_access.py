@@ -93,6 +93,11 @@ def station(tmp_path, make_config, database, make_song):
     server.close()
 
 
+# An action may wait behind the page's spectrograms (each decodes its song in a child
+# process); on a busy machine that outlasts expect's default 5 s.
+ACTION_MS = 30_000
+
+
 def axe_violations(page) -> list[str]:
     """axe-core's violations on the page as it is now: "rule: where (why)" lines."""
     page.add_script_tag(path=str(AXE))
@@ -134,10 +139,11 @@ def test_axe_finds_nothing_on_any_page(station, device):
         expect(page.locator("#total")).to_have_text("8")
         checked["queue"] = axe_violations(page)
         card(page, "Fast Lane").locator("button.choice").first.click()
-        expect(page.locator("#status")).to_contain_text("Accepted Rock")
+        expect(page.locator("#status")).to_contain_text("Accepted Rock", timeout=ACTION_MS)
         checked["queue after an action"] = axe_violations(page)
+        page.screenshot(path=str(ARTIFACTS / f"access-toast-{device}.png"))
         card(page, "Late Set").locator("button.reject").click()
-        expect(page.locator("#total")).to_have_text("6")
+        expect(page.locator("#total")).to_have_text("6", timeout=ACTION_MS)
         page.goto(server.url + "albums")
         checked["albums"] = axe_violations(page)
         page.locator("article.album a.accept-all").click()
@@ -184,7 +190,7 @@ def test_on_a_phone(station):
         last = page.locator("article.song").last
         title = last.locator("h2").inner_text()
         last.locator("button.reject").tap()  # far below the first screen
-        expect(page.locator("#total")).to_have_text("7")
+        expect(page.locator("#total")).to_have_text("7", timeout=ACTION_MS)
         assert page.evaluate("() => window.scrollY") > 844
         toast = page.locator("#status")
         expect(toast).to_contain_text("Marked as not this genre")
@@ -193,11 +199,13 @@ def test_on_a_phone(station):
         expect(undo).to_be_in_viewport(ratio=1.0)
         page.screenshot(path=str(ARTIFACTS / "phone-after-action.png"))
         undo.tap()
-        expect(card(page, title)).to_have_count(1)
+        expect(card(page, title)).to_have_count(1, timeout=ACTION_MS)
         expect(page.locator("#total")).to_have_text("8")
         expect(toast).to_contain_text("Undone")
         expect(toast).to_be_in_viewport(ratio=1.0)
         assert page.evaluate("() => window.scrollY") == 0
+        toast.locator("button.close").tap()
+        expect(toast).to_be_hidden()
         with sessions() as session:
             made = session.scalars(select(Decision).order_by(Decision.id)).all()
         assert [(d.action, d.undone) for d in made] == [("reject", True), ("undo", False)]

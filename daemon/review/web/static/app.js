@@ -58,7 +58,8 @@
     return data;
   }
 
-  async function submitRowForm(form) {
+  // byKey: the next song is brought into view (a tap leaves the page where it is).
+  async function submitRowForm(form, byKey) {
     const row = form.closest("article.song");
     try {
       const data = await post(form.action, new FormData(form));
@@ -68,7 +69,7 @@
       if (total) total.textContent = String(Math.max(0, Number(total.textContent) - 1));
       if (!document.querySelector("article.song")) { sayAfterReload(data.message); return; }
       say(data.message, false, true);
-      select(index);
+      select(index, byKey);
     } catch (err) {
       say(err.message, true);
     }
@@ -106,9 +107,9 @@
     else if (row && ["1", "2", "3", "a"].includes(key)) {
       const choice = key === "a" ? "1" : key;
       const button = row.querySelector(`button.choice[data-choice="${choice}"]`);
-      if (button) submitRowForm(button.closest("form"));
+      if (button) submitRowForm(button.closest("form"), true);
     } else if (row && key === "r") {
-      submitRowForm(row.querySelector("button.reject").closest("form"));
+      submitRowForm(row.querySelector("button.reject").closest("form"), true);
     } else if (row && key === "p") {
       const audio = row.querySelector(".listen audio");
       if (audio.paused) {
@@ -122,6 +123,10 @@
   document.addEventListener("click", (event) => {
     if (event.target.closest && event.target.closest("#status button.undo-last")) {
       undoLast();
+      return;
+    }
+    if (event.target.closest && event.target.closest("#status button.close")) {
+      document.getElementById("status").classList.add("hidden");
       return;
     }
     const row = event.target.closest && event.target.closest("article.song");
