@@ -161,11 +161,34 @@ def test_axe_finds_nothing_on_any_page(station, device):
         page.goto(server.url + "history")
         expect(page.locator("table.history td.write.written")).to_have_count(1)
         checked["history"] = axe_violations(page)
+        page.goto(server.url)
+        expect(page.locator("#backlog")).to_contain_text("could not be written yet")
+        checked["queue with a write backlog"] = axe_violations(page)
         page.goto(server.url + "models")
         page.locator("details.statistics summary").click()
         expect(page.locator("table.tournament")).to_be_visible()
         checked["models"] = axe_violations(page)
         page.screenshot(path=str(ARTIFACTS / f"access-models-{device}.png"), full_page=True)
+    failures = [f"{name}: {line}" for name, found in checked.items() for line in found]
+    assert not failures, "\n".join(failures)
+
+
+def test_axe_finds_nothing_on_an_empty_station(tmp_path, make_config, database):
+    """Before any song or model: the empty queue, albums, history and model pages."""
+    _, sessions = database
+    server = WebServer(make_config(tmp_path / "library"), sessions, port=0)
+    server.start()
+    try:
+        with browser_page(bypass_csp=True, **DESKTOP) as page:
+            checked = {}
+            for path, empty in (("", "Nothing waiting for review"),
+                                ("albums", "No album has songs waiting"),
+                                ("history", "No decisions yet"), ("models", "No model yet")):
+                page.goto(server.url + path)
+                expect(page.locator("main")).to_contain_text(empty)
+                checked[path or "queue"] = axe_violations(page)
+    finally:
+        server.close()
     failures = [f"{name}: {line}" for name, found in checked.items() for line in found]
     assert not failures, "\n".join(failures)
 
