@@ -236,6 +236,8 @@ def test_on_a_phone(station):
         for path, name in (("history", "phone-history"), ("models", "phone-models"),
                            ("albums", "phone-albums"), ("bulk?threshold=50", "phone-bulk")):
             page.goto(server.url + path)
+            page.wait_for_load_state("load")
+            assert page.evaluate("() => window.scrollY") == 0, path  # opens at its top
             if path == "models":
                 expect(page.locator("#verdict")).to_have_text(
                     "Suggests 6 of your 10 genres; right on 41 of 53 test songs by artists it "
