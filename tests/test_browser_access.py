@@ -138,6 +138,14 @@ def test_axe_finds_nothing_on_any_page(station, device):
         sign_in(page, server)
         expect(page.locator("#total")).to_have_text("8")
         checked["queue"] = axe_violations(page)
+        # What a screen reader says: the genre and how sure, each play link its song.
+        night = card(page, "Night Drive")
+        expect(night.locator("button.choice").first).to_have_accessible_name(
+            "Accept Electronic 93% sure")
+        expect(night.locator("a.play-alike")).to_have_count(3)
+        for name in ("Blue Porch by Delta Ray", "Fast Lane by Iron Kettle",
+                     "Late Set by Quartet Nine"):
+            expect(night.get_by_role("link", name=f"Play {name}", exact=True)).to_have_count(1)
         card(page, "Fast Lane").locator("button.choice").first.click()
         expect(page.locator("#status")).to_contain_text("Accepted Rock", timeout=ACTION_MS)
         checked["queue after an action"] = axe_violations(page)
