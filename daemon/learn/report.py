@@ -202,7 +202,8 @@ def verdict(classes: list[str], cannot_suggest: dict[str, Any], metrics: dict[st
     "Suggests all 10 of your genres; right on 41 of 48 test songs by artists it never
     heard"."""
     total = len(set(classes) | set(cannot_suggest))
-    genres = (f"Suggests all {total} of your genres" if not cannot_suggest
+    genres = ("Suggests your one genre" if total == 1 and not cannot_suggest
+              else f"Suggests all {total} of your genres" if not cannot_suggest
               else f"Suggests {len(classes)} of your {total} genres")
     if unverified:
         return genres + "; not yet checked on your station's songs"
