@@ -30,6 +30,17 @@ $(BACKBONE_ONNX): $(BACKBONE)
 
 backbone: $(BACKBONE_ONNX)
 
+# npm's axe-core for the accessibility browser test (tests/test_browser_access.py), once
+# into the virtualenv, never at run time. Debian's npm only when there is no npm at all
+# (a Node.js from elsewhere brings its own, and Debian's npm would conflict with it).
+AXE_CORE := $(VENV)/share/genretagger/node_modules/axe-core/axe.min.js
+$(AXE_CORE): | $(STAMP)
+	@if command -v npm >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq npm; \
+	else echo "install npm for the accessibility test: sudo apt-get install npm"; exit 1; fi
+	npm install --silent --no-save --no-package-lock --no-audit --no-fund \
+	    --prefix $(VENV)/share/genretagger axe-core@4.14.1
+
 # The Debian packages the tests use, installed with one apt-get update when missing:
 # Chromium drives the browser tests (Playwright never downloads a browser of its own);
 # the independent tag readers and writers are what the write-back tests compare against;
@@ -51,7 +62,7 @@ debian-tools:
 demo: $(STAMP) $(BACKBONE_ONNX)
 	$(BIN)/python -m daemon.cli.demo run
 
-test: $(STAMP) $(BACKBONE_ONNX) debian-tools
+test: $(STAMP) $(BACKBONE_ONNX) debian-tools $(AXE_CORE)
 	$(BIN)/ruff check daemon trainer migrations tests bench
 	$(BIN)/python -m pytest -q
 

@@ -76,14 +76,15 @@ def page(served):
 
 
 @contextlib.contextmanager
-def browser_page():
-    """A page of Debian's chromium; on leaving, no script error may have happened."""
+def browser_page(**context):
+    """A page of Debian's chromium (`context`: Playwright's new_context arguments, a
+    1280 x 900 window unless told); on leaving, no script error may have happened."""
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                     args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
+        page = browser.new_context(**{"viewport": {"width": 1280, "height": 900},
+                                      **context}).new_page()
         errors = []
         page.on("pageerror", lambda err: errors.append(str(err)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

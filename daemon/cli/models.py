@@ -52,6 +52,7 @@ def models_list(ctx: Context, as_json: bool) -> None:
 def models_show(ctx: Context, version: int, as_json: bool) -> None:
     """One model version in detail: per-genre metrics, the tournament table of the night
     it was trained, and the genres it cannot suggest yet (with the songs each needs)."""
+    from daemon.learn.coldstart import is_unverified
     from daemon.learn.labels import station_cannot_suggest
     from daemon.learn.registry import get_model, model_details
     from daemon.learn.report import (
@@ -59,6 +60,7 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
         context_lines,
         model_report_facts,
         tournament_lines,
+        verdict,
     )
 
     with _models_sessions(ctx)() as session:
@@ -70,9 +72,12 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
         data["context"] = facts["context"]
         data["cannot_suggest_yet"] = station_cannot_suggest(session, ctx.config,
                                                             model.classes or [])
+        data["verdict"] = verdict(list(model.classes or []), data["cannot_suggest_yet"],
+                                  model.metrics or {}, unverified=is_unverified(model))
     if as_json:
         echo_json(data)
         return
+    click.echo(data["verdict"])
     for key in ("version", "status", "created_at", "activated_at", "trained_until", "n_songs",
                 "accuracy", "macro_f1", "path", "report_path"):
         click.echo(f"{key + ':':<15}{data[key]}")

@@ -18,6 +18,7 @@ same keys. A recall of null means the genre had no holdout song: "not tested", n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,22 @@ def _report(model: Model) -> dict[str, Any]:
 
 
 def model_report_facts(model: Model) -> dict[str, Any]:
-    """{"tournament": dict | None, "left_out": dict, "context": dict | None} for a model
-    (metrics, else report)."""
+    """{"tournament": dict | None, "left_out": dict, "context": dict | None, "served":
+    dict | None, "untested": {genre: why}} for a model (metrics, else report).
+
+    "served" ({"songs", "how", ...}) is there when the served model was refit on every
+    label after it was judged; "untested" names the genres without a test song and why."""
     metrics, report = model.metrics or {}, None
     found = {}
-    for key, empty in (("tournament", None), ("left_out", {}), ("context", None)):
+    for key, empty in (("tournament", None), ("left_out", {}), ("context", None),
+                       ("served", None), ("training_set", {})):
         value = metrics.get(key)
         if value is None:
             report = _report(model) if report is None else report
             value = report.get(key)
         found[key] = value if isinstance(value, dict) else empty
+    untested = found.pop("training_set").get("not_tested")
+    found["untested"] = untested if isinstance(untested, dict) else {}
     return found
 
 
@@ -134,3 +141,75 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+# ---------------------------------------------------------------- in the director's words
+
+@dataclass(frozen=True)
+class GenreFigures:
+    """One genre of a model's test: of the `said` test songs it called this genre, `right`
+    were; of the `songs` test songs of this genre, it found `right`. `untested`: why it
+    had no test song (None: it had some)."""
+
+    genre: str
+    right: int
+    said: int
+    songs: int
+    untested: str | None = None
+
+
+def right_of_tested(metrics: dict[str, Any]) -> tuple[int, int] | None:
+    """(songs it got right, test songs) of a model's test, or None when not recorded."""
+    confusion = metrics.get("confusion")
+    if confusion:
+        return (sum(int(row[i]) for i, row in enumerate(confusion) if i < len(row)),
+                sum(int(c) for row in confusion for c in row))
+    n, accuracy = metrics.get("n_songs"), metrics.get("accuracy")
+    if n and accuracy is not None:
+        return round(float(accuracy) * int(n)), int(n)
+    return None
+
+
+def genre_figures(metrics: dict[str, Any], untested: dict[str, str] | None = None
+                  ) -> list[GenreFigures]:
+    """Per genre, the counts behind its two figures (from the confusion matrix, else from
+    the rates and supports); a genre without a test song carries the reason."""
+    per_class = metrics.get("per_class") or {}
+    genres = list(metrics.get("genres") or per_class)
+    confusion = metrics.get("confusion")
+    if not confusion or len(confusion) != len(genres):
+        confusion = None
+    rows = []
+    for i, genre in enumerate(genres):
+        if confusion is not None:
+            songs, right = sum(int(c) for c in confusion[i]), int(confusion[i][i])
+            said = sum(int(row[i]) for row in confusion)
+        else:
+            m = per_class.get(genre) or {}
+            songs = int(m.get("support") or 0)
+            right = round(float(m.get("recall") or 0) * songs)
+            precision = m.get("precision")
+            said = round(right / float(precision)) if precision else 0
+        why = None if songs else ((untested or {}).get(genre) or "no test song of this genre")
+        rows.append(GenreFigures(genre, right, said, songs, why))
+    return rows
+
+
+def verdict(classes: list[str], cannot_suggest: dict[str, Any], metrics: dict[str, Any],
+            *, unverified: bool = False) -> str:
+    """One line: how many of the station's genres the model suggests and how often it is
+    right on test songs by artists it never heard (the test split is artist-disjoint), e.g.
+    "Suggests all 10 of your genres; right on 41 of 48 test songs by artists it never
+    heard"."""
+    total = len(set(classes) | set(cannot_suggest))
+    genres = ("Suggests your one genre" if total == 1 and not cannot_suggest
+              else f"Suggests all {total} of your genres" if not cannot_suggest
+              else f"Suggests {len(classes)} of your {total} genres")
+    if unverified:
+        return genres + "; not yet checked on your station's songs"
+    counts = right_of_tested(metrics)
+    if counts is None or not counts[1]:
+        return genres + "; no test songs were recorded for this version"
+    right, tested = counts
+    return (f"{genres}; right on {right} of {tested} test song{'s' if tested != 1 else ''} "
+            "by artists it never heard")

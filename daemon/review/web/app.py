@@ -30,7 +30,7 @@ from daemon.library.read import reader_pool
 from daemon.review.web import albums, auth, history, media, metrics, models, songs
 from daemon.review.web.common import Review, RowId, plain
 from daemon.review.web.connections import guarded_server
-from daemon.review.web.format import context_reason, likeness, percent, when
+from daemon.review.web.format import context_reason, likeness, path_breaks, percent, when
 from daemon.review.web.security import (
     LoginLimiter,
     check_bind,
@@ -119,6 +119,7 @@ def _configure(app: Flask, config: Config) -> None:
     app.jinja_env.filters["when"] = when
     app.jinja_env.filters["likeness"] = likeness
     app.jinja_env.filters["context_reason"] = context_reason
+    app.jinja_env.filters["path_breaks"] = path_breaks
     app.jinja_env.globals.update(
         needs_login=login_required(config.review), Action=Action, How=How,
         WriteStatus=WriteStatus)

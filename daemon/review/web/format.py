@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from markupsafe import Markup, escape
+
 
 def percent(value: float | None) -> str:
     return "" if value is None else f"{float(value) * 100:.0f}%"
@@ -39,3 +41,8 @@ def context_reason(context: dict | None) -> str:
         line += (f"; this changed the pick: by sound alone {audio[0][0]} "
                  f"({percent(audio[0][1])})")
     return line
+
+
+def path_breaks(path: str | None) -> Markup:
+    """A library path that may wrap after each slash (a phone is narrower than a path)."""
+    return Markup("/<wbr>").join(escape(part) for part in (path or "").split("/"))

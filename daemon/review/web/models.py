@@ -1,5 +1,7 @@
-"""The models page: every model version with its scores, the chosen one's confusion
-matrix, and when the nightly retrain last ran and runs next."""
+"""The models page in the director's words: a one-line verdict on the chosen model (how
+many of the station's genres it suggests, right on how many test songs), the genres it
+cannot suggest yet, its figures genre by genre with the test songs behind each, what it
+confuses, every version, and when it learns next; the statistics behind a disclosure."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ from datetime import datetime
 from flask import Blueprint, render_template, request
 
 from daemon.learn import registry, runs
+from daemon.learn.coldstart import is_unverified
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import list_models
-from daemon.learn.report import model_report_facts, recall_table
+from daemon.learn.report import genre_figures, model_report_facts, recall_table, verdict
 from daemon.learn.runs import last_run
 from daemon.review.web.common import review
 from daemon.service.scheduler import next_nightly_run, nightly_history
@@ -25,6 +28,11 @@ RUN_OUTCOME = {runs.PROMOTED: "the new version is now in use",
                runs.REJECTED: "the new version was not better, so the old one stays in use",
                runs.FAILED: "it did not finish", runs.SKIPPED: "nothing new to learn from",
                runs.RUNNING: "still learning"}
+# Each kind of model the trainer builds, in words (the details name the family too).
+FAMILY_WORDS = {"cnn": "a network that learned your songs' sound",
+                "backbone": "a general music model with a last layer learned from your songs",
+                "ensemble": "the two above together",
+                "coldstart": "a general music model, not yet taught by your songs"}
 
 
 @bp.get("/models")
@@ -47,11 +55,16 @@ def models():
     with deps.sessions() as db:
         # Live: the songs each genre has now, against the chosen model's genres.
         cannot = station_cannot_suggest(db, deps.config, chosen.classes or [] if chosen else [])
-    tournament = model_report_facts(chosen)["tournament"] if chosen else None
-    return render_template("models.html", models=all_models, chosen=chosen,
-                           matrix=confusion(chosen), last_run=last, next_run=next_run,
-                           model_status=MODEL_STATUS, outcomes=RUN_OUTCOME,
-                           tournament=tournament_table(tournament), cannot_suggest=cannot)
+    facts = model_report_facts(chosen) if chosen else {}
+    metrics = (chosen.metrics or {}) if chosen else {}
+    return render_template(
+        "models.html", models=all_models, chosen=chosen, matrix=confusion(chosen),
+        last_run=last, next_run=next_run, model_status=MODEL_STATUS, outcomes=RUN_OUTCOME,
+        tournament=tournament_table(facts.get("tournament")), cannot_suggest=cannot,
+        verdict=verdict(list(chosen.classes or []), cannot, metrics,
+                        unverified=is_unverified(chosen)) if chosen else None,
+        figures=genre_figures(metrics, facts.get("untested")), served=facts.get("served"),
+        family_words=FAMILY_WORDS)
 
 
 def tournament_table(tournament: dict | None) -> dict | None:

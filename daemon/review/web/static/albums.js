@@ -9,21 +9,17 @@
 
   function albums() { return Array.from(document.querySelectorAll("article.album")); }
 
-  function select(index) {
+  // scroll: only for j/k; on load and on a tap the page stays put (a phone opens at the top).
+  function select(index, scroll) {
     const rows = albums();
     if (!rows.length) { current = -1; return; }
     current = Math.max(0, Math.min(index, rows.length - 1));
     rows.forEach((row, i) => row.classList.toggle("current", i === current));
-    rows[current].scrollIntoView({ block: "nearest" });
+    if (scroll) rows[current].scrollIntoView({ block: "nearest" });
     rows[current].focus({ preventScroll: true });
   }
 
-  function say(message, isError) {
-    const status = document.getElementById("status");
-    status.textContent = message;
-    status.classList.remove("hidden");
-    status.classList.toggle("error", Boolean(isError));
-  }
+  const say = (message, isError) => window.genretagger.say(message, isError);
 
   async function undoLast() {
     const url = document.getElementById("albums").dataset.undoUrl;
@@ -45,8 +41,8 @@
     if (["input", "select", "textarea"].includes(tag)) return;
     const row = current >= 0 ? albums()[current] : null;
     const key = event.key;
-    if (key === "j") { select(current + 1); }
-    else if (key === "k") { select(current - 1); }
+    if (key === "j") { select(current + 1, true); }
+    else if (key === "k") { select(current - 1, true); }
     else if (key === "u") { undoLast(); }
     else if (row && key === "a") { window.location.assign(row.dataset.agreeingUrl); }
     else if (row && key === "A") { window.location.assign(row.dataset.allUrl); }
@@ -63,5 +59,5 @@
     if (row) select(albums().indexOf(row));
   });
 
-  document.addEventListener("DOMContentLoaded", () => select(0));
+  document.addEventListener("DOMContentLoaded", () => select(0, false));
 })();

@@ -9,20 +9,39 @@
   let rows = [];
   let current = -1;
 
-  function say(message, isError) {
+  // The result of an action shows in one fixed place at the foot of the screen (the
+  // status toast), so it is seen on a phone however far down the director tapped; an
+  // undoable action gets its Undo button there. A message said just before a reload is
+  // kept for the reloaded page.
+  const SAID = "genretagger-said";
+
+  function say(message, isError, undoable) {
     const status = document.getElementById("status");
     if (!status) return;
-    status.textContent = message;
+    status.querySelector(".said").textContent = message;
+    status.querySelector("button.undo-last").classList.toggle("hidden", !undoable);
     status.classList.remove("hidden");
     status.classList.toggle("error", Boolean(isError));
   }
 
-  function select(index) {
+  function sayAfterReload(message) {
+    try { window.sessionStorage.setItem(SAID, message); } catch (e) { /* private mode */ }
+    window.location.reload();
+  }
+
+  window.genretagger = { say: say, sayAfterReload: sayAfterReload };
+  // A reload (after an undo) opens at the top like a fresh visit, where the page's own
+  // messages are, rather than where the director had scrolled.
+  if ("scrollRestoration" in window.history) window.history.scrollRestoration = "manual";
+
+  // scroll: bring the row into view (j/k); on load and after a tap the page stays where
+  // it is, so a phone opens at the top of the page.
+  function select(index, scroll) {
     rows = Array.from(document.querySelectorAll("article.song"));
     if (!rows.length) { current = -1; return; }
     current = Math.max(0, Math.min(index, rows.length - 1));
     rows.forEach((row, i) => row.classList.toggle("current", i === current));
-    rows[current].scrollIntoView({ block: "nearest" });
+    if (scroll) rows[current].scrollIntoView({ block: "nearest" });
     rows[current].focus({ preventScroll: true });
   }
 
@@ -39,7 +58,8 @@
     return data;
   }
 
-  async function submitRowForm(form) {
+  // byKey: the next song is brought into view (a tap leaves the page where it is).
+  async function submitRowForm(form, byKey) {
     const row = form.closest("article.song");
     try {
       const data = await post(form.action, new FormData(form));
@@ -47,9 +67,9 @@
       row.remove();
       const total = document.getElementById("total");
       if (total) total.textContent = String(Math.max(0, Number(total.textContent) - 1));
-      say(data.message + " Press u to undo.");
-      if (!document.querySelector("article.song")) { window.location.reload(); return; }
-      select(index);
+      if (!document.querySelector("article.song")) { sayAfterReload(data.message); return; }
+      say(data.message, false, true);
+      select(index, byKey);
     } catch (err) {
       say(err.message, true);
     }
@@ -58,8 +78,7 @@
   async function undoLast() {
     try {
       const data = await post(document.body.dataset.undoLastUrl);
-      say(data.message);
-      window.location.reload();
+      sayAfterReload(data.message);
     } catch (err) {
       say(err.message, true);
     }
@@ -82,15 +101,15 @@
     if (["input", "select", "textarea"].includes(tag)) return;
     const row = currentRow();
     const key = event.key;
-    if (key === "j") { select(current + 1); }
-    else if (key === "k") { select(current - 1); }
+    if (key === "j") { select(current + 1, true); }
+    else if (key === "k") { select(current - 1, true); }
     else if (key === "u") { undoLast(); }
     else if (row && ["1", "2", "3", "a"].includes(key)) {
       const choice = key === "a" ? "1" : key;
       const button = row.querySelector(`button.choice[data-choice="${choice}"]`);
-      if (button) submitRowForm(button.closest("form"));
+      if (button) submitRowForm(button.closest("form"), true);
     } else if (row && key === "r") {
-      submitRowForm(row.querySelector("button.reject").closest("form"));
+      submitRowForm(row.querySelector("button.reject").closest("form"), true);
     } else if (row && key === "p") {
       const audio = row.querySelector(".listen audio");
       if (audio.paused) {
@@ -102,6 +121,14 @@
   });
 
   document.addEventListener("click", (event) => {
+    if (event.target.closest && event.target.closest("#status button.undo-last")) {
+      undoLast();
+      return;
+    }
+    if (event.target.closest && event.target.closest("#status button.close")) {
+      document.getElementById("status").classList.add("hidden");
+      return;
+    }
     const row = event.target.closest && event.target.closest("article.song");
     if (row) { rows = Array.from(document.querySelectorAll("article.song")); select(rows.indexOf(row)); }
   });
@@ -115,11 +142,11 @@
     event.preventDefault();
     const same = player.getAttribute("src") === link.getAttribute("href");
     document.querySelectorAll("audio").forEach((a) => a.pause());
-    document.querySelectorAll("a.play-alike").forEach((a) => { a.textContent = "▶ Play"; });
+    document.querySelectorAll("a.play-alike").forEach((a) => showPlaying(a, false));
     if (same && player.dataset.playing === "yes") { player.dataset.playing = "no"; return; }
     if (!same) player.setAttribute("src", link.getAttribute("href"));
     player.dataset.playing = "yes";
-    link.textContent = "❚❚ Pause";
+    showPlaying(link, true);
     player.play().catch(() => say("This song cannot be played here.", true));
   });
   document.addEventListener("DOMContentLoaded", () => {
@@ -127,10 +154,24 @@
     if (player) {
       player.addEventListener("ended", () => {
         player.dataset.playing = "no";
-        document.querySelectorAll("a.play-alike").forEach((a) => { a.textContent = "▶ Play"; });
+        document.querySelectorAll("a.play-alike").forEach((a) => showPlaying(a, false));
       });
     }
   });
 
-  document.addEventListener("DOMContentLoaded", () => select(0));
+  // A play link's text and its name for screen readers ("Play Blue Porch by Delta Ray").
+  function showPlaying(link, playing) {
+    link.textContent = playing ? "❚❚ Pause" : "▶ Play";
+    if (link.dataset.name) link.setAttribute("aria-label", (playing ? "Pause " : "Play ") + link.dataset.name);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    select(0, false);
+    let said = null;
+    try {
+      said = window.sessionStorage.getItem(SAID);
+      window.sessionStorage.removeItem(SAID);
+    } catch (e) { /* private mode */ }
+    if (said) say(said);
+  });
 })();
