@@ -79,80 +79,17 @@ def rewrite_front_end(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -> onn
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     graph = rewritten.graph
-    initializers = {init.name: init for init in graph.initializer}
-    values = {name: numpy_helper.to_array(init) for name, init in initializers.items()}
     chains = _front_end_chains(graph)
-    dropped: set[int] = set()
-    added = []
-    for conv, relu, norm, pool in chains:
-        weight, bias_name = values[conv.input[1]], conv.input[2] if len(conv.input) > 2 else None
-        channels = weight.shape[0]
-        bias = values[bias_name] if bias_name else np.zeros(channels, weight.dtype)
-        gamma, beta, mean, var = (values[name].astype(np.float64) for name in norm.input[1:5])
-        epsilon = _attribute(norm, "epsilon", 1e-5)
-        scale = gamma / np.sqrt(var + epsilon)
-        shift = (beta - mean * scale).astype(np.float32)
-        padded = -(-channels // block) * block
-        new_weight = np.zeros((padded, *weight.shape[1:]), np.float32)
-        new_weight[:channels] = weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
-        new_bias = np.zeros(padded, np.float32)
-        new_bias[:channels] = bias * scale
-        prefix = conv.name or conv.output[0]
-        weight_name, new_bias_name = f"{prefix}/folded_kernel", f"{prefix}/folded_bias"
-        pooled = f"{prefix}/pooled"
-        sliced = f"{prefix}/pooled_sliced"
-        spatial = [1] * (weight.ndim - 2)
-        per_channel = (channels, *spatial)
-        positive = scale >= 0
-        constants = {
-            weight_name: new_weight, new_bias_name: new_bias,
-            f"{prefix}/slice_starts": np.array([0], np.int64),
-            f"{prefix}/slice_ends": np.array([channels], np.int64),
-            f"{prefix}/slice_axes": np.array([1], np.int64),
-            f"{prefix}/shift": shift.reshape(per_channel),
-        }
-        new_conv = helper.make_node("Conv", [conv.input[0], weight_name, new_bias_name],
-                                    [f"{prefix}/scaled"], name=f"{prefix}/scaled")
-        new_conv.attribute.extend(conv.attribute)
-        new_pool = helper.make_node("MaxPool", [f"{prefix}/scaled"], [pooled],
-                                    name=f"{prefix}/pool")
-        new_pool.attribute.extend(pool.attribute)
-        nodes = [new_conv, new_pool]
-        if padded != channels:
-            nodes.append(helper.make_node(
-                "Slice", [pooled, f"{prefix}/slice_starts", f"{prefix}/slice_ends",
-                          f"{prefix}/slice_axes"], [sliced], name=f"{prefix}/slice"))
-        else:
-            sliced = pooled
-        rectified = f"{prefix}/rectified"
-        nodes.append(helper.make_node("Relu", [sliced], [rectified], name=f"{prefix}/relu"))
-        if positive.all():
-            before_shift = rectified
-        else:
-            # relu(y) where s >= 0, y - relu(y) = min(y, 0) where s < 0:
-            # relu(y) * (2p - 1) + y * (1 - p), with p = 1 where s >= 0.
-            sign = np.where(positive, 1.0, -1.0).astype(np.float32).reshape(per_channel)
-            keep = np.where(positive, 0.0, 1.0).astype(np.float32).reshape(per_channel)
-            constants[f"{prefix}/sign"] = sign
-            constants[f"{prefix}/negative"] = keep
-            nodes += [
-                helper.make_node("Mul", [rectified, f"{prefix}/sign"], [f"{prefix}/signed"],
-                                 name=f"{prefix}/signed"),
-                helper.make_node("Mul", [sliced, f"{prefix}/negative"],
-                                 [f"{prefix}/negative_part"], name=f"{prefix}/negative_part"),
-                helper.make_node("Add", [f"{prefix}/signed", f"{prefix}/negative_part"],
-                                 [f"{prefix}/unshifted"], name=f"{prefix}/unshifted"),
-            ]
-            before_shift = f"{prefix}/unshifted"
-        nodes.append(helper.make_node("Add", [before_shift, f"{prefix}/shift"],
-                                      [pool.output[0]], name=f"{prefix}/shifted"))
-        added.append((conv, nodes))
-        dropped.update(id(node) for node in (conv, relu, norm, pool))
-        graph.initializer.extend(numpy_helper.from_array(value, name)
-                                 for name, value in constants.items())
     if not chains:
         return rewritten
-    replacement = {id(conv): nodes for conv, nodes in added}
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    replacement, dropped = {}, set()
+    for chain in chains:
+        nodes, constants = _rewritten_chain(*chain, values, block)
+        replacement[id(chain[0])] = nodes
+        dropped.update(id(node) for node in chain)
+        graph.initializer.extend(numpy_helper.from_array(value, name)
+                                 for name, value in constants.items())
     ordered = []
     for node in graph.node:
         if id(node) in replacement:
@@ -164,6 +101,64 @@ def rewrite_front_end(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -> onn
     _drop_unused_initializers(graph)
     onnx.checker.check_model(rewritten)
     return rewritten
+
+
+def _rewritten_chain(conv, relu, norm, pool, values: dict[str, np.ndarray],
+                     block: int) -> tuple[list, dict[str, np.ndarray]]:
+    """The nodes and constants replacing one chain; the last node writes the pool's
+    output tensor, so everything downstream is unchanged."""
+    weight = values[conv.input[1]]
+    channels = weight.shape[0]
+    bias = values[conv.input[2]] if len(conv.input) > 2 else np.zeros(channels, np.float32)
+    gamma, beta, mean, var = (values[name].astype(np.float64) for name in norm.input[1:5])
+    scale = gamma / np.sqrt(var + _attribute(norm, "epsilon", 1e-5))
+    per_channel = (channels, *[1] * (weight.ndim - 2))
+    padded = -(-channels // block) * block
+    kernel = np.zeros((padded, *weight.shape[1:]), np.float32)
+    kernel[:channels] = weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
+    shifted_bias = np.zeros(padded, np.float32)
+    shifted_bias[:channels] = bias * scale
+    name = (conv.name or conv.output[0]) + "/"
+    constants = {
+        name + "kernel": kernel, name + "bias": shifted_bias,
+        name + "shift": (beta - mean * scale).astype(np.float32).reshape(per_channel),
+        name + "starts": np.array([0], np.int64), name + "ends": np.array([channels], np.int64),
+        name + "axes": np.array([1], np.int64),
+    }
+    new_conv = helper.make_node("Conv", [conv.input[0], name + "kernel", name + "bias"],
+                                [name + "scaled"], name=name + "scaled")
+    new_conv.attribute.extend(conv.attribute)
+    new_pool = helper.make_node("MaxPool", [name + "scaled"], [name + "pooled"],
+                                name=name + "pooled")
+    new_pool.attribute.extend(pool.attribute)
+    nodes, pooled = [new_conv, new_pool], name + "pooled"
+    if padded != channels:
+        nodes.append(helper.make_node("Slice", [pooled, name + "starts", name + "ends",
+                                                name + "axes"], [name + "sliced"],
+                                      name=name + "sliced"))
+        pooled = name + "sliced"
+    nodes.append(helper.make_node("Relu", [pooled], [name + "relu"], name=name + "relu"))
+    unshifted = name + "relu"
+    positive = scale >= 0
+    if not positive.all():
+        # relu(y) where s >= 0, y - relu(y) = min(y, 0) where s < 0:
+        # relu(y) * (2p - 1) + y * (1 - p), with p = 1 where s >= 0.
+        constants[name + "sign"] = np.where(positive, 1, -1).astype(np.float32).reshape(
+            per_channel)
+        constants[name + "negative"] = np.where(positive, 0, 1).astype(np.float32).reshape(
+            per_channel)
+        nodes += [
+            helper.make_node("Mul", [name + "relu", name + "sign"], [name + "signed"],
+                             name=name + "signed"),
+            helper.make_node("Mul", [pooled, name + "negative"], [name + "negative_part"],
+                             name=name + "negative_part"),
+            helper.make_node("Add", [name + "signed", name + "negative_part"],
+                             [name + "unshifted"], name=name + "unshifted"),
+        ]
+        unshifted = name + "unshifted"
+    nodes.append(helper.make_node("Add", [unshifted, name + "shift"], [pool.output[0]],
+                                  name=name + "shifted"))
+    return nodes, constants
 
 
 def _drop_unused_initializers(graph) -> None:
