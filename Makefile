@@ -24,8 +24,9 @@ $(BACKBONE): | $(STAMP)
 	$(BIN)/python -m trainer.backbone unpack $(MUSICNN)
 
 # The ONNX conversion (needs TensorFlow, the [trainer] extra), once: heads, bundles and
-# the cold start then need onnxruntime only.
-$(BACKBONE_ONNX): $(BACKBONE)
+# the cold start then need onnxruntime only. Converted again when the conversion or its
+# exact front-end rewrite changes.
+$(BACKBONE_ONNX): $(BACKBONE) trainer/backbone.py trainer/rewrite.py
 	$(BIN)/python -m trainer.backbone convert $(BACKBONE_ONNX)
 
 backbone: $(BACKBONE_ONNX)

@@ -12,12 +12,15 @@ On bench/decode.py's generated library (3-7 minute songs in every format; cached
 bench/out/decode-library/), songs/s of, per song:
   - cnn:      decode 5 x 1 s clips at 22,050 Hz + log spectrograms + the seed CNN (ORT);
   - backbone: decode 5 x 3 s patches at 16 kHz + log mel (daemon.audio.features) + the ONNX
-              musicnn backbone (ORT), embedding = mean over patches;
+              musicnn backbone (ORT) as `make backbone` writes it (front end rewritten,
+              trainer/rewrite.py), embedding = mean over patches;
+  - converted: the same with the backbone as tf2onnx wrote it (the rewrite's baseline);
 each in one process at one ORT thread (the daemon's setting), then in --processes worker
-processes; plus where a backbone song's time goes and ORT's time per patch. The CNN's
-weights are untrained (its speed does not depend on them). The backbone is converted once
-into bench/out/backbone.onnx (needs `make backbone`). Figures, not a pass/fail test; the
-machine may be shared, so the load average is printed too.
+processes; plus where a backbone song's time goes, ORT's time per patch of both graphs
+(interleaved rounds) and the cosine and largest difference between their embeddings on
+every decoded song. The CNN's weights are untrained (its speed does not depend on them).
+Both backbones are converted once into bench/out/ (needs `make backbone`). Figures, not a
+pass/fail test; the machine may be shared, so the load average is printed too.
 """
 
 from __future__ import annotations
@@ -80,19 +83,25 @@ def cnn_song(path: Path) -> dict[str, float]:
     return {"decode": decoded - started, "features": featured - decoded, "model": done - featured}
 
 
-def backbone_song(path: Path) -> dict[str, float]:
+def backbone_song(path: Path, graph: str = "backbone") -> dict[str, float]:
     started = time.perf_counter()
     windows = decode_clips(path, BACKBONE_SPEC)[1]
     decoded = time.perf_counter()
     patches = backbone_patches(windows, BACKBONE_SPEC)
     featured = time.perf_counter()
-    embedding = _sessions["backbone"].run(["penultimate"], {"patches": patches})[0].mean(0)
+    embedding = _sessions[graph].run(["penultimate"], {"patches": patches})[0].mean(0)
     done = time.perf_counter()
     assert np.isfinite(embedding).all(), path
     return {"decode": decoded - started, "features": featured - decoded, "model": done - featured}
 
 
-STEPS = {"cnn": cnn_song, "backbone": backbone_song}
+def converted_song(path: Path) -> dict[str, float]:
+    return backbone_song(path, "converted")
+
+
+# "backbone" is the graph `make backbone` writes (front end rewritten, trainer/rewrite.py);
+# "converted" the same network as tf2onnx wrote it, the baseline of the rewrite.
+STEPS = {"cnn": cnn_song, "converted": converted_song, "backbone": backbone_song}
 
 
 def _pooled(family: str, path: Path) -> dict[str, float]:
@@ -109,12 +118,22 @@ def cnn_model(path: Path) -> Path:
     return path
 
 
-def backbone_model(path: Path) -> Path:
-    if not path.exists():
-        from trainer.backbone import convert, demo_patches
+def backbone_model(path: Path, rewrite: bool = True) -> Path:
+    """The ONNX backbone as `make backbone` writes it, or (rewrite=False) as tf2onnx wrote
+    it; converted once into bench/out/, re-converted when the graph form differs."""
+    import onnx
 
-        done = convert(path, demo_patches())
-        print(f"converted the backbone in {done.seconds:.1f} s ({done.size / 1e6:.1f} MB)")
+    from trainer.backbone import GRAPH_AS_CONVERTED, GRAPH_REWRITTEN, convert, demo_patches
+
+    wanted = GRAPH_REWRITTEN if rewrite else GRAPH_AS_CONVERTED
+    if path.exists():
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+                 .metadata_props}
+        if props.get("backbone_graph") == wanted:
+            return path
+    done = convert(path, demo_patches(), rewrite=rewrite)
+    print(f"converted the backbone ({wanted}) in {done.seconds:.1f} s "
+          f"({done.size / 1e6:.1f} MB)")
     return path
 
 
@@ -146,6 +165,7 @@ def extraction(args: argparse.Namespace) -> None:
 
     OUT.mkdir(exist_ok=True)
     models = {"cnn": cnn_model(OUT / "seed-cnn-untrained.onnx"),
+              "converted": backbone_model(OUT / "backbone-as-converted.onnx", rewrite=False),
               "backbone": backbone_model(OUT / "backbone.onnx")}
     songs = build_library(args.library, args.songs_per_format, args.masters_per_format)
     print(f"{len(songs)} songs in {len({s.suffix for s in songs})} formats; "
@@ -173,24 +193,49 @@ def extraction(args: argparse.Namespace) -> None:
             rates[family][f"{args.processes} processes"] = rate
             print(f"{family:8} {args.processes} processes: {rate:5.1f} songs/s", flush=True)
 
-    patches = backbone_patches(decode_clips(songs[0], BACKBONE_SPEC)[1])
-    session = _sessions["backbone"]
-    runs = 5
-    started = time.perf_counter()
-    for _ in range(runs):
-        session.run(None, {"patches": patches})
-    per_patch = (time.perf_counter() - started) / (runs * len(patches))
-    print(f"\nbackbone ORT per 3-s patch, 1 thread: {1000 * per_patch:.0f} ms")
+    rewrite_parity(songs)
 
-    print(f"\n{'':12} {'cnn songs/s':>12} {'backbone songs/s':>17} {'backbone/cnn':>13}")
+    print(f"\n{'':12} {'cnn songs/s':>12} {'converted':>10} {'rewritten':>10} "
+          f"{'rewritten/converted':>20} {'rewritten/cnn':>14}")
     for setting in rates["cnn"]:
-        cnn, ours = rates["cnn"][setting], rates["backbone"][setting]
-        print(f"{setting:12} {cnn:12.1f} {ours:17.1f} {ours / cnn:12.2f}x")
+        cnn, plain, ours = (rates[f][setting] for f in ("cnn", "converted", "backbone"))
+        print(f"{setting:12} {cnn:12.1f} {plain:10.1f} {ours:10.1f} {ours / plain:19.2f}x "
+              f"{ours / cnn:13.2f}x")
     best = max(rates["backbone"].values())
     print(f"cold backfill of {COLD_BACKFILL_SONGS:,} songs through the backbone at "
           f"{best:.1f} songs/s: {COLD_BACKFILL_SONGS / best / 60:.0f} min (target: 8 songs/s,"
           f" <= 35 min)")
     print(f"\nload average at end: {os.getloadavg()[0]:.1f} (cpus={os.cpu_count()})")
+
+
+def rewrite_parity(songs: list[Path], rounds: int = 5, batch: int = 8) -> None:
+    """ms per 3-s patch of the converted and the rewritten backbone (interleaved rounds,
+    one ORT thread, `batch` patches a run), and how far apart their song embeddings are
+    on every decoded song."""
+    patches = [backbone_patches(decode_clips(song, BACKBONE_SPEC)[1]) for song in songs]
+    every = np.concatenate(patches)
+    timed = np.resize(every, (batch * 4, *every.shape[1:]))
+    seconds = {"converted": [], "backbone": []}
+    for _ in range(rounds):
+        for graph in seconds:
+            session = _sessions[graph]
+            started = time.perf_counter()
+            for i in range(0, len(timed), batch):
+                session.run(["penultimate"], {"patches": timed[i:i + batch]})
+            seconds[graph].append((time.perf_counter() - started) / len(timed))
+    plain, ours = (1000 * float(np.median(seconds[g])) for g in ("converted", "backbone"))
+    print(f"\nbackbone ORT per 3-s patch, 1 thread, batch {batch} (median of {rounds} "
+          f"interleaved rounds): converted {plain:.1f} ms, rewritten {ours:.1f} ms "
+          f"({plain / ours:.2f}x)")
+    cosines, worst = [], 0.0
+    for song in patches:
+        a, b = (_sessions[g].run(["penultimate"], {"patches": song})[0]
+                for g in ("converted", "backbone"))
+        worst = max(worst, float(np.abs(a - b).max() / max(1.0, np.abs(a).max())))
+        x, y = a.mean(0), b.mean(0)
+        cosines.append(float(x @ y / np.linalg.norm(x) / np.linalg.norm(y)))
+    print(f"song embeddings, rewritten vs converted, {len(patches)} decoded songs: "
+          f"min cosine {min(cosines):.7f}, max relative difference per patch {worst:.1e}")
 
 
 if __name__ == "__main__":

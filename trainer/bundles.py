@@ -143,7 +143,8 @@ def backbone_metadata(backbone: onnx.ModelProto,
     output, and trainer.backbone.metadata()'s source and licence fields."""
     props = {p.key: p.value for p in backbone.metadata_props}
     tags = tuple(json.loads(props.get("msd_tags", "[]")))
-    about = bb.metadata(tags, backbone_spec)
+    about = bb.metadata(tags, backbone_spec,
+                        graph=props.get("backbone_graph", bb.GRAPH_AS_CONVERTED))
     about.pop("backbone_outputs")
     about.pop("msd_tags")
     about["embedding"] = {"input": INPUT_NAMES[BACKBONE], "output": EMBEDDING_OUTPUT,

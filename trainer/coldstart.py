@@ -143,9 +143,10 @@ def compose(backbone: onnx.ModelProto, matrix: np.ndarray) -> onnx.ModelProto:
 
 
 def bundle_metadata(classes: tuple[str, ...], cold_start: Mapping[str, tuple[str, ...]],
-                    tags: tuple[str, ...], no_tag: tuple[str, ...]) -> dict:
+                    tags: tuple[str, ...], no_tag: tuple[str, ...],
+                    graph: str = bb.GRAPH_AS_CONVERTED) -> dict:
     """The bundle's metadata_props (ISSUE12 contract section 2) before JSON encoding."""
-    backbone_facts = bb.metadata(tags, BACKBONE_SPEC)
+    backbone_facts = bb.metadata(tags, BACKBONE_SPEC, graph=graph)
     backbone_facts.pop("backbone_outputs")  # this graph has only the two outputs below
     return {
         **backbone_facts,
@@ -203,13 +204,16 @@ def build(out: Path, genre_map: GenreMap, *, backbone: Path | None = None,
                           " the [cold_start] table cannot be trusted")
     classes, matrix = mapping_matrix(genre_map.cold_start, tags)
     no_tag = tuple(g for g in genre_map.canonical if g not in classes)
-    model = compose(onnx.load(str(backbone)), matrix)
+    source = onnx.load(str(backbone))
+    graph_form = {p.key: p.value for p in source.metadata_props}.get(
+        "backbone_graph", bb.GRAPH_AS_CONVERTED)
+    model = compose(source, matrix)
     patches = bb.demo_patches() if parity_patches is None else parity_patches
     diff = parity(model, backbone, matrix, patches)
     if not diff <= tolerance:
         raise ParityError(f"the cold-start graph differs from the backbone + mapping by "
                           f"{diff:.2e} (> {tolerance:.0e}); {out} not written")
-    metadata = bundle_metadata(classes, genre_map.cold_start, tags, no_tag)
+    metadata = bundle_metadata(classes, genre_map.cold_start, tags, no_tag, graph_form)
     helper.set_model_props(model, metadata_props(metadata))
     onnx.checker.check_model(model)
     out = Path(out)
