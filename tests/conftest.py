@@ -98,14 +98,30 @@ def database_url(request, tmp_path):
     cluster.drop_database(url)
 
 
+def shared_dir(tmp_path_factory, worker_id: str, name: str) -> Path:
+    """A folder every test process of this run sees: the session's base temp dir, or
+    under pytest-xdist the parent the workers' base dirs share (fill it under a lock)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base if worker_id == "master" else base.parent) / name
+
+
 @pytest.fixture(scope="session")
-def trained_bundle(tmp_path_factory) -> Path:
+def trained_bundle(tmp_path_factory, worker_id) -> Path:
     """A trainer --out dir (model.onnx ...) for Classical / Hip-Hop / Metal.
 
-    Session-scoped and kept under the session's base temp dir, so test_service,
-    test_worker and test_isolation share one training instead of each running its own.
+    Session-scoped and kept where every test process of the run finds it, so
+    test_service, test_worker and test_isolation share one training instead of each
+    running its own (under pytest-xdist the first worker trains, the others wait).
     """
-    base = tmp_path_factory.getbasetemp() / "trained-3-genres"
+    from filelock import FileLock
+
+    base = shared_dir(tmp_path_factory, worker_id, "trained-3-genres")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(base) + ".lock"):
+        return _train_three_genres(base)
+
+
+def _train_three_genres(base: Path) -> Path:
     if (base / "out" / "model.onnx").exists():
         return base / "out"
     shutil.rmtree(base, ignore_errors=True)
