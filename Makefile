@@ -8,7 +8,7 @@ MUSICNN  := $(VENV)/share/genretagger/musicnn
 BACKBONE := $(MUSICNN)/MSD_musicnn/.meta
 BACKBONE_ONNX := $(MUSICNN)/backbone.onnx
 
-.PHONY: demo test bench lint clean backbone debian-tools
+.PHONY: demo test check bench lint clean backbone debian-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,9 +63,17 @@ debian-tools:
 demo: $(STAMP) $(BACKBONE_ONNX)
 	$(BIN)/python -m daemon.cli.demo run
 
+# Every core: whole modules to a worker, so a module's fixtures are made once.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: $(STAMP) $(BACKBONE_ONNX) debian-tools $(AXE_CORE)
 	$(BIN)/ruff check daemon trainer migrations tests bench
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+# The edit-test loop: lint and every test that needs no trainer, daemon or browser.
+check: $(STAMP) $(BACKBONE_ONNX) debian-tools
+	$(BIN)/ruff check daemon trainer migrations tests bench
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP) $(BACKBONE_ONNX)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -16,6 +16,13 @@ from daemon.cli.demo import encode, make_library, synthesize
 from daemon.core.config import Config, parse_config
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first: under pytest-xdist (`make test`) the long training
+    and daemon modules start at once rather than trailing at the end of the run."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
+
+
 @pytest.fixture
 def make_song(tmp_path):
     """make_song(name, genre="Rock", seconds=12, sr=22050, channels=2, **tags) -> Path.
