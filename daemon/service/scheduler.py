@@ -249,7 +249,6 @@ class Scheduler:
             made = backup_database(path, self.config.backups_dir, "daily",
                                    keep=self.config.backup.keep)
         except BackupFailed as err:
-            log.error("%s", err)
             raise JobFailed(f"backup: {err}") from err
         log.info("backed the database up to %s", made)
 

@@ -11,7 +11,14 @@ it counts as running when either is fresh and its pid is alive.
       "daemon": {"running": bool, "pid": int|null, "started_at": str|null,
                  "heartbeat": str|null, "stopped_at": str|null, "last_file": str|null,
                  "model_loaded": int|null,
-                 "healthy": bool|null},       # null: no live service published its health
+                 "healthy": bool|null,        # null: no live service published its health
+                 "publishing": bool},         # false: alive (it holds the leader lock)
+                                              # but neither heartbeat nor health is fresh
+      "storage": {"state_dir": str, "free_bytes": int|null, "total_bytes": int|null,
+                  "disk_full": bool,          # less than 1 MiB free on state_dir's disk
+                  "database_unwritable": str|null,   # why the SQLite file cannot be written
+                  "condition": str|null},     # what is wrong, in words; null: all well
+      "library": {"root": str, "problem": str|null},   # why the root cannot be read
       "leader": null | {"host": str, "pid": int, "since": str,   # the service running the
                         "stopped_at": str|null},  # walk, writer, scheduler, retrainer
       "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
@@ -67,15 +74,18 @@ it counts as running when either is fresh and its pid is alive.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
-from daemon.core.db.engine import display_url
+from daemon.core.db.engine import display_url, sqlite_path
 from daemon.core.db.models import (
     Decision,
     Event,
@@ -85,6 +95,8 @@ from daemon.core.db.models import (
     Track,
     utcnow,
 )
+from daemon.core.disk import human_bytes, state_disk, unwritable_reason
+from daemon.core.errors import os_reason
 from daemon.core.health import pid_alive, read_health
 from daemon.core.paths import display_stored
 from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, WriteStatus
@@ -93,12 +105,14 @@ from daemon.learn.registry import active_model
 from daemon.learn.report import cannot_suggest_lines
 from daemon.learn.runs import last_run
 from daemon.review.albums import count_mixed
-from daemon.service.leader import LEADER_KEY
+from daemon.service.leader import LEADER_KEY, lock_holder
 from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.workers import list_workers
 
 DAEMON_KEY = "daemon"
+# The service's component that says whether it can write (daemon.service.wiring.STORAGE).
+STORAGE_COMPONENT = "database"
 LAST_RECONCILE_KEY = "last_reconcile"
 # The daemon writes its heartbeat every HEARTBEAT_SECONDS; three missed ones = not running.
 HEARTBEAT_SECONDS = 10.0
@@ -172,13 +186,18 @@ def events_last_hour(session: Session, now: datetime) -> dict[str, int]:
             "failed": int(events.get("failed", 0))}
 
 
-def _daemon_part(beat: dict, health: dict | None, now: datetime) -> dict[str, Any]:
+def _daemon_part(beat: dict, health: dict | None, now: datetime,
+                 holder: int | None = None) -> dict[str, Any]:
+    # The health file is written apart from the database: a daemon waiting out a locked
+    # database still counts as running. On a full disk it can write neither; the leader
+    # lock's holder still says it is alive.
+    publishing = daemon_running(beat, now) or health is not None
+    alive = holder is not None and pid_alive(holder)
     return {
-        # The health file is written apart from the database: a daemon waiting out a
-        # locked database still counts as running.
-        "running": daemon_running(beat, now) or health is not None,
-        "healthy": health.get("healthy") if health else None,
-        "pid": beat.get("pid"),
+        "running": publishing or alive,
+        "publishing": publishing,
+        "healthy": health.get("healthy") if health else (False if alive else None),
+        "pid": beat.get("pid") if publishing or not alive else holder,
         "started_at": beat.get("started_at"),
         "heartbeat": beat.get("heartbeat"),
         "stopped_at": beat.get("stopped_at"),
@@ -266,6 +285,38 @@ def pending_suggestions(session: Session) -> int:
         Suggestion.status == SuggestionStatus.PENDING)) or 0)
 
 
+def storage_status(config: Config, components: dict[str, dict]) -> dict[str, Any]:
+    """The state disk and the database file: free space, can it be written, and what is
+    wrong in words (the service's own "database" component's error, when it has one)."""
+    disk = state_disk(config.state_dir)
+    path = sqlite_path(config.db_url)
+    unwritable = unwritable_reason(path) if path is not None else None
+    reported = components.get(STORAGE_COMPONENT) or {}
+    condition = None
+    if disk["full"]:
+        condition = (f"state disk full: {human_bytes(disk['free_bytes'])} free on "
+                     f"{config.state_dir}; free space there (the service goes on by itself)")
+    elif unwritable:
+        condition = f"the database cannot be written: {unwritable}"
+    elif reported and not reported.get("healthy") and reported.get("last_error"):
+        condition = reported["last_error"]
+    return {"state_dir": str(config.state_dir), "free_bytes": disk["free_bytes"],
+            "total_bytes": disk["total_bytes"], "disk_full": disk["full"],
+            "database_unwritable": unwritable, "condition": condition}
+
+
+def library_problem(root: Path) -> str | None:
+    """Why the library root cannot be read (gone, not a folder, no permission), or None."""
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except NotADirectoryError:
+        return "not a folder"
+    except OSError as err:
+        return os_reason(err) if err.errno != errno.ENOENT else "does not exist (not mounted?)"
+    return None
+
+
 def collect_status(config: Config, sessions: sessionmaker[Session],
                    now: datetime | None = None) -> dict[str, Any]:
     """Everything `status` shows, as the documented JSON-able dict."""
@@ -278,12 +329,17 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
         leader = session.get(ServiceState, LEADER_KEY)
         walk = dict(reconcile.value or {}) if reconcile is not None else None
         health = published_health(config, now)
+        components = health.get("components", {}) if health else {}
         active = active_model(session)
+        holder = lock_holder(config.state_dir) if sqlite_path(config.db_url) else None
+        root = config.library.root
         return {
             "daemon": _daemon_part(dict(heartbeat.value) if heartbeat is not None else {},
-                                   health, now),
+                                   health, now, holder),
+            "storage": storage_status(config, components),
+            "library": {"root": str(root), "problem": library_problem(root)},
             "leader": dict(leader.value) if leader is not None else None,
-            "components": health.get("components", {}) if health else {},
+            "components": components,
             "database": display_url(config.db_url),
             "tracks": {"total": sum(by_state.values()), "by_state": by_state},
             "queue_depth": queue_depth(session),
@@ -313,7 +369,11 @@ def _local(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def _daemon_line(d: dict[str, Any]) -> str:
+def _daemon_line(d: dict[str, Any], storage: dict[str, Any] | None = None) -> str:
+    if d["running"] and not d.get("publishing", True):
+        why = (storage or {}).get("condition") or "see `journalctl -u genretagger`"
+        return (f"daemon:      running (pid {d['pid']}), but it cannot publish its heartbeat "
+                f"or health: {why}")
     if d["running"]:
         return f"daemon:      running (pid {d['pid']}, since {_local(d['started_at'])})"
     if d["stopped_at"]:
@@ -396,9 +456,18 @@ def _retrain_line(retrain: dict[str, Any]) -> str:
 def render_status(data: dict[str, Any]) -> str:
     """The short plain-text report for the station's IT volunteer."""
     d = data["daemon"]
-    lines = [_daemon_line(d), *_leader_lines(data.get("leader"), d["running"]),
+    storage = data.get("storage") or {}
+    lines = [_daemon_line(d, storage), *_leader_lines(data.get("leader"), d["running"]),
              *_component_lines(data.get("components") or {}),
              f"database:    {data['database']}"]
+    if storage:
+        lines.append(f"state disk:  {human_bytes(storage['free_bytes'])} free of "
+                     f"{human_bytes(storage['total_bytes'])} on {storage['state_dir']}"
+                     + (f"; PROBLEM: {storage['condition']}" if storage["condition"] else ""))
+    library = data.get("library") or {}
+    if library.get("problem"):
+        lines.append(f"library:     CANNOT READ {library['root']}: {library['problem']} "
+                     "(nothing is marked missing while it cannot be read)")
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))

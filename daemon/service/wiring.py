@@ -78,16 +78,13 @@ from daemon.service.logs import setup_logging
 from daemon.service.metrics import MetricsSources
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.service.scheduler import Scheduler
-from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
+from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS, STORAGE_COMPONENT
 from daemon.suggest.neighbours import Neighbours
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
 from daemon.suggest.workers import beat, register, retire
 
 log = logging.getLogger(__name__)
-
-# The component that says whether the service can write its database and state disk.
-STORAGE = "database"
 
 STOP_SECONDS = 20.0
 # Each component but the last to close (the worker, whose in-flight files have been
@@ -163,7 +160,7 @@ class Service:
                                      on_status=self.notifier.status,
                                      worker_id=lambda: getattr(self, "worker_id", None))
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
-        self.storage = Health(STORAGE)
+        self.storage = Health(STORAGE_COMPONENT)
         self._health_stop = threading.Event()
         self._health_thread = threading.Thread(target=self._health_loop, name="health",
                                                daemon=True)
@@ -410,7 +407,7 @@ class Service:
             else:
                 reports[name] = got
         reports["leader"] = self.leadership.health_report()
-        reports[STORAGE] = self.storage_report()
+        reports[STORAGE_COMPONENT] = self.storage_report()
         if self.retrainer is not None and "retrainer" not in reports:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
                                     "waiting": "for the first walk's files to settle"}
@@ -434,7 +431,7 @@ class Service:
         if self.stop_event.is_set() or not self._running:
             return True  # starting or stopping: systemd's start/stop timeouts cover us
         return all(report.get("healthy") for name, report in self.components().items()
-                   if name != STORAGE)
+                   if name != STORAGE_COMPONENT)
 
     def _publish_health(self, stopped: bool = False) -> None:
         """state_dir/health.json for `status` (a file, so a locked database cannot hold
