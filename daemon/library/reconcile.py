@@ -1,7 +1,8 @@
 """The Library component: the station's library and its tracks in the database.
 
     reconcile   walk the library (stat only, daemon.library.walk) and compare each file's
-                (size, mtime) with the database: new and changed files go into settle
+                (size, mtime) with the database (a quarantined file's ctime too: a chmod
+                or chown may have fixed it): new and changed files go into settle
                 tracking, vanished ones become `missing` -- unless the mount-loss guard
                 (daemon.library.mounts) holds
     notice      the watcher reports one path; it goes into settle tracking
@@ -50,6 +51,7 @@ from daemon.library.walk import (
     SKIPPED_SHOWN,
     Stat,
     examine,
+    inode_ctime,
     is_library_file,
     is_library_folder,
     remove_leftovers,
@@ -106,19 +108,30 @@ class _Known:
     stat: Stat
     written: Stat | None
     state: str
+    quarantined_ctime: float | None = None
 
 
 _KNOWN_COLUMNS = (Track.id, Track.path, Track.size, Track.mtime, Track.written_size,
-                  Track.written_mtime, Track.state)
+                  Track.written_mtime, Track.state, Track.quarantined_ctime)
 
 
 def _known(rows: Iterable) -> dict[str, _Known]:
     """Rows of _KNOWN_COLUMNS -> {relative path in filesystem form: _Known}."""
     known = {}
-    for id_, path, size, mtime, wsize, wmtime, state in rows:
+    for id_, path, size, mtime, wsize, wmtime, state, qctime in rows:
         written = (wsize, wmtime) if wsize is not None and wmtime is not None else None
-        known[filesystem_path(path)] = _Known(id_, (size, mtime), written, state)
+        known[filesystem_path(path)] = _Known(id_, (size, mtime), written, state, qctime)
     return known
+
+
+def quarantine_lifted(known: _Known, path: str) -> bool:
+    """A quarantined file with the same size and mtime changed anyway: its ctime moved
+    (a chmod or chown fixed what failed, or a copy kept the mtime), or it was quarantined
+    before its ctime was kept. It goes back to the queue."""
+    if known.state != S.QUARANTINED:
+        return False
+    ctime = inode_ctime(path)
+    return ctime is not None and ctime != known.quarantined_ctime
 
 
 class Library:
@@ -246,7 +259,8 @@ class Library:
                 if k is None or k.state == S.MISSING:
                     new += 1
                     self.tracker.observe(rel, st[0], st[1], now)
-                elif same_stat(k.stat, st):
+                elif same_stat(k.stat, st) and not quarantine_lifted(
+                        k, os.path.join(root, rel)):
                     unchanged += 1
                 elif k.written is not None and same_stat(k.written, st):
                     ours.append({"id": k.id, "size": st[0], "mtime": st[1]})

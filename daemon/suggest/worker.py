@@ -57,7 +57,7 @@ from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
 from daemon.core.retry import backoff
 from daemon.core.states import TrackState, move
 from daemon.library.fingerprint import fingerprint
-from daemon.library.walk import same_stat
+from daemon.library.walk import inode_ctime, same_stat
 from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.inputs import SongInputs, WindowSpecs
@@ -410,6 +410,7 @@ class Worker:
             if quarantined:
                 move(track, TrackState.QUARANTINED)
                 track.next_attempt_at = None
+                track.quarantined_ctime = self._ctime(claim)
             else:
                 move(track, TrackState.RETRYING)
                 track.next_attempt_at = now + timedelta(
@@ -426,6 +427,13 @@ class Worker:
         else:
             log.warning("failed %s (attempt %d of %d, retrying): %s", claim.path, attempts,
                         workers.max_attempts, error.reason)
+
+    def _ctime(self, claim: Claim) -> float | None:
+        """The claimed file's ctime (None: it cannot be looked at)."""
+        try:
+            return inode_ctime(library_file(self.root, claim.path))
+        except FileError:
+            return None
 
     def _settled(self, claim: Claim) -> bool:
         """The file still has the size and mtime it settled with (the track's row)."""
