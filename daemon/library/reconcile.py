@@ -412,7 +412,8 @@ class Library:
         for rel, st in list(ready.items()):
             k = known.get(rel)
             if k is not None and k.state != S.MISSING:
-                if same_stat(k.stat, st):
+                if same_stat(k.stat, st) and not quarantine_lifted(
+                        k, os.path.join(self.root, rel)):
                     handled.append(rel)  # nothing changed (an open/close, our own read)
                     del ready[rel]
                 elif k.written is not None and same_stat(k.written, st):
