@@ -99,12 +99,13 @@ from daemon.core.disk import human_bytes, state_disk, unwritable_reason
 from daemon.core.errors import os_reason
 from daemon.core.health import pid_alive, read_health
 from daemon.core.paths import display_stored
-from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, WriteStatus
+from daemon.core.states import WRITE_OUTSTANDING, TrackState, WriteStatus
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
 from daemon.learn.report import cannot_suggest_lines
 from daemon.learn.runs import last_run
 from daemon.review.albums import count_mixed
+from daemon.review.decisions import waiting_for_review
 from daemon.service.leader import LEADER_KEY, lock_holder
 from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.suggest.queue import queue_depth
@@ -281,8 +282,9 @@ def tracks_by_state(session: Session) -> dict[str, int]:
 
 def pending_suggestions(session: Session) -> int:
     """Suggestions waiting for the music director."""
-    return int(session.scalar(select(func.count()).select_from(Suggestion).where(
-        Suggestion.status == SuggestionStatus.PENDING)) or 0)
+    return int(session.scalar(select(func.count()).select_from(Suggestion)
+                              .join(Track, Suggestion.track_id == Track.id)
+                              .where(waiting_for_review())) or 0)
 
 
 def storage_status(config: Config, components: dict[str, dict]) -> dict[str, Any]:
