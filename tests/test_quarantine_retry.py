@@ -133,6 +133,8 @@ def test_chmod_000_quarantines_and_chmod_644_brings_it_back_on_the_next_walk(
     make_song("ok.flac", folder=station.library)
     locked = make_song("locked.mp3", "Jazz", seed=1, folder=station.library)
     locked.chmod(0o000)
+    make_song("in a locked folder.flac", folder=station.library / "Locked")
+    (station.library / "Locked").chmod(0o000)
     with open(station.log, "a") as log:
         station.proc = subprocess.Popen(
             NO_ROOT_READS + EXE + ["--config", str(station.config), "run"],
@@ -146,11 +148,14 @@ def test_chmod_000_quarantines_and_chmod_644_brings_it_back_on_the_next_walk(
         status = subprocess.run(EXE + ["--config", str(station.config), "status"],
                                 capture_output=True, text=True, timeout=60).stdout
         assert "locked.mp3: cannot read the file: Permission denied" in status
+        assert f"CANNOT READ 1 folder(s) in {station.library}" in status
+        assert "\n  Locked/\n" in status
 
         locked.chmod(0o644)
         station.wait("locked.mp3 suggested after the fix", lambda: station.states().get(
             "locked.mp3") == "suggested", timeout=60)
         assert station.suggestions() == {"ok.flac": 1, "locked.mp3": 1}
+        (station.library / "Locked").chmod(0o755)
         assert station.stop()[0] == 0
     finally:
         station.kill()

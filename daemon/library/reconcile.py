@@ -80,7 +80,9 @@ class ReconcileResult:
     mount-loss guard held (reason says why); error: the database write failed (retried
     at the next walk); skipped: entries with a song's name that are not songs inside the
     library (folders, FIFOs, sockets, devices, broken links, loops, links leading
-    outside), the first SKIPPED_SHOWN of them in skipped_files as {"path", "reason"}.
+    outside), the first SKIPPED_SHOWN of them in skipped_files as {"path", "reason"};
+    unreadable_folders: folders inside the library that could not be listed (the first
+    SKIPPED_SHOWN; their songs are not marked missing), relative, ending in "/".
     """
 
     root: str
@@ -98,6 +100,7 @@ class ReconcileResult:
     seconds: float = 0.0
     skipped: int = 0
     skipped_files: list = field(default_factory=list)
+    unreadable_folders: list = field(default_factory=list)
 
 
 @dataclass
@@ -274,7 +277,8 @@ class Library:
         result = ReconcileResult(root, files=len(walk.files), unchanged=unchanged, new=new,
                                  changed=changed, ours=len(ours), vanished=len(vanished),
                                  known=len(present), skipped=len(walk.skipped),
-                                 skipped_files=skipped_list(walk.skipped))
+                                 skipped_files=skipped_list(walk.skipped),
+                                 unreadable_folders=list(walk.unreadable[:SKIPPED_SHOWN]))
         reason = mount_loss(root, len(vanished), len(present), self.config.library.missing_guard,
                             empty=not walk.files, at_once="vanished in one walk")
         if reason:

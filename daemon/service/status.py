@@ -18,7 +18,9 @@ it counts as running when either is fresh and its pid is alive.
                   "disk_full": bool,          # less than 1 MiB free on state_dir's disk
                   "database_unwritable": str|null,   # why the SQLite file cannot be written
                   "condition": str|null},     # what is wrong, in words; null: all well
-      "library": {"root": str, "problem": str|null},   # why the root cannot be read
+      "library": {"root": str, "problem": str|null,    # why the root cannot be read
+                  "unreadable_folders": [str]},       # folders the last walk could not
+                                                      # list (their songs are kept)
       "leader": null | {"host": str, "pid": int, "since": str,   # the service running the
                         "stopped_at": str|null},  # walk, writer, scheduler, retrainer
       "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
@@ -98,7 +100,7 @@ from daemon.core.db.models import (
 from daemon.core.disk import human_bytes, state_disk, unwritable_reason
 from daemon.core.errors import os_reason
 from daemon.core.health import pid_alive, read_health
-from daemon.core.paths import display_stored
+from daemon.core.paths import display, display_stored
 from daemon.core.states import WRITE_OUTSTANDING, TrackState, WriteStatus
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
@@ -339,7 +341,9 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             "daemon": _daemon_part(dict(heartbeat.value) if heartbeat is not None else {},
                                    health, now, holder),
             "storage": storage_status(config, components),
-            "library": {"root": str(root), "problem": library_problem(root)},
+            "library": {"root": str(root), "problem": library_problem(root),
+                        "unreadable_folders": list((walk or {}).get("unreadable_folders")
+                                                   or [])},
             "leader": dict(leader.value) if leader is not None else None,
             "components": components,
             "database": display_url(config.db_url),
@@ -470,6 +474,11 @@ def render_status(data: dict[str, Any]) -> str:
     if library.get("problem"):
         lines.append(f"library:     CANNOT READ {library['root']}: {library['problem']} "
                      "(nothing is marked missing while it cannot be read)")
+    if library.get("unreadable_folders"):
+        folders = library["unreadable_folders"]
+        lines.append(f"library:     CANNOT READ {len(folders)} folder(s) in {library['root']} "
+                     "(their songs are not marked missing; check the permissions):")
+        lines += _listed(len(folders), [display(f) for f in folders], "")
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))
