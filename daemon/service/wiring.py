@@ -3,7 +3,9 @@
 Start order (each needs the ones before it):
 
     leader      one try at the leader lock (daemon.service.leader)
-    database    open + migrate (the SQLite file is copied aside first), network-DB warning
+    database    a SQLite file is checked first (damaged: exit DAMAGED_EXIT, naming the
+                newest good backup), then open + migrate (backed up into
+                state_dir/backups first), network-DB warning
     genre map   state_dir/genres.toml, else the shipped one
     neighbours  "sounds like": the labelled songs' embeddings in memory, refreshed from
                 the database and the embedding cache every minute in its own thread
@@ -15,7 +17,7 @@ Start order (each needs the ones before it):
                 settled files are read (tags, header, fingerprint) in tag-reader child
                 processes, which the review page shares for its spectrograms and previews
     writer      accepted genres into the files
-    scheduler   reconcile every library.reconcile_minutes
+    scheduler   reconcile every library.reconcile_minutes; with SQLite, the daily backup
     retrainer   recovers cut-off runs; trains the first model in the background when
                 there is none (a trainer subprocess); started once the first walk's
                 files have settled, since it learns from their tags; then the nightly
