@@ -1,7 +1,8 @@
 """A full state disk while the service runs: `status` names the full disk (never "did it
 crash?"), /metrics says the database component is unhealthy and how little is free, a
 command prints one line; space freed, the service carries on without a restart and
-nothing is lost. The state dir is a real, small tmpfs (the tests run as root)."""
+nothing is lost. A read-only state disk: every command says so in one line. The state
+dir is a real, small tmpfs (the tests run as root)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import EXE, Station, genre_bundle
+from helpers import EXE, Station, add_suggested_track, genre_bundle, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.config import load_config
+from daemon.core.db.engine import open_database
 
 TMPFS_BYTES = 24 << 20
 
@@ -132,3 +134,22 @@ def _scrapes(port: int) -> bool:
         return "genretagger_component_healthy" in metrics(port)
     except OSError:
         return False
+
+
+def test_a_read_only_state_disk_is_one_line_from_every_command(tmp_path, small_state_disk):
+    library = tmp_path / "library"
+    library.mkdir()
+    config_path = write_config(tmp_path / "config.toml", library, small_state_disk)
+    engine, sessions = open_database(load_config(config_path).db_url)
+    _, suggestion_id = add_suggested_track(sessions, "a.mp3")
+    engine.dispose()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_state_disk)], check=True)
+    db = small_state_disk / "genretagger.db"
+    for command in (["status"], ["review", "list"], ["review", "accept", str(suggestion_id)],
+                    ["models", "list"]):
+        done = subprocess.run(EXE + ["--config", str(config_path), *command],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip() == (
+            f"error: the database {db} cannot be written: {db} is on a read-only "
+            "filesystem: mount it read-write, then try again"), command

@@ -37,11 +37,14 @@ def state_disk(state_dir: Path) -> dict[str, Any]:
 
 def unwritable_reason(path: Path) -> str | None:
     """Why the SQLite database at `path` cannot be written (its file or its folder, where
-    SQLite keeps the -wal and -shm), or None. A read-only filesystem counts even for root."""
+    SQLite keeps the -wal and -shm) and what to do, or None. A read-only filesystem counts
+    even for root."""
     for target in (path, path.parent):
         if target.exists() and not os.access(target, os.W_OK):
-            kind = "read-only filesystem" if _read_only_mount(target) else "no write permission"
-            return f"{target}: {kind}"
+            if _read_only_mount(target):
+                return f"{target} is on a read-only filesystem: mount it read-write"
+            return (f"no write permission on {target}: give the service's user write "
+                    "access to it")
     return None
 
 

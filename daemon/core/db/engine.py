@@ -336,9 +336,9 @@ def database_problem(err: BaseException, url: str, backups_dir: Path | None = No
     if path is not None and is_damage(err):
         return damaged_message(path, first, backups_folder(path, backups_dir))
     if path is not None and database_unwritable(err):
-        reason = unwritable_reason(path) or first
-        return (f"the database {name} cannot be written ({reason}): give the service's "
-                "user write access to the file and its folder, then try again")
+        reason = unwritable_reason(path) or (
+            f"{first}: give the service's user write access to the file and its folder")
+        return f"the database {name} cannot be written: {reason}, then try again"
     if database_busy(err):
         return (f"the database {name} is busy ({first}): another program holds its lock; "
                 "try again in a moment")
