@@ -28,7 +28,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import func, select, update
@@ -41,8 +40,9 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, Track, utcnow
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
-from daemon.core.paths import display, filesystem_path, stored_path
+from daemon.core.paths import display, stored_path
 from daemon.core.states import TrackState, can_move, move
+from daemon.library.known import KNOWN_COLUMNS, Known, known_tracks, quarantine_lifted
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
 from daemon.library.read import READER_IDLE_SECONDS, FileReading, read_file, reader_pool
 from daemon.library.record import record_reading
@@ -51,7 +51,6 @@ from daemon.library.walk import (
     SKIPPED_SHOWN,
     Stat,
     examine,
-    inode_ctime,
     is_library_file,
     is_library_folder,
     remove_leftovers,
@@ -101,40 +100,6 @@ class ReconcileResult:
     skipped: int = 0
     skipped_files: list = field(default_factory=list)
     unreadable_folders: list = field(default_factory=list)
-
-
-@dataclass
-class _Known:
-    """A track as reconcile sees it (one row of the bulk query)."""
-
-    id: int
-    stat: Stat
-    written: Stat | None
-    state: str
-    quarantined_ctime: float | None = None
-
-
-_KNOWN_COLUMNS = (Track.id, Track.path, Track.size, Track.mtime, Track.written_size,
-                  Track.written_mtime, Track.state, Track.quarantined_ctime)
-
-
-def _known(rows: Iterable) -> dict[str, _Known]:
-    """Rows of _KNOWN_COLUMNS -> {relative path in filesystem form: _Known}."""
-    known = {}
-    for id_, path, size, mtime, wsize, wmtime, state, qctime in rows:
-        written = (wsize, wmtime) if wsize is not None and wmtime is not None else None
-        known[filesystem_path(path)] = _Known(id_, (size, mtime), written, state, qctime)
-    return known
-
-
-def quarantine_lifted(known: _Known, path: str) -> bool:
-    """A quarantined file with the same size and mtime changed anyway: its ctime moved
-    (a chmod or chown fixed what failed, or a copy kept the mtime), or it was quarantined
-    before its ctime was kept. It goes back to the queue."""
-    if known.state != S.QUARANTINED:
-        return False
-    ctime = inode_ctime(path)
-    return ctime is not None and ctime != known.quarantined_ctime
 
 
 class Library:
@@ -237,7 +202,7 @@ class Library:
     def _reconcile(self, now: float) -> ReconcileResult:
         root = self.root
         try:
-            known = self._load_known()
+            known = self._loadknown_tracks()
         except OperationalError as err:
             log.error("reconcile %s: database unavailable, retrying at the next walk: %s",
                       root, _brief(err))
@@ -293,10 +258,10 @@ class Library:
             return _replace(result, error=_brief(err))
         return _replace(result, missing=missing)
 
-    def _load_known(self) -> dict[str, _Known]:
+    def _loadknown_tracks(self) -> dict[str, Known]:
         # One query, compared in Python: 15,000 rows take a few tens of milliseconds.
         with self.sessions() as session:
-            return _known(session.execute(select(*_KNOWN_COLUMNS)))
+            return known_tracks(session.execute(select(*KNOWN_COLUMNS)))
 
     def _guard(self, result: ReconcileResult, reason: str) -> ReconcileResult:
         log_mount_loss(reason, self.root, result.vanished, result.known,
@@ -455,12 +420,12 @@ class Library:
                 self.tracker.forget(rel)
         return done
 
-    def _rows_for(self, rels: list[str]) -> dict[str, _Known]:
+    def _rows_for(self, rels: list[str]) -> dict[str, Known]:
         rows = {}
         with self.sessions() as session:
             for chunk in _chunks([stored_path(r) for r in rels], 500):
-                rows.update(_known(session.execute(
-                    select(*_KNOWN_COLUMNS).where(Track.path.in_(chunk)))))
+                rows.update(known_tracks(session.execute(
+                    select(*KNOWN_COLUMNS).where(Track.path.in_(chunk)))))
         return rows
 
     def _mark_gone(self, session: Session, gone: list[str]) -> int:

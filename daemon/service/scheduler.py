@@ -232,8 +232,11 @@ class Scheduler:
     def add_backup(self) -> None:
         """Every day at backup.hour:minute local time, the SQLite database into
         state_dir/backups (daemon.core.db.backup; the newest backup.keep stay). With no
-        backup from the last day (a first start, or the daemon was down), one runs now."""
+        backup from the last day (a first start, or the daemon was down), one runs now.
+        Nothing with backups off, or on PostgreSQL (pg_dump's job)."""
         backup = self.config.backup
+        if not backup.enabled or sqlite_path(self.config.db_url) is None:
+            return
         now = datetime.now().astimezone()
         newest = list_backups(self.config.backups_dir)
         stale = not newest or (now.timestamp() - newest[0].stat().st_mtime > 86400)

@@ -76,11 +76,8 @@ it counts as running when either is fresh and its pid is alive.
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -97,10 +94,8 @@ from daemon.core.db.models import (
     Track,
     utcnow,
 )
-from daemon.core.disk import human_bytes, state_disk, unwritable_reason
-from daemon.core.errors import os_reason
 from daemon.core.health import pid_alive, read_health
-from daemon.core.paths import display, display_stored
+from daemon.core.paths import display_stored
 from daemon.core.states import WRITE_OUTSTANDING, TrackState, WriteStatus
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
@@ -110,12 +105,11 @@ from daemon.review.albums import count_mixed
 from daemon.review.decisions import waiting_for_review
 from daemon.service.leader import LEADER_KEY, lock_holder
 from daemon.service.scheduler import next_nightly_run, nightly_history
+from daemon.service.storage import library_problem, storage_lines, storage_status
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.workers import list_workers
 
 DAEMON_KEY = "daemon"
-# The service's component that says whether it can write (daemon.service.wiring.STORAGE).
-STORAGE_COMPONENT = "database"
 LAST_RECONCILE_KEY = "last_reconcile"
 # The daemon writes its heartbeat every HEARTBEAT_SECONDS; three missed ones = not running.
 HEARTBEAT_SECONDS = 10.0
@@ -289,38 +283,6 @@ def pending_suggestions(session: Session) -> int:
                               .where(waiting_for_review())) or 0)
 
 
-def storage_status(config: Config, components: dict[str, dict]) -> dict[str, Any]:
-    """The state disk and the database file: free space, can it be written, and what is
-    wrong in words (the service's own "database" component's error, when it has one)."""
-    disk = state_disk(config.state_dir)
-    path = sqlite_path(config.db_url)
-    unwritable = unwritable_reason(path) if path is not None else None
-    reported = components.get(STORAGE_COMPONENT) or {}
-    condition = None
-    if disk["full"]:
-        condition = (f"state disk full: {human_bytes(disk['free_bytes'])} free on "
-                     f"{config.state_dir}; free space there (the service goes on by itself)")
-    elif unwritable:
-        condition = f"the database cannot be written: {unwritable}"
-    elif reported and not reported.get("healthy") and reported.get("last_error"):
-        condition = reported["last_error"]
-    return {"state_dir": str(config.state_dir), "free_bytes": disk["free_bytes"],
-            "total_bytes": disk["total_bytes"], "disk_full": disk["full"],
-            "database_unwritable": unwritable, "condition": condition}
-
-
-def library_problem(root: Path) -> str | None:
-    """Why the library root cannot be read (gone, not a folder, no permission), or None."""
-    try:
-        with os.scandir(root) as entries:
-            next(entries, None)
-    except NotADirectoryError:
-        return "not a folder"
-    except OSError as err:
-        return os_reason(err) if err.errno != errno.ENOENT else "does not exist (not mounted?)"
-    return None
-
-
 def collect_status(config: Config, sessions: sessionmaker[Session],
                    now: datetime | None = None) -> dict[str, Any]:
     """Everything `status` shows, as the documented JSON-able dict."""
@@ -465,20 +427,8 @@ def render_status(data: dict[str, Any]) -> str:
     storage = data.get("storage") or {}
     lines = [_daemon_line(d, storage), *_leader_lines(data.get("leader"), d["running"]),
              *_component_lines(data.get("components") or {}),
-             f"database:    {data['database']}"]
-    if storage:
-        lines.append(f"state disk:  {human_bytes(storage['free_bytes'])} free of "
-                     f"{human_bytes(storage['total_bytes'])} on {storage['state_dir']}"
-                     + (f"; PROBLEM: {storage['condition']}" if storage["condition"] else ""))
-    library = data.get("library") or {}
-    if library.get("problem"):
-        lines.append(f"library:     CANNOT READ {library['root']}: {library['problem']} "
-                     "(nothing is marked missing while it cannot be read)")
-    if library.get("unreadable_folders"):
-        folders = library["unreadable_folders"]
-        lines.append(f"library:     CANNOT READ {len(folders)} folder(s) in {library['root']} "
-                     "(their songs are not marked missing; check the permissions):")
-        lines += _listed(len(folders), [display(f) for f in folders], "")
+             f"database:    {data['database']}",
+             *storage_lines(storage, data.get("library") or {})]
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))

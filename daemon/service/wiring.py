@@ -3,9 +3,7 @@
 Start order (each needs the ones before it):
 
     leader      one try at the leader lock (daemon.service.leader)
-    database    a SQLite file is checked first (damaged: exit DAMAGED_EXIT, naming the
-                newest good backup), then open + migrate (backed up into
-                state_dir/backups first), network-DB warning
+    database    check, open + migrate (backed up first; damaged: exit 3), network-DB warning
     genre map   state_dir/genres.toml, else the shipped one
     neighbours  "sounds like": the labelled songs' embeddings in memory, refreshed from
                 the database and the embedding cache every minute in its own thread
@@ -55,18 +53,11 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Config, load_config
-from daemon.core.db.backup import DAMAGED_EXIT, check_database, damaged_message, is_damage
-from daemon.core.db.engine import (
-    database_busy,
-    database_problem,
-    open_database,
-    sqlite_path,
-    transaction,
-)
+from daemon.core.db.backup import DAMAGED_EXIT
+from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, utcnow
-from daemon.core.disk import state_disk
-from daemon.core.errors import ConfigError, DatabaseDamaged
-from daemon.core.health import Component, Health, describe_failure, write_health
+from daemon.core.errors import ConfigError
+from daemon.core.health import Component, describe_failure, write_health
 from daemon.core.live import Live
 from daemon.learn.retrainer import Retrainer, nightly_job
 from daemon.library.read import reader_pool
@@ -74,13 +65,14 @@ from daemon.library.reconcile import Library
 from daemon.library.watcher import Watcher
 from daemon.review.web.app import WebServer
 from daemon.review.writeback import Writer
+from daemon.service import storage
 from daemon.service.heap import bound_heap
 from daemon.service.leader import Leadership, Stopping
 from daemon.service.logs import setup_logging
 from daemon.service.metrics import MetricsSources
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.service.scheduler import Scheduler
-from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS, STORAGE_COMPONENT
+from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
 from daemon.suggest.neighbours import Neighbours
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
@@ -162,7 +154,7 @@ class Service:
                                      on_status=self.notifier.status,
                                      worker_id=lambda: getattr(self, "worker_id", None))
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
-        self.storage = Health(STORAGE_COMPONENT)
+        self.storage_watch = storage.StorageWatch()
         self._health_stop = threading.Event()
         self._health_thread = threading.Thread(target=self._health_loop, name="health",
                                                daemon=True)
@@ -205,12 +197,7 @@ class Service:
         self.leadership.take()  # one try now, before anything is published
         self._health_thread.start()
         self.notifier.status("opening the database")
-        path = sqlite_path(config.db_url)
-        if path is not None:  # a damaged file stops us here, naming the backup to restore
-            check_database(path, config.backups_dir)
-        self.engine, self.sessions = open_database(
-            config.db_url, busy_timeout=config.database_busy_seconds,
-            backups_dir=config.backups_dir, keep_backups=config.backup.keep)
+        self.engine, self.sessions = storage.open_checked(config)
         self.leadership.sessions = self.sessions
         live = self.live
         log.info("genre map: %d genres from %s", len(live.genre_map.canonical),
@@ -258,8 +245,7 @@ class Service:
         self.scheduler = Scheduler(live, self.sessions)
         self.scheduler.add_reconcile(self.library)
         self.scheduler.add_requeue_dead()
-        if config.backup.enabled and sqlite_path(config.db_url) is not None:
-            self.scheduler.add_backup()
+        self.scheduler.add_backup()
         self._add_leader("scheduler", self.scheduler)
         # Its thread recovers runs cut off by a restart and, with no active model, trains
         # the first one (a subprocess) in the background -- from the tagged tracks, so only
@@ -325,14 +311,9 @@ class Service:
             except ConfigError as err:  # README: configuration errors exit 2
                 log.error("cannot start: %s", err)
                 return 2
-            except DatabaseDamaged as err:  # systemd does not restart this exit code
-                log.error("cannot start: %s", err)
-                return DAMAGED_EXIT
             except Exception as err:
-                path = sqlite_path(self.config.db_url)
-                if path is not None and is_damage(err):  # damaged past the check's reach
-                    log.error("cannot start: %s", damaged_message(
-                        path, describe_failure(err), self.config.backups_dir))
+                if damaged := storage.damaged_start(err, self.config):  # systemd: no restart
+                    log.error("cannot start: %s", damaged)
                     return DAMAGED_EXIT
                 # One clear line for the journal (the traceback follows at debug level).
                 log.error("cannot start: %s: %s", type(err).__name__, err)
@@ -380,13 +361,10 @@ class Service:
         try:
             with transaction(self.sessions) as session:
                 session.merge(ServiceState(key=DAEMON_KEY, value=value, updated_at=utcnow()))
+            self.storage_watch.wrote()
         except Exception as err:  # a locked DB delays the heartbeat; it must not stop us
             log.warning("cannot publish the heartbeat: %s", err)
-            if not database_busy(err):  # full, read-only, damaged: writes fail until fixed
-                self.storage.failed(database_problem(err, self.config.db_url,
-                                                     self.config.backups_dir))
-        else:
-            self.storage.progress()
+            self.storage_watch.failed(err, self.config)
 
     def components(self) -> dict[str, dict[str, Any]]:
         """Every background component's health report (daemon.core.health shapes), by name:
@@ -409,31 +387,18 @@ class Service:
             else:
                 reports[name] = got
         reports["leader"] = self.leadership.health_report()
-        reports[STORAGE_COMPONENT] = self.storage_report()
+        reports[storage.STORAGE_COMPONENT] = self.storage_watch.report(self.config.state_dir)
         if self.retrainer is not None and "retrainer" not in reports:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
                                     "waiting": "for the first walk's files to settle"}
         return reports
 
-    def storage_report(self) -> dict[str, Any]:
-        """The "database" component: unhealthy while the heartbeat, the service's own
-        write probe, fails for want of space or write access (not for a lock), or the
-        state disk is full; with the state disk's free bytes."""
-        disk = state_disk(self.config.state_dir)
-        report = self.storage.report(True, healthy=not disk["full"],
-                                     disk_free_bytes=disk["free_bytes"])
-        if report["failing"]:
-            report["healthy"] = False
-        return report
-
     def healthy(self) -> bool:
-        """For the watchdog: the main loop and every component's thread go round. A full
-        disk or read-only database is not one of them: a restart cannot fix it, and the
-        service goes on by itself once space is made (status and /metrics say so)."""
+        """For the watchdog: every thread goes round (storage aside: no restart makes room)."""
         if self.stop_event.is_set() or not self._running:
             return True  # starting or stopping: systemd's start/stop timeouts cover us
         return all(report.get("healthy") for name, report in self.components().items()
-                   if name != STORAGE_COMPONENT)
+                   if name != storage.STORAGE_COMPONENT)
 
     def _publish_health(self, stopped: bool = False) -> None:
         """state_dir/health.json for `status` (a file, so a locked database cannot hold

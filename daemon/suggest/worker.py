@@ -410,7 +410,7 @@ class Worker:
             if quarantined:
                 move(track, TrackState.QUARANTINED)
                 track.next_attempt_at = None
-                track.quarantined_ctime = self._ctime(claim)
+                track.quarantined_ctime = inode_ctime(self.root / filesystem_path(claim.path))
             else:
                 move(track, TrackState.RETRYING)
                 track.next_attempt_at = now + timedelta(
@@ -427,13 +427,6 @@ class Worker:
         else:
             log.warning("failed %s (attempt %d of %d, retrying): %s", claim.path, attempts,
                         workers.max_attempts, error.reason)
-
-    def _ctime(self, claim: Claim) -> float | None:
-        """The claimed file's ctime (None: it cannot be looked at)."""
-        try:
-            return inode_ctime(library_file(self.root, claim.path))
-        except FileError:
-            return None
 
     def _settled(self, claim: Claim) -> bool:
         """The file still has the size and mtime it settled with (the track's row)."""
