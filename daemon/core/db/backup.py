@@ -3,7 +3,7 @@
 A backup is a copy made with SQLite's online backup API (consistent while the service
 writes; WAL included), written under a temporary name, checked with
 `PRAGMA integrity_check` and only then renamed to
-`backups/genretagger-YYYYmmdd-HHMMSS-<why>.db` (why: daily, migration, restore), so a
+`backups/genretagger-YYYYmmdd-HHMMSS-<why>.db` (why: daily or migration), so a
 file with that name is always a whole, checked database. The service takes one every
 day (daemon.service.scheduler) and before every migration (daemon.core.db.engine); the
 newest `backup.keep` stay. `genretagger restore` puts one back while the service is
