@@ -37,7 +37,7 @@ def test_pending_migration_backs_the_file_up_first(tmp_path):
         conn.execute("CREATE TABLE station_notes (note TEXT)")
         conn.execute("INSERT INTO station_notes VALUES ('keep me')")
     engine, sessions = open_database(f"sqlite:///{path}")
-    backups = list(tmp_path.glob("old.db.bak-*"))
+    backups = list((tmp_path / "backups").glob("genretagger-*-migration.db"))
     assert len(backups) == 1
     with sqlite3.connect(backups[0]) as conn:
         assert conn.execute("SELECT note FROM station_notes").fetchone() == ("keep me",)
@@ -62,7 +62,7 @@ def test_only_the_service_migrates_an_existing_database(tmp_path):
         conn.execute("CREATE TABLE station_notes (note TEXT)")
     with pytest.raises(SchemaBehind, match=r"\d+ schema migration\(s\) behind .* restart"):
         open_database(f"sqlite:///{path}", upgrade=False)
-    assert not list(state.glob("*.bak-*"))
+    assert not (state / "backups").exists()
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n')
     status = [sys.executable, "-m", "daemon.cli", "--config", str(config), "status"]
@@ -171,7 +171,7 @@ def test_migration_0002_rewrites_old_track_paths_one_to_one(blank_database_url, 
 
     engine, sessions = open_database(blank_database_url)  # the service's start: migrates
     if blank_database_url.startswith("sqlite"):
-        assert list(tmp_path.glob("station.db.bak-*"))  # backed up first
+        assert list((tmp_path / "backups").glob("genretagger-*-migration.db"))  # backed up first
     assert pending_migrations(engine) == []
     with sessions() as session:
         stored = {t.id: t.path for t in session.scalars(select(Track))}

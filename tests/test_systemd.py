@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.core.db.backup import DAMAGED_EXIT
+
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "genretagger.service"
 SHIPPED_EXEC = "/opt/genretagger/.venv/bin/genretagger"
 
@@ -52,6 +54,7 @@ def test_service_shape_and_hardening():
     d = directives(UNIT.read_text())
     expected = {
         "Type": "notify", "NotifyAccess": "main", "Restart": "on-failure",
+        "RestartPreventExitStatus": str(DAMAGED_EXIT),  # a damaged database
         "TimeoutStopSec": "30", "User": "genretagger", "ProtectSystem": "strict",
         "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
         "CapabilityBoundingSet": "", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",

@@ -12,13 +12,14 @@ import json
 import os
 import pwd
 import shlex
+import sqlite3
 import sys
 from pathlib import Path
 
 import click
 
 from daemon.core.config import Config, load_config
-from daemon.core.errors import ConfigError, GenretaggerError
+from daemon.core.errors import ConfigError, DatabaseProblem, GenretaggerError
 from daemon.service.logs import setup_logging
 
 
@@ -76,7 +77,35 @@ def echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class StationGroup(click.Group):
+    """The command group: a database error in any command (a full disk, a damaged or
+    read-only file, a server gone) becomes one line naming the database and what to do
+    (exit 1), never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as err:
+            raise DatabaseProblem(_database_problem(ctx.obj, err)) from err
+        except sqlite3.DatabaseError as err:  # a raw SQLite connection (backups, restore)
+            raise DatabaseProblem(_database_problem(ctx.obj, err)) from err
+
+
+def _database_problem(obj: Context | None, err: BaseException) -> str:
+    from daemon.core.db.engine import database_problem
+
+    try:
+        config = obj.config if obj is not None else None
+    except ConfigError:
+        config = None
+    if config is None:
+        return f"database error: {err}".splitlines()[0]
+    return database_problem(err, config.db_url, config.backups_dir)
+
+
+@click.group(cls=StationGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="config.toml (default: $GENRETAGGER_CONFIG, /etc/genretagger/config.toml)")
 @click.version_option(package_name="genretagger")

@@ -355,3 +355,43 @@ def album_mixed(ctx: Context, limit: int, offset: int, as_json: bool) -> None:
         who = f" — {a['artist']}" if a["artist"] else ""
         click.echo(f"{a['key']}  {a['title']}{who}: "
                    + ", ".join(f"{g} {n}" for g, n in a["labelled"].items()))
+
+
+@review_group.command("retry")
+@click.argument("paths", metavar="PATH...", nargs=-1)
+@click.option("--all-quarantined", "every", is_flag=True,
+              help="every quarantined song (`status` lists them)")
+@pass_context
+def review_retry(ctx: Context, paths: tuple[str, ...], every: bool) -> int:
+    """Send quarantined songs back to the queue (after fixing what failed: a permission,
+    a broken copy). PATH: the song's file, or its path inside the library."""
+    from daemon.core.paths import display_stored
+    from daemon.suggest.queue import retry_quarantined
+
+    if bool(paths) == every:
+        raise click.UsageError("give song paths or --all-quarantined (not both)")
+    root = ctx.config.library.root
+    wanted = None if every else [_stored_in_library(root, p) for p in paths]
+    done, left = retry_quarantined(_review_sessions(ctx), wanted)
+    for stored in done:
+        click.echo(f"queued again: {display_stored(stored)}")
+    for stored in left:
+        click.echo(f"not quarantined: {display_stored(stored)}", err=True)
+    if not done and every:
+        click.echo("no quarantined songs")
+    return 1 if left else 0
+
+
+def _stored_in_library(root, given: str) -> str:
+    """A song named on the command line (its file, or its path inside the library) ->
+    its stored path; a file outside the library is a usage error."""
+    import os
+
+    from daemon.core.paths import stored_path
+
+    absolute = os.path.abspath(given) if os.path.isabs(given) or os.path.exists(given) \
+        else os.path.join(root, given)
+    rel = os.path.relpath(absolute, os.path.abspath(root))
+    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        raise click.UsageError(f"{given}: not inside the library {root}")
+    return stored_path(rel)

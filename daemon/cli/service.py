@@ -1,10 +1,21 @@
-"""`genretagger run`, `worker`, `status`, `retrain`: the service and what it is doing."""
+"""`genretagger run`, `worker`, `status`, `retrain`, `restore`: the service, what it is
+doing, and putting a database backup back."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from daemon.cli.base import Context, cli, echo_json, pass_context, refuse_root_in_service_state
+from daemon.cli.base import (
+    EXISTING_FILE,
+    Context,
+    cli,
+    echo_json,
+    pass_context,
+    refuse_root_in_service_state,
+)
+from daemon.core.errors import BackupFailed
 from daemon.core.states import RunStatus, RunTrigger
 from daemon.service.logs import setup_logging
 
@@ -104,4 +115,46 @@ def retrain(ctx: Context, now: bool, as_json: bool) -> int:
                    f"{last.reason}")
     click.echo("next nightly run: " + (f"{nightly.astimezone():%Y-%m-%d %H:%M}" if nightly
                                        else "disabled (retrain.enabled = false)"))
+    return 0
+
+
+@cli.command()
+@click.argument("backup", required=False, type=EXISTING_FILE)
+@click.option("--list", "list_only", is_flag=True, help="list the backups, newest first")
+@pass_context
+def restore(ctx: Context, backup: Path | None, list_only: bool) -> int:
+    """Put a backup of the SQLite database back (default: the newest good one in
+    state_dir/backups). The service must be stopped; the file it replaces is kept."""
+    from daemon.core.db.backup import list_backups, newest_good_backup, restore_backup
+    from daemon.core.db.engine import sqlite_path
+    from daemon.core.disk import human_bytes
+    from daemon.service.leader import LeaderLock, lock_holder
+
+    config = ctx.config
+    path = sqlite_path(config.db_url)
+    if path is None:
+        raise BackupFailed("the database is on a PostgreSQL server: restore it with "
+                           "pg_restore from your pg_dump (README, Backups)")
+    if list_only:
+        for found in list_backups(config.backups_dir):
+            click.echo(f"{found}  {human_bytes(found.stat().st_size)}")
+        return 0
+    refuse_root_in_service_state(config.state_dir)
+    lock = LeaderLock(config.db_url, config.state_dir)
+    # Holding the service's lock while we work: it cannot start under us either.
+    if not lock.acquire(0):
+        pid = lock_holder(config.state_dir)
+        raise BackupFailed(f"the service is running (pid {pid if pid else '?'}) on {path}: "
+                           "stop it first (sudo systemctl stop genretagger), then run "
+                           "this again")
+    try:
+        chosen = backup or newest_good_backup(config.backups_dir)
+        if chosen is None:
+            raise BackupFailed(f"no good backup in {config.backups_dir}")
+        kept = restore_backup(path, chosen)
+    finally:
+        lock.close()
+    click.echo(f"restored {path} from {chosen}"
+               + (f"; the file it replaced is kept as {kept}" if kept else ""))
+    click.echo("now start the service: sudo systemctl start genretagger")
     return 0

@@ -286,6 +286,16 @@ class ServiceConfig(Section):
     leader_poll_seconds: float = Field(5.0, gt=0, le=60)
 
 
+class BackupConfig(Section):
+    # A SQLite database is copied (SQLite's online backup, checked) into
+    # state_dir/backups daily at hour:minute local time and before every migration; the
+    # newest `keep` copies stay. PostgreSQL: pg_dump, the DBA's own (README).
+    enabled: bool = True
+    hour: int = Field(2, ge=0, le=23)
+    minute: int = Field(30, ge=0, le=59)
+    keep: int = Field(7, ge=1)
+
+
 class Config(Section):
     library: LibraryConfig
     state_dir: Path
@@ -305,6 +315,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     service: ServiceConfig = ServiceConfig()
     context: ContextConfig = ContextConfig()
+    backup: BackupConfig = BackupConfig()
 
     @field_validator("state_dir")
     @classmethod
@@ -355,6 +366,11 @@ class Config(Section):
     def health_path(self) -> Path:
         """Where the running service publishes its components' health for `status`."""
         return self.state_dir / "health.json"
+
+    @property
+    def backups_dir(self) -> Path:
+        """Where the SQLite database's backups go (daemon.core.db.backup)."""
+        return self.state_dir / "backups"
 
     @property
     def genres_path(self) -> Path:

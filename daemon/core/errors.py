@@ -88,3 +88,18 @@ class ReadTimeout(FileError):
 
 class TooMuchMemory(FileError):
     """Reading or decoding the file needed more memory than a child process may use."""
+
+
+class DatabaseDamaged(GenretaggerError):
+    """The SQLite database file fails SQLite's integrity check (or is not a database at
+    all); the message names it, the newest good backup and the restore command."""
+
+
+class BackupFailed(GenretaggerError):
+    """A backup could not be written or did not pass its integrity check; the message
+    names the file and why."""
+
+
+class DatabaseProblem(GenretaggerError):
+    """A command met a database error (disk full, read-only, damaged, unreachable); the
+    message names the database and what to do, in one line."""

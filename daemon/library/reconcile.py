@@ -1,7 +1,8 @@
 """The Library component: the station's library and its tracks in the database.
 
     reconcile   walk the library (stat only, daemon.library.walk) and compare each file's
-                (size, mtime) with the database: new and changed files go into settle
+                (size, mtime) with the database (a quarantined file's ctime too: a chmod
+                or chown may have fixed it): new and changed files go into settle
                 tracking, vanished ones become `missing` -- unless the mount-loss guard
                 (daemon.library.mounts) holds
     notice      the watcher reports one path; it goes into settle tracking
@@ -27,7 +28,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import func, select, update
@@ -40,8 +40,9 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, Track, utcnow
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
-from daemon.core.paths import display, filesystem_path, stored_path
+from daemon.core.paths import display, stored_path
 from daemon.core.states import TrackState, can_move
+from daemon.library.known import KNOWN_COLUMNS, Known, known_tracks, quarantine_lifted
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
 from daemon.library.read import READER_IDLE_SECONDS, FileReading, read_file, reader_pool
 from daemon.library.record import mark_missing, record_readings
@@ -78,7 +79,9 @@ class ReconcileResult:
     mount-loss guard held (reason says why); error: the database write failed (retried
     at the next walk); skipped: entries with a song's name that are not songs inside the
     library (folders, FIFOs, sockets, devices, broken links, loops, links leading
-    outside), the first SKIPPED_SHOWN of them in skipped_files as {"path", "reason"}.
+    outside), the first SKIPPED_SHOWN of them in skipped_files as {"path", "reason"};
+    unreadable_folders: folders inside the library that could not be listed (the first
+    SKIPPED_SHOWN; their songs are not marked missing), relative, ending in "/".
     """
 
     root: str
@@ -96,29 +99,7 @@ class ReconcileResult:
     seconds: float = 0.0
     skipped: int = 0
     skipped_files: list = field(default_factory=list)
-
-
-@dataclass
-class _Known:
-    """A track as reconcile sees it (one row of the bulk query)."""
-
-    id: int
-    stat: Stat
-    written: Stat | None
-    state: str
-
-
-_KNOWN_COLUMNS = (Track.id, Track.path, Track.size, Track.mtime, Track.written_size,
-                  Track.written_mtime, Track.state)
-
-
-def _known(rows: Iterable) -> dict[str, _Known]:
-    """Rows of _KNOWN_COLUMNS -> {relative path in filesystem form: _Known}."""
-    known = {}
-    for id_, path, size, mtime, wsize, wmtime, state in rows:
-        written = (wsize, wmtime) if wsize is not None and wmtime is not None else None
-        known[filesystem_path(path)] = _Known(id_, (size, mtime), written, state)
-    return known
+    unreadable_folders: list = field(default_factory=list)
 
 
 class Library:
@@ -221,7 +202,7 @@ class Library:
     def _reconcile(self, now: float) -> ReconcileResult:
         root = self.root
         try:
-            known = self._load_known()
+            known = self._loadknown_tracks()
         except OperationalError as err:
             log.error("reconcile %s: database unavailable, retrying at the next walk: %s",
                       root, _brief(err))
@@ -246,7 +227,8 @@ class Library:
                 if k is None or k.state == S.MISSING:
                     new += 1
                     self.tracker.observe(rel, st[0], st[1], now)
-                elif same_stat(k.stat, st):
+                elif same_stat(k.stat, st) and not quarantine_lifted(
+                        k, os.path.join(root, rel)):
                     unchanged += 1
                 elif k.written is not None and same_stat(k.written, st):
                     ours.append({"id": k.id, "size": st[0], "mtime": st[1]})
@@ -260,7 +242,8 @@ class Library:
         result = ReconcileResult(root, files=len(walk.files), unchanged=unchanged, new=new,
                                  changed=changed, ours=len(ours), vanished=len(vanished),
                                  known=len(present), skipped=len(walk.skipped),
-                                 skipped_files=skipped_list(walk.skipped))
+                                 skipped_files=skipped_list(walk.skipped),
+                                 unreadable_folders=list(walk.unreadable[:SKIPPED_SHOWN]))
         reason = mount_loss(root, len(vanished), len(present), self.config.library.missing_guard,
                             empty=not walk.files, at_once="vanished in one walk")
         if reason:
@@ -275,10 +258,10 @@ class Library:
             return _replace(result, error=_brief(err))
         return _replace(result, missing=missing)
 
-    def _load_known(self) -> dict[str, _Known]:
+    def _loadknown_tracks(self) -> dict[str, Known]:
         # One query, compared in Python: 15,000 rows take a few tens of milliseconds.
         with self.sessions() as session:
-            return _known(session.execute(select(*_KNOWN_COLUMNS)))
+            return known_tracks(session.execute(select(*KNOWN_COLUMNS)))
 
     def _guard(self, result: ReconcileResult, reason: str) -> ReconcileResult:
         log_mount_loss(reason, self.root, result.vanished, result.known,
@@ -396,7 +379,8 @@ class Library:
         for rel, st in list(ready.items()):
             k = known.get(rel)
             if k is not None and k.state != S.MISSING:
-                if same_stat(k.stat, st):
+                if same_stat(k.stat, st) and not quarantine_lifted(
+                        k, os.path.join(self.root, rel)):
                     handled.append(rel)  # nothing changed (an open/close, our own read)
                     del ready[rel]
                 elif k.written is not None and same_stat(k.written, st):
@@ -432,12 +416,12 @@ class Library:
                 self.tracker.forget(rel)
         return done
 
-    def _rows_for(self, rels: list[str]) -> dict[str, _Known]:
+    def _rows_for(self, rels: list[str]) -> dict[str, Known]:
         rows = {}
         with self.sessions() as session:
             for chunk in _chunks([stored_path(r) for r in rels], 500):
-                rows.update(_known(session.execute(
-                    select(*_KNOWN_COLUMNS).where(Track.path.in_(chunk)))))
+                rows.update(known_tracks(session.execute(
+                    select(*KNOWN_COLUMNS).where(Track.path.in_(chunk)))))
         return rows
 
     def _mark_gone(self, session: Session, gone: list[str]) -> int:

@@ -22,6 +22,7 @@ from daemon.core.paths import filesystem_path, stored_path
 from daemon.core.states import SuggestionStatus, TrackState, can_move, move
 from daemon.library.albums import AlbumTags, album_folder, album_identities
 from daemon.library.read import FileReading
+from daemon.library.walk import inode_ctime
 from daemon.tags.genres import GenreMap
 from daemon.tags.read import MULTI_VALUE_SEPARATOR
 
@@ -133,7 +134,9 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     if target in (S.QUEUED, S.TAGGED) or previous is None:
         track.last_error = reading.error
     if reading.quarantine:
-        _quarantine(track, reading.error)
+        _quarantine(track, reading.error, inode_ctime(Path(root) / filesystem_path(stored)))
+    elif track.state != S.QUARANTINED:
+        track.quarantined_ctime = None
     # Its tags may change its album mates' identity too (a compilation, the album its
     # folder's untagged files join), and a moved track's old folder loses a member.
     return tuple(dict.fromkeys(f for f in (album_folder(stored), left_folder) if f is not None))
@@ -205,9 +208,11 @@ def _moved_track(session: Session, root: str, fp: str) -> Track | None:
     return None
 
 
-def _quarantine(track: Track, reason: str | None) -> None:
+def _quarantine(track: Track, reason: str | None, ctime: float | None) -> None:
     """A file its reader crashed, hung or ran out of memory on: reading it again would do
-    the same, so it waits, quarantined with the reason, until the file changes."""
+    the same, so it waits, quarantined with the reason, until the file changes (its
+    `ctime` then is how the walk sees a chmod or chown)."""
+    track.quarantined_ctime = ctime
     if track.state != S.QUARANTINED:
         if not can_move(track.state, S.QUARANTINED):
             move(track, S.QUEUED)

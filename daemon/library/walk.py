@@ -109,6 +109,15 @@ def examine(entry: os.DirEntry | str, real_root: str) -> tuple[Stat | None, str 
     return None, NOT_A_SONG.get(stat.S_IFMT(st.st_mode), "not a regular file")
 
 
+def inode_ctime(path: str | os.PathLike) -> float | None:
+    """The file's ctime (it moves on chmod and chown too, which leave size and mtime
+    alone), or None when it cannot be looked at."""
+    try:
+        return os.stat(path).st_ctime
+    except OSError:
+        return None
+
+
 def _is_link(path: str) -> bool:
     try:
         return stat.S_ISLNK(os.lstat(path).st_mode)

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
@@ -110,6 +110,14 @@ def top_choices(suggestion: Suggestion) -> list[tuple[str, float]]:
     return [(str(g), float(c)) for g, c in (suggestion.top or [])]
 
 
+def waiting_for_review() -> ColumnElement[bool]:
+    """A suggestion the music director has to decide on: pending, for a song that is in
+    the library. A missing song's pending suggestion leaves the queue (kept, not
+    decided: it is back when the file is) and cannot be decided meanwhile."""
+    return and_(Suggestion.status == SuggestionStatus.PENDING,
+                Track.state != TrackState.MISSING)
+
+
 # ---------------------------------------------------------------- deciding
 
 def _pending_suggestion(session: Session, suggestion_id: int) -> tuple[Suggestion, Track]:
@@ -119,6 +127,9 @@ def _pending_suggestion(session: Session, suggestion_id: int) -> tuple[Suggestio
     if suggestion.status != SuggestionStatus.PENDING:
         raise NotPending(f"suggestion {suggestion_id} is already {suggestion.status}")
     track = locked(session, Track, suggestion.track_id)
+    if track.state == TrackState.MISSING:
+        raise NotPending(f"suggestion {suggestion_id}: {track.path} is missing from the "
+                         "library; it is back in the queue when the file is")
     if track.state != TrackState.REVIEWED and not can_move(track.state, TrackState.REVIEWED):
         raise NotPending(f"suggestion {suggestion_id}: {track.path} is {track.state}, "
                          "not waiting for review")
@@ -247,9 +258,9 @@ def bulk_accept(sessions: sessionmaker[Session], config: Config, threshold: floa
         raise ReviewError(f"confidence threshold must be between 0 and 1, not {threshold}")
     with transaction(sessions) as session:
         # Locked in id order (PostgreSQL re-checks a row's status after waiting for it).
-        query = (select(Suggestion).where(Suggestion.status == SuggestionStatus.PENDING,
-                                          Suggestion.confidence >= threshold)
-                 .order_by(Suggestion.id).with_for_update())
+        query = (select(Suggestion).join(Track, Suggestion.track_id == Track.id)
+                 .where(waiting_for_review(), Suggestion.confidence >= threshold)
+                 .order_by(Suggestion.id).with_for_update(of=Suggestion))
         if up_to_id is not None:
             query = query.where(Suggestion.id <= up_to_id)
         decisions = []

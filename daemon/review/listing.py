@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from daemon.core.db.models import Decision, Model, Suggestion, Track
 from daemon.core.states import WRITE_OUTSTANDING, QueueSort, SuggestionStatus, TrackState
 from daemon.learn.labels import training_label
-from daemon.review.decisions import ReviewError, top_choices
+from daemon.review.decisions import ReviewError, top_choices, waiting_for_review
 
 S = SuggestionStatus
 SORTS = tuple(QueueSort)
@@ -74,7 +74,9 @@ def _like_prefix(folder: str) -> str:
 
 
 def _filtered(query: Select, f: QueueFilter) -> Select:
-    if f.status != "all":
+    if f.status == S.PENDING:
+        query = query.where(waiting_for_review())
+    elif f.status != "all":
         query = query.where(Suggestion.status == f.status)
     if f.genre:
         query = query.where(Suggestion.genre == f.genre)
@@ -108,7 +110,7 @@ def list_suggestions(session: Session, f: QueueFilter = QueueFilter(), *, limit:
     }[f.sort]
     rows = session.execute(_filtered(base, f).order_by(*order).limit(limit).offset(offset)).all()
     count = select(func.count()).select_from(Suggestion)
-    if f.folder or f.format:  # only then does the count need the tracks
+    if f.folder or f.format or f.status == S.PENDING:  # only then does it need the tracks
         count = count.join(Track, Suggestion.track_id == Track.id)
     total = session.scalar(_filtered(count, f))
     return [(s, t) for s, t in rows], int(total or 0)
@@ -120,8 +122,8 @@ def count_above(session: Session, threshold: float) -> tuple[int, int | None]:
     was shown are not accepted unseen)."""
     count, top_id = session.execute(
         select(func.count(), func.max(Suggestion.id))
-        .where(Suggestion.status == SuggestionStatus.PENDING,
-               Suggestion.confidence >= threshold)
+        .join(Track, Suggestion.track_id == Track.id)
+        .where(waiting_for_review(), Suggestion.confidence >= threshold)
     ).one()
     return int(count), top_id
 
@@ -129,7 +131,8 @@ def count_above(session: Session, threshold: float) -> tuple[int, int | None]:
 def pending_genres(session: Session, min_confidence: float | None = None
                    ) -> list[tuple[str, int]]:
     """(suggested genre, pending count), for the queue's genre filter and the bulk page."""
-    query = select(Suggestion.genre, func.count()).where(Suggestion.status == S.PENDING)
+    query = (select(Suggestion.genre, func.count())
+             .join(Track, Suggestion.track_id == Track.id).where(waiting_for_review()))
     if min_confidence is not None:
         query = query.where(Suggestion.confidence >= min_confidence)
     return [(g, int(n)) for g, n in session.execute(
@@ -139,7 +142,7 @@ def pending_genres(session: Session, min_confidence: float | None = None
 def pending_formats(session: Session) -> list[str]:
     return [f for f in session.scalars(
         select(Track.format).join(Suggestion, Suggestion.track_id == Track.id)
-        .where(Suggestion.status == S.PENDING, Track.format.is_not(None))
+        .where(waiting_for_review(), Track.format.is_not(None))
         .distinct().order_by(Track.format)).all()]
 
 

@@ -176,6 +176,30 @@ class LeaderLock:
             self._conn = None
 
 
+def lock_holder(state_dir: Path, locks: Path = Path("/proc/locks")) -> int | None:
+    """The pid holding the SQLite leader lock (state_dir/leader.lock) right now, from the
+    kernel's list of file locks, or None: a sign of life that needs no write (on a full
+    disk the service can publish neither heartbeat nor health), and no try at the lock
+    (which a starting service could lose to). Linux only; None elsewhere."""
+    try:
+        st = (Path(state_dir) / "leader.lock").stat()
+        lines = locks.read_text().splitlines()
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": major:minor in hex, then inode.
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a request waiting for the lock, not its holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+            try:
+                return int(fields[4])
+            except ValueError:
+                return None
+    return None
+
+
 class Stopping(Exception):
     """A stop began while the leader-only components were starting."""
 
@@ -229,6 +253,8 @@ class Leadership:
 
     def publish(self, stopped: bool = False) -> None:
         """The leader's ServiceState "leader" row, and its role on its worker row."""
+        if self.sessions is None:  # start-up failed before the database was open
+            return
         value = {"host": socket.gethostname(), "pid": os.getpid(),
                  "since": (self.since or utcnow()).isoformat(),
                  "stopped_at": utcnow().isoformat() if stopped else None}
@@ -237,7 +263,8 @@ class Leadership:
                 session.merge(ServiceState(key=LEADER_KEY, value=value, updated_at=utcnow()))
         except Exception as err:  # status shows the old row a while; the lock is what counts
             log.warning("cannot publish the leader: %s", err)
-        self.set_role("leader" if self.leading and not stopped else "standby")
+        if not stopped:  # a stopped leader's row keeps its role: status lists it as stopped
+            self.set_role("leader" if self.leading else "standby")
 
     def set_role(self, role: str) -> None:
         """Worker.role on the service's own worker row, when it has one."""

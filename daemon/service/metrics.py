@@ -34,6 +34,9 @@ its figures out: the answer still comes, with what needs no database and
     genretagger_worker_heartbeat_age_seconds{worker}  since each running worker last beat
                                                     (worker="host:pid"; stopped ones left out)
     genretagger_metrics_db_up                       1: the database figures are in
+    genretagger_state_disk_free_bytes               free space on state_dir's disk (the
+                                                    "database" component is unhealthy
+                                                    while it is full or writes fail)
 plus the process_* metrics of the process serving them.
 """
 
@@ -54,6 +57,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.core.config import Config
 from daemon.core.db.engine import is_postgresql, make_engine, make_sessionmaker, sqlite_path
 from daemon.core.db.models import Model, ServiceState, TrainingRun, utcnow
+from daemon.core.disk import state_disk
 from daemon.core.health import describe_failure
 from daemon.core.live import Live, as_live
 from daemon.learn.registry import active_model
@@ -228,6 +232,10 @@ class StationCollector(Collector):
         yield from self._component_families(now)
         yield _gauge("metrics_db_up", "1 when this scrape could read the database.",
                      0.0 if figures is None else 1.0)
+        free = state_disk(self.live.config.state_dir)["free_bytes"]
+        if free is not None:
+            yield _gauge("state_disk_free_bytes", "Free bytes on the disk holding state_dir "
+                         "(the database, backups, models).", float(free))
 
     def _read_database(self, now: datetime) -> dict[str, Any] | None:
         try:

@@ -1,5 +1,6 @@
 """Timed jobs: the reconciliation walk every `library.reconcile_minutes`, the nightly retrain,
-and every REQUEUE_DEAD_SECONDS the tracks of dead workers back to the queue.
+every REQUEUE_DEAD_SECONDS the tracks of dead workers back to the queue, and the daily
+backup of a SQLite database.
 
 APScheduler 3's BackgroundScheduler with its in-memory job store: nothing the scheduler
 does between jobs touches the database, so a locked or full database can fail a job
@@ -41,8 +42,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config, RetrainConfig
+from daemon.core.db.backup import backup_database, list_backups
+from daemon.core.db.engine import sqlite_path
 from daemon.core.db.models import TrainingRun
-from daemon.core.errors import GenretaggerError
+from daemon.core.errors import BackupFailed, GenretaggerError
 from daemon.core.health import Health, describe_failure, thread_alive
 from daemon.core.live import Live, as_live
 from daemon.core.states import RunTrigger
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 RECONCILE_JOB = "reconcile"
 NIGHTLY_JOB = "nightly-retrain"
 REQUEUE_DEAD_JOB = "requeue-dead"
+BACKUP_JOB = "backup"
 # How often the leader looks for dead workers' tracks (at most half of dead_after).
 REQUEUE_DEAD_SECONDS = 30.0
 # The nightly job by name (it takes the Retrainer: add_nightly(NIGHTLY_FUNC, args=(r,))).
@@ -224,6 +228,32 @@ class Scheduler:
         seconds = min(REQUEUE_DEAD_SECONDS, self.config.workers.dead_after_seconds / 2)
         self._add(REQUEUE_DEAD_JOB, "requeue dead workers' tracks", self._requeue_dead,
                   IntervalTrigger(seconds=seconds), grace_seconds=int(seconds))
+
+    def add_backup(self) -> None:
+        """Every day at backup.hour:minute local time, the SQLite database into
+        state_dir/backups (daemon.core.db.backup; the newest backup.keep stay). With no
+        backup from the last day (a first start, or the daemon was down), one runs now.
+        Nothing with backups off, or on PostgreSQL (pg_dump's job)."""
+        backup = self.config.backup
+        if not backup.enabled or sqlite_path(self.config.db_url) is None:
+            return
+        now = datetime.now().astimezone()
+        newest = list_backups(self.config.backups_dir)
+        stale = not newest or (now.timestamp() - newest[0].stat().st_mtime > 86400)
+        self._add(BACKUP_JOB, "daily database backup", self._backup,
+                  CronTrigger(hour=backup.hour, minute=backup.minute),
+                  grace_seconds=6 * 3600, next_run_time=now if stale else None)
+
+    def _backup(self) -> None:
+        path = sqlite_path(self.config.db_url)
+        if path is None:
+            return
+        try:
+            made = backup_database(path, self.config.backups_dir, "daily",
+                                   keep=self.config.backup.keep)
+        except BackupFailed as err:
+            raise JobFailed(f"backup: {err}") from err
+        log.info("backed the database up to %s", made)
 
     def _requeue_dead(self) -> None:
         requeue_dead(self.sessions, self.config.workers.dead_after_seconds)

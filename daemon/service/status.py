@@ -11,7 +11,16 @@ it counts as running when either is fresh and its pid is alive.
       "daemon": {"running": bool, "pid": int|null, "started_at": str|null,
                  "heartbeat": str|null, "stopped_at": str|null, "last_file": str|null,
                  "model_loaded": int|null,
-                 "healthy": bool|null},       # null: no live service published its health
+                 "healthy": bool|null,        # null: no live service published its health
+                 "publishing": bool},         # false: alive (it holds the leader lock)
+                                              # but neither heartbeat nor health is fresh
+      "storage": {"state_dir": str, "free_bytes": int|null, "total_bytes": int|null,
+                  "disk_full": bool,          # less than 1 MiB free on state_dir's disk
+                  "database_unwritable": str|null,   # why the SQLite file cannot be written
+                  "condition": str|null},     # what is wrong, in words; null: all well
+      "library": {"root": str, "problem": str|null,    # why the root cannot be read
+                  "unreadable_folders": [str]},       # folders the last walk could not
+                                                      # list (their songs are kept)
       "leader": null | {"host": str, "pid": int, "since": str,   # the service running the
                         "stopped_at": str|null},  # walk, writer, scheduler, retrainer
       "components": {name: {"alive": bool, "healthy": bool, "last_progress_at": str|null,
@@ -75,7 +84,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
-from daemon.core.db.engine import display_url
+from daemon.core.db.engine import display_url, sqlite_path
 from daemon.core.db.models import (
     Decision,
     Event,
@@ -87,14 +96,16 @@ from daemon.core.db.models import (
 )
 from daemon.core.health import pid_alive, read_health
 from daemon.core.paths import display_stored
-from daemon.core.states import WRITE_OUTSTANDING, SuggestionStatus, TrackState, WriteStatus
+from daemon.core.states import WRITE_OUTSTANDING, TrackState, WriteStatus
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
 from daemon.learn.report import cannot_suggest_lines
 from daemon.learn.runs import last_run
 from daemon.review.albums import count_mixed
-from daemon.service.leader import LEADER_KEY
+from daemon.review.decisions import waiting_for_review
+from daemon.service.leader import LEADER_KEY, lock_holder
 from daemon.service.scheduler import next_nightly_run, nightly_history
+from daemon.service.storage import library_problem, storage_lines, storage_status
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.workers import list_workers
 
@@ -172,13 +183,18 @@ def events_last_hour(session: Session, now: datetime) -> dict[str, int]:
             "failed": int(events.get("failed", 0))}
 
 
-def _daemon_part(beat: dict, health: dict | None, now: datetime) -> dict[str, Any]:
+def _daemon_part(beat: dict, health: dict | None, now: datetime,
+                 holder: int | None = None) -> dict[str, Any]:
+    # The health file is written apart from the database: a daemon waiting out a locked
+    # database still counts as running. On a full disk it can write neither; the leader
+    # lock's holder still says it is alive.
+    publishing = daemon_running(beat, now) or health is not None
+    alive = holder is not None and pid_alive(holder)
     return {
-        # The health file is written apart from the database: a daemon waiting out a
-        # locked database still counts as running.
-        "running": daemon_running(beat, now) or health is not None,
-        "healthy": health.get("healthy") if health else None,
-        "pid": beat.get("pid"),
+        "running": publishing or alive,
+        "publishing": publishing,
+        "healthy": health.get("healthy") if health else (False if alive else None),
+        "pid": beat.get("pid") if publishing or not alive else holder,
         "started_at": beat.get("started_at"),
         "heartbeat": beat.get("heartbeat"),
         "stopped_at": beat.get("stopped_at"),
@@ -262,8 +278,9 @@ def tracks_by_state(session: Session) -> dict[str, int]:
 
 def pending_suggestions(session: Session) -> int:
     """Suggestions waiting for the music director."""
-    return int(session.scalar(select(func.count()).select_from(Suggestion).where(
-        Suggestion.status == SuggestionStatus.PENDING)) or 0)
+    return int(session.scalar(select(func.count()).select_from(Suggestion)
+                              .join(Track, Suggestion.track_id == Track.id)
+                              .where(waiting_for_review())) or 0)
 
 
 def collect_status(config: Config, sessions: sessionmaker[Session],
@@ -278,12 +295,19 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
         leader = session.get(ServiceState, LEADER_KEY)
         walk = dict(reconcile.value or {}) if reconcile is not None else None
         health = published_health(config, now)
+        components = health.get("components", {}) if health else {}
         active = active_model(session)
+        holder = lock_holder(config.state_dir) if sqlite_path(config.db_url) else None
+        root = config.library.root
         return {
             "daemon": _daemon_part(dict(heartbeat.value) if heartbeat is not None else {},
-                                   health, now),
+                                   health, now, holder),
+            "storage": storage_status(config, components),
+            "library": {"root": str(root), "problem": library_problem(root),
+                        "unreadable_folders": list((walk or {}).get("unreadable_folders")
+                                                   or [])},
             "leader": dict(leader.value) if leader is not None else None,
-            "components": health.get("components", {}) if health else {},
+            "components": components,
             "database": display_url(config.db_url),
             "tracks": {"total": sum(by_state.values()), "by_state": by_state},
             "queue_depth": queue_depth(session),
@@ -313,7 +337,11 @@ def _local(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def _daemon_line(d: dict[str, Any]) -> str:
+def _daemon_line(d: dict[str, Any], storage: dict[str, Any] | None = None) -> str:
+    if d["running"] and not d.get("publishing", True):
+        why = (storage or {}).get("condition") or "see `journalctl -u genretagger`"
+        return (f"daemon:      running (pid {d['pid']}), but it cannot publish its heartbeat "
+                f"or health: {why}")
     if d["running"]:
         return f"daemon:      running (pid {d['pid']}, since {_local(d['started_at'])})"
     if d["stopped_at"]:
@@ -396,9 +424,11 @@ def _retrain_line(retrain: dict[str, Any]) -> str:
 def render_status(data: dict[str, Any]) -> str:
     """The short plain-text report for the station's IT volunteer."""
     d = data["daemon"]
-    lines = [_daemon_line(d), *_leader_lines(data.get("leader"), d["running"]),
+    storage = data.get("storage") or {}
+    lines = [_daemon_line(d, storage), *_leader_lines(data.get("leader"), d["running"]),
              *_component_lines(data.get("components") or {}),
-             f"database:    {data['database']}"]
+             f"database:    {data['database']}",
+             *storage_lines(storage, data.get("library") or {})]
     states = data["tracks"]["by_state"]
     shown = ", ".join(f"{n} {s}" for s, n in states.items() if n)
     lines.append(f"tracks:      {data['tracks']['total']}" + (f" ({shown})" if shown else ""))

@@ -3,7 +3,7 @@
 Start order (each needs the ones before it):
 
     leader      one try at the leader lock (daemon.service.leader)
-    database    open + migrate (the SQLite file is copied aside first), network-DB warning
+    database    check, open + migrate (backed up first; damaged: exit 3), network-DB warning
     genre map   state_dir/genres.toml, else the shipped one
     neighbours  "sounds like": the labelled songs' embeddings in memory, refreshed from
                 the database and the embedding cache every minute in its own thread
@@ -15,7 +15,7 @@ Start order (each needs the ones before it):
                 settled files are read (tags, header, fingerprint) in tag-reader child
                 processes, which the review page shares for its spectrograms and previews
     writer      accepted genres into the files
-    scheduler   reconcile every library.reconcile_minutes
+    scheduler   reconcile every library.reconcile_minutes; with SQLite, the daily backup
     retrainer   recovers cut-off runs; trains the first model in the background when
                 there is none (a trainer subprocess); started once the first walk's
                 files have settled, since it learns from their tags; then the nightly
@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Config, load_config
-from daemon.core.db.engine import open_database, transaction
+from daemon.core.db.backup import DAMAGED_EXIT
+from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, utcnow
 from daemon.core.errors import ConfigError
 from daemon.core.health import Component, describe_failure, write_health
@@ -64,6 +65,7 @@ from daemon.library.reconcile import Library
 from daemon.library.watcher import Watcher
 from daemon.review.web.app import WebServer
 from daemon.review.writeback import Writer
+from daemon.service import storage
 from daemon.service.heap import bound_heap
 from daemon.service.leader import Leadership, Stopping
 from daemon.service.logs import setup_logging
@@ -152,6 +154,7 @@ class Service:
                                      on_status=self.notifier.status,
                                      worker_id=lambda: getattr(self, "worker_id", None))
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
+        self.storage_watch = storage.StorageWatch()
         self._health_stop = threading.Event()
         self._health_thread = threading.Thread(target=self._health_loop, name="health",
                                                daemon=True)
@@ -194,8 +197,7 @@ class Service:
         self.leadership.take()  # one try now, before anything is published
         self._health_thread.start()
         self.notifier.status("opening the database")
-        self.engine, self.sessions = open_database(
-            config.db_url, busy_timeout=config.database_busy_seconds)
+        self.engine, self.sessions = storage.open_checked(config)
         self.leadership.sessions = self.sessions
         live = self.live
         log.info("genre map: %d genres from %s", len(live.genre_map.canonical),
@@ -243,6 +245,7 @@ class Service:
         self.scheduler = Scheduler(live, self.sessions)
         self.scheduler.add_reconcile(self.library)
         self.scheduler.add_requeue_dead()
+        self.scheduler.add_backup()
         self._add_leader("scheduler", self.scheduler)
         # Its thread recovers runs cut off by a restart and, with no active model, trains
         # the first one (a subprocess) in the background -- from the tagged tracks, so only
@@ -309,6 +312,9 @@ class Service:
                 log.error("cannot start: %s", err)
                 return 2
             except Exception as err:
+                if damaged := storage.damaged_start(err, self.config):  # systemd: no restart
+                    log.error("cannot start: %s", damaged)
+                    return DAMAGED_EXIT
                 # One clear line for the journal (the traceback follows at debug level).
                 log.error("cannot start: %s: %s", type(err).__name__, err)
                 log.debug("start-up failure", exc_info=True)
@@ -355,8 +361,10 @@ class Service:
         try:
             with transaction(self.sessions) as session:
                 session.merge(ServiceState(key=DAEMON_KEY, value=value, updated_at=utcnow()))
+            self.storage_watch.wrote()
         except Exception as err:  # a locked DB delays the heartbeat; it must not stop us
             log.warning("cannot publish the heartbeat: %s", err)
+            self.storage_watch.failed(err, self.config)
 
     def components(self) -> dict[str, dict[str, Any]]:
         """Every background component's health report (daemon.core.health shapes), by name:
@@ -379,16 +387,18 @@ class Service:
             else:
                 reports[name] = got
         reports["leader"] = self.leadership.health_report()
+        reports[storage.STORAGE_COMPONENT] = self.storage_watch.report(self.config.state_dir)
         if self.retrainer is not None and "retrainer" not in reports:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
                                     "waiting": "for the first walk's files to settle"}
         return reports
 
     def healthy(self) -> bool:
-        """For the watchdog: the main loop and every component's thread go round."""
+        """For the watchdog: every thread goes round (storage aside: no restart makes room)."""
         if self.stop_event.is_set() or not self._running:
             return True  # starting or stopping: systemd's start/stop timeouts cover us
-        return all(report.get("healthy") for report in self.components().values())
+        return all(report.get("healthy") for name, report in self.components().items()
+                   if name != storage.STORAGE_COMPONENT)
 
     def _publish_health(self, stopped: bool = False) -> None:
         """state_dir/health.json for `status` (a file, so a locked database cannot hold

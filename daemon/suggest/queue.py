@@ -123,3 +123,24 @@ def prune_events(sessions: sessionmaker[Session], kinds: tuple[str, ...], days: 
     cutoff = utcnow() - timedelta(days=days)
     with transaction(sessions) as session:
         session.execute(delete(Event).where(Event.kind.in_(kinds), Event.at < cutoff))
+
+
+def retry_quarantined(sessions: sessionmaker[Session], paths: list[str] | None = None
+                      ) -> tuple[list[str], list[str]]:
+    """Quarantined tracks back to `queued` with a fresh start (attempts from 0): those
+    with these stored paths, or (None) every one. By hand, for a fix the walk cannot see.
+    Returns (the stored paths requeued, the given ones that are not quarantined)."""
+    with transaction(sessions) as session:
+        query = select(Track).where(Track.state == TrackState.QUARANTINED)
+        if paths is not None:
+            query = query.where(Track.path.in_(paths))
+        tracks = session.scalars(query.order_by(Track.id)).all()
+        now = utcnow()
+        for track in tracks:
+            move(track, TrackState.QUEUED)
+            track.attempts, track.next_attempt_at = 0, None
+            track.quarantined_ctime = None
+            track.state_changed_at = now
+        done = [t.path for t in tracks]
+    left = [p for p in paths or [] if p not in set(done)]
+    return done, left

@@ -57,7 +57,7 @@ from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
 from daemon.core.retry import backoff
 from daemon.core.states import TrackState, move
 from daemon.library.fingerprint import fingerprint
-from daemon.library.walk import same_stat
+from daemon.library.walk import inode_ctime, same_stat
 from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.inputs import SongInputs, WindowSpecs
@@ -410,6 +410,7 @@ class Worker:
             if quarantined:
                 move(track, TrackState.QUARANTINED)
                 track.next_attempt_at = None
+                track.quarantined_ctime = inode_ctime(self.root / filesystem_path(claim.path))
             else:
                 move(track, TrackState.RETRYING)
                 track.next_attempt_at = now + timedelta(

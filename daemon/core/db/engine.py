@@ -12,10 +12,7 @@ review decisions, the writer's records), which on SQLite's BEGIN IMMEDIATE costs
 from __future__ import annotations
 
 import logging
-import shutil
-import sqlite3
 from contextlib import contextmanager
-from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
@@ -29,6 +26,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.core.db.backup import backup_database, damaged_message, is_damage
+from daemon.core.disk import (
+    database_unwritable,
+    first_line,
+    human_bytes,
+    state_disk,
+    unwritable_reason,
+)
 from daemon.core.errors import DatabaseUnreachable, SchemaBehind
 from daemon.library.mounts import filesystem_type, is_network_filesystem
 
@@ -237,23 +242,16 @@ def pending_migrations(engine: Engine) -> list[str]:
             if rev.revision not in current]
 
 
-def backup_sqlite(path: Path) -> Path:
-    """A consistent copy via SQLite's online backup (safe with WAL and readers)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.bak-{stamp}")
-    src = sqlite3.connect(path)
-    try:
-        dst = sqlite3.connect(target)
-        with dst:
-            src.backup(dst)
-        dst.close()
-    finally:
-        src.close()
-    return target
+def backups_folder(path: Path, backups_dir: Path | None) -> Path:
+    """Where a SQLite file's backups go: `backups_dir` (the config's state_dir/backups),
+    else a `backups` folder beside the file."""
+    return backups_dir if backups_dir is not None else path.parent / "backups"
 
 
-def migrate(engine: Engine) -> Path | None:
-    """Apply pending migrations, backing the SQLite file up first. Returns the backup."""
+def migrate(engine: Engine, backups_dir: Path | None = None,
+            keep_backups: int | None = None) -> Path | None:
+    """Apply pending migrations, backing the SQLite file up first (daemon.core.db.backup,
+    into `backups_dir`, the newest `keep_backups` kept). Returns the backup."""
     pending = pending_migrations(engine)
     if not pending:
         return None
@@ -261,7 +259,8 @@ def migrate(engine: Engine) -> Path | None:
     path = sqlite_path(str(engine.url))
     # A new database (no tables yet; `init`, a first start) has nothing to keep.
     if path is not None and path.exists() and inspect(engine).get_table_names():
-        backup = backup_sqlite(path)
+        backup = backup_database(path, backups_folder(path, backups_dir), "migration",
+                                 keep=keep_backups)
         log.info("backed up %s to %s before %d migration(s)", path, backup, len(pending))
     elif is_postgresql(str(engine.url)) and inspect(engine).get_table_names():
         # A server's database is the DBA's to back up: say how, once, before changing it.
@@ -280,13 +279,8 @@ def display_url(url: str) -> str:
         hide_password=True)
 
 
-def keep_newest_backups(path: Path, keep: int = 5) -> None:
-    backups = sorted(path.parent.glob(f"{path.name}.bak-*"))
-    for old in backups[:-keep]:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-
-
-def open_database(url: str, *, upgrade: bool = True, busy_timeout: float = BUSY_TIMEOUT_S
+def open_database(url: str, *, upgrade: bool = True, busy_timeout: float = BUSY_TIMEOUT_S,
+                  backups_dir: Path | None = None, keep_backups: int | None = None
                   ) -> tuple[Engine, sessionmaker[Session]]:
     """Engine + sessions for a migrated database (used by every command and the daemon).
 
@@ -306,10 +300,7 @@ def open_database(url: str, *, upgrade: bool = True, busy_timeout: float = BUSY_
                 f"the database {display_url(url)} is {len(pending)} schema migration(s) "
                 "behind this genretagger; the service applies them when it starts (sudo systemctl "
                 "restart genretagger), then run this again")
-    migrate(engine)
-    path = sqlite_path(url)
-    if path is not None:
-        keep_newest_backups(path)
+    migrate(engine, backups_dir, keep_backups)
     return engine, make_sessionmaker(engine)
 
 
@@ -326,3 +317,29 @@ def _table_names(engine: Engine) -> list[str]:
         raise DatabaseUnreachable(
             f"cannot reach the database {display_url(str(engine.url))}: "
             f"{reason[0] if reason else err}") from err
+
+
+def database_problem(err: BaseException, url: str, backups_dir: Path | None = None) -> str:
+    """A database error -> one line for a person: which database, what is wrong, what to
+    do (full disk, damaged file, read-only, busy; else the driver's first line)."""
+    name = display_url(url)
+    path = sqlite_path(url)
+    first = first_line(err)
+    if database_full(err):
+        if path is None:
+            return (f"the database {name} cannot be written: the server's disk is full "
+                    f"({first}); free space there, then try again")
+        disk = state_disk(path.parent)
+        return (f"the database {name} cannot be written: the disk is full "
+                f"({human_bytes(disk['free_bytes'])} free on {path.parent}); free space "
+                "there, then try again (nothing was changed)")
+    if path is not None and is_damage(err):
+        return damaged_message(path, first, backups_folder(path, backups_dir))
+    if path is not None and database_unwritable(err):
+        reason = unwritable_reason(path) or (
+            f"{first}: give the service's user write access to the file and its folder")
+        return f"the database {name} cannot be written: {reason}, then try again"
+    if database_busy(err):
+        return (f"the database {name} is busy ({first}): another program holds its lock; "
+                "try again in a moment")
+    return f"the database {name} failed: {first}"

@@ -101,6 +101,9 @@ class Track(Base):
     # knows the change was ours and does not re-queue the file.
     written_size: Mapped[int | None] = mapped_column(BigInteger)
     written_mtime: Mapped[float | None] = mapped_column(Float)
+    # The file's ctime when it was quarantined: a chmod/chown that fixes it changes only
+    # this, and the next walk sends it back to the queue (daemon.library.reconcile).
+    quarantined_ctime: Mapped[float | None] = mapped_column(Float)
 
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,18 +1,31 @@
 """The history of decisions, newest first, and undo (of one decision, or the reviewer's
-last: the "u" key)."""
+last: the "u" key); above it, the songs that could not be read (quarantined), each with
+a "Try again" button for after the fix."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, flash, jsonify, render_template, request
+from sqlalchemy import func, select
 
-from daemon.core.states import WRITE_OUTSTANDING
+from daemon.core.db.models import Track
+from daemon.core.states import WRITE_OUTSTANDING, TrackState
 from daemon.review import decisions, listing
-from daemon.review.web.common import bad_page, here, page_number, page_url, review
+from daemon.review.web.common import (
+    bad_page,
+    go_next,
+    here,
+    page_number,
+    page_url,
+    review,
+    wants_json,
+)
 from daemon.review.web.songs import done, failed
+from daemon.suggest.queue import retry_quarantined
 
 bp = Blueprint("history", __name__)
 
 PAGE_SIZE = 50
+QUARANTINE_SHOWN = 20
 # ?show= value: only the decisions whose genre is not in the file yet.
 UNWRITTEN = "unwritten"
 
@@ -29,8 +42,15 @@ def history():
                                              offset=(page - 1) * PAGE_SIZE,
                                              write_status=statuses)
         backlog = listing.write_backlog(db)
+        quarantined = db.scalars(
+            select(Track).where(Track.state == TrackState.QUARANTINED)
+            .order_by(Track.state_changed_at.desc(), Track.id.desc())
+            .limit(QUARANTINE_SHOWN)).all()
+        quarantined_total = db.scalar(select(func.count()).select_from(Track).where(
+            Track.state == TrackState.QUARANTINED)) or 0
     return render_template(
         "history.html", rows=rows, total=total, page=page,
+        quarantined=quarantined, quarantined_total=quarantined_total,
         pages=max(1, -(-total // PAGE_SIZE)), only=only,
         backlog=backlog, here=here(), page_url=page_url("history.history"))
 
@@ -59,3 +79,25 @@ def undo_last():
     except decisions.ReviewError as err:
         return failed(err)
     return done([decision], "Undone.")
+
+
+@bp.post("/quarantined/retry")
+def retry():
+    """Quarantined songs back to the queue: the one in the form's `path` (stored form), or
+    every one with `all=1`."""
+    every = request.form.get("all") == "1"
+    path = request.form.get("path")
+    if not every and not path:
+        return _answer(False, "Say which song to try again.", 400)
+    done, _left = retry_quarantined(review().sessions, None if every else [path])
+    if not done:
+        return _answer(False, "That song is not quarantined (any more).", 409)
+    return _answer(True, f"{len(done)} song(s) will be tried again." if every
+                   else "The song will be tried again.")
+
+
+def _answer(ok: bool, message: str, status: int = 200):
+    if wants_json():
+        return jsonify(ok=ok, message=message), status
+    flash(message, "message" if ok else "error")
+    return go_next(request.form.get("next"))

@@ -16,7 +16,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from daemon.core.db.models import Decision, Suggestion, Track
+from daemon.core.db.models import Decision, Track
 from daemon.core.states import SuggestionStatus
 from daemon.review import decisions, listing
 from daemon.review.web.common import (
@@ -46,7 +46,7 @@ def _filter_options(db: Session) -> dict:
 
     def make() -> dict:
         paths = db.scalars(select(Track.path).join(Track.suggestions)
-                           .where(Suggestion.status == SuggestionStatus.PENDING))
+                           .where(decisions.waiting_for_review()))
         folders = {PurePosixPath(p).parts[0] for p in paths if "/" in p}
         genres = decisions.canonical_genres(db, deps.live)
         return dict(
