@@ -5,35 +5,18 @@ test-artifacts/ (gitignored)."""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 from pathlib import Path
 
 import pytest
+from chromium import ARTIFACTS, SONGS, browser_page
 from helpers import add_suggested_track
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from daemon.core.db.models import Decision, Model, Suggestion, Track, utcnow
 from daemon.library.fingerprint import fingerprint
 from daemon.review.web import WebServer
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-SONGS = [  # file, title, artist, top-3
-    ("Incoming/Night Drive.mp3", "Night Drive", "The Lanterns",
-     (("Electronic", 0.93), ("Pop", 0.05), ("Rock", 0.02))),
-    ("Incoming/Blue Porch.flac", "Blue Porch", "Delta Ray",
-     (("Blues", 0.91), ("Jazz", 0.06), ("Country", 0.03))),
-    ("Donations/Fast Lane.ogg", "Fast Lane", "Iron Kettle",
-     (("Rock", 0.55), ("Metal", 0.41), ("Pop", 0.04))),
-    ("Donations/Late Set.m4a", "Late Set", "Quartet Nine",
-     (("Jazz", 0.47), ("Classical", 0.33), ("Blues", 0.2))),
-    ("Donations/Morning.opus", "Morning", "Ana Lee",
-     (("Folk", 0.38), ("Country", 0.35), ("Pop", 0.27))),
-]
 
 
 @pytest.fixture
@@ -73,24 +56,6 @@ def served(request, tmp_path, make_config, database, make_song):
 def page(served):
     with browser_page() as page:
         yield page
-
-
-@contextlib.contextmanager
-def browser_page(**context):
-    """A page of Debian's chromium (`context`: Playwright's new_context arguments, a
-    1280 x 900 window unless told); on leaving, no script error may have happened."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=CHROMIUM_ARGS)
-        page = browser.new_context(**{"viewport": {"width": 1280, "height": 900},
-                                      **context}).new_page()
-        errors = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        yield page
-        browser.close()
-    assert not errors, errors  # no script errors, no CSP violations
 
 
 def decisions(sessions) -> list[Decision]:

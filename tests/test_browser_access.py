@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from chromium import ARTIFACTS, SONGS, browser_page
 from helpers import add_album_song, add_suggested_track
 from playwright.sync_api import expect
 from sqlalchemy import select, update
-from test_browser import ARTIFACTS, SONGS, browser_page
 
 from daemon.core.db.models import Decision, Model, Suggestion, Track, TrainingRun, utcnow
 from daemon.library.albums import album_key
@@ -22,7 +22,7 @@ from daemon.review.web import WebServer
 
 # Where `make test` installs npm's axe-core (the Makefile's AXE_CORE).
 AXE = Path(sys.prefix) / "share" / "genretagger" / "node_modules" / "axe-core" / "axe.min.js"
-TOKEN = "letmein-for-the-test"
+TOKEN = "access-test-token-0123456789abcdef"
 DESKTOP = {"viewport": {"width": 1366, "height": 900}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3,
          "is_mobile": True, "has_touch": True}
