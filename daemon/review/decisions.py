@@ -136,9 +136,12 @@ def _write_status(config: Config, writes: bool) -> str:
 
 
 def _cancel_outstanding_writes(session: Session, track: Track, reason: str) -> None:
-    """Only the newest decision's genre goes into a file: older unwritten ones are dropped."""
+    """Only the newest decision's genre goes into a file: older unwritten ones are dropped.
+    An undo still to put the file back stays: the next write must find the file as it
+    was before ours, and records that."""
     for older in session.scalars(select(Decision).where(
-            Decision.track_id == track.id, Decision.write_status.in_(WRITE_OUTSTANDING))):
+            Decision.track_id == track.id, Decision.write_status.in_(WRITE_OUTSTANDING),
+            Decision.action != Action.UNDO)):
         older.write_status = WriteStatus.NONE
         older.write_error = reason
         older.next_write_at = None
@@ -298,13 +301,15 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
         raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
                          "track came later; undo that one first")
     now = utcnow()
-    # The genre the file should carry again, if ours already reached it.
+    # Ours reached the file: the file's genre fields go back to what they were just
+    # before that write (the earlier genre, or none), every other tag untouched.
     restore_file = target.write_status == WriteStatus.WRITTEN
+    fields = target.file_fields_before if restore_file else None
     previous = [d for d in standing[1:] if d.action in (Action.ACCEPT, Action.OVERRIDE)]
     back_to = previous[0] if previous else None
     undo_row = Decision(
         track_id=track.id, suggestion_id=target.suggestion_id, action=Action.UNDO,
-        how=How.UNDO, genre=target.previous_genre if restore_file else None,
+        how=How.UNDO, genre=None, file_fields_before=fields,
         previous_genre=_previous_genre(track), who=who, at=now, undoes_id=target.id,
         undone=False, write_attempts=0, write_status=WriteStatus.NONE, batch_id=batch_id,
     )
@@ -312,11 +317,15 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
         target.write_status = WriteStatus.NONE
         target.write_error = "undone before it was written"
         target.next_write_at = None
-    if restore_file:
+    if fields is not None:
+        undo_row.write_status = _write_status(config, True)
+    elif restore_file:
+        # Written before the file's genre fields were recorded: its previous genre goes
+        # back, or, where it had none, ours stays until the next decision replaces it.
+        undo_row.genre = target.previous_genre
         if target.previous_genre is not None:
             undo_row.write_status = _write_status(config, True)
         else:
-            # The file had no genre; tags keep ours until the next decision replaces it.
             undo_row.write_error = (f"the file keeps {target.genre!r}: it had no genre "
                                     "tag before, and the next decision will replace it")
     target.undone = True
