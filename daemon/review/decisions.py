@@ -8,9 +8,9 @@ overridden genres become the track's confirmed label (`confirmed_genre`,
 Decisions that change a file's tag get `write_status = "pending"` (or `"off"` when
 `review.write_tags` is false); `daemon.review.writeback.Writer` does the writing.
 
-Album actions (accept_album, undo_batch) decide every song of an album in one
-transaction: each song its own row (how "album"), all sharing one `batch_id`, undone
-together.
+Album actions (accept_album) and bulk accepts (bulk_accept) decide many songs in one
+transaction: each song its own row (how "album" / "bulk"), all sharing one `batch_id`,
+undone together (undo_batch).
 
 The web UI and the `genretagger review` commands both call these functions; IDs given
 to accept / set / reject are suggestion ids, undo takes a decision id.
@@ -46,6 +46,7 @@ from daemon.core.states import (
     move,
 )
 from daemon.learn.registry import active_model
+from daemon.review.sureness import at_least, threshold_percent
 
 # The suggestion rule's own reading of the audit log; review callers import it from here too.
 from daemon.suggest.suggestions import rejected_genres  # noqa: F401
@@ -79,11 +80,12 @@ class UnknownGenre(ReviewError):
 
 
 class UnknownBatch(UnknownDecision):
-    """No album action has this batch id (an unknown decision, to the page: a 404)."""
+    """No album or bulk action has this batch id (an unknown decision, to the page: a
+    404)."""
 
     def __init__(self, batch_id: str):
         self.batch_id = batch_id
-        ReviewError.__init__(self, f"no album action with batch id {batch_id!r}")
+        ReviewError.__init__(self, f"no album or bulk action with batch id {batch_id!r}")
 
 
 class CannotUndo(ReviewError):
@@ -243,26 +245,30 @@ def reject(sessions: sessionmaker[Session], config: Config, suggestion_ids: Iter
 
 def bulk_accept(sessions: sessionmaker[Session], config: Config, threshold: float, *, who: str,
                 up_to_id: int | None = None) -> list[Decision]:
-    """Accept every pending suggestion with confidence >= threshold (and id <= up_to_id,
-    when given) in one transaction; each gets its own decision row with how = "bulk".
+    """Accept every pending suggestion shown at least as sure as `threshold` (0-1, compared
+    as the whole percentage the page shows: daemon.review.sureness) and with id <=
+    up_to_id, when given, in one transaction; each gets its own decision row with how =
+    "bulk", all sharing one batch_id (undo_batch takes them back in one step).
     Suggestions whose track is not waiting for review are left alone."""
     if not 0.0 <= threshold <= 1.0:
         raise ReviewError(f"confidence threshold must be between 0 and 1, not {threshold}")
     with transaction(sessions) as session:
         # Locked in id order (PostgreSQL re-checks a row's status after waiting for it).
-        query = (select(Suggestion).where(Suggestion.status == SuggestionStatus.PENDING,
-                                          Suggestion.confidence >= threshold)
+        query = (select(Suggestion).where(
+            Suggestion.status == SuggestionStatus.PENDING,
+            at_least(Suggestion.confidence, threshold_percent(threshold)))
                  .order_by(Suggestion.id).with_for_update())
         if up_to_id is not None:
             query = query.where(Suggestion.id <= up_to_id)
-        decisions = []
+        decisions, batch_id = [], uuid.uuid4().hex
         for suggestion in session.scalars(query).all():
             track = locked(session, Track, suggestion.track_id)
             if track.state != TrackState.REVIEWED and not can_move(track.state,
                                                                    TrackState.REVIEWED):
                 continue
             decisions.append(_decide(session, config, suggestion, track, action=Action.ACCEPT,
-                                     how=How.BULK, genre=suggestion.genre, who=who))
+                                     how=How.BULK, genre=suggestion.genre, who=who,
+                                     batch_id=batch_id))
         return decisions
 
 
@@ -463,7 +469,7 @@ def _relabel(session: Session, config: Config, track: Track, genre: str, who: st
 
 def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *,
                who: str) -> list[Decision]:
-    """Undo every decision of an album action in one transaction (each as undo() does);
+    """Undo every decision of an album or bulk action in one transaction (each as undo() does);
     CannotUndo, and nothing undone, when any of them cannot be (a later decision on one of
     its songs, or the batch already undone)."""
     with transaction(sessions) as session:
@@ -475,7 +481,7 @@ def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *
             raise UnknownBatch(batch_id)
         standing = [d for d in batch if not d.undone]
         if not standing:
-            raise CannotUndo(f"album action {batch_id} is already undone")
+            raise CannotUndo(f"that action ({batch_id}) is already undone")
         undo_id = uuid.uuid4().hex
         return [_undo(session, config, d, who=who, batch_id=undo_id) for d in standing]
 

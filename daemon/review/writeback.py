@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -272,3 +273,45 @@ class Writer:
             decision.write_error = reason
             decision.next_write_at = utcnow() + timedelta(
                 seconds=backoff(decision.write_attempts, self.first_backoff, BACKOFF_MAX_S))
+
+
+# How long the page and the CLI wait for an undo's write-back before answering.
+REPORT_WAIT_S = 10.0
+
+
+def wait_for_files(sessions: sessionmaker[Session], decision_ids: list[int], *,
+                   timeout: float = REPORT_WAIT_S, poll: float = 0.1) -> list[Decision]:
+    """The decisions, re-read once none is still waiting for its first write attempt
+    (write_status pending with no attempt yet) or after `timeout` seconds, whichever
+    comes first; detached, in the given order."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as session:
+            rows = {d.id: d for d in session.scalars(
+                select(Decision).where(Decision.id.in_(decision_ids)))}
+            session.expunge_all()
+        waiting = any(d.write_status == WriteStatus.PENDING and not d.write_attempts
+                      for d in rows.values())
+        if not waiting or time.monotonic() >= deadline:
+            return [rows[i] for i in decision_ids if i in rows]
+        time.sleep(poll)
+
+
+def file_report(decision: Decision) -> str:
+    """What the decision did to its file, in words, from what the writer read back from
+    the file after its write (never assumed)."""
+    status = decision.write_status
+    undo = decision.action == Action.UNDO
+    if status == WriteStatus.WRITTEN:
+        genre = decision.file_genre
+        return f"the file's genre now: {genre}" if genre else "the file has no genre now"
+    if status == WriteStatus.PENDING:
+        return ("the file is put back as it was when the writer gets to it" if undo
+                else "the genre goes into the file when the writer gets to it")
+    if status == WriteStatus.FAILED:
+        return f"the file is not changed yet: {decision.write_error} (we keep trying)"
+    if status == WriteStatus.OFF:
+        return "writing is off: the file is not changed"
+    if undo and decision.write_error:
+        return decision.write_error
+    return "the file was not changed" if undo else ""
