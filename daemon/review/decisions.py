@@ -491,7 +491,7 @@ def last_batch(session: Session, who: str | None = None) -> str | None:
     the album page."""
     query = select(Decision.batch_id).where(
         Decision.batch_id.is_not(None), Decision.undone.is_(False),
-        Decision.action != Action.UNDO)
+        Decision.action != Action.UNDO, Decision.how == How.ALBUM)
     if who is not None:
         query = query.where(Decision.who == who)
     return session.scalar(query.order_by(Decision.id.desc()).limit(1))

@@ -8,7 +8,7 @@ from flask import Blueprint, render_template, request
 from daemon.core.states import WRITE_OUTSTANDING
 from daemon.review import decisions, listing
 from daemon.review.web.common import bad_page, here, page_number, page_url, review
-from daemon.review.web.songs import done, failed
+from daemon.review.web.songs import failed, undone
 
 bp = Blueprint("history", __name__)
 
@@ -43,11 +43,13 @@ def undo(decision_id: int):
                                   who=deps.config.review.reviewer)
     except decisions.ReviewError as err:
         return failed(err)
-    return done([decision], "Undone.")
+    return undone([decision])
 
 
 @bp.post("/undo-last")
 def undo_last():
+    """The "u" key: the reviewer's newest decision, or the whole bulk or album action it
+    belongs to."""
     deps = review()
     who = deps.config.review.reviewer
     with deps.sessions() as db:
@@ -55,7 +57,10 @@ def undo_last():
     if last is None:
         return failed(decisions.CannotUndo("nothing to undo"))
     try:
-        decision = decisions.undo(deps.sessions, deps.config, last.id, who=who)
+        if last.batch_id is not None:
+            made = decisions.undo_batch(deps.sessions, deps.config, last.batch_id, who=who)
+        else:
+            made = [decisions.undo(deps.sessions, deps.config, last.id, who=who)]
     except decisions.ReviewError as err:
         return failed(err)
-    return done([decision], "Undone.")
+    return undone(made)
