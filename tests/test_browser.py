@@ -338,7 +338,7 @@ def test_accept_an_album_by_keyboard_and_undo_it_in_one_step(tmp_path, make_conf
 
             page.keyboard.press("u")
             expect(page.locator("#album-total")).to_have_text("2")
-            expect(page.locator("p.flash").first).to_contain_text("Undone: 3 song(s)")
+            expect(page.locator("p.flash").first).to_contain_text("Undone (3 songs)")
             rows = decisions(sessions)
             assert all(d.undone for d in rows[:3])
             assert [d.action for d in rows[3:]] == ["undo"] * 3
