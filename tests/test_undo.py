@@ -165,3 +165,63 @@ def test_a_genre_undone_before_its_file_was_put_back_is_no_training_label(
                                          known=known)
     assert {s.rel: s.genre for s in songs} == {"L/tagged.mp3": "Blues"}
     assert dict(skipped) == {"L/bare.mp3": "no genre"}
+
+
+def test_the_cli_undo_says_what_the_file_reads_once_put_back(tmp_path, make_song):
+    """`review undo` (one decision, or a whole bulk action with --batch) waits for the
+    service's writer (here its Writer thread) and prints the genre read from the file."""
+    import json
+
+    from click.testing import CliRunner
+
+    from daemon.cli import cli
+    from daemon.core.config import load_config
+    from daemon.core.db.engine import open_database
+
+    library = tmp_path / "library"
+    library.mkdir()
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(f'state_dir = "{tmp_path / "state"}"\n[library]\n'
+                           f'root = "{library}"\n')
+    config = load_config(config_path)
+    engine, sessions = open_database(config.db_url)
+    tagged, _, tagged_sid = song(sessions, library, make_song, "C/tagged.mp3",
+                                 genre_tag="Blues", title="Tagged")
+    bare, _, _ = song(sessions, library, make_song, "C/bare.mp3", title="Bare")
+    writer = Writer(config, sessions, interval=0.1)
+    writer.start()
+    try:
+        def run(*args):
+            result = CliRunner().invoke(cli, ["--config", str(config_path), *args])
+            assert result.exit_code == 0, result.output
+            return result.stdout
+
+        [accepted] = json.loads(run("review", "accept", str(tagged_sid), "--json"))["decisions"]
+        wait_for_written(sessions, accepted["id"])
+        said = run("review", "undo", str(accepted["id"]))
+        assert "the file's genre now: Blues" in said
+        assert read_tags(tagged).genres == ("Blues",)
+
+        said = run("review", "accept", "--all-above", "0.9", "--yes")
+        batch = re.search(r"review undo --batch ([0-9a-f]{32})", said).group(1)
+        with sessions() as session:
+            made = session.scalars(select(Decision).where(Decision.batch_id == batch)).all()
+            assert len(made) == 2
+        for decision in made:
+            wait_for_written(sessions, decision.id)
+        said = run("review", "undo", "--batch", batch, "--json")
+        rows = json.loads(said)["decisions"]
+        assert sorted(r["file_genre"] for r in rows) == ["", "Blues"]
+        assert read_tags(bare).genres == () and read_tags(tagged).genres == ("Blues",)
+    finally:
+        writer.close()
+        engine.dispose()
+
+
+def wait_for_written(sessions, decision_id: int) -> None:
+    from helpers import wait_for
+
+    def written():
+        with sessions() as session:
+            return session.get(Decision, decision_id).write_status == "written"
+    wait_for(written, 20, f"decision {decision_id} written")
