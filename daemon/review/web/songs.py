@@ -153,8 +153,11 @@ def after_undo(made: list[Decision]) -> tuple[list[Decision], str]:
 
 
 def undone(made: list[Decision]):
-    """The answer to an undo (one decision or a whole batch)."""
+    """The answer to an undo (one decision or a whole batch). The keyboard script reloads
+    the page after an undo, so the message waits for that page too."""
     made, message = after_undo(made)
+    if wants_json():
+        flash(message)
     return done(made, message, notified=True)
 
 
