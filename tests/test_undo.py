@@ -225,3 +225,32 @@ def wait_for_written(sessions, decision_id: int) -> None:
         with sessions() as session:
             return session.get(Decision, decision_id).write_status == "written"
     wait_for(written, 20, f"decision {decision_id} written")
+
+
+def test_the_services_writer_records_and_puts_back_in_its_child_processes(
+        tmp_path, make_config, database, make_song):
+    """As the service runs it: the genre fields are read, the new version built and the
+    old fields put back in the tag reader's child process, never in the service."""
+    from daemon.library.read import reader_pool
+
+    library = tmp_path / "library"
+    config = make_config(library)
+    _, sessions = database
+    path, _, sid = song(sessions, library, make_song, "K/child.mp3", genre_tag="Blues",
+                        title="Child")
+    original = genre_fields(path)
+    children = reader_pool(config)
+    try:
+        writer = Writer(config, sessions, children=children)
+        [accepted] = review.accept(sessions, config, [sid], who="md")
+        assert writer.run_once().written == 1
+        assert read_tags(path).genres == ("Jazz",)
+        undo_row = review.undo(sessions, config, accepted.id, who="md")
+        assert writer.run_once().written == 1
+        assert genre_fields(path) == original
+        with sessions() as session:
+            assert session.get(Decision, accepted.id).file_fields_before == original
+            assert session.get(Decision, accepted.id).file_genre == "Jazz"
+            assert session.get(Decision, undo_row.id).file_genre == "Blues"
+    finally:
+        children.close()
