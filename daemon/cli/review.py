@@ -69,6 +69,7 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
                 folder: str | None, fmt: str | None, sort: str, limit: int, offset: int,
                 as_json: bool) -> None:
     """Suggestions waiting for review (or in another state), most sure first."""
+    from daemon.review.decisions import top_choices
     from daemon.review.listing import (
         QueueFilter,
         list_suggestions,
@@ -89,11 +90,13 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
         echo_json({"total": total, "suggestions": data})
         return
     click.echo(f"{total} suggestion(s){'' if total <= len(data) else f', showing {len(data)}'}")
-    for row in data:
-        top = ", ".join(f"{t['genre']} {percent(t['confidence'])}" for t in row["top"])
+    for (suggestion, _), row in zip(rows, data, strict=True):
+        # The stored confidences, not the JSON's 4-decimal ones: the percentages are the
+        # ones the page shows and `--all-above` compares.
+        top = ", ".join(f"{g} {percent(c)}" for g, c in top_choices(suggestion))
         mark = "  (unverified: not yet learned from your station's songs)" \
             if row["unverified"] else ""
-        click.echo(f"{row['id']:>7}  {percent(row['confidence']):>4}  {row['genre']:<12} "
+        click.echo(f"{row['id']:>7}  {percent(suggestion.confidence):>4}  {row['genre']:<12} "
                    f"[{top}]  {row['path']}{mark}")
         if context_reason(row["context"]):
             click.echo(f"         context: {context_reason(row['context'])}")
@@ -271,6 +274,7 @@ def album_list(ctx: Context, genre: str | None, folder: str | None, fmt: str | N
 def album_show(ctx: Context, key: str, as_json: bool) -> None:
     """One album's songs: what each is suggested or tagged, and who disagrees."""
     from daemon.review.albums import album_json, get_album
+    from daemon.review.web.format import percent
 
     with _review_sessions(ctx)() as session:
         data = album_json(get_album(session, key), songs=True)
@@ -284,7 +288,7 @@ def album_show(ctx: Context, key: str, as_json: bool) -> None:
     for t in data["tracks"]:
         if t["suggestion_id"] is not None:
             mark = "" if t["agrees"] else "  <- disagrees"
-            what = f"suggested {t['genre']} {100 * t['confidence']:.0f}%{mark}"
+            what = f"suggested {t['genre']} {percent(t['confidence'])}{mark}"
         else:
             what = f"{t['state']} {t['label'] or '-'}"
         click.echo(f"  {t['path']}: {what}")
