@@ -254,3 +254,55 @@ def test_the_services_writer_records_and_puts_back_in_its_child_processes(
             assert session.get(Decision, undo_row.id).file_genre == "Blues"
     finally:
         children.close()
+
+
+def test_the_put_back_leaves_an_id3v1_only_song_byte_for_byte_as_it_was(tmp_path):
+    """An ID3v1-only song given a genre v1 has no number for gains an ID3v2.3 tag (the
+    writer's rule); the undo removes that tag and puts the old genre byte back."""
+    import subprocess
+
+    from daemon.tags.restore import restore_copy, write_copy_recorded
+    from daemon.tags.write import replace_atomically
+
+    wav, path = tmp_path / "source.wav", tmp_path / "v1.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
+                    str(wav)], check=True)
+    subprocess.run(["lame", "--quiet", "--id3v1-only", "--tt", "Old One", "--tg", "Rock",
+                    str(wav), str(path)], check=True)
+    original = path.read_bytes()
+    _, (fields, genres) = replace_atomically(
+        path, lambda real, tmp, owner: write_copy_recorded(real, tmp, "Singer-Songwriter",
+                                                           "replace", owner))
+    assert genres == ("Singer-Songwriter",) and fields["id3"] is None
+    _, genres = replace_atomically(
+        path, lambda real, tmp, owner: restore_copy(real, tmp, fields, owner))
+    assert genres == ("Rock",) and path.read_bytes() == original
+
+
+def test_the_put_back_returns_a_wma_genre_id_the_replace_removed(tmp_path):
+    """Replace mode drops WM/GenreID (it would contradict the new genre); the undo puts
+    it back where it was. FFmpeg writes no WM/GenreID, so mutagen adds one, as Windows
+    Media Player's library does."""
+    import subprocess
+
+    from mutagen.asf import ASF, ASFUnicodeAttribute
+
+    from daemon.tags.restore import restore_copy, write_copy_recorded
+    from daemon.tags.write import replace_atomically
+
+    path = tmp_path / "song.wma"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
+                    "-c:a", "wmav2", "-metadata", "genre=Rock", "-metadata", "title=Old",
+                    str(path)], check=True)
+    audio = ASF(path)
+    audio.tags["WM/GenreID"] = [ASFUnicodeAttribute("Rock")]
+    audio.save()
+    before = genre_fields(path)
+    _, (fields, _) = replace_atomically(
+        path, lambda real, tmp, owner: write_copy_recorded(real, tmp, "Jazz", "replace",
+                                                           owner))
+    assert fields == before and "WM/GenreID" not in ASF(path).tags
+    replace_atomically(path, lambda real, tmp, owner: restore_copy(real, tmp, fields, owner))
+    assert genre_fields(path) == before
+    assert [str(v) for v in ASF(path).tags["WM/GenreID"]] == ["Rock"]
+    assert read_tags(path).genres == ("Rock",) and read_tags(path).title == "Old"
