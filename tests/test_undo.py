@@ -19,7 +19,7 @@ from daemon.review import decisions as review
 from daemon.review import listing
 from daemon.review.web import create_app
 from daemon.review.web.format import percent
-from daemon.review.writeback import Writer
+from daemon.review.writeback import Writer, WriteRound
 from daemon.tags.read import read_tags
 from daemon.tags.restore import genre_fields
 
@@ -306,3 +306,25 @@ def test_the_put_back_returns_a_wma_genre_id_the_replace_removed(tmp_path):
     assert genre_fields(path) == before
     assert [str(v) for v in ASF(path).tags["WM/GenreID"]] == ["Rock"]
     assert read_tags(path).genres == ("Rock",) and read_tags(path).title == "Old"
+
+
+def test_an_undo_leaves_a_genre_the_station_changed_since_our_write(station, make_song):
+    """A tagger changed the genre after our write: the undo does not overwrite it, and
+    says so instead of retrying."""
+    from daemon.review.writeback import file_report
+    from daemon.tags.write import write_tags
+
+    config, sessions, library = station
+    path, _, sid = song(sessions, library, make_song, "X/retagged.mp3", genre_tag="Blues",
+                        title="Retagged")
+    writer = Writer(config, sessions)
+    [accepted] = review.accept(sessions, config, [sid], who="md")
+    assert writer.run_once().written == 1
+    write_tags(path, genre="Soul")  # the station's own tagger, after us
+    undo_row = review.undo(sessions, config, accepted.id, who="md")
+    assert writer.run_once() == WriteRound(written=0, failed=0)  # left alone, not retried
+    assert read_tags(path).genres == ("Soul",)
+    with sessions() as session:
+        row = session.get(Decision, undo_row.id)
+        assert row.write_status == "none" and "changed since we wrote 'Jazz'" in row.write_error
+        assert "it reads 'Soul' now" in file_report(row)

@@ -183,8 +183,8 @@ JOBS = {
                   write_copy_recorded(Path(path), Path(tmp), genre, mode, owner),
                   "writing its genre tag", "the tag writer crashed", WriteFailed),
     # An undo's write: the genre fields put back as they were (daemon.tags.restore).
-    "restore": _Job(lambda path, specs, tmp, fields, owner:
-                    restore_copy(Path(path), Path(tmp), fields, owner),
+    "restore": _Job(lambda path, specs, tmp, fields, owner, written:
+                    restore_copy(Path(path), Path(tmp), fields, owner, written),
                     "putting its genre tag back", "the tag writer crashed", WriteFailed),
 }
 

@@ -43,7 +43,12 @@ from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatu
 from daemon.library.fingerprint import fingerprint
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.tags.read import MULTI_VALUE_SEPARATOR
-from daemon.tags.restore import GenreFields, restore_copy, write_copy_recorded
+from daemon.tags.restore import (
+    ChangedSinceWritten,
+    GenreFields,
+    restore_copy,
+    write_copy_recorded,
+)
 from daemon.tags.write import GenreMode, Owner, WriteFailed, replace_atomically
 
 log = logging.getLogger(__name__)
@@ -141,10 +146,10 @@ class Writer:
     def run_once(self, now=None) -> WriteRound:
         """Write every decision that is due; returns how many were written / failed."""
         with self.sessions() as session:
-            due = [(d.id, d.genre, d.action, d.file_fields_before, t.id, t.path, t.state)
-                   for d, t in self.due(session, now)]
+            due = [(d.id, d.genre, d.action, d.file_fields_before, d.undoes_id, t.id, t.path,
+                    t.state) for d, t in self.due(session, now)]
         written = failed = 0
-        for decision_id, genre, action, fields, track_id, rel, state in due:
+        for decision_id, genre, action, fields, undoes_id, track_id, rel, state in due:
             if self._stop.is_set():
                 break
             # An undo with the file's earlier genre fields puts exactly those back; one
@@ -160,9 +165,10 @@ class Writer:
                 old_fp = self._current_fingerprint(track_id)
                 expect = functools.partial(self._expect_write, track_id)
                 if restoring:
+                    ours = self._written_genre(undoes_id)
                     st, genres = replace_atomically(
-                        path, lambda real, tmp, owner, f=fields: self._restore(
-                            real, tmp, f, owner), before_replace=expect)
+                        path, lambda real, tmp, owner, f=fields, w=ours: self._restore(
+                            real, tmp, f, owner, w), before_replace=expect)
                     before = None
                 else:
                     st, (before, genres) = replace_atomically(
@@ -173,6 +179,10 @@ class Writer:
                 written += 1
                 log.info("%s %s (decision %d)", "put back the genre of" if restoring else
                          f"wrote genre {genre!r} into", rel, decision_id)
+            except ChangedSinceWritten as err:
+                self._record_left_alone(decision_id, err.reason)
+                log.warning("did not put back the genre of %s (decision %d): %s", rel,
+                            decision_id, err.reason)
             except FileError as err:
                 self._record_failure(decision_id, err.reason)
                 failed += 1
@@ -187,12 +197,26 @@ class Writer:
         return self.children.call("write", real, tmp, genre, mode, owner,
                                   timeout=WRITE_TIMEOUT_SECONDS)
 
-    def _restore(self, real: Path, tmp: Path, fields: GenreFields,
-                 owner: Owner) -> tuple[str, ...]:
+    def _restore(self, real: Path, tmp: Path, fields: GenreFields, owner: Owner,
+                 written: str | None) -> tuple[str, ...]:
         if self.children is None:
-            return restore_copy(real, tmp, fields, owner)
-        return tuple(self.children.call("restore", real, tmp, fields, owner,
+            return restore_copy(real, tmp, fields, owner, written)
+        return tuple(self.children.call("restore", real, tmp, fields, owner, written,
                                         timeout=WRITE_TIMEOUT_SECONDS))
+
+    def _written_genre(self, decision_id: int | None) -> str | None:
+        """What the undone decision's write left in the file (None: not known)."""
+        with self.sessions() as session:
+            return session.scalar(select(Decision.file_genre).where(
+                Decision.id == decision_id))
+
+    def _record_left_alone(self, decision_id: int, reason: str) -> None:
+        with transaction(self.sessions) as session:
+            decision = locked(session, Decision, decision_id)
+            decision.write_attempts += 1
+            decision.write_status = WriteStatus.NONE  # nothing to retry: the station's call
+            decision.write_error = f"the file was not put back: {reason}"
+            decision.next_write_at = None
 
     def _current_fingerprint(self, track_id: int) -> str | None:
         with self.sessions() as session:

@@ -36,11 +36,18 @@ from mutagen.wave import WAVE
 from mutagen.wave import delete as delete_wave_id3
 
 from daemon.core.durable import fsync_file
-from daemon.core.errors import TagError, os_reason
+from daemon.core.errors import FileError, TagError, os_reason
 from daemon.core.paths import display
 from daemon.tags import riffinfo
 from daemon.tags.asf import PlacedASF
-from daemon.tags.read import open_audio, open_reason, parse, read_apev2, read_tags
+from daemon.tags.read import (
+    MULTI_VALUE_SEPARATOR,
+    open_audio,
+    open_reason,
+    parse,
+    read_apev2,
+    read_tags,
+)
 from daemon.tags.riffinfo import RiffInfoError
 from daemon.tags.write import (
     ID3V1_SIZE,
@@ -265,11 +272,25 @@ def _restore_other(path, audio: mutagen.FileType, fileobj: BinaryIO,
     audio.save(fileobj)
 
 
-def restore_copy(real: Path, tmp: Path, fields: GenreFields, owner: Owner) -> tuple[str, ...]:
+class ChangedSinceWritten(FileError):
+    """The file's genre is no longer the one we wrote (a tagger changed it since): an undo
+    leaves it as it is rather than overwrite the station's own change."""
+
+
+def restore_copy(real: Path, tmp: Path, fields: GenreFields, owner: Owner,
+                 written: str | None = None) -> tuple[str, ...]:
     """Build `real` with its genre fields put back to `fields` in `tmp` (write_copy's
     twin: a copy with its extended attributes, the original's owner and permissions,
-    fsynced and read back). Returns the genres the new version reads back. Raises
-    TagError or WriteFailed naming `real`; `tmp` is the caller's to remove."""
+    fsynced and read back). Returns the genres the new version reads back. `written`:
+    the genre(s) our write left in the file ("; "-joined); when the file reads otherwise
+    now, ChangedSinceWritten. Raises TagError or WriteFailed naming `real`; `tmp` is the
+    caller's to remove."""
+    if written is not None:
+        now = MULTI_VALUE_SEPARATOR.join(read_tags(real).genres)
+        if now != written:
+            raise ChangedSinceWritten(real, f"its genre was changed since we wrote "
+                                      f"{written or 'none'!r} (it reads {now or 'none'!r} "
+                                      "now), so it is left as it is")
     try:
         shutil.copyfile(real, tmp)
         copy_xattrs(real, tmp)
