@@ -48,6 +48,8 @@ def _echo_decisions(sessions, decisions, as_json: bool) -> None:
                 Action.REJECT: "rejected",
                 Action.UNDO: f"undid decision {row['undoes_id']}"}[row["action"]]
         write = "" if row["write_status"] == WriteStatus.NONE else f" [file: {row['write_status']}]"
+        if row["file_genre"] is not None:  # read back from the file after the write
+            write = f" [file: written, reads {row['file_genre'] or 'no genre'}]"
         click.echo(f"decision {row['id']}: {what} for {row['path']}{write}")
 
 
