@@ -10,14 +10,16 @@ over one keep-alive HTTP connection, a few hundred times per page:
     baseline    the queue page's SQL with the (status, confidence) index disabled
                 (SQLite's unary "+"), run directly: what the index saves per page
 
-Write-back: `write_genre_atomically` on N local files (copy in the same folder, set the
-tag, fsync, re-read, rename, fsync the folder) against a plain copy + fsync + rename of the
-same files (the least an atomic rewrite can cost), and the Writer component end to end
-(decisions in the DB -> tags in files -> Track rows updated).
+Write-back: `write_genre_atomically` on N local files (the genre fields read first, as
+the Writer does; copy in the same folder, set the tag, fsync, re-read, rename, fsync the
+folder), then undo: the same files' genre fields put back (`restore_copy`), each against a
+plain copy + fsync + rename of the same files (the least an atomic rewrite can cost); and
+the Writer component end to end (decisions in the DB -> tags in files -> Track rows
+updated), then every decision undone and the Writer putting every file back.
 
 Cached under bench/out/review/. Not pass/fail.
 
-    .venv/bin/python bench/review.py [--requests 300] [--files 100]
+    .venv/bin/python bench/review.py [--requests 300] [--files 100] [--writes-only]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import insert, text  # noqa: E402
+from sqlalchemy import insert, select, text  # noqa: E402
 
 from daemon.cli.demo import FORMATS, VOICES, encode, synthesize  # noqa: E402
 from daemon.core.config import parse_config  # noqa: E402
@@ -205,7 +207,8 @@ def bench_writes(n: int) -> None:
     from daemon.library.fingerprint import fingerprint
     from daemon.review import decisions as review
     from daemon.review.writeback import Writer
-    from daemon.tags.write import write_genre_atomically
+    from daemon.tags.restore import genre_fields, restore_copy
+    from daemon.tags.write import replace_atomically, write_genre_atomically
 
     masters = make_masters(OUT / "masters")
     size_mb = sum(m.stat().st_size for m in masters) / len(masters) / 1e6
@@ -217,11 +220,20 @@ def bench_writes(n: int) -> None:
     base = n / (time.perf_counter() - started)
     print(f"  baseline: copy + fsync + rename      {base:7.1f} files/s")
     started = time.perf_counter()
+    recorded = []
     for i, path in enumerate(paths):
+        recorded.append(genre_fields(path))  # what the Writer's write job reads first
         write_genre_atomically(path, GENRES[i % len(GENRES)])
     ours = n / (time.perf_counter() - started)
-    print(f"  write_genre_atomically               {ours:7.1f} files/s   "
+    print(f"  write (fields read + write)          {ours:7.1f} files/s   "
           f"({ours / base:.2f}x the baseline)")
+    started = time.perf_counter()
+    for path, fields in zip(paths, recorded, strict=True):
+        replace_atomically(path, lambda real, tmp, owner, f=fields: restore_copy(
+            real, tmp, f, owner))
+    back = n / (time.perf_counter() - started)
+    print(f"  undo: genre fields put back          {back:7.1f} files/s   "
+          f"({back / base:.2f}x the baseline)")
 
     # The Writer end to end: accepted suggestions in a fresh DB -> files -> Track rows.
     state, library = OUT / "writer-state", OUT / "writes"
@@ -254,6 +266,22 @@ def bench_writes(n: int) -> None:
     rate = written / (time.perf_counter() - started)
     print(f"  Writer (DB + write + fingerprint)    {rate:7.1f} files/s   "
           f"({rate / base:.2f}x the baseline; {written} written)")
+    # Undo every one of them: the Writer puts each file back as it was.
+    with sessions() as session:
+        accepted = list(session.scalars(select(Decision.id).where(
+            Decision.action == "accept")))
+    for decision_id in accepted:
+        review.undo(sessions, config, decision_id, who="bench")
+    started = time.perf_counter()
+    undone = 0
+    while True:
+        round_ = writer.run_once()
+        undone += round_.written
+        if not round_.written and not round_.failed:
+            break
+    rate = undone / (time.perf_counter() - started)
+    print(f"  Writer undo (DB + put back + fp)     {rate:7.1f} files/s   "
+          f"({rate / base:.2f}x the baseline; {undone} put back)")
     engine.dispose()
 
 
@@ -261,7 +289,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--writes-only", action="store_true",
+                        help="only the write-back and undo figures")
     args = parser.parse_args()
+    if args.writes_only:
+        bench_writes(args.files)
+        return 0
     state, library = OUT / "state", OUT / "library"
     started = time.monotonic()
     build_db(state, library)

@@ -127,7 +127,7 @@ def test_accept_the_agreeing_songs_then_undo_the_batch_in_one_step(station):
         assert all(d.undone and d.write_status == "none" for d in rows)
     with pytest.raises(review.CannotUndo, match="already undone"):
         review.undo_batch(sessions, config, batch, who="md")
-    with pytest.raises(review.UnknownBatch, match="no album action"):
+    with pytest.raises(review.UnknownBatch, match="no album or bulk action"):
         review.undo_batch(sessions, config, "f" * 32, who="md")
 
 
@@ -347,7 +347,7 @@ def test_by_album_page_confirm_accept_and_undo(station, client):
     assert client.get("/albums?page=0").status_code == 400
     r = client.post(f"/batches/{'0' * 32}/undo", headers={"X-CSRFToken": csrf_of(client),
                                                           "Accept": "application/json"})
-    assert r.status_code == 404 and "no album action" in r.json["error"]
+    assert r.status_code == 404 and "no album or bulk action" in r.json["error"]
     r = client.post("/batches/12/undo", headers={"X-CSRFToken": csrf_of(client)})
     assert r.status_code == 404
     r = client.post(f"/albums/{BLUE}/accept", data={"genre": "Jazz"})

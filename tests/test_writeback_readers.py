@@ -396,3 +396,86 @@ def test_only_the_genre_changes_for_every_reader(masters, tmp_path, layout, mode
     assert genres[0] == NEW
     if mode == "add" and layout != "mp3-v1-numeric":  # ID3v1 holds one genre
         assert set(read_tags(masters[layout]).genres) <= set(genres)
+
+
+# --- undo and reject put the file back ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def master_views(masters):
+    """What each reader shows of each untouched master (shared by both modes)."""
+    return {layout: views(path) for layout, path in masters.items()}
+
+
+def accept_and_write(sessions, config, writer, sid: int):
+    from daemon.review import decisions as review
+
+    [decision] = review.accept(sessions, config, [sid], who="md")
+    assert writer.run_once().written == 1
+    return decision
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_undo_and_reject_put_the_file_back_for_every_reader(
+        masters, master_views, tmp_path, make_config, database, layout, mode):
+    """Accepted, written, undone (and written back): every reader shows exactly what it
+    showed before the accept, the genre included, and the audio is the same. Then
+    accepted again, written, undone and rejected before the writer came round: the same.
+    The genre the file reads afterwards is told from the file, and the undone genre is
+    nobody's training label."""
+    from helpers import add_suggested_track
+    from sqlalchemy import select
+
+    from daemon.core.db.models import Decision, Track
+    from daemon.learn.labels import current_labels
+    from daemon.review import decisions as review
+    from daemon.review.writeback import Writer, file_report
+    from daemon.tags.read import MULTI_VALUE_SEPARATOR
+
+    library = tmp_path / "library"
+    (library / "A").mkdir(parents=True)
+    path = library / "A" / masters[layout].name
+    shutil.copyfile(masters[layout], path)
+    rel = f"A/{path.name}"
+    original = read_tags(path).genres
+    config = make_config(library, review={"tag_mode": mode})
+    _, sessions = database
+    _, sid = add_suggested_track(sessions, rel, top=((NEW, 0.9), ("Blues", 0.1)),
+                                 raw_genre=MULTI_VALUE_SEPARATOR.join(original) or None,
+                                 size=path.stat().st_size, mtime=path.stat().st_mtime)
+    writer = Writer(config, sessions)
+    expected = master_views[layout]
+
+    def same_as_before(what: str) -> None:
+        now = views(path)
+        assert now["md5"] == expected["md5"], f"{what}: the decoded audio changed"
+        for reader in READERS:
+            old, new = flatten(expected[reader]), flatten(now[reader])
+            changed = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys()
+                       if old.get(k) != new.get(k)}
+            assert not changed, f"{what}: {reader} does not show the file as it was: {changed}"
+
+    first = accept_and_write(sessions, config, writer, sid)
+    assert read_tags(path).genres[0] == NEW
+    undo_row = review.undo(sessions, config, first.id, who="md")
+    assert writer.run_once().written == 1
+    same_as_before("after accept + undo")
+    with sessions() as db:
+        undo_row = db.get(Decision, undo_row.id)
+        assert undo_row.file_genre == MULTI_VALUE_SEPARATOR.join(original)
+        told = file_report(undo_row)
+        assert told == (f"the file's genre now: {undo_row.file_genre}" if original
+                        else "the file has no genre now")
+        assert db.get(Track, undo_row.track_id).raw_genre == (undo_row.file_genre or None)
+
+    second = accept_and_write(sessions, config, writer, sid)
+    review.undo(sessions, config, second.id, who="md")  # not yet written back ...
+    review.reject(sessions, config, [sid], who="md")  # ... when None of these comes
+    assert writer.run_once().written == 1
+    same_as_before("after accept + undo + reject")
+    with sessions() as db:
+        assert not db.scalars(select(Decision).where(
+            Decision.write_status.in_(("pending", "failed")))).all()
+        label = current_labels(db, [rel])[rel]
+    # The file's own genre, as it maps; never the undone or rejected one.
+    assert label == (writer.live.genre_map.canonical_for(original) if original else None)

@@ -30,6 +30,7 @@ from daemon.review import decisions as review
 from daemon.review import listing
 from daemon.review.writeback import Writer
 from daemon.tags.read import read_tags
+from daemon.tags.restore import genre_fields
 from daemon.tags.write import WriteFailed, temp_path, write_genre_atomically
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
@@ -434,8 +435,8 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
     """PostgreSQL (READ COMMITTED) and SQLite alike: the reviewer undoes a decision while
     the writer is putting its genre into the file. The undo is waiting for the track (held
     here by another writer) when the writer comes to record its write; the undo goes
-    first, so the writer must see it and queue the old genre back, not record "written"
-    over it and leave the undone genre in the file."""
+    first, so the writer must see it and queue the file's earlier genre fields back, not
+    record "written" over it and leave the undone genre in the file."""
     import threading
 
     from daemon.core.db.engine import locked, transaction
@@ -445,6 +446,7 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
                                            raw_genre="Blues")
     [decision] = review.accept(sessions, config, [sid], who="t")
     writer = Writer(config, sessions)
+    before = genre_fields(path)
     st = write_genre_atomically(path, "Rock", "replace")  # the writer's file write
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
 
@@ -459,7 +461,8 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
         else:
             time.sleep(0.3)
         record = threading.Thread(target=lambda: done.append(writer._record_written(
-            decision.id, track_id, path, st, old_fp)))
+            decision.id, track_id, path, st, old_fp, before=before, genres=("Rock",),
+            restored=False)))
         record.start()
         if postgres:
             wait_for(lambda: locks_waiting(sessions) >= 2, 10, "the writer waiting")
@@ -471,6 +474,8 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
     with sessions() as db:
         undo_row = db.scalar(select(Decision).where(Decision.undoes_id == decision.id))
         assert db.get(Decision, decision.id).undone is True
-        assert (undo_row.genre, undo_row.write_status) == ("Blues", "pending")
+        assert (undo_row.file_fields_before, undo_row.write_status) == (before, "pending")
     assert writer.run_once().written == 1
-    assert read_tags(path).genres == ("Blues",)
+    # The song had no genre tag (the row's "Blues" is only the database's): none again.
+    assert read_tags(path).genres == ()
+    assert genre_fields(path) == before

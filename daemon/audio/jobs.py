@@ -42,7 +42,8 @@ from daemon.core.errors import (
 )
 from daemon.library.fingerprint import fingerprint
 from daemon.tags.read import TrackTags, read_tags
-from daemon.tags.write import WriteFailed, write_copy
+from daemon.tags.restore import restore_copy, write_copy_recorded
+from daemon.tags.write import WriteFailed
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,14 @@ JOBS = {
                   "decoder crashed", DecodeTimeout),
     "windows": _Job(_windows, "decoding", "decoder crashed", DecodeTimeout),
     # The writer's heavy step: copy, set the genre, read back (daemon.tags.write).
+    # Returns the genre fields before the write (what an undo puts back) and after.
     "write": _Job(lambda path, specs, tmp, genre, mode, owner:
-                  write_copy(Path(path), Path(tmp), genre, mode, owner),
+                  write_copy_recorded(Path(path), Path(tmp), genre, mode, owner),
                   "writing its genre tag", "the tag writer crashed", WriteFailed),
+    # An undo's write: the genre fields put back as they were (daemon.tags.restore).
+    "restore": _Job(lambda path, specs, tmp, fields, owner, written:
+                    restore_copy(Path(path), Path(tmp), fields, owner, written),
+                    "putting its genre tag back", "the tag writer crashed", WriteFailed),
 }
 
 

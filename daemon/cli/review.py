@@ -48,6 +48,8 @@ def _echo_decisions(sessions, decisions, as_json: bool) -> None:
                 Action.REJECT: "rejected",
                 Action.UNDO: f"undid decision {row['undoes_id']}"}[row["action"]]
         write = "" if row["write_status"] == WriteStatus.NONE else f" [file: {row['write_status']}]"
+        if row["file_genre"] is not None:  # read back from the file after the write
+            write = f" [file: written, reads {row['file_genre'] or 'no genre'}]"
         click.echo(f"decision {row['id']}: {what} for {row['path']}{write}")
 
 
@@ -69,6 +71,7 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
                 folder: str | None, fmt: str | None, sort: str, limit: int, offset: int,
                 as_json: bool) -> None:
     """Suggestions waiting for review (or in another state), most sure first."""
+    from daemon.review.decisions import top_choices
     from daemon.review.listing import (
         QueueFilter,
         list_suggestions,
@@ -76,7 +79,7 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
         suggestion_json,
         unverified_model_ids,
     )
-    from daemon.review.web.format import context_reason, likeness
+    from daemon.review.web.format import context_reason, likeness, percent
 
     f = QueueFilter(status=state, genre=genre, min_confidence=min_confidence, folder=folder,
                     format=fmt, sort=sort)
@@ -89,11 +92,13 @@ def review_list(ctx: Context, genre: str | None, min_confidence: float | None, s
         echo_json({"total": total, "suggestions": data})
         return
     click.echo(f"{total} suggestion(s){'' if total <= len(data) else f', showing {len(data)}'}")
-    for row in data:
-        top = ", ".join(f"{t['genre']} {100 * t['confidence']:.0f}%" for t in row["top"])
+    for (suggestion, _), row in zip(rows, data, strict=True):
+        # The stored confidences, not the JSON's 4-decimal ones: the percentages are the
+        # ones the page shows and `--all-above` compares.
+        top = ", ".join(f"{g} {percent(c)}" for g, c in top_choices(suggestion))
         mark = "  (unverified: not yet learned from your station's songs)" \
             if row["unverified"] else ""
-        click.echo(f"{row['id']:>7}  {100 * row['confidence']:>3.0f}%  {row['genre']:<12} "
+        click.echo(f"{row['id']:>7}  {percent(suggestion.confidence):>4}  {row['genre']:<12} "
                    f"[{top}]  {row['path']}{mark}")
         if context_reason(row["context"]):
             click.echo(f"         context: {context_reason(row['context'])}")
@@ -117,6 +122,7 @@ def review_accept(ctx: Context, ids: tuple[int, ...], all_above: float | None, c
     """Accept suggestions by SUGGESTION id, or all above a confidence with --all-above."""
     from daemon.review import decisions as review
     from daemon.review import listing
+    from daemon.review.web.format import percent
 
     if bool(ids) == (all_above is not None):
         raise click.UsageError("give suggestion ids or --all-above X (not both)")
@@ -127,7 +133,7 @@ def review_accept(ctx: Context, ids: tuple[int, ...], all_above: float | None, c
     else:
         with sessions() as session:
             count, up_to_id = listing.count_above(session, all_above)
-        click.echo(f"{count} pending suggestion(s) are at least {100 * all_above:g}% sure",
+        click.echo(f"{count} pending suggestion(s) are at least {percent(all_above)} sure",
                    err=as_json)
         if count == 0:
             decisions = []
@@ -137,6 +143,9 @@ def review_accept(ctx: Context, ids: tuple[int, ...], all_above: float | None, c
             decisions = review.bulk_accept(sessions, ctx.config, all_above, who=who,
                                            up_to_id=up_to_id)
     _echo_decisions(sessions, decisions, as_json)
+    if decisions and decisions[0].batch_id and not as_json:
+        click.echo(f"batch {decisions[0].batch_id} (undo it in one step with `genretagger "
+                   f"review undo --batch {decisions[0].batch_id}`)")
 
 
 @review_group.command("set")
@@ -166,16 +175,30 @@ def review_reject(ctx: Context, ids: tuple[int, ...], as_json: bool) -> None:
 
 
 @review_group.command("undo")
-@click.argument("decision_id", type=int)
+@click.argument("decision_id", type=int, required=False)
+@click.option("--batch", metavar="BATCH", help="undo a whole bulk or album action in one step")
+@click.option("--wait", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="seconds to wait for the service to put the file back")
 @click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
 @pass_context
-def review_undo(ctx: Context, decision_id: int, as_json: bool) -> None:
-    """Undo DECISION_ID (see `review history`); a genre already written is put back."""
-    from daemon.review.decisions import undo
+def review_undo(ctx: Context, decision_id: int | None, batch: str | None, wait: float,
+                as_json: bool) -> None:
+    """Undo DECISION_ID (see `review history`), or a whole action with --batch: a genre
+    already written is taken out of the file again, which is put back exactly as it was
+    before (what the file then holds is read from it, once the service has written it)."""
+    from daemon.review.decisions import undo, undo_batch
+    from daemon.review.writeback import file_report, wait_for_files
 
+    if (decision_id is None) == (batch is None):
+        raise click.UsageError("give a DECISION_ID or --batch BATCH (not both)")
     sessions = _review_sessions(ctx)
-    decision = undo(sessions, ctx.config, decision_id, who=_cli_reviewer())
-    _echo_decisions(sessions, [decision], as_json)
+    made = ([undo(sessions, ctx.config, decision_id, who=_cli_reviewer())]
+            if batch is None else undo_batch(sessions, ctx.config, batch, who=_cli_reviewer()))
+    made = wait_for_files(sessions, [d.id for d in made], timeout=wait)
+    _echo_decisions(sessions, made, as_json)
+    if not as_json:
+        for decision in made:
+            click.echo(f"  decision {decision.id}: {file_report(decision)}")
 
 
 @review_group.command("history")
@@ -253,6 +276,7 @@ def album_list(ctx: Context, genre: str | None, folder: str | None, fmt: str | N
 def album_show(ctx: Context, key: str, as_json: bool) -> None:
     """One album's songs: what each is suggested or tagged, and who disagrees."""
     from daemon.review.albums import album_json, get_album
+    from daemon.review.web.format import percent
 
     with _review_sessions(ctx)() as session:
         data = album_json(get_album(session, key), songs=True)
@@ -266,7 +290,7 @@ def album_show(ctx: Context, key: str, as_json: bool) -> None:
     for t in data["tracks"]:
         if t["suggestion_id"] is not None:
             mark = "" if t["agrees"] else "  <- disagrees"
-            what = f"suggested {t['genre']} {100 * t['confidence']:.0f}%{mark}"
+            what = f"suggested {t['genre']} {percent(t['confidence'])}{mark}"
         else:
             what = f"{t['state']} {t['label'] or '-'}"
         click.echo(f"  {t['path']}: {what}")

@@ -2,7 +2,10 @@
 
 The rule, shared with the trainer (trainer.dataset reads files, the daemon reads rows):
 the genre a reviewer confirmed wins; without one, the canonical genre the file's own tag
-maps to; without either, the track is not a labelled song.
+maps to; without either, the track is not a labelled song. The file's own tag is the
+station's, never one we wrote: an undone or rejected genre confirms nothing, an undo puts
+the file's genre back, and for a file we wrote the trainer takes the tag the service read
+before our write (daemon.learn.trainer_process.known_files), not what the file says.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from daemon.core.config import Config
@@ -223,14 +223,15 @@ def known_files(session: Session) -> dict[str, dict[str, Any]]:
     """What the daemon read from each file it fingerprinted, for the trainer's --known:
     {relative path: {size, mtime, fingerprint, artist, album, genres}}. A file whose size
     and mtime still match is not read again (over SMB: ~320 KB a song, 5 GB a night at
-    15,000 songs)."""
-    ours = (Track.written_size == Track.size) & (Track.written_mtime == Track.mtime)
+    15,000 songs).
+
+    A file we wrote is listed too, with the station's own genre (the row's raw genre; our
+    write changes nothing else): the genre in it is ours, and where its decision was
+    undone but the file not yet put back, that genre must never become a label."""
     rows = session.execute(select(
         Track.path, Track.size, Track.mtime, Track.fingerprint, Track.artist, Track.album,
         Track.raw_genre).where(Track.fingerprint.is_not(None),
-                               Track.state != TrackState.MISSING,
-                               # our own tag write: its tags are newer than the row's
-                               ~func.coalesce(ours, False)))
+                               Track.state != TrackState.MISSING))
     return {path: {"size": size, "mtime": mtime, "fingerprint": fp, "artist": artist,
                    "album": album, "genres": raw.split(MULTI_VALUE_SEPARATOR) if raw else []}
             for path, size, mtime, fp, artist, album, raw in rows}

@@ -8,9 +8,9 @@ overridden genres become the track's confirmed label (`confirmed_genre`,
 Decisions that change a file's tag get `write_status = "pending"` (or `"off"` when
 `review.write_tags` is false); `daemon.review.writeback.Writer` does the writing.
 
-Album actions (accept_album, undo_batch) decide every song of an album in one
-transaction: each song its own row (how "album"), all sharing one `batch_id`, undone
-together.
+Album actions (accept_album) and bulk accepts (bulk_accept) decide many songs in one
+transaction: each song its own row (how "album" / "bulk"), all sharing one `batch_id`,
+undone together (undo_batch).
 
 The web UI and the `genretagger review` commands both call these functions; IDs given
 to accept / set / reject are suggestion ids, undo takes a decision id.
@@ -46,6 +46,7 @@ from daemon.core.states import (
     move,
 )
 from daemon.learn.registry import active_model
+from daemon.review.sureness import at_least, threshold_percent
 
 # The suggestion rule's own reading of the audit log; review callers import it from here too.
 from daemon.suggest.suggestions import rejected_genres  # noqa: F401
@@ -79,11 +80,12 @@ class UnknownGenre(ReviewError):
 
 
 class UnknownBatch(UnknownDecision):
-    """No album action has this batch id (an unknown decision, to the page: a 404)."""
+    """No album or bulk action has this batch id (an unknown decision, to the page: a
+    404)."""
 
     def __init__(self, batch_id: str):
         self.batch_id = batch_id
-        ReviewError.__init__(self, f"no album action with batch id {batch_id!r}")
+        ReviewError.__init__(self, f"no album or bulk action with batch id {batch_id!r}")
 
 
 class CannotUndo(ReviewError):
@@ -147,9 +149,12 @@ def _write_status(config: Config, writes: bool) -> str:
 
 
 def _cancel_outstanding_writes(session: Session, track: Track, reason: str) -> None:
-    """Only the newest decision's genre goes into a file: older unwritten ones are dropped."""
+    """Only the newest decision's genre goes into a file: older unwritten ones are dropped.
+    An undo still to put the file back stays: the next write must find the file as it
+    was before ours, and records that."""
     for older in session.scalars(select(Decision).where(
-            Decision.track_id == track.id, Decision.write_status.in_(WRITE_OUTSTANDING))):
+            Decision.track_id == track.id, Decision.write_status.in_(WRITE_OUTSTANDING),
+            Decision.action != Action.UNDO)):
         older.write_status = WriteStatus.NONE
         older.write_error = reason
         older.next_write_at = None
@@ -251,26 +256,30 @@ def reject(sessions: sessionmaker[Session], config: Config, suggestion_ids: Iter
 
 def bulk_accept(sessions: sessionmaker[Session], config: Config, threshold: float, *, who: str,
                 up_to_id: int | None = None) -> list[Decision]:
-    """Accept every pending suggestion with confidence >= threshold (and id <= up_to_id,
-    when given) in one transaction; each gets its own decision row with how = "bulk".
+    """Accept every pending suggestion shown at least as sure as `threshold` (0-1, compared
+    as the whole percentage the page shows: daemon.review.sureness) and with id <=
+    up_to_id, when given, in one transaction; each gets its own decision row with how =
+    "bulk", all sharing one batch_id (undo_batch takes them back in one step).
     Suggestions whose track is not waiting for review are left alone."""
     if not 0.0 <= threshold <= 1.0:
         raise ReviewError(f"confidence threshold must be between 0 and 1, not {threshold}")
     with transaction(sessions) as session:
         # Locked in id order (PostgreSQL re-checks a row's status after waiting for it).
         query = (select(Suggestion).join(Track, Suggestion.track_id == Track.id)
-                 .where(waiting_for_review(), Suggestion.confidence >= threshold)
+                 .where(waiting_for_review(),
+                        at_least(Suggestion.confidence, threshold_percent(threshold)))
                  .order_by(Suggestion.id).with_for_update(of=Suggestion))
         if up_to_id is not None:
             query = query.where(Suggestion.id <= up_to_id)
-        decisions = []
+        decisions, batch_id = [], uuid.uuid4().hex
         for suggestion in session.scalars(query).all():
             track = locked(session, Track, suggestion.track_id)
             if track.state != TrackState.REVIEWED and not can_move(track.state,
                                                                    TrackState.REVIEWED):
                 continue
             decisions.append(_decide(session, config, suggestion, track, action=Action.ACCEPT,
-                                     how=How.BULK, genre=suggestion.genre, who=who))
+                                     how=How.BULK, genre=suggestion.genre, who=who,
+                                     batch_id=batch_id))
         return decisions
 
 
@@ -309,13 +318,15 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
         raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
                          "track came later; undo that one first")
     now = utcnow()
-    # The genre the file should carry again, if ours already reached it.
+    # Ours reached the file: the file's genre fields go back to what they were just
+    # before that write (the earlier genre, or none), every other tag untouched.
     restore_file = target.write_status == WriteStatus.WRITTEN
+    fields = target.file_fields_before if restore_file else None
     previous = [d for d in standing[1:] if d.action in (Action.ACCEPT, Action.OVERRIDE)]
     back_to = previous[0] if previous else None
     undo_row = Decision(
         track_id=track.id, suggestion_id=target.suggestion_id, action=Action.UNDO,
-        how=How.UNDO, genre=target.previous_genre if restore_file else None,
+        how=How.UNDO, genre=None, file_fields_before=fields,
         previous_genre=_previous_genre(track), who=who, at=now, undoes_id=target.id,
         undone=False, write_attempts=0, write_status=WriteStatus.NONE, batch_id=batch_id,
     )
@@ -323,11 +334,15 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
         target.write_status = WriteStatus.NONE
         target.write_error = "undone before it was written"
         target.next_write_at = None
-    if restore_file:
+    if fields is not None:
+        undo_row.write_status = _write_status(config, True)
+    elif restore_file:
+        # Written before the file's genre fields were recorded: its previous genre goes
+        # back, or, where it had none, ours stays until the next decision replaces it.
+        undo_row.genre = target.previous_genre
         if target.previous_genre is not None:
             undo_row.write_status = _write_status(config, True)
         else:
-            # The file had no genre; tags keep ours until the next decision replaces it.
             undo_row.write_error = (f"the file keeps {target.genre!r}: it had no genre "
                                     "tag before, and the next decision will replace it")
     target.undone = True
@@ -465,7 +480,7 @@ def _relabel(session: Session, config: Config, track: Track, genre: str, who: st
 
 def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *,
                who: str) -> list[Decision]:
-    """Undo every decision of an album action in one transaction (each as undo() does);
+    """Undo every decision of an album or bulk action in one transaction (each as undo() does);
     CannotUndo, and nothing undone, when any of them cannot be (a later decision on one of
     its songs, or the batch already undone)."""
     with transaction(sessions) as session:
@@ -477,7 +492,7 @@ def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *
             raise UnknownBatch(batch_id)
         standing = [d for d in batch if not d.undone]
         if not standing:
-            raise CannotUndo(f"album action {batch_id} is already undone")
+            raise CannotUndo(f"that action ({batch_id}) is already undone")
         undo_id = uuid.uuid4().hex
         return [_undo(session, config, d, who=who, batch_id=undo_id) for d in standing]
 
@@ -487,7 +502,7 @@ def last_batch(session: Session, who: str | None = None) -> str | None:
     the album page."""
     query = select(Decision.batch_id).where(
         Decision.batch_id.is_not(None), Decision.undone.is_(False),
-        Decision.action != Action.UNDO)
+        Decision.action != Action.UNDO, Decision.how == How.ALBUM)
     if who is not None:
         query = query.where(Decision.who == who)
     return session.scalar(query.order_by(Decision.id.desc()).limit(1))

@@ -29,7 +29,9 @@ JSON shapes (stable; `genretagger review ... --json` prints them):
         "undoes_id": int|null, "undone": bool,
         "write_status": "pending"|"written"|"failed"|"off"|"none",
         "write_attempts": int, "write_error": str|null,
-        "batch_id": str|null (shared by the decisions of one album action)}
+        "batch_id": str|null (shared by the decisions of one album or bulk action),
+        "file_genre": str|null (the genre(s) the file read back after this decision's
+        write, "; "-separated, "" for none; null until written)}
     `review list --json`: {"total": int, "suggestions": [suggestion_json, ...]}
     `review accept|set|reject|undo --json`: {"decisions": [decision_json, ...]}
 """
@@ -47,6 +49,7 @@ from daemon.core.db.models import Decision, Model, Suggestion, Track
 from daemon.core.states import WRITE_OUTSTANDING, QueueSort, SuggestionStatus, TrackState
 from daemon.learn.labels import training_label
 from daemon.review.decisions import ReviewError, top_choices, waiting_for_review
+from daemon.review.sureness import at_least, threshold_percent
 
 S = SuggestionStatus
 SORTS = tuple(QueueSort)
@@ -81,7 +84,8 @@ def _filtered(query: Select, f: QueueFilter) -> Select:
     if f.genre:
         query = query.where(Suggestion.genre == f.genre)
     if f.min_confidence is not None:
-        query = query.where(Suggestion.confidence >= f.min_confidence)
+        query = query.where(at_least(Suggestion.confidence,
+                                     threshold_percent(f.min_confidence)))
     if f.max_confidence is not None:
         query = query.where(Suggestion.confidence < f.max_confidence)
     if f.folder and f.folder.strip().strip("/"):
@@ -117,15 +121,30 @@ def list_suggestions(session: Session, f: QueueFilter = QueueFilter(), *, limit:
 
 
 def count_above(session: Session, threshold: float) -> tuple[int, int | None]:
-    """How many pending suggestions have confidence >= threshold, and the highest id among
-    them (pass it to `bulk_accept(up_to_id=...)` so suggestions that arrive after the count
-    was shown are not accepted unseen)."""
+    """How many pending suggestions are shown at least as sure as `threshold` (0-1, as a
+    whole percentage: daemon.review.sureness), and the highest id among them (pass it to
+    `bulk_accept(up_to_id=...)` so suggestions that arrive after the count was shown are
+    not accepted unseen)."""
     count, top_id = session.execute(
         select(func.count(), func.max(Suggestion.id))
         .join(Track, Suggestion.track_id == Track.id)
-        .where(waiting_for_review(), Suggestion.confidence >= threshold)
+        .where(waiting_for_review(),
+               at_least(Suggestion.confidence, threshold_percent(threshold)))
     ).one()
     return int(count), top_id
+
+
+def bulk_songs(session: Session, threshold: float, up_to_id: int | None,
+               limit: int) -> list[tuple[Suggestion, Track]]:
+    """The songs a bulk accept at `threshold` takes (up to `limit` of them), most sure
+    first, for its confirm page."""
+    query = (select(Suggestion, Track).join(Track, Suggestion.track_id == Track.id)
+             .where(Suggestion.status == SuggestionStatus.PENDING,
+                    at_least(Suggestion.confidence, threshold_percent(threshold)))
+             .order_by(Suggestion.confidence.desc(), Track.path).limit(limit))
+    if up_to_id is not None:
+        query = query.where(Suggestion.id <= up_to_id)
+    return [(s, t) for s, t in session.execute(query).all()]
 
 
 def pending_genres(session: Session, min_confidence: float | None = None
@@ -134,7 +153,7 @@ def pending_genres(session: Session, min_confidence: float | None = None
     query = (select(Suggestion.genre, func.count())
              .join(Track, Suggestion.track_id == Track.id).where(waiting_for_review()))
     if min_confidence is not None:
-        query = query.where(Suggestion.confidence >= min_confidence)
+        query = query.where(at_least(Suggestion.confidence, threshold_percent(min_confidence)))
     return [(g, int(n)) for g, n in session.execute(
         query.group_by(Suggestion.genre).order_by(Suggestion.genre)).all()]
 
@@ -244,7 +263,7 @@ def decision_json(decision: Decision, track: Track) -> dict:
         "at": _iso(decision.at), "undoes_id": decision.undoes_id,
         "undone": bool(decision.undone), "write_status": decision.write_status,
         "write_attempts": decision.write_attempts, "write_error": decision.write_error,
-        "batch_id": decision.batch_id,
+        "batch_id": decision.batch_id, "file_genre": decision.file_genre,
     }
 
 

@@ -88,12 +88,21 @@ def set_info_field(fileobj: BinaryIO, cid: str, value: str, *, create: bool) -> 
 
     With create=False a file without an INFO list is left alone; with create=True one is
     appended at the end of the file. Returns whether the file was changed."""
+    return put_info_field(fileobj, cid, value.encode("utf-8") + b"\x00", create=create)
+
+
+def put_info_field(fileobj: BinaryIO, cid: str, payload: bytes | None, *,
+                   create: bool = False) -> bool:
+    """set_info_field with the field's exact bytes; payload None removes the field (every
+    copy of it) and leaves the rest of the list as it was. Returns whether the file was
+    changed."""
     info = find_info(fileobj)
-    if info is None and not create:
+    if info is None and (not create or payload is None):
         return False
-    payload = value.encode("utf-8") + b"\x00"
-    new_field = struct.pack("<4sI", cid.encode("latin-1"), len(payload)) + payload
-    new_field += b"\x00" * (len(payload) & 1)
+    new_field = b""
+    if payload is not None:
+        new_field = struct.pack("<4sI", cid.encode("latin-1"), len(payload)) + payload
+        new_field += b"\x00" * (len(payload) & 1)
     body = bytearray(b"INFO")
     replaced = False
     for sub, raw in info.fields if info else ():
@@ -106,6 +115,8 @@ def set_info_field(fileobj: BinaryIO, cid: str, value: str, *, create: bool) -> 
             body += struct.pack("<4sI", sub.encode("latin-1"), len(raw)) + raw
             body += b"\x00" * (len(raw) & 1)
     if not replaced:
+        if payload is None:
+            return False
         body += new_field
     chunk = struct.pack("<4sI", b"LIST", len(body)) + bytes(body)
     fileobj.seek(0, 2)

@@ -24,7 +24,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypeVar
 
 import mutagen
 from mutagen.aiff import AIFF
@@ -111,9 +111,11 @@ def copy_xattrs(source: Path, target: Path) -> None:
 Owner = tuple[int, int, int]  # uid, gid, permission bits the new version gets
 
 
-def write_copy(real: Path, tmp: Path, genre: str, mode: GenreMode, owner: Owner) -> None:
+def write_copy(real: Path, tmp: Path, genre: str, mode: GenreMode,
+               owner: Owner) -> tuple[str, ...]:
     """Build the new version of `real` in `tmp`: a copy with its extended attributes, the
-    genre set, the original's owner and permissions, fsynced and read back.
+    genre set, the original's owner and permissions, fsynced and read back; returns the
+    genres it reads back.
 
     The heavy part of a write (mutagen holds the whole tag, pictures included), so the
     service runs it in a child process (the "write" job). Raises TagError or WriteFailed
@@ -135,25 +137,43 @@ def write_copy(real: Path, tmp: Path, genre: str, mode: GenreMode, owner: Owner)
         raise WriteFailed(real, os_reason(err)) from None
     if not (genre in genres if mode == "add" else genres == (genre,)):
         raise TagError(real, f"wrote genre {genre!r} but the file reads back {genres!r}")
+    return tuple(genres)
 
 
 def write_genre_atomically(path: Path | str, genre: str,
                            mode: GenreMode = "replace", *,
                            before_replace: Callable[[os.stat_result], None] | None = None,
-                           build: Callable[[Path, Path, str, GenreMode, Owner], None]
+                           build: Callable[[Path, Path, str, GenreMode, Owner], object]
                            = write_copy) -> os.stat_result:
     """Write `genre` into `path`'s tag atomically; returns the new file's stat.
 
     `build` makes the new version in a hidden temp sibling (`write_copy`, here or in a
-    child process). `before_replace(stat)` is called with the finished copy's stat just
-    before it is renamed over the original (a rename keeps size and mtime), so the caller
-    can record the write before any observer can see the new file.
+    child process). The rest is `replace_atomically`'s."""
+    genre = genre.strip()
+    st, _ = replace_atomically(
+        path, lambda real, tmp, owner: build(real, tmp, genre, mode, owner),
+        before_replace=before_replace)
+    return st
+
+
+Built = TypeVar("Built")
+
+
+def replace_atomically(path: Path | str, build: Callable[[Path, Path, Owner], Built], *,
+                       before_replace: Callable[[os.stat_result], None] | None = None,
+                       ) -> tuple[os.stat_result, Built]:
+    """Replace `path` by the new version `build(real, tmp, owner)` makes in a hidden temp
+    sibling (a genre written, or put back); returns the new file's stat and what `build`
+    returned.
+
+    `before_replace(stat)` is called with the finished copy's stat just before it is
+    renamed over the original (a rename keeps size and mtime), so the caller can record
+    the write before any observer can see the new file.
     Raises WriteFailed (file missing, read-only, drive trouble, changed while we wrote)
     or TagError (the tag could not be set or did not read back); the original is then
     untouched and no temp file is left.
     """
     path = Path(path)
-    genre = genre.strip()
     try:
         # Write the real file, not a symlink pointing at it (the link stays a link).
         real = path.resolve(strict=True)
@@ -173,7 +193,7 @@ def write_genre_atomically(path: Path | str, genre: str,
                           "drive); writing it would split them, so it is left as it is")
     tmp = temp_path(real)
     try:
-        build(real, tmp, genre, mode, (before.st_uid, before.st_gid, before.st_mode & 0o7777))
+        result = build(real, tmp, (before.st_uid, before.st_gid, before.st_mode & 0o7777))
         now = os.stat(real)
         if (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise WriteFailed(path, "the file changed while its tag was being written")
@@ -181,7 +201,7 @@ def write_genre_atomically(path: Path | str, genre: str,
             before_replace(os.stat(tmp))
         os.replace(tmp, real)
         fsync_dir(real.parent)
-        return os.stat(real)
+        return os.stat(real), result
     except (TagError, WriteFailed) as err:
         raise type(err)(path, err.reason) from None  # the song's name, as the caller knows it
     except OSError as err:

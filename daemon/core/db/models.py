@@ -174,6 +174,11 @@ class Decision(Base):
     next_write_at: Mapped[datetime | None]
     # Shared by the decisions of one album-at-a-time action: one undo takes them all back.
     batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # The file's genre fields as they were just before this decision's write
+    # (daemon.tags.restore.genre_fields); on an undo, the fields it puts back.
+    file_fields_before: Mapped[dict[str, Any] | None]
+    # The genre(s) the file read back after this decision's write ("" when none).
+    file_genre: Mapped[str | None] = mapped_column(String(1024))
 
 
 class Model(Base):

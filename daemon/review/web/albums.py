@@ -34,7 +34,7 @@ from daemon.review.web.common import (
     url_pattern,
     wants_json,
 )
-from daemon.review.web.songs import failed
+from daemon.review.web.songs import after_undo, failed
 
 bp = Blueprint("albums", __name__)
 
@@ -190,7 +190,8 @@ def undo(batch_id: str):
                                     who=deps.config.review.reviewer)
     except decisions.ReviewError as err:
         return failed(err)
-    return _done(made, f"Undone: {len(made)} song(s) are as they were.", reloaded=True)
+    made, message = after_undo(made)
+    return _done(made, message, reloaded=True)
 
 
 @bp.post("/albums/undo-last")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from markupsafe import Markup, escape
 
+from daemon.review.sureness import shown_percent
+
 
 def percent(value: float | None) -> str:
-    return "" if value is None else f"{float(value) * 100:.0f}%"
+    """A confidence as the whole percentage the bulk threshold compares (sureness)."""
+    return "" if value is None else f"{shown_percent(value)}%"
 
 
 def when(value) -> str:

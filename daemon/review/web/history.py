@@ -19,7 +19,7 @@ from daemon.review.web.common import (
     review,
     wants_json,
 )
-from daemon.review.web.songs import done, failed
+from daemon.review.web.songs import failed, undone
 from daemon.suggest.queue import retry_quarantined
 
 bp = Blueprint("history", __name__)
@@ -63,11 +63,13 @@ def undo(decision_id: int):
                                   who=deps.config.review.reviewer)
     except decisions.ReviewError as err:
         return failed(err)
-    return done([decision], "Undone.")
+    return undone([decision])
 
 
 @bp.post("/undo-last")
 def undo_last():
+    """The "u" key: the reviewer's newest decision, or the whole bulk or album action it
+    belongs to."""
     deps = review()
     who = deps.config.review.reviewer
     with deps.sessions() as db:
@@ -75,10 +77,13 @@ def undo_last():
     if last is None:
         return failed(decisions.CannotUndo("nothing to undo"))
     try:
-        decision = decisions.undo(deps.sessions, deps.config, last.id, who=who)
+        if last.batch_id is not None:
+            made = decisions.undo_batch(deps.sessions, deps.config, last.batch_id, who=who)
+        else:
+            made = [decisions.undo(deps.sessions, deps.config, last.id, who=who)]
     except decisions.ReviewError as err:
         return failed(err)
-    return done([decision], "Undone.")
+    return undone(made)
 
 
 @bp.post("/quarantined/retry")

@@ -8,6 +8,7 @@ JavaScript). `done` and `failed` are the answer of every decision, here and in h
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import PurePosixPath
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
@@ -32,11 +33,14 @@ from daemon.review.web.common import (
     wants_json,
 )
 from daemon.review.web.format import percent
+from daemon.review.writeback import file_report, wait_for_files
 
 bp = Blueprint("songs", __name__)
 
 PAGE_SIZE = 50
 SORTS = ("confident", "uncertain")
+# The bulk confirm page names this many songs; the rest are counted.
+BULK_LISTED = 200
 
 
 def _filter_options(db: Session) -> dict:
@@ -107,25 +111,54 @@ def bulk_confirm():
         threshold /= 100.0
     if not 0.0 <= threshold <= 1.0:
         return plain(400, "How sure must be a number between 0 and 100.")
-    with review().sessions() as db:
+    deps = review()
+    with deps.sessions() as db:
         count, up_to_id = listing.count_above(db, threshold)
         by_genre = listing.pending_genres(db, min_confidence=threshold)
+        songs = listing.bulk_songs(db, threshold, up_to_id, BULK_LISTED)
     return render_template("bulk.html", threshold=threshold, count=count, up_to_id=up_to_id,
-                           by_genre=by_genre)
+                           by_genre=by_genre, songs=songs,
+                           files=count if deps.config.review.write_tags else 0)
 
 
-def done(made: list[Decision], message: str):
+def done(made: list[Decision], message: str, *, notified: bool = False):
     """The answer to a stored decision: JSON with the decisions, or back to the page."""
     deps = review()
-    deps.notify()
+    if not notified:
+        deps.notify()
     if wants_json():
         with deps.sessions() as db:
             tracks = {t.id: t for t in db.scalars(select(Track).where(
                 Track.id.in_([d.track_id for d in made])))}
-        return jsonify(ok=True, message=message, decisions=[
-            listing.decision_json(d, tracks[d.track_id]) for d in made])
+        return jsonify(ok=True, message=message,
+                       batch_id=made[0].batch_id if made else None, decisions=[
+                           listing.decision_json(d, tracks[d.track_id]) for d in made])
     flash(message)
     return go_next(request.form.get("next"))
+
+
+def after_undo(made: list[Decision]) -> tuple[list[Decision], str]:
+    """An undo's decisions once the writer has put their files back (it is woken and
+    waited for, a few seconds at most, when it runs here), and the message saying what
+    each file reads now: read from the file after the write, never assumed."""
+    deps = review()
+    deps.notify()
+    if deps.on_decision is not None:
+        made = wait_for_files(deps.sessions, [d.id for d in made])
+    reports = Counter(file_report(d) for d in made)
+    said = "; ".join(what if n == 1 else f"{what} ({n} songs)"
+                     for what, n in reports.items() if what)
+    message = f"Undone ({len(made)} song{'s' if len(made) != 1 else ''})."
+    return made, message + (f" {said[0].upper()}{said[1:]}." if said else "")
+
+
+def undone(made: list[Decision]):
+    """The answer to an undo (one decision or a whole batch). The keyboard script reloads
+    the page after an undo, so the message waits for that page too."""
+    made, message = after_undo(made)
+    if wants_json():
+        flash(message)
+    return done(made, message, notified=True)
 
 
 def failed(err: decisions.ReviewError):
@@ -191,7 +224,10 @@ def bulk_accept():
         return failed(err)
     deps.notify()
     message = f"Accepted {len(made)} suggestion(s) at least {percent(threshold)} sure."
+    batch = made[0].batch_id if made else None
+    if batch:
+        message += " Press u to undo them all in one step."
     if wants_json():
-        return jsonify(ok=True, message=message, count=len(made))
+        return jsonify(ok=True, message=message, count=len(made), batch_id=batch)
     flash(message)
     return redirect(url_for("songs.queue"), 303)
