@@ -44,7 +44,7 @@ from daemon.core.paths import display, filesystem_path, stored_path
 from daemon.core.states import TrackState, can_move, move
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
 from daemon.library.read import READER_IDLE_SECONDS, FileReading, read_file, reader_pool
-from daemon.library.record import record_reading
+from daemon.library.record import record_reading, sweep_song_rules
 from daemon.library.settle import SettleTracker
 from daemon.library.walk import (
     SKIPPED_SHOWN,
@@ -273,7 +273,23 @@ class Library:
             log.error("reconcile %s: database write failed, retrying at the next walk: %s",
                       root, _brief(err))
             return _replace(result, error=_brief(err))
+        try:
+            self._sweep_song_rules()
+        except OperationalError as err:
+            log.error("reconcile %s: applying [library] exclude / min_song_seconds failed, "
+                      "retrying at the next walk: %s", root, _brief(err))
+            return _replace(result, missing=missing, error=_brief(err))
         return _replace(result, missing=missing)
+
+    def _sweep_song_rules(self) -> None:
+        """Files whose song-or-not verdict changed without the file changing (the exclude
+        patterns or min_song_seconds were edited) move now, not when the file next does."""
+        with transaction(self.sessions) as session:
+            moved = sweep_song_rules(session, self.config.library.song_rules,
+                                     audit=self.config.classifier.audit)
+        if moved:
+            log.info("[library] exclude / min_song_seconds: %d track(s) changed between "
+                     "song and not a song", moved)
 
     def _load_known(self) -> dict[str, _Known]:
         # One query, compared in Python: 15,000 rows take a few tens of milliseconds.
@@ -425,7 +441,8 @@ class Library:
             for rel, reading in readings.items():
                 record_reading(session, rel, reading, root=self.root,
                                genre_map=self.genre_map,
-                               audit=self.config.classifier.audit)
+                               audit=self.config.classifier.audit,
+                               rules=self.config.library.song_rules)
                 handled.append(rel)
                 done += 1
             session.flush()  # moved tracks have their new paths before deletions are looked up

@@ -3,7 +3,8 @@
 A new file becomes a new track; a changed one is re-evaluated (settled_state); a file
 that appears under a new name with a known fingerprint is that track moved, and keeps
 its suggestions and decisions; a file its reader crashed, hung or ran out of memory on
-is quarantined until it changes.
+is quarantined until it changes; a file that is not a song (daemon.core.songrules) is
+`not_a_song`, with the reason, and never quarantined.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.paths import filesystem_path, stored_path
+from daemon.core.songrules import SongRules
 from daemon.core.states import SuggestionStatus, TrackState, can_move, move
 from daemon.library.albums import AlbumTags, album_folder, album_identities
 from daemon.library.read import FileReading
@@ -41,7 +43,7 @@ def settled_state(current: TrackState | None, *, maps: bool, audit: bool, same_a
         return S.TAGGED
     if current is None:
         return S.QUEUED
-    if current == S.MISSING:
+    if current in (S.MISSING, S.NOT_A_SONG):
         return history
     if current == S.QUARANTINED:
         return S.QUEUED  # a quarantined file that changed gets a fresh start
@@ -66,9 +68,10 @@ def history_state(session: Session, track: Track) -> TrackState:
 
 
 def record_reading(session: Session, rel: str, reading: FileReading, *, root: str,
-                   genre_map: GenreMap, audit: bool) -> None:
+                   genre_map: GenreMap, audit: bool, rules: SongRules | None = None) -> None:
     """Write one settled file (`rel`, relative to `root`): update its track, find a moved
-    track, or add one. audit: classify tagged files too (config.classifier.audit)."""
+    track, or add one. audit: classify tagged files too (config.classifier.audit);
+    rules: what is not a song (config.library.song_rules; None: every file is one)."""
     stored = stored_path(rel)
     track = session.scalars(select(Track).where(Track.path == stored)).first()
     left_folder = None
@@ -88,7 +91,8 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
 
     genres = reading.tags.genres if reading.tags else ()
     canonical = genre_map.canonical_for(genres) if genres else None
-    history = history_state(session, track) if previous == S.MISSING else S.QUEUED
+    history = (history_state(session, track) if previous in (S.MISSING, S.NOT_A_SONG)
+               else S.QUEUED)
     target = settled_state(previous, maps=canonical is not None, audit=audit,
                            same_audio=same_audio, history=history)
 
@@ -104,6 +108,12 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     track.format = info.format if info else (tags.format if tags else None)
     track.duration = info.duration if info else (tags.duration if tags else None)
     track.last_seen = utcnow()
+    reason = rules.reason(stored, track.duration, track.song_mark) if rules else None
+    if reason is not None:
+        target = S.NOT_A_SONG
+        if previous is not None:
+            _leave_queue(session, track)
+    track.not_song_reason = reason
     if previous is None:
         track.state = target
         track.state_changed_at = utcnow()
@@ -116,12 +126,71 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
         track.next_attempt_at = None
     if target in (S.QUEUED, S.TAGGED) or previous is None:
         track.last_error = reading.error
-    if reading.quarantine:
+    if reading.quarantine and reason is None:
         _quarantine(track, reading.error)
     # Its tags may change its album mates' identity too (a compilation), and a moved
     # track's old folder loses a member.
     for folder in dict.fromkeys(f for f in (album_folder(stored), left_folder) if f is not None):
         refresh_albums(session, folder)
+
+
+def apply_song_rules(session: Session, track: Track, rules: SongRules, *,
+                     audit: bool) -> bool:
+    """Put `track` where the rules (and its song_mark) say, without reading its file:
+    into not_a_song with the reason, or out of it to what its history says (tagged,
+    reviewed, suggested or queued). A working track's worker drops its result. Returns
+    whether the track's state changed."""
+    reason = rules.reason(track.path, track.duration, track.song_mark)
+    if track.state == S.MISSING:
+        track.not_song_reason = reason  # it comes back into what the rules say then
+        return False
+    if reason is not None:
+        track.not_song_reason = reason
+        if track.state == S.NOT_A_SONG:
+            return False
+        _leave_queue(session, track)
+        move(track, S.NOT_A_SONG)
+    else:
+        if track.state != S.NOT_A_SONG:
+            track.not_song_reason = None
+            return False
+        target = settled_state(S.NOT_A_SONG, maps=track.canonical_genre is not None,
+                               audit=audit, same_audio=True,
+                               history=history_state(session, track))
+        move(track, target)
+        track.not_song_reason = None
+        if target == S.QUEUED:
+            track.attempts, track.next_attempt_at = 0, None
+    track.state_changed_at = utcnow()
+    return True
+
+
+def sweep_song_rules(session: Session, rules: SongRules, *, audit: bool) -> int:
+    """apply_song_rules over every track whose state the rules would change (after an
+    edit of [library] exclude or min_song_seconds, or a "Not a song" mark undone). Reads
+    only paths, durations and marks. Returns how many tracks moved."""
+    moved = 0
+    rows = session.execute(select(Track.id, Track.path, Track.duration, Track.song_mark,
+                                  Track.state, Track.not_song_reason)
+                           .where(Track.state != S.MISSING)).all()
+    for id_, path, duration, mark, state, stored in rows:
+        reason = rules.reason(path, duration, mark)
+        if (reason is None and state != S.NOT_A_SONG) or (
+                state == S.NOT_A_SONG and reason == stored):
+            continue
+        if apply_song_rules(session, session.get(Track, id_), rules, audit=audit):
+            moved += 1
+    return moved
+
+
+def _leave_queue(session: Session, track: Track) -> None:
+    """A track becoming not_a_song: its pending suggestion leaves the review queue
+    (superseded; an undone "Not a song" mark brings it back) and nothing is retried."""
+    for suggestion in session.scalars(select(Suggestion).where(
+            Suggestion.track_id == track.id,
+            Suggestion.status == SuggestionStatus.PENDING)):
+        suggestion.status = SuggestionStatus.SUPERSEDED
+    track.attempts, track.next_attempt_at, track.last_error = 0, None, None
 
 
 def refresh_albums(session: Session, folder: str) -> None:
