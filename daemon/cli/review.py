@@ -46,7 +46,9 @@ def _echo_decisions(sessions, decisions, as_json: bool) -> None:
     for row in rows:
         what = {Action.ACCEPT: f"accepted {row['genre']}", Action.OVERRIDE: f"set {row['genre']}",
                 Action.REJECT: "rejected",
-                Action.UNDO: f"undid decision {row['undoes_id']}"}[row["action"]]
+                Action.UNDO: f"undid decision {row['undoes_id']}",
+                Action.NOT_A_SONG: "marked not a song:",
+                Action.SONG: "marked a song:"}[row["action"]]
         write = "" if row["write_status"] == WriteStatus.NONE else f" [file: {row['write_status']}]"
         click.echo(f"decision {row['id']}: {what} for {row['path']}{write}")
 
@@ -176,6 +178,37 @@ def review_undo(ctx: Context, decision_id: int, as_json: bool) -> None:
     sessions = _review_sessions(ctx)
     decision = undo(sessions, ctx.config, decision_id, who=_cli_reviewer())
     _echo_decisions(sessions, [decision], as_json)
+
+
+@review_group.command("not-a-song")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
+@pass_context
+def review_not_a_song(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
+    """Mark files as not songs (station IDs, sweepers, liners, beds): they leave the review
+    queue and are never trained on. PATH is relative to the library root, or any path
+    into it. `review undo DECISION_ID` takes a mark back."""
+    _mark_paths(ctx, paths, Action.NOT_A_SONG, as_json)
+
+
+@review_group.command("song")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
+@pass_context
+def review_song(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
+    """Mark files the [library] exclude patterns or min_song_seconds keep out (see
+    `status`) as songs after all: they are classified and come up for review."""
+    _mark_paths(ctx, paths, Action.SONG, as_json)
+
+
+def _mark_paths(ctx: Context, paths: tuple[str, ...], action: Action, as_json: bool) -> None:
+    from daemon.review.songmarks import mark_tracks, tracks_for_paths
+
+    sessions = _review_sessions(ctx)
+    with sessions() as session:
+        ids = tracks_for_paths(session, ctx.config, paths)
+    _echo_decisions(sessions, mark_tracks(sessions, ctx.config, ids, action,
+                                          who=_cli_reviewer()), as_json)
 
 
 @review_group.command("history")

@@ -36,6 +36,7 @@ from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.errors import GenretaggerError
 from daemon.core.live import Live, as_live
 from daemon.core.states import (
+    SONG_MARKS,
     WRITE_OUTSTANDING,
     Action,
     How,
@@ -297,6 +298,10 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
     if standing and standing[0].id != target.id:
         raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
                          "track came later; undo that one first")
+    if target.action in SONG_MARKS:
+        from daemon.review.songmarks import undo_mark  # it builds on this module
+
+        return undo_mark(session, config, target, track, who=who, batch_id=batch_id)
     now = utcnow()
     # The genre the file should carry again, if ours already reached it.
     restore_file = target.write_status == WriteStatus.WRITTEN
