@@ -65,7 +65,8 @@ def _segment_regex(segment: str) -> str:
             body = segment[i + 1:end]
             negate = body[:1] in ("!", "^")
             body = body[1:] if negate else body
-            out.append("[" + ("^/" if negate else "") + body.replace("\\", "\\\\") + "]")
+            body = "".join(c if c == "-" else re.escape(c) for c in body)
+            out.append("[" + ("^/" if negate else "") + body + "]")
             i = end
         else:
             out.append(re.escape(char))
