@@ -269,27 +269,12 @@ class Library:
 
         try:
             missing = self._write_reconcile(ours, vanished)
+            sweep_song_rules(self.sessions, self.config)  # exclude/min_song_seconds edited?
         except OperationalError as err:
             log.error("reconcile %s: database write failed, retrying at the next walk: %s",
                       root, _brief(err))
             return _replace(result, error=_brief(err))
-        try:
-            self._sweep_song_rules()
-        except OperationalError as err:
-            log.error("reconcile %s: applying [library] exclude / min_song_seconds failed, "
-                      "retrying at the next walk: %s", root, _brief(err))
-            return _replace(result, missing=missing, error=_brief(err))
         return _replace(result, missing=missing)
-
-    def _sweep_song_rules(self) -> None:
-        """Files whose song-or-not verdict changed without the file changing (the exclude
-        patterns or min_song_seconds were edited) move now, not when the file next does."""
-        with transaction(self.sessions) as session:
-            moved = sweep_song_rules(session, self.config.library.song_rules,
-                                     audit=self.config.classifier.audit)
-        if moved:
-            log.info("[library] exclude / min_song_seconds: %d track(s) changed between "
-                     "song and not a song", moved)
 
     def _load_known(self) -> dict[str, _Known]:
         # One query, compared in Python: 15,000 rows take a few tens of milliseconds.
@@ -440,9 +425,8 @@ class Library:
                 session.execute(update(Track), ours)
             for rel, reading in readings.items():
                 record_reading(session, rel, reading, root=self.root,
-                               genre_map=self.genre_map,
-                               audit=self.config.classifier.audit,
-                               rules=self.config.library.song_rules)
+                               genre_map=self.genre_map, rules=self.config.library.song_rules,
+                               audit=self.config.classifier.audit)
                 handled.append(rel)
                 done += 1
             session.flush()  # moved tracks have their new paths before deletions are looked up

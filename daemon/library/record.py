@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.core.config import Config
+from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.paths import filesystem_path, stored_path
 from daemon.core.songrules import SongRules
@@ -165,21 +167,30 @@ def apply_song_rules(session: Session, track: Track, rules: SongRules, *,
     return True
 
 
-def sweep_song_rules(session: Session, rules: SongRules, *, audit: bool) -> int:
-    """apply_song_rules over every track whose state the rules would change (after an
-    edit of [library] exclude or min_song_seconds, or a "Not a song" mark undone). Reads
-    only paths, durations and marks. Returns how many tracks moved."""
+def sweep_song_rules(sessions: sessionmaker[Session], config: Config) -> int:
+    """apply_song_rules to every track the rules judge otherwise than its state says:
+    after an edit of [library] exclude or min_song_seconds the file did not change, so
+    it is not read again. Reads paths, durations and marks; writes (one transaction)
+    only when a track moves. Returns how many tracks moved."""
+    rules, audit = config.library.song_rules, config.classifier.audit
+    with sessions() as session:
+        rows = session.execute(select(Track.id, Track.path, Track.duration, Track.song_mark,
+                                      Track.state, Track.not_song_reason)
+                               .where(Track.state != S.MISSING)).all()
+    stale = [id_ for id_, path, duration, mark, state, stored in rows
+             if (reason := rules.reason(path, duration, mark)) != stored
+             or (reason is None) != (state != S.NOT_A_SONG)]
+    if not stale:
+        return 0
     moved = 0
-    rows = session.execute(select(Track.id, Track.path, Track.duration, Track.song_mark,
-                                  Track.state, Track.not_song_reason)
-                           .where(Track.state != S.MISSING)).all()
-    for id_, path, duration, mark, state, stored in rows:
-        reason = rules.reason(path, duration, mark)
-        if (reason is None and state != S.NOT_A_SONG) or (
-                state == S.NOT_A_SONG and reason == stored):
-            continue
-        if apply_song_rules(session, session.get(Track, id_), rules, audit=audit):
-            moved += 1
+    with transaction(sessions) as session:
+        for id_ in stale:
+            track = locked(session, Track, id_)
+            if track is not None and apply_song_rules(session, track, rules, audit=audit):
+                moved += 1
+    if moved:
+        log.info("[library] exclude / min_song_seconds: %d track(s) changed between song "
+                 "and not a song", moved)
     return moved
 
 
