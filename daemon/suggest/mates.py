@@ -85,9 +85,12 @@ def mates_for(session: Session, track_ids: Sequence[int]) -> dict[int, Mates]:
     if raw:
         wanted += [Track.artist.in_(raw), func.lower(func.trim(Track.artist)).in_(
             {a.strip().lower() for a in raw})]
-    # A missing song (gone from the library) no longer speaks for its album.
+    # A missing song (gone from the library) no longer speaks for its album; a jingle
+    # (not a song) never did.
     rows = session.execute(select(Track.id, Track.album_key, Track.artist, genre)
-                           .where(genre.is_not(None), Track.state != TrackState.MISSING,
+                           .where(genre.is_not(None),
+                                  Track.state.not_in((TrackState.MISSING,
+                                                      TrackState.NOT_A_SONG)),
                                   or_(*wanted))).all() if wanted else []
     by_album: dict[str, list[tuple[int, str]]] = {}
     by_artist: dict[str, list[tuple[int, str | None, str]]] = {}
