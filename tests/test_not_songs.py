@@ -161,6 +161,14 @@ def test_a_drive_with_jingle_folders_queues_only_the_songs(tmp_path, drive_maste
         text = render_status(data)
         assert f"not songs:   {len(IMAGING)} file(s)" in text
         assert "Imaging/Sweepers/sweeper 25s.flac: matches [library] exclude" in text
+        # ... and the same through the command.
+        config_path = tmp_path / "config.toml"
+        config_path.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                               f'database_url = "{database_url}"\n[library]\n'
+                               f'root = "{root}"\nexclude = {json.dumps(EXCLUDE)}\n')
+        done = CliRunner().invoke(cli, ["--config", str(config_path), "status", "--json"])
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout)["not_songs"] == data["not_songs"]
 
         # The station drops the Jingles pattern and lowers the length: the next walk moves
         # the files that are songs now into the queue (the tagged one is tagged), without
@@ -209,14 +217,16 @@ def test_scan_lists_what_is_not_a_song_with_the_reason(tmp_path, drive_masters):
 # ------------------------------------------------------------------ the reviewer's word
 
 @pytest.fixture
-def station(tmp_path):
-    """(config path, sessions) of a station whose exclude and min_song_seconds are set."""
+def station(tmp_path, database_url):
+    """(config path, sessions) of a station whose exclude and min_song_seconds are set,
+    on SQLite and on PostgreSQL."""
     from daemon.core.config import load_config
 
     library, state = tmp_path / "library", tmp_path / "state"
     library.mkdir()
     config_path = tmp_path / "config.toml"
-    config_path.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n'
+    config_path.write_text(f'state_dir = "{state}"\ndatabase_url = "{database_url}"\n'
+                           f'[library]\nroot = "{library}"\n'
                            'exclude = ["Jingles"]\nmin_song_seconds = 30\n')
     engine, sessions = open_database(load_config(config_path).db_url)
     yield config_path, sessions
