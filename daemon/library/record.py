@@ -141,11 +141,10 @@ def apply_song_rules(session: Session, track: Track, rules: SongRules, *,
     """Put `track` where the rules (and its song_mark) say, without reading its file:
     into not_a_song with the reason, or out of it to what its history says (tagged,
     reviewed, suggested or queued). A working track's worker drops its result. Returns
-    whether the track's state changed."""
-    reason = rules.reason(track.path, track.duration, track.song_mark)
+    whether the track's state changed (a missing track waits until it comes back)."""
     if track.state == S.MISSING:
-        track.not_song_reason = reason  # it comes back into what the rules say then
         return False
+    reason = rules.reason(track.path, track.duration, track.song_mark)
     if reason is not None:
         track.not_song_reason = reason
         if track.state == S.NOT_A_SONG:
