@@ -19,7 +19,8 @@ def review_group() -> None:
     """Review suggested genres from the shell.
 
     accept / set / reject take SUGGESTION ids (the first column of `review list`);
-    undo takes a DECISION id (the first column of `review history`).
+    undo takes a DECISION id (the first column of `review history`); not-a-song and
+    song take library PATHs.
     """
 
 
