@@ -170,6 +170,17 @@ def test_a_drive_with_jingle_folders_queues_only_the_songs(tmp_path, drive_maste
         assert done.exit_code == 0, done.output
         assert json.loads(done.stdout)["not_songs"] == data["not_songs"]
 
+        # A song moved into the Jingles folder is the same track (its history kept), and
+        # now not a song.
+        with sessions() as session:
+            moved_id = session.scalar(select(Track.id).where(Track.path == "Jazz/two.wav"))
+        (root / "Jazz" / "two.wav").rename(root / "Jingles" / "two.wav")
+        _settle(library, 1100.0)
+        with sessions() as session:
+            moved = session.get(Track, moved_id)
+            assert (moved.path, moved.state) == ("Jingles/two.wav", TrackState.NOT_A_SONG)
+            assert queue_depth(session) == 1
+
         # The station drops the Jingles pattern and lowers the length: the next walk moves
         # the files that are songs now into the queue (the tagged one is tagged), without
         # their files changing.
@@ -178,6 +189,7 @@ def test_a_drive_with_jingle_folders_queues_only_the_songs(tmp_path, drive_maste
         Library(config2, sessions, load_genre_map()).reconcile(now=2000.0)
         states = _states(sessions)
         assert states["Jingles/station id.wav"] == (TrackState.QUEUED, None)
+        assert states["Jingles/two.wav"] == (TrackState.QUEUED, None)
         assert states["Jingles/Top of hour/legal id.flac"] == (TrackState.TAGGED, None)
         assert states["Imaging/liner.wav"][0] == TrackState.QUEUED
         assert states["Imaging/Sweepers/sweeper 20s.wav"][0] == TrackState.NOT_A_SONG
