@@ -335,6 +335,46 @@ def test_a_short_song_the_rules_caught_is_marked_a_song_and_back(station, tmp_pa
         assert queue_depth(session) == 0
 
 
+def test_the_not_songs_page_lists_them_and_brings_a_song_back(station):
+    import re
+
+    from daemon.core.config import load_config
+    from daemon.review.web import create_app
+
+    config_path, sessions = station
+    with transaction(sessions) as session:
+        for path, duration, reason in [
+                ("Punk/Short Song.mp3", 25.0,
+                 "25.0 s long: shorter than [library] min_song_seconds (30 s)"),
+                ("Jingles/ID <1>.mp3", 8.0, "matches [library] exclude pattern 'Jingles'")]:
+            session.add(Track(path=path, size=1, mtime=1.0, duration=duration,
+                              state=TrackState.NOT_A_SONG, not_song_reason=reason))
+        session.add(Track(path="Rock/Song.mp3", size=1, mtime=1.0, duration=200.0,
+                          state=TrackState.QUEUED))
+    app = create_app(load_config(config_path), sessions)
+    app.testing = True
+    client = app.test_client()
+    page = client.get("/not-songs").get_data(as_text=True)
+    assert '<span class="count">2</span>' in page
+    assert "shorter than [library] min_song_seconds (30 s)" in page
+    assert "Jingles/ID &lt;1&gt;.mp3" in page and "Rock/Song.mp3" not in page
+    assert 'href="/not-songs"' in client.get("/").get_data(as_text=True)  # in the nav
+    with sessions() as session:
+        short_id = session.scalar(select(Track.id).where(Track.path == "Punk/Short Song.mp3"))
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    answer = client.post(f"/tracks/{short_id}/song", headers={
+        "X-CSRFToken": token, "Accept": "application/json"})
+    assert answer.status_code == 200 and answer.json["ok"], answer.json
+    assert answer.json["decisions"][0]["action"] == "song"
+    assert _track(sessions, short_id).state == TrackState.QUEUED
+    page = client.get("/not-songs").get_data(as_text=True)
+    assert '<span class="count">1</span>' in page and "Short Song" not in page
+    # Once is enough: a second "This is a song" is refused with the reason.
+    again = client.post(f"/tracks/{short_id}/song", headers={
+        "X-CSRFToken": token, "Accept": "application/json"})
+    assert again.status_code == 409 and "already" in again.json["error"]
+
+
 # ------------------------------------------------------------------ training
 
 def test_files_that_are_not_songs_are_never_training_labels_for_the_trainer(tmp_path,

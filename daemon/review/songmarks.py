@@ -101,6 +101,13 @@ def mark_suggestion(sessions: sessionmaker[Session], config: Config, suggestion_
         return _mark(session, config, track, Action.NOT_A_SONG, who=who, how=How.SINGLE)
 
 
+def list_not_songs(session: Session, *, limit: int, offset: int = 0) -> tuple[list[Track], int]:
+    """The tracks that are not songs, by path -> (one page of them, how many in all)."""
+    query = select(Track).where(Track.state == TrackState.NOT_A_SONG)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    return list(session.scalars(query.order_by(Track.path).limit(limit).offset(offset))), total
+
+
 def tracks_for_paths(session: Session, config: Config, paths: Iterable[str]) -> list[int]:
     """Track ids of library files given as the shell gives them: relative to the library
     root, or any path (absolute, or relative to the current folder) inside it. Raises
