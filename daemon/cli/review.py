@@ -48,8 +48,8 @@ def _echo_decisions(sessions, decisions, as_json: bool) -> None:
         what = {Action.ACCEPT: f"accepted {row['genre']}", Action.OVERRIDE: f"set {row['genre']}",
                 Action.REJECT: "rejected",
                 Action.UNDO: f"undid decision {row['undoes_id']}",
-                Action.NOT_A_SONG: "marked not a song:",
-                Action.SONG: "marked a song:"}[row["action"]]
+                Action.NOT_A_SONG: 'marked "not a song"',
+                Action.SONG: 'marked "a song"'}[row["action"]]
         write = "" if row["write_status"] == WriteStatus.NONE else f" [file: {row['write_status']}]"
         click.echo(f"decision {row['id']}: {what} for {row['path']}{write}")
 
