@@ -130,12 +130,19 @@ def test_extract_gives_both_contracts_from_one_pass(songs, ext):
     assert set(backbone_only.by_kind()) == {BACKBONE}
 
 
-def test_a_song_shorter_than_a_patch_is_too_short_for_the_backbone_only(tmp_path):
-    path = encode(tmp_path / "jingle.flac", synthesize("Pop", 2.0, 22_050), 22_050)
-    assert extract(path).features.shape == (5, 129, 98, 1)
+def test_a_song_shorter_than_a_patch_fills_its_patches_and_one_shorter_than_a_clip_is_too_short(
+        tmp_path):
+    path = encode(tmp_path / "short.flac", synthesize("Pop", 2.0, 22_050), 22_050)
+    cnn_only = extract(path)
+    both = extract(path, kinds=BOTH)
+    assert np.array_equal(both.features, cnn_only.features)
+    assert both.patches.shape == (5, 187, 96)
+    assert np.array_equal(both.patches,
+                          backbone_patches(decode_clips(path, BACKBONE_SPEC)[1]))
+    path = encode(tmp_path / "blip.flac", synthesize("Pop", 0.6, 22_050), 22_050)
     with pytest.raises(TooShort) as err:
         extract(path, kinds=BOTH)
-    assert "jingle.flac" in str(err.value) and "3.008 s" in err.value.reason
+    assert "blip.flac" in str(err.value) and "1 s clip" in err.value.reason
 
 
 def test_unknown_or_no_kinds_are_refused(songs):

@@ -101,7 +101,8 @@ def check_report(data: dict, root: Path, expected: dict) -> None:
     for path, (status, fmt, genre, error) in expected.items():
         entry = files[path]
         assert set(entry) == {"path", "status", "format", "duration", "title", "artist",
-                              "album", "raw_genres", "genre", "error", "skipped"}
+                              "album", "raw_genres", "genre", "error", "skipped",
+                              "not_song"}
         assert entry["status"] == status, (path, entry)
         assert entry["genre"] == genre, path
         if fmt is not None:

@@ -101,7 +101,7 @@ def test_counts_throughput_quarantine_and_liveness(setup):
 
     assert data["tracks"]["by_state"] == {
         "queued": 7, "working": 0, "retrying": 2, "quarantined": 25, "suggested": 5,
-        "reviewed": 0, "tagged": 11, "missing": 0}
+        "reviewed": 0, "tagged": 11, "missing": 0, "not_a_song": 0}
     assert data["tracks"]["total"] == 50
     assert data["queue_depth"] == 9
     assert data["last_hour"] == {"classified": 24, "failed": 6}
@@ -295,7 +295,8 @@ def test_status_command(tmp_path):
                          "write_failures", "model",
                          "last_reconcile", "quarantined_total", "quarantined", "retraining",
                          "components", "skipped_total", "skipped", "cannot_suggest_yet",
-                         "workers", "leader", "database", "storage", "library"}
+                         "workers", "leader", "database", "storage", "library",
+                         "not_songs_total", "not_songs"}
     assert data["leader"] is None  # no service has led yet
     assert data["database"] == str(state / "genretagger.db")
     assert data["daemon"]["running"] is False

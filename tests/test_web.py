@@ -56,7 +56,8 @@ def test_every_page_belongs_to_a_blueprint_and_finds_its_dependencies_in_the_app
     app = create_app(config, sessions, on_decision=lambda: woken.append(1))
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} - {"static"}
     assert {e.split(".")[0] for e in endpoints} == {"auth", "songs", "albums", "history",
-                                                   "models", "media", "metrics"}
+                                                   "models", "media", "metrics",
+                                                   "notsongs"}
     assert all("." in e for e in endpoints)
     review = app.extensions["review"]
     assert review.config is config and review.children is app.extensions["children"]

@@ -63,6 +63,9 @@ def cli() -> None:
 @click.option("--known", "known_path", type=EXISTING_FILE,
               help="JSON {relative path: {size, mtime, fingerprint, artist, album, genres}} "
                    "from the daemon: unchanged files are not read again")
+@click.option("--not-songs", "not_songs_path", type=EXISTING_FILE,
+              help="JSON {relative path: reason} from the daemon: files that are not songs "
+                   "(jingles, sweepers), never trained on")
 @click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
 @click.option("--processes", type=click.IntRange(1), help="decoding processes")
 @click.option("--time-budget", "time_budget", type=click.FloatRange(min=0, min_open=True),
@@ -72,7 +75,7 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
           seed: int, min_songs: int, min_songs_backbone: int, family: str, no_backbone: bool,
           genres_path: Path | None, labels_path: Path | None,
           warm_start: Path | None, holdout_path: Path | None, known_path: Path | None,
-          batch_size: int | None,
+          not_songs_path: Path | None, batch_size: int | None,
           processes: int | None, time_budget: float | None) -> int:
     """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
     # Checked without importing: TensorFlow loads only after decoding is done.
@@ -87,7 +90,7 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
                           backbone=not no_backbone,
                           genres_path=genres_path, labels_path=labels_path,
                           warm_start=warm_start, holdout_path=holdout_path,
-                          known_path=known_path,
+                          known_path=known_path, not_songs_path=not_songs_path,
                           batch_size=batch_size, processes=processes,
                           time_budget_minutes=time_budget)
     test = report["metrics"]["test"]

@@ -117,6 +117,23 @@ def load_labels(path: Path | None) -> dict[str, str]:
     return data
 
 
+def load_not_songs(path: Path | None) -> dict[str, str]:
+    """--not-songs FILE.json -> {relative POSIX path: why it is not a song} (the daemon's
+    not_a_song tracks: jingles, sweepers, "Not a song" marks). Raises DatasetError if
+    malformed."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetError(f"not-songs file {path}: {err}") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise DatasetError(f"not-songs file {path}: expected a JSON object "
+                           "{relative path: reason}")
+    return data
+
+
 def load_holdout(path: Path | None) -> set[str]:
     """--holdout FILE.json -> {relative POSIX path}: songs whose artists go to test."""
     if path is None:
@@ -189,6 +206,7 @@ def _read_song(rel: str, path: Path) -> tuple[AlbumTags, tuple[str, ...], str | 
 def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | None = None,
                         extensions: Iterable[str] = AUDIO_EXTENSIONS,
                         known: Mapping[str, KnownFile] | None = None,
+                        not_songs: Mapping[str, str] | None = None,
                         ) -> tuple[list[LabelledSong], list[tuple[str, str]]]:
     """Walk `library` -> (labelled songs, [(rel, reason)] for files left out).
 
@@ -196,10 +214,11 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
     folders). Paths are in the daemon's stored form. A confirmed label in `labels`
     ({rel: genre}) overrides the file's tag. A file in `known` whose size and mtime are
     unchanged is not read at all. Files with no usable genre are left out with the reason
-    "no genre" / "genre X not mapped".
+    "no genre" / "genre X not mapped"; files in `not_songs` ({rel: reason}) with "not a
+    song: reason", whatever their label.
     """
     library = Path(library)
-    labels, known = labels or {}, known or {}
+    labels, known, not_songs = labels or {}, known or {}, not_songs or {}
     try:
         walk = walk_library(library, extensions)
     except OSError as err:
@@ -209,6 +228,9 @@ def find_labelled_songs(library: Path, genre_map, labels: Mapping[str, str] | No
     found: list[tuple[str, Path, AlbumTags, str, str | None]] = []
     for name in sorted(walk.files):
         rel, path = stored_path(name), library / name
+        if rel in not_songs:
+            skipped.append((rel, f"not a song: {not_songs[rel]}"))
+            continue
         entry = known.get(rel)
         fp = None
         if entry is not None and same_stat((entry.size, entry.mtime), walk.files[name]):

@@ -39,6 +39,7 @@ from trainer.dataset import (
     load_holdout,
     load_known,
     load_labels,
+    load_not_songs,
     narrow,
 )
 from trainer.families import Backbone, embed_songs, open_backbone
@@ -69,7 +70,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
           min_songs_backbone: int = 3, family: str = ALL, backbone: bool = True,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
-          known_path: Path | None = None,
+          known_path: Path | None = None, not_songs_path: Path | None = None,
           batch_size: int | None = None, time_budget_minutes: float | None = None,
           threads: int | None = None, processes: int | None = None,
           progress: bool | None = None) -> dict:
@@ -97,8 +98,8 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     # One split for every family, wide enough for the one needing fewest songs per genre.
     songs = gather(library, cache, backbone_on, genres_path=genres_path,
                    labels_path=labels_path, known_path=known_path, holdout_path=holdout_path,
-                   seed=seed, min_songs=min(thresholds.values()), processes=processes,
-                   progress=progress)
+                   not_songs_path=not_songs_path, seed=seed,
+                   min_songs=min(thresholds.values()), processes=processes, progress=progress)
     # Every family's test songs; one song of each big enough album kept out of training
     # for fitting the album/artist context (trainer.context.carve).
     wide, carved = carve(songs.dataset, seed)
@@ -219,12 +220,13 @@ class Gathered:
 def gather(library: Path, cache: FeatureCache, backbone: Backbone | None, *,
            genres_path: Path | None, labels_path: Path | None, known_path: Path | None,
            holdout_path: Path | None, seed: int, min_songs: int, processes: int | None,
-           progress: bool) -> Gathered:
+           progress: bool, not_songs_path: Path | None = None) -> Gathered:
     """Labelled songs, their cached features (and backbone input, in the same decode
     pass), classes and artist-disjoint splits."""
     genre_map = load_genre_map(genres_path)
     songs, skipped = find_labelled_songs(library, genre_map, load_labels(labels_path),
-                                         known=load_known(known_path))
+                                         known=load_known(known_path),
+                                         not_songs=load_not_songs(not_songs_path))
     log.info("%d labelled songs in %s (%d files left out)", len(songs), library, len(skipped))
     songs, failed, cache_stats = load_features(
         songs, cache, patches=backbone.patches if backbone else None,

@@ -52,6 +52,7 @@ from daemon.audio.features import (
     BackboneSpec,
     FeatureSpec,
     clip_starts,
+    padded_patch_seconds,
 )
 from daemon.audio.header import AudioInfo, looks_like, open_song
 from daemon.audio.readers import _PyAVReader, _SoundfileReader
@@ -164,9 +165,18 @@ def _decode_windows(path, name: str, reader: _Reader, specs: dict[str, WindowSpe
     duration = (info or reader.info).duration
     native = reader.info.sample_rate
     by_index: dict[int, list[tuple[int, int, str, float]]] = {}
+    held: dict[str, float] = {}  # kind -> seconds each window holds, when padded
     for kind, spec in specs.items():
-        for i, start in enumerate(clip_starts(duration, spec, name)):
-            first, count = _native_span(start, spec.clip_seconds, native, spec.sample_rate)
+        padded = (padded_patch_seconds(duration, spec) if isinstance(spec, BackboneSpec)
+                  else None)
+        if padded is not None:
+            held[kind] = padded
+            starts = [0.0] * spec.clips_per_song
+        else:
+            starts = clip_starts(duration, spec, name)
+        for i, start in enumerate(starts):
+            first, count = _native_span(start, held.get(kind, spec.clip_seconds), native,
+                                        spec.sample_rate)
             by_index.setdefault(i, []).append((first, count, kind, start))
     windows = {kind: np.zeros((spec.clips_per_song, spec.clip_samples), dtype=np.float32)
                for kind, spec in specs.items()}
@@ -177,15 +187,20 @@ def _decode_windows(path, name: str, reader: _Reader, specs: dict[str, WindowSpe
             samples, got = _guarded(path, reader.window, first, count)
             for w_first, w_count, kind, start in group:
                 spec = specs[kind]
+                seconds = held.get(kind, spec.clip_seconds)
+                want = int(round(seconds * spec.sample_rate)) if kind in held \
+                    else spec.clip_samples
                 part, part_got = _part(samples, got, w_first, w_count)
                 clip = _guarded(path, _resampled_cut, part, part_got, native, start,
-                                spec.clip_seconds, spec.sample_rate)
-                missing = spec.clip_samples - len(clip)
-                if missing > SHORT_TOLERANCE * spec.clip_samples:
+                                seconds, spec.sample_rate)
+                missing = want - len(clip)
+                if missing > SHORT_TOLERANCE * want:
                     gap = start + len(clip) / spec.sample_rate
                     raise UnreadableAudio(
                         name, f"truncated: the header says {duration:.1f} s but there is "
                               f"no audio at {gap:.1f} s")
+                if kind in held and len(clip):
+                    clip = np.resize(clip, spec.clip_samples)  # repeated to fill the patch
                 windows[kind][i, :len(clip)] = clip[:spec.clip_samples]
     for clips in windows.values():
         peak = float(np.abs(clips).max())

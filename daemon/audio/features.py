@@ -196,6 +196,18 @@ class BackboneSpec:
 BACKBONE_SPEC = BackboneSpec()
 
 
+def padded_patch_seconds(duration: float, spec: BackboneSpec = BACKBONE_SPEC) -> float | None:
+    """A song shorter than one backbone patch but at least one seed CNN clip long (a
+    2-s song) is still heard: each of its patches holds the whole song, from its start,
+    repeated until the patch is full (repeating, not silence, so the patch sounds like
+    the song). -> the seconds of audio each patch holds then, or None for a song at least
+    one patch long (patches placed by clip_starts, exactly as always) or too short for
+    any model (clip_starts raises TooShort)."""
+    if DEFAULT_SPEC.clip_seconds <= duration < spec.clip_seconds:
+        return duration
+    return None
+
+
 def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's Auditory Toolbox scale: linear to 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)

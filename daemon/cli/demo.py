@@ -219,6 +219,22 @@ def make_library(root: Path, songs_per_genre: int = 12, genres: tuple[str, ...] 
     return songs
 
 
+def make_imaging(root: Path, sr: int = 22_050) -> list[Path]:
+    """The station's imaging beside the songs, as a station drive has it: a station ID, a
+    sweeper and a liner (5-20 s, one tagged like a song) in a Jingles folder, which the
+    demo's `[library] exclude` keeps out of the queue and of training."""
+    folder = root / "Jingles"
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    imaging = [("Station ID.mp3", "Electronic", 5.0, "Pop"),
+               ("Sweeper.flac", "Electronic", 12.0, None), ("Liner.wav", "Pop", 20.0, None)]
+    for i, (name, genre, seconds, tag) in enumerate(imaging):
+        path = encode(folder / name, synthesize(genre, seconds, sr, 900 + i), sr)
+        write_tags(path, title=name.rsplit(".", 1)[0], artist="Demo FM", genre=tag)
+        made.append(path)
+    return made
+
+
 def run_demo(base: Path) -> int:
     """`make demo`: generate a library, train the first model, run the daemon on it."""
     base = base.resolve()
@@ -232,8 +248,9 @@ def run_demo(base: Path) -> int:
     # Albums fully, partly and not at all tagged: the album-mates' genres weigh in.
     songs = make_library(library, songs_per_genre=12, seconds=(15, 30), by_album=True)
     untagged = sum(not s.tagged for s in songs)
-    print(f"demo: {len(songs)} songs ({untagged} untagged) and 3 broken files "
-          f"in {time.monotonic() - started:.0f} s", flush=True)
+    imaging = make_imaging(library)
+    print(f"demo: {len(songs)} songs ({untagged} untagged), {len(imaging)} jingles and 3 "
+          f"broken files in {time.monotonic() - started:.0f} s", flush=True)
     subprocess.run(exe + ["init", "--library", str(library), "--state-dir", str(state)],
                    check=True)
     # A small library: let every genre with a handful of songs take part.
@@ -242,6 +259,7 @@ def run_demo(base: Path) -> int:
     # Broken demo files reach quarantine in seconds; the first model trains quickly.
     text = text.replace("backoff_seconds = 60", "backoff_seconds = 5")
     text = text.replace("epochs = 30", "epochs = 5")  # its genres are learnt by epoch 3
+    text = text.replace("\nexclude = []\n", '\nexclude = ["Jingles"]\n')  # not songs
     config.write_text(text)
     print("demo: starting the daemon (it trains the first model, then suggests genres).")
     print(f"demo: in another shell: .venv/bin/genretagger --config {config} status")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from daemon.core.errors import ConfigError
 def scan(ctx: Context, directory: Path, as_json: bool, genres_path: Path | None,
          tags_only: bool, threads: int) -> int:
     """Inventory DIR read-only: format, duration, raw and canonical genre, errors per file."""
+    from daemon.core.paths import stored_path
     from daemon.library.scan import format_text, scan_library
     from daemon.tags.genres import load_genre_map, station_genre_map
 
@@ -48,9 +50,19 @@ def scan(ctx: Context, directory: Path, as_json: bool, genres_path: Path | None,
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a folder"
         raise click.ClickException(f"{directory} {what}")
+    rules, under = None, ""
+    if config is not None:
+        # The patterns are relative to the library root: a folder inside it is matched
+        # at its place there; any other folder as if it were the root.
+        rules = config.library.song_rules
+        inside = os.path.relpath(os.path.realpath(directory),
+                                 os.path.realpath(config.library.root))
+        if inside != "." and not inside.startswith(".."):
+            under = stored_path(inside) + "/"
     try:
         report = scan_library(directory, genre_map, progress=sys.stderr.isatty(),
-                              extensions=extensions, threads=threads, check_end=not tags_only)
+                              extensions=extensions, threads=threads, check_end=not tags_only,
+                              rules=rules, under=under)
     except OSError as err:
         raise click.ClickException(f"cannot list {directory}: {err.strerror or err}") from None
     if as_json:

@@ -19,7 +19,8 @@ def review_group() -> None:
     """Review suggested genres from the shell.
 
     accept / set / reject take SUGGESTION ids (the first column of `review list`);
-    undo takes a DECISION id (the first column of `review history`).
+    undo takes a DECISION id (the first column of `review history`); not-a-song and
+    song take library PATHs.
     """
 
 
@@ -46,7 +47,9 @@ def _echo_decisions(sessions, decisions, as_json: bool) -> None:
     for row in rows:
         what = {Action.ACCEPT: f"accepted {row['genre']}", Action.OVERRIDE: f"set {row['genre']}",
                 Action.REJECT: "rejected",
-                Action.UNDO: f"undid decision {row['undoes_id']}"}[row["action"]]
+                Action.UNDO: f"undid decision {row['undoes_id']}",
+                Action.NOT_A_SONG: 'marked "not a song"',
+                Action.SONG: 'marked "a song"'}[row["action"]]
         write = "" if row["write_status"] == WriteStatus.NONE else f" [file: {row['write_status']}]"
         if row["file_genre"] is not None:  # read back from the file after the write
             write = f" [file: written, reads {row['file_genre'] or 'no genre'}]"
@@ -199,6 +202,37 @@ def review_undo(ctx: Context, decision_id: int | None, batch: str | None, wait: 
     if not as_json:
         for decision in made:
             click.echo(f"  decision {decision.id}: {file_report(decision)}")
+
+
+@review_group.command("not-a-song")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
+@pass_context
+def review_not_a_song(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
+    """Mark files as not songs (station IDs, sweepers, liners, beds): they leave the review
+    queue and are never trained on. PATH is relative to the library root, or any path
+    into it. `review undo DECISION_ID` takes a mark back."""
+    _mark_paths(ctx, paths, Action.NOT_A_SONG, as_json)
+
+
+@review_group.command("song")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help='{"decisions": [...]}')
+@pass_context
+def review_song(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
+    """Mark files the [library] exclude patterns or min_song_seconds keep out (see
+    `status`) as songs after all: they are classified and come up for review."""
+    _mark_paths(ctx, paths, Action.SONG, as_json)
+
+
+def _mark_paths(ctx: Context, paths: tuple[str, ...], action: Action, as_json: bool) -> None:
+    from daemon.review.songmarks import mark_tracks, tracks_for_paths
+
+    sessions = _review_sessions(ctx)
+    with sessions() as session:
+        ids = tracks_for_paths(session, ctx.config, paths)
+    _echo_decisions(sessions, mark_tracks(sessions, ctx.config, ids, action,
+                                          who=_cli_reviewer()), as_json)
 
 
 @review_group.command("history")

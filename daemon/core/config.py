@@ -139,6 +139,26 @@ class LibraryConfig(Section):
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
     # Refuse to mark tracks missing when more than this share vanishes in one walk.
     missing_guard: float = Field(0.20, gt=0, le=1)
+    # Files that are not songs (station IDs, sweepers, liners, beds): never queued, never
+    # trained on, listed with the reason (daemon.core.songrules). Globs relative to root.
+    exclude: tuple[str, ...] = ()
+    # Shorter files are not songs either. Off by default: IDs and sweepers run 3-30 s, but
+    # so do interludes and intros, which a length alone would hide without a word.
+    min_song_seconds: float = Field(0.0, ge=0)
+
+    @field_validator("exclude")
+    @classmethod
+    def _checked_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from daemon.core.songrules import check_pattern
+
+        return tuple(dict.fromkeys(check_pattern(p) for p in value))
+
+    @property
+    def song_rules(self):
+        """The exclude patterns and min_song_seconds as a daemon.core.songrules.SongRules."""
+        from daemon.core.songrules import SongRules
+
+        return SongRules(self.exclude, self.min_song_seconds)
 
     @field_validator("extensions")
     @classmethod

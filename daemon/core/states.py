@@ -22,6 +22,11 @@ goes through `move()`, which refuses anything not listed here.
   tagged:   the file's own genre tag maps to a canonical genre; nothing to suggest.
   reviewed: decided by the reviewer (accepted, overridden or rejected).
   missing:  gone from the library; comes back (same fingerprint) with its history.
+  not_a_song: a station ID, sweeper, liner or bed ([library] exclude, min_song_seconds,
+            or the reviewer's "Not a song"): listed with its reason, never queued, never
+            a training label, never quarantined. Any state can become it (a worker busy
+            with it drops its result); it goes back to what its history says when the
+            rule or the mark no longer holds.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class TrackState(StrEnum):
     REVIEWED = "reviewed"
     TAGGED = "tagged"
     MISSING = "missing"
+    NOT_A_SONG = "not_a_song"
 
 
 S = TrackState
@@ -58,7 +64,11 @@ TRANSITIONS: dict[TrackState, frozenset[TrackState]] = {
     S.REVIEWED: frozenset({S.SUGGESTED, S.QUEUED, S.TAGGED, S.MISSING}),
     S.TAGGED: frozenset({S.QUEUED, S.MISSING, S.SUGGESTED}),
     S.MISSING: frozenset(set(TrackState) - {S.MISSING, S.WORKING}),
+    S.NOT_A_SONG: frozenset({S.QUEUED, S.SUGGESTED, S.REVIEWED, S.TAGGED, S.MISSING}),
 }
+# Every state but missing can become not_a_song (the rules are read at each settle and walk).
+for _state in set(TrackState) - {S.MISSING, S.NOT_A_SONG}:
+    TRANSITIONS[_state] = TRANSITIONS[_state] | {S.NOT_A_SONG}
 
 # States the worker may claim (retrying only once its backoff has passed).
 CLAIMABLE = frozenset({S.QUEUED, S.RETRYING})
@@ -110,6 +120,14 @@ class Action(StrEnum):
     OVERRIDE = "override"
     REJECT = "reject"
     UNDO = "undo"
+    # The reviewer says the file is not a song (a jingle, a sweeper) / is one after all
+    # (a short song the length rule or an exclude pattern caught). No genre, no write.
+    NOT_A_SONG = "not_a_song"
+    SONG = "song"
+
+
+# Actions that mark what a file is rather than decide its genre.
+SONG_MARKS = (Action.NOT_A_SONG, Action.SONG)
 
 
 class How(StrEnum):

@@ -6,6 +6,8 @@ maps to; without either, the track is not a labelled song. The file's own tag is
 station's, never one we wrote: an undone or rejected genre confirms nothing, an undo puts
 the file's genre back, and for a file we wrote the trainer takes the tag the service read
 before our write (daemon.learn.trainer_process.known_files), not what the file says.
+A track that is not a song (state not_a_song: a jingle, a sweeper, a "Not a song" mark)
+is never a label, whatever its tag or confirmed genre says.
 """
 
 from __future__ import annotations
@@ -39,19 +41,29 @@ def song_label(genre_map: GenreMap, confirmed: str | None,
 
 # training_label in SQL: Track.canonical_genre is the tag's canonical genre.
 LABEL = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
+# The tracks whose labels count: songs still in the library.
+LABELLED_SONG = Track.state.not_in((TrackState.MISSING, TrackState.NOT_A_SONG))
+
+
+def not_songs(session: Session) -> dict[str, str]:
+    """{relative path: why it is not a song} of every not_a_song track (the trainer's
+    --not-songs: it walks the library itself and must leave these out)."""
+    return {path: reason or "not a song" for path, reason in session.execute(
+        select(Track.path, Track.not_song_reason).where(
+            Track.state == TrackState.NOT_A_SONG))}
 
 
 def confirmed_labels(session: Session) -> dict[str, str]:
     """{relative path: genre} of every confirmed label on a track still in the library."""
     rows = session.execute(select(Track.path, Track.confirmed_genre).where(
-        Track.confirmed_genre.is_not(None), Track.state != TrackState.MISSING))
+        Track.confirmed_genre.is_not(None), LABELLED_SONG))
     return {path: genre for path, genre in rows}
 
 
 def count_new_labels(session: Session, since: datetime | None) -> int:
     """Confirmed labels (on tracks still in the library) newer than `since` (None: all)."""
     query = select(func.count()).select_from(Track).where(
-        Track.confirmed_genre.is_not(None), Track.state != TrackState.MISSING)
+        Track.confirmed_genre.is_not(None), LABELLED_SONG)
     if since is not None:
         query = query.where(Track.confirmed_at > since)
     return session.scalar(query) or 0
@@ -59,24 +71,26 @@ def count_new_labels(session: Session, since: datetime | None) -> int:
 
 def recent_label_paths(session: Session, since: datetime | None) -> set[str]:
     """Paths of the tracks whose label was confirmed after `since` (None: all)."""
-    query = select(Track.path).where(Track.confirmed_genre.is_not(None))
+    query = select(Track.path).where(Track.confirmed_genre.is_not(None), LABELLED_SONG)
     if since is not None:
         query = query.where(Track.confirmed_at > since)
     return set(session.scalars(query))
 
 
 def current_labels(session: Session, paths: Iterable[str]) -> dict[str, str | None]:
-    """{path: its training label now} for the paths the database knows."""
-    return {path: training_label(confirmed, canonical)
-            for path, confirmed, canonical in session.execute(
-                select(Track.path, Track.confirmed_genre, Track.canonical_genre)
+    """{path: its training label now} for the paths the database knows (None for a
+    track that is not a song)."""
+    return {path: None if state == TrackState.NOT_A_SONG
+            else training_label(confirmed, canonical)
+            for path, confirmed, canonical, state in session.execute(
+                select(Track.path, Track.confirmed_genre, Track.canonical_genre, Track.state)
                 .where(Track.path.in_(list(paths))))}
 
 
 def label_counts(session: Session) -> dict[str, int]:
     """{genre: labelled tracks still in the library} by training_label."""
     return {genre: int(n) for genre, n in session.execute(
-        select(LABEL, func.count()).where(LABEL.is_not(None), Track.state != TrackState.MISSING)
+        select(LABEL, func.count()).where(LABEL.is_not(None), LABELLED_SONG)
         .group_by(LABEL)).all()}
 
 

@@ -43,6 +43,7 @@ from daemon.learn.labels import (
     count_new_labels,
     label_counts,
     min_songs_per_genre,
+    not_songs,
     recent_label_paths,
 )
 from daemon.learn.policy import holdout_share, should_retrain
@@ -339,11 +340,14 @@ class Retrainer:
         holdout_path = run_dir / "holdout.json"
         holdout_path.write_text(json.dumps(holdout_share(recent), indent=1), encoding="utf-8")
         known_path = run_dir / "known.json"
+        not_songs_path = run_dir / "not_songs.json"
         with self.sessions() as session:
             known_path.write_text(json.dumps(known_files(session)), encoding="utf-8")
+            not_songs_path.write_text(json.dumps(not_songs(session), indent=1, sort_keys=True),
+                                      encoding="utf-8")
         failed = self._train(
             run_id, trainer_command(self.config, run_dir, labels_path, warm, holdout_path,
-                                    known_path), log_path)
+                                    known_path, not_songs_path), log_path)
         if failed is not None:
             return {"status": FAILED, "reason": failed}
         return self.consider(run_dir, run_id=run_id, trained_until=frozen, recent=recent,

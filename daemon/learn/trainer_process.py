@@ -80,7 +80,8 @@ def trainer_available() -> bool:
 
 
 def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Path | None,
-                    holdout: Path | None = None, known: Path | None = None) -> list[str]:
+                    holdout: Path | None = None, known: Path | None = None,
+                    not_songs: Path | None = None) -> list[str]:
     """The `python -m trainer train` argv for one run (options: trainer.cli)."""
     argv = [sys.executable, "-m", "trainer", "train",
             "--library", str(config.library.root), "--out", str(run_dir),
@@ -103,6 +104,8 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
         argv += ["--holdout", str(holdout)]
     if known is not None:
         argv += ["--known", str(known)]
+    if not_songs is not None:
+        argv += ["--not-songs", str(not_songs)]
     return argv
 
 

@@ -45,7 +45,7 @@ from daemon.core.states import TrackState, can_move
 from daemon.library.known import KNOWN_COLUMNS, Known, known_tracks, quarantine_lifted
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
 from daemon.library.read import READER_IDLE_SECONDS, FileReading, read_file, reader_pool
-from daemon.library.record import mark_missing, record_readings
+from daemon.library.record import mark_missing, record_readings, sweep_song_rules
 from daemon.library.settle import SettleTracker
 from daemon.library.walk import (
     SKIPPED_SHOWN,
@@ -252,6 +252,7 @@ class Library:
 
         try:
             missing = self._write_reconcile(ours, vanished)
+            sweep_song_rules(self.sessions, self.config)  # exclude/min_song_seconds edited?
         except OperationalError as err:
             log.error("reconcile %s: database write failed, retrying at the next walk: %s",
                       root, _brief(err))
@@ -405,7 +406,8 @@ class Library:
             if ours:
                 session.execute(update(Track), ours)
             record_readings(session, readings, root=self.root, genre_map=self.genre_map,
-                            audit=self.config.classifier.audit)
+                            audit=self.config.classifier.audit,
+                            rules=self.config.library.song_rules)
             handled.extend(readings)
             done += len(readings)
             session.flush()  # moved tracks have their new paths before deletions are looked up

@@ -5,6 +5,8 @@ that appears under a new name with a known fingerprint is that track moved, and 
 its suggestions and decisions; a file its reader crashed, hung or ran out of memory on
 is quarantined until it changes. A file's tags decide its album folder's album identities
 (daemon.library.albums), so each folder a batch touched is recomputed once after it.
+A file that is not a song (daemon.core.songrules) is `not_a_song`, with the reason, and
+never quarantined.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.core.config import Config
+from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.paths import filesystem_path, stored_path
+from daemon.core.songrules import SongRules
 from daemon.core.states import SuggestionStatus, TrackState, can_move, move
 from daemon.library.albums import AlbumTags, album_folder, album_identities
 from daemon.library.read import FileReading
@@ -44,7 +49,7 @@ def settled_state(current: TrackState | None, *, maps: bool, audit: bool, same_a
         return S.TAGGED
     if current is None:
         return S.QUEUED
-    if current == S.MISSING:
+    if current in (S.MISSING, S.NOT_A_SONG):
         return history
     if current == S.QUARANTINED:
         return S.QUEUED  # a quarantined file that changed gets a fresh start
@@ -69,21 +74,24 @@ def history_state(session: Session, track: Track) -> TrackState:
 
 
 def record_readings(session: Session, readings: Mapping[str, FileReading], *, root: str,
-                    genre_map: GenreMap, audit: bool) -> None:
+                    genre_map: GenreMap, audit: bool, rules: SongRules | None = None) -> None:
     """Write settled files ({rel: reading}, rel relative to `root`): record_reading each,
     then recompute the album identities of every album folder they were in or left, once
     a folder however many of its files the batch holds."""
     folders: dict[str, None] = {}
     for rel, reading in readings.items():
         folders.update(dict.fromkeys(record_reading(session, rel, reading, root=root,
-                                                    genre_map=genre_map, audit=audit)))
+                                                    genre_map=genre_map, audit=audit,
+                                                    rules=rules)))
     refresh_album_folders(session, folders)
 
 
 def record_reading(session: Session, rel: str, reading: FileReading, *, root: str,
-                   genre_map: GenreMap, audit: bool) -> tuple[str, ...]:
+                   genre_map: GenreMap, audit: bool, rules: SongRules | None = None
+                   ) -> tuple[str, ...]:
     """Write one settled file (`rel`, relative to `root`): update its track, find a moved
-    track, or add one. audit: classify tagged files too (config.classifier.audit).
+    track, or add one. audit: classify tagged files too (config.classifier.audit);
+    rules: what is not a song (config.library.song_rules; None: every file is one).
     Returns the album folders whose identities its tags (or a move) may change: the caller
     passes them to refresh_album_folders (record_readings does)."""
     stored = stored_path(rel)
@@ -105,7 +113,8 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
 
     genres = reading.tags.genres if reading.tags else ()
     canonical = genre_map.canonical_for(genres) if genres else None
-    history = history_state(session, track) if previous == S.MISSING else S.QUEUED
+    history = (history_state(session, track) if previous in (S.MISSING, S.NOT_A_SONG)
+               else S.QUEUED)
     target = settled_state(previous, maps=canonical is not None, audit=audit,
                            same_audio=same_audio, history=history)
 
@@ -121,6 +130,12 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     track.format = info.format if info else (tags.format if tags else None)
     track.duration = info.duration if info else (tags.duration if tags else None)
     track.last_seen = utcnow()
+    reason = rules.reason(stored, track.duration, track.song_mark) if rules else None
+    if reason is not None:
+        target = S.NOT_A_SONG
+        if previous is not None:
+            _leave_queue(session, track)
+    track.not_song_reason = reason
     if previous is None:
         track.state = target
         track.state_changed_at = utcnow()
@@ -133,7 +148,7 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
         track.next_attempt_at = None
     if target in (S.QUEUED, S.TAGGED) or previous is None:
         track.last_error = reading.error
-    if reading.quarantine:
+    if reading.quarantine and reason is None:
         _quarantine(track, reading.error, inode_ctime(Path(root) / filesystem_path(stored)))
     elif track.state != S.QUARANTINED:
         track.quarantined_ctime = None
@@ -158,6 +173,73 @@ def refresh_album_folders(session: Session, folders: Iterable[str]) -> None:
     session.flush()  # the batch's new and moved tracks are in their folders' queries
     for folder in dict.fromkeys(folders):
         refresh_albums(session, folder)
+
+
+def apply_song_rules(session: Session, track: Track, rules: SongRules, *,
+                     audit: bool) -> bool:
+    """Put `track` where the rules (and its song_mark) say, without reading its file:
+    into not_a_song with the reason, or out of it to what its history says (tagged,
+    reviewed, suggested or queued). A working track's worker drops its result. Returns
+    whether the track's state changed (a missing track waits until it comes back)."""
+    if track.state == S.MISSING:
+        return False
+    reason = rules.reason(track.path, track.duration, track.song_mark)
+    if reason is not None:
+        track.not_song_reason = reason
+        if track.state == S.NOT_A_SONG:
+            return False
+        _leave_queue(session, track)
+        move(track, S.NOT_A_SONG)
+    else:
+        if track.state != S.NOT_A_SONG:
+            track.not_song_reason = None
+            return False
+        target = settled_state(S.NOT_A_SONG, maps=track.canonical_genre is not None,
+                               audit=audit, same_audio=True,
+                               history=history_state(session, track))
+        move(track, target)
+        track.not_song_reason = None
+        if target == S.QUEUED:
+            track.attempts, track.next_attempt_at = 0, None
+    track.state_changed_at = utcnow()
+    return True
+
+
+def sweep_song_rules(sessions: sessionmaker[Session], config: Config) -> int:
+    """apply_song_rules to every track the rules judge otherwise than its state says:
+    after an edit of [library] exclude or min_song_seconds the file did not change, so
+    it is not read again. Reads paths, durations and marks; writes (one transaction)
+    only when a track moves. Returns how many tracks moved."""
+    rules, audit = config.library.song_rules, config.classifier.audit
+    with sessions() as session:
+        rows = session.execute(select(Track.id, Track.path, Track.duration, Track.song_mark,
+                                      Track.state, Track.not_song_reason)
+                               .where(Track.state != S.MISSING)).all()
+    stale = [id_ for id_, path, duration, mark, state, stored in rows
+             if (reason := rules.reason(path, duration, mark)) != stored
+             or (reason is None) != (state != S.NOT_A_SONG)]
+    if not stale:
+        return 0
+    moved = 0
+    with transaction(sessions) as session:
+        for id_ in stale:
+            track = locked(session, Track, id_)
+            if track is not None and apply_song_rules(session, track, rules, audit=audit):
+                moved += 1
+    if moved:
+        log.info("[library] exclude / min_song_seconds: %d track(s) changed between song "
+                 "and not a song", moved)
+    return moved
+
+
+def _leave_queue(session: Session, track: Track) -> None:
+    """A track becoming not_a_song: its pending suggestion leaves the review queue
+    (superseded; an undone "Not a song" mark brings it back) and nothing is retried."""
+    for suggestion in session.scalars(select(Suggestion).where(
+            Suggestion.track_id == track.id,
+            Suggestion.status == SuggestionStatus.PENDING)):
+        suggestion.status = SuggestionStatus.SUPERSEDED
+    track.attempts, track.next_attempt_at, track.last_error = 0, None, None
 
 
 def refresh_albums(session: Session, folder: str) -> None:

@@ -35,9 +35,12 @@ missing, not a folder or cannot be listed, 2 usage error.
           "raw_genres": ["(17)"],                genre values as stored (ID3 numbers resolved)
           "genre": "Rock",                       canonical genre, or null when untagged/error
           "error": null,                         the reason, when status is "error"
-          "skipped": false                       true: a song's name, but not read (a folder,
+          "skipped": false,                      true: a song's name, but not read (a folder,
                                                  FIFO, socket, device, broken link, loop, or
                                                  a link leading outside DIR; error says which)
+          "not_song": null                       why the file is not a song ([library]
+                                                 exclude, min_song_seconds; the daemon never
+                                                 queues or trains on it), or null
         }, ...
       ],
       "summary": {
@@ -45,8 +48,9 @@ missing, not a folder or cannot be listed, 2 usage error.
         "tagged": 1000, "untagged": 200, "errors": 34,
         "formats": {"flac": 300, "mp3": 900},    files per format (errors of unknown format
                                                  are not counted here)
-        "genres": {"Jazz": 120, "Rock": 400},    canonical genre -> files
-        "unmapped": {"Funk": 12},                raw genre of untagged files -> files
+        "genres": {"Jazz": 120, "Rock": 400},    canonical genre -> files (songs only)
+        "unmapped": {"Funk": 12},                raw genre of untagged songs -> files
+        "not_songs": 40,                         files with a not_song reason
         "skipped": 56,                           hidden, temporary or non-audio names
         "not_read": {"symlink loop": 1},         entries with "skipped": true, by reason
         "unlistable": ["Private"],               folders that could not be listed
@@ -63,7 +67,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
 
@@ -71,7 +75,8 @@ from daemon.audio import decode as audio
 from daemon.audio.header import sane_mp3_seconds
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError
-from daemon.core.paths import display
+from daemon.core.paths import display, stored_path
+from daemon.core.songrules import SongRules
 from daemon.library.walk import examine, is_library_file, library_folders
 from daemon.tags.genres import GenreMap
 from daemon.tags.read import TrackTags, read_tags
@@ -104,6 +109,7 @@ class FileReport:
     genre: str | None = None
     error: str | None = None
     skipped: bool = False  # a song's name, but never opened (error says why)
+    not_song: str | None = None  # why it is not a song (daemon.core.songrules), or None
 
     @property
     def status(self) -> str:
@@ -116,7 +122,7 @@ class FileReport:
                 "duration": None if self.duration is None else round(self.duration, 3),
                 "title": self.title, "artist": self.artist, "album": self.album,
                 "raw_genres": list(self.raw_genres), "genre": self.genre, "error": self.error,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "not_song": self.not_song}
 
 
 @dataclass
@@ -131,15 +137,17 @@ class ScanReport:
 
     def summary(self) -> dict:
         status = Counter(f.status for f in self.files)
+        songs = [f for f in self.files if f.not_song is None]
         return {
             "files": len(self.files),
             "tagged": status["tagged"],
             "untagged": status["untagged"],
             "errors": status["error"],
             "formats": dict(sorted(Counter(f.format for f in self.files if f.format).items())),
-            "genres": dict(sorted(Counter(f.genre for f in self.files if f.genre).items())),
-            "unmapped": dict(Counter(g for f in self.files if f.status == "untagged"
+            "genres": dict(sorted(Counter(f.genre for f in songs if f.genre).items())),
+            "unmapped": dict(Counter(g for f in songs if f.status == "untagged"
                                      for g in f.raw_genres).most_common()),
+            "not_songs": len(self.files) - len(songs),
             "skipped": self.skipped,
             "not_read": dict(sorted(Counter(f.error for f in self.files if f.skipped).items())),
             "unlistable": list(self.unlistable),
@@ -165,13 +173,16 @@ class Listing:
 def scan_library(root: str | os.PathLike, genre_map: GenreMap, progress: bool = False, *,
                  extensions: Iterable[str] = AUDIO_EXTENSIONS, threads: int = THREADS,
                  check_end: bool = True, file_timeout: float = FILE_TIMEOUT,
-                 inspect: Callable[..., FileReport] | None = None) -> ScanReport:
+                 inspect: Callable[..., FileReport] | None = None,
+                 rules: SongRules | None = None, under: str = "") -> ScanReport:
     """Inventory every audio file under `root` -> ScanReport (files sorted by path).
 
     progress: show tqdm bars on stderr. check_end: decode a moment before the end of each
     song to find truncated files (a few ms a file; False reads headers only). A file not
     read within file_timeout seconds is reported as timed out. inspect: reads one file
-    (default inspect_file; tests pass one that stalls like a dead mount).
+    (default inspect_file; tests pass one that stalls like a dead mount). rules: what is
+    not a song (config.library.song_rules), matched on `under` + each file's path, where
+    `under` is root's own place inside the library ("" or "Folder/Sub/").
     Raises OSError only when `root` itself cannot be listed.
     """
     started = time.monotonic()
@@ -179,6 +190,10 @@ def scan_library(root: str | os.PathLike, genre_map: GenreMap, progress: bool = 
     listing = list_library(root, extensions, progress)
     inspected = _inspect_all(listing.files, genre_map, threads, check_end, file_timeout,
                              progress, inspect or inspect_file)
+    if rules is not None:
+        inspected = [replace(report, not_song=rules.reason(under + stored_path(rel),
+                                                           report.duration))
+                     for report, (rel, _) in zip(inspected, listing.files, strict=True)]
     files = sorted([*inspected, *listing.not_files], key=lambda f: f.path)
     return ScanReport(display(root), files, listing.skipped, listing.unlistable,
                       time.monotonic() - started)
@@ -362,6 +377,9 @@ def format_text(report: ScanReport) -> Iterable[str]:
         if f.error is not None:
             yield f"{f.path}\tERROR\t{f.error}"
             continue
+        if f.not_song is not None:
+            yield f"{f.path}\tNOT A SONG\t{f.not_song}"
+            continue
         duration = "?" if f.duration is None else _clock(f.duration)
         raw = ", ".join(f.raw_genres) or "-"
         yield f"{f.path}\t{f.format}\t{duration}\t{raw} -> {f.genre or 'untagged'}"
@@ -380,6 +398,12 @@ def format_text(report: ScanReport) -> Iterable[str]:
         more = len(s["unmapped"]) - len(top)
         yield ("unmapped raw genres (add them to genres.toml?): "
                + ", ".join(f"{k!r} {v}" for k, v in top) + (f", +{more} more" if more else ""))
+    if s["not_songs"]:
+        yield (f"not songs ({s['not_songs']}, never queued or trained on; [library] exclude "
+               "and min_song_seconds):")
+        for f in report.files:
+            if f.not_song is not None:
+                yield f"  {f.path}: {f.not_song}"
     for folder in s["unlistable"]:
         yield f"cannot list folder: {folder}"
     errors = [f for f in report.files if f.error is not None]

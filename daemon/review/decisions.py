@@ -36,6 +36,7 @@ from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.errors import GenretaggerError
 from daemon.core.live import Live, as_live
 from daemon.core.states import (
+    SONG_MARKS,
     WRITE_OUTSTANDING,
     Action,
     How,
@@ -317,6 +318,10 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
     if standing and standing[0].id != target.id:
         raise CannotUndo(f"decision {decision_id}: decision {standing[0].id} on the same "
                          "track came later; undo that one first")
+    if target.action in SONG_MARKS:
+        from daemon.review.songmarks import undo_mark  # it builds on this module
+
+        return undo_mark(session, config, target, track, who=who, batch_id=batch_id)
     now = utcnow()
     # Ours reached the file: the file's genre fields go back to what they were just
     # before that write (the earlier genre, or none), every other tag untouched.

@@ -52,6 +52,10 @@ it counts as running when either is fresh and its pid is alive.
       "quarantined_total": int,
       "quarantined": [{"path": str, "reason": str|null, "attempts": int,
                        "since": str|null}],   # newest 20
+      "not_songs_total": int,        # files that are not songs ([library] exclude,
+      "not_songs": [{"path": str,    # min_song_seconds, "Not a song" in review): never
+                     "reason": str|null, "since": str|null}],  # queued or trained on;
+                                     # the first 100 by path
       "cannot_suggest_yet": {genre: {"songs": int, "needs": int}},
                      # the station's genres the active model (or, with none, any model)
                      # does not suggest: its labelled songs now and how many more it
@@ -115,6 +119,8 @@ LAST_RECONCILE_KEY = "last_reconcile"
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 QUARANTINE_SHOWN = 20
+NOT_SONGS_SHOWN = 100
+NOT_SONGS_SHOWN_TEXT = 20
 WRITE_FAILURES_SHOWN = 20
 
 
@@ -235,6 +241,14 @@ def _quarantined(session: Session) -> list[dict[str, Any]]:
              "since": _iso(t.state_changed_at)} for t in tracks]
 
 
+def _not_songs(session: Session) -> list[dict[str, Any]]:
+    tracks = session.scalars(
+        select(Track).where(Track.state == TrackState.NOT_A_SONG)
+        .order_by(Track.path).limit(NOT_SONGS_SHOWN)).all()
+    return [{"path": t.path, "reason": t.not_song_reason, "since": _iso(t.state_changed_at)}
+            for t in tracks]
+
+
 def _retraining(session: Session, config: Config, now: datetime) -> dict[str, Any]:
     last = last_run(session)
     return {
@@ -323,6 +337,8 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             "skipped": list(walk.get("skipped_files", [])) if walk is not None else [],
             "quarantined_total": by_state["quarantined"],
             "quarantined": _quarantined(session),
+            "not_songs_total": by_state[TrackState.NOT_A_SONG],
+            "not_songs": _not_songs(session),
             "retraining": _retraining(session, config, now),
             "workers": _workers(session, config, now),
             "cannot_suggest_yet": station_cannot_suggest(
@@ -458,6 +474,13 @@ def render_status(data: dict[str, Any]) -> str:
         lines += _listed(data["quarantined_total"],
                          [f"{display_stored(q['path'])}: {q['reason']}"
                           for q in data["quarantined"]], " (`status --json` lists 20)")
+    if data.get("not_songs_total"):
+        lines.append(f"not songs:   {data['not_songs_total']} file(s) kept out of the queue "
+                     "and of training:")
+        lines += _listed(data["not_songs_total"],
+                         [f"{display_stored(n['path'])}: {n['reason']}"
+                          for n in data["not_songs"][:NOT_SONGS_SHOWN_TEXT]],
+                         f" (`status --json` lists {NOT_SONGS_SHOWN})")
     if data["skipped_total"]:
         lines.append(f"skipped:     {data['skipped_total']} name(s) that look like songs but "
                      "are not read:")

@@ -132,9 +132,11 @@ def mates_for(session: Session, track_ids: Sequence[int]) -> dict[int, Mates]:
         wanted += [Track.artist.in_(spellings), Track.album_artist.in_(spellings),
                    func.lower(func.trim(Track.artist)).in_(folded),
                    func.lower(func.trim(Track.album_artist)).in_(folded)]
-    # A missing song (gone from the library) no longer speaks for its album.
+    # A missing song (gone from the library) no longer speaks for its album; a jingle
+    # (not a song) never did.
     library = [_mate_song(row) for row in session.execute(
-        select(*columns).where(genre.is_not(None), Track.state != TrackState.MISSING,
+        select(*columns).where(genre.is_not(None),
+                               Track.state.not_in((TrackState.MISSING, TrackState.NOT_A_SONG)),
                                or_(*wanted)))] if wanted else []
     return {t.id: m for t, m in zip(tracks, count_mates(tracks, library), strict=True)}
 

@@ -139,7 +139,7 @@ class Neighbours:
         rows = session.execute(
             select(Track.id, Track.path, LABEL, Track.fingerprint)
             .where(LABEL.is_not(None), Track.fingerprint.is_not(None),
-                   Track.state != TrackState.MISSING))
+                   Track.state.not_in((TrackState.MISSING, TrackState.NOT_A_SONG))))
         return [Reference(int(i), p, g, f) for i, p, g, f in rows]
 
     def _folder_mtime(self, fp: str) -> int | None:

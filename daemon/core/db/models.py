@@ -110,6 +110,10 @@ class Track(Base):
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # The workers.id holding the track while it is `working` (None otherwise).
     claimed_by: Mapped[int | None] = mapped_column(Integer, index=True)
+    # The reviewer's word on what the file is (daemon.core.songrules: "not_a_song" or
+    # "song"; None: the [library] rules decide), and why a not_a_song track is not one.
+    song_mark: Mapped[str | None] = mapped_column(String(16))
+    not_song_reason: Mapped[str | None] = mapped_column(Text)
 
     suggestions: Mapped[list[Suggestion]] = relationship(
         back_populates="track", order_by="Suggestion.id"

@@ -27,7 +27,7 @@ from daemon.core.health import Health, thread_alive
 from daemon.core.live import Live, as_live
 from daemon.core.states import Action, How, WriteStatus
 from daemon.library.read import reader_pool
-from daemon.review.web import albums, auth, history, media, metrics, models, songs
+from daemon.review.web import albums, auth, history, media, metrics, models, notsongs, songs
 from daemon.review.web.common import Review, RowId, plain
 from daemon.review.web.connections import guarded_server
 from daemon.review.web.format import context_reason, likeness, path_breaks, percent, when
@@ -95,7 +95,7 @@ def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
     app.before_request(auth.same_site_posts_only)
     CSRFProtect(app)
     for blueprint in (auth.bp, songs.bp, albums.bp, history.bp, models.bp, media.bp,
-                      metrics.bp):
+                      metrics.bp, notsongs.bp):
         app.register_blueprint(blueprint)
     _error_handlers(app)
     return app

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from daemon.core.db.models import Decision, Track
 from daemon.core.states import SuggestionStatus
-from daemon.review import decisions, listing
+from daemon.review import decisions, listing, songmarks
 from daemon.review.web.common import (
     MAX_ROW_ID,
     bad_page,
@@ -77,6 +77,7 @@ def _song_urls() -> dict:
     return dict(accept_url=url_pattern("songs.accept", "suggestion_id"),
                 set_url=url_pattern("songs.set_genre", "suggestion_id"),
                 reject_url=url_pattern("songs.reject", "suggestion_id"),
+                not_song_url=url_pattern("songs.not_a_song", "suggestion_id"),
                 spectrogram_url=url_pattern("media.spectrogram", "track_id"),
                 preview_url=url_pattern("media.preview", "track_id"))
 
@@ -206,6 +207,17 @@ def reject(suggestion_id: int):
     except decisions.ReviewError as err:
         return failed(err)
     return done(made, "Marked as not this genre; the song stays without one.")
+
+
+@bp.post("/suggestions/<id:suggestion_id>/not-a-song")
+def not_a_song(suggestion_id: int):
+    deps = review()
+    try:
+        made = songmarks.mark_suggestion(deps.sessions, deps.config, suggestion_id,
+                               who=deps.config.review.reviewer)
+    except decisions.ReviewError as err:
+        return failed(err)
+    return done([made], "Marked not a song: it leaves the queue and is never learned from.")
 
 
 @bp.post("/bulk")

@@ -1,5 +1,5 @@
 // Keyboard review: j/k move, 1-3 accept that genre, a accept the top one, r none of
-// these, u undo, p play/pause. Every action is the row's own form, sent with fetch so
+// these, n not a song, u undo, p play/pause. Every action is the row's own form, sent with fetch so
 // the page stays put; without this script the forms work as plain posts. URLs come from
 // the page (form actions, data-*-url attributes rendered with url_for), never written here.
 "use strict";
@@ -110,6 +110,8 @@
       if (button) submitRowForm(button.closest("form"), true);
     } else if (row && key === "r") {
       submitRowForm(row.querySelector("button.reject").closest("form"), true);
+    } else if (row && key === "n") {
+      submitRowForm(row.querySelector("button.not-song").closest("form"), true);
     } else if (row && key === "p") {
       const audio = row.querySelector(".listen audio");
       if (audio.paused) {
