@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 
 import pytest
-from helpers import genre_bundle
+from helpers import EXE, PostgresStation, genre_bundle, write_config
 from sqlalchemy import create_engine, func, select, text
 
+from daemon.cli.demo import make_library
+from daemon.core.config import load_config
 from daemon.core.db.engine import alembic_config, open_database
 from daemon.core.db.models import BundleChunk, BundleFile, Model, StoredGenreMap
 from daemon.core.live import Live
@@ -215,3 +219,92 @@ def test_the_leaders_genre_map_is_versioned_and_followed_by_hosts_without_one(ho
         assert "Yodel" not in host_genre_map(other, session).canonical
     follower._checked = 0.0
     assert follower.refresh() is None
+
+
+def worker_config(base, library, url: str):
+    """A `genretagger worker`'s config: a state dir of its own, not created yet."""
+    path = write_config(base / "worker.toml", library, base / "worker-state",
+                        processes="2")
+    path.write_text(f'database_url = "{url}"\n'
+                    + path.read_text().replace("batch_songs = 8", "batch_songs = 32"))
+    return path
+
+
+@pytest.mark.slow
+def test_a_worker_on_another_host_follows_the_leaders_model_and_genre_map(tmp_path, postgres):
+    url = postgres.new_database()
+    leader = PostgresStation(tmp_path / "leader", genre_bundle(tmp_path / "hears-metal",
+                                                               GENRES, "Metal"), url)
+    # The leader's worker holds at most 4 songs at a time: the other worker gets some.
+    leader.config.write_text(leader.config.read_text().replace("batch_songs = 8",
+                                                               "batch_songs = 1"))
+    # The registry recorded the leader's own path, which another host does not have.
+    elsewhere = "/srv/leader-host/genretagger/models/v0001/model.onnx"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE models SET path = :p, report_path = NULL"), {"p": elsewhere})
+    engine.dispose()
+    genres_toml = leader.state / "genres.toml"
+    genres_toml.write_text(default_genres_text())
+    make_library(leader.library / "first", songs_per_genre=4, genres=("Classical", "Metal"),
+                 untagged_share=1.0, seconds=(4, 5), formats=(".flac", ".mp3"), broken=0)
+    config = worker_config(tmp_path, leader.library, url)
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "w") as log:
+        worker = subprocess.Popen(EXE + ["--config", str(config), "worker", "--name", "far"],
+                                  stdout=subprocess.DEVNULL, stderr=log,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def logs() -> str:
+        return f"--- worker\n{worker_log.read_text()[-4000:]}\n--- leader\n" \
+               f"{leader.log_text()[-3000:]}"
+
+    def detail() -> dict:
+        rows = leader.query("SELECT detail FROM workers WHERE role = 'worker' "
+                            "AND stopped_at IS NULL")
+        return rows[0][0] if rows else {}
+
+    try:
+        leader.start()
+        leader.wait("8 suggestions", lambda: len(leader.suggestions()) == 8, timeout=120)
+        assert worker.poll() is None, logs()
+        said = worker_log.read_text()
+        assert "bundle copied from the database" in said and "suggested Metal for" in said, \
+            logs()
+        first = (tmp_path / "worker-state" / "models" / "v0001" / "model.onnx").read_bytes()
+        assert first == (leader.state / "models" / "v0001" / "model.onnx").read_bytes()
+        leader.wait("the worker on genre map v1", lambda: detail().get("genre_map") == 1)
+
+        # The station adds a genre on the leader and reloads it: the worker knows it.
+        genres_toml.write_text(default_genres_text().replace(
+            "\ncanonical = [", '\ncanonical = ["Yodel", ', 1))
+        leader.proc.send_signal(signal.SIGHUP)
+        leader.wait("the worker on genre map v2", lambda: detail().get("genre_map") == 2,
+                    timeout=30)
+        assert "genre map v2 from the database" in worker_log.read_text(), logs()
+        assert "(new: Yodel)" in worker_log.read_text(), logs()
+
+        # A model that knows the new genre is trained and activated on the leader's host.
+        station = load_config(leader.config)
+        engine, sessions = open_database(url)
+        model = registry.register_bundle(sessions, station, genre_bundle(
+            tmp_path / "hears-yodel", (*GENRES, "Yodel"), "Yodel"))
+        engine.dispose()
+        done = subprocess.run(EXE + ["--config", str(leader.config), "models", "activate",
+                                     str(model.version)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        leader.wait("the worker's copy of v0002", lambda: (
+            tmp_path / "worker-state" / "models" / "v0002" / "model.onnx").is_file(),
+            timeout=30)
+        make_library(leader.library / "later", songs_per_genre=5, genres=("Classical", "Metal"),
+                     untagged_share=1.0, seconds=(4, 5), formats=(".ogg",), broken=0, seed=2)
+        leader.wait("18 suggestions", lambda: len(leader.suggestions()) == 18, timeout=120)
+        assert "suggested Yodel for later/" in worker_log.read_text(), logs()
+        assert worker.poll() is None, logs()
+    finally:
+        leader.kill()
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+    postgres.drop_database(url)
