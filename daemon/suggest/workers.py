@@ -56,8 +56,8 @@ def register(sessions: sessionmaker[Session], role: str, detail: dict | None = N
 def beat(sessions: sessionmaker[Session], worker_id: int, files_done: int,
          using: dict | None = None) -> None:
     """This worker is alive and has done `files_done` files since it registered.
-    `using`: what it works with, kept in its row's detail (the model's id, the genre
-    map's version)."""
+    `using`: what it works with, kept in its row's detail (`genre_map`: the version of
+    the published genre map it follows; None: its own genres.toml)."""
     now = utcnow()
     with transaction(sessions) as session:
         row = session.get(Worker, worker_id)
@@ -143,6 +143,7 @@ def list_workers(session: Session, now: datetime, dead_after: float = DEAD_AFTER
              "heartbeat_age": round(max(0.0, (now - row.heartbeat_at).total_seconds()), 1),
              "files_done": row.files_done,
              "files_per_minute": float((row.detail or {}).get("files_per_minute", 0.0)),
+             "genre_map": (row.detail or {}).get("genre_map"),
              "alive": not _dead(row, now, dead_after, host), "stopped_at": row.stopped_at}
             for row in rows]
 
