@@ -76,6 +76,7 @@ from daemon.suggest.neighbours import Neighbours
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
 from daemon.suggest.workers import beat, register, retire
+from daemon.tags.genres import station_genres_file
 from daemon.tags.stored_genres import host_genre_map, publish_genre_map
 
 log = logging.getLogger(__name__)
@@ -435,9 +436,10 @@ class Service:
         live = [k for k in changed if k in LIVE_KEYS]
         restart = [k for k in changed if k not in LIVE_KEYS]
         running = new if not restart else with_keys(self.config, new, live)
+        # No genres.toml here: the leader's map stays, which the worker keeps following.
+        own_map = station_genres_file(running) is not None
         try:  # every component reads live.config from here on
-            with self.sessions() as session:
-                self.live.replace(running, host_genre_map(running, session))
+            self.live.replace(running, None if own_map else self.live.genre_map)
         except ConfigError as err:  # genres.toml went bad: keep both as they were
             log.error("config reload failed, keeping the running config: %s", err)
             self.notifier.ready(self.status_line())

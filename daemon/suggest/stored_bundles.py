@@ -157,7 +157,8 @@ def local_bundle(sessions: sessionmaker[Session], config: Config, model: Model) 
     with sessions() as session:
         files = stored_files(session, model.id)
     if not files:
-        return Path(model.path).parent
+        path = Path(model.path)
+        return (path if path.is_absolute() else config.models_dir / path).parent
     folder = bundle_folder(config, model.version)
     if _holds(folder, files):
         return folder
