@@ -17,6 +17,7 @@ backbone makes one 10-20 MB) in memory at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -120,7 +121,7 @@ def stored_files(session: Session, model_id: int) -> list[StoredFile]:
 def _chunks(session: Session, sha256: str) -> Iterator[bytes]:
     # yield_per streams the rows (a server-side cursor on PostgreSQL).
     result = session.execute(select(BundleChunk.data).where(BundleChunk.sha256 == sha256)
-                             .order_by(BundleChunk.seq).execution_options(yield_per=4))
+                             .order_by(BundleChunk.seq).execution_options(yield_per=2))
     for (block,) in result:
         yield bytes(block)
 
@@ -172,6 +173,8 @@ def local_bundle(sessions: sessionmaker[Session], config: Config, model: Model) 
         os.chmod(tmp, 0o755)
         fsync_dir(tmp)
         _put_in_place(tmp, folder, files)
+        for stored in files:  # just checked: the next look needs no hashing
+            _remember(folder / stored.name, stored.sha256)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("model v%04d: bundle copied from the database into %s (%d files, %.1f MB)",
@@ -212,6 +215,15 @@ def _put_in_place(tmp: Path, folder: Path, files: list[StoredFile]) -> None:
 _HASHED: dict[tuple[str, int, int, int], str] = {}
 
 
+def _key(path: Path, st: os.stat_result) -> tuple[str, int, int, int]:
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember(path: Path, sha256: str) -> None:
+    with contextlib.suppress(OSError):
+        _HASHED[_key(path, path.stat())] = sha256
+
+
 def _holds(folder: Path, files: list[StoredFile]) -> bool:
     for stored in files:
         path = folder / stored.name
@@ -221,7 +233,7 @@ def _holds(folder: Path, files: list[StoredFile]) -> bool:
             return False
         if st.st_size != stored.size:
             return False
-        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        key = _key(path, st)
         if key not in _HASHED:
             _HASHED[key] = file_sha256(path)
         if _HASHED[key] != stored.sha256:
