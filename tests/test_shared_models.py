@@ -9,6 +9,7 @@ and the other host are two configs with state dirs of their own on one database.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -283,6 +284,12 @@ def test_a_worker_on_another_host_follows_the_leaders_model_and_genre_map(tmp_pa
                     timeout=30)
         assert "genre map v2 from the database" in worker_log.read_text(), logs()
         assert "(new: Yodel)" in worker_log.read_text(), logs()
+        # Asked on the worker's host, `status` knows the new genre too (no model has it yet).
+        status = subprocess.run(EXE + ["--config", str(config), "status", "--json"],
+                                capture_output=True, text=True, timeout=60)
+        data = json.loads(status.stdout)
+        assert "Yodel" in data["cannot_suggest_yet"], status.stdout
+        assert [w["genre_map"] for w in data["workers"] if w["name"] == "far"] == [2]
 
         # A model that knows the new genre is trained and activated on the leader's host.
         station = load_config(leader.config)
