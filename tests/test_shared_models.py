@@ -222,17 +222,26 @@ def test_the_leaders_genre_map_is_versioned_and_followed_by_hosts_without_one(ho
     assert follower.refresh() is None
 
 
-def worker_config(base, library, url: str):
-    """A `genretagger worker`'s config: a state dir of its own, not created yet."""
-    path = write_config(base / "worker.toml", library, base / "worker-state",
-                        processes="2")
+def host_config(base, name: str, library, url: str, batch: int, processes: int = 1):
+    """Another host's config on the shared database: a state dir of its own, not created
+    yet; it claims at most max(batch, 4 * processes) songs at a time."""
+    path = write_config(base / f"{name}.toml", library, base / f"{name}-state",
+                        processes=str(processes))
     path.write_text(f'database_url = "{url}"\n'
-                    + path.read_text().replace("batch_songs = 8", "batch_songs = 32"))
+                    + path.read_text().replace("batch_songs = 8", f"batch_songs = {batch}"))
     return path
 
 
+def spawn(config, log_path, *command: str) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        return subprocess.Popen(EXE + ["--config", str(config), *command],
+                                stdout=subprocess.DEVNULL, stderr=log,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 @pytest.mark.slow
-def test_a_worker_on_another_host_follows_the_leaders_model_and_genre_map(tmp_path, postgres):
+def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genre_map(
+        tmp_path, postgres):
     url = postgres.new_database()
     leader = PostgresStation(tmp_path / "leader", genre_bundle(tmp_path / "hears-metal",
                                                                GENRES, "Metal"), url)
@@ -249,20 +258,19 @@ def test_a_worker_on_another_host_follows_the_leaders_model_and_genre_map(tmp_pa
     genres_toml.write_text(default_genres_text())
     make_library(leader.library / "first", songs_per_genre=4, genres=("Classical", "Metal"),
                  untagged_share=1.0, seconds=(4, 5), formats=(".flac", ".mp3"), broken=0)
-    config = worker_config(tmp_path, leader.library, url)
-    worker_log = tmp_path / "worker.log"
-    with open(worker_log, "w") as log:
-        worker = subprocess.Popen(EXE + ["--config", str(config), "worker", "--name", "far"],
-                                  stdout=subprocess.DEVNULL, stderr=log,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    config = host_config(tmp_path, "worker", leader.library, url, batch=32, processes=2)
+    worker_log, standby_log = tmp_path / "worker.log", tmp_path / "standby.log"
+    worker = spawn(config, worker_log, "worker", "--name", "far")
+    standby = None
 
     def logs() -> str:
-        return f"--- worker\n{worker_log.read_text()[-4000:]}\n--- leader\n" \
-               f"{leader.log_text()[-3000:]}"
+        return "".join(f"--- {name}\n{path.read_text()[-3000:]}\n" for name, path in (
+            ("worker", worker_log), ("standby", standby_log), ("leader", leader.log))
+            if path.exists())
 
-    def detail() -> dict:
-        rows = leader.query("SELECT detail FROM workers WHERE role = 'worker' "
-                            "AND stopped_at IS NULL")
+    def detail(pid: int | None = None) -> dict:
+        rows = leader.query("SELECT detail FROM workers WHERE pid = ? AND stopped_at IS NULL",
+                            pid or worker.pid)
         return rows[0][0] if rows else {}
 
     try:
@@ -275,13 +283,22 @@ def test_a_worker_on_another_host_follows_the_leaders_model_and_genre_map(tmp_pa
         first = (tmp_path / "worker-state" / "models" / "v0001" / "model.onnx").read_bytes()
         assert first == (leader.state / "models" / "v0001" / "model.onnx").read_bytes()
         leader.wait("the worker on genre map v1", lambda: detail().get("genre_map") == 1)
+        # A standby `run` on a third host, its state dir empty too, follows the same way.
+        standby = spawn(host_config(tmp_path, "standby", leader.library, url, batch=1),
+                        standby_log, "run")
+        leader.wait("the standby on genre map v1",
+                    lambda: detail(standby.pid).get("genre_map") == 1, timeout=90)
+        assert "from genre map v1 from the database" in standby_log.read_text(), logs()
+        assert leader.query("SELECT role FROM workers WHERE pid = ?", standby.pid) == [
+            ("standby",)]
 
         # The station adds a genre on the leader and reloads it: the worker knows it.
         genres_toml.write_text(default_genres_text().replace(
             "\ncanonical = [", '\ncanonical = ["Yodel", ', 1))
         leader.proc.send_signal(signal.SIGHUP)
-        leader.wait("the worker on genre map v2", lambda: detail().get("genre_map") == 2,
-                    timeout=30)
+        leader.wait("the worker and the standby on genre map v2", lambda: (
+            detail().get("genre_map"), detail(standby.pid).get("genre_map")) == (2, 2),
+            timeout=30)
         assert "genre map v2 from the database" in worker_log.read_text(), logs()
         assert "(new: Yodel)" in worker_log.read_text(), logs()
         # Asked on the worker's host, `status` knows the new genre too (no model has it yet).
@@ -301,17 +318,18 @@ def test_a_worker_on_another_host_follows_the_leaders_model_and_genre_map(tmp_pa
                                      str(model.version)], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
-        leader.wait("the worker's copy of v0002", lambda: (
-            tmp_path / "worker-state" / "models" / "v0002" / "model.onnx").is_file(),
-            timeout=30)
+        leader.wait("the worker's and the standby's copies of v0002", lambda: all(
+            (tmp_path / f"{host}-state" / "models" / "v0002" / "model.onnx").is_file()
+            for host in ("worker", "standby")), timeout=30)
         make_library(leader.library / "later", songs_per_genre=5, genres=("Classical", "Metal"),
                      untagged_share=1.0, seconds=(4, 5), formats=(".ogg",), broken=0, seed=2)
         leader.wait("18 suggestions", lambda: len(leader.suggestions()) == 18, timeout=120)
         assert "suggested Yodel for later/" in worker_log.read_text(), logs()
-        assert worker.poll() is None, logs()
+        assert worker.poll() is None and standby.poll() is None, logs()
     finally:
         leader.kill()
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(30)
+        for proc in (worker, standby):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
     postgres.drop_database(url)
