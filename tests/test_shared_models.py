@@ -16,7 +16,7 @@ import signal
 import subprocess
 
 import pytest
-from helpers import EXE, PostgresStation, genre_bundle, write_config
+from helpers import EXE, PostgresStation, genre_bundle, wait_for, write_config
 from sqlalchemy import create_engine, func, select, text
 
 from daemon.cli.demo import make_library
@@ -256,7 +256,7 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
     engine.dispose()
     genres_toml = leader.state / "genres.toml"
     genres_toml.write_text(default_genres_text())
-    make_library(leader.library / "first", songs_per_genre=4, genres=("Classical", "Metal"),
+    make_library(leader.library / "first", songs_per_genre=5, genres=("Classical", "Metal"),
                  untagged_share=1.0, seconds=(4, 5), formats=(".flac", ".mp3"), broken=0)
     config = host_config(tmp_path, "worker", leader.library, url, batch=32, processes=2)
     worker_log, standby_log = tmp_path / "worker.log", tmp_path / "standby.log"
@@ -274,8 +274,12 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
         return rows[0][0] if rows else {}
 
     try:
+        # The worker is ready first (the leader's own worker then cannot take every song).
+        wait_for(lambda: "using model v1" in worker_log.read_text() or worker.poll(), 90,
+                 "the worker to load the model")
+        assert worker.poll() is None, logs()
         leader.start()
-        leader.wait("8 suggestions", lambda: len(leader.suggestions()) == 8, timeout=120)
+        leader.wait("10 suggestions", lambda: len(leader.suggestions()) == 10, timeout=120)
         assert worker.poll() is None, logs()
         said = worker_log.read_text()
         assert "bundle copied from the database" in said and "suggested Metal for" in said, \
@@ -307,6 +311,10 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
         data = json.loads(status.stdout)
         assert "Yodel" in data["cannot_suggest_yet"], status.stdout
         assert [w["genre_map"] for w in data["workers"] if w["name"] == "far"] == [2]
+        lines = subprocess.run(EXE + ["--config", str(config), "status"], capture_output=True,
+                               text=True, timeout=60).stdout.splitlines()
+        assert any(" worker far: alive" in line and line.endswith(", genre map v2")
+                   for line in lines), lines
 
         # A model that knows the new genre is trained and activated on the leader's host.
         station = load_config(leader.config)
@@ -323,7 +331,7 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
             for host in ("worker", "standby")), timeout=30)
         make_library(leader.library / "later", songs_per_genre=5, genres=("Classical", "Metal"),
                      untagged_share=1.0, seconds=(4, 5), formats=(".ogg",), broken=0, seed=2)
-        leader.wait("18 suggestions", lambda: len(leader.suggestions()) == 18, timeout=120)
+        leader.wait("20 suggestions", lambda: len(leader.suggestions()) == 20, timeout=120)
         assert "suggested Yodel for later/" in worker_log.read_text(), logs()
         assert worker.poll() is None and standby.poll() is None, logs()
     finally:
