@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from daemon.audio.features import DEFAULT_SPEC
 from daemon.core.db.engine import open_database
-from daemon.core.db.models import Model
+from daemon.core.db.models import BundleChunk, Model
 from daemon.core.errors import ModelMismatch
 from daemon.learn import registry
 
@@ -134,14 +134,24 @@ def test_activate_is_one_switch_and_rollback_walks_back(setup, tmp_path):
     assert registry.rollback(sessions).version == 1
 
 
+def damage(config, sessions, model) -> None:
+    """Four bytes of the model's model.onnx changed where the registry keeps it: the file
+    on SQLite; on PostgreSQL the stored copy every host's own copy is made from."""
+    if not config.db_url.startswith("postgresql"):
+        with open(config.models_dir / f"v{model.version:04d}" / "model.onnx", "r+b") as f:
+            f.seek(200)
+            f.write(b"\xff\xff\xff\xff")
+        return
+    with sessions.begin() as session:
+        chunk = session.get(BundleChunk, (model.sha256, 0))
+        chunk.data = chunk.data[:200] + b"\xff\xff\xff\xff" + chunk.data[204:]
+
+
 def test_activate_refuses_a_damaged_bundle(setup, tmp_path):
     config, sessions = setup
     register(setup, tmp_path, 1)
-    register(setup, tmp_path, 2)
+    damage(config, sessions, register(setup, tmp_path, 2))
     registry.activate(sessions, 1)
-    with open(config.models_dir / "v0002" / "model.onnx", "r+b") as f:
-        f.seek(200)
-        f.write(b"\xff\xff\xff\xff")
     with pytest.raises(registry.RegistryError, match="does not match its sha256"):
         registry.activate(sessions, 2)
     with pytest.raises(registry.RegistryError, match="no model version 9"):

@@ -147,7 +147,8 @@ def test_first_model_and_confirmed_labels(station):
     v1 = station.active()
     assert v1.trained_until is not None and v1.parent_id is None
     assert v1.classes == ["Classical", "Electronic"]  # too few tagged Hip-Hop songs
-    assert (registry.bundle_dir(v1) / "model.keras").is_file()  # for warm starts
+    assert (registry.bundle_dir(station.sessions, station.config, v1) / "model.keras"
+            ).is_file()  # for warm starts
     run = station.runs()[-1]
     assert (run.trigger, run.status, run.model_id) == ("initial", "promoted", v1.id)
     assert Path(run.log_path).is_file()

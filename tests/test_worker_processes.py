@@ -4,8 +4,8 @@ trained model. One worker is SIGKILLed while it holds a batch: the leader's sche
 hands its tracks back, and every song still ends with exactly one pending suggestion (0
 lost, 0 duplicates); `status` lists the three workers, the killed one dead.
 
-Each process has a state dir of its own, as on separate hosts (the model bundle is read
-from the path the registry gives, which on one machine is the service's state dir).
+Each process has a state dir of its own, as on separate hosts (each copies the model
+bundle from the database into it: daemon.suggest.stored_bundles).
 """
 
 from __future__ import annotations

@@ -42,6 +42,11 @@ class Live:
         with self._lock:
             self._config, self._genre_map = config, genre_map
 
+    def replace_genre_map(self, genre_map: GenreMap) -> None:
+        """A new genre map under the running config (one the leader published)."""
+        with self._lock:
+            self._genre_map = genre_map
+
 
 def as_live(config: Config | Live, genre_map: GenreMap | None = None) -> Live:
     """A component's one way in: the service's Live, or a Config (and genre map) of its

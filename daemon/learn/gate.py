@@ -171,11 +171,12 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     """Both models on the same holdout; out: the verdict and what was measured."""
     if is_unverified(active):
         return over_unverified(judge(sessions, config, run_dir, candidate, None, recent), active)
-    active_split = bundle_dir(active) / "split.json" if active is not None else None
+    active_dir = bundle_dir(sessions, config, active) if active is not None else None
+    active_split = active_dir / "split.json" if active_dir is not None else None
     songs = holdout_for(run_dir / "split.json", active_split)
     with sessions() as session:
         songs = with_current_labels(session, songs)
-    old = _active_classifier(active, candidate)
+    old = _active_classifier(active, active_dir, candidate)
     # The trainer's caches (its windows per song), each kind either model's members take.
     cache = SongInputs(config.cache_dir, WindowSpecs(candidate.spec, candidate.backbone_spec))
     needs = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
@@ -210,12 +211,14 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     return verdict, facts
 
 
-def _active_classifier(active: Model | None, candidate: Classifier) -> Classifier | None:
-    """The active model, loaded for the candidate's features (None: none, or unusable)."""
-    if active is None:
+def _active_classifier(active: Model | None, folder: Path | None, candidate: Classifier
+                       ) -> Classifier | None:
+    """The active model (its bundle in `folder`), loaded for the candidate's features
+    (None: none, or unusable)."""
+    if active is None or folder is None:
         return None
     try:
-        return Classifier.load(active.path, candidate.spec, candidate.backbone_spec)
+        return Classifier.load(folder / "model.onnx", candidate.spec, candidate.backbone_spec)
     except ModelMismatch as err:
         log.warning("active model v%04d cannot be evaluated (%s); the candidate "
                     "replaces it", active.version, err)

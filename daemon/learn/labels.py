@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from daemon.core.config import Config
 from daemon.core.db.models import Track
 from daemon.core.states import TrackState
-from daemon.tags.genres import GenreMap, station_genre_map
+from daemon.tags.genres import GenreMap
+from daemon.tags.stored_genres import host_genre_map
 
 
 def training_label(confirmed: str | None, tagged: str | None) -> str | None:
@@ -115,7 +116,8 @@ def cannot_suggest_yet(counts: dict[str, int], genres: Iterable[str], known: Ite
 
 def station_cannot_suggest(session: Session, config: Config,
                            classes: Iterable[str]) -> dict[str, dict[str, int]]:
-    """cannot_suggest_yet for the station now: its genres.toml genres (and any other
-    labelled genre) against a model's classes, counted live from the database."""
-    return cannot_suggest_yet(label_counts(session), station_genre_map(config).canonical,
+    """cannot_suggest_yet for the station now: its genre map's genres (this host's
+    genres.toml, else the leader's: daemon.tags.stored_genres) and any other labelled
+    genre, against a model's classes, counted live from the database."""
+    return cannot_suggest_yet(label_counts(session), host_genre_map(config, session).canonical,
                               classes, min_songs_per_genre(config))

@@ -4,7 +4,10 @@ A bundle lives in `config.models_dir/v{version:04d}/` (model.onnx plus what the 
 left beside it: model.keras for warm starts, report.json, split.json, the PNGs). It is
 copied there under a temporary name, fsynced, and renamed, so a crash never leaves a
 half-written bundle under a real version name; the DB row is inserted only after the
-bundle loads through the daemon's own Classifier.
+bundle loads through the daemon's own Classifier. On a shared (PostgreSQL) database the
+bundle's bytes go into the database in the same transaction as the row, and every other
+host uses its own copy rebuilt from there (daemon.suggest.stored_bundles): `bundle_dir`
+is that copy's folder on this host.
 
 Activation is the DB row alone: the worker notices that `active_model()` changed and
 reloads its onnxruntime session between batches. Statuses:
@@ -18,7 +21,6 @@ reloads its onnxruntime session between batches. Statuses:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +43,17 @@ from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import GenretaggerError, ModelMismatch
 from daemon.core.states import ModelStatus
 from daemon.suggest.classifier import Classifier
+from daemon.suggest.stored_bundles import (
+    BUNDLE_FILES,
+    BundleUnavailable,
+    bundle_folder,
+    file_sha256,
+    local_bundle,
+    shares_bundles,
+    store_bundle,
+    stored_files,
+    verify_stored,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +61,6 @@ log = logging.getLogger(__name__)
 CANDIDATE, ACTIVE, RETIRED, REJECTED, ROLLED_BACK = ModelStatus
 STATUSES = tuple(ModelStatus)
 
-# What a bundle directory holds; only model.onnx is required.
-BUNDLE_FILES = ("model.onnx", "model.keras", "report.json", "split.json",
-                "confusion.png", "reliability.png")
 VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -58,13 +68,19 @@ class RegistryError(GenretaggerError):
     """A registry operation cannot be done (unknown version, nothing to roll back to...)."""
 
 
-def version_dir(config: Config, version: int) -> Path:
-    return config.models_dir / f"v{version:04d}"
+version_dir = bundle_folder
 
 
-def bundle_dir(model: Model) -> Path:
-    """The folder holding a registered model's bundle (model.onnx, model.keras, ...)."""
-    return Path(model.path).parent
+def bundle_dir(sessions: sessionmaker[Session], config: Config, model: Model) -> Path:
+    """The folder on this host holding a registered model's bundle (model.onnx,
+    model.keras, ...), copied from the shared database first when this host lacks it.
+    When it cannot be had, the recorded folder (whose files are then missing: callers
+    treat a missing split.json or model.keras as absent), and a warning in the log."""
+    try:
+        return local_bundle(sessions, config, model)
+    except (BundleUnavailable, OSError) as err:
+        log.warning("model v%04d: no copy of its bundle on this host: %s", model.version, err)
+        return Path(model.path).parent
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -225,6 +241,11 @@ def register_bundle(sessions: sessionmaker[Session], config: Config, out_dir: Pa
                 report_path=str(report) if report.exists() else None,
             )
             session.add(model)
+            if shares_bundles(session):
+                session.flush()  # model.id, which the stored files name
+                sent = store_bundle(session.connection(), model.id, target)
+                log.info("model v%04d: bundle stored in the database (%.1f MB)", version,
+                         sent / 1e6)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
@@ -265,15 +286,6 @@ def remove_partial_bundles(config: Config) -> list[Path]:
     return removed
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, hex (what a model is known by), read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---- activating ---------------------------------------------------------------------------
 
 def activate(sessions: sessionmaker[Session], version: int) -> Model:
@@ -281,11 +293,12 @@ def activate(sessions: sessionmaker[Session], version: int) -> Model:
 
     The previously active model becomes retired. Refuses (RegistryError) a bundle whose file
     is gone or whose bytes no longer match the recorded sha256: a damaged bundle is never
-    activated. Out: the now-active Model.
+    activated (on a shared database, the stored copy every host rebuilds its own from is
+    the one checked). Out: the now-active Model.
     """
     with transaction(sessions) as session:
         model = get_model(session, version)
-        _check_bundle(model)
+        _check_bundle(session, model)
         if model.status == ACTIVE:
             return model
         previous = active_model(session)
@@ -313,7 +326,7 @@ def rollback(sessions: sessionmaker[Session]) -> Model:
         ).all()
         for model in earlier:
             try:
-                _check_bundle(model)
+                _check_bundle(session, model)
             except RegistryError as err:
                 log.warning("rollback skips v%04d: %s", model.version, err)
                 continue
@@ -333,7 +346,13 @@ def _switch(session: Session, model: Model, old_status: str) -> None:
     session.flush()
 
 
-def _check_bundle(model: Model) -> None:
+def _check_bundle(session: Session, model: Model) -> None:
+    if stored_files(session, model.id):
+        try:
+            verify_stored(session, model)
+        except BundleUnavailable as err:
+            raise RegistryError(str(err)) from None
+        return
     path = Path(model.path)
     if not path.is_file():
         raise RegistryError(f"v{model.version:04d}: bundle {path} is missing")

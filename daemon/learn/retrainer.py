@@ -332,8 +332,9 @@ class Retrainer:
         labels_path = run_dir / "labels.json"
         labels_path.write_text(json.dumps(labels, indent=1, sort_keys=True), encoding="utf-8")
         warm = None
-        if active is not None and (registry.bundle_dir(active) / "model.keras").is_file():
-            warm = registry.bundle_dir(active)
+        if active is not None:
+            folder = registry.bundle_dir(self.sessions, self.config, active)
+            warm = folder if (folder / "model.keras").is_file() else None
         update_run(self.sessions, run_id, summary={
             "labels": len(labels), "new_labels": len(recent),
             "warm_start": active.version if warm is not None else None})

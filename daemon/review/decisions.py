@@ -34,7 +34,7 @@ from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.errors import GenretaggerError
-from daemon.core.live import Live, as_live
+from daemon.core.live import Live
 from daemon.core.states import (
     SONG_MARKS,
     WRITE_OUTSTANDING,
@@ -52,6 +52,7 @@ from daemon.review.sureness import at_least, threshold_percent
 # The suggestion rule's own reading of the audit log; review callers import it from here too.
 from daemon.suggest.suggestions import rejected_genres  # noqa: F401
 from daemon.tags.genres import normalise
+from daemon.tags.stored_genres import host_genre_map
 
 
 class ReviewError(GenretaggerError):
@@ -100,8 +101,9 @@ class CannotUndo(ReviewError):
 def canonical_genres(session: Session, config: Config | Live) -> tuple[str, ...]:
     """The genres a reviewer may choose: the genre map's canonical list plus the active
     model's classes (normally the same set), sorted. Given the service's Live, its genre
-    map; given a Config, the one its genres.toml names."""
-    genres = set(as_live(config).genre_map.canonical)
+    map; given a Config, this host's (its genres.toml, else the one the leader published)."""
+    genres = set((config.genre_map if isinstance(config, Live)
+                  else host_genre_map(config, session)).canonical)
     model = active_model(session)
     if model is not None:
         genres.update(str(c) for c in model.classes)

@@ -66,6 +66,8 @@ it counts as running when either is fresh and its pid is alive.
                    "name": str|null,          # `genretagger worker --name`
                    "started_at": str, "heartbeat_at": str, "heartbeat_age": float,
                    "files_done": int, "files_per_minute": float,  # over the last minute
+                   "genre_map": int|null,     # the leader's published version it follows
+                                              # (null: its own genres.toml)
                    "alive": bool, "stopped_at": str|null}],
                      # every process that claims tracks, running or stopped in the
                      # last day, oldest first; dead = stopped, heartbeat older than
@@ -279,7 +281,8 @@ def _worker_lines(workers: list[dict[str, Any]]) -> list[str]:
         name = f" {w['name']}" if w.get("name") else ""
         lines.append(f"  {w['host']}:{w['pid']} {w['role']}{name}: {state}, heartbeat "
                      f"{w['heartbeat_age']:.0f} s ago, {w['files_done']} files, "
-                     f"{w['files_per_minute']:g} files/min")
+                     f"{w['files_per_minute']:g} files/min"
+                     + (f", genre map v{w['genre_map']}" if w.get("genre_map") else ""))
     return lines
 
 

@@ -4,7 +4,8 @@ Start order (each needs the ones before it):
 
     leader      one try at the leader lock (daemon.service.leader)
     database    check, open + migrate (backed up first; damaged: exit 3), network-DB warning
-    genre map   state_dir/genres.toml, else the shipped one
+    genre map   state_dir/genres.toml (the leader publishes it for every host: see
+                daemon.tags.stored_genres), else the newest published, else the shipped
     neighbours  "sounds like": the labelled songs' embeddings in memory, refreshed from
                 the database and the embedding cache every minute in its own thread
     worker      decoder pool + the classify loop (requeues what a crash left working);
@@ -29,15 +30,15 @@ STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops claiming 
 finishes its in-flight files while the others close.
 
 Every component reads the running config (and the genre map) from one daemon.core.live
-Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file, and
-replace the Live's config with one carrying what can change while running (LIVE_KEYS);
-other changes are logged as needing a restart.
+Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file and the
+genre map (the leader publishes a changed one), and replace the Live's config with one
+carrying what can change while running (LIVE_KEYS); others are logged as needing a restart.
 
 Every HEARTBEAT_SECONDS the service publishes a heartbeat + pid in `service_state` (what
 `status` reads) and a STATUS= line for `systemctl status`; a thread of its own writes
 every component's health (daemon.core.health) to state_dir/health.json twice as often,
-so a locked database cannot hold that back.
-healthy() (what the watchdog pings on) covers the main loop and every component.
+so a locked database cannot hold that back. healthy() (what the watchdog pings on)
+covers the main loop and every component.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ from daemon.suggest.neighbours import Neighbours
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
 from daemon.suggest.workers import beat, register, retire
+from daemon.tags.genres import station_genres_file
+from daemon.tags.stored_genres import host_genre_map, publish_genre_map
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,8 @@ class Service:
         self.engine, self.sessions = storage.open_checked(config)
         self.leadership.sessions = self.sessions
         live = self.live
+        with self.sessions() as session:  # this host's genres.toml, else the leader's
+            live.replace_genre_map(host_genre_map(config, session))
         log.info("genre map: %d genres from %s", len(live.genre_map.canonical),
                  live.genre_map.source)
         self._publish_heartbeat()
@@ -229,6 +234,7 @@ class Service:
         """The leader-only components (a standby's, in the leader thread). Raises Stopping
         once a stop has begun."""
         live, config = self.live, self.config
+        publish_genre_map(self.sessions, self.config)
         self.library = Library(live, self.sessions, readers=self.readers)
         # Watch first, then walk: a file copied in while the walk runs is seen by one or
         # the other (both feed the same settle tracker), never by neither.
@@ -440,8 +446,10 @@ class Service:
         live = [k for k in changed if k in LIVE_KEYS]
         restart = [k for k in changed if k not in LIVE_KEYS]
         running = new if not restart else with_keys(self.config, new, live)
-        try:
-            self.live.replace(running)  # every component reads live.config from here on
+        # No genres.toml here: the leader's map stays, which the worker keeps following.
+        own_map = station_genres_file(running) is not None
+        try:  # every component reads live.config from here on
+            self.live.replace(running, None if own_map else self.live.genre_map)
         except ConfigError as err:  # genres.toml went bad: keep both as they were
             log.error("config reload failed, keeping the running config: %s", err)
             self.notifier.ready(self.status_line())
@@ -458,6 +466,8 @@ class Service:
         if restart:
             log.warning("config changed but needs a restart to apply: %s "
                         "(systemctl restart genretagger)", ", ".join(restart))
+        if self.leadership.leading:
+            publish_genre_map(self.sessions, self.config)
         self.notifier.ready(self.status_line())
         return changed
 

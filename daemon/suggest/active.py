@@ -1,15 +1,17 @@
 """The model the worker classifies with: the registry's active one, swapped in when another
 becomes active (`daemon.learn.registry.active_model`, checked every MODEL_CHECK_SECONDS).
 
-A bundle that fails to load is logged once and not retried until another model becomes
-active; the worker keeps the classifier it had, if any.
+The bundle is this host's copy (daemon.suggest.stored_bundles: on a shared database it is
+rebuilt from there when missing or different). A bundle that fails to load, or whose
+stored copy is damaged, is logged once and not retried until another model becomes
+active; the worker keeps the classifier it had, if any. A copy this host cannot write
+(a full disk) is an error of the worker's step, tried again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +22,7 @@ from daemon.learn.registry import active_model
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.inputs import WindowSpecs
 from daemon.suggest.queue import queue_depth
+from daemon.suggest.stored_bundles import BundleUnavailable, local_bundle
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +72,14 @@ class ActiveModel:
         self.classifier, self.model_id = None, None
 
     def _load(self, model: Model, config: Config) -> bool:
-        path = Path(model.path)
-        if not path.is_absolute():
-            path = config.models_dir / path
         try:
+            # This host's copy: on a shared database, rebuilt from it when missing.
+            path = local_bundle(self.sessions, config, model) / "model.onnx"
             classifier = Classifier.load(path, spec=self.specs.cnn,
                                          backbone_spec=self.specs.backbone,
                                          threads=config.classifier.threads,
                                          windows_per_song=self.specs.windows)
-        except ModelMismatch as err:
+        except (ModelMismatch, BundleUnavailable) as err:
             log.error("active model %s (v%s) cannot be used: %s", model.id, model.version, err)
             self._failed = (model.id, model.sha256)
             return self.classifier is not None

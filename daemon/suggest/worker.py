@@ -24,9 +24,9 @@ file that changed (a copy that stalled, then went on) is not decoded, not failed
 suggested: it waits `settle_seconds` (retrying, no attempt counted) while the library
 settles it again, which queues it afresh.
 
-The active model is the registry's, followed by `daemon.suggest.active.ActiveModel`
-between batches: a new bundle is loaded when another model became active. Without a model
-nothing is claimed: tracks stay queued until the first model exists.
+The active model (daemon.suggest.active.ActiveModel) and, on a host without its own
+genres.toml, the genre map follow the database between batches; without a model nothing
+is claimed: tracks stay queued until the first model exists.
 
 Claims carry `worker_id` (the owner's row in daemon.suggest.workers, which the loop
 beats); start-up hands back tracks left `working` by dead workers (a crash) and no one
@@ -65,6 +65,7 @@ from daemon.suggest.mates import batch_context
 from daemon.suggest.queue import Claim, claim_tracks, prune_events, queue_depth, requeue_working
 from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
 from daemon.suggest.workers import pulse, requeue_dead
+from daemon.tags.stored_genres import FollowedGenreMap
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class Worker:
         self.pool: ExtractPool | None = None
         self.inputs: SongInputs | None = None
         self.model = ActiveModel(sessions, self.specs)
+        self.genres = FollowedGenreMap(self.live, sessions)  # no genres.toml here: the leader's
         # "Sounds like" (the service's daemon.suggest.neighbours; None: none): see _sounds_like.
         self.neighbours = None
         self._thread: threading.Thread | None = None
@@ -202,7 +204,7 @@ class Worker:
     def _step(self) -> bool:
         """One round: keep the pool fed, collect results, classify a batch. True if busy."""
         self._pulsed = pulse(self.sessions, self.worker_id, self.classified + self.failed,
-                             self._pulsed)
+                             self._pulsed, {"genre_map": self.genres.refresh()})
         if not self.model.refresh(self.config):
             if self._claims:
                 self._hand_back(list(self._claims.values()), "no active model")

@@ -53,14 +53,17 @@ def register(sessions: sessionmaker[Session], role: str, detail: dict | None = N
         return row.id
 
 
-def beat(sessions: sessionmaker[Session], worker_id: int, files_done: int) -> None:
-    """This worker is alive and has done `files_done` files since it registered."""
+def beat(sessions: sessionmaker[Session], worker_id: int, files_done: int,
+         using: dict | None = None) -> None:
+    """This worker is alive and has done `files_done` files since it registered.
+    `using`: what it works with, kept in its row's detail (`genre_map`: the version of
+    the published genre map it follows; None: its own genres.toml)."""
     now = utcnow()
     with transaction(sessions) as session:
         row = session.get(Worker, worker_id)
         if row is None:
             return
-        detail = dict(row.detail or {})
+        detail = {**(row.detail or {}), **(using or {})}
         try:
             mark_at = datetime.fromisoformat(detail["mark_at"])
             mark_files = int(detail["mark_files"])
@@ -140,17 +143,18 @@ def list_workers(session: Session, now: datetime, dead_after: float = DEAD_AFTER
              "heartbeat_age": round(max(0.0, (now - row.heartbeat_at).total_seconds()), 1),
              "files_done": row.files_done,
              "files_per_minute": float((row.detail or {}).get("files_per_minute", 0.0)),
+             "genre_map": (row.detail or {}).get("genre_map"),
              "alive": not _dead(row, now, dead_after, host), "stopped_at": row.stopped_at}
             for row in rows]
 
 
 def pulse(sessions: sessionmaker[Session], worker_id: int | None, files_done: int,
-          last: float) -> float:
+          last: float, using: dict | None = None) -> float:
     """Beat from the loop that does the work (a stuck loop stops beating), at most every
     HEARTBEAT_SECONDS since `last` (time.monotonic()); returns when it last beat. A worker
     with no row (None) does not beat."""
     now = time.monotonic()
     if worker_id is None or now - last < HEARTBEAT_SECONDS:
         return last
-    beat(sessions, worker_id, files_done)
+    beat(sessions, worker_id, files_done, using)
     return now

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -260,3 +261,41 @@ class ServiceState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class BundleFile(Base):
+    """One file of a model's bundle (model.onnx, model.keras, report.json...) kept in a
+    shared database, so a host with an empty state_dir rebuilds its copy of the bundle.
+    The bytes are in bundle_chunks under the file's sha256 (a file two bundles share is
+    stored once)."""
+
+    __tablename__ = "bundle_files"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class BundleChunk(Base):
+    """A piece of a stored file, in order: rows of about a megabyte, so neither side ever
+    holds a whole bundle in memory."""
+
+    __tablename__ = "bundle_chunks"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class StoredGenreMap(Base):
+    """A version of the station's genre map (its genres.toml text, as the leader
+    published it): hosts without a genres.toml of their own follow the newest."""
+
+    __tablename__ = "genre_maps"
+
+    version: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(4096))  # host:path it was published from
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
