@@ -105,7 +105,7 @@ def test_albums_with_songs_to_review_are_summarised(station):
 
 def test_accept_the_agreeing_songs_then_undo_the_batch_in_one_step(station):
     config, sessions, ids = station
-    made = review.accept_album(sessions, config, BLUE, "Jazz", scope="agreeing", who="md")
+    made = albums.accept_album(sessions, config, BLUE, "Jazz", scope="agreeing", who="md")
     assert len(made) == 3 and len({d.batch_id for d in made}) == 1
     batch = made[0].batch_id
     assert len(batch) == 32 and int(batch, 16) >= 0
@@ -134,22 +134,22 @@ def test_accept_the_agreeing_songs_then_undo_the_batch_in_one_step(station):
 def test_accept_one_genre_for_the_whole_album_overrides_the_disagreeing(station):
     config, sessions, ids = station
     with sessions() as session:
-        plan = review.album_plan(session, config, BLUE, "jazz", scope="all")
+        plan = albums.album_plan(session, config, BLUE, "jazz", scope="all")
         assert [(s.track.title, s.action) for s in plan] == [
             ("Blue 0", "accept"), ("Blue 1", "accept"), ("Blue 2", "accept"),
             ("Blue 3", "override")]
-    made = review.accept_album(sessions, config, BLUE, "jazz", scope="all", who="md")
+    made = albums.accept_album(sessions, config, BLUE, "jazz", scope="all", who="md")
     assert [(d.action, d.genre) for d in made][-1] == ("override", "Jazz")
     assert status_of(sessions, ids["blue3"][1]) == "overridden"
     with sessions() as session:
         assert albums.list_albums(session)[1] == 1  # only the compilation waits now
         assert session.get(Track, ids["blue4"][0]).confirmed_genre is None  # tagged: untouched
     with pytest.raises(review.NotPending, match="no song would change"):
-        review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+        albums.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     with pytest.raises(review.UnknownGenre):
-        review.accept_album(sessions, config, HITS, "Polka", scope="all", who="md")
+        albums.accept_album(sessions, config, HITS, "Polka", scope="all", who="md")
     with pytest.raises(review.ReviewError, match="scope must be"):
-        review.accept_album(sessions, config, HITS, "Rock", scope="most", who="md")
+        albums.accept_album(sessions, config, HITS, "Rock", scope="most", who="md")
 
 
 def test_songs_that_arrive_after_the_confirm_step_are_not_decided_unseen(station):
@@ -157,16 +157,16 @@ def test_songs_that_arrive_after_the_confirm_step_are_not_decided_unseen(station
     up_to = max(ids[f"hits{i}"][1] for i in range(3))
     late = add_album_song(sessions, "Various/Road Hits/9.ogg", HITS,
                           (("Rock", 0.9), ("Pop", 0.05), ("Jazz", 0.05)), compilation=True)
-    made = review.accept_album(sessions, config, HITS, "Rock", scope="all", who="md",
+    made = albums.accept_album(sessions, config, HITS, "Rock", scope="all", who="md",
                                up_to_id=up_to)
     assert len(made) == 3 and status_of(sessions, late[1]) == "pending"
 
 
 def test_a_batch_with_a_later_decision_on_one_song_is_not_undone_at_all(station):
     config, sessions, ids = station
-    first = review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+    first = albums.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     # "Use Blues for all": the same songs decided again, the tagged ones relabelled.
-    second = review.accept_album(sessions, config, BLUE, "Blues", scope="all", relabel=True,
+    second = albums.accept_album(sessions, config, BLUE, "Blues", scope="all", relabel=True,
                                  who="md")
     assert len(second) == 6  # 4 confirmed Jazz + 2 tagged Jazz, all now Blues
     with pytest.raises(review.CannotUndo, match="came later"):
@@ -191,7 +191,7 @@ def test_consistency_audit_lists_mixed_albums_and_use_x_for_all_fixes_them(stati
         assert total == 1 and mixed.key == MIXED
         assert mixed.labelled == {"Jazz": 2, "Blues": 1}
         assert mixed.genres_present == ["Jazz", "Blues"]
-    made = review.accept_album(sessions, config, MIXED, "Jazz", scope="all", relabel=True,
+    made = albums.accept_album(sessions, config, MIXED, "Jazz", scope="all", relabel=True,
                                who="md")
     [decision] = made  # only the Blues song changes
     assert (decision.action, decision.how, decision.genre, decision.previous_genre,
@@ -216,7 +216,7 @@ def test_status_counts_the_mixed_albums(station):
     data = collect_status(config, sessions)
     assert data["mixed_albums"] == 1
     assert "1 album(s) whose tagged songs carry different genres" in render_status(data)
-    review.accept_album(sessions, config, MIXED, "Blues", scope="all", relabel=True, who="md")
+    albums.accept_album(sessions, config, MIXED, "Blues", scope="all", relabel=True, who="md")
     data = collect_status(config, sessions)
     assert data["mixed_albums"] == 0 and "albums:" not in render_status(data)
 
@@ -356,7 +356,7 @@ def test_by_album_page_confirm_accept_and_undo(station, client):
 
 def test_history_says_which_decisions_were_a_whole_album(station, client):
     config, sessions, ids = station
-    review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+    albums.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     page = client.get("/history").get_data(as_text=True)
     assert page.count("(whole album)") == 4
 
@@ -370,7 +370,7 @@ def test_a_song_gone_from_the_library_is_neither_shown_nor_decided(station):
         assert (len(blue.songs), len(blue.pending), len(blue.agreeing)) == (5, 3, 2)
         preview = albums.preview_action(session, config, BLUE, "Jazz", scope="all")
         assert (preview.songs, preview.files, preview.overrides) == (3, 3, 1)
-    made = review.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
+    made = albums.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     assert ids["blue2"][0] not in {d.track_id for d in made}
     assert status_of(sessions, ids["blue2"][1]) == "pending"
 
@@ -384,7 +384,7 @@ def test_a_reused_aggregate_never_outlives_a_change(station):
     cache = LRU(8)
     with sessions() as session:
         assert albums.list_albums(session, cache=cache)[1] == 2
-    review.accept_album(sessions, config, HITS, "Rock", scope="all", who="shell")
+    albums.accept_album(sessions, config, HITS, "Rock", scope="all", who="shell")
     with sessions() as session:
         found, total = albums.list_albums(session, cache=cache)
         assert total == 1 and [a.key for a in found] == [BLUE]

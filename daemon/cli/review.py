@@ -333,8 +333,7 @@ def album_show(ctx: Context, key: str, as_json: bool) -> None:
 def _album_action(ctx: Context, key: str, genre: str, scope: str, relabel: bool, yes: bool,
                   as_json: bool) -> None:
     """The shared confirm step of `accept` and `use`: say what will change, ask, do."""
-    from daemon.review.albums import preview_action
-    from daemon.review.decisions import accept_album
+    from daemon.review.albums import accept_album, preview_action
 
     sessions = _review_sessions(ctx)
     with sessions() as session:

@@ -52,3 +52,38 @@ def as_live(config: Config | Live, genre_map: GenreMap | None = None) -> Live:
     """A component's one way in: the service's Live, or a Config (and genre map) of its
     own (a test, a CLI command), which gets a Live nobody else replaces."""
     return config if isinstance(config, Live) else Live(config, genre_map)
+
+
+# Config keys the running service applies on SIGHUP; anything else needs a restart.
+LIVE_KEYS = frozenset({
+    "log_level", "library.reconcile_minutes", "library.settle_seconds",
+    "workers.max_attempts", "workers.backoff_seconds",
+    "classifier.batch_songs", "classifier.audit_min_confidence",
+})
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, dotted + ".")
+        elif a != b:
+            keys.append(dotted)
+    return keys
+
+
+def with_keys(old: Config, new: Config, keys: list[str]) -> Config:
+    """`old` with the values of these dotted keys taken from `new`: what runs after a
+    reload that also changed keys needing a restart (those keep their running value, even
+    beside a live key in the same section: library.root stays while settle_seconds moves)."""
+    data, fresh = old.model_dump(), new.model_dump()
+    for dotted in keys:
+        *sections, leaf = dotted.split(".")
+        into, source = data, fresh
+        for section in sections:
+            into, source = into[section], source[section]
+        into[leaf] = source[leaf]
+    return Config.model_validate(data)

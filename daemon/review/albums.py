@@ -32,6 +32,7 @@ JSON shapes (stable; `genretagger review album ... --json` prints them):
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,13 +40,22 @@ from functools import cached_property
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
 from sqlalchemy.engine import Row
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
-from daemon.core.db.models import Decision, Suggestion, Track
-from daemon.core.states import SuggestionStatus, TrackState
+from daemon.core.db.engine import transaction
+from daemon.core.db.models import Decision, Suggestion, Track, utcnow
+from daemon.core.states import Action, How, SuggestionStatus, TrackState, can_move
 from daemon.library.albums import album_folder
-from daemon.review.decisions import ReviewError, album_plan
+from daemon.review.decisions import (
+    NotPending,
+    ReviewError,
+    cancel_outstanding_writes,
+    check_genre,
+    decide,
+    previous_genre_of,
+    write_status_for,
+)
 
 S = SuggestionStatus
 # Orders of the album list: most songs in agreement first (quickest to review), most songs
@@ -369,3 +379,98 @@ def preview_action(session: Session, config: Config, key: str, genre: str, *, sc
         songs=len(steps), overrides=sum(s.action == "override" for s in steps),
         files=len(steps) if config.review.write_tags else 0,
         up_to_id=max(ids) if ids else None)
+
+
+# ---------------------------------------------------------------- album actions
+
+ALBUM_SCOPES = ("all", "agreeing")
+
+
+@dataclass(frozen=True)
+class AlbumStep:
+    """One song's part of an album action: the decision it will get."""
+
+    track: Track
+    suggestion: Suggestion | None  # None: a tagged/confirmed song relabelled
+    action: str
+    genre: str
+
+
+def album_plan(session: Session, config: Config, album_key: str, genre: str, *,
+               scope: str = "all", relabel: bool = False,
+               up_to_id: int | None = None) -> list[AlbumStep]:
+    """What an album action would decide, song by song (nothing is changed): scope "all"
+    gives every pending song `genre` (an accept where it was suggested, else an
+    override); "agreeing" accepts only the songs suggested `genre`. relabel (the
+    consistency audit's "use X for all") also overrides the album's tagged and confirmed
+    songs whose genre is not `genre`. Suggestions newer than up_to_id (when given) are
+    left alone, so songs that arrive after the confirm step are not decided unseen.
+    Every step writes a file when review.write_tags is on."""
+    if scope not in ALBUM_SCOPES:
+        raise ReviewError(f"scope must be one of {', '.join(ALBUM_SCOPES)}, not {scope!r}")
+    genre = check_genre(session, config, genre)
+    query = (select(Suggestion).join(Track, Suggestion.track_id == Track.id)
+             .where(Track.album_key == album_key, Suggestion.status == SuggestionStatus.PENDING,
+                    # A song gone from the library is not on the album page either.
+                    Track.state != TrackState.MISSING)
+             .order_by(Track.path, Suggestion.id).with_for_update(of=Suggestion))
+    if up_to_id is not None:
+        query = query.where(Suggestion.id <= up_to_id)
+    steps: dict[int, AlbumStep] = {}
+    for suggestion in session.scalars(query).all():
+        track = suggestion.track
+        if track.state != TrackState.REVIEWED and not can_move(track.state, TrackState.REVIEWED):
+            continue
+        same = suggestion.genre == genre
+        if same or scope == "all":  # the newest pending suggestion of a track stands
+            steps[track.id] = AlbumStep(track, suggestion,
+                                        Action.ACCEPT if same else Action.OVERRIDE, genre)
+    if relabel:
+        for track in session.scalars(
+                select(Track).where(Track.album_key == album_key,
+                                    Track.state.in_((TrackState.TAGGED, TrackState.REVIEWED)))
+                .order_by(Track.path)).all():
+            label = track.confirmed_genre or track.canonical_genre
+            if track.id not in steps and label is not None and label != genre:
+                steps[track.id] = AlbumStep(track, None, Action.OVERRIDE, genre)
+    return list(steps.values())
+
+
+def accept_album(sessions: sessionmaker[Session], config: Config, album_key: str, genre: str,
+                 *, scope: str = "all", who: str, relabel: bool = False,
+                 up_to_id: int | None = None) -> list[Decision]:
+    """Do album_plan's steps in one transaction: each song its own decision (how
+    "album"), all sharing one batch_id (undo_batch takes them back in one step). Raises
+    ReviewError when nothing on the album would change."""
+    with transaction(sessions) as session:
+        steps = album_plan(session, config, album_key, genre, scope=scope, relabel=relabel,
+                           up_to_id=up_to_id)
+        if not steps:
+            raise NotPending(f"album {album_key}: no song would change to {genre}")
+        batch_id = uuid.uuid4().hex
+        made = []
+        for step in steps:
+            if step.suggestion is not None:
+                made.append(decide(session, config, step.suggestion, step.track,
+                                    action=step.action, how=How.ALBUM, genre=step.genre,
+                                    who=who, batch_id=batch_id))
+            else:
+                made.append(_relabel(session, config, step.track, step.genre, who, batch_id))
+        return made
+
+
+def _relabel(session: Session, config: Config, track: Track, genre: str, who: str,
+             batch_id: str) -> Decision:
+    """An override of a tagged or confirmed song with no suggestion waiting: its label and
+    its file's tag become `genre`; its state stays (tagged or reviewed)."""
+    now = utcnow()
+    decision = Decision(track_id=track.id, suggestion_id=None, action=Action.OVERRIDE,
+                        how=How.ALBUM, genre=genre, previous_genre=previous_genre_of(track),
+                        who=who, at=now, undone=False, write_attempts=0, batch_id=batch_id,
+                        write_status=write_status_for(config, True))
+    cancel_outstanding_writes(session, track, "replaced by a later decision")
+    session.add(decision)
+    session.flush()
+    track.confirmed_genre, track.confirmed_at, track.confirmed_decision_id = (
+        genre, now, decision.id)
+    return decision

@@ -8,9 +8,9 @@ overridden genres become the track's confirmed label (`confirmed_genre`,
 Decisions that change a file's tag get `write_status = "pending"` (or `"off"` when
 `review.write_tags` is false); `daemon.review.writeback.Writer` does the writing.
 
-Album actions (accept_album) and bulk accepts (bulk_accept) decide many songs in one
-transaction: each song its own row (how "album" / "bulk"), all sharing one `batch_id`,
-undone together (undo_batch).
+Album actions (daemon.review.albums.accept_album) and bulk accepts (bulk_accept) decide
+many songs in one transaction: each song its own row (how "album" / "bulk"), all sharing
+one `batch_id`, undone together (undo_batch).
 
 The web UI and the `genretagger review` commands both call these functions; IDs given
 to accept / set / reject are suggestion ids, undo takes a decision id.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -141,17 +140,17 @@ def _pending_suggestion(session: Session, suggestion_id: int) -> tuple[Suggestio
     return suggestion, track
 
 
-def _previous_genre(track: Track) -> str | None:
+def previous_genre_of(track: Track) -> str | None:
     return track.confirmed_genre if track.confirmed_genre is not None else track.raw_genre
 
 
-def _write_status(config: Config, writes: bool) -> str:
+def write_status_for(config: Config, writes: bool) -> str:
     if not writes:
         return WriteStatus.NONE
     return WriteStatus.PENDING if config.review.write_tags else WriteStatus.OFF
 
 
-def _cancel_outstanding_writes(session: Session, track: Track, reason: str) -> None:
+def cancel_outstanding_writes(session: Session, track: Track, reason: str) -> None:
     """Only the newest decision's genre goes into a file: older unwritten ones are dropped.
     An undo still to put the file back stays: the next write must find the file as it
     was before ours, and records that."""
@@ -163,18 +162,18 @@ def _cancel_outstanding_writes(session: Session, track: Track, reason: str) -> N
         older.next_write_at = None
 
 
-def _decide(session: Session, config: Config, suggestion: Suggestion, track: Track, *,
+def decide(session: Session, config: Config, suggestion: Suggestion, track: Track, *,
             action: str, how: str, genre: str | None, who: str,
             batch_id: str | None = None) -> Decision:
     now = utcnow()
     writes = action in (Action.ACCEPT, Action.OVERRIDE)
     decision = Decision(
         track_id=track.id, suggestion_id=suggestion.id, action=action, how=how, genre=genre,
-        previous_genre=_previous_genre(track), who=who, at=now, undone=False,
-        write_status=_write_status(config, writes), write_attempts=0, batch_id=batch_id,
+        previous_genre=previous_genre_of(track), who=who, at=now, undone=False,
+        write_status=write_status_for(config, writes), write_attempts=0, batch_id=batch_id,
     )
     if writes:
-        _cancel_outstanding_writes(session, track, "replaced by a later decision")
+        cancel_outstanding_writes(session, track, "replaced by a later decision")
     session.add(decision)
     session.flush()  # the id becomes the label's provenance
     suggestion.status = {Action.ACCEPT: SuggestionStatus.ACCEPTED,
@@ -190,7 +189,7 @@ def _decide(session: Session, config: Config, suggestion: Suggestion, track: Tra
     return decision
 
 
-def _check_genre(session: Session, config: Config, genre: str) -> str:
+def check_genre(session: Session, config: Config, genre: str) -> str:
     known = canonical_genres(session, config)
     if genre in known:
         return genre
@@ -218,12 +217,12 @@ def accept(sessions: sessionmaker[Session], config: Config, suggestion_ids: Iter
                                   f"there is no choice {choice}")
             genre = choices[choice - 1][0]
             if choice == 1 or genre == suggestion.genre:
-                decisions.append(_decide(session, config, suggestion, track,
+                decisions.append(decide(session, config, suggestion, track,
                                          action=Action.ACCEPT, how=How.SINGLE,
                                          genre=suggestion.genre, who=who))
             else:
-                genre = _check_genre(session, config, genre)
-                decisions.append(_decide(session, config, suggestion, track,
+                genre = check_genre(session, config, genre)
+                decisions.append(decide(session, config, suggestion, track,
                                          action=Action.OVERRIDE, how=How.OVERRIDE,
                                          genre=genre, who=who))
     return decisions
@@ -235,11 +234,11 @@ def override(sessions: sessionmaker[Session], config: Config, suggestion_id: int
     Setting the suggested genre itself counts as an accept."""
     with transaction(sessions) as session:
         suggestion, track = _pending_suggestion(session, int(suggestion_id))
-        genre = _check_genre(session, config, genre)
+        genre = check_genre(session, config, genre)
         if genre == suggestion.genre:
-            return _decide(session, config, suggestion, track, action=Action.ACCEPT,
+            return decide(session, config, suggestion, track, action=Action.ACCEPT,
                            how=How.SINGLE, genre=genre, who=who)
-        return _decide(session, config, suggestion, track, action=Action.OVERRIDE,
+        return decide(session, config, suggestion, track, action=Action.OVERRIDE,
                        how=How.OVERRIDE, genre=genre, who=who)
 
 
@@ -252,7 +251,7 @@ def reject(sessions: sessionmaker[Session], config: Config, suggestion_ids: Iter
         decisions = []
         for suggestion_id in dict.fromkeys(int(i) for i in suggestion_ids):
             suggestion, track = _pending_suggestion(session, suggestion_id)
-            decisions.append(_decide(session, config, suggestion, track, action=Action.REJECT,
+            decisions.append(decide(session, config, suggestion, track, action=Action.REJECT,
                                      how=How.SINGLE, genre=None, who=who))
         return decisions
 
@@ -280,7 +279,7 @@ def bulk_accept(sessions: sessionmaker[Session], config: Config, threshold: floa
             if track.state != TrackState.REVIEWED and not can_move(track.state,
                                                                    TrackState.REVIEWED):
                 continue
-            decisions.append(_decide(session, config, suggestion, track, action=Action.ACCEPT,
+            decisions.append(decide(session, config, suggestion, track, action=Action.ACCEPT,
                                      how=How.BULK, genre=suggestion.genre, who=who,
                                      batch_id=batch_id))
         return decisions
@@ -334,7 +333,7 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
     undo_row = Decision(
         track_id=track.id, suggestion_id=target.suggestion_id, action=Action.UNDO,
         how=How.UNDO, genre=None, file_fields_before=fields,
-        previous_genre=_previous_genre(track), who=who, at=now, undoes_id=target.id,
+        previous_genre=previous_genre_of(track), who=who, at=now, undoes_id=target.id,
         undone=False, write_attempts=0, write_status=WriteStatus.NONE, batch_id=batch_id,
     )
     if target.write_status in WRITE_OUTSTANDING:
@@ -342,13 +341,13 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
         target.write_error = "undone before it was written"
         target.next_write_at = None
     if fields is not None:
-        undo_row.write_status = _write_status(config, True)
+        undo_row.write_status = write_status_for(config, True)
     elif restore_file:
         # Written before the file's genre fields were recorded: its previous genre goes
         # back, or, where it had none, ours stays until the next decision replaces it.
         undo_row.genre = target.previous_genre
         if target.previous_genre is not None:
-            undo_row.write_status = _write_status(config, True)
+            undo_row.write_status = write_status_for(config, True)
         else:
             undo_row.write_error = (f"the file keeps {target.genre!r}: it had no genre "
                                     "tag before, and the next decision will replace it")
@@ -391,99 +390,6 @@ def last_undoable(session: Session, who: str | None = None) -> Decision | None:
 
 
 # ---------------------------------------------------------------- albums
-
-ALBUM_SCOPES = ("all", "agreeing")
-
-
-@dataclass(frozen=True)
-class AlbumStep:
-    """One song's part of an album action: the decision it will get."""
-
-    track: Track
-    suggestion: Suggestion | None  # None: a tagged/confirmed song relabelled
-    action: str
-    genre: str
-
-
-def album_plan(session: Session, config: Config, album_key: str, genre: str, *,
-               scope: str = "all", relabel: bool = False,
-               up_to_id: int | None = None) -> list[AlbumStep]:
-    """What an album action would decide, song by song (nothing is changed): scope "all"
-    gives every pending song `genre` (an accept where it was suggested, else an
-    override); "agreeing" accepts only the songs suggested `genre`. relabel (the
-    consistency audit's "use X for all") also overrides the album's tagged and confirmed
-    songs whose genre is not `genre`. Suggestions newer than up_to_id (when given) are
-    left alone, so songs that arrive after the confirm step are not decided unseen.
-    Every step writes a file when review.write_tags is on."""
-    if scope not in ALBUM_SCOPES:
-        raise ReviewError(f"scope must be one of {', '.join(ALBUM_SCOPES)}, not {scope!r}")
-    genre = _check_genre(session, config, genre)
-    query = (select(Suggestion).join(Track, Suggestion.track_id == Track.id)
-             .where(Track.album_key == album_key, Suggestion.status == SuggestionStatus.PENDING,
-                    # A song gone from the library is not on the album page either.
-                    Track.state != TrackState.MISSING)
-             .order_by(Track.path, Suggestion.id).with_for_update(of=Suggestion))
-    if up_to_id is not None:
-        query = query.where(Suggestion.id <= up_to_id)
-    steps: dict[int, AlbumStep] = {}
-    for suggestion in session.scalars(query).all():
-        track = suggestion.track
-        if track.state != TrackState.REVIEWED and not can_move(track.state, TrackState.REVIEWED):
-            continue
-        same = suggestion.genre == genre
-        if same or scope == "all":  # the newest pending suggestion of a track stands
-            steps[track.id] = AlbumStep(track, suggestion,
-                                        Action.ACCEPT if same else Action.OVERRIDE, genre)
-    if relabel:
-        for track in session.scalars(
-                select(Track).where(Track.album_key == album_key,
-                                    Track.state.in_((TrackState.TAGGED, TrackState.REVIEWED)))
-                .order_by(Track.path)).all():
-            label = track.confirmed_genre or track.canonical_genre
-            if track.id not in steps and label is not None and label != genre:
-                steps[track.id] = AlbumStep(track, None, Action.OVERRIDE, genre)
-    return list(steps.values())
-
-
-def accept_album(sessions: sessionmaker[Session], config: Config, album_key: str, genre: str,
-                 *, scope: str = "all", who: str, relabel: bool = False,
-                 up_to_id: int | None = None) -> list[Decision]:
-    """Do album_plan's steps in one transaction: each song its own decision (how
-    "album"), all sharing one batch_id (undo_batch takes them back in one step). Raises
-    ReviewError when nothing on the album would change."""
-    with transaction(sessions) as session:
-        steps = album_plan(session, config, album_key, genre, scope=scope, relabel=relabel,
-                           up_to_id=up_to_id)
-        if not steps:
-            raise NotPending(f"album {album_key}: no song would change to {genre}")
-        batch_id = uuid.uuid4().hex
-        made = []
-        for step in steps:
-            if step.suggestion is not None:
-                made.append(_decide(session, config, step.suggestion, step.track,
-                                    action=step.action, how=How.ALBUM, genre=step.genre,
-                                    who=who, batch_id=batch_id))
-            else:
-                made.append(_relabel(session, config, step.track, step.genre, who, batch_id))
-        return made
-
-
-def _relabel(session: Session, config: Config, track: Track, genre: str, who: str,
-             batch_id: str) -> Decision:
-    """An override of a tagged or confirmed song with no suggestion waiting: its label and
-    its file's tag become `genre`; its state stays (tagged or reviewed)."""
-    now = utcnow()
-    decision = Decision(track_id=track.id, suggestion_id=None, action=Action.OVERRIDE,
-                        how=How.ALBUM, genre=genre, previous_genre=_previous_genre(track),
-                        who=who, at=now, undone=False, write_attempts=0, batch_id=batch_id,
-                        write_status=_write_status(config, True))
-    _cancel_outstanding_writes(session, track, "replaced by a later decision")
-    session.add(decision)
-    session.flush()
-    track.confirmed_genre, track.confirmed_at, track.confirmed_decision_id = (
-        genre, now, decision.id)
-    return decision
-
 
 def undo_batch(sessions: sessionmaker[Session], config: Config, batch_id: str, *,
                who: str) -> list[Decision]:

@@ -30,8 +30,8 @@ from daemon.review.decisions import (
     NotPending,
     ReviewError,
     UnknownSuggestion,
-    _previous_genre,
     _standing_decisions,
+    previous_genre_of,
 )
 
 MARK_OF = {Action.NOT_A_SONG: MARKED_NOT_A_SONG, Action.SONG: MARKED_SONG}
@@ -60,7 +60,7 @@ def _mark(session: Session, config: Config, track: Track, action: Action, *, who
         .order_by(Suggestion.id.desc()).limit(1))
     decision = Decision(
         track_id=track.id, suggestion_id=pending, action=action, how=how, genre=None,
-        previous_genre=_previous_genre(track), who=who, at=utcnow(), undone=False,
+        previous_genre=previous_genre_of(track), who=who, at=utcnow(), undone=False,
         write_status=WriteStatus.NONE, write_attempts=0, batch_id=batch_id)
     session.add(decision)
     track.song_mark = mark
@@ -143,7 +143,7 @@ def undo_mark(session: Session, config: Config, target: Decision, track: Track, 
     now = utcnow()
     undo_row = Decision(
         track_id=track.id, suggestion_id=target.suggestion_id, action=Action.UNDO,
-        how=How.UNDO, genre=None, previous_genre=_previous_genre(track), who=who, at=now,
+        how=How.UNDO, genre=None, previous_genre=previous_genre_of(track), who=who, at=now,
         undoes_id=target.id, undone=False, write_attempts=0, write_status=WriteStatus.NONE,
         batch_id=batch_id)
     target.undone = True

@@ -59,7 +59,7 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, utcnow
 from daemon.core.errors import ConfigError
 from daemon.core.health import Component, describe_failure, write_health
-from daemon.core.live import Live
+from daemon.core.live import LIVE_KEYS, Live, changed_keys, with_keys
 from daemon.learn.retrainer import Retrainer, nightly_job
 from daemon.library.read import reader_pool
 from daemon.library.reconcile import Library
@@ -91,41 +91,6 @@ CLOSE_SECONDS = 5.0
 SETTLE_WAIT_SECONDS = 300.0
 # Without a model, look again this often for enough tagged songs to train one.
 NO_MODEL_POLL_SECONDS = 300.0
-# Config keys the running service applies on SIGHUP; anything else needs a restart.
-LIVE_KEYS = frozenset({
-    "log_level", "library.reconcile_minutes", "library.settle_seconds",
-    "workers.max_attempts", "workers.backoff_seconds",
-    "classifier.batch_songs", "classifier.audit_min_confidence",
-})
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dumps."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        dotted = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, dotted + ".")
-        elif a != b:
-            keys.append(dotted)
-    return keys
-
-
-def with_keys(old: Config, new: Config, keys: list[str]) -> Config:
-    """`old` with the values of these dotted keys taken from `new`: what runs after a
-    reload that also changed keys needing a restart (those keep their running value, even
-    beside a live key in the same section: library.root stays while settle_seconds moves)."""
-    data, fresh = old.model_dump(), new.model_dump()
-    for dotted in keys:
-        *sections, leaf = dotted.split(".")
-        into, source = data, fresh
-        for section in sections:
-            into, source = into[section], source[section]
-        into[leaf] = source[leaf]
-    return Config.model_validate(data)
-
-
 class Service:
     """The daemon process: `run()` starts everything, serves until a signal, stops."""
 

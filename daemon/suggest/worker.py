@@ -28,10 +28,9 @@ The active model (daemon.suggest.active.ActiveModel) and, on a host without its 
 genres.toml, the genre map follow the database between batches; without a model nothing
 is claimed: tracks stay queued until the first model exists.
 
-Claims carry `worker_id` (the owner's row in daemon.suggest.workers, which the loop
-beats); start-up hands back tracks left `working` by dead workers (a crash) and no one
-else's; close() stops claiming, waits up to `drain_seconds` for files in flight, hands the
-rest back and closes the pool.
+Claims carry `worker_id` (its row in daemon.suggest.workers, beaten by the loop); start-up
+hands back only dead workers' `working` tracks; close() stops claiming, waits up to
+`drain_seconds` for files in flight, hands the rest back and closes the pool.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def _scope() -> tuple[str, bool] | None:
     scope = request.values.get("scope", "all")
     if scope == RELABEL:
         return "all", True
-    return (scope, False) if scope in decisions.ALBUM_SCOPES else None
+    return (scope, False) if scope in albums.ALBUM_SCOPES else None
 
 
 @bp.get("/albums/<album:key>/confirm")
@@ -157,7 +157,7 @@ def accept(key: str):
         up_to_id = int(up_to) if up_to else None
         if up_to_id is not None and not 0 <= up_to_id <= MAX_ROW_ID:
             raise ValueError(up_to)
-        made = decisions.accept_album(deps.sessions, deps.config, key,
+        made = albums.accept_album(deps.sessions, deps.config, key,
                                       request.form.get("genre", ""), scope=scope[0],
                                       relabel=scope[1], who=deps.config.review.reviewer,
                                       up_to_id=up_to_id)
