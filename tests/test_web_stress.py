@@ -154,9 +154,10 @@ def test_ids_out_of_range_are_404_on_every_id_route(station):
     token = re.search(r'name="csrf-token" content="([^"]+)"',
                       client.get("/").get_data(as_text=True)).group(1)
     routes = [rule for rule in app.url_map.iter_rules() if rule.arguments - {"filename"}]
-    # accept, set, reject, undo, spectrogram, preview; an album's confirm and accept, a
-    # batch's undo (their keys are hex: a number too long is no album either)
-    assert len(routes) == 9
+    # accept, set, reject, not a song, undo, spectrogram, preview, "this is a song"; an
+    # album's confirm and accept, a batch's undo (their keys are hex: a number too long is
+    # no album either)
+    assert len(routes) == 11
     for rule in routes:
         method = "POST" if "POST" in rule.methods else "GET"
         for value in OUT_OF_RANGE_IDS:

@@ -58,13 +58,17 @@ class ReviewError(GenretaggerError):
     """A review operation that cannot be done as asked; the message says why."""
 
 
-class UnknownSuggestion(ReviewError):
+class NotFound(ReviewError):
+    """What the action names is not there (the page answers 404)."""
+
+
+class UnknownSuggestion(NotFound):
     def __init__(self, suggestion_id: int):
         self.suggestion_id = suggestion_id
         super().__init__(f"no suggestion with id {suggestion_id}")
 
 
-class UnknownDecision(ReviewError):
+class UnknownDecision(NotFound):
     def __init__(self, decision_id: int):
         self.decision_id = decision_id
         super().__init__(f"no decision with id {decision_id}")

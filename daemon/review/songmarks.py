@@ -27,6 +27,7 @@ from daemon.core.songrules import MARKED_NOT_A_SONG, MARKED_SONG
 from daemon.core.states import SONG_MARKS, Action, How, SuggestionStatus, TrackState, WriteStatus
 from daemon.library.record import apply_song_rules
 from daemon.review.decisions import (
+    NotFound,
     NotPending,
     ReviewError,
     UnknownSuggestion,
@@ -37,7 +38,7 @@ from daemon.review.decisions import (
 MARK_OF = {Action.NOT_A_SONG: MARKED_NOT_A_SONG, Action.SONG: MARKED_SONG}
 
 
-class UnknownTrack(ReviewError):
+class UnknownTrack(NotFound):
     def __init__(self, what: str):
         self.what = what
         super().__init__(f"{what}: not a file of the library the daemon knows")

@@ -164,7 +164,7 @@ def undone(made: list[Decision]):
 
 def failed(err: decisions.ReviewError):
     """The answer to a decision that could not be made: 404, 409 or 400 with the reason."""
-    status = 404 if isinstance(err, (decisions.UnknownSuggestion, decisions.UnknownDecision)) \
+    status = 404 if isinstance(err, decisions.NotFound) \
         else 409 if isinstance(err, (decisions.NotPending, decisions.CannotUndo)) else 400
     if wants_json():
         return jsonify(ok=False, error=str(err)), status
