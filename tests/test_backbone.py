@@ -29,6 +29,8 @@ from daemon.audio.features import (
 from daemon.cli.demo import encode, synthesize
 from trainer import backbone
 
+pytestmark = pytest.mark.slow  # converts the backbone with TensorFlow
+
 SPEC = BACKBONE_SPEC
 
 

@@ -18,6 +18,8 @@ from daemon.core.db.models import Decision, Model, Suggestion, Track, utcnow
 from daemon.library.fingerprint import fingerprint
 from daemon.review.web import WebServer
 
+pytestmark = pytest.mark.slow  # a real browser
+
 
 @pytest.fixture
 def served(request, tmp_path, make_config, database, make_song):

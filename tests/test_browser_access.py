@@ -20,6 +20,8 @@ from daemon.core.db.models import Decision, Model, Suggestion, Track, TrainingRu
 from daemon.library.albums import album_key
 from daemon.review.web import WebServer
 
+pytestmark = pytest.mark.slow  # a real browser
+
 # Where `make test` installs npm's axe-core (the Makefile's AXE_CORE).
 AXE = Path(sys.prefix) / "share" / "genretagger" / "node_modules" / "axe-core" / "axe.min.js"
 TOKEN = "access-test-token-0123456789abcdef"

@@ -39,6 +39,8 @@ from trainer import backbone, bundles
 from trainer.export import ParityError
 from trainer.head import CV_MIN_SONGS_PER_GENRE, fit_head, song_embedding
 
+pytestmark = pytest.mark.slow  # trains heads and bundles
+
 GENRES = ("Classical", "Hip-Hop", "Metal")  # the trained_bundle CNN's genres
 FEW_SHOT = "Jazz"  # a genre only the head learns (three songs)
 FORMATS = (".mp3", ".flac", ".ogg")

@@ -30,6 +30,8 @@ from trainer.coldstart import (
     mapping_matrix,
 )
 
+pytestmark = pytest.mark.slow  # builds cold-start bundles on the backbone
+
 COLDSTART = [sys.executable, "-m", "trainer", "coldstart"]
 TWO_GENRES = """canonical = ["Jazz", "Rock", "Classical"]
 [cold_start]

@@ -22,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.core.config import load_config
 from daemon.core.db.engine import open_database
 
+pytestmark = pytest.mark.slow  # runs the service on a real tmpfs
+
 TMPFS_BYTES = 24 << 20
 
 

@@ -36,7 +36,9 @@ from daemon.library.reconcile import Library
 from daemon.tags.genres import load_genre_map
 from daemon.tags.write import write_tags
 
-pytestmark = pytest.mark.timeout(240)
+# The service's child processes on 150 MB files.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
 SR = 22_050
 # A JPEG's first bytes, then noise: mutagen and FFmpeg read the whole frame either way.
 JPEG_HEAD = bytes.fromhex("ffd8ffe000104a46494600010100000100010000")

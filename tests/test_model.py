@@ -20,6 +20,8 @@ from trainer.export import ParityError, export_bundle  # noqa: E402
 from trainer.fit import class_weights, configure, fit, load_warm_start, predict_clips  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains the seed CNN
+
 GENRES = ("Classical", "Hip-Hop", "Metal")
 
 

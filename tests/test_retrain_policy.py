@@ -23,6 +23,8 @@ from daemon.learn.policy import holdout_share, should_retrain
 from daemon.learn.trainer_process import failure_reason, trainer_command
 from daemon.tags.genres import load_genre_map
 
+pytestmark = pytest.mark.slow  # starts the trainer
+
 NOW = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
 
 

@@ -31,6 +31,8 @@ from trainer.evaluate import (
     song_metrics,
 )
 
+pytestmark = pytest.mark.slow  # runs the trainer
+
 GENRES = ("Classical", "Electronic", "Hip-Hop", "Metal")
 # With this seed the library's 20 artists split 13/4/3 (train/validation/test), covering
 # 4 genres in validation and 3 in test (seed 0 leaves 1 artist each in validation and test).
