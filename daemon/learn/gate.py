@@ -120,16 +120,38 @@ def read_split(path: Path, part: str) -> list[HoldoutSong]:
 
 
 def holdout_for(candidate_split: Path, active_split: Path | None) -> list[HoldoutSong]:
-    """The gate's holdout: the candidate's test songs that the active model never saw.
+    """The gate's holdout: the candidate's test songs that the active model never saw
+    (neither in its held-out fit nor in its refit on every label).
 
     The trainer's artist-disjoint split is stable across runs (artist hash + seed), so the
     test artists were never trained on by either model; songs in the active model's own
     train/validation lists are removed all the same, should its split have differed.
     """
     seen: set[str] = set()
-    if active_split is not None:
-        seen = {s.path for part in ("train", "validation") for s in read_split(active_split, part)}
+    if active_split is not None:  # "fitted": every song a served model was refit on
+        seen = {s.path for part in ("train", "validation", "fitted")
+                for s in read_split(active_split, part)}
     return [s for s in read_split(candidate_split, "test") if s.path not in seen]
+
+
+def held_out_model(run_dir: Path, served: Classifier) -> tuple[Classifier, str]:
+    """The model the gate judges for a trainer run: the chosen family's held-out fit
+    (report.json "held_out_bundle": it never trained on the test songs), not the served
+    refit, which trained on every label, the test songs included. A run without one
+    (an older trainer) is judged by its served model. Out: (model, which, in words)."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+        name = report.get("held_out_bundle")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if not name or not (run_dir / name).is_file():
+        return served, "the served model"
+    try:
+        return (Classifier.load(run_dir / name, served.spec, served.backbone_spec),
+                f"{name}: the held-out fit of the served model's family")
+    except ModelMismatch as err:
+        log.warning("held-out bundle %s unusable (%s); judging the served model", name, err)
+        return served, "the served model"
 
 
 def with_current_labels(session: Session, songs: list[HoldoutSong]) -> list[HoldoutSong]:

@@ -86,6 +86,8 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
             "--library", str(config.library.root), "--out", str(run_dir),
             "--cache", str(config.cache_dir), "--labels", str(labels),
             "--epochs", str(config.retrain.epochs),
+            # The windows the service hears a song by: one count for training and serving.
+            "--windows", str(config.classifier.windows_per_song),
             "--min-songs", str(config.min_songs_per_genre),
             "--min-songs-backbone", str(config.min_songs_per_genre_backbone),
             # The tournament: every family the trainer can build; the gate judges the winner.

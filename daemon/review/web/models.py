@@ -47,11 +47,13 @@ def models():
     with deps.sessions() as db:
         # Live: the songs each genre has now, against the chosen model's genres.
         cannot = station_cannot_suggest(db, deps.config, chosen.classes or [] if chosen else [])
-    tournament = model_report_facts(chosen)["tournament"] if chosen else None
+    facts = model_report_facts(chosen) if chosen else {}
     return render_template("models.html", models=all_models, chosen=chosen,
                            matrix=confusion(chosen), last_run=last, next_run=next_run,
                            model_status=MODEL_STATUS, outcomes=RUN_OUTCOME,
-                           tournament=tournament_table(tournament), cannot_suggest=cannot)
+                           tournament=tournament_table(facts.get("tournament")),
+                           cannot_suggest=cannot, served=facts.get("served"),
+                           not_tested=facts.get("not_tested") or {})
 
 
 def tournament_table(tournament: dict | None) -> dict | None:
