@@ -25,7 +25,7 @@ from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE, BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
 from daemon.core.config import ClassifierConfig
 from daemon.core.errors import ConfigError
-from daemon.learn.registry import file_sha256
+from daemon.learn.registry import HELD_OUT, file_sha256
 from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
 from trainer.context import carve, context_report
@@ -148,7 +148,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     report = {**common, **run.facts[winner.family], "family": winner.family,
               "families": run.facts, "tournament": table, "context": context,
               "served": served, "fitted_on_songs": served["songs"],
-              "held_out_bundle": winner.bundle.name,
+              "held_out_bundle": HELD_OUT,
               "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity}
     # decode_s includes the library walk; embed_s the backbone run on uncached songs.
     report["timings"] = {"features_s": round(extracted - started, 1),
@@ -161,10 +161,12 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                          "total_s": round(time.monotonic() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
                                      encoding="utf-8")
-    extra = {"served": served, "fitted_on_songs": served["songs"]}
-    if context["weight"] is not None:
-        extra["context"] = {k: context[k] for k in ("weight", "smoothing")}
-    write_winner(out, served_entry, table, extra)
+    extra = {"context": {k: context[k] for k in ("weight", "smoothing")}} if context[
+        "weight"] is not None else {}
+    # The held-out fit, which the gate judges, then the served model: model.onnx last.
+    write_winner(out, winner, table, extra, name=HELD_OUT)
+    write_winner(out, served_entry, table,
+                 {**extra, "served": served, "fitted_on_songs": served["songs"]})
     log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
              table["why"])
     return report
@@ -248,7 +250,7 @@ def prepare_out(out: Path, warm_start: Path | None) -> None:
                           "directory")
     out.mkdir(parents=True, exist_ok=True)
     # A reused --out must not show an old bundle as this run's result if this run fails.
-    for stale in ("model.onnx", "report.json", "not_trained.json",
+    for stale in ("model.onnx", "report.json", "not_trained.json", HELD_OUT,
                   *(f"{f}.onnx" for f in FAMILIES)):
         (out / stale).unlink(missing_ok=True)
 

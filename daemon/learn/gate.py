@@ -20,7 +20,7 @@ from daemon.core.errors import ModelMismatch
 from daemon.learn.coldstart import is_unverified
 from daemon.learn.labels import current_labels
 from daemon.learn.metrics import paired_comparison, song_metrics
-from daemon.learn.registry import bundle_dir
+from daemon.learn.registry import HELD_OUT, bundle_dir
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 
@@ -119,38 +119,35 @@ def read_split(path: Path, part: str) -> list[HoldoutSong]:
             for s in data.get(part, []) if isinstance(s, dict) and "path" in s]
 
 
-def holdout_for(candidate_split: Path, active_split: Path | None) -> list[HoldoutSong]:
-    """The gate's holdout: the candidate's test songs that the active model never saw
-    (neither in its held-out fit nor in its refit on every label).
+def holdout_for(candidate_split: Path, active_split: Path | None,
+                served: bool = False) -> list[HoldoutSong]:
+    """The gate's holdout: the candidate's test songs that the judged active model never
+    saw. `served`: the active model judged is the served refit (no held-out fit kept),
+    so every song it was refit on ("fitted") is removed too.
 
     The trainer's artist-disjoint split is stable across runs (artist hash + seed), so the
-    test artists were never trained on by either model; songs in the active model's own
-    train/validation lists are removed all the same, should its split have differed.
+    test artists were never trained on by either held-out fit; songs in the active model's
+    own train/validation lists are removed all the same, should its split have differed.
     """
     seen: set[str] = set()
-    if active_split is not None:  # "fitted": every song a served model was refit on
-        seen = {s.path for part in ("train", "validation", "fitted")
-                for s in read_split(active_split, part)}
+    if active_split is not None:
+        parts = ("train", "validation", "fitted") if served else ("train", "validation")
+        seen = {s.path for part in parts for s in read_split(active_split, part)}
     return [s for s in read_split(candidate_split, "test") if s.path not in seen]
 
 
 def held_out_model(run_dir: Path, served: Classifier) -> tuple[Classifier, str]:
     """The model the gate judges for a trainer run: the chosen family's held-out fit
-    (report.json "held_out_bundle": it never trained on the test songs), not the served
-    refit, which trained on every label, the test songs included. A run without one
-    (an older trainer) is judged by its served model. Out: (model, which, in words)."""
-    try:
-        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-        name = report.get("held_out_bundle")
-    except (OSError, ValueError, AttributeError):
-        name = None
-    if not name or not (run_dir / name).is_file():
+    (HELD_OUT: it never trained on the test songs), not the served refit, which trained
+    on every label, the test songs included. A run without one (an older trainer) is
+    judged by its served model. Out: (model, which, in words)."""
+    if not (run_dir / HELD_OUT).is_file():
         return served, "the served model"
     try:
-        return (Classifier.load(run_dir / name, served.spec, served.backbone_spec),
-                f"{name}: the held-out fit of the served model's family")
+        return (Classifier.load(run_dir / HELD_OUT, served.spec, served.backbone_spec),
+                "the held-out fit of the served model's family")
     except ModelMismatch as err:
-        log.warning("held-out bundle %s unusable (%s); judging the served model", name, err)
+        log.warning("%s unusable (%s); judging the served model", HELD_OUT, err)
         return served, "the served model"
 
 
@@ -194,10 +191,10 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     if is_unverified(active):
         return over_unverified(judge(sessions, config, run_dir, candidate, None, recent), active)
     active_split = bundle_dir(active) / "split.json" if active is not None else None
-    songs = holdout_for(run_dir / "split.json", active_split)
+    old, served = _active_classifier(active, candidate)
+    songs = holdout_for(run_dir / "split.json", active_split, served)
     with sessions() as session:
         songs = with_current_labels(session, songs)
-    old = _active_classifier(active, candidate)
     # The trainer's caches (its windows per song), each kind either model's members take.
     cache = SongInputs(config.cache_dir, WindowSpecs(candidate.spec, candidate.backbone_spec))
     needs = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
@@ -232,16 +229,25 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     return verdict, facts
 
 
-def _active_classifier(active: Model | None, candidate: Classifier) -> Classifier | None:
-    """The active model, loaded for the candidate's features (None: none, or unusable)."""
+def _active_classifier(active: Model | None, candidate: Classifier
+                       ) -> tuple[Classifier | None, bool]:
+    """The active model as the gate judges it, loaded for the candidate's features: its
+    held-out fit when the registry kept one (like the candidate's: neither was fitted on
+    the other's test songs), else the served bundle. Out: (model or None when none or
+    unusable, whether it is the served bundle)."""
     if active is None:
-        return None
-    try:
-        return Classifier.load(active.path, candidate.spec, candidate.backbone_spec)
-    except ModelMismatch as err:
-        log.warning("active model v%04d cannot be evaluated (%s); the candidate "
-                    "replaces it", active.version, err)
-        return None
+        return None, False
+    held_out = bundle_dir(active) / HELD_OUT
+    for path, served in ((held_out, False), (Path(active.path), True)):
+        if path.is_file():
+            try:
+                return Classifier.load(path, candidate.spec, candidate.backbone_spec), served
+            except ModelMismatch as err:
+                log.warning("active model v%04d: %s cannot be evaluated (%s)",
+                            active.version, path.name, err)
+    log.warning("active model v%04d cannot be evaluated; the candidate replaces it",
+                active.version)
+    return None, False
 def over_unverified(judged: tuple[GateDecision, dict[str, Any]], active: Model
                     ) -> tuple[GateDecision, dict[str, Any]]:
     """The candidate judged alone, promoted over the unverified cold-start model: its
