@@ -238,7 +238,8 @@ def test_train_writes_a_complete_calibrated_bundle(library, first_run):
     # A bundle states the spec of each input it has: a backbone head has no "clips".
     assert set(meta) >= BUNDLE_KEYS - {"feature_spec"} | {"backbone_spec", "embedding"}
     assert ("feature_spec" in meta) == (meta["family"] != "backbone")
-    assert meta["classes"] == report["classes"] and meta["clips_per_song"] == 5
+    # Trained on the windows the service hears a song by (classifier.windows_per_song).
+    assert meta["classes"] == report["classes"] and meta["clips_per_song"] == 8
     assert meta["temperature"] == pytest.approx(report["temperature"])
     assert meta["training_set"]["songs"]["train"] == len(json.loads(
         (out / "split.json").read_text())["train"])

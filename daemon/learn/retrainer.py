@@ -458,7 +458,11 @@ def _trainer_report(run_dir: Path) -> dict[str, Any]:
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    keep: dict[str, Any] = {"trainer_warm_start": (report.get("fit") or {}).get("warm_start")}
+    # The CNN's warm start (the one family that starts from the active model), else the
+    # winner's.
+    fit = ((report.get("families") or {}).get("cnn") or report).get("fit") or {}
+    keep: dict[str, Any] = {"trainer_warm_start": fit.get("warm_start"),
+                            "trainer_warm_start_how": fit.get("warm_start_how")}
     for key in ("training_set", "training_set_hash", "cache", "timings", "served"):
         if key in report:
             keep[f"trainer_{key}"] = report[key]
