@@ -72,6 +72,17 @@ class MessyStation:
         return found
 
 
+def _audio(genre: str, others: Sequence[str], seconds: float, sr: int, seed: int,
+           mix: float) -> np.ndarray:
+    """`genre`'s synthesised song, with another genre's mixed in at `mix` (0: none) so
+    that the sound alone is sometimes ambiguous, as a real station's genres are."""
+    audio = synthesize(genre, seconds, sr, seed)
+    if not mix:
+        return audio
+    other = others[seed % len(others)]
+    return (audio + mix * synthesize(other, seconds, sr, seed + 1)) / (1 + mix)
+
+
 def _sizes(rng: np.random.Generator, n: int, max_songs: int, min_songs: int) -> list[int]:
     """Song counts of the genres: the last has 1, the others spread over min..max_songs
     (one of them max_songs, so sizes differ by an order of magnitude)."""
@@ -84,10 +95,11 @@ def make_messy_station(root: Path, *, seed: int = 0, genres: Sequence[str] = GEN
                        max_songs: int = 40, min_songs: int = 3, wrong_share: float = 0.1,
                        seconds: tuple[float, float] = (6.0, 9.0), sr: int = 22_050,
                        formats: Sequence[str] = FORMATS, album_size: int = 6,
-                       ) -> MessyStation:
+                       mix: float = 0.0) -> MessyStation:
     """Write a messy station under `root` (see the module docstring); `genres` in role
     order: genres[-1] gets one song, genres[-2] one artist, genres[0]'s first artist also
-    sings genres[1]. Everything drawn from `seed`."""
+    sings genres[1]. `mix`: another genre mixed into each song at this level (harder
+    to tell apart). Everything drawn from `seed`."""
     if len(genres) < 4:
         raise ValueError("a messy station needs at least 4 genres")
     rng = np.random.default_rng(seed)
@@ -122,8 +134,9 @@ def make_messy_station(root: Path, *, seed: int = 0, genres: Sequence[str] = GEN
                 rel = f"{artist}/{album}/{number:02d} {genre} Song{ext}"
                 path = root / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
-                encode(path, synthesize(genre, float(rng.uniform(*seconds)), sr,
-                                        int(rng.integers(1 << 31))), sr)
+                encode(path, _audio(genre, [g for g in genres if g != genre],
+                                    float(rng.uniform(*seconds)), sr,
+                                    int(rng.integers(1 << 31)), mix), sr)
                 tagless = partly and rng.random() < 0.5
                 tag = None
                 if not tagless:
@@ -151,19 +164,21 @@ def _tag_right(song: MessySong) -> MessySong:
 def make_unseen_artists(root: Path, genres: Sequence[str], songs_per_genre: int, *,
                         seed: int = 1000, seconds: tuple[float, float] = (6.0, 9.0),
                         sr: int = 22_050, formats: Sequence[str] = FORMATS,
-                        ) -> list[MessySong]:
+                        mix: float = 0.0, artists: int = 3) -> list[MessySong]:
     """Songs by artists no station of this module has (for judging on unseen artists),
-    every one tagged with its true genre: root/<genre> Newcomer <n>/<song>."""
+    every one tagged with its true genre: root/<genre> Newcomer <n>/<song>; `mix` as in
+    make_messy_station."""
     rng = np.random.default_rng(seed)
     songs = []
     for genre in genres:
         for i in range(songs_per_genre):
-            artist = f"{genre} Newcomer {i % 3 + 1}"
+            artist = f"{genre} Newcomer {i % artists + 1}"
             rel = f"{artist}/{i + 1:02d} {genre} Song{formats[i % len(formats)]}"
             path = Path(root) / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            encode(path, synthesize(genre, float(rng.uniform(*seconds)), sr,
-                                    int(rng.integers(1 << 31))), sr)
+            encode(path, _audio(genre, [g for g in genres if g != genre],
+                                float(rng.uniform(*seconds)), sr, int(rng.integers(1 << 31)),
+                                mix), sr)
             write_tags(path, title=f"{genre} Song {i + 1}", artist=artist,
                        album=f"{artist} Debut", genre=genre)
             songs.append(MessySong(path, rel, genre, genre, artist, f"{artist} Debut"))
