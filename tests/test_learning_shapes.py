@@ -38,7 +38,8 @@ from daemon.suggest.worker import Worker
 from daemon.tags.genres import load_genre_map
 from daemon.tags.write import write_tags
 
-pytestmark = pytest.mark.slow
+# Real training on a 2-core machine shared with other work: minutes, not seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 EPOCHS = 3
 MIN_SONGS = 3
@@ -174,3 +175,28 @@ def test_a_new_class_count_between_nights_warm_starts_and_suggests_the_new_genre
     right = sum(pending.get(rel) == genre for rel, genre in shelf.items())
     assert right >= len(shelf) // 2, {rel: pending.get(rel) for rel in shelf}
     station.engine.dispose()
+
+
+def test_a_library_that_cannot_make_a_model_skips_the_night_with_the_reason(tmp_path,
+                                                                              make_song):
+    # Two genres, each sung by one artist: nothing to test a model on.
+    library = tmp_path / "library"
+    for genre in ("Classical", "Metal"):
+        for i in range(3):
+            make_song(f"{genre} {i}.flac", genre, seconds=5, seed=i, folder=library / genre,
+                      genre_tag=genre, artist=f"{genre} Player", album=f"{genre} Album")
+    config = parse_config({
+        "library": {"root": str(library), "settle_seconds": 0},
+        "state_dir": str(tmp_path / "state"), "min_songs_per_genre": 2,
+        "classifier": {"backbone": False}, "retrain": {"epochs": 1},
+    }, "test config")
+    engine, sessions = open_database(config.db_url)
+    walker = Library(config, sessions, load_genre_map(None))
+    walker.reconcile()
+    walker.settle_due(now=time.time() + 60)
+    night = Retrainer(config, sessions).run("manual")
+    assert night["status"] == "skipped", night
+    assert night["reason"].startswith("not trained: ") and "artists" in night["reason"]
+    with sessions() as session:
+        assert registry.active_model(session) is None
+    engine.dispose()
