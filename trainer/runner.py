@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import BACKBONE_SPEC, FeatureSpec
+from daemon.audio.features import FeatureSpec
 from daemon.suggest.classifier import song_probabilities
 from trainer.dataset import (
     Dataset,
@@ -188,7 +188,7 @@ class Run:
         info = {"head": {"c": run.head.c, "chosen_by": run.head.chosen_by},
                 "warm_start": False, "seconds": round(run.seconds, 2)}
         self.facts["backbone"] = family_facts(dataset, scores, info,
-                                              BACKBONE_SPEC.clips_per_song)
+                                              self.backbone.patches.spec.clips_per_song)
         if self.model is not None and "ensemble" in self.families:
             self._ensemble(dataset)
 
