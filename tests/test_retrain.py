@@ -42,7 +42,8 @@ from daemon.review import decisions as review
 from daemon.suggest.worker import Worker
 from daemon.tags.genres import load_genre_map
 
-pytestmark = pytest.mark.slow
+# Each night trains twice (the held-out fit, then the refit on every label) on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 GENRES = ("Classical", "Electronic", "Hip-Hop")
 FORMATS = (".flac", ".wav", ".ogg", ".mp3")
