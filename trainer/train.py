@@ -3,11 +3,16 @@
 One decode pass per song fills the CNN's feature cache and (the backbone switched on)
 the backbone's patch cache; each song's embedding is computed once into the embedding
 cache. Then the families (trainer.runner) are fitted, calibrated and written as
-out/<family>.onnx, judged on the same test songs (trainer.tournament), and the winner
-becomes model.onnx. Writes into --out: model.keras, split.json, report.json (the winner's
-figures at the top, every family's under "families", the table under "tournament"),
-confusion.png, reliability.png, the family bundles and, last, model.onnx. A run that dies
-part-way leaves no model.onnx, so a directory holding one holds a complete run.
+out/<family>.onnx, judged on the same test songs (trainer.tournament); the winner is kept
+as held_out.onnx (what the gate judges: it never saw the test songs) and its family is
+refit on every labelled song of its genres (trainer.runner.Run.refit, with the epochs,
+regularisation and temperature the held-out fit chose): that refit is model.onnx, the
+model served. Writes into --out: model.keras (the refit CNN when there is one),
+split.json (+ "fitted": the songs the served model learned from), report.json (the
+winner's held-out figures at the top, every family's under "families", the table under
+"tournament", the refit under "served"), confusion.png, reliability.png, the family
+bundles, held_out.onnx and, last, model.onnx. A run that dies part-way leaves no
+model.onnx, so a directory holding one holds a complete run.
 """
 
 from __future__ import annotations
