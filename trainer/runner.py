@@ -1,5 +1,6 @@
 """One tournament run's families: fitted, scored on their own validation and test songs,
-written as bundles into --out (the tournament then judges them all on the same songs).
+written as bundles into --out (the tournament then judges them all on the same songs);
+then the chosen family refit on every labelled song (Run.refit): the model served.
 
 The CNN is fitted with TensorFlow (trainer.fit, imported only when the CNN is trained);
 the backbone head with scikit-learn on cached embeddings (trainer.families); the ensemble
