@@ -195,8 +195,10 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     songs = holdout_for(run_dir / "split.json", active_split, served)
     with sessions() as session:
         songs = with_current_labels(session, songs)
-    # The trainer's caches (its windows per song), each kind either model's members take.
-    cache = SongInputs(config.cache_dir, WindowSpecs(candidate.spec, candidate.backbone_spec))
+    # The trainer's caches, each kind either model's members take: the trainer makes
+    # features at the service's windows per song (one count for training and serving).
+    cache = SongInputs(config.cache_dir, WindowSpecs.for_windows(
+        config.classifier.windows_per_song, candidate.spec, candidate.backbone_spec))
     needs = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
     kept, features = [], []
     for song in songs:
