@@ -290,8 +290,11 @@ def test_split_is_artist_disjoint_and_songs_never_cross(library, first_run):
     root, songs = library
     base, _ = first_run
     split = json.loads((base / "one" / "split.json").read_text())
+    # "fitted": the served model's songs, every labelled one (the refit after selection).
+    fitted = split.pop("fitted")
     artist_of = {s.path.relative_to(root).as_posix(): s.artist for s in songs}
     seen = [row["path"] for rows in split.values() for row in rows]
+    assert sorted(row["path"] for row in fitted) == sorted(seen)
     assert len(seen) == len(set(seen)) == len(songs)
     artists = {name: {artist_of[row["path"]] for row in rows} for name, rows in split.items()}
     assert not artists["train"] & artists["test"]
