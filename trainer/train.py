@@ -52,6 +52,7 @@ from trainer.runner import Run
 from trainer.tournament import (
     ALL,
     FAMILIES,
+    Entry,
     families_for,
     judge_bundle,
     judge_families,
@@ -147,34 +148,41 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
         winner.family, songs.songs, common,
         warm_start=warm_start if run.warm_started else None, batch_size=batch_size,
         deadline=fit_deadline(started, time_budget_minutes), progress=progress)
-    if run.served_model is not None:  # the next night's warm start is the served CNN
-        run.served_model.save(out / "model.keras")
-    _list_fitted(out, run.fitted)
+    _list_fitted(out, run)
     report = {**common, **run.facts[winner.family], "family": winner.family,
               "families": run.facts, "tournament": table, "context": context,
               "served": served, "fitted_on_songs": served["songs"],
               "held_out_bundle": HELD_OUT,
-              "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity}
+              "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity,
+              "timings": _timings(started, decoded, extracted, trained, written, judged)}
+    write_results(out, report, winner, served_entry)
+    return report
+
+
+def _timings(started: float, decoded: float, extracted: float, trained: float,
+             written: float, judged: float) -> dict[str, float]:
     # decode_s includes the library walk; embed_s the backbone run on uncached songs.
-    report["timings"] = {"features_s": round(extracted - started, 1),
-                         "decode_s": round(decoded - started, 1),
-                         "embed_s": round(extracted - decoded, 1),
-                         "fit_s": round(trained - extracted, 1),
-                         "bundles_s": round(written - trained, 1),
-                         "judge_s": round(judged - written, 1),
-                         "refit_s": round(time.monotonic() - judged, 1),
-                         "total_s": round(time.monotonic() - started, 1)}
+    return {"features_s": round(extracted - started, 1),
+            "decode_s": round(decoded - started, 1), "embed_s": round(extracted - decoded, 1),
+            "fit_s": round(trained - extracted, 1), "bundles_s": round(written - trained, 1),
+            "judge_s": round(judged - written, 1),
+            "refit_s": round(time.monotonic() - judged, 1),
+            "total_s": round(time.monotonic() - started, 1)}
+
+
+def write_results(out: Path, report: dict, held_out: Entry, served: Entry) -> None:
+    """report.json, then the held-out fit (which the gate judges) as HELD_OUT, then the
+    served model as model.onnx, last: a directory holding one holds a complete run."""
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
                                      encoding="utf-8")
-    extra = {"context": {k: context[k] for k in ("weight", "smoothing")}} if context[
-        "weight"] is not None else {}
-    # The held-out fit, which the gate judges, then the served model: model.onnx last.
-    write_winner(out, winner, table, extra, name=HELD_OUT)
-    write_winner(out, served_entry, table,
-                 {**extra, "served": served, "fitted_on_songs": served["songs"]})
+    context, table = report["context"], report["tournament"]
+    extra = ({"context": {k: context[k] for k in ("weight", "smoothing")}}
+             if context["weight"] is not None else {})
+    write_winner(out, held_out, table, extra, name=HELD_OUT)
+    write_winner(out, served, table, {**extra, "served": report["served"],
+                                      "fitted_on_songs": report["fitted_on_songs"]})
     log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
              table["why"])
-    return report
 
 
 def fit_context(winner, carved: Sequence[LabelledSong], test: Sequence[LabelledSong],
@@ -216,12 +224,15 @@ def keep_trained(wide: Dataset, carved: Sequence[LabelledSong]
     return dataclasses.replace(wide, train=(*wide.train, *back)), kept
 
 
-def _list_fitted(out: Path, fitted: Sequence[LabelledSong]) -> None:
-    """split.json gains "fitted": every song the served model was fitted on (the next
-    night's gate judges it only on songs not listed here)."""
+def _list_fitted(out: Path, run: Run) -> None:
+    """split.json gains "fitted": every song the served model was fitted on (a gate that
+    judges the served model does so only on songs not listed here); model.keras becomes
+    the served CNN, when there is one (the next night's warm start)."""
+    if run.served_model is not None:
+        run.served_model.save(out / "model.keras")
     listing = json.loads((out / "split.json").read_text(encoding="utf-8"))
     listing["fitted"] = [{"path": s.rel, "genre": s.genre, "fingerprint": s.fingerprint}
-                         for s in sorted(fitted, key=lambda s: s.rel)]
+                         for s in sorted(run.fitted, key=lambda s: s.rel)]
     (out / "split.json").write_text(json.dumps(listing, indent=1), encoding="utf-8")
 
 
