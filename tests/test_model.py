@@ -140,14 +140,24 @@ def test_export_agrees_with_keras_and_serves_through_the_classifier(small_librar
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def test_warm_start_only_with_the_same_classes(trained, tmp_path):
+def test_warm_start_keeps_the_convolutions_when_the_genres_change(trained, tmp_path):
     model, _ = trained
     model.save(tmp_path / "model.keras")
     (tmp_path / "report.json").write_text(json.dumps({"classes": list(GENRES)}))
-    warm = load_warm_start(tmp_path, GENRES, DEFAULT_SPEC.input_shape)
-    assert warm is not None
+    warm, how = load_warm_start(tmp_path, GENRES, DEFAULT_SPEC.input_shape)
+    assert warm is not None and how == "warm: same genres"
     np.testing.assert_array_equal(warm.get_weights()[0], model.get_weights()[0])
-    assert load_warm_start(tmp_path, ("Classical", "Jazz", "Metal"),
-                           DEFAULT_SPEC.input_shape) is None
-    assert load_warm_start(tmp_path, GENRES, (129, 196, 1)) is None
-    assert load_warm_start(tmp_path / "nowhere", GENRES, DEFAULT_SPEC.input_shape) is None
+    # Two genres more (one new at each end): warm convolutions, a new output layer whose
+    # columns of the genres both know are the old ones.
+    wider = ("AAA", *GENRES, "Zydeco")
+    grown, how = load_warm_start(tmp_path, wider, DEFAULT_SPEC.input_shape)
+    assert grown is not None and "new output layer" in how
+    assert grown.output_shape[-1] == len(wider)
+    for old, new in zip(model.get_weights()[:-2], grown.get_weights()[:-2], strict=True):
+        np.testing.assert_array_equal(old, new)
+    old_kernel, new_kernel = model.get_weights()[-2], grown.get_weights()[-2]
+    np.testing.assert_array_equal(new_kernel[:, 1:1 + len(GENRES)], old_kernel)
+    clips = np.zeros((2, *DEFAULT_SPEC.input_shape), np.float32)
+    assert grown.predict_on_batch(clips).shape == (2, len(wider))
+    assert load_warm_start(tmp_path, GENRES, (129, 196, 1))[0] is None
+    assert load_warm_start(tmp_path / "nowhere", GENRES, DEFAULT_SPEC.input_shape)[0] is None

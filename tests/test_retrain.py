@@ -42,7 +42,8 @@ from daemon.review import decisions as review
 from daemon.suggest.worker import Worker
 from daemon.tags.genres import load_genre_map
 
-pytestmark = pytest.mark.slow
+# Each night trains twice (the held-out fit, then the refit on every label) on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 GENRES = ("Classical", "Electronic", "Hip-Hop")
 FORMATS = (".flac", ".wav", ".ogg", ".mp3")
@@ -269,10 +270,11 @@ def test_retrain_now_promotes_and_rescores_pending_suggestions(station):
     assert v2.parent_id == v1.id and v2.metrics["n_songs"] > 0
     run = station.runs()[-1]
     assert (run.trigger, run.status, run.model_id) == ("manual", "promoted", v2.id)
-    # The labels added a class: the trainer starts from scratch (warm start needs the same
-    # classes) and the gate compares both models on the same holdout.
+    # The labels added a class: the CNN starts from v1's convolutions with a new output
+    # layer, and the gate compares both models on the same holdout.
     assert v2.classes == list(GENRES) and run.summary["warm_start"] == v1.version
-    assert run.summary["trainer_warm_start"] is False
+    assert run.summary["trainer_warm_start"] is True
+    assert "new output layer (2 -> 3 genres)" in run.summary["trainer_warm_start_how"]
     gate = run.summary["gate"]
     assert gate["promote"] and gate["holdout_songs"] > 0 and gate["active"] is not None
     assert gate["holdout_recent_labels"] >= 1  # fresh confirmed songs judged every time

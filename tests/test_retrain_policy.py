@@ -207,6 +207,8 @@ def test_the_retrainer_starts_the_trainer_as_python_m_trainer_train(tmp_path):
     assert argv[argv.index("--family") + 1] == "all"
     assert argv[argv.index("--min-songs") + 1] == "20"
     assert argv[argv.index("--min-songs-backbone") + 1] == "3"
+    # One window count: the trainer learns on the windows the service classifies by.
+    assert argv[argv.index("--windows") + 1] == "8"
     assert "--no-backbone" not in argv
     # A station that switched the backbone off trains the CNN alone.
     off = parse_config({"state_dir": str(tmp_path / "state"), "library": {"root": str(library)},

@@ -296,7 +296,7 @@ def test_status_command(tmp_path):
                          "last_reconcile", "quarantined_total", "quarantined", "retraining",
                          "components", "skipped_total", "skipped", "cannot_suggest_yet",
                          "workers", "leader", "database", "storage", "library",
-                         "not_songs_total", "not_songs"}
+                         "not_songs_total", "not_songs", "not_tested"}
     assert data["leader"] is None  # no service has led yet
     assert data["database"] == str(state / "genretagger.db")
     assert data["daemon"]["running"] is False

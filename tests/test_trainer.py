@@ -247,7 +247,8 @@ def test_train_writes_a_complete_calibrated_bundle(library, first_run):
     # A bundle states the spec of each input it has: a backbone head has no "clips".
     assert set(meta) >= BUNDLE_KEYS - {"feature_spec"} | {"backbone_spec", "embedding"}
     assert ("feature_spec" in meta) == (meta["family"] != "backbone")
-    assert meta["classes"] == report["classes"] and meta["clips_per_song"] == 5
+    # Trained on the windows the service hears a song by (classifier.windows_per_song).
+    assert meta["classes"] == report["classes"] and meta["clips_per_song"] == 8
     assert meta["temperature"] == pytest.approx(report["temperature"])
     assert meta["training_set"]["songs"]["train"] == len(json.loads(
         (out / "split.json").read_text())["train"])
@@ -298,8 +299,11 @@ def test_split_is_artist_disjoint_and_songs_never_cross(library, first_run):
     root, songs = library
     base, _ = first_run
     split = json.loads((base / "one" / "split.json").read_text())
+    # "fitted": the served model's songs, every labelled one (the refit after selection).
+    fitted = split.pop("fitted")
     artist_of = {s.path.relative_to(root).as_posix(): s.artist for s in songs}
     seen = [row["path"] for rows in split.values() for row in rows]
+    assert sorted(row["path"] for row in fitted) == sorted(seen)
     assert len(seen) == len(set(seen)) == len(songs)
     artists = {name: {artist_of[row["path"]] for row in rows} for name, rows in split.items()}
     assert not artists["train"] & artists["test"]

@@ -15,9 +15,13 @@ import click
 
 from daemon.core.errors import ConfigError, GenretaggerError, ModelMismatch
 from daemon.service.logs import setup_logging
+from trainer.dataset import DatasetError
 from trainer.evaluate import evaluate_model
 from trainer.tournament import ALL, FAMILIES
-from trainer.train import train as run_training
+from trainer.train import train as _run_training
+
+# Written into --out when the library cannot make a model (DatasetError), with the reason.
+NOT_TRAINED = "not_trained.json"
 
 # An option naming a file that must exist (a Path, never a directory).
 EXISTING_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
@@ -42,6 +46,9 @@ def cli() -> None:
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--clip-seconds", type=click.FloatRange(0.5, 5.0), default=1.0, show_default=True,
               help="clip length; the seed's 1 s, or 2 s")
+@click.option("--windows", type=click.IntRange(1), default=None,
+              help="windows per song (CNN clips and backbone patches): the service's "
+                   "classifier.windows_per_song [default: 8]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-songs", type=click.IntRange(1), default=20, show_default=True,
               help="genres with fewer songs are left out (and reported)")
@@ -72,7 +79,8 @@ def cli() -> None:
               metavar="MINUTES", help="end the run within this: fitting stops early (keeping "
               "its best epoch) to leave time for evaluation and export")
 def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_seconds: float,
-          seed: int, min_songs: int, min_songs_backbone: int, family: str, no_backbone: bool,
+          windows: int | None, seed: int, min_songs: int, min_songs_backbone: int,
+          family: str, no_backbone: bool,
           genres_path: Path | None, labels_path: Path | None,
           warm_start: Path | None, holdout_path: Path | None, known_path: Path | None,
           not_songs_path: Path | None, batch_size: int | None,
@@ -84,15 +92,21 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
         click.echo(f"error: training needs the trainer extra ({', '.join(missing)} not "
                    "installed): pip install 'genretagger[trainer]'", err=True)
         return 2
-    report = run_training(library, out, cache_dir=cache_dir, epochs=epochs,
-                          clip_seconds=clip_seconds, seed=seed, min_songs=min_songs,
-                          min_songs_backbone=min_songs_backbone, family=family,
-                          backbone=not no_backbone,
-                          genres_path=genres_path, labels_path=labels_path,
-                          warm_start=warm_start, holdout_path=holdout_path,
-                          known_path=known_path, not_songs_path=not_songs_path,
-                          batch_size=batch_size, processes=processes,
-                          time_budget_minutes=time_budget)
+    try:
+        report = _run_training(library, out, cache_dir=cache_dir, epochs=epochs,
+                               clip_seconds=clip_seconds, seed=seed,
+                               **({"windows": windows} if windows else {}), min_songs=min_songs,
+                               min_songs_backbone=min_songs_backbone, family=family,
+                               backbone=not no_backbone,
+                               genres_path=genres_path, labels_path=labels_path,
+                               warm_start=warm_start, holdout_path=holdout_path,
+                               known_path=known_path, not_songs_path=not_songs_path,
+                               batch_size=batch_size, processes=processes,
+                               time_budget_minutes=time_budget)
+    except DatasetError as err:
+        # The library's shape cannot make a model yet: the reason, for the retrainer's run.
+        write_not_trained(out, str(err))
+        raise
     test = report["metrics"]["test"]
     click.echo(f"model: {out / 'model.onnx'}\n  genres: {', '.join(report['classes'])}\n"
                f"  test songs: {test['n_songs']}, song accuracy {test['song_accuracy']:.1%}, "
@@ -101,9 +115,20 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
                f"{report['cache']['decoded']} decoded, {report['cache']['cached']} cached\n"
                f"  tournament: {report['tournament']['winner']} wins: "
                f"{report['tournament']['why']}")
+    click.echo(f"  served: {report['served']['songs']} labelled songs, "
+               f"{report['served']['how']}")
+    for genre, why in (report.get("training_set") or {}).get("not_tested", {}).items():
+        click.echo(f"  not tested: {genre} ({why})")
     for genre, left in report["left_out"].items():
         click.echo(f"  left out: {genre} ({left['songs']} songs, needs {left['needs']} more)")
     return 0
+
+
+def write_not_trained(out: Path, reason: str) -> None:
+    """out/not_trained.json {"reason"}: why this library made no model (read by the
+    retrainer, which records the night as skipped with that reason)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / NOT_TRAINED).write_text(json.dumps({"reason": reason}), encoding="utf-8")
 
 
 @cli.command()

@@ -86,6 +86,8 @@ class Dataset:
     left_out: dict[str, dict[str, int]] = field(default_factory=dict)
     # genre -> labelled songs with features, every genre (classes and left out).
     song_counts: dict[str, int] = field(default_factory=dict)
+    # {genre: why in plain words}: classes trained on but without a test song.
+    untested: dict[str, str] = field(default_factory=dict)
 
     def split(self, name: str) -> tuple[LabelledSong, ...]:
         return getattr(self, name)
@@ -423,21 +425,49 @@ def build_dataset(songs: list[LabelledSong], *, seed: int = 0, min_songs: int = 
             raise DatasetError(f"no songs in the {name} split: the library needs songs "
                                "by at least 3 different artists")
     return Dataset(classes, parts["train"], parts["validation"], parts["test"], left_out,
-                   dict(sorted(counts.items())))
+                   dict(sorted(counts.items())), untested_reasons(classes, kept, parts["test"]))
+
+
+def untested_reasons(classes: Collection[str], songs: Iterable[LabelledSong],
+                     test: Iterable[LabelledSong]) -> dict[str, str]:
+    """{genre: why it has no test song} for the classes without one, in the station's words:
+    a genre sung by one artist cannot be tested on an artist it was not trained on."""
+    tested = {s.genre for s in test}
+    artists: dict[str, set[str]] = {}
+    counts: Counter = Counter()
+    for song in songs:
+        artists.setdefault(song.genre, set()).add(song.artist_key)
+        counts[song.genre] += 1
+    reasons = {}
+    for genre in sorted(set(classes) - tested):
+        n, k = counts[genre], len(artists.get(genre, ()))
+        if k <= 1:
+            why = ("its only song is the one it learns from" if n == 1 else
+                   f"all {n} songs are by one artist, so it cannot be tested on an artist "
+                   "it was not trained on")
+        else:
+            why = (f"its {k} artists are all needed to learn it, so none is left to test "
+                   "it on")
+        reasons[genre] = f"{why}; trained on, not tested"
+    return reasons
 
 
 def narrow(dataset: Dataset, min_songs: int) -> Dataset:
     """The same splits for a family that needs `min_songs` songs per genre: classes with
     fewer songs leave every split and join `left_out` (with what they need)."""
-    classes = tuple(g for g in dataset.classes if dataset.song_counts.get(g, 0) >= min_songs)
+    trained = {s.genre for s in dataset.train}
+    classes = tuple(g for g in dataset.classes
+                    if dataset.song_counts.get(g, 0) >= min_songs and g in trained)
     if len(classes) < 2:
         raise DatasetError(f"need at least 2 genres with >= {min_songs} songs; found "
                            f"{dataset.song_counts}")
+    # A class without a training song (none left by its artists) needs one more song.
     left_out = {g: {"songs": n, "needs": needs(n, min_songs) if g in dataset.classes
                     else dataset.left_out[g]["needs"]}
                 for g, n in dataset.song_counts.items() if g not in classes}
     parts = [tuple(s for s in dataset.split(name) if s.genre in classes) for name in SPLITS]
-    return Dataset(classes, *parts, left_out=left_out, song_counts=dataset.song_counts)
+    return Dataset(classes, *parts, left_out=left_out, song_counts=dataset.song_counts,
+                   untested={g: w for g, w in dataset.untested.items() if g in classes})
 
 
 def song_chunks(songs: Iterable[LabelledSong], cache: FeatureCache, size: int = 64,
@@ -466,6 +496,7 @@ def summary(dataset: Dataset, clips_per_song: int) -> dict:
         "per_class": {name: dict(sorted(Counter(s.genre for s in dataset.split(name)).items()))
                       for name in SPLITS},
         "left_out": dataset.left_out,
+        "not_tested": dataset.untested,
     }
 
 

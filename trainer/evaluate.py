@@ -8,6 +8,7 @@ function the daemon serves with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,12 +198,16 @@ def evaluate_model(model_path: Path, library: Path, *, genres_path: Path | None 
                 if "feature_spec" in meta else DEFAULT_SPEC)  # a backbone bundle has none
     except (TypeError, ValueError) as err:
         raise ModelMismatch(f"{model_path}: bundle feature_spec unreadable ({err})") from None
-    classifier = Classifier.load(model_path, spec)
+    # The windows per song the bundle was trained and calibrated on (one count throughout).
+    windows = int(meta.get("clips_per_song") or spec.clips_per_song)
+    spec = dataclasses.replace(spec, clips_per_song=windows)
+    backbone_spec = dataclasses.replace(BACKBONE_SPEC, clips_per_song=windows)
+    classifier = Classifier.load(model_path, spec, backbone_spec)
     genre_map = load_genre_map(genres_path)
     songs, skipped = find_labelled_songs(library, genre_map)
     known = [s for s in songs if s.genre in classifier.classes]
     root = Path(cache_dir or default_cache_dir())
-    caches = {CNN: FeatureCache(root, spec), BACKBONE: FeatureCache(root, BACKBONE_SPEC)}
+    caches = {CNN: FeatureCache(root, spec), BACKBONE: FeatureCache(root, backbone_spec)}
     needs = classifier.bundle.member_needs
     usable, failed, stats = load_features(
         known, caches[CNN], patches=caches[BACKBONE] if BACKBONE in needs else None,

@@ -99,16 +99,18 @@ def _embeddings(songs: Sequence[LabelledSong], cache: FeatureCache) -> list[np.n
     return found
 
 
-def window_probs(head: Head, songs: Sequence[LabelledSong], cache: FeatureCache) -> np.ndarray:
+def window_probs(head: Head, songs: Sequence[LabelledSong], cache: FeatureCache,
+                 windows: int = BACKBONE_SPEC.clips_per_song) -> np.ndarray:
     """The head's song probabilities in the windows shape calibration takes: (n_songs,
-    BACKBONE_SPEC.clips_per_song, k), each row the head on the song's mean embedding.
+    windows, k), each row the head on the song's mean embedding (`windows`: the run's
+    windows per song).
 
     Exactly what the bundle gives per song (the head is affine: the mean of per-patch
     log-probabilities differs from the mean embedding's logits by a class-independent
     constant, at any temperature), and it works whatever the patch count of a cached
     embedding (the worker caches its own windows per song). The row is repeated so that
     fit_temperature's lower bound (1 / windows) is the bundle's."""
-    k, windows = len(head.classes), BACKBONE_SPEC.clips_per_song
+    k = len(head.classes)
     if not songs:
         return np.zeros((0, windows, k))
     means = np.stack([song_embedding(e) for e in _embeddings(songs, cache)])
@@ -136,8 +138,9 @@ def fit_backbone(dataset: Dataset, backbone: Backbone, seed: int = 0) -> HeadRun
     head = fit_head(means, [s.genre for s in train], [s.artist_key for s in train],
                     dataset.classes, seed=seed)
     seconds = time.monotonic() - started
-    val = window_probs(head, dataset.validation, backbone.embeddings)
-    test = window_probs(head, dataset.test, backbone.embeddings)
+    windows = backbone.patches.spec.clips_per_song
+    val = window_probs(head, dataset.validation, backbone.embeddings, windows)
+    test = window_probs(head, dataset.test, backbone.embeddings, windows)
     chosen = choose_temperature(val, dataset.labels("validation"))
     log.info("backbone head: %d genres from %d songs, %s, in %.1f s; temperature %.3f (%s)",
              len(head.classes), len(train), head.chosen_by, seconds, chosen.temperature,

@@ -107,10 +107,11 @@ class PopulationStatistics(keras.callbacks.Callback):
     stopping restores weights and statistics together.
     """
 
-    def __init__(self, clips: np.ndarray, chunk: int = 64):
+    def __init__(self, clips: np.ndarray, chunk: int = 64, at_end: bool = False):
         super().__init__()
         self.clips = clips
         self.chunk = chunk
+        self.at_end = at_end  # no validation pass (a refit): set them once, at the end
         self._probes: list[tuple[keras.layers.BatchNormalization, keras.Model]] = []
 
     def on_train_begin(self, logs=None):
@@ -120,6 +121,10 @@ class PopulationStatistics(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         self.update()
+
+    def on_train_end(self, logs=None):
+        if self.at_end:
+            self.update()
 
     def update(self) -> None:
         # In layer order: each probe runs through the BatchNorms already updated.
@@ -190,8 +195,12 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 def load_warm_start(path: Path, classes: tuple[str, ...],
-                    input_shape: tuple[int, int, int]) -> keras.Model | None:
-    """A previous run's model.keras when it has the same classes and input; else None."""
+                    input_shape: tuple[int, int, int]) -> tuple[keras.Model | None, str]:
+    """A previous run's model.keras to continue from -> (model, how), or (None, why not).
+
+    Same classes: the model as it was. Other classes (a genre became learnable, or one
+    left): the convolutions start warm, the output layer is new, with the old weights of
+    the genres both models know copied into their columns."""
     model_path = Path(path) / "model.keras"
     report_path = Path(path) / "report.json"
     try:
@@ -200,23 +209,45 @@ def load_warm_start(path: Path, classes: tuple[str, ...],
         try:  # a run directory without its report: the bundle knows the classes too
             previous_classes = tuple(read_metadata(Path(path) / "model.onnx")["classes"])
         except (ModelMismatch, KeyError) as err:
-            log.warning("warm start: no classes in %s (%s); training from scratch", path, err)
-            return None
-    if previous_classes != classes:
-        log.info("warm start: classes changed (%s -> %s); training from scratch",
-                 ", ".join(previous_classes), ", ".join(classes))
-        return None
+            return None, f"no classes in {path} ({err}); trained from scratch"
     try:
         model = keras.models.load_model(model_path, compile=False)
     except (OSError, ValueError) as err:
-        log.warning("warm start: %s unreadable (%s); training from scratch", model_path, err)
-        return None
+        return None, f"{model_path} unreadable ({err}); trained from scratch"
     if tuple(model.input_shape[1:]) != tuple(input_shape):
-        log.info("warm start: input %s differs from %s; training from scratch",
-                 model.input_shape[1:], input_shape)
-        return None
-    log.info("warm start from %s", model_path)
-    return model
+        return None, (f"input {model.input_shape[1:]} differs from {input_shape}; trained "
+                      "from scratch")
+    if int(model.output_shape[-1]) != len(previous_classes):
+        return None, (f"{model_path} has {model.output_shape[-1]} outputs for "
+                      f"{len(previous_classes)} genres; trained from scratch")
+    if previous_classes == classes:
+        log.info("warm start from %s", model_path)
+        return model, "warm: same genres"
+    fresh = with_new_output(model, previous_classes, classes, input_shape)
+    log.info("warm start from %s with a new output layer: genres %s -> %s", model_path,
+             ", ".join(previous_classes), ", ".join(classes))
+    return fresh, (f"warm convolutions, new output layer ({len(previous_classes)} -> "
+                   f"{len(classes)} genres)")
+
+
+def with_new_output(model: keras.Model, previous: tuple[str, ...], classes: tuple[str, ...],
+                    input_shape: tuple[int, int, int]) -> keras.Model:
+    """The seed CNN for `classes` with every layer but the output copied from `model`
+    (built for `previous`); the output's columns of genres in both are copied too."""
+    fresh = build_model(len(classes), input_shape)
+    if len(fresh.layers) != len(model.layers):
+        raise ValueError(f"the warm-start model has {len(model.layers)} layers, the seed "
+                         f"CNN {len(fresh.layers)}")
+    for old, new in zip(model.layers[:-1], fresh.layers[:-1], strict=True):
+        new.set_weights(old.get_weights())
+    kernel, bias = (np.array(w) for w in fresh.layers[-1].get_weights())
+    old_kernel, old_bias = model.layers[-1].get_weights()
+    for i, genre in enumerate(classes):
+        if genre in previous:
+            kernel[:, i] = old_kernel[:, previous.index(genre)]
+            bias[i] = old_bias[previous.index(genre)]
+    fresh.layers[-1].set_weights([kernel, bias])
+    return fresh
 
 
 def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tuple[str, ...],
@@ -227,15 +258,20 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
     """Train the seed CNN on cached features -> (model with the best val-loss weights, info).
 
     info: {"epochs_run", "best_epoch", "history": {metric: [per epoch]}, "warm_start",
-    "stopped_for_time"}. deadline: a time.monotonic() value no epoch may end after
+    "stopped_for_time"}. Without `validation` songs (the refit on every label) it runs
+    exactly `epochs` epochs: the count the held-out fit's early stopping chose.
+    deadline: a time.monotonic() value no epoch may end after
     (TimeBudget). verbose: Keras verbosity; default a progress bar on a terminal, else one
     line per epoch.
     """
     index = {g: i for i, g in enumerate(classes)}
     y_train = np.array([index[s.genre] for s in train], dtype=np.int64)
     y_val = np.array([index[s.genre] for s in validation], dtype=np.int64)
-    model = load_warm_start(warm_start, classes, cache.spec.input_shape) if warm_start else None
+    model, how = (load_warm_start(warm_start, classes, cache.spec.input_shape) if warm_start
+                  else (None, "cold: no earlier model"))
     warm = model is not None
+    if not warm and warm_start:
+        log.warning("warm start: %s", how)
     if model is None:
         model = build_model(len(classes), cache.spec.input_shape)
     model.compile(
@@ -249,13 +285,16 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
     batch_size = max(1, min(batch_size, clips // MIN_STEPS_PER_EPOCH))
     train_data = clip_stream(train, y_train, cache, batch_size=batch_size, weights=weights,
                              shuffle=True, seed=seed)
-    val_data = clip_stream(validation, y_val, cache, batch_size=batch_size)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                            restore_best_weights=True)
+    val_data = (clip_stream(validation, y_val, cache, batch_size=batch_size) if validation
+                else None)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 0
     # Population statistics first: validation (and the stopper's choice) sees them.
-    callbacks = [PopulationStatistics(statistics_sample(train, cache, seed)), stopper]
+    callbacks = [PopulationStatistics(statistics_sample(train, cache, seed),
+                                      at_end=val_data is None)]
+    if val_data is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                       restore_best_weights=True))
     budget = TimeBudget(deadline) if deadline is not None else None
     if budget is not None:
         callbacks.append(budget)
@@ -264,8 +303,10 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
     history = model.fit(train_data, validation_data=val_data, epochs=epochs,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
     losses = history.history.get("val_loss", [])
-    best = int(np.argmin(losses)) + 1 if losses else 0
-    return model, {"epochs_run": len(losses), "best_epoch": best, "warm_start": warm,
+    ran = len(history.history.get("loss", []))
+    best = int(np.argmin(losses)) + 1 if losses else ran
+    return model, {"epochs_run": ran, "best_epoch": best, "warm_start": warm,
+                   "warm_start_how": how,
                    "batch_size": batch_size,
                    "stopped_for_time": budget is not None and budget.stopped_after is not None,
                    "history": {k: [float(v) for v in vals]

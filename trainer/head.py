@@ -105,14 +105,16 @@ def _steps(c: float):
 
 
 def fit_head(embeddings: np.ndarray, labels: Sequence[str], groups: Sequence[str] | None = None,
-             classes: Sequence[str] | None = None, seed: int = 0) -> Head:
+             classes: Sequence[str] | None = None, seed: int = 0,
+             c: float | None = None, chosen_by: str = "") -> Head:
     """Fit the head on songs' mean embeddings (n, dim) and their genres.
 
     groups: each song's artist, so cross-validation keeps artists apart. classes: the
     head's genre order (default sorted); every class needs at least one song. Class
     weights are balanced; C is chosen by cross-validated log loss when every genre has
-    CV_MIN_SONGS_PER_GENRE songs, else DEFAULT_C. Raises ValueError for fewer than two
-    genres or a class with no song.
+    CV_MIN_SONGS_PER_GENRE songs, else DEFAULT_C; a given `c` (the refit on every label
+    keeps the held-out fit's) is used as it is, `chosen_by` saying how it was found.
+    Raises ValueError for fewer than two genres or a class with no song.
     """
     x = np.asarray(embeddings, np.float64)
     y = np.asarray(list(labels))
@@ -125,7 +127,9 @@ def fit_head(embeddings: np.ndarray, labels: Sequence[str], groups: Sequence[str
     stray = sorted(set(y.tolist()) - set(classes))
     if empty or stray:
         raise ValueError(f"genres without songs {empty}, songs of unknown genres {stray}")
-    c, chosen_by = _choose_c(x, y, None if groups is None else np.asarray(list(groups)), seed)
+    if c is None:
+        c, chosen_by = _choose_c(x, y, None if groups is None else np.asarray(list(groups)),
+                                 seed)
     scaler, model = _steps(c)
     standard = scaler.fit_transform(x)
     model.fit(standard, y)

@@ -1,5 +1,6 @@
 """One tournament run's families: fitted, scored on their own validation and test songs,
-written as bundles into --out (the tournament then judges them all on the same songs).
+written as bundles into --out (the tournament then judges them all on the same songs);
+then the chosen family refit on every labelled song (Run.refit): the model served.
 
 The CNN is fitted with TensorFlow (trainer.fit, imported only when the CNN is trained);
 the backbone head with scikit-learn on cached embeddings (trainer.families); the ensemble
@@ -9,19 +10,27 @@ is the two calibrated members combined as the daemon combines them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import BACKBONE_SPEC, FeatureSpec
+from daemon.audio.features import FeatureSpec
 from daemon.suggest.classifier import song_probabilities
-from trainer.dataset import Dataset, split_listing, summary, training_set_hash
+from trainer.dataset import (
+    Dataset,
+    LabelledSong,
+    split_listing,
+    summary,
+    training_set_hash,
+)
 from trainer.evaluate import (
     Calibration,
     calibration_report,
@@ -33,11 +42,13 @@ from trainer.evaluate import (
 )
 from trainer.families import (
     Backbone,
+    _embeddings,
     ensemble_probs,
     fit_backbone,
     parity_patches,
     write_backbone_bundles,
 )
+from trainer.head import fit_head, song_embedding
 from trainer.tournament import Entry
 
 log = logging.getLogger(__name__)
@@ -140,6 +151,8 @@ class Run:
         self.calibrations: dict[str, str] = {}
         self.parity: dict[str, object] = {}
         self.model = self.cnn_dataset = self.cnn_scores = self.head_run = None
+        self.served_model = None  # the refit CNN (refit), for the next warm start
+        self.fitted: tuple[LabelledSong, ...] = ()
         self.warm_started = False
 
     def fit_cnn(self, dataset: Dataset, *, epochs: int, warm_start: Path | None,
@@ -176,7 +189,7 @@ class Run:
         info = {"head": {"c": run.head.c, "chosen_by": run.head.chosen_by},
                 "warm_start": False, "seconds": round(run.seconds, 2)}
         self.facts["backbone"] = family_facts(dataset, scores, info,
-                                              BACKBONE_SPEC.clips_per_song)
+                                              self.backbone.patches.spec.clips_per_song)
         if self.model is not None and "ensemble" in self.families:
             self._ensemble(dataset)
 
@@ -241,3 +254,82 @@ class Run:
         return [Entry(f, self.out / f"{f}.onnx", self.seconds[f], self.calibrations[f],
                       self.facts[f]["left_out"]) for f in self.families]
 
+    def refit(self, winner: str, songs: Sequence[LabelledSong], common: dict, *,
+              warm_start: Path | None, batch_size: int | None, deadline: float | None,
+              progress: bool) -> tuple[Entry, dict]:
+        """The served model: the chosen family refit on every labelled song of its genres
+        (`songs`: the library's labelled songs), with what the held-out fit chose (the
+        CNN's best epoch count, the head's C) and its temperature. Written to
+        out/served/<family>.onnx; returns its Entry and the "served" facts (how many songs
+        it was fitted on, per genre, and how)."""
+        served_dir = self.out / "served"
+        served_dir.mkdir(exist_ok=True)
+        started = time.monotonic()
+        cnn_model = head_run = None
+        fitted: dict[str, LabelledSong] = {}
+        how = []
+        if winner in ("cnn", "ensemble"):
+            from trainer.fit import BATCH_SIZE, fit
+
+            classes = self.cnn_dataset.classes
+            mine = [s for s in songs if s.genre in classes]
+            epochs = max(1, int(self.facts["cnn"]["fit"].get("best_epoch") or 1))
+            cnn_model, _ = fit(mine, [], classes, self.cache, epochs=epochs, seed=self.seed,
+                               batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
+                               deadline=deadline, verbose=1 if progress else 0)
+            fitted.update((s.rel, s) for s in mine)
+            how.append(f"CNN {epochs} epoch(s), the held-out fit's best")
+        if winner in ("backbone", "ensemble"):
+            run = self.head_run
+            mine = [s for s in songs if s.genre in run.head.classes]
+            means = np.stack([song_embedding(e) for e in
+                              _embeddings(mine, self.backbone.embeddings)])
+            head = fit_head(means, [s.genre for s in mine], None, run.head.classes,
+                            seed=self.seed, c=run.head.c,
+                            chosen_by=f"{run.head.chosen_by}, on the held-out fit")
+            head_run = dataclasses.replace(run, head=head)
+            fitted.update((s.rel, s) for s in mine)
+            how.append(f"head C={run.head.c:g}, the held-out fit's")
+        per_genre = dict(sorted(Counter(s.genre for s in fitted.values()).items()))
+        served = {"songs": len(fitted), "per_genre": per_genre,
+                  "how": ("refit on every labelled song of its genres (" + "; ".join(how)
+                          + "; temperature from the held-out fit)"),
+                  "seconds": round(time.monotonic() - started, 1)}
+        self.fitted = tuple(fitted.values())
+        meta = bundle_metadata(self.facts[winner], common, winner)
+        meta.update({"served": served, "fitted_on_songs": len(fitted),
+                     "training_set_hash": _fitted_hash(self.fitted, meta["classes"])})
+        self._write_served(winner, served_dir, meta, cnn_model, head_run)
+        self.served_model = cnn_model
+        log.info("served model: %s %s", winner, served["how"])
+        log.info("served model fitted on %d labelled songs: %s", len(fitted), per_genre)
+        return (Entry(winner, served_dir / f"{winner}.onnx", self.seconds[winner],
+                      self.calibrations[winner], self.facts[winner]["left_out"]), served)
+
+    def _write_served(self, winner: str, served_dir: Path, meta: dict, cnn_model,
+                      head_run) -> None:
+        from trainer.export import checked_onnx, export_bundle
+
+        clips = parity_clips(self.cnn_dataset, self.cache) if cnn_model is not None else None
+        if self.backbone is None:
+            partial = served_dir / ".cnn.onnx.partial"
+            export_bundle(cnn_model, partial, meta, clips)
+            os.replace(partial, served_dir / "cnn.onnx")
+            return
+        cnn_proto = checked_onnx(cnn_model, clips)[0] if cnn_model is not None else None
+        checks = parity_patches((*self.wide.test, *self.wide.validation, *self.wide.train),
+                                self.backbone.patches)
+        write_backbone_bundles(
+            served_dir, self.backbone, checks, cnn=cnn_proto,
+            cnn_classes=self.cnn_dataset.classes if cnn_proto is not None else (),
+            cnn_temperature=self.cnn_scores.temperature if cnn_proto is not None else 1.0,
+            parity_clips=clips, run=head_run, wanted=(winner,),
+            metadata={winner: meta, "cnn": meta}, spec=self.spec)
+
+
+def _fitted_hash(songs: Sequence[LabelledSong], classes: Sequence[str]) -> str:
+    """sha256 over the classes and the (fingerprint, genre) pairs the served model fitted."""
+    digest = hashlib.sha256(json.dumps(list(classes)).encode())
+    for fp, genre in sorted((s.fingerprint, s.genre) for s in songs):
+        digest.update(f"{fp}\0{genre}\n".encode())
+    return digest.hexdigest()

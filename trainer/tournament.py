@@ -150,8 +150,9 @@ def judge_families(out: Path, entries: Sequence[Entry], test: Sequence[LabelledS
             "why": _why(winner, rows, comparisons), "rows": rows}
 
 
-def write_winner(out: Path, chosen: Entry, table: dict, extra: dict | None = None) -> None:
-    """The winner's bundle as out/model.onnx (atomically) with the table, its left-out
+def write_winner(out: Path, chosen: Entry, table: dict, extra: dict | None = None,
+                 name: str = "model.onnx") -> None:
+    """The winner's bundle as out/`name` (atomically) with the table, its left-out
     genres, its family and `extra` (e.g. the fitted context) in the metadata."""
     from trainer.export import metadata_props, write_model  # (imports TensorFlow)
 
@@ -161,7 +162,7 @@ def write_winner(out: Path, chosen: Entry, table: dict, extra: dict | None = Non
     props.update(metadata_props({"tournament": table, "left_out": chosen.left_out,
                                  "family": winner, **(extra or {})}))
     onnx.helper.set_model_props(proto, props)
-    write_model(proto, out / "model.onnx")
+    write_model(proto, out / name)
 
 
 def _classes(bundle: Path) -> tuple[str, ...]:

@@ -3,11 +3,16 @@
 One decode pass per song fills the CNN's feature cache and (the backbone switched on)
 the backbone's patch cache; each song's embedding is computed once into the embedding
 cache. Then the families (trainer.runner) are fitted, calibrated and written as
-out/<family>.onnx, judged on the same test songs (trainer.tournament), and the winner
-becomes model.onnx. Writes into --out: model.keras, split.json, report.json (the winner's
-figures at the top, every family's under "families", the table under "tournament"),
-confusion.png, reliability.png, the family bundles and, last, model.onnx. A run that dies
-part-way leaves no model.onnx, so a directory holding one holds a complete run.
+out/<family>.onnx, judged on the same test songs (trainer.tournament); the winner is kept
+as held_out.onnx (what the gate judges: it never saw the test songs) and its family is
+refit on every labelled song of its genres (trainer.runner.Run.refit, with the epochs,
+regularisation and temperature the held-out fit chose): that refit is model.onnx, the
+model served. Writes into --out: model.keras (the refit CNN when there is one),
+split.json (+ "fitted": the songs the served model learned from), report.json (the
+winner's held-out figures at the top, every family's under "families", the table under
+"tournament", the refit under "served"), confusion.png, reliability.png, the family
+bundles, held_out.onnx and, last, model.onnx. A run that dies part-way leaves no
+model.onnx, so a directory holding one holds a complete run.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import BACKBONE, CNN, DEFAULT_SPEC, FeatureSpec
+from daemon.audio.features import BACKBONE, BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
+from daemon.core.config import ClassifierConfig
 from daemon.core.errors import ConfigError
-from daemon.learn.registry import file_sha256
+from daemon.learn.registry import HELD_OUT, file_sha256
 from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
 from trainer.context import carve, context_report
@@ -47,6 +53,7 @@ from trainer.runner import Run
 from trainer.tournament import (
     ALL,
     FAMILIES,
+    Entry,
     families_for,
     judge_bundle,
     judge_families,
@@ -54,6 +61,12 @@ from trainer.tournament import (
 )
 
 log = logging.getLogger(__name__)
+
+# Windows per song: the service's default (config [classifier] windows_per_song), so the
+# model learns, is judged and is served on the same windows; the retrainer passes the
+# station's value.
+WINDOWS = ClassifierConfig.model_fields["windows_per_song"].default
+
 
 def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
     """When fitting must end so the run ends within its budget: after fitting come
@@ -66,7 +79,8 @@ def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
 
 
 def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
-          clip_seconds: float = 1.0, seed: int = 0, min_songs: int = 20,
+          clip_seconds: float = 1.0, windows: int = WINDOWS, seed: int = 0,
+          min_songs: int = 20,
           min_songs_backbone: int = 3, family: str = ALL, backbone: bool = True,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
@@ -89,10 +103,12 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     progress = sys.stderr.isatty() if progress is None else progress
     library, out = Path(library).resolve(), Path(out)
     prepare_out(out, warm_start)
-    spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds))
+    spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds),
+                               clips_per_song=int(windows))
     root = Path(cache_dir or default_cache_dir())
     cache = FeatureCache(root, spec)
-    backbone_on = open_backbone(root, backbone)
+    backbone_on = open_backbone(root, backbone,
+                                dataclasses.replace(BACKBONE_SPEC, clips_per_song=int(windows)))
     families = families_for(family, FAMILIES if backbone_on else ("cnn",))
     thresholds = {f: min_songs if f == "cnn" else min_songs_backbone for f in families}
     # One split for every family, wide enough for the one needing fewest songs per genre.
@@ -102,7 +118,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                    min_songs=min(thresholds.values()), processes=processes, progress=progress)
     # Every family's test songs; one song of each big enough album kept out of training
     # for fitting the album/artist context (trainer.context.carve).
-    wide, carved = carve(songs.dataset, seed)
+    wide, carved = keep_trained(*carve(songs.dataset, seed))
     songs = dataclasses.replace(songs, dataset=wide)
     decoded = time.monotonic()
     if backbone_on is not None:
@@ -127,24 +143,47 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     winner = next(e for e in entries if e.family == table["winner"])
     context = fit_context(winner, carved, wide.test, songs.songs, caches)
     _list_context_split(out, carved)
+    judged = time.monotonic()
+    # Chosen on held-out songs; served as refit on every labelled song of its genres.
+    served_entry, served = run.refit(
+        winner.family, songs.songs, common,
+        warm_start=warm_start if run.warm_started else None, batch_size=batch_size,
+        deadline=fit_deadline(started, time_budget_minutes), progress=progress)
+    _list_fitted(out, run)
     report = {**common, **run.facts[winner.family], "family": winner.family,
               "families": run.facts, "tournament": table, "context": context,
-              "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity}
+              "served": served, "fitted_on_songs": served["songs"],
+              "held_out_bundle": HELD_OUT,
+              "parity_max_abs_diff": run.parity.get("cnn_keras", 0.0), "parity": run.parity,
+              "timings": _timings(started, decoded, extracted, trained, written, judged)}
+    write_results(out, report, winner, served_entry)
+    return report
+
+
+def _timings(started: float, decoded: float, extracted: float, trained: float,
+             written: float, judged: float) -> dict[str, float]:
     # decode_s includes the library walk; embed_s the backbone run on uncached songs.
-    report["timings"] = {"features_s": round(extracted - started, 1),
-                         "decode_s": round(decoded - started, 1),
-                         "embed_s": round(extracted - decoded, 1),
-                         "fit_s": round(trained - extracted, 1),
-                         "bundles_s": round(written - trained, 1),
-                         "judge_s": round(time.monotonic() - written, 1),
-                         "total_s": round(time.monotonic() - started, 1)}
+    return {"features_s": round(extracted - started, 1),
+            "decode_s": round(decoded - started, 1), "embed_s": round(extracted - decoded, 1),
+            "fit_s": round(trained - extracted, 1), "bundles_s": round(written - trained, 1),
+            "judge_s": round(judged - written, 1),
+            "refit_s": round(time.monotonic() - judged, 1),
+            "total_s": round(time.monotonic() - started, 1)}
+
+
+def write_results(out: Path, report: dict, held_out: Entry, served: Entry) -> None:
+    """report.json, then the held-out fit (which the gate judges) as HELD_OUT, then the
+    served model as model.onnx, last: a directory holding one holds a complete run."""
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True),
                                      encoding="utf-8")
-    write_winner(out, winner, table, {"context": {k: context[k] for k in (
-        "weight", "smoothing")}} if context["weight"] is not None else None)
+    context, table = report["context"], report["tournament"]
+    extra = ({"context": {k: context[k] for k in ("weight", "smoothing")}}
+             if context["weight"] is not None else {})
+    write_winner(out, held_out, table, extra, name=HELD_OUT)
+    write_winner(out, served, table, {**extra, "served": report["served"],
+                                      "fitted_on_songs": report["fitted_on_songs"]})
     log.info("tournament winner %s written to %s: %s", table["winner"], out / "model.onnx",
              table["why"])
-    return report
 
 
 def fit_context(winner, carved: Sequence[LabelledSong], test: Sequence[LabelledSong],
@@ -172,6 +211,32 @@ def fit_context(winner, carved: Sequence[LabelledSong], test: Sequence[LabelledS
     return report or {"weight": None, "smoothing": None, "why": "no held-out song"}
 
 
+def keep_trained(wide: Dataset, carved: Sequence[LabelledSong]
+                 ) -> tuple[Dataset, tuple[LabelledSong, ...]]:
+    """The context split gives back the songs a genre cannot spare: a genre whose only
+    training songs were carved keeps them (a genre nobody trains on cannot be learned)."""
+    left = {s.genre for s in wide.train}
+    back = [s for s in carved if s.genre not in left]
+    if not back:
+        return wide, tuple(carved)
+    log.info("context split: %d song(s) kept in training, their genre's only ones",
+             len(back))
+    kept = tuple(s for s in carved if s.genre in left)
+    return dataclasses.replace(wide, train=(*wide.train, *back)), kept
+
+
+def _list_fitted(out: Path, run: Run) -> None:
+    """split.json gains "fitted": every song the served model was fitted on (a gate that
+    judges the served model does so only on songs not listed here); model.keras becomes
+    the served CNN, when there is one (the next night's warm start)."""
+    if run.served_model is not None:
+        run.served_model.save(out / "model.keras")
+    listing = json.loads((out / "split.json").read_text(encoding="utf-8"))
+    listing["fitted"] = [{"path": s.rel, "genre": s.genre, "fingerprint": s.fingerprint}
+                         for s in sorted(run.fitted, key=lambda s: s.rel)]
+    (out / "split.json").write_text(json.dumps(listing, indent=1), encoding="utf-8")
+
+
 def _list_context_split(out: Path, carved: Sequence[LabelledSong]) -> None:
     """split.json gains "context": the songs kept out of training for the context fit."""
     listing = json.loads((out / "split.json").read_text(encoding="utf-8"))
@@ -185,6 +250,8 @@ def cnn_can_learn(wide: Dataset, families: tuple[str, ...], min_songs: int,
     """The tournament without the CNN families when fewer than two genres have the CNN's
     `min_songs` (the backbone head may still learn a few-shot station's genres); a CNN
     family asked for by name fails with the DatasetError."""
+    if not {"cnn", "ensemble"} & set(families):  # the backbone head alone: no CNN to check
+        return families
     try:
         narrow(wide, min_songs)
     except DatasetError as err:
@@ -202,7 +269,8 @@ def prepare_out(out: Path, warm_start: Path | None) -> None:
                           "directory")
     out.mkdir(parents=True, exist_ok=True)
     # A reused --out must not show an old bundle as this run's result if this run fails.
-    for stale in ("model.onnx", "report.json", *(f"{f}.onnx" for f in FAMILIES)):
+    for stale in ("model.onnx", "report.json", "not_trained.json", HELD_OUT,
+                  *(f"{f}.onnx" for f in FAMILIES)):
         (out / stale).unlink(missing_ok=True)
 
 

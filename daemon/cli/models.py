@@ -59,6 +59,7 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
         cannot_suggest_lines,
         context_lines,
         model_report_facts,
+        served_lines,
         tournament_lines,
         verdict,
     )
@@ -70,6 +71,7 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
         data["tournament"] = facts["tournament"]
         data["left_out"] = facts["left_out"]
         data["context"] = facts["context"]
+        data["served"], data["not_tested"] = facts["served"], facts["not_tested"]
         data["cannot_suggest_yet"] = station_cannot_suggest(session, ctx.config,
                                                             model.classes or [])
         data["verdict"] = verdict(list(model.classes or []), data["cannot_suggest_yet"],
@@ -94,7 +96,8 @@ def models_show(ctx: Context, version: int, as_json: bool) -> None:
                 continue
             click.echo(f"{genre:<16}{m['precision']:>10.2f}{m['recall']:>8.2f}{m['f1']:>7.2f}"
                        f"{m['support']:>7}")
-    for line in tournament_lines(data["tournament"]) + context_lines(data["context"]):
+    for line in (served_lines(data["served"], data["not_tested"])
+                 + tournament_lines(data["tournament"]) + context_lines(data["context"])):
         click.echo(line)
     if data["cannot_suggest_yet"]:
         click.echo("cannot suggest yet (too few confirmed or tagged songs):")

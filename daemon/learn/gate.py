@@ -23,6 +23,7 @@ from daemon.learn.metrics import paired_comparison, song_metrics
 from daemon.learn.registry import bundle_dir
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.inputs import SongInputs, WindowSpecs
+from daemon.suggest.stored_bundles import HELD_OUT
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +120,36 @@ def read_split(path: Path, part: str) -> list[HoldoutSong]:
             for s in data.get(part, []) if isinstance(s, dict) and "path" in s]
 
 
-def holdout_for(candidate_split: Path, active_split: Path | None) -> list[HoldoutSong]:
-    """The gate's holdout: the candidate's test songs that the active model never saw.
+def holdout_for(candidate_split: Path, active_split: Path | None,
+                served: bool = False) -> list[HoldoutSong]:
+    """The gate's holdout: the candidate's test songs that the judged active model never
+    saw. `served`: the active model judged is the served refit (no held-out fit kept),
+    so every song it was refit on ("fitted") is removed too.
 
     The trainer's artist-disjoint split is stable across runs (artist hash + seed), so the
-    test artists were never trained on by either model; songs in the active model's own
-    train/validation lists are removed all the same, should its split have differed.
+    test artists were never trained on by either held-out fit; songs in the active model's
+    own train/validation lists are removed all the same, should its split have differed.
     """
     seen: set[str] = set()
     if active_split is not None:
-        seen = {s.path for part in ("train", "validation") for s in read_split(active_split, part)}
+        parts = ("train", "validation", "fitted") if served else ("train", "validation")
+        seen = {s.path for part in parts for s in read_split(active_split, part)}
     return [s for s in read_split(candidate_split, "test") if s.path not in seen]
+
+
+def held_out_model(run_dir: Path, served: Classifier) -> tuple[Classifier, str]:
+    """The model the gate judges for a trainer run: the chosen family's held-out fit
+    (HELD_OUT: it never trained on the test songs), not the served refit, which trained
+    on every label, the test songs included. A run without one (an older trainer) is
+    judged by its served model. Out: (model, which, in words)."""
+    if not (run_dir / HELD_OUT).is_file():
+        return served, "the served model"
+    try:
+        return (Classifier.load(run_dir / HELD_OUT, served.spec, served.backbone_spec),
+                "the held-out fit of the served model's family")
+    except ModelMismatch as err:
+        log.warning("%s unusable (%s); judging the served model", HELD_OUT, err)
+        return served, "the served model"
 
 
 def with_current_labels(session: Session, songs: list[HoldoutSong]) -> list[HoldoutSong]:
@@ -173,12 +193,14 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
         return over_unverified(judge(sessions, config, run_dir, candidate, None, recent), active)
     active_dir = bundle_dir(sessions, config, active) if active is not None else None
     active_split = active_dir / "split.json" if active_dir is not None else None
-    songs = holdout_for(run_dir / "split.json", active_split)
+    old, served = _active_classifier(active, active_dir, candidate)
+    songs = holdout_for(run_dir / "split.json", active_split, served)
     with sessions() as session:
         songs = with_current_labels(session, songs)
-    old = _active_classifier(active, active_dir, candidate)
-    # The trainer's caches (its windows per song), each kind either model's members take.
-    cache = SongInputs(config.cache_dir, WindowSpecs(candidate.spec, candidate.backbone_spec))
+    # The trainer's caches, each kind either model's members take: the trainer makes
+    # features at the service's windows per song (one count for training and serving).
+    cache = SongInputs(config.cache_dir, WindowSpecs.for_windows(
+        config.classifier.windows_per_song, candidate.spec, candidate.backbone_spec))
     needs = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
     kept, features = [], []
     for song in songs:
@@ -212,17 +234,23 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
 
 
 def _active_classifier(active: Model | None, folder: Path | None, candidate: Classifier
-                       ) -> Classifier | None:
-    """The active model (its bundle in `folder`), loaded for the candidate's features
-    (None: none, or unusable)."""
+                       ) -> tuple[Classifier | None, bool]:
+    """The active model (its bundle in `folder`) as the gate judges it, loaded for the
+    candidate's features: its held-out fit when the registry kept one (like the
+    candidate's: neither was fitted on the other's test songs), else the served bundle.
+    Out: (model or None when none or unusable, whether it is the served bundle)."""
     if active is None or folder is None:
-        return None
-    try:
-        return Classifier.load(folder / "model.onnx", candidate.spec, candidate.backbone_spec)
-    except ModelMismatch as err:
-        log.warning("active model v%04d cannot be evaluated (%s); the candidate "
-                    "replaces it", active.version, err)
-        return None
+        return None, False
+    for path, served in ((folder / HELD_OUT, False), (folder / "model.onnx", True)):
+        if path.is_file():
+            try:
+                return Classifier.load(path, candidate.spec, candidate.backbone_spec), served
+            except ModelMismatch as err:
+                log.warning("active model v%04d: %s cannot be evaluated (%s)",
+                            active.version, path.name, err)
+    log.warning("active model v%04d cannot be evaluated; the candidate replaces it",
+                active.version)
+    return None, False
 def over_unverified(judged: tuple[GateDecision, dict[str, Any]], active: Model
                     ) -> tuple[GateDecision, dict[str, Any]]:
     """The candidate judged alone, promoted over the unverified cold-start model: its

@@ -7,6 +7,10 @@ The trainer writes both into report.json beside the bundle (and its metadata):
         {"family", "accuracy", "macro_f1", "recall": {genre: f | null}, "not_tested",
          "ece", "temperature", "calibration", "train_seconds", "classes", "left_out"}]}
     left_out:   {genre: {"songs": n, "needs": k}}
+    served:     {"songs": n, "per_genre": {genre: n}, "how": text}: the served model is
+                the chosen family refit on every labelled song of its genres; the figures
+                above are its held-out fit's (trainer.runner.Run.refit)
+    training_set.not_tested: {genre: why in words}: trained on, no held-out song
     context:    {"weight": w | null, "smoothing": s | null (null: not fitted), "songs",
                  "songs_with_mates", "audio" / "with_context": {"song_accuracy",
                  "macro_f1", "log_likelihood", "n_songs"}, "with_mates": {the same two on
@@ -34,10 +38,10 @@ def _report(model: Model) -> dict[str, Any]:
 
 def model_report_facts(model: Model) -> dict[str, Any]:
     """{"tournament": dict | None, "left_out": dict, "context": dict | None, "served":
-    dict | None, "untested": {genre: why}} for a model (metrics, else report).
+    dict | None, "not_tested": {genre: why}} for a model (metrics, else report).
 
     "served" ({"songs", "how", ...}) is there when the served model was refit on every
-    label after it was judged; "untested" names the genres without a test song and why."""
+    label after it was judged; "not_tested" names the genres without a test song and why."""
     metrics, report = model.metrics or {}, None
     found = {}
     for key, empty in (("tournament", None), ("left_out", {}), ("context", None),
@@ -48,7 +52,7 @@ def model_report_facts(model: Model) -> dict[str, Any]:
             value = report.get(key)
         found[key] = value if isinstance(value, dict) else empty
     untested = found.pop("training_set").get("not_tested")
-    found["untested"] = untested if isinstance(untested, dict) else {}
+    found["not_tested"] = untested if isinstance(untested, dict) else {}
     return found
 
 
@@ -213,3 +217,16 @@ def verdict(classes: list[str], cannot_suggest: dict[str, Any], metrics: dict[st
     right, tested = counts
     return (f"{genres}; right on {right} of {tested} test song{'s' if tested != 1 else ''} "
             "by artists it never heard")
+
+
+def served_lines(served: dict[str, Any] | None, not_tested: dict[str, str],
+                 indent: str = "  ") -> list[str]:
+    """How the served model was fitted, and the genres it learned but nobody could test."""
+    lines = []
+    if served:
+        lines.append(f"served:        fitted on {served.get('songs', '?')} labelled songs "
+                     f"({served.get('how', '?')}); the figures are its held-out fit's")
+    if not_tested:
+        lines.append("not tested (learned, no held-out song):")
+        lines += [f"{indent}{genre}: {why}" for genre, why in not_tested.items()]
+    return lines

@@ -37,7 +37,7 @@ from daemon.core.errors import ModelMismatch
 from daemon.core.health import Health
 from daemon.core.live import Live, as_live
 from daemon.learn import coldstart, registry
-from daemon.learn.gate import judge
+from daemon.learn.gate import held_out_model, judge
 from daemon.learn.labels import (
     confirmed_labels,
     count_new_labels,
@@ -350,6 +350,9 @@ class Retrainer:
             run_id, trainer_command(self.config, run_dir, labels_path, warm, holdout_path,
                                     known_path, not_songs_path), log_path)
         if failed is not None:
+            why = not_trained_reason(run_dir)
+            if why is not None:  # the library's shape: not a failure, the night is skipped
+                return {"status": SKIPPED, "reason": f"not trained: {why}"}
             return {"status": FAILED, "reason": failed}
         return self.consider(run_dir, run_id=run_id, trained_until=frozen, recent=recent,
                              active=active)
@@ -380,9 +383,12 @@ class Retrainer:
         except ModelMismatch as err:
             return {"status": FAILED, "reason": f"candidate bundle unusable: {err}"}
 
-        # gate: both models through onnxruntime on the same holdout
-        verdict, evaluation = judge(self.sessions, self.config, run_dir, candidate, active,
+        # gate: both models through onnxruntime on the same holdout, neither having
+        # trained on it (the candidate by its held-out fit)
+        judged, which = held_out_model(run_dir, candidate)
+        verdict, evaluation = judge(self.sessions, self.config, run_dir, judged, active,
                                     recent)
+        evaluation["candidate_judged"] = which
 
         # register (atomic copy + fsync + row), then activate or keep as rejected
         model = registry.register_bundle(
@@ -442,14 +448,27 @@ class Retrainer:
                               memory_mb=retrain.memory_max_mb, stopped_for=stopped_for)
 
 
+def not_trained_reason(run_dir: Path) -> str | None:
+    """Why the trainer made no model from this library (its not_trained.json), or None."""
+    try:
+        return str(json.loads((run_dir / "not_trained.json").read_text(encoding="utf-8"))
+                   ["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _trainer_report(run_dir: Path) -> dict[str, Any]:
     """The data facts the trainer reported (songs, decoded vs cached), for the run row."""
     try:
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    keep: dict[str, Any] = {"trainer_warm_start": (report.get("fit") or {}).get("warm_start")}
-    for key in ("training_set", "training_set_hash", "cache", "timings"):
+    # The CNN's warm start (the one family that starts from the active model), else the
+    # winner's.
+    fit = ((report.get("families") or {}).get("cnn") or report).get("fit") or {}
+    keep: dict[str, Any] = {"trainer_warm_start": fit.get("warm_start"),
+                            "trainer_warm_start_how": fit.get("warm_start_how")}
+    for key in ("training_set", "training_set_hash", "cache", "timings", "served"):
         if key in report:
             keep[f"trainer_{key}"] = report[key]
     return keep

@@ -87,6 +87,8 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
             "--library", str(config.library.root), "--out", str(run_dir),
             "--cache", str(config.cache_dir), "--labels", str(labels),
             "--epochs", str(config.retrain.epochs),
+            # The windows the service hears a song by: one count for training and serving.
+            "--windows", str(config.classifier.windows_per_song),
             "--min-songs", str(config.min_songs_per_genre),
             "--min-songs-backbone", str(config.min_songs_per_genre_backbone),
             # The tournament: every family the trainer can build; the gate judges the winner.
@@ -224,17 +226,19 @@ def supervise(proc: subprocess.Popen, stop_event: threading.Event,
 
 def known_files(session: Session) -> dict[str, dict[str, Any]]:
     """What the daemon read from each file it fingerprinted, for the trainer's --known:
-    {relative path: {size, mtime, fingerprint, artist, album, genres}}. A file whose size
-    and mtime still match is not read again (over SMB: ~320 KB a song, 5 GB a night at
-    15,000 songs).
+    {relative path: {size, mtime, fingerprint, artist, album, album_artist, genres}} (the
+    album artist, so the trainer tells an album of two artists from a compilation as the
+    service does). A file whose size and mtime still match is not read again (over SMB:
+    ~320 KB a song, 5 GB a night at 15,000 songs).
 
     A file we wrote is listed too, with the station's own genre (the row's raw genre; our
     write changes nothing else): the genre in it is ours, and where its decision was
     undone but the file not yet put back, that genre must never become a label."""
     rows = session.execute(select(
         Track.path, Track.size, Track.mtime, Track.fingerprint, Track.artist, Track.album,
-        Track.raw_genre).where(Track.fingerprint.is_not(None),
-                               Track.state != TrackState.MISSING))
+        Track.album_artist, Track.raw_genre).where(Track.fingerprint.is_not(None),
+                                                   Track.state != TrackState.MISSING))
     return {path: {"size": size, "mtime": mtime, "fingerprint": fp, "artist": artist,
-                   "album": album, "genres": raw.split(MULTI_VALUE_SEPARATOR) if raw else []}
-            for path, size, mtime, fp, artist, album, raw in rows}
+                   "album": album, "album_artist": album_artist,
+                   "genres": raw.split(MULTI_VALUE_SEPARATOR) if raw else []}
+            for path, size, mtime, fp, artist, album, album_artist, raw in rows}

@@ -61,6 +61,8 @@ it counts as running when either is fresh and its pid is alive.
                      # does not suggest: its labelled songs now and how many more it
                      # needs (min_songs_per_genre_backbone with the backbone on, else
                      # min_songs_per_genre; 0: enough now, learned at the next retrain)
+      "not_tested": {genre: str},   # the active model learned it but no held-out song
+                                     # could test it: why, in words
       "workers": [{"id": int, "host": str, "pid": int,
                    "role": str,               # leader | standby (a service) | worker
                    "name": str|null,          # `genretagger worker --name`
@@ -105,7 +107,7 @@ from daemon.core.paths import display_stored
 from daemon.core.states import WRITE_OUTSTANDING, TrackState, WriteStatus
 from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import active_model
-from daemon.learn.report import cannot_suggest_lines
+from daemon.learn.report import cannot_suggest_lines, model_report_facts, served_lines
 from daemon.learn.runs import last_run
 from daemon.review.albums import count_mixed
 from daemon.review.decisions import waiting_for_review
@@ -346,6 +348,8 @@ def collect_status(config: Config, sessions: sessionmaker[Session],
             "workers": _workers(session, config, now),
             "cannot_suggest_yet": station_cannot_suggest(
                 session, config, active.classes or [] if active is not None else []),
+            "not_tested": model_report_facts(active)["not_tested"] if active is not None
+            else {},
         }
 
 
@@ -471,6 +475,7 @@ def render_status(data: dict[str, Any]) -> str:
     if data.get("cannot_suggest_yet"):
         lines.append("cannot suggest yet (too few confirmed or tagged songs):")
         lines += cannot_suggest_lines(data["cannot_suggest_yet"])
+    lines += served_lines(None, data.get("not_tested") or {})
     if data["quarantined_total"]:
         lines.append(f"quarantined: {data['quarantined_total']} file(s) that cannot be "
                      "classified (retried when the file changes):")

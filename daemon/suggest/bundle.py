@@ -34,7 +34,7 @@ from daemon.core.errors import ModelMismatch
 JSON_KEYS = ("classes", "feature_spec", "backbone_spec", "metrics", "training_set",
              "clips_per_song", "windows_per_song", "temperature", "members", "embedding",
              "unverified", "tournament", "left_out", "backbone_outputs", "msd_tags",
-             "context")
+             "context", "served", "fitted_on_songs")
 # A legacy bundle needs these; a bundle with members needs classes and members, plus the
 # spec of each input kind it takes.
 LEGACY_KEYS = ("classes", "feature_spec", "temperature")

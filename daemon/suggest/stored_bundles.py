@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 
+# The served model's family fitted without its test songs, beside model.onnx (which is
+# refit on every label): the gate judges it (daemon.learn.gate).
+HELD_OUT = "held_out.onnx"
 # What a bundle folder holds; only model.onnx is required.
 BUNDLE_FILES = ("model.onnx", "model.keras", "report.json", "split.json",
-                "confusion.png", "reliability.png")
+                "confusion.png", "reliability.png", HELD_OUT)
 
 
 class BundleUnavailable(GenretaggerError):

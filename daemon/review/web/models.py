@@ -63,7 +63,7 @@ def models():
         tournament=tournament_table(facts.get("tournament")), cannot_suggest=cannot,
         verdict=verdict(list(chosen.classes or []), cannot, metrics,
                         unverified=is_unverified(chosen)) if chosen else None,
-        figures=genre_figures(metrics, facts.get("untested")), served=facts.get("served"),
+        figures=genre_figures(metrics, facts.get("not_tested")), served=facts.get("served"),
         family_words=FAMILY_WORDS)
 
 
