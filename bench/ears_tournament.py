@@ -37,7 +37,7 @@ from daemon.tags.write import write_tags
 OUT = Path(__file__).resolve().parent / "out"
 STATION_SONGS = 15_000
 FEW_SHOT = (1, 3, 5, 10)
-# Share of the songs in the test split (trainer.dataset.TEST_SHARE, stratified).
+# Share of the songs in the test split (trainer.split.TEST_SHARE, stratified).
 TEST_SHARE = 0.15
 
 

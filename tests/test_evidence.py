@@ -14,13 +14,14 @@ from daemon.core.errors import ConfigError
 from daemon.learn.gate import gate
 from daemon.learn.metrics import mcnemar, paired_comparison, song_metrics
 from daemon.suggest.classifier import softmax
-from trainer.dataset import LabelledSong, artist_key, build_dataset, narrow
+from trainer.dataset import LabelledSong, artist_key
 from trainer.evaluate import (
     FITTED,
     FITTED_WAS_WORSE,
     TOO_FEW_SONGS,
     choose_temperature,
 )
+from trainer.split import build_dataset, narrow
 
 
 def song(rel, genre, artist):

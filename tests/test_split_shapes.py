@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.dataset import (
-    Dataset,
-    DatasetError,
-    LabelledSong,
-    artist_key,
-    build_dataset,
-    narrow,
-)
+from trainer.dataset import Dataset, DatasetError, LabelledSong, artist_key
+from trainer.split import build_dataset, narrow
 from trainer.train import keep_trained
 
 

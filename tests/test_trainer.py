@@ -18,18 +18,13 @@ from helpers import overconfident_clips
 
 from daemon.cli.demo import encode, make_library, synthesize
 from daemon.suggest.classifier import Classifier, read_metadata, song_probabilities
-from trainer.dataset import (
-    DatasetError,
-    LabelledSong,
-    artist_key,
-    build_dataset,
-    split_of,
-)
+from trainer.dataset import DatasetError, LabelledSong, artist_key
 from trainer.evaluate import (
     expected_calibration_error,
     fit_temperature,
     song_metrics,
 )
+from trainer.split import build_dataset, split_of
 
 pytestmark = pytest.mark.slow  # runs the trainer
 

@@ -30,7 +30,7 @@ from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE, BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
 from daemon.core.config import ClassifierConfig
 from daemon.core.errors import ConfigError
-from daemon.learn.registry import HELD_OUT, file_sha256
+from daemon.suggest.stored_bundles import HELD_OUT, file_sha256
 from daemon.tags.genres import load_genre_map
 from trainer import TRAINER_VERSION
 from trainer.context import carve, context_report
@@ -38,7 +38,6 @@ from trainer.dataset import (
     Dataset,
     DatasetError,
     LabelledSong,
-    build_dataset,
     default_cache_dir,
     find_labelled_songs,
     load_features,
@@ -46,10 +45,10 @@ from trainer.dataset import (
     load_known,
     load_labels,
     load_not_songs,
-    narrow,
 )
 from trainer.families import Backbone, embed_songs, open_backbone
 from trainer.runner import Run
+from trainer.split import build_dataset, narrow
 from trainer.tournament import (
     ALL,
     FAMILIES,
