@@ -1,4 +1,4 @@
-"""Bad input is normal input (issue 2): each file below either decodes correctly or gives
+"""Bad input is normal input: each file below either decodes correctly or gives
 the right typed error naming the file and a human reason; nothing hangs or crashes.
 
 Formats, sample rates, bit depths and channel layouts that must decode correctly are
@@ -282,7 +282,7 @@ def test_two_hour_files_are_fast(tmp_path):
         assert len(read_window(path, info.duration - 1.5, 1.0)) == SR
 
 
-# ------------------------------------------- more kinds, table-driven (issue 10)
+# ------------------------------------------- more kinds, table-driven
 
 
 def _spliced(data: bytes, at: int, new: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""Judging with evidence (issue 12): the genre-stratified artist-disjoint split, "not
+"""Judging with evidence: the genre-stratified artist-disjoint split, "not
 tested" genres, the paired comparison and the gate built on it, and calibration that keeps
 T = 1.0 unless the fitted temperature is better on songs it never saw. numpy only."""
 
@@ -143,7 +143,7 @@ def test_a_model_two_songs_better_on_20_is_no_evidence_either_way():
 
 
 def test_the_demo_case_is_promoted():
-    # Issue 12: rejected at macro-F1 96.5 vs 100.0 on about 20 test songs (one song).
+    # Once rejected at macro-F1 96.5 vs 100.0 on about 20 test songs (one song).
     genres = ["Classical", "Hip-Hop", "Metal"]
     truth, active = predictions(20, 3, 0)
     candidate = active.copy()

@@ -1,6 +1,6 @@
 """Counting a song's tagged album and artist mates on the real database (both backends),
 then the real worker with a real ONNX model storing the context and its reason, the
-re-score keeping it, `review list` and the review page showing it (issue 13)."""
+re-score keeping it, `review list` and the review page showing it."""
 
 from __future__ import annotations
 

@@ -309,7 +309,7 @@ def test_cli_error_exit_codes(cli_station):
 
 def test_review_set_matches_genres_as_the_genre_map_does(cli_station):
     """`review set` spells genres through daemon.tags.genres.normalise: "hip hop", "HIPHOP" and
-    "Hip–Hop" are Hip-Hop (issue 10, item 11); a real CLI process."""
+    "Hip–Hop" are Hip-Hop; a real CLI process."""
     import subprocess
     import sys
 

@@ -62,7 +62,7 @@ def _suggestions(sessions, track_id: int) -> list[tuple[str, str]]:
 def test_a_rejected_genre_never_comes_back_through_a_later_promotion(tmp_path, make_config,
                                                                    database_url):
     """Reject A -> a later model suggests B -> the nightly re-score with a model that hears
-    A again must not put A back (issue 10, item 10)."""
+    A again must not put A back."""
     library = tmp_path / "library"
     library.mkdir()
     encode(library / "song.flac", synthesize("Jazz", 6.0, 22_050, 3), 22_050)

@@ -145,7 +145,7 @@ def compose(backbone: onnx.ModelProto, matrix: np.ndarray) -> onnx.ModelProto:
 def bundle_metadata(classes: tuple[str, ...], cold_start: Mapping[str, tuple[str, ...]],
                     tags: tuple[str, ...], no_tag: tuple[str, ...],
                     graph: str = bb.GRAPH_AS_CONVERTED) -> dict:
-    """The bundle's metadata_props (ISSUE12 contract section 2) before JSON encoding."""
+    """The bundle's metadata_props (daemon.suggest.bundle reads them) before JSON encoding."""
     backbone_facts = bb.metadata(tags, BACKBONE_SPEC, graph=graph)
     backbone_facts.pop("backbone_outputs")  # this graph has only the two outputs below
     return {

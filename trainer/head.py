@@ -5,7 +5,7 @@ scikit-learn, not a hand-written L-BFGS on scipy: its lbfgs multinomial loss, ba
 class weights and (group-aware) cross-validation are well kept and tested, and what is
 ours is only the choice of folds and regularisation grid. The head is affine, so the
 bundle applies it per patch and the daemon's mean-of-log-probabilities per song equals
-the head on the mean embedding (trainer/bundles.py builds it; ISSUE 12 §2).
+the head on the mean embedding (trainer/bundles.py builds it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 songs through the daemon's Classifier (the serving path), the best one kept.
 
 A family's run leaves `out/<family>.onnx`; `finish` evaluates each bundle on the test
-songs, builds the table (ISSUE 12 section 4: accuracy, macro-F1, per-genre recall with
+songs, builds the table (accuracy, macro-F1, per-genre recall with
 None for "not tested", ECE, temperature and how it was chosen, training seconds, classes,
 left-out genres), picks the winner (best macro-F1; a tie goes to the family cheaper to
 serve) and writes it as `out/model.onnx` with the table in its metadata. No TensorFlow.
@@ -92,7 +92,7 @@ def judge_bundle(path: Path, songs: Sequence[LabelledSong], caches: Mapping[str,
 
 def tournament_row(entry: Entry, metrics: dict, probs: np.ndarray, truth: np.ndarray,
                    classifier: Classifier) -> dict:
-    """One row of the table (ISSUE 12 section 4)."""
+    """One row of the table (daemon.learn.report shows it)."""
     return {"family": entry.family, "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"],
             "recall": {g: m["recall"] for g, m in metrics["per_class"].items()},

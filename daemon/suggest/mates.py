@@ -185,7 +185,7 @@ def _top(row: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list]:
 
 def context_json(mates: Mates, audio: np.ndarray, combined: np.ndarray,
                  classes: Sequence[str], settings: ContextSettings) -> dict:
-    """The contract's `suggestions.context` (ISSUE13_14.md): the reason for the with-context
+    """The stored `suggestions.context`: the reason for the with-context
     genre (the album's mates when any is tagged, else the artist's), both counts, the
     settings, the audio's own top 3 and whether the context changed the audio's pick."""
     genre = classes[int(np.argmax(combined))]
