@@ -190,6 +190,7 @@ def test_the_worker_stores_the_context_and_rescore_keeps_it(album_station):
     assert _pending(sessions, ids["loose.flac"]).context is None
 
 
+@pytest.mark.slow  # trains a bundle
 def test_the_trained_bundle_carries_its_fitted_context_and_the_daemon_uses_it(
         trained_bundle, make_config, tmp_path):
     """The real trainer fits weight and smoothing, writes both into report.json (with the

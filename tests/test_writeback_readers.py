@@ -414,6 +414,7 @@ def accept_and_write(sessions, config, writer, sid: int):
     return decision
 
 
+@pytest.mark.slow  # four independent readers, twice a layout, after two full write rounds
 @pytest.mark.parametrize("mode", ["replace", "add"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_undo_and_reject_put_the_file_back_for_every_reader(
