@@ -332,7 +332,9 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
         make_library(leader.library / "later", songs_per_genre=5, genres=("Classical", "Metal"),
                      untagged_share=1.0, seconds=(4, 5), formats=(".ogg",), broken=0, seed=2)
         leader.wait("20 suggestions", lambda: len(leader.suggestions()) == 20, timeout=120)
-        assert "suggested Yodel for later/" in worker_log.read_text(), logs()
+        # The worker logs a suggestion just after committing it.
+        leader.wait("the worker's Yodel suggestions", lambda: "suggested Yodel for later/"
+                    in worker_log.read_text(), timeout=30)
         assert worker.poll() is None and standby.poll() is None, logs()
     finally:
         leader.kill()
