@@ -256,7 +256,9 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
     engine.dispose()
     genres_toml = leader.state / "genres.toml"
     genres_toml.write_text(default_genres_text())
-    make_library(leader.library / "first", songs_per_genre=5, genres=("Classical", "Metal"),
+    # Enough songs that the leader's own worker cannot finish them all between two of the
+    # other worker's looks at the queue.
+    make_library(leader.library / "first", songs_per_genre=12, genres=("Classical", "Metal"),
                  untagged_share=1.0, seconds=(4, 5), formats=(".flac", ".mp3"), broken=0)
     config = host_config(tmp_path, "worker", leader.library, url, batch=32, processes=2)
     worker_log, standby_log = tmp_path / "worker.log", tmp_path / "standby.log"
@@ -279,7 +281,7 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
                  "the worker to load the model")
         assert worker.poll() is None, logs()
         leader.start()
-        leader.wait("10 suggestions", lambda: len(leader.suggestions()) == 10, timeout=120)
+        leader.wait("24 suggestions", lambda: len(leader.suggestions()) == 24, timeout=120)
         assert worker.poll() is None, logs()
         said = worker_log.read_text()
         assert "bundle copied from the database" in said and "suggested Metal for" in said, \
@@ -329,9 +331,9 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
         leader.wait("the worker's and the standby's copies of v0002", lambda: all(
             (tmp_path / f"{host}-state" / "models" / "v0002" / "model.onnx").is_file()
             for host in ("worker", "standby")), timeout=30)
-        make_library(leader.library / "later", songs_per_genre=5, genres=("Classical", "Metal"),
+        make_library(leader.library / "later", songs_per_genre=12, genres=("Classical", "Metal"),
                      untagged_share=1.0, seconds=(4, 5), formats=(".ogg",), broken=0, seed=2)
-        leader.wait("20 suggestions", lambda: len(leader.suggestions()) == 20, timeout=120)
+        leader.wait("48 suggestions", lambda: len(leader.suggestions()) == 48, timeout=120)
         # The worker logs a suggestion just after committing it.
         leader.wait("the worker's Yodel suggestions", lambda: "suggested Yodel for later/"
                     in worker_log.read_text(), timeout=30)
