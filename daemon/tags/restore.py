@@ -50,6 +50,7 @@ from daemon.tags.read import (
 )
 from daemon.tags.riffinfo import RiffInfoError
 from daemon.tags.write import (
+    ID3V1_SIZE,
     GenreMode,
     Owner,
     WriteFailed,
@@ -57,7 +58,6 @@ from daemon.tags.write import (
     _load_id3,
     _take_id3v1,
     copy_xattrs,
-    read_id3v1,
     write_copy,
 )
 
@@ -120,8 +120,13 @@ def _tcon_state(tags: ID3 | None) -> dict | None:
 
 
 def _peek_id3v1_genre(fileobj: BinaryIO) -> int | None:
-    tail = read_id3v1(fileobj)
-    return None if tail is None else tail[127]
+    fileobj.seek(0, 2)
+    size = fileobj.tell()
+    if size < ID3V1_SIZE:
+        return None
+    fileobj.seek(size - ID3V1_SIZE)
+    tail = fileobj.read(ID3V1_SIZE)
+    return tail[127] if tail.startswith(b"TAG") else None
 
 
 def _ape_genre(ape: APEv2) -> list[str] | None:
