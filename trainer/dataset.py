@@ -92,36 +92,32 @@ def default_cache_dir() -> Path:
     return Path(base) / "genretagger" / "features"
 
 
-def load_labels(path: Path | None) -> dict[str, str]:
-    """--labels FILE.json -> {relative POSIX path: genre}. Raises DatasetError if malformed."""
+def _path_map(path: Path | None, what: str, value: str) -> dict[str, str]:
+    """A JSON file {relative POSIX path: string} -> dict; DatasetError naming `what`
+    (and the `value` it maps to) if unreadable or malformed."""
     if path is None:
         return {}
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise DatasetError(f"labels file {path}: {err}") from None
+        raise DatasetError(f"{what} file {path}: {err}") from None
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise DatasetError(f"labels file {path}: expected a JSON object "
-                           "{relative path: genre}")
+        raise DatasetError(f"{what} file {path}: expected a JSON object "
+                           f"{{relative path: {value}}}")
     return data
+
+
+def load_labels(path: Path | None) -> dict[str, str]:
+    """--labels FILE.json -> {relative POSIX path: genre}. Raises DatasetError if malformed."""
+    return _path_map(path, "labels", "genre")
 
 
 def load_not_songs(path: Path | None) -> dict[str, str]:
     """--not-songs FILE.json -> {relative POSIX path: why it is not a song} (the daemon's
     not_a_song tracks: jingles, sweepers, "Not a song" marks). Raises DatasetError if
     malformed."""
-    if path is None:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatasetError(f"not-songs file {path}: {err}") from None
-    if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise DatasetError(f"not-songs file {path}: expected a JSON object "
-                           "{relative path: reason}")
-    return data
+    return _path_map(path, "not-songs", "reason")
 
 
 def load_holdout(path: Path | None) -> set[str]:
