@@ -56,7 +56,9 @@ def up_floor(path: PurePosixPath, names: list[str]) -> list[str]:
     found = []
     for name in names:
         parts = name.split(".")
-        if parts[0] == "trainer" and path.parts[1] != "cli" or parts[0] == "daemon" and len(parts) > 1 and FLOORS.get(parts[1], -1) > mine:
+        into_trainer = parts[0] == "trainer" and path.parts[1] != "cli"
+        upward = parts[0] == "daemon" and len(parts) > 1 and FLOORS.get(parts[1], -1) > mine
+        if into_trainer or upward:
             found.append(name)
     return found
 
