@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -646,7 +647,7 @@ def test_the_review_pages_preview_plays_songs_with_odd_names(masters, root, make
         encode(os.fsdecode(target), synthesize("Jazz", 12.0, 22_050, 300 + i, 1), 22_050)
     library = make_library()
     Clock().settle(library)
-    client = create_app(library.config, sessions, on_decision=lambda: None).test_client()
+    client = create_app(library.config, sessions, decision_made=threading.Event()).test_client()
     for track in tracks(sessions).values():
         r = client.get(f"/tracks/{track.id}/preview.wav")
         assert r.status_code == 200, (track.path, r.status_code)

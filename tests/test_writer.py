@@ -28,10 +28,19 @@ from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review import decisions as review
 from daemon.review import listing
-from daemon.review.writeback import Writer
+from daemon.review.writeback import Writer, build_copy
 from daemon.tags.read import read_tags
+from daemon.tags.replace import (
+    Copy,
+    WriteFailed,
+    check_target,
+    new_version,
+    put_in_place,
+    temp_path,
+    verify,
+)
 from daemon.tags.restore import genre_fields
-from daemon.tags.write import WriteFailed, temp_path, write_genre_atomically
+from daemon.tags.write import NewGenre, write_copy, write_genre_atomically
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
 
@@ -55,10 +64,15 @@ def test_write_every_format_keeps_other_tags_and_audio(make_song, ext):
     os.chmod(path, 0o640)
     os.chown(path, 1234, 2345)
     before = read_tags(path)
-    seen = []
-    st = write_genre_atomically(path, "Electronic", before_replace=seen.append)
-    # What the caller recorded before the rename is what the file has after it.
-    assert (seen[0].st_size, seen[0].st_mtime) == (st.st_size, st.st_mtime)
+    # The writer's stages one after another, as write_genre_atomically runs them.
+    change = NewGenre("Electronic")
+    target = check_target(path)
+    with new_version(target):
+        copy = write_copy(target.real, target.temp, change.genre, change.mode, target.owner)
+        expected = verify(target, change, copy)
+        st = put_in_place(target)
+    # What the writer records before the rename is what the file has after it.
+    assert (expected.st_size, expected.st_mtime) == (st.st_size, st.st_mtime)
     after = read_tags(path)
     assert after.genres == ("Electronic",)
     assert (after.title, after.artist, after.format) == ("Old Song", "Band", before.format)
@@ -104,6 +118,38 @@ def test_failures_are_typed_and_leave_the_original(make_song, tmp_path):
     with pytest.raises(FileError):
         write_genre_atomically(text, "Jazz")
     assert not temp_path(text).exists()
+
+
+def test_a_file_changed_while_its_copy_was_built_is_not_replaced(make_song):
+    """Between building the new version and renaming it over the original, a tagger
+    saves the song: verify refuses, the station's change stays, no temp file is left."""
+    path = make_song("busy.mp3", seconds=3, genre_tag="Blues", title="Busy")
+    change = NewGenre("Jazz")
+    target = check_target(path)
+    changed = pytest.raises(WriteFailed, match="changed while its tag was being written")
+    with changed, new_version(target):
+        copy = write_copy(target.real, target.temp, change.genre, change.mode, target.owner)
+        with open(path, "ab") as song:  # someone else's save: more bytes
+            song.write(b"\0" * 64)
+        verify(target, change, copy)
+        put_in_place(target)
+    theirs = path.read_bytes()
+    assert theirs.endswith(b"\0" * 64) and read_tags(path).genres == ("Blues",)
+    assert not temp_path(path).exists()
+
+
+def test_a_copy_that_does_not_read_back_the_genre_is_not_put_in_place(make_song):
+    path = make_song("odd.flac", seconds=2, genre_tag="Blues")
+    original = path.read_bytes()
+    target = check_target(path)
+    wrong = pytest.raises(FileError, match="wrote genre 'Jazz' but the file reads back")
+    with wrong, new_version(target):
+        copy = write_copy(target.real, target.temp, "Soul", "replace", target.owner)
+        verify(target, NewGenre("Jazz"), copy)
+        put_in_place(target)
+    assert path.read_bytes() == original and not temp_path(path).exists()
+    # add mode asks only that the genre is among those read back.
+    assert NewGenre("Jazz", "add").mismatch(Copy(("Jazz", "Blues"))) is None
 
 
 # A writer process, forked from a helper that imported the writer once (so 30+ rounds
@@ -347,17 +393,17 @@ def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
 
     write_tags(path, genre="Folk")
     [decision] = review.accept(sessions, config, [sid], who="t")
-
-    class UndoMidWrite(Writer):
-        def _expect_write(self, track_id, st):
-            # The reviewer presses u while this write is between copy and rename.
-            if not getattr(self, "undone", False):
-                self.undone = True
-                review.undo(sessions, config, decision.id, who="t")
-            super()._expect_write(track_id, st)
-
-    writer = UndoMidWrite(config, sessions)
-    writer.run_once()
+    writer = Writer(config, sessions)
+    # Writer.write's stages one at a time, the undo landing between copy and rename.
+    [due] = writer.due()
+    target = check_target(path)
+    with new_version(target):
+        copy = build_copy(target, due.change)
+        st = verify(target, due.change, copy)
+        review.undo(sessions, config, decision.id, who="t")  # the reviewer presses u
+        writer.record_expected(due, st)
+        st = put_in_place(target)
+    writer.record_written(due, copy, st)
     assert read_tags(path).genres == ("Rock",)  # that write did land ...
     writer.run_once()
     assert read_tags(path).genres == ("Folk",)  # ... and the undo put the old genre back
@@ -442,10 +488,11 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
     from daemon.core.db.engine import locked, transaction
 
     config, sessions, library = station
-    path, track_id, sid, old_fp = add_song(sessions, library, make_song, "R/race.mp3",
+    path, track_id, sid, _ = add_song(sessions, library, make_song, "R/race.mp3",
                                            raw_genre="Blues")
     [decision] = review.accept(sessions, config, [sid], who="t")
     writer = Writer(config, sessions)
+    [due] = writer.due()
     before = genre_fields(path)
     st = write_genre_atomically(path, "Rock", "replace")  # the writer's file write
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
@@ -460,9 +507,8 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
             wait_for(lambda: locks_waiting(sessions) == 1, 10, "the undo waiting")
         else:
             time.sleep(0.3)
-        record = threading.Thread(target=lambda: done.append(writer._record_written(
-            decision.id, track_id, path, st, old_fp, before=before, genres=("Rock",),
-            restored=False)))
+        record = threading.Thread(target=lambda: done.append(writer.record_written(
+            due, Copy(("Rock",), before=before), st)))
         record.start()
         if postgres:
             wait_for(lambda: locks_waiting(sessions) >= 2, 10, "the writer waiting")
