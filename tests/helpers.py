@@ -279,7 +279,7 @@ def hold_exclusive_lock(db_file: Path, seconds: float) -> subprocess.Popen:
 # ---- song names ----------------------------------------------------------------------------
 
 # Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
-# tag writer's temp name to fit NAME_MAX too (daemon.tags.write.temp_path).
+# tag writer's temp name to fit NAME_MAX too (daemon.tags.replace.temp_path).
 ODD_NAMES = {
     "255 bytes": b"L" * 251 + b".mp3",
     "backslashes": b"AC\\DC - Back\\In Black.mp3",

@@ -122,20 +122,20 @@ def tracks(sessions) -> dict[str, Track]:
 
 
 def test_settle_tracker_waits_for_size_and_mtime_to_stay_put():
-    tracker = SettleTracker(10)
+    tracker = SettleTracker()
     assert tracker.observe("a.mp3", 100, 1.0, now=0)
-    assert tracker.due(9.9) == []
-    assert tracker.due(10) == ["a.mp3"]
+    assert tracker.due(9.9, 10) == []
+    assert tracker.due(10, 10) == ["a.mp3"]
     # Growing (a copy in progress) restarts the clock; the same sighting does not.
     assert tracker.observe("a.mp3", 200, 2.0, now=5)
     assert not tracker.observe("a.mp3", 200, 2.0, now=8)
-    assert tracker.due(14.9) == []
-    assert tracker.due(15) == ["a.mp3"]
+    assert tracker.due(14.9, 10) == []
+    assert tracker.due(15, 10) == ["a.mp3"]
     # A path that went away is tracked as gone and settles like any other.
     assert tracker.observe("b.mp3", None, None, now=3)
     assert not tracker.observe("b.mp3", None, None, now=4)
-    assert tracker.due(15) == ["b.mp3", "a.mp3"]  # longest waiting first
-    assert tracker.due(15, limit=1) == ["b.mp3"]
+    assert tracker.due(15, 10) == ["b.mp3", "a.mp3"]  # longest waiting first
+    assert tracker.due(15, 10, limit=1) == ["b.mp3"]
     tracker.forget("b.mp3")
     assert "b.mp3" not in tracker and len(tracker) == 1
 
@@ -305,7 +305,7 @@ def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
                                                                   make_library, any_database):
     """A power cut between the writer's copy and its rename leaves a hidden temp copy next
     to the song; the next walk removes it once it is an hour old, and only it."""
-    from daemon.tags.write import temp_path
+    from daemon.tags.replace import temp_path
 
     song = put(masters, root, "jazz.flac", "A/jazz.flac")
     stale, fresh = temp_path(song), temp_path(put(masters, root, "rock.mp3", "B/rock.mp3"))

@@ -425,8 +425,6 @@ class Service:
             setup_logging(running.log_level)
         if "library.reconcile_minutes" in live and self.scheduler is not None:
             self.scheduler.reschedule_reconcile()
-        if "library.settle_seconds" in live and self.library is not None:
-            self.library.tracker.settle_seconds = running.library.settle_seconds
         if live:
             log.info("config reloaded; applied %s", ", ".join(live))
         if restart:
