@@ -140,6 +140,58 @@ def test_settle_tracker_waits_for_size_and_mtime_to_stay_put():
     assert "b.mp3" not in tracker and len(tracker) == 1
 
 
+def test_the_settle_stages_run_one_after_another_on_real_files(masters, root, tmp_path):
+    """look -> unchanged -> sort_out -> read_settled, called in a row as settle_due calls
+    them: no database, no thread, no clock; each stage's record says what it found."""
+    from daemon.library.known import Known
+    from daemon.library.read import reader_pool
+    from daemon.library.settle import look, read_settled, sort_out
+
+    put(masters, root, "rock.mp3", "new.mp3", title="New")
+    same = put(masters, root, "jazz.flac", "same.flac")
+    ours = put(masters, root, "folk.ogg", "ours.ogg")
+    outside = put(masters, tmp_path, "blues.flac", "outside.flac")
+    (root / "link.flac").symlink_to(outside)
+    batch = ["new.mp3", "same.flac", "ours.ogg", "gone.mp3", "link.flac"]
+    real_root = os.path.realpath(root)
+
+    looks = look(str(root), real_root, batch)
+    stats = {seen.rel: seen.stat for seen in looks}
+    assert stats["same.flac"] == (same.stat().st_size, same.stat().st_mtime)
+    assert stats["gone.mp3"] is None and stats["link.flac"] is None
+    assert {seen.rel: seen.skipped for seen in looks if seen.skipped} == {
+        "link.flac": "leads outside the library"}
+    tracker = SettleTracker()
+    assert tracker.unchanged(looks, now=0) == []  # first sightings: all wait
+    assert tracker.unchanged(looks, now=5) == looks  # as before: all settled
+    os.utime(ours, (1, 1))
+    moved = look(str(root), real_root, ["ours.ogg"])
+    assert tracker.unchanged(moved, now=6) == []  # it moved: it waits again
+    assert tracker.unchanged(moved, now=9) == moved
+    looks = [seen for seen in looks if seen.rel != "ours.ogg"] + moved
+
+    known = {"same.flac": Known(1, stats["same.flac"], None, S.SUGGESTED),
+             "ours.ogg": Known(2, (1, 0.0), moved[0].stat, S.REVIEWED),
+             "gone.mp3": Known(3, (10, 1.0), None, S.QUEUED)}
+    settled = sort_out(looks, known, str(root))
+    assert settled.to_read == (("new.mp3", stats["new.mp3"]),)
+    assert settled.ours == (("ours.ogg", 2, moved[0].stat),)
+    assert settled.unchanged == ("same.flac",)
+    assert settled.gone == ("gone.mp3", "link.flac")
+
+    readers = reader_pool(parse_config({"library": {"root": str(root)},
+                                        "state_dir": str(tmp_path / "state")}))
+    try:
+        readings = read_settled(settled.to_read, str(root), readers)
+    finally:
+        readers.close()
+    assert readings.moving == ()
+    [(rel, reading)] = readings.read.items()
+    assert rel == "new.mp3" and reading.tags.title == "New"
+    assert reading.stat == stats["new.mp3"]
+    assert reading.fingerprint == fingerprint(root / "new.mp3")
+
+
 @pytest.mark.parametrize(("current", "maps", "audit", "same_audio", "history", "expected"), [
     (None, True, False, False, S.QUEUED, S.TAGGED),
     (None, False, False, False, S.QUEUED, S.QUEUED),
