@@ -562,6 +562,22 @@ def test_settling_survives_a_lock_that_outlasts_the_busy_timeout(masters, root, 
     impatient.dispose()
 
 
+def test_a_reloaded_settle_time_applies_to_the_next_settle_pass(masters, root,
+                                                                make_library):
+    """SIGHUP replaces the running config; the library reads its settle time from it on
+    every pass, so nothing is set on the library from outside."""
+    library = make_library()
+    put(masters, root, "rock.mp3", "a.mp3")
+    library.reconcile(now=1000.0)
+    config = library.config
+    slower = config.model_copy(update={"library": config.library.model_copy(
+        update={"settle_seconds": 30.0})})
+    library.live.replace(slower, library.genre_map)
+    assert library.settle_due(now=1000.0 + SETTLE) == 0  # the old time has passed ...
+    assert library.settle_due(now=1029.0) == 0
+    assert library.settle_due(now=1030.0) == 1  # ... the new one counts
+
+
 def test_first_seen_is_recorded(masters, root, make_library, any_database):
     before = utcnow()
     put(masters, root, "w1.wav", "w1.wav")

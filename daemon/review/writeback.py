@@ -63,8 +63,6 @@ BACKOFF_MAX_S = 6 * 3600.0
 WRITE_TIMEOUT_SECONDS = 300.0
 
 
-
-
 @dataclass(frozen=True)
 class WriteRound:
     written: int = 0
@@ -87,7 +85,7 @@ class Due:
         return isinstance(self.change, PutBack)
 
 
-def due_change(decision: Decision, track: Track, written: str | None,
+def as_due(decision: Decision, track: Track, written: str | None,
                tag_mode: GenreMode) -> Due:
     """The Due for a decision and its track. An undo with the file's earlier genre fields
     puts exactly those back (`written`: what the undone write left in the file); one from
@@ -242,7 +240,7 @@ class Writer:
                        or_(Decision.next_write_at.is_(None), Decision.next_write_at <= now),
                        ~waiting)
                 .order_by(Decision.id).limit(self.batch)).all()
-            return [due_change(d, t, written, self.config.review.tag_mode)
+            return [as_due(d, t, written, self.config.review.tag_mode)
                     for d, t, written in rows]
 
     # ---- the database's side
