@@ -330,6 +330,37 @@ def test_writer_thread_starts_and_closes(station, make_song):
         assert time.monotonic() - started < 2
 
 
+def test_a_decision_on_the_page_wakes_the_writer_through_the_event_both_share(
+        station, make_song):
+    """The review page and the writer are built with the same Event: an accept on the
+    page wakes the writer at once, long before its interval comes round."""
+    import re
+    import threading
+
+    from daemon.review.web.app import create_app
+
+    config, sessions, library = station
+    path, _, sid, _ = add_song(sessions, library, make_song, "W/woken.flac")
+    decision_made = threading.Event()
+    writer = Writer(config, sessions, interval=3600, decision_made=decision_made)
+    client = create_app(config, sessions, decision_made=decision_made).test_client()
+    writer.start()
+    try:
+        # Its first pass (nothing due) is over: from here it waits out its hour.
+        wait_for(lambda: writer.health.last_progress_at is not None, 10, "the first pass")
+        page = client.get("/").get_data(as_text=True)
+        token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        started = time.monotonic()
+        r = client.post(f"/suggestions/{sid}/accept", data={},
+                        headers={"X-CSRFToken": token, "Accept": "application/json"})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        wait_for(lambda: read_tags(path).genres == ("Rock",), 10, "the genre in the file")
+        assert time.monotonic() - started < 10
+    finally:
+        writer.close()
+    client.application.extensions["children"].close()
+
+
 def test_undo_after_write_puts_the_old_genre_back(station, make_song):
     config, sessions, library = station
     path, _, sid, _ = add_song(sessions, library, make_song, "D/u.m4a", raw_genre="Blues")
