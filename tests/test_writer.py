@@ -4,6 +4,7 @@ a reconcile that does not re-queue our own write."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -310,6 +311,58 @@ def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, mak
     assert writer.run_once(now=utcnow() + timedelta(hours=1)) == writer.run_once()
     with sessions() as session:
         assert session.get(Decision, d2.id).write_status == "none"
+
+
+@pytest.fixture
+def small_library_disk(tmp_path):
+    """tmp_path/library on a 4 MB tmpfs, unmounted afterwards (the tests run as root)."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (the test machine runs the suite as root)")
+    library = tmp_path / "library"
+    library.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(library)],
+                   check=True)
+    try:
+        yield library
+    finally:
+        subprocess.run(["umount", "-l", str(library)], check=False)
+
+
+def test_a_full_library_drive_keeps_the_song_and_the_decision_until_there_is_room(
+        small_library_disk, make_config, database, make_song):
+    """The new version is built in the child process, as the service does it; the drive
+    fills up: the song stays as it was, no temp file is left, the decision waits with the
+    reason and is written once there is room again."""
+    from daemon.library.read import reader_pool
+
+    library = small_library_disk
+    config = make_config(library)
+    _, sessions = database
+    path, _, sid, _ = add_song(sessions, library, make_song, "Full/song.flac")
+    original = path.read_bytes()
+    review.accept(sessions, config, [sid], who="t")
+    filler = library / ".filler"
+    chunk = b"\0" * (1 << 16)
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while f.write(chunk):
+                pass
+        except OSError as err:
+            assert err.errno == errno.ENOSPC, err
+    children = reader_pool(config)
+    try:
+        writer = Writer(config, sessions, children=children, first_backoff=60)
+        assert writer.run_once().failed == 1
+        assert path.read_bytes() == original and not temp_path(path).exists()
+        with sessions() as session:
+            [decision] = session.scalars(select(Decision)).all()
+            assert (decision.write_status, decision.write_error) == ("failed",
+                                                                     "the drive is full")
+        filler.unlink()
+        assert writer.run_once(now=utcnow() + timedelta(seconds=61)).written == 1
+    finally:
+        children.close()
+    assert read_tags(path).genres == ("Rock",) and read_tags(path).title == "S"
 
 
 def test_writer_thread_starts_and_closes(station, make_song):
