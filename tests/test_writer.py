@@ -4,7 +4,6 @@ a reconcile that does not re-queue our own write."""
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import add_suggested_track, locks_waiting, wait_for
+from helpers import add_suggested_track, fill_disk, locks_waiting, small_tmpfs, wait_for
 from mutagen.id3 import ID3
 from sqlalchemy import select
 
@@ -315,17 +314,9 @@ def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, mak
 
 @pytest.fixture
 def small_library_disk(tmp_path):
-    """tmp_path/library on a 4 MB tmpfs, unmounted afterwards (the tests run as root)."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root (the test machine runs the suite as root)")
-    library = tmp_path / "library"
-    library.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(library)],
-                   check=True)
-    try:
+    """tmp_path/library on a 4 MB tmpfs."""
+    with small_tmpfs(tmp_path / "library", 4 << 20) as library:
         yield library
-    finally:
-        subprocess.run(["umount", "-l", str(library)], check=False)
 
 
 def test_a_full_library_drive_keeps_the_song_and_the_decision_until_there_is_room(
@@ -342,13 +333,7 @@ def test_a_full_library_drive_keeps_the_song_and_the_decision_until_there_is_roo
     original = path.read_bytes()
     review.accept(sessions, config, [sid], who="t")
     filler = library / ".filler"
-    chunk = b"\0" * (1 << 16)
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while f.write(chunk):
-                pass
-        except OSError as err:
-            assert err.errno == errno.ENOSPC, err
+    fill_disk(filler)
     children = reader_pool(config)
     try:
         writer = Writer(config, sessions, children=children, first_backoff=60)
