@@ -51,10 +51,10 @@ from daemon.tags.read import (
 from daemon.tags.replace import Copy, GenreFields, Owner, WriteFailed, copy_of, seal
 from daemon.tags.riffinfo import RiffInfoError
 from daemon.tags.write import (
-    ID3V1_SIZE,
     GenreMode,
     _id3_save_version,
     _load_id3,
+    _read_id3v1,
     _take_id3v1,
     write_copy,
 )
@@ -116,13 +116,8 @@ def _tcon_state(tags: ID3 | None) -> dict | None:
 
 
 def _peek_id3v1_genre(fileobj: BinaryIO) -> int | None:
-    fileobj.seek(0, 2)
-    size = fileobj.tell()
-    if size < ID3V1_SIZE:
-        return None
-    fileobj.seek(size - ID3V1_SIZE)
-    tail = fileobj.read(ID3V1_SIZE)
-    return tail[127] if tail.startswith(b"TAG") else None
+    tail = _read_id3v1(fileobj)
+    return None if tail is None else tail[127]
 
 
 def _ape_genre(ape: APEv2) -> list[str] | None:

@@ -300,17 +300,22 @@ def _v1_genre_byte(genre: str) -> int | None:
         return folded.index(genre.casefold()) if genre.casefold() in folded else None
 
 
-def _take_id3v1(fileobj: BinaryIO) -> bytes | None:
-    """Cut the 128-byte ID3v1 tag off the end of the file and return it (None if none)."""
+def _read_id3v1(fileobj: BinaryIO) -> bytes | None:
+    """The 128-byte ID3v1 tag at the end of the file (None if none)."""
     fileobj.seek(0, 2)
     size = fileobj.tell()
     if size < ID3V1_SIZE:
         return None
     fileobj.seek(size - ID3V1_SIZE)
     tail = fileobj.read(ID3V1_SIZE)
-    if not tail.startswith(b"TAG"):
-        return None
-    fileobj.truncate(size - ID3V1_SIZE)
+    return tail if tail.startswith(b"TAG") else None
+
+
+def _take_id3v1(fileobj: BinaryIO) -> bytes | None:
+    """Cut the 128-byte ID3v1 tag off the end of the file and return it (None if none)."""
+    tail = _read_id3v1(fileobj)
+    if tail is not None:
+        fileobj.truncate(fileobj.tell() - ID3V1_SIZE)
     return tail
 
 
