@@ -233,10 +233,12 @@ class Library:
                     unchanged += 1
                 elif change == "ours":
                     ours.append({"id": known[rel].id, "size": st[0], "mtime": st[1]})
-                else:
-                    new += change == "new"
-                    changed += change == "changed"
+                else:  # new or changed: read once it has settled
                     self.tracker.observe(rel, st[0], st[1], now)
+                    if change == "new":
+                        new += 1
+                    else:
+                        changed += 1
 
         unread = tuple(walk.unreadable)  # "folder/" prefixes we could not look into
         vanished = [k.id for p, k in present.items()
