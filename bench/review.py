@@ -206,9 +206,10 @@ def plain_atomic_copy(path: Path) -> None:
 def bench_writes(n: int) -> None:
     from daemon.library.fingerprint import fingerprint
     from daemon.review import decisions as review
-    from daemon.review.writeback import Writer
-    from daemon.tags.restore import genre_fields, restore_copy
-    from daemon.tags.write import replace_atomically, write_genre_atomically
+    from daemon.review.writeback import Writer, build_copy
+    from daemon.tags.replace import check_target, new_version, put_in_place, verify
+    from daemon.tags.restore import PutBack, genre_fields
+    from daemon.tags.write import write_genre_atomically
 
     masters = make_masters(OUT / "masters")
     size_mb = sum(m.stat().st_size for m in masters) / len(masters) / 1e6
@@ -229,8 +230,10 @@ def bench_writes(n: int) -> None:
           f"({ours / base:.2f}x the baseline)")
     started = time.perf_counter()
     for path, fields in zip(paths, recorded, strict=True):
-        replace_atomically(path, lambda real, tmp, owner, f=fields: restore_copy(
-            real, tmp, f, owner))
+        change, target = PutBack(fields), check_target(path)  # the Writer's stages
+        with new_version(target):
+            verify(target, change, build_copy(target, change))
+            put_in_place(target)
     back = n / (time.perf_counter() - started)
     print(f"  undo: genre fields put back          {back:7.1f} files/s   "
           f"({back / base:.2f}x the baseline)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -279,7 +280,7 @@ def hold_exclusive_lock(db_file: Path, seconds: float) -> subprocess.Popen:
 # ---- song names ----------------------------------------------------------------------------
 
 # Every kind of name a POSIX filesystem allows, by its bytes. The 255-byte one needs the
-# tag writer's temp name to fit NAME_MAX too (daemon.tags.write.temp_path).
+# tag writer's temp name to fit NAME_MAX too (daemon.tags.replace.temp_path).
 ODD_NAMES = {
     "255 bytes": b"L" * 251 + b".mp3",
     "backslashes": b"AC\\DC - Back\\In Black.mp3",
@@ -588,3 +589,33 @@ class PostgresStation(Station):
                         conn.exec_driver_sql(sql.replace("?", "%s"), tuple(args)).all()]
         finally:
             engine.dispose()
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size_bytes: int):
+    """`folder` (made here) on a tmpfs of `size_bytes`, unmounted afterwards: a real disk
+    that fills up. Mounting needs root, which the test machine runs the suite as."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (the test machine runs the suite as root)")
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(folder)],
+                   check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(path: Path) -> None:
+    """Write zeros into `path` until the disk has no room left."""
+    chunk = b"\0" * (1 << 16)
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+                break
+    with contextlib.suppress(OSError), open(path, "ab", buffering=0) as f:
+        while f.write(b"\0"):  # the last partial page
+            pass

@@ -366,7 +366,7 @@ def test_undo_after_accept_shows_the_files_real_genre_and_bulk_undoes_in_one_ste
     before = {title: genre_fields(path) for title, path in paths.items()}
     writer = Writer(config, sessions, interval=0.2)
     writer.start()
-    server = WebServer(config, sessions, port=0, on_decision=writer.wake)
+    server = WebServer(config, sessions, port=0, decision_made=writer.decision_made)
     server.start()
     try:
         with browser_page() as page:

@@ -7,16 +7,21 @@ dir is a real, small tmpfs (the tests run as root)."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 import sqlite3
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
-from helpers import EXE, Station, add_suggested_track, genre_bundle, write_config
+from helpers import (
+    EXE,
+    Station,
+    add_suggested_track,
+    fill_disk,
+    genre_bundle,
+    small_tmpfs,
+    write_config,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.config import load_config
@@ -30,31 +35,8 @@ TMPFS_BYTES = 24 << 20
 @pytest.fixture
 def small_state_disk(tmp_path):
     """tmp_path/state on a tmpfs of TMPFS_BYTES, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root (the test machine runs the suite as root)")
-    state = tmp_path / "state"
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(state)],
-                   check=True)
-    try:
+    with small_tmpfs(tmp_path / "state", TMPFS_BYTES) as state:
         yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def fill_disk(path: Path) -> None:
-    """Write zeros into `path` until the disk has no room left."""
-    chunk = b"\0" * (1 << 16)
-    with open(path, "wb", buffering=0) as f:
-        while True:
-            try:
-                f.write(chunk)
-            except OSError as err:
-                assert err.errno == errno.ENOSPC, err
-                break
-    with contextlib.suppress(OSError), open(path, "ab", buffering=0) as f:
-        while f.write(b"\0"):  # the last partial page
-            pass
 
 
 def metrics(port: int) -> dict[str, dict[str, float]]:

@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -121,22 +122,74 @@ def tracks(sessions) -> dict[str, Track]:
 
 
 def test_settle_tracker_waits_for_size_and_mtime_to_stay_put():
-    tracker = SettleTracker(10)
+    tracker = SettleTracker()
     assert tracker.observe("a.mp3", 100, 1.0, now=0)
-    assert tracker.due(9.9) == []
-    assert tracker.due(10) == ["a.mp3"]
+    assert tracker.due(9.9, 10) == []
+    assert tracker.due(10, 10) == ["a.mp3"]
     # Growing (a copy in progress) restarts the clock; the same sighting does not.
     assert tracker.observe("a.mp3", 200, 2.0, now=5)
     assert not tracker.observe("a.mp3", 200, 2.0, now=8)
-    assert tracker.due(14.9) == []
-    assert tracker.due(15) == ["a.mp3"]
+    assert tracker.due(14.9, 10) == []
+    assert tracker.due(15, 10) == ["a.mp3"]
     # A path that went away is tracked as gone and settles like any other.
     assert tracker.observe("b.mp3", None, None, now=3)
     assert not tracker.observe("b.mp3", None, None, now=4)
-    assert tracker.due(15) == ["b.mp3", "a.mp3"]  # longest waiting first
-    assert tracker.due(15, limit=1) == ["b.mp3"]
+    assert tracker.due(15, 10) == ["b.mp3", "a.mp3"]  # longest waiting first
+    assert tracker.due(15, 10, limit=1) == ["b.mp3"]
     tracker.forget("b.mp3")
     assert "b.mp3" not in tracker and len(tracker) == 1
+
+
+def test_the_settle_stages_run_one_after_another_on_real_files(masters, root, tmp_path):
+    """look -> unchanged -> sort_out -> read_settled, called in a row as settle_due calls
+    them: no database, no thread, no clock; each stage's record says what it found."""
+    from daemon.library.known import Known
+    from daemon.library.read import reader_pool
+    from daemon.library.settle import look, read_settled, sort_out
+
+    put(masters, root, "rock.mp3", "new.mp3", title="New")
+    same = put(masters, root, "jazz.flac", "same.flac")
+    ours = put(masters, root, "folk.ogg", "ours.ogg")
+    outside = put(masters, tmp_path, "blues.flac", "outside.flac")
+    (root / "link.flac").symlink_to(outside)
+    batch = ["new.mp3", "same.flac", "ours.ogg", "gone.mp3", "link.flac"]
+    real_root = os.path.realpath(root)
+
+    looks = look(str(root), real_root, batch)
+    stats = {seen.rel: seen.stat for seen in looks}
+    assert stats["same.flac"] == (same.stat().st_size, same.stat().st_mtime)
+    assert stats["gone.mp3"] is None and stats["link.flac"] is None
+    assert {seen.rel: seen.skipped for seen in looks if seen.skipped} == {
+        "link.flac": "leads outside the library"}
+    tracker = SettleTracker()
+    assert tracker.unchanged(looks, now=0) == []  # first sightings: all wait
+    assert tracker.unchanged(looks, now=5) == looks  # as before: all settled
+    os.utime(ours, (1, 1))
+    moved = look(str(root), real_root, ["ours.ogg"])
+    assert tracker.unchanged(moved, now=6) == []  # it moved: it waits again
+    assert tracker.unchanged(moved, now=9) == moved
+    looks = [seen for seen in looks if seen.rel != "ours.ogg"] + moved
+
+    known = {"same.flac": Known(1, stats["same.flac"], None, S.SUGGESTED),
+             "ours.ogg": Known(2, (1, 0.0), moved[0].stat, S.REVIEWED),
+             "gone.mp3": Known(3, (10, 1.0), None, S.QUEUED)}
+    settled = sort_out(looks, known, str(root))
+    assert settled.to_read == (("new.mp3", stats["new.mp3"]),)
+    assert settled.ours == (("ours.ogg", 2, moved[0].stat),)
+    assert settled.unchanged == ("same.flac",)
+    assert settled.gone == ("gone.mp3", "link.flac")
+
+    readers = reader_pool(parse_config({"library": {"root": str(root)},
+                                        "state_dir": str(tmp_path / "state")}))
+    try:
+        readings = read_settled(settled.to_read, str(root), readers)
+    finally:
+        readers.close()
+    assert readings.moving == ()
+    [(rel, reading)] = readings.read.items()
+    assert rel == "new.mp3" and reading.tags.title == "New"
+    assert reading.stat == stats["new.mp3"]
+    assert reading.fingerprint == fingerprint(root / "new.mp3")
 
 
 @pytest.mark.parametrize(("current", "maps", "audit", "same_audio", "history", "expected"), [
@@ -304,7 +357,7 @@ def test_a_temp_copy_left_by_an_interrupted_tag_write_is_removed(masters, root,
                                                                   make_library, any_database):
     """A power cut between the writer's copy and its rename leaves a hidden temp copy next
     to the song; the next walk removes it once it is an hour old, and only it."""
-    from daemon.tags.write import temp_path
+    from daemon.tags.replace import temp_path
 
     song = put(masters, root, "jazz.flac", "A/jazz.flac")
     stale, fresh = temp_path(song), temp_path(put(masters, root, "rock.mp3", "B/rock.mp3"))
@@ -509,6 +562,22 @@ def test_settling_survives_a_lock_that_outlasts_the_busy_timeout(masters, root, 
     impatient.dispose()
 
 
+def test_a_reloaded_settle_time_applies_to_the_next_settle_pass(masters, root,
+                                                                make_library):
+    """SIGHUP replaces the running config; the library reads its settle time from it on
+    every pass, so nothing is set on the library from outside."""
+    library = make_library()
+    put(masters, root, "rock.mp3", "a.mp3")
+    library.reconcile(now=1000.0)
+    config = library.config
+    slower = config.model_copy(update={"library": config.library.model_copy(
+        update={"settle_seconds": 30.0})})
+    library.live.replace(slower, library.genre_map)
+    assert library.settle_due(now=1000.0 + SETTLE) == 0  # the old time has passed ...
+    assert library.settle_due(now=1029.0) == 0
+    assert library.settle_due(now=1030.0) == 1  # ... the new one counts
+
+
 def test_first_seen_is_recorded(masters, root, make_library, any_database):
     before = utcnow()
     put(masters, root, "w1.wav", "w1.wav")
@@ -646,7 +715,7 @@ def test_the_review_pages_preview_plays_songs_with_odd_names(masters, root, make
         encode(os.fsdecode(target), synthesize("Jazz", 12.0, 22_050, 300 + i, 1), 22_050)
     library = make_library()
     Clock().settle(library)
-    client = create_app(library.config, sessions, on_decision=lambda: None).test_client()
+    client = create_app(library.config, sessions, decision_made=threading.Event()).test_client()
     for track in tracks(sessions).values():
         r = client.get(f"/tracks/{track.id}/preview.wav")
         assert r.status_code == 200, (track.path, r.status_code)

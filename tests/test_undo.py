@@ -19,9 +19,11 @@ from daemon.review import decisions as review
 from daemon.review import listing
 from daemon.review.web import create_app
 from daemon.review.web.format import percent
-from daemon.review.writeback import Writer, WriteRound
+from daemon.review.writeback import Writer, WriteRound, build_copy
 from daemon.tags.read import read_tags
-from daemon.tags.restore import genre_fields
+from daemon.tags.replace import Copy, check_target, new_version, put_in_place, verify
+from daemon.tags.restore import PutBack, genre_fields
+from daemon.tags.write import NewGenre
 
 
 @pytest.fixture
@@ -30,6 +32,16 @@ def station(tmp_path, make_config, any_database):
     library.mkdir()
     _, sessions = any_database
     return make_config(library), sessions, library
+
+
+def rewrite(path: Path, change: NewGenre | PutBack) -> Copy:
+    """A new version of `path` through the writer's stages, built in this process."""
+    target = check_target(path)
+    with new_version(target):
+        copy = build_copy(target, change)
+        verify(target, change, copy)
+        put_in_place(target)
+    return copy
 
 
 def song(sessions, library: Path, make_song, rel: str, **kw) -> tuple[Path, int, int]:
@@ -261,22 +273,17 @@ def test_the_put_back_leaves_an_id3v1_only_song_byte_for_byte_as_it_was(tmp_path
     writer's rule); the undo removes that tag and puts the old genre byte back."""
     import subprocess
 
-    from daemon.tags.restore import restore_copy, write_copy_recorded
-    from daemon.tags.write import replace_atomically
-
     wav, path = tmp_path / "source.wav", tmp_path / "v1.mp3"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
                     str(wav)], check=True)
     subprocess.run(["lame", "--quiet", "--id3v1-only", "--tt", "Old One", "--tg", "Rock",
                     str(wav), str(path)], check=True)
     original = path.read_bytes()
-    _, (fields, genres) = replace_atomically(
-        path, lambda real, tmp, owner: write_copy_recorded(real, tmp, "Singer-Songwriter",
-                                                           "replace", owner))
-    assert genres == ("Singer-Songwriter",) and fields["id3"] is None
-    _, genres = replace_atomically(
-        path, lambda real, tmp, owner: restore_copy(real, tmp, fields, owner))
-    assert genres == ("Rock",) and path.read_bytes() == original
+    written = rewrite(path, NewGenre("Singer-Songwriter"))
+    fields = written.before
+    assert written.genres == ("Singer-Songwriter",) and fields["id3"] is None
+    assert rewrite(path, PutBack(fields)).genres == ("Rock",)
+    assert path.read_bytes() == original
 
 
 def test_the_put_back_returns_a_wma_genre_id_the_replace_removed(tmp_path):
@@ -287,9 +294,6 @@ def test_the_put_back_returns_a_wma_genre_id_the_replace_removed(tmp_path):
 
     from mutagen.asf import ASF, ASFUnicodeAttribute
 
-    from daemon.tags.restore import restore_copy, write_copy_recorded
-    from daemon.tags.write import replace_atomically
-
     path = tmp_path / "song.wma"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
                     "-c:a", "wmav2", "-metadata", "genre=Rock", "-metadata", "title=Old",
@@ -298,11 +302,9 @@ def test_the_put_back_returns_a_wma_genre_id_the_replace_removed(tmp_path):
     audio.tags["WM/GenreID"] = [ASFUnicodeAttribute("Rock")]
     audio.save()
     before = genre_fields(path)
-    _, (fields, _) = replace_atomically(
-        path, lambda real, tmp, owner: write_copy_recorded(real, tmp, "Jazz", "replace",
-                                                           owner))
+    fields = rewrite(path, NewGenre("Jazz")).before
     assert fields == before and "WM/GenreID" not in ASF(path).tags
-    replace_atomically(path, lambda real, tmp, owner: restore_copy(real, tmp, fields, owner))
+    rewrite(path, PutBack(fields))
     assert genre_fields(path) == before
     assert [str(v) for v in ASF(path).tags["WM/GenreID"]] == ["Rock"]
     assert read_tags(path).genres == ("Rock",) and read_tags(path).title == "Old"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -27,11 +28,23 @@ def station(tmp_path, make_config, any_database):
     return config, sessions, library
 
 
+class CountedEvent(threading.Event):
+    """The Event the writer would wake on, counting how often a decision sets it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def set(self) -> None:
+        self.count += 1
+        super().set()
+
+
 @pytest.fixture
 def client(station):
     config, sessions, _ = station
-    woken = []
-    app = create_app(config, sessions, on_decision=lambda: woken.append(1))
+    woken = CountedEvent()
+    app = create_app(config, sessions, decision_made=woken)
     app.testing = True
     c = app.test_client()
     c.woken = woken
@@ -50,10 +63,10 @@ def post_json(client, url, data=None):
 
 def test_every_page_belongs_to_a_blueprint_and_finds_its_dependencies_in_the_app(station):
     """The factory registers blueprints; their views read config, sessions, the decoder
-    children and on_decision from app.extensions, not from a closure."""
+    children and the decision Event from app.extensions, not from a closure."""
     config, sessions, _ = station
-    woken = []
-    app = create_app(config, sessions, on_decision=lambda: woken.append(1))
+    woken = CountedEvent()
+    app = create_app(config, sessions, decision_made=woken)
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} - {"static"}
     assert {e.split(".")[0] for e in endpoints} == {"auth", "songs", "albums", "history",
                                                    "models", "media", "metrics",
@@ -62,7 +75,7 @@ def test_every_page_belongs_to_a_blueprint_and_finds_its_dependencies_in_the_app
     review = app.extensions["review"]
     assert review.config is config and review.children is app.extensions["children"]
     review.notify()
-    assert woken == [1]
+    assert woken.is_set() and woken.count == 1
     app.extensions["children"].close()
 
 
@@ -121,7 +134,7 @@ def test_actions_by_json_and_by_plain_form(station, client):
     history = client.get("/history").get_data(as_text=True)
     assert "Undid #" in history and "Changed to <strong>Folk</strong>" in history
     assert "Waiting to be written" in history
-    assert len(client.woken) == 5
+    assert client.woken.count == 5
 
 
 def test_bulk_accept_shows_the_count_before_confirming(station, client):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import add_suggested_track, locks_waiting, wait_for
+from helpers import add_suggested_track, fill_disk, locks_waiting, small_tmpfs, wait_for
 from mutagen.id3 import ID3
 from sqlalchemy import select
 
@@ -28,10 +28,19 @@ from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review import decisions as review
 from daemon.review import listing
-from daemon.review.writeback import Writer
+from daemon.review.writeback import Writer, build_copy
 from daemon.tags.read import read_tags
+from daemon.tags.replace import (
+    Copy,
+    WriteFailed,
+    check_target,
+    new_version,
+    put_in_place,
+    temp_path,
+    verify,
+)
 from daemon.tags.restore import genre_fields
-from daemon.tags.write import WriteFailed, temp_path, write_genre_atomically
+from daemon.tags.write import NewGenre, write_copy, write_genre_atomically
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
 
@@ -55,10 +64,15 @@ def test_write_every_format_keeps_other_tags_and_audio(make_song, ext):
     os.chmod(path, 0o640)
     os.chown(path, 1234, 2345)
     before = read_tags(path)
-    seen = []
-    st = write_genre_atomically(path, "Electronic", before_replace=seen.append)
-    # What the caller recorded before the rename is what the file has after it.
-    assert (seen[0].st_size, seen[0].st_mtime) == (st.st_size, st.st_mtime)
+    # The writer's stages one after another, as write_genre_atomically runs them.
+    change = NewGenre("Electronic")
+    target = check_target(path)
+    with new_version(target):
+        copy = write_copy(target.real, target.temp, change.genre, change.mode, target.owner)
+        expected = verify(target, change, copy)
+        st = put_in_place(target)
+    # What the writer records before the rename is what the file has after it.
+    assert (expected.st_size, expected.st_mtime) == (st.st_size, st.st_mtime)
     after = read_tags(path)
     assert after.genres == ("Electronic",)
     assert (after.title, after.artist, after.format) == ("Old Song", "Band", before.format)
@@ -104,6 +118,38 @@ def test_failures_are_typed_and_leave_the_original(make_song, tmp_path):
     with pytest.raises(FileError):
         write_genre_atomically(text, "Jazz")
     assert not temp_path(text).exists()
+
+
+def test_a_file_changed_while_its_copy_was_built_is_not_replaced(make_song):
+    """Between building the new version and renaming it over the original, a tagger
+    saves the song: verify refuses, the station's change stays, no temp file is left."""
+    path = make_song("busy.mp3", seconds=3, genre_tag="Blues", title="Busy")
+    change = NewGenre("Jazz")
+    target = check_target(path)
+    changed = pytest.raises(WriteFailed, match="changed while its tag was being written")
+    with changed, new_version(target):
+        copy = write_copy(target.real, target.temp, change.genre, change.mode, target.owner)
+        with open(path, "ab") as song:  # someone else's save: more bytes
+            song.write(b"\0" * 64)
+        verify(target, change, copy)
+        put_in_place(target)
+    theirs = path.read_bytes()
+    assert theirs.endswith(b"\0" * 64) and read_tags(path).genres == ("Blues",)
+    assert not temp_path(path).exists()
+
+
+def test_a_copy_that_does_not_read_back_the_genre_is_not_put_in_place(make_song):
+    path = make_song("odd.flac", seconds=2, genre_tag="Blues")
+    original = path.read_bytes()
+    target = check_target(path)
+    wrong = pytest.raises(FileError, match="wrote genre 'Jazz' but the file reads back")
+    with wrong, new_version(target):
+        copy = write_copy(target.real, target.temp, "Soul", "replace", target.owner)
+        verify(target, NewGenre("Jazz"), copy)
+        put_in_place(target)
+    assert path.read_bytes() == original and not temp_path(path).exists()
+    # add mode asks only that the genre is among those read back.
+    assert NewGenre("Jazz", "add").mismatch(Copy(("Jazz", "Blues"))) is None
 
 
 # A writer process, forked from a helper that imported the writer once (so 30+ rounds
@@ -266,6 +312,44 @@ def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, mak
         assert session.get(Decision, d2.id).write_status == "none"
 
 
+@pytest.fixture
+def small_library_disk(tmp_path):
+    """tmp_path/library on a 4 MB tmpfs."""
+    with small_tmpfs(tmp_path / "library", 4 << 20) as library:
+        yield library
+
+
+def test_a_full_library_drive_keeps_the_song_and_the_decision_until_there_is_room(
+        small_library_disk, make_config, database, make_song):
+    """The new version is built in the child process, as the service does it; the drive
+    fills up: the song stays as it was, no temp file is left, the decision waits with the
+    reason and is written once there is room again."""
+    from daemon.library.read import reader_pool
+
+    library = small_library_disk
+    config = make_config(library)
+    _, sessions = database
+    path, _, sid, _ = add_song(sessions, library, make_song, "Full/song.flac")
+    original = path.read_bytes()
+    review.accept(sessions, config, [sid], who="t")
+    filler = library / ".filler"
+    fill_disk(filler)
+    children = reader_pool(config)
+    try:
+        writer = Writer(config, sessions, children=children, first_backoff=60)
+        assert writer.run_once().failed == 1
+        assert path.read_bytes() == original and not temp_path(path).exists()
+        with sessions() as session:
+            [decision] = session.scalars(select(Decision)).all()
+            assert (decision.write_status, decision.write_error) == ("failed",
+                                                                     "the drive is full")
+        filler.unlink()
+        assert writer.run_once(now=utcnow() + timedelta(seconds=61)).written == 1
+    finally:
+        children.close()
+    assert read_tags(path).genres == ("Rock",) and read_tags(path).title == "S"
+
+
 def test_writer_thread_starts_and_closes(station, make_song):
     config, sessions, library = station
     path, _, sid, _ = add_song(sessions, library, make_song, "C/t.ogg")
@@ -282,6 +366,37 @@ def test_writer_thread_starts_and_closes(station, make_song):
         started = time.monotonic()
         writer.close()
         assert time.monotonic() - started < 2
+
+
+def test_a_decision_on_the_page_wakes_the_writer_through_the_event_both_share(
+        station, make_song):
+    """The review page and the writer are built with the same Event: an accept on the
+    page wakes the writer at once, long before its interval comes round."""
+    import re
+    import threading
+
+    from daemon.review.web.app import create_app
+
+    config, sessions, library = station
+    path, _, sid, _ = add_song(sessions, library, make_song, "W/woken.flac")
+    decision_made = threading.Event()
+    writer = Writer(config, sessions, interval=3600, decision_made=decision_made)
+    client = create_app(config, sessions, decision_made=decision_made).test_client()
+    writer.start()
+    try:
+        # Its first pass (nothing due) is over: from here it waits out its hour.
+        wait_for(lambda: writer.health.last_progress_at is not None, 10, "the first pass")
+        page = client.get("/").get_data(as_text=True)
+        token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        started = time.monotonic()
+        r = client.post(f"/suggestions/{sid}/accept", data={},
+                        headers={"X-CSRFToken": token, "Accept": "application/json"})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        wait_for(lambda: read_tags(path).genres == ("Rock",), 10, "the genre in the file")
+        assert time.monotonic() - started < 10
+    finally:
+        writer.close()
+    client.application.extensions["children"].close()
 
 
 def test_undo_after_write_puts_the_old_genre_back(station, make_song):
@@ -347,17 +462,17 @@ def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
 
     write_tags(path, genre="Folk")
     [decision] = review.accept(sessions, config, [sid], who="t")
-
-    class UndoMidWrite(Writer):
-        def _expect_write(self, track_id, st):
-            # The reviewer presses u while this write is between copy and rename.
-            if not getattr(self, "undone", False):
-                self.undone = True
-                review.undo(sessions, config, decision.id, who="t")
-            super()._expect_write(track_id, st)
-
-    writer = UndoMidWrite(config, sessions)
-    writer.run_once()
+    writer = Writer(config, sessions)
+    # Writer.write's stages one at a time, the undo landing between copy and rename.
+    [due] = writer.due()
+    target = check_target(path)
+    with new_version(target):
+        copy = build_copy(target, due.change)
+        st = verify(target, due.change, copy)
+        review.undo(sessions, config, decision.id, who="t")  # the reviewer presses u
+        writer.record_expected(due, st)
+        st = put_in_place(target)
+    writer.record_written(due, copy, st)
     assert read_tags(path).genres == ("Rock",)  # that write did land ...
     writer.run_once()
     assert read_tags(path).genres == ("Folk",)  # ... and the undo put the old genre back
@@ -442,10 +557,11 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
     from daemon.core.db.engine import locked, transaction
 
     config, sessions, library = station
-    path, track_id, sid, old_fp = add_song(sessions, library, make_song, "R/race.mp3",
+    path, track_id, sid, _ = add_song(sessions, library, make_song, "R/race.mp3",
                                            raw_genre="Blues")
     [decision] = review.accept(sessions, config, [sid], who="t")
     writer = Writer(config, sessions)
+    [due] = writer.due()
     before = genre_fields(path)
     st = write_genre_atomically(path, "Rock", "replace")  # the writer's file write
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
@@ -460,9 +576,8 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
             wait_for(lambda: locks_waiting(sessions) == 1, 10, "the undo waiting")
         else:
             time.sleep(0.3)
-        record = threading.Thread(target=lambda: done.append(writer._record_written(
-            decision.id, track_id, path, st, old_fp, before=before, genres=("Rock",),
-            restored=False)))
+        record = threading.Thread(target=lambda: done.append(writer.record_written(
+            due, Copy(("Rock",), before=before), st)))
         record.start()
         if postgres:
             wait_for(lambda: locks_waiting(sessions) >= 2, 10, "the writer waiting")

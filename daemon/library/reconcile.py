@@ -6,11 +6,12 @@
                 tracking, vanished ones become `missing` -- unless the mount-loss guard
                 (daemon.library.mounts) holds
     notice      the watcher reports one path; it goes into settle tracking
-    settle_due  files whose size and mtime have not moved for `settle_seconds` are read
-                (fingerprint, tags, audio header -- in a child process, daemon.library.read)
-                and recorded (daemon.library.record): a new track, a changed track
-                re-evaluated, or a moved track found again by its fingerprint (keeping its
-                suggestions and decisions)
+    settle_due  files whose size and mtime have not moved for `settle_seconds` go through
+                the stages of daemon.library.settle: looked at, sorted out against their
+                tracks, read (fingerprint, tags, audio header -- in a child process,
+                daemon.library.read) and recorded (daemon.library.record): a new track, a
+                changed track re-evaluated, or a moved track found again by its
+                fingerprint (keeping its suggestions and decisions)
 
 The mount-loss guard: when the root is missing or has no audio files while the database
 knows some, or more than `missing_guard` of the known files vanish in one walk (or in
@@ -42,19 +43,23 @@ from daemon.core.health import Health
 from daemon.core.live import Live, as_live
 from daemon.core.paths import display, stored_path
 from daemon.core.states import TrackState, can_move
-from daemon.library.known import KNOWN_COLUMNS, Known, known_tracks, quarantine_lifted
+from daemon.library.known import KNOWN_COLUMNS, Known, compare, known_tracks
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
-from daemon.library.read import READER_IDLE_SECONDS, FileReading, read_file, reader_pool
+from daemon.library.read import READER_IDLE_SECONDS, reader_pool
 from daemon.library.record import mark_missing, record_readings, sweep_song_rules
-from daemon.library.settle import SettleTracker
+from daemon.library.settle import (
+    Readings,
+    SettleTracker,
+    Sorted,
+    look,
+    read_settled,
+    sort_out,
+)
 from daemon.library.walk import (
     SKIPPED_SHOWN,
-    Stat,
-    examine,
     is_library_file,
     is_library_folder,
     remove_leftovers,
-    same_stat,
     skipped_list,
     walk_library,
 )
@@ -122,7 +127,7 @@ class Library:
         self.sessions = sessions
         self.root = os.path.abspath(os.fspath(config.library.root))
         self.extensions = tuple(config.library.extensions)
-        self.tracker = SettleTracker(config.library.settle_seconds)
+        self.tracker = SettleTracker()
         self.files_read = 0  # settled files read (fingerprint + tags + header) so far
         self.real_root = os.path.realpath(self.root)
         self._skips_logged: dict[str, str] = {}  # logged once each, until the reason changes
@@ -223,18 +228,17 @@ class Library:
         ours: list[dict] = []
         with self._tracker_lock:
             for rel, st in walk.files.items():
-                k = known.get(rel)
-                if k is None or k.state == S.MISSING:
-                    new += 1
-                    self.tracker.observe(rel, st[0], st[1], now)
-                elif same_stat(k.stat, st) and not quarantine_lifted(
-                        k, os.path.join(root, rel)):
+                change = compare(known.get(rel), st, os.path.join(root, rel))
+                if change == "unchanged":
                     unchanged += 1
-                elif k.written is not None and same_stat(k.written, st):
-                    ours.append({"id": k.id, "size": st[0], "mtime": st[1]})
-                else:
-                    changed += 1
+                elif change == "ours":
+                    ours.append({"id": known[rel].id, "size": st[0], "mtime": st[1]})
+                else:  # new or changed: read once it has settled
                     self.tracker.observe(rel, st[0], st[1], now)
+                    if change == "new":
+                        new += 1
+                    else:
+                        changed += 1
 
         unread = tuple(walk.unreadable)  # "folder/" prefixes we could not look into
         vanished = [k.id for p, k in present.items()
@@ -330,7 +334,7 @@ class Library:
         """
         now = _now(now)
         with self._tracker_lock:
-            due = self.tracker.due(now, limit)
+            due = self.tracker.due(now, self.config.library.settle_seconds, limit)
         if not due:
             self.readers.retire_idle(READER_IDLE_SECONDS)
             return 0  # nothing settled yet: neither progress nor a failure
@@ -359,64 +363,40 @@ class Library:
             return done
 
     def _settle(self, batch: list[str], now: float) -> int:
-        ready: dict[str, Stat] = {}
-        gone: list[str] = []
+        """One batch of settled paths through the stages of daemon.library.settle, top to
+        bottom. Returns how many tracks were created, updated, moved or marked missing."""
+        looks = look(self.root, self.real_root, batch)
+        self._log_skipped({seen.rel: seen.skipped for seen in looks if seen.skipped},
+                          forget=False)
         with self._tracker_lock:
-            for rel in batch:
-                # Checked before anything is opened: a link leading outside is never read.
-                seen, reason = examine(os.path.join(self.root, rel), self.real_root)
-                if reason is not None:
-                    self._log_skipped({rel: reason}, forget=False)
-                if self.tracker.observe(rel, *(seen or (None, None)), now):
-                    continue  # changed since the last sighting: wait again
-                if seen is None:
-                    gone.append(rel)
-                else:
-                    ready[rel] = seen
-
-        known = self._rows_for([*ready, *gone])
-        handled: list[str] = []
-        ours: list[dict] = []
-        for rel, st in list(ready.items()):
-            k = known.get(rel)
-            if k is not None and k.state != S.MISSING:
-                if same_stat(k.stat, st) and not quarantine_lifted(
-                        k, os.path.join(self.root, rel)):
-                    handled.append(rel)  # nothing changed (an open/close, our own read)
-                    del ready[rel]
-                elif k.written is not None and same_stat(k.written, st):
-                    ours.append({"id": k.id, "size": st[0], "mtime": st[1]})
-                    handled.append(rel)
-                    del ready[rel]
-
-        readings: dict[str, FileReading] = {}
-        for rel in ready:
-            reading = read_file(os.path.join(self.root, rel), self.readers)
-            self.files_read += 1
-            if reading is None:
-                # Changed or vanished while being read: look again from scratch.
-                with self._tracker_lock:
-                    self.tracker.forget(rel)
-                self.notice(os.path.join(self.root, rel), now)
-                continue
-            readings[rel] = reading
-
-        done = 0
-        with transaction(self.sessions) as session:
-            if ours:
-                session.execute(update(Track), ours)
-            record_readings(session, readings, root=self.root, genre_map=self.genre_map,
-                            audit=self.config.classifier.audit,
-                            rules=self.config.library.song_rules)
-            handled.extend(readings)
-            done += len(readings)
-            session.flush()  # moved tracks have their new paths before deletions are looked up
-            done += self._mark_gone(session, gone)
-            handled.extend(gone)
+            looks = self.tracker.unchanged(looks, now)
+        known = self._rows_for([seen.rel for seen in looks])
+        settled = sort_out(looks, known, self.root)
+        readings = read_settled(settled.to_read, self.root, self.readers)
+        self.files_read += len(settled.to_read)
+        for rel in readings.moving:  # changed or vanished while read: look again
+            with self._tracker_lock:
+                self.tracker.forget(rel)
+            self.notice(os.path.join(self.root, rel), now)
+        done = self._record_settled(settled, readings)
         with self._tracker_lock:
-            for rel in handled:
+            for rel in (*settled.unchanged, *(rel for rel, _, _ in settled.ours),
+                        *readings.read, *settled.gone):
                 self.tracker.forget(rel)
         return done
+
+    def _record_settled(self, settled: Sorted, readings: Readings) -> int:
+        """The record stage: our own writes' stats, the files read and the settled
+        deletions, in one transaction."""
+        with transaction(self.sessions) as session:
+            if settled.ours:
+                session.execute(update(Track), [{"id": id_, "size": st[0], "mtime": st[1]}
+                                                for _, id_, st in settled.ours])
+            record_readings(session, readings.read, root=self.root,
+                            genre_map=self.genre_map, audit=self.config.classifier.audit,
+                            rules=self.config.library.song_rules)
+            session.flush()  # moved tracks have their new paths before deletions are looked up
+            return len(readings.read) + self._mark_gone(session, list(settled.gone))
 
     def _rows_for(self, rels: list[str]) -> dict[str, Known]:
         rows = {}

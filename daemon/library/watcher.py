@@ -5,7 +5,8 @@
                   kernel, not by another SMB/NFS client). `library.watch` overrides.
     handler       each created/modified/closed/moved/deleted file -> Library.notice (one
                   stat; a move is a delete plus a create, recognised by fingerprint later)
-    settle loop   a thread: every second Library.settle_due(), and a look at the root
+    settle loop   a thread: every second Library.settle_due() (the stages of
+                  daemon.library.settle), and a look at the root
 
 The polling observer stats with lstat and neither observer follows symlinked folders, so
 a link loop cannot hang them; files behind a symlinked folder are found by the reconcile

@@ -114,6 +114,8 @@ class Service:
         self.library: Library | None = None
         self.watcher: Watcher | None = None
         self.writer: Writer | None = None
+        # Set by the review page after every decision; the writer, if it runs here, wakes.
+        self.decision_made = threading.Event()
         self.web: WebServer | None = None
         self.readers = None
         self.scheduler: Scheduler | None = None
@@ -184,9 +186,8 @@ class Service:
         # Nothing parses a library file in this process: one small pool of child processes
         # reads settled files and decodes the review page's media.
         self.readers = reader_pool(config)
-        # A decision wakes the writer here, if it runs here: the genre lands in the file now.
         self.web = self._add("web", WebServer(
-            live, self.sessions, on_decision=lambda: self.writer and self.writer.wake(),
+            live, self.sessions, decision_made=self.decision_made,
             children=self.readers,
             metrics_sources=MetricsSources(self.components)))
         if not self.leadership.start():  # the leader's parts now, or a standby's polling
@@ -211,8 +212,8 @@ class Service:
             self.library.reconcile()
         except Exception:  # a failed first walk is retried by the interval job
             log.exception("initial reconcile failed")
-        self.writer = self._add_leader("writer", Writer(live, self.sessions,
-                                                        children=self.readers))
+        self.writer = self._add_leader("writer", Writer(
+            live, self.sessions, children=self.readers, decision_made=self.decision_made))
         self.scheduler = Scheduler(live, self.sessions)
         self.scheduler.add_reconcile(self.library)
         self.scheduler.add_requeue_dead()
@@ -424,8 +425,6 @@ class Service:
             setup_logging(running.log_level)
         if "library.reconcile_minutes" in live and self.scheduler is not None:
             self.scheduler.reschedule_reconcile()
-        if "library.settle_seconds" in live and self.library is not None:
-            self.library.tracker.settle_seconds = running.library.settle_seconds
         if live:
             log.info("config reloaded; applied %s", ", ".join(live))
         if restart:

@@ -10,15 +10,16 @@ to those values, removes the fields and the tags that were not there, and change
 nothing else (the same rule as `daemon.tags.write.set_genre`).
 
 `restore_copy` is `write_copy`'s twin: it builds the restored version in the hidden temp
-sibling, and `daemon.tags.write.replace_atomically` puts it in place.
+sibling, and the stages of `daemon.tags.replace` verify it against `PutBack` and put it
+in place.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import mutagen
 import mutagen.id3
@@ -35,7 +36,6 @@ from mutagen.ogg import OggFileType
 from mutagen.wave import WAVE
 from mutagen.wave import delete as delete_wave_id3
 
-from daemon.core.durable import fsync_file
 from daemon.core.errors import FileError, TagError, os_reason
 from daemon.core.paths import display
 from daemon.tags import riffinfo
@@ -48,20 +48,16 @@ from daemon.tags.read import (
     read_apev2,
     read_tags,
 )
+from daemon.tags.replace import Copy, GenreFields, Owner, WriteFailed, copy_of, seal
 from daemon.tags.riffinfo import RiffInfoError
 from daemon.tags.write import (
-    ID3V1_SIZE,
     GenreMode,
-    Owner,
-    WriteFailed,
     _id3_save_version,
     _load_id3,
+    _read_id3v1,
     _take_id3v1,
-    copy_xattrs,
     write_copy,
 )
-
-GenreFields = dict[str, Any]
 
 ASF_GENRE_NAMES = ("WM/Genre", "WM/GenreID")
 MP4_GENRE = "\xa9gen"
@@ -120,13 +116,8 @@ def _tcon_state(tags: ID3 | None) -> dict | None:
 
 
 def _peek_id3v1_genre(fileobj: BinaryIO) -> int | None:
-    fileobj.seek(0, 2)
-    size = fileobj.tell()
-    if size < ID3V1_SIZE:
-        return None
-    fileobj.seek(size - ID3V1_SIZE)
-    tail = fileobj.read(ID3V1_SIZE)
-    return tail[127] if tail.startswith(b"TAG") else None
+    tail = _read_id3v1(fileobj)
+    return None if tail is None else tail[127]
 
 
 def _ape_genre(ape: APEv2) -> list[str] | None:
@@ -277,14 +268,28 @@ class ChangedSinceWritten(FileError):
     leaves it as it is rather than overwrite the station's own change."""
 
 
+@dataclass(frozen=True)
+class PutBack:
+    """An undo's change: the file's genre fields back to `fields` (from genre_fields).
+    `written`: the genre(s) our write left in the file ("; "-joined); a file that reads
+    otherwise now was changed by the station since, and is left as it is."""
+
+    fields: GenreFields
+    written: str | None = None
+
+    def mismatch(self, copy: Copy) -> str | None:
+        """Why the new version's genre fields are not the ones put back, or None."""
+        return None if copy.fields == self.fields else (
+            f"put its genre fields back but they read {copy.fields!r}, not {self.fields!r}")
+
+
 def restore_copy(real: Path, tmp: Path, fields: GenreFields, owner: Owner,
-                 written: str | None = None) -> tuple[str, ...]:
+                 written: str | None = None) -> Copy:
     """Build `real` with its genre fields put back to `fields` in `tmp` (write_copy's
-    twin: a copy with its extended attributes, the original's owner and permissions,
-    fsynced and read back). Returns the genres the new version reads back. `written`:
-    the genre(s) our write left in the file ("; "-joined); when the file reads otherwise
-    now, ChangedSinceWritten. Raises TagError or WriteFailed naming `real`; `tmp` is the
-    caller's to remove."""
+    twin: a copy with the fields put back, sealed); returns what the new version reads
+    back (its genres and genre fields), for `verify` against PutBack(fields). `written`:
+    see PutBack; when the file reads otherwise now, ChangedSinceWritten. Raises TagError
+    or WriteFailed naming `real`; `tmp` is the caller's to remove."""
     if written is not None:
         now = MULTI_VALUE_SEPARATOR.join(read_tags(real).genres)
         if now != written:
@@ -292,29 +297,19 @@ def restore_copy(real: Path, tmp: Path, fields: GenreFields, owner: Owner,
                                       f"{written or 'none'!r} (it reads {now or 'none'!r} "
                                       "now), so it is left as it is")
     try:
-        shutil.copyfile(real, tmp)
-        copy_xattrs(real, tmp)
+        copy_of(real, tmp)
         restore_genre(tmp, fields)
-        uid, gid, permissions = owner
-        if os.geteuid() == 0:
-            os.chown(tmp, uid, gid)
-        os.chmod(tmp, permissions)
-        fsync_file(tmp)
-        now = genre_fields(tmp)
-        genres = read_tags(tmp).genres
+        seal(tmp, owner)
+        return Copy(tuple(read_tags(tmp).genres), fields=genre_fields(tmp))
     except TagError as err:
         raise TagError(real, err.reason) from None
     except OSError as err:
         raise WriteFailed(real, os_reason(err)) from None
-    if now != fields:
-        raise TagError(real, f"put its genre fields back but they read {now!r}, "
-                       f"not {fields!r}")
-    return tuple(genres)
 
 
 def write_copy_recorded(real: Path, tmp: Path, genre: str, mode: GenreMode,
-                        owner: Owner) -> tuple[GenreFields, tuple[str, ...]]:
-    """write_copy that first reads `real`'s genre fields, what an undo puts back.
-    Returns (those fields, the genres the new version reads back)."""
+                        owner: Owner) -> Copy:
+    """write_copy that first reads `real`'s genre fields, what an undo puts back; they
+    come back as the Copy's `before`."""
     before = genre_fields(real)
-    return before, write_copy(real, tmp, genre, mode, owner)
+    return Copy(write_copy(real, tmp, genre, mode, owner).genres, before=before)

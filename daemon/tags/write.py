@@ -1,13 +1,11 @@
 """Change a song's genre and nothing else, atomically.
 
-`write_genre_atomically` never leaves a half-written song: it copies the file inside its
-own folder under a hidden temp name, sets the genre on the copy (`set_genre`, which keeps
-the ID3 version and the other tags), fsyncs it, re-reads and checks the tag, gives it the
-original's permissions, extended attributes (and owner, when running as root) and renames
-it over the original (atomic within one filesystem), then fsyncs the folder. A file with
-several hard links is refused (a new file would split them). A crash at any moment leaves
-either the old file or the new one, plus at worst a hidden temp file, which a later library
-walk removes (`daemon.library.reconcile.remove_leftovers`).
+`write_copy` builds a song's new version with the genre set (`set_genre`, which keeps the
+ID3 version and the other tags) in a hidden temp sibling; the stages of
+`daemon.tags.replace` check the file, verify the copy and rename it over the original.
+`write_genre_atomically` runs those stages in this process (tools, tests, benchmarks);
+the service's writer runs them with the build in a child process
+(`daemon.review.writeback`).
 
 `set_genre` writes the genre into every genre field the file carries, in place: per format,
 it changes only the genre, keeps every other frame, and saves ID3 in the version the file
@@ -17,14 +15,10 @@ fixtures and tools.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import logging
 import os
-import shutil
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, TypeVar
+from typing import BinaryIO, Literal
 
 import mutagen
 from mutagen.aiff import AIFF
@@ -37,10 +31,8 @@ from mutagen.mp4 import MP4
 from mutagen.ogg import OggFileType
 from mutagen.wave import WAVE
 
-from daemon.core.durable import fsync_dir, fsync_file
-from daemon.core.errors import FileError, TagError, os_reason
+from daemon.core.errors import TagError, os_reason
 from daemon.core.paths import display
-from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.tags import riffinfo
 from daemon.tags.asf import PlacedASF
 from daemon.tags.read import (
@@ -62,157 +54,69 @@ from daemon.tags.read import (
     split_info_genre,
     text_of,
 )
+from daemon.tags.replace import (
+    Copy,
+    Owner,
+    WriteFailed,
+    check_target,
+    copy_of,
+    new_version,
+    put_in_place,
+    seal,
+    verify,
+)
 from daemon.tags.riffinfo import RiffInfoError
-
-log = logging.getLogger(__name__)
 
 GenreMode = Literal["replace", "add"]
 
 
-class WriteFailed(FileError):
-    """The genre could not be written into the file; `reason` says why (retried later)."""
+@dataclass(frozen=True)
+class NewGenre:
+    """A decided genre to write: `mode` "replace" makes it the file's only genre, "add"
+    puts it first before the genres already there."""
+
+    genre: str
+    mode: GenreMode = "replace"
+
+    def mismatch(self, copy: Copy) -> str | None:
+        """Why the new version's genres are not what was asked, or None."""
+        wanted = (self.genre in copy.genres if self.mode == "add"
+                  else copy.genres == (self.genre,))
+        return None if wanted else (f"wrote genre {self.genre!r} but the file reads back "
+                                    f"{copy.genres!r}")
 
 
-# The longest extension kept on a temp name: with the 16-character digest and the mark it
-# stays far below NAME_MAX, 255 bytes on every filesystem a station uses.
-EXTENSION_MAX = 16
-
-
-def temp_path(path: Path) -> Path:
-    """The hidden sibling the new version is built in: the library walk and the watcher
-    skip hidden files; the mark lets the walk remove one left by a crash; the extension
-    stays last because mutagen weighs it. A digest of the name instead of the name itself,
-    so the temp name fits NAME_MAX even beside a 255-byte song name."""
-    digest = hashlib.sha1(os.fsencode(path.name)).hexdigest()[:16]
-    suffix = path.suffix if len(os.fsencode(path.suffix)) <= EXTENSION_MAX else ""
-    return path.with_name(f".{digest}{WRITER_TEMP_MARK}{suffix}")
-
-
-def copy_xattrs(source: Path, target: Path) -> None:
-    """Give `target` every extended attribute of `source` (Finder tags and comments,
-    backup and indexer marks, ACLs). Nothing to copy on a filesystem without them; an
-    attribute that cannot be set is an OSError, except SELinux labels (the new file gets
-    its folder's label, as any new file does)."""
-    try:
-        names = os.listxattr(source)
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return
-        raise
-    for name in names:
-        try:
-            os.setxattr(target, name, os.getxattr(source, name))
-        except OSError:
-            if name.startswith("security."):
-                continue
-            raise
-
-
-Owner = tuple[int, int, int]  # uid, gid, permission bits the new version gets
-
-
-def write_copy(real: Path, tmp: Path, genre: str, mode: GenreMode,
-               owner: Owner) -> tuple[str, ...]:
-    """Build the new version of `real` in `tmp`: a copy with its extended attributes, the
-    genre set, the original's owner and permissions, fsynced and read back; returns the
-    genres it reads back.
+def write_copy(real: Path, tmp: Path, genre: str, mode: GenreMode, owner: Owner) -> Copy:
+    """Build the new version of `real` in `tmp`: a copy with the genre set, sealed
+    (`daemon.tags.replace.seal`); returns the genres it reads back, for `verify`.
 
     The heavy part of a write (mutagen holds the whole tag, pictures included), so the
     service runs it in a child process (the "write" job). Raises TagError or WriteFailed
     naming `real`; `tmp` is the caller's to remove."""
     try:
-        shutil.copyfile(real, tmp)
-        copy_xattrs(real, tmp)
+        copy_of(real, tmp)
         set_genre(tmp, genre, mode)
-        uid, gid, permissions = owner
-        if os.geteuid() == 0:
-            os.chown(tmp, uid, gid)
-        os.chmod(tmp, permissions)  # after chown, which may clear setgid
-        fsync_file(tmp)
-        genres = read_tags(tmp).genres
+        seal(tmp, owner)
+        return Copy(tuple(read_tags(tmp).genres))
     except TagError as err:
         # set_genre/read_tags name the temp copy; the station knows the song.
         raise TagError(real, err.reason) from None
     except OSError as err:
         raise WriteFailed(real, os_reason(err)) from None
-    if not (genre in genres if mode == "add" else genres == (genre,)):
-        raise TagError(real, f"wrote genre {genre!r} but the file reads back {genres!r}")
-    return tuple(genres)
 
 
 def write_genre_atomically(path: Path | str, genre: str,
-                           mode: GenreMode = "replace", *,
-                           before_replace: Callable[[os.stat_result], None] | None = None,
-                           build: Callable[[Path, Path, str, GenreMode, Owner], object]
-                           = write_copy) -> os.stat_result:
-    """Write `genre` into `path`'s tag atomically; returns the new file's stat.
-
-    `build` makes the new version in a hidden temp sibling (`write_copy`, here or in a
-    child process). The rest is `replace_atomically`'s."""
-    genre = genre.strip()
-    st, _ = replace_atomically(
-        path, lambda real, tmp, owner: build(real, tmp, genre, mode, owner),
-        before_replace=before_replace)
-    return st
-
-
-Built = TypeVar("Built")
-
-
-def replace_atomically(path: Path | str, build: Callable[[Path, Path, Owner], Built], *,
-                       before_replace: Callable[[os.stat_result], None] | None = None,
-                       ) -> tuple[os.stat_result, Built]:
-    """Replace `path` by the new version `build(real, tmp, owner)` makes in a hidden temp
-    sibling (a genre written, or put back); returns the new file's stat and what `build`
-    returned.
-
-    `before_replace(stat)` is called with the finished copy's stat just before it is
-    renamed over the original (a rename keeps size and mtime), so the caller can record
-    the write before any observer can see the new file.
-    Raises WriteFailed (file missing, read-only, drive trouble, changed while we wrote)
-    or TagError (the tag could not be set or did not read back); the original is then
-    untouched and no temp file is left.
-    """
-    path = Path(path)
-    try:
-        # Write the real file, not a symlink pointing at it (the link stays a link).
-        real = path.resolve(strict=True)
-        before = os.stat(real)
-    except FileNotFoundError:
-        raise WriteFailed(path, "the file is gone") from None
-    except OSError as err:
-        raise WriteFailed(path, os_reason(err)) from None
-    if not os.access(real, os.W_OK) or not before.st_mode & 0o222:
-        # Rename would succeed in a writable folder (and root may write anything); a song
-        # marked read-only is the station's call, not ours.
-        raise WriteFailed(path, "the file is read-only")
-    if before.st_nlink > 1:
-        # The new version is a new file: renamed over this name, it would leave the song's
-        # other names (hard links) pointing at the old version.
-        raise WriteFailed(path, f"the file has {before.st_nlink} hard links (names on the "
-                          "drive); writing it would split them, so it is left as it is")
-    tmp = temp_path(real)
-    try:
-        result = build(real, tmp, (before.st_uid, before.st_gid, before.st_mode & 0o7777))
-        now = os.stat(real)
-        if (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise WriteFailed(path, "the file changed while its tag was being written")
-        if before_replace is not None:
-            before_replace(os.stat(tmp))
-        os.replace(tmp, real)
-        fsync_dir(real.parent)
-        return os.stat(real), result
-    except (TagError, WriteFailed) as err:
-        raise type(err)(path, err.reason) from None  # the song's name, as the caller knows it
-    except OSError as err:
-        raise WriteFailed(path, os_reason(err)) from None
-    finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            log.warning("could not remove temp file %s: %s", tmp, err)
+                           mode: GenreMode = "replace") -> os.stat_result:
+    """Write `genre` into `path`'s tag in this process, through the writer's stages
+    (daemon.tags.replace); returns the new file's stat. Raises WriteFailed or TagError,
+    the original then untouched. The service's writer runs the same stages with the build
+    in a child process (daemon.review.writeback)."""
+    change = NewGenre(genre.strip(), mode)
+    target = check_target(path)
+    with new_version(target):
+        copy = write_copy(target.real, target.temp, change.genre, change.mode, target.owner)
+        verify(target, change, copy)
+        return put_in_place(target)
 
 
 def write_tags(path: str | os.PathLike, *, title: str | None = None, artist: str | None = None,
@@ -396,17 +300,22 @@ def _v1_genre_byte(genre: str) -> int | None:
         return folded.index(genre.casefold()) if genre.casefold() in folded else None
 
 
-def _take_id3v1(fileobj: BinaryIO) -> bytes | None:
-    """Cut the 128-byte ID3v1 tag off the end of the file and return it (None if none)."""
+def _read_id3v1(fileobj: BinaryIO) -> bytes | None:
+    """The 128-byte ID3v1 tag at the end of the file (None if none)."""
     fileobj.seek(0, 2)
     size = fileobj.tell()
     if size < ID3V1_SIZE:
         return None
     fileobj.seek(size - ID3V1_SIZE)
     tail = fileobj.read(ID3V1_SIZE)
-    if not tail.startswith(b"TAG"):
-        return None
-    fileobj.truncate(size - ID3V1_SIZE)
+    return tail if tail.startswith(b"TAG") else None
+
+
+def _take_id3v1(fileobj: BinaryIO) -> bytes | None:
+    """Cut the 128-byte ID3v1 tag off the end of the file and return it (None if none)."""
+    tail = _read_id3v1(fileobj)
+    if tail is not None:
+        fileobj.truncate(fileobj.tell() - ID3V1_SIZE)
     return tail
 
 

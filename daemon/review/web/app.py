@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
@@ -64,14 +63,14 @@ class _SessionInterface(SecureCookieSessionInterface):
 
 
 def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
-               on_decision: Callable[[], None] | None = None,
+               decision_made: threading.Event | None = None,
                limiter: LoginLimiter | None = None,
                children: ExtractPool | None = None,
                metrics_sources: MetricsSources | None = None) -> Flask:
     """The review web app for `config` on the database behind `sessions`.
 
-    `on_decision` is called after every review action (the daemon passes the writer's
-    wake(), so accepted genres reach the files promptly). `children`: the child processes
+    `decision_made` is set after every review action (the daemon gives the writer the same
+    Event, so accepted genres reach the files promptly). `children`: the child processes
     songs are decoded in for the spectrogram and preview (the daemon shares the library's
     tag readers); without one the app starts its own, as app.extensions["children"].
     `metrics_sources`: what the running service shares with /metrics (its components'
@@ -87,7 +86,7 @@ def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
         live=live, sessions=impatient_sessions(sessions, WEB_BUSY_TIMEOUT_S),
         children=children, limiter=limiter or LoginLimiter(),
         needs_login=login_required(config.review), epoch=credential_epoch(config.review),
-        on_decision=on_decision)
+        decision_made=decision_made)
     if config.metrics.enabled:
         app.extensions["metrics"] = StationMetrics(live, sessions, metrics_sources)
     # Order matters: before_request functions run in the order they are registered, so a
@@ -155,14 +154,14 @@ class WebServer:
     forwards /radio/... unchanged; every URL the page makes then starts with it."""
 
     def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
-                 on_decision: Callable[[], None] | None = None, port: int | None = None,
+                 decision_made: threading.Event | None = None, port: int | None = None,
                  threads: int = 4, url_prefix: str = "",
                  children: ExtractPool | None = None,
                  metrics_sources: MetricsSources | None = None):
         self.live = as_live(config)
         self.metrics_sources = metrics_sources
         self.sessions = sessions
-        self.on_decision = on_decision
+        self.decision_made = decision_made
         self.children = children
         self._own_children: ExtractPool | None = None  # started by create_app: ours to close
         self._metrics: StationMetrics | None = None
@@ -196,7 +195,7 @@ class WebServer:
         """Bind and serve; raises ConfigError for a non-loopback host without a password
         or token, OSError when the port is taken."""
         check_bind(self.config.review)
-        app = create_app(self.live, self.sessions, on_decision=self.on_decision,
+        app = create_app(self.live, self.sessions, decision_made=self.decision_made,
                          children=self.children, metrics_sources=self.metrics_sources)
         self._own_children = app.extensions["children"] if self.children is None else None
         self._metrics = app.extensions.get("metrics")

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -22,8 +21,6 @@ from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
 from daemon.core.live import Live
 from daemon.review.web.security import LoginLimiter
-
-log = logging.getLogger(__name__)
 
 # The largest id SQLite's INTEGER holds; a longer one in a URL is simply not a row.
 MAX_ROW_ID = 2**63 - 1
@@ -92,7 +89,8 @@ class Review:
     limiter: LoginLimiter
     needs_login: bool  # a password or token is set
     epoch: str  # security.credential_epoch: a signed-in session carries it
-    on_decision: Callable[[], None] | None = None
+    # Set after every review action; the writer, built with the same Event, wakes on it.
+    decision_made: threading.Event | None = None
     thumbs: LRU = field(default_factory=lambda: LRU(256))
     previews: LRU = field(default_factory=lambda: LRU(16))
     filter_options: TimedValue = field(default_factory=lambda: TimedValue(OPTIONS_TTL_S))
@@ -102,11 +100,8 @@ class Review:
         return self.live.config
 
     def notify(self) -> None:
-        if self.on_decision is not None:
-            try:
-                self.on_decision()
-            except Exception:  # the decision is stored; waking the writer is a nicety
-                log.exception("on_decision callback failed")
+        if self.decision_made is not None:
+            self.decision_made.set()
 
 
 def review() -> Review:

@@ -144,7 +144,7 @@ def after_undo(made: list[Decision]) -> tuple[list[Decision], str]:
     each file reads now: read from the file after the write, never assumed."""
     deps = review()
     deps.notify()
-    if deps.on_decision is not None:
+    if deps.decision_made is not None:
         made = wait_for_files(deps.sessions, [d.id for d in made])
     reports = Counter(file_report(d) for d in made)
     said = "; ".join(what if n == 1 else f"{what} ({n} songs)"
