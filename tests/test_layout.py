@@ -77,15 +77,15 @@ def floor_breaks(path: Path) -> list[str]:
     reaches the trainer (the CLI's hand-over aside)."""
     rel = path.relative_to(REPO)
     own = FLOORS.index(rel.parts[1]) if len(rel.parts) > 2 else len(FLOORS)
-    breaks = []
-    for name in _imported(path):
+
+    def runs_up(name: str) -> bool:
         parts = name.split(".")
-        if parts[0] == "trainer" and rel.as_posix() != TRAINER_HANDOVER:
-            breaks.append(f"{rel.as_posix()} -> {name}")
-        elif (parts[0] == "daemon" and len(parts) > 1 and parts[1] in FLOORS
-              and FLOORS.index(parts[1]) > own):
-            breaks.append(f"{rel.as_posix()} -> {name}")
-    return breaks
+        if parts[0] == "trainer":
+            return rel.as_posix() != TRAINER_HANDOVER
+        return (parts[0] == "daemon" and len(parts) > 1 and parts[1] in FLOORS
+                and FLOORS.index(parts[1]) > own)
+
+    return [f"{rel.as_posix()} -> {name}" for name in _imported(path) if runs_up(name)]
 
 
 def test_the_floors_name_every_stage_once():

@@ -27,12 +27,12 @@ from tqdm import tqdm
 from daemon.audio.extract import ExtractPool
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE, CNN
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError, GenretaggerError
 from daemon.core.paths import stored_path
 from daemon.learn.labels import song_label
 from daemon.library.albums import AlbumTags, album_identities, artist_group
-from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import same_stat, walk_library
 from daemon.tags.read import read_tags
 

@@ -32,6 +32,7 @@ from daemon.audio.features import (
     backbone_patches,
     song_features,
 )
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.errors import (
     DecodeTimeout,
     FileError,
@@ -40,7 +41,6 @@ from daemon.core.errors import (
     TooMuchMemory,
     UnreadableAudio,
 )
-from daemon.library.fingerprint import fingerprint
 from daemon.tags.read import TrackTags, read_tags
 from daemon.tags.restore import restore_copy, write_copy_recorded
 from daemon.tags.write import WriteFailed

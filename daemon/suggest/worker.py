@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audio.extract import ExtractPool
 from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, BackboneSpec, FeatureSpec
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Event, Track, utcnow
@@ -55,7 +56,6 @@ from daemon.core.live import Live, as_live
 from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
 from daemon.core.retry import backoff
 from daemon.core.states import TrackState, move
-from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import inode_ctime, same_stat
 from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
