@@ -25,13 +25,12 @@ from daemon.audio.features import DEFAULT_SPEC
 from daemon.audio.fingerprint import fingerprint
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
-from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review import decisions as review
 from daemon.review import listing
 from daemon.review.writeback import Writer
 from daemon.tags.read import read_tags
 from daemon.tags.restore import genre_fields
-from daemon.tags.write import WriteFailed, temp_path, write_genre_atomically
+from daemon.tags.write import WRITER_TEMP_MARK, WriteFailed, temp_path, write_genre_atomically
 
 FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "wma")
 

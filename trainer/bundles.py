@@ -37,6 +37,7 @@ from daemon.audio.features import (
     BackboneSpec,
     FeatureSpec,
 )
+from daemon.learn.backbone_file import backbone_onnx
 from trainer import backbone as bb
 from trainer.export import ParityError, metadata_props, write_model
 from trainer.head import Head
@@ -123,8 +124,8 @@ def _merge(first: onnx.ModelProto, second: onnx.ModelProto, io_map, outputs) -> 
 
 
 def load_backbone(path: Path | None = None) -> onnx.ModelProto:
-    """backbone.onnx (default: trainer.backbone.backbone_onnx(); BackboneUnavailable)."""
-    return onnx.load(str(path or bb.backbone_onnx()))
+    """backbone.onnx (default: backbone_onnx(); BackboneUnavailable)."""
+    return onnx.load(str(path or backbone_onnx()))
 
 
 # ---------------------------------------------------------------- metadata

@@ -39,7 +39,6 @@ from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, Track, utcnow
 from daemon.core.health import Health
-from daemon.core.live import Live, as_live
 from daemon.core.paths import display, stored_path
 from daemon.core.states import TrackState, can_move
 from daemon.library.known import KNOWN_COLUMNS, Known, known_tracks, quarantine_lifted
@@ -59,6 +58,7 @@ from daemon.library.walk import (
     walk_library,
 )
 from daemon.tags.genres import GenreMap
+from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
 

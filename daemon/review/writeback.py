@@ -37,11 +37,11 @@ from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
 from daemon.core.health import Health, thread_alive
-from daemon.core.live import Live, as_live
 from daemon.core.paths import library_file
 from daemon.core.retry import backoff
 from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatus
 from daemon.suggest.inputs import SongInputs, WindowSpecs
+from daemon.tags.live import Live, as_live
 from daemon.tags.read import MULTI_VALUE_SEPARATOR
 from daemon.tags.restore import (
     ChangedSinceWritten,

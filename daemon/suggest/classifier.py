@@ -226,7 +226,7 @@ class Classifier:
         take ~2.5 MB per clip, so 32 songs in one run would cost the daemon ~400 MB at
         peak. Small runs are no slower here (measured on 2 cores with glibc's default
         heap: ~590 clips/s at 8 clips a run, ~550 at 16, 278 at 64), the activations
-        staying in cache; the daemon's bounded heap (daemon/service/heap.py) costs ~25%
+        staying in cache; the daemon's bounded heap (daemon/core/heap.py) costs ~25%
         at any size. The backbone's patches go MAX_PATCHES_PER_RUN at a time: measured
         here, 8 patches a run peak at ~340 MB RSS, 2 at ~155 MB, at the same songs/s.
         ORT wants every input fed: an input with no windows left (or not asked for) gets

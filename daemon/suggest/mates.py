@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from daemon.core.config import Config
 from daemon.core.db.models import Track
+from daemon.core.labels import LABEL
 from daemon.core.states import TrackState
 from daemon.library.albums import artist_key, song_artist
 from daemon.suggest.context import combine, context_prior, reason_text
@@ -114,7 +115,7 @@ def mates_for(session: Session, track_ids: Sequence[int]) -> dict[int, Mates]:
     """Track ids -> each one's Mates (empty counts when none is tagged). Two queries for
     the whole batch (the batch's own rows, then every tagged song sharing an album or
     an artist with one of them), whatever its size; portable SQL; count_mates counts."""
-    genre = func.coalesce(Track.confirmed_genre, Track.canonical_genre).label("genre")
+    genre = LABEL.label("genre")
     columns = (Track.id, Track.album_key, Track.artist, Track.album_artist,
                Track.compilation, genre)
     rows = session.execute(select(*columns).where(Track.id.in_(list(track_ids)))).all()

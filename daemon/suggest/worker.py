@@ -52,18 +52,18 @@ from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Event, Track, utcnow
 from daemon.core.errors import FileError, UnreadableAudio
 from daemon.core.health import Health
-from daemon.core.live import Live, as_live
+from daemon.core.heap import release_free_memory
 from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
 from daemon.core.retry import backoff
 from daemon.core.states import TrackState, move
 from daemon.library.walk import inode_ctime, same_stat
-from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.mates import batch_context
 from daemon.suggest.queue import Claim, claim_tracks, prune_events, queue_depth, requeue_working
 from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
 from daemon.suggest.workers import pulse, requeue_dead
+from daemon.tags.live import Live, as_live
 from daemon.tags.stored_genres import FollowedGenreMap
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ original's permissions, extended attributes (and owner, when running as root) an
 it over the original (atomic within one filesystem), then fsyncs the folder. A file with
 several hard links is refused (a new file would split them). A crash at any moment leaves
 either the old file or the new one, plus at worst a hidden temp file, which a later library
-walk removes (`daemon.library.reconcile.remove_leftovers`).
+walk removes (`daemon.library.walk.remove_leftovers`).
 
 `set_genre` writes the genre into every genre field the file carries, in place: per format,
 it changes only the genre, keeps every other frame, and saves ID3 in the version the file
@@ -40,7 +40,6 @@ from mutagen.wave import WAVE
 from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import FileError, TagError, os_reason
 from daemon.core.paths import display
-from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.tags import riffinfo
 from daemon.tags.asf import PlacedASF
 from daemon.tags.read import (
@@ -73,6 +72,8 @@ class WriteFailed(FileError):
     """The genre could not be written into the file; `reason` says why (retried later)."""
 
 
+# In every temp sibling's name: the library walk removes one a crash left behind.
+WRITER_TEMP_MARK = ".genretagger-tmp"
 # The longest extension kept on a temp name: with the 16-character digest and the mark it
 # stays far below NAME_MAX, 255 bytes on every filesystem a station uses.
 EXTENSION_MAX = 16

@@ -20,8 +20,8 @@ from werkzeug.routing import IntegerConverter, Map
 
 from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
-from daemon.core.live import Live
 from daemon.review.web.security import LoginLimiter
+from daemon.tags.live import Live
 
 log = logging.getLogger(__name__)
 
