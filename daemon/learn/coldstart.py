@@ -75,7 +75,6 @@ def requeue_suggestions(sessions: sessionmaker[Session], model_id: int) -> int:
             if track is None or track.state != TrackState.SUGGESTED:
                 continue  # being reviewed or re-read: the reviewer or the worker decides
             suggestion.status = SuggestionStatus.SUPERSEDED
-            move(track, TrackState.QUEUED)
-            track.state_changed_at = now
+            move(track, TrackState.QUEUED, now)
             queued += 1
     return queued

@@ -79,8 +79,10 @@ from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
 
-# Without a model and without the trainer, say what to run this often (never idle silently).
-NO_MODEL_POLL_SECONDS = 3600.0
+# Without a model, look again this often for enough tagged songs to train one (a new
+# station tagging its first songs gets its first model within minutes; the look is one
+# count query), and without the trainer say what to run (never idle silently).
+NO_MODEL_POLL_SECONDS = 300.0
 
 
 class Retrainer:

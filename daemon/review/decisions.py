@@ -188,8 +188,7 @@ def decide(session: Session, config: Config, suggestion: Suggestion, track: Trac
         track.confirmed_at = now
         track.confirmed_decision_id = decision.id
     if track.state != TrackState.REVIEWED:
-        move(track, TrackState.REVIEWED)
-        track.state_changed_at = now
+        move(track, TrackState.REVIEWED, now)
     return decision
 
 
@@ -368,8 +367,7 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
     if suggestion is not None and not newer:
         suggestion.status = SuggestionStatus.PENDING
         if track.state == TrackState.REVIEWED:
-            move(track, TrackState.SUGGESTED)
-            track.state_changed_at = now
+            move(track, TrackState.SUGGESTED, now)
     return undo_row
 
 

@@ -89,8 +89,6 @@ STOP_SECONDS = 20.0
 CLOSE_SECONDS = 5.0
 # The first model waits for the first walk's files to settle, at most this much longer.
 SETTLE_WAIT_SECONDS = 300.0
-# Without a model, look again this often for enough tagged songs to train one.
-NO_MODEL_POLL_SECONDS = 300.0
 class Service:
     """The daemon process: `run()` starts everything, serves until a signal, stops."""
 
@@ -221,7 +219,7 @@ class Service:
         # Its thread recovers runs cut off by a restart and, with no active model, trains
         # the first one (a subprocess) in the background -- from the tagged tracks, so only
         # once the first walk's files have settled.
-        self.retrainer = Retrainer(live, self.sessions, poll_seconds=NO_MODEL_POLL_SECONDS)
+        self.retrainer = Retrainer(live, self.sessions)
         threading.Thread(target=self._start_retrainer, name="start-retrainer",
                          daemon=True).start()
         self._wake.set()  # the main loop publishes the heartbeat now

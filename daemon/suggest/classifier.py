@@ -41,6 +41,7 @@ from daemon.suggest.bundle import (
     read_metadata,
     spec_differences,
 )
+from daemon.suggest.suggestions import top_genres
 
 __all__ = ["JSON_KEYS", "MAX_CLIPS_PER_RUN", "MAX_PATCHES_PER_RUN", "Classifier", "Member",
            "Prediction", "combine_members", "read_metadata", "softmax", "song_log_probabilities",
@@ -302,5 +303,4 @@ class Classifier:
 
     def top(self, probs_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         """One song's probabilities -> its k most likely (genre, confidence), best first."""
-        order = np.argsort(probs_row)[::-1][:k]
-        return [(self.classes[i], float(probs_row[i])) for i in order]
+        return top_genres(probs_row, self.classes, k)

@@ -354,7 +354,6 @@ class Worker:
                 genre, confidence = top[0]
                 self._describe(track, claim)
                 track.attempts, track.last_error, track.next_attempt_at = 0, None, None
-                track.state_changed_at = now
                 latency = ((now - claim.queued_since).total_seconds()
                            if claim.queued_since else None)
                 session.add(Event(at=now, kind="classified", detail={
@@ -406,14 +405,13 @@ class Worker:
                 return
             track.attempts = (track.attempts or 0) + 1
             track.last_error = error.reason
-            track.state_changed_at = now
             quarantined = track.attempts >= workers.max_attempts
             if quarantined:
-                move(track, TrackState.QUARANTINED)
+                move(track, TrackState.QUARANTINED, now)
                 track.next_attempt_at = None
                 track.quarantined_ctime = inode_ctime(self.root / filesystem_path(claim.path))
             else:
-                move(track, TrackState.RETRYING)
+                move(track, TrackState.RETRYING, now)
                 track.next_attempt_at = now + timedelta(
                     seconds=backoff(track.attempts, workers.backoff_seconds))
             attempts = track.attempts
@@ -440,8 +438,7 @@ class Worker:
     def _back_to_settling(self, track: Track, claim: Claim, now: datetime) -> None:
         """A file that changed since it settled waits settle_seconds (retrying, no attempt
         counted); the library settles it again meanwhile and queues it afresh."""
-        move(track, TrackState.RETRYING)
-        track.state_changed_at = now
+        move(track, TrackState.RETRYING, now)
         track.next_attempt_at = now + timedelta(
             seconds=max(self.config.library.settle_seconds, POLL_SECONDS))
         log.info("%s is still changing (being copied?); it waits to settle again",
