@@ -31,6 +31,7 @@ from daemon.review.web.common import Review, RowId, plain
 from daemon.review.web.connections import guarded_server
 from daemon.review.web.format import context_reason, likeness, path_breaks, percent, when
 from daemon.review.web.metrics import Exposition
+from daemon.review.web.metrics import bp as metrics_bp
 from daemon.review.web.security import (
     LoginLimiter,
     check_bind,
@@ -96,7 +97,7 @@ def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
     app.before_request(auth.same_site_posts_only)
     CSRFProtect(app)
     for blueprint in (auth.bp, songs.bp, albums.bp, history.bp, models.bp, media.bp,
-                      metrics.bp, notsongs.bp):
+                      metrics_bp, notsongs.bp):
         app.register_blueprint(blueprint)
     _error_handlers(app)
     return app
