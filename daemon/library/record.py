@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audio.song import song_duration, song_format
 from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
@@ -127,8 +128,7 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     track.artist = tags.artist if tags else None
     track.album = tags.album if tags else None
     track.album_artist = tags.album_artist if tags else None
-    track.format = info.format if info else (tags.format if tags else None)
-    track.duration = info.duration if info else (tags.duration if tags else None)
+    track.format, track.duration = song_format(info, tags), song_duration(info, tags)
     track.last_seen = utcnow()
     reason = rules.reason(stored, track.duration, track.song_mark) if rules else None
     if reason is not None:
