@@ -39,7 +39,7 @@ from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, Track, utcnow
 from daemon.core.health import Health
-from daemon.core.paths import display, stored_path
+from daemon.core.paths import display, relative_inside, stored_path
 from daemon.core.states import TrackState, can_move
 from daemon.library.known import KNOWN_COLUMNS, Known, known_tracks, quarantine_lifted
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
@@ -143,10 +143,9 @@ class Library:
     def relpath(self, path: str) -> str | None:
         """Absolute path from an event -> relative library path, or None when it is not a
         library file (outside the root, hidden, temporary, not audio)."""
-        prefix = self.root.rstrip("/") + "/"
-        if not path.startswith(prefix):
+        rel = relative_inside(self.root, path)
+        if rel is None:
             return None
-        rel = path[len(prefix):]
         *folders, name = rel.split("/")
         if not all(is_library_folder(f) for f in folders):
             return None
