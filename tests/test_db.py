@@ -113,7 +113,7 @@ def test_a_move_stamps_when_the_state_changed(database):
     _, sessions = database
     at = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
     with sessions() as session:
-        track = Track(path="new.mp3", attempts=0)
+        track = Track(path="new.mp3", size=1, mtime=1.0, attempts=0)
         move(track, TrackState.TAGGED, at)
         session.add(track)
         session.commit()
