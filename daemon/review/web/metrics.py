@@ -1,6 +1,6 @@
-"""/metrics: the station's Prometheus metrics, behind the review
-page's rules (daemon.review.web.auth.guard): this machine only without a password or
-token; else a signed-in browser, or review.token as `Authorization: Bearer` (a scraper).
+"""/metrics: the station's Prometheus metrics, behind the review page's rules
+(daemon.review.web.auth.guard): this machine only without a password or token; else a
+signed-in browser, or review.token as `Authorization: Bearer` (a scraper).
 
 Served here rather than on a port of its own: one listener, one set of rules for who may
 read what the station is doing, and no second bind to get wrong. What is served comes in
@@ -20,6 +20,9 @@ bp = Blueprint("metrics", __name__)
 
 
 class Exposition(Protocol):
+    """What /metrics serves: the service builds it (daemon.service.metrics.StationMetrics)
+    with what only the running service knows, and hands it to the page."""
+
     def exposition(self) -> bytes:
         """The Prometheus text format (CONTENT_TYPE_LATEST), collected now."""
 
