@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.audio.featurecache import FeatureCache  # noqa: E402
 from daemon.audio.features import CNN, DEFAULT_SPEC  # noqa: E402
+from daemon.audio.fingerprint import fingerprint  # noqa: E402
 from daemon.cli.demo import VOICES, encode, synthesize  # noqa: E402
 from daemon.core.config import ContextConfig  # noqa: E402
-from daemon.library.fingerprint import fingerprint  # noqa: E402
 from daemon.suggest.bundle import read_metadata  # noqa: E402
 from daemon.suggest.context import combine, context_prior  # noqa: E402
 from daemon.suggest.mates import Mates  # noqa: E402

@@ -50,7 +50,7 @@ def real_embeddings(seeds: int) -> list[tuple[str, np.ndarray]]:
     """(genre, per-patch embedding) of `seeds` synthesised 12-s songs per demo genre."""
     import onnxruntime as ort
 
-    from trainer.backbone import default_dir
+    from daemon.learn.backbone_file import default_dir
 
     session = ort.InferenceSession(str(default_dir() / "backbone.onnx"),
                                    providers=["CPUExecutionProvider"])

@@ -95,10 +95,10 @@ def main() -> int:
 
     from daemon.core.db.engine import open_database
     from daemon.core.db.models import Suggestion, Track, TrainingRun
-    from daemon.learn.registry import active_model
     from daemon.learn.retrainer import Retrainer
     from daemon.library.reconcile import Library
     from daemon.review import decisions as review
+    from daemon.suggest.active import active_model
     from daemon.suggest.worker import Worker
     from daemon.tags.genres import load_genre_map
 

@@ -204,7 +204,7 @@ def plain_atomic_copy(path: Path) -> None:
 
 
 def bench_writes(n: int) -> None:
-    from daemon.library.fingerprint import fingerprint
+    from daemon.audio.fingerprint import fingerprint
     from daemon.review import decisions as review
     from daemon.review.writeback import Writer, build_copy
     from daemon.tags.replace import check_target, new_version, put_in_place, verify

@@ -20,6 +20,7 @@ from daemon.core.db.models import Decision, Model, Track, TrainingRun, utcnow
 from daemon.core.health import write_health
 from daemon.core.states import RunStatus, RunTrigger, TrackState
 from daemon.review.web import create_app
+from daemon.service.metrics import StationMetrics
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
 RULES = RULES_DIR / "genretagger-alerts.yml"
@@ -70,7 +71,7 @@ def test_the_rules_use_what_metrics_really_exports(tmp_path, make_config, databa
         "stopped_at": None, "components": {"writer": {
             "alive": True, "healthy": False, "failing": True, "last_progress_at": None,
             "last_error": "Permission denied", "last_error_at": None, "errors": 1}}})
-    app = create_app(config, sessions)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions))
     try:
         answer = app.test_client().get("/metrics")
         assert answer.status_code == 200

@@ -27,6 +27,7 @@ from daemon.audio.features import (
     mel_filterbank,
 )
 from daemon.cli.demo import encode, synthesize
+from daemon.learn.backbone_file import BackboneUnavailable, default_dir
 from trainer import backbone
 
 pytestmark = pytest.mark.slow  # converts the backbone with TensorFlow
@@ -84,7 +85,7 @@ def converted(tmp_path_factory, song_patches):
 
 
 def test_fetched_wheel_is_the_pinned_one():
-    wheel = backbone.default_dir() / backbone.WHEEL_NAME
+    wheel = default_dir() / backbone.WHEEL_NAME
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() == backbone.WHEEL_SHA256
     assert backbone.wheel_path() == wheel
     checkpoint = backbone.checkpoint_dir()
@@ -100,22 +101,22 @@ def test_licence_and_tags_come_from_the_wheel():
 
 
 def test_missing_or_altered_wheel_says_how_to_fetch_it(tmp_path):
-    with pytest.raises(backbone.BackboneUnavailable, match="make backbone"):
+    with pytest.raises(BackboneUnavailable, match="make backbone"):
         backbone.checkpoint_dir(tmp_path)
     wheel = tmp_path / backbone.WHEEL_NAME
     shutil.copyfile(backbone.wheel_path(), wheel)
-    with pytest.raises(backbone.BackboneUnavailable, match="not unpacked"):
+    with pytest.raises(BackboneUnavailable, match="not unpacked"):
         backbone.checkpoint_dir(tmp_path)
     data = backbone.unpack(tmp_path) / ".index"
     data.write_bytes(data.read_bytes()[:-1] + b"\0")
-    with pytest.raises(backbone.BackboneUnavailable, match="differs from the wheel"):
+    with pytest.raises(BackboneUnavailable, match="differs from the wheel"):
         backbone.checkpoint_dir(tmp_path)
     with open(wheel, "r+b") as file:
         file.seek(1000)
         byte = file.read(1)
         file.seek(1000)
         file.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(backbone.BackboneUnavailable, match="is not the pinned"):
+    with pytest.raises(BackboneUnavailable, match="is not the pinned"):
         backbone.unpack(tmp_path)
 
 

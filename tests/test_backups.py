@@ -35,7 +35,8 @@ def _database_with_rows(path, rows: int = 300) -> None:
 
 
 def _damage(path) -> None:
-    """What the issue did to the file: cut its last 8 KiB off."""
+    """Damage a database file the way a failing disk or a cut copy does: its last 8 KiB
+    gone."""
     subprocess.run(["truncate", "-s", "-8192", str(path)], check=True)
 
 

@@ -14,8 +14,8 @@ from helpers import add_suggested_track
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.db.models import Decision, Model, Suggestion, Track, utcnow
-from daemon.library.fingerprint import fingerprint
 from daemon.review.web import WebServer
 
 pytestmark = pytest.mark.slow  # a real browser

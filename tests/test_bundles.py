@@ -25,6 +25,7 @@ from daemon.audio.features import (
 )
 from daemon.cli.demo import encode, synthesize
 from daemon.core.errors import ModelMismatch
+from daemon.learn.backbone_file import BackboneUnavailable, backbone_onnx
 from daemon.suggest.classifier import (
     MAX_CLIPS_PER_RUN,
     MAX_PATCHES_PER_RUN,
@@ -66,7 +67,7 @@ def songs(tmp_path_factory):
 def session():
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(backbone.backbone_onnx()),
+    return ort.InferenceSession(str(backbone_onnx()),
                                 providers=["CPUExecutionProvider"])
 
 
@@ -206,7 +207,7 @@ def test_ensemble_is_the_weighted_mean_of_calibrated_member_log_probabilities(
     cnn_lp = np.stack([song_log_probabilities(legacy.clip_probabilities(s["cnn"])[None], 1.3)[0]
                        for s in group])
     head_lp = np.stack([song_log_probabilities(wide.probabilities(
-        backbone.embed_patches(backbone.backbone_onnx(), s["backbone"]))[None], 0.7)[0]
+        backbone.embed_patches(backbone_onnx(), s["backbone"]))[None], 0.7)[0]
         for s in group])
     mixed = np.empty((len(group), 4))
     for c, genre in enumerate(classifier.classes):
@@ -315,8 +316,8 @@ def test_a_composed_bundle_that_disagrees_with_its_parts_is_not_written(tmp_path
 
 
 def test_a_missing_onnx_backbone_names_the_command(tmp_path):
-    with pytest.raises(backbone.BackboneUnavailable, match="make backbone"):
-        backbone.backbone_onnx(tmp_path)
+    with pytest.raises(BackboneUnavailable, match="make backbone"):
+        backbone_onnx(tmp_path)
 
 
 def test_heads_and_bundles_need_no_tensorflow():

@@ -21,6 +21,7 @@ import pytest
 from daemon.audio.decode import decode_clips
 from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC, backbone_patches
 from daemon.core.errors import ConfigError
+from daemon.learn.backbone_file import backbone_onnx
 from daemon.suggest.classifier import song_probabilities
 from daemon.tags.genres import MSD_TAGS, default_genres_text, load_genre_map, parse_genre_map
 from trainer import backbone
@@ -196,7 +197,7 @@ def test_the_bundle_is_the_backbone_through_the_table(bundle, encoded_songs):
         patches = backbone_patches(decode_clips(path, BACKBONE_SPEC)[1])
         assert patches.shape == (BACKBONE_SPEC.clips_per_song, 187, 96)
         probs, embedding = session.run(["coldstart_probs", "embedding"], {"patches": patches})
-        plain = backbone.run_onnx(backbone.backbone_onnx(), patches)
+        plain = backbone.run_onnx(backbone_onnx(), patches)
         assert probs.shape == (len(patches), len(classes))
         assert np.all(probs > 0)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -35,6 +35,7 @@ from daemon.learn.policy import should_retrain
 from daemon.learn.retrainer import Retrainer
 from daemon.library.reconcile import Library
 from daemon.review import decisions as review
+from daemon.suggest.active import active_model
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.worker import Worker
 from daemon.tags.genres import load_genre_map
@@ -83,7 +84,7 @@ class Station:
 
     def active(self) -> Model | None:
         with self.sessions() as session:
-            return registry.active_model(session)
+            return active_model(session)
 
     def pending(self) -> list[Suggestion]:
         with self.sessions() as session:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 
 from daemon.core.errors import os_reason
-from daemon.core.live import Live, as_live
 from daemon.core.retry import backoff
 from daemon.review.writeback import BACKOFF_FIRST_S, BACKOFF_MAX_S
+from daemon.tags.live import Live, as_live
 from daemon.tags.read import open_reason
 
 

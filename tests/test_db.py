@@ -5,6 +5,7 @@ be reached is a clear error."""
 
 import sqlite3
 import time
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -104,6 +105,29 @@ def test_state_machine_allows_only_listed_moves():
     assert track.state == TrackState.REVIEWED
     with pytest.raises(InvalidTransition, match="x.mp3: track cannot go from reviewed to working"):
         move(track, TrackState.WORKING)
+
+
+def test_a_move_stamps_when_the_state_changed(database):
+    """move() is the one place state_changed_at is set: the given time or now, a refused
+    move stamps nothing, and a new row enters at any state."""
+    _, sessions = database
+    at = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+    with sessions() as session:
+        track = Track(path="new.mp3", size=1, mtime=1.0, attempts=0)
+        move(track, TrackState.TAGGED, at)
+        session.add(track)
+        session.commit()
+        assert (track.state, track.state_changed_at) == (TrackState.TAGGED, at)
+        before = utcnow()
+        move(track, TrackState.QUEUED)
+        assert track.state_changed_at >= before
+        stamped = track.state_changed_at
+        with pytest.raises(InvalidTransition):
+            move(track, TrackState.REVIEWED, at)
+        assert (track.state, track.state_changed_at) == (TrackState.QUEUED, stamped)
+        move(track, TrackState.QUEUED, at)  # the same state: stamped again
+        session.commit()
+        assert session.get(Track, track.id).state_changed_at == at
 
 
 def test_write_units_take_the_lock_up_front(database):

@@ -14,10 +14,10 @@ import soundfile as sf
 from click.testing import CliRunner
 from helpers import add_suggested_track
 
+from daemon.audio.fingerprint import fingerprint
 from daemon.cli import cli
 from daemon.core.db.models import Model, Suggestion, Track, utcnow
 from daemon.core.states import TrackState
-from daemon.library.fingerprint import fingerprint
 from daemon.review.web import create_app
 
 TOURNAMENT = {

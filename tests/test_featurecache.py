@@ -10,8 +10,8 @@ import pytest
 
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC, clip_starts, song_features
+from daemon.audio.fingerprint import fingerprint
 from daemon.cli.demo import synthesize
-from daemon.library.fingerprint import fingerprint
 
 
 def features_of(genre: str, seconds: float = 8.0, seed: int = 0, spec=DEFAULT_SPEC):

@@ -30,9 +30,9 @@ from daemon.core.config import parse_config
 from daemon.core.db.engine import open_database
 from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import TrackState
-from daemon.learn import registry
 from daemon.learn.retrainer import Retrainer
 from daemon.library.reconcile import Library
+from daemon.suggest.active import active_model
 from daemon.suggest.bundle import read_metadata
 from daemon.suggest.worker import Worker
 from daemon.tags.genres import load_genre_map
@@ -132,7 +132,7 @@ def test_a_new_class_count_between_nights_warm_starts_and_suggests_the_new_genre
     first = Retrainer(station.config, station.sessions).run("initial")
     assert first["status"] == "promoted", first
     with station.sessions() as session:
-        v1 = registry.active_model(session)
+        v1 = active_model(session)
         queued = session.scalars(select(Track).where(
             Track.state == TrackState.QUEUED)).all()
     assert not set(NEW_GENRES) & set(v1.classes)
@@ -155,7 +155,7 @@ def test_a_new_class_count_between_nights_warm_starts_and_suggests_the_new_genre
     night = Retrainer(station.config, station.sessions).run("nightly")
     assert night["status"] == "promoted", night
     with station.sessions() as session:
-        v2 = registry.active_model(session)
+        v2 = active_model(session)
     assert v2.version == v1.version + 1
     assert set(v2.classes) == set(v1.classes) | set(NEW_GENRES)
     report = json.loads(Path(v2.report_path).read_text())
@@ -199,5 +199,5 @@ def test_a_library_that_cannot_make_a_model_skips_the_night_with_the_reason(tmp_
     assert night["status"] == "skipped", night
     assert night["reason"].startswith("not trained: ") and "artists" in night["reason"]
     with sessions() as session:
-        assert registry.active_model(session) is None
+        assert active_model(session) is None
     engine.dispose()

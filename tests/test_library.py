@@ -22,13 +22,13 @@ from mutagen.id3 import ID3
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
+from daemon.audio.fingerprint import fingerprint
 from daemon.cli.demo import encode, synthesize
 from daemon.core.config import parse_config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, ServiceState, Suggestion, Track, utcnow
 from daemon.core.paths import filesystem_path, library_file, stored_path
 from daemon.core.states import TrackState as S
-from daemon.library.fingerprint import fingerprint
 from daemon.library.reconcile import Library
 from daemon.library.record import settled_state
 from daemon.library.scan import scan_library

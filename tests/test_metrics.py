@@ -46,7 +46,7 @@ from daemon.core.db.models import (
 from daemon.core.health import write_health
 from daemon.core.states import TrackState
 from daemon.review.web import create_app
-from daemon.service.metrics import METRICS_BUSY_TIMEOUT_S, MetricsSources
+from daemon.service.metrics import METRICS_BUSY_TIMEOUT_S, MetricsSources, StationMetrics
 from daemon.service.status import DAEMON_KEY
 
 TOKEN = "scrape-" + "s" * 25
@@ -181,7 +181,7 @@ def test_metrics_say_what_status_json_says(station):
     fill(sessions, utcnow())
     publish_health(config)
     status = status_json(path)
-    app = create_app(config, sessions)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions))
     m = scrape(app.test_client())
     close(app)
 
@@ -231,7 +231,7 @@ def test_an_empty_station_and_the_running_services_own_reports(station):
     """No model, no run, no health file: those families are empty, not made up. With the
     service's sources, components and the worker's heartbeat come from them."""
     _, config, sessions = station
-    app = create_app(config, sessions)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions))
     m = scrape(app.test_client())
     close(app)
     assert value(m, "genretagger_queue_depth") == 0
@@ -242,7 +242,7 @@ def test_an_empty_station_and_the_running_services_own_reports(station):
 
     sources = MetricsSources(
         components=lambda: {"worker": {"alive": True, "healthy": False}})
-    app = create_app(config, sessions, metrics_sources=sources)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions, sources))
     m = scrape(app.test_client())
     close(app)
     assert by(m, "genretagger_component_alive", "component") == {"worker": 1}
@@ -253,9 +253,11 @@ def test_metrics_can_be_switched_off(station, tmp_path):
     _, config, sessions = station
     off = parse_config({**config.model_dump(mode="json"), "metrics": {"enabled": False}},
                        "test config")
-    app = create_app(off, sessions)
+    handed = StationMetrics(off, sessions)
+    app = create_app(off, sessions, metrics=handed)
     assert app.test_client().get("/metrics").status_code == 404
     close(app)
+    handed.close()
 
 
 def test_who_may_read_the_metrics(station):
@@ -263,7 +265,7 @@ def test_who_may_read_the_metrics(station):
     browser or review.token as a bearer token; anything else 401, never the login page;
     wrong tokens are rate-limited like wrong passwords."""
     _, config, sessions = station
-    app = create_app(config, sessions)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions))
     client = app.test_client()
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.168.1.20"}
                       ).status_code == 403
@@ -272,7 +274,7 @@ def test_who_may_read_the_metrics(station):
     password_hash = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
     locked = parse_config({**config.model_dump(mode="json"), "review": {
         "host": "0.0.0.0", "token": TOKEN, "password_hash": password_hash}}, "test config")
-    app = create_app(locked, sessions)
+    app = create_app(locked, sessions, metrics=StationMetrics(locked, sessions))
     app.testing = True
     lan = {"REMOTE_ADDR": "192.168.1.20"}
     client = app.test_client()
@@ -309,7 +311,7 @@ def test_a_held_write_lock_does_not_hold_up_a_scrape(sqlite_station):
     """The daemon's writer (or anyone) holding the write lock: WAL lets the scrape read."""
     _, config, sessions = sqlite_station
     fill(sessions, utcnow())
-    app = create_app(config, sessions)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions))
     holder = hold_write_lock(config.state_dir / "genretagger.db", 8)
     try:
         started = time.monotonic()
@@ -329,7 +331,7 @@ def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(sqlite_station):
     _, config, sessions = sqlite_station
     fill(sessions, utcnow())
     sources = MetricsSources(components=lambda: {"worker": {"alive": True, "healthy": True}})
-    app = create_app(config, sessions, metrics_sources=sources)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions, sources))
     # Exclusive mode on a WAL file is granted only with no other connection open.
     sessions.kw["bind"].dispose()
     holder = hold_exclusive_lock(config.state_dir / "genretagger.db", 15)
@@ -366,7 +368,7 @@ def test_postgresql_row_locks_do_not_hold_up_a_scrape(pg_station):
     scrape's reads."""
     _, config, sessions = pg_station
     fill(sessions, utcnow())
-    app = create_app(config, sessions)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions))
     with sessions() as holder, holder.begin():
         holder.execute(text("SELECT id FROM tracks FOR UPDATE")).all()
         started = time.monotonic()
@@ -384,7 +386,7 @@ def test_a_locked_or_unreachable_postgresql_gives_db_up_0_fast(pg_station):
     _, config, sessions = pg_station
     fill(sessions, utcnow())
     sources = MetricsSources(components=lambda: {"worker": {"alive": True, "healthy": True}})
-    app = create_app(config, sessions, metrics_sources=sources)
+    app = create_app(config, sessions, metrics=StationMetrics(config, sessions, sources))
     with sessions() as holder, holder.begin():
         holder.execute(text("LOCK TABLE tracks IN ACCESS EXCLUSIVE MODE"))
         started = time.monotonic()
@@ -398,7 +400,7 @@ def test_a_locked_or_unreachable_postgresql_gives_db_up_0_fast(pg_station):
     close(app)
 
     gone = make_sessionmaker(make_engine("postgresql+psycopg://station@127.0.0.1:9/none"))
-    app = create_app(config, gone, metrics_sources=sources)
+    app = create_app(config, gone, metrics=StationMetrics(config, gone, sources))
     started = time.monotonic()
     m = scrape(app.test_client())
     assert time.monotonic() - started < METRICS_BUSY_TIMEOUT_S + 1.5

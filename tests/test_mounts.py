@@ -1,13 +1,7 @@
 from pathlib import Path
 
-from daemon.library.mounts import (
-    ROOT_EMPTY,
-    ROOT_MISSING,
-    filesystem_type,
-    has_entries,
-    is_network_filesystem,
-    mount_loss,
-)
+from daemon.core.filesystems import filesystem_type, is_network_filesystem
+from daemon.library.mounts import ROOT_EMPTY, ROOT_MISSING, has_entries, mount_loss
 
 MOUNTS = """\
 /dev/sda1 / ext4 rw,relatime 0 0

@@ -18,8 +18,8 @@ from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC, backbone_patche
 from daemon.cli.demo import synthesize
 from daemon.core.db.models import Track
 from daemon.core.states import TrackState
+from daemon.learn.backbone_file import default_dir
 from daemon.suggest.neighbours import Neighbours
-from trainer.backbone import default_dir
 
 GENRES = ("Classical", "Electronic", "Metal", "Hip-Hop")
 SONGS_PER_GENRE = 3

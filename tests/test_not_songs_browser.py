@@ -12,9 +12,9 @@ from helpers import add_suggested_track
 from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import select
 
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.db.models import Decision, Suggestion, Track
 from daemon.core.states import SuggestionStatus, TrackState
-from daemon.library.fingerprint import fingerprint
 from daemon.review.web import WebServer
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -13,7 +13,9 @@ from daemon.core.paths import (
     display,
     filesystem_path,
     library_file,
+    relative_inside,
     stored_path,
+    within,
 )
 
 # Bytes where escaping goes wrong if it can: the escape character and what follows it in
@@ -103,3 +105,18 @@ def test_library_file_takes_backslashes_and_raw_bytes_and_refuses_escapes(tmp_pa
                            ("gone.mp3", "gone")):
         with pytest.raises(OutsideLibrary, match=reason):
             library_file(root, stored)
+
+
+def test_inside_a_folder_is_one_rule():
+    """A folder's sibling with a longer name is not inside it; the folder itself is within
+    but has no relative path; the root folder holds everything."""
+    assert within("/srv/music", "/srv/music/Rock/a.mp3")
+    assert within("/srv/music", "/srv/music")
+    assert not within("/srv/music", "/srv/musicbox/a.mp3")
+    assert not within("/srv/music", "/srv")
+    assert within("/", "/srv/music")
+    assert relative_inside("/srv/music", "/srv/music/Rock/a.mp3") == "Rock/a.mp3"
+    assert relative_inside("/srv/music/", "/srv/music/..b.mp3") == "..b.mp3"
+    assert relative_inside("/srv/music", "/srv/music") is None
+    assert relative_inside("/srv/music", "/srv/musicbox/a.mp3") is None
+    assert relative_inside("/", "/srv/a.mp3") == "srv/a.mp3"

@@ -23,6 +23,7 @@ from daemon.core.db.engine import open_database
 from daemon.core.db.models import BundleChunk, Model
 from daemon.core.errors import ModelMismatch
 from daemon.learn import registry
+from daemon.suggest.active import active_model
 
 
 def make_bundle(out: Path, classes=("Jazz", "Rock", "Pop"), seed: int = 0,
@@ -92,7 +93,7 @@ def test_register_copies_the_bundle_and_records_its_facts(setup, tmp_path):
         assert row.data_hash == "hash1"
         assert row.metrics["macro_f1"] == 0.8
         assert row.report_path == str(folder / "report.json")
-        assert registry.active_model(session) is None
+        assert active_model(session) is None
     assert register(setup, tmp_path, 2).version == 2
 
 
@@ -118,7 +119,7 @@ def test_activate_is_one_switch_and_rollback_walks_back(setup, tmp_path):
         register(setup, tmp_path, seed)
         registry.activate(sessions, seed)
         with sessions() as session:
-            assert registry.active_model(session).version == seed
+            assert active_model(session).version == seed
             statuses = {m.version: m.status for m in registry.list_models(session)}
         assert statuses == {v: "active" if v == seed else "retired" for v in range(1, seed + 1)}
 
@@ -157,7 +158,7 @@ def test_activate_refuses_a_damaged_bundle(setup, tmp_path):
     with pytest.raises(registry.RegistryError, match="no model version 9"):
         registry.activate(sessions, 9)
     with sessions() as session:
-        assert registry.active_model(session).version == 1
+        assert active_model(session).version == 1
 
 
 def test_leftovers_of_a_crash_never_become_a_version(setup, tmp_path):
@@ -205,5 +206,5 @@ def test_models_commands(setup, tmp_path):
     missing = cli(path, "models", "activate", "7")
     assert missing.returncode == 1 and "no model version 7" in missing.stderr
     with sessions() as session:
-        assert registry.active_model(session).version == 2
+        assert active_model(session).version == 2
         assert session.get(Model, 1).status == "retired"

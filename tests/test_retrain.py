@@ -39,6 +39,7 @@ from daemon.learn.runs import run_lock
 from daemon.learn.trainer_process import process_start_ticks
 from daemon.library.reconcile import Library
 from daemon.review import decisions as review
+from daemon.suggest.active import active_model
 from daemon.suggest.worker import Worker
 from daemon.tags.genres import load_genre_map
 
@@ -87,7 +88,7 @@ class Station:
 
     def active(self) -> Model | None:
         with self.sessions() as session:
-            return registry.active_model(session)
+            return active_model(session)
 
     def models(self) -> list[Model]:
         with self.sessions() as session:

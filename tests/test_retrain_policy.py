@@ -15,9 +15,10 @@ from sqlalchemy import select
 from daemon.core.config import parse_config
 from daemon.core.db.engine import open_database
 from daemon.core.db.models import Model, Track
+from daemon.core.labels import LABEL, training_label
 from daemon.core.states import TrackState
 from daemon.learn.gate import gate
-from daemon.learn.labels import LABEL, current_labels, song_label, training_label
+from daemon.learn.labels import current_labels, song_label
 from daemon.learn.metrics import paired_comparison, song_metrics
 from daemon.learn.policy import holdout_share, should_retrain
 from daemon.learn.trainer_process import failure_reason, trainer_command

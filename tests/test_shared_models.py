@@ -23,7 +23,6 @@ from daemon.cli.demo import make_library
 from daemon.core.config import load_config
 from daemon.core.db.engine import alembic_config, open_database
 from daemon.core.db.models import BundleChunk, BundleFile, Model, StoredGenreMap
-from daemon.core.live import Live
 from daemon.learn import registry
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.inputs import WindowSpecs
@@ -34,6 +33,7 @@ from daemon.suggest.stored_bundles import (
     local_bundle,
 )
 from daemon.tags.genres import default_genres_text
+from daemon.tags.live import Live
 from daemon.tags.stored_genres import (
     FollowedGenreMap,
     host_genre_map,

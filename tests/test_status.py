@@ -26,13 +26,8 @@ from daemon.core.db.models import (
     utcnow,
 )
 from daemon.core.states import TrackState
-from daemon.service.scheduler import (
-    NIGHTLY_FUNC,
-    NightlyHistory,
-    Scheduler,
-    next_nightly,
-    next_nightly_run,
-)
+from daemon.learn.schedule import NightlyHistory, next_nightly, next_nightly_run, nightly_history
+from daemon.service.scheduler import NIGHTLY_FUNC, Scheduler
 from daemon.service.status import DAEMON_KEY, collect_status, render_status
 from daemon.suggest.queue import queue_depth
 
@@ -244,9 +239,6 @@ def test_a_missed_night_comes_from_the_run_rows(setup):
 
     # The same rows in the database: status shows the missed run as due, the scheduler
     # fires it at once, and the review page's answer is the same one.
-    from daemon.learn.runs import next_nightly_run as page_answer
-    from daemon.service.scheduler import nightly_history
-
     now = datetime.now().astimezone()
     missed = now.replace(second=0, microsecond=0) - timedelta(minutes=5)
     config = config.model_copy(update={"retrain": retrain.model_copy(
@@ -258,7 +250,7 @@ def test_a_missed_night_comes_from_the_run_rows(setup):
     data = collect_status(config, sessions, now=now.astimezone(UTC))
     assert data["retraining"]["next"] == missed.astimezone(UTC).isoformat()
     with sessions() as session:
-        assert page_answer(config, now, nightly_history(session)) == missed
+        assert next_nightly_run(config.retrain, now, nightly_history(session)) == missed
     fired = []
     scheduler = Scheduler(config, sessions)
     scheduler.add_nightly(lambda: fired.append(1))

@@ -286,7 +286,7 @@ def test_a_reload_applies_live_keys_and_keeps_restart_keys_beside_them(tmp_path)
     """A reload that changes library.settle_seconds (live) and library.root (restart) in
     the same section runs with the new settle time and the old root."""
     from daemon.core.config import parse_config
-    from daemon.core.live import with_keys
+    from daemon.tags.live import with_keys
 
     old_root, new_root = tmp_path / "music", tmp_path / "elsewhere"
     old_root.mkdir()

@@ -13,8 +13,8 @@ import pytest
 from helpers import add_suggested_track
 from sqlalchemy import select
 
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
-from daemon.library.fingerprint import fingerprint
 from daemon.review import decisions as review
 from daemon.review import listing
 from daemon.review.web import create_app

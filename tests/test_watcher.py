@@ -17,12 +17,12 @@ import pytest
 from helpers import wait_for
 from sqlalchemy import select
 
+from daemon.audio.fingerprint import fingerprint
 from daemon.cli.demo import encode, synthesize
 from daemon.core.config import parse_config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import TrackState as S
-from daemon.library.fingerprint import fingerprint
 from daemon.library.reconcile import Library
 from daemon.library.watcher import Watcher, observer_kind
 from daemon.tags.genres import load_genre_map

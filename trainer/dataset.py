@@ -27,14 +27,14 @@ from tqdm import tqdm
 from daemon.audio.extract import ExtractPool
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE, CNN
+from daemon.audio.fingerprint import fingerprint
+from daemon.audio.song import read_song
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError, GenretaggerError
 from daemon.core.paths import stored_path
 from daemon.learn.labels import song_label
 from daemon.library.albums import AlbumTags, album_identities, artist_group
-from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import same_stat, walk_library
-from daemon.tags.read import read_tags
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,12 @@ def load_known(path: Path | None) -> dict[str, KnownFile]:
 
 
 def _read_song(rel: str, path: Path) -> tuple[AlbumTags, tuple[str, ...], str | None]:
-    """(artist and album tags, raw genres, why unreadable) from the file's tags."""
-    try:
-        tags = read_tags(path)
-    except FileError as err:
-        return AlbumTags(rel, None, None, None), (), err.reason
+    """(artist and album tags, raw genres, why unreadable) from the file's tags, read as
+    the daemon reads them (daemon.audio.song.read_song)."""
+    song = read_song(path, fingerprinted=False)
+    tags = song.tags
+    if tags is None:
+        return AlbumTags(rel, None, None, None), (), song.tags_problem
     return AlbumTags(rel, tags.album, tags.album_artist, tags.artist), tuple(tags.genres), None
 
 

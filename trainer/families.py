@@ -20,6 +20,7 @@ import onnx
 
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE_SPEC, EMBEDDING_SPEC, BackboneSpec, FeatureSpec
+from daemon.learn.backbone_file import BackboneUnavailable, backbone_onnx
 from daemon.suggest.classifier import combine_members, song_log_probabilities
 from trainer import backbone as bb
 from trainer import bundles
@@ -53,8 +54,8 @@ def open_backbone(cache_root: Path, enabled: bool,
         log.info("backbone switched off: the CNN alone, no embeddings")
         return None
     try:
-        path = bb.backbone_onnx()
-    except bb.BackboneUnavailable as err:
+        path = backbone_onnx()
+    except BackboneUnavailable as err:
         log.warning("backbone families left out: %s", err)
         return None
     return Backbone(path, FeatureCache(cache_root, backbone_spec),

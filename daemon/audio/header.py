@@ -87,13 +87,6 @@ def sane_mp3_duration(file: BinaryIO, info: AudioInfo) -> AudioInfo:
     return info if seconds == info.duration else dataclasses.replace(info, duration=seconds)
 
 
-def sane_mp3_seconds(path: str | os.PathLike | bytes, seconds: float) -> float:
-    """An MP3's duration as a header reader took it (mutagen reads the same Xing count),
-    checked as `probe` checks it. Raises UnreadableAudio when the file cannot be opened."""
-    with open_song(path) as file:
-        return _sane_mp3_seconds(file, seconds)
-
-
 def _sane_mp3_seconds(file: BinaryIO, seconds: float) -> float:
     """The header's duration, unless the file cannot hold that much audio: a Xing/VBRI
     frame count claiming more frames than the bytes could make even at the lowest

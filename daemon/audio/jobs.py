@@ -2,8 +2,9 @@
 
 "extract" (decode + features: the worker's), "read" (fingerprint, tags and audio header of
 a settled file: the library's), "probe" and "windows" (the review page's spectrogram and
-preview). `extract` and `read_song` also run in-process (tests, benchmarks, the trainer).
-The pool that starts these children and owns their pipes is daemon.audio.extract.
+preview). `extract` also runs in-process (tests, benchmarks, the trainer). The pool that
+starts these children and owns their pipes is daemon.audio.extract; `read_song` is
+daemon.audio.song's.
 """
 
 from __future__ import annotations
@@ -32,16 +33,14 @@ from daemon.audio.features import (
     backbone_patches,
     song_features,
 )
+from daemon.audio.song import read_song
 from daemon.core.errors import (
     DecodeTimeout,
     FileError,
     ReadTimeout,
-    TagError,
     TooMuchMemory,
     UnreadableAudio,
 )
-from daemon.library.fingerprint import fingerprint
-from daemon.tags.read import TrackTags, read_tags
 from daemon.tags.restore import restore_copy, write_copy_recorded
 from daemon.tags.write import WriteFailed
 
@@ -96,62 +95,6 @@ class SongSpecs:
             return cls(FeatureSpec.from_json(text))
         return cls(FeatureSpec.from_json(json.dumps(data[CNN])),
                    BackboneSpec.from_json(json.dumps(data[BACKBONE])))
-
-
-@dataclass(frozen=True)
-class SongReading:
-    """A settled file, read: its fingerprint, tags and audio header, and why any of them
-    could not be read (`problems`, for the worker to weigh)."""
-
-    fingerprint: str | None
-    tags: TrackTags | None
-    info: AudioInfo | None
-    problems: tuple[str, ...]
-
-
-def read_song(path: str | os.PathLike | bytes) -> SongReading | None:
-    """Path -> SongReading (fingerprint, tags, audio header); None when the file vanished.
-    A file that makes a reader run out of memory raises TooMuchMemory (the pool says how
-    much it may use); every other problem is data in `problems`."""
-    name = os.fsdecode(path)
-    problems = []
-    fp = tags = info = None
-    try:
-        fp = fingerprint(path)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        problems.append(f"cannot read: {err.strerror or err}")
-    try:
-        tags = read_tags(path)
-    except TagError as err:
-        if _out_of_memory(err):
-            raise TooMuchMemory(name, "reading its tags ran out of memory") from None
-        problems.append(f"tags: {err.reason}")
-    except MemoryError:
-        raise TooMuchMemory(name, "reading its tags ran out of memory") from None
-    except Exception as err:  # a reader bug on an odd file must not stall settling
-        problems.append(f"tags: {type(err).__name__}: {err}")
-    try:
-        info = probe(path)
-    except TooMuchMemory:
-        raise
-    except FileError as err:
-        problems.append(f"audio: {err.reason}")
-    except Exception as err:
-        problems.append(f"audio: {type(err).__name__}: {err}")
-    return SongReading(fp, tags, info, tuple(problems))
-
-
-def _out_of_memory(err: BaseException) -> bool:
-    """Whether a typed error was raised in place of a MemoryError (`raise ... from None`
-    still keeps it as the context)."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, MemoryError | TooMuchMemory):
-            return True
-        err, seen = err.__context__, seen + 1
-    return False
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from daemon.core.errors import ConfigError
 def scan(ctx: Context, directory: Path, as_json: bool, genres_path: Path | None,
          tags_only: bool, threads: int) -> int:
     """Inventory DIR read-only: format, duration, raw and canonical genre, errors per file."""
-    from daemon.core.paths import stored_path
+    from daemon.core.paths import relative_inside, stored_path
     from daemon.library.scan import format_text, scan_library
     from daemon.tags.genres import load_genre_map, station_genre_map
 
@@ -55,9 +55,9 @@ def scan(ctx: Context, directory: Path, as_json: bool, genres_path: Path | None,
         # The patterns are relative to the library root: a folder inside it is matched
         # at its place there; any other folder as if it were the root.
         rules = config.library.song_rules
-        inside = os.path.relpath(os.path.realpath(directory),
-                                 os.path.realpath(config.library.root))
-        if inside != "." and not inside.startswith(".."):
+        inside = relative_inside(os.path.realpath(config.library.root),
+                                 os.path.realpath(directory))
+        if inside is not None:
             under = stored_path(inside) + "/"
     try:
         report = scan_library(directory, genre_map, progress=sys.stderr.isatty(),

@@ -444,11 +444,11 @@ def _stored_in_library(root, given: str) -> str:
     its stored path; a file outside the library is a usage error."""
     import os
 
-    from daemon.core.paths import stored_path
+    from daemon.core.paths import relative_inside, stored_path
 
     absolute = os.path.abspath(given) if os.path.isabs(given) or os.path.exists(given) \
         else os.path.join(root, given)
-    rel = os.path.relpath(absolute, os.path.abspath(root))
-    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+    rel = relative_inside(os.path.abspath(root), os.path.abspath(absolute))
+    if rel is None:
         raise click.UsageError(f"{given}: not inside the library {root}")
     return stored_path(rel)

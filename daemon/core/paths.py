@@ -90,12 +90,25 @@ def display_stored(stored: str) -> str:
         return stored
 
 
+def within(folder: str, path: str) -> bool:
+    """Whether `path` is `folder` or lies under it, both absolute and normalised (names
+    compared as they are: resolve them first where symlinks matter)."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def relative_inside(folder: str, path: str) -> str | None:
+    """`path` relative to `folder` (both absolute and normalised), or None when it is the
+    folder itself or lies outside it."""
+    if path == folder or not within(folder, path):
+        return None
+    return path[len(folder.rstrip("/")) + 1:]
+
+
 def is_inside(real_root: str, path: str | os.PathLike) -> bool:
     """Whether `path`, through every symlink, ends inside `real_root` (an
     os.path.realpath). Resolves names only: nothing is opened, so a link to a FIFO or a
     device never blocks."""
-    real = os.path.realpath(path)
-    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+    return within(real_root, os.path.realpath(path))
 
 
 def library_file(root: Path | str, stored: str) -> Path:

@@ -5,7 +5,8 @@ status in the registry, a training run's status and trigger. The CLI's choices, 
 review page and the stored rows all read these.
 
 This is the only place that knows the transitions; code that changes `Track.state`
-goes through `move()`, which refuses anything not listed here.
+goes through `move()`, which refuses anything not listed here and stamps
+`Track.state_changed_at` (the time `status` and the review page show as "since").
 
     queued ──claim──> working ──ok──> suggested ──review──> reviewed
       ^  ^              │  │                ^                  │
@@ -31,6 +32,7 @@ goes through `move()`, which refuses anything not listed here.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from daemon.core.errors import GenretaggerError
@@ -86,12 +88,16 @@ def can_move(old: TrackState | str, new: TrackState | str) -> bool:
     return TrackState(new) in TRANSITIONS[TrackState(old)]
 
 
-def move(track, new: TrackState) -> None:
-    """Set `track.state` to `new`, or raise InvalidTransition."""
-    old = TrackState(track.state)
-    if old != new and not can_move(old, new):
-        raise InvalidTransition(old, new, getattr(track, "path", ""))
+def move(track, new: TrackState, now: datetime | None = None) -> None:
+    """Set `track.state` to `new` and `track.state_changed_at` to `now` (default: this
+    moment, UTC), or raise InvalidTransition. A new track (state None) enters at any state;
+    a move to the state it is in stamps the time again."""
+    if track.state is not None:
+        old = TrackState(track.state)
+        if old != new and not can_move(old, new):
+            raise InvalidTransition(old, new, getattr(track, "path", ""))
     track.state = new
+    track.state_changed_at = now or datetime.now(UTC)
     if new != TrackState.WORKING and getattr(track, "claimed_by", None) is not None:
         track.claimed_by = None  # only a working track is held by a worker
 

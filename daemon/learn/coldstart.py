@@ -22,6 +22,7 @@ from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Model, Suggestion, Track, utcnow
 from daemon.core.states import SuggestionStatus, TrackState, move
+from daemon.learn.backbone_file import BackboneUnavailable, backbone_onnx
 from daemon.tags.genres import station_genres_file
 
 FAMILY = "coldstart"
@@ -38,12 +39,10 @@ def unavailable(config: Config) -> str | None:
     """Why no cold-start model can be built here, or None when it can.
 
     Checks the switch (classifier.backbone) and that `make backbone` left the ONNX
-    backbone (looked up by the trainer's own rule; TensorFlow is never imported).
+    backbone (looked up by the rule the trainer uses too, daemon.learn.backbone_file).
     """
     if not config.classifier.backbone:
         return "classifier.backbone is false: no cold-start suggestions from the backbone"
-    from trainer.backbone import BackboneUnavailable, backbone_onnx
-
     try:
         backbone_onnx()
     except BackboneUnavailable as err:
@@ -76,7 +75,6 @@ def requeue_suggestions(sessions: sessionmaker[Session], model_id: int) -> int:
             if track is None or track.state != TrackState.SUGGESTED:
                 continue  # being reviewed or re-read: the reviewer or the worker decides
             suggestion.status = SuggestionStatus.SUPERSEDED
-            move(track, TrackState.QUEUED)
-            track.state_changed_at = now
+            move(track, TrackState.QUEUED, now)
             queued += 1
     return queued

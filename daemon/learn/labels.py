@@ -1,13 +1,13 @@
 """A track's training label, and the label queries the nightly retrain asks.
 
-The rule, shared with the trainer (trainer.dataset reads files, the daemon reads rows):
-the genre a reviewer confirmed wins; without one, the canonical genre the file's own tag
-maps to; without either, the track is not a labelled song. The file's own tag is the
-station's, never one we wrote: an undone or rejected genre confirms nothing, an undo puts
-the file's genre back, and for a file we wrote the trainer takes the tag the service read
-before our write (daemon.learn.trainer_process.known_files), not what the file says.
-A track that is not a song (state not_a_song: a jingle, a sweeper, a "Not a song" mark)
-is never a label, whatever its tag or confirmed genre says.
+The rule (daemon.core.labels), shared with the trainer (trainer.dataset reads files, the
+daemon reads rows): the genre a reviewer confirmed wins; without one, the canonical genre
+the file's own tag maps to; without either, the track is not a labelled song. The file's
+own tag is the station's, never one we wrote: an undone or rejected genre confirms
+nothing, an undo puts the file's genre back, and for a file we wrote the trainer takes the
+tag the service read before our write (daemon.learn.trainer_process.known_files), not what
+the file says. A track that is not a song (state not_a_song: a jingle, a sweeper, a "Not a
+song" mark) is never a label, whatever its tag or confirmed genre says.
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ from sqlalchemy.orm import Session
 
 from daemon.core.config import Config
 from daemon.core.db.models import Track
+from daemon.core.labels import LABEL, training_label
 from daemon.core.states import TrackState
 from daemon.tags.genres import GenreMap
 from daemon.tags.stored_genres import host_genre_map
-
-
-def training_label(confirmed: str | None, tagged: str | None) -> str | None:
-    """The label from a confirmed genre and the tag's canonical genre (None: unlabelled)."""
-    return confirmed or tagged
 
 
 def song_label(genre_map: GenreMap, confirmed: str | None,
@@ -40,8 +36,6 @@ def song_label(genre_map: GenreMap, confirmed: str | None,
     return training_label(confirmed, genre_map.canonical_for(raw_genres) if raw_genres else None)
 
 
-# training_label in SQL: Track.canonical_genre is the tag's canonical genre.
-LABEL = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
 # The tracks whose labels count: songs still in the library.
 LABELLED_SONG = Track.state.not_in((TrackState.MISSING, TrackState.NOT_A_SONG))
 

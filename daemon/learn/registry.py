@@ -42,6 +42,7 @@ from daemon.core.db.models import Model, utcnow
 from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import GenretaggerError, ModelMismatch
 from daemon.core.states import ModelStatus
+from daemon.suggest.active import active_model
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.stored_bundles import (
     BUNDLE_FILES,
@@ -84,14 +85,6 @@ def bundle_dir(sessions: sessionmaker[Session], config: Config, model: Model) ->
 
 
 # ---- reading ---------------------------------------------------------------------------
-
-def active_model(session: Session) -> Model | None:
-    """The model the daemon classifies with, or None before the first one."""
-    return session.scalars(
-        select(Model).where(Model.status == ACTIVE)
-        .order_by(Model.activated_at.desc(), Model.id.desc()).limit(1)
-    ).first()
-
 
 def get_model(session: Session, version: int) -> Model:
     """The model with this version number; raises RegistryError when there is none."""

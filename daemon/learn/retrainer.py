@@ -35,7 +35,6 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Model, TrainingRun, utcnow
 from daemon.core.errors import ModelMismatch
 from daemon.core.health import Health
-from daemon.core.live import Live, as_live
 from daemon.learn import coldstart, registry
 from daemon.learn.gate import held_out_model, judge
 from daemon.learn.labels import (
@@ -74,12 +73,16 @@ from daemon.learn.trainer_process import (
     trainer_available,
     trainer_command,
 )
+from daemon.suggest.active import active_model
 from daemon.suggest.classifier import Classifier
+from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
 
-# Without a model and without the trainer, say what to run this often (never idle silently).
-NO_MODEL_POLL_SECONDS = 3600.0
+# Without a model, look again this often for enough tagged songs to train one (a new
+# station tagging its first songs gets its first model within minutes; the look is one
+# count query), and without the trainer say what to run (never idle silently).
+NO_MODEL_POLL_SECONDS = 300.0
 
 
 class Retrainer:
@@ -187,7 +190,7 @@ class Retrainer:
 
     def _active(self) -> Model | None:
         with self.sessions() as session:
-            model = registry.active_model(session)
+            model = active_model(session)
             if model is not None:
                 session.expunge(model)
         return model
@@ -228,7 +231,7 @@ class Retrainer:
         """The policy's verdict now, with the counts it used (for `retrain` without --now)."""
         now = now or utcnow()
         with self.sessions() as session:
-            active = registry.active_model(session)
+            active = active_model(session)
             since = (active.trained_until or active.created_at) if active else None
             new = count_new_labels(session, since)
             # The backbone head learns a genre from few songs, when it can be trained here.
@@ -284,7 +287,7 @@ class Retrainer:
             return self._record_skip(trigger, "the trainer is not installed; run: "
                                      + INSTALL_HINT, facts)
         with self.sessions() as session:
-            active = registry.active_model(session)
+            active = active_model(session)
             if active is not None:
                 session.expunge(active)
             labels = confirmed_labels(session)
@@ -369,7 +372,7 @@ class Retrainer:
         """
         if active is None:
             with self.sessions() as session:
-                active = registry.active_model(session)
+                active = active_model(session)
                 if active is not None:
                     session.expunge(active)
         if recent is None:

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -27,8 +26,6 @@ from daemon.core.db.models import TrainingRun, utcnow
 from daemon.core.states import RunStatus, RunTrigger
 from daemon.learn.registry import remove_partial_bundles
 from daemon.learn.trainer_process import process_start_ticks
-from daemon.service.scheduler import NightlyHistory
-from daemon.service.scheduler import next_nightly_run as scheduled
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +56,6 @@ def last_run(session: Session, *, finished: bool = False) -> TrainingRun | None:
     if finished:
         query = query.where(TrainingRun.status != RUNNING)
     return session.scalars(query.limit(1)).first()
-
-
-def next_nightly_run(config: Config, now: datetime | None = None,
-                     history=None) -> datetime | None:
-    """When the nightly job fires next (local time), or None when retraining is off.
-
-    `history`: daemon.service.scheduler.NightlyHistory from the run rows (nightly_history(session));
-    the one computation is daemon.service.scheduler.next_nightly_run."""
-    return scheduled(config.retrain, now or datetime.now().astimezone(),
-                     history or NightlyHistory())
 
 
 def update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:

@@ -43,7 +43,7 @@ def read_file(path: str, readers: ExtractPool) -> FileReading | None:
     """Settled file -> FileReading (fingerprint, tags, audio header); None when the file
     vanished or changed while it was being read.
 
-    Read in a child process of `readers` (daemon.audio.extract.read_song), never in this one: a
+    Read in a child process of `readers` (daemon.audio.song.read_song), never in this one: a
     file whose reading crashes, hangs past workers.read_timeout or needs more than
     workers.memory_max_mb costs that file only (a FileReading to quarantine, naming why),
     and a 150 MB cover picture never enters the service's memory."""

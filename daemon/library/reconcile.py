@@ -40,8 +40,7 @@ from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, Track, utcnow
 from daemon.core.health import Health
-from daemon.core.live import Live, as_live
-from daemon.core.paths import display, stored_path
+from daemon.core.paths import display, relative_inside, stored_path
 from daemon.core.states import TrackState, can_move
 from daemon.library.known import KNOWN_COLUMNS, Known, compare, known_tracks
 from daemon.library.mounts import ROOT_MISSING, has_entries, log_mount_loss, mount_loss
@@ -64,6 +63,7 @@ from daemon.library.walk import (
     walk_library,
 )
 from daemon.tags.genres import GenreMap
+from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,9 @@ class Library:
     def relpath(self, path: str) -> str | None:
         """Absolute path from an event -> relative library path, or None when it is not a
         library file (outside the root, hidden, temporary, not audio)."""
-        prefix = self.root.rstrip("/") + "/"
-        if not path.startswith(prefix):
+        rel = relative_inside(self.root, path)
+        if rel is None:
             return None
-        rel = path[len(prefix):]
         *folders, name = rel.split("/")
         if not all(is_library_folder(f) for f in folders):
             return None

@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audio.song import song_duration, song_format
 from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
@@ -127,8 +128,7 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
     track.artist = tags.artist if tags else None
     track.album = tags.album if tags else None
     track.album_artist = tags.album_artist if tags else None
-    track.format = info.format if info else (tags.format if tags else None)
-    track.duration = info.duration if info else (tags.duration if tags else None)
+    track.format, track.duration = song_format(info, tags), song_duration(info, tags)
     track.last_seen = utcnow()
     reason = rules.reason(stored, track.duration, track.song_mark) if rules else None
     if reason is not None:
@@ -136,12 +136,8 @@ def record_reading(session: Session, rel: str, reading: FileReading, *, root: st
         if previous is not None:
             _leave_queue(session, track)
     track.not_song_reason = reason
-    if previous is None:
-        track.state = target
-        track.state_changed_at = utcnow()
-    elif target != previous:
+    if previous is None or target != previous:
         move(track, target)
-        track.state_changed_at = utcnow()
     if target == S.QUEUED and (previous != S.QUEUED or not same_audio):
         # New audio (or a quarantined file that changed): a fresh start.
         track.attempts = 0
@@ -164,7 +160,6 @@ def mark_missing(session: Session, tracks: Iterable[Track]) -> None:
     tracks = list(tracks)
     for track in tracks:
         move(track, S.MISSING)
-        track.state_changed_at = utcnow()
     refresh_album_folders(session, (album_folder(t.path) for t in tracks))
 
 
@@ -201,7 +196,6 @@ def apply_song_rules(session: Session, track: Track, rules: SongRules, *,
         track.not_song_reason = None
         if target == S.QUEUED:
             track.attempts, track.next_attempt_at = 0, None
-    track.state_changed_at = utcnow()
     return True
 
 
@@ -295,13 +289,11 @@ def _quarantine(track: Track, reason: str | None, ctime: float | None) -> None:
     the same, so it waits, quarantined with the reason, until the file changes (its
     `ctime` then is how the walk sees a chmod or chown)."""
     track.quarantined_ctime = ctime
-    if track.state != S.QUARANTINED:
-        if not can_move(track.state, S.QUARANTINED):
-            move(track, S.QUEUED)
-        move(track, S.QUARANTINED)
+    if track.state != S.QUARANTINED and not can_move(track.state, S.QUARANTINED):
+        move(track, S.QUEUED)
+    move(track, S.QUARANTINED)  # an already quarantined track's "since" is now too
     track.last_error = reason
     track.next_attempt_at = None
-    track.state_changed_at = utcnow()
     log.warning("quarantined %s: %s", track.path, reason)
 
 

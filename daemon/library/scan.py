@@ -3,9 +3,9 @@
     list    walk DIR with os.scandir (hidden, temporary and non-audio files skipped by the
             same rules as the daemon's library walk)
     inspect per file, in a small thread pool (a network drive answers each open slowly, so
-            files are read side by side): tags and duration through mutagen (daemon.tags.read),
-            the audio header through daemon.audio.decode.probe when mutagen cannot read the file,
-            and a short decode just before the header's end, which finds truncated files
+            files are read side by side): tags and audio header as the daemon reads them
+            (daemon.audio.song.read_song: the duration it stores), and a short decode just
+            before the header's end, which finds truncated files
             (not for Ogg Vorbis/Opus: mutagen measures them from their last page, so a
             truncated one is merely shorter)
     map     raw genre -> canonical genre through the station's genre map (daemon.tags.genres)
@@ -72,14 +72,14 @@ from dataclasses import dataclass, field, replace
 from tqdm import tqdm
 
 from daemon.audio import decode as audio
-from daemon.audio.header import sane_mp3_seconds
+from daemon.audio.song import read_song
 from daemon.core.config import AUDIO_EXTENSIONS
 from daemon.core.errors import FileError
 from daemon.core.paths import display, stored_path
 from daemon.core.songrules import SongRules
 from daemon.library.walk import examine, is_library_file, library_folders
 from daemon.tags.genres import GenreMap
-from daemon.tags.read import TrackTags, read_tags
+from daemon.tags.read import TrackTags
 
 # Reads in flight at once: enough to hide a network drive's latency, few enough not to
 # flood a small NAS. Parsing is mostly Python, so more threads would not add CPU speed.
@@ -250,32 +250,21 @@ def _classify(entry: os.DirEntry, rel: str, extensions: tuple[str, ...],
 
 def inspect_file(path: str, relpath: str, genre_map: GenreMap,
                  check_end: bool = True) -> FileReport:
-    """One file -> its FileReport: tags, duration, canonical genre, or the reason it failed.
-    Never raises for a bad file."""
+    """One file -> its FileReport: tags, canonical genre and the duration the daemon would
+    store (daemon.audio.song.read_song), or the reason it failed. Never raises for a bad
+    file."""
     shown = display(relpath)
-    try:
-        tags = read_tags(path)
-    except FileError as err:
-        # mutagen could not read it; the audio decoder may still know the format.
-        try:
-            info = audio.probe(path)
-        except FileError:
-            return FileReport(shown, error=err.reason)
-        tags = TrackTags(None, None, None, (), info.duration, info.format)
-        problem = _end_problem(path, info.duration) if check_end else None
-        return FileReport(shown, tags.format, tags.duration,
-                          error=problem or f"tags unreadable: {err.reason}")
-    duration = tags.duration
-    if duration is not None and tags.format == "mp3":
-        try:  # a Xing count the bytes cannot hold: the size-based estimate, as the daemon
-            duration = sane_mp3_seconds(path, duration)
-        except FileError as err:
-            return _report(shown, tags, None, genre_map, err.reason)
+    song = read_song(path, fingerprinted=False)
+    tags, duration = song.tags, song.duration
+    if tags is None:
+        if song.info is None:
+            return FileReport(shown, error=song.tags_problem)
+        # mutagen could not read it; the audio decoder knows the format.
+        problem = _end_problem(path, duration) if check_end else None
+        return FileReport(shown, song.format, duration,
+                          error=problem or f"tags unreadable: {song.tags_problem}")
     if duration is None:
-        try:
-            duration = audio.probe(path).duration
-        except FileError as err:
-            return _report(shown, tags, None, genre_map, err.reason)
+        return _report(shown, tags, None, genre_map, song.audio_problem)
     problem = None
     if check_end and tags.format not in MEASURED_TO_THE_END:
         problem = _end_problem(path, duration)

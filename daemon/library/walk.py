@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.core.paths import display, is_inside
+from daemon.tags.replace import WRITER_TEMP_MARK
 
 log = logging.getLogger(__name__)
 
 # Files still being written by a download/copy tool, or editor backups.
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", "~")
-# The tag writer builds each new version of a song in a hidden sibling whose name has this
-# mark (daemon.review.writeback.temp_path). One left by an interrupted write (power cut, SIGKILL) is
-# removed by the next walk once it is this old; a write holds it for seconds.
-WRITER_TEMP_MARK = ".genretagger-tmp"
+# The tag writer builds each new version of a song in a hidden sibling whose name has
+# WRITER_TEMP_MARK (daemon.tags.replace.temp_path). One left by an interrupted write (power
+# cut, SIGKILL) is removed by the next walk once it is this old; a write holds it for seconds.
 LEFTOVER_SECONDS = 3600.0
 # NAS housekeeping folders: a file deleted on a Synology share is moved into #recycle,
 # and must not look like a move there.

@@ -41,10 +41,10 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
 from daemon.core.config import LibraryConfig
+from daemon.core.filesystems import filesystem_type, is_network_filesystem
 from daemon.core.health import Health, thread_alive
-from daemon.core.live import Live
-from daemon.library.mounts import filesystem_type, is_network_filesystem
 from daemon.library.reconcile import Library
+from daemon.tags.live import Live
 
 log = logging.getLogger(__name__)
 

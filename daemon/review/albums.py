@@ -7,7 +7,7 @@ albums' songs are then read. The review page reuses a page's aggregate while not
 depends on has moved (list_version); the songs are always read fresh.
 
 A song's label is its confirmed genre, else its tag's canonical genre
-(daemon.learn.labels.training_label); "labelled" songs are the album's tagged and
+(daemon.core.labels); "labelled" songs are the album's tagged and
 confirmed songs.
 
 JSON shapes (stable; `genretagger review album ... --json` prints them):
@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.core.config import Config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
+from daemon.core.labels import LABEL
 from daemon.core.states import Action, How, SuggestionStatus, TrackState, can_move
 from daemon.library.albums import album_folder
 from daemon.review.decisions import (
@@ -73,8 +74,6 @@ SONG_COLUMNS = (Track.id, Track.path, Track.title, Track.artist, Track.album,
 SUGGESTION_COLUMNS = (Suggestion.id.label("suggestion_id"),
                       Suggestion.genre.label("suggested"),
                       Suggestion.confidence.label("confidence"))
-# A song's label in SQL (daemon.learn.labels.training_label).
-LABEL = func.coalesce(Track.confirmed_genre, Track.canonical_genre)
 
 
 def majority_genre(suggestions: Iterable[PendingSuggestion]) -> str | None:

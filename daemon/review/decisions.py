@@ -33,7 +33,6 @@ from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
 from daemon.core.errors import GenretaggerError
-from daemon.core.live import Live
 from daemon.core.states import (
     SONG_MARKS,
     WRITE_OUTSTANDING,
@@ -45,12 +44,13 @@ from daemon.core.states import (
     can_move,
     move,
 )
-from daemon.learn.registry import active_model
 from daemon.review.sureness import at_least, threshold_percent
+from daemon.suggest.active import active_model
 
 # The suggestion rule's own reading of the audit log; review callers import it from here too.
 from daemon.suggest.suggestions import rejected_genres  # noqa: F401
 from daemon.tags.genres import normalise
+from daemon.tags.live import Live
 from daemon.tags.stored_genres import host_genre_map
 
 
@@ -188,8 +188,7 @@ def decide(session: Session, config: Config, suggestion: Suggestion, track: Trac
         track.confirmed_at = now
         track.confirmed_decision_id = decision.id
     if track.state != TrackState.REVIEWED:
-        move(track, TrackState.REVIEWED)
-        track.state_changed_at = now
+        move(track, TrackState.REVIEWED, now)
     return decision
 
 
@@ -368,8 +367,7 @@ def _undo(session: Session, config: Config, target: Decision, *, who: str,
     if suggestion is not None and not newer:
         suggestion.status = SuggestionStatus.PENDING
         if track.state == TrackState.REVIEWED:
-            move(track, TrackState.SUGGESTED)
-            track.state_changed_at = now
+            move(track, TrackState.SUGGESTED, now)
     return undo_row
 
 

@@ -46,8 +46,8 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from daemon.core.db.models import Decision, Model, Suggestion, Track
+from daemon.core.labels import training_label
 from daemon.core.states import WRITE_OUTSTANDING, QueueSort, SuggestionStatus, TrackState
-from daemon.learn.labels import training_label
 from daemon.review.decisions import ReviewError, top_choices, waiting_for_review
 from daemon.review.sureness import at_least, threshold_percent
 

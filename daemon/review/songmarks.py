@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Decision, Suggestion, Track, utcnow
-from daemon.core.paths import display_stored, stored_path
+from daemon.core.paths import display_stored, relative_inside, stored_path
 from daemon.core.songrules import MARKED_NOT_A_SONG, MARKED_SONG
 from daemon.core.states import SONG_MARKS, Action, How, SuggestionStatus, TrackState, WriteStatus
 from daemon.library.record import apply_song_rules
@@ -119,9 +118,9 @@ def tracks_for_paths(session: Session, config: Config, paths: Iterable[str]) -> 
         candidates = []
         if not os.path.isabs(given):
             candidates.append(stored_path(os.path.normpath(given)))
-        inside = os.path.relpath(os.path.realpath(os.path.abspath(given)), root)
-        if not inside.startswith(".."):
-            candidates.append(stored_path(Path(inside).as_posix()))
+        inside = relative_inside(root, os.path.realpath(os.path.abspath(given)))
+        if inside is not None:
+            candidates.append(stored_path(inside))
         found = None
         for stored in candidates:
             found = session.scalar(select(Track.id).where(Track.path == stored))

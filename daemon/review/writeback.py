@@ -31,17 +31,17 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from daemon.audio.extract import ExtractPool
 from daemon.audio.features import DEFAULT_SPEC
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Decision, Track, utcnow
 from daemon.core.errors import FileError
 from daemon.core.health import Health, thread_alive
-from daemon.core.live import Live, as_live
 from daemon.core.paths import library_file
 from daemon.core.retry import backoff
 from daemon.core.states import WRITE_OUTSTANDING, Action, TrackState, WriteStatus
-from daemon.library.fingerprint import fingerprint
 from daemon.suggest.inputs import SongInputs, WindowSpecs
+from daemon.tags.live import Live, as_live
 from daemon.tags.read import MULTI_VALUE_SEPARATOR
 from daemon.tags.replace import (
     Copy,

@@ -59,8 +59,6 @@ from daemon.core.db.engine import is_postgresql, make_engine, make_sessionmaker,
 from daemon.core.db.models import Model, ServiceState, TrainingRun, utcnow
 from daemon.core.disk import state_disk
 from daemon.core.health import describe_failure
-from daemon.core.live import Live, as_live
-from daemon.learn.registry import active_model
 from daemon.learn.runs import last_run
 from daemon.service.status import (
     DAEMON_KEY,
@@ -71,8 +69,10 @@ from daemon.service.status import (
     tracks_by_state,
     write_backlog,
 )
+from daemon.suggest.active import active_model
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.workers import list_workers
+from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
 

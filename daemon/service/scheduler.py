@@ -7,12 +7,9 @@ does between jobs touches the database, so a locked or full database can fail a 
 but never the scheduler's own thread (a persistent job store writes on every run, and
 one "database is locked" there ends that thread for good, silently).
 
-A nightly run missed while the daemon was down fires when it comes back (within
-retrain.misfire_grace_minutes; several missed runs fire once), from what the
-training-run rows say: `next_nightly_run()` is a pure
-function of the retrain config, the time and `NightlyHistory` (the newest nightly run
-and the first run of any kind), and the one answer `status`, `retrain`, the review page
-and the scheduler itself use. A due time in the past means "missed: runs now".
+A nightly run missed while the daemon was down fires when it comes back, at the time
+daemon.learn.schedule.next_nightly_run gives from the training-run rows (the one answer
+`status`, `retrain` and the review page use too).
 
 Every job body runs inside `Scheduler._supervised`: an exception is logged and recorded
 in that job's Health (daemon.core.health) and the job runs again at its next time.
@@ -28,8 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -38,19 +34,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import ref_to_obj
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.core.config import Config, RetrainConfig
+from daemon.core.config import Config
 from daemon.core.db.backup import backup_database, list_backups
 from daemon.core.db.engine import sqlite_path
-from daemon.core.db.models import TrainingRun
 from daemon.core.errors import BackupFailed, GenretaggerError
 from daemon.core.health import Health, describe_failure, thread_alive
-from daemon.core.live import Live, as_live
-from daemon.core.states import RunTrigger
+from daemon.learn.schedule import NightlyHistory, next_nightly_run, nightly_history
 from daemon.library.reconcile import Library
 from daemon.suggest.workers import requeue_dead
+from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
 
@@ -79,59 +73,6 @@ def reconcile_job(library: Library) -> None:
     result = library.reconcile()
     if result is not None and result.error:
         raise JobFailed(f"reconcile: {result.error}")
-
-
-# ---- when the nightly run is due (pure) -------------------------------------------------
-
-def next_nightly(hour: int, minute: int, now: datetime) -> datetime:
-    """The next local `hour:minute` strictly after `now` (an aware local datetime)."""
-    candidate = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    return candidate if candidate > now else candidate + timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class NightlyHistory:
-    """What the training-run rows say: when the newest nightly run started, and when the
-    first run of any kind did (the station has been retraining since then)."""
-
-    last_nightly: datetime | None = None
-    first_run: datetime | None = None
-
-
-def next_nightly_run(retrain: RetrainConfig, now: datetime,
-                     history: NightlyHistory = NightlyHistory()) -> datetime | None:
-    """When the nightly retrain runs next (aware, in now's zone's local time), or None
-    when retraining is off.
-
-    A scheduled time that passed without a nightly run since (the daemon was down) is
-    still the answer while it is at most retrain.misfire_grace_minutes old: it is due now.
-    Older missed runs are skipped; several missed nights count once. Before any run at
-    all nothing counts as missed (nothing says the daemon was meant to be up).
-    """
-    if not retrain.enabled:
-        return None
-    local = now.astimezone()
-    upcoming = next_nightly(retrain.hour, retrain.minute, local)
-    previous = upcoming - timedelta(days=1)
-    since = history.last_nightly or history.first_run
-    if (since is not None and since < previous
-            and local - previous <= timedelta(minutes=retrain.misfire_grace_minutes)):
-        return previous
-    return upcoming
-
-
-def nightly_history(session: Session) -> NightlyHistory:
-    """The two facts next_nightly_run needs, from the training_runs table."""
-    last = session.scalar(select(func.max(TrainingRun.started_at))
-                          .where(TrainingRun.trigger == RunTrigger.NIGHTLY))
-    first = session.scalar(select(func.min(TrainingRun.started_at)))
-    return NightlyHistory(_aware(last), _aware(first))
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-    return value
 
 
 def _walk_grace(minutes: float) -> int:

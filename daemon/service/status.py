@@ -106,14 +106,14 @@ from daemon.core.health import pid_alive, read_health
 from daemon.core.paths import display_stored
 from daemon.core.states import WRITE_OUTSTANDING, TrackState, WriteStatus
 from daemon.learn.labels import station_cannot_suggest
-from daemon.learn.registry import active_model
 from daemon.learn.report import cannot_suggest_lines, model_report_facts, served_lines
 from daemon.learn.runs import last_run
+from daemon.learn.schedule import next_nightly_run, nightly_history
 from daemon.review.albums import count_mixed
 from daemon.review.decisions import waiting_for_review
 from daemon.service.leader import LEADER_KEY, lock_holder
-from daemon.service.scheduler import next_nightly_run, nightly_history
 from daemon.service.storage import library_problem, storage_lines, storage_status
+from daemon.suggest.active import active_model
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.workers import list_workers
 
@@ -147,7 +147,7 @@ def daemon_running(value: dict | None, now: datetime) -> bool:
 
 
 def next_retrain(session: Session, config: Config, now: datetime) -> datetime | None:
-    """The nightly job's next run (UTC): daemon.service.scheduler.next_nightly_run on the
+    """The nightly job's next run (UTC): daemon.learn.schedule.next_nightly_run on the
     training-run rows, the same answer the running scheduler acts on."""
     due = next_nightly_run(config.retrain, now, nightly_history(session))
     return due.astimezone(UTC) if due is not None else None

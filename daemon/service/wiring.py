@@ -29,7 +29,7 @@ service keeps the started ones in a list. Stop closes them in reverse, within
 STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops claiming first and
 finishes its in-flight files while the others close.
 
-Every component reads the running config (and the genre map) from one daemon.core.live
+Every component reads the running config (and the genre map) from one daemon.tags.live
 Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file and the
 genre map (the leader publishes a changed one), and replace the Live's config with one
 carrying what can change while running (LIVE_KEYS); others are logged as needing a restart.
@@ -59,7 +59,7 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import ServiceState, utcnow
 from daemon.core.errors import ConfigError
 from daemon.core.health import Component, describe_failure, write_health
-from daemon.core.live import LIVE_KEYS, Live, changed_keys, with_keys
+from daemon.core.heap import bound_heap
 from daemon.learn.retrainer import Retrainer, nightly_job
 from daemon.library.read import reader_pool
 from daemon.library.reconcile import Library
@@ -67,10 +67,9 @@ from daemon.library.watcher import Watcher
 from daemon.review.web.app import WebServer
 from daemon.review.writeback import Writer
 from daemon.service import storage
-from daemon.service.heap import bound_heap
 from daemon.service.leader import Leadership, Stopping
 from daemon.service.logs import setup_logging
-from daemon.service.metrics import MetricsSources
+from daemon.service.metrics import MetricsSources, StationMetrics
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.service.scheduler import Scheduler
 from daemon.service.status import DAEMON_KEY, HEARTBEAT_SECONDS
@@ -79,6 +78,7 @@ from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
 from daemon.suggest.workers import beat, register, retire
 from daemon.tags.genres import station_genres_file
+from daemon.tags.live import LIVE_KEYS, Live, changed_keys, with_keys
 from daemon.tags.stored_genres import host_genre_map, publish_genre_map
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,6 @@ STOP_SECONDS = 20.0
 CLOSE_SECONDS = 5.0
 # The first model waits for the first walk's files to settle, at most this much longer.
 SETTLE_WAIT_SECONDS = 300.0
-# Without a model, look again this often for enough tagged songs to train one.
-NO_MODEL_POLL_SECONDS = 300.0
 class Service:
     """The daemon process: `run()` starts everything, serves until a signal, stops."""
 
@@ -189,7 +187,7 @@ class Service:
         self.web = self._add("web", WebServer(
             live, self.sessions, decision_made=self.decision_made,
             children=self.readers,
-            metrics_sources=MetricsSources(self.components)))
+            metrics=StationMetrics(live, self.sessions, MetricsSources(self.components))))
         if not self.leadership.start():  # the leader's parts now, or a standby's polling
             return
         self.notifier.ready(self.status_line())
@@ -222,7 +220,7 @@ class Service:
         # Its thread recovers runs cut off by a restart and, with no active model, trains
         # the first one (a subprocess) in the background -- from the tagged tracks, so only
         # once the first walk's files have settled.
-        self.retrainer = Retrainer(live, self.sessions, poll_seconds=NO_MODEL_POLL_SECONDS)
+        self.retrainer = Retrainer(live, self.sessions)
         threading.Thread(target=self._start_retrainer, name="start-retrainer",
                          daemon=True).start()
         self._wake.set()  # the main loop publishes the heartbeat now

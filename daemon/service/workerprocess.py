@@ -33,15 +33,10 @@ import threading
 from daemon.core.config import Config
 from daemon.core.db.engine import display_url, open_database, sqlite_path
 from daemon.core.errors import ConfigError, SchemaBehind
+from daemon.core.filesystems import filesystem_type, is_network_filesystem
 from daemon.core.health import describe_failure
-from daemon.library.mounts import (
-    ROOT_EMPTY,
-    ROOT_MISSING,
-    filesystem_type,
-    has_entries,
-    is_network_filesystem,
-)
-from daemon.service.heap import bound_heap
+from daemon.core.heap import bound_heap
+from daemon.library.mounts import ROOT_EMPTY, ROOT_MISSING, has_entries
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker

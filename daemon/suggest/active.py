@@ -1,5 +1,5 @@
 """The model the worker classifies with: the registry's active one, swapped in when another
-becomes active (`daemon.learn.registry.active_model`, checked every MODEL_CHECK_SECONDS).
+becomes active (`active_model`, checked every MODEL_CHECK_SECONDS).
 
 The bundle is this host's copy (daemon.suggest.stored_bundles: on a shared database it is
 rebuilt from there when missing or different). A bundle that fails to load, or whose
@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.core.config import Config
 from daemon.core.db.models import Model
 from daemon.core.errors import ModelMismatch
-from daemon.learn.registry import active_model
+from daemon.core.states import ModelStatus
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.inputs import WindowSpecs
 from daemon.suggest.queue import queue_depth
@@ -27,6 +28,14 @@ from daemon.suggest.stored_bundles import BundleUnavailable, local_bundle
 log = logging.getLogger(__name__)
 
 MODEL_CHECK_SECONDS = 2.0
+
+
+def active_model(session: Session) -> Model | None:
+    """The model the daemon classifies with, or None before the first one."""
+    return session.scalars(
+        select(Model).where(Model.status == ModelStatus.ACTIVE)
+        .order_by(Model.activated_at.desc(), Model.id.desc()).limit(1)
+    ).first()
 
 
 class ActiveModel:

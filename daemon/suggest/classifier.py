@@ -41,6 +41,7 @@ from daemon.suggest.bundle import (
     read_metadata,
     spec_differences,
 )
+from daemon.suggest.suggestions import top_genres
 
 __all__ = ["JSON_KEYS", "MAX_CLIPS_PER_RUN", "MAX_PATCHES_PER_RUN", "Classifier", "Member",
            "Prediction", "combine_members", "read_metadata", "softmax", "song_log_probabilities",
@@ -226,7 +227,7 @@ class Classifier:
         take ~2.5 MB per clip, so 32 songs in one run would cost the daemon ~400 MB at
         peak. Small runs are no slower here (measured on 2 cores with glibc's default
         heap: ~590 clips/s at 8 clips a run, ~550 at 16, 278 at 64), the activations
-        staying in cache; the daemon's bounded heap (daemon/service/heap.py) costs ~25%
+        staying in cache; the daemon's bounded heap (daemon/core/heap.py) costs ~25%
         at any size. The backbone's patches go MAX_PATCHES_PER_RUN at a time: measured
         here, 8 patches a run peak at ~340 MB RSS, 2 at ~155 MB, at the same songs/s.
         ORT wants every input fed: an input with no windows left (or not asked for) gets
@@ -302,5 +303,4 @@ class Classifier:
 
     def top(self, probs_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         """One song's probabilities -> its k most likely (genre, confidence), best first."""
-        order = np.argsort(probs_row)[::-1][:k]
-        return [(self.classes[i], float(probs_row[i])) for i in order]
+        return top_genres(probs_row, self.classes, k)

@@ -28,9 +28,11 @@ from sqlalchemy.orm import Session
 
 from daemon.core.config import Config
 from daemon.core.db.models import Track
+from daemon.core.labels import LABEL
 from daemon.core.states import TrackState
 from daemon.library.albums import artist_key, song_artist
 from daemon.suggest.context import combine, context_prior, reason_text
+from daemon.suggest.suggestions import top_genres
 
 # An artist's songs on other albums count this much of an album-mate (see above).
 ARTIST_SHARE = 0.5
@@ -114,7 +116,7 @@ def mates_for(session: Session, track_ids: Sequence[int]) -> dict[int, Mates]:
     """Track ids -> each one's Mates (empty counts when none is tagged). Two queries for
     the whole batch (the batch's own rows, then every tagged song sharing an album or
     an artist with one of them), whatever its size; portable SQL; count_mates counts."""
-    genre = func.coalesce(Track.confirmed_genre, Track.canonical_genre).label("genre")
+    genre = LABEL.label("genre")
     columns = (Track.id, Track.album_key, Track.artist, Track.album_artist,
                Track.compilation, genre)
     rows = session.execute(select(*columns).where(Track.id.in_(list(track_ids)))).all()
@@ -178,11 +180,6 @@ def with_context(session: Session, track_ids: Sequence[int | None], probs: np.nd
     return combined, contexts
 
 
-def _top(row: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list]:
-    order = np.argsort(row)[::-1][:k]
-    return [[classes[j], round(float(row[j]), 4)] for j in order]
-
-
 def context_json(mates: Mates, audio: np.ndarray, combined: np.ndarray,
                  classes: Sequence[str], settings: ContextSettings) -> dict:
     """The stored `suggestions.context`: the reason for the with-context
@@ -193,7 +190,8 @@ def context_json(mates: Mates, audio: np.ndarray, combined: np.ndarray,
               else reason_text(mates.artist, genre, "by this artist"))
     return {"reason": reason, "album": {"counts": mates.album},
             "artist": {"counts": mates.artist}, "weight": settings.weight,
-            "smoothing": settings.smoothing, "audio_top": _top(audio, classes),
+            "smoothing": settings.smoothing,
+            "audio_top": [[g, round(p, 4)] for g, p in top_genres(audio, classes)],
             "changed": bool(np.argmax(combined) != np.argmax(audio))}
 
 

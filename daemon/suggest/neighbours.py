@@ -1,7 +1,7 @@
 """"Sounds like": the station's own songs nearest a new song, by the backbone's embedding.
 
 The reference songs are the tracks with a training label (a confirmed genre, else the
-canonical genre of the file's tag: daemon.learn.labels), still in the library, with a
+canonical genre of the file's tag: daemon.core.labels), still in the library, with a
 fingerprint whose embedding is in the embedding cache (FeatureCache(cache_dir,
 EMBEDDING_SPEC): per patch (patches, 200)). A song's vector is the mean over its patches,
 L2-normalised, so cosine similarity is one matrix-vector product over all of them.
@@ -36,8 +36,8 @@ from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import EMBEDDING_SPEC, EmbeddingSpec
 from daemon.core.db.models import Track
 from daemon.core.health import Health, thread_alive
+from daemon.core.labels import LABEL
 from daemon.core.states import TrackState
-from daemon.learn.labels import LABEL
 
 log = logging.getLogger(__name__)
 

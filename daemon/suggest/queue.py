@@ -83,8 +83,7 @@ def requeue_held(sessions: sessionmaker[Session], holders: list[int], *,
 def _requeue(tracks: list[Track]) -> int:
     now = utcnow()
     for track in tracks:
-        move(track, TrackState.QUEUED)  # clears claimed_by
-        track.state_changed_at = now
+        move(track, TrackState.QUEUED, now)  # clears claimed_by
     return len(tracks)
 
 
@@ -110,8 +109,7 @@ def claim_tracks(sessions: sessionmaker[Session], limit: int, exclude: set[int],
         claimed = []
         for track in tracks:
             queued_since = track.state_changed_at
-            move(track, TrackState.WORKING)
-            track.state_changed_at = now
+            move(track, TrackState.WORKING, now)
             track.claimed_by = worker_id
             claimed.append((track, queued_since))
         session.flush()
@@ -137,10 +135,9 @@ def retry_quarantined(sessions: sessionmaker[Session], paths: list[str] | None =
         tracks = session.scalars(query.order_by(Track.id)).all()
         now = utcnow()
         for track in tracks:
-            move(track, TrackState.QUEUED)
+            move(track, TrackState.QUEUED, now)
             track.attempts, track.next_attempt_at = 0, None
             track.quarantined_ctime = None
-            track.state_changed_at = now
         done = [t.path for t in tracks]
     left = [p for p in paths or [] if p not in set(done)]
     return done, left

@@ -12,7 +12,8 @@ second chance a new model gives rejected songs. In words:
     otherwise  a pending suggestion (top-3, confidence, model) replacing (superseding)
                any older pending one
 
-`decide()` is the pure rule; `apply()` carries a verdict out on a track in a session.
+`decide()` is the pure rule; `suggest()` carries it out on a track in a session (the
+suggestion row, the track's state).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -42,6 +44,14 @@ class Verdict:
     state: TrackState
     why: str
     disagrees_with: str | None = None
+
+
+def top_genres(probs: Sequence[float], classes: Sequence[str],
+               k: int = 3) -> list[tuple[str, float]]:
+    """One song's probabilities (in `classes` order) -> its k most likely (genre,
+    probability), best first: the top-k every suggestion and its context store."""
+    order = np.argsort(probs)[::-1][:k]
+    return [(classes[i], float(probs[i])) for i in order]
 
 
 def decide(top: Sequence[tuple[str, float]], *, rejected: Collection[str],
@@ -100,6 +110,5 @@ def suggest(session: Session, track: Track, top: Sequence[tuple[str, float]], *,
             sounds_like=list(sounds_like) if sounds_like else None,
             context=dict(context) if context else None))
     if track.state != verdict.state:
-        move(track, verdict.state)
-        track.state_changed_at = now
+        move(track, verdict.state, now)
     return verdict

@@ -46,24 +46,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audio.extract import ExtractPool
 from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, BackboneSpec, FeatureSpec
+from daemon.audio.fingerprint import fingerprint
 from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Event, Track, utcnow
 from daemon.core.errors import FileError, UnreadableAudio
 from daemon.core.health import Health
-from daemon.core.live import Live, as_live
+from daemon.core.heap import release_free_memory
 from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
 from daemon.core.retry import backoff
 from daemon.core.states import TrackState, move
-from daemon.library.fingerprint import fingerprint
 from daemon.library.walk import inode_ctime, same_stat
-from daemon.service.heap import release_free_memory
 from daemon.suggest.active import ActiveModel
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.mates import batch_context
 from daemon.suggest.queue import Claim, claim_tracks, prune_events, queue_depth, requeue_working
 from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
 from daemon.suggest.workers import pulse, requeue_dead
+from daemon.tags.live import Live, as_live
 from daemon.tags.stored_genres import FollowedGenreMap
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,6 @@ class Worker:
                 genre, confidence = top[0]
                 self._describe(track, claim)
                 track.attempts, track.last_error, track.next_attempt_at = 0, None, None
-                track.state_changed_at = now
                 latency = ((now - claim.queued_since).total_seconds()
                            if claim.queued_since else None)
                 session.add(Event(at=now, kind="classified", detail={
@@ -406,14 +405,13 @@ class Worker:
                 return
             track.attempts = (track.attempts or 0) + 1
             track.last_error = error.reason
-            track.state_changed_at = now
             quarantined = track.attempts >= workers.max_attempts
             if quarantined:
-                move(track, TrackState.QUARANTINED)
+                move(track, TrackState.QUARANTINED, now)
                 track.next_attempt_at = None
                 track.quarantined_ctime = inode_ctime(self.root / filesystem_path(claim.path))
             else:
-                move(track, TrackState.RETRYING)
+                move(track, TrackState.RETRYING, now)
                 track.next_attempt_at = now + timedelta(
                     seconds=backoff(track.attempts, workers.backoff_seconds))
             attempts = track.attempts
@@ -440,8 +438,7 @@ class Worker:
     def _back_to_settling(self, track: Track, claim: Claim, now: datetime) -> None:
         """A file that changed since it settled waits settle_seconds (retrying, no attempt
         counted); the library settles it again meanwhile and queues it afresh."""
-        move(track, TrackState.RETRYING)
-        track.state_changed_at = now
+        move(track, TrackState.RETRYING, now)
         track.next_attempt_at = now + timedelta(
             seconds=max(self.config.library.settle_seconds, POLL_SECONDS))
         log.info("%s is still changing (being copied?); it waits to settle again",

@@ -29,12 +29,15 @@ from typing import Any, Protocol
 
 from daemon.core.durable import fsync_dir, fsync_file
 from daemon.core.errors import FileError, TagError, os_reason
-from daemon.library.walk import WRITER_TEMP_MARK
 
 log = logging.getLogger(__name__)
 
 Owner = tuple[int, int, int]  # uid, gid, permission bits the new version gets
 GenreFields = dict[str, Any]  # a file's genre fields as stored (daemon.tags.restore)
+
+
+# In every temp sibling's name: the library walk removes one a crash left behind.
+WRITER_TEMP_MARK = ".genretagger-tmp"
 
 
 class WriteFailed(FileError):

@@ -23,13 +23,13 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import StoredGenreMap
 from daemon.core.errors import GenreMapError
 from daemon.core.health import describe_failure
-from daemon.core.live import Live
 from daemon.tags.genres import (
     GenreMap,
     load_genre_map,
     parse_genre_map,
     station_genres_file,
 )
+from daemon.tags.live import Live
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from daemon.core.disk import (
     unwritable_reason,
 )
 from daemon.core.errors import DatabaseUnreachable, SchemaBehind
-from daemon.library.mounts import filesystem_type, is_network_filesystem
+from daemon.core.filesystems import filesystem_type, is_network_filesystem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,13 +23,14 @@ from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
 from daemon.core.db.engine import database_busy, database_full, impatient_sessions
 from daemon.core.health import Health, thread_alive
-from daemon.core.live import Live, as_live
 from daemon.core.states import Action, How, WriteStatus
 from daemon.library.read import reader_pool
-from daemon.review.web import albums, auth, history, media, metrics, models, notsongs, songs
+from daemon.review.web import albums, auth, history, media, models, notsongs, songs
 from daemon.review.web.common import Review, RowId, plain
 from daemon.review.web.connections import guarded_server
 from daemon.review.web.format import context_reason, likeness, path_breaks, percent, when
+from daemon.review.web.metrics import Exposition
+from daemon.review.web.metrics import bp as metrics_bp
 from daemon.review.web.security import (
     LoginLimiter,
     check_bind,
@@ -37,7 +38,7 @@ from daemon.review.web.security import (
     load_secret_key,
     login_required,
 )
-from daemon.service.metrics import MetricsSources, StationMetrics
+from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,16 @@ def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
                decision_made: threading.Event | None = None,
                limiter: LoginLimiter | None = None,
                children: ExtractPool | None = None,
-               metrics_sources: MetricsSources | None = None) -> Flask:
+               metrics: Exposition | None = None) -> Flask:
     """The review web app for `config` on the database behind `sessions`.
 
     `decision_made` is set after every review action (the daemon gives the writer the same
     Event, so accepted genres reach the files promptly). `children`: the child processes
     songs are decoded in for the spectrogram and preview (the daemon shares the library's
     tag readers); without one the app starts its own, as app.extensions["children"].
-    `metrics_sources`: what the running service shares with /metrics (its components'
-    health, the worker's heartbeat); without them the health comes from health.json."""
+    `metrics`: what /metrics serves (daemon.service.metrics.StationMetrics, which the
+    caller builds and closes); without it, or with [metrics] enabled = false, /metrics
+    is not there."""
     live = as_live(config)
     config = live.config  # what the app is built with; each request reads live.config
     app = Flask(__name__)
@@ -87,14 +89,14 @@ def create_app(config: Config | Live, sessions: sessionmaker[Session], *,
         children=children, limiter=limiter or LoginLimiter(),
         needs_login=login_required(config.review), epoch=credential_epoch(config.review),
         decision_made=decision_made)
-    if config.metrics.enabled:
-        app.extensions["metrics"] = StationMetrics(live, sessions, metrics_sources)
+    if config.metrics.enabled and metrics is not None:
+        app.extensions["metrics"] = metrics
     # Order matters: before_request functions run in the order they are registered, so a
     # foreign POST is refused before the CSRF check, and both come before sign-in.
     app.before_request(auth.same_site_posts_only)
     CSRFProtect(app)
     for blueprint in (auth.bp, songs.bp, albums.bp, history.bp, models.bp, media.bp,
-                      metrics.bp, notsongs.bp):
+                      metrics_bp, notsongs.bp):
         app.register_blueprint(blueprint)
     _error_handlers(app)
     return app
@@ -156,15 +158,13 @@ class WebServer:
     def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  decision_made: threading.Event | None = None, port: int | None = None,
                  threads: int = 4, url_prefix: str = "",
-                 children: ExtractPool | None = None,
-                 metrics_sources: MetricsSources | None = None):
+                 children: ExtractPool | None = None, metrics: Exposition | None = None):
         self.live = as_live(config)
-        self.metrics_sources = metrics_sources
+        self.metrics = metrics  # handed over: closed with the server
         self.sessions = sessions
         self.decision_made = decision_made
         self.children = children
         self._own_children: ExtractPool | None = None  # started by create_app: ours to close
-        self._metrics: StationMetrics | None = None
         self.host = self.config.review.host
         self.requested_port = self.config.review.port if port is None else port
         self.threads = threads
@@ -196,9 +196,8 @@ class WebServer:
         or token, OSError when the port is taken."""
         check_bind(self.config.review)
         app = create_app(self.live, self.sessions, decision_made=self.decision_made,
-                         children=self.children, metrics_sources=self.metrics_sources)
+                         children=self.children, metrics=self.metrics)
         self._own_children = app.extensions["children"] if self.children is None else None
-        self._metrics = app.extensions.get("metrics")
         review = self.config.review
         self._server = guarded_server(app, host=self.host, port=self.requested_port,
                                       threads=self.threads,
@@ -233,5 +232,5 @@ class WebServer:
         self._thread = None
         if self._own_children is not None:
             self._own_children.close()
-        if self._metrics is not None:
-            self._metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()

@@ -19,8 +19,8 @@ from werkzeug.routing import IntegerConverter, Map
 
 from daemon.audio.extract import ExtractPool
 from daemon.core.config import Config
-from daemon.core.live import Live
 from daemon.review.web.security import LoginLimiter
+from daemon.tags.live import Live
 
 # The largest id SQLite's INTEGER holds; a longer one in a URL is simply not a row.
 MAX_ROW_ID = 2**63 - 1

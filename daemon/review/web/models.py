@@ -15,8 +15,8 @@ from daemon.learn.labels import station_cannot_suggest
 from daemon.learn.registry import list_models
 from daemon.learn.report import genre_figures, model_report_facts, recall_table, verdict
 from daemon.learn.runs import last_run
+from daemon.learn.schedule import next_nightly_run, nightly_history
 from daemon.review.web.common import review
-from daemon.service.scheduler import next_nightly_run, nightly_history
 
 bp = Blueprint("models", __name__)
 
