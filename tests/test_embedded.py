@@ -60,7 +60,8 @@ def songs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, songs, trained_bundle):
-    """backbone.onnx and ensemble.onnx composed by the trainer's builders."""
+    """cnn.onnx (with the embedding), backbone.onnx and ensemble.onnx composed by the
+    trainer's builders."""
     folder = tmp_path_factory.mktemp("embedded-bundles")
     head = fit_head(np.stack([song_embedding(s["embedding"]) for s in songs]),
                     [g for g in GENRES for _ in range(3)])
@@ -68,12 +69,13 @@ def built(tmp_path_factory, songs, trained_bundle):
     clips = np.concatenate([s[CNN] for s in songs[::3]])
     bundles.build_backbone(head, folder / "backbone.onnx", checks, temperature=0.8)
     cnn = onnx.load(str(trained_bundle / "model.onnx"))
+    bundles.build_cnn(cnn, GENRES, folder / "cnn.onnx", clips, checks, temperature=1.2)
     bundles.build_ensemble(cnn, GENRES, head, folder / "ensemble.onnx", clips, checks,
                            temperatures=(1.2, 0.8))
     return folder
 
 
-@pytest.mark.parametrize("family", ["backbone", "ensemble"])
+@pytest.mark.parametrize("family", ["cnn", "backbone", "ensemble"])
 def test_the_bundle_on_cached_embeddings_is_the_bundle_on_patches(built, songs, family):
     whole = Classifier.load(built / f"{family}.onnx")
     cut = load_on_embeddings(built / f"{family}.onnx")

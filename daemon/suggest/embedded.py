@@ -9,9 +9,10 @@ embeddings through the rest of the bundle: its own graph cut at the embedding ou
 the same float32 operations from there on, never the backbone again.
 
 The cut bundle is a Classifier whose "backbone" windows are per-patch embeddings
-(patches, dim) rather than log-mel patches; `member_caches` says which cache feeds each
-kind. A bundle whose members do not all go through its embedding output (the cold start
-maps the backbone's tag output) is run as it is, on patches.
+(patches, dim) rather than log-mel patches (a cnn bundle's cut is its CNN alone);
+`member_caches` says which cache feeds each kind. A bundle whose members do not all go
+through its embedding output (the cold start maps the backbone's tag output) is run as
+it is, on patches.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ def load_on_embeddings(path: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
                        backbone_spec: BackboneSpec = BACKBONE_SPEC,
                        threads: int = 1) -> Classifier:
     """The bundle at `path` cut at its embedding output, as an EmbeddedClassifier (the
-    backbone never loaded); a bundle without a backbone member (nothing to save) or with
-    a member that does not go through its embedding output: Classifier.load as it is.
-    Raises ModelMismatch as Classifier.load does."""
+    backbone never loaded: a cnn bundle keeps only its CNN); a bundle without the
+    backbone, or with a member that does not go through its embedding output:
+    Classifier.load as it is. Raises ModelMismatch as Classifier.load does."""
     import onnx
 
     path = Path(path)
@@ -72,23 +73,27 @@ def load_on_embeddings(path: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
     data = cut.SerializeToString()
     inputs = {kind: name for kind, name in bundle.inputs.items()
               if kind != BACKBONE and kind in bundle.member_needs}
+    if BACKBONE in bundle.member_needs:
+        inputs[BACKBONE] = bundle.embedding.output
     return EmbeddedClassifier(
         _session(data, path, threads), path, metadata,
-        dataclasses.replace(bundle, embedding=None,
-                            inputs={**inputs, BACKBONE: bundle.embedding.output}),
+        dataclasses.replace(bundle, embedding=None, inputs=inputs),
         spec, backbone_spec, hashlib.sha256(data).hexdigest(), spec.clips_per_song)
 
 
 def _cut(path: Path, model, bundle: Bundle):
-    """The bundle's graph from its embedding output (and its other members' inputs) to
-    its members' outputs, or None when that is not the whole of the members."""
+    """The bundle's graph from its members' inputs, the embedding output in place of the
+    patches, to its members' outputs; None without an embedding output or when that is
+    not the whole of the members."""
     import onnx
 
-    if bundle.embedding is None or BACKBONE not in bundle.member_needs:
+    if bundle.embedding is None:
         return None
     patches, embedding = bundle.inputs[BACKBONE], bundle.embedding.output
     inputs = [name for kind, name in bundle.inputs.items()
-              if kind != BACKBONE and kind in bundle.member_needs] + [embedding]
+              if kind != BACKBONE and kind in bundle.member_needs]
+    if BACKBONE in bundle.member_needs:
+        inputs.append(embedding)
     outputs = list(dict.fromkeys(m.output for m in bundle.members))
     try:
         cut = onnx.utils.Extractor(model).extract_model(inputs, outputs)
