@@ -1,5 +1,7 @@
 """The nightly tournament: every family trained on the same splits, judged on the SAME test
-songs through the daemon's Classifier (the serving path), the best one kept.
+songs through the daemon's Classifier (the serving path), the best one kept. A bundle
+with the backbone is judged on the songs' cached embeddings through its own head
+(daemon.suggest.embedded): the backbone never runs again on a song it embedded.
 
 A family's run leaves `out/<family>.onnx`; `finish` evaluates each bundle on the test
 songs, builds the table (accuracy, macro-F1, per-genre recall with

@@ -2,8 +2,10 @@
 
 One decode pass per song fills the CNN's feature cache and (the backbone switched on)
 the backbone's patch cache; each song's embedding is computed once into the embedding
-cache. Then the families (trainer.runner) are fitted, calibrated and written as
-out/<family>.onnx, judged on the same test songs (trainer.tournament); the winner is kept
+cache (a song the service or an earlier night embedded is neither decoded for patches nor
+run through the backbone again). Then the families (trainer.runner) are fitted,
+calibrated and written as out/<family>.onnx, judged on the same test songs
+(trainer.tournament: the backbone's bundles on the cached embeddings); the winner is kept
 as held_out.onnx (what the gate judges: it never saw the test songs) and its family is
 refit on every labelled song of its genres (trainer.runner.Run.refit, with the epochs,
 regularisation and temperature the held-out fit chose): that refit is model.onnx, the

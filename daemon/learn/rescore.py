@@ -22,7 +22,12 @@ from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.suggest.classifier import Classifier
-from daemon.suggest.embedded import cached_features, load_on_embeddings, member_caches
+from daemon.suggest.embedded import (
+    EmbeddedClassifier,
+    cached_features,
+    load_on_embeddings,
+    member_caches,
+)
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.mates import batch_context
 from daemon.suggest.suggestions import suggest
@@ -42,7 +47,8 @@ def _cached_predictions(classifier: Classifier, cache: SongInputs,
     only: the songs' embeddings through the model's head where it carries the backbone
     (daemon.suggest.embedded: never the backbone again), else each kind its members take;
     rows without them are counted in counts["no_features"]."""
-    model = load_on_embeddings(classifier.path, classifier.spec, classifier.backbone_spec)
+    model = classifier if isinstance(classifier, EmbeddedClassifier) else load_on_embeddings(
+        classifier.path, classifier.spec, classifier.backbone_spec)
     feeding = member_caches(model, cache.caches, cache.embeddings)
     for start in range(0, len(rows), batch):
         ids, songs = [], []
