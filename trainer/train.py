@@ -139,8 +139,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                            parent=_parent_model(warm_start) if run.warm_started else "")
     entries = run.write_bundles(common)
     written = time.monotonic()
-    caches = {CNN: cache}
-    embeddings = backbone_on.embeddings if backbone_on else None
+    caches, embeddings = {CNN: cache}, backbone_on.embeddings if backbone_on else None
     table = judge_families(out, entries, wide.test, caches, seed=seed, embeddings=embeddings)
     winner = next(e for e in entries if e.family == table["winner"])
     context = fit_context(winner, carved, wide.test, songs.songs, caches, embeddings)
