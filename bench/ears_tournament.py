@@ -172,8 +172,8 @@ def extrapolate(first: dict, second: dict, n: int) -> dict[str, float]:
 
     Linear in songs: decoding and embedding (first night only: cached after, a later
     night decodes and embeds only the new songs), the CNN's fit (songs x epochs), the
-    head's fit, judging (the test songs, ~15%, through every bundle: the backbone runs on
-    their patches for the backbone and ensemble bundles). About constant: writing the
+    head's fit, judging (the test songs, ~15%, through every bundle: the backbone and
+    ensemble bundles on the songs' cached embeddings). About constant: writing the
     bundles (parity checks on a fixed number of clips and patches) beyond the ensemble's
     scoring. The second night's decode/embed are taken as measured (walk + cache reads).
     """

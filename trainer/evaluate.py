@@ -27,6 +27,12 @@ from daemon.learn.metrics import (  # one implementation, shared with the nightl
     song_metrics,
 )
 from daemon.suggest.classifier import Classifier, read_metadata, song_probabilities
+from daemon.suggest.embedded import (
+    EmbeddedClassifier,
+    cached_features,
+    load_on_embeddings,
+    member_caches,
+)
 from daemon.tags.genres import load_genre_map
 from trainer.dataset import default_cache_dir, find_labelled_songs, load_features
 
@@ -202,22 +208,28 @@ def evaluate_model(model_path: Path, library: Path, *, genres_path: Path | None 
     windows = int(meta.get("clips_per_song") or spec.clips_per_song)
     spec = dataclasses.replace(spec, clips_per_song=windows)
     backbone_spec = dataclasses.replace(BACKBONE_SPEC, clips_per_song=windows)
-    classifier = Classifier.load(model_path, spec, backbone_spec)
+    root = Path(cache_dir or default_cache_dir())
+    classifier, backbone = _on_embeddings(model_path, spec, backbone_spec, root)
     genre_map = load_genre_map(genres_path)
     songs, skipped = find_labelled_songs(library, genre_map)
     known = [s for s in songs if s.genre in classifier.classes]
-    root = Path(cache_dir or default_cache_dir())
     caches = {CNN: FeatureCache(root, spec), BACKBONE: FeatureCache(root, backbone_spec)}
     needs = classifier.bundle.member_needs
     usable, failed, stats = load_features(
         known, caches[CNN], patches=caches[BACKBONE] if BACKBONE in needs else None,
-        processes=processes, progress=progress)
+        embeddings=backbone.embeddings if backbone else None, processes=processes,
+        progress=progress)
+    if backbone is not None:
+        from trainer.families import embed_songs
+
+        embed_songs(usable, backbone)
+    feeding = member_caches(classifier, caches,
+                            backbone.embeddings if backbone else caches[BACKBONE])
     index = {g: i for i, g in enumerate(classifier.classes)}
     labels = np.array([index[s.genre] for s in usable], dtype=np.int64)
     probs = np.zeros((0, len(index)))
     for start in range(0, len(usable), 64):
-        chunk = [{k: caches[k].get(s.fingerprint) for k in needs}
-                 for s in usable[start:start + 64]]
+        chunk = [cached_features(s.fingerprint, feeding) for s in usable[start:start + 64]]
         probs = np.concatenate([probs, classifier.predict_songs(chunk)])
     cnn = next((m for m in classifier.members if m.kind == CNN), None)
     clip_acc = None  # of the (first) cnn member, as before the backbone families
@@ -238,6 +250,23 @@ def evaluate_model(model_path: Path, library: Path, *, genres_path: Path | None 
         "cached": stats["cached"],
     })
     return report
+
+
+def _on_embeddings(path: Path, spec: FeatureSpec, backbone_spec, root: Path):
+    """(the bundle as evaluated, the trainer's Backbone or None): a bundle with the backbone
+    runs on the songs' cached embeddings, embedding (and caching) the songs not embedded
+    yet with the converted backbone; without one (`make backbone` not run) the whole
+    bundle runs on patches."""
+    classifier = load_on_embeddings(path, spec, backbone_spec)
+    if BACKBONE not in classifier.bundle.member_needs or not isinstance(
+            classifier, EmbeddedClassifier):
+        return classifier, None
+    from trainer.families import open_backbone
+
+    backbone = open_backbone(root, True, backbone_spec)
+    if backbone is None:
+        return Classifier.load(path, spec, backbone_spec), None
+    return classifier, backbone
 
 
 def _json_text(value: object) -> str:

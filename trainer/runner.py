@@ -243,8 +243,8 @@ class Run:
             else:  # the checked CNN graph goes into the bundle with the embedding
                 cnn_proto, self.parity["cnn_keras"] = checked_onnx(self.model, clips)
         if self.backbone is not None:
-            checks = parity_patches((*self.wide.test, *self.wide.validation),
-                                    self.backbone.patches)
+            checks = parity_patches((*self.wide.test, *self.wide.validation,
+                                     *self.wide.train), self.backbone.patches)
             self.parity.update(write_backbone_bundles(
                 self.out, self.backbone, checks, cnn=cnn_proto,
                 cnn_classes=self.cnn_dataset.classes if cnn_proto is not None else (),

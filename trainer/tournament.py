@@ -1,5 +1,7 @@
 """The nightly tournament: every family trained on the same splits, judged on the SAME test
-songs through the daemon's Classifier (the serving path), the best one kept.
+songs through the daemon's Classifier (the serving path), the best one kept. A bundle
+with the backbone is judged on the songs' cached embeddings through its own head
+(daemon.suggest.embedded): the backbone never runs again on a song it embedded.
 
 A family's run leaves `out/<family>.onnx`; `finish` evaluates each bundle on the test
 songs, builds the table (accuracy, macro-F1, per-genre recall with
@@ -23,6 +25,7 @@ from daemon.audio.features import CNN, DEFAULT_SPEC
 from daemon.core.errors import ConfigError
 from daemon.learn.metrics import expected_calibration_error, paired_comparison, song_metrics
 from daemon.suggest.classifier import Classifier
+from daemon.suggest.embedded import cached_features, load_on_embeddings, member_caches
 from trainer.dataset import DatasetError, LabelledSong
 
 log = logging.getLogger(__name__)
@@ -62,30 +65,37 @@ class Entry:
     left_out: dict[str, dict[str, int]]
 
 
-def song_inputs(songs: Sequence[LabelledSong], caches: Mapping[str, FeatureCache],
-                kinds: frozenset[str]) -> list[dict[str, np.ndarray]]:
-    """Each song's cached features by kind, for the kinds a bundle needs."""
+def song_inputs(songs: Sequence[LabelledSong], feeding: Mapping[str, FeatureCache],
+                ) -> list[dict[str, np.ndarray]]:
+    """Each song's cached windows by kind, from the cache feeding each kind
+    (daemon.suggest.embedded.member_caches)."""
     out = []
     for song in songs:
-        features = {}
-        for kind in kinds:
-            value = caches[kind].get(song.fingerprint) if kind in caches else None
-            if value is None:
-                raise DatasetError(f"{song.rel}: no cached {kind} features for the tournament")
-            features[kind] = value
+        features = cached_features(song.fingerprint, feeding)
+        if features is None:
+            missing = [k for k, c in feeding.items() if not c.has(song.fingerprint)]
+            raise DatasetError(f"{song.rel}: no cached {'/'.join(missing)} features for the "
+                               "tournament")
         out.append(features)
     return out
 
 
 def judge_bundle(path: Path, songs: Sequence[LabelledSong], caches: Mapping[str, FeatureCache],
-                 genres: Sequence[str], batch: int = 32) -> tuple[np.ndarray, Classifier]:
+                 genres: Sequence[str], batch: int = 32, embeddings: FeatureCache | None = None,
+                 ) -> tuple[np.ndarray, Classifier]:
     """A bundle through the daemon's Classifier on `songs` -> (probabilities over the
-    union `genres`, the classifier). Genres the bundle does not know get 0."""
-    classifier = Classifier.load(path, caches[CNN].spec if CNN in caches else DEFAULT_SPEC)
+    union `genres`, the classifier). Genres the bundle does not know get 0. With
+    `embeddings` (the embedding cache) a bundle with the backbone takes the songs' cached
+    per-patch embeddings through its head (daemon.suggest.embedded), never running the
+    backbone; else its members take `caches` by kind."""
+    spec = caches[CNN].spec if CNN in caches else DEFAULT_SPEC
+    classifier = (load_on_embeddings(path, spec) if embeddings is not None
+                  else Classifier.load(path, spec))
+    feeding = member_caches(classifier, caches, embeddings)
     probs = np.zeros((len(songs), len(genres)))
     columns = [list(genres).index(c) for c in classifier.classes]
     for start in range(0, len(songs), batch):
-        chunk = song_inputs(songs[start:start + batch], caches, classifier.bundle.member_needs)
+        chunk = song_inputs(songs[start:start + batch], feeding)
         probs[start:start + len(chunk)][:, columns] = classifier.predict_songs(chunk)
     return probs, classifier
 
@@ -126,16 +136,18 @@ def _why(winner: str, rows: Sequence[dict], comparisons: Mapping[str, dict]) -> 
 
 
 def judge_families(out: Path, entries: Sequence[Entry], test: Sequence[LabelledSong],
-                   caches: Mapping[str, FeatureCache], seed: int = 0) -> dict:
+                   caches: Mapping[str, FeatureCache], seed: int = 0,
+                   embeddings: FeatureCache | None = None) -> dict:
     """Judge every entry's bundle on the same `test` songs (every family's test songs:
-    a genre a family left out counts as its miss). Out: the tournament table
-    {"holdout_songs", "winner", "why", "rows"}."""
+    a genre a family left out counts as its miss; judge_bundle, `embeddings` included).
+    Out: the tournament table {"holdout_songs", "winner", "why", "rows"}."""
     genres = sorted({c for e in entries for c in _classes(e.bundle)} | {s.genre for s in test})
     labels = [s.genre for s in test]
     truth = np.array([genres.index(g) for g in labels], dtype=np.int64)
     rows, predicted = [], {}
     for entry in entries:
-        probs, classifier = judge_bundle(entry.bundle, test, caches, genres)
+        probs, classifier = judge_bundle(entry.bundle, test, caches, genres,
+                                         embeddings=embeddings)
         metrics = song_metrics(probs, labels, genres)
         rows.append(tournament_row(entry, metrics, probs, truth, classifier))
         predicted[entry.family] = probs.argmax(axis=1)

@@ -2,8 +2,10 @@
 
 One decode pass per song fills the CNN's feature cache and (the backbone switched on)
 the backbone's patch cache; each song's embedding is computed once into the embedding
-cache. Then the families (trainer.runner) are fitted, calibrated and written as
-out/<family>.onnx, judged on the same test songs (trainer.tournament); the winner is kept
+cache (a song the service or an earlier night embedded is neither decoded for patches nor
+run through the backbone again). Then the families (trainer.runner) are fitted,
+calibrated and written as out/<family>.onnx, judged on the same test songs
+(trainer.tournament: the backbone's bundles on the cached embeddings); the winner is kept
 as held_out.onnx (what the gate judges: it never saw the test songs) and its family is
 refit on every labelled song of its genres (trainer.runner.Run.refit, with the epochs,
 regularisation and temperature the held-out fit chose): that refit is model.onnx, the
@@ -27,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.audio.featurecache import FeatureCache
-from daemon.audio.features import BACKBONE, BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
+from daemon.audio.features import BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
 from daemon.core.config import ClassifierConfig
 from daemon.core.errors import ConfigError
 from daemon.suggest.stored_bundles import HELD_OUT, file_sha256
@@ -122,7 +124,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     decoded = time.monotonic()
     if backbone_on is not None:
         songs.cache_stats.update(prepare_backbone(songs, cache, backbone_on, processes,
-                                                  threads, carved))
+                                                  threads))
     extracted = time.monotonic()
     families = cnn_can_learn(wide, families, min_songs, family)
     run = Run(out, wide, cache, spec, backbone_on, families, seed)
@@ -137,10 +139,10 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                            parent=_parent_model(warm_start) if run.warm_started else "")
     entries = run.write_bundles(common)
     written = time.monotonic()
-    caches = {CNN: cache, **({BACKBONE: backbone_on.patches} if backbone_on else {})}
-    table = judge_families(out, entries, wide.test, caches, seed=seed)
+    caches, embeddings = {CNN: cache}, backbone_on.embeddings if backbone_on else None
+    table = judge_families(out, entries, wide.test, caches, seed=seed, embeddings=embeddings)
     winner = next(e for e in entries if e.family == table["winner"])
-    context = fit_context(winner, carved, wide.test, songs.songs, caches)
+    context = fit_context(winner, carved, wide.test, songs.songs, caches, embeddings)
     _list_context_split(out, carved)
     judged = time.monotonic()
     # Chosen on held-out songs; served as refit on every labelled song of its genres.
@@ -186,7 +188,8 @@ def write_results(out: Path, report: dict, held_out: Entry, served: Entry) -> No
 
 
 def fit_context(winner, carved: Sequence[LabelledSong], test: Sequence[LabelledSong],
-                library: Sequence[LabelledSong], caches: dict) -> dict:
+                library: Sequence[LabelledSong], caches: dict,
+                embeddings: FeatureCache | None = None) -> dict:
     """The album/artist context fitted with the winner's audio (trainer.context) on the
     context split (songs kept out of training whose album-mates were trained on), else on
     the test songs: report.json's "context", whose weight and smoothing go into the bundle."""
@@ -199,7 +202,8 @@ def fit_context(winner, carved: Sequence[LabelledSong], test: Sequence[LabelledS
         held = [s for s in held if s.genre in classes]
         if not held:
             continue
-        probs, _ = judge_bundle(winner.bundle, held, caches, classes)
+        probs, _ = judge_bundle(winner.bundle, held, caches, classes,
+                                embeddings=embeddings)
         report = {**context_report(probs, held, library, classes), "fitted_on": where}
         if report["weight"] is not None:
             log.info("context: weight %.2f, smoothing %.1f on the %s (accuracy %.3f audio, "
@@ -312,17 +316,17 @@ def gather(library: Path, cache: FeatureCache, backbone: Backbone | None, *,
 
 
 def prepare_backbone(songs: Gathered, cache: FeatureCache, backbone: Backbone,
-                     processes: int | None, threads: int | None,
-                     judged: Sequence[LabelledSong] = ()) -> dict[str, int]:
-    """Every labelled song's embedding into the embedding cache (computed once), and the
-    patches of test (and `judged`: the context split's) songs that have only an embedding
-    cached (the tournament judges through the Classifier, which takes patches)."""
-    lacking = [s for s in (*songs.dataset.test, *judged)
-               if not backbone.patches.has(s.fingerprint)]
-    if lacking:
-        load_features(lacking, cache, patches=backbone.patches, processes=processes)
+                     processes: int | None, threads: int | None) -> dict[str, int]:
+    """Every labelled song's embedding into the embedding cache (computed once; judging
+    takes them through each bundle's head), and real patches of one song for the bundles'
+    parity checks when no song has its patches cached (the worker embedded them all)."""
+    dataset = songs.dataset
+    ordered = (*dataset.test, *dataset.validation, *dataset.train)
+    sample = [] if any(backbone.patches.has(s.fingerprint) for s in ordered) else ordered[:1]
+    if sample:
+        load_features(list(sample), cache, patches=backbone.patches, processes=1)
     stats = embed_songs(songs.songs, backbone, threads or 0)
-    stats["test_patches_decoded"] = len(lacking)
+    stats["parity_patches_decoded"] = len(sample)
     log.info("embeddings: %(embeddings_cached)d cached, %(embeddings_computed)d computed "
              "with the backbone", stats)
     return stats

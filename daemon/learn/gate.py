@@ -22,6 +22,12 @@ from daemon.learn.labels import current_labels
 from daemon.learn.metrics import paired_comparison, song_metrics
 from daemon.learn.registry import bundle_dir
 from daemon.suggest.classifier import Classifier
+from daemon.suggest.embedded import (
+    EmbeddedClassifier,
+    cached_features,
+    load_on_embeddings,
+    member_caches,
+)
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.stored_bundles import HELD_OUT
 
@@ -145,7 +151,7 @@ def held_out_model(run_dir: Path, served: Classifier) -> tuple[Classifier, str]:
     if not (run_dir / HELD_OUT).is_file():
         return served, "the served model"
     try:
-        return (Classifier.load(run_dir / HELD_OUT, served.spec, served.backbone_spec),
+        return (load_on_embeddings(run_dir / HELD_OUT, served.spec, served.backbone_spec),
                 "the held-out fit of the served model's family")
     except ModelMismatch as err:
         log.warning("%s unusable (%s); judging the served model", HELD_OUT, err)
@@ -197,17 +203,23 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     songs = holdout_for(run_dir / "split.json", active_split, served)
     with sessions() as session:
         songs = with_current_labels(session, songs)
-    # The trainer's caches, each kind either model's members take: the trainer makes
-    # features at the service's windows per song (one count for training and serving).
+    # Both models on the songs' cached embeddings where they carry the backbone (never
+    # running it again); the CNN's clips from the trainer's caches, made at the
+    # service's windows per song (one count for training and serving).
+    if not isinstance(candidate, EmbeddedClassifier):
+        candidate = load_on_embeddings(candidate.path, candidate.spec,
+                                       candidate.backbone_spec)
     cache = SongInputs(config.cache_dir, WindowSpecs.for_windows(
         config.classifier.windows_per_song, candidate.spec, candidate.backbone_spec))
-    needs = candidate.bundle.member_needs | (old.bundle.member_needs if old else frozenset())
-    kept, features = [], []
+    feeding = [member_caches(model, cache.caches, cache.embeddings)
+               for model in (candidate, old) if model is not None]
+    kept, features, old_features = [], [], []
     for song in songs:
-        found = cache.cached(song.fingerprint, needs) if song.fingerprint else {}
-        if found.keys() == needs:
+        found = [cached_features(song.fingerprint, f) for f in feeding]
+        if all(f is not None for f in found):
             kept.append(song)
-            features.append(found)
+            features.append(found[0])
+            old_features.append(found[-1])
     facts: dict[str, Any] = {
         "holdout_songs": len(kept), "holdout_without_features": len(songs) - len(kept),
         "holdout_recent_labels": sum(s.path in recent for s in kept),
@@ -220,7 +232,7 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
     mine = song_metrics(mine_probs, truth, classes)
     theirs = comparison = None
     if old is not None:
-        theirs_probs = holdout_probs(old, features, classes)
+        theirs_probs = holdout_probs(old, old_features, classes)
         theirs = song_metrics(theirs_probs, truth, classes)
         # Over song_metrics' genres (classes + true genres neither model knows).
         comparison = paired_comparison(truth, mine_probs.argmax(axis=1),
@@ -236,15 +248,16 @@ def judge(sessions: sessionmaker[Session], config: Config, run_dir: Path,
 def _active_classifier(active: Model | None, folder: Path | None, candidate: Classifier
                        ) -> tuple[Classifier | None, bool]:
     """The active model (its bundle in `folder`) as the gate judges it, loaded for the
-    candidate's features: its held-out fit when the registry kept one (like the
-    candidate's: neither was fitted on the other's test songs), else the served bundle.
-    Out: (model or None when none or unusable, whether it is the served bundle)."""
+    candidate's features (on the songs' cached embeddings where it carries the backbone):
+    its held-out fit when the registry kept one (like the candidate's: neither was fitted
+    on the other's test songs), else the served bundle. Out: (model or None when none or
+    unusable, whether it is the served bundle)."""
     if active is None or folder is None:
         return None, False
     for path, served in ((folder / HELD_OUT, False), (folder / "model.onnx", True)):
         if path.is_file():
             try:
-                return Classifier.load(path, candidate.spec, candidate.backbone_spec), served
+                return load_on_embeddings(path, candidate.spec, candidate.backbone_spec), served
             except ModelMismatch as err:
                 log.warning("active model v%04d: %s cannot be evaluated (%s)",
                             active.version, path.name, err)

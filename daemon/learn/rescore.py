@@ -22,6 +22,12 @@ from daemon.core.db.engine import locked, transaction
 from daemon.core.db.models import Suggestion, Track, utcnow
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.suggest.classifier import Classifier
+from daemon.suggest.embedded import (
+    EmbeddedClassifier,
+    cached_features,
+    load_on_embeddings,
+    member_caches,
+)
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.mates import batch_context
 from daemon.suggest.suggestions import suggest
@@ -37,21 +43,24 @@ def _caches(config: Config, classifier: Classifier) -> SongInputs:
 def _cached_predictions(classifier: Classifier, cache: SongInputs,
                         rows: list[tuple[int, str | None]], batch: int,
                         counts: dict[str, int]) -> Iterator[tuple[list[int], np.ndarray]]:
-    """(id, fingerprint) rows -> (ids, song probabilities) per batch, features (each
-    kind the model's probabilities need) from the cache only; rows without them are
-    counted in counts["no_features"]."""
-    needs = classifier.bundle.member_needs
+    """(id, fingerprint) rows -> (ids, song probabilities) per batch, from the cache
+    only: the songs' embeddings through the model's head where it carries the backbone
+    (daemon.suggest.embedded: never the backbone again), else each kind its members take;
+    rows without them are counted in counts["no_features"]."""
+    model = classifier if isinstance(classifier, EmbeddedClassifier) else load_on_embeddings(
+        classifier.path, classifier.spec, classifier.backbone_spec)
+    feeding = member_caches(model, cache.caches, cache.embeddings)
     for start in range(0, len(rows), batch):
         ids, songs = [], []
         for row_id, fingerprint in rows[start:start + batch]:
-            features = cache.cached(fingerprint, needs) if fingerprint else {}
-            if features.keys() != needs:
+            features = cached_features(fingerprint or "", feeding)
+            if features is None:
                 counts["no_features"] += 1
                 continue
             ids.append(row_id)
             songs.append(features)
         if ids:
-            yield ids, classifier.predict_songs(songs)
+            yield ids, model.predict_songs(songs)
 
 
 def rescore_pending(sessions: sessionmaker[Session], config: Config, classifier: Classifier,

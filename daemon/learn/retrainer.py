@@ -74,7 +74,7 @@ from daemon.learn.trainer_process import (
     trainer_command,
 )
 from daemon.suggest.active import active_model
-from daemon.suggest.classifier import Classifier
+from daemon.suggest.embedded import load_on_embeddings
 from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,8 @@ class Retrainer:
         if not (run_dir / "model.onnx").is_file():
             return {"status": FAILED, "reason": "the trainer exited 0 but wrote no model.onnx"}
         try:
-            candidate = Classifier.load(run_dir / "model.onnx", DEFAULT_SPEC)
+            # On cached embeddings: the gate and re-scoring never run its backbone.
+            candidate = load_on_embeddings(run_dir / "model.onnx", DEFAULT_SPEC)
         except ModelMismatch as err:
             return {"status": FAILED, "reason": f"candidate bundle unusable: {err}"}
 

@@ -1,0 +1,133 @@
+"""A bundle run on songs' cached per-patch embeddings instead of their patches.
+
+The backbone is the costly part of every bundle that carries it (tens of ms a patch, the
+head and the CNN a fraction of that). Each song's per-patch embedding is cached by
+fingerprint once (EMBEDDING_SPEC: the worker stores what a bundle's embedding output
+gave, the trainer what backbone.onnx gave), so whatever evaluates a bundle on songs the
+station has already heard -- the nightly judging, the gate, re-scoring -- takes the
+embeddings through the rest of the bundle: its own graph cut at the embedding output,
+the same float32 operations from there on, never the backbone again.
+
+The cut bundle is a Classifier whose "backbone" windows are per-patch embeddings
+(patches, dim) rather than log-mel patches (a cnn bundle's cut is its CNN alone);
+`member_caches` says which cache feeds each kind. A bundle whose members do not all go
+through its embedding output (the cold start maps the backbone's tag output) is run as
+it is, on patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from daemon.audio.featurecache import FeatureCache
+from daemon.audio.features import (
+    BACKBONE,
+    BACKBONE_SPEC,
+    DEFAULT_SPEC,
+    EMBEDDING_SPEC,
+    BackboneSpec,
+    FeatureSpec,
+)
+from daemon.core.errors import ModelMismatch
+from daemon.suggest.bundle import Bundle, decode, describe
+from daemon.suggest.classifier import Classifier, _session
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedClassifier(Classifier):
+    """A bundle's graph from its embedding output on: `predict` takes {"backbone":
+    (patches, dim) per-patch embeddings, "cnn": clips (the ensemble's other member)}."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shapes = {**self._shapes, BACKBONE: EMBEDDING_SPEC.input_shape}
+
+
+def load_on_embeddings(path: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
+                       backbone_spec: BackboneSpec = BACKBONE_SPEC,
+                       threads: int = 1) -> Classifier:
+    """The bundle at `path` cut at its embedding output, as an EmbeddedClassifier (the
+    backbone never loaded: a cnn bundle keeps only its CNN); a bundle without the
+    backbone, or with a member that does not go through its embedding output:
+    Classifier.load as it is. Raises ModelMismatch as Classifier.load does."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise ModelMismatch(f"{path}: not an ONNX model bundle ({err})") from None
+    stored = {t.name for t in model.graph.initializer}
+    metadata = decode({p.key: p.value for p in model.metadata_props})
+    bundle = describe(path, metadata,
+                      [i.name for i in model.graph.input if i.name not in stored],
+                      [o.name for o in model.graph.output], spec, backbone_spec)
+    cut = _cut(path, model, bundle)
+    if cut is None:
+        return Classifier.load(path, spec, backbone_spec, threads)
+    data = cut.SerializeToString()
+    inputs = {kind: name for kind, name in bundle.inputs.items()
+              if kind != BACKBONE and kind in bundle.member_needs}
+    if BACKBONE in bundle.member_needs:
+        inputs[BACKBONE] = bundle.embedding.output
+    return EmbeddedClassifier(
+        _session(data, path, threads), path, metadata,
+        dataclasses.replace(bundle, embedding=None, inputs=inputs),
+        spec, backbone_spec, hashlib.sha256(data).hexdigest(), spec.clips_per_song)
+
+
+def _cut(path: Path, model, bundle: Bundle):
+    """The bundle's graph from its members' inputs, the embedding output in place of the
+    patches, to its members' outputs; None without an embedding output or when that is
+    not the whole of the members."""
+    import onnx
+
+    if bundle.embedding is None:
+        return None
+    patches, embedding = bundle.inputs[BACKBONE], bundle.embedding.output
+    inputs = [name for kind, name in bundle.inputs.items()
+              if kind != BACKBONE and kind in bundle.member_needs]
+    if BACKBONE in bundle.member_needs:
+        inputs.append(embedding)
+    outputs = list(dict.fromkeys(m.output for m in bundle.members))
+    try:
+        cut = onnx.utils.Extractor(model).extract_model(inputs, outputs)
+    except Exception as err:  # onnx raises plain Exceptions for an uncuttable graph
+        log.info("%s cannot be cut at %s (%s); run on patches", path.name, embedding, err)
+        return None
+    if any(patches in node.input for node in cut.graph.node):
+        log.info("%s: a member does not go through %s; run on patches", path.name, embedding)
+        return None
+    return cut
+
+
+def member_caches(classifier: Classifier, caches: Mapping[str, FeatureCache],
+                  embeddings: FeatureCache) -> dict[str, FeatureCache]:
+    """Kind -> the cache each of `classifier`'s members takes its windows from: the
+    embedding cache for an EmbeddedClassifier's backbone member, else `caches[kind]`.
+    A kind with no cache in `caches` is left out (its songs then have no features)."""
+    found = {}
+    for kind in classifier.bundle.member_needs:
+        if kind == BACKBONE and isinstance(classifier, EmbeddedClassifier):
+            found[kind] = embeddings
+        elif kind in caches:
+            found[kind] = caches[kind]
+    return found
+
+
+def cached_features(fingerprint: str, caches: Mapping[str, FeatureCache]
+                    ) -> dict[str, object] | None:
+    """{kind: cached windows} for every cache in `caches` (member_caches), or None when
+    any of them lacks the song."""
+    found = {}
+    for kind, cache in caches.items():
+        value = cache.get(fingerprint) if fingerprint else None
+        if value is None:
+            return None
+        found[kind] = value
+    return found
