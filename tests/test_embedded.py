@@ -22,6 +22,7 @@ from daemon.audio.features import (
     song_features,
 )
 from daemon.cli.demo import encode, synthesize
+from daemon.learn.backbone_file import backbone_onnx
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.embedded import (
     EmbeddedClassifier,
@@ -44,7 +45,7 @@ def songs(tmp_path_factory):
     import onnxruntime as ort
 
     folder = tmp_path_factory.mktemp("embedded-songs")
-    session = ort.InferenceSession(str(backbone.backbone_onnx()),
+    session = ort.InferenceSession(str(backbone_onnx()),
                                    providers=["CPUExecutionProvider"])
     out = []
     for g, genre in enumerate(GENRES):
