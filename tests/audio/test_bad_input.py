@@ -176,7 +176,7 @@ def test_file_without_read_permission(song, tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", script, str(locked), str(control)],
         preexec_fn=_without_root_file_powers if os.geteuid() == 0 else None,
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "(5, 22050)"

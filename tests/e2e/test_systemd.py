@@ -15,7 +15,7 @@ import pytest
 
 from daemon.core.db.backup import DAMAGED_EXIT
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "genretagger.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "genretagger.service"
 SHIPPED_EXEC = "/opt/genretagger/.venv/bin/genretagger"
 
 

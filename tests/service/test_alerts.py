@@ -21,7 +21,7 @@ from daemon.core.health import write_health
 from daemon.core.states import RunStatus, RunTrigger, TrackState
 from daemon.review.web import create_app
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"
 RULES = RULES_DIR / "genretagger-alerts.yml"
 RULE_TESTS = RULES_DIR / "genretagger-alerts.test.yml"
 # Exported by the status-on-a-full-disk work; until that is in, the only name a rule may

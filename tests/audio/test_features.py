@@ -15,7 +15,7 @@ from daemon.audio.features import (
 )
 from daemon.core.errors import TooShort
 
-GOLDEN = Path(__file__).parent / "data" / "golden_features.npz"
+GOLDEN = Path(__file__).parents[1] / "data" / "golden_features.npz"
 
 
 def golden_input(spec: FeatureSpec) -> np.ndarray:

@@ -141,7 +141,7 @@ def test_sigkill_mid_write_leaves_old_or_new_file(make_song, tmp_path):
     mid_write = 0
     helper = subprocess.Popen([sys.executable, "-c", FORK_HELPER, *map(str, paths)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).parent.parent)
+                              cwd=Path(__file__).parents[2])
     try:
         for _ in range(32):
             helper.stdin.write("go\n")

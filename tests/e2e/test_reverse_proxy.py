@@ -21,7 +21,7 @@ from werkzeug.security import generate_password_hash
 
 from daemon.review.web import WebServer
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SITE = "review.radio.example"
 PASSWORD = "station-secret-42"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # sbin: not on a user's PATH

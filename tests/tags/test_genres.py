@@ -125,7 +125,7 @@ def test_station_copy_loads_like_the_shipped_file(tmp_path, genre_map):
     path = tmp_path / "genres.toml"
     path.write_text(default_genres_text(), encoding="utf-8")
     assert load_genre_map(path) == genre_map
-    shipped = Path(__file__).parents[1] / "daemon" / "tags" / "genres.toml"
+    shipped = Path(__file__).parents[2] / "daemon" / "tags" / "genres.toml"
     assert default_genres_text() == shipped.read_text(encoding="utf-8")
 
 
