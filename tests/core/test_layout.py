@@ -1,6 +1,7 @@
 """The layout keeps showing the pipeline: daemon/'s top level is its stage packages, no
-module grows past 500 lines nor any function past 80, and no test module imports another
-(shared helpers live in helpers.py and conftest.py)."""
+module grows past 500 lines nor any function past 80, the test modules sit in folders that
+mirror the packages, and no test module imports another (shared helpers live in tests/:
+helpers.py, conftest.py)."""
 
 from __future__ import annotations
 
@@ -35,13 +36,33 @@ def test_modules_and_functions_stay_small(path):
     assert not long, f"{path.name}: {', '.join(long)}"
 
 
+def _test_modules() -> list[Path]:
+    return sorted((REPO / "tests").rglob("test_*.py"))
+
+
 def test_no_test_module_imports_another():
-    tests = {p.stem for p in (REPO / "tests").glob("test_*.py")}
+    tests = {p.stem for p in _test_modules()}
     found = []
-    for path in (REPO / "tests").glob("*.py"):
+    for path in (REPO / "tests").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module] if isinstance(node, ast.ImportFrom) and node.module
                      else [])
-            found += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in tests]
+            found += [f"{path.relative_to(REPO)} imports {n}" for n in names
+                      if n.split(".")[0] in tests]
     assert not found, found
+
+
+def test_test_modules_sit_in_the_folder_of_what_they_test():
+    """tests/<package>/ mirrors daemon/'s stage packages, plus trainer/ and e2e/ (the daemon
+    as a subprocess, the browser, several processes); tests/ itself holds only the shared
+    helpers. Folders have no __init__.py, so pytest imports each test module by its own
+    name: two modules of one name in different folders would collide."""
+    folders = STAGES | {"trainer", "e2e"}
+    modules = _test_modules()
+    misplaced = [str(p.relative_to(REPO)) for p in modules
+                 if p.parent.parent != REPO / "tests" or p.parent.name not in folders]
+    assert not misplaced, misplaced
+    names = [p.name for p in modules]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert not list((REPO / "tests").rglob("__init__.py"))
