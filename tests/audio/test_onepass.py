@@ -29,7 +29,7 @@ from daemon.core.errors import TooShort
 pytestmark = pytest.mark.timeout(120)
 
 BOTH = (CNN, BACKBONE)
-# Formats whose seek-decoded windows equal a full decode (tests/test_audio.py), and the
+# Formats whose seek-decoded windows equal a full decode (tests/audio/test_audio.py), and the
 # two lossy ones whose decoders, after a seek, only converge near it.
 EXACT = [".mp3", ".flac", ".ogg", ".wav"]
 CONVERGING = [".opus", ".m4a"]

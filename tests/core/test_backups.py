@@ -35,7 +35,7 @@ def _database_with_rows(path, rows: int = 300) -> None:
 
 
 def _damage(path) -> None:
-    """What the issue did to the file: cut its last 8 KiB off."""
+    """A database file cut short as a dying disk or a full one leaves it: its last 8 KiB off."""
     subprocess.run(["truncate", "-s", "-8192", str(path)], check=True)
 
 

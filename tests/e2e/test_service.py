@@ -51,7 +51,7 @@ def copy_slowly(source: Path, target: Path, chunks: int = 6, pause: float = 0.4)
 
 
 def bad_inputs(folder: Path, scratch: Path) -> dict[str, str]:
-    """Bad input (tests/test_bad_input.py's kinds) as files in the library: name -> what
+    """Bad input (tests/audio/test_bad_input.py's kinds) as files in the library: name -> what
     it is."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

@@ -2,7 +2,7 @@
 `genretagger run` with database_url set. Files dropped into the library get one
 suggestion each, bad input is quarantined, `status` reads the server, a review decision
 made from the shell is written into the file by the daemon's writer, SIGTERM stops it.
-The SQLite twin of this is tests/test_service.py."""
+The SQLite twin of this is tests/e2e/test_service.py."""
 
 from __future__ import annotations
 

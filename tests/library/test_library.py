@@ -555,7 +555,7 @@ def test_odd_names_go_through_scan_suggestion_accept_and_write(kind, masters, ro
     Clock().settle(library)
     [track] = tracks(sessions).values()
     assert os.fsencode(filesystem_path(track.path)) == raw
-    with transaction(sessions) as session:  # what the worker leaves (tests/test_worker.py)
+    with transaction(sessions) as session:  # what the worker leaves (tests/suggest/test_worker.py)
         suggestion = Suggestion(track_id=track.id, genre="Jazz", confidence=0.9,
                                 top=[["Jazz", 0.9]], status="pending")
         session.add(suggestion)

@@ -1,7 +1,7 @@
 """daemon.suggest.classifier on real ONNX files run by onnxruntime.
 
 The bundles here are small hand-built ONNX graphs (mean over time -> linear -> softmax),
-so these tests need no TensorFlow; tests/test_trainer.py runs the classifier on a real
+so these tests need no TensorFlow; tests/trainer/test_trainer.py runs the classifier on a real
 exported seed CNN.
 """
 

@@ -1,7 +1,7 @@
 """The seed CNN, training from the feature cache, and the ONNX export.
 
 Features here come from daemon.audio.features on daemon.cli.demo.synthesize output (no decoding);
-tests/test_trainer.py runs the whole pipeline on encoded, tagged files.
+tests/trainer/test_trainer.py runs the whole pipeline on encoded, tagged files.
 """
 
 from __future__ import annotations
