@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import EXE
+from stations import Station, open_station
 
 from daemon.cli.demo import encode, make_library, synthesize
 from daemon.core.config import Config, parse_config
@@ -103,6 +104,47 @@ def database_url(request, tmp_path):
     url = cluster.new_database()
     yield url
     cluster.drop_database(url)
+
+
+@pytest.fixture
+def make_station(tmp_path):
+    """make_station(database_url=None, folder=None, config_path=None, **sections) -> Station
+    under tmp_path (or tmp_path/folder), closed after the test (tests/stations.py)."""
+    made: list[Station] = []
+
+    def make(database_url: str | None = None, folder: str | None = None,
+             config_path: Path | None = None, **sections) -> Station:
+        made.append(open_station(tmp_path / folder if folder else tmp_path,
+                                 database_url=database_url, config_path=config_path,
+                                 **sections))
+        return made[-1]
+
+    yield make
+    for station in made:
+        station.close()
+
+
+@pytest.fixture
+def station(database_url, make_station) -> Station:
+    """A station with an empty library and the plain config, on a new migrated database:
+    the test runs once on SQLite and once on PostgreSQL (closed before its database goes)."""
+    return make_station(database_url=database_url)
+
+
+@pytest.fixture
+def sqlite_station(make_station) -> Station:
+    """`station` on SQLite only: the state dir's genretagger.db."""
+    return make_station()
+
+
+@pytest.fixture
+def postgres_station(make_station, postgres) -> Station:
+    """`station` on PostgreSQL only."""
+    url = postgres.new_database()
+    made = make_station(database_url=url)
+    yield made
+    made.close()  # before the database goes
+    postgres.drop_database(url)
 
 
 def shared_dir(tmp_path_factory, worker_id: str, name: str) -> Path:

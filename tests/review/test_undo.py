@@ -24,14 +24,6 @@ from daemon.tags.read import read_tags
 from daemon.tags.restore import genre_fields
 
 
-@pytest.fixture
-def station(tmp_path, make_config, any_database):
-    library = tmp_path / "library"
-    library.mkdir()
-    _, sessions = any_database
-    return make_config(library), sessions, library
-
-
 def song(sessions, library: Path, make_song, rel: str, **kw) -> tuple[Path, int, int]:
     path = make_song(Path(rel).name, seconds=3, folder=library / Path(rel).parent, **kw)
     st = path.stat()
@@ -48,7 +40,7 @@ def csrf(client) -> str:
 
 
 def test_the_threshold_takes_exactly_what_the_page_shows_at_that_percentage(station):
-    config, sessions, _ = station
+    config, sessions = station.config, station.sessions
     # Around the edges of 99 %: what the page shows decides, on either database.
     sureness = (0.98995, 0.985, 0.98499999, 0.99, 0.9949, 0.995, 0.98, 0.975)
     ids = {add_suggested_track(sessions, f"T/{i}.mp3", top=(("Jazz", c), ("Blues", 1 - c)))[1]:
@@ -64,7 +56,7 @@ def test_the_threshold_takes_exactly_what_the_page_shows_at_that_percentage(stat
 
 
 def test_a_bulk_accept_is_one_batch_confirmed_by_name_and_undone_in_one_step(station):
-    config, sessions, _ = station
+    config, sessions = station.config, station.sessions
     names = ["Blue Train", "So What", "Take Five"]
     sids = [add_suggested_track(sessions, f"B/{n}.mp3", top=(("Jazz", 0.95),), title=n)[1]
             for n in names]
@@ -106,7 +98,7 @@ def test_a_later_write_waits_for_an_undo_still_putting_the_file_back(station, ma
     """The undo's write-back failed and waits to retry when the director decides again:
     the new write must not go first, or it would record our own genre as the file's
     "before" and a later undo would put that back."""
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, track_id, sid = song(sessions, library, make_song, "W/wait.mp3", genre_tag="Blues",
                                title="Wait")
     original = genre_fields(path)
@@ -143,7 +135,7 @@ def test_a_genre_undone_before_its_file_was_put_back_is_no_training_label(
     from daemon.tags.genres import station_genre_map
     from trainer.dataset import KnownFile, find_labelled_songs
 
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     tagged, _, tagged_sid = song(sessions, library, make_song, "L/tagged.mp3",
                                  genre_tag="Blues", title="Tagged")
     bare, _, bare_sid = song(sessions, library, make_song, "L/bare.mp3", title="Bare")
@@ -314,7 +306,7 @@ def test_an_undo_leaves_a_genre_the_station_changed_since_our_write(station, mak
     from daemon.review.writeback import file_report
     from daemon.tags.write import write_tags
 
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, _, sid = song(sessions, library, make_song, "X/retagged.mp3", genre_tag="Blues",
                         title="Retagged")
     writer = Writer(config, sessions)

@@ -19,17 +19,8 @@ from daemon.review.web.media import preview_windows
 
 
 @pytest.fixture
-def station(tmp_path, make_config, any_database):
-    library = tmp_path / "library"
-    library.mkdir()
-    config = make_config(library)
-    _, sessions = any_database
-    return config, sessions, library
-
-
-@pytest.fixture
 def client(station):
-    config, sessions, _ = station
+    config, sessions = station.config, station.sessions
     woken = []
     app = create_app(config, sessions, on_decision=lambda: woken.append(1))
     app.testing = True
@@ -51,7 +42,7 @@ def post_json(client, url, data=None):
 def test_every_page_belongs_to_a_blueprint_and_finds_its_dependencies_in_the_app(station):
     """The factory registers blueprints; their views read config, sessions, the decoder
     children and on_decision from app.extensions, not from a closure."""
-    config, sessions, _ = station
+    config, sessions = station.config, station.sessions
     woken = []
     app = create_app(config, sessions, on_decision=lambda: woken.append(1))
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} - {"static"}
@@ -67,7 +58,7 @@ def test_every_page_belongs_to_a_blueprint_and_finds_its_dependencies_in_the_app
 
 
 def test_queue_lists_pending_with_filters_sort_and_pages(station, client):
-    _, sessions, _ = station
+    sessions = station.sessions
     for i in range(60):
         add_suggested_track(sessions, f"{'Jazz' if i % 2 else 'Rock'}/song {i}.mp3",
                             top=(("Jazz" if i % 3 else "Pop", 0.3 + i / 100), ("Blues", 0.1)),
@@ -93,7 +84,7 @@ def test_queue_lists_pending_with_filters_sort_and_pages(station, client):
 
 
 def test_actions_by_json_and_by_plain_form(station, client):
-    config, sessions, _ = station
+    sessions = station.sessions
     sids = [add_suggested_track(sessions, f"A/{i}.mp3")[1] for i in range(4)]
     r = post_json(client, f"/suggestions/{sids[0]}/accept", {"choice": "1"})
     assert r.status_code == 200 and r.json["decisions"][0]["genre"] == "Rock"
@@ -125,7 +116,7 @@ def test_actions_by_json_and_by_plain_form(station, client):
 
 
 def test_bulk_accept_shows_the_count_before_confirming(station, client):
-    _, sessions, _ = station
+    sessions = station.sessions
     for i, c in enumerate((0.99, 0.95, 0.91, 0.5)):
         add_suggested_track(sessions, f"B/{i}.mp3", top=(("Jazz" if i else "Metal", c),))
     page = client.get("/bulk?threshold=90").get_data(as_text=True)
@@ -141,7 +132,7 @@ def test_bulk_accept_shows_the_count_before_confirming(station, client):
 
 
 def test_models_page_shows_metrics_and_confusion(station, client):
-    _, sessions, _ = station
+    sessions = station.sessions
     assert "No model yet" in client.get("/models").get_data(as_text=True)
     with sessions() as session, session.begin():
         session.add(Model(version=1, path="/m/v1/model.onnx", sha256="a" * 64, status="retired",
@@ -164,7 +155,7 @@ def test_models_page_shows_metrics_and_confusion(station, client):
 
 @pytest.fixture
 def song_track(station, make_song):
-    config, sessions, library = station
+    sessions, library = station.sessions, station.library
     path = make_song("Artist/Song.ogg", genre="Jazz", seconds=20, folder=library)
     st = path.stat()
     track_id, sid = add_suggested_track(sessions, "Artist/Song.ogg", fmt="ogg",
@@ -174,7 +165,7 @@ def song_track(station, make_song):
 
 
 def test_spectrogram_thumbnail_is_a_png(station, client, song_track):
-    config, _, _ = station
+    config = station.config
     track_id, _ = song_track
     r = client.get(f"/tracks/{track_id}/spectrogram.png")
     assert r.status_code == 200 and r.mimetype == "image/png"
@@ -202,7 +193,7 @@ def test_audio_preview_plays_clip_regions_with_range(station, client, song_track
 
 
 def test_unreadable_song_is_a_message_not_a_crash(station, client):
-    config, sessions, library = station
+    sessions, library = station.sessions, station.library
     (library / "bad.mp3").write_bytes(b"no audio here" * 50)
     track_id, _ = add_suggested_track(sessions, "bad.mp3")
     for url in (f"/tracks/{track_id}/preview.wav", f"/tracks/{track_id}/spectrogram.png"):
@@ -211,7 +202,7 @@ def test_unreadable_song_is_a_message_not_a_crash(station, client):
 
 
 def test_history_shows_write_failures_in_plain_words(station, client):
-    config, sessions, _ = station
+    sessions = station.sessions
     track_id, sid = add_suggested_track(sessions, "C/one.mp3")
     post_json(client, f"/suggestions/{sid}/accept")
     with sessions() as session, session.begin():
@@ -228,7 +219,7 @@ def test_history_shows_write_failures_in_plain_words(station, client):
 def test_models_page_shows_last_and_next_retraining(station, client):
     from daemon.core.db.models import TrainingRun
 
-    _, sessions, _ = station
+    sessions = station.sessions
     page = client.get("/models").get_data(as_text=True)
     assert "It has not learned from reviews yet." in page
     assert "Next time: " in page  # nightly learning is on by default

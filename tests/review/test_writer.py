@@ -171,14 +171,6 @@ def test_sigkill_mid_write_leaves_old_or_new_file(make_song, tmp_path):
 
 # ----------------------------------------------------------------- the Writer component
 
-@pytest.fixture
-def station(tmp_path, make_config, any_database, make_song):
-    library = tmp_path / "library"
-    config = make_config(library)
-    _, sessions = any_database
-    return config, sessions, library
-
-
 def add_song(sessions, library: Path, make_song, rel: str, **kw):
     path = make_song(Path(rel).name, seconds=3, folder=library / Path(rel).parent, title="S")
     st = path.stat()
@@ -189,7 +181,7 @@ def add_song(sessions, library: Path, make_song, rel: str, **kw):
 
 
 def test_writer_writes_accepted_genres_and_records_its_write(station, make_song):
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, track_id, sid, old_fp = add_song(sessions, library, make_song, "A/one.mp3")
     cache = FeatureCache(config.cache_dir, DEFAULT_SPEC)
     features = np.random.default_rng(0).random((5, *DEFAULT_SPEC.input_shape), np.float32)
@@ -239,7 +231,7 @@ def test_writer_relinks_every_cache_the_worker_and_trainer_read(tmp_path, make_c
 
 
 def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, make_song):
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, track_id, sid, _ = add_song(sessions, library, make_song, "B/ro.flac")
     review.accept(sessions, config, [sid], who="t", choice=2)
     os.chmod(path, 0o444)
@@ -267,7 +259,7 @@ def test_writer_retries_with_backoff_and_keeps_the_decision_visible(station, mak
 
 
 def test_writer_thread_starts_and_closes(station, make_song):
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, _, sid, _ = add_song(sessions, library, make_song, "C/t.ogg")
     writer = Writer(config, sessions, interval=0.05)
     writer.start()
@@ -285,7 +277,7 @@ def test_writer_thread_starts_and_closes(station, make_song):
 
 
 def test_undo_after_write_puts_the_old_genre_back(station, make_song):
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, _, sid, _ = add_song(sessions, library, make_song, "D/u.m4a", raw_genre="Blues")
     from daemon.tags.write import write_tags
 
@@ -306,7 +298,7 @@ def test_accept_write_then_reconcile_does_not_requeue(station, make_song):
     from daemon.library.reconcile import Library
     from daemon.tags.genres import load_genre_map
 
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, track_id, sid, _ = add_song(sessions, library, make_song, "E/r.opus")
     genre_map = load_genre_map()
     lib = Library(config, sessions, genre_map)
@@ -324,7 +316,7 @@ def test_accept_write_then_reconcile_does_not_requeue(station, make_song):
 
 
 def test_writer_never_writes_outside_the_library(station, make_song, tmp_path):
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     outside = make_song("outside.mp3", seconds=3, genre="Blues", folder=tmp_path / "private")
     library.mkdir(parents=True, exist_ok=True)
     (library / "link.mp3").symlink_to(outside)
@@ -341,7 +333,7 @@ def test_writer_never_writes_outside_the_library(station, make_song, tmp_path):
 
 
 def test_undo_that_lands_while_the_tag_is_being_written(station, make_song):
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, _, sid, _ = add_song(sessions, library, make_song, "F/late.flac", raw_genre="Folk")
     from daemon.tags.write import write_tags
 
@@ -412,7 +404,7 @@ def test_hard_linked_song_is_refused_and_the_reason_is_shown(station, make_song)
     from daemon.review.web.app import create_app
     from daemon.service.status import collect_status, render_status
 
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, _, sid, _ = add_song(sessions, library, make_song, "H/linked.mp3")
     (library / "H" / "other name.mp3").hardlink_to(path)
     original = path.read_bytes()
@@ -441,7 +433,7 @@ def test_an_undo_committed_while_the_writer_records_its_write_is_not_lost(statio
 
     from daemon.core.db.engine import locked, transaction
 
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, track_id, sid, old_fp = add_song(sessions, library, make_song, "R/race.mp3",
                                            raw_genre="Blues")
     [decision] = review.accept(sessions, config, [sid], who="t")
