@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, make_url, select
 from sqlalchemy.orm import sessionmaker
 
 from daemon.core.config import Config, load_config, parse_config
@@ -39,6 +39,11 @@ class Station:
     engine: Engine
     sessions: sessionmaker
     truth: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sqlite_file(self) -> Path:
+        """The database file, on SQLite."""
+        return Path(make_url(self.config.db_url).database)
 
     def reconfigured(self, **sections: dict) -> Config:
         """The station's config with keys of some sections changed (the file stays as is)."""

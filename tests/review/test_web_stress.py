@@ -21,14 +21,6 @@ from daemon.review.web import WebServer, create_app
 from daemon.review.web.app import BUSY_MESSAGE, FULL_MESSAGE, RETRY_AFTER_S, WEB_BUSY_TIMEOUT_S
 
 
-@pytest.fixture
-def station(tmp_path, make_config, database):
-    library = tmp_path / "library"
-    library.mkdir()
-    engine, sessions = database
-    return make_config(library), engine, sessions, tmp_path / "genretagger.db"
-
-
 class Visitor:
     """One browser's session against the real server: its cookie and CSRF token."""
 
@@ -63,8 +55,10 @@ class Visitor:
         return self.request("POST", url, headers, **kw)
 
 
-def test_a_locked_database_answers_busy_within_seconds_and_pages_keep_loading(station):
-    config, _, sessions, db_file = station
+def test_a_locked_database_answers_busy_within_seconds_and_pages_keep_loading(sqlite_station):
+    config = sqlite_station.config
+    sessions = sqlite_station.sessions
+    db_file = sqlite_station.sqlite_file
     sids = [add_suggested_track(sessions, f"Incoming/{i}.mp3")[1] for i in range(5)]
     server = WebServer(config, sessions, port=0)  # waitress with its four threads
     server.start()
@@ -107,8 +101,8 @@ def test_a_locked_database_answers_busy_within_seconds_and_pages_keep_loading(st
         server.close()
 
 
-def test_a_full_database_says_so_not_busy(station):
-    config, engine, sessions, _ = station
+def test_a_full_database_says_so_not_busy(sqlite_station):
+    config, engine, sessions = sqlite_station.config, sqlite_station.engine, sqlite_station.sessions
     # A raw genre tag far larger than a page: its decision row needs new pages.
     _, sid = add_suggested_track(sessions, "big tag.mp3", raw_genre="Rock; " * 40_000)
 
@@ -146,8 +140,8 @@ OUT_OF_RANGE_IDS = [str(2**63), str(2**63 + 1), str(2**64), "9" * 40, "-1", "-0"
                     "0x10", "١٢"]
 
 
-def test_ids_out_of_range_are_404_on_every_id_route(station):
-    config, _, sessions, _ = station
+def test_ids_out_of_range_are_404_on_every_id_route(sqlite_station):
+    config, sessions = sqlite_station.config, sqlite_station.sessions
     app = create_app(config, sessions)
     app.testing = True
     client = app.test_client()
@@ -182,8 +176,8 @@ def test_ids_out_of_range_are_404_on_every_id_route(station):
 
 @pytest.mark.parametrize("page", ["99999999999999999999", str(2**63), "1000001", "0", "-1",
                                   "abc", "1.5", " 2", "+2", "2_0", "١", "1e9", "%00"])
-def test_bad_page_numbers_are_400_on_every_list(station, page):
-    config, _, sessions, _ = station
+def test_bad_page_numbers_are_400_on_every_list(sqlite_station, page):
+    config, sessions = sqlite_station.config, sqlite_station.sessions
     app = create_app(config, sessions)
     app.testing = True
     client = app.test_client()
@@ -194,8 +188,8 @@ def test_bad_page_numbers_are_400_on_every_list(station, page):
         assert "There is no such page" in r.get_data(as_text=True)
 
 
-def test_page_numbers_in_range_still_work(station):
-    config, _, sessions, _ = station
+def test_page_numbers_in_range_still_work(sqlite_station):
+    config, sessions = sqlite_station.config, sqlite_station.sessions
     for i in range(3):
         add_suggested_track(sessions, f"{i}.mp3")
     app = create_app(config, sessions)
@@ -209,10 +203,12 @@ def test_page_numbers_in_range_still_work(station):
         assert client.get(f"{url}?page=1000000").status_code == 200
 
 
-def test_the_short_wait_is_the_review_pages_alone(station):
+def test_the_short_wait_is_the_review_pages_alone(sqlite_station):
     """Web and service share the engine's pooled connections: after the page's 2 s wait
     was set on one, the service's next transaction on it still waits its full timeout."""
-    _, engine, sessions, db_file = station
+    engine = sqlite_station.engine
+    sessions = sqlite_station.sessions
+    db_file = sqlite_station.sqlite_file
     web = impatient_sessions(sessions, WEB_BUSY_TIMEOUT_S)
     engine.dispose()
     with web() as db:  # the only pooled connection now carries the short wait
@@ -233,25 +229,14 @@ def test_the_short_wait_is_the_review_pages_alone(station):
     assert engine.pool.checkedin() == 1  # the same connection both times
 
 
-@pytest.fixture
-def pg_station(tmp_path, make_config, postgres):
-    from daemon.core.db.engine import open_database
-
-    library = tmp_path / "library"
-    library.mkdir()
-    url = postgres.new_database()
-    engine, sessions = open_database(url)
-    yield make_config(library, database_url=url), engine, sessions
-    engine.dispose()
-    postgres.drop_database(url)
-
-
-def test_a_held_row_lock_on_postgresql_answers_busy_within_seconds(pg_station):
+def test_a_held_row_lock_on_postgresql_answers_busy_within_seconds(postgres_station):
     """PostgreSQL's counterpart of the locked SQLite file: another connection holds the
     songs' rows (FOR UPDATE) far longer than a request may wait. Review actions answer
     "busy" with Retry-After within the page's short wait (lock_timeout), pages keep
     loading, nothing is half-done, and the service's own connections keep their patience."""
-    config, engine, sessions = pg_station
+    config = postgres_station.config
+    engine = postgres_station.engine
+    sessions = postgres_station.sessions
     sids = [add_suggested_track(sessions, f"Incoming/{i}.mp3")[1] for i in range(3)]
     server = WebServer(config, sessions, port=0)
     server.start()
