@@ -8,7 +8,6 @@ import pytest
 from helpers import add_album_song
 from sqlalchemy import select
 
-from daemon.core.db.engine import open_database
 from daemon.core.db.models import Decision, Suggestion, Track
 from daemon.library.albums import album_key
 from daemon.review import albums
@@ -29,11 +28,10 @@ def blues(c=0.8):
 
 
 @pytest.fixture
-def station(tmp_path, make_config, database_url):
-    library = tmp_path / "library"
-    library.mkdir()
-    config = make_config(library)
-    engine, sessions = open_database(database_url)
+def albums_to_review(station):
+    """(config, sessions, {name: (track id, suggestion id)}) of a station with albums whose
+    songs wait for review, a tagged album, a loose song and an album of mixed tags."""
+    config, sessions = station.config, station.sessions
     blue = dict(album="Kind of Blue", album_artist="Miles Davis", artist="Miles Davis")
     ids = {}
     for i, top in enumerate((jazz(0.9), jazz(0.8), jazz(0.7), blues(0.6))):
@@ -53,8 +51,7 @@ def station(tmp_path, make_config, database_url):
     for i, genre in enumerate(("Jazz", "Blues", "Jazz")):
         ids[f"mixed{i}"] = add_album_song(sessions, f"Mixers/Mixed Up/{i}.mp3", MIXED,
                                           tagged=genre, album="Mixed Up")
-    yield config, sessions, ids
-    engine.dispose()
+    return config, sessions, ids
 
 
 def track(sessions, track_id) -> Track:
@@ -67,8 +64,8 @@ def status_of(sessions, suggestion_id) -> str:
         return session.get(Suggestion, suggestion_id).status
 
 
-def test_albums_with_songs_to_review_are_summarised(station):
-    config, sessions, ids = station
+def test_albums_with_songs_to_review_are_summarised(albums_to_review):
+    config, sessions, ids = albums_to_review
     with sessions() as session:
         found, total = albums.list_albums(session)
         assert total == 2 and [a.key for a in found] == [BLUE, HITS]  # 3 of 4 before 2 of 3
@@ -103,8 +100,8 @@ def test_albums_with_songs_to_review_are_summarised(station):
             albums.get_album(session, "0" * 16)
 
 
-def test_accept_the_agreeing_songs_then_undo_the_batch_in_one_step(station):
-    config, sessions, ids = station
+def test_accept_the_agreeing_songs_then_undo_the_batch_in_one_step(albums_to_review):
+    config, sessions, ids = albums_to_review
     made = albums.accept_album(sessions, config, BLUE, "Jazz", scope="agreeing", who="md")
     assert len(made) == 3 and len({d.batch_id for d in made}) == 1
     batch = made[0].batch_id
@@ -131,8 +128,8 @@ def test_accept_the_agreeing_songs_then_undo_the_batch_in_one_step(station):
         review.undo_batch(sessions, config, "f" * 32, who="md")
 
 
-def test_accept_one_genre_for_the_whole_album_overrides_the_disagreeing(station):
-    config, sessions, ids = station
+def test_accept_one_genre_for_the_whole_album_overrides_the_disagreeing(albums_to_review):
+    config, sessions, ids = albums_to_review
     with sessions() as session:
         plan = albums.album_plan(session, config, BLUE, "jazz", scope="all")
         assert [(s.track.title, s.action) for s in plan] == [
@@ -152,8 +149,8 @@ def test_accept_one_genre_for_the_whole_album_overrides_the_disagreeing(station)
         albums.accept_album(sessions, config, HITS, "Rock", scope="most", who="md")
 
 
-def test_songs_that_arrive_after_the_confirm_step_are_not_decided_unseen(station):
-    config, sessions, ids = station
+def test_songs_that_arrive_after_the_confirm_step_are_not_decided_unseen(albums_to_review):
+    config, sessions, ids = albums_to_review
     up_to = max(ids[f"hits{i}"][1] for i in range(3))
     late = add_album_song(sessions, "Various/Road Hits/9.ogg", HITS,
                           (("Rock", 0.9), ("Pop", 0.05), ("Jazz", 0.05)), compilation=True)
@@ -162,8 +159,8 @@ def test_songs_that_arrive_after_the_confirm_step_are_not_decided_unseen(station
     assert len(made) == 3 and status_of(sessions, late[1]) == "pending"
 
 
-def test_a_batch_with_a_later_decision_on_one_song_is_not_undone_at_all(station):
-    config, sessions, ids = station
+def test_a_batch_with_a_later_decision_on_one_song_is_not_undone_at_all(albums_to_review):
+    config, sessions, ids = albums_to_review
     first = albums.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     # "Use Blues for all": the same songs decided again, the tagged ones relabelled.
     second = albums.accept_album(sessions, config, BLUE, "Blues", scope="all", relabel=True,
@@ -183,8 +180,8 @@ def test_a_batch_with_a_later_decision_on_one_song_is_not_undone_at_all(station)
     assert status_of(sessions, ids["blue3"][1]) == "pending"
 
 
-def test_consistency_audit_lists_mixed_albums_and_use_x_for_all_fixes_them(station):
-    config, sessions, ids = station
+def test_consistency_audit_lists_mixed_albums_and_use_x_for_all_fixes_them(albums_to_review):
+    config, sessions, ids = albums_to_review
     with sessions() as session:
         assert albums.count_mixed(session) == 1
         [mixed], total = albums.list_mixed(session)
@@ -209,10 +206,10 @@ def test_consistency_audit_lists_mixed_albums_and_use_x_for_all_fixes_them(stati
         assert albums.count_mixed(session) == 1
 
 
-def test_status_counts_the_mixed_albums(station):
+def test_status_counts_the_mixed_albums(albums_to_review):
     from daemon.service.status import collect_status, render_status
 
-    config, sessions, ids = station
+    config, sessions, ids = albums_to_review
     data = collect_status(config, sessions)
     assert data["mixed_albums"] == 1
     assert "1 album(s) whose tagged songs carry different genres" in render_status(data)
@@ -239,8 +236,8 @@ def run_album_cli(tmp_path, database_url, *args, input=None):
     return result, data
 
 
-def test_album_commands(station, tmp_path, database_url):
-    config, sessions, ids = station
+def test_album_commands(albums_to_review, tmp_path, database_url):
+    config, sessions, ids = albums_to_review
     result, data = run_album_cli(tmp_path, database_url, "list", "--json")
     assert data["total"] == 2 and data["albums"][0]["key"] == BLUE
     assert (data["albums"][0]["majority"], data["albums"][0]["agreeing"]) == ("Jazz", 3)
@@ -285,10 +282,10 @@ def test_album_commands(station, tmp_path, database_url):
 # ---------------------------------------------------------------- the web page
 
 @pytest.fixture
-def client(station):
+def client(albums_to_review):
     from daemon.review.web import create_app
 
-    config, sessions, _ = station
+    config, sessions, _ = albums_to_review
     app = create_app(config, sessions)
     app.testing = True
     return app.test_client()
@@ -301,11 +298,11 @@ def csrf_of(client) -> str:
     return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
 
 
-def test_by_album_page_confirm_accept_and_undo(station, client):
+def test_by_album_page_confirm_accept_and_undo(albums_to_review, client):
     import html
     import re
 
-    config, sessions, ids = station
+    config, sessions, ids = albums_to_review
     page = client.get("/albums").get_data(as_text=True)
     assert ">By album</a>" in page and 'id="album-total">2<' in page
     assert "Kind of Blue" in page and "3 of 4 agree" in page and "Various Artists" in page
@@ -354,15 +351,15 @@ def test_by_album_page_confirm_accept_and_undo(station, client):
     assert r.status_code == 400  # no CSRF token
 
 
-def test_history_says_which_decisions_were_a_whole_album(station, client):
-    config, sessions, ids = station
+def test_history_says_which_decisions_were_a_whole_album(albums_to_review, client):
+    config, sessions, ids = albums_to_review
     albums.accept_album(sessions, config, BLUE, "Jazz", scope="all", who="md")
     page = client.get("/history").get_data(as_text=True)
     assert page.count("(whole album)") == 4
 
 
-def test_a_song_gone_from_the_library_is_neither_shown_nor_decided(station):
-    config, sessions, ids = station
+def test_a_song_gone_from_the_library_is_neither_shown_nor_decided(albums_to_review):
+    config, sessions, ids = albums_to_review
     with sessions() as session, session.begin():
         session.get(Track, ids["blue2"][0]).state = "missing"
     with sessions() as session:
@@ -375,12 +372,12 @@ def test_a_song_gone_from_the_library_is_neither_shown_nor_decided(station):
     assert status_of(sessions, ids["blue2"][1]) == "pending"
 
 
-def test_a_reused_aggregate_never_outlives_a_change(station):
+def test_a_reused_aggregate_never_outlives_a_change(albums_to_review):
     """list_albums(cache=) reuses a page's aggregate only while nothing it depends on
     moved: a decision made elsewhere (the song view, the shell), a new suggestion."""
     from daemon.review.web.common import LRU
 
-    config, sessions, ids = station
+    config, sessions, ids = albums_to_review
     cache = LRU(8)
     with sessions() as session:
         assert albums.list_albums(session, cache=cache)[1] == 2
@@ -395,8 +392,8 @@ def test_a_reused_aggregate_never_outlives_a_change(station):
         assert albums.list_albums(session, cache=cache)[1] == 2  # reused: same answer
 
 
-def test_use_x_for_all_on_the_page_clears_the_album_from_the_audit(station, client):
-    config, sessions, ids = station
+def test_use_x_for_all_on_the_page_clears_the_album_from_the_audit(albums_to_review, client):
+    config, sessions, ids = albums_to_review
     assert 'id="mixed-total">1<' in client.get("/albums").get_data(as_text=True)
     r = client.post(f"/albums/{MIXED}/accept", data={
         "csrf_token": csrf_of(client), "genre": "Blues", "scope": "relabel"})
