@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from datetime import datetime, timedelta
+from pathlib import Path
 from urllib.error import HTTPError
 
 import pytest
@@ -32,7 +33,7 @@ from sqlalchemy import text
 from werkzeug.security import generate_password_hash
 
 from daemon.core.config import load_config, parse_config
-from daemon.core.db.engine import make_engine, make_sessionmaker, open_database, transaction
+from daemon.core.db.engine import make_engine, make_sessionmaker, transaction
 from daemon.core.db.models import (
     Decision,
     Event,
@@ -57,32 +58,26 @@ TOURNAMENT = {"winner": "backbone", "holdout_songs": 40, "rows": [
     {"family": "ensemble", "accuracy": 0.875, "macro_f1": 0.84}]}
 
 
-def _station(tmp_path, database_url: str | None):
-    library = tmp_path / "library"
-    library.mkdir()
-    path = write_config(tmp_path / "config.toml", library, tmp_path / "state")
+def _daemon_config(tmp_path, database_url: str | None) -> Path:
+    """The config file the daemon's subprocess tests run with (helpers.write_config),
+    naming `database_url` when given."""
+    path = write_config(tmp_path / "config.toml", tmp_path / "library", tmp_path / "state")
     if database_url is not None:  # a top-level key: before the first [section]
         path.write_text(f'database_url = "{database_url}"\n' + path.read_text())
-    config = load_config(path)
-    engine, sessions = open_database(config.db_url)
-    return path, config, sessions, engine
+    return path
 
 
 @pytest.fixture
-def station(tmp_path, database_url):
-    """(config file, Config, sessions) of a state dir and a migrated database, on SQLite
+def daemon_config_station(database_url, make_station, tmp_path):
+    """A station on the daemon's test config (a free review port, one decoder), on SQLite
     and on PostgreSQL."""
-    path, config, sessions, engine = _station(tmp_path, database_url)
-    yield path, config, sessions
-    engine.dispose()
+    return make_station(config_path=_daemon_config(tmp_path, database_url))
 
 
 @pytest.fixture
-def sqlite_station(tmp_path):
-    """station's SQLite-only twin (its file is state_dir/genretagger.db)."""
-    path, config, sessions, engine = _station(tmp_path, None)
-    yield path, config, sessions
-    engine.dispose()
+def sqlite_daemon_config_station(make_station, tmp_path):
+    """daemon_config_station's SQLite-only twin (its file is state_dir/genretagger.db)."""
+    return make_station(config_path=_daemon_config(tmp_path, None))
 
 
 def close(app) -> None:
@@ -176,8 +171,10 @@ def status_json(config_path) -> dict:
     return json.loads(done.stdout)
 
 
-def test_metrics_say_what_status_json_says(station):
-    path, config, sessions = station
+def test_metrics_say_what_status_json_says(daemon_config_station):
+    path = daemon_config_station.config_path
+    config = daemon_config_station.config
+    sessions = daemon_config_station.sessions
     fill(sessions, utcnow())
     publish_health(config)
     status = status_json(path)
@@ -227,10 +224,10 @@ def test_metrics_say_what_status_json_says(station):
     assert value(m, "process_resident_memory_bytes") > 0
 
 
-def test_an_empty_station_and_the_running_services_own_reports(station):
+def test_an_empty_station_and_the_running_services_own_reports(daemon_config_station):
     """No model, no run, no health file: those families are empty, not made up. With the
     service's sources, components and the worker's heartbeat come from them."""
-    _, config, sessions = station
+    config, sessions = daemon_config_station.config, daemon_config_station.sessions
     app = create_app(config, sessions)
     m = scrape(app.test_client())
     close(app)
@@ -249,8 +246,8 @@ def test_an_empty_station_and_the_running_services_own_reports(station):
     assert by(m, "genretagger_component_healthy", "component") == {"worker": 0}
 
 
-def test_metrics_can_be_switched_off(station, tmp_path):
-    _, config, sessions = station
+def test_metrics_can_be_switched_off(daemon_config_station, tmp_path):
+    config, sessions = daemon_config_station.config, daemon_config_station.sessions
     off = parse_config({**config.model_dump(mode="json"), "metrics": {"enabled": False}},
                        "test config")
     app = create_app(off, sessions)
@@ -258,11 +255,11 @@ def test_metrics_can_be_switched_off(station, tmp_path):
     close(app)
 
 
-def test_who_may_read_the_metrics(station):
+def test_who_may_read_the_metrics(daemon_config_station):
     """No password or token: this machine only, like the page. With one: a signed-in
     browser or review.token as a bearer token; anything else 401, never the login page;
     wrong tokens are rate-limited like wrong passwords."""
-    _, config, sessions = station
+    config, sessions = daemon_config_station.config, daemon_config_station.sessions
     app = create_app(config, sessions)
     client = app.test_client()
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.168.1.20"}
@@ -305,9 +302,9 @@ def test_who_may_read_the_metrics(station):
     close(app)
 
 
-def test_a_held_write_lock_does_not_hold_up_a_scrape(sqlite_station):
+def test_a_held_write_lock_does_not_hold_up_a_scrape(sqlite_daemon_config_station):
     """The daemon's writer (or anyone) holding the write lock: WAL lets the scrape read."""
-    _, config, sessions = sqlite_station
+    config, sessions = sqlite_daemon_config_station.config, sqlite_daemon_config_station.sessions
     fill(sessions, utcnow())
     app = create_app(config, sessions)
     holder = hold_write_lock(config.state_dir / "genretagger.db", 8)
@@ -323,10 +320,10 @@ def test_a_held_write_lock_does_not_hold_up_a_scrape(sqlite_station):
     assert value(m, "genretagger_queue_depth") == 9
 
 
-def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(sqlite_station):
+def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(sqlite_daemon_config_station):
     """An exclusive lock shuts readers out: the scrape answers within the metrics' busy
     timeout with what needs no database, and says the rest is missing."""
-    _, config, sessions = sqlite_station
+    config, sessions = sqlite_daemon_config_station.config, sqlite_daemon_config_station.sessions
     fill(sessions, utcnow())
     sources = MetricsSources(components=lambda: {"worker": {"alive": True, "healthy": True}})
     app = create_app(config, sessions, metrics_sources=sources)
@@ -353,18 +350,20 @@ def test_a_database_nobody_can_read_gives_db_up_0_not_a_hang(sqlite_station):
 
 
 @pytest.fixture
-def pg_station(tmp_path, postgres):
+def postgres_daemon_config_station(make_station, tmp_path, postgres):
+    """daemon_config_station's PostgreSQL-only twin."""
     url = postgres.new_database()
-    path, config, sessions, engine = _station(tmp_path, url)
-    yield path, config, sessions
-    engine.dispose()
+    station = make_station(config_path=_daemon_config(tmp_path, url))
+    yield station
+    station.close()  # before the database goes
     postgres.drop_database(url)
 
 
-def test_postgresql_row_locks_do_not_hold_up_a_scrape(pg_station):
+def test_postgresql_row_locks_do_not_hold_up_a_scrape(postgres_daemon_config_station):
     """PostgreSQL: writers holding row locks on every track (FOR UPDATE) do not stop the
     scrape's reads."""
-    _, config, sessions = pg_station
+    config = postgres_daemon_config_station.config
+    sessions = postgres_daemon_config_station.sessions
     fill(sessions, utcnow())
     app = create_app(config, sessions)
     with sessions() as holder, holder.begin():
@@ -377,11 +376,12 @@ def test_postgresql_row_locks_do_not_hold_up_a_scrape(pg_station):
     assert value(m, "genretagger_queue_depth") == 9
 
 
-def test_a_locked_or_unreachable_postgresql_gives_db_up_0_fast(pg_station):
+def test_a_locked_or_unreachable_postgresql_gives_db_up_0_fast(postgres_daemon_config_station):
     """PostgreSQL: a table locked against readers (ACCESS EXCLUSIVE, e.g. a migration or
     a VACUUM FULL) or a server that is not there: the scrape answers within about the
     metrics' timeout, db_up 0, with the rest of what it knows."""
-    _, config, sessions = pg_station
+    config = postgres_daemon_config_station.config
+    sessions = postgres_daemon_config_station.sessions
     fill(sessions, utcnow())
     sources = MetricsSources(components=lambda: {"worker": {"alive": True, "healthy": True}})
     app = create_app(config, sessions, metrics_sources=sources)
