@@ -229,20 +229,10 @@ def test_scan_lists_what_is_not_a_song_with_the_reason(tmp_path, drive_masters):
 # ------------------------------------------------------------------ the reviewer's word
 
 @pytest.fixture
-def station(tmp_path, database_url):
-    """(config path, sessions) of a station whose exclude and min_song_seconds are set,
-    on SQLite and on PostgreSQL."""
-    from daemon.core.config import load_config
-
-    library, state = tmp_path / "library", tmp_path / "state"
-    library.mkdir()
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(f'state_dir = "{state}"\ndatabase_url = "{database_url}"\n'
-                           f'[library]\nroot = "{library}"\n'
-                           'exclude = ["Jingles"]\nmin_song_seconds = 30\n')
-    engine, sessions = open_database(load_config(config_path).db_url)
-    yield config_path, sessions
-    engine.dispose()
+def excluding_station(database_url, make_station):
+    """A station whose exclude and min_song_seconds are set, on SQLite and on PostgreSQL."""
+    return make_station(database_url=database_url,
+                        library={"exclude": ["Jingles"], "min_song_seconds": 30})
 
 
 def review(config_path, *args):
@@ -260,8 +250,8 @@ def _suggestion(sessions, suggestion_id: int) -> Suggestion:
         return session.get(Suggestion, suggestion_id)
 
 
-def test_not_a_song_and_its_undo_from_the_command_line(station):
-    config_path, sessions = station
+def test_not_a_song_and_its_undo_from_the_command_line(excluding_station):
+    config_path, sessions = excluding_station.config_path, excluding_station.sessions
     track_id, suggestion_id = add_suggested_track(
         sessions, "Imaging/promo.mp3", top=(("Pop", 0.9), ("Rock", 0.05), ("Jazz", 0.05)),
         duration=45.0)
@@ -303,8 +293,8 @@ def test_not_a_song_and_its_undo_from_the_command_line(station):
     assert _track(sessions, other_id).state == TrackState.SUGGESTED
 
 
-def test_a_short_song_the_rules_caught_is_marked_a_song_and_back(station, tmp_path):
-    config_path, sessions = station
+def test_a_short_song_the_rules_caught_is_marked_a_song_and_back(excluding_station, tmp_path):
+    config_path, sessions = excluding_station.config_path, excluding_station.sessions
     library = tmp_path / "library"
     (library / "Punk").mkdir()
     encode(library / "Punk" / "short song.wav", synthesize("Rock", 2.0, SR, 3, 1), SR)
@@ -335,13 +325,13 @@ def test_a_short_song_the_rules_caught_is_marked_a_song_and_back(station, tmp_pa
         assert queue_depth(session) == 0
 
 
-def test_the_not_songs_page_lists_them_and_brings_a_song_back(station):
+def test_the_not_songs_page_lists_them_and_brings_a_song_back(excluding_station):
     import re
 
     from daemon.core.config import load_config
     from daemon.review.web import create_app
 
-    config_path, sessions = station
+    config_path, sessions = excluding_station.config_path, excluding_station.sessions
     with transaction(sessions) as session:
         for path, duration, reason in [
                 ("Punk/Short Song.mp3", 25.0,
