@@ -34,17 +34,11 @@ TOURNAMENT = {
 
 
 @pytest.fixture
-def station(tmp_path, make_song):
-    """A config file, its migrated DB, a reference song on disk, and three suggestions:
-    one from a trained model with sounds-like songs, one from the cold-start model."""
-    from daemon.core.config import load_config
-    from daemon.core.db.engine import open_database
-
-    library, state = tmp_path / "library", tmp_path / "state"
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n')
-    config = load_config(config_path)
-    engine, sessions = open_database(config.db_url)
+def explained(sqlite_station, make_song):
+    """(station, ids, sounds-like list) of a station with a reference song on disk, and three
+    suggestions: one from a trained model with sounds-like songs, one from the cold-start
+    model."""
+    sessions, library = sqlite_station.sessions, sqlite_station.library
     song = make_song("Reference/Blue Note.ogg", genre="Jazz", seconds=20, folder=library)
     st = song.stat()
     with sessions() as session, session.begin():
@@ -85,8 +79,7 @@ def station(tmp_path, make_song):
         session.get(Suggestion, ids["suggestion"]).sounds_like = alike
         session.get(Suggestion, ids["suggestion"]).model_id = ids["trained"]
         session.get(Suggestion, ids["cold_suggestion"]).model_id = ids["cold"]
-    yield config, config_path, sessions, ids, alike
-    engine.dispose()
+    return sqlite_station, ids, alike
 
 
 def run_cli(config_path, *args):
@@ -95,8 +88,9 @@ def run_cli(config_path, *args):
     return json.loads(result.stdout) if "--json" in args else result.stdout
 
 
-def test_the_review_page_says_what_a_song_sounds_like_and_plays_it(station):
-    config, _, sessions, ids, _ = station
+def test_the_review_page_says_what_a_song_sounds_like_and_plays_it(explained):
+    station, ids, _ = explained
+    config, sessions = station.config, station.sessions
     app = create_app(config, sessions)
     app.testing = True
     client = app.test_client()
@@ -122,8 +116,9 @@ def test_the_review_page_says_what_a_song_sounds_like_and_plays_it(station):
     assert "Sounds like" not in cold_row
 
 
-def test_review_list_carries_sounds_like_and_unverified(station):
-    _, config_path, _, ids, alike = station
+def test_review_list_carries_sounds_like_and_unverified(explained):
+    station, ids, alike = explained
+    config_path = station.config_path
     data = run_cli(config_path, "review", "list", "--json")
     rows = {row["id"]: row for row in data["suggestions"]}
     assert rows[ids["suggestion"]]["sounds_like"] == alike
@@ -137,8 +132,8 @@ def test_review_list_carries_sounds_like_and_unverified(station):
     assert "unverified: not yet learned from your station's songs" in cold_line
 
 
-def test_models_show_and_status_print_the_tournament_and_what_cannot_be_suggested(station):
-    _, config_path, _, _, _ = station
+def test_models_show_and_status_print_the_tournament_and_what_cannot_be_suggested(explained):
+    config_path = explained[0].config_path
     text = run_cli(config_path, "models", "show", "2")
     # The verdict first: 3 of the 10 station genres and Reggae (a tagged genre); the
     # stored metrics hold no test songs to count.
@@ -163,16 +158,17 @@ def test_models_show_and_status_print_the_tournament_and_what_cannot_be_suggeste
     assert "  Hip-Hop: 2 song(s), needs 1 more confirmed" in run_cli(config_path, "status")
 
 
-def test_the_seed_cnn_alone_needs_more_songs_per_genre(station, tmp_path):
-    _, config_path, _, _, _ = station
+def test_the_seed_cnn_alone_needs_more_songs_per_genre(explained, tmp_path):
+    config_path = explained[0].config_path
     config_path.write_text(config_path.read_text().replace(
         "[library]", "min_songs_per_genre = 20\n[classifier]\nbackbone = false\n[library]"))
     assert run_cli(config_path, "status", "--json")["cannot_suggest_yet"]["Hip-Hop"] == {
         "songs": 2, "needs": 18}
 
 
-def test_the_model_page_shows_the_tournament_and_the_genres_left_out(station):
-    config, _, sessions, _, _ = station
+def test_the_model_page_shows_the_tournament_and_the_genres_left_out(explained):
+    station = explained[0]
+    config, sessions = station.config, station.sessions
     app = create_app(config, sessions)
     app.testing = True
     page = app.test_client().get("/models").get_data(as_text=True)
