@@ -34,12 +34,12 @@ CONFUSION = [[8, 1, 0, 1, 1, 0], [1, 6, 0, 2, 0, 0], [0, 0, 11, 0, 0, 1],
 
 
 @pytest.fixture
-def station(tmp_path, make_config, database, make_song):
-    """A signed-in station with songs to review (one with songs it sounds like), an album,
-    a model with its tournament, a nightly run and a genre it cannot suggest yet."""
-    library = tmp_path / "library"
-    config = make_config(library, review={"token": TOKEN})
-    _, sessions = database
+def served_station(make_station, make_song):
+    """(review page server, sessions) of a signed-in station with songs to review (one with
+    songs it sounds like), an album, a model with its tournament, a nightly run and a genre
+    it cannot suggest yet."""
+    station = make_station(review={"token": TOKEN})
+    config, sessions, library = station.config, station.sessions, station.library
     for i, (rel, title, artist, top) in enumerate(SONGS):
         rel = f"Donations/Boxes from the Old Studio/Shelf {i}/{rel}"
         path = make_song(Path(rel).name, genre="Rock", seconds=3, folder=library / Path(rel).parent,
@@ -126,10 +126,10 @@ def sign_in(page, server) -> None:
 
 
 @pytest.mark.parametrize("device", ["desktop", "phone"])
-def test_axe_finds_nothing_on_any_page(station, device):
+def test_axe_finds_nothing_on_any_page(served_station, device):
     """Every page and confirm step, with History showing each kind of file status, the
     toast after an action on the queue and the model's details open."""
-    server, sessions = station
+    server, sessions = served_station
     assert AXE.is_file(), f"{AXE} is missing: `make test` installs npm's axe-core there"
     checked = {}
     # Playwright injects axe as an inline script; the page's CSP (checked by
@@ -183,10 +183,9 @@ def test_axe_finds_nothing_on_any_page(station, device):
     assert not failures, "\n".join(failures)
 
 
-def test_axe_finds_nothing_on_an_empty_station(tmp_path, make_config, database):
+def test_axe_finds_nothing_on_an_empty_station(sqlite_station):
     """Before any song or model: the empty queue, albums, history and model pages."""
-    _, sessions = database
-    server = WebServer(make_config(tmp_path / "library"), sessions, port=0)
+    server = WebServer(sqlite_station.config, sqlite_station.sessions, port=0)
     server.start()
     try:
         with browser_page(bypass_csp=True, **DESKTOP) as page:
@@ -203,12 +202,12 @@ def test_axe_finds_nothing_on_an_empty_station(tmp_path, make_config, database):
     assert not failures, "\n".join(failures)
 
 
-def test_on_a_phone(station):
+def test_on_a_phone(served_station):
     """390 x 844, touch: the page opens at its top; a tap's result and its Undo show on
     screen however far down the card was; the undo's result too; History and the model page
     (its verdict on the first screen) are no wider than the phone; every control is at least
     44 px tall and wide."""
-    server, sessions = station
+    server, sessions = served_station
     with browser_page(**PHONE) as page:
         sign_in(page, server)
         expect(page.locator("#total")).to_have_text("8")
