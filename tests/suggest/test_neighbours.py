@@ -56,7 +56,7 @@ def add_track(sessions, path: str, fingerprint: str, *, canonical: str | None = 
 
 
 @pytest.fixture
-def station(any_database, tmp_path, embeddings):
+def references(any_database, tmp_path, embeddings):
     """References in the DB and the cache: seed 0 tagged, seeds 1.. confirmed by the
     reviewer. Returns (sessions, cache, {(genre, seed): track id})."""
     _, sessions = any_database
@@ -79,8 +79,8 @@ def unit_mean(embedding: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def test_nearest_are_the_truly_nearest_references(station, embeddings, tmp_path):
-    sessions, cache, ids = station
+def test_nearest_are_the_truly_nearest_references(references, embeddings, tmp_path):
+    sessions, cache, ids = references
     # Not references: an unlabelled song, and a labelled one no longer in the library,
     # both with cached embeddings (of a Metal song, so they would be near a Metal query).
     cache.put("f" * 64, embeddings["Metal", 100])
@@ -112,8 +112,8 @@ def test_nearest_are_the_truly_nearest_references(station, embeddings, tmp_path)
         neighbours.nearest(embeddings["Metal", 100])
 
 
-def test_a_song_is_never_its_own_neighbour(station, embeddings, tmp_path):
-    sessions, _, ids = station
+def test_a_song_is_never_its_own_neighbour(references, embeddings, tmp_path):
+    sessions, _, ids = references
     neighbours = Neighbours(tmp_path / "features")
     neighbours.refresh(sessions)
     own = embeddings["Electronic", 1]
@@ -127,8 +127,8 @@ def test_a_song_is_never_its_own_neighbour(station, embeddings, tmp_path):
     assert neighbours.nearest(np.zeros(200, np.float32)) == []  # no direction, no answer
 
 
-def test_refresh_picks_up_new_labels_embeddings_and_changes(station, embeddings, tmp_path):
-    sessions, cache, ids = station
+def test_refresh_picks_up_new_labels_embeddings_and_changes(references, embeddings, tmp_path):
+    sessions, cache, ids = references
     neighbours = Neighbours(tmp_path / "features")
     neighbours.refresh(sessions)
     query = embeddings["Hip-Hop", 100]
@@ -163,8 +163,8 @@ def test_refresh_picks_up_new_labels_embeddings_and_changes(station, embeddings,
         embeddings["Metal", 1], k=len(neighbours))}
 
 
-def test_the_component_refreshes_in_its_own_thread(station, tmp_path):
-    sessions, _, ids = station
+def test_the_component_refreshes_in_its_own_thread(references, tmp_path):
+    sessions, _, ids = references
     neighbours = Neighbours(tmp_path / "features", sessions=sessions, refresh_seconds=0.2)
     neighbours.start()
     try:
