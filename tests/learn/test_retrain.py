@@ -27,11 +27,10 @@ import numpy as np
 import pytest
 from helpers import wait_for
 from sqlalchemy import select
+from stations import Station, open_station
 
 from daemon.cli.demo import make_library
-from daemon.core.config import parse_config
-from daemon.core.db.engine import open_database
-from daemon.core.db.models import Model, Suggestion, Track, TrainingRun
+from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import TrackState
 from daemon.learn import registry
 from daemon.learn.retrainer import Retrainer
@@ -51,61 +50,22 @@ MIN_SONGS = 5
 EPOCHS = 4
 
 
-class Station:
-    def __init__(self, base: Path):
-        self.base = base
-        self.library = base / "library"
-        # Hip-Hop is mostly untagged: the first model cannot learn it (too few songs); the
-        # music director's labels add it, so the next model has a new class.
-        songs = [*make_library(self.library, songs_per_genre=12, genres=GENRES[:2],
-                               untagged_share=0.25, seconds=(3, 5), formats=FORMATS,
-                               artists_per_genre=12, broken=0, seed=1),
-                 *make_library(self.library, songs_per_genre=12, genres=GENRES[2:],
-                               untagged_share=0.85, seconds=(3, 5), formats=FORMATS,
-                               artists_per_genre=12, broken=0, seed=2)]
-        self.truth = {s.path.relative_to(self.library).as_posix(): s.genre for s in songs}
-        self.config_data = {
-            "library": {"root": str(self.library), "settle_seconds": 0},
-            "state_dir": str(base / "state"), "min_songs_per_genre": MIN_SONGS,
-            "workers": {"processes": 1},
-            "review": {"write_tags": False},
-            "retrain": {"min_new_labels": 4, "epochs": EPOCHS, "timeout_minutes": 10},
-        }
-        self.config = self.with_retrain()
-        self.config_path = base / "config.toml"
-        self.config_path.write_text(
-            f'state_dir = "{self.config.state_dir}"\nmin_songs_per_genre = {MIN_SONGS}\n'
-            f'[library]\nroot = "{self.library}"\nsettle_seconds = 0\n'
-            "[review]\nwrite_tags = false\n"
-            f"[retrain]\nmin_new_labels = 4\nepochs = {EPOCHS}\ntimeout_minutes = 10\n")
-        self.engine, self.sessions = open_database(self.config.db_url)
-
-    def with_retrain(self, **retrain):
-        data = json.loads(json.dumps(self.config_data))
-        data["retrain"].update(retrain)
-        return parse_config(data, "test config")
-
-    def active(self) -> Model | None:
-        with self.sessions() as session:
-            return registry.active_model(session)
-
-    def models(self) -> list[Model]:
-        with self.sessions() as session:
-            return registry.list_models(session)
-
-    def pending(self) -> list[Suggestion]:
-        with self.sessions() as session:
-            return list(session.scalars(select(Suggestion).where(
-                Suggestion.status == "pending").order_by(Suggestion.id)))
-
-    def runs(self) -> list[TrainingRun]:
-        with self.sessions() as session:
-            return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id)))
-
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "daemon.cli", "--config",
-                               str(self.config_path), *args],
-                              capture_output=True, text=True, timeout=timeout)
+def open_retrain_station(base: Path) -> Station:
+    library = base / "library"
+    # Hip-Hop is mostly untagged: the first model cannot learn it (too few songs); the
+    # music director's labels add it, so the next model has a new class.
+    songs = [*make_library(library, songs_per_genre=12, genres=GENRES[:2],
+                           untagged_share=0.25, seconds=(3, 5), formats=FORMATS,
+                           artists_per_genre=12, broken=0, seed=1),
+             *make_library(library, songs_per_genre=12, genres=GENRES[2:],
+                           untagged_share=0.85, seconds=(3, 5), formats=FORMATS,
+                           artists_per_genre=12, broken=0, seed=2)]
+    station = open_station(
+        base, min_songs_per_genre=MIN_SONGS, library={"settle_seconds": 0},
+        workers={"processes": 1}, review={"write_tags": False},
+        retrain={"min_new_labels": 4, "epochs": EPOCHS, "timeout_minutes": 10})
+    station.truth = {s.path.relative_to(library).as_posix(): s.genre for s in songs}
+    return station
 
 
 def alive(pid: int) -> bool:
@@ -118,8 +78,10 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def station(tmp_path_factory):
-    station = Station(tmp_path_factory.mktemp("station"))
+def trained(tmp_path_factory):
+    """The module's station, walked, with its first model trained and promoted and a
+    suggestion for every untagged song."""
+    station = open_retrain_station(tmp_path_factory.mktemp("station"))
     library = Library(station.config, station.sessions, load_genre_map(None))
     library.reconcile()
     library.settle_due(now=time.time() + 60)
@@ -141,58 +103,58 @@ def station(tmp_path_factory):
     finally:
         worker.close()
     yield station
-    station.engine.dispose()
+    station.close()
 
 
-def test_first_model_and_confirmed_labels(station):
-    v1 = station.active()
+def test_first_model_and_confirmed_labels(trained):
+    v1 = trained.active()
     assert v1.trained_until is not None and v1.parent_id is None
     assert v1.classes == ["Classical", "Electronic"]  # too few tagged Hip-Hop songs
-    assert (registry.bundle_dir(station.sessions, station.config, v1) / "model.keras"
+    assert (registry.bundle_dir(trained.sessions, trained.config, v1) / "model.keras"
             ).is_file()  # for warm starts
-    run = station.runs()[-1]
+    run = trained.runs()[-1]
     assert (run.trigger, run.status, run.model_id) == ("initial", "promoted", v1.id)
     assert Path(run.log_path).is_file()
     assert not (Path(run.log_path).parent / "model.onnx").exists()  # the registry has it
 
     # The music director confirms all but 4 suggestions: right ones accepted, wrong ones
     # set to the true genre (both are confirmed labels).
-    pending = station.pending()
+    pending = trained.pending()
     assert all(s.model_id == v1.id for s in pending)
-    with station.sessions() as session:
+    with trained.sessions() as session:
         paths = {s.id: session.get(Track, s.track_id).path for s in pending}
     for suggestion in pending[:-4]:
-        truth = station.truth[paths[suggestion.id]]
+        truth = trained.truth[paths[suggestion.id]]
         if suggestion.genre == truth:
-            review.accept(station.sessions, station.config, [suggestion.id], who="md")
+            review.accept(trained.sessions, trained.config, [suggestion.id], who="md")
         else:
-            review.override(station.sessions, station.config, suggestion.id, truth, who="md")
-    with station.sessions() as session:
+            review.override(trained.sessions, trained.config, suggestion.id, truth, who="md")
+    with trained.sessions() as session:
         confirmed = session.scalars(select(Track).where(
             Track.confirmed_genre.is_not(None))).all()
     assert len(confirmed) == len(pending) - 4 >= 4
-    assert all(t.confirmed_genre == station.truth[t.path] for t in confirmed)
+    assert all(t.confirmed_genre == trained.truth[t.path] for t in confirmed)
 
-    status = station.cli("retrain", "--json")
+    status = trained.cli("retrain", "--json")
     assert status.returncode == 0, status.stderr
     decision = json.loads(status.stdout)
     assert decision["would_train"] is True and decision["new_labels"] == len(confirmed)
     assert decision["next_nightly"] is not None
 
 
-def assert_untouched(station, v1_id: int, models_before: int) -> None:
+def assert_untouched(station: Station, v1_id: int, models_before: int) -> None:
     assert station.active().id == v1_id
     assert len(station.models()) == models_before
     assert all(s.model_id == v1_id for s in station.pending())
 
 
-def test_trainer_killed_halfway(station):
-    v1, n_models = station.active(), len(station.models())
-    retrainer = Retrainer(station.config, station.sessions)
+def test_trainer_killed_halfway(trained):
+    v1, n_models = trained.active(), len(trained.models())
+    retrainer = Retrainer(trained.config, trained.sessions)
     result = {}
     thread = threading.Thread(target=lambda: result.update(retrainer.run("manual")))
     thread.start()
-    run = wait_for(lambda: next((r for r in station.runs() if r.status == "running" and r.pid),
+    run = wait_for(lambda: next((r for r in trained.runs() if r.status == "running" and r.pid),
                                 None), 30, "a running trainer")
     # Halfway: the trainer has its dataset, TensorFlow loaded, and is fitting.
     wait_for(lambda: "training on" in Path(run.log_path).read_text(errors="replace"), 90,
@@ -202,73 +164,73 @@ def test_trainer_killed_halfway(station):
     assert result["status"] == "failed" and "killed by SIGKILL" in result["reason"], result
     assert not alive(run.pid)
     assert not (Path(run.log_path).parent / "model.onnx").exists()
-    assert_untouched(station, v1.id, n_models)
+    assert_untouched(trained, v1.id, n_models)
 
 
-def test_trainer_timed_out(station):
-    v1, n_models = station.active(), len(station.models())
-    config = station.with_retrain(timeout_minutes=0.05)  # 3 s
+def test_trainer_timed_out(trained):
+    v1, n_models = trained.active(), len(trained.models())
+    config = trained.reconfigured(retrain={"timeout_minutes": 0.05})  # 3 s
     started = time.monotonic()
-    result = Retrainer(config, station.sessions).run("manual")
+    result = Retrainer(config, trained.sessions).run("manual")
     assert result["status"] == "failed" and result["reason"] == "timed out after 0.05 min"
     assert time.monotonic() - started < 30
-    run = station.runs()[-1]
+    run = trained.runs()[-1]
     assert run.finished_at is not None and not alive(run.pid)
-    assert_untouched(station, v1.id, n_models)
+    assert_untouched(trained, v1.id, n_models)
 
 
-def test_trainer_out_of_memory(station):
-    v1, n_models = station.active(), len(station.models())
-    config = station.with_retrain(memory_max_mb=700)  # too little for TensorFlow
-    result = Retrainer(config, station.sessions).run("manual")
+def test_trainer_out_of_memory(trained):
+    v1, n_models = trained.active(), len(trained.models())
+    config = trained.reconfigured(retrain={"memory_max_mb": 700})  # too little for TensorFlow
+    result = Retrainer(config, trained.sessions).run("manual")
     assert result["status"] == "failed", result
     assert result["reason"].startswith("out of memory: the trainer hit the 700 MB cap"), result
-    assert_untouched(station, v1.id, n_models)
+    assert_untouched(trained, v1.id, n_models)
     # The next nightly run tries again: failed runs do not move the labels' watermark.
-    train, reason, _facts = Retrainer(station.config, station.sessions).decide()
+    train, reason, _facts = Retrainer(trained.config, trained.sessions).decide()
     assert train, reason
 
 
-def test_daemon_killed_during_training_leaves_no_orphan(station):
-    v1, n_models = station.active(), len(station.models())
+def test_daemon_killed_during_training_leaves_no_orphan(trained):
+    v1, n_models = trained.active(), len(trained.models())
     owner = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--config",
-                              str(station.config_path), "retrain", "--now"],
+                              str(trained.config_path), "retrain", "--now"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = wait_for(lambda: next((r for r in station.runs() if r.status == "running" and r.pid),
+    run = wait_for(lambda: next((r for r in trained.runs() if r.status == "running" and r.pid),
                                 None), 60, "the trainer to start")
     assert alive(run.pid) and run.summary["trainer_start_ticks"] == process_start_ticks(run.pid)
     owner.kill()
     owner.wait(10)
     # PR_SET_PDEATHSIG: the trainer dies with the process that started it.
     wait_for(lambda: not alive(run.pid), 10, "the orphaned trainer to die")
-    with run_lock(station.config) as held:
+    with run_lock(trained.config) as held:
         assert held  # nobody is training any more
     # A restarted daemon's Retrainer closes the cut-off run.
-    retrainer = Retrainer(station.config, station.sessions, poll_seconds=3600)
+    retrainer = Retrainer(trained.config, trained.sessions, poll_seconds=3600)
     retrainer.start()
     try:
-        wait_for(lambda: station.runs()[-1].status != "running", 20, "recovery")
+        wait_for(lambda: trained.runs()[-1].status != "running", 20, "recovery")
     finally:
         retrainer.close()
-    last = station.runs()[-1]
+    last = trained.runs()[-1]
     assert (last.id, last.status, last.reason) == (run.id, "failed",
                                                    "daemon restarted during training")
-    assert not list(station.config.models_dir.glob(".v*"))
-    assert_untouched(station, v1.id, n_models)
+    assert not list(trained.config.models_dir.glob(".v*"))
+    assert_untouched(trained, v1.id, n_models)
 
 
-def test_retrain_now_promotes_and_rescores_pending_suggestions(station):
-    v1 = station.active()
-    before = {s.id: s for s in station.pending()}
+def test_retrain_now_promotes_and_rescores_pending_suggestions(trained):
+    v1 = trained.active()
+    before = {s.id: s for s in trained.pending()}
     assert len(before) == 4
-    done = station.cli("retrain", "--now")
+    done = trained.cli("retrain", "--now")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "promoted" in done.stdout, done.stdout
 
-    v2 = station.active()
-    assert v2.version == max(m.version for m in station.models()) and v2.id != v1.id
+    v2 = trained.active()
+    assert v2.version == max(m.version for m in trained.models()) and v2.id != v1.id
     assert v2.parent_id == v1.id and v2.metrics["n_songs"] > 0
-    run = station.runs()[-1]
+    run = trained.runs()[-1]
     assert (run.trigger, run.status, run.model_id) == ("manual", "promoted", v2.id)
     # The labels added a class: the CNN starts from v1's convolutions with a new output
     # layer, and the gate compares both models on the same holdout.
@@ -284,54 +246,54 @@ def test_retrain_now_promotes_and_rescores_pending_suggestions(station):
                        Path(run.log_path).read_text())
     assert reused and int(reused[1]) > 0, "trainer read every file again"
 
-    after = station.pending()
+    after = trained.pending()
     assert len(after) == len(before)
     assert all(s.model_id == v2.id for s in after)
     assert {s.replaces_id for s in after} == set(before)
-    with station.sessions() as session:
+    with trained.sessions() as session:
         for old_id in before:
             old = session.get(Suggestion, old_id)
             assert (old.status, old.model_id) == ("superseded", v1.id)
 
-    nothing = Retrainer(station.config, station.sessions).run("nightly")
+    nothing = Retrainer(trained.config, trained.sessions).run("nightly")
     assert nothing["status"] == "skipped" and "nothing to learn" in nothing["reason"]
 
 
-def test_shuffled_label_candidate_is_rejected(station):
-    active, n_models = station.active(), len(station.models())
-    with station.sessions() as session:
+def test_shuffled_label_candidate_is_rejected(trained):
+    active, n_models = trained.active(), len(trained.models())
+    with trained.sessions() as session:
         labelled = {t.path: t.confirmed_genre or t.canonical_genre
                     for t in session.scalars(select(Track))
                     if t.confirmed_genre or t.canonical_genre}
     rng = np.random.default_rng(7)
     shuffled = dict(zip(labelled, rng.permutation(list(labelled.values())), strict=True))
-    labels = station.base / "shuffled.json"
+    labels = trained.base / "shuffled.json"
     labels.write_text(json.dumps(shuffled))
-    out = station.base / "shuffled-run"
+    out = trained.base / "shuffled-run"
     trained = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "train", "--library", str(station.library),
-         "--out", str(out), "--cache", str(station.config.cache_dir), "--labels", str(labels),
+        [sys.executable, "-m", "daemon.cli", "train", "--library", str(trained.library),
+         "--out", str(out), "--cache", str(trained.config.cache_dir), "--labels", str(labels),
          "--epochs", "2", "--min-songs", str(MIN_SONGS)],
         capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr[-2000:]
 
-    outcome = Retrainer(station.config, station.sessions).consider(out)
+    outcome = Retrainer(trained.config, trained.sessions).consider(out)
     assert outcome["status"] == "rejected", outcome
     assert outcome["gate"]["candidate"]["macro_f1"] < outcome["gate"]["active"]["macro_f1"]
-    assert station.active().id == active.id
-    rejected = station.models()[0]
-    assert (rejected.status, len(station.models())) == ("rejected", n_models + 1)
+    assert trained.active().id == active.id
+    rejected = trained.models()[0]
+    assert (rejected.status, len(trained.models())) == ("rejected", n_models + 1)
     assert Path(rejected.report_path).is_file()
-    assert all(s.model_id == active.id for s in station.pending())
+    assert all(s.model_id == active.id for s in trained.pending())
 
 
-def test_rollback(station):
-    current = station.active()
-    rolled = station.cli("models", "rollback")
+def test_rollback(trained):
+    current = trained.active()
+    rolled = trained.cli("models", "rollback")
     assert rolled.returncode == 0, rolled.stderr
-    back = station.active()
+    back = trained.active()
     assert back.id == current.parent_id
-    listed = json.loads(station.cli("models", "list", "--json").stdout)
+    listed = json.loads(trained.cli("models", "list", "--json").stdout)
     statuses = {m["version"]: m["status"] for m in listed}
     assert statuses[current.version] == "rolled_back" and statuses[back.version] == "active"
     assert "rejected" in statuses.values()
