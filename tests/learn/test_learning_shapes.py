@@ -24,10 +24,9 @@ import pytest
 from helpers import wait_for
 from messy import make_messy_station
 from sqlalchemy import select
+from stations import Station, open_station
 
 from daemon.cli.demo import SPELLINGS, encode, synthesize
-from daemon.core.config import parse_config
-from daemon.core.db.engine import open_database
 from daemon.core.db.models import Suggestion, Track
 from daemon.core.states import TrackState
 from daemon.learn import registry
@@ -51,10 +50,10 @@ def trainer(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_train_on_a_messy_station_serves_a_model_fitted_on_every_label(tmp_path):
-    station = make_messy_station(tmp_path / "library", seed=2, max_songs=12, min_songs=4,
-                                 seconds=(5.0, 7.0))
+    messy = make_messy_station(tmp_path / "library", seed=2, max_songs=12, min_songs=4,
+                               seconds=(5.0, 7.0))
     out = tmp_path / "run"
-    done = trainer("--library", str(station.root), "--out", str(out), "--cache",
+    done = trainer("--library", str(messy.root), "--out", str(out), "--cache",
                    str(tmp_path / "cache"), "--epochs", str(EPOCHS), "--min-songs", "4",
                    "--seed", "2")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -63,7 +62,7 @@ def test_train_on_a_messy_station_serves_a_model_fitted_on_every_label(tmp_path)
     served, held_out = read_metadata(out / "model.onnx"), read_metadata(out / "held_out.onnx")
     classes = served["classes"]
     assert held_out["classes"] == classes and held_out["family"] == served["family"]
-    labelled = Counter(s.tag for s in station.tagged() if s.tag in classes)
+    labelled = Counter(s.tag for s in messy.tagged() if s.tag in classes)
     # The served model learned from every labelled song of its genres, and says so.
     assert served["fitted_on_songs"] == sum(labelled.values())
     assert served["served"]["per_genre"] == dict(sorted(labelled.items()))
@@ -78,7 +77,7 @@ def test_train_on_a_messy_station_serves_a_model_fitted_on_every_label(tmp_path)
         assert genre in classes and "not tested" in why
     # The single-song genre is never an error: left out with the songs it needs, or
     # learned and shown as not tested.
-    single = station.roles["one_song"]
+    single = messy.roles["one_song"]
     assert (single in report["left_out"] and report["left_out"][single]["needs"] >= 1) or \
         single in report["training_set"]["not_tested"]
     # Few-shot: a small genre keeps its songs for the served model.
@@ -90,45 +89,45 @@ NEW_GENRES = ("Blues", "Pop")
 OLD_GENRES = ("Classical", "Electronic", "Hip-Hop", "Jazz", "Metal", "Rock", "Folk")
 
 
-class Station:
-    def __init__(self, base: Path):
-        self.library = base / "library"
-        # Seven messy genres: the last has one song (left out), so six are learnable.
-        self.messy = make_messy_station(self.library, seed=5, genres=OLD_GENRES, max_songs=10,
-                                        min_songs=6, seconds=(5.0, 7.0))
-        # Two genres whose songs are untagged on the first night (a station's new shelf):
-        # four of each get tags before the second night, two stay untagged.
-        self.new: dict[str, list[Path]] = {}
-        for g_index, genre in enumerate(NEW_GENRES):
-            for i in range(6):
-                path = self.library / f"{genre} Shelf" / f"{i + 1:02d} {genre}.flac"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                encode(path, synthesize(genre, 6.0, 22_050, 900 + 10 * g_index + i), 22_050)
-                self.new.setdefault(genre, []).append(path)
-        self.config = parse_config({
-            "library": {"root": str(self.library), "settle_seconds": 0},
-            "state_dir": str(base / "state"), "min_songs_per_genre": MIN_SONGS,
-            "classifier": {"backbone": False},  # the CNN alone: its class count changes
-            "workers": {"processes": 1}, "review": {"write_tags": False},
-            "retrain": {"min_new_labels": 4, "epochs": EPOCHS, "timeout_minutes": 15},
-        }, "test config")
-        self.engine, self.sessions = open_database(self.config.db_url)
-        self.library_walker = Library(self.config, self.sessions, load_genre_map(None))
+def open_new_shelf_station(base: Path) -> tuple[Station, dict[str, list[Path]]]:
+    """A messy station with a new shelf: (station, {new genre: its songs on the shelf})."""
+    library = base / "library"
+    # Seven messy genres: the last has one song (left out), so six are learnable.
+    make_messy_station(library, seed=5, genres=OLD_GENRES, max_songs=10, min_songs=6,
+                       seconds=(5.0, 7.0))
+    # Two genres whose songs are untagged on the first night (a station's new shelf):
+    # four of each get tags before the second night, two stay untagged.
+    new: dict[str, list[Path]] = {}
+    for g_index, genre in enumerate(NEW_GENRES):
+        for i in range(6):
+            path = library / f"{genre} Shelf" / f"{i + 1:02d} {genre}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            encode(path, synthesize(genre, 6.0, 22_050, 900 + 10 * g_index + i), 22_050)
+            new.setdefault(genre, []).append(path)
+    station = open_station(
+        base, min_songs_per_genre=MIN_SONGS, library={"settle_seconds": 0},
+        classifier={"backbone": False},  # the CNN alone: its class count changes
+        workers={"processes": 1}, review={"write_tags": False},
+        retrain={"min_new_labels": 4, "epochs": EPOCHS, "timeout_minutes": 15})
+    return station, new
 
-    def walk(self) -> None:
-        self.library_walker.reconcile()
-        self.library_walker.settle_due(now=time.time() + 60)
 
-    def pending(self) -> dict[str, str]:
-        """{track path: suggested genre} of the pending suggestions."""
-        with self.sessions() as session:
-            return {session.get(Track, s.track_id).path: s.genre for s in session.scalars(
-                select(Suggestion).where(Suggestion.status == "pending"))}
+def walk(walker: Library) -> None:
+    walker.reconcile()
+    walker.settle_due(now=time.time() + 60)
+
+
+def pending_genres(station: Station) -> dict[str, str]:
+    """{track path: suggested genre} of the pending suggestions."""
+    with station.sessions() as session:
+        return {session.get(Track, s.track_id).path: s.genre for s in session.scalars(
+            select(Suggestion).where(Suggestion.status == "pending"))}
 
 
 def test_a_new_class_count_between_nights_warm_starts_and_suggests_the_new_genres(tmp_path):
-    station = Station(tmp_path)
-    station.walk()
+    station, new = open_new_shelf_station(tmp_path)
+    walker = Library(station.config, station.sessions, load_genre_map(None))
+    walk(walker)
     first = Retrainer(station.config, station.sessions).run("initial")
     assert first["status"] == "promoted", first
     with station.sessions() as session:
@@ -141,17 +140,17 @@ def test_a_new_class_count_between_nights_warm_starts_and_suggests_the_new_genre
     worker = Worker(station.config, station.sessions, drain_seconds=5)
     worker.start()
     try:
-        wait_for(lambda: len(station.pending()) == len(queued), 180,
+        wait_for(lambda: len(pending_genres(station)) == len(queued), 180,
                  "a suggestion for every untagged song")
     finally:
         worker.close()
 
     # The station tags four songs of each new genre: both become learnable.
-    for genre, paths in station.new.items():
+    for genre, paths in new.items():
         for i, path in enumerate(paths[:4]):
             write_tags(path, title=f"{genre} {i}", artist=f"{genre} Player {i % 2}",
                        album=f"{genre} Shelf", genre=SPELLINGS[genre][0])
-    station.walk()
+    walk(walker)
     night = Retrainer(station.config, station.sessions).run("nightly")
     assert night["status"] == "promoted", night
     with station.sessions() as session:
@@ -170,28 +169,25 @@ def test_a_new_class_count_between_nights_warm_starts_and_suggests_the_new_genre
         "songs"]["train"]
 
     # Re-scored with v2, the untagged songs of the new shelf are suggested their genres.
-    pending = station.pending()
+    pending = pending_genres(station)
     shelf = {p.relative_to(station.library).as_posix(): genre
-             for genre, paths in station.new.items() for p in paths[4:]}
+             for genre, paths in new.items() for p in paths[4:]}
     right = sum(pending.get(rel) == genre for rel, genre in shelf.items())
     assert right >= len(shelf) // 2, {rel: pending.get(rel) for rel in shelf}
-    station.engine.dispose()
+    station.close()
 
 
-def test_a_library_that_cannot_make_a_model_skips_the_night_with_the_reason(tmp_path,
+def test_a_library_that_cannot_make_a_model_skips_the_night_with_the_reason(make_station,
                                                                               make_song):
     # Two genres, each sung by one artist: nothing to test a model on.
-    library = tmp_path / "library"
+    station = make_station(min_songs_per_genre=2, library={"settle_seconds": 0},
+                           classifier={"backbone": False}, retrain={"epochs": 1})
     for genre in ("Classical", "Metal"):
         for i in range(3):
-            make_song(f"{genre} {i}.flac", genre, seconds=5, seed=i, folder=library / genre,
-                      genre_tag=genre, artist=f"{genre} Player", album=f"{genre} Album")
-    config = parse_config({
-        "library": {"root": str(library), "settle_seconds": 0},
-        "state_dir": str(tmp_path / "state"), "min_songs_per_genre": 2,
-        "classifier": {"backbone": False}, "retrain": {"epochs": 1},
-    }, "test config")
-    engine, sessions = open_database(config.db_url)
+            make_song(f"{genre} {i}.flac", genre, seconds=5, seed=i,
+                      folder=station.library / genre, genre_tag=genre,
+                      artist=f"{genre} Player", album=f"{genre} Album")
+    config, sessions = station.config, station.sessions
     walker = Library(config, sessions, load_genre_map(None))
     walker.reconcile()
     walker.settle_due(now=time.time() + 60)
@@ -200,4 +196,3 @@ def test_a_library_that_cannot_make_a_model_skips_the_night_with_the_reason(tmp_
     assert night["reason"].startswith("not trained: ") and "artists" in night["reason"]
     with sessions() as session:
         assert registry.active_model(session) is None
-    engine.dispose()
