@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from helpers import EXE, Station, genre_bundle
+from helpers import EXE, DaemonStation, genre_bundle
 
 from daemon.core.db.backup import (
     DAMAGED_EXIT,
@@ -100,10 +100,10 @@ def _one_line(done: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.slow
 def test_damaged_database_stops_run_and_restore_brings_it_back(tmp_path, make_song):
-    station = Station(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
+    station = DaemonStation(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
     make_song("a.flac", folder=station.library)
     make_song("b.mp3", "Jazz", seed=1, folder=station.library)
-    exe = EXE + ["--config", str(station.config)]
+    exe = EXE + ["--config", str(station.config_path)]
     backups = station.state / "backups"
     station.start()
     try:

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import EXE, Station, add_suggested_track, genre_bundle, write_config
+from helpers import EXE, DaemonStation, add_suggested_track, genre_bundle, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.config import load_config
@@ -70,12 +70,12 @@ def metrics(port: int) -> dict[str, dict[str, float]]:
 
 @pytest.mark.slow
 def test_full_state_disk_is_named_and_survived(tmp_path, make_song, small_state_disk):
-    station = Station(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
+    station = DaemonStation(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
     assert station.state == small_state_disk
     make_song("a.flac", folder=station.library)
     make_song("b.mp3", "Jazz", seed=1, folder=station.library)
-    exe = EXE + ["--config", str(station.config)]
-    port = load_config(station.config).review.port
+    exe = EXE + ["--config", str(station.config_path)]
+    port = load_config(station.config_path).review.port
 
     def status() -> dict:
         done = subprocess.run(exe + ["status", "--json"], capture_output=True, text=True,

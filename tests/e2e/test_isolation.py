@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     EXE,
-    Station,
+    DaemonStation,
     add_suggested_track,
     negative_granule_ogg,
     ogg_nobody_decodes,
@@ -82,8 +82,8 @@ def vm_hwm_mb(pid: int) -> float:
 
 # ---- the service's own memory --------------------------------------------------------------
 
-class ModelessStation(Station):
-    """The daemon harness (helpers.Station), without a model: files are tracked, and
+class ModelessDaemonStation(DaemonStation):
+    """The daemon harness (helpers.DaemonStation), without a model: files are tracked, and
     nothing is classified. The backbone is off, so no cold-start model is built and
     loaded while the test measures the service's peak memory."""
 
@@ -91,10 +91,11 @@ class ModelessStation(Station):
         from daemon.core.config import load_config
         from daemon.core.db.engine import open_database
 
-        text = self.config.read_text()
-        self.config.write_text(text.replace("[classifier]\n", "[classifier]\nbackbone = false\n"))
+        text = self.config_path.read_text()
+        self.config_path.write_text(
+            text.replace("[classifier]\n", "[classifier]\nbackbone = false\n"))
 
-        engine, _ = open_database(load_config(self.config).db_url)  # migrated, no model
+        engine, _ = open_database(load_config(self.config_path).db_url)  # migrated, no model
         engine.dispose()
 
 
@@ -102,7 +103,7 @@ def test_a_150_mb_cover_picture_never_enters_the_service_process(tmp_path, big_c
                                                                  make_song):
     """The daemon settles a song with a 150 MB picture: it is tracked with its tags, and
     the main process's peak memory does not move (reading it in-process added ~400 MB)."""
-    station = ModelessStation(tmp_path, None)
+    station = ModelessDaemonStation(tmp_path, None)
     make_song("small.mp3", seconds=4, folder=station.library, title="Small", genre_tag="Jazz")
     try:
         proc = station.start()
@@ -137,7 +138,7 @@ def test_writing_a_genre_into_a_150_mb_tag_never_enters_the_service_process(
     from daemon.cli.demo import encode, synthesize
     from daemon.tags.read import read_tags
 
-    station = Station(tmp_path, trained_bundle)
+    station = DaemonStation(tmp_path, trained_bundle)
     song = encode(tmp_path / "big.mp3", synthesize("Metal", 12.0, SR, 3, 2), SR)
     with_big_picture(song, 150, "Big Untagged", "Rock")
     tags = ID3(song)
@@ -155,7 +156,7 @@ def test_writing_a_genre_into_a_150_mb_tag_never_enters_the_service_process(
             "SELECT s.id FROM suggestions s JOIN tracks t ON t.id = s.track_id "
             "WHERE t.path = 'big.mp3' AND s.status = 'pending'"), timeout=120)
         accepted = subprocess.run(
-            [*EXE, "--config", str(station.config), "review", "accept", str(suggestion_id)],
+            [*EXE, "--config", str(station.config_path), "review", "accept", str(suggestion_id)],
             capture_output=True, text=True, timeout=60)
         assert accepted.returncode == 0, accepted.stderr
         [(genre, status)] = station.wait("the genre written", lambda: station.query(

@@ -13,7 +13,7 @@ import re
 import subprocess
 
 import pytest
-from helpers import EXE, Station, genre_bundle, write_config
+from helpers import EXE, DaemonStation, genre_bundle, write_config
 from sqlalchemy import select
 
 from daemon.core.config import load_config
@@ -124,11 +124,11 @@ def test_review_retry_and_the_history_page_send_songs_back(tmp_path):
 @pytest.mark.slow
 def test_chmod_000_quarantines_and_chmod_644_brings_it_back_on_the_next_walk(
         tmp_path, make_song):
-    station = Station(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
+    station = DaemonStation(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
     # Walks every 3 s; the watcher polls once an hour, so only a walk can see the fix.
-    write_config(station.config, station.library, station.state, reconcile_minutes="0.05",
+    write_config(station.config_path, station.library, station.state, reconcile_minutes="0.05",
                  max_attempts="2")
-    station.config.write_text(station.config.read_text().replace(
+    station.config_path.write_text(station.config_path.read_text().replace(
         'watch = "native"', 'watch = "polling"\npoll_seconds = 3600'))
     make_song("ok.flac", folder=station.library)
     locked = make_song("locked.mp3", "Jazz", seed=1, folder=station.library)
@@ -137,7 +137,7 @@ def test_chmod_000_quarantines_and_chmod_644_brings_it_back_on_the_next_walk(
     (station.library / "Locked").chmod(0o000)
     with open(station.log, "a") as log:
         station.proc = subprocess.Popen(
-            NO_ROOT_READS + EXE + ["--config", str(station.config), "run"],
+            NO_ROOT_READS + EXE + ["--config", str(station.config_path), "run"],
             stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         station.wait("locked.mp3 quarantined", lambda: station.states().get("locked.mp3")
@@ -145,7 +145,7 @@ def test_chmod_000_quarantines_and_chmod_644_brings_it_back_on_the_next_walk(
         assert station.states()["ok.flac"] == "suggested"
         (reason,) = station.query("SELECT last_error FROM tracks WHERE path = 'locked.mp3'")
         assert "Permission denied" in reason[0]
-        status = subprocess.run(EXE + ["--config", str(station.config), "status"],
+        status = subprocess.run(EXE + ["--config", str(station.config_path), "status"],
                                 capture_output=True, text=True, timeout=60).stdout
         assert "locked.mp3: cannot read the file: Permission denied" in status
         assert f"CANNOT READ 1 folder(s) in {station.library}" in status

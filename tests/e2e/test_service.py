@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXE, Station
+from helpers import EXE, DaemonStation
 
 from daemon.cli.demo import encode, synthesize
 
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 
 SR = 22_050
 @pytest.fixture
-def station(tmp_path, trained_bundle):
-    s = Station(tmp_path, trained_bundle)
+def daemon_station(tmp_path, trained_bundle):
+    s = DaemonStation(tmp_path, trained_bundle)
     yield s
     s.kill()
 
@@ -86,11 +86,11 @@ def drain(sock: socket.socket) -> list[str]:
 
 # ---- tests ---------------------------------------------------------------------------------
 
-def test_new_files_get_one_suggestion_bad_ones_quarantined(station, tmp_path):
+def test_new_files_get_one_suggestion_bad_ones_quarantined(daemon_station, tmp_path):
     """sd_notify, settle, one suggestion per song, bad input quarantined, status, SIGHUP,
     SIGTERM -> exit 0 within 20 s."""
     sock = notify_socket(tmp_path / "notify.sock")
-    station.start(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+    daemon_station.start(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
                        "WATCHDOG_USEC": "2000000"})
     messages: list[str] = []
 
@@ -98,48 +98,49 @@ def test_new_files_get_one_suggestion_bad_ones_quarantined(station, tmp_path):
         messages.extend(drain(sock))
         return any("READY=1" in m for m in messages)
 
-    station.wait("READY=1", ready, timeout=60)
+    daemon_station.wait("READY=1", ready, timeout=60)
 
     scratch = tmp_path / "scratch"
-    song(station.library / "Incoming" / "metal one.mp3", "Metal", seed=1)
-    song(station.library / "Incoming" / "classical one.flac", "Classical", seed=2)
-    bad = bad_inputs(station.library / "Broken", scratch)
+    song(daemon_station.library / "Incoming" / "metal one.mp3", "Metal", seed=1)
+    song(daemon_station.library / "Incoming" / "classical one.flac", "Classical", seed=2)
+    bad = bad_inputs(daemon_station.library / "Broken", scratch)
     big = song(scratch / "hiphop slow.wav", "Hip-Hop", 10.0, seed=3)
-    copy_slowly(big, station.library / "Incoming" / "hiphop slow.wav")
+    copy_slowly(big, daemon_station.library / "Incoming" / "hiphop slow.wav")
 
     good = ["Incoming/metal one.mp3", "Incoming/classical one.flac", "Incoming/hiphop slow.wav"]
-    station.wait("three suggestions", lambda: len(station.suggestions()) == 3)
+    daemon_station.wait("three suggestions", lambda: len(daemon_station.suggestions()) == 3)
     # A file too short for any model to hear (under a second) is not a song: listed,
     # never retried into quarantine.
     broken = [f"Broken/{name}" for name in bad if name != "short.wav"]
-    station.wait("bad input quarantined", lambda: all(
-        station.states().get(p) == "quarantined" for p in broken)
-        and station.states().get("Broken/short.wav") == "not_a_song", timeout=60)
+    daemon_station.wait("bad input quarantined", lambda: all(
+        daemon_station.states().get(p) == "quarantined" for p in broken)
+        and daemon_station.states().get("Broken/short.wav") == "not_a_song", timeout=60)
 
-    assert station.suggestions() == {p: 1 for p in good}
-    rows = station.query("SELECT s.genre, s.confidence, s.top, s.model_id FROM suggestions s")
+    assert daemon_station.suggestions() == {p: 1 for p in good}
+    rows = daemon_station.query(
+        "SELECT s.genre, s.confidence, s.top, s.model_id FROM suggestions s")
     for genre, confidence, top, model_id in rows:
         top = json.loads(top)
         assert len(top) == 3 and top[0] == [genre, pytest.approx(confidence)]
         assert model_id == 1
-    reasons = dict(station.query(
+    reasons = dict(daemon_station.query(
         "SELECT path, last_error FROM tracks WHERE state = 'quarantined'"))
     assert all(reasons[p] for p in broken), reasons
     # The slow copy was read once, whole: never a failed attempt on it.
-    slow = station.query("SELECT attempts, last_error FROM tracks WHERE path = ?", good[2])
+    slow = daemon_station.query("SELECT attempts, last_error FROM tracks WHERE path = ?", good[2])
     assert slow == [(0, None)]
     time.sleep(1.5)
-    assert station.suggestions() == {p: 1 for p in good}  # still exactly one each
+    assert daemon_station.suggestions() == {p: 1 for p in good}  # still exactly one each
 
     messages += drain(sock)
     assert any("WATCHDOG=1" in m for m in messages)
     assert any(m.startswith("STATUS=") and "in queue" in m for m in messages)
 
-    status = subprocess.run(EXE + ["--config", str(station.config), "status", "--json"],
+    status = subprocess.run(EXE + ["--config", str(daemon_station.config_path), "status", "--json"],
                             capture_output=True, text=True, timeout=60)
     data = json.loads(status.stdout)
     assert data["daemon"]["running"] is True
-    assert data["daemon"]["pid"] == station.proc.pid
+    assert data["daemon"]["pid"] == daemon_station.proc.pid
     assert data["tracks"]["by_state"]["suggested"] == 3
     assert data["quarantined_total"] == len(broken)
     assert [song["path"] for song in data["not_songs"]] == ["Broken/short.wav"]
@@ -148,23 +149,24 @@ def test_new_files_get_one_suggestion_bad_ones_quarantined(station, tmp_path):
 
     # SIGHUP: a live key applies, another is reported as needing a restart; a broken
     # file keeps the running config.
-    text = station.config.read_text()
-    station.config.write_text(text.replace("settle_seconds = 1", "settle_seconds = 2")
+    text = daemon_station.config_path.read_text()
+    daemon_station.config_path.write_text(text.replace("settle_seconds = 1", "settle_seconds = 2")
                               .replace("processes = 1", "processes = 2"))
-    station.proc.send_signal(signal.SIGHUP)
-    station.wait("reload", lambda: "applied library.settle_seconds" in station.log_text())
-    assert "needs a restart to apply: workers.processes" in station.log_text()
-    station.config.write_text(text.replace("settle_seconds = 1", "settle_seconds = -1"))
-    station.proc.send_signal(signal.SIGHUP)
-    station.wait("bad reload", lambda: "config reload failed" in station.log_text())
-    assert station.proc.poll() is None
-    station.config.write_text(text)
+    daemon_station.proc.send_signal(signal.SIGHUP)
+    daemon_station.wait("reload",
+                        lambda: "applied library.settle_seconds" in daemon_station.log_text())
+    assert "needs a restart to apply: workers.processes" in daemon_station.log_text()
+    daemon_station.config_path.write_text(text.replace("settle_seconds = 1", "settle_seconds = -1"))
+    daemon_station.proc.send_signal(signal.SIGHUP)
+    daemon_station.wait("bad reload", lambda: "config reload failed" in daemon_station.log_text())
+    assert daemon_station.proc.poll() is None
+    daemon_station.config_path.write_text(text)
 
     drain(sock)  # room in the socket's queue: the daemon drops what does not fit
-    code, seconds = station.stop(signal.SIGTERM)
-    assert code == 0 and seconds < 20, station.log_text()[-3000:]
+    code, seconds = daemon_station.stop(signal.SIGTERM)
+    assert code == 0 and seconds < 20, daemon_station.log_text()[-3000:]
     assert any("STOPPING=1" in m for m in drain(sock))
-    after = subprocess.run(EXE + ["--config", str(station.config), "status", "--json"],
+    after = subprocess.run(EXE + ["--config", str(daemon_station.config_path), "status", "--json"],
                            capture_output=True, text=True, timeout=60)
     assert json.loads(after.stdout)["daemon"]["running"] is False
 
@@ -194,72 +196,73 @@ def _comm(pid: int) -> str | None:
         return None
 
 
-def test_sigkill_mid_batch_and_a_killed_decoder(station):
+def test_sigkill_mid_batch_and_a_killed_decoder(daemon_station):
     """SIGKILL the daemon mid-batch, restart: no file lost, no duplicate suggestion. Then
     SIGKILL decoder children: their files fail once and are retried."""
     genres = ["Classical", "Hip-Hop", "Metal"]
     for i in range(16):
-        song(station.library / "batch" / f"song {i:02d}.wav", genres[i % 3], 6.0, seed=i)
-    station.start()
+        song(daemon_station.library / "batch" / f"song {i:02d}.wav", genres[i % 3], 6.0, seed=i)
+    daemon_station.start()
 
     def mid_batch() -> bool:  # one batch suggested, the next one claimed and in the pool
-        states = list(station.states().values())
+        states = list(daemon_station.states().values())
         return "suggested" in states and "working" in states
 
-    station.wait("one batch suggested and the next in flight", mid_batch, every=0.02)
-    station.proc.kill()
-    station.proc.wait(10)
-    before = station.suggestions()
+    daemon_station.wait("one batch suggested and the next in flight", mid_batch, every=0.02)
+    daemon_station.proc.kill()
+    daemon_station.proc.wait(10)
+    before = daemon_station.suggestions()
     assert len(before) < 16, "the batch finished before the kill; make it bigger"
-    assert "working" in station.states().values()
+    assert "working" in daemon_station.states().values()
     assert all(n == 1 for n in before.values())
 
     for i in range(16, 28):
-        song(station.library / "batch" / f"song {i:02d}.wav", genres[i % 3], 6.0, seed=i)
-    station.start()
+        song(daemon_station.library / "batch" / f"song {i:02d}.wav", genres[i % 3], 6.0, seed=i)
+    daemon_station.start()
     crashed = []
 
     def kill_decoders() -> bool:
-        for pid in decoder_pids(station.proc.pid):
+        for pid in decoder_pids(daemon_station.proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        crashed[:] = station.query(
+        crashed[:] = daemon_station.query(
             "SELECT path FROM tracks WHERE last_error LIKE 'decoder crashed%'")
-        return bool(crashed) or len(station.suggestions()) == 28
+        return bool(crashed) or len(daemon_station.suggestions()) == 28
 
-    station.wait("a decoder killed mid-file", kill_decoders, every=0.01)
+    daemon_station.wait("a decoder killed mid-file", kill_decoders, every=0.01)
     assert crashed, "no decoder was caught working"
-    station.wait("all 28 suggested", lambda: len(station.suggestions()) == 28, timeout=90)
-    assert set(station.suggestions().values()) == {1}
-    assert set(station.states().values()) == {"suggested"}
+    daemon_station.wait("all 28 suggested", lambda: len(daemon_station.suggestions()) == 28,
+                        timeout=90)
+    assert set(daemon_station.suggestions().values()) == {1}
+    assert set(daemon_station.states().values()) == {"suggested"}
     # The killed file's attempt was recorded, then it was retried and suggested.
-    events = [(kind, json.loads(detail)) for kind, detail in station.query(
+    events = [(kind, json.loads(detail)) for kind, detail in daemon_station.query(
         "SELECT kind, detail FROM events WHERE kind IN ('failed', 'classified') ORDER BY id")]
     mine = [(kind, d) for kind, d in events if d["path"] == crashed[0][0]]
     assert mine[0][0] == "failed" and mine[0][1]["reason"] == "decoder crashed (signal 9)"
     assert mine[-1][0] == "classified"
-    assert "requeued" in station.log_text()  # the first run's in-flight tracks came back
-    code, _ = station.stop()
+    assert "requeued" in daemon_station.log_text()  # the first run's in-flight tracks came back
+    code, _ = daemon_station.stop()
     assert code == 0
 
 
-def test_database_locked_for_ten_seconds(station):
+def test_database_locked_for_ten_seconds(daemon_station):
     """Another process holds the write lock for 10 s: the daemon waits and carries on."""
-    station.start()
-    station.wait("start-up", lambda: "genretagger running" in station.log_text())
-    locker = sqlite3.connect(station.db, timeout=30, isolation_level=None)
+    daemon_station.start()
+    daemon_station.wait("start-up", lambda: "genretagger running" in daemon_station.log_text())
+    locker = sqlite3.connect(daemon_station.db, timeout=30, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     started = time.monotonic()
-    song(station.library / "during lock.mp3", "Metal", seed=5)
-    song(station.library / "also during lock.flac", "Classical", seed=6)
+    song(daemon_station.library / "during lock.mp3", "Metal", seed=5)
+    song(daemon_station.library / "also during lock.flac", "Classical", seed=6)
     time.sleep(max(0.0, 10 - (time.monotonic() - started)))
-    assert station.proc.poll() is None
+    assert daemon_station.proc.poll() is None
     locker.execute("COMMIT")
     locker.close()
-    station.wait("suggestions after the lock", lambda: len(station.suggestions()) == 2,
-                 timeout=45)
-    assert station.proc.poll() is None
-    code, seconds = station.stop()
+    daemon_station.wait("suggestions after the lock",
+                        lambda: len(daemon_station.suggestions()) == 2, timeout=45)
+    assert daemon_station.proc.poll() is None
+    code, seconds = daemon_station.stop()
     assert code == 0 and seconds < 20
 
 

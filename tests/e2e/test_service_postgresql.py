@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import EXE, PostgresStation
+from helpers import EXE, PostgresDaemonStation
 
 from daemon.cli.demo import encode, synthesize
 from daemon.tags.read import read_tags
@@ -22,9 +22,9 @@ SR = 22_050
 
 
 @pytest.fixture
-def station(tmp_path, trained_bundle, postgres):
+def postgres_daemon_station(tmp_path, trained_bundle, postgres):
     url = postgres.new_database()
-    s = PostgresStation(tmp_path, trained_bundle, url)
+    s = PostgresDaemonStation(tmp_path, trained_bundle, url)
     yield s
     s.kill()
     postgres.drop_database(url)
@@ -35,48 +35,51 @@ def song(path: Path, genre: str, seconds: float = 8.0, seed: int = 0) -> Path:
     return encode(path, synthesize(genre, seconds, SR, seed), SR)
 
 
-def cli(station: PostgresStation, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(EXE + ["--config", str(station.config), *args],
+def cli(station: PostgresDaemonStation, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(EXE + ["--config", str(station.config_path), *args],
                           capture_output=True, text=True, timeout=60)
 
 
-def test_the_daemon_runs_on_postgresql(station):
-    station.start()
-    song(station.library / "Incoming" / "metal one.mp3", "Metal", seed=1)
-    song(station.library / "Incoming" / "classical one.flac", "Classical", seed=2)
-    song(station.library / "Incoming" / "hiphop one.wav", "Hip-Hop", seed=3)
-    (station.library / "Broken").mkdir()
-    (station.library / "Broken" / "text.flac").write_text("not audio at all\n" * 40)
+def test_the_daemon_runs_on_postgresql(postgres_daemon_station):
+    postgres_daemon_station.start()
+    song(postgres_daemon_station.library / "Incoming" / "metal one.mp3", "Metal", seed=1)
+    song(postgres_daemon_station.library / "Incoming" / "classical one.flac", "Classical", seed=2)
+    song(postgres_daemon_station.library / "Incoming" / "hiphop one.wav", "Hip-Hop", seed=3)
+    (postgres_daemon_station.library / "Broken").mkdir()
+    (postgres_daemon_station.library / "Broken" / "text.flac").write_text("not audio at all\n" * 40)
     good = ["Incoming/metal one.mp3", "Incoming/classical one.flac",
             "Incoming/hiphop one.wav"]
-    station.wait("three suggestions", lambda: len(station.suggestions()) == 3, timeout=90)
-    station.wait("bad input quarantined",
-                 lambda: station.states().get("Broken/text.flac") == "quarantined")
-    assert station.suggestions() == {p: 1 for p in good}
-    for genre, confidence, top in station.query(
+    postgres_daemon_station.wait(
+        "three suggestions", lambda: len(postgres_daemon_station.suggestions()) == 3, timeout=90)
+    postgres_daemon_station.wait("bad input quarantined",
+                 lambda: postgres_daemon_station.states().get("Broken/text.flac") == "quarantined")
+    assert postgres_daemon_station.suggestions() == {p: 1 for p in good}
+    for genre, confidence, top in postgres_daemon_station.query(
             "SELECT genre, confidence, top FROM suggestions"):
         top = json.loads(top) if isinstance(top, str) else top
         assert len(top) == 3 and top[0] == [genre, pytest.approx(confidence)]
 
-    status = cli(station, "status", "--json")
+    status = cli(postgres_daemon_station, "status", "--json")
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
-    assert data["daemon"]["running"] is True and data["daemon"]["pid"] == station.proc.pid
+    assert data["daemon"]["running"] is True
+    assert data["daemon"]["pid"] == postgres_daemon_station.proc.pid
     assert data["tracks"]["by_state"]["suggested"] == 3 and data["quarantined_total"] == 1
     assert data["database"].startswith("postgresql+psycopg://")
     assert data["model"]["version"] == 1
 
     # A decision from the shell: the running daemon's writer puts it into the file.
-    [(sid, genre)] = station.query(
+    [(sid, genre)] = postgres_daemon_station.query(
         "SELECT s.id, s.genre FROM suggestions s JOIN tracks t ON t.id = s.track_id "
         "WHERE t.path = ?", good[1])
-    accepted = cli(station, "review", "accept", str(sid))
+    accepted = cli(postgres_daemon_station, "review", "accept", str(sid))
     assert accepted.returncode == 0, accepted.stderr
-    station.wait("the genre written", lambda: station.query(
+    postgres_daemon_station.wait("the genre written", lambda: postgres_daemon_station.query(
         "SELECT write_status FROM decisions WHERE suggestion_id = ?", sid) == [("written",)])
-    assert read_tags(station.library / good[1]).genres == (genre,)
+    assert read_tags(postgres_daemon_station.library / good[1]).genres == (genre,)
 
-    code, seconds = station.stop()
-    assert code == 0 and seconds < 20, station.log_text()[-3000:]
-    assert json.loads(cli(station, "status", "--json").stdout)["daemon"]["running"] is False
-    assert "Traceback" not in station.log_text()
+    code, seconds = postgres_daemon_station.stop()
+    assert code == 0 and seconds < 20, postgres_daemon_station.log_text()[-3000:]
+    after = json.loads(cli(postgres_daemon_station, "status", "--json").stdout)
+    assert after["daemon"]["running"] is False
+    assert "Traceback" not in postgres_daemon_station.log_text()

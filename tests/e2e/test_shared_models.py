@@ -16,7 +16,7 @@ import signal
 import subprocess
 
 import pytest
-from helpers import EXE, PostgresStation, genre_bundle, wait_for, write_config
+from helpers import EXE, PostgresDaemonStation, genre_bundle, wait_for, write_config
 from sqlalchemy import create_engine, func, select, text
 
 from daemon.cli.demo import make_library
@@ -243,10 +243,10 @@ def spawn(config, log_path, *command: str) -> subprocess.Popen:
 def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genre_map(
         tmp_path, postgres):
     url = postgres.new_database()
-    leader = PostgresStation(tmp_path / "leader", genre_bundle(tmp_path / "hears-metal",
+    leader = PostgresDaemonStation(tmp_path / "leader", genre_bundle(tmp_path / "hears-metal",
                                                                GENRES, "Metal"), url)
     # The leader's worker holds at most 4 songs at a time: the other worker gets some.
-    leader.config.write_text(leader.config.read_text().replace("batch_songs = 8",
+    leader.config_path.write_text(leader.config_path.read_text().replace("batch_songs = 8",
                                                                "batch_songs = 1"))
     # The registry recorded the leader's own path, which another host does not have.
     elsewhere = "/srv/leader-host/genretagger/models/v0001/model.onnx"
@@ -319,12 +319,12 @@ def test_a_worker_and_a_standby_on_other_hosts_follow_the_leaders_model_and_genr
                    for line in lines), lines
 
         # A model that knows the new genre is trained and activated on the leader's host.
-        station = load_config(leader.config)
+        leader_config = load_config(leader.config_path)
         engine, sessions = open_database(url)
-        model = registry.register_bundle(sessions, station, genre_bundle(
+        model = registry.register_bundle(sessions, leader_config, genre_bundle(
             tmp_path / "hears-yodel", (*GENRES, "Yodel"), "Yodel"))
         engine.dispose()
-        done = subprocess.run(EXE + ["--config", str(leader.config), "models", "activate",
+        done = subprocess.run(EXE + ["--config", str(leader.config_path), "models", "activate",
                                      str(model.version)], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr

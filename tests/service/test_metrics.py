@@ -22,7 +22,7 @@ from urllib.error import HTTPError
 import pytest
 from helpers import (
     EXE,
-    Station,
+    DaemonStation,
     genre_bundle,
     hold_exclusive_lock,
     hold_write_lock,
@@ -407,8 +407,8 @@ def test_a_locked_or_unreachable_postgresql_gives_db_up_0_fast(postgres_daemon_c
 
 
 def test_the_running_daemon_serves_metrics_over_http(tmp_path):
-    station = Station(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
-    port = load_config(station.config).review.port
+    station = DaemonStation(tmp_path, genre_bundle(tmp_path / "bundle", ("Jazz", "Rock"), "Rock"))
+    port = load_config(station.config_path).review.port
     station.start()
     url = f"http://127.0.0.1:{port}/metrics"
 
