@@ -55,7 +55,8 @@ def trainer(*args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def station(tmp_path_factory):
+def fewshot_library(tmp_path_factory):
+    """(base, library): the few-shot library, trained once into base/"all" (every family)."""
     base = tmp_path_factory.mktemp("fewshot")
     library = base / "library"
     make_library(library, songs_per_genre=MIN_SONGS, genres=("Classical", "Electronic"),
@@ -70,8 +71,8 @@ def station(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_genre_with_three_songs_is_learned_by_the_backbone_head(station):
-    base, _ = station
+def test_a_genre_with_three_songs_is_learned_by_the_backbone_head(fewshot_library):
+    base, _ = fewshot_library
     out = base / "all"
     report = json.loads((out / "report.json").read_text())
     rows = {r["family"]: r for r in report["tournament"]["rows"]}
@@ -92,8 +93,8 @@ def test_a_genre_with_three_songs_is_learned_by_the_backbone_head(station):
 
 
 @pytest.mark.slow
-def test_no_backbone_trains_the_cnn_alone_without_an_embedding(station):
-    base, library = station
+def test_no_backbone_trains_the_cnn_alone_without_an_embedding(fewshot_library):
+    base, library = fewshot_library
     out = base / "plain"
     run = trainer("--library", library, "--out", out, "--cache", base / "cache",
                   "--epochs", 1, "--min-songs", MIN_SONGS, "--seed", 1, "--no-backbone")
@@ -111,8 +112,8 @@ def test_no_backbone_trains_the_cnn_alone_without_an_embedding(station):
 
 
 @pytest.mark.slow
-def test_the_backbone_family_alone_needs_no_cnn(station):
-    base, library = station
+def test_the_backbone_family_alone_needs_no_cnn(fewshot_library):
+    base, library = fewshot_library
     out = base / "backbone"
     run = trainer("--library", library, "--out", out, "--cache", base / "cache",
                   "--family", "backbone", "--min-songs", MIN_SONGS, "--seed", 1)
@@ -126,10 +127,10 @@ def test_the_backbone_family_alone_needs_no_cnn(station):
 
 
 @pytest.mark.slow
-def test_evaluate_and_classify_take_a_backbone_bundle(station):
+def test_evaluate_and_classify_take_a_backbone_bundle(fewshot_library):
     """A bundle without a "clips" input has no feature_spec: evaluate and classify feed it
     the backbone's patches (from the cache / one decode pass) all the same."""
-    base, library = station
+    base, library = fewshot_library
     bundle = base / "all" / "backbone.onnx"
     run = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--model", bundle,
                           "--library", library, "--cache", base / "cache", "--json"],
@@ -150,10 +151,10 @@ def test_evaluate_and_classify_take_a_backbone_bundle(station):
 
 
 @pytest.mark.slow
-def test_a_station_too_small_for_the_cnn_still_gets_the_backbone_head(station):
+def test_a_station_too_small_for_the_cnn_still_gets_the_backbone_head(fewshot_library):
     """No genre has the CNN's min_songs: --family all is the backbone head alone (a named
     --family cnn fails, saying why)."""
-    base, library = station
+    base, library = fewshot_library
     run = trainer("--library", library, "--out", base / "small", "--cache", base / "cache",
                   "--min-songs", 30, "--seed", 1)
     assert run.returncode == 0, run.stderr[-3000:]
