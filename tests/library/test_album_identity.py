@@ -118,7 +118,7 @@ def scan_library(tmp_path, database):
 
 
 @pytest.fixture
-def scanned_station(tmp_path, database_url):
+def database_scanner(tmp_path, database_url):
     """(engine, sessions, Scanner) on a migrated database, SQLite and PostgreSQL."""
     engine, sessions = open_database(database_url)
     scanner = Scanner(tmp_path, sessions)
@@ -133,8 +133,8 @@ def stored_keys(sessions) -> dict[str, str | None]:
 
 
 def test_the_library_re_keys_a_folders_tagless_files_once_a_batch(
-        tmp_path, make_song, scanned_station):
-    engine, sessions, scan_library = scanned_station
+        tmp_path, make_song, database_scanner):
+    engine, sessions, scan_library = database_scanner
     root = tmp_path / "library"
     blue = root / "Blue"
     for i in range(3):

@@ -224,20 +224,6 @@ def test_list_filters_sorts_and_pages(setup):
 
 # ----------------------------------------------------------------- the review commands
 
-@pytest.fixture
-def cli_station(tmp_path):
-    from daemon.core.config import load_config
-    from daemon.core.db.engine import open_database
-
-    library, state = tmp_path / "library", tmp_path / "state"
-    library.mkdir()
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(f'state_dir = "{state}"\n[library]\nroot = "{library}"\n')
-    engine, sessions = open_database(load_config(config_path).db_url)
-    yield config_path, sessions
-    engine.dispose()
-
-
 def run_cli(config_path, *args, input=None):
     import json
 
@@ -252,8 +238,8 @@ def run_cli(config_path, *args, input=None):
     return result, data
 
 
-def test_review_commands(cli_station):
-    config_path, sessions = cli_station
+def test_review_commands(sqlite_station):
+    config_path, sessions = sqlite_station.config_path, sqlite_station.sessions
     ids = [add_suggested_track(sessions, f"X/{i}.mp3", top=(("Jazz", c), ("Blues", 1 - c)))[1]
            for i, c in enumerate((0.97, 0.92, 0.4, 0.3))]
     result, data = run_cli(config_path, "review", "list", "--min-confidence", "0.5", "--json")
@@ -290,11 +276,11 @@ def test_review_commands(cli_station):
     assert result.exit_code == 2
 
 
-def test_cli_error_exit_codes(cli_station):
+def test_cli_error_exit_codes(sqlite_station):
     import subprocess
     import sys
 
-    config_path, sessions = cli_station
+    config_path, sessions = sqlite_station.config_path, sqlite_station.sessions
     _, sid = add_suggested_track(sessions, "Y/one.mp3")
     proc = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(config_path),
                            "review", "set", str(sid), "Polka"], capture_output=True, text=True)
@@ -307,13 +293,13 @@ def test_cli_error_exit_codes(cli_station):
     assert check_password_hash(proc.stdout.strip(), "correct horse")
 
 
-def test_review_set_matches_genres_as_the_genre_map_does(cli_station):
+def test_review_set_matches_genres_as_the_genre_map_does(sqlite_station):
     """`review set` spells genres through daemon.tags.genres.normalise: "hip hop", "HIPHOP" and
     "Hip–Hop" are Hip-Hop; a real CLI process."""
     import subprocess
     import sys
 
-    config_path, sessions = cli_station
+    config_path, sessions = sqlite_station.config_path, sqlite_station.sessions
     for n, typed in enumerate(("hip hop", "HIPHOP", "  Hip Hop ")):
         _, sid = add_suggested_track(sessions, f"Z/{n}.mp3")
         proc = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(config_path),

@@ -100,21 +100,16 @@ def test_no_tagged_mate_leaves_the_audio_exactly_as_it_was(database_url):
 
 
 @pytest.fixture
-def album_station(tmp_path, make_config, database_url):
-    """A library with one album (3 songs tagged Jazz, one untagged song as a real file) and
-    a loose untagged song; a model that hears Rock in everything; weight 2,
-    smoothing 0.25 from config."""
-    library = tmp_path / "library"
+def album_station(database_url, make_station, tmp_path):
+    """(station, {path: track id}) of a library with one album (3 songs tagged Jazz, one
+    untagged song as a real file) and a loose untagged song; a model that hears Rock in
+    everything; weight 2, smoothing 0.25 from config."""
+    station = make_station(database_url=database_url,
+                           workers={"processes": 1, "decode_timeout": 20},
+                           classifier={"batch_songs": 4},
+                           context={"weight": 2.0, "smoothing": 0.25})
+    config, sessions, library = station.config, station.sessions, station.library
     (library / "Quartet").mkdir(parents=True)
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(
-        f'state_dir = "{tmp_path / "state"}"\ndatabase_url = "{database_url}"\n'
-        f'[library]\nroot = "{library}"\n[workers]\nprocesses = 1\ndecode_timeout = 20\n'
-        '[classifier]\nbatch_songs = 4\n[context]\nweight = 2.0\nsmoothing = 0.25\n')
-    from daemon.core.config import load_config
-
-    config = load_config(config_path)
-    engine, sessions = open_database(config.db_url)
     ids = {}
     with transaction(sessions) as session:
         for i in range(3):
@@ -129,8 +124,7 @@ def album_station(tmp_path, make_config, database_url):
             session.get(Track, ids[rel]).mtime = st.st_mtime
     model = register_bundle(sessions, config, genre_bundle(tmp_path / "rock", CLASSES, "Rock"))
     activate(sessions, model.version)
-    yield config, config_path, sessions, ids, tmp_path
-    engine.dispose()
+    return station, ids
 
 
 def _pending(sessions, track_id: int) -> Suggestion | None:
@@ -139,8 +133,9 @@ def _pending(sessions, track_id: int) -> Suggestion | None:
             Suggestion.track_id == track_id, Suggestion.status == SuggestionStatus.PENDING))
 
 
-def test_the_worker_stores_the_context_and_rescore_keeps_it(album_station):
-    config, config_path, sessions, ids, tmp_path = album_station
+def test_the_worker_stores_the_context_and_rescore_keeps_it(album_station, tmp_path):
+    station, ids = album_station
+    config, config_path, sessions = station.config, station.config_path, station.sessions
     worker = Worker(config, sessions)
     worker.start()
     try:
@@ -213,7 +208,8 @@ def test_the_trained_bundle_carries_its_fitted_context_and_the_daemon_uses_it(
 
 
 def test_models_show_gives_audio_only_and_with_context_apart(album_station):
-    config, config_path, sessions, _, _ = album_station
+    station = album_station[0]
+    config_path, sessions = station.config_path, station.sessions
     figures = {"song_accuracy": 0.7, "macro_f1": 0.65, "log_likelihood": -0.8, "n_songs": 40}
     fitted = {"weight": 0.75, "smoothing": 2.0, "chosen_by": "held-out log-likelihood",
               "songs": 40, "songs_with_mates": 30, "fitted_on": "context split",
