@@ -1,6 +1,9 @@
 """Shared fixtures: real encoded audio, real migrated SQLite files, real configs.
 
-Shared by every test module: add a fixture here only when two modules need it.
+Shared by every test module: add a fixture here only when two modules need it. The station
+family (tests/stations.py's Station): `station` on both backends, `sqlite_station`,
+`postgres_station`, and `make_station` for any other config; a module's own kind of station
+gets its own name (`cold_station`, `served_station`, ...), never `station`.
 """
 
 from __future__ import annotations
