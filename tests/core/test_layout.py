@@ -66,3 +66,18 @@ def test_test_modules_sit_in_the_folder_of_what_they_test():
     names = [p.name for p in modules]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     assert not list((REPO / "tests").rglob("__init__.py"))
+
+
+def test_station_means_one_thing():
+    """`station` is conftest's fixture and `Station` tests/stations.py's class: a module's
+    own kind of station takes its own name, so a reader knows what either is anywhere."""
+    found = []
+    for path in (REPO / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.FunctionDef) and node.name == "station"
+                    and path.name != "conftest.py"):
+                found.append(f"{path.relative_to(REPO)} defines station()")
+            if (isinstance(node, ast.ClassDef) and node.name == "Station"
+                    and path.name != "stations.py"):
+                found.append(f"{path.relative_to(REPO)} defines class Station")
+    assert not found, found
