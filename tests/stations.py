@@ -81,7 +81,8 @@ class Station:
 
 
 def open_station(base: Path, *, database_url: str | None = None,
-                 config_path: Path | None = None, **sections) -> Station:
+                 config_path: Path | None = None, truth: dict[str, str] | None = None,
+                 **sections) -> Station:
     """A station under `base`: library/, state/ and config.toml, whose [library] root and
     state_dir are those folders, with `database_url` (else the state dir's SQLite file) and
     `sections` (a dict adds keys to that section, anything else is a top-level key).
@@ -102,7 +103,8 @@ def open_station(base: Path, *, database_url: str | None = None,
     config = load_config(config_path)
     config.library.root.mkdir(parents=True, exist_ok=True)
     engine, sessions = open_database(config.db_url)
-    return Station(base, config.library.root, config_path, config, engine, sessions)
+    return Station(base, config.library.root, config_path, config, engine, sessions,
+                   truth or {})
 
 
 def to_toml(data: dict) -> str:

@@ -71,12 +71,11 @@ def open_cold_station(base: Path) -> Station:
              *make_library(library, songs_per_genre=6, genres=("Rock", "Jazz"),
                            untagged_share=1.0, seconds=(6, 8), formats=(".ogg", ".wav"),
                            artists_per_genre=6, broken=0, seed=2)]
-    station = open_station(
-        base, min_songs_per_genre=MIN_SONGS, library={"settle_seconds": 0},
+    return open_station(
+        base, truth={s.path.relative_to(library).as_posix(): s.genre for s in songs},
+        min_songs_per_genre=MIN_SONGS, library={"settle_seconds": 0},
         workers={"processes": 1}, review={"write_tags": False},
         retrain={"min_new_labels": 50, "epochs": 3, "timeout_minutes": 10})
-    station.truth = {s.path.relative_to(library).as_posix(): s.genre for s in songs}
-    return station
 
 
 @pytest.fixture(scope="module")

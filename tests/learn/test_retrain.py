@@ -60,12 +60,11 @@ def open_retrain_station(base: Path) -> Station:
              *make_library(library, songs_per_genre=12, genres=GENRES[2:],
                            untagged_share=0.85, seconds=(3, 5), formats=FORMATS,
                            artists_per_genre=12, broken=0, seed=2)]
-    station = open_station(
-        base, min_songs_per_genre=MIN_SONGS, library={"settle_seconds": 0},
+    return open_station(
+        base, truth={s.path.relative_to(library).as_posix(): s.genre for s in songs},
+        min_songs_per_genre=MIN_SONGS, library={"settle_seconds": 0},
         workers={"processes": 1}, review={"write_tags": False},
         retrain={"min_new_labels": 4, "epochs": EPOCHS, "timeout_minutes": 10})
-    station.truth = {s.path.relative_to(library).as_posix(): s.genre for s in songs}
-    return station
 
 
 def alive(pid: int) -> bool:
