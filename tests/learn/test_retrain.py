@@ -77,7 +77,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained_station(tmp_path_factory):
     """The module's station, walked, with its first model trained and promoted and a
     suggestion for every untagged song."""
     station = open_retrain_station(tmp_path_factory.mktemp("station"))
@@ -105,36 +105,38 @@ def trained(tmp_path_factory):
     station.close()
 
 
-def test_first_model_and_confirmed_labels(trained):
-    v1 = trained.active()
+def test_first_model_and_confirmed_labels(trained_station):
+    v1 = trained_station.active()
     assert v1.trained_until is not None and v1.parent_id is None
     assert v1.classes == ["Classical", "Electronic"]  # too few tagged Hip-Hop songs
-    assert (registry.bundle_dir(trained.sessions, trained.config, v1) / "model.keras"
-            ).is_file()  # for warm starts
-    run = trained.runs()[-1]
+    assert (registry.bundle_dir(trained_station.sessions, trained_station.config, v1)
+            / "model.keras").is_file()  # for warm starts
+    run = trained_station.runs()[-1]
     assert (run.trigger, run.status, run.model_id) == ("initial", "promoted", v1.id)
     assert Path(run.log_path).is_file()
     assert not (Path(run.log_path).parent / "model.onnx").exists()  # the registry has it
 
     # The music director confirms all but 4 suggestions: right ones accepted, wrong ones
     # set to the true genre (both are confirmed labels).
-    pending = trained.pending()
+    pending = trained_station.pending()
     assert all(s.model_id == v1.id for s in pending)
-    with trained.sessions() as session:
+    with trained_station.sessions() as session:
         paths = {s.id: session.get(Track, s.track_id).path for s in pending}
     for suggestion in pending[:-4]:
-        truth = trained.truth[paths[suggestion.id]]
+        truth = trained_station.truth[paths[suggestion.id]]
         if suggestion.genre == truth:
-            review.accept(trained.sessions, trained.config, [suggestion.id], who="md")
+            review.accept(trained_station.sessions, trained_station.config, [suggestion.id],
+                          who="md")
         else:
-            review.override(trained.sessions, trained.config, suggestion.id, truth, who="md")
-    with trained.sessions() as session:
+            review.override(trained_station.sessions, trained_station.config, suggestion.id,
+                            truth, who="md")
+    with trained_station.sessions() as session:
         confirmed = session.scalars(select(Track).where(
             Track.confirmed_genre.is_not(None))).all()
     assert len(confirmed) == len(pending) - 4 >= 4
-    assert all(t.confirmed_genre == trained.truth[t.path] for t in confirmed)
+    assert all(t.confirmed_genre == trained_station.truth[t.path] for t in confirmed)
 
-    status = trained.cli("retrain", "--json")
+    status = trained_station.cli("retrain", "--json")
     assert status.returncode == 0, status.stderr
     decision = json.loads(status.stdout)
     assert decision["would_train"] is True and decision["new_labels"] == len(confirmed)
@@ -147,14 +149,15 @@ def assert_untouched(station: Station, v1_id: int, models_before: int) -> None:
     assert all(s.model_id == v1_id for s in station.pending())
 
 
-def test_trainer_killed_halfway(trained):
-    v1, n_models = trained.active(), len(trained.models())
-    retrainer = Retrainer(trained.config, trained.sessions)
+def test_trainer_killed_halfway(trained_station):
+    v1, n_models = trained_station.active(), len(trained_station.models())
+    retrainer = Retrainer(trained_station.config, trained_station.sessions)
     result = {}
     thread = threading.Thread(target=lambda: result.update(retrainer.run("manual")))
     thread.start()
-    run = wait_for(lambda: next((r for r in trained.runs() if r.status == "running" and r.pid),
-                                None), 30, "a running trainer")
+    run = wait_for(lambda: next((r for r in trained_station.runs()
+                                 if r.status == "running" and r.pid), None),
+                   30, "a running trainer")
     # Halfway: the trainer has its dataset, TensorFlow loaded, and is fitting.
     wait_for(lambda: "training on" in Path(run.log_path).read_text(errors="replace"), 90,
              "the trainer to start fitting")
@@ -163,73 +166,75 @@ def test_trainer_killed_halfway(trained):
     assert result["status"] == "failed" and "killed by SIGKILL" in result["reason"], result
     assert not alive(run.pid)
     assert not (Path(run.log_path).parent / "model.onnx").exists()
-    assert_untouched(trained, v1.id, n_models)
+    assert_untouched(trained_station, v1.id, n_models)
 
 
-def test_trainer_timed_out(trained):
-    v1, n_models = trained.active(), len(trained.models())
-    config = trained.reconfigured(retrain={"timeout_minutes": 0.05})  # 3 s
+def test_trainer_timed_out(trained_station):
+    v1, n_models = trained_station.active(), len(trained_station.models())
+    config = trained_station.reconfigured(retrain={"timeout_minutes": 0.05})  # 3 s
     started = time.monotonic()
-    result = Retrainer(config, trained.sessions).run("manual")
+    result = Retrainer(config, trained_station.sessions).run("manual")
     assert result["status"] == "failed" and result["reason"] == "timed out after 0.05 min"
     assert time.monotonic() - started < 30
-    run = trained.runs()[-1]
+    run = trained_station.runs()[-1]
     assert run.finished_at is not None and not alive(run.pid)
-    assert_untouched(trained, v1.id, n_models)
+    assert_untouched(trained_station, v1.id, n_models)
 
 
-def test_trainer_out_of_memory(trained):
-    v1, n_models = trained.active(), len(trained.models())
-    config = trained.reconfigured(retrain={"memory_max_mb": 700})  # too little for TensorFlow
-    result = Retrainer(config, trained.sessions).run("manual")
+def test_trainer_out_of_memory(trained_station):
+    v1, n_models = trained_station.active(), len(trained_station.models())
+    # too little for TensorFlow
+    config = trained_station.reconfigured(retrain={"memory_max_mb": 700})
+    result = Retrainer(config, trained_station.sessions).run("manual")
     assert result["status"] == "failed", result
     assert result["reason"].startswith("out of memory: the trainer hit the 700 MB cap"), result
-    assert_untouched(trained, v1.id, n_models)
+    assert_untouched(trained_station, v1.id, n_models)
     # The next nightly run tries again: failed runs do not move the labels' watermark.
-    train, reason, _facts = Retrainer(trained.config, trained.sessions).decide()
+    train, reason, _facts = Retrainer(trained_station.config, trained_station.sessions).decide()
     assert train, reason
 
 
-def test_daemon_killed_during_training_leaves_no_orphan(trained):
-    v1, n_models = trained.active(), len(trained.models())
+def test_daemon_killed_during_training_leaves_no_orphan(trained_station):
+    v1, n_models = trained_station.active(), len(trained_station.models())
     owner = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--config",
-                              str(trained.config_path), "retrain", "--now"],
+                              str(trained_station.config_path), "retrain", "--now"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = wait_for(lambda: next((r for r in trained.runs() if r.status == "running" and r.pid),
-                                None), 60, "the trainer to start")
+    run = wait_for(lambda: next((r for r in trained_station.runs()
+                                 if r.status == "running" and r.pid), None),
+                   60, "the trainer to start")
     assert alive(run.pid) and run.summary["trainer_start_ticks"] == process_start_ticks(run.pid)
     owner.kill()
     owner.wait(10)
     # PR_SET_PDEATHSIG: the trainer dies with the process that started it.
     wait_for(lambda: not alive(run.pid), 10, "the orphaned trainer to die")
-    with run_lock(trained.config) as held:
+    with run_lock(trained_station.config) as held:
         assert held  # nobody is training any more
     # A restarted daemon's Retrainer closes the cut-off run.
-    retrainer = Retrainer(trained.config, trained.sessions, poll_seconds=3600)
+    retrainer = Retrainer(trained_station.config, trained_station.sessions, poll_seconds=3600)
     retrainer.start()
     try:
-        wait_for(lambda: trained.runs()[-1].status != "running", 20, "recovery")
+        wait_for(lambda: trained_station.runs()[-1].status != "running", 20, "recovery")
     finally:
         retrainer.close()
-    last = trained.runs()[-1]
+    last = trained_station.runs()[-1]
     assert (last.id, last.status, last.reason) == (run.id, "failed",
                                                    "daemon restarted during training")
-    assert not list(trained.config.models_dir.glob(".v*"))
-    assert_untouched(trained, v1.id, n_models)
+    assert not list(trained_station.config.models_dir.glob(".v*"))
+    assert_untouched(trained_station, v1.id, n_models)
 
 
-def test_retrain_now_promotes_and_rescores_pending_suggestions(trained):
-    v1 = trained.active()
-    before = {s.id: s for s in trained.pending()}
+def test_retrain_now_promotes_and_rescores_pending_suggestions(trained_station):
+    v1 = trained_station.active()
+    before = {s.id: s for s in trained_station.pending()}
     assert len(before) == 4
-    done = trained.cli("retrain", "--now")
+    done = trained_station.cli("retrain", "--now")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "promoted" in done.stdout, done.stdout
 
-    v2 = trained.active()
-    assert v2.version == max(m.version for m in trained.models()) and v2.id != v1.id
+    v2 = trained_station.active()
+    assert v2.version == max(m.version for m in trained_station.models()) and v2.id != v1.id
     assert v2.parent_id == v1.id and v2.metrics["n_songs"] > 0
-    run = trained.runs()[-1]
+    run = trained_station.runs()[-1]
     assert (run.trigger, run.status, run.model_id) == ("manual", "promoted", v2.id)
     # The labels added a class: the CNN starts from v1's convolutions with a new output
     # layer, and the gate compares both models on the same holdout.
@@ -245,54 +250,55 @@ def test_retrain_now_promotes_and_rescores_pending_suggestions(trained):
                        Path(run.log_path).read_text())
     assert reused and int(reused[1]) > 0, "trainer read every file again"
 
-    after = trained.pending()
+    after = trained_station.pending()
     assert len(after) == len(before)
     assert all(s.model_id == v2.id for s in after)
     assert {s.replaces_id for s in after} == set(before)
-    with trained.sessions() as session:
+    with trained_station.sessions() as session:
         for old_id in before:
             old = session.get(Suggestion, old_id)
             assert (old.status, old.model_id) == ("superseded", v1.id)
 
-    nothing = Retrainer(trained.config, trained.sessions).run("nightly")
+    nothing = Retrainer(trained_station.config, trained_station.sessions).run("nightly")
     assert nothing["status"] == "skipped" and "nothing to learn" in nothing["reason"]
 
 
-def test_shuffled_label_candidate_is_rejected(trained):
-    active, n_models = trained.active(), len(trained.models())
-    with trained.sessions() as session:
+def test_shuffled_label_candidate_is_rejected(trained_station):
+    active, n_models = trained_station.active(), len(trained_station.models())
+    with trained_station.sessions() as session:
         labelled = {t.path: t.confirmed_genre or t.canonical_genre
                     for t in session.scalars(select(Track))
                     if t.confirmed_genre or t.canonical_genre}
     rng = np.random.default_rng(7)
     shuffled = dict(zip(labelled, rng.permutation(list(labelled.values())), strict=True))
-    labels = trained.base / "shuffled.json"
+    labels = trained_station.base / "shuffled.json"
     labels.write_text(json.dumps(shuffled))
-    out = trained.base / "shuffled-run"
+    out = trained_station.base / "shuffled-run"
     trained = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "train", "--library", str(trained.library),
-         "--out", str(out), "--cache", str(trained.config.cache_dir), "--labels", str(labels),
+        [sys.executable, "-m", "daemon.cli", "train", "--library", str(trained_station.library),
+         "--out", str(out), "--cache", str(trained_station.config.cache_dir),
+         "--labels", str(labels),
          "--epochs", "2", "--min-songs", str(MIN_SONGS)],
         capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr[-2000:]
 
-    outcome = Retrainer(trained.config, trained.sessions).consider(out)
+    outcome = Retrainer(trained_station.config, trained_station.sessions).consider(out)
     assert outcome["status"] == "rejected", outcome
     assert outcome["gate"]["candidate"]["macro_f1"] < outcome["gate"]["active"]["macro_f1"]
-    assert trained.active().id == active.id
-    rejected = trained.models()[0]
-    assert (rejected.status, len(trained.models())) == ("rejected", n_models + 1)
+    assert trained_station.active().id == active.id
+    rejected = trained_station.models()[0]
+    assert (rejected.status, len(trained_station.models())) == ("rejected", n_models + 1)
     assert Path(rejected.report_path).is_file()
-    assert all(s.model_id == active.id for s in trained.pending())
+    assert all(s.model_id == active.id for s in trained_station.pending())
 
 
-def test_rollback(trained):
-    current = trained.active()
-    rolled = trained.cli("models", "rollback")
+def test_rollback(trained_station):
+    current = trained_station.active()
+    rolled = trained_station.cli("models", "rollback")
     assert rolled.returncode == 0, rolled.stderr
-    back = trained.active()
+    back = trained_station.active()
     assert back.id == current.parent_id
-    listed = json.loads(trained.cli("models", "list", "--json").stdout)
+    listed = json.loads(trained_station.cli("models", "list", "--json").stdout)
     statuses = {m["version"]: m["status"] for m in listed}
     assert statuses[current.version] == "rolled_back" and statuses[back.version] == "active"
     assert "rejected" in statuses.values()
