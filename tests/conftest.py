@@ -111,15 +111,16 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def make_station(tmp_path):
-    """make_station(database_url=None, folder=None, config_path=None, **sections) -> Station
-    under tmp_path (or tmp_path/folder), closed after the test (tests/stations.py)."""
+    """make_station(database_url=None, config_path=None, **sections) -> the test's Station
+    in tmp_path (library/, state/, config.toml), closed after the test (tests/stations.py)."""
     made: list[Station] = []
 
-    def make(database_url: str | None = None, folder: str | None = None,
-             config_path: Path | None = None, **sections) -> Station:
-        made.append(open_station(tmp_path / folder if folder else tmp_path,
-                                 database_url=database_url, config_path=config_path,
-                                 **sections))
+    def make(database_url: str | None = None, config_path: Path | None = None,
+             **sections) -> Station:
+        if made:
+            raise RuntimeError("one station per test: its folders are tmp_path's")
+        made.append(open_station(tmp_path, database_url=database_url,
+                                 config_path=config_path, **sections))
         return made[-1]
 
     yield make
