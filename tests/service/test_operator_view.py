@@ -1,4 +1,4 @@
-"""What operators saw on the way: a missing song's suggestion leaves the queue (and
+"""What operators are shown: a missing song's suggestion leaves the queue (and
 cannot be accepted into a file that is not there), a stopped former leader is listed as
 stopped (not as a standby), `status` says when the library folder cannot be read, and a
 start-up that fails before the database is open logs no spurious leader error."""
