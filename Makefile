@@ -31,7 +31,7 @@ $(BACKBONE_ONNX): $(BACKBONE) trainer/backbone.py trainer/rewrite.py
 
 backbone: $(BACKBONE_ONNX)
 
-# npm's axe-core for the accessibility browser test (tests/test_browser_access.py), once
+# npm's axe-core for the accessibility browser test (tests/e2e/test_browser_access.py), once
 # into the virtualenv, never at run time. Debian's npm only when there is no npm at all
 # (a Node.js from elsewhere brings its own, and Debian's npm would conflict with it).
 AXE_CORE := $(VENV)/share/genretagger/node_modules/axe-core/axe.min.js

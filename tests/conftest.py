@@ -1,6 +1,9 @@
 """Shared fixtures: real encoded audio, real migrated SQLite files, real configs.
 
-Shared by every test module: add a fixture here only when two modules need it.
+Shared by every test module: add a fixture here only when two modules need it. The station
+family (tests/stations.py's Station): `station` on both backends, `sqlite_station`,
+`postgres_station`, and `make_station` for any other config; a module's own kind of station
+gets its own name (`cold_station`, `served_station`, ...), never `station`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import EXE
+from stations import Station, open_station
 
 from daemon.cli.demo import encode, make_library, synthesize
 from daemon.core.config import Config, parse_config
@@ -103,6 +107,48 @@ def database_url(request, tmp_path):
     url = cluster.new_database()
     yield url
     cluster.drop_database(url)
+
+
+@pytest.fixture
+def make_station(tmp_path):
+    """make_station(database_url=None, config_path=None, **sections) -> the test's Station
+    in tmp_path (library/, state/, config.toml), closed after the test (tests/stations.py)."""
+    made: list[Station] = []
+
+    def make(database_url: str | None = None, config_path: Path | None = None,
+             **sections) -> Station:
+        if made:
+            raise RuntimeError("one station per test: its folders are tmp_path's")
+        made.append(open_station(tmp_path, database_url=database_url,
+                                 config_path=config_path, **sections))
+        return made[-1]
+
+    yield make
+    for station in made:
+        station.close()
+
+
+@pytest.fixture
+def station(database_url, make_station) -> Station:
+    """A station with an empty library and the plain config, on a new migrated database:
+    the test runs once on SQLite and once on PostgreSQL (closed before its database goes)."""
+    return make_station(database_url=database_url)
+
+
+@pytest.fixture
+def sqlite_station(make_station) -> Station:
+    """`station` on SQLite only: the state dir's genretagger.db."""
+    return make_station()
+
+
+@pytest.fixture
+def postgres_station(make_station, postgres) -> Station:
+    """`station` on PostgreSQL only."""
+    url = postgres.new_database()
+    made = make_station(database_url=url)
+    yield made
+    made.close()  # before the database goes
+    postgres.drop_database(url)
 
 
 def shared_dir(tmp_path_factory, worker_id: str, name: str) -> Path:

@@ -394,15 +394,17 @@ port = {values['port']}
     return path
 
 
-class Station:
-    """A library, a state dir with an active model, and the daemon process."""
+class DaemonStation:
+    """The daemon as a real subprocess (`genretagger run`) on a library, a state dir with an
+    active model, and the config file helpers.write_config writes for them (`config_path`).
+    The in-process station of the same folders is tests/stations.py's Station."""
 
     def __init__(self, base: Path, bundle: Path):
         self.base = base
         self.library = base / "library"
         self.state = base / "state"
         self.library.mkdir(parents=True)
-        self.config = write_config(base / "config.toml", self.library, self.state)
+        self.config_path = write_config(base / "config.toml", self.library, self.state)
         self.db = self.state / "genretagger.db"
         self.proc: subprocess.Popen | None = None
         self.log = base / "daemon.log"
@@ -413,7 +415,7 @@ class Station:
         from daemon.core.db.engine import open_database
         from daemon.learn.registry import activate, register_bundle
 
-        config = load_config(self.config)
+        config = load_config(self.config_path)
         engine, sessions = open_database(config.db_url)
         model = register_bundle(sessions, config, bundle)
         activate(sessions, model.version)
@@ -422,7 +424,7 @@ class Station:
     def start(self, env: dict | None = None) -> subprocess.Popen:
         with open(self.log, "a") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
-                EXE + ["--config", str(self.config), "run"],
+                EXE + ["--config", str(self.config_path), "run"],
                 stdout=subprocess.DEVNULL, stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         return self.proc
@@ -565,9 +567,9 @@ def add_album_song(sessions, path: str, album_key: str, top=None, *, album: str 
         return track.id, suggestion.id
 
 
-class PostgresStation(Station):
-    """Station on a PostgreSQL database (`url`, e.g. from tests/pgcluster.py): the config
-    names it as database_url; query() takes the same SQL with ? placeholders."""
+class PostgresDaemonStation(DaemonStation):
+    """DaemonStation on a PostgreSQL database (`url`, e.g. from tests/pgcluster.py): the
+    config names it as database_url; query() takes the same SQL with ? placeholders."""
 
     def __init__(self, base: Path, bundle: Path, url: str):
         self.url = url
@@ -576,7 +578,8 @@ class PostgresStation(Station):
 
     def _register(self, bundle: Path) -> None:
         # A top-level key, so before write_config's first [section].
-        self.config.write_text(f'database_url = "{self.url}"\n' + self.config.read_text())
+        self.config_path.write_text(f'database_url = "{self.url}"\n'
+                                    + self.config_path.read_text())
         super()._register(bundle)
 
     def query(self, sql: str, *args) -> list[tuple]:

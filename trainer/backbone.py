@@ -61,7 +61,7 @@ CHECKPOINT_FILES = (".meta", ".index", ".data-00000-of-00001")
 # ---------------------------------------------------------------- what a bundle carries
 SOURCE = ("musicnn 0.1.0, MSD_musicnn (Pons & Serra 2019), Music Technology Group, "
           "Universitat Pompeu Fabra; trained on the Million Song Dataset's 50 top tags")
-# The wheel's METADATA says "License: ISC" (tests/test_backbone.py reads it back).
+# The wheel's METADATA says "License: ISC" (tests/trainer/test_backbone.py reads it back).
 LICENCE = "ISC"
 LICENCE_NOTE = ("The musicnn wheel's metadata gives the ISC licence. MTG's Essentia models "
                 "page lists CC BY-NC-SA 4.0 (non-commercial) for its own copies of these "

@@ -6,7 +6,7 @@
   "embedding" (two inputs; the embedding only feeds "sounds like").
 - ensemble: the seed CNN and backbone + head, members weighted 0.5/0.5 by default: each
   member is calibrated by its own temperature first, and weights fitted on the small
-  holdout would chase its noise (the song-level rule: the mean of calibrated log-probabilities).
+  holdout would chase its noise: the mean of calibrated log-probabilities.
 
 Every part is prefixed ("cnn/", "backbone/", "head/") before merging so that two tf2onnx
 exports never share a tensor name; the graph's inputs and outputs then get the contract's

@@ -8,7 +8,7 @@ its window and decoding just that, never the whole file (a 2-hour file costs the
 - FFmpeg (PyAV) for everything else (MP3, Ogg Vorbis, Opus, M4A/AAC, WMA): seek to a
   little before the window (codecs need a pre-roll after a seek), decode, and trim by the
   frames' timestamps to the exact window. Windows match a full decode sample for sample
-  (tests/test_audio.py), except in MP3s over 20 minutes, which seek by bitrate (within a
+  (tests/audio/test_audio.py), except in MP3s over 20 minutes, which seek by bitrate (within a
   frame) rather than read every frame header up to the clip.
 
 Each is the other's fallback for every format libsndfile reads (WAV, AIFF, FLAC, Ogg

@@ -247,7 +247,7 @@ def mel_filterbank(spec: BackboneSpec = BACKBONE_SPEC) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) float32 Slaney mel weights, computed once per spec.
 
     Equal to librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=False,
-    norm="slaney") (tests/test_backbone.py compares them).
+    norm="slaney") (tests/trainer/test_backbone.py compares them).
     """
     if spec.mel_scale != "slaney" or spec.mel_norm != "slaney":
         raise ValueError(f"only Slaney mel bands are implemented, not {spec.mel_scale!r}/"

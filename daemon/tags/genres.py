@@ -48,7 +48,7 @@ _REFERENCES = re.compile(r"^((?:\((?:\d{1,3}|RX|CR)\))+)\s*(.*)$", re.IGNORECASE
 _SEPARATORS = re.compile(r"\s*(?:;|/|,|\||\\\\?)\s*")
 
 # The musicnn MSD_musicnn taggram's 50 tags in its output order, written out (the daemon
-# never reads the wheel; tests/test_genres.py checks them against the wheel's own list).
+# never reads the wheel; tests/tags/test_genres.py checks them against the wheel's own list).
 MSD_TAGS = (
     "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
     "alternative rock", "jazz", "beautiful", "metal", "chillout", "male vocalists",
