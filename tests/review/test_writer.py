@@ -369,7 +369,7 @@ def test_a_decision_on_the_page_wakes_the_writer_through_the_event_both_share(
 
     from daemon.review.web.app import create_app
 
-    config, sessions, library = station
+    config, sessions, library = station.config, station.sessions, station.library
     path, _, sid, _ = add_song(sessions, library, make_song, "W/woken.flac")
     decision_made = threading.Event()
     writer = Writer(config, sessions, interval=3600, decision_made=decision_made)
