@@ -94,11 +94,13 @@ class Heard:
 
 @dataclass(frozen=True, eq=False)
 class Classified:
-    """A song the model scored: song probabilities, and its mean embedding (or None)."""
+    """A song the model scored: song probabilities, and its mean embedding (or None); by
+    `model` (the classifier and its model id; None: the flow's active one)."""
 
     heard: Heard
     probs: np.ndarray = field(repr=False)
     embedding: np.ndarray | None = field(default=None, repr=False)
+    model: tuple | None = field(default=None, repr=False)
 
     @property
     def claim(self) -> Claim:
@@ -228,10 +230,13 @@ class Flow:
 
     def classify(self, batch: list[Heard]) -> list[Classified]:
         """One model run over the batch; embeddings to the embedding cache."""
-        prediction = self.classifier.predict([h.features for h in batch])
+        # The model of this batch, whichever becomes active meanwhile: its classes are
+        # what the probabilities mean.
+        model = (self.model.classifier, self.model.model_id)
+        prediction = model[0].predict([h.features for h in batch])
         means = self.inputs.keep_embeddings([(h.fingerprint, h.claim.path) for h in batch],
                                             prediction.embeddings)
-        return [Classified(h, row, mean)
+        return [Classified(h, row, mean, model)
                 for h, row, mean in zip(batch, prediction.probs, means, strict=True)]
 
     # ---- context + suggest ---------------------------------------------------------------
@@ -240,14 +245,14 @@ class Flow:
         """Album/artist context, then one pending suggestion per song still ours and
         unchanged, in one transaction. Returns the claims that got a suggestion."""
         audit = self.config.classifier
-        model_id = self.model.model_id
+        classifier, model_id = batch[0].model or (self.classifier, self.model.model_id)
         now = utcnow()
         done: list[tuple[Claim, str, float, bool]] = []
         # Decoded from bytes that have changed since (a copy went on): no suggestion.
         changing = {c.claim.track_id for c in batch if not self.settled(c.claim)}
         with transaction(self.sessions) as session:
             probs, contexts = batch_context(  # audits: the sound alone
-                session, self.config, self.classifier,
+                session, self.config, classifier,
                 [None if c.claim.audit_genre else c.claim.track_id for c in batch],
                 np.stack([c.probs for c in batch]))
             for song, row, context in zip(batch, probs, contexts, strict=True):
@@ -260,7 +265,7 @@ class Flow:
                 if claim.track_id in changing:
                     self._back_to_settling(track, claim, now)
                     continue
-                top = self.classifier.top(row, 3)
+                top = classifier.top(row, 3)
                 genre, confidence = top[0]
                 _describe(track, song.heard)
                 track.attempts, track.last_error, track.next_attempt_at = 0, None, None

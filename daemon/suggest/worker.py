@@ -1,15 +1,19 @@
-"""The worker: the suggest flow (daemon.suggest.flow) run in one background thread.
+"""The worker: the suggest flow (daemon.suggest.flow) run in the background.
 
-The stages are the flow's; what the thread adds is overlap: while the decoder children
-work on the next songs, the songs already heard are classified and suggested. Each
-claimed track's latest record (Decode, Heard, Failed, Changing: all frozen) is held by
-track id until a stage finishes it. Every round:
+The stages are the flow's; what the worker adds is overlap, so that every core the
+station gives (`workers.processes` decoder children, `classifier.threads` for the model)
+is busy at once: while one batch is classified and suggested in the worker's classify
+thread (onnxruntime runs outside the GIL), the worker's own thread keeps the decoder
+children fed with the next songs. Each claimed track's latest record (Decode, Heard,
+Failed, Changing: all frozen) is held by track id until a stage finishes it. Every round:
 
     record    Failed and Changing files into the database (a busy one: next round)
-    claim     enough to keep every decoder busy and to fill one classifier batch; each is
-              looked up in the caches and what is missing goes to the decoders
+    claim     enough to keep every decoder busy and to fill one classifier batch besides
+              the batch being classified; each is looked up in the caches and what is
+              missing goes to the decoders
     collect   the decoders' answers -> Heard or Failed
-    classify  the Heard songs once a batch is full, nothing else is coming, or the
+    classify  the batch the classify thread finished leaves the held records; then the
+              Heard songs go to it once a batch is full, nothing else is coming, or the
               oldest has waited BATCH_WAIT_SECONDS -> context -> suggest
 
 The active model (daemon.suggest.active.ActiveModel) and, on a host without its own
@@ -28,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,6 +75,9 @@ class Worker:
         self.genres = FollowedGenreMap(self.flow.live, sessions)  # no genres.toml: the leader's
         self._thread: threading.Thread | None = None
         self._held: dict[int, Outcome] = {}  # track id -> its latest record
+        # The classify stage's thread, one batch at a time (its errors come back here).
+        self._classifier = ThreadPoolExecutor(1, thread_name_prefix="classify")
+        self._classifying: tuple[list[Heard], Future] | None = None
         self._last_pruned = 0.0
         self._pulsed = 0.0
         self.beat = time.monotonic()  # last loop iteration (health)
@@ -126,6 +134,7 @@ class Worker:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        self._classifier.shutdown(wait=False)
 
     def healthy(self, stale_seconds: float = 120.0) -> bool:
         """The thread runs and went round its loop recently."""
@@ -186,7 +195,8 @@ class Worker:
         config = self.config
         # Enough claimed to keep every decoder busy and to fill one classifier batch.
         target = max(config.classifier.batch_songs, 4 * config.workers.processes)
-        claims = self.flow.claim(target - len(self._held), self._held.keys())
+        busy = len(self._classifying[0]) if self._classifying else 0
+        claims = self.flow.claim(target + busy - len(self._held), self._held.keys())
         for claim in claims:
             self._look_up(claim)
         return len(claims)
@@ -209,32 +219,52 @@ class Worker:
             # else: handed back meanwhile; its result is stale
         return got
 
-    def _classify(self, force: bool) -> int:
-        """Classify and suggest the Heard songs when a batch is full, nothing else is
-        coming, or the oldest has waited long enough."""
+    def _classify(self, force: bool, wait: float = 0.0) -> int:
+        """Take back the batch the classify thread finished (waiting up to `wait`), then
+        hand it the Heard songs when a batch is full, nothing else is coming, or the
+        oldest has waited long enough. Returns the songs finished or handed over."""
+        done = self._classified(wait)
+        if self._classifying is not None:
+            return done
         ready = [h for h in self._held.values() if isinstance(h, Heard)]
         if not ready:
-            return 0
+            return done
         batch_songs = self.config.classifier.batch_songs
         oldest = min(h.ready_at for h in ready)
         if not (force or len(ready) >= batch_songs or self.pool.pending == 0
                 or time.monotonic() - oldest >= BATCH_WAIT_SECONDS):
-            return 0
+            return done
         # Another model became active meanwhile and needs a kind these songs lack.
         needs = self.classifier.needs
         for heard in ready:
             if not needs <= heard.features.keys():
                 self._look_up(heard.claim)
-        ready = [h for h in ready if needs <= h.features.keys()]
-        for start in range(0, len(ready), batch_songs):
-            batch = ready[start:start + batch_songs]
-            suggested = self.flow.suggest(self.flow.classify(batch))  # DB error: held still
-            for heard in batch:
-                del self._held[heard.claim.track_id]
-            self.classified += len(batch)
-            if suggested:
-                self.last_file = suggested[-1].path
-        return len(ready)
+        batch = [h for h in ready if needs <= h.features.keys()][:batch_songs]
+        if batch:
+            flow = self.flow
+            self._classifying = (batch, self._classifier.submit(
+                lambda: flow.suggest(flow.classify(batch))))
+        return done + len(batch)
+
+    def _classified(self, wait: float) -> int:
+        """The classify thread's finished batch out of the held records. A batch that
+        failed (the database busy, a model error) stays held and goes again."""
+        if self._classifying is None:
+            return 0
+        batch, future = self._classifying
+        try:
+            suggested = future.result(timeout=wait)
+        except TimeoutError:
+            return 0
+        finally:
+            if future.done():
+                self._classifying = None
+        for heard in batch:
+            self._held.pop(heard.claim.track_id, None)
+        self.classified += len(batch)
+        if suggested:
+            self.last_file = suggested[-1].path
+        return len(batch)
 
     def _record(self) -> None:
         """Failed and Changing files into the database; one that cannot be recorded yet
@@ -257,8 +287,11 @@ class Worker:
                    and time.monotonic() < deadline):
                 self._collect(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             self._record()
-            if self.classifier is not None:
-                self._classify(force=True)
+            while self.classifier is not None and (self._classifying or any(
+                    isinstance(h, Heard) for h in self._held.values())):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._classify(force=True, wait=left):
+                    break
         except Exception:
             log.exception("finishing in-flight files failed")
         if self._held:
