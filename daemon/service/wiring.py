@@ -30,7 +30,8 @@ STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops claiming 
 finishes its in-flight files while the others close.
 
 Every component reads the running config (and the genre map) from one daemon.core.live
-Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file and the
+Live. The main thread is daemon.service.mainloop's, as for `genretagger worker`:
+SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file and the
 genre map (the leader publishes a changed one), and replace the Live's config with one
 carrying what can change while running (LIVE_KEYS); others are logged as needing a restart.
 
