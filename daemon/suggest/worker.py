@@ -193,10 +193,13 @@ class Worker:
 
     def _claim(self) -> int:
         config = self.config
-        # Enough claimed to keep every decoder busy and to fill one classifier batch.
-        target = max(config.classifier.batch_songs, 4 * config.workers.processes)
+        # Enough claimed to keep every decoder busy and to fill one classifier batch;
+        # while a batch is classified, the decoders stay a few songs ahead of it (more
+        # would only wait, in memory, for a model slower than decoding).
+        batch, ahead = config.classifier.batch_songs, 4 * config.workers.processes
         busy = len(self._classifying[0]) if self._classifying else 0
-        claims = self.flow.claim(target + busy - len(self._held), self._held.keys())
+        target = busy + max(ahead, batch - busy)
+        claims = self.flow.claim(target - len(self._held), self._held.keys())
         for claim in claims:
             self._look_up(claim)
         return len(claims)
