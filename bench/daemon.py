@@ -1,7 +1,7 @@
 """The daemon end to end: a cold backfill through `genretagger run`, latency, memory, idle CPU.
 
     .venv/bin/python bench/daemon.py [--songs 304] [--processes N] [--idle-seconds 20]
-                                     [--family cnn|backbone|ensemble]
+                                     [--family cnn|backbone|ensemble] [--threads N]
 
 Measured in one run, against the running daemon subprocess (real watcher, real decoder
 pool, real model, real SQLite):
@@ -129,7 +129,8 @@ class Daemon:
     """A fresh state dir with the model active, and `genretagger run` on `library`."""
 
     def __init__(self, base: Path, library: Path, bundle: Path, processes: int,
-                 settle: float = 2.0, watch: str = "native", batch_songs: int = 32):
+                 settle: float = 2.0, watch: str = "native", batch_songs: int = 32,
+                 threads: int = 1):
         from daemon.core.config import load_config
         from daemon.core.db.engine import open_database
         from daemon.learn.registry import activate, register_bundle
@@ -148,6 +149,7 @@ settle_seconds = {settle}
 processes = {processes}
 [classifier]
 batch_songs = {batch_songs}
+threads = {threads}
 [review]
 port = {free_port()}
 """)
@@ -372,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masters-per-format", type=int, default=2)
     parser.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="decoder processes (the daemon's default: cores - 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="[classifier] threads: onnxruntime's in the service")
     parser.add_argument("--latency-songs", type=int, default=8)
     parser.add_argument("--baseline-songs", type=int, default=24)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
@@ -382,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(f"bench/daemon.py: model family {args.family}, {os.cpu_count()} cores, load "
-          f"{os.getloadavg()[0]:.1f}, {args.processes} decoder process(es)", flush=True)
+          f"{os.getloadavg()[0]:.1f}, {args.processes} decoder process(es), {args.threads} "
+          "classifier thread(s)", flush=True)
     sources = masters(args.masters_per_format)
     library = OUT / "library"
     songs = copies(sources, library / "backfill", args.songs, "Bench Song")
@@ -392,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = baseline(songs[:: max(1, len(songs) // args.baseline_songs)][:args.baseline_songs],
                     bundle)
-    daemon = Daemon(OUT / "run", library, bundle, args.processes)
+    daemon = Daemon(OUT / "run", library, bundle, args.processes, threads=args.threads)
     try:
         fill = backfill(daemon, len(songs))
         time.sleep(3)

@@ -204,34 +204,36 @@ class Stopping(Exception):
     """A stop began while the leader-only components were starting."""
 
 
-class Leadership:
-    """The service's role, as a Component: leader from the start, or a standby whose
-    thread tries the lock every `poll_seconds` and calls `on_lead` (which starts the
-    leader-only parts) once it has it. As leader, the thread checks the lock as often
-    and calls `on_lost` when it is gone."""
+def try_lock(config: Config) -> LeaderLock:
+    """The leader lock of the config's database, tried once: what a service does at
+    start-up, before the database is opened (lock.held() says whether it got it)."""
+    lock = LeaderLock(config.db_url, config.state_dir)
+    if lock.acquire(0):
+        log.info("leader: holding %s", lock.where)
+    return lock
 
-    def __init__(self, config: Config, *, on_lead: Callable[[], None],
-                 on_lost: Callable[[], None], on_status: Callable[[str], None],
-                 worker_id: Callable[[], int | None] = lambda: None):
-        self.lock = LeaderLock(config.db_url, config.state_dir)
+
+class Leadership:
+    """The service's role, as a Component: leader from the start (its `lock`, tried at
+    start-up, is held), or a standby whose thread tries the lock every `poll_seconds` and
+    calls `on_lead` (which starts the leader-only parts) once it has it. As leader, the
+    thread checks the lock as often and calls `on_lost` when it is gone. `worker_id`: the
+    service's row in the workers registry, whose role it keeps."""
+
+    def __init__(self, config: Config, lock: LeaderLock, sessions, *,
+                 on_lead: Callable[[], None], on_lost: Callable[[], None],
+                 on_status: Callable[[str], None], worker_id: int | None = None):
+        self.lock = lock
+        self.sessions = sessions
         self.poll_seconds = config.service.leader_poll_seconds
         self.on_lead, self.on_lost, self.on_status = on_lead, on_lost, on_status
         self.worker_id = worker_id
-        self.sessions = None
-        self.leading = False
+        self.leading = lock.held()
         self.lost = False  # held the lock, then lost it: the service exits 1
-        self.since = None
+        self.since = utcnow() if self.leading else None
         self.health = Health("leader")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="leader", daemon=True)
-
-    def take(self) -> bool:
-        """One try at start-up (before the database is opened)."""
-        self.leading = self.lock.acquire(0)
-        if self.leading:
-            self.since = utcnow()
-            log.info("leader: holding %s", self.lock.where)
-        return self.leading
 
     def waiting_text(self) -> str:
         """What a standby says in the log and `systemctl status`."""
@@ -241,8 +243,6 @@ class Leadership:
 
     def holder(self) -> dict | None:
         """The ServiceState "leader" value, or None (never published, or unreadable)."""
-        if self.sessions is None:
-            return None
         try:
             with self.sessions() as session:
                 row = session.get(ServiceState, LEADER_KEY)
@@ -253,8 +253,6 @@ class Leadership:
 
     def publish(self, stopped: bool = False) -> None:
         """The leader's ServiceState "leader" row, and its role on its worker row."""
-        if self.sessions is None:  # start-up failed before the database was open
-            return
         value = {"host": socket.gethostname(), "pid": os.getpid(),
                  "since": (self.since or utcnow()).isoformat(),
                  "stopped_at": utcnow().isoformat() if stopped else None}
@@ -268,8 +266,8 @@ class Leadership:
 
     def set_role(self, role: str) -> None:
         """Worker.role on the service's own worker row, when it has one."""
-        worker_id = self.worker_id()
-        if worker_id is None or self.sessions is None:
+        worker_id = self.worker_id
+        if worker_id is None:
             return
         try:
             with transaction(self.sessions) as session:

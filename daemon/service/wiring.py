@@ -30,7 +30,8 @@ STOP_SECONDS in all (systemd's TimeoutStopSec is 30): the worker stops claiming 
 finishes its in-flight files while the others close.
 
 Every component reads the running config (and the genre map) from one daemon.tags.live
-Live. SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file and the
+Live. The main thread is daemon.service.mainloop's, as for `genretagger worker`:
+SIGTERM/SIGINT: stop, exit 0. SIGHUP: reload and validate the config file and the
 genre map (the leader publishes a changed one), and replace the Live's config with one
 carrying what can change while running (LIVE_KEYS); others are logged as needing a restart.
 
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -67,8 +67,9 @@ from daemon.library.watcher import Watcher
 from daemon.review.web.app import WebServer
 from daemon.review.writeback import Writer
 from daemon.service import storage
-from daemon.service.leader import Leadership, Stopping
+from daemon.service.leader import Leadership, Stopping, try_lock
 from daemon.service.logs import setup_logging
+from daemon.service.mainloop import MainLoop
 from daemon.service.metrics import MetricsSources, StationMetrics
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.service.scheduler import Scheduler
@@ -84,6 +85,8 @@ from daemon.tags.stored_genres import host_genre_map, publish_genre_map
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 20.0
+# Of STOP_SECONDS: how long the worker's in-flight files may take to finish.
+DRAIN_SECONDS = 15.0
 # Each component but the last to close (the worker, whose in-flight files have been
 # draining since the stop began: it gets what is left) closes within this much.
 CLOSE_SECONDS = 5.0
@@ -97,9 +100,10 @@ class Service:
         self.live = Live(config)
         self.config_path = config_path
         self.notifier = notifier or Notifier()
-        self.stop_event = threading.Event()
-        self._wake = threading.Event()
-        self._reload_requested = False
+        self.loop = MainLoop(HEARTBEAT_SECONDS, on_reload=self.reload,
+                             start_failure=self._start_failure)
+        self.stop_event = self.loop.stop_event
+        self._wake = self.loop.wake
         self._started: list[tuple[str, Component]] = []  # (name, component), in start order
         self._lock = threading.Lock()  # _started vs the late retrainer start
         self._beat = time.monotonic()
@@ -118,9 +122,9 @@ class Service:
         self.readers = None
         self.scheduler: Scheduler | None = None
         self.retrainer: Retrainer | None = None
-        self.leadership = Leadership(config, on_lead=self._lead, on_lost=self._wake.set,
-                                     on_status=self.notifier.status,
-                                     worker_id=lambda: getattr(self, "worker_id", None))
+        self.lock = None  # the leader lock, tried first at start
+        self._took_lock = False
+        self.leadership: Leadership | None = None  # built once the database is open
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
         self.storage_watch = storage.StorageWatch()
         self._health_stop = threading.Event()
@@ -130,24 +134,6 @@ class Service:
     @property
     def config(self) -> Config:
         return self.live.config
-
-    # ---- signals -----------------------------------------------------------------------
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop, SIGHUP reloads. Handlers only set flags: the main loop acts."""
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
-
-    def _on_stop(self, signum, _frame) -> None:
-        if not self.stop_event.is_set():
-            log.info("%s: stopping", signal.Signals(signum).name)
-        self.stop_event.set()
-        self._wake.set()
-
-    def _on_reload(self, _signum, _frame) -> None:
-        self._reload_requested = True
-        self._wake.set()
 
     # ---- start -------------------------------------------------------------------------
 
@@ -162,25 +148,30 @@ class Service:
         config = self.config
         bound_heap()  # before onnxruntime and the first batch allocate anything large
         self.pinger.start()
-        self.leadership.take()  # one try now, before anything is published
+        self.lock = try_lock(config)  # one try now, before anything is published
+        self._took_lock = self.lock.held()
         self._health_thread.start()
         self.notifier.status("opening the database")
         self.engine, self.sessions = storage.open_checked(config)
-        self.leadership.sessions = self.sessions
         live = self.live
         with self.sessions() as session:  # this host's genres.toml, else the leader's
             live.replace_genre_map(host_genre_map(config, session))
         log.info("genre map: %d genres from %s", len(live.genre_map.canonical),
                  live.genre_map.source)
+        # This service's row in the workers registry: its worker claims under it and
+        # beats it; `status` and /metrics list it; the leadership keeps its role.
+        self.worker_id = register(self.sessions, "leader", {"config": str(self.config_path)})
+        self.leadership = Leadership(config, self.lock, self.sessions, on_lead=self._lead,
+                                     on_lost=self._wake.set, on_status=self.notifier.status,
+                                     worker_id=self.worker_id)
         self._publish_heartbeat()
-        self._register_worker()
 
         self.neighbours = self._add("neighbours", Neighbours(config.cache_dir,
                                                              sessions=self.sessions))
-        worker = Worker(live, self.sessions)
-        worker.neighbours = self.neighbours  # the worker's hook: None = no "sounds like"
-        worker.worker_id = self.worker_id  # its claims and heartbeats are this row's
-        self.worker = self._add("worker", worker)
+        # Stop claiming at once on a stop; what is in flight drains while the rest closes.
+        self.worker = self._add("worker", Worker(
+            live, self.sessions, worker_id=self.worker_id, neighbours=self.neighbours,
+            drain_seconds=DRAIN_SECONDS))
         # Nothing parses a library file in this process: one small pool of child processes
         # reads settled files and decodes the review page's media.
         self.readers = reader_pool(config)
@@ -250,11 +241,6 @@ class Service:
         if self.config.retrain.enabled and not self.stop_event.is_set():
             self.scheduler.add_nightly(partial(nightly_job, self.retrainer))
 
-    def _register_worker(self) -> None:
-        """This service's row in the workers registry (daemon.suggest.workers): its worker
-        claims under it and beats it; `status` and /metrics list it."""
-        self.worker_id = register(self.sessions, "leader", {"config": str(self.config_path)})
-
     def _retire_worker(self) -> None:
         if self.worker_id is None:
             return
@@ -268,42 +254,33 @@ class Service:
 
     # ---- running -----------------------------------------------------------------------
 
-    def run(self) -> int:
-        """The main thread: start, heartbeat + STATUS until a signal, stop.
+    @property
+    def leading(self) -> bool:
+        """This service leads (before its Leadership is built: it took the lock)."""
+        return self.leadership.leading if self.leadership is not None else self._took_lock
 
-        Returns 0 after a signal-initiated stop, 2 when start-up found a configuration
-        error, 1 when it failed otherwise (logged).
-        """
-        self.install_signal_handlers()
-        try:
-            try:
-                self.start()
-            except ConfigError as err:  # README: configuration errors exit 2
-                log.error("cannot start: %s", err)
-                return 2
-            except Exception as err:
-                if damaged := storage.damaged_start(err, self.config):  # systemd: no restart
-                    log.error("cannot start: %s", damaged)
-                    return DAMAGED_EXIT
-                # One clear line for the journal (the traceback follows at debug level).
-                log.error("cannot start: %s: %s", type(err).__name__, err)
-                log.debug("start-up failure", exc_info=True)
-                return 1
-            self._beat, self._running = time.monotonic(), True
-            while not self.stop_event.is_set():
-                self._beat = time.monotonic()
-                self._publish_heartbeat()
-                self.notifier.status(self.status_line())
-                self._wake.wait(HEARTBEAT_SECONDS)
-                self._wake.clear()
-                if self._reload_requested and not self.stop_event.is_set():
-                    self._reload_requested = False
-                    self.reload()
-                if self.leadership.lost:  # exit 1: systemd restarts us, as leader or standby
-                    break
-        finally:
-            self.stop()
-        return 1 if self.leadership.lost else 0
+    def run(self) -> int:
+        """The main thread (daemon.service.mainloop): start, heartbeat + STATUS until a
+        signal, stop. Returns 0 after a signal-initiated stop, 2 when start-up found a
+        configuration error, 3 for a damaged database, 1 when it failed otherwise (logged)
+        or the leader lost its lock (systemd restarts it, as leader or standby)."""
+        return self.loop.run(self)
+
+    def _start_failure(self, err: Exception) -> int | None:
+        if damaged := storage.damaged_start(err, self.config):  # systemd: no restart
+            log.error("cannot start: %s", damaged)
+            return DAMAGED_EXIT
+        return None
+
+    def tick(self) -> bool:
+        """One beat of the main loop: heartbeat and STATUS=. False once the leader lock
+        is lost."""
+        self._beat, self._running = time.monotonic(), True
+        if self.leadership is not None and self.leadership.lost:
+            return False
+        self._publish_heartbeat()
+        self.notifier.status(self.status_line())
+        return True
 
     def status_line(self) -> str:
         """`systemctl status` line: queue depth, model, last file."""
@@ -317,10 +294,10 @@ class Service:
                  else "no model yet")
         last = worker.last_file if worker and worker.last_file else "none yet"
         line = f"{depth} in queue, {model}, last file: {last}"
-        return line if self.leadership.leading else f"{self.leadership.waiting_text()}; {line}"
+        return line if self.leading else f"{self.leadership.waiting_text()}; {line}"
 
     def _publish_heartbeat(self, stopped: bool = False) -> None:
-        if not self.leadership.leading:  # `status` shows the leader
+        if not self.leading:  # `status` shows the leader
             return
         now = utcnow().isoformat()
         value = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -356,7 +333,8 @@ class Service:
                 reports.update(got)  # a component with several parts (watcher+settle, jobs)
             else:
                 reports[name] = got
-        reports["leader"] = self.leadership.health_report()
+        if self.leadership is not None:
+            reports["leader"] = self.leadership.health_report()
         reports[storage.STORAGE_COMPONENT] = self.storage_watch.report(self.config.state_dir)
         if self.retrainer is not None and "retrainer" not in reports:
             reports["retrainer"] = {**self.retrainer.health_report(), "healthy": True,
@@ -373,7 +351,7 @@ class Service:
     def _publish_health(self, stopped: bool = False) -> None:
         """state_dir/health.json for `status` (a file, so a locked database cannot hold
         it back)."""
-        if not self.leadership.leading:
+        if not self.leading:
             return
         components = self.components()
         data = {"pid": os.getpid(), "written_at": utcnow().isoformat(),
@@ -428,7 +406,7 @@ class Service:
         if restart:
             log.warning("config changed but needs a restart to apply: %s "
                         "(systemctl restart genretagger)", ", ".join(restart))
-        if self.leadership.leading:
+        if self.leading:
             publish_genre_map(self.sessions, self.config)
         self.notifier.ready(self.status_line())
         return changed
@@ -442,10 +420,9 @@ class Service:
             self.stop_event.set()
         self.notifier.stopping()
         if self.worker is not None:
-            # Stop claiming now; in-flight files finish while the rest closes.
-            self.worker.drain_seconds = min(self.worker.drain_seconds, STOP_SECONDS - 4)
-            self.worker.stop_event.set()
-        self.leadership.halt(CLOSE_SECONDS)  # no promotion while we stop
+            self.worker.stop()  # stop claiming now; in-flight files finish meanwhile
+        if self.leadership is not None:
+            self.leadership.halt(CLOSE_SECONDS)  # no promotion while we stop
         while self._started:
             name, component = self._started.pop()
             left = max(0.5, deadline - time.monotonic())
@@ -463,7 +440,11 @@ class Service:
         if self.sessions is not None:
             self._publish_heartbeat(stopped=True)
             self._retire_worker()
-        self.leadership.close()  # the lock goes last, once our last word is written
+        # The lock goes last, once our last word is written.
+        if self.leadership is not None:
+            self.leadership.close()
+        elif self.lock is not None:  # start-up failed before the database was open
+            self.lock.close()
         if self.sessions is not None:
             self.engine.dispose()
         self.pinger.close()

@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 
 from daemon.core.config import Config
 from daemon.core.db.engine import display_url, open_database, sqlite_path
-from daemon.core.errors import ConfigError, SchemaBehind
+from daemon.core.errors import ConfigError
 from daemon.core.filesystems import filesystem_type, is_network_filesystem
 from daemon.core.health import describe_failure
 from daemon.core.heap import bound_heap
 from daemon.library.mounts import ROOT_EMPTY, ROOT_MISSING, has_entries
+from daemon.service.mainloop import MainLoop
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
 from daemon.suggest.queue import queue_depth
 from daemon.suggest.worker import Worker
@@ -77,16 +76,12 @@ class WorkerProcess:
         self.config = config
         self.name = name
         self.notifier = notifier or Notifier()
-        self.stop_event = threading.Event()
+        self.loop = MainLoop(HEARTBEAT_SECONDS)  # SIGHUP: a changed config needs a restart
+        self.stop_event = self.loop.stop_event
         self.engine = self.sessions = None
         self.worker: Worker | None = None
         self.worker_id: int | None = None
         self.pinger = WatchdogPinger(self.notifier, watchdog_interval(), self.healthy)
-
-    def _on_stop(self, signum, _frame) -> None:
-        if not self.stop_event.is_set():
-            log.info("%s: stopping", signal.Signals(signum).name)
-        self.stop_event.set()
 
     def start(self) -> None:
         """Check the host, open the database, register, start the Worker; READY=1."""
@@ -101,8 +96,8 @@ class WorkerProcess:
                      "service; workers on other hosts need PostgreSQL")
         self.worker_id = register(self.sessions, "worker",
                                   {"name": self.name} if self.name else None)
-        self.worker = Worker(self.config, self.sessions, drain_seconds=DRAIN_SECONDS)
-        self.worker.worker_id = self.worker_id
+        self.worker = Worker(self.config, self.sessions, worker_id=self.worker_id,
+                             drain_seconds=DRAIN_SECONDS)
         self.worker.start()
         self.pinger.start()
         self.notifier.ready(self.status_line())
@@ -111,28 +106,14 @@ class WorkerProcess:
                  self.config.library.root)
 
     def run(self) -> int:
-        """Returns 0 after a signal-initiated stop, 2 on a configuration error, 1 when
-        start-up failed otherwise (logged)."""
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, lambda *_: log.warning(
-            "a worker applies a changed config on restart (systemctl restart "
-            "genretagger-worker@...)"))
-        try:
-            try:
-                self.start()
-            except (ConfigError, SchemaBehind) as err:
-                log.error("cannot start: %s", err)
-                return 2
-            except Exception as err:
-                log.error("cannot start: %s: %s", type(err).__name__, err)
-                log.debug("start-up failure", exc_info=True)
-                return 1
-            while not self.stop_event.wait(HEARTBEAT_SECONDS):
-                self.notifier.status(self.status_line())
-        finally:
-            self.stop()
-        return 0
+        """The main thread (daemon.service.mainloop): 0 after a signal-initiated stop, 2 on
+        a configuration error, 1 when start-up failed otherwise (logged)."""
+        return self.loop.run(self)
+
+    def tick(self) -> bool:
+        """One beat of the main loop: the STATUS= line."""
+        self.notifier.status(self.status_line())
+        return True
 
     def status_line(self) -> str:
         """`systemctl status` line: this worker's files, the queue, the model."""

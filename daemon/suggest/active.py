@@ -41,8 +41,10 @@ def active_model(session: Session) -> Model | None:
 class ActiveModel:
     """`classifier` and `model_id` of the active model; `refresh()` follows the registry."""
 
-    def __init__(self, sessions: sessionmaker[Session], specs: WindowSpecs):
+    def __init__(self, sessions: sessionmaker[Session], specs: WindowSpecs,
+                 check_seconds: float = MODEL_CHECK_SECONDS):
         self.sessions = sessions
+        self.check_seconds = check_seconds  # how often the registry is asked
         self.specs = specs  # the worker's: its windows per song
         self.classifier: Classifier | None = None
         self.model_id: int | None = None
@@ -54,7 +56,7 @@ class ActiveModel:
         """Load the active model when it changed. True when a classifier is ready.
         `config` is the running one (the worker's, which a reload replaces)."""
         now = time.monotonic()
-        if now - self._checked < MODEL_CHECK_SECONDS:
+        if now - self._checked < self.check_seconds:
             return self.classifier is not None
         self._checked = now
         with self.sessions() as session:

@@ -31,7 +31,6 @@ from daemon.audio.features import (
     EmbeddingSpec,
     FeatureSpec,
 )
-from daemon.suggest.queue import Claim
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +88,22 @@ class SongInputs:
         for cache in (*self.caches.values(), self.embeddings):
             cache.link(old_fp, new_fp)
 
-    def keep_embeddings(self, claims: list[Claim], embeddings: list[np.ndarray] | None
-                        ) -> None:
-        """The model's per-patch embeddings of the songs to the embedding cache (unless
-        there already), and each song's mean on its claim. None: the model has none."""
+    def keep_embeddings(self, songs: list[tuple[str | None, str]],
+                        embeddings: list[np.ndarray] | None) -> list[np.ndarray | None]:
+        """The model's per-patch embeddings of `songs` ((fingerprint, name) pairs) to the
+        embedding cache (unless there already); returns each song's mean embedding, None
+        where it has none (no fingerprint, or the model embeds nothing: `embeddings` None)."""
         if embeddings is None:
-            return
-        for claim, per_patch in zip(claims, embeddings, strict=True):
-            if not claim.fingerprint or not len(per_patch):
+            return [None] * len(songs)
+        means: list[np.ndarray | None] = []
+        for (fp, name), per_patch in zip(songs, embeddings, strict=True):
+            if not fp or not len(per_patch):
+                means.append(None)
                 continue
-            claim.embedding = per_patch.mean(axis=0)
+            means.append(per_patch.mean(axis=0))
             try:
-                if not self.embeddings.has(claim.fingerprint):
-                    self.embeddings.put(claim.fingerprint, per_patch)
+                if not self.embeddings.has(fp):
+                    self.embeddings.put(fp, per_patch)
             except (OSError, ValueError) as err:
-                log.warning("embedding cache: cannot store %s: %s", claim.path, err)
+                log.warning("embedding cache: cannot store %s: %s", name, err)
+        return means

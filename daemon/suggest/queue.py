@@ -7,10 +7,9 @@ the worker's "waiting for a model" message all give.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import numpy as np
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +21,7 @@ from daemon.core.states import CLAIMABLE, TrackState, move
 WAITING = frozenset({*CLAIMABLE, TrackState.WORKING})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Claim:
     """A track this worker holds in `working`, as it was when claimed."""
 
@@ -32,15 +31,7 @@ class Claim:
     mtime: float
     queued_since: datetime | None
     audit_genre: str | None  # a tagged file queued by audit mode: its canonical genre
-    token: int
-    fingerprint: str | None = None
-    cached: bool = False
-    info: object | None = None
-    # The model's input by feature kind (daemon.audio.features.CNN / BACKBONE).
-    features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    # The song's mean backbone embedding, when the model gave one ("sounds like").
-    embedding: np.ndarray | None = field(default=None, repr=False)
-    ready_at: float = 0.0
+    token: int  # tells this claim's decoding apart from an earlier claim of the track
 
 
 def queue_depth(session: Session) -> int:

@@ -1,36 +1,30 @@
-"""The worker: queued tracks -> decoded clips -> features -> model -> pending suggestions.
+"""The worker: the suggest flow (daemon.suggest.flow) run in the background.
 
-One background thread (own stop event, close()) runs the pipeline top to bottom:
+The stages are the flow's; what the worker adds is overlap, so that every core the
+station gives (`workers.processes` decoder children, `classifier.threads` for the model)
+is busy at once: while one batch is classified and suggested in the worker's classify
+thread (onnxruntime runs outside the GIL), the worker's own thread keeps the decoder
+children fed with the next songs. Each claimed track's latest record (Decode, Heard,
+Failed, Changing: all frozen) is held by track id until a stage finishes it. Every round:
 
-    claim     CLAIMABLE tracks (queued, or retrying whose backoff has passed) -> working
-    features  what the active model needs (`classifier.needs`: the CNN's clips, the
-              backbone's patches) from each kind's cache by fingerprint; the kinds
-              missing are decoded in one pass in the ExtractPool's child processes (a
-              crash, hang or leak there becomes a typed error for that one file), then
-              stored (daemon.suggest.inputs)
-    classify  several songs per onnxruntime run with the active model; the song
-              embeddings it gives go to the embedding cache and, as the song's mean, on
-              the claim for "sounds like" (`neighbours`); album/artist mates weigh in
-    suggest   one pending Suggestion per track (an older pending one is superseded),
-              track -> suggested, an Event row per file for `status`
-
-A failed file: attempts += 1, last_error = the error's reason, retrying after
-`backoff_seconds * 2**(attempts-1)`, quarantined once `max_attempts` is reached.
-
-Settle is checked again at every step that could act on a half-copied file: before a
-track (first attempt or retry) is decoded, before a failure is counted and before a
-suggestion is made, the file's size and mtime must still be the ones it settled with. A
-file that changed (a copy that stalled, then went on) is not decoded, not failed and not
-suggested: it waits `settle_seconds` (retrying, no attempt counted) while the library
-settles it again, which queues it afresh.
+    record    Failed and Changing files into the database (a busy one: next round)
+    claim     enough to keep every decoder busy and to fill one classifier batch besides
+              the batch being classified; each is looked up in the caches and what is
+              missing goes to the decoders
+    collect   the decoders' answers -> Heard or Failed
+    classify  the batch the classify thread finished leaves the held records; then the
+              Heard songs go to it once a batch is full, nothing else is coming, or the
+              oldest has waited BATCH_WAIT_SECONDS -> context -> suggest
 
 The active model (daemon.suggest.active.ActiveModel) and, on a host without its own
-genres.toml, the genre map follow the database between batches; without a model nothing
-is claimed: tracks stay queued until the first model exists.
+genres.toml, the genre map follow the database between rounds; without a model nothing
+is claimed: tracks stay queued until the first model exists, and what was held goes back.
 
-Claims carry `worker_id` (its row in daemon.suggest.workers, beaten by the loop); start-up
-hands back only dead workers' `working` tracks; close() stops claiming, waits up to
-`drain_seconds` for files in flight, hands the rest back and closes the pool.
+Built complete: the config (a Live: a reload shows at the next round), the database, its
+`worker_id` (its row in daemon.suggest.workers, beaten by the loop), "sounds like"
+(`neighbours`) and `drain_seconds`. start() hands back only dead workers' `working`
+tracks; stop() stops claiming; close() waits up to `drain_seconds` for files in flight,
+hands the rest back and closes the pool.
 """
 
 from __future__ import annotations
@@ -38,32 +32,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta
-from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audio.extract import ExtractPool
-from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, BackboneSpec, FeatureSpec
-from daemon.audio.fingerprint import fingerprint
 from daemon.core.config import Config
-from daemon.core.db.engine import locked, transaction
-from daemon.core.db.models import Event, Track, utcnow
-from daemon.core.errors import FileError, UnreadableAudio
 from daemon.core.health import Health
 from daemon.core.heap import release_free_memory
-from daemon.core.paths import OutsideLibrary, filesystem_path, library_file
-from daemon.core.retry import backoff
-from daemon.core.states import TrackState, move
-from daemon.library.walk import inode_ctime, same_stat
-from daemon.suggest.active import ActiveModel
-from daemon.suggest.inputs import SongInputs, WindowSpecs
-from daemon.suggest.mates import batch_context
-from daemon.suggest.queue import Claim, claim_tracks, prune_events, queue_depth, requeue_working
-from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
+from daemon.suggest.flow import Changing, Decode, Failed, Flow, Heard, Outcome
+from daemon.suggest.queue import prune_events, queue_depth
 from daemon.suggest.workers import pulse, requeue_dead
-from daemon.tags.live import Live, as_live
+from daemon.tags.live import Live
 from daemon.tags.stored_genres import FollowedGenreMap
 
 log = logging.getLogger(__name__)
@@ -81,63 +61,67 @@ WORKER_EVENTS = ("classified", "failed")
 
 
 class Worker:
-    """Background pipeline from queued tracks to pending suggestions. start()/close()."""
+    """Background run of the suggest flow. start() / stop() / close() / health_report()."""
 
     def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
-                 spec: FeatureSpec = DEFAULT_SPEC, backbone_spec: BackboneSpec = BACKBONE_SPEC,
-                 drain_seconds: float = 15.0):
-        self.live = as_live(config)
+                 worker_id: int | None = None, neighbours=None, drain_seconds: float = 15.0,
+                 **flow_options):
+        self.flow = Flow(config, sessions, worker_id=worker_id, neighbours=neighbours,
+                         **flow_options)
         self.sessions = sessions
-        # The specs with the config's windows per song (a restart applies a new count).
-        self.specs = WindowSpecs.for_windows(self.config.classifier.windows_per_song, spec,
-                                             backbone_spec)
         self.drain_seconds = drain_seconds
         self.stop_event = threading.Event()
-        self.root = Path(self.config.library.root)
         self.pool: ExtractPool | None = None
-        self.inputs: SongInputs | None = None
-        self.model = ActiveModel(sessions, self.specs)
-        self.genres = FollowedGenreMap(self.live, sessions)  # no genres.toml here: the leader's
-        # "Sounds like" (the service's daemon.suggest.neighbours; None: none): see _sounds_like.
-        self.neighbours = None
+        self.genres = FollowedGenreMap(self.flow.live, sessions)  # no genres.toml: the leader's
         self._thread: threading.Thread | None = None
-        self._claims: dict[int, Claim] = {}  # track id -> claim, in the pool or ready
-        self._ready: list[Claim] = []  # features in hand, waiting for a batch
-        self._failures: list[tuple[Claim, FileError]] = []  # waiting to be recorded
-        self._changing: list[Claim] = []  # changed since they settled: waiting to be recorded
-        self._token = 0
+        self._held: dict[int, Outcome] = {}  # track id -> its latest record
+        # The classify stage's thread, one batch at a time (its errors come back here).
+        self._classifier = ThreadPoolExecutor(1, thread_name_prefix="classify")
+        self._classifying: tuple[list[Heard], Future] | None = None
         self._last_pruned = 0.0
+        self._pulsed = 0.0
         self.beat = time.monotonic()  # last loop iteration (health)
         self.health = Health("worker")
         self.last_file: str | None = None
         self.classified = 0
         self.failed = 0
-        self.worker_id: int | None = None  # set by the owner, who registered and retires it
-        self._pulsed = 0.0
 
     @property
     def config(self) -> Config:
-        return self.live.config
+        return self.flow.config
 
-    @config.setter
-    def config(self, config: Config) -> None:
-        """Replace the running config (the Live's: every component sharing it sees it)."""
-        self.live.replace(config)
+    @property
+    def specs(self):
+        return self.flow.specs
+
+    @property
+    def worker_id(self) -> int | None:
+        return self.flow.worker_id
+
+    @property
+    def classifier(self):
+        return self.flow.classifier
+
+    @property
+    def model_id(self) -> int | None:
+        return self.flow.model.model_id
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._held)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Requeue what a crash left working, open the pool and cache, start the thread."""
-        workers = self.config.workers
-        requeue_dead(self.sessions, workers.dead_after_seconds, unclaimed=True)
-        self.inputs = SongInputs(self.config.cache_dir, self.specs)
-        self.pool = ExtractPool(workers.processes, spec=self.specs.cnn,
-                                backbone_spec=self.specs.backbone,
-                                timeout=workers.decode_timeout, nice=workers.nice,
-                                max_tasks_per_child=workers.max_tasks_per_child,
-                                memory_mb=workers.memory_max_mb)
+        """Requeue what a crash left working, open the pool, start the thread."""
+        requeue_dead(self.sessions, self.config.workers.dead_after_seconds, unclaimed=True)
+        self.pool = self.flow.open_pool()
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        """Stop claiming now; the files in flight go on finishing until close()."""
+        self.stop_event.set()
 
     def close(self, timeout: float | None = None) -> None:
         """Stop claiming, finish what is in flight (up to drain_seconds, or `timeout`),
@@ -150,6 +134,7 @@ class Worker:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        self._classifier.shutdown(wait=False)
 
     def healthy(self, stale_seconds: float = 120.0) -> bool:
         """The thread runs and went round its loop recently."""
@@ -159,23 +144,12 @@ class Worker:
     def health_report(self) -> dict:
         """daemon.core.health shape: alive = its thread runs; healthy = it also goes round."""
         return self.health.report(self._thread is not None and self._thread.is_alive(),
-                                  healthy=self.healthy(), in_flight=len(self._claims))
+                                  healthy=self.healthy(), in_flight=len(self._held))
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._claims)
-
-    @property
-    def classifier(self):
-        return self.model.classifier
-
-    @classifier.setter
-    def classifier(self, classifier) -> None:
-        self.model.classifier = classifier
-
-    @property
-    def model_id(self) -> int | None:
-        return self.model.model_id
+    def queued(self) -> int:
+        """Tracks waiting for the worker (queued, retrying, working)."""
+        with self.sessions() as session:
+            return queue_depth(session)
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -184,7 +158,7 @@ class Worker:
         while not self.stop_event.is_set():
             self.beat = time.monotonic()
             try:
-                busy = self._step()
+                busy = self._round()
             except Exception as err:  # a DB hiccup or a bug must not end the thread
                 log.exception("worker step failed; trying again in 5 s")
                 self.health.failed(err)
@@ -200,271 +174,113 @@ class Worker:
                 self.stop_event.wait(POLL_SECONDS)
         self._drain()
 
-    def _step(self) -> bool:
-        """One round: keep the pool fed, collect results, classify a batch. True if busy."""
-        self._pulsed = pulse(self.sessions, self.worker_id, self.classified + self.failed,
+    def _round(self) -> bool:
+        """One round of every stage (see the module docstring). True if busy."""
+        flow = self.flow
+        self._pulsed = pulse(self.sessions, flow.worker_id, self.classified + self.failed,
                              self._pulsed, {"genre_map": self.genres.refresh()})
-        if not self.model.refresh(self.config):
-            if self._claims:
-                self._hand_back(list(self._claims.values()), "no active model")
+        if not flow.model.refresh(self.config):
+            if self._held:
+                self._hand_back("no active model")
             self.stop_event.wait(NO_MODEL_SECONDS)
             return True
         self._prune_events()
-        self._record_failures()
-        self._record_changing()
-        claimed = self._claim_more()
+        self._record()
+        claimed = self._claim()
         got = self._collect(timeout=0.2 if self.pool.pending else 0.0)
-        classified = self._classify_ready(force=False)
+        classified = self._classify(force=False)
         return bool(claimed or got or classified or self.pool.pending)
 
-    def _target(self) -> int:
-        # Enough claimed to keep every decoder busy and to fill one classifier batch.
-        return max(self.config.classifier.batch_songs, 4 * self.config.workers.processes)
+    def _claim(self) -> int:
+        config = self.config
+        # Enough claimed to keep every decoder busy and to fill one classifier batch;
+        # while a batch is classified, the decoders stay a few songs ahead of it (more
+        # would only wait, in memory, for a model slower than decoding).
+        batch, ahead = config.classifier.batch_songs, 4 * config.workers.processes
+        busy = len(self._classifying[0]) if self._classifying else 0
+        target = busy + max(ahead, batch - busy)
+        claims = self.flow.claim(target - len(self._held), self._held.keys())
+        for claim in claims:
+            self._look_up(claim)
+        return len(claims)
 
-    def _claim_more(self) -> int:
-        room = self._target() - len(self._claims)
-        if room <= 0:
-            return 0
-        now = utcnow()
-        rows = claim_tracks(self.sessions, room, set(self._claims), now, self.worker_id)
-        for track, queued_since in rows:
-            self._token += 1
-            claim = Claim(track.id, track.path, track.size, track.mtime, queued_since,
-                          track.canonical_genre, self._token)
-            self._claims[track.id] = claim
-            self._start_features(claim)
-        return len(rows)
-
-    def _start_features(self, claim: Claim) -> None:
-        """Features the model needs all cached: straight to the batch; any missing: the
-        missing kinds go to the decoders (one pass). A file that changed since it settled
-        waits instead; one that leads outside the library fails without being opened."""
-        try:
-            path = library_file(self.root, claim.path)
-        except FileError as err:
-            self._failures.append((claim, err))
-            return
-        if not self._settled(claim):
-            self._changing.append(claim)
-            return
-        try:
-            claim.fingerprint = fingerprint(path)
-        except OSError as err:
-            self._failures.append((claim, UnreadableAudio(
-                path, f"cannot read the file: {err.strerror or err}")))
-            return
-        needs = self.classifier.needs
-        claim.features = self.inputs.cached(claim.fingerprint, needs)
-        missing = needs - claim.features.keys()
-        if not missing:
-            claim.cached, claim.ready_at = True, time.monotonic()
-            self._ready.append(claim)
-        else:
-            self.pool.submit(str(path), tag=(claim.track_id, claim.token), kinds=missing)
+    def _look_up(self, claim) -> None:
+        outcome = self.flow.look_up(claim)
+        if isinstance(outcome, Decode):
+            self.flow.submit(self.pool, outcome)
+        self._held[claim.track_id] = outcome
 
     def _collect(self, timeout: float) -> int:
-        """Take finished files from the pool: features to the batch, errors to retry."""
+        """The decoders' finished files -> Heard or Failed."""
         got = 0
-        while True:
-            item = self.pool.get(timeout=timeout if got == 0 else 0.0)
-            if item is None:
-                return got
+        while (item := self.pool.get(timeout=timeout if got == 0 else 0.0)) is not None:
             got += 1
             (track_id, token), result = item
-            claim = self._claims.get(track_id)
-            if claim is None or claim.token != token:
-                continue  # handed back meanwhile; its result is stale
-            if isinstance(result, FileError):
-                self._failures.append((claim, result))
-                continue
-            fresh = result.by_kind()
-            self.inputs.store(claim.fingerprint, fresh, claim.path)
-            claim.features = {**claim.features, **fresh}
-            claim.cached, claim.info, claim.ready_at = False, result.info, time.monotonic()
-            self._ready.append(claim)
+            held = self._held.get(track_id)
+            if isinstance(held, Decode) and held.claim.token == token:
+                self._held[track_id] = self.flow.heard(held, result)
+            # else: handed back meanwhile; its result is stale
+        return got
 
-    def _classify_ready(self, force: bool) -> int:
-        """Classify the waiting songs when a batch is full, nothing else is coming, or the
-        oldest has waited long enough."""
-        if not self._ready:
-            return 0
+    def _classify(self, force: bool, wait: float = 0.0) -> int:
+        """Take back the batch the classify thread finished (waiting up to `wait`), then
+        hand it the Heard songs when a batch is full, nothing else is coming, or the
+        oldest has waited long enough. Returns the songs finished or handed over."""
+        done = self._classified(wait)
+        if self._classifying is not None:
+            return done
+        ready = [h for h in self._held.values() if isinstance(h, Heard)]
+        if not ready:
+            return done
         batch_songs = self.config.classifier.batch_songs
-        oldest = min(c.ready_at for c in self._ready)
-        if not (force or len(self._ready) >= batch_songs or self.pool.pending == 0
+        oldest = min(h.ready_at for h in ready)
+        if not (force or len(ready) >= batch_songs or self.pool.pending == 0
                 or time.monotonic() - oldest >= BATCH_WAIT_SECONDS):
-            return 0
+            return done
         # Another model became active meanwhile and needs a kind these songs lack.
         needs = self.classifier.needs
-        lacking = [c for c in self._ready if not needs <= c.features.keys()]
-        if lacking:
-            self._ready = [c for c in self._ready if needs <= c.features.keys()]
-            for claim in lacking:
-                self._start_features(claim)
-        done = 0
-        while self._ready:
-            batch = self._ready[:batch_songs]
-            prediction = self.classifier.predict([c.features for c in batch])
-            self.inputs.keep_embeddings(batch, prediction.embeddings)
-            self._suggest(batch, prediction.probs)  # on a DB error the batch stays ready
-            self._ready = self._ready[len(batch):]
-            for claim in batch:
-                self._claims.pop(claim.track_id, None)
-            done += len(batch)
-        return done
+        for heard in ready:
+            if not needs <= heard.features.keys():
+                self._look_up(heard.claim)
+        batch = [h for h in ready if needs <= h.features.keys()][:batch_songs]
+        if batch:
+            flow = self.flow
+            self._classifying = (batch, self._classifier.submit(
+                lambda: flow.suggest(flow.classify(batch))))
+        return done + len(batch)
 
-    def _sounds_like(self, claim: Claim) -> list[dict] | None:
-        """neighbours.nearest(mean embedding, exclude_track_id) -> [{"track_id", "path",
-        "genre", "similarity"}...] for the suggestion; None when not known. A failure here
-        costs the suggestion its "sounds like", nothing more."""
-        if self.neighbours is None or claim.embedding is None:
-            return None
+    def _classified(self, wait: float) -> int:
+        """The classify thread's finished batch out of the held records. A batch that
+        failed (the database busy, a model error) stays held and goes again."""
+        if self._classifying is None:
+            return 0
+        batch, future = self._classifying
         try:
-            return self.neighbours.nearest(claim.embedding, exclude_track_id=claim.track_id)
-        except Exception:
-            log.exception("sounds like: no neighbours for %s", claim.path)
-            return None
-
-    # ---- results into the database -----------------------------------------------------
-
-    def _still_ours(self, track: Track | None, claim: Claim) -> bool:
-        """The track is still working on the same file bytes (not changed meanwhile)."""
-        return (track is not None and track.state == TrackState.WORKING
-                and track.claimed_by == self.worker_id  # not handed to another worker
-                and track.size == claim.size and track.mtime == claim.mtime)
-
-    def _suggest(self, batch: list[Claim], probs: np.ndarray) -> None:
-        audit = self.config.classifier
-        now = utcnow()
-        suggested: list[tuple[Claim, str, float]] = []
-        # Decoded from bytes that have changed since (a copy went on): no suggestion.
-        changing = {c.track_id for c in batch if not self._settled(c)}
-        with transaction(self.sessions) as session:
-            probs, contexts = batch_context(session, self.config, self.classifier, [
-                None if c.audit_genre else c.track_id for c in batch], probs)  # audits: sound
-            for claim, row, context in zip(batch, probs, contexts, strict=True):
-                track = locked(session, Track, claim.track_id)
-                if claim.track_id in changing and self._still_ours(track, claim):
-                    self._back_to_settling(track, claim, now)
-                    continue
-                if not self._still_ours(track, claim):
-                    log.info("%s changed while being classified; it will be done again",
-                             claim.path)
-                    continue
-                top = self.classifier.top(row, 3)
-                genre, confidence = top[0]
-                self._describe(track, claim)
-                track.attempts, track.last_error, track.next_attempt_at = 0, None, None
-                latency = ((now - claim.queued_since).total_seconds()
-                           if claim.queued_since else None)
-                session.add(Event(at=now, kind="classified", detail={
-                    "path": claim.path, "genre": genre, "confidence": round(confidence, 4),
-                    "model_id": self.model_id, "cached": claim.cached, "latency": latency}))
-                verdict = suggest(session, track, top, model_id=self.model_id,
-                                  audit_genre=claim.audit_genre,
-                                  audit_min_confidence=audit.audit_min_confidence, now=now,
-                                  sounds_like=self._sounds_like(claim), context=context)
-                if verdict.why == REJECTED_BEFORE:
-                    log.info("%s: %s again, which the reviewer rejected; not suggested",
-                             claim.path, genre)
-                if verdict.genre is not None:
-                    self.last_file = claim.path
-                    suggested.append((claim, genre, confidence))
+            suggested = future.result(timeout=wait)
+        except TimeoutError:
+            return 0
+        finally:
+            if future.done():
+                self._classifying = None
+        for heard in batch:
+            self._held.pop(heard.claim.track_id, None)
         self.classified += len(batch)
-        for claim, genre, confidence in suggested:  # logged once committed
-            log.info("suggested %s for %s (%.0f%%%s)", genre, claim.path, confidence * 100,
-                     ", cached features" if claim.cached else "")
+        if suggested:
+            self.last_file = suggested[-1].path
+        return len(batch)
 
-    def _describe(self, track: Track, claim: Claim) -> None:
-        """What decoding learned about the file: fingerprint, format, duration."""
-        if claim.fingerprint:
-            track.fingerprint = claim.fingerprint
-        info = claim.info
-        if info is not None:
-            track.format = getattr(info, "format", None) or track.format
-            track.duration = getattr(info, "duration", None) or track.duration
+    def _record(self) -> None:
+        """Failed and Changing files into the database; one that cannot be recorded yet
+        (the database busy) stays held for the next round."""
+        for outcome in [o for o in self._held.values() if isinstance(o, Failed | Changing)]:
+            if self.flow.record(outcome):
+                self.failed += 1
+                self.last_file = outcome.claim.path
+            del self._held[outcome.claim.track_id]
 
-    def _record_failures(self) -> None:
-        """Record failed files; one that cannot be recorded yet (DB busy) waits here."""
-        while self._failures:
-            claim, error = self._failures[0]
-            self._fail(claim, error)
-            self._failures.pop(0)
-            self._claims.pop(claim.track_id, None)
-
-    def _fail(self, claim: Claim, error: FileError) -> None:
-        """One failed attempt: retry later with backoff, or quarantine."""
-        workers = self.config.workers
-        now = utcnow()
-        with transaction(self.sessions) as session:
-            track = locked(session, Track, claim.track_id)
-            if not self._still_ours(track, claim):
-                log.info("%s changed while being decoded; it will be done again", claim.path)
-                return
-            if not isinstance(error, OutsideLibrary) and not self._settled(claim):
-                self._back_to_settling(track, claim, now)  # still being copied: no failure
-                return
-            track.attempts = (track.attempts or 0) + 1
-            track.last_error = error.reason
-            quarantined = track.attempts >= workers.max_attempts
-            if quarantined:
-                move(track, TrackState.QUARANTINED, now)
-                track.next_attempt_at = None
-                track.quarantined_ctime = inode_ctime(self.root / filesystem_path(claim.path))
-            else:
-                move(track, TrackState.RETRYING, now)
-                track.next_attempt_at = now + timedelta(
-                    seconds=backoff(track.attempts, workers.backoff_seconds))
-            attempts = track.attempts
-            session.add(Event(at=now, kind="failed", detail={
-                "path": claim.path, "reason": error.reason, "error": type(error).__name__,
-                "attempts": attempts, "quarantined": quarantined}))
-        self.failed += 1
-        self.last_file = claim.path
-        if quarantined:
-            log.warning("quarantined %s after %d attempts: %s", claim.path, attempts,
-                        error.reason)
-        else:
-            log.warning("failed %s (attempt %d of %d, retrying): %s", claim.path, attempts,
-                        workers.max_attempts, error.reason)
-
-    def _settled(self, claim: Claim) -> bool:
-        """The file still has the size and mtime it settled with (the track's row)."""
-        try:
-            st = (self.root / filesystem_path(claim.path)).stat()
-        except (OSError, ValueError):
-            return True  # gone or unreadable: decoding says so, as a failure
-        return same_stat((st.st_size, st.st_mtime), (claim.size, claim.mtime))
-
-    def _back_to_settling(self, track: Track, claim: Claim, now: datetime) -> None:
-        """A file that changed since it settled waits settle_seconds (retrying, no attempt
-        counted); the library settles it again meanwhile and queues it afresh."""
-        move(track, TrackState.RETRYING, now)
-        track.next_attempt_at = now + timedelta(
-            seconds=max(self.config.library.settle_seconds, POLL_SECONDS))
-        log.info("%s is still changing (being copied?); it waits to settle again",
-                 claim.path)
-
-    def _record_changing(self) -> None:
-        """Claims whose file changed before decoding: back to waiting (DB busy: next time)."""
-        while self._changing:
-            claim = self._changing[0]
-            with transaction(self.sessions) as session:
-                track = locked(session, Track, claim.track_id)
-                if self._still_ours(track, claim):
-                    self._back_to_settling(track, claim, utcnow())
-            self._changing.pop(0)
-            self._claims.pop(claim.track_id, None)
-
-    def _hand_back(self, claims: list[Claim], why: str) -> None:
-        ids = [c.track_id for c in claims]
-        moved = requeue_working(self.sessions, ids, self.worker_id)
-        for track_id in ids:
-            self._claims.pop(track_id, None)
-        self._ready = [c for c in self._ready if c.track_id not in ids]
-        self._failures = [(c, e) for c, e in self._failures if c.track_id not in ids]
-        self._changing = [c for c in self._changing if c.track_id not in ids]
-        if moved:
-            log.info("handed %d track(s) back to the queue (%s)", moved, why)
+    def _hand_back(self, why: str) -> None:
+        self.flow.hand_back(list(self._held), why)
+        self._held.clear()
 
     def _drain(self) -> None:
         """Shutdown: no new claims; finish in-flight files for a while, requeue the rest."""
@@ -473,21 +289,16 @@ class Worker:
             while (self.classifier is not None and self.pool is not None and self.pool.pending
                    and time.monotonic() < deadline):
                 self._collect(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
-            self._record_failures()
-            self._record_changing()
-            if self.classifier is not None:
-                self._classify_ready(force=True)
+            self._record()
+            while self.classifier is not None and (self._classifying or any(
+                    isinstance(h, Heard) for h in self._held.values())):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._classify(force=True, wait=left):
+                    break
         except Exception:
             log.exception("finishing in-flight files failed")
-        if self._claims:
-            self._hand_back(list(self._claims.values()), "shutting down")
-
-    # ---- bookkeeping -------------------------------------------------------------------
-
-    def queued(self) -> int:
-        """Tracks waiting for the worker (queued, retrying, working)."""
-        with self.sessions() as session:
-            return queue_depth(session)
+        if self._held:
+            self._hand_back("shutting down")
 
     def _prune_events(self) -> None:
         now = time.monotonic()

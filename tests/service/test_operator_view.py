@@ -14,7 +14,7 @@ from daemon.core.db.engine import transaction
 from daemon.core.db.models import Track, utcnow
 from daemon.core.states import TrackState
 from daemon.review import decisions, listing
-from daemon.service.leader import Leadership
+from daemon.service.leader import Leadership, try_lock
 from daemon.service.status import collect_status, render_status
 from daemon.suggest.workers import list_workers, register, retire
 
@@ -63,10 +63,10 @@ def test_a_stopped_leader_is_listed_as_a_stopped_leader(make_config, tmp_path, d
     _, sessions = database
     config = make_config(tmp_path / "library")
     worker_id = register(sessions, "leader")
-    leadership = Leadership(config, on_lead=lambda: None, on_lost=lambda: None,
-                            on_status=lambda _: None, worker_id=lambda: worker_id)
-    leadership.sessions = sessions
-    assert leadership.take() and leadership.start()
+    leadership = Leadership(config, try_lock(config), sessions, on_lead=lambda: None,
+                            on_lost=lambda: None, on_status=lambda _: None,
+                            worker_id=worker_id)
+    assert leadership.leading and leadership.start()
     retire(sessions, worker_id)  # the service's stop: its row first, then the lock
     leadership.close()
     with sessions() as session:
@@ -77,9 +77,8 @@ def test_a_stopped_leader_is_listed_as_a_stopped_leader(make_config, tmp_path, d
     assert " leader: stopped " in line and "standby" not in line
 
     # Start-up that fails before the database is open: the lock goes quietly.
-    early = Leadership(config, on_lead=lambda: None, on_lost=lambda: None,
-                       on_status=lambda _: None)
-    assert early.take()
+    early = try_lock(config)
+    assert early.held()
     caplog.clear()  # another test may have left the service's loggers at INFO
     with caplog.at_level(logging.WARNING, logger="daemon.service.leader"):
         early.close()

@@ -1,7 +1,10 @@
-"""The worker in-process: real decoder pool, real feature cache, real model, real SQLite.
+"""The suggest flow in-process: real decoder pool, real feature cache, real model, real
+SQLite (and PostgreSQL).
 
 Tracks are put into the database the way the library does it (queued, with size and
-mtime); the worker turns them into suggestions, retries and quarantines.
+mtime); the flow turns them into suggestions, retries and quarantines. Most tests run the
+stages one after the other (daemon.suggest.flow.suggest_songs: no threads, no sleeps);
+the threaded Worker the service runs has its own tests below.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from daemon.core.db.models import Decision, Event, Suggestion, Track, utcnow
 from daemon.core.retry import backoff as backoff_delay
 from daemon.core.states import SuggestionStatus, TrackState
 from daemon.learn.registry import activate, register_bundle
+from daemon.suggest.flow import Classified, Flow, Heard, Tally, suggest_songs
 from daemon.suggest.queue import claim_tracks, requeue_working
 from daemon.suggest.worker import Worker
 from daemon.suggest.workers import requeue_dead
+from daemon.tags.live import Live
 
 pytestmark = pytest.mark.slow
 SR = 22_050
@@ -91,6 +96,11 @@ def requeue(sessions, track_id: int, **fields) -> None:
             setattr(track, key, value)
 
 
+def flow_for(config, sessions, **options) -> Flow:
+    """A Flow that asks the registry for the active model at every pass."""
+    return Flow(config, sessions, model_check_seconds=0.0, **options)
+
+
 def test_backoff_doubles():
     assert [backoff_delay(n, 60) for n in (1, 2, 3, 4)] == [60, 120, 240, 480]
 
@@ -123,20 +133,19 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
     rels = songs(library, 5)
     (library / "new" / "noise.mp3").write_bytes(np.random.default_rng(3).bytes(30_000))
     ids = {rel: add_track(sessions, library, rel) for rel in [*rels, "new/noise.mp3"]}
-    # A crash left this one working: start-up hands it back to the queue.
-    with transaction(sessions) as session:
-        session.get(Track, ids[rels[0]]).state = TrackState.WORKING
-
-    worker = Worker(config, sessions)
-    worker.start()
-    try:
-        wait_for(lambda: {t.state for t in tracks(sessions).values()}
-                 == {"suggested", "quarantined"}, 60, "suggestions and quarantine")
+    live = Live(config)  # what a reload replaces
+    flow = flow_for(live, sessions)
+    with flow.open_pool() as pool:
+        assert suggest_songs(flow, pool, limit=10) == Tally(6, 5, 1, 0)
+        # The noise file's retry, once its backoff has passed: quarantined.
+        later = utcnow() + timedelta(seconds=5)
+        assert suggest_songs(flow, pool, limit=10, now=later) == Tally(1, 0, 1, 0)
+        assert {t.state for t in tracks(sessions).values()} == {"suggested", "quarantined"}
         by_path = tracks(sessions)
         noise = by_path["new/noise.mp3"]
         assert noise.state == TrackState.QUARANTINED
         assert noise.attempts == 2 and noise.last_error
-        cache = FeatureCache(config.cache_dir, worker.specs.cnn)  # the config's windows
+        cache = FeatureCache(config.cache_dir, flow.specs.cnn)  # the config's windows
         for rel in rels:
             track = by_path[rel]
             assert track.state == TrackState.SUGGESTED and track.attempts == 0
@@ -155,36 +164,34 @@ def test_suggests_retries_quarantines_caches_and_swaps_models(shop, trained_bund
         # the old one; still exactly one pending.
         first = pending(sessions, ids[rels[1]])[0]
         requeue(sessions, ids[rels[1]])
-        wait_for(lambda: pending(sessions, ids[rels[1]])[0].id != first.id, 60,
-                 "the second suggestion")
+        assert suggest_songs(flow, pool) == Tally(1, 1, 0, 0)
         [second] = pending(sessions, ids[rels[1]])
-        assert second.replaces_id == first.id
+        assert second.id != first.id and second.replaces_id == first.id
         with sessions() as session:
             assert session.get(Suggestion, first.id).status == SuggestionStatus.SUPERSEDED
             last = session.scalars(select(Event).order_by(Event.id.desc())).first()
         assert last.detail["cached"] is True
 
-        # Another model becomes active (by DB row only): the worker reloads between batches.
+        # Another model becomes active (by DB row only): the flow follows it.
         new_id = add_model(config, sessions, trained_bundle)
-        wait_for(lambda: worker.model_id == new_id, 15, "the reload")
         requeue(sessions, ids[rels[2]])
-        wait_for(lambda: pending(sessions, ids[rels[2]])[0].model_id == new_id, 60,
-                 "a suggestion by the new model")
+        suggest_songs(flow, pool)
+        assert flow.model.model_id == new_id
+        assert pending(sessions, ids[rels[2]])[0].model_id == new_id
 
         # Audit mode: a tagged file the model agrees with goes back to tagged; one it
         # disagrees with gets a suggestion flagged with the file's genre.
         agreed = pending(sessions, ids[rels[3]])[0].genre
         other = next(g for g in GENRES if g != agreed)
         requeue(sessions, ids[rels[3]], canonical_genre=agreed)
-        wait_for(lambda: tracks(sessions)[rels[3]].state == "tagged", 60, "agreeing audit")
-        worker.config = config.model_copy(update={"classifier": config.classifier.model_copy(
-            update={"audit_min_confidence": 1e-6})})
+        suggest_songs(flow, pool)
+        assert tracks(sessions)[rels[3]].state == "tagged"
+        live.replace(config.model_copy(update={"classifier": config.classifier.model_copy(
+            update={"audit_min_confidence": 1e-6})}))
         requeue(sessions, ids[rels[3]], canonical_genre=other)
-        wait_for(lambda: tracks(sessions)[rels[3]].state == "suggested", 60, "disagreeing audit")
+        suggest_songs(flow, pool)
+        assert tracks(sessions)[rels[3]].state == "suggested"
         assert pending(sessions, ids[rels[3]])[0].disagrees_with == other
-    finally:
-        worker.close()
-    assert worker.pool is None
 
 
 def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):
@@ -198,17 +205,16 @@ def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):
     model_id = add_model(config, sessions, trained_bundle)
     first, second = songs(library, 2)
     ids = [add_track(sessions, library, rel) for rel in (first, second)]
-    worker = Worker(config, sessions)
-    worker.start()
-    try:
-        wait_for(lambda: all(pending(sessions, i) for i in ids), 60, "two suggestions")
+    flow = flow_for(config, sessions)
+    with flow.open_pool() as pool:
+        suggest_songs(flow, pool)
+        assert all(pending(sessions, i) for i in ids)
         rejected = [pending(sessions, i)[0] for i in ids]
         review.reject(sessions, config, [s.id for s in rejected], who="t")
         requeue(sessions, ids[0])  # the file changed: classified again, same genre
-        wait_for(lambda: tracks(sessions)[first].state == "reviewed", 60, "filed away")
+        suggest_songs(flow, pool)
+        assert tracks(sessions)[first].state == "reviewed"
         assert pending(sessions, ids[0]) == []
-    finally:
-        worker.close()
 
     # As if an older model had suggested another genre for the second song.
     with transaction(sessions) as session:
@@ -228,10 +234,15 @@ def test_a_rejected_genre_is_never_suggested_again(shop, trained_bundle):
 
 
 def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bundle):
+    """The threaded Worker the service runs: start-up hands back what a crash left
+    working; without a model nothing is claimed; close() with no time to drain leaves
+    nothing working, and closes the pool."""
     config, sessions, library = shop
     rels = songs(library, 6, seconds=5.0)
     for rel in rels:
         add_track(sessions, library, rel)
+    with transaction(sessions) as session:  # a crash left this one working
+        session.scalars(select(Track)).first().state = TrackState.WORKING
     worker = Worker(config, sessions, drain_seconds=0.0)
     worker.start()
     try:
@@ -247,67 +258,74 @@ def test_no_model_means_tracks_wait_then_close_hands_work_back(shop, trained_bun
     # again or done.
     states = {t.state for t in tracks(sessions).values()}
     assert states <= {"queued", "suggested"}, states
+    assert worker.pool is None
 
 
 def _one_working_song(shop, trained_bundle):
-    """One library song in `working`, a Worker with the trained model, and the song's
-    claim with (blank) CNN features: (sessions, worker, claim, the track as claimed)."""
-    from daemon.suggest.classifier import Classifier
+    """One library song in `working`, a Flow with the trained model, and the song as the
+    features stage hands it on, with (blank) CNN features: (sessions, flow, song, the
+    track as claimed)."""
     from daemon.suggest.queue import Claim
 
     config, sessions, library = shop
     [rel] = songs(library, 1)
     track_id = add_track(sessions, library, rel, state=TrackState.WORKING)
     before = tracks(sessions)[rel]
-    worker = Worker(config, sessions)
-    worker.classifier = Classifier.load(trained_bundle / "model.onnx")
+    add_model(config, sessions, trained_bundle)
+    flow = flow_for(config, sessions)
+    assert flow.model.refresh(config)
     features = np.zeros((5, *DEFAULT_SPEC.input_shape), np.float32)
-    claim = Claim(track_id, rel, before.size, before.mtime, None, None, token=1,
-                  fingerprint="00" * 16, features={CNN: features})
-    return sessions, worker, claim, before
+    claim = Claim(track_id, rel, before.size, before.mtime, None, None, token=1)
+    return sessions, flow, Heard(claim, "00" * 16, {CNN: features}, cached=False), before
+
+
+def scored(flow: Flow, song: Heard) -> list[Classified]:
+    """The classify stage's record for `song`, by the song probabilities alone."""
+    [probs] = flow.classifier.predict_songs([song.features[CNN]])
+    return [Classified(song, probs)]
 
 
 def test_a_file_replaced_while_decoding_is_not_suggested_from_old_audio(
         shop, trained_bundle):
     """The library saw the file change mid-decode (track back to queued, new size): the
     result of the old bytes is dropped, and the track waits for its next turn."""
-    sessions, worker, claim, before = _one_working_song(shop, trained_bundle)
-    track_id, rel, features = claim.track_id, claim.path, claim.features[CNN]
+    sessions, flow, song, before = _one_working_song(shop, trained_bundle)
+    track_id, rel = song.claim.track_id, song.claim.path
     with transaction(sessions) as session:  # what Library does on a changed file
         track = session.get(Track, track_id)
         track.state, track.size = TrackState.QUEUED, before.size + 1000
-    worker._suggest([claim], worker.classifier.predict_songs([features]))
+    assert flow.suggest(scored(flow, song)) == []
     assert pending(sessions, track_id) == []
     assert tracks(sessions)[rel].state == TrackState.QUEUED
     # The same file unchanged: the result stands.
     with transaction(sessions) as session:
         track = session.get(Track, track_id)
         track.state, track.size = TrackState.WORKING, before.size
-    worker._suggest([claim], worker.classifier.predict_songs([features]))
+    assert flow.suggest(scored(flow, song)) == [song.claim]
     assert len(pending(sessions, track_id)) == 1
     assert tracks(sessions)[rel].state == TrackState.SUGGESTED
 
 
 def test_a_file_changing_as_its_result_is_stored_is_not_suggested_from_old_audio(
         shop, trained_bundle):
-    """The library's "this file changed" and the worker's result arrive together: the
-    library's change is committing when the worker stores its suggestion. The worker
-    must see the change (on PostgreSQL, READ COMMITTED: by locking the track), not store
-    a suggestion from the old bytes over it."""
+    """The library's "this file changed" and the flow's result arrive together: the
+    library's change is committing when the flow stores its suggestion. The flow must
+    see the change (on PostgreSQL, READ COMMITTED: by locking the track), not store a
+    suggestion from the old bytes over it."""
     import threading
 
-    sessions, worker, claim, before = _one_working_song(shop, trained_bundle)
-    track_id, rel, features = claim.track_id, claim.path, claim.features[CNN]
-    probs = worker.classifier.predict_songs([features])
+    sessions, flow, song, before = _one_working_song(shop, trained_bundle)
+    track_id, rel = song.claim.track_id, song.claim.path
+    batch = scored(flow, song)
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
-    store = threading.Thread(target=worker._suggest, args=([claim], probs))
+    store = threading.Thread(target=flow.suggest, args=(batch,))
     with transaction(sessions) as session:  # what Library does on a changed file
         track = session.get(Track, track_id)
         track.state, track.size = TrackState.QUEUED, before.size + 1000
         session.flush()  # the row is the library's until it commits
         store.start()
         if postgres:
-            wait_for(lambda: locks_waiting(sessions), 10, "the worker waiting for the track")
+            wait_for(lambda: locks_waiting(sessions), 10, "the flow waiting for the track")
         else:
             time.sleep(0.3)
     store.join(30)
@@ -439,8 +457,8 @@ def test_odd_names_go_from_the_walk_through_the_real_worker_to_a_written_tag(
 
 
 class _Recorder:
-    """Stands in for the service's Neighbours (helper D's) at the worker's hook: records
-    what it is asked; None = "no neighbours known", which the worker stores as nothing."""
+    """Stands in for the service's Neighbours at the flow's "sounds like": records what
+    it is asked; None = "no neighbours known", which the flow stores as nothing."""
 
     def __init__(self):
         self.asked: list[tuple[np.ndarray, int]] = []
@@ -472,13 +490,13 @@ def test_a_two_input_bundle_fills_all_three_caches_with_the_configs_windows(
     embeddings = FeatureCache(config.cache_dir, EMBEDDING_SPEC)
     first, *rest = songs(library, 3)
     ids = {first: add_track(sessions, library, first)}
-    worker = Worker(config, sessions)
-    worker.neighbours = recorder = _Recorder()
-    try:
+    recorder = _Recorder()
+    flow = flow_for(config, sessions, neighbours=recorder)
+    with flow.open_pool() as pool:
         # First a CNN-only model: the first song's clips are cached, nothing else.
         add_model(config, sessions, genre_bundle(tmp_path / "cnn", GENRES, "Metal"))
-        worker.start()
-        wait_for(lambda: tracks(sessions)[first].state == "suggested", 60, "the first song")
+        suggest_songs(flow, pool)
+        assert tracks(sessions)[first].state == "suggested"
         fp = tracks(sessions)[first].fingerprint
         assert cnn_cache.get(fp).shape == (8, 129, 98, 1)
         assert not backbone_cache.has(fp) and not embeddings.has(fp) and not recorder.asked
@@ -486,15 +504,13 @@ def test_a_two_input_bundle_fills_all_three_caches_with_the_configs_windows(
 
         model_id = add_model(config, sessions,
                              two_input_bundle(tmp_path / "two", GENRES, "Classical"))
-        wait_for(lambda: worker.model_id == model_id, 15, "the two-input model")
-        assert worker.classifier.needs == {"cnn", "backbone"}
         ids.update({rel: add_track(sessions, library, rel) for rel in rest})
         requeue(sessions, ids[first])
-        wait_for(lambda: all(pending(sessions, i) and pending(sessions, i)[0].model_id
-                             == model_id for i in ids.values()), 60, "two-input suggestions")
-    finally:
-        worker.close()
-        engine.dispose()
+        assert suggest_songs(flow, pool) == Tally(3, 3, 0, 0)
+        assert flow.model.model_id == model_id
+        assert flow.classifier.needs == {"cnn", "backbone"}
+        assert all(pending(sessions, i)[0].model_id == model_id for i in ids.values())
+    engine.dispose()
     by_path = tracks(sessions)
     for rel, track_id in ids.items():
         fp = by_path[rel].fingerprint
@@ -507,7 +523,7 @@ def test_a_two_input_bundle_fills_all_three_caches_with_the_configs_windows(
         # The embedding is the model's on this song's own patches (float16-cached ones
         # here, each band within 2^-11 of its value: the vectors agree to 1e-3 of their
         # size, while two songs' differ by far more, checked below).
-        again = worker.classifier.predict([{"cnn": cnn_cache.get(fp), "backbone": patches}])
+        again = flow.classifier.predict([{"cnn": cnn_cache.get(fp), "backbone": patches}])
         error = np.linalg.norm(again.embeddings[0] - per_patch, axis=1)
         assert (error < 1e-3 * np.linalg.norm(per_patch, axis=1)).all()
         [mean] = [e for e, asked_id in recorder.asked if asked_id == track_id]

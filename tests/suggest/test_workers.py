@@ -263,8 +263,7 @@ def test_a_worker_starting_leaves_a_live_workers_tracks_alone(sessions, make_con
     for worker_id in (live, dead, None):
         claim_tracks(sessions, 2, set(), utcnow(), worker_id=worker_id)
     age(sessions, dead, 600)
-    starting = Pipeline(config, sessions)
-    starting.worker_id = register(sessions, "worker")
+    starting = Pipeline(config, sessions, worker_id=register(sessions, "worker"))
     starting.start()
     try:
         assert list(held(sessions).values()) == [live, live]
