@@ -57,7 +57,8 @@ def worker(ctx: Context, name: str | None) -> int:
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Is the daemon running, what is queued, the model, quarantined files."""
-    from daemon.service.status import collect_status, render_status
+    from daemon.cli.status_text import render_status
+    from daemon.service.status import collect_status
 
     config = ctx.config
     engine, sessions = ctx.database()

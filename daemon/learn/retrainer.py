@@ -66,12 +66,14 @@ from daemon.learn.trainer_process import (
     failure_reason,
     known_files,
     log_tail,
+    not_trained_reason,
     process_start_ticks,
     start_trainer,
     stop_process_group,
     supervise,
     trainer_available,
     trainer_command,
+    trainer_report,
 )
 from daemon.suggest.active import active_model
 from daemon.suggest.embedded import load_on_embeddings
@@ -402,7 +404,7 @@ class Retrainer:
             metrics=evaluation.pop("candidate_metrics"))
         result: dict[str, Any] = {"candidate_version": model.version, "model_id": model.id,
                                   "gate": {**verdict.to_json(), **evaluation},
-                                  **_trainer_report(run_dir)}
+                                  **trainer_report(run_dir)}
         if not verdict.promote:
             return {**result, "status": REJECTED, "reason": f"gate: {verdict.reason}"}
         registry.activate(self.sessions, model.version)
@@ -450,32 +452,6 @@ class Retrainer:
             return None
         return failure_reason(proc.returncode, log_tail(log_path),
                               memory_mb=retrain.memory_max_mb, stopped_for=stopped_for)
-
-
-def not_trained_reason(run_dir: Path) -> str | None:
-    """Why the trainer made no model from this library (its not_trained.json), or None."""
-    try:
-        return str(json.loads((run_dir / "not_trained.json").read_text(encoding="utf-8"))
-                   ["reason"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _trainer_report(run_dir: Path) -> dict[str, Any]:
-    """The data facts the trainer reported (songs, decoded vs cached), for the run row."""
-    try:
-        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    # The CNN's warm start (the one family that starts from the active model), else the
-    # winner's.
-    fit = ((report.get("families") or {}).get("cnn") or report).get("fit") or {}
-    keep: dict[str, Any] = {"trainer_warm_start": fit.get("warm_start"),
-                            "trainer_warm_start_how": fit.get("warm_start_how")}
-    for key in ("training_set", "training_set_hash", "cache", "timings", "served"):
-        if key in report:
-            keep[f"trainer_{key}"] = report[key]
-    return keep
 
 
 # ---- the nightly job ------------------------------------------------------------------------

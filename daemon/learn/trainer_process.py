@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib.util
+import json
 import os
 import resource
 import shutil
@@ -242,3 +243,31 @@ def known_files(session: Session) -> dict[str, dict[str, Any]]:
                    "album": album, "album_artist": album_artist,
                    "genres": raw.split(MULTI_VALUE_SEPARATOR) if raw else []}
             for path, size, mtime, fp, artist, album, album_artist, raw in rows}
+
+
+# ---- what the trainer leaves in its run folder ---------------------------------------------
+
+def not_trained_reason(run_dir: Path) -> str | None:
+    """Why the trainer made no model from this library (its not_trained.json), or None."""
+    try:
+        return str(json.loads((run_dir / "not_trained.json").read_text(encoding="utf-8"))
+                   ["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def trainer_report(run_dir: Path) -> dict[str, Any]:
+    """The data facts the trainer reported (songs, decoded vs cached), for the run row."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    # The CNN's warm start (the one family that starts from the active model), else the
+    # winner's.
+    fit = ((report.get("families") or {}).get("cnn") or report).get("fit") or {}
+    keep: dict[str, Any] = {"trainer_warm_start": fit.get("warm_start"),
+                            "trainer_warm_start_how": fit.get("warm_start_how")}
+    for key in ("training_set", "training_set_hash", "cache", "timings", "served"):
+        if key in report:
+            keep[f"trainer_{key}"] = report[key]
+    return keep

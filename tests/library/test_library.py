@@ -24,6 +24,7 @@ from sqlalchemy.orm import sessionmaker
 
 from daemon.audio.fingerprint import fingerprint
 from daemon.cli.demo import encode, synthesize
+from daemon.cli.status_text import render_status
 from daemon.core.config import parse_config
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Decision, ServiceState, Suggestion, Track, utcnow
@@ -37,7 +38,7 @@ from daemon.library.walk import is_library_file, walk_library
 from daemon.review import decisions as review
 from daemon.review.web import create_app
 from daemon.review.writeback import Writer
-from daemon.service.status import collect_status, render_status
+from daemon.service.status import collect_status
 from daemon.tags.genres import load_genre_map
 from daemon.tags.write import write_tags
 

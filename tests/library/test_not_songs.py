@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from daemon.cli import cli
 from daemon.cli.demo import encode, synthesize
+from daemon.cli.status_text import render_status
 from daemon.core.config import parse_config
 from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import Suggestion, Track
@@ -31,7 +32,7 @@ from daemon.learn.labels import confirmed_labels, current_labels, label_counts, 
 from daemon.library.reconcile import Library
 from daemon.review.decisions import NotPending
 from daemon.review.songmarks import UnknownTrack
-from daemon.service.status import collect_status, render_status
+from daemon.service.status import collect_status
 from daemon.suggest.queue import queue_depth
 from daemon.tags.genres import load_genre_map
 from daemon.tags.write import write_tags

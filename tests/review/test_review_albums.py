@@ -207,7 +207,8 @@ def test_consistency_audit_lists_mixed_albums_and_use_x_for_all_fixes_them(album
 
 
 def test_status_counts_the_mixed_albums(albums_to_review):
-    from daemon.service.status import collect_status, render_status
+    from daemon.cli.status_text import render_status
+    from daemon.service.status import collect_status
 
     config, sessions, ids = albums_to_review
     data = collect_status(config, sessions)

@@ -516,8 +516,9 @@ def test_a_255_byte_name_is_written(make_song, tmp_path):
 
 
 def test_hard_linked_song_is_refused_and_the_reason_is_shown(station, make_song):
+    from daemon.cli.status_text import render_status
     from daemon.review.web.app import create_app
-    from daemon.service.status import collect_status, render_status
+    from daemon.service.status import collect_status
 
     config, sessions, library = station.config, station.sessions, station.library
     path, _, sid, _ = add_song(sessions, library, make_song, "H/linked.mp3")

@@ -10,12 +10,13 @@ import logging
 import pytest
 from helpers import add_suggested_track
 
+from daemon.cli.status_text import render_status
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import Track, utcnow
 from daemon.core.states import TrackState
 from daemon.review import decisions, listing
 from daemon.service.leader import Leadership, try_lock
-from daemon.service.status import collect_status, render_status
+from daemon.service.status import collect_status
 from daemon.suggest.workers import list_workers, register, retire
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from daemon.cli.status_text import render_status
 from daemon.core.db.engine import transaction
 from daemon.core.db.models import (
     Decision,
@@ -28,7 +29,7 @@ from daemon.core.db.models import (
 from daemon.core.states import TrackState
 from daemon.learn.schedule import NightlyHistory, next_nightly, next_nightly_run, nightly_history
 from daemon.service.scheduler import NIGHTLY_FUNC, Scheduler
-from daemon.service.status import DAEMON_KEY, collect_status, render_status
+from daemon.service.status import DAEMON_KEY, collect_status
 from daemon.suggest.queue import queue_depth
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)

@@ -21,6 +21,7 @@ from helpers import EXE, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from daemon.cli.status_text import render_status
 from daemon.core.config import load_config
 from daemon.core.db.engine import open_database, transaction
 from daemon.core.db.models import Suggestion, Track, Worker, utcnow
@@ -28,7 +29,7 @@ from daemon.core.errors import ConfigError
 from daemon.core.states import TrackState, move
 from daemon.learn.registry import activate, register_bundle
 from daemon.service.metrics import StationMetrics
-from daemon.service.status import collect_status, render_status
+from daemon.service.status import collect_status
 from daemon.service.workerprocess import refuse_to_start
 from daemon.suggest.queue import claim_tracks, requeue_working
 from daemon.suggest.worker import Worker as Pipeline
