@@ -32,23 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ears_tournament import OUT, STATION_SONGS, library  # noqa: E402
+from bench.ears_tournament import OUT, STATION_SONGS, library, night  # noqa: E402
 
 # Stages that do not grow with the songs: writing the bundles (parity checks on a fixed
 # number of clips and patches) and, on cached embeddings, judging: loading each bundle
 # and cutting its graph, the model runs themselves well under 1 ms a song (the "gate"
 # rows measure them). Every other stage is taken as linear in songs.
 FIXED = ("bundles", "judge + context")
-
-
-def night(root: Path, out: Path, cache: Path, epochs: int, warm_start: Path | None) -> dict:
-    from trainer.train import train
-
-    started = time.perf_counter()
-    report = train(root, out, cache_dir=cache, epochs=epochs, min_songs=10, seed=3,
-                   warm_start=warm_start, progress=False)
-    report["wall_s"] = time.perf_counter() - started
-    return report
 
 
 def stages(report: dict) -> dict[str, float]:
