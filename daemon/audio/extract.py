@@ -125,11 +125,13 @@ class ExtractPool:
     # ------------------------------------------------------------ public
 
     def submit(self, path: str | os.PathLike | bytes, tag: Any = None,
-               kinds: Iterable[str] | None = None) -> None:
-        """Queue one song; its result (the feature kinds `kinds`, default the pool's)
-        comes back from get() with `tag`."""
+               kinds: Iterable[str] | None = None, backbone: str | None = None) -> None:
+        """Queue one song; its result (the feature kinds `kinds`, default the pool's;
+        with a `backbone` graph file, the patches' embeddings by it in place of the
+        patches: daemon.audio.embedding) comes back from get() with `tag`."""
         wanted = self.kinds if kinds is None else tuple(sorted(kinds))
-        self._submit(_Task(next(self._ids), path, tag, args=(wanted,)))
+        args = (wanted,) if backbone is None else (wanted, backbone)
+        self._submit(_Task(next(self._ids), path, tag, args=args))
 
     def _submit(self, task: _Task) -> None:
         with self._lock:
