@@ -6,6 +6,12 @@ rebuilt from there when missing or different). A bundle that fails to load, or w
 stored copy is damaged, is logged once and not retried until another model becomes
 active; the worker keeps the classifier it had, if any. A copy this host cannot write
 (a full disk) is an error of the worker's step, tried again.
+
+A bundle whose members take the backbone is loaded split (daemon.suggest.embedded
+.load_split): `classifier` is the bundle from its embedding output on, `backbone` the
+graph file the decoder children embed each song's patches by (daemon.audio.embedding),
+so decoding and the backbone share every decoder core. Any other bundle, or with
+`backbone_in_decoders` off, is loaded whole and `backbone` is None.
 """
 
 from __future__ import annotations

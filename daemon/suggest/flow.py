@@ -8,7 +8,10 @@ Read `suggest_songs` at the bottom first: the stages, once, top to bottom.
               the backbone's patches) from each kind's cache by fingerprint -> Heard when
               all are there, else Decode (the kinds missing, decoded in one pass in the
               ExtractPool's child processes: a crash, hang or leak there is a typed error
-              for that one file); heard: the pool's answer -> Heard (stored in the caches)
+              for that one file); heard: the pool's answer -> Heard (stored in the caches).
+              A bundle whose members take the backbone is split (ActiveModel): the
+              children run its backbone and hand back per-patch embeddings, which the
+              embedding cache keeps, and the model here runs the rest on them
     classify  several songs per onnxruntime run with the active model -> Classified; the
               song embeddings it gives go to the embedding cache, their mean on the record
               for "sounds like" (`neighbours`)
