@@ -30,7 +30,7 @@ GENRES = ("Classical", "Hip-Hop", "Metal")
 FORMATS = ("mp3", "flac", "ogg", "wav")
 
 
-def station(tmp_path, make_config, songs, name: str, bundle):
+def fresh_library(tmp_path, make_config, songs, name: str, bundle):
     """(config, sessions, engine, rels): a library holding copies of the same `songs`
     files, each queued, its own caches and database, and `bundle` the active model."""
     library = tmp_path / name
@@ -71,8 +71,8 @@ def test_the_backbone_in_the_decoders_decides_as_the_whole_bundle(
     runs = {}
     for in_decoders in (False, True):
         name = "decoders" if in_decoders else "service"
-        config, sessions, engine, rels = station(tmp_path, make_config, tmp_path / "songs",
-                                                 name, composed / f"{family}.onnx")
+        config, sessions, engine, rels = fresh_library(
+            tmp_path, make_config, tmp_path / "songs", name, composed / f"{family}.onnx")
         flow = Flow(config, sessions, model_check_seconds=0.0,
                     backbone_in_decoders=in_decoders)
         with flow.open_pool() as pool:
