@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import wait_for
 from sqlalchemy import select
 
 from daemon.audio.extract import ExtractPool
@@ -23,6 +24,7 @@ from daemon.core.states import TrackState
 from daemon.learn.registry import activate, register_bundle
 from daemon.suggest.embedded import EmbeddedClassifier, backbone_graph
 from daemon.suggest.flow import Flow, Heard, hear
+from daemon.suggest.worker import Worker
 
 pytestmark = pytest.mark.slow  # composes bundles on the backbone and runs it per song
 
@@ -103,20 +105,59 @@ def test_the_backbone_in_the_decoders_decides_as_the_whole_bundle(
             else:
                 assert not isinstance(flow.classifier, EmbeddedClassifier)
                 assert flow.model.backbone is None
-        with sessions() as session:
-            runs[name + " genres"] = {
-                session.get(Track, s.track_id).path: s.genre
-                for s in session.scalars(select(Suggestion))}
+        runs[name + " suggested"] = suggested(sessions)
         engine.dispose()
     service, decoders = runs["service"], runs["decoders"]
     assert service.keys() == decoders.keys() and len(service) == len(FORMATS)
-    assert runs["service genres"] == runs["decoders genres"]
+    assert_same_suggestions(runs["decoders suggested"], runs["service suggested"])
     for path, (heard, song) in service.items():
         theirs_heard, theirs = decoders[path]
         assert heard.fingerprint == theirs_heard.fingerprint
         np.testing.assert_allclose(theirs.probs, song.probs, rtol=0, atol=1e-5)
         assert song.claim and theirs.probs.argmax() == song.probs.argmax()
         np.testing.assert_allclose(theirs.embedding, song.embedding, rtol=0, atol=1e-5)
+
+
+def test_the_worker_with_the_backbone_in_its_decoders_suggests_as_the_whole_bundle(
+        tmp_path, make_config, make_song, composed):
+    """The service's threaded Worker, both decoders embedding: the same suggestions and
+    confidences as the whole ensemble run in the service, every song's embedding cached."""
+    for i, fmt in enumerate(FORMATS):
+        make_song(f"{GENRES[i % 3]} {i}.{fmt}", GENRES[i % 3], seconds=7.0 + i, seed=40 + i)
+    found = {}
+    for in_decoders in (False, True):
+        name = "decoders" if in_decoders else "service"
+        config, sessions, engine, rels = fresh_library(
+            tmp_path, make_config, tmp_path / "songs", name, composed / "ensemble.onnx")
+        worker = Worker(config, sessions, model_check_seconds=0.0,
+                        backbone_in_decoders=in_decoders)
+        worker.start()
+        try:
+            wait_for(lambda s=sessions, r=rels: len(suggested(s)) == len(r), 120,
+                     "every suggestion")
+            assert (worker.flow.model.backbone is not None) is in_decoders
+        finally:
+            worker.close()
+        found[name] = suggested(sessions)
+        embeddings = FeatureCache(config.cache_dir, EMBEDDING_SPEC)
+        with sessions() as session:
+            assert all(embeddings.has(t.fingerprint) for t in session.scalars(select(Track)))
+        engine.dispose()
+    assert_same_suggestions(found["decoders"], found["service"])
+
+
+def suggested(sessions) -> dict[str, tuple[str, float]]:
+    """Path -> (genre, confidence) of every suggestion made."""
+    with sessions() as session:
+        return {session.get(Track, s.track_id).path: (s.genre, s.confidence)
+                for s in session.scalars(select(Suggestion))}
+
+
+def assert_same_suggestions(theirs: dict, ours: dict) -> None:
+    assert theirs.keys() == ours.keys() and len(ours) == len(FORMATS)
+    for path, (genre, confidence) in ours.items():
+        assert theirs[path][0] == genre
+        assert theirs[path][1] == pytest.approx(confidence, abs=1e-5)
 
 
 def test_a_backbone_that_cannot_run_is_that_songs_error(tmp_path, make_song, composed):
