@@ -104,8 +104,11 @@ class ExtractPool:
         self._context = multiprocessing.get_context("forkserver")
         # Decoders, tag readers, numpy and scipy imported once in the fork server, shared
         # by every child (decoders and tag readers alike): daemon.audio.jobs imports all
-        # of them but scipy, which daemon.audio.features imports on first use.
-        self._context.set_forkserver_preload(["daemon.audio.jobs", "scipy.signal"])
+        # of them but scipy, which daemon.audio.features imports on first use, and
+        # onnxruntime, which a decoder running the backbone imports (daemon.audio.embedding;
+        # measured with bench/daemon.py: ~60 MB less peak PSS for ~10 MB more at idle).
+        self._context.set_forkserver_preload(["daemon.audio.jobs", "scipy.signal",
+                                              "onnxruntime"])
         self._children: list[_Child] = []
         self._queue: collections.deque[_Task] = collections.deque()
         self._finished: collections.deque[tuple[Any, Extracted | FileError]] = (
@@ -125,11 +128,13 @@ class ExtractPool:
     # ------------------------------------------------------------ public
 
     def submit(self, path: str | os.PathLike | bytes, tag: Any = None,
-               kinds: Iterable[str] | None = None) -> None:
-        """Queue one song; its result (the feature kinds `kinds`, default the pool's)
-        comes back from get() with `tag`."""
+               kinds: Iterable[str] | None = None, backbone: str | None = None) -> None:
+        """Queue one song; its result (the feature kinds `kinds`, default the pool's;
+        with a `backbone` graph file, the patches' embeddings by it in place of the
+        patches: daemon.audio.embedding) comes back from get() with `tag`."""
         wanted = self.kinds if kinds is None else tuple(sorted(kinds))
-        self._submit(_Task(next(self._ids), path, tag, args=(wanted,)))
+        args = (wanted,) if backbone is None else (wanted, backbone)
+        self._submit(_Task(next(self._ids), path, tag, args=args))
 
     def _submit(self, task: _Task) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from daemon.audio.decode import AudioInfo, decode_song, probe, read_window
+from daemon.audio.embedding import embed
 from daemon.audio.features import (
     BACKBONE,
     BACKBONE_SPEC,
@@ -53,18 +54,24 @@ class Extracted:
     features: np.ndarray | None  # CNN: (clips, n_freqs, n_frames, 1) float32; None: not asked
     info: AudioInfo
     patches: np.ndarray | None = None  # backbone: (patches, frames, mel bands) float32
+    # backbone, run here: (patches, dim) float32 per-patch embeddings in place of patches
+    embeddings: np.ndarray | None = None
 
     def by_kind(self) -> dict[str, np.ndarray]:
-        """{kind: model input} for the kinds extracted (features.CNN, features.BACKBONE)."""
-        found = {CNN: self.features, BACKBONE: self.patches}
+        """{kind: model input} for the kinds extracted (features.CNN, features.BACKBONE:
+        the patches, or their embeddings when the backbone ran in the child)."""
+        backbone = self.patches if self.embeddings is None else self.embeddings
+        found = {CNN: self.features, BACKBONE: backbone}
         return {kind: value for kind, value in found.items() if value is not None}
 
 
 def extract(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC,
             backbone_spec: BackboneSpec = BACKBONE_SPEC,
-            kinds: Iterable[str] = (CNN,)) -> Extracted:
+            kinds: Iterable[str] = (CNN,), backbone: str | None = None) -> Extracted:
     """Path -> Extracted in this process: one decode pass of the song's windows, then the
-    CNN's features (spec) and/or the backbone's patches (backbone_spec), as `kinds` asks.
+    CNN's features (spec) and/or the backbone's patches (backbone_spec), as `kinds` asks;
+    with a `backbone` graph file (daemon.audio.embedding), the patches' embeddings by it
+    in place of the patches.
 
     Raises UnreadableAudio, TooShort, SilentAudio.
     """
@@ -72,6 +79,8 @@ def extract(path: str | os.PathLike | bytes, spec: FeatureSpec = DEFAULT_SPEC,
     features = song_features(windows[CNN], spec) if CNN in windows else None
     patches = (backbone_patches(windows[BACKBONE], backbone_spec) if BACKBONE in windows
                else None)
+    if backbone is not None and patches is not None:
+        return Extracted(os.fsdecode(path), features, info, embeddings=embed(backbone, patches))
     return Extracted(os.fsdecode(path), features, info, patches)
 
 
@@ -111,9 +120,10 @@ def _windows(path, specs: SongSpecs, windows: list[tuple[float, float]],
 
 
 JOBS = {
-    # args: the feature kinds wanted (default: the CNN's alone).
-    "extract": _Job(lambda path, specs, kinds=(CNN,): extract(path, specs.cnn, specs.backbone,
-                                                             kinds),
+    # args: the feature kinds wanted (default: the CNN's alone), the backbone graph to
+    # embed the patches by (default: none, the patches come back).
+    "extract": _Job(lambda path, specs, kinds=(CNN,), backbone=None:
+                    extract(path, specs.cnn, specs.backbone, kinds, backbone),
                     "decoding", "decoder crashed", DecodeTimeout),
     "read": _Job(lambda path, specs: read_song(path), "reading its tags and audio header",
                  "the tag reader crashed", ReadTimeout),

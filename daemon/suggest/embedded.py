@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -79,6 +80,49 @@ def load_on_embeddings(path: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
         _session(data, path, threads), path, metadata,
         dataclasses.replace(bundle, embedding=None, inputs=inputs),
         spec, backbone_spec, hashlib.sha256(data).hexdigest(), spec.clips_per_song)
+
+
+def load_split(path: Path | str, cache_dir: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
+               backbone_spec: BackboneSpec = BACKBONE_SPEC, threads: int = 1
+               ) -> tuple[EmbeddedClassifier, Path] | None:
+    """A bundle whose members take the backbone, split where the decoder children can run
+    its backbone: (the bundle on embeddings, the backbone graph file under `cache_dir`:
+    `backbone_graph`). None for a bundle without a backbone member or that cannot be cut
+    (run whole, as it is). Raises ModelMismatch as Classifier.load does."""
+    classifier = load_on_embeddings(path, spec, backbone_spec, threads)
+    if (not isinstance(classifier, EmbeddedClassifier)
+            or BACKBONE not in classifier.bundle.member_needs):
+        return None
+    return classifier, backbone_graph(path, cache_dir, spec, backbone_spec)
+
+
+def backbone_graph(path: Path | str, cache_dir: Path | str,
+                   spec: FeatureSpec = DEFAULT_SPEC,
+                   backbone_spec: BackboneSpec = BACKBONE_SPEC) -> Path:
+    """The bundle's own backbone, its patches input to its embedding output, as an ONNX
+    file under `cache_dir`/backbones named by the bundle's sha256 (cut once per bundle).
+    Raises ModelMismatch for a bundle without an embedding output."""
+    import onnx
+
+    path = Path(path)
+    data = path.read_bytes()
+    graph = Path(cache_dir) / "backbones" / f"{hashlib.sha256(data).hexdigest()}.onnx"
+    if graph.is_file():
+        return graph
+    model = onnx.load_from_string(data)
+    stored = {t.name for t in model.graph.initializer}
+    bundle = describe(path, decode({p.key: p.value for p in model.metadata_props}),
+                      [i.name for i in model.graph.input if i.name not in stored],
+                      [o.name for o in model.graph.output], spec, backbone_spec)
+    if bundle.embedding is None or BACKBONE not in bundle.inputs:
+        raise ModelMismatch(f"{path}: no backbone to run apart (no embedding output)")
+    cut = onnx.utils.Extractor(model).extract_model([bundle.inputs[BACKBONE]],
+                                                    [bundle.embedding.output])
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    part = graph.with_suffix(f".{os.getpid()}.part")
+    part.write_bytes(cut.SerializeToString())
+    os.replace(part, graph)  # a child never opens half a file
+    return graph
 
 
 def _cut(path: Path, model, bundle: Bundle):

@@ -8,7 +8,10 @@ Read `suggest_songs` at the bottom first: the stages, once, top to bottom.
               the backbone's patches) from each kind's cache by fingerprint -> Heard when
               all are there, else Decode (the kinds missing, decoded in one pass in the
               ExtractPool's child processes: a crash, hang or leak there is a typed error
-              for that one file); heard: the pool's answer -> Heard (stored in the caches)
+              for that one file); heard: the pool's answer -> Heard (stored in the caches).
+              A bundle whose members take the backbone is split (ActiveModel): the
+              children run its backbone and hand back per-patch embeddings, which the
+              embedding cache keeps, and the model here runs the rest on them
     classify  several songs per onnxruntime run with the active model -> Classified; the
               song embeddings it gives go to the embedding cache, their mean on the record
               for "sounds like" (`neighbours`)
@@ -45,7 +48,13 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audio.extract import ExtractPool
-from daemon.audio.features import BACKBONE_SPEC, DEFAULT_SPEC, BackboneSpec, FeatureSpec
+from daemon.audio.features import (
+    BACKBONE,
+    BACKBONE_SPEC,
+    DEFAULT_SPEC,
+    BackboneSpec,
+    FeatureSpec,
+)
 from daemon.audio.fingerprint import fingerprint
 from daemon.core.config import Config
 from daemon.core.db.engine import locked, transaction
@@ -56,6 +65,7 @@ from daemon.core.retry import backoff
 from daemon.core.states import TrackState, move
 from daemon.library.walk import inode_ctime, same_stat
 from daemon.suggest.active import MODEL_CHECK_SECONDS, ActiveModel
+from daemon.suggest.embedded import EmbeddedClassifier
 from daemon.suggest.inputs import SongInputs, WindowSpecs
 from daemon.suggest.mates import batch_context
 from daemon.suggest.queue import Claim, claim_tracks, requeue_working
@@ -78,6 +88,7 @@ class Decode:
     fingerprint: str
     cached: Mapping[str, np.ndarray] = field(repr=False)  # the kinds found in the caches
     missing: frozenset[str]
+    backbone: Path | None = None  # the backbone graph the decoders embed its patches by
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +101,7 @@ class Heard:
     cached: bool  # all from the caches: nothing decoded this time
     info: object | None = None  # what the decoder learned (format, duration)
     ready_at: float = 0.0  # time.monotonic() when it was complete
+    on_embeddings: bool = False  # its "backbone" input is per-patch embeddings, not patches
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +157,8 @@ class Flow:
     def __init__(self, config: Config | Live, sessions: sessionmaker[Session], *,
                  worker_id: int | None = None, neighbours=None,
                  spec: FeatureSpec = DEFAULT_SPEC, backbone_spec: BackboneSpec = BACKBONE_SPEC,
-                 model_check_seconds: float = MODEL_CHECK_SECONDS):
+                 model_check_seconds: float = MODEL_CHECK_SECONDS,
+                 backbone_in_decoders: bool = True):
         self.live = as_live(config)
         self.sessions = sessions
         self.worker_id = worker_id
@@ -155,7 +168,8 @@ class Flow:
                                              backbone_spec)
         self.root = Path(self.config.library.root)
         self.inputs = SongInputs(self.config.cache_dir, self.specs)
-        self.model = ActiveModel(sessions, self.specs, check_seconds=model_check_seconds)
+        self.model = ActiveModel(sessions, self.specs, check_seconds=model_check_seconds,
+                                 backbone_in_decoders=backbone_in_decoders)
         self._tokens = itertools.count(1)
 
     @property
@@ -204,27 +218,37 @@ class Flow:
         except OSError as err:
             return Failed(claim, UnreadableAudio(
                 path, f"cannot read the file: {err.strerror or err}"))
-        needs = self.classifier.needs
-        cached = self.inputs.cached(fp, needs)
+        needs, backbone = self.classifier.needs, self.model.backbone
+        cached = self.inputs.cached(fp, needs, on_embeddings=backbone is not None)
         missing = frozenset(needs - cached.keys())
         if missing:
-            return Decode(claim, fp, cached, missing)
-        return Heard(claim, fp, cached, cached=True, ready_at=time.monotonic())
+            return Decode(claim, fp, cached, missing, backbone)
+        return Heard(claim, fp, cached, cached=True, ready_at=time.monotonic(),
+                     on_embeddings=backbone is not None)
+
+    def fits(self, heard: Heard) -> bool:
+        """The active model can classify `heard` as it is: it has every kind the model
+        needs, the backbone's as patches or embeddings as the model takes it."""
+        needs = self.classifier.needs
+        return needs <= heard.features.keys() and (
+            BACKBONE not in needs or heard.on_embeddings == (self.model.backbone is not None))
 
     def submit(self, pool: ExtractPool, decode: Decode) -> None:
         """The missing kinds to the decoders; the answer comes back tagged with the claim."""
         pool.submit(str(self.root / filesystem_path(decode.claim.path)),
-                    tag=(decode.claim.track_id, decode.claim.token), kinds=decode.missing)
+                    tag=(decode.claim.track_id, decode.claim.token), kinds=decode.missing,
+                    backbone=None if decode.backbone is None else str(decode.backbone))
 
     def heard(self, decode: Decode, result) -> Heard | Failed:
         """The decoders' answer (Extracted or FileError) for `decode` -> Heard (the fresh
         inputs stored in the caches) or Failed."""
         if isinstance(result, FileError):
             return Failed(decode.claim, result)
-        fresh = result.by_kind()
-        self.inputs.store(decode.fingerprint, fresh, decode.claim.path)
+        fresh, on_embeddings = result.by_kind(), decode.backbone is not None
+        self.inputs.store(decode.fingerprint, fresh, decode.claim.path, on_embeddings)
         return Heard(decode.claim, decode.fingerprint, {**decode.cached, **fresh},
-                     cached=False, info=result.info, ready_at=time.monotonic())
+                     cached=False, info=result.info, ready_at=time.monotonic(),
+                     on_embeddings=on_embeddings)
 
     # ---- classify ------------------------------------------------------------------------
 
@@ -234,8 +258,11 @@ class Flow:
         # what the probabilities mean.
         model = (self.model.classifier, self.model.model_id)
         prediction = model[0].predict([h.features for h in batch])
+        embeddings = prediction.embeddings
+        if isinstance(model[0], EmbeddedClassifier) and BACKBONE in model[0].needs:
+            embeddings = [h.features[BACKBONE] for h in batch]  # the decoders' backbone's
         means = self.inputs.keep_embeddings([(h.fingerprint, h.claim.path) for h in batch],
-                                            prediction.embeddings)
+                                            embeddings)
         return [Classified(h, row, mean, model)
                 for h, row, mean in zip(batch, prediction.probs, means, strict=True)]
 

@@ -65,20 +65,27 @@ class SongInputs:
         self.caches = {kind: FeatureCache(root, spec) for kind, spec in specs.by_kind().items()}
         self.embeddings = FeatureCache(root, embedding_spec)
 
-    def cached(self, fp: str, kinds: Iterable[str]) -> dict[str, np.ndarray]:
+    def cache(self, kind: str, on_embeddings: bool = False) -> FeatureCache:
+        """The cache of `kind`'s inputs; the backbone's is the embedding cache for a
+        model that takes per-patch embeddings (its backbone run in the decoders)."""
+        return self.embeddings if on_embeddings and kind == BACKBONE else self.caches[kind]
+
+    def cached(self, fp: str, kinds: Iterable[str], on_embeddings: bool = False
+               ) -> dict[str, np.ndarray]:
         """{kind: input} of the `kinds` found cached for fingerprint `fp`."""
         found = {}
         for kind in kinds:
-            value = self.caches[kind].get(fp)
+            value = self.cache(kind, on_embeddings).get(fp)
             if value is not None:
                 found[kind] = value
         return found
 
-    def store(self, fp: str, by_kind: dict[str, np.ndarray], name: str) -> None:
+    def store(self, fp: str, by_kind: dict[str, np.ndarray], name: str,
+              on_embeddings: bool = False) -> None:
         """Cache freshly extracted inputs; a full disk costs a re-decode later, no more."""
         for kind, value in by_kind.items():
             try:
-                self.caches[kind].put(fp, value)
+                self.cache(kind, on_embeddings).put(fp, value)
             except (OSError, ValueError) as err:
                 log.warning("feature cache (%s): cannot store %s: %s", kind, name, err)
 

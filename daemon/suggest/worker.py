@@ -238,11 +238,10 @@ class Worker:
                 or time.monotonic() - oldest >= BATCH_WAIT_SECONDS):
             return done
         # Another model became active meanwhile and needs a kind these songs lack.
-        needs = self.classifier.needs
         for heard in ready:
-            if not needs <= heard.features.keys():
+            if not self.flow.fits(heard):
                 self._look_up(heard.claim)
-        batch = [h for h in ready if needs <= h.features.keys()][:batch_songs]
+        batch = [h for h in ready if self.flow.fits(h)][:batch_songs]
         if batch:
             flow = self.flow
             self._classifying = (batch, self._classifier.submit(

@@ -7,10 +7,8 @@ the shared trained bundle. Needs `make backbone`; no TensorFlow here.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
-from daemon.audio.decode import decode_clips
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import (
     BACKBONE,
@@ -18,11 +16,7 @@ from daemon.audio.features import (
     CNN,
     DEFAULT_SPEC,
     EMBEDDING_SPEC,
-    backbone_patches,
-    song_features,
 )
-from daemon.cli.demo import encode, synthesize
-from daemon.learn.backbone_file import backbone_onnx
 from daemon.suggest.classifier import Classifier
 from daemon.suggest.embedded import (
     EmbeddedClassifier,
@@ -30,87 +24,46 @@ from daemon.suggest.embedded import (
     load_on_embeddings,
     member_caches,
 )
-from trainer import backbone, bundles
-from trainer.head import fit_head, song_embedding
+from trainer import bundles
 
 pytestmark = pytest.mark.slow  # fits a head and composes bundles on the backbone
 
-GENRES = ("Classical", "Hip-Hop", "Metal")  # the trained_bundle CNN's genres
-
-
-@pytest.fixture(scope="module")
-def songs(tmp_path_factory):
-    """Three songs per genre: {"cnn": clips, "backbone": patches, "embedding": what
-    backbone.onnx gives per patch (the trainer's cache)}."""
-    import onnxruntime as ort
-
-    folder = tmp_path_factory.mktemp("embedded-songs")
-    session = ort.InferenceSession(str(backbone_onnx()),
-                                   providers=["CPUExecutionProvider"])
-    out = []
-    for g, genre in enumerate(GENRES):
-        for i in range(3):
-            path = encode(folder / f"{genre} {i}{('.mp3', '.flac', '.ogg')[i]}",
-                          synthesize(genre, 9.0, 44_100, 500 + 10 * g + i), 44_100)
-            patches = backbone_patches(decode_clips(path, BACKBONE_SPEC)[1])
-            out.append({CNN: song_features(decode_clips(path, DEFAULT_SPEC)[1]),
-                        BACKBONE: patches,
-                        "embedding": backbone.embed_patches(session, patches)})
-    return out
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, songs, trained_bundle):
-    """cnn.onnx (with the embedding), backbone.onnx and ensemble.onnx composed by the
-    trainer's builders."""
-    folder = tmp_path_factory.mktemp("embedded-bundles")
-    head = fit_head(np.stack([song_embedding(s["embedding"]) for s in songs]),
-                    [g for g in GENRES for _ in range(3)])
-    checks = np.concatenate([s[BACKBONE] for s in songs[::3]])
-    clips = np.concatenate([s[CNN] for s in songs[::3]])
-    bundles.build_backbone(head, folder / "backbone.onnx", checks, temperature=0.8)
-    cnn = onnx.load(str(trained_bundle / "model.onnx"))
-    bundles.build_cnn(cnn, GENRES, folder / "cnn.onnx", clips, checks, temperature=1.2)
-    bundles.build_ensemble(cnn, GENRES, head, folder / "ensemble.onnx", clips, checks,
-                           temperatures=(1.2, 0.8))
-    return folder
-
 
 @pytest.mark.parametrize("family", ["cnn", "backbone", "ensemble"])
-def test_the_bundle_on_cached_embeddings_is_the_bundle_on_patches(built, songs, family):
-    whole = Classifier.load(built / f"{family}.onnx")
-    cut = load_on_embeddings(built / f"{family}.onnx")
+def test_the_bundle_on_cached_embeddings_is_the_bundle_on_patches(composed, sample_songs, family):
+    whole = Classifier.load(composed / f"{family}.onnx")
+    cut = load_on_embeddings(composed / f"{family}.onnx")
     assert isinstance(cut, EmbeddedClassifier) and cut.classes == whole.classes
     assert [m.temperature for m in cut.members] == [m.temperature for m in whole.members]
     assert not cut.has_embedding  # no backbone in the cut graph
     assert "patches" not in {i.name for i in cut.session.get_inputs()}
-    prediction = whole.predict([{k: s[k] for k in (CNN, BACKBONE)} for s in songs])
+    prediction = whole.predict([{k: s[k] for k in (CNN, BACKBONE)} for s in sample_songs])
     # Exact: the bundle's own float32 embeddings through its own head (and CNN).
     own = cut.predict_songs([{CNN: s[CNN], BACKBONE: e}
-                             for s, e in zip(songs, prediction.embeddings, strict=True)])
+                             for s, e in zip(sample_songs, prediction.embeddings, strict=True)])
     np.testing.assert_allclose(own, prediction.probs, rtol=0, atol=1e-6)
     # What the trainer cached from backbone.onnx alone: within the bundles' parity.
-    cached = cut.predict_songs([{CNN: s[CNN], BACKBONE: s["embedding"]} for s in songs])
+    cached = cut.predict_songs([{CNN: s[CNN], BACKBONE: s["embedding"]} for s in sample_songs])
     np.testing.assert_allclose(cached, prediction.probs, rtol=0, atol=bundles.PARITY_TOLERANCE)
     assert (cached.argmax(axis=1) == prediction.probs.argmax(axis=1)).all()
 
 
-def test_the_caches_feed_each_member_its_kind(built, songs, tmp_path):
+def test_the_caches_feed_each_member_its_kind(composed, sample_songs, tmp_path):
     features, embeddings = FeatureCache(tmp_path, DEFAULT_SPEC), FeatureCache(tmp_path,
                                                                                EMBEDDING_SPEC)
-    for i, song in enumerate(songs):
+    for i, song in enumerate(sample_songs):
         features.put(f"{i:04d}", song[CNN])
         embeddings.put(f"{i:04d}", song["embedding"])
     patches = FeatureCache(tmp_path, BACKBONE_SPEC)  # empty: nothing decoded for patches
     caches = {CNN: features, BACKBONE: patches}
-    cut = load_on_embeddings(built / "ensemble.onnx")
+    cut = load_on_embeddings(composed / "ensemble.onnx")
     feeding = member_caches(cut, caches, embeddings)
     assert feeding == {CNN: features, BACKBONE: embeddings}
-    found = [cached_features(f"{i:04d}", feeding) for i in range(len(songs))]
-    whole = Classifier.load(built / "ensemble.onnx")
+    found = [cached_features(f"{i:04d}", feeding) for i in range(len(sample_songs))]
+    whole = Classifier.load(composed / "ensemble.onnx")
     np.testing.assert_allclose(cut.predict_songs(found),
                                whole.predict_songs([{k: s[k] for k in (CNN, BACKBONE)}
-                                                    for s in songs]),
+                                                    for s in sample_songs]),
                                rtol=0, atol=bundles.PARITY_TOLERANCE)
     # The whole bundle would need patches, which are not cached: no features.
     assert member_caches(whole, caches, embeddings) == {CNN: features, BACKBONE: patches}

@@ -1,0 +1,54 @@
+"""The backbone run where the song was decoded: patches -> per-patch embeddings.
+
+The backbone is the costly part of a backbone or ensemble bundle (tens of ms a patch).
+Run in the decoder children, each child decodes and embeds its own songs, so every core
+the station gives the decoders is busy with both and the service process only runs the
+small rest of the bundle on the embeddings (daemon.suggest.embedded). A crash, hang or
+memory blow in onnxruntime is then the child's, and becomes that one file's typed error
+like a decoder's.
+
+The graph is the bundle's own backbone, cut out of it once per bundle by the service
+(daemon.suggest.embedded.backbone_graph); a child opens it on its first song (one
+intra-op thread: the children are the parallelism) and keeps that one session for the
+songs after, until it is asked for another file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Patches per onnxruntime run: each in flight costs ~30 MB of activations (the same
+# bound as daemon.suggest.classifier's MAX_PATCHES_PER_RUN).
+PATCHES_PER_RUN = 2
+
+_open: dict[str, tuple[object, str, str]] = {}  # graph file -> (session, input, output)
+
+
+def _session(graph: str) -> tuple[object, str, str]:
+    if graph not in _open:
+        import onnxruntime as ort  # lazy: a decoder that never embeds never loads it
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # a child keeps no peak between songs
+        session = ort.InferenceSession(graph, sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        _open.clear()  # one bundle at a time: the old session's memory goes
+        _open[graph] = (session, session.get_inputs()[0].name,
+                        session.get_outputs()[0].name)
+    return _open[graph]
+
+
+def embed(graph: str | os.PathLike, patches: np.ndarray) -> np.ndarray:
+    """(patches, frames, mel bands) float32 -> (patches, dim) float32 per-patch embeddings
+    by the backbone graph at `graph`."""
+    session, name, output = _session(os.fspath(graph))
+    patches = np.asarray(patches, dtype=np.float32)
+    parts = [session.run([output], {name: patches[i:i + PATCHES_PER_RUN]})[0]
+             for i in range(0, len(patches), PATCHES_PER_RUN)]
+    return np.concatenate(parts).astype(np.float32, copy=False)
