@@ -214,7 +214,7 @@ def not_a_song(suggestion_id: int):
     deps = review()
     try:
         made = songmarks.mark_suggestion(deps.sessions, deps.config, suggestion_id,
-                               who=deps.config.review.reviewer)
+                                         who=deps.config.review.reviewer)
     except decisions.ReviewError as err:
         return failed(err)
     return done([made], "Marked not a song: it leaves the queue and is never learned from.")
