@@ -422,8 +422,13 @@ def test_the_running_daemon_serves_metrics_over_http(tmp_path):
             return None
 
     try:
-        m = station.wait("/metrics", lambda: (lambda s: s if s and by(
-            s, "genretagger_component_alive", "component").get("web") else None)(scraped()))
+        # The page comes up before the leader's writer has started: wait for all three.
+        def all_up():
+            s = scraped()
+            started = set(by(s, "genretagger_component_alive", "component")) if s else set()
+            return s if {"worker", "writer", "web"} <= started else None
+
+        m = station.wait("/metrics", all_up)
         assert value(m, "genretagger_metrics_db_up") == 1
         assert value(m, "genretagger_model_version") == 1
         alive = by(m, "genretagger_component_alive", "component")
