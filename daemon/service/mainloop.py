@@ -17,7 +17,10 @@ WorkerProcess) are its components; the loop only drives them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -38,6 +41,41 @@ class Process(Protocol):
     def stop(self) -> None: ...
 
 
+class Wakeup:
+    """What the main thread sleeps on between beats: set() from any thread, or a signal.
+
+    The kernel hands a process-directed signal to whichever thread does not block it,
+    often one of the components' threads; Python then runs the handler only when the main
+    thread next runs bytecode, which a thread asleep in Event.wait does not do until its
+    timeout. A self-pipe registered with signal.set_wakeup_fd is written by the C-level
+    handler on any thread, so select() on it wakes the main thread at once."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        """The end signals write to (signal.set_wakeup_fd)."""
+        return self._write
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+            os.write(self._write, b"\0")
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until set() or a signal, at most `timeout` seconds; True when woken."""
+        ready, _, _ = select.select([self._read], [], [], timeout)
+        return bool(ready)
+
+    def clear(self) -> None:
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
 class MainLoop:
     """Signals, start, the beat, stop: `run(process)` returns the exit code."""
 
@@ -47,13 +85,16 @@ class MainLoop:
         self.on_reload = on_reload
         self.start_failure = start_failure
         self.stop_event = threading.Event()
-        self.wake = threading.Event()
+        self.wake = Wakeup()
         self._reload_requested = False
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self) -> int:
+        """Install the handlers (main thread only); returns the wakeup fd it replaced."""
+        previous = signal.set_wakeup_fd(self.wake.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        return previous
 
     def _on_stop(self, signum, _frame) -> None:
         if not self.stop_event.is_set():
@@ -75,7 +116,7 @@ class MainLoop:
     def run(self, process: Process) -> int:
         """0 after a signal-initiated stop, 2 on a configuration error at start, the
         process's own code or 1 for another start-up failure, 1 when tick() says so."""
-        self.install_signal_handlers()
+        previous_wakeup = self.install_signal_handlers()
         try:
             try:
                 process.start()
@@ -97,5 +138,8 @@ class MainLoop:
                     self._reload_requested = False
                     self.on_reload()
         finally:
-            process.stop()
+            try:
+                process.stop()
+            finally:
+                signal.set_wakeup_fd(previous_wakeup)
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -81,3 +82,19 @@ def test_sighup_reloads_and_sigterm_stops_with_0():
     assert reloaded.is_set()
     assert process.calls[0] == "start" and process.calls[-1] == "stop"
     assert process.calls.count("tick") >= 1
+
+
+def test_a_signal_another_thread_receives_stops_the_loop_at_once():
+    """systemd's SIGTERM goes to the process and the kernel may hand it to any of the
+    service's threads: the main loop still acts on it at once, not at its next beat."""
+    loop = MainLoop(60.0)
+    process = Recorded()
+
+    def signal_this_thread() -> None:
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Timer(0.2, signal_this_thread).start()
+    started = time.monotonic()
+    assert loop.run(process) == 0
+    assert time.monotonic() - started < 30, "woken by the beat, not by the signal"
+    assert process.calls[-1] == "stop"
