@@ -31,6 +31,7 @@ def test_bad_toml_names_the_file(tmp_path):
         load_config(path)
 
 
+@pytest.mark.slow  # runs the CLI in several subprocesses; make test runs it
 def test_an_open_review_page_without_a_login_is_a_config_error_for_every_command(tmp_path):
     """check-config applies the rule `run` applies (naming the key), and every command,
     `run` included, exits 2 on it as the README promises."""

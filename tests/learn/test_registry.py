@@ -178,6 +178,7 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
                            *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow  # runs the CLI in several subprocesses; make test runs it
 def test_models_commands(setup, tmp_path):
     config, sessions = setup
     path = tmp_path / "config.toml"

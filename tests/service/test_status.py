@@ -300,6 +300,7 @@ def test_status_command(tmp_path):
     assert human.stdout.startswith("daemon:      never started")
 
 
+@pytest.mark.slow  # runs the CLI in several subprocesses; make test runs it
 def test_root_is_refused_in_the_services_state_dir(tmp_path):
     """`sudo genretagger status` must not leave root-owned files (the database's -wal and
     -shm, backups) in the service's state dir: the service could not open them any more.

@@ -129,6 +129,7 @@ def test_files_that_are_not_bundles_are_refused(tmp_path):
         Classifier.load(tmp_path / "missing.onnx")
 
 
+@pytest.mark.slow  # runs the CLI in several subprocesses; make test runs it
 def test_classify_command_prints_top3_per_file_and_errors_per_file(tmp_path, make_song):
     bundle = write_bundle(tmp_path / "m.onnx")
     good = make_song("good.flac", genre="Jazz", seconds=8)
