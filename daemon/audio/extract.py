@@ -102,13 +102,14 @@ class ExtractPool:
         self.role = role  # the children's process name: "gt <role>" in ps and top
         self._spec_json = SongSpecs(spec, backbone_spec).to_json()
         self._context = multiprocessing.get_context("forkserver")
-        # Decoders, tag readers, numpy and scipy imported once in the fork server, shared
-        # by every child (decoders and tag readers alike): daemon.audio.jobs imports all
-        # of them but scipy, which daemon.audio.features imports on first use, and
-        # onnxruntime, which a decoder running the backbone imports (daemon.audio.embedding;
-        # measured with bench/daemon.py: ~60 MB less peak PSS for ~10 MB more at idle).
-        self._context.set_forkserver_preload(["daemon.audio.jobs", "scipy.signal",
-                                              "onnxruntime"])
+        # Decoders, tag readers and numpy imported once in the fork server, shared by every
+        # child (decoders and tag readers alike): daemon.audio.jobs imports all of them;
+        # onnxruntime too, which a decoder running the backbone imports
+        # (daemon.audio.embedding; measured with bench/daemon.py: ~60 MB less peak PSS for
+        # ~10 MB more at idle); daemon.audio.preloaded last, so the children's
+        # collections leave all that shared.
+        self._context.set_forkserver_preload(["daemon.audio.jobs", "onnxruntime",
+                                              "daemon.audio.preloaded"])
         self._children: list[_Child] = []
         self._queue: collections.deque[_Task] = collections.deque()
         self._finished: collections.deque[tuple[Any, Extracted | FileError]] = (

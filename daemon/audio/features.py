@@ -86,23 +86,47 @@ def clip_starts(duration: float, spec: FeatureSpec, path: object = "") -> list[f
     return [float(x) for x in np.linspace(first, last, spec.clips_per_song)]
 
 
+@functools.lru_cache(maxsize=4)
+def _tukey(n: int, alpha: float) -> np.ndarray:
+    """scipy.signal.get_window(("tukey", alpha), n): the periodic Tukey window (the
+    symmetric one of n + 1 points without its last)."""
+    m = n + 1
+    k = np.arange(m, dtype=np.float64)
+    width = int(np.floor(alpha * (m - 1) / 2.0))
+    window = np.ones(m)
+    rise, fall = k[:width + 1], k[m - width - 1:]
+    window[:width + 1] = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * rise / alpha / (m - 1))))
+    window[m - width - 1:] = 0.5 * (1 + np.cos(
+        np.pi * (-2.0 / alpha + 1 + 2.0 * fall / alpha / (m - 1))))
+    window = window[:n]
+    window.setflags(write=False)
+    return window
+
+
+def _power_density(clips: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """scipy.signal.spectrogram(clips, fs, window, nperseg, noverlap, detrend="constant",
+    scaling="density") in numpy: (n, samples) -> (n, n_freqs, n_frames) float64.
+
+    scipy.signal would cost every decoder child ~50 MB (its import pulls in most of
+    scipy); tests/audio/test_features.py holds this to scipy's own call."""
+    if spec.window[0] != "tukey" or spec.detrend != "constant" or spec.scaling != "density":
+        raise ValueError(f"only a Tukey window, constant detrend and density scaling are "
+                         f"implemented, not {spec.window!r}/{spec.detrend!r}/{spec.scaling!r}")
+    window = _tukey(spec.nperseg, float(spec.window[1]))
+    frames = np.lib.stride_tricks.sliding_window_view(
+        clips.astype(np.float64, copy=False), spec.nperseg, axis=-1)[:, ::spec.nperseg
+                                                                        - spec.noverlap]
+    frames = frames - frames.mean(axis=-1, keepdims=True)
+    spectrum = np.fft.rfft(frames * window, axis=-1)
+    power = (spectrum.real ** 2 + spectrum.imag ** 2) / (spec.sample_rate * (window ** 2).sum())
+    # One-sided: every bin but DC (and Nyquist, for an even segment) counts twice.
+    power[..., 1:-1 if spec.nperseg % 2 == 0 else None] *= 2
+    return power.transpose(0, 2, 1)
+
+
 def _scaled_power(clips: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """(n, samples) -> (n, n_freqs, n_frames) float32 in [0, 1], each clip scaled alone."""
-    # Imported here: scipy costs the daemon's main process ~100 MB and only the decoder
-    # children (and a thumbnail cache miss) compute features.
-    from scipy import signal
-
-    _, _, power = signal.spectrogram(
-        clips.astype(np.float64, copy=False),
-        fs=spec.sample_rate,
-        window=spec.window,
-        nperseg=spec.nperseg,
-        noverlap=spec.noverlap,
-        detrend=spec.detrend,
-        scaling=spec.scaling,
-        axis=-1,
-    )
-    db = 10.0 * np.log10(power + spec.floor)
+    db = 10.0 * np.log10(_power_density(clips, spec) + spec.floor)
     top = db.max(axis=(1, 2), keepdims=True)
     db = np.clip(db, top - spec.top_db, top)
     return ((db - (top - spec.top_db)) / spec.top_db).astype(np.float32)

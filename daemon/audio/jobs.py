@@ -42,6 +42,8 @@ from daemon.core.errors import (
     TooMuchMemory,
     UnreadableAudio,
 )
+from daemon.core.heap import bound_heap
+from daemon.core.threads import limit_math_threads
 from daemon.tags.restore import restore_copy, write_copy_recorded
 from daemon.tags.write import WriteFailed
 
@@ -160,6 +162,8 @@ def child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | Non
     name_process(f"gt {role}")
     if nice:
         os.nice(nice)
+    limit_math_threads(1)  # the children are the parallelism
+    bound_heap()  # a song's buffers go back when it is done, not kept as the child's peak
     if memory_mb:
         limit = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

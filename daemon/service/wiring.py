@@ -60,6 +60,7 @@ from daemon.core.db.models import ServiceState, utcnow
 from daemon.core.errors import ConfigError
 from daemon.core.health import Component, describe_failure, write_health
 from daemon.core.heap import bound_heap
+from daemon.core.threads import limit_math_threads
 from daemon.learn.retrainer import Retrainer, nightly_job
 from daemon.library.read import reader_pool
 from daemon.library.reconcile import Library
@@ -147,6 +148,7 @@ class Service:
         """Open the database and start every component in order; then READY=1."""
         config = self.config
         bound_heap()  # before onnxruntime and the first batch allocate anything large
+        limit_math_threads(config.classifier.threads)
         self.pinger.start()
         self.lock = try_lock(config)  # one try now, before anything is published
         self._took_lock = self.lock.held()

@@ -34,6 +34,7 @@ from daemon.core.errors import ConfigError
 from daemon.core.filesystems import filesystem_type, is_network_filesystem
 from daemon.core.health import describe_failure
 from daemon.core.heap import bound_heap
+from daemon.core.threads import limit_math_threads
 from daemon.library.mounts import ROOT_EMPTY, ROOT_MISSING, has_entries
 from daemon.service.mainloop import MainLoop
 from daemon.service.notify import Notifier, WatchdogPinger, watchdog_interval
@@ -87,6 +88,7 @@ class WorkerProcess:
         """Check the host, open the database, register, start the Worker; READY=1."""
         refuse_to_start(self.config)
         bound_heap()
+        limit_math_threads(self.config.classifier.threads)
         self.notifier.status("opening the database")
         # upgrade=False: migrations are the service's (it backs the database up first).
         self.engine, self.sessions = open_database(

@@ -271,3 +271,30 @@ def test_children_are_named_for_what_they_do(tmp_path):
             [child] = pool._children
             comm = Path(f"/proc/{child.process.pid}/comm").read_text().strip()
             assert comm == f"gt {role}"
+
+
+def _cpu_seconds(pid: int, tid: int) -> float:
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_child_does_its_maths_on_its_own_thread(library):
+    """Spare BLAS threads in a child would take the cores from the other children: all of a
+    child's work runs on its one thread (the log-mel's matrix products included)."""
+    from daemon.audio.features import BACKBONE, CNN
+
+    _, good, _ = library
+    pool = _started_pool(good[0], processes=1, kinds=(CNN, BACKBONE))
+    try:
+        for song in good * 6:
+            pool.submit(song)
+            (pid,) = pool.busy_pids()
+            assert isinstance(pool.get(timeout=30)[1], Extracted)
+        threads = {int(t): _cpu_seconds(pid, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+        names = {t: Path(f"/proc/{pid}/task/{t}/comm").read_text().strip() for t in threads}
+        main, others = threads.pop(pid), sum(threads.values())
+        assert main > 0.2, threads
+        # A thread BLAS starts spins briefly once; unlimited, they take as much as the work.
+        assert others <= 0.15 * main, f"main thread {main:.2f} s, the others {threads} {names}"
+    finally:
+        pool.close()

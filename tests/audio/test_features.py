@@ -85,3 +85,47 @@ def test_batched_song_features_equal_clip_by_clip():
     batched = song_features(clips)
     for clip, features in zip(clips, batched, strict=True):
         np.testing.assert_array_equal(features[..., 0], log_spectrogram(clip))
+
+
+@pytest.mark.parametrize("n", [64, 255, 256, 257])
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 1.0])
+def test_the_tukey_window_is_scipys(n, alpha):
+    from daemon.audio.features import _tukey
+
+    np.testing.assert_allclose(_tukey(n, alpha), signal.get_window(("tukey", alpha), n),
+                               rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("spec", [DEFAULT_SPEC, FeatureSpec(clip_seconds=2.0),
+                                  FeatureSpec(nperseg=255, noverlap=31,
+                                              window=("tukey", 0.5))])
+def test_the_power_density_is_scipys_spectrogram(spec):
+    from daemon.audio.features import _power_density
+
+    clips = np.random.default_rng(3).standard_normal((3, spec.clip_samples)) + 0.2
+    _, _, expected = signal.spectrogram(clips, fs=spec.sample_rate, window=spec.window,
+                                        nperseg=spec.nperseg, noverlap=spec.noverlap,
+                                        detrend=spec.detrend, scaling=spec.scaling, axis=-1)
+    got = _power_density(clips, spec)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+
+
+def test_a_decoder_never_imports_scipy(tmp_path):
+    """scipy would cost every decoder child ~50 MB: a song's features, for both models,
+    come from numpy alone."""
+    import subprocess
+    import sys
+
+    from daemon.cli.demo import encode, synthesize
+
+    song = encode(tmp_path / "song.flac", synthesize("Rock", 12.0, 22_050, seed=1), 22_050)
+    code = ("import sys\n"
+            "from daemon.audio.jobs import extract\n"
+            "from daemon.audio.features import BACKBONE, CNN\n"
+            f"got = extract({str(song)!r}, kinds=(CNN, BACKBONE))\n"
+            "assert got.features is not None and got.patches is not None\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout
