@@ -94,6 +94,8 @@ def copies(sources: list[Path], folder: Path, n: int, prefix: str) -> list[Path]
             write_tags(partial, title=f"{prefix} {i + 1}", artist=f"Bench Artist {i % 17}")
             partial.rename(path)
         made.append(path)
+    for extra in set(folder.iterdir()) - set(made):  # a bigger earlier run's songs
+        extra.unlink()
     return made
 
 
