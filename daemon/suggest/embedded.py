@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,6 +37,13 @@ from daemon.audio.features import (
 from daemon.core.errors import ModelMismatch
 from daemon.suggest.bundle import Bundle, decode, describe
 from daemon.suggest.classifier import Classifier, _session
+
+# Cut backbone graphs kept in cache_dir/backbones (~3 MB each): the newest few, which
+# covers the active bundle, a candidate and a rollback or two. One used within the last
+# day is never removed: another process may be about to open it. A pruned graph is cut
+# again, in about a second, when its bundle comes back.
+KEEP_GRAPHS = 4
+GRAPH_IN_USE_SECONDS = 24 * 3600
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +116,7 @@ def backbone_graph(path: Path | str, cache_dir: Path | str,
     data = path.read_bytes()
     graph = Path(cache_dir) / "backbones" / f"{hashlib.sha256(data).hexdigest()}.onnx"
     if graph.is_file():
+        os.utime(graph)  # in use: the newest are the ones kept
         return graph
     model = onnx.load_from_string(data)
     stored = {t.name for t in model.graph.initializer}
@@ -122,7 +131,30 @@ def backbone_graph(path: Path | str, cache_dir: Path | str,
     part = graph.with_suffix(f".{os.getpid()}.part")
     part.write_bytes(cut.SerializeToString())
     os.replace(part, graph)  # a child never opens half a file
+    prune_graphs(graph.parent)
     return graph
+
+
+def prune_graphs(folder: Path, keep: int = KEEP_GRAPHS) -> list[Path]:
+    """Delete the cut graphs in `folder` beyond the `keep` most recently used, except any
+    used within GRAPH_IN_USE_SECONDS. Returns the deleted files."""
+    graphs = []
+    for path in folder.glob("*.onnx"):
+        try:
+            graphs.append((path.stat().st_mtime, path))
+        except FileNotFoundError:  # pruned by another process meanwhile
+            continue
+    graphs.sort(reverse=True)
+    cutoff = time.time() - GRAPH_IN_USE_SECONDS
+    deleted = []
+    for used, path in graphs[keep:]:
+        if used < cutoff:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    if deleted:
+        log.info("removed %d backbone graph(s) of bundles no longer used from %s",
+                 len(deleted), folder)
+    return deleted
 
 
 def _cut(path: Path, model, bundle: Bundle):

@@ -178,3 +178,37 @@ def test_a_backbone_that_cannot_run_is_that_songs_error(tmp_path, make_song, com
     assert results["good"].embeddings.shape == (BACKBONE_SPEC.clips_per_song, 200)
     assert results["good"].embeddings.dtype == np.float32
     assert results["good"].by_kind() == {BACKBONE: results["good"].embeddings}
+
+
+def test_graphs_of_bundles_no_longer_used_are_pruned(tmp_path, composed):
+    """cache_dir/backbones keeps the newest graphs and any used within the last day; one
+    pruned is cut again when its bundle comes back."""
+    import os
+    import time
+
+    import onnx
+
+    from daemon.suggest.embedded import KEEP_GRAPHS
+
+    sources = []
+    for i in range(7):  # seven bundles, one backbone each (own sha256)
+        model = onnx.load(str(composed / "backbone.onnx"))
+        model.doc_string = f"night {i}"
+        onnx.save(model, str(tmp_path / f"night{i}.onnx"))
+        sources.append(tmp_path / f"night{i}.onnx")
+    graphs = [backbone_graph(source, tmp_path / "cache") for source in sources[:6]]
+    assert len(set(graphs)) == 6 and all(g.exists() for g in graphs)  # all used today
+    now = time.time()
+    used = {0: now - 1800, 3: now - 3600, 1: now - 7200, 2: now - 3 * 3600,
+            4: now - 2 * 86400, 5: now - 3 * 86400}
+    for i, when in used.items():
+        os.utime(graphs[i], (when, when))
+    newest = backbone_graph(sources[6], tmp_path / "cache")
+    left = set((tmp_path / "cache" / "backbones").glob("*.onnx"))
+    # The newest four, and night 2's beyond them: it was used within the last day.
+    assert KEEP_GRAPHS == 4
+    assert left == {newest, graphs[0], graphs[3], graphs[1], graphs[2]}
+    again = backbone_graph(sources[4], tmp_path / "cache")
+    assert again == graphs[4] and again.exists()
+    assert onnx.load(str(again)).graph.output[0].name == onnx.load(
+        str(graphs[0])).graph.output[0].name
