@@ -227,13 +227,35 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of `pid` and its live descendants (and their reaped children)."""
+    return sum(cpu_by_role(pid).values())
+
+
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds per role (see role; the fork server's include the children it reaped)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    roles: dict[str, float] = {}
     for p in process_tree(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return total / tick
+            name = role(p, pid, by_name=True)
+            roles[name] = roles.get(name, 0.0) + sum(int(f) for f in fields[11:15]) / tick
+    return roles
+
+
+def role(p: int, pid: int, by_name: bool = False) -> str:
+    """The daemon itself, the fork server, the decoders (by_name: the decoders and the tag
+    readers apart, by their process names), other."""
+    cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+    parent = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    parent_cmd = Path(f"/proc/{parent}/cmdline").read_bytes()
+    if p == pid:
+        return "daemon"
+    # Decoders are forked from the fork server, so they carry its command line too.
+    if b"forkserver" in parent_cmd:
+        if by_name and Path(f"/proc/{p}/comm").read_text().strip() == "gt tag reader":
+            return "tag readers"
+        return "decoders"
+    return "fork server" if b"forkserver" in cmdline else "other"
 
 
 def memory_by_role(pid: int) -> dict[str, tuple[float, float]]:
@@ -241,15 +263,10 @@ def memory_by_role(pid: int) -> dict[str, tuple[float, float]]:
     roles: dict[str, tuple[float, float]] = {}
     for p in process_tree(pid):
         with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
-            parent = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            parent_cmd = Path(f"/proc/{parent}/cmdline").read_bytes()
-            # Decoders are forked from the fork server, so they carry its command line too.
-            role = ("daemon" if p == pid else "decoders" if b"forkserver" in parent_cmd
-                    else "fork server" if b"forkserver" in cmdline else "other")
+            name = role(p, pid)
             rss, pss = memory_mb_one(p)
-            old = roles.get(role, (0.0, 0.0))
-            roles[role] = (old[0] + rss, old[1] + pss)
+            old = roles.get(name, (0.0, 0.0))
+            roles[name] = (old[0] + rss, old[1] + pss)
     return roles
 
 
@@ -314,7 +331,7 @@ def baseline(sample: list[Path], bundle: Path) -> float:
 
 def backfill(daemon: Daemon, n: int) -> dict:
     started = daemon.start()
-    cpu_before = cpu_seconds(daemon.proc.pid)
+    cpu_before = cpu_by_role(daemon.proc.pid)
     peak = PeakMemory(daemon.proc.pid)
     while True:
         done = daemon.query("SELECT count(*) FROM tracks WHERE state IN "
@@ -324,7 +341,8 @@ def backfill(daemon: Daemon, n: int) -> dict:
         if daemon.proc.poll() is not None:
             raise SystemExit(f"daemon exited:\n{daemon.log.read_text()[-3000:]}")
         time.sleep(0.25)
-    cpu = cpu_seconds(daemon.proc.pid) - cpu_before
+    cpu = {name: seconds - cpu_before.get(name, 0.0)
+           for name, seconds in cpu_by_role(daemon.proc.pid).items()}
     peak.close()
     first, = daemon.query("SELECT min(first_seen) FROM tracks")[0]
     last, = daemon.query("SELECT max(created_at) FROM suggestions")[0]
@@ -336,7 +354,8 @@ def backfill(daemon: Daemon, n: int) -> dict:
     return {"songs": n, "quarantined": quarantined, "seconds": last_t - first_t,
             "songs_per_s": n / (last_t - first_t), "since_start_s": last_t - started,
             "peak_rss": peak.rss, "peak_pss": peak.pss, "peak_roles": peak.roles,
-            "cpu_per_song": cpu / n}
+            "cpu_per_song": sum(cpu.values()) / n,
+            "cpu_roles": {name: seconds / n for name, seconds in cpu.items()}}
 
 
 def latency(daemon: Daemon, sources: list[Path], n: int) -> dict:
@@ -451,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
          f"({fill['songs_per_s'] / base:.2f}x baseline)",
          ">= 30/s without the backbone, >= 8/s with it, on 2 cores")
     line("CPU per song, the daemon's tree", f"{1000 * fill['cpu_per_song']:.0f} ms", "-")
+    for name, seconds in sorted(fill["cpu_roles"].items(), key=lambda r: -r[1]):
+        line(f"  of which: {name}", f"{1000 * seconds:.0f} ms", "-")
     line(f"compute ceiling on {cores} cores", f"{ceiling:.1f} songs/s (backfill at "
          f"{100 * fill['songs_per_s'] / ceiling:.0f}%)", ">= 80%")
     line("backfill wall incl. start-up", f"{fill['since_start_s']:.1f} s for {fill['songs']}",
