@@ -415,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=304)
     parser.add_argument("--masters-per-format", type=int, default=2)
-    parser.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                        help="decoder processes (the daemon's default: cores - 1)")
+    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
+                        help="decoder processes (the daemon's default: every core)")
     parser.add_argument("--threads", type=int, default=1,
                         help="[classifier] threads: onnxruntime's in the service")
     parser.add_argument("--latency-songs", type=int, default=8)

@@ -166,8 +166,19 @@ class LibraryConfig(Section):
         return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in value)
 
 
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. systemd's CPUAffinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class WorkersConfig(Section):
-    processes: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1)
+    # Every core: the decoder children do the heavy part of a song (decoding and, with the
+    # backbone, the backbone itself, ~300 ms); the service's own share is ~20 ms, and the
+    # children run niced, so the review page and the database stay responsive.
+    processes: int = Field(default_factory=_cores, ge=1)
     decode_timeout: float = Field(60.0, gt=0)
     max_attempts: int = Field(4, ge=1)
     backoff_seconds: float = Field(60.0, gt=0)
@@ -328,7 +339,7 @@ class Config(Section):
     min_songs_per_genre: int = Field(20, ge=1)
     # The backbone head learns a genre from this many songs (the seed CNN needs the above).
     min_songs_per_genre_backbone: int = Field(3, ge=1)
-    workers: WorkersConfig = WorkersConfig()
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)  # its cores: when read
     classifier: ClassifierConfig = ClassifierConfig()
     review: ReviewConfig = ReviewConfig()
     retrain: RetrainConfig = RetrainConfig()

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from daemon.core.config import load_config, parse_config
@@ -10,6 +12,25 @@ def test_defaults_need_only_the_two_paths(tmp_path):
     assert config.library.reconcile_minutes == 15
     assert config.review.host == "127.0.0.1" and config.review.port == 8650
     assert config.db_url.endswith("genretagger.db")
+
+
+def test_the_decoders_use_every_core_the_service_may_run_on(tmp_path):
+    """The decoders do nearly all of a song's work (the backbone included), so by default
+    there is one per core, counted from the CPU affinity systemd may narrow."""
+    import subprocess
+    import sys
+
+    code = ("import os\n"
+            "from daemon.core.config import parse_config\n"
+            f"config = parse_config({{'library': {{'root': {str(tmp_path)!r}}}, "
+            f"'state_dir': {str(tmp_path / 's')!r}}})\n"
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            f"one = parse_config({{'library': {{'root': {str(tmp_path)!r}}}, "
+            f"'state_dir': {str(tmp_path / 's')!r}}})\n"
+            "print(config.workers.processes, one.workers.processes)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == [str(len(os.sched_getaffinity(0))), "1"]
 
 
 def test_unknown_key_is_named(tmp_path):
