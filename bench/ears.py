@@ -67,6 +67,9 @@ def _session(model: Path):
 
 
 def _load(models: dict[str, Path]) -> None:
+    from daemon.core.threads import limit_math_threads
+
+    limit_math_threads(1)  # as in a decoder child
     for family, path in models.items():
         _sessions[family] = _session(path)
 
