@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import ast
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
 REPO = Path(__file__).resolve().parent.parent
-# The order tests/core/test_layout.py enforces.
-FLOORS = {name: floor for floor, name in enumerate(
-    ("core", "tags", "audio", "library", "suggest", "learn", "review", "service", "cli"))}
+sys.path.insert(0, str(REPO / "tests"))
+
+from floors import floor_breaks  # noqa: E402  (the check tests/core/test_layout.py runs)
 
 
 def sources(rev: str | None) -> dict[PurePosixPath, str]:
@@ -32,36 +33,6 @@ def sources(rev: str | None) -> dict[PurePosixPath, str]:
     return {PurePosixPath(n): subprocess.run(["git", "show", f"{rev}:{n}"], cwd=REPO, check=True,
                                              capture_output=True, text=True).stdout
             for n in names if n.endswith(".py")}
-
-
-def imported(path: PurePosixPath, tree: ast.AST) -> list[str]:
-    """Absolute module names `path` imports, relative imports resolved."""
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(path.parent.parts)[:len(path.parent.parts) - node.level + 1]
-                names.append(".".join(base + ([node.module] if node.module else [])))
-            elif node.module:
-                names.append(node.module)
-    return names
-
-
-def up_floor(path: PurePosixPath, names: list[str]) -> list[str]:
-    """The imports of a daemon module that reach a higher floor, or into trainer/."""
-    if path.parts[0] != "daemon" or len(path.parts) < 3:
-        return []
-    mine = FLOORS[path.parts[1]]
-    found = []
-    for name in names:
-        parts = name.split(".")
-        into_trainer = parts[0] == "trainer" and path.parts[1] != "cli"
-        upward = parts[0] == "daemon" and len(parts) > 1 and FLOORS.get(parts[1], -1) > mine
-        if into_trainer or upward:
-            found.append(name)
-    return found
 
 
 def main() -> None:
@@ -81,7 +52,8 @@ def main() -> None:
         tree = ast.parse(text)
         functions += [(n.end_lineno - n.lineno + 1, f"{path}:{n.name}") for n in ast.walk(tree)
                       if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-        ups += [f"{path} -> {name}" for name in sorted(set(up_floor(path, imported(path, tree))))]
+        if path.parts[0] == "daemon":
+            ups += floor_breaks(path, text)
     print(f"# house at {args.rev or 'the working tree'}: {len(files)} modules, "
           f"{sum(lines.values())} lines")
     print("modules per package: " + ", ".join(f"{p} {n}" for p, n in sorted(packages.items())))

@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import ast
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import floors
 import pytest
+from floors import FLOORS
 
 REPO = Path(__file__).parents[2]
 STAGES = {"core", "library", "audio", "tags", "suggest", "review", "learn", "service", "cli"}
-
-
-# The floors, lowest first: a module imports from its own package or a lower floor, never
-# a higher one. Review reads what learn knows (the models, the runs, the labels); learn
-# never reads review, so learn sits below it.
-FLOORS = ("core", "tags", "audio", "library", "suggest", "learn", "review", "service", "cli")
-# The one place the daemon reaches the trainer: the CLI hands `train`/`evaluate` over.
-TRAINER_HANDOVER = "daemon/cli/commands.py"
 
 
 def _modules(*folders: str) -> list[Path]:
@@ -92,36 +86,10 @@ def test_station_means_one_thing():
     assert not found, found
 
 
-def _imported(path: Path) -> list[str]:
-    """Every module `path` imports, as absolute dotted names: top-level and in-function
-    imports, relative ones resolved, `from daemon import x` as daemon.x."""
-    package = list(path.relative_to(REPO).with_suffix("").parts[:-1])
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            names += ([module] if "." in module
-                      else [f"{module}.{alias.name}" for alias in node.names])
-    return list(dict.fromkeys(names))
-
-
 def floor_breaks(path: Path) -> list[str]:
-    """`module -> import` for each import of a daemon module that runs up a floor or
-    reaches the trainer (the CLI's hand-over aside)."""
-    rel = path.relative_to(REPO)
-    own = FLOORS.index(rel.parts[1]) if len(rel.parts) > 2 else len(FLOORS)
-
-    def runs_up(name: str) -> bool:
-        parts = name.split(".")
-        if parts[0] == "trainer":
-            return rel.as_posix() != TRAINER_HANDOVER
-        return (parts[0] == "daemon" and len(parts) > 1 and parts[1] in FLOORS
-                and FLOORS.index(parts[1]) > own)
-
-    return [f"{rel.as_posix()} -> {name}" for name in _imported(path) if runs_up(name)]
+    """tests/floors.py's check of the daemon module at `path`."""
+    return floors.floor_breaks(PurePosixPath(path.relative_to(REPO).as_posix()),
+                               path.read_text(encoding="utf-8"))
 
 
 def test_the_floors_name_every_stage_once():
