@@ -154,10 +154,12 @@ class Run:
         self.served_model = None  # the refit CNN (refit), for the next warm start
         self.fitted: tuple[LabelledSong, ...] = ()
         self.warm_started = False
+        self.songs_per_epoch: int | None = None
+        self.refit_info: dict = {}  # the refit CNN's fit info, when there is one
 
     def fit_cnn(self, dataset: Dataset, *, epochs: int, warm_start: Path | None,
                 batch_size: int | None, threads: int | None, progress: bool,
-                deadline: float | None) -> None:
+                deadline: float | None, songs_per_epoch: int | None = None) -> None:
         # TensorFlow loads here, after the decoding children are gone.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines
         from trainer.fit import BATCH_SIZE, configure, fit, predict_clips
@@ -167,7 +169,9 @@ class Run:
         model, info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
                           self.cache, epochs=epochs, seed=self.seed,
                           batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
-                          deadline=deadline, verbose=1 if progress else 0)
+                          songs_per_epoch=songs_per_epoch, deadline=deadline,
+                          verbose=1 if progress else 0)
+        self.songs_per_epoch = songs_per_epoch
         self.seconds["cnn"] = time.monotonic() - started
         n = len(dataset.classes)
         val = predict_clips(model, list(dataset.validation), self.cache, n)
@@ -255,13 +259,18 @@ class Run:
                       self.facts[f]["left_out"]) for f in self.families]
 
     def refit(self, winner: str, songs: Sequence[LabelledSong], common: dict, *,
-              warm_start: Path | None, batch_size: int | None, deadline: float | None,
+              batch_size: int | None, deadline: float | None,
               progress: bool) -> tuple[Entry, dict]:
         """The served model: the chosen family refit on every labelled song of its genres
         (`songs`: the library's labelled songs), with what the held-out fit chose (the
         CNN's best epoch count, the head's C) and its temperature. Written to
         out/served/<family>.onnx; returns its Entry and the "served" facts (how many songs
-        it was fitted on, per genre, and how)."""
+        it was fitted on, per genre, and how).
+
+        The CNN goes on from the held-out fit's weights rather than from the start: at
+        most the held-out fit's best epoch count, and fewer once its training loss over
+        every song is down to the held-out fit's at that epoch. Every song is eligible
+        (above the ceiling each epoch takes its sample from all of them)."""
         served_dir = self.out / "served"
         served_dir.mkdir(exist_ok=True)
         started = time.monotonic()
@@ -273,12 +282,17 @@ class Run:
 
             classes = self.cnn_dataset.classes
             mine = [s for s in songs if s.genre in classes]
-            epochs = max(1, int(self.facts["cnn"]["fit"].get("best_epoch") or 1))
-            cnn_model, _ = fit(mine, [], classes, self.cache, epochs=epochs, seed=self.seed,
-                               batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
-                               deadline=deadline, verbose=1 if progress else 0)
+            held_out = self.facts["cnn"]["fit"]
+            epochs = max(1, int(held_out.get("best_epoch") or 1))
+            target = held_out["history"]["loss"][epochs - 1]
+            cnn_model, self.refit_info = fit(
+                mine, [], classes, self.cache, epochs=epochs, seed=self.seed,
+                batch_size=batch_size or BATCH_SIZE, start_from=self.model,
+                songs_per_epoch=self.songs_per_epoch, stop_at_loss=target, deadline=deadline,
+                verbose=1 if progress else 0)
             fitted.update((s.rel, s) for s in mine)
-            how.append(f"CNN {epochs} epoch(s), the held-out fit's best")
+            how.append(f"CNN on from the held-out fit, {self.refit_info['epochs_run']} "
+                       f"epoch(s) of at most its best {epochs}")
         if winner in ("backbone", "ensemble"):
             run = self.head_run
             mine = [s for s in songs if s.genre in run.head.classes]
@@ -295,6 +309,10 @@ class Run:
                   "how": ("refit on every labelled song of its genres (" + "; ".join(how)
                           + "; temperature from the held-out fit)"),
                   "seconds": round(time.monotonic() - started, 1)}
+        if cnn_model is not None:
+            served["cnn_fit"] = {k: self.refit_info[k] for k in (
+                "epochs_run", "warm_start_how", "songs_per_epoch", "epoch_clips",
+                "epoch_seconds")}
         self.fitted = tuple(fitted.values())
         meta = bundle_metadata(self.facts[winner], common, winner)
         meta.update({"served": served, "fitted_on_songs": len(fitted),

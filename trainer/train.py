@@ -30,7 +30,7 @@ from pathlib import Path
 
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
-from daemon.core.config import ClassifierConfig
+from daemon.core.config import ClassifierConfig, RetrainConfig
 from daemon.core.errors import ConfigError
 from daemon.suggest.stored_bundles import HELD_OUT, file_sha256
 from daemon.tags.genres import load_genre_map
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 # model learns, is judged and is served on the same windows; the retrainer passes the
 # station's value.
 WINDOWS = ClassifierConfig.model_fields["windows_per_song"].default
+# The CNN's ceiling of songs an epoch (config [retrain] songs_per_epoch; trainer.sample).
+SONGS_PER_EPOCH = RetrainConfig.model_fields["songs_per_epoch"].default
 
 
 def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
@@ -87,6 +89,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
           warm_start: Path | None = None, holdout_path: Path | None = None,
           known_path: Path | None = None, not_songs_path: Path | None = None,
           batch_size: int | None = None, time_budget_minutes: float | None = None,
+          songs_per_epoch: int | None = SONGS_PER_EPOCH,
           threads: int | None = None, processes: int | None = None,
           progress: bool | None = None) -> dict:
     """Run a whole training (the tournament of `family`); returns the report (also written
@@ -96,6 +99,8 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     not converted (`make backbone`), the same with a warning. time_budget_minutes: the
     whole run should end within this; fitting stops early enough to leave time for
     calibration, evaluation and export (fit_deadline).
+    songs_per_epoch: the CNN trains on at most this many songs an epoch (a fresh balanced
+    sample each epoch, trainer.sample; None: every song every epoch).
 
     Raises DatasetError (library unusable), ParityError (export not trusted), other
     GenretaggerErrors for bad inputs.
@@ -131,7 +136,8 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     if {"cnn", "ensemble"} & set(families):
         run.fit_cnn(narrow(wide, min_songs), epochs=epochs, warm_start=warm_start,
                     batch_size=batch_size, threads=threads, progress=progress,
-                    deadline=fit_deadline(started, time_budget_minutes))
+                    deadline=fit_deadline(started, time_budget_minutes),
+                    songs_per_epoch=songs_per_epoch)
     if {"backbone", "ensemble"} & set(families):
         run.fit_head(narrow(wide, min_songs_backbone))
     trained = time.monotonic()
@@ -148,7 +154,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     # Chosen on held-out songs; served as refit on every labelled song of its genres.
     served_entry, served = run.refit(
         winner.family, songs.songs, common,
-        warm_start=warm_start if run.warm_started else None, batch_size=batch_size,
+        batch_size=batch_size,
         deadline=fit_deadline(started, time_budget_minutes), progress=progress)
     _list_fitted(out, run)
     report = {**common, **run.facts[winner.family], "family": winner.family,

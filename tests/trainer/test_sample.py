@@ -1,0 +1,77 @@
+"""Each epoch's songs under the ceiling (trainer.sample): pure numpy, no TensorFlow."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from trainer.sample import epoch_songs, genre_shares
+
+# An unbalanced library: one big genre, two middling, one rare, as stations are.
+UNBALANCED = np.repeat(np.arange(4), [600, 120, 90, 7])
+
+
+def test_below_the_ceiling_every_song_trains_every_epoch():
+    labels = np.repeat(np.arange(3), [5, 9, 2])
+    for epoch in range(4):
+        np.testing.assert_array_equal(epoch_songs(labels, 16, seed=3, epoch=epoch),
+                                      np.arange(16))
+        np.testing.assert_array_equal(epoch_songs(labels, None, seed=3, epoch=epoch),
+                                      np.arange(16))
+
+
+def test_shares_are_equal_and_the_small_genres_leave_theirs_to_the_others():
+    assert genre_shares(np.array([600, 120, 90, 7]), 200).tolist() == [65, 64, 64, 7]
+    assert genre_shares(np.array([600, 120, 20, 7]), 100).tolist() == [37, 36, 20, 7]
+    assert genre_shares(np.array([600, 120, 90, 7]), 2000).tolist() == [600, 120, 90, 7]
+    assert genre_shares(np.array([50, 50, 50]), 100).tolist() == [33, 33, 34]
+    # A genre index without songs takes nothing; a ceiling below the genres' count is
+    # raised so every genre with songs keeps one.
+    assert genre_shares(np.array([10, 0, 10]), 6).tolist() == [3, 0, 3]
+    assert genre_shares(np.array([10, 3, 10, 1]), 2).tolist() == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("ceiling", [40, 100, 300])
+def test_an_epoch_is_bounded_balanced_and_never_repeats_a_song(ceiling):
+    for epoch in range(6):
+        picked = epoch_songs(UNBALANCED, ceiling, seed=11, epoch=epoch)
+        assert len(picked) == ceiling
+        assert len(np.unique(picked)) == len(picked)
+        assert (picked >= 0).all() and (picked < len(UNBALANCED)).all()
+        per_genre = Counter(UNBALANCED[picked].tolist())
+        expected = genre_shares(np.bincount(UNBALANCED), ceiling)
+        assert [per_genre[g] for g in range(4)] == expected.tolist()
+        # The rare genre brings every song it has, or its full equal share.
+        assert per_genre[3] == min(7, ceiling // 4)
+
+
+def test_every_song_is_seen_within_one_round_of_its_genre():
+    ceiling = 40  # shares 11, 11, 11, 7: the 600-song genre's round is 55 epochs
+    shares = genre_shares(np.bincount(UNBALANCED), ceiling)
+    assert shares.tolist() == [11, 11, 11, 7]
+    seen: set[int] = set()
+    for epoch in range(55):
+        seen.update(epoch_songs(UNBALANCED, ceiling, seed=2, epoch=epoch).tolist())
+    assert seen == set(range(len(UNBALANCED)))
+    # The 120-song genre's round is 11 epochs of 11 songs: each song once, but the one
+    # share that wrapped round to the round's first song.
+    middling = np.flatnonzero(UNBALANCED == 1)
+    counts = Counter(i for epoch in range(11)
+                     for i in epoch_songs(UNBALANCED, ceiling, seed=2, epoch=epoch).tolist()
+                     if UNBALANCED[i] == 1)
+    assert sorted(counts) == middling.tolist()
+    assert sorted(counts.values()) == [1] * 119 + [2]
+
+
+def test_the_sample_is_fixed_by_seed_and_epoch_and_changes_with_either():
+    one = epoch_songs(UNBALANCED, 100, seed=5, epoch=3)
+    np.testing.assert_array_equal(one, epoch_songs(UNBALANCED, 100, seed=5, epoch=3))
+    assert not np.array_equal(one, epoch_songs(UNBALANCED, 100, seed=5, epoch=4))
+    assert not np.array_equal(one, epoch_songs(UNBALANCED, 100, seed=6, epoch=3))
+    # Labels need not be sorted: the sample follows each song's genre, wherever it sits.
+    order = np.random.default_rng(0).permutation(len(UNBALANCED))
+    shuffled = UNBALANCED[order]
+    picked = epoch_songs(shuffled, 100, seed=5, epoch=0)
+    assert Counter(shuffled[picked].tolist()) == Counter(UNBALANCED[one].tolist())
