@@ -313,6 +313,7 @@ class Run:
             served["cnn_fit"] = {k: self.refit_info[k] for k in (
                 "epochs_run", "warm_start_how", "songs_per_epoch", "epoch_clips",
                 "epoch_seconds")}
+            served["cnn_fit"]["loss"] = self.refit_info["history"]["loss"]
         self.fitted = tuple(fitted.values())
         meta = bundle_metadata(self.facts[winner], common, winner)
         meta.update({"served": served, "fitted_on_songs": len(fitted),
