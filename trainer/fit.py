@@ -178,16 +178,24 @@ class EpochLog(keras.callbacks.Callback):
 
 
 class EpochSeconds(keras.callbacks.Callback):
-    """Each epoch's wall seconds, its validation pass included (what a night's fit costs
-    per epoch: bench/nightly.py extrapolates from it)."""
+    """Each epoch's wall seconds and, of those, its validation pass's: what a night's fit
+    costs per epoch (bench/nightly.py extrapolates from them)."""
 
     def __init__(self):
         super().__init__()
         self.seconds: list[float] = []
-        self._began = 0.0
+        self.validation: list[float] = []
+        self._began = self._tested = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._began = time.monotonic()
+        self.validation.append(0.0)
+
+    def on_test_begin(self, logs=None):
+        self._tested = time.monotonic()
+
+    def on_test_end(self, logs=None):
+        self.validation[-1] = round(time.monotonic() - self._tested, 3)
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(round(time.monotonic() - self._began, 3))
@@ -322,11 +330,12 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
 
     info: {"epochs_run", "best_epoch", "history": {metric: [per epoch]}, "warm_start",
     "stopped_for_time", "songs_per_epoch", "validation_songs", "epoch_clips" (clips each
-    epoch's stream gave), "epoch_seconds"}. Without `validation` songs (the refit on every
-    label) it runs `epochs` epochs, fewer if an epoch's training loss reaches
-    `stop_at_loss`. songs_per_epoch: the ceiling of songs an epoch trains on
-    (trainer.sample); validation is capped at as many, one fixed sample. start_from: a
-    model to go on from (its copy is trained), else warm_start: a previous run's directory.
+    epoch's stream gave), "epoch_seconds", "validation_seconds" (of those)}. Without
+    `validation` songs (the refit on every label) it runs `epochs` epochs, fewer if an
+    epoch's training loss reaches `stop_at_loss`. songs_per_epoch: the ceiling of songs
+    an epoch trains on (trainer.sample); validation is capped at as many, one fixed
+    sample. start_from: a model to go on from (its copy is trained), else warm_start: a
+    previous run's directory.
     deadline: a time.monotonic() value no epoch may end after (TimeBudget). verbose: Keras
     verbosity; default a progress bar on a terminal, else one line per epoch.
     """
@@ -379,6 +388,7 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
                    "stopped_for_time": budget is not None and budget.stopped_after is not None,
                    "songs_per_epoch": len(sampled), "validation_songs": len(validation),
                    "epoch_clips": yielded, "epoch_seconds": callbacks[1].seconds,
+                   "validation_seconds": callbacks[1].validation[:ran],
                    "history": {k: [float(v) for v in vals]
                                for k, vals in history.history.items()}}
 

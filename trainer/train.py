@@ -83,31 +83,28 @@ def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
 
 def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
           clip_seconds: float = 1.0, windows: int = WINDOWS, seed: int = 0,
-          min_songs: int = 20,
-          min_songs_backbone: int = 3, family: str = ALL, backbone: bool = True,
+          min_songs: int = 20, min_songs_backbone: int = 3, family: str = ALL,
+          backbone: bool = True,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
           known_path: Path | None = None, not_songs_path: Path | None = None,
           batch_size: int | None = None, time_budget_minutes: float | None = None,
-          songs_per_epoch: int | None = SONGS_PER_EPOCH,
-          threads: int | None = None, processes: int | None = None,
-          progress: bool | None = None) -> dict:
+          songs_per_epoch: int | None = SONGS_PER_EPOCH, threads: int | None = None,
+          processes: int | None = None, progress: bool | None = None) -> dict:
     """Run a whole training (the tournament of `family`); returns the report (also written
     to out/report.json).
 
     backbone: False switches the backbone off (the CNN alone, no embedding output); on but
     not converted (`make backbone`), the same with a warning. time_budget_minutes: the
     whole run should end within this; fitting stops early enough to leave time for
-    calibration, evaluation and export (fit_deadline).
-    songs_per_epoch: the CNN trains on at most this many songs an epoch (a fresh balanced
-    sample each epoch, trainer.sample; None: every song every epoch).
+    calibration, evaluation and export (fit_deadline). songs_per_epoch: the CNN's ceiling
+    of songs an epoch (trainer.sample; None: every song every epoch).
 
     Raises DatasetError (library unusable), ParityError (export not trusted), other
     GenretaggerErrors for bad inputs.
     """
-    started = time.monotonic()
+    started, library, out = time.monotonic(), Path(library).resolve(), Path(out)
     progress = sys.stderr.isatty() if progress is None else progress
-    library, out = Path(library).resolve(), Path(out)
     prepare_out(out, warm_start)
     spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds),
                                clips_per_song=int(windows))
@@ -153,8 +150,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     judged = time.monotonic()
     # Chosen on held-out songs; served as refit on every labelled song of its genres.
     served_entry, served = run.refit(
-        winner.family, songs.songs, common,
-        batch_size=batch_size,
+        winner.family, songs.songs, common, batch_size=batch_size,
         deadline=fit_deadline(started, time_budget_minutes), progress=progress)
     _list_fitted(out, run)
     report = {**common, **run.facts[winner.family], "family": winner.family,
