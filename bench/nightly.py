@@ -33,8 +33,11 @@ an epoch at the station's ceiling is ~75x the steps of one here, so early stoppi
 needs no more epochs than here (it stops at patience + 1 at the least). Decoding,
 embedding, calibration and scoring (predictions on every validation and test song) and
 the refit's other parts (the head, the served bundle) stay linear in songs; writing the
-bundles and judging on cached embeddings are fixed. Figures, not a pass/fail test; the
-load average is printed: the machine may be shared.
+bundles and judging on cached embeddings are fixed. The CNN refit at the station: without
+the ceiling, as it was before (from the start, the held-out fit's best epoch count over
+every song); with it, its own epochs, or on a night the CNN did not win (no CNN refit),
+the most it may run (the held-out fit's best epoch count under the ceiling). Figures,
+not a pass/fail test; the load average is printed: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -57,10 +60,9 @@ from trainer.train import SONGS_PER_EPOCH  # noqa: E402
 # Stages that do not grow with the songs: writing the bundles (parity checks on a fixed
 # number of clips and patches), judging on cached embeddings (loading each bundle and
 # cutting its graph; the model runs themselves well under 1 ms a song: the "gate" rows
-# measure them) and a fit's setup (the model, the statistics sample). EPOCHS: the CNN's
-# epochs (extrapolated from their cost per epoch). Every other stage is linear in songs.
+# measure them) and a fit's setup (the model, the statistics sample). The CNN's epochs
+# are extrapolated from their cost per epoch; every other stage is linear in songs.
 FIXED = ("bundles", "judge + context", "fit cnn: setup")
-EPOCHS = ("fit cnn: epochs", "refit cnn: epochs")
 
 
 def held_out_fit(report: dict) -> dict | None:
@@ -89,26 +91,31 @@ def stages(report: dict) -> dict[str, float]:
             "refit other + served bundle": t["refit_s"] - refit_epochs}
 
 
-def per_epoch(fit: dict) -> tuple[float, float]:
-    """(seconds per song of an epoch's training pass, of its validation pass)."""
+def per_epoch(fit: dict) -> tuple[float, float, float]:
+    """(seconds per song of an epoch's training pass, per song of its validation pass,
+    fixed seconds an epoch: the BatchNorm statistics' update on a fixed sample)."""
     epochs = len(fit["epoch_seconds"])
-    validation = fit.get("validation_seconds") or [0.0] * epochs
-    trained = sum(e - v for e, v in zip(fit["epoch_seconds"], validation, strict=True))
+    validation = sum(fit.get("validation_seconds") or [])
+    statistics = sum(fit.get("statistics_seconds") or [])
+    trained = sum(fit["epoch_seconds"]) - validation - statistics
     return (trained / (epochs * fit["songs_per_epoch"]),
-            sum(validation) / (epochs * max(1, fit.get("validation_songs", 0))))
+            validation / (epochs * max(1, fit.get("validation_songs", 0))), statistics / epochs)
 
 
 def at_station(fit: dict | None, shares: tuple[float, float], ceiling: int | None,
-               epochs: int | None = None) -> float:
-    """Seconds of a CNN fit at STATION_SONGS: `shares` of the library it trains and
-    validates on, `epochs` (default: the fit's own) each bounded by `ceiling`."""
+               epochs: int | None = None, training_only: bool = False) -> float:
+    """Seconds of a CNN fit's epochs at STATION_SONGS: `shares` of the library it trains
+    and validates on, `epochs` (default: the fit's own) each bounded by `ceiling`;
+    training_only: the training passes alone (a refit has no validation)."""
     if not fit:
         return 0.0
     songs = [STATION_SONGS * share for share in shares]
     if ceiling is not None:
         songs = [min(n, ceiling) for n in songs]
-    train_s, val_s = per_epoch(fit)
-    return (epochs or fit["epochs_run"]) * (train_s * songs[0] + val_s * songs[1])
+    train_s, val_s, fixed = per_epoch(fit)
+    if training_only:
+        val_s = fixed = 0.0
+    return (epochs or fit["epochs_run"]) * (train_s * songs[0] + val_s * songs[1] + fixed)
 
 
 def shares(report: dict, songs: int) -> dict[str, tuple[float, float]]:
@@ -119,15 +126,33 @@ def shares(report: dict, songs: int) -> dict[str, tuple[float, float]]:
             "refit cnn: epochs": (report["served"]["songs"] / songs, 0.0)}
 
 
+def refit_at_station(report: dict, songs: int, ceiling: int | None) -> tuple[float, str]:
+    """The CNN refit's seconds at STATION_SONGS and how they were had. Without a ceiling,
+    the refit as it was: from the start, the held-out fit's best epoch count over every
+    song (at the held-out fit's training cost per song). With it: the refit's own epochs;
+    on a night the CNN did not win (no CNN refit), the most it may run: the held-out
+    fit's best epoch count under the ceiling."""
+    fit, everything = held_out_fit(report), (report["served"]["songs"] / songs, 0.0)
+    if not fit:
+        return 0.0, "no CNN"
+    if ceiling is None or refit(report) is None:
+        seconds = at_station(fit, everything, ceiling, fit["best_epoch"], training_only=True)
+        return seconds, (f"as before: {fit['best_epoch']} epochs from the start"
+                         if ceiling is None else f"at most {fit['best_epoch']} epochs")
+    return at_station(refit(report), everything, ceiling), "measured epochs"
+
+
 def extrapolate(report: dict, seconds: dict[str, float], songs: int,
                 ceiling: int | None) -> dict[str, float]:
-    """Seconds of each stage at STATION_SONGS: FIXED stay, EPOCHS from their epochs
-    under `ceiling` (the trainer's own, or None as before), the rest linear."""
+    """Seconds of each stage at STATION_SONGS: FIXED stay, the CNN's epochs from their
+    cost per epoch under `ceiling` (the trainer's own, or None as before), the rest
+    linear."""
     scale = STATION_SONGS / songs
-    parts = shares(report, songs)
-    fits = {"fit cnn: epochs": held_out_fit(report), "refit cnn: epochs": refit(report)}
-    return {k: v if k in FIXED else at_station(fits[k], parts[k], ceiling) if k in EPOCHS
-            else v * scale for k, v in seconds.items()}
+    wide = {k: v if k in FIXED else v * scale for k, v in seconds.items()}
+    wide["fit cnn: epochs"] = at_station(held_out_fit(report),
+                                         shares(report, songs)["fit cnn: epochs"], ceiling)
+    wide["refit cnn: epochs"] = refit_at_station(report, songs, ceiling)[0]
+    return wide
 
 
 def timed(job) -> tuple[float, object]:
@@ -308,9 +333,8 @@ def main() -> int:
 
 
 def print_stages(runs: dict[str, dict], gate_rescore: dict, songs: int) -> None:
-    """Seconds per stage here and minutes at the station, each night with and without
-    the ceiling; and the refit as it was (from the start, the best epoch count over
-    every song) for the nights without one."""
+    """Seconds per stage here and minutes at the station, each night without and with
+    the ceiling (the CNN refit at the station: refit_at_station)."""
     columns, wide = {}, {}
     for name, report in runs.items():
         columns[name] = stages(report)
@@ -328,18 +352,10 @@ def print_stages(runs: dict[str, dict], gate_rescore: dict, songs: int) -> None:
               + "".join(f" {wide[n][stage] / 60:9.1f}" for n in names))
     for name in names:
         total, at_15k = sum(columns[name].values()), sum(wide[name].values()) / 60
-        line = f"{name:24} total {total:6.0f} s here; at {STATION_SONGS:,} songs {at_15k:5.0f} min"
-        if name.startswith("no ceiling"):
-            fit, report = held_out_fit(runs[name]), runs[name]
-            # The refit as it was: from the start, the held-out fit's best epoch count,
-            # every song every epoch (measured: the per-song cost of this night's fit).
-            before = at_station(fit, (report["served"]["songs"] / songs, 0.0), None,
-                                fit["best_epoch"]) if refit(report) else 0.0
-            line += (f"; with the refit as before (from the start, {fit['best_epoch']} "
-                     f"epochs over every song: {before / 60:.0f} min instead of "
-                     f"{wide[name]['refit cnn: epochs'] / 60:.0f}) "
-                     f"{at_15k + (before - wide[name]['refit cnn: epochs']) / 60:.0f} min")
-        print(line)
+        ceiling = None if name.startswith("no ceiling") else SONGS_PER_EPOCH
+        how = refit_at_station(runs[name], songs, ceiling)[1]
+        print(f"{name:24} total {total:5.0f} s here; at {STATION_SONGS:,} songs "
+              f"{at_15k:4.0f} min (CNN refit: {how})")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ class PopulationStatistics(keras.callbacks.Callback):
         self.chunk = chunk
         self.at_end = at_end  # no validation pass (a refit): set them once, at the end
         self._probes: list[tuple[keras.layers.BatchNormalization, keras.Model]] = []
+        self.seconds: list[float] = []  # each update's: a cost per epoch that stays fixed
 
     def on_train_begin(self, logs=None):
         self._probes = [(layer, keras.Model(self.model.inputs[0], layer.input))
@@ -138,6 +139,11 @@ class PopulationStatistics(keras.callbacks.Callback):
             self.update()
 
     def update(self) -> None:
+        began = time.monotonic()
+        self._update()
+        self.seconds.append(round(time.monotonic() - began, 3))
+
+    def _update(self) -> None:
         # In layer order: each probe runs through the BatchNorms already updated.
         for layer, probe in self._probes:
             total = squares = None
@@ -330,7 +336,8 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
 
     info: {"epochs_run", "best_epoch", "history": {metric: [per epoch]}, "warm_start",
     "stopped_for_time", "songs_per_epoch", "validation_songs", "epoch_clips" (clips each
-    epoch's stream gave), "epoch_seconds", "validation_seconds" (of those)}. Without
+    epoch's stream gave), "epoch_seconds", "validation_seconds" and "statistics_seconds"
+    (of those: PopulationStatistics' fixed cost)}. Without
     `validation` songs (the refit on every label) it runs `epochs` epochs, fewer if an
     epoch's training loss reaches `stop_at_loss`. songs_per_epoch: the ceiling of songs
     an epoch trains on (trainer.sample); validation is capped at as many, one fixed
@@ -389,6 +396,8 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
                    "songs_per_epoch": len(sampled), "validation_songs": len(validation),
                    "epoch_clips": yielded, "epoch_seconds": callbacks[1].seconds,
                    "validation_seconds": callbacks[1].validation[:ran],
+                   # In an epoch only before validation passes (a refit's is at its end).
+                   "statistics_seconds": callbacks[0].seconds[:ran] if validation else [],
                    "history": {k: [float(v) for v in vals]
                                for k, vals in history.history.items()}}
 

@@ -312,7 +312,7 @@ class Run:
         if cnn_model is not None:
             served["cnn_fit"] = {k: self.refit_info[k] for k in (
                 "epochs_run", "warm_start_how", "songs_per_epoch", "epoch_clips",
-                "epoch_seconds")}
+                "epoch_seconds", "statistics_seconds")}
             served["cnn_fit"]["loss"] = self.refit_info["history"]["loss"]
         self.fitted = tuple(fitted.values())
         meta = bundle_metadata(self.facts[winner], common, winner)
