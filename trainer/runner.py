@@ -143,9 +143,11 @@ class Run:
     wall time per family, `parity` the export checks."""
 
     def __init__(self, out: Path, wide: Dataset, cache: FeatureCache, spec: FeatureSpec,
-                 backbone: Backbone | None, families: Sequence[str], seed: int):
+                 backbone: Backbone | None, families: Sequence[str], seed: int,
+                 songs_per_epoch: int | None = None):
         self.out, self.wide, self.cache, self.spec = out, wide, cache, spec
         self.backbone, self.families, self.seed = backbone, tuple(families), seed
+        self.songs_per_epoch = songs_per_epoch  # the CNN's ceiling (trainer.sample)
         self.facts: dict[str, dict] = {}
         self.seconds: dict[str, float] = {}
         self.calibrations: dict[str, str] = {}
@@ -154,12 +156,11 @@ class Run:
         self.served_model = None  # the refit CNN (refit), for the next warm start
         self.fitted: tuple[LabelledSong, ...] = ()
         self.warm_started = False
-        self.songs_per_epoch: int | None = None
         self.refit_info: dict = {}  # the refit CNN's fit info, when there is one
 
     def fit_cnn(self, dataset: Dataset, *, epochs: int, warm_start: Path | None,
                 batch_size: int | None, threads: int | None, progress: bool,
-                deadline: float | None, songs_per_epoch: int | None = None) -> None:
+                deadline: float | None) -> None:
         # TensorFlow loads here, after the decoding children are gone.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines
         from trainer.fit import BATCH_SIZE, configure, fit, predict_clips
@@ -169,9 +170,8 @@ class Run:
         model, info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
                           self.cache, epochs=epochs, seed=self.seed,
                           batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
-                          songs_per_epoch=songs_per_epoch, deadline=deadline,
+                          songs_per_epoch=self.songs_per_epoch, deadline=deadline,
                           verbose=1 if progress else 0)
-        self.songs_per_epoch = songs_per_epoch
         self.seconds["cnn"] = time.monotonic() - started
         n = len(dataset.classes)
         val = predict_clips(model, list(dataset.validation), self.cache, n)

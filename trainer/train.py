@@ -103,8 +103,9 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     Raises DatasetError (library unusable), ParityError (export not trusted), other
     GenretaggerErrors for bad inputs.
     """
-    started, library, out = time.monotonic(), Path(library).resolve(), Path(out)
+    started = time.monotonic()
     progress = sys.stderr.isatty() if progress is None else progress
+    library, out = Path(library).resolve(), Path(out)
     prepare_out(out, warm_start)
     spec = dataclasses.replace(DEFAULT_SPEC, clip_seconds=float(clip_seconds),
                                clips_per_song=int(windows))
@@ -129,12 +130,11 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                                                   threads))
     extracted = time.monotonic()
     families = cnn_can_learn(wide, families, min_songs, family)
-    run = Run(out, wide, cache, spec, backbone_on, families, seed)
+    run = Run(out, wide, cache, spec, backbone_on, families, seed, songs_per_epoch)
     if {"cnn", "ensemble"} & set(families):
         run.fit_cnn(narrow(wide, min_songs), epochs=epochs, warm_start=warm_start,
                     batch_size=batch_size, threads=threads, progress=progress,
-                    deadline=fit_deadline(started, time_budget_minutes),
-                    songs_per_epoch=songs_per_epoch)
+                    deadline=fit_deadline(started, time_budget_minutes))
     if {"backbone", "ensemble"} & set(families):
         run.fit_head(narrow(wide, min_songs_backbone))
     trained = time.monotonic()
