@@ -380,10 +380,11 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
     # Population statistics first: validation (and the stopper's choice) sees them.
     callbacks = [PopulationStatistics(statistics_sample(train, cache, seed),
                                       at_end=val_data is None), EpochSeconds()]
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                            min_delta=MIN_IMPROVEMENT,
+                                            restore_best_weights=True)
     if val_data is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, min_delta=MIN_IMPROVEMENT,
-            restore_best_weights=True))
+        callbacks.append(stopper)
     if stop_at_loss is not None:
         callbacks.append(LossTarget(stop_at_loss))
     budget = TimeBudget(deadline) if deadline is not None else None
@@ -393,9 +394,9 @@ def fit(train: list[LabelledSong], validation: list[LabelledSong], classes: tupl
         callbacks.append(EpochLog())
     history = model.fit(train_data, validation_data=val_data, epochs=epochs,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
-    losses = history.history.get("val_loss", [])
     ran = len(history.history.get("loss", []))
-    best = int(np.argmin(losses)) + 1 if losses else ran
+    # The epoch whose weights the stopper restored (its last gain over MIN_IMPROVEMENT).
+    best = stopper.best_epoch + 1 if val_data is not None else ran
     return model, {"epochs_run": ran, "best_epoch": best, "warm_start": warm,
                    "warm_start_how": how, "batch_size": batch_size,
                    "stopped_for_time": budget is not None and budget.stopped_after is not None,
