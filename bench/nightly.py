@@ -103,19 +103,46 @@ def per_epoch(fit: dict) -> tuple[float, float, float]:
 
 
 def at_station(fit: dict | None, shares: tuple[float, float], ceiling: int | None,
-               epochs: int | None = None, training_only: bool = False) -> float:
+               epochs: int | None = None, training_only: bool = False,
+               costs: tuple[float, float] | None = None) -> float:
     """Seconds of a CNN fit's epochs at STATION_SONGS: `shares` of the library it trains
     and validates on, `epochs` (default: the fit's own) each bounded by `ceiling`;
-    training_only: the training passes alone (a refit has no validation)."""
+    training_only: the training passes alone (a refit has no validation). costs: (fixed
+    seconds, seconds per song) of a training pass (epoch_costs); without, the fit's own
+    seconds per song, its per-epoch overhead counted as if per song (an upper bound)."""
     if not fit:
         return 0.0
     songs = [STATION_SONGS * share for share in shares]
     if ceiling is not None:
         songs = [min(n, ceiling) for n in songs]
     train_s, val_s, fixed = per_epoch(fit)
+    overhead = 0.0
+    if costs is not None:
+        overhead, train_s = costs
     if training_only:
         val_s = fixed = 0.0
-    return (epochs or fit["epochs_run"]) * (train_s * songs[0] + val_s * songs[1] + fixed)
+    return (epochs or fit["epochs_run"]) * (overhead + train_s * songs[0] + val_s * songs[1]
+                                            + fixed)
+
+
+def epoch_costs(fits: list[dict]) -> tuple[float, float] | None:
+    """(fixed seconds, seconds per song) of an epoch's training pass, fitted (least
+    squares) over the epochs of `fits`, which train on different numbers of songs (with
+    and without the ceiling): an epoch's own overhead (its iterator, the shuffle buffer
+    filling) is then not taken as a cost per song. None if they do not differ."""
+    import numpy as np
+
+    sizes, seconds = [], []
+    for fit in fits:
+        n = len(fit["epoch_seconds"])
+        for e, v, st in zip(fit["epoch_seconds"], fit.get("validation_seconds") or [0.0] * n,
+                            fit.get("statistics_seconds") or [0.0] * n, strict=True):
+            sizes.append(fit["songs_per_epoch"])
+            seconds.append(e - v - st)
+    if len(set(sizes)) < 2:
+        return None
+    per_song, fixed = np.polyfit(sizes, seconds, 1)
+    return max(0.0, float(fixed)), float(per_song)
 
 
 def shares(report: dict, songs: int) -> dict[str, tuple[float, float]]:
@@ -126,7 +153,8 @@ def shares(report: dict, songs: int) -> dict[str, tuple[float, float]]:
             "refit cnn: epochs": (report["served"]["songs"] / songs, 0.0)}
 
 
-def refit_at_station(report: dict, songs: int, ceiling: int | None) -> tuple[float, str]:
+def refit_at_station(report: dict, songs: int, ceiling: int | None,
+                     costs: tuple[float, float] | None = None) -> tuple[float, str]:
     """The CNN refit's seconds at STATION_SONGS and how they were had. Without a ceiling,
     the refit as it was: from the start, the held-out fit's best epoch count over every
     song (at the held-out fit's training cost per song). With it: the refit's own epochs;
@@ -136,22 +164,26 @@ def refit_at_station(report: dict, songs: int, ceiling: int | None) -> tuple[flo
     if not fit:
         return 0.0, "no CNN"
     if ceiling is None or refit(report) is None:
-        seconds = at_station(fit, everything, ceiling, fit["best_epoch"], training_only=True)
+        seconds = at_station(fit, everything, ceiling, fit["best_epoch"], training_only=True,
+                             costs=costs)
         return seconds, (f"as before: {fit['best_epoch']} epochs from the start"
                          if ceiling is None else f"at most {fit['best_epoch']} epochs")
-    return at_station(refit(report), everything, ceiling), "measured epochs"
+    return (at_station(refit(report), everything, ceiling, training_only=True, costs=costs),
+            "measured epochs")
 
 
 def extrapolate(report: dict, seconds: dict[str, float], songs: int,
-                ceiling: int | None) -> dict[str, float]:
+                ceiling: int | None, costs: tuple[float, float] | None = None
+                ) -> dict[str, float]:
     """Seconds of each stage at STATION_SONGS: FIXED stay, the CNN's epochs from their
     cost per epoch under `ceiling` (the trainer's own, or None as before), the rest
     linear."""
     scale = STATION_SONGS / songs
     wide = {k: v if k in FIXED else v * scale for k, v in seconds.items()}
     wide["fit cnn: epochs"] = at_station(held_out_fit(report),
-                                         shares(report, songs)["fit cnn: epochs"], ceiling)
-    wide["refit cnn: epochs"] = refit_at_station(report, songs, ceiling)[0]
+                                         shares(report, songs)["fit cnn: epochs"], ceiling,
+                                         costs=costs)
+    wide["refit cnn: epochs"] = refit_at_station(report, songs, ceiling, costs)[0]
     return wide
 
 
@@ -334,15 +366,25 @@ def main() -> int:
 
 def print_stages(runs: dict[str, dict], gate_rescore: dict, songs: int) -> None:
     """Seconds per stage here and minutes at the station, each night without and with
-    the ceiling (the CNN refit at the station: refit_at_station)."""
-    columns, wide = {}, {}
+    the ceiling (the CNN refit at the station: refit_at_station), the CNN's training
+    passes at the cost per song and per epoch fitted over both runs' epochs of the same
+    night (epoch_costs); the totals also at each fit's own cost per song (an upper bound)."""
+    columns, wide, bound, costs = {}, {}, {}, {}
+    for kind in ("cold", "warm"):
+        costs[kind] = epoch_costs([f for name, r in runs.items() if name.endswith(kind)
+                                   for f in (held_out_fit(r), refit(r)) if f])
+        if costs[kind]:
+            print(f"{kind} nights' training passes: {costs[kind][0]:.2f} s an epoch + "
+                  f"{costs[kind][1] * 1000:.1f} ms a song ({costs[kind][1] * 1000 / 8:.1f} ms "
+                  "a clip at 8 windows)")
     for name, report in runs.items():
         columns[name] = stages(report)
         ceiling = None if name.startswith("no ceiling") else SONGS_PER_EPOCH
-        wide[name] = extrapolate(report, columns[name], songs, ceiling)
+        wide[name] = extrapolate(report, columns[name], songs, ceiling, costs[name[-4:]])
+        bound[name] = extrapolate(report, columns[name], songs, ceiling)
         for row in ("gate: candidate", "gate: active", "rescore: every song"):
             columns[name][row] = gate_rescore[row]["embeddings"]
-            wide[name][row] = columns[name][row] * STATION_SONGS / songs
+            wide[name][row] = bound[name][row] = columns[name][row] * STATION_SONGS / songs
     names = list(runs)
     print(f"\n{'stage':36}" + "".join(f" {n[-4:] + (' +c' if 'no' not in n else ''):>9}"
                                        for n in names) + "   seconds here | min at 15k:"
@@ -351,11 +393,12 @@ def print_stages(runs: dict[str, dict], gate_rescore: dict, songs: int) -> None:
         print(f"{stage:36}" + "".join(f" {columns[n][stage]:9.1f}" for n in names) + " " * 16
               + "".join(f" {wide[n][stage] / 60:9.1f}" for n in names))
     for name in names:
-        total, at_15k = sum(columns[name].values()), sum(wide[name].values()) / 60
+        total = sum(columns[name].values())
         ceiling = None if name.startswith("no ceiling") else SONGS_PER_EPOCH
         how = refit_at_station(runs[name], songs, ceiling)[1]
         print(f"{name:24} total {total:5.0f} s here; at {STATION_SONGS:,} songs "
-              f"{at_15k:4.0f} min (CNN refit: {how})")
+              f"{sum(wide[name].values()) / 60:4.0f} min (at most "
+              f"{sum(bound[name].values()) / 60:.0f}; CNN refit: {how})")
 
 
 if __name__ == "__main__":
