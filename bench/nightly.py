@@ -2,8 +2,11 @@
 CNN's ceiling of songs an epoch, extrapolated to a 15,000-song station; held-out quality
 without and with the ceiling; and judging on cached embeddings against judging on patches.
 
-    .venv/bin/python bench/nightly.py [--library plain|messy] [--genres 10]
-        [--songs-per-genre 12] [--epochs 30] [--songs-per-epoch 40] [--reuse]
+    .venv/bin/python bench/nightly.py [--part all|quality] [--library plain|messy]
+        [--genres 10] [--songs-per-genre 12] [--epochs 30] [--songs-per-epoch 40] [--reuse]
+
+--part quality: the CNN alone (no backbone), one cold night without and one with the
+ceiling on the same split: its held-out accuracy, macro-F1 and recall per genre.
 
 --library plain: daemon.cli.demo's make_library (--genres x --songs-per-genre songs of
 20-40 s, cached in bench/out/ears-library-plain-*/, shared with bench/ears_tournament.py).
@@ -312,8 +315,29 @@ def print_quality(runs: dict[str, dict]) -> None:
                   f"{row['macro_f1']:9.3f} {table['holdout_songs']:10d}{mark}")
 
 
+def quality(root: Path, args: argparse.Namespace) -> None:
+    """The CNN alone (no backbone), one cold night without and one with the ceiling, on
+    the same split and feature cache: its held-out figures and epochs side by side."""
+    base = OUT / f"nightly-quality-{args.library}"
+    shutil.rmtree(base, ignore_errors=True)
+    print(f"\n{'CNN alone':16} {'epochs':>6} {'best':>5} {'songs/ep':>8} {'accuracy':>9} "
+          f"{'macro-F1':>9} {'test songs':>10}  recall per genre")
+    for label, ceiling in (("no ceiling", None),
+                           (f"ceiling {args.songs_per_epoch}", args.songs_per_epoch)):
+        report = night(root, base / label.replace(" ", "-"), base / "cache", args.epochs,
+                       None, songs_per_epoch=ceiling, family="cnn", backbone=False)
+        fit, test = report["families"]["cnn"]["fit"], report["metrics"]["test"]
+        recall = ", ".join(f"{g} {r:.2f}" if r is not None else f"{g} -"
+                           for g, r in sorted(test["recall"].items()))
+        print(f"{label:16} {fit['epochs_run']:6d} {fit['best_epoch']:5d} "
+              f"{fit['songs_per_epoch']:8d} {test['song_accuracy']:9.3f} "
+              f"{test['macro_f1']:9.3f} {test['n_songs']:10d}  {recall}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("all", "quality"), default="all",
+                        help="quality: the CNN alone, cold, without and with the ceiling")
     parser.add_argument("--library", choices=("plain", "messy"), default="plain")
     parser.add_argument("--genres", type=int, default=10)
     parser.add_argument("--songs-per-genre", type=int, default=12)
@@ -335,6 +359,9 @@ def main() -> int:
           f"{args.epochs} (early stopping), ceiling {args.songs_per_epoch} songs an epoch "
           f"here, {SONGS_PER_EPOCH:,} at the station; cpus {os.cpu_count()}; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
+    if args.part == "quality":
+        quality(root, args)
+        return 0
     runs: dict[str, dict] = {}
     bases = {}
     for label, ceiling in (("no ceiling", None),

@@ -264,8 +264,11 @@ def load_warm_start(path: Path, classes: tuple[str, ...],
     model_path = Path(path) / "model.keras"
     report_path = Path(path) / "report.json"
     try:
-        previous_classes = tuple(json.loads(report_path.read_text(encoding="utf-8"))["classes"])
-    except (OSError, ValueError, KeyError):
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        # The CNN's own genres: the top-level ones are the winner's, and a backbone head
+        # that won may know genres the CNN had too few songs for.
+        previous_classes = tuple((report.get("families", {}).get("cnn") or report)["classes"])
+    except (OSError, ValueError, KeyError, AttributeError):
         try:  # a run directory without its report: the bundle knows the classes too
             previous_classes = tuple(read_metadata(Path(path) / "model.onnx")["classes"])
         except (ModelMismatch, KeyError) as err:

@@ -201,3 +201,16 @@ def test_an_epoch_above_the_ceiling_streams_only_its_sample(small_library):
     configure(seed=4, threads=2)
     _, every = fit(train, validation, GENRES, cache, epochs=1, seed=4, verbose=0)
     assert every["epoch_clips"] == [len(train) * clips] and every["validation_songs"] == 9
+
+
+def test_warm_start_takes_the_cnns_genres_not_the_winners(trained, tmp_path):
+    """A night the backbone head won with more genres than the CNN knew: report.json's
+    top-level classes are the head's, model.keras the CNN's; the CNN still starts warm."""
+    model, _ = trained
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "report.json").write_text(json.dumps({
+        "classes": [*GENRES, "Jazz", "Folk"], "families": {"cnn": {"classes": list(GENRES)},
+                                                       "backbone": {"classes": ["x"]}}}))
+    warm, how = load_warm_start(tmp_path, GENRES, DEFAULT_SPEC.input_shape)
+    assert warm is not None and how == "warm: same genres"
+    np.testing.assert_array_equal(warm.get_weights()[0], model.get_weights()[0])
