@@ -14,8 +14,9 @@ ceiling on the same split: its held-out accuracy, macro-F1 and recall per genre.
 different sizes, wrong tags, tagless album-mates, one-artist and one-song genres; songs
 of 6-9 s, so its decoding stage says little about a station's). In this process, through
 the real code, twice (in separate caches): without a ceiling (every training song every
-epoch, as before) and with --songs-per-epoch, a ceiling small enough that this library
-exceeds it:
+epoch, as before; the refit goes on from the held-out fit and the stopper's smallest gain,
+trainer.fit.MIN_IMPROVEMENT, holds in both) and with --songs-per-epoch, a ceiling small
+enough that this library exceeds it:
   - night 1, cold (empty caches): trainer.train.train, --family all;
   - night 2, warm (every song's features and embedding cached), warm start from night 1
     as the retrainer runs it;
