@@ -267,10 +267,11 @@ class Run:
         out/served/<family>.onnx; returns its Entry and the "served" facts (how many songs
         it was fitted on, per genre, and how).
 
-        The CNN goes on from the held-out fit's weights rather than from the start: at
-        most the held-out fit's best epoch count, and fewer once its training loss over
-        every song is down to the held-out fit's at that epoch. Every song is eligible
-        (above the ceiling each epoch takes its sample from all of them)."""
+        On a warm night the CNN goes on from the held-out fit's weights rather than from
+        the start: at most the held-out fit's best epoch count, and fewer once its
+        training loss over every song is down to the held-out fit's at that epoch. Every
+        song is eligible (above the ceiling each epoch takes its sample from all of
+        them)."""
         served_dir = self.out / "served"
         served_dir.mkdir(exist_ok=True)
         started = time.monotonic()
@@ -284,15 +285,19 @@ class Run:
             mine = [s for s in songs if s.genre in classes]
             held_out = self.facts["cnn"]["fit"]
             epochs = max(1, int(held_out.get("best_epoch") or 1))
-            target = held_out["history"]["loss"][epochs - 1]
+            # A warm night goes on from the held-out fit; a cold one (the first night, the
+            # seed of every later warm start) learns every song from the start, as before.
+            warm = bool(held_out["warm_start"])
             cnn_model, self.refit_info = fit(
                 mine, [], classes, self.cache, epochs=epochs, seed=self.seed,
-                batch_size=batch_size or BATCH_SIZE, start_from=self.model,
-                songs_per_epoch=self.songs_per_epoch, stop_at_loss=target, deadline=deadline,
+                batch_size=batch_size or BATCH_SIZE, start_from=self.model if warm else None,
+                songs_per_epoch=self.songs_per_epoch, deadline=deadline,
+                stop_at_loss=held_out["history"]["loss"][epochs - 1] if warm else None,
                 verbose=1 if progress else 0)
             fitted.update((s.rel, s) for s in mine)
             how.append(f"CNN on from the held-out fit, {self.refit_info['epochs_run']} "
-                       f"epoch(s) of at most its best {epochs}")
+                       f"epoch(s) of at most its best {epochs}" if warm else
+                       f"CNN {epochs} epoch(s), the held-out fit's best")
         if winner in ("backbone", "ensemble"):
             run = self.head_run
             mine = [s for s in songs if s.genre in run.head.classes]

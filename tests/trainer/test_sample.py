@@ -78,11 +78,12 @@ def test_the_sample_is_fixed_by_seed_and_epoch_and_changes_with_either():
 
 
 @pytest.mark.slow
-def test_a_night_under_a_tiny_ceiling_trains_each_epoch_on_at_most_its_songs(tmp_path):
+def test_nights_under_a_tiny_ceiling_train_each_epoch_on_at_most_its_songs(tmp_path):
     """trainer.train.train on a real encoded, unbalanced library (3 genres: 24, 12 and 8
-    songs) with a ceiling of 6 songs an epoch: every epoch of the held-out fit and of the
-    refit streams exactly 6 songs' clips, validation is one fixed sample of at most 6,
-    and the refit goes on from the held-out fit's weights."""
+    songs) with a ceiling of 6 songs an epoch, two nights: every epoch of the held-out
+    fits and of the refits streams exactly 6 songs' clips, validation is one fixed sample
+    of at most 6; the first night's refit starts from zero, the warm night's goes on from
+    its held-out fit's weights."""
     from daemon.cli.demo import make_library
     from trainer.train import train
 
@@ -91,22 +92,32 @@ def test_a_night_under_a_tiny_ceiling_trains_each_epoch_on_at_most_its_songs(tmp
         make_library(library, songs_per_genre=songs, genres=(genre,), untagged_share=0.0,
                      seconds=(3, 4), formats=(".flac",), artists_per_genre=4, broken=0,
                      seed=seed)
-    report = train(library, tmp_path / "run", cache_dir=tmp_path / "cache", epochs=4,
-                   min_songs=5, backbone=False, seed=1, songs_per_epoch=6, progress=False)
-    clips = report["feature_spec"]["clips_per_song"]
-    held_out = report["families"]["cnn"]["fit"]
-    trained = report["families"]["cnn"]["training_set"]["songs"]
-    assert trained["train"] > 6 and held_out["songs_per_epoch"] == 6
-    assert held_out["validation_songs"] == min(6, trained["validation"])
-    # What the stream gave, epoch by epoch: the ceiling's clips, never the split's.
-    assert held_out["epoch_clips"] == [6 * clips] * held_out["epochs_run"]
-    assert len(held_out["epoch_seconds"]) == held_out["epochs_run"]
-    refit = report["served"]["cnn_fit"]
+    reports = []
+    for night, warm_start in (("one", None), ("two", tmp_path / "one")):
+        reports.append(train(library, tmp_path / night, cache_dir=tmp_path / "cache",
+                             epochs=4, min_songs=5, backbone=False, seed=1,
+                             songs_per_epoch=6, warm_start=warm_start, progress=False))
+    for report in reports:
+        clips = report["feature_spec"]["clips_per_song"]
+        held_out = report["families"]["cnn"]["fit"]
+        trained = report["families"]["cnn"]["training_set"]["songs"]
+        assert trained["train"] > 6 and held_out["songs_per_epoch"] == 6
+        assert held_out["validation_songs"] == min(6, trained["validation"])
+        # What the stream gave, epoch by epoch: the ceiling's clips, never the split's.
+        assert held_out["epoch_clips"] == [6 * clips] * held_out["epochs_run"]
+        assert len(held_out["epoch_seconds"]) == held_out["epochs_run"]
+        refit = report["served"]["cnn_fit"]
+        assert refit["epoch_clips"] == [6 * clips] * refit["epochs_run"]
+        assert 1 <= refit["epochs_run"] <= held_out["best_epoch"]
+        # Every labelled song was eligible for the served model.
+        assert report["served"]["songs"] == 44
+    cold, warm = reports
+    assert cold["served"]["cnn_fit"]["warm_start_how"] == "cold: no earlier model"
+    assert cold["served"]["cnn_fit"]["epochs_run"] == cold["families"]["cnn"]["fit"][
+        "best_epoch"]
+    assert warm["families"]["cnn"]["fit"]["warm_start_how"] == "warm: same genres"
+    refit, held_out = warm["served"]["cnn_fit"], warm["families"]["cnn"]["fit"]
     assert refit["warm_start_how"] == "continued from the held-out fit"
-    assert 1 <= refit["epochs_run"] <= held_out["best_epoch"]
-    assert refit["epoch_clips"] == [6 * clips] * refit["epochs_run"]
-    # Going on from trained weights, the refit's first epoch fits far better than the
-    # held-out fit's first epoch from scratch did.
-    assert refit["loss"][0] < held_out["history"]["loss"][0]
-    # Every labelled song was eligible for the served model.
-    assert report["served"]["songs"] == 44
+    # Going on from trained weights, its first epoch fits far better than the first
+    # night's first epoch from scratch did.
+    assert refit["loss"][0] < cold["families"]["cnn"]["fit"]["history"]["loss"][0]
