@@ -82,12 +82,14 @@ def library(args: Namespace) -> Path:
     return root
 
 
-def night(root: Path, out: Path, cache: Path, epochs: int, warm_start: Path | None) -> dict:
+def night(root: Path, out: Path, cache: Path, epochs: int, warm_start: Path | None,
+          **options) -> dict:
+    """One trainer.train.train run; `options` go to it (e.g. songs_per_epoch)."""
     from trainer.train import train
 
     started = time.perf_counter()
     report = train(root, out, cache_dir=cache, epochs=epochs, min_songs=10, seed=3,
-                   warm_start=warm_start, progress=False)
+                   warm_start=warm_start, progress=False, **options)
     report["wall_s"] = time.perf_counter() - started
     return report
 

@@ -18,6 +18,7 @@ from daemon.service.logs import setup_logging
 from trainer.dataset import DatasetError
 from trainer.evaluate import evaluate_model
 from trainer.tournament import ALL, FAMILIES
+from trainer.train import SONGS_PER_EPOCH
 from trainer.train import train as _run_training
 
 # Written into --out when the library cannot make a model (DatasetError), with the reason.
@@ -74,6 +75,9 @@ def cli() -> None:
               help="JSON {relative path: reason} from the daemon: files that are not songs "
                    "(jingles, sweepers), never trained on")
 @click.option("--batch-size", type=click.IntRange(1), help="clips per training step")
+@click.option("--songs-per-epoch", type=click.IntRange(1), default=SONGS_PER_EPOCH,
+              show_default=True, help="the CNN trains on at most this many songs an epoch "
+              "(a fresh sample balanced across genres each epoch)")
 @click.option("--processes", type=click.IntRange(1), help="decoding processes")
 @click.option("--time-budget", "time_budget", type=click.FloatRange(min=0, min_open=True),
               metavar="MINUTES", help="end the run within this: fitting stops early (keeping "
@@ -83,7 +87,7 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
           family: str, no_backbone: bool,
           genres_path: Path | None, labels_path: Path | None,
           warm_start: Path | None, holdout_path: Path | None, known_path: Path | None,
-          not_songs_path: Path | None, batch_size: int | None,
+          not_songs_path: Path | None, batch_size: int | None, songs_per_epoch: int,
           processes: int | None, time_budget: float | None) -> int:
     """Train a model on a tagged library and write a calibrated ONNX bundle into --out."""
     # Checked without importing: TensorFlow loads only after decoding is done.
@@ -101,8 +105,8 @@ def train(library: Path, out: Path, cache_dir: Path | None, epochs: int, clip_se
                                genres_path=genres_path, labels_path=labels_path,
                                warm_start=warm_start, holdout_path=holdout_path,
                                known_path=known_path, not_songs_path=not_songs_path,
-                               batch_size=batch_size, processes=processes,
-                               time_budget_minutes=time_budget)
+                               batch_size=batch_size, songs_per_epoch=songs_per_epoch,
+                               processes=processes, time_budget_minutes=time_budget)
     except DatasetError as err:
         # The library's shape cannot make a model yet: the reason, for the retrainer's run.
         write_not_trained(out, str(err))

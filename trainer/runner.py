@@ -143,9 +143,11 @@ class Run:
     wall time per family, `parity` the export checks."""
 
     def __init__(self, out: Path, wide: Dataset, cache: FeatureCache, spec: FeatureSpec,
-                 backbone: Backbone | None, families: Sequence[str], seed: int):
+                 backbone: Backbone | None, families: Sequence[str], seed: int,
+                 songs_per_epoch: int | None = None):
         self.out, self.wide, self.cache, self.spec = out, wide, cache, spec
         self.backbone, self.families, self.seed = backbone, tuple(families), seed
+        self.songs_per_epoch = songs_per_epoch  # the CNN's ceiling (trainer.sample)
         self.facts: dict[str, dict] = {}
         self.seconds: dict[str, float] = {}
         self.calibrations: dict[str, str] = {}
@@ -154,6 +156,7 @@ class Run:
         self.served_model = None  # the refit CNN (refit), for the next warm start
         self.fitted: tuple[LabelledSong, ...] = ()
         self.warm_started = False
+        self.refit_info: dict = {}  # the refit CNN's fit info, when there is one
 
     def fit_cnn(self, dataset: Dataset, *, epochs: int, warm_start: Path | None,
                 batch_size: int | None, threads: int | None, progress: bool,
@@ -167,7 +170,8 @@ class Run:
         model, info = fit(list(dataset.train), list(dataset.validation), dataset.classes,
                           self.cache, epochs=epochs, seed=self.seed,
                           batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
-                          deadline=deadline, verbose=1 if progress else 0)
+                          songs_per_epoch=self.songs_per_epoch, deadline=deadline,
+                          verbose=1 if progress else 0)
         self.seconds["cnn"] = time.monotonic() - started
         n = len(dataset.classes)
         val = predict_clips(model, list(dataset.validation), self.cache, n)
@@ -255,13 +259,19 @@ class Run:
                       self.facts[f]["left_out"]) for f in self.families]
 
     def refit(self, winner: str, songs: Sequence[LabelledSong], common: dict, *,
-              warm_start: Path | None, batch_size: int | None, deadline: float | None,
+              batch_size: int | None, deadline: float | None,
               progress: bool) -> tuple[Entry, dict]:
         """The served model: the chosen family refit on every labelled song of its genres
         (`songs`: the library's labelled songs), with what the held-out fit chose (the
         CNN's best epoch count, the head's C) and its temperature. Written to
         out/served/<family>.onnx; returns its Entry and the "served" facts (how many songs
-        it was fitted on, per genre, and how)."""
+        it was fitted on, per genre, and how).
+
+        On a warm night the CNN goes on from the held-out fit's weights rather than from
+        the start: at most the held-out fit's best epoch count, and fewer once its
+        training loss over every song is down to the held-out fit's at that epoch. Every
+        song is eligible (above the ceiling each epoch takes its sample from all of
+        them)."""
         served_dir = self.out / "served"
         served_dir.mkdir(exist_ok=True)
         started = time.monotonic()
@@ -273,12 +283,21 @@ class Run:
 
             classes = self.cnn_dataset.classes
             mine = [s for s in songs if s.genre in classes]
-            epochs = max(1, int(self.facts["cnn"]["fit"].get("best_epoch") or 1))
-            cnn_model, _ = fit(mine, [], classes, self.cache, epochs=epochs, seed=self.seed,
-                               batch_size=batch_size or BATCH_SIZE, warm_start=warm_start,
-                               deadline=deadline, verbose=1 if progress else 0)
+            held_out = self.facts["cnn"]["fit"]
+            epochs = max(1, int(held_out.get("best_epoch") or 1))
+            # A warm night goes on from the held-out fit; a cold one (the first night, the
+            # seed of every later warm start) learns every song from the start, as before.
+            warm = bool(held_out["warm_start"])
+            cnn_model, self.refit_info = fit(
+                mine, [], classes, self.cache, epochs=epochs, seed=self.seed,
+                batch_size=batch_size or BATCH_SIZE, start_from=self.model if warm else None,
+                songs_per_epoch=self.songs_per_epoch, deadline=deadline,
+                stop_at_loss=held_out["history"]["loss"][epochs - 1] if warm else None,
+                verbose=1 if progress else 0)
             fitted.update((s.rel, s) for s in mine)
-            how.append(f"CNN {epochs} epoch(s), the held-out fit's best")
+            how.append(f"CNN on from the held-out fit, {self.refit_info['epochs_run']} "
+                       f"epoch(s) of at most its best {epochs}" if warm else
+                       f"CNN {epochs} epoch(s), the held-out fit's best")
         if winner in ("backbone", "ensemble"):
             run = self.head_run
             mine = [s for s in songs if s.genre in run.head.classes]
@@ -295,6 +314,11 @@ class Run:
                   "how": ("refit on every labelled song of its genres (" + "; ".join(how)
                           + "; temperature from the held-out fit)"),
                   "seconds": round(time.monotonic() - started, 1)}
+        if cnn_model is not None:
+            served["cnn_fit"] = {k: self.refit_info[k] for k in (
+                "epochs_run", "warm_start_how", "songs_per_epoch", "epoch_clips",
+                "epoch_seconds", "statistics_seconds")}
+            served["cnn_fit"]["loss"] = self.refit_info["history"]["loss"]
         self.fitted = tuple(fitted.values())
         meta = bundle_metadata(self.facts[winner], common, winner)
         meta.update({"served": served, "fitted_on_songs": len(fitted),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from daemon.audio.featurecache import FeatureCache
 from daemon.audio.features import BACKBONE_SPEC, CNN, DEFAULT_SPEC, FeatureSpec
-from daemon.core.config import ClassifierConfig
+from daemon.core.config import ClassifierConfig, RetrainConfig
 from daemon.core.errors import ConfigError
 from daemon.suggest.stored_bundles import HELD_OUT, file_sha256
 from daemon.tags.genres import load_genre_map
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 # model learns, is judged and is served on the same windows; the retrainer passes the
 # station's value.
 WINDOWS = ClassifierConfig.model_fields["windows_per_song"].default
+# The CNN's ceiling of songs an epoch (config [retrain] songs_per_epoch; trainer.sample).
+SONGS_PER_EPOCH = RetrainConfig.model_fields["songs_per_epoch"].default
 
 
 def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
@@ -81,21 +83,22 @@ def fit_deadline(started: float, budget_minutes: float | None) -> float | None:
 
 def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: int = 30,
           clip_seconds: float = 1.0, windows: int = WINDOWS, seed: int = 0,
-          min_songs: int = 20,
-          min_songs_backbone: int = 3, family: str = ALL, backbone: bool = True,
+          min_songs: int = 20, min_songs_backbone: int = 3, family: str = ALL,
+          backbone: bool = True,
           genres_path: Path | None = None, labels_path: Path | None = None,
           warm_start: Path | None = None, holdout_path: Path | None = None,
           known_path: Path | None = None, not_songs_path: Path | None = None,
           batch_size: int | None = None, time_budget_minutes: float | None = None,
-          threads: int | None = None, processes: int | None = None,
-          progress: bool | None = None) -> dict:
+          songs_per_epoch: int | None = SONGS_PER_EPOCH, threads: int | None = None,
+          processes: int | None = None, progress: bool | None = None) -> dict:
     """Run a whole training (the tournament of `family`); returns the report (also written
     to out/report.json).
 
     backbone: False switches the backbone off (the CNN alone, no embedding output); on but
     not converted (`make backbone`), the same with a warning. time_budget_minutes: the
     whole run should end within this; fitting stops early enough to leave time for
-    calibration, evaluation and export (fit_deadline).
+    calibration, evaluation and export (fit_deadline). songs_per_epoch: the CNN's ceiling
+    of songs an epoch (trainer.sample; None: every song every epoch).
 
     Raises DatasetError (library unusable), ParityError (export not trusted), other
     GenretaggerErrors for bad inputs.
@@ -127,7 +130,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
                                                   threads))
     extracted = time.monotonic()
     families = cnn_can_learn(wide, families, min_songs, family)
-    run = Run(out, wide, cache, spec, backbone_on, families, seed)
+    run = Run(out, wide, cache, spec, backbone_on, families, seed, songs_per_epoch)
     if {"cnn", "ensemble"} & set(families):
         run.fit_cnn(narrow(wide, min_songs), epochs=epochs, warm_start=warm_start,
                     batch_size=batch_size, threads=threads, progress=progress,
@@ -147,8 +150,7 @@ def train(library: Path, out: Path, *, cache_dir: Path | None = None, epochs: in
     judged = time.monotonic()
     # Chosen on held-out songs; served as refit on every labelled song of its genres.
     served_entry, served = run.refit(
-        winner.family, songs.songs, common,
-        warm_start=warm_start if run.warm_started else None, batch_size=batch_size,
+        winner.family, songs.songs, common, batch_size=batch_size,
         deadline=fit_deadline(started, time_budget_minutes), progress=progress)
     _list_fitted(out, run)
     report = {**common, **run.facts[winner.family], "family": winner.family,

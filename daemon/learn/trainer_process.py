@@ -88,6 +88,7 @@ def trainer_command(config: Config, run_dir: Path, labels: Path, warm_start: Pat
             "--library", str(config.library.root), "--out", str(run_dir),
             "--cache", str(config.cache_dir), "--labels", str(labels),
             "--epochs", str(config.retrain.epochs),
+            "--songs-per-epoch", str(config.retrain.songs_per_epoch),
             # The windows the service hears a song by: one count for training and serving.
             "--windows", str(config.classifier.windows_per_song),
             "--min-songs", str(config.min_songs_per_genre),

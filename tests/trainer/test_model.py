@@ -161,3 +161,56 @@ def test_warm_start_keeps_the_convolutions_when_the_genres_change(trained, tmp_p
     assert grown.predict_on_batch(clips).shape == (2, len(wider))
     assert load_warm_start(tmp_path, GENRES, (129, 196, 1))[0] is None
     assert load_warm_start(tmp_path / "nowhere", GENRES, DEFAULT_SPEC.input_shape)[0] is None
+
+
+def test_going_on_from_a_fit_trains_a_copy_until_the_loss_it_reached(small_library, trained):
+    """The refit's start: a copy of the held-out fit, trained on every song until an
+    epoch's training loss is down to the held-out fit's at its best epoch."""
+    cache, train, validation = small_library
+    model, info = trained
+    before = [np.array(w) for w in model.get_weights()]
+    target = info["history"]["loss"][info["best_epoch"] - 1]
+    configure(seed=7, threads=2)
+    refit, refit_info = fit(train + validation, [], GENRES, cache, epochs=info["best_epoch"],
+                            seed=7, start_from=model, stop_at_loss=target, verbose=0)
+    for old, now in zip(before, model.get_weights(), strict=True):  # the original untouched
+        np.testing.assert_array_equal(old, now)
+    assert refit is not model and refit_info["warm_start_how"] == "continued from the held-out fit"
+    losses = refit_info["history"]["loss"]
+    assert 1 <= len(losses) <= info["best_epoch"]
+    assert all(loss > target for loss in losses[:-1])  # it stopped at the first one there
+    assert losses[-1] <= target or len(losses) == info["best_epoch"]
+    # From trained weights its first epoch fits far better than the fit from scratch did.
+    assert losses[0] < info["history"]["loss"][0]
+
+
+def test_an_epoch_above_the_ceiling_streams_only_its_sample(small_library):
+    """27 training songs, a ceiling of 6: each epoch's stream gives 6 songs' clips (2 per
+    genre) and validation is one fixed sample of 6 of its 9 songs."""
+    cache, train, validation = small_library
+    configure(seed=4, threads=2)
+    _, info = fit(train, validation, GENRES, cache, epochs=2, seed=4, songs_per_epoch=6,
+                  patience=5, verbose=0)
+    clips = cache.spec.clips_per_song
+    assert info["songs_per_epoch"] == 6 and info["validation_songs"] == 6
+    assert info["epoch_clips"] == [6 * clips, 6 * clips]
+    assert len(info["epoch_seconds"]) == len(info["validation_seconds"]) == 2
+    assert all(0 < v < e for v, e in zip(info["validation_seconds"], info["epoch_seconds"],
+                                         strict=True))
+    # Without a ceiling: every training song every epoch, as before.
+    configure(seed=4, threads=2)
+    _, every = fit(train, validation, GENRES, cache, epochs=1, seed=4, verbose=0)
+    assert every["epoch_clips"] == [len(train) * clips] and every["validation_songs"] == 9
+
+
+def test_warm_start_takes_the_cnns_genres_not_the_winners(trained, tmp_path):
+    """A night the backbone head won with more genres than the CNN knew: report.json's
+    top-level classes are the head's, model.keras the CNN's; the CNN still starts warm."""
+    model, _ = trained
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "report.json").write_text(json.dumps({
+        "classes": [*GENRES, "Jazz", "Folk"], "families": {"cnn": {"classes": list(GENRES)},
+                                                       "backbone": {"classes": ["x"]}}}))
+    warm, how = load_warm_start(tmp_path, GENRES, DEFAULT_SPEC.input_shape)
+    assert warm is not None and how == "warm: same genres"
+    np.testing.assert_array_equal(warm.get_weights()[0], model.get_weights()[0])
