@@ -42,7 +42,7 @@ from daemon.core.errors import (
     TooMuchMemory,
     UnreadableAudio,
 )
-from daemon.core.heap import steady_heap
+from daemon.core.heap import bound_heap
 from daemon.core.threads import limit_math_threads
 from daemon.tags.restore import restore_copy, write_copy_recorded
 from daemon.tags.write import WriteFailed
@@ -163,7 +163,7 @@ def child_main(conn: Connection, spec_json: str, nice: int, memory_mb: int | Non
     if nice:
         os.nice(nice)
     limit_math_threads(1)  # the children are the parallelism
-    steady_heap()  # one song's buffers serve the next; the heap does not drift upwards
+    bound_heap()  # a song's big buffers go back when it is done, not kept as a peak
     if memory_mb:
         limit = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -228,9 +228,9 @@ def _private_mb_and_cpu(pid: int) -> tuple[float, float, float]:
 
 
 def test_a_decoder_child_holds_steady_song_after_song(tmp_path, make_song, composed):
-    """A child running the backbone keeps one song's buffers for the next: its memory does
-    not grow song by song, and the kernel is not asked to zero fresh ones for every patch
-    (that cost a sixth of a song's CPU)."""
+    """A child running the backbone reuses its buffers song after song: its memory does not
+    grow, and the kernel is not asked to zero fresh ones for every patch (with each of the
+    backbone's activations a fresh mapping, that was a sixth of a song's CPU)."""
     graph = str(backbone_graph(composed / "backbone.onnx", tmp_path / "cache"))
     songs = [make_song(f"s{i}.{ext}", genre, seconds=20.0, seed=i)
              for i, (genre, ext) in enumerate(zip(GENRES * 2, FORMATS * 2, strict=False))]
@@ -246,5 +246,5 @@ def test_a_decoder_child_holds_steady_song_after_song(tmp_path, make_song, compo
         run(6)
         later, user_later, system_later = _private_mb_and_cpu(pid)
     assert later - private <= 8, (private, later)
-    assert system_later - system <= 0.05 * (user_later - user), (
+    assert system_later - system <= 0.1 * (user_later - user), (
         user_later - user, system_later - system)
