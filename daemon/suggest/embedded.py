@@ -93,13 +93,13 @@ def load_on_embeddings(path: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
 def load_split(path: Path | str, cache_dir: Path | str, spec: FeatureSpec = DEFAULT_SPEC,
                backbone_spec: BackboneSpec = BACKBONE_SPEC, threads: int = 1
                ) -> tuple[EmbeddedClassifier, Path] | None:
-    """A bundle whose members take the backbone, split where the decoder children can run
-    its backbone: (the bundle on embeddings, the backbone graph file under `cache_dir`:
-    `backbone_graph`). None for a bundle without a backbone member or that cannot be cut
-    (run whole, as it is). Raises ModelMismatch as Classifier.load does."""
+    """A bundle with the backbone (a member takes it, or only "sounds like" does: a cnn
+    bundle's embedding), split where the decoder children can run its backbone: (the
+    bundle on embeddings, the backbone graph file under `cache_dir`: `backbone_graph`).
+    None for a bundle without the backbone or that cannot be cut (run whole, as it is).
+    Raises ModelMismatch as Classifier.load does."""
     classifier = load_on_embeddings(path, spec, backbone_spec, threads)
-    if (not isinstance(classifier, EmbeddedClassifier)
-            or BACKBONE not in classifier.bundle.member_needs):
+    if not isinstance(classifier, EmbeddedClassifier):
         return None
     return classifier, backbone_graph(path, cache_dir, spec, backbone_spec)
 

@@ -9,9 +9,10 @@ Read `suggest_songs` at the bottom first: the stages, once, top to bottom.
               all are there, else Decode (the kinds missing, decoded in one pass in the
               ExtractPool's child processes: a crash, hang or leak there is a typed error
               for that one file); heard: the pool's answer -> Heard (stored in the caches).
-              A bundle whose members take the backbone is split (ActiveModel): the
-              children run its backbone and hand back per-patch embeddings, which the
-              embedding cache keeps, and the model here runs the rest on them
+              A bundle with the backbone (its members', or a cnn bundle's for "sounds
+              like" alone) is split (ActiveModel): the children run its backbone and
+              hand back per-patch embeddings, which the embedding cache keeps, and the
+              model here runs the rest on them
     classify  several songs per onnxruntime run with the active model -> Classified; the
               song embeddings it gives go to the embedding cache, their mean on the record
               for "sounds like" (`neighbours`)
@@ -73,6 +74,7 @@ from daemon.suggest.suggestions import REJECTED_BEFORE, suggest
 from daemon.tags.live import Live, as_live
 
 log = logging.getLogger(__name__)
+NO_EMBEDDING = np.zeros((0, 0), np.float32)  # a song heard without the backbone
 
 # A file that changed since it settled is looked at again no sooner than this.
 MIN_SETTLE_WAIT_SECONDS = 0.5
@@ -218,7 +220,7 @@ class Flow:
         except OSError as err:
             return Failed(claim, UnreadableAudio(
                 path, f"cannot read the file: {err.strerror or err}"))
-        needs, backbone = self.classifier.needs, self.model.backbone
+        needs, backbone = self.needs, self.model.backbone
         cached = self.inputs.cached(fp, needs, on_embeddings=backbone is not None)
         missing = frozenset(needs - cached.keys())
         if missing:
@@ -226,10 +228,17 @@ class Flow:
         return Heard(claim, fp, cached, cached=True, ready_at=time.monotonic(),
                      on_embeddings=backbone is not None)
 
+    @property
+    def needs(self) -> frozenset[str]:
+        """The kinds a song needs: the model's, and with its backbone in the decoders the
+        song's embedding too (a cnn bundle's members take none, "sounds like" does)."""
+        needs = self.classifier.needs
+        return needs | {BACKBONE} if self.model.backbone is not None else needs
+
     def fits(self, heard: Heard) -> bool:
         """The active model can classify `heard` as it is: it has every kind the model
         needs, the backbone's as patches or embeddings as the model takes it."""
-        needs = self.classifier.needs
+        needs = self.needs
         return needs <= heard.features.keys() and (
             BACKBONE not in needs or heard.on_embeddings == (self.model.backbone is not None))
 
@@ -259,8 +268,8 @@ class Flow:
         model = (self.model.classifier, self.model.model_id)
         prediction = model[0].predict([h.features for h in batch])
         embeddings = prediction.embeddings
-        if isinstance(model[0], EmbeddedClassifier) and BACKBONE in model[0].needs:
-            embeddings = [h.features[BACKBONE] for h in batch]  # the decoders' backbone's
+        if isinstance(model[0], EmbeddedClassifier):  # the decoders' backbone's, if any
+            embeddings = [h.features.get(BACKBONE, NO_EMBEDDING) for h in batch]
         means = self.inputs.keep_embeddings([(h.fingerprint, h.claim.path) for h in batch],
                                             embeddings)
         return [Classified(h, row, mean, model)

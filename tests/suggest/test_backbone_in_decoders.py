@@ -65,7 +65,7 @@ def classify_all(flow: Flow, pool: ExtractPool) -> dict:
     return {c.claim.path: (c.heard, c) for c in classified}
 
 
-@pytest.mark.parametrize("family", ["backbone", "ensemble"])
+@pytest.mark.parametrize("family", ["backbone", "ensemble", "cnn"])
 def test_the_backbone_in_the_decoders_decides_as_the_whole_bundle(
         tmp_path, make_config, make_song, composed, family):
     for i, fmt in enumerate(FORMATS):
@@ -86,7 +86,7 @@ def test_the_backbone_in_the_decoders_decides_as_the_whole_bundle(
                 assert heard.on_embeddings is in_decoders and not heard.cached
                 assert heard.features[BACKBONE].shape == (
                     (windows, 200) if in_decoders else (windows, *BACKBONE_SPEC.input_shape))
-                assert (CNN in heard.features) is (family == "ensemble")
+                assert (CNN in heard.features) is (family in ("cnn", "ensemble"))
                 # Every song's backbone once: its per-patch embedding cached either way;
                 # with the backbone in the decoders no patch ever came back.
                 assert embeddings.get(heard.fingerprint).shape == (windows, 200)

@@ -473,7 +473,9 @@ def test_a_two_input_bundle_fills_all_three_caches_with_the_configs_windows(
     """A cnn bundle that also embeds (clips + patches): one decode pass per song gives
     both inputs at windows_per_song 8; the CNN, backbone and embedding caches all hold
     the song, and the song's mean embedding reaches the "sounds like" hook. A song whose
-    CNN features were cached by an earlier CNN-only model decodes only the backbone's."""
+    CNN features were cached by an earlier CNN-only model decodes only the backbone's.
+    The whole bundle in this process (the decoders running its backbone:
+    tests/suggest/test_backbone_in_decoders.py)."""
     from helpers import genre_bundle, two_input_bundle
 
     from daemon.audio.features import EMBEDDING_SPEC
@@ -491,7 +493,7 @@ def test_a_two_input_bundle_fills_all_three_caches_with_the_configs_windows(
     first, *rest = songs(library, 3)
     ids = {first: add_track(sessions, library, first)}
     recorder = _Recorder()
-    flow = flow_for(config, sessions, neighbours=recorder)
+    flow = flow_for(config, sessions, neighbours=recorder, backbone_in_decoders=False)
     with flow.open_pool() as pool:
         # First a CNN-only model: the first song's clips are cached, nothing else.
         add_model(config, sessions, genre_bundle(tmp_path / "cnn", GENRES, "Metal"))
