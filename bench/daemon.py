@@ -148,7 +148,7 @@ class Daemon:
 
     def __init__(self, base: Path, library: Path, bundle: Path, processes: int,
                  settle: float = 2.0, watch: str = "native", batch_songs: int = 32,
-                 threads: int = 1, backbone: bool = True):
+                 threads: int | None = None, backbone: bool = True):
         from daemon.core.config import load_config
         from daemon.core.db.engine import open_database
         from daemon.learn.registry import activate, register_bundle
@@ -167,7 +167,7 @@ settle_seconds = {settle}
 processes = {processes}
 [classifier]
 batch_songs = {batch_songs}
-threads = {threads}
+{'' if threads is None else f'threads = {threads}'}
 backbone = {str(backbone).lower()}
 [review]
 port = {free_port()}
@@ -417,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masters-per-format", type=int, default=2)
     parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
                         help="decoder processes (the daemon's default: every core)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="[classifier] threads: onnxruntime's in the service")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="[classifier] threads: onnxruntime's in the service (default: "
+                             "the service's, 1 with the backbone, 2 without)")
     parser.add_argument("--latency-songs", type=int, default=8)
     parser.add_argument("--baseline-songs", type=int, default=24)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
@@ -429,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(f"bench/daemon.py: model family {args.family}, {os.cpu_count()} cores, load "
-          f"{os.getloadavg()[0]:.1f}, {args.processes} decoder process(es), {args.threads} "
-          "classifier thread(s)", flush=True)
+          f"{os.getloadavg()[0]:.1f}, {args.processes} decoder process(es), "
+          f"{args.threads or 'the default'} classifier thread(s)", flush=True)
     sources = masters(args.masters_per_format)
     library = OUT / "library"
     songs = copies(sources, library / "backfill", args.songs, "Bench Song")

@@ -197,6 +197,10 @@ class WorkersConfig(Section):
 
 
 class ClassifierConfig(Section):
+    # onnxruntime threads for the model in the service itself. With the backbone, the
+    # decoders run the costly part and one thread is plenty; without it the service runs
+    # the whole CNN and is the bottleneck, so it gets two (bench/daemon.py --family
+    # seed: 27 -> 33 songs/s on 2 cores).
     threads: int = Field(1, ge=1)
     batch_songs: int = Field(32, ge=1)
     # Windows of each song the model hears at inference (the CNN's clips and the
@@ -208,6 +212,13 @@ class ClassifierConfig(Section):
     # Train and serve models on the pretrained musicnn backbone (see the README for its
     # licence); false keeps the station on the seed CNN alone.
     backbone: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threads_for_the_cnn_alone(cls, data: object) -> object:
+        if isinstance(data, dict) and "threads" not in data and data.get("backbone") is False:
+            return {**data, "threads": 2}
+        return data
 
 
 class ReviewConfig(Section):

@@ -33,6 +33,17 @@ def test_the_decoders_use_every_core_the_service_may_run_on(tmp_path):
     assert done.stdout.split() == [str(len(os.sched_getaffinity(0))), "1"]
 
 
+def test_the_service_gives_the_cnn_alone_two_threads_unless_told(tmp_path):
+    """Without the backbone the service runs the whole CNN itself: two onnxruntime threads
+    by default; with it one; a station's own number always wins."""
+    base = {"library": {"root": str(tmp_path)}, "state_dir": str(tmp_path / "s")}
+    assert parse_config(base).classifier.threads == 1
+    assert parse_config({**base, "classifier": {"backbone": False}}).classifier.threads == 2
+    assert parse_config({**base, "classifier": {"backbone": False, "threads": 1}}
+                        ).classifier.threads == 1
+    assert parse_config({**base, "classifier": {"threads": 3}}).classifier.threads == 3
+
+
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"library\.setle_seconds: unknown key"):
         parse_config({"library": {"root": str(tmp_path), "setle_seconds": 3},
