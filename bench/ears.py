@@ -55,15 +55,9 @@ _sessions: dict[str, object] = {}
 
 def _session(model: Path):
     """An ORT session set up as the daemon's Classifier sets its own up."""
-    import onnxruntime as ort
+    from daemon.audio.embedding import cpu_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.enable_cpu_mem_arena = False
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return cpu_session(str(model), threads=1, arena=False)
 
 
 def _load(models: dict[str, Path]) -> None:

@@ -26,21 +26,28 @@ PATCHES_PER_RUN = 1
 _open: dict[str, tuple[object, str, str]] = {}  # graph file -> (session, input, output)
 
 
+def cpu_session(model: bytes | str, threads: int, arena: bool):
+    """An onnxruntime session on the CPU as the daemon runs every model: `threads`
+    intra-op threads, one run at a time, warnings and worse logged; `arena`:
+    onnxruntime's memory arena, which keeps the peak of the largest run for reuse."""
+    import onnxruntime as ort  # lazy: ~0.4 s, paid only by what runs a model
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
+    return ort.InferenceSession(model, sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
 def _session(graph: str) -> tuple[object, str, str]:
     if graph not in _open:
-        import onnxruntime as ort  # lazy: a decoder that never embeds never loads it
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
         # The activations come from onnxruntime's arena, reused patch after patch: fresh
         # mappings (the child's bound heap) would be zeroed by the kernel for every patch,
         # ~50 ms of a song's ~300, where the arena holds ~15 MB between songs.
-        options.enable_cpu_mem_arena = True
-        session = ort.InferenceSession(graph, sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        session = cpu_session(graph, threads=1, arena=True)
         _open.clear()  # one bundle at a time: the old session's memory goes
         _open[graph] = (session, session.get_inputs()[0].name,
                         session.get_outputs()[0].name)

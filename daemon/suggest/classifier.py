@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.audio.embedding import cpu_session
 from daemon.audio.features import (
     BACKBONE,
     BACKBONE_SPEC,
@@ -132,21 +133,11 @@ class Prediction:
 
 
 def _session(data: bytes, path: Path, threads: int):
-    # Lazy: importing onnxruntime takes about 0.4 s, paid only by loading a model.
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    # The arena keeps the peak of the largest batch for ever (~500 MB at 32 songs);
+    # No arena: it keeps the peak of the largest batch for ever (~500 MB at 32 songs);
     # without it the daemon idles near 100 MB and ORT is ~25% slower, far from the
     # bottleneck (decoding).
-    options.enable_cpu_mem_arena = False
     try:
-        return ort.InferenceSession(data, sess_options=options,
-                                    providers=["CPUExecutionProvider"])
+        return cpu_session(data, threads, arena=False)
     except Exception as err:  # ORT raises its own Fail/InvalidProtobuf types
         raise ModelMismatch(f"{path}: not a usable ONNX model ({err})") from None
 
