@@ -4,7 +4,8 @@ OpenBLAS starts one thread per core and keeps them spinning for a while after ea
 In a decoder child (the children are already one per core) and beside onnxruntime in the
 service, those threads only take the cores from the work that counts: in a decoder that
 runs the backbone, the log-mel's matrix product took 19 ms a song instead of 2, and the
-backbone 186 ms instead of 147 (bench/daemon.py --family backbone). So each process
+backbone 186 ms instead of 147 (tests/audio/test_extract.py watches a child's threads;
+bench/daemon.py prints the CPU a song costs). So each process
 states its own count: one in a child, `classifier.threads` in the service.
 """
 

@@ -7,11 +7,12 @@ stored copy is damaged, is logged once and not retried until another model becom
 active; the worker keeps the classifier it had, if any. A copy this host cannot write
 (a full disk) is an error of the worker's step, tried again.
 
-A bundle whose members take the backbone is loaded split (daemon.suggest.embedded
-.load_split): `classifier` is the bundle from its embedding output on, `backbone` the
-graph file the decoder children embed each song's patches by (daemon.audio.embedding),
-so decoding and the backbone share every decoder core. Any other bundle, or with
-`backbone_in_decoders` off, is loaded whole and `backbone` is None.
+A bundle with the backbone (its members', or a cnn bundle's for "sounds like" alone) is
+loaded split (daemon.suggest.embedded.load_split): `classifier` is the bundle from its
+embedding output on, `backbone` the graph file the decoder children embed each song's
+patches by (daemon.audio.embedding), so decoding and the backbone share every decoder
+core. Any other bundle, or with `backbone_in_decoders` off, is loaded whole and
+`backbone` is None.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class ActiveModel:
         self.sessions = sessions
         self.check_seconds = check_seconds  # how often the registry is asked
         self.specs = specs  # the worker's: its windows per song
-        # A bundle whose members take the backbone is split (daemon.suggest.embedded):
-        # the decoder children run its backbone, `classifier` the rest on embeddings.
+        # A bundle with the backbone is split (daemon.suggest.embedded): the decoder
+        # children run its backbone, `classifier` the rest on embeddings.
         self.backbone_in_decoders = backbone_in_decoders
         self.classifier: Classifier | None = None
         self.backbone: Path | None = None  # the split-off backbone graph, or None

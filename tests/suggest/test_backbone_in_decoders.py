@@ -55,6 +55,17 @@ def fresh_library(tmp_path, make_config, songs, name: str, bundle):
     return config, sessions, engine, rels
 
 
+def both_ways(tmp_path, make_config, make_song, bundle):
+    """One song per format, then `bundle` run whole in the service and with its backbone
+    in the decoders, each on its own copy: (in_decoders, name, fresh_library(...))."""
+    for i, fmt in enumerate(FORMATS):
+        make_song(f"{GENRES[i % 3]} {i}.{fmt}", GENRES[i % 3], seconds=7.0 + i, seed=40 + i)
+    for in_decoders in (False, True):
+        name = "decoders" if in_decoders else "service"
+        yield in_decoders, name, fresh_library(tmp_path, make_config, tmp_path / "songs",
+                                               name, bundle)
+
+
 def classify_all(flow: Flow, pool: ExtractPool) -> dict:
     """Every queued song through the flow's stages: path -> (Heard, Classified)."""
     assert flow.model.refresh(flow.config)
@@ -68,13 +79,9 @@ def classify_all(flow: Flow, pool: ExtractPool) -> dict:
 @pytest.mark.parametrize("family", ["backbone", "ensemble", "cnn"])
 def test_the_backbone_in_the_decoders_decides_as_the_whole_bundle(
         tmp_path, make_config, make_song, composed, family):
-    for i, fmt in enumerate(FORMATS):
-        make_song(f"{GENRES[i % 3]} {i}.{fmt}", GENRES[i % 3], seconds=7.0 + i, seed=40 + i)
     runs = {}
-    for in_decoders in (False, True):
-        name = "decoders" if in_decoders else "service"
-        config, sessions, engine, rels = fresh_library(
-            tmp_path, make_config, tmp_path / "songs", name, composed / f"{family}.onnx")
+    for in_decoders, name, (config, sessions, engine, rels) in both_ways(
+            tmp_path, make_config, make_song, composed / f"{family}.onnx"):
         flow = Flow(config, sessions, model_check_seconds=0.0,
                     backbone_in_decoders=in_decoders)
         with flow.open_pool() as pool:
@@ -122,13 +129,9 @@ def test_the_worker_with_the_backbone_in_its_decoders_suggests_as_the_whole_bund
         tmp_path, make_config, make_song, composed):
     """The service's threaded Worker, both decoders embedding: the same suggestions and
     confidences as the whole ensemble run in the service, every song's embedding cached."""
-    for i, fmt in enumerate(FORMATS):
-        make_song(f"{GENRES[i % 3]} {i}.{fmt}", GENRES[i % 3], seconds=7.0 + i, seed=40 + i)
     found = {}
-    for in_decoders in (False, True):
-        name = "decoders" if in_decoders else "service"
-        config, sessions, engine, rels = fresh_library(
-            tmp_path, make_config, tmp_path / "songs", name, composed / "ensemble.onnx")
+    for in_decoders, name, (config, sessions, engine, rels) in both_ways(
+            tmp_path, make_config, make_song, composed / "ensemble.onnx"):
         worker = Worker(config, sessions, model_check_seconds=0.0,
                         backbone_in_decoders=in_decoders)
         worker.start()
